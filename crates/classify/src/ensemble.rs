@@ -1,0 +1,275 @@
+//! Ensembles of predictions (`kind: ensemble`): `soft` averages the members' class probabilities
+//! and predicts the argmax; `hard` takes a majority vote of the members' predicted labels, ties
+//! broken by the summed probability of the tied classes (then by the lower class index). In both
+//! cases `probs` holds the members' averaged probabilities, so for `hard` the `pred` column (the
+//! vote) can differ from `argmax(probs)`.
+//!
+//! Members must cover the same ids (any order; output follows the first member's order), with the
+//! same label names and the same true labels.
+
+use std::collections::HashMap;
+
+use llmembed_core::{
+    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, read_predictions,
+    write_predictions,
+};
+use serde::{Deserialize, Serialize};
+
+/// How members are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnsembleMethod {
+    Soft,
+    Hard,
+}
+
+fn default_method() -> EnsembleMethod {
+    EnsembleMethod::Soft
+}
+
+/// Params of `kind: ensemble` (inputs: two or more prediction artifacts).
+///
+/// ```yaml
+/// kind: ensemble
+/// inputs: [lr_layer16, mlp_fused]
+/// params:
+///   method: soft          # soft (default) | hard
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleParams {
+    #[serde(default = "default_method")]
+    pub method: EnsembleMethod,
+}
+
+impl Default for EnsembleParams {
+    fn default() -> Self {
+        EnsembleParams {
+            method: default_method(),
+        }
+    }
+}
+
+/// `kind: ensemble`.
+pub struct Ensemble;
+
+/// Combines `members` (named for messages) into one set of predictions.
+pub(crate) fn combine(
+    method: EnsembleMethod,
+    members: &[(String, Predictions)],
+) -> Result<Predictions> {
+    let (first_name, first) = members
+        .first()
+        .ok_or_else(|| Error::mismatch("ensemble", "no members"))?;
+    if members.len() < 2 {
+        return Err(Error::mismatch("ensemble", "needs at least 2 members"));
+    }
+    let k = first.num_classes();
+    let n = first.len();
+    let mut index: HashMap<&str, usize> = HashMap::with_capacity(n);
+    for (i, id) in first.ids.iter().enumerate() {
+        if index.insert(id.as_str(), i).is_some() {
+            return Err(Error::mismatch(
+                "ensemble",
+                format!("member `{first_name}` has id `{id}` twice"),
+            ));
+        }
+    }
+    let mut prob_sum = vec![0f64; n * k];
+    let mut votes = vec![0u32; n * k];
+    for (name, m) in members {
+        if m.label_names != first.label_names {
+            return Err(Error::mismatch(
+                "ensemble",
+                format!(
+                    "member `{name}` has label names {:?}, member `{first_name}` has {:?}",
+                    m.label_names, first.label_names
+                ),
+            ));
+        }
+        if m.len() != n {
+            return Err(Error::mismatch(
+                "ensemble",
+                format!(
+                    "member `{name}` has {} rows, member `{first_name}` has {n}: members must \
+                     cover the same ids",
+                    m.len()
+                ),
+            ));
+        }
+        let mut seen = vec![false; n];
+        for (r, id) in m.ids.iter().enumerate() {
+            let Some(&i) = index.get(id.as_str()) else {
+                return Err(Error::mismatch(
+                    "ensemble",
+                    format!(
+                        "id `{id}` (row {r} of member `{name}`) is not in member `{first_name}`: \
+                         members must cover the same ids"
+                    ),
+                ));
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(Error::mismatch(
+                    "ensemble",
+                    format!("member `{name}` has id `{id}` twice"),
+                ));
+            }
+            if m.labels[r] != first.labels[i] {
+                return Err(Error::mismatch(
+                    "ensemble",
+                    format!(
+                        "id `{id}`: true label {} in member `{name}` but {} in `{first_name}`",
+                        m.labels[r], first.labels[i]
+                    ),
+                ));
+            }
+            let pred = m.preds[r];
+            if pred < 0 || pred as usize >= k {
+                return Err(Error::mismatch(
+                    "ensemble",
+                    format!("id `{id}`: member `{name}` predicts class {pred} outside 0..{k}"),
+                ));
+            }
+            votes[i * k + pred as usize] += 1;
+            for (s, &p) in prob_sum[i * k..(i + 1) * k].iter_mut().zip(m.row_probs(r)) {
+                *s += p as f64;
+            }
+        }
+    }
+    let mut preds = Vec::with_capacity(n);
+    for i in 0..n {
+        let ps = &prob_sum[i * k..(i + 1) * k];
+        let vs = &votes[i * k..(i + 1) * k];
+        let mut best = 0;
+        for j in 1..k {
+            let better = match method {
+                EnsembleMethod::Soft => ps[j] > ps[best],
+                EnsembleMethod::Hard => vs[j] > vs[best] || (vs[j] == vs[best] && ps[j] > ps[best]),
+            };
+            if better {
+                best = j;
+            }
+        }
+        preds.push(best as i64);
+    }
+    let m = members.len() as f64;
+    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(Predictions {
+        ids: first.ids.clone(),
+        labels: first.labels.clone(),
+        preds,
+        probs: prob_sum.iter().map(|&s| (s / m) as f32).collect(),
+        label_names: first.label_names.clone(),
+        producer: format!(
+            "ensemble({}: {})",
+            match method {
+                EnsembleMethod::Soft => "soft",
+                EnsembleMethod::Hard => "hard",
+            },
+            names.join(", ")
+        ),
+    })
+}
+
+impl Stage for Ensemble {
+    const KIND: &'static str = "ensemble";
+    const VERSION: u32 = 1;
+    const INPUTS: Arity = Arity::AtLeast(2);
+    type Params = EnsembleParams;
+
+    fn run(p: &EnsembleParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
+        if !Self::INPUTS.accepts(inputs.len()) {
+            return Err(Error::mismatch(
+                "ensemble",
+                format!("needs {}, got {}", Self::INPUTS, inputs.len()),
+            ));
+        }
+        let mut members = Vec::new();
+        for input in inputs {
+            let preds = read_predictions(&input.path("predictions.parquet")?)?;
+            let name = if preds.producer.is_empty() {
+                input.stage_id.clone()
+            } else {
+                format!("{} [{}]", input.stage_id, preds.producer)
+            };
+            members.push((name, preds));
+        }
+        let out = combine(p.method, &members)?;
+        write_predictions(&ctx.out("predictions.parquet"), &out)?;
+        let acc = out
+            .labels
+            .iter()
+            .zip(&out.preds)
+            .filter(|(a, b)| a == b)
+            .count() as f64
+            / out.len().max(1) as f64;
+        Ok(Summary {
+            rows_out: out.len(),
+            notes: vec![format!(
+                "{} members, {:?} voting, accuracy {acc:.4}",
+                members.len(),
+                p.method
+            )],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn preds(ids: &[&str], preds: &[i64], probs: &[f32]) -> Predictions {
+        Predictions {
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            labels: vec![0; ids.len()],
+            preds: preds.to_vec(),
+            probs: probs.to_vec(),
+            label_names: vec!["a".into(), "b".into(), "c".into()],
+            producer: String::new(),
+        }
+    }
+
+    #[test]
+    fn hard_vote_majority_and_probability_tie_break() {
+        // Row x: votes a, b, b -> b. Row y: votes a, c, b (three-way tie) -> highest summed prob.
+        let m1 = preds(&["x", "y"], &[0, 0], &[0.6, 0.3, 0.1, 0.4, 0.3, 0.3]);
+        let m2 = preds(&["x", "y"], &[1, 2], &[0.2, 0.7, 0.1, 0.1, 0.1, 0.8]);
+        let m3 = preds(&["x", "y"], &[1, 1], &[0.1, 0.5, 0.4, 0.3, 0.4, 0.3]);
+        let members = vec![
+            ("m1".to_string(), m1),
+            ("m2".to_string(), m2),
+            ("m3".to_string(), m3),
+        ];
+        let hard = combine(EnsembleMethod::Hard, &members).unwrap();
+        // y: summed probs a 0.8, b 0.8, c 1.4 -> c.
+        assert_eq!(hard.preds, vec![1, 2]);
+        let soft = combine(EnsembleMethod::Soft, &members).unwrap();
+        assert_eq!(soft.preds, vec![1, 2]);
+        assert!((soft.probs[0] - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn members_are_aligned_by_id() {
+        let m1 = preds(&["x", "y"], &[0, 2], &[0.9, 0.05, 0.05, 0.1, 0.1, 0.8]);
+        let m2 = preds(&["y", "x"], &[2, 0], &[0.1, 0.1, 0.8, 0.9, 0.05, 0.05]);
+        let out = combine(
+            EnsembleMethod::Soft,
+            &[("m1".to_string(), m1), ("m2".to_string(), m2)],
+        )
+        .unwrap();
+        assert_eq!(out.ids, vec!["x", "y"]);
+        assert_eq!(out.preds, vec![0, 2]);
+        assert!((out.probs[0] - 0.9).abs() < 1e-6);
+    }
+
+    #[test]
+    fn params_parse_lowercase_methods() {
+        let p: EnsembleParams = serde_json::from_str(r#"{"method": "hard"}"#).unwrap();
+        assert_eq!(p.method, EnsembleMethod::Hard);
+        assert_eq!(
+            serde_json::from_str::<EnsembleParams>("{}").unwrap(),
+            EnsembleParams::default()
+        );
+        assert!(serde_json::from_str::<EnsembleParams>(r#"{"method": "Soft"}"#).is_err());
+    }
+}

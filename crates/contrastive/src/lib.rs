@@ -1,0 +1,442 @@
+//! `contrastive`: SimCSE-style post-training of a small projection head on fused embeddings
+//! (CPU, candle), with the in-batch InfoNCE loss at temperature τ.
+//!
+//! * `mode: unsup`: two dropout views of the same row are positives (SimCSE).
+//! * `mode: augmented`: a row and its augmented copy are positives. The embedding table carries
+//!   no `source_id`, so pairs are found by the augment stage's id convention: a train row whose id
+//!   is `<id>-aug<k>` pairs with the train row `<id>` (rows without a partner take no part in the
+//!   loss but are still embedded). Each side of a pair gets its own dropout mask.
+//! * `mode: supcon`: supervised contrastive (Khosla et al. 2020, L_out): two dropout views of
+//!   every row in the batch, and every other view of the same label is a positive.
+//!
+//! Inputs are standardised (mean and std fit on all train rows). The head is Linear(d -> d_out),
+//! or Linear(d -> hidden) -> GELU -> Linear(hidden -> d_out), with inverted dropout `p` on its
+//! input (and hidden layer) to make views; weights are initialised from
+//! `seeded_rng(seed, "contrastive-init")`, batches and dropout masks come from their own seeded
+//! streams, so a run is deterministic. AdamW; early stopping on the validation loss of a
+//! held-out part of the training examples (`holdout`), keeping the best epoch's weights
+//! (epoch 0, the initial head, included).
+//!
+//! Output (`output`), chosen so that the stage cannot cost a linear probe much (the seed
+//! reproduction's plain projection lost 4 points):
+//! * `concat` (default): `[standardised x, sqrt(d_out) * normalize(head(x))]`, width d + d_out;
+//! * `residual`: `x + head(x)` (d_out = d; the head's last layer starts at zero);
+//! * `head`: `head(x)` only (what SimCSE and the seed reproduction output).
+//!
+//! Files: one `embedding` column per split (all splits of the input: train, test, dev ...,
+//! same rows and order), and `training.json` (loss curves, best epoch; see `TrainingLog`).
+
+mod train;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use llmembed_core::{
+    Arity, Context, EmbeddingTable, Error, Input, Precision, Result, Stage, Summary, VectorColumn,
+    fsutil, read_embedding_table, seeded_rng, table::embedding_columns, write_embedding_table,
+};
+
+use train::{Examples, Head, Standardizer};
+
+/// The stage.
+pub struct Contrastive;
+
+/// What makes a positive pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Two dropout views of one row (SimCSE).
+    Unsup,
+    /// A row and its augmented copy (`<id>` and `<id>-aug<k>`).
+    Augmented,
+    /// Rows of the same label (Khosla et al.).
+    #[default]
+    Supcon,
+}
+
+/// What the output vectors are made of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// Standardised input beside the normalised head output.
+    #[default]
+    Concat,
+    /// Standardised input plus the head output (d_out = d).
+    Residual,
+    /// The head output alone.
+    Head,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The vector column to refine; by default the input's only vector column.
+    #[serde(default)]
+    pub column: Option<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub output: Output,
+    /// Head output width; by default 256 (at most d), and d for `output: residual`.
+    #[serde(default)]
+    pub d_out: Option<usize>,
+    /// Width of an optional hidden layer (GELU).
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    /// Dropout probability that makes the views.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Fraction of the training examples held out for early stopping (0: none, train all
+    /// epochs and keep the last).
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+    /// Epochs without a better validation loss before stopping.
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+    /// Overrides the pipeline seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_temperature() -> f64 {
+    0.1
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_epochs() -> usize {
+    20
+}
+fn default_batch_size() -> usize {
+    128
+}
+fn default_holdout() -> f64 {
+    0.1
+}
+fn default_patience() -> usize {
+    3
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            column: None,
+            mode: Mode::default(),
+            output: Output::default(),
+            d_out: None,
+            hidden: None,
+            dropout: default_dropout(),
+            temperature: default_temperature(),
+            lr: default_lr(),
+            weight_decay: default_weight_decay(),
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            holdout: default_holdout(),
+            patience: default_patience(),
+            seed: None,
+        }
+    }
+}
+
+/// The `<id>` of an augmented row id `<id>-aug<k>`.
+pub fn augmented_source(id: &str) -> Option<&str> {
+    let (source, k) = id.rsplit_once("-aug")?;
+    (!source.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())).then_some(source)
+}
+
+fn pick_column(input: &Input, params: &Params) -> Result<String> {
+    let path = input.split("train")?;
+    let cols = embedding_columns(&path)?;
+    match &params.column {
+        Some(c) => {
+            if cols.iter().any(|(n, _)| n == c) {
+                Ok(c.clone())
+            } else {
+                Err(Error::schema(
+                    &path,
+                    c,
+                    format!(
+                        "no such vector column (have: {})",
+                        cols.iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        }
+        None => match cols.as_slice() {
+            [(only, _)] => Ok(only.clone()),
+            _ => Err(Error::param(
+                "column",
+                format!(
+                    "{} has {} vector columns ({}); name one",
+                    path.display(),
+                    cols.len(),
+                    cols.iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        },
+    }
+}
+
+/// Splits `0..n` into (train, holdout) with a seeded shuffle.
+fn holdout_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut seeded_rng(seed, "contrastive-holdout"));
+    let k = (fraction * n as f64).round() as usize;
+    // At least 2 held out (an in-batch loss needs 2 rows), at least 2 left to train on.
+    let k = if k == 1 { 2 } else { k };
+    let k = k.min(n.saturating_sub(2));
+    let (val, train) = order.split_at(k);
+    let (mut train, mut val) = (train.to_vec(), val.to_vec());
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+fn gather(values: &[f32], dim: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| values[i * dim..(i + 1) * dim].iter().copied())
+        .collect()
+}
+
+/// The training examples (and held-out ones) for `mode`.
+fn examples(
+    params: &Params,
+    seed: u64,
+    train: &EmbeddingTable,
+    x: &[f32],
+    d: usize,
+) -> Result<(Examples, Option<Examples>, String)> {
+    match params.mode {
+        Mode::Unsup | Mode::Supcon => {
+            let (tr, va) = holdout_split(train.len(), params.holdout, seed);
+            let make = |idx: &[usize]| Examples::Rows {
+                x: gather(x, d, idx),
+                labels: idx.iter().map(|&i| train.labels[i]).collect(),
+            };
+            let note = format!("{} rows for training, {} held out", tr.len(), va.len());
+            let val = (va.len() >= 2).then(|| make(&va));
+            Ok((make(&tr), val, note))
+        }
+        Mode::Augmented => {
+            let pos: HashMap<&str, usize> = train
+                .ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.as_str(), i))
+                .collect();
+            // Pairs (source row, augmented row), grouped by source so a source's pairs are
+            // all on one side of the holdout split.
+            let mut by_source: Vec<(usize, Vec<usize>)> = Vec::new();
+            let mut group_of: HashMap<usize, usize> = HashMap::new();
+            for (i, id) in train.ids.iter().enumerate() {
+                if let Some(&s) = augmented_source(id).and_then(|s| pos.get(s)) {
+                    let g = *group_of.entry(s).or_insert_with(|| {
+                        by_source.push((s, Vec::new()));
+                        by_source.len() - 1
+                    });
+                    by_source[g].1.push(i);
+                }
+            }
+            let pairs: usize = by_source.iter().map(|(_, a)| a.len()).sum();
+            if pairs < 2 {
+                return Err(Error::mismatch(
+                    "contrastive (mode: augmented)",
+                    format!(
+                        "found {pairs} (row, augmented row) pairs among {} train rows; \
+                         mode `augmented` needs rows with ids `<id>-aug<k>` next to row `<id>` \
+                         (run an `augment` stage before `extract`)",
+                        train.len()
+                    ),
+                ));
+            }
+            let (tr, va) = holdout_split(by_source.len(), params.holdout, seed);
+            let make = |groups: &[usize]| {
+                let (mut a, mut b) = (Vec::new(), Vec::new());
+                for &g in groups {
+                    let (s, augs) = &by_source[g];
+                    for &t in augs {
+                        a.push(*s);
+                        b.push(t);
+                    }
+                }
+                Examples::Pairs {
+                    a: gather(x, d, &a),
+                    b: gather(x, d, &b),
+                }
+            };
+            let note = format!(
+                "{pairs} (row, augmented row) pairs from {} source rows; {} sources held out",
+                by_source.len(),
+                va.len()
+            );
+            let val = (!va.is_empty()).then(|| make(&va));
+            Ok((make(&tr), val, note))
+        }
+    }
+}
+
+impl Stage for Contrastive {
+    const KIND: &'static str = "contrastive";
+    const VERSION: u32 = 1;
+    const INPUTS: Arity = Arity::Exactly(1);
+    type Params = Params;
+
+    fn check(p: &Params) -> Result<()> {
+        if !(0.0..1.0).contains(&p.dropout) {
+            return Err(Error::param("dropout", "must be in [0, 1)"));
+        }
+        if p.mode == Mode::Unsup && p.dropout == 0.0 {
+            return Err(Error::param(
+                "dropout",
+                "mode `unsup` needs dropout > 0 (the two views would be identical)",
+            ));
+        }
+        if !(p.temperature > 0.0 && p.temperature.is_finite()) {
+            return Err(Error::param("temperature", "must be > 0"));
+        }
+        if !(p.lr > 0.0 && p.lr.is_finite()) {
+            return Err(Error::param("lr", "must be > 0"));
+        }
+        if !(p.weight_decay >= 0.0 && p.weight_decay.is_finite()) {
+            return Err(Error::param("weight_decay", "must be >= 0"));
+        }
+        if p.epochs == 0 {
+            return Err(Error::param("epochs", "must be >= 1"));
+        }
+        if p.batch_size < 2 {
+            return Err(Error::param(
+                "batch_size",
+                "must be >= 2 (in-batch negatives)",
+            ));
+        }
+        if !(0.0..0.9).contains(&p.holdout) {
+            return Err(Error::param("holdout", "must be in [0, 0.9)"));
+        }
+        if p.patience == 0 {
+            return Err(Error::param("patience", "must be >= 1"));
+        }
+        if p.d_out == Some(0) || p.hidden == Some(0) {
+            return Err(Error::param("d_out/hidden", "widths must be >= 1"));
+        }
+        Ok(())
+    }
+
+    fn run(params: &Params, inputs: &[Input], ctx: &Context) -> Result<Summary> {
+        Self::check(params)?;
+        let input = inputs
+            .first()
+            .ok_or_else(|| Error::mismatch("contrastive", "no input"))?;
+        let seed = params.seed.unwrap_or(ctx.seed);
+        let column = pick_column(input, params)?;
+        let train_path = input.split("train")?;
+        let train = read_embedding_table(&train_path, Some(&[column.as_str()]))?;
+        let d = train.columns[0].dim;
+        let d_out = match (params.output, params.d_out) {
+            (Output::Residual, Some(k)) if k != d => {
+                return Err(Error::param(
+                    "d_out",
+                    format!("output `residual` needs d_out = input width {d}, got {k}"),
+                ));
+            }
+            (Output::Residual, _) => d,
+            (_, Some(k)) => k,
+            (_, None) => d.min(256),
+        };
+        let standardizer = Standardizer::fit(&train.columns[0].values, d);
+        let x = standardizer.apply(&train.columns[0].values);
+        let (tr, val, examples_note) = examples(params, seed, &train, &x, d)?;
+
+        let head = Head::new(
+            d,
+            params.hidden,
+            d_out,
+            params.output == Output::Residual,
+            seed,
+        )?;
+        let bar = ctx.progress(params.epochs as u64, "contrastive");
+        let log = train::train(&head, params, seed, &tr, val.as_ref(), |_, l, v| {
+            bar.set_message(match v {
+                Some(v) => format!("loss {l:.4} val {v:.4}"),
+                None => format!("loss {l:.4}"),
+            });
+            bar.inc(1);
+        })?;
+        bar.finish_and_clear();
+
+        let mut rows_out = 0;
+        for (split, path) in input.splits() {
+            let table = if path == train_path {
+                train.clone()
+            } else {
+                read_embedding_table(&path, Some(&[column.as_str()]))?
+            };
+            let col = &table.columns[0];
+            if col.dim != d {
+                return Err(Error::schema(
+                    &path,
+                    &column,
+                    format!("width {} differs from train's {d}", col.dim),
+                ));
+            }
+            let (width, values) =
+                train::embed(&head, params.output, &standardizer.apply(&col.values))?;
+            let out = EmbeddingTable {
+                ids: table.ids,
+                labels: table.labels,
+                label_names: table.label_names,
+                columns: vec![VectorColumn::new("embedding", width, values)],
+            };
+            rows_out += out.len();
+            write_embedding_table(&ctx.out(&format!("{split}.parquet")), &out, Precision::F32)?;
+        }
+        let json = serde_json::to_vec_pretty(&log)
+            .map_err(|e| Error::compute("serialize training.json", e))?;
+        fsutil::write_bytes_atomic(&ctx.out("training.json"), &json)?;
+
+        let best = match log.best_val_loss {
+            Some(v) => format!(
+                "best epoch {} of {} (val loss {v:.4})",
+                log.best_epoch, log.epochs_run
+            ),
+            None => format!("{} epochs, no holdout", log.epochs_run),
+        };
+        Ok(Summary {
+            rows_out,
+            notes: vec![
+                format!(
+                    "column `{column}` ({d}) -> `embedding` ({:?}, head {d}->{d_out})",
+                    params.output
+                ),
+                examples_note,
+                best,
+            ],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

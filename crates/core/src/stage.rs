@@ -1,0 +1,193 @@
+//! The stage contract: what a stage is given, what it returns, and what it declares so that the
+//! runner can cache it without knowing anything about what it does.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// How many upstream artifacts a stage takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arity {
+    /// Exactly this many (0 for sources such as ingest).
+    Exactly(usize),
+    /// This many or more (fusions across models, ensembles, evaluate).
+    AtLeast(usize),
+}
+
+impl Arity {
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::Exactly(k) => n == k,
+            Arity::AtLeast(k) => n >= k,
+        }
+    }
+}
+
+impl std::fmt::Display for Arity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arity::Exactly(0) => write!(f, "no inputs"),
+            Arity::Exactly(1) => write!(f, "exactly 1 input"),
+            Arity::Exactly(k) => write!(f, "exactly {k} inputs"),
+            Arity::AtLeast(k) => write!(f, "at least {k} input(s)"),
+        }
+    }
+}
+
+/// Something outside the cache that a stage's output depends on. The runner puts it in the
+/// cache key, so that a changed dataset file or model revision invalidates the artifact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum External {
+    /// A local file; the runner hashes its content (memoised by size and mtime).
+    File { name: String, path: PathBuf },
+    /// An immutable identifier, such as a pinned hub revision or a PyPI `name==version`.
+    Value { name: String, value: String },
+}
+
+/// Settings shared by every stage of a pipeline run.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// Where local datasets are looked up first (`../shared/data` by default).
+    pub data_dir: PathBuf,
+    /// Where fetched models are unpacked (`cache/models` by default).
+    pub models_dir: PathBuf,
+    /// The folder of the pipeline file, for resolving relative paths in params.
+    pub pipeline_dir: PathBuf,
+    /// The pipeline's seed; a stage's own `seed` param, where it has one, overrides it.
+    pub seed: u64,
+    /// Hide progress bars (tests, CI logs).
+    pub quiet: bool,
+}
+
+/// One upstream artifact as a stage sees it: a folder and the files it may read.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// The id of the stage that produced it (for messages and report names).
+    pub stage_id: String,
+    pub dir: PathBuf,
+    /// File names inside `dir` that this stage takes (all of them, or the one the pipeline named).
+    pub files: Vec<String>,
+}
+
+impl Input {
+    /// The path of `file`, or an error naming the upstream stage if it has no such output.
+    pub fn path(&self, file: &str) -> Result<PathBuf> {
+        if self.files.iter().any(|f| f == file) {
+            Ok(self.dir.join(file))
+        } else {
+            Err(Error::mismatch(
+                "find input",
+                format!(
+                    "stage `{}` has no output `{file}` (it has: {})",
+                    self.stage_id,
+                    self.files.join(", ")
+                ),
+            ))
+        }
+    }
+
+    /// The split files (`train.parquet`, `test.parquet`, ...) as `(split, path)`, sorted.
+    pub fn splits(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = self
+            .files
+            .iter()
+            .filter_map(|f| {
+                f.strip_suffix(".parquet")
+                    .map(|s| (s.to_string(), self.dir.join(f)))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The path of a split file, e.g. `split("train")`.
+    pub fn split(&self, split: &str) -> Result<PathBuf> {
+        self.path(&format!("{split}.parquet"))
+    }
+}
+
+/// What a stage is given besides its params and inputs.
+pub struct Context<'a> {
+    pub env: &'a Env,
+    /// An empty folder to write outputs into; the runner publishes it atomically on success.
+    pub out_dir: PathBuf,
+    /// A folder that survives failed and interrupted runs, shared by all stages of this kind:
+    /// the place for resumable shards and per-item memoisation. The stage owns its layout.
+    pub store_dir: PathBuf,
+    /// The seed in effect for this stage.
+    pub seed: u64,
+}
+
+impl Context<'_> {
+    /// A progress bar for `total` items, hidden when the run is quiet.
+    pub fn progress(&self, total: u64, what: &str) -> indicatif::ProgressBar {
+        if self.env.quiet {
+            return indicatif::ProgressBar::hidden();
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "  {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_string());
+        bar
+    }
+
+    pub fn out(&self, file: &str) -> PathBuf {
+        self.out_dir.join(file)
+    }
+}
+
+/// What a stage reports after a successful run (shown in the one-line summary, kept in the
+/// manifest).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Rows written, summed over the output tables.
+    pub rows_out: usize,
+    /// Short facts worth a line each ("reused 1,980 of 2,500 texts", "truncated 3 texts").
+    pub notes: Vec<String>,
+}
+
+/// A stage kind. Implemented by a unit struct in each stage crate.
+pub trait Stage {
+    /// The `kind:` that names this stage in pipeline files.
+    const KIND: &'static str;
+    /// The implementation version, part of the cache key. Bump it whenever the same params and
+    /// inputs would now produce different output bytes.
+    const VERSION: u32;
+    /// How many inputs it takes.
+    const INPUTS: Arity;
+    /// Whether the output depends on the seed. Only then is the seed part of the cache key, so
+    /// that changing the pipeline's seed does not re-run, say, a deterministic extraction.
+    const SEEDED: bool = false;
+    /// Params as written in the pipeline file: `#[serde(deny_unknown_fields)]`, with defaults.
+    type Params: Serialize + DeserializeOwned;
+
+    /// Checks that types alone cannot express (ranges, combinations). Runs before anything runs.
+    fn check(_params: &Self::Params) -> Result<()> {
+        Ok(())
+    }
+
+    /// The things outside the cache that the output depends on.
+    fn externals(_params: &Self::Params, _env: &Env) -> Result<Vec<External>> {
+        Ok(Vec::new())
+    }
+
+    /// Reads `inputs`, writes outputs into `ctx.out_dir`.
+    fn run(params: &Self::Params, inputs: &[Input], ctx: &Context) -> Result<Summary>;
+}
+
+/// Resolves a path param: absolute as is, relative to the pipeline file's folder otherwise.
+pub fn resolve_path(env: &Env, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        env.pipeline_dir.join(path)
+    }
+}

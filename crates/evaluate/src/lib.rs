@@ -1,0 +1,509 @@
+//! The `evaluate` stage: scores one or more predictions artifacts on the same rows and writes
+//! them side by side.
+//!
+//! # Params
+//!
+//! ```yaml
+//! kind: evaluate
+//! inputs: [clf_a, clf_b, clf_c]   # each with predictions.parquet
+//! params:
+//!   names: null        # display names, one per input; default: the producer name stored in
+//!                      # the predictions file, or the input's stage id when that is empty or
+//!                      # shared by several inputs
+//!   baseline: null     # a name (from `names` or the defaults); every other row is compared
+//!                      # against its accuracy and the report says which beat it (strictly)
+//!   notes: null        # free text shown at the top of report.md (e.g. how settings were chosen)
+//! ```
+//!
+//! # Outputs
+//!
+//! * `metrics.json`: `{label_names, n_rows, baseline, notes, classifiers: [{name, stage_id,
+//!   producer, accuracy, macro_f1, per_class: [{label, precision, recall, f1, support}],
+//!   confusion, vs_baseline: {baseline, delta_accuracy, beats} | null}]}`, `confusion` with rows =
+//!   true class and columns = predicted class, classifiers in input order.
+//! * `report.md`: summary table in input order, then per-class tables and confusion matrices.
+//! * `confusion_<name>.png` per input (name with characters outside `[A-Za-z0-9._-]` replaced
+//!   by `_`).
+//!
+//! Metrics follow scikit-learn (see [`metrics`]); [`accuracy_and_macro_f1`] is the shared helper.
+//!
+//! All inputs must hold the same row ids with the same true labels and the same label names.
+
+pub mod metrics;
+mod plot;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use llmembed_core::fsutil::write_bytes_atomic;
+use llmembed_core::{
+    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, read_predictions,
+};
+use serde::{Deserialize, Serialize};
+
+pub use metrics::{
+    ClassMetrics, Scores, accuracy_and_macro_f1, confusion_matrix, scores_from_confusion,
+};
+
+/// The evaluate stage (see the crate docs).
+pub struct Evaluate;
+
+/// Params of [`Evaluate`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// Display names, one per input, in input order.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+    /// The name whose accuracy the others are compared against.
+    #[serde(default)]
+    pub baseline: Option<String>,
+    /// Free text shown at the top of the report.
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// One classifier's entry in `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierMetrics {
+    pub name: String,
+    pub stage_id: String,
+    pub producer: String,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_class: Vec<ClassMetrics>,
+    pub confusion: Vec<Vec<u64>>,
+    pub vs_baseline: Option<VsBaseline>,
+}
+
+/// Comparison of one classifier with the baseline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VsBaseline {
+    pub baseline: String,
+    /// This accuracy minus the baseline's.
+    pub delta_accuracy: f64,
+    /// Strictly higher accuracy than the baseline.
+    pub beats: bool,
+}
+
+/// The whole of `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsFile {
+    pub label_names: Vec<String>,
+    pub n_rows: usize,
+    pub baseline: Option<String>,
+    pub notes: Option<String>,
+    pub classifiers: Vec<ClassifierMetrics>,
+}
+
+impl Stage for Evaluate {
+    const KIND: &'static str = "evaluate";
+    const VERSION: u32 = 1;
+    const INPUTS: Arity = Arity::AtLeast(1);
+    type Params = EvaluateParams;
+
+    fn check(p: &EvaluateParams) -> Result<()> {
+        if let Some(names) = &p.names {
+            let mut seen = HashSet::new();
+            for n in names {
+                if n.trim().is_empty() {
+                    return Err(Error::param("names", "empty name"));
+                }
+                if !seen.insert(n) {
+                    return Err(Error::param("names", format!("`{n}` repeats")));
+                }
+            }
+            if let Some(b) = &p.baseline
+                && !names.contains(b)
+            {
+                return Err(Error::param(
+                    "baseline",
+                    format!("`{b}` is not one of `names` ({})", names.join(", ")),
+                ));
+            }
+        }
+        if let Some(b) = &p.baseline
+            && b.trim().is_empty()
+        {
+            return Err(Error::param("baseline", "empty"));
+        }
+        Ok(())
+    }
+
+    fn run(p: &EvaluateParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
+        if inputs.is_empty() {
+            return Err(Error::mismatch("evaluate", "no inputs"));
+        }
+        let mut preds = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let path = input.path("predictions.parquet")?;
+            let pr = read_predictions(&path)?;
+            validate(&pr, &path)?;
+            preds.push(pr);
+        }
+        check_same_rows(inputs, &preds)?;
+        let names = display_names(p, inputs, &preds)?;
+        let files = png_names(&names)?;
+
+        let label_names = preds[0].label_names.clone();
+        let mut classifiers: Vec<ClassifierMetrics> = preds
+            .iter()
+            .zip(inputs)
+            .zip(&names)
+            .map(|((pr, input), name)| {
+                let s = scores_from_confusion(
+                    confusion_matrix(&pr.labels, &pr.preds, label_names.len()),
+                    &label_names,
+                );
+                ClassifierMetrics {
+                    name: name.clone(),
+                    stage_id: input.stage_id.clone(),
+                    producer: pr.producer.clone(),
+                    accuracy: s.accuracy,
+                    macro_f1: s.macro_f1,
+                    per_class: s.per_class,
+                    confusion: s.confusion,
+                    vs_baseline: None,
+                }
+            })
+            .collect();
+
+        if let Some(b) = &p.baseline {
+            let base = classifiers
+                .iter()
+                .find(|c| &c.name == b)
+                .map(|c| c.accuracy)
+                .ok_or_else(|| {
+                    Error::param(
+                        "baseline",
+                        format!("`{b}` is not one of the names ({})", names.join(", ")),
+                    )
+                })?;
+            for c in classifiers.iter_mut().filter(|c| &c.name != b) {
+                c.vs_baseline = Some(VsBaseline {
+                    baseline: b.clone(),
+                    delta_accuracy: c.accuracy - base,
+                    beats: c.accuracy > base,
+                });
+            }
+        }
+
+        let file = MetricsFile {
+            label_names: label_names.clone(),
+            n_rows: preds[0].len(),
+            baseline: p.baseline.clone(),
+            notes: p.notes.clone(),
+            classifiers,
+        };
+        let json = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::compute("serialize metrics.json", e))?;
+        write_bytes_atomic(&ctx.out("metrics.json"), &json)?;
+
+        for (c, png_file) in file.classifiers.iter().zip(&files) {
+            let title = format!(
+                "{}: accuracy {:.4}, macro-F1 {:.4}",
+                c.name, c.accuracy, c.macro_f1
+            );
+            let bytes = plot::confusion_png(&title, &label_names, &c.confusion)?;
+            write_bytes_atomic(&ctx.out(png_file), &bytes)?;
+        }
+        let report = render_report(&file, &files);
+        write_bytes_atomic(&ctx.out("report.md"), report.as_bytes())?;
+
+        let mut summary = Summary {
+            rows_out: file.classifiers.len(),
+            notes: Vec::new(),
+        };
+        for c in &file.classifiers {
+            summary.notes.push(format!(
+                "{}: accuracy {:.4}, macro-F1 {:.4}",
+                c.name, c.accuracy, c.macro_f1
+            ));
+        }
+        Ok(summary)
+    }
+}
+
+/// Labels and predictions inside the label set, ids unique, something to score.
+fn validate(pr: &Predictions, path: &std::path::Path) -> Result<()> {
+    if pr.is_empty() {
+        return Err(Error::schema(path, "id", "no rows to evaluate"));
+    }
+    if pr.label_names.is_empty() {
+        return Err(Error::schema(path, "label", "no label names"));
+    }
+    let n = pr.num_classes() as i64;
+    let mut seen = HashSet::with_capacity(pr.len());
+    for row in 0..pr.len() {
+        if !seen.insert(pr.ids[row].as_str()) {
+            return Err(Error::row(
+                path,
+                row,
+                "id",
+                format!("id `{}` repeats", pr.ids[row]),
+            ));
+        }
+        for (field, v) in [("label", pr.labels[row]), ("pred", pr.preds[row])] {
+            if !(0..n).contains(&v) {
+                return Err(Error::row(
+                    path,
+                    row,
+                    field,
+                    format!("class {v} is outside the {n} label names"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every input has the first one's label names and the same ids with the same true labels.
+fn check_same_rows(inputs: &[Input], preds: &[Predictions]) -> Result<()> {
+    let first = &preds[0];
+    let truth: HashMap<&str, i64> = first
+        .ids
+        .iter()
+        .map(String::as_str)
+        .zip(first.labels.iter().copied())
+        .collect();
+    for (input, pr) in inputs.iter().zip(preds).skip(1) {
+        if pr.label_names != first.label_names {
+            return Err(Error::mismatch(
+                "compare inputs",
+                format!(
+                    "`{}` has label names {:?} but `{}` has {:?}",
+                    input.stage_id, pr.label_names, inputs[0].stage_id, first.label_names
+                ),
+            ));
+        }
+        let mut missing_here: Vec<&str> = Vec::new();
+        for (id, &label) in pr.ids.iter().zip(&pr.labels) {
+            match truth.get(id.as_str()) {
+                None => missing_here.push(id),
+                Some(&t) if t != label => {
+                    return Err(Error::mismatch(
+                        "compare inputs",
+                        format!(
+                            "row `{id}` has true label {label} in `{}` but {t} in `{}`",
+                            input.stage_id, inputs[0].stage_id
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let ids: HashSet<&str> = pr.ids.iter().map(String::as_str).collect();
+        let mut missing_there: Vec<&str> = first
+            .ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !ids.contains(id))
+            .collect();
+        if !missing_here.is_empty() || !missing_there.is_empty() {
+            missing_here.sort_unstable();
+            missing_there.sort_unstable();
+            let show = |v: &[&str]| v.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+            return Err(Error::mismatch(
+                "compare inputs",
+                format!(
+                    "`{}` and `{}` cover different rows: {} ids only in `{}` (e.g. {}), {} only \
+                     in `{}` (e.g. {})",
+                    input.stage_id,
+                    inputs[0].stage_id,
+                    missing_here.len(),
+                    input.stage_id,
+                    show(&missing_here),
+                    missing_there.len(),
+                    inputs[0].stage_id,
+                    show(&missing_there),
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn display_names(
+    p: &EvaluateParams,
+    inputs: &[Input],
+    preds: &[Predictions],
+) -> Result<Vec<String>> {
+    if let Some(names) = &p.names {
+        if names.len() != inputs.len() {
+            return Err(Error::param(
+                "names",
+                format!("{} names for {} inputs", names.len(), inputs.len()),
+            ));
+        }
+        return Ok(names.clone());
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for pr in preds {
+        *counts.entry(pr.producer.as_str()).or_default() += 1;
+    }
+    let names: Vec<String> = inputs
+        .iter()
+        .zip(preds)
+        .map(|(input, pr)| {
+            if pr.producer.trim().is_empty() || counts[pr.producer.as_str()] > 1 {
+                input.stage_id.clone()
+            } else {
+                pr.producer.clone()
+            }
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for n in &names {
+        if !seen.insert(n) {
+            return Err(Error::param(
+                "names",
+                format!("default name `{n}` is shared by several inputs; give `names`"),
+            ));
+        }
+    }
+    Ok(names)
+}
+
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn png_names(names: &[String]) -> Result<Vec<String>> {
+    let mut by_file: BTreeMap<String, &str> = BTreeMap::new();
+    let mut out = Vec::new();
+    for n in names {
+        let f = format!("confusion_{}.png", file_stem(n));
+        if let Some(other) = by_file.insert(f.clone(), n) {
+            return Err(Error::param(
+                "names",
+                format!("`{other}` and `{n}` both give the file name {f}; rename one"),
+            ));
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// Escapes text for a markdown table cell.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn render_report(m: &MetricsFile, pngs: &[String]) -> String {
+    let mut r = String::new();
+    let _ = writeln!(r, "# Evaluation\n");
+    if let Some(notes) = &m.notes {
+        let _ = writeln!(r, "{}\n", notes.trim_end());
+    }
+    let _ = writeln!(
+        r,
+        "{} test rows, {} classes: {}.\n",
+        m.n_rows,
+        m.label_names.len(),
+        m.label_names.join(", ")
+    );
+    match &m.baseline {
+        Some(b) => {
+            let _ = writeln!(
+                r,
+                "| classifier | accuracy | macro-F1 | Δ accuracy vs `{}` | beats baseline |",
+                cell(b)
+            );
+            let _ = writeln!(r, "|---|---:|---:|---:|---|");
+            for c in &m.classifiers {
+                let (delta, beats) = match &c.vs_baseline {
+                    Some(v) => (
+                        format!("{:+.4}", v.delta_accuracy),
+                        if v.beats { "yes" } else { "no" }.to_string(),
+                    ),
+                    None => ("—".to_string(), "(baseline)".to_string()),
+                };
+                let _ = writeln!(
+                    r,
+                    "| {} | {:.4} | {:.4} | {delta} | {beats} |",
+                    cell(&c.name),
+                    c.accuracy,
+                    c.macro_f1
+                );
+            }
+            let winners: Vec<&str> = m
+                .classifiers
+                .iter()
+                .filter(|c| c.vs_baseline.as_ref().is_some_and(|v| v.beats))
+                .map(|c| c.name.as_str())
+                .collect();
+            if winners.is_empty() {
+                let _ = writeln!(r, "\nNone beat the baseline `{b}`.\n");
+            } else {
+                let _ = writeln!(
+                    r,
+                    "\nBeat the baseline `{b}` (higher accuracy): {}.\n",
+                    winners.join(", ")
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(r, "| classifier | accuracy | macro-F1 |");
+            let _ = writeln!(r, "|---|---:|---:|");
+            for c in &m.classifiers {
+                let _ = writeln!(
+                    r,
+                    "| {} | {:.4} | {:.4} |",
+                    cell(&c.name),
+                    c.accuracy,
+                    c.macro_f1
+                );
+            }
+            r.push('\n');
+        }
+    }
+    for (c, png) in m.classifiers.iter().zip(pngs) {
+        let _ = writeln!(r, "## {}\n", c.name);
+        if c.producer != c.name || c.stage_id != c.name {
+            let _ = writeln!(r, "Stage `{}`, producer `{}`.\n", c.stage_id, c.producer);
+        }
+        let _ = writeln!(r, "| class | precision | recall | F1 | support |");
+        let _ = writeln!(r, "|---|---:|---:|---:|---:|");
+        for k in &c.per_class {
+            let _ = writeln!(
+                r,
+                "| {} | {:.4} | {:.4} | {:.4} | {} |",
+                cell(&k.label),
+                k.precision,
+                k.recall,
+                k.f1,
+                k.support
+            );
+        }
+        let _ = writeln!(
+            r,
+            "\nConfusion matrix (rows = true class, columns = predicted class):\n"
+        );
+        let _ = write!(r, "| true \\ predicted |");
+        for l in &m.label_names {
+            let _ = write!(r, " {} |", cell(l));
+        }
+        let _ = write!(r, "\n|---|");
+        for _ in &m.label_names {
+            r.push_str("---:|");
+        }
+        r.push('\n');
+        for (l, row) in m.label_names.iter().zip(&c.confusion) {
+            let _ = write!(r, "| {} |", cell(l));
+            for v in row {
+                let _ = write!(r, " {v} |");
+            }
+            r.push('\n');
+        }
+        let _ = writeln!(r, "\n![confusion matrix of {}]({png})\n", cell(&c.name));
+    }
+    r
+}

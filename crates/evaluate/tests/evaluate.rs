@@ -1,0 +1,366 @@
+use std::path::{Path, PathBuf};
+
+use llmembed_core::{Context, Env, Input, Predictions, Stage, write_predictions};
+use llmembed_evaluate::{
+    Evaluate, EvaluateParams, MetricsFile, accuracy_and_macro_f1, confusion_matrix,
+    scores_from_confusion,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    label_names: Vec<String>,
+    y_true: Vec<i64>,
+    y_pred: Vec<i64>,
+    accuracy: f64,
+    f1_macro: f64,
+    precision: Vec<f64>,
+    recall: Vec<f64>,
+    f1: Vec<f64>,
+    support: Vec<u64>,
+    confusion: Vec<Vec<u64>>,
+}
+
+fn reference() -> Reference {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metrics_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn close(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() <= 1e-12, "{what}: {a} vs sklearn {b}");
+}
+
+fn env(dir: &Path) -> Env {
+    Env {
+        data_dir: dir.join("data"),
+        models_dir: dir.join("models"),
+        pipeline_dir: dir.to_path_buf(),
+        seed: 0,
+        quiet: true,
+    }
+}
+
+/// Writes predictions as an upstream artifact folder and returns the input.
+fn input(root: &Path, stage_id: &str, p: &Predictions) -> Input {
+    let dir = root.join(stage_id);
+    std::fs::create_dir_all(&dir).unwrap();
+    write_predictions(&dir.join("predictions.parquet"), p).unwrap();
+    Input {
+        stage_id: stage_id.to_string(),
+        dir,
+        files: vec!["predictions.parquet".to_string()],
+    }
+}
+
+fn predictions(
+    ids: Vec<String>,
+    labels: Vec<i64>,
+    preds: Vec<i64>,
+    names: &[String],
+    producer: &str,
+) -> Predictions {
+    let c = names.len();
+    let mut probs = vec![0.0f32; preds.len() * c];
+    for (i, &p) in preds.iter().enumerate() {
+        probs[i * c + p as usize] = 1.0;
+    }
+    Predictions {
+        ids,
+        labels,
+        preds,
+        probs,
+        label_names: names.to_vec(),
+        producer: producer.to_string(),
+    }
+}
+
+fn run(params: &EvaluateParams, inputs: &[Input], root: &Path) -> llmembed_core::Result<PathBuf> {
+    Evaluate::check(params)?;
+    let e = env(root);
+    let out = root.join(format!("out-{}", inputs.len()));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let ctx = Context {
+        env: &e,
+        out_dir: out.clone(),
+        store_dir: root.join("store"),
+        seed: 0,
+    };
+    Evaluate::run(params, inputs, &ctx)?;
+    Ok(out)
+}
+
+fn ref_predictions(r: &Reference, producer: &str) -> Predictions {
+    let ids = (0..r.y_true.len()).map(|i| format!("test-{i}")).collect();
+    predictions(
+        ids,
+        r.y_true.clone(),
+        r.y_pred.clone(),
+        &r.label_names,
+        producer,
+    )
+}
+
+#[test]
+fn metrics_match_sklearn_reference() {
+    let r = reference();
+    let n = r.label_names.len();
+    let cm = confusion_matrix(&r.y_true, &r.y_pred, n);
+    assert_eq!(cm, r.confusion);
+    let s = scores_from_confusion(cm, &r.label_names);
+    close(s.accuracy, r.accuracy, "accuracy");
+    close(s.macro_f1, r.f1_macro, "macro f1");
+    for c in 0..n {
+        close(
+            s.per_class[c].precision,
+            r.precision[c],
+            &format!("precision[{c}]"),
+        );
+        close(s.per_class[c].recall, r.recall[c], &format!("recall[{c}]"));
+        close(s.per_class[c].f1, r.f1[c], &format!("f1[{c}]"));
+        assert_eq!(s.per_class[c].support, r.support[c]);
+        assert_eq!(s.per_class[c].label, r.label_names[c]);
+    }
+    let (acc, f1) = accuracy_and_macro_f1(&r.y_true, &r.y_pred, n);
+    close(acc, r.accuracy, "helper accuracy");
+    close(f1, r.f1_macro, "helper macro f1");
+}
+
+#[test]
+fn stage_writes_metrics_report_and_pngs() {
+    let r = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let base = input(root, "clf_ref", &ref_predictions(&r, "logreg"));
+    // A perfect classifier over the same rows, in reverse row order (order must not matter).
+    let mut perfect = ref_predictions(&r, "oracle");
+    perfect.ids.reverse();
+    perfect.labels.reverse();
+    perfect.preds = perfect.labels.clone();
+    let n = r.label_names.len();
+    perfect.probs = perfect
+        .preds
+        .iter()
+        .flat_map(|&p| (0..n).map(move |c| if c as i64 == p { 1.0 } else { 0.0 }))
+        .collect();
+    let oracle = input(root, "clf_oracle", &perfect);
+    // A worse one: always predicts class 0.
+    let mut zero = ref_predictions(&r, "");
+    zero.preds = vec![0; zero.len()];
+    let zero_in = input(root, "clf_zero", &zero);
+
+    let params = EvaluateParams {
+        names: None,
+        baseline: Some("logreg".into()),
+        notes: Some("Settings chosen on the dev split.".into()),
+    };
+    let out = run(&params, &[base, oracle, zero_in], root).unwrap();
+
+    let m: MetricsFile =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let names: Vec<&str> = m.classifiers.iter().map(|c| c.name.as_str()).collect();
+    // Producer names by default, the stage id where the producer is empty.
+    assert_eq!(names, ["logreg", "oracle", "clf_zero"]);
+    assert_eq!(m.n_rows, r.y_true.len());
+    close(m.classifiers[0].accuracy, r.accuracy, "stage accuracy");
+    close(m.classifiers[0].macro_f1, r.f1_macro, "stage macro f1");
+    assert_eq!(m.classifiers[0].confusion, r.confusion);
+    assert!(m.classifiers[0].vs_baseline.is_none());
+    assert_eq!(m.classifiers[1].accuracy, 1.0);
+    let vs = m.classifiers[1].vs_baseline.as_ref().unwrap();
+    assert!(vs.beats);
+    close(vs.delta_accuracy, 1.0 - r.accuracy, "delta");
+    assert!(!m.classifiers[2].vs_baseline.as_ref().unwrap().beats);
+    // Always-0: precision of class 0 = support(0) / n, recall 1.
+    let support0 = r.support[0] as f64;
+    close(
+        m.classifiers[2].per_class[0].precision,
+        support0 / r.y_true.len() as f64,
+        "always-0 precision",
+    );
+    close(m.classifiers[2].per_class[0].recall, 1.0, "always-0 recall");
+
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.starts_with("# Evaluation\n\nSettings chosen on the dev split."),
+        "{report}"
+    );
+    assert!(
+        report.contains("Beat the baseline `logreg` (higher accuracy): oracle."),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "| logreg | {:.4} | {:.4} | — | (baseline) |",
+            r.accuracy, r.f1_macro
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("| Sci/Tech | 0.0000 | 0.0000 | 0.0000 | 12 |"),
+        "{report}"
+    );
+    assert!(report.contains("![confusion matrix of oracle](confusion_oracle.png)"));
+    // Summary rows keep input order.
+    let pos = |s: &str| report.find(&format!("\n| {s} |")).unwrap();
+    assert!(pos("logreg") < pos("oracle") && pos("oracle") < pos("clf_zero"));
+
+    for name in ["logreg", "oracle", "clf_zero"] {
+        let path = out.join(format!("confusion_{name}.png"));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        assert!(
+            info.width >= 400 && info.height >= 400,
+            "{name}: {}x{}",
+            info.width,
+            info.height
+        );
+    }
+    // Keep one for eyeballing when asked to.
+    if let Ok(dest) = std::env::var("LLMEMBED_KEEP_PNG") {
+        std::fs::copy(out.join("confusion_logreg.png"), dest).unwrap();
+    }
+}
+
+#[test]
+fn same_inputs_give_same_bytes() {
+    let r = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let a = input(dir.path(), "a", &ref_predictions(&r, "x"));
+    let p = EvaluateParams::default();
+    let out1 = run(&p, std::slice::from_ref(&a), dir.path()).unwrap();
+    let bytes1: Vec<Vec<u8>> = ["metrics.json", "report.md", "confusion_x.png"]
+        .iter()
+        .map(|f| std::fs::read(out1.join(f)).unwrap())
+        .collect();
+    let out2 = run(&p, &[a], dir.path()).unwrap();
+    for (f, b) in ["metrics.json", "report.md", "confusion_x.png"]
+        .iter()
+        .zip(bytes1)
+    {
+        assert_eq!(std::fs::read(out2.join(f)).unwrap(), b, "{f}");
+    }
+}
+
+#[test]
+fn explicit_names_and_duplicate_producers() {
+    let r = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let a = input(dir.path(), "stage_a", &ref_predictions(&r, "logreg"));
+    let b = input(dir.path(), "stage_b", &ref_predictions(&r, "logreg"));
+    // Same producer twice: the stage ids are used.
+    let out = run(
+        &EvaluateParams::default(),
+        &[a.clone(), b.clone()],
+        dir.path(),
+    )
+    .unwrap();
+    let m: MetricsFile =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m.classifiers[0].name, "stage_a");
+    assert_eq!(m.classifiers[1].name, "stage_b");
+    assert!(out.join("confusion_stage_b.png").is_file());
+
+    let named = EvaluateParams {
+        names: Some(vec!["LLaMA 2 / layer 20".into(), "BERT".into()]),
+        baseline: Some("BERT".into()),
+        notes: None,
+    };
+    let out = run(&named, &[a.clone(), b.clone()], dir.path()).unwrap();
+    assert!(out.join("confusion_LLaMA_2___layer_20.png").is_file());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("None beat the baseline `BERT`."),
+        "{report}"
+    );
+
+    let wrong_count = EvaluateParams {
+        names: Some(vec!["one".into()]),
+        ..Default::default()
+    };
+    let e = run(&wrong_count, &[a.clone(), b.clone()], dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1 names for 2 inputs"), "{e}");
+    let bad_baseline = EvaluateParams {
+        baseline: Some("nope".into()),
+        ..Default::default()
+    };
+    let e = run(&bad_baseline, &[a, b], dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`nope` is not one of the names"), "{e}");
+    let dup = EvaluateParams {
+        names: Some(vec!["x".into(), "x".into()]),
+        ..Default::default()
+    };
+    assert!(
+        Evaluate::check(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("`x` repeats")
+    );
+}
+
+#[test]
+fn inputs_must_cover_same_rows_and_labels() {
+    let r = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let a = input(root, "a", &ref_predictions(&r, "a"));
+
+    let mut fewer = ref_predictions(&r, "b");
+    fewer.ids.pop();
+    fewer.labels.pop();
+    fewer.preds.pop();
+    fewer
+        .probs
+        .truncate(fewer.preds.len() * r.label_names.len());
+    let b = input(root, "b", &fewer);
+    let e = run(&EvaluateParams::default(), &[a.clone(), b], root)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cover different rows") && e.contains("1 only in `a` (e.g. test-96)"),
+        "{e}"
+    );
+
+    let mut renamed = ref_predictions(&r, "c");
+    renamed.label_names[4] = "Misc".into();
+    let c = input(root, "c", &renamed);
+    let e = run(&EvaluateParams::default(), &[a.clone(), c], root)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label names") && e.contains("Misc"), "{e}");
+
+    let mut relabelled = ref_predictions(&r, "d");
+    relabelled.labels[5] = (relabelled.labels[5] + 1) % 4;
+    let d = input(root, "d", &relabelled);
+    let e = run(&EvaluateParams::default(), &[a.clone(), d], root)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row `test-5` has true label"), "{e}");
+
+    let mut dup = ref_predictions(&r, "e");
+    dup.ids[3] = dup.ids[2].clone();
+    let e_in = input(root, "e", &dup);
+    let e = run(&EvaluateParams::default(), &[e_in], root)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("predictions.parquet: row 3, field `id`"), "{e}");
+
+    let missing = Input {
+        stage_id: "f".into(),
+        dir: root.join("f"),
+        files: vec!["test.parquet".into()],
+    };
+    let e = run(&EvaluateParams::default(), &[a, missing], root)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stage `f` has no output `predictions.parquet`"),
+        "{e}"
+    );
+}

@@ -1,0 +1,93 @@
+//! Llama-architecture decoders from GGUF (SmolLM2), following HF `modeling_llama.py`:
+//! `x + attn(rms(x))`, `x + mlp(rms(x))`, SiLU-gated MLP, RoPE, grouped-query attention.
+
+use llmembed_core::{Error, Result};
+
+use super::LoadSpec;
+use super::decoder::{Activation, Block, Config, Decoder, RopeStyle, compute_dtype, linear_t};
+use super::gguf::GgufFile;
+use super::tokenizer::GgufTokenizer;
+
+pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
+    let p = "llama";
+    let key = |k: &str| format!("{p}.{k}");
+    let hidden = f.get_usize(&key("embedding_length"))?;
+    let n_layers = f.get_usize(&key("block_count"))?;
+    let n_heads = f.get_usize(&key("attention.head_count"))?;
+    let n_kv_heads = if f.has(&key("attention.head_count_kv")) {
+        f.get_usize(&key("attention.head_count_kv"))?
+    } else {
+        n_heads
+    };
+    let head_dim = hidden / n_heads;
+    if f.has(&key("rope.dimension_count")) && f.get_usize(&key("rope.dimension_count"))? != head_dim {
+        return Err(Error::param(
+            "model",
+            format!("{}: partial rotary embeddings are not supported", f.path.display()),
+        ));
+    }
+    if f.has(&key("rope.scaling.type")) {
+        let ty = f.get_str(&key("rope.scaling.type"))?;
+        if ty != "none" {
+            return Err(Error::param(
+                "model",
+                format!("{}: rope scaling `{ty}` is not supported", f.path.display()),
+            ));
+        }
+    }
+    let ffn = f.get_usize(&key("feed_forward_length"))?;
+    let eps = f.get_f32(&key("attention.layer_norm_rms_epsilon"))? as f64;
+    let theta = if f.has(&key("rope.freq_base")) {
+        f.get_f32(&key("rope.freq_base"))?
+    } else {
+        10_000.0
+    };
+    let context_length = f.get_usize(&key("context_length"))?;
+    let tokenizer = GgufTokenizer::from_gguf(&f, p)?;
+    let dtype = compute_dtype(spec.compute);
+    let embed = f.qtensor("token_embd.weight")?;
+    let embed_type = format!("{:?}", embed.dtype());
+    let mut blocks = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
+        blocks.push(Block {
+            attn_norm: t("attn_norm")?,
+            wqkv: linear_t(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], dtype)?,
+            q_norm: None,
+            k_norm: None,
+            wo: linear_t(&[t("attn_output")?], dtype)?,
+            post_attn_norm: None,
+            ffn_norm: t("ffn_norm")?,
+            wgate_up: linear_t(&[t("ffn_gate")?, t("ffn_up")?], dtype)?,
+            wdown: linear_t(&[t("ffn_down")?], dtype)?,
+            post_ffn_norm: None,
+        });
+    }
+    let final_norm = f.tensor_f32("output_norm.weight")?;
+    let cfg = Config {
+        arch: "llama",
+        hidden,
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ffn,
+        eps,
+        embed_scale: None,
+        activation: Activation::Silu,
+        rope_style: RopeStyle::Interleaved,
+        attn_scale: 1.0 / (head_dim as f64).sqrt(),
+        rope_theta: vec![theta; n_layers],
+        window: vec![None; n_layers],
+        context_length,
+    };
+    Ok(Decoder {
+        cfg,
+        embed,
+        blocks,
+        final_norm,
+        tokenizer,
+        dtype,
+        weights_note: format!("gguf-dequantized(embed={embed_type})"),
+    })
+}

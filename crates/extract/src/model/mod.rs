@@ -1,0 +1,154 @@
+//! Frozen models that turn token ids into pooled hidden states, one vector per requested tap.
+//!
+//! The decoders (llama, gemma3) are read from GGUF files and written here, close to HF's
+//! `modeling_llama.py` / `modeling_gemma3.py`, because candle-transformers' models expose neither
+//! per-layer hidden states nor padding masks. The BERT encoder lives in `crate::bert`.
+//!
+//! Tap numbering follows HF `output_hidden_states`: `Layer(0)` is the embedding output (for
+//! Gemma after the `sqrt(hidden)` scaling), `Layer(k)` the output of block `k`. HF replaces the
+//! LAST entry (`hidden_states[n]`) by the final-norm output for llama-family models, so to match
+//! HF exactly: `Layer(k)` for `k < n` is the raw block-`k` output, and `Layer(n)` equals
+//! `FinalNorm` (the final RMSNorm applied to block `n`'s output). Decoders do not support
+//! `Pooler`.
+
+use std::path::{Path, PathBuf};
+
+use llmembed_core::{Error, Result};
+
+pub(crate) mod decoder;
+pub(crate) mod gemma3;
+pub(crate) mod gguf;
+pub(crate) mod llama;
+pub(crate) mod tokenizer;
+
+/// Which hidden state to pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tap {
+    /// `Layer(0)` = embedding output, `Layer(k)` = output of block `k` (HF numbering; see module
+    /// docs for how `Layer(n)` relates to `FinalNorm`).
+    Layer(usize),
+    /// The final norm applied to the last block's output.
+    FinalNorm,
+    /// The encoder's pooler output (BERT only).
+    Pooler,
+}
+
+/// How a sequence of hidden states becomes one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over real (non-pad) tokens, including special tokens the tokenizer adds.
+    Mean,
+    /// The last real token.
+    Last,
+    /// The first token.
+    First,
+    /// The model's pooler (BERT only).
+    Pooler,
+}
+
+/// Precision of the activations and matmuls (weights are dequantized from the file to this).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    F32,
+    Bf16,
+}
+
+/// Where a model's files are.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// A `.gguf` file (decoders) or a `.safetensors` file (BERT, with `config`).
+    pub weights: PathBuf,
+    pub config: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub compute: ComputeDtype,
+}
+
+pub trait Embedder: Send + Sync {
+    /// Number of blocks `n`; taps `Layer(0..=n)` exist.
+    fn num_layers(&self) -> usize;
+    fn hidden_size(&self) -> usize;
+    fn supports(&self, tap: Tap) -> bool;
+    /// Ids exactly as the HF reference tokenizer makes them (default special tokens), truncated
+    /// to `max_tokens`; the bool says whether it was truncated.
+    fn tokenize(&self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, bool)>;
+    /// Runs a batch of sequences of any lengths (pads internally, masks pads) and returns, per
+    /// requested tap, a `batch x hidden` row-major `Vec<f32>` of pooled vectors.
+    fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>>;
+    /// Architecture + the config values that affect outputs (goes into the cache fingerprint).
+    fn describe(&self) -> String;
+}
+
+/// Picks the architecture from the file: GGUF `general.architecture` (`llama`, `gemma3`), or
+/// `.safetensors` + config.json (`bert` -> `crate::bert`).
+pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
+    if is_gguf(&spec.weights)? {
+        let file = gguf::GgufFile::open(&spec.weights)?;
+        let arch = file.get_str("general.architecture")?.to_string();
+        match arch.as_str() {
+            "llama" => Ok(Box::new(llama::load(file, spec)?)),
+            "gemma3" => Ok(Box::new(gemma3::load(file, spec)?)),
+            other => Err(Error::param(
+                "model",
+                format!(
+                    "{}: GGUF architecture `{other}` is not supported (supported: llama, gemma3)",
+                    spec.weights.display()
+                ),
+            )),
+        }
+    } else {
+        load_safetensors(spec)
+    }
+}
+
+fn load_safetensors(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
+    crate::bert::load(spec)
+}
+
+/// True when the file starts with the GGUF magic.
+fn is_gguf(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open model", path, e))?;
+    let mut magic = [0u8; 4];
+    match f.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == b"GGUF"),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io("read model", path, e)),
+    }
+}
+
+/// Checks taps against a model and returns the deepest block that must run.
+pub(crate) fn check_taps(
+    taps: &[Tap],
+    pooling: Pooling,
+    num_layers: usize,
+    arch: &str,
+) -> Result<usize> {
+    if taps.is_empty() {
+        return Err(Error::param("taps", "no taps requested"));
+    }
+    if pooling == Pooling::Pooler {
+        return Err(Error::param(
+            "pooling",
+            format!("{arch} has no pooler; use mean, last or first"),
+        ));
+    }
+    let mut deepest = 0;
+    for t in taps {
+        match *t {
+            Tap::Layer(k) if k <= num_layers => deepest = deepest.max(k),
+            Tap::Layer(k) => {
+                return Err(Error::param(
+                    "layers",
+                    format!("{arch} has {num_layers} blocks; layer {k} does not exist (0..={num_layers})"),
+                ));
+            }
+            Tap::FinalNorm => deepest = num_layers,
+            Tap::Pooler => {
+                return Err(Error::param("taps", format!("{arch} has no pooler")));
+            }
+        }
+    }
+    Ok(deepest)
+}

@@ -1,0 +1,230 @@
+//! The reusing store: per model fingerprint, a folder of shard Parquet files mapping text hashes
+//! (blake3 of the text) to pooled vectors, so that a text is embedded once per fingerprint and an
+//! interrupted run resumes where it stopped.
+//!
+//! Layout of `<store_dir>/<fingerprint>/`:
+//! * `fingerprint.json`: what the fingerprint was computed from (for humans).
+//! * `plan-<plan>.json`: the shards a run planned: its `shard_rows` and, per shard, the blake3 of
+//!   its ordered text hashes. A rerun whose missing texts are exactly the unfinished tail of a
+//!   plan continues that plan, cutting the same shards, so its output is byte-identical.
+//! * `<plan>-<index>.parquet`: an EmbeddingTable whose `id` is the text hash and whose `label` is
+//!   1 when the text was truncated at `max_tokens` (label names `complete`, `truncated`). Vectors
+//!   are always stored as f32. Written atomically (temporary name, then rename).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use llmembed_core::fsutil::{create_dir_all, write_bytes_atomic};
+use llmembed_core::{
+    EmbeddingTable, Error, Precision, Result, VectorColumn, read_embedding_table,
+    write_embedding_table,
+};
+
+/// Where one text's vectors are: shard number (into `Store::shards`) and row in it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Loc {
+    pub shard: usize,
+    pub row: usize,
+    pub truncated: bool,
+}
+
+pub(crate) struct Store {
+    pub dir: PathBuf,
+    pub columns: Vec<(String, usize)>,
+    /// Shard files, in the order they were indexed or written.
+    pub shards: Vec<PathBuf>,
+    /// Text hash -> location.
+    pub index: HashMap<String, Loc>,
+}
+
+/// The shards still to write for the missing texts.
+pub(crate) struct Plan {
+    pub id: String,
+    /// Index of the first shard to write (shards before it are done).
+    pub first: usize,
+    pub total: usize,
+    /// Text hashes of each remaining shard, in order.
+    pub remaining: Vec<Vec<String>>,
+}
+
+const TRUNCATION_LABELS: [&str; 2] = ["complete", "truncated"];
+
+fn digest(hashes: &[String]) -> String {
+    let mut h = blake3::Hasher::new();
+    for x in hashes {
+        h.update(x.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+fn pid_alive(pid: &str) -> bool {
+    Path::new("/proc").join(pid).exists()
+}
+
+impl Store {
+    /// Opens (creating) the folder for `fingerprint` and indexes its complete shards.
+    pub fn open(
+        root: &Path,
+        fingerprint: &str,
+        about: &serde_json::Value,
+        columns: Vec<(String, usize)>,
+    ) -> Result<Store> {
+        let dir = root.join(fingerprint);
+        create_dir_all(&dir)?;
+        let about_path = dir.join("fingerprint.json");
+        if !about_path.exists() {
+            write_bytes_atomic(&about_path, format!("{about:#}\n").as_bytes())?;
+        }
+        let mut names: Vec<String> = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io("list store", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list store", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // A temporary file of a writer that was killed: remove it when its process is
+                // gone (a live one belongs to a concurrent run).
+                if let Some((_, pid)) = name.rsplit_once(".tmp-")
+                    && !pid_alive(pid)
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            if name.ends_with(".parquet") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        let mut store = Store {
+            dir,
+            columns,
+            shards: Vec::new(),
+            index: HashMap::new(),
+        };
+        for name in names {
+            let path = store.dir.join(&name);
+            let t = read_embedding_table(&path, Some(&[] as &[&str]))?;
+            store.add(path, &t.ids, &t.labels);
+        }
+        Ok(store)
+    }
+
+    fn add(&mut self, path: PathBuf, ids: &[String], labels: &[i64]) {
+        let shard = self.shards.len();
+        self.shards.push(path);
+        for (row, (id, &l)) in ids.iter().zip(labels).enumerate() {
+            self.index.entry(id.clone()).or_insert(Loc {
+                shard,
+                row,
+                truncated: l != 0,
+            });
+        }
+    }
+
+    /// Cuts `missing` (text hashes in order) into shards of `shard_rows`, continuing an earlier
+    /// plan when `missing` is exactly its unfinished tail.
+    pub fn plan(&self, missing: &[String], shard_rows: usize) -> Result<Plan> {
+        let chunks: Vec<Vec<String>> = missing.chunks(shard_rows).map(|c| c.to_vec()).collect();
+        let digests: Vec<String> = chunks.iter().map(|c| digest(c)).collect();
+        if !chunks.is_empty() {
+            let mut plans: Vec<PathBuf> = fs::read_dir(&self.dir)
+                .map_err(|e| Error::io("list store", &self.dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("plan-") && n.ends_with(".json"))
+                })
+                .collect();
+            plans.sort();
+            for p in plans {
+                let raw = fs::read_to_string(&p).map_err(|e| Error::io("read plan", &p, e))?;
+                let v: serde_json::Value = serde_json::from_str(&raw)
+                    .map_err(|e| Error::schema(&p, "plan", format!("bad JSON: {e}")))?;
+                let rows = v["shard_rows"].as_u64().unwrap_or(0) as usize;
+                let planned: Vec<String> = v["shards"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if rows != shard_rows || planned.len() < digests.len() {
+                    continue;
+                }
+                let first = planned.len() - digests.len();
+                if planned[first..] == digests[..] {
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    return Ok(Plan {
+                        id,
+                        first,
+                        total: planned.len(),
+                        remaining: chunks,
+                    });
+                }
+            }
+        }
+        let id = digest(&digests)[..16].to_string();
+        if !chunks.is_empty() {
+            let plan = serde_json::json!({
+                "id": id, "shard_rows": shard_rows, "shards": digests,
+            });
+            write_bytes_atomic(
+                &self.dir.join(format!("plan-{id}.json")),
+                format!("{plan}\n").as_bytes(),
+            )?;
+        }
+        Ok(Plan {
+            id,
+            first: 0,
+            total: chunks.len(),
+            remaining: chunks,
+        })
+    }
+
+    /// Writes one shard atomically and indexes it. `columns[i]` holds `hashes.len()` rows.
+    pub fn write_shard(
+        &mut self,
+        plan_id: &str,
+        index: usize,
+        hashes: Vec<String>,
+        truncated: Vec<bool>,
+        columns: Vec<Vec<f32>>,
+    ) -> Result<()> {
+        let path = self.dir.join(format!("{plan_id}-{index:05}.parquet"));
+        let labels: Vec<i64> = truncated.iter().map(|&t| t as i64).collect();
+        let table = EmbeddingTable {
+            ids: hashes,
+            labels,
+            label_names: TRUNCATION_LABELS.iter().map(|s| s.to_string()).collect(),
+            columns: self
+                .columns
+                .iter()
+                .zip(columns)
+                .map(|((name, dim), values)| VectorColumn::new(name.clone(), *dim, values))
+                .collect(),
+        };
+        write_embedding_table(&path, &table, Precision::F32)?;
+        self.add(path, &table.ids, &table.labels);
+        Ok(())
+    }
+
+    /// Reads a whole shard (all columns), checking that it has the store's columns.
+    pub fn read_shard(&self, shard: usize) -> Result<EmbeddingTable> {
+        let path = &self.shards[shard];
+        let names: Vec<&str> = self.columns.iter().map(|(n, _)| n.as_str()).collect();
+        let t = read_embedding_table(path, Some(&names))?;
+        for (c, (name, dim)) in t.columns.iter().zip(&self.columns) {
+            if c.dim != *dim {
+                return Err(Error::schema(
+                    path,
+                    name,
+                    format!("{} values per vector, the model gives {dim}", c.dim),
+                ));
+            }
+        }
+        Ok(t)
+    }
+}

@@ -1,0 +1,184 @@
+//! The BERT encoder against HF transformers (fixture written by
+//! scripts/reference/make_bert_reference.py): token ids equal, and per layer, mean-pooled
+//! vectors with cosine >= 0.999 and max |difference| <= 2e-4. Plus padding invariance.
+
+mod common;
+
+use common::{cosine, max_abs, minilm_dir};
+use llmembed_extract::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
+use serde::Deserialize;
+
+/// Largest absolute difference allowed between our f32 vectors and the torch f32 ones.
+const MAX_ABS: f32 = 2e-4;
+const MIN_COS: f64 = 0.999;
+
+#[derive(Deserialize)]
+struct Fixture {
+    max_tokens: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+    truncated: bool,
+    mean: Vec<Vec<f32>>,
+    first_last_layer: Vec<f32>,
+    pooler: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/minilm_l6_reference.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn load(dir: &std::path::Path, compute: ComputeDtype) -> Box<dyn Embedder> {
+    llmembed_extract::load(&LoadSpec {
+        weights: dir.join("model.safetensors"),
+        config: Some(dir.join("config.json")),
+        tokenizer: Some(dir.join("tokenizer.json")),
+        compute,
+    })
+    .unwrap()
+}
+
+fn all_taps(m: &dyn Embedder) -> Vec<Tap> {
+    (0..=m.num_layers()).map(Tap::Layer).collect()
+}
+
+#[test]
+fn minilm_matches_transformers_ids_and_every_layer() {
+    let Some(dir) = minilm_dir() else { return };
+    let fx = fixture();
+    let m = load(&dir, ComputeDtype::F32);
+    assert_eq!((m.num_layers(), m.hidden_size()), (6, 384));
+    let taps = all_taps(m.as_ref());
+    let (mut worst_cos, mut worst_abs) = (1f64, 0f32);
+    for case in &fx.cases {
+        let (ids, truncated) = m.tokenize(&case.text, fx.max_tokens).unwrap();
+        assert_eq!(ids, case.ids, "token ids of {:?}", case.text);
+        assert_eq!(
+            truncated, case.truncated,
+            "truncation flag of {:?}",
+            case.text
+        );
+        let got = m.embed(&[&ids], &taps, Pooling::Mean).unwrap();
+        assert_eq!(got.len(), case.mean.len());
+        for (layer, (g, want)) in got.iter().zip(&case.mean).enumerate() {
+            let c = cosine(g, want);
+            let d = max_abs(g, want);
+            worst_cos = worst_cos.min(c);
+            worst_abs = worst_abs.max(d);
+            assert!(
+                c >= MIN_COS && d <= MAX_ABS,
+                "layer {layer} of {:?}: cosine {c}, max abs diff {d}",
+                case.text
+            );
+        }
+        let first = m.embed(&[&ids], &[Tap::Layer(6)], Pooling::First).unwrap();
+        let d = max_abs(&first[0], &case.first_last_layer);
+        assert!(d <= MAX_ABS, "first-token pooling of {:?}: {d}", case.text);
+        let pooler = m.embed(&[&ids], &[Tap::Pooler], Pooling::Mean).unwrap();
+        let d = max_abs(&pooler[0], &case.pooler);
+        assert!(d <= MAX_ABS, "pooler of {:?}: {d}", case.text);
+    }
+    eprintln!("worst over cases and layers: cosine {worst_cos}, max abs diff {worst_abs:e}");
+}
+
+#[test]
+fn minilm_fixture_covers_truncation_and_non_ascii() {
+    // Guards the fixture itself: the cases the brief asks for are really in it.
+    let fx = fixture();
+    assert!(
+        fx.cases
+            .iter()
+            .any(|c| c.truncated && c.ids.len() == fx.max_tokens)
+    );
+    assert!(fx.cases.iter().any(|c| !c.text.is_ascii()));
+    assert!(fx.cases.iter().any(|c| c.ids.len() <= 3));
+    assert!(
+        fx.cases
+            .iter()
+            .all(|c| c.mean.len() == 7 && c.mean[0].len() == 384)
+    );
+}
+
+/// A text alone and the same text padded inside a mixed-length batch give the same vectors, for
+/// every layer and every pooling.
+#[test]
+fn minilm_padding_does_not_change_vectors() {
+    let Some(dir) = minilm_dir() else { return };
+    let fx = fixture();
+    let m = load(&dir, ComputeDtype::F32);
+    let taps = all_taps(m.as_ref());
+    let ids: Vec<Vec<u32>> = fx
+        .cases
+        .iter()
+        .map(|c| m.tokenize(&c.text, fx.max_tokens).unwrap().0)
+        .collect();
+    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+    assert!(lens.iter().max().unwrap() > &(lens.iter().min().unwrap() * 10));
+    let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let h = m.hidden_size();
+    for pooling in [Pooling::Mean, Pooling::First, Pooling::Last] {
+        let together = m.embed(&batch, &taps, pooling).unwrap();
+        for (i, one) in batch.iter().enumerate() {
+            let alone = m.embed(&[one], &taps, pooling).unwrap();
+            for (layer, (a, t)) in alone.iter().zip(&together).enumerate() {
+                let d = max_abs(a, &t[i * h..(i + 1) * h]);
+                assert!(
+                    d <= 1e-5,
+                    "{pooling:?} layer {layer}, text {i} ({} tokens): alone vs batched differ by {d}",
+                    one.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn minilm_bf16_compute_stays_close() {
+    let Some(dir) = minilm_dir() else { return };
+    let fx = fixture();
+    let m = load(&dir, ComputeDtype::Bf16);
+    let taps = all_taps(m.as_ref());
+    for case in fx.cases.iter().take(4) {
+        let got = m.embed(&[&case.ids], &taps, Pooling::Mean).unwrap();
+        for (layer, (g, want)) in got.iter().zip(&case.mean).enumerate() {
+            let c = cosine(g, want);
+            assert!(
+                c >= 0.98,
+                "bf16 layer {layer} of {:?}: cosine {c}",
+                case.text
+            );
+        }
+    }
+}
+
+#[test]
+fn minilm_taps_and_errors() {
+    let Some(dir) = minilm_dir() else { return };
+    let m = load(&dir, ComputeDtype::F32);
+    assert!(m.supports(Tap::Layer(0)) && m.supports(Tap::Layer(6)));
+    assert!(!m.supports(Tap::Layer(7)));
+    assert!(!m.supports(Tap::FinalNorm));
+    assert!(m.supports(Tap::Pooler));
+    assert!(m.describe().starts_with("bert(hidden=384, blocks=6"));
+    let ids = m.tokenize("hello", 16).unwrap().0;
+    let err = m
+        .embed(&[&ids], &[Tap::Layer(7)], Pooling::Mean)
+        .unwrap_err();
+    assert!(err.to_string().contains("Layer(7)"), "{err}");
+    let err = m
+        .embed(&[&ids], &[Tap::Layer(1)], Pooling::Pooler)
+        .unwrap_err();
+    assert!(err.to_string().contains("pooler"), "{err}");
+    // max_tokens above max_position_embeddings is capped at 512.
+    let long = "word ".repeat(2000);
+    let (ids, truncated) = m.tokenize(&long, 100_000).unwrap();
+    assert_eq!((ids.len(), truncated), (512, true));
+}

@@ -1,0 +1,190 @@
+//! The GGUF decoders against HF transformers (fixtures written by
+//! `scripts/reference/make_decoder_reference.py`, float32, transformers dequantizing the same
+//! GGUF weights): token ids must be identical; per layer the mean-pooled vectors must have
+//! cosine >= 0.999 and max abs error within the stated tolerance.
+
+mod decoder_common;
+
+use decoder_common::{GEMMA3, ModelFile, SMOLLM2, cosine, locate, max_abs};
+use llmembed_extract::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, load};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Fixture {
+    num_layers: usize,
+    cases: Vec<Case>,
+    tokenize: Vec<TokCase>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+    layers: Vec<LayerRef>,
+    last_token_final: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+struct LayerRef {
+    norm: f64,
+    sum: f64,
+    head: Vec<f64>,
+    full: Option<Vec<f64>>,
+}
+
+#[derive(Deserialize)]
+struct TokCase {
+    text: String,
+    ids: Vec<u32>,
+}
+
+/// Tolerances: `abs` bounds the max abs error of a pooled vector relative to its scale
+/// (`abs * max(1, max |ref|)`); cosine is checked on every fully stored layer.
+struct Tol {
+    cos: f64,
+    abs: f64,
+}
+
+const F32_TOL: Tol = Tol { cos: 0.999, abs: 1e-3 };
+const BF16_TOL: Tol = Tol { cos: 0.999, abs: 5e-2 };
+
+fn fixture(name: &str) -> Fixture {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn open(m: &ModelFile, compute: ComputeDtype) -> Option<Box<dyn Embedder>> {
+    let path = locate(m)?;
+    let spec = LoadSpec {
+        weights: path,
+        config: None,
+        tokenizer: None,
+        compute,
+    };
+    Some(load(&spec).expect("load model"))
+}
+
+fn check_tokens(model: &dyn Embedder, fx: &Fixture) {
+    let mut bad = Vec::new();
+    let all = fx
+        .cases
+        .iter()
+        .map(|c| (&c.text, &c.ids))
+        .chain(fx.tokenize.iter().map(|c| (&c.text, &c.ids)));
+    let mut n = 0;
+    for (text, ids) in all {
+        n += 1;
+        let (got, truncated) = model.tokenize(text, 1 << 20).expect("tokenize");
+        assert!(!truncated);
+        if &got != ids {
+            bad.push(format!("{text:?}\n  hf:   {ids:?}\n  rust: {got:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{} of {n} texts tokenized differently:\n{}", bad.len(), bad.join("\n"));
+    // Truncation keeps the first max_tokens ids and says so.
+    let long = fx.cases.iter().max_by_key(|c| c.ids.len()).unwrap();
+    let (got, truncated) = model.tokenize(&long.text, 16).unwrap();
+    assert!(truncated);
+    assert_eq!(got, long.ids[..16]);
+    let (got, truncated) = model.tokenize(&long.text, long.ids.len()).unwrap();
+    assert!(!truncated);
+    assert_eq!(got, long.ids);
+}
+
+fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
+    let n = model.num_layers();
+    assert_eq!(n, fx.num_layers);
+    let h = model.hidden_size();
+    let taps: Vec<Tap> = (0..=n).map(Tap::Layer).chain([Tap::FinalNorm]).collect();
+    let batch: Vec<&[u32]> = fx.cases.iter().map(|c| c.ids.as_slice()).collect();
+    // All texts in one mixed-length batch: padding and masking are part of what is checked.
+    let out = model.embed(&batch, &taps, Pooling::Mean).expect("embed");
+    assert_eq!(out.len(), taps.len());
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    let mut failures = Vec::new();
+    for (ci, case) in fx.cases.iter().enumerate() {
+        for (k, r) in case.layers.iter().enumerate() {
+            let v = &out[k][ci * h..(ci + 1) * h];
+            let scale = r.head.iter().map(|x| x.abs()).fold(1f64, f64::max);
+            let norm: f64 = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let sum: f64 = v.iter().map(|x| *x as f64).sum();
+            let mut errs = vec![max_abs(&v[..16], &r.head) / scale];
+            let mut cos = None;
+            if let Some(full) = &r.full {
+                let scale = full.iter().map(|x| x.abs()).fold(1f64, f64::max);
+                errs.push(max_abs(v, full) / scale);
+                cos = Some(cosine(v, full));
+            }
+            let rel = errs.iter().copied().fold(0f64, f64::max);
+            let norm_rel = (norm - r.norm).abs() / r.norm.max(1e-6);
+            worst_rel = worst_rel.max(rel);
+            if let Some(c) = cos {
+                worst_cos = worst_cos.min(c);
+            }
+            if rel > tol.abs || cos.is_some_and(|c| c < tol.cos) || norm_rel > tol.abs {
+                failures.push(format!(
+                    "case {ci} ({} tokens) layer {k}: rel max abs {rel:.3e}, cos {cos:?}, norm {norm} vs {} (sum {sum} vs {})",
+                    case.ids.len(),
+                    r.norm,
+                    r.sum
+                ));
+            }
+        }
+        // FinalNorm is HF's last hidden_states entry, identical to Layer(n).
+        assert_eq!(out[n + 1][ci * h..(ci + 1) * h], out[n][ci * h..(ci + 1) * h]);
+    }
+    // Last-token pooling of the final entry.
+    let last = model
+        .embed(&batch, &[Tap::Layer(n)], Pooling::Last)
+        .expect("embed last");
+    for (ci, case) in fx.cases.iter().enumerate() {
+        let v = &last[0][ci * h..(ci + 1) * h];
+        let scale = case.last_token_final.iter().map(|x| x.abs()).fold(1f64, f64::max);
+        let rel = max_abs(v, &case.last_token_final) / scale;
+        let c = cosine(v, &case.last_token_final);
+        worst_rel = worst_rel.max(rel);
+        worst_cos = worst_cos.min(c);
+        if rel > tol.abs || c < tol.cos {
+            failures.push(format!("case {ci} last token: rel max abs {rel:.3e}, cos {c}"));
+        }
+    }
+    println!("{label}: worst cosine {worst_cos:.7}, worst max abs error / scale {worst_rel:.3e}");
+    assert!(failures.is_empty(), "{label}:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn smollm2_tokenizer_matches_hf() {
+    let Some(model) = open(&SMOLLM2, ComputeDtype::F32) else { return };
+    check_tokens(model.as_ref(), &fixture("smollm2_reference.json"));
+}
+
+#[test]
+fn smollm2_f32_matches_hf() {
+    let Some(model) = open(&SMOLLM2, ComputeDtype::F32) else { return };
+    check_vectors(model.as_ref(), &fixture("smollm2_reference.json"), &F32_TOL, "smollm2 f32");
+}
+
+#[test]
+fn smollm2_bf16_matches_hf() {
+    let Some(model) = open(&SMOLLM2, ComputeDtype::Bf16) else { return };
+    check_vectors(model.as_ref(), &fixture("smollm2_reference.json"), &BF16_TOL, "smollm2 bf16");
+}
+
+#[test]
+fn gemma3_tokenizer_matches_hf() {
+    let Some(model) = open(&GEMMA3, ComputeDtype::F32) else { return };
+    check_tokens(model.as_ref(), &fixture("gemma3_reference.json"));
+}
+
+#[test]
+fn gemma3_f32_matches_hf() {
+    let Some(model) = open(&GEMMA3, ComputeDtype::F32) else { return };
+    check_vectors(model.as_ref(), &fixture("gemma3_reference.json"), &F32_TOL, "gemma3 f32");
+}
+
+#[test]
+fn gemma3_bf16_matches_hf() {
+    let Some(model) = open(&GEMMA3, ComputeDtype::Bf16) else { return };
+    check_vectors(model.as_ref(), &fixture("gemma3_reference.json"), &BF16_TOL, "gemma3 bf16");
+}

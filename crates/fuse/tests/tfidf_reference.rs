@@ -1,0 +1,125 @@
+//! The `tfidf` stage against scikit-learn's `TfidfVectorizer` (fixture written by
+//! `scripts/reference/make_tfidf_reference.py`), and on real AG News texts.
+
+mod common;
+
+use common::*;
+use llmembed_core::{Input, TextTable, read_embedding_table, write_text_table};
+use llmembed_fuse::{Tfidf, TfidfParams};
+
+fn text_input(root: &std::path::Path, splits: &[(&str, &TextTable)]) -> Input {
+    let dir = root.join("ingest");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (split, t) in splits {
+        let f = format!("{split}.parquet");
+        write_text_table(&dir.join(&f), t).unwrap();
+        files.push(f);
+    }
+    Input {
+        stage_id: "ingest".into(),
+        dir,
+        files,
+    }
+}
+
+fn texts_table(prefix: &str, texts: Vec<String>) -> TextTable {
+    let n = texts.len();
+    TextTable::new(ids(prefix, n), texts, vec![0; n], label_names())
+}
+
+#[test]
+fn matches_scikit_learn_tfidf_vectorizer() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tfidf_reference.json");
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+    };
+    let train = texts_table("tr", strings(&fixture["train"]));
+    let test = texts_table("te", strings(&fixture["test"]));
+    let dir = tempfile::tempdir().unwrap();
+    let input = text_input(dir.path(), &[("train", &train), ("test", &test)]);
+    let cases = fixture["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let params: TfidfParams = serde_json::from_value(case["params"].clone()).unwrap();
+        let (out, summary) =
+            run_stage::<Tfidf>(dir.path(), name, &params, std::slice::from_ref(&input)).unwrap();
+        assert_eq!(summary.rows_out, train.len() + test.len());
+        let vocab: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("vocabulary.json")).unwrap()).unwrap();
+        assert_eq!(strings(&vocab["terms"]), strings(&case["features"]), "{name}: features");
+        for (got, want) in vocab["idf"].as_array().unwrap().iter().zip(case["idf"].as_array().unwrap()) {
+            assert!((got.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-12, "{name}: idf");
+        }
+        for (split, key) in [("train", "train_matrix"), ("test", "test_matrix")] {
+            let t = read_embedding_table(&out.join(format!("{split}.parquet")), None).unwrap();
+            let e = &t.columns[0];
+            let want = case[key].as_array().unwrap();
+            assert_eq!(e.rows(), want.len());
+            for (r, wrow) in want.iter().enumerate() {
+                let wrow = wrow.as_array().unwrap();
+                assert_eq!(e.dim, wrow.len(), "{name}: width");
+                for (j, w) in wrow.iter().enumerate() {
+                    let (g, w) = (f64::from(e.row(r)[j]), w.as_f64().unwrap());
+                    assert!((g - w).abs() < 1e-6, "{name} {split} row {r} col {j}: {g} vs {w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ag_news_rows_are_unit_length_and_use_the_train_vocabulary() {
+    let Some((tr, trl)) = ag_news("train", 300) else { return };
+    let Some((te, tel)) = ag_news("test", 100) else { return };
+    let train = TextTable::new(ids("tr", 300), tr, trl, label_names());
+    let test = TextTable::new(ids("te", 100), te, tel, label_names());
+    let dir = tempfile::tempdir().unwrap();
+    let input = text_input(dir.path(), &[("train", &train), ("test", &test)]);
+    let p = TfidfParams {
+        max_features: Some(2000),
+        ..TfidfParams::default()
+    };
+    let (out, _) = run_stage::<Tfidf>(dir.path(), "o", &p, std::slice::from_ref(&input)).unwrap();
+    let vocab: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("vocabulary.json")).unwrap()).unwrap();
+    let terms = vocab["terms"].as_array().unwrap();
+    // 300 news texts have far more than 2000 1-2 grams seen twice: the cap applies.
+    assert_eq!(terms.len(), 2000);
+    assert!(vocab["df"].as_array().unwrap().iter().all(|d| d.as_u64().unwrap() >= 2));
+    let tr_out = read_embedding_table(&out.join("train.parquet"), None).unwrap();
+    let te_out = read_embedding_table(&out.join("test.parquet"), None).unwrap();
+    assert_eq!(tr_out.ids, train.ids);
+    assert_eq!(te_out.labels, test.labels);
+    assert_eq!(tr_out.label_names, label_names());
+    for t in [&tr_out, &te_out] {
+        let e = &t.columns[0];
+        assert_eq!(e.dim, 2000);
+        for r in 0..e.rows() {
+            let n: f64 = e.row(r).iter().map(|&v| f64::from(v).powi(2)).sum();
+            // Every news text shares some frequent term with the train vocabulary.
+            assert!((n - 1.0).abs() < 1e-5, "row {r}: squared norm {n}");
+            assert!(e.row(r).iter().all(|&v| v >= 0.0));
+        }
+    }
+    // Deterministic: same bytes twice.
+    let (again, _) = run_stage::<Tfidf>(dir.path(), "o2", &p, &[input]).unwrap();
+    for f in ["train.parquet", "test.parquet", "vocabulary.json"] {
+        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f}");
+    }
+}
+
+#[test]
+fn tfidf_params_check() {
+    let p: TfidfParams = serde_saphyr::from_str("{}").unwrap();
+    assert_eq!(p, TfidfParams::default());
+    assert_eq!(p.min_df, 2);
+    assert_eq!(p.max_features, Some(20000));
+    use llmembed_core::Stage;
+    let bad = TfidfParams { ngram_range: [2, 1], ..TfidfParams::default() };
+    assert!(Tfidf::check(&bad).is_err());
+    assert!(serde_saphyr::from_str::<TfidfParams>("min_dff: 3").is_err());
+}

@@ -1,0 +1,653 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use llmembed_core::{Context, Env, External, Stage, TextTable, read_text_table};
+use llmembed_ingest::{HubSource, Ingest, IngestParams, Sample, SplitSpec};
+use polars::prelude::*;
+
+/// The shared data folder: `LLMEMBED_DATA_DIR`, else `<repo>/../shared/data`.
+fn data_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("LLMEMBED_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    if dir.join("ag_news/train.parquet").is_file() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: no AG News data at {}", dir.display());
+        None
+    }
+}
+
+fn env(data_dir: &Path, pipeline_dir: &Path, seed: u64) -> Env {
+    Env {
+        data_dir: data_dir.to_path_buf(),
+        models_dir: pipeline_dir.join("models"),
+        pipeline_dir: pipeline_dir.to_path_buf(),
+        seed,
+        quiet: true,
+    }
+}
+
+/// Checks and runs the stage into a fresh `out` folder under `root`.
+fn run(p: &IngestParams, env: &Env, root: &Path, out: &str) -> llmembed_core::Result<PathBuf> {
+    Ingest::check(p)?;
+    let out_dir = root.join(out);
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let ctx = Context {
+        env,
+        out_dir: out_dir.clone(),
+        store_dir: root.join("store"),
+        seed: env.seed,
+    };
+    Ingest::run(p, &[], &ctx)?;
+    Ok(out_dir)
+}
+
+fn splits(items: &[(&str, Option<Sample>)]) -> BTreeMap<String, SplitSpec> {
+    items
+        .iter()
+        .map(|(s, sample)| (s.to_string(), SplitSpec { sample: *sample }))
+        .collect()
+}
+
+fn per_class_counts(t: &TextTable) -> Vec<usize> {
+    let mut counts = vec![0; t.label_names.len()];
+    for &l in &t.labels {
+        counts[l as usize] += 1;
+    }
+    counts
+}
+
+fn read(out: &Path, split: &str) -> TextTable {
+    read_text_table(&out.join(format!("{split}.parquet"))).unwrap()
+}
+
+fn bytes(out: &Path, split: &str) -> Vec<u8> {
+    std::fs::read(out.join(format!("{split}.parquet"))).unwrap()
+}
+
+#[test]
+fn ag_news_class_balanced_sample_is_deterministic() {
+    let Some(data) = data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let p = IngestParams {
+        dataset: Some("ag_news".into()),
+        splits: splits(&[
+            ("train", Some(Sample::Total(2000))),
+            ("test", Some(Sample::PerClass(125))),
+        ]),
+        ..Default::default()
+    };
+    let e = env(&data, root, 13);
+    let out = run(&p, &e, root, "a").unwrap();
+    let train = read(&out, "train");
+    let test = read(&out, "test");
+    assert_eq!(
+        train.label_names,
+        ["World", "Sports", "Business", "Sci/Tech"]
+    );
+    assert_eq!(per_class_counts(&train), [500; 4]);
+    assert_eq!(per_class_counts(&test), [125; 4]);
+    assert_eq!(train.len(), 2000);
+    assert_eq!(test.len(), 500);
+
+    // Ids name source rows: `<split>-<index>`, increasing, and the text/label are that row's.
+    let src = ParquetReader::new(std::fs::File::open(data.join("ag_news/train.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    let src_text = src.column("text").unwrap().str().unwrap().clone();
+    let src_label = src.column("label").unwrap().cast(&DataType::Int64).unwrap();
+    let src_label = src_label.i64().unwrap();
+    let mut last = None;
+    for i in 0..train.len() {
+        let idx: usize = train.ids[i]
+            .strip_prefix("train-")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(last.is_none_or(|l| l < idx), "ids in source order");
+        last = Some(idx);
+        assert_eq!(src_text.get(idx).unwrap(), train.texts[i]);
+        assert_eq!(src_label.get(idx).unwrap(), train.labels[i]);
+    }
+    assert!(test.ids.iter().all(|id| id.starts_with("test-")));
+
+    // Same params and seed: same bytes.
+    let again = run(&p, &e, root, "b").unwrap();
+    assert_eq!(bytes(&out, "train"), bytes(&again, "train"));
+    assert_eq!(bytes(&out, "test"), bytes(&again, "test"));
+
+    // Another pipeline seed: another sample.
+    let other = run(&p, &env(&data, root, 14), root, "c").unwrap();
+    let other_train = read(&other, "train");
+    assert_ne!(other_train.ids, train.ids);
+    assert_eq!(per_class_counts(&other_train), [500; 4]);
+
+    // The stage's own seed overrides the pipeline's.
+    let pinned = IngestParams {
+        seed: Some(13),
+        ..p.clone()
+    };
+    let overridden = run(&pinned, &env(&data, root, 99), root, "d").unwrap();
+    assert_eq!(bytes(&out, "train"), bytes(&overridden, "train"));
+
+    // Externals: every local file read.
+    let ext = Ingest::externals(&p, &e).unwrap();
+    let files: Vec<&Path> = ext
+        .iter()
+        .map(|x| match x {
+            External::File { path, .. } => path.as_path(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(files.len(), 3, "{ext:?}");
+    assert!(files.iter().any(|f| f.ends_with("ag_news/train.parquet")));
+    assert!(files.iter().any(|f| f.ends_with("ag_news/test.parquet")));
+    assert!(files.iter().any(|f| f.ends_with("ag_news/labels.txt")));
+}
+
+#[test]
+fn sst2_all_splits_and_ids_survive_resampling() {
+    let Some(data) = data_dir() else { return };
+    if !data.join("sst2/train.parquet").is_file() {
+        eprintln!("skipped: no sst2 data");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let e = env(&data, root, 1);
+    let all = IngestParams {
+        dataset: Some("sst2".into()),
+        ..Default::default()
+    };
+    let out = run(&all, &e, root, "all").unwrap();
+    let (train, dev, test) = (read(&out, "train"), read(&out, "dev"), read(&out, "test"));
+    assert_eq!((train.len(), dev.len(), test.len()), (6920, 872, 1821));
+    assert_eq!(per_class_counts(&dev), [428, 444]);
+    assert_eq!(train.label_names, ["negative", "positive"]);
+    assert_eq!(train.ids[17], "train-17");
+
+    let sampled = IngestParams {
+        splits: splits(&[("dev", Some(Sample::PerClass(100)))]),
+        ..all
+    };
+    let out = run(&sampled, &e, root, "sampled").unwrap();
+    assert!(!out.join("train.parquet").exists());
+    let small = read(&out, "dev");
+    assert_eq!(per_class_counts(&small), [100, 100]);
+    for (i, id) in small.ids.iter().enumerate() {
+        let j = dev.ids.iter().position(|x| x == id).unwrap();
+        assert_eq!(
+            (&dev.texts[j], dev.labels[j]),
+            (&small.texts[i], small.labels[i])
+        );
+    }
+}
+
+const ROWS: &[(&str, &str, &str)] = &[
+    (
+        "Stocks rally",
+        "Markets rose on Friday, \"sharply\".",
+        "Business",
+    ),
+    ("Cup final", "A late goal won it", "Sports"),
+    ("New chip", "Faster and cooler", "Sci/Tech"),
+    ("Cup final", "A late goal won it", "Sports"),
+    ("Summit ends", "Leaders agree, tabs and\tall", "World"),
+    ("Überraschung", "Grüße aus Köln — ok", "World"),
+];
+const NAMES: [&str; 4] = ["World", "Sports", "Business", "Sci/Tech"];
+
+fn label_id(name: &str) -> i64 {
+    NAMES.iter().position(|n| *n == name).unwrap() as i64
+}
+
+fn csv_field(s: &str, sep: char) -> String {
+    if s.contains(sep) || s.contains('"') || s.contains('\n') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn write_delimited(path: &Path, sep: char, names_as_labels: bool) {
+    let mut s = format!("title{sep}description{sep}label\n");
+    for (t, d, l) in ROWS {
+        let label = if names_as_labels {
+            l.to_string()
+        } else {
+            label_id(l).to_string()
+        };
+        s.push_str(&format!(
+            "{}{sep}{}{sep}{}\n",
+            csv_field(t, sep),
+            csv_field(d, sep),
+            csv_field(&label, sep)
+        ));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn write_jsonl(path: &Path) {
+    let mut s = String::new();
+    for (t, d, l) in ROWS {
+        s.push_str(
+            &serde_json::json!({"title": t, "description": d, "label": label_id(l), "extra": 1.5})
+                .to_string(),
+        );
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+fn write_parquet(path: &Path) {
+    let mut df = polars::df!(
+        "title" => ROWS.iter().map(|r| r.0).collect::<Vec<_>>(),
+        "description" => ROWS.iter().map(|r| r.1).collect::<Vec<_>>(),
+        "label" => ROWS.iter().map(|r| label_id(r.2) as i32).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    ParquetWriter::new(std::fs::File::create(path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+}
+
+fn local(files: &[(&str, &Path)]) -> IngestParams {
+    IngestParams {
+        files: Some(
+            files
+                .iter()
+                .map(|(s, p)| (s.to_string(), p.to_path_buf()))
+                .collect(),
+        ),
+        text_columns: vec!["title".into(), "description".into()],
+        label_names: Some(NAMES.iter().map(|s| s.to_string()).collect()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reads_csv_tsv_jsonl_and_parquet_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_delimited(&root.join("a.csv"), ',', true);
+    write_delimited(&root.join("b.tsv"), '\t', false);
+    write_jsonl(&root.join("c.jsonl"));
+    write_parquet(&root.join("d.parquet"));
+    let e = env(&root.join("no-data"), root, 0);
+    // Relative paths resolve against the pipeline folder.
+    let p = local(&[
+        ("csv", Path::new("a.csv")),
+        ("tsv", Path::new("b.tsv")),
+        ("jsonl", Path::new("c.jsonl")),
+        ("parquet", &root.join("d.parquet")),
+    ]);
+    let out = run(&p, &e, root, "out").unwrap();
+    let expected_texts: Vec<String> = ROWS.iter().map(|(t, d, _)| format!("{t} {d}")).collect();
+    let expected_labels: Vec<i64> = ROWS.iter().map(|r| label_id(r.2)).collect();
+    for split in ["csv", "tsv", "jsonl", "parquet"] {
+        let t = read(&out, split);
+        assert_eq!(t.texts, expected_texts, "{split}");
+        assert_eq!(t.labels, expected_labels, "{split}");
+        assert_eq!(t.ids[5], format!("{split}-5"));
+        assert_eq!(t.label_names, NAMES);
+    }
+    let ext = Ingest::externals(&p, &e).unwrap();
+    assert_eq!(ext.len(), 4);
+    assert!(ext.contains(&External::File {
+        name: "split:csv".into(),
+        path: root.join("a.csv")
+    }));
+
+    // Dedup drops the repeated row 3 and keeps ids of the others.
+    let dedup = IngestParams {
+        dedup: true,
+        ..local(&[("train", &root.join("a.csv"))])
+    };
+    let out = run(&dedup, &e, root, "dedup").unwrap();
+    let t = read(&out, "train");
+    assert_eq!(
+        t.ids,
+        ["train-0", "train-1", "train-2", "train-4", "train-5"]
+    );
+
+    // No label names given: string labels give the sorted names, integer ids "0".."max".
+    let derived = IngestParams {
+        label_names: None,
+        ..local(&[("train", &root.join("a.csv"))])
+    };
+    let t = read(&run(&derived, &e, root, "derived").unwrap(), "train");
+    assert_eq!(t.label_names, ["Business", "Sci/Tech", "Sports", "World"]);
+    assert_eq!(t.texts[0], expected_texts[0]);
+    assert_eq!(t.labels[0], 0);
+    let derived = IngestParams {
+        label_names: None,
+        ..local(&[("train", &root.join("c.jsonl"))])
+    };
+    let t = read(&run(&derived, &e, root, "derived_ids").unwrap(), "train");
+    assert_eq!(t.label_names, ["0", "1", "2", "3"]);
+}
+
+fn err(p: &IngestParams, root: &Path) -> String {
+    let e = env(&root.join("no-data"), root, 0);
+    let out = format!("err-{}", rand_suffix());
+    run(p, &e, root, &out).unwrap_err().to_string()
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[test]
+fn bad_input_is_named_by_file_row_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let f = |name: &str, content: &[u8]| {
+        let path = root.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    };
+    let single = |path: &Path| IngestParams {
+        files: Some([("train".to_string(), path.to_path_buf())].into()),
+        label_names: Some(vec!["neg".into(), "pos".into()]),
+        ..Default::default()
+    };
+
+    // Missing column.
+    let p = f("nolabel.csv", b"text,lab\nhello,0\n");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("nolabel.csv: column `label`: missing (columns: text, lab)"),
+        "{e}"
+    );
+    let e = err(
+        &IngestParams {
+            text_columns: vec!["body".into()],
+            ..single(&p)
+        },
+        root,
+    );
+    assert!(e.contains("column `body`: missing"), "{e}");
+
+    // Null text (JSON Lines) and empty text (CSV), with the 0-based data row.
+    let p = f(
+        "null.jsonl",
+        b"{\"text\": \"fine\", \"label\": 0}\n{\"text\": null, \"label\": 1}\n",
+    );
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("null.jsonl: row 1, field `text`: null text"),
+        "{e}"
+    );
+    let p = f("empty.csv", b"text,label\nfine,0\nalso fine,1\n\"  \",1\n");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("empty.csv: row 2, field `text`: empty text"),
+        "{e}"
+    );
+
+    // Labels outside the label set, as ids and as names.
+    let p = f("badid.csv", b"text,label\na,0\nb,2\n");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("badid.csv: row 1, field `label`: label id 2 is outside the 2 label names"),
+        "{e}"
+    );
+    let p = f("badname.tsv", b"text\tlabel\na\tpos\nb\tneutral\n");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("badname.tsv: row 1, field `label`: label `neutral` is not one of"),
+        "{e}"
+    );
+    let p = f(
+        "nulllabel.jsonl",
+        b"{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"label\": null}\n",
+    );
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("nulllabel.jsonl: row 1, field `label`: null label"),
+        "{e}"
+    );
+    let p = f("floatlabel.jsonl", b"{\"text\": \"a\", \"label\": 0.5}\n");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("column `label`: expected integer ids or string names"),
+        "{e}"
+    );
+
+    // A split missing a class when sampling per class, and too few rows of one.
+    let p = f("oneclass.csv", b"text,label\na,0\nb,0\nc,0\n");
+    let sampled = |path: &Path, n| IngestParams {
+        splits: splits(&[("train", Some(Sample::PerClass(n)))]),
+        ..single(path)
+    };
+    let e = err(&sampled(&p, 2), root);
+    assert!(
+        e.contains(
+            "oneclass.csv: column `label`: split `train` has no rows of class `pos` (index 1)"
+        ),
+        "{e}"
+    );
+    let p = f("few.csv", b"text,label\na,0\nb,0\nc,1\n");
+    let e = err(&sampled(&p, 2), root);
+    assert!(e.contains("has only 1 rows of class `pos`"), "{e}");
+    let e = err(
+        &IngestParams {
+            splits: splits(&[("train", Some(Sample::Total(3)))]),
+            ..single(&p)
+        },
+        root,
+    );
+    assert!(
+        e.contains("param `splits.train.sample.total`: 3 is not a multiple of the 2 classes"),
+        "{e}"
+    );
+
+    // Unreadable files: missing, not Parquet, unknown type.
+    let e = err(&single(&root.join("absent.csv")), root);
+    assert!(e.contains("open") && e.contains("absent.csv"), "{e}");
+    let p = f("garbage.parquet", b"this is not parquet");
+    let e = err(&single(&p), root);
+    assert!(
+        e.starts_with("parquet read") && e.contains("garbage.parquet"),
+        "{e}"
+    );
+    let p = f("data.xlsx", b"PK");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("data.xlsx") && e.contains("unknown file type"),
+        "{e}"
+    );
+
+    // Non-UTF-8 text in CSV: row and column named.
+    let p = f("latin1.csv", b"label,text\n0,fine\n1,caf\xe9 au lait\n");
+    let e = err(&single(&p), root);
+    assert!(
+        e.contains("latin1.csv: row 1, field `text`: text is not valid UTF-8 (line 3"),
+        "{e}"
+    );
+
+    // Param checks before running.
+    let e = Ingest::check(&IngestParams::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exactly one source, got 0"), "{e}");
+    let both = IngestParams {
+        dataset: Some("ag_news".into()),
+        ..single(&p)
+    };
+    assert!(Ingest::check(&both).is_err());
+    let e = err(
+        &IngestParams {
+            splits: splits(&[("dev", None)]),
+            ..single(&p)
+        },
+        root,
+    );
+    assert!(
+        e.contains("split `dev` is not in `files` (it has: train)"),
+        "{e}"
+    );
+    let e = err(
+        &IngestParams {
+            dataset: Some("imdb".into()),
+            ..Default::default()
+        },
+        root,
+    );
+    assert!(
+        e.contains("`imdb` is neither a folder of the data directory"),
+        "{e}"
+    );
+}
+
+#[test]
+fn params_parse_from_yaml_with_defaults() {
+    let json = serde_json::json!({
+        "dataset": "ag_news",
+        "splits": {"train": {"sample": {"total": 2000}}, "test": {"sample": {"per_class": 125}}, "dev": {}},
+    });
+    let p: IngestParams = serde_json::from_value(json).unwrap();
+    assert_eq!(p.text_columns, ["text"]);
+    assert_eq!(p.label_column, "label");
+    assert_eq!(p.splits["train"].sample, Some(Sample::Total(2000)));
+    assert_eq!(p.splits["test"].sample, Some(Sample::PerClass(125)));
+    assert_eq!(p.splits["dev"].sample, None);
+    assert!(
+        serde_json::from_value::<IngestParams>(serde_json::json!({"dataset": "x", "sed": 1}))
+            .is_err()
+    );
+}
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A hub cache laid out as hf-hub and huggingface_hub write it.
+fn hub_cache(root: &Path, repo: &str, with_ref: bool, files: &[(&str, &[u8])]) -> PathBuf {
+    let cache = root.join("hub");
+    let repo_dir = cache.join(format!("datasets--{}", repo.replace('/', "--")));
+    if with_ref {
+        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+        std::fs::write(repo_dir.join("refs/main"), SHA).unwrap();
+    }
+    for (name, content) in files {
+        let path = repo_dir.join("snapshots").join(SHA).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    cache
+}
+
+#[test]
+fn hub_dataset_from_cache_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    write_parquet(&root.join("src.parquet"));
+    let parquet = std::fs::read(root.join("src.parquet")).unwrap();
+    let cache = hub_cache(
+        root,
+        "someorg/tiny_news",
+        true,
+        &[
+            ("data/train-00000-of-00001.parquet", &parquet),
+            (
+                "data/test.jsonl",
+                b"{\"title\": \"t\", \"description\": \"d\", \"label\": 2}\n",
+            ),
+        ],
+    );
+    let e = env(&root.join("no-data"), root, 0);
+    let mut p = IngestParams {
+        hub: Some(HubSource {
+            repo: "someorg/tiny_news".into(),
+            revision: "main".into(),
+            files: [
+                (
+                    "train".to_string(),
+                    "data/train-00000-of-00001.parquet".to_string(),
+                ),
+                ("test".to_string(), "data/test.jsonl".to_string()),
+            ]
+            .into(),
+        }),
+        hub_cache_dir: Some(cache.clone()),
+        ..local(&[])
+    };
+    p.files = None;
+    let ext = Ingest::externals(&p, &e).unwrap();
+    assert_eq!(
+        ext,
+        [External::Value {
+            name: "hub:someorg/tiny_news".into(),
+            value: SHA.into()
+        }]
+    );
+    let out = run(&p, &e, root, "main").unwrap();
+    let train = read(&out, "train");
+    assert_eq!(train.len(), ROWS.len());
+    assert_eq!(train.texts[1], "Cup final A late goal won it");
+    assert_eq!(read(&out, "test").labels, [2]);
+
+    // A pinned sha needs no ref (Python's huggingface_hub writes none for it).
+    std::fs::remove_file(cache.join("datasets--someorg--tiny_news/refs/main")).unwrap();
+    let pinned = IngestParams {
+        hub: Some(HubSource {
+            revision: SHA.to_uppercase(),
+            ..p.hub.clone().unwrap()
+        }),
+        ..p.clone()
+    };
+    assert_eq!(Ingest::externals(&pinned, &e).unwrap(), ext);
+    let out2 = run(&pinned, &e, root, "pinned").unwrap();
+    assert_eq!(bytes(&out, "train"), bytes(&out2, "train"));
+}
+
+#[test]
+fn named_dataset_falls_back_to_hub_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let line =
+        |t: &str, l: i64| format!("{{\"text\": \"{t}\", \"label\": {l}, \"label_text\": \"x\"}}\n");
+    let train = format!(
+        "{}{}{}",
+        line("a fine film", 1),
+        line("dull", 0),
+        line("great fun", 1)
+    );
+    let dev = line("meh", 0);
+    let test = format!("{}{}", line("superb", 1), line("awful", 0));
+    let cache = hub_cache(
+        root,
+        "SetFit/sst2",
+        true,
+        &[
+            ("train.jsonl", train.as_bytes()),
+            ("validation.jsonl", dev.as_bytes()),
+            ("test.jsonl", test.as_bytes()),
+        ],
+    );
+    // An empty data directory: sst2 is not there, so the hub (cache) is used.
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let e = env(&data, root, 0);
+    let p = IngestParams {
+        dataset: Some("sst2".into()),
+        hub_cache_dir: Some(cache),
+        ..Default::default()
+    };
+    assert_eq!(
+        Ingest::externals(&p, &e).unwrap(),
+        [External::Value {
+            name: "hub:SetFit/sst2".into(),
+            value: SHA.into()
+        }]
+    );
+    let out = run(&p, &e, root, "out").unwrap();
+    let t = read(&out, "train");
+    assert_eq!(t.label_names, ["negative", "positive"]);
+    assert_eq!(t.labels, [1, 0, 1]);
+    assert_eq!(read(&out, "dev").ids, ["dev-0"]);
+    assert_eq!(read(&out, "test").texts, ["superb", "awful"]);
+}

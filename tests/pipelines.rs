@@ -1,0 +1,454 @@
+//! Runner integration tests: real stages (ingest from the shared AG News files, TF-IDF features,
+//! logistic regression, evaluate) driven through the runner and the `xtask` binary.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use xtask::cache::Cache;
+use xtask::pipeline;
+use xtask::runner::{self, Outcome, RunOptions, Workspace};
+use xtask::status::{self, StageStatus};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("LLMEMBED_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("..").join("shared").join("data"))
+}
+
+/// A small real pipeline: 80 train / 40 test AG News rows, TF-IDF, logistic regression, evaluate.
+fn small_pipeline(c: f64, per_class_test: usize) -> String {
+    format!(
+        r#"name: small
+settings:
+  seed: 7
+stages:
+  - id: data
+    kind: ingest
+    params:
+      dataset: ag_news
+      splits:
+        train: {{sample: {{per_class: 20}}}}
+        test: {{sample: {{per_class: {per_class_test}}}}}
+  - id: features
+    kind: tfidf
+    inputs: [data]
+    params:
+      min_df: 1
+  - id: lr
+    kind: logreg
+    inputs: [features]
+    params:
+      c: {c}
+  - id: report
+    kind: evaluate
+    inputs: [lr]
+"#
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn write_pipeline(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn workspace(&self) -> Workspace {
+        Workspace {
+            cache: Cache::new(self.cache_dir()).unwrap(),
+            results_dir: self.dir.path().join("results"),
+            default_data_dir: data_dir(),
+            quiet: true,
+        }
+    }
+
+    fn run(&self, file: &Path, opts: RunOptions) -> Vec<Outcome> {
+        let plan = pipeline::load(file).unwrap_or_else(|e| panic!("{e}"));
+        runner::run(&plan, &self.workspace(), &opts).unwrap()
+    }
+
+    fn artifacts(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.cache_dir().join("artifacts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        wait_for_lock: true,
+        ..Default::default()
+    }
+}
+
+fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Cached(_) => "cached",
+            Outcome::Ran(_) => "ran",
+            Outcome::WouldRun(_) => "would-run",
+            Outcome::Failed(_) => "failed",
+            Outcome::Skipped(_) => "skipped",
+        })
+        .collect()
+}
+
+fn key_of(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Cached(m) | Outcome::Ran(m) => m.key.clone(),
+        other => panic!("no artifact: {other:?}"),
+    }
+}
+
+#[test]
+fn cached_rerun_skips_every_stage_and_results_are_published() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let first = fx.run(&file, opts());
+    assert_eq!(kinds(&first), ["ran", "ran", "ran", "ran"]);
+    let second = fx.run(&file, opts());
+    assert_eq!(kinds(&second), ["cached", "cached", "cached", "cached"]);
+    let metrics = fs::read_to_string(fx.dir.path().join("results/small/metrics.json")).unwrap();
+    assert!(metrics.contains("accuracy"), "{metrics}");
+    assert!(fx.dir.path().join("results/small/report.md").exists());
+}
+
+#[test]
+fn a_param_change_reruns_exactly_the_downstream_stages() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    fx.run(&file, opts());
+    fs::write(&file, small_pipeline(0.25, 10)).unwrap();
+    let plan = pipeline::load(&file).unwrap();
+    let dry = runner::run(
+        &plan,
+        &fx.workspace(),
+        &RunOptions {
+            dry_run: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(kinds(&dry), ["cached", "cached", "would-run", "would-run"]);
+    // `status` says why the classifier is stale: the changed param, old and new values.
+    let st = status::status(&plan, &fx.workspace()).unwrap();
+    match &st[2].1 {
+        StageStatus::Stale(reasons) => assert!(
+            reasons.iter().any(|r| r.contains("param `c`") && r.contains("0.25")),
+            "{reasons:?}"
+        ),
+        _ => panic!("lr should be stale"),
+    }
+    assert!(matches!(st[3].1, StageStatus::Waiting(_)));
+    let again = fx.run(&file, opts());
+    assert_eq!(kinds(&again), ["cached", "cached", "ran", "ran"]);
+}
+
+#[test]
+fn forcing_a_stage_that_reproduces_its_bytes_invalidates_nothing_downstream() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let first = fx.run(&file, opts());
+    let forced = fx.run(
+        &file,
+        RunOptions {
+            force: vec!["features".into()],
+            ..opts()
+        },
+    );
+    // tfidf is deterministic: same bytes, so the classifier's key (content-based) is unchanged.
+    assert_eq!(kinds(&forced), ["cached", "ran", "cached", "cached"]);
+    assert_eq!(key_of(&first[2]), key_of(&forced[2]));
+}
+
+#[test]
+fn only_and_until_select_stages() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let until = fx.run(
+        &file,
+        RunOptions {
+            until: Some("features".into()),
+            ..opts()
+        },
+    );
+    assert_eq!(kinds(&until), ["ran", "ran", "skipped", "skipped"]);
+    let only = fx.run(
+        &file,
+        RunOptions {
+            only: Some("lr".into()),
+            ..opts()
+        },
+    );
+    assert_eq!(kinds(&only), ["cached", "cached", "ran", "skipped"]);
+    let plan = pipeline::load(&file).unwrap();
+    let err = runner::run(
+        &plan,
+        &fx.workspace(),
+        &RunOptions {
+            force: vec!["nope".into()],
+            ..opts()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("no stage `nope`") && err.contains("features"), "{err}");
+}
+
+#[test]
+fn a_corrupted_artifact_is_detected_and_rebuilt() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let first = fx.run(&file, opts());
+    let key = key_of(&first[1]);
+    let victim = fx.cache_dir().join("artifacts").join(&key).join("train.parquet");
+    let original = fs::read(&victim).unwrap();
+    let mut damaged = original.clone();
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0xff;
+    fs::write(&victim, &damaged).unwrap();
+    let again = fx.run(&file, opts());
+    assert_eq!(kinds(&again), ["cached", "ran", "cached", "cached"]);
+    assert_eq!(fs::read(&victim).unwrap(), original);
+
+    // A missing file (a partial artifact) is caught too.
+    fs::remove_file(&victim).unwrap();
+    let third = fx.run(&file, opts());
+    assert_eq!(kinds(&third)[1], "ran");
+}
+
+#[test]
+fn a_failed_stage_stops_dependents_and_keep_going_runs_independent_branches() {
+    let fx = Fixture::new();
+    // `bad` asks for a column the features do not have: it fails at run time, not at validation.
+    let text = small_pipeline(1.0, 10).replace(
+        "  - id: report\n",
+        "  - id: bad\n    kind: logreg\n    inputs: [features]\n    params:\n      column: no_such_column\n  - id: report\n",
+    );
+    let file = fx.write_pipeline("p.yaml", &text);
+    let plan = pipeline::load(&file).unwrap();
+    let ids: Vec<&str> = plan.stages.iter().map(|s| s.id.as_str()).collect();
+    let err = runner::run(&plan, &fx.workspace(), &opts()).err().unwrap();
+    assert!(err.to_string().contains("bad"), "{err}");
+    let ws = fx.workspace();
+    let outcomes = runner::run(
+        &plan,
+        &ws,
+        &RunOptions {
+            keep_going: true,
+            ..opts()
+        },
+    );
+    assert!(outcomes.is_err());
+    // With --keep-going the report (independent of `bad`) is produced.
+    let st = status::status(&plan, &fx.workspace()).unwrap();
+    let report = ids.iter().position(|&i| i == "report").unwrap();
+    assert!(matches!(st[report].1, StageStatus::Cached), "{ids:?}");
+}
+
+#[test]
+fn a_second_runner_is_told_who_holds_the_lock() {
+    let fx = Fixture::new();
+    let cache = Cache::new(fx.cache_dir()).unwrap();
+    let _held = xtask::cache::Lock::acquire(&cache, "run first.yaml", true).unwrap();
+    let err = xtask::cache::Lock::acquire(&cache, "run second.yaml", false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("locked") && err.contains("first.yaml"), "{err}");
+}
+
+fn xtask_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+}
+
+#[test]
+fn a_stage_killed_mid_run_leaves_no_artifact_and_the_rerun_succeeds() {
+    let fx = Fixture::new();
+    // Cross-validation over many C values makes the classifier stage run for a while.
+    let text = small_pipeline(1.0, 10).replace(
+        "      c: 1.0\n",
+        "      select: {c: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], folds: 5}\n",
+    );
+    let text = text.replace("per_class: 20", "per_class: 60");
+    let file = fx.write_pipeline("p.yaml", &text);
+    let run = || {
+        let mut cmd = xtask_bin();
+        cmd.args(["--quiet", "--cache"])
+            .arg(fx.cache_dir())
+            .arg("--results")
+            .arg(fx.dir.path().join("results"))
+            .arg("run")
+            .arg(&file)
+            .env("LLMEMBED_DATA_DIR", data_dir());
+        cmd
+    };
+    // First the upstream stages, so that the kill lands in the classifier.
+    assert!(
+        run()
+            .args(["--until", "features"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let before = fx.artifacts();
+    let mut child = run().spawn().unwrap();
+    let tmp = fx.cache_dir().join("tmp");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let busy = fs::read_dir(&tmp).map(|mut d| d.next().is_some()).unwrap_or(false);
+        if busy {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run finished before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "the classifier never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // SIGKILL: no destructor, no cleanup.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(fx.artifacts(), before, "a killed stage published an artifact");
+    let out = run().output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fx.artifacts().len(), before.len() + 2);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "leftovers not cleaned");
+}
+
+#[test]
+fn every_yaml_error_class_is_reported_with_line_and_column() {
+    let fx = Fixture::new();
+    let check = |name: &str, text: &str| -> String {
+        let file = fx.write_pipeline(name, text);
+        match pipeline::load(&file) {
+            Ok(_) => panic!("{name} should not validate"),
+            Err(e) => e.to_string(),
+        }
+    };
+
+    let syntax = check("syntax.yaml", "name: x\nstages:\n  - id: [unclosed\n");
+    assert!(syntax.contains("syntax.yaml:3:"), "{syntax}");
+
+    let wrong_shape = check(
+        "shape.yaml",
+        "name: x\nstages:\n  - id: a\n    kind: ingest\n    inputs: 3\n",
+    );
+    assert!(wrong_shape.contains("shape.yaml:5:"), "{wrong_shape}");
+
+    // Several semantic errors, reported together, each located.
+    let many = check(
+        "many.yaml",
+        "name: x
+stages:
+  - id: data
+    kind: ingest
+    params:
+      dataset: ag_news
+      colour: blue
+  - id: data
+    kind: tfidf
+    inputs: [data]
+  - id: f
+    kind: no_such_kind
+  - id: lr
+    kind: logreg
+    inputs: [ghost]
+    params:
+      c: lots
+  - id: ev
+    kind: evaluate
+",
+    );
+    for (needle, line) in [
+        ("unknown field `colour`", "many.yaml:7:"),
+        ("duplicate stage id `data`", "many.yaml:8:"),
+        ("unknown stage kind `no_such_kind`", "many.yaml:12:"),
+        ("names no stage", "many.yaml:15:"),
+        ("param `c`", "many.yaml:17:"),
+        ("takes at least 1 input", "many.yaml:18:"),
+    ] {
+        let hit = many
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{many}"));
+        assert!(hit.contains(line), "`{needle}` not at {line}: {hit}");
+    }
+
+    let cycle = check(
+        "cycle.yaml",
+        "name: x
+stages:
+  - id: a
+    kind: tfidf
+    inputs: [b]
+  - id: b
+    kind: tfidf
+    inputs: [a]
+",
+    );
+    assert!(
+        cycle.contains("cycle.yaml:3:") && cycle.contains("cycle"),
+        "{cycle}"
+    );
+}
+
+#[test]
+fn dag_renders_text_mermaid_and_dot() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let plan = pipeline::load(&file).unwrap();
+    let text = xtask::dag::render(&plan, xtask::dag::DagFormat::Text);
+    assert!(text.contains("lr [logreg] <- features"), "{text}");
+    let mermaid = xtask::dag::render(&plan, xtask::dag::DagFormat::Mermaid);
+    assert!(mermaid.contains("features --> lr"), "{mermaid}");
+    let dot = xtask::dag::render(&plan, xtask::dag::DagFormat::Dot);
+    assert!(dot.contains("\"features\" -> \"lr\""), "{dot}");
+}
+
+#[test]
+fn gc_removes_only_what_no_pipeline_uses() {
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let first = fx.run(&file, opts());
+    let old_lr = key_of(&first[2]);
+    fs::write(&file, small_pipeline(0.5, 10)).unwrap();
+    fx.run(&file, opts());
+    let plan = pipeline::load(&file).unwrap();
+    let dry = xtask::gc::gc(std::slice::from_ref(&plan), &fx.workspace(), true).unwrap();
+    let removed: Vec<&str> = dry.removed.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(removed.contains(&old_lr.as_str()), "{removed:?}");
+    assert_eq!(removed.len(), 2, "old lr and old report only: {removed:?}");
+    assert!(dry.removed.iter().all(|(_, size)| *size > 0));
+    let n = fx.artifacts().len();
+    xtask::gc::gc(&[plan], &fx.workspace(), false).unwrap();
+    assert_eq!(fx.artifacts().len(), n - 2);
+    assert_eq!(kinds(&fx.run(&file, opts())), ["cached"; 4]);
+}

@@ -1,0 +1,419 @@
+//! The artifact cache under `cache/`:
+//!
+//! ```text
+//! cache/
+//!   artifacts/<key>/            one published artifact: the stage's files + manifest.json
+//!   tmp/<key>-<pid>/            a stage being written (removed on failure or at the next run)
+//!   stores/<kind>/              persistent per-kind scratch (resumable shards, per-text memo)
+//!   models/                     fetched model files
+//!   runs/<pipeline>/<stage>.json  the preimage of the last run of each stage (for `status`)
+//!   file-hashes.json            memo of external files' hashes by (path, size, mtime)
+//!   lock                        held by the runner for the whole run
+//! ```
+//!
+//! An artifact's key is the blake3 of its canonical preimage ([`Preimage`]). Publication is a
+//! rename of a complete, fsynced folder, so an artifact is either absent or complete.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use llmembed_core::fsutil;
+
+pub const MANIFEST: &str = "manifest.json";
+
+/// Everything an artifact's content depends on. Its blake3 is the cache key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preimage {
+    pub kind: String,
+    pub version: u32,
+    pub params: Value,
+    /// Present only for stages whose output depends on the seed.
+    pub seed: Option<u64>,
+    /// Per input, in order: the content hashes of the files the stage reads (not upstream keys,
+    /// so that an upstream rerun with identical bytes does not invalidate this stage).
+    pub inputs: Vec<BTreeMap<String, String>>,
+    /// Files and identifiers outside the cache: name -> content hash or immutable id.
+    pub externals: BTreeMap<String, String>,
+}
+
+impl Preimage {
+    pub fn key(&self) -> String {
+        // serde_json without `preserve_order` sorts object keys: the encoding is canonical.
+        let bytes = serde_json::to_vec(self).expect("preimage serializes");
+        fsutil::hash_bytes(&bytes)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    /// blake3 of the whole file (used as the content hash of downstream inputs).
+    pub blake3: String,
+    /// blake3 of the size and three 64 KiB samples: what a cache hit checks, cheaply.
+    pub sample: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub key: String,
+    pub preimage: Preimage,
+    pub stage_id: String,
+    pub files: Vec<FileEntry>,
+    pub rows_out: usize,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+    pub created_unix: u64,
+}
+
+impl Manifest {
+    pub fn file(&self, name: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.name == name)
+    }
+}
+
+pub struct Cache {
+    pub root: PathBuf,
+}
+
+/// Why a cached artifact was not used.
+#[derive(Debug)]
+pub enum Lookup {
+    Hit(Manifest),
+    Missing,
+    Corrupt(String),
+}
+
+const SAMPLE: u64 = 64 * 1024;
+
+/// Hashes the size and three 64 KiB windows (start, middle, end): cheap on GB-sized files, and it
+/// catches truncation, a partial write and most in-place damage.
+pub fn sample_hash(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&size.to_le_bytes());
+    let mut buf = vec![0u8; SAMPLE as usize];
+    for start in [0, size.saturating_sub(SAMPLE) / 2, size.saturating_sub(SAMPLE)] {
+        file.seek(SeekFrom::Start(start))?;
+        let n = (&mut file).take(SAMPLE).read(&mut buf)?;
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+impl Cache {
+    pub fn new(root: PathBuf) -> Result<Self> {
+        for sub in ["artifacts", "tmp", "stores", "models", "runs"] {
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("create {}", root.join(sub).display()))?;
+        }
+        Ok(Cache { root })
+    }
+
+    pub fn artifact_dir(&self, key: &str) -> PathBuf {
+        self.root.join("artifacts").join(key)
+    }
+
+    pub fn store_dir(&self, kind: &str) -> PathBuf {
+        self.root.join("stores").join(kind)
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
+    /// Looks an artifact up and checks that it is complete and intact.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let dir = self.artifact_dir(key);
+        if !dir.exists() {
+            return Lookup::Missing;
+        }
+        let manifest: Manifest = match fs::read(dir.join(MANIFEST))
+            .map_err(anyhow::Error::from)
+            .and_then(|b| Ok(serde_json::from_slice(&b)?))
+        {
+            Ok(m) => m,
+            Err(e) => return Lookup::Corrupt(format!("manifest unreadable: {e}")),
+        };
+        if manifest.key != key {
+            return Lookup::Corrupt(format!("manifest is for key {}", manifest.key));
+        }
+        for f in &manifest.files {
+            let path = dir.join(&f.name);
+            match fs::metadata(&path) {
+                Err(_) => return Lookup::Corrupt(format!("{} is missing", f.name)),
+                Ok(m) if m.len() != f.size => {
+                    return Lookup::Corrupt(format!(
+                        "{} has {} bytes, manifest says {}",
+                        f.name,
+                        m.len(),
+                        f.size
+                    ));
+                }
+                Ok(_) => {}
+            }
+            match sample_hash(&path) {
+                Ok(h) if h == f.sample => {}
+                Ok(_) => return Lookup::Corrupt(format!("{} content changed", f.name)),
+                Err(e) => return Lookup::Corrupt(format!("{}: {e}", f.name)),
+            }
+        }
+        Lookup::Hit(manifest)
+    }
+
+    /// A fresh, empty folder for a stage to write into.
+    pub fn begin(&self, key: &str) -> Result<PathBuf> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("{key}-{}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        Ok(tmp)
+    }
+
+    /// Hashes the files a stage wrote, writes the manifest, fsyncs and renames the folder into
+    /// place. A corrupt artifact with the same key is moved aside first.
+    pub fn publish(
+        &self,
+        tmp: &Path,
+        key: &str,
+        preimage: &Preimage,
+        stage_id: &str,
+        summary: &llmembed_core::Summary,
+        seconds: f64,
+    ) -> Result<Manifest> {
+        let mut files = Vec::new();
+        let mut names: Vec<String> = fs::read_dir(tmp)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        for name in names {
+            let path = tmp.join(&name);
+            if !path.is_file() {
+                bail!("stage wrote `{name}`, which is not a plain file");
+            }
+            if name.starts_with('.') {
+                bail!("stage left a temporary file `{name}` behind");
+            }
+            File::open(&path)?.sync_all()?;
+            files.push(FileEntry {
+                size: fs::metadata(&path)?.len(),
+                blake3: fsutil::hash_file(&path)?,
+                sample: sample_hash(&path)?,
+                name,
+            });
+        }
+        let manifest = Manifest {
+            key: key.to_string(),
+            preimage: preimage.clone(),
+            stage_id: stage_id.to_string(),
+            files,
+            rows_out: summary.rows_out,
+            notes: summary.notes.clone(),
+            seconds,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        fsutil::write_bytes_atomic(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+        File::open(tmp)?.sync_all()?;
+        let dest = self.artifact_dir(key);
+        if dest.exists() {
+            let aside = self
+                .root
+                .join("tmp")
+                .join(format!("corrupt-{key}-{}", std::process::id()));
+            fs::rename(&dest, &aside)?;
+            fs::remove_dir_all(&aside)?;
+        }
+        fs::rename(tmp, &dest)
+            .with_context(|| format!("publish artifact {}", dest.display()))?;
+        File::open(self.root.join("artifacts"))?.sync_all()?;
+        Ok(manifest)
+    }
+
+    /// Removes folders left in `tmp/` by runs that died. Only called while holding the lock.
+    pub fn clean_tmp(&self) -> Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(self.root.join("tmp"))? {
+            fs::remove_dir_all(entry?.path())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn run_record(&self, pipeline: &str, stage_id: &str) -> PathBuf {
+        self.root
+            .join("runs")
+            .join(pipeline)
+            .join(format!("{stage_id}.json"))
+    }
+
+    /// Remembers the preimage of the last run of a stage of a pipeline (for `status`).
+    pub fn record_run(&self, pipeline: &str, stage_id: &str, manifest: &Manifest) -> Result<()> {
+        let path = self.run_record(pipeline, stage_id);
+        fs::create_dir_all(path.parent().expect("has parent"))?;
+        let record = RunRecord {
+            key: manifest.key.clone(),
+            preimage: manifest.preimage.clone(),
+        };
+        fsutil::write_bytes_atomic(&path, &serde_json::to_vec_pretty(&record)?)?;
+        Ok(())
+    }
+
+    pub fn last_run(&self, pipeline: &str, stage_id: &str) -> Option<RunRecord> {
+        let bytes = fs::read(self.run_record(pipeline, stage_id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keys recorded as the last run of any stage of any pipeline.
+    pub fn recorded_keys(&self, pipelines: &[String]) -> Vec<String> {
+        let mut keys = Vec::new();
+        for name in pipelines {
+            let Ok(entries) = fs::read_dir(self.root.join("runs").join(name)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Ok(bytes) = fs::read(entry.path())
+                    && let Ok(r) = serde_json::from_slice::<RunRecord>(&bytes)
+                {
+                    keys.push(r.key);
+                }
+            }
+        }
+        keys
+    }
+
+    /// All published artifacts with their sizes in bytes.
+    pub fn artifacts(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(self.root.join("artifacts"))? {
+            let entry = entry?;
+            let size = dir_size(&entry.path());
+            out.push((entry.file_name().to_string_lossy().into_owned(), size));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub key: String,
+    pub preimage: Preimage,
+}
+
+/// Memo of external files' content hashes, keyed by path, size and modification time, so that a
+/// fully cached rerun does not re-read a 250 MB model file.
+pub struct FileHashes {
+    path: PathBuf,
+    map: BTreeMap<String, (u64, u128, String)>,
+    dirty: bool,
+}
+
+impl FileHashes {
+    pub fn open(cache: &Cache) -> Self {
+        let path = cache.root.join("file-hashes.json");
+        let map = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        FileHashes {
+            path,
+            map,
+            dirty: false,
+        }
+    }
+
+    pub fn hash(&mut self, file: &Path) -> Result<String> {
+        let meta = fs::metadata(file)
+            .with_context(|| format!("external file {} is not readable", file.display()))?;
+        let mtime = meta
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let key = file.to_string_lossy().into_owned();
+        if let Some((size, t, h)) = self.map.get(&key)
+            && *size == meta.len()
+            && *t == mtime
+        {
+            return Ok(h.clone());
+        }
+        let h = fsutil::hash_file(file)?;
+        self.map.insert(key, (meta.len(), mtime, h.clone()));
+        self.dirty = true;
+        Ok(h)
+    }
+
+    pub fn save(&mut self) -> Result<()> {
+        if self.dirty {
+            fsutil::write_bytes_atomic(&self.path, &serde_json::to_vec(&self.map)?)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// The cache lock, held for a whole run. A second runner waits and says who holds it.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    pub fn acquire(cache: &Cache, what: &str, wait: bool) -> Result<Lock> {
+        let path = cache.root.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        let owner_path = cache.root.join("lock.owner");
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let owner = fs::read_to_string(&owner_path).unwrap_or_default();
+                let owner = owner.trim();
+                if !wait {
+                    bail!(
+                        "the cache {} is locked by another runner ({owner}); rerun without --no-wait to wait for it",
+                        cache.root.display()
+                    );
+                }
+                eprintln!("waiting for the cache lock, held by {owner}");
+                file.lock()?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        fs::write(
+            &owner_path,
+            format!("pid {} ({what})", std::process::id()),
+        )?;
+        Ok(Lock { _file: file })
+    }
+}

@@ -1,0 +1,198 @@
+//! `cargo xtask`: run, inspect and clean pipelines. Arguments are parsed and the pipeline file
+//! validated before anything runs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use xtask::cache::Cache;
+use xtask::dag::{self, DagFormat};
+use xtask::pipeline::{self, Plan};
+use xtask::runner::{self, RunOptions, Workspace};
+use xtask::status::{self, StageStatus};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Run LLM-embedding classification pipelines with a content-addressed cache")]
+struct Cli {
+    /// The cache folder (default: `cache/` at the workspace root).
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    /// Where reports are copied after a run (default: `results/` at the workspace root).
+    #[arg(long, global = true)]
+    results: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline, skipping every stage whose inputs are already cached.
+    Run {
+        pipeline: PathBuf,
+        /// Rerun this stage and everything that depends on it (repeatable).
+        #[arg(long)]
+        force: Vec<String>,
+        /// Run only this stage (its inputs must be cached).
+        #[arg(long)]
+        only: Option<String>,
+        /// Run this stage and what it depends on, nothing after it.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the plan (what runs and why, what is cached) and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// After a failure, keep running the stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// Fail at once if another runner holds the cache instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// For each stage: cached, or stale and why.
+    Status { pipeline: PathBuf },
+    /// Print the pipeline graph.
+    Dag {
+        pipeline: PathBuf,
+        #[arg(long)]
+        mermaid: bool,
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Remove artifacts not used by the named pipelines (default: all in `pipelines/`).
+    Gc {
+        pipelines: Vec<PathBuf>,
+        /// List what would be removed, with sizes.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check a pipeline file and print nothing but its errors.
+    Check { pipeline: PathBuf },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn load(path: &Path) -> Result<Plan> {
+    Ok(pipeline::load(path)?)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    let ws = || -> Result<Workspace> {
+        Ok(Workspace {
+            cache: Cache::new(cli.cache.clone().unwrap_or_else(|| root.join("cache")))?,
+            results_dir: cli.results.clone().unwrap_or_else(|| root.join("results")),
+            default_data_dir: root.join("..").join("shared").join("data"),
+            quiet: cli.quiet,
+        })
+    };
+    match &cli.command {
+        Command::Run {
+            pipeline,
+            force,
+            only,
+            until,
+            dry_run,
+            keep_going,
+            no_wait,
+        } => {
+            let plan = load(pipeline)?;
+            let opts = RunOptions {
+                force: force.clone(),
+                only: only.clone(),
+                until: until.clone(),
+                dry_run: *dry_run,
+                keep_going: *keep_going,
+                wait_for_lock: !*no_wait,
+            };
+            let started = std::time::Instant::now();
+            let outcomes = runner::run(&plan, &ws()?, &opts)?;
+            let ran = outcomes
+                .iter()
+                .filter(|o| matches!(o, runner::Outcome::Ran(_)))
+                .count();
+            if !dry_run {
+                println!(
+                    "{}: {} stage(s), {ran} ran, {} cached, in {}",
+                    plan.name,
+                    outcomes.len(),
+                    outcomes
+                        .iter()
+                        .filter(|o| matches!(o, runner::Outcome::Cached(_)))
+                        .count(),
+                    runner::human_duration(started.elapsed().as_secs_f64())
+                );
+            }
+        }
+        Command::Status { pipeline } => {
+            let plan = load(pipeline)?;
+            for (id, st) in status::status(&plan, &ws()?)? {
+                match st {
+                    StageStatus::Cached => println!("cached  {id}"),
+                    StageStatus::Waiting(why) => println!("stale   {id}: {why}"),
+                    StageStatus::Stale(reasons) => {
+                        println!("stale   {id}:");
+                        for r in reasons {
+                            println!("          {r}");
+                        }
+                    }
+                }
+            }
+        }
+        Command::Dag {
+            pipeline,
+            mermaid,
+            dot,
+        } => {
+            let plan = load(pipeline)?;
+            let format = match (mermaid, dot) {
+                (true, _) => DagFormat::Mermaid,
+                (_, true) => DagFormat::Dot,
+                _ => DagFormat::Text,
+            };
+            print!("{}", dag::render(&plan, format));
+        }
+        Command::Gc { pipelines, dry_run } => {
+            let files: Vec<PathBuf> = if pipelines.is_empty() {
+                let dir = root.join("pipelines");
+                let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .with_context(|| format!("read {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                    .collect();
+                v.sort();
+                v
+            } else {
+                pipelines.clone()
+            };
+            let plans = files.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
+            let report = xtask::gc::gc(&plans, &ws()?, *dry_run)?;
+            xtask::gc::print(&report, *dry_run);
+        }
+        Command::Check { pipeline } => {
+            load(pipeline)?;
+        }
+    }
+    Ok(())
+}

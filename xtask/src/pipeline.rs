@@ -1,0 +1,417 @@
+//! Pipeline files: YAML in, a validated [`Plan`] out. Nothing runs until the whole file has been
+//! checked; every problem found is reported with its file, line and column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::{Location, Spanned};
+
+use crate::registry::{self, StageKind};
+
+/// The seed used when a pipeline does not name one.
+pub const DEFAULT_SEED: u64 = 42;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: Spanned<String>,
+    #[serde(default)]
+    settings: Option<RawSettings>,
+    stages: Vec<RawStage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    seed: Option<u64>,
+    data_dir: Option<String>,
+    models_dir: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    id: Spanned<String>,
+    kind: Spanned<String>,
+    #[serde(default)]
+    inputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    params: Option<Spanned<BTreeMap<String, Spanned<Value>>>>,
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineError {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// All the problems found in a pipeline file.
+#[derive(Debug)]
+pub struct PipelineErrors(pub Vec<PipelineError>);
+
+impl fmt::Display for PipelineErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} error{} in pipeline file:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PipelineErrors {}
+
+/// Where an input comes from: a stage (by index into `Plan::stages`) and optionally one of its
+/// outputs (a file stem such as `train` or `predictions`).
+#[derive(Debug, Clone)]
+pub struct InputRef {
+    pub stage: usize,
+    pub output: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct PlannedStage {
+    pub id: String,
+    pub kind: &'static dyn StageKind,
+    /// Canonical params: the stage's typed params with defaults filled in, as sorted JSON.
+    pub params: Value,
+    pub inputs: Vec<InputRef>,
+    pub seed: u64,
+}
+
+/// A validated pipeline, stages in an order where every stage comes after its inputs.
+#[derive(Clone)]
+pub struct Plan {
+    pub name: String,
+    pub file: PathBuf,
+    pub seed: u64,
+    pub data_dir: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    pub stages: Vec<PlannedStage>,
+}
+
+impl Plan {
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.stages.iter().position(|s| s.id == id)
+    }
+
+    /// Indices of the stages that depend on `i`, directly or not, including `i`.
+    pub fn downstream_of(&self, i: usize) -> Vec<bool> {
+        let mut mark = vec![false; self.stages.len()];
+        mark[i] = true;
+        for (j, stage) in self.stages.iter().enumerate() {
+            if stage.inputs.iter().any(|inp| mark[inp.stage]) {
+                mark[j] = true;
+            }
+        }
+        mark
+    }
+
+    /// Indices of the stages that `i` depends on, directly or not, including `i`.
+    pub fn upstream_of(&self, i: usize) -> Vec<bool> {
+        let mut mark = vec![false; self.stages.len()];
+        mark[i] = true;
+        for j in (0..self.stages.len()).rev() {
+            if mark[j] {
+                for inp in &self.stages[j].inputs {
+                    mark[inp.stage] = true;
+                }
+            }
+        }
+        mark
+    }
+}
+
+struct Errors<'a> {
+    file: &'a Path,
+    list: Vec<PipelineError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, loc: &Location, message: impl Into<String>) {
+        self.list.push(PipelineError {
+            file: self.file.to_path_buf(),
+            line: loc.line() as u32,
+            column: loc.column() as u32,
+            message: message.into(),
+        });
+    }
+}
+
+/// Reads and validates a pipeline file.
+pub fn load(file: &Path) -> Result<Plan, PipelineErrors> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        PipelineErrors(vec![PipelineError {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(file, &text)
+}
+
+/// Validates pipeline text; `file` is used for messages and for resolving relative paths.
+pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
+    let raw: RawPipeline = serde_saphyr::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line() as u32, l.column() as u32))
+            .unwrap_or((0, 0));
+        PipelineErrors(vec![PipelineError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: first_line(&e.to_string()),
+        }])
+    })?;
+    let mut errors = Errors {
+        file,
+        list: Vec::new(),
+    };
+
+    if raw.name.value.trim().is_empty() {
+        errors.at(&raw.name.referenced, "`name` must not be empty");
+    }
+
+    // Ids first, so that inputs can refer to stages defined later in the file.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, stage) in raw.stages.iter().enumerate() {
+        let id = stage.id.value.as_str();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            errors.at(
+                &stage.id.referenced,
+                format!("stage id `{id}`: expected letters, digits, `_` or `-`"),
+            );
+        }
+        if let Some(&first) = index.get(id) {
+            errors.at(
+                &stage.id.referenced,
+                format!(
+                    "duplicate stage id `{id}` (first defined at line {})",
+                    raw.stages[first].id.referenced.line()
+                ),
+            );
+        } else {
+            index.insert(id, i);
+        }
+    }
+
+    let mut kinds: Vec<Option<&'static dyn StageKind>> = Vec::new();
+    let mut params: Vec<Value> = Vec::new();
+    let mut inputs: Vec<Vec<InputRef>> = Vec::new();
+    for stage in &raw.stages {
+        let kind = registry::find(&stage.kind.value);
+        if kind.is_none() {
+            let known: Vec<&str> = registry::all().iter().map(|k| k.kind()).collect();
+            errors.at(
+                &stage.kind.referenced,
+                format!(
+                    "unknown stage kind `{}`: expected one of {}",
+                    stage.kind.value,
+                    known.join(", ")
+                ),
+            );
+        }
+        kinds.push(kind);
+
+        let mut refs = Vec::new();
+        for input in &stage.inputs {
+            let (id, output) = match input.value.split_once('.') {
+                Some((id, out)) => (id, Some(out.to_string())),
+                None => (input.value.as_str(), None),
+            };
+            match index.get(id) {
+                Some(&j) => refs.push(InputRef { stage: j, output }),
+                None => errors.at(
+                    &input.referenced,
+                    format!(
+                        "input `{}` of stage `{}` names no stage in this pipeline",
+                        input.value, stage.id.value
+                    ),
+                ),
+            }
+        }
+        if let Some(kind) = kind
+            && !kind.inputs().accepts(stage.inputs.len())
+        {
+            errors.at(
+                &stage.id.referenced,
+                format!(
+                    "stage `{}` ({}) takes {}, got {}",
+                    stage.id.value,
+                    kind.kind(),
+                    kind.inputs(),
+                    stage.inputs.len()
+                ),
+            );
+        }
+        inputs.push(refs);
+
+        let (map, map_loc) = match &stage.params {
+            Some(p) => (&p.value, p.referenced),
+            None => (&BTreeMap::new(), stage.id.referenced),
+        };
+        let json = Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), v.value.clone()))
+                .collect(),
+        );
+        let canonical = match kind.map(|k| k.validate(json)) {
+            Some(Ok(v)) => v,
+            Some(Err(issue)) => {
+                let loc = issue
+                    .path
+                    .first()
+                    .and_then(|top| map.get(top))
+                    .map(|v| v.referenced)
+                    .unwrap_or(map_loc);
+                let place = if issue.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(" `{}`", issue.path.join("."))
+                };
+                errors.at(
+                    &loc,
+                    format!(
+                        "stage `{}` ({}), param{place}: {}",
+                        stage.id.value, stage.kind.value, issue.message
+                    ),
+                );
+                Value::Null
+            }
+            None => Value::Null,
+        };
+        params.push(canonical);
+    }
+
+    // Cycles: Kahn's algorithm; whatever cannot be ordered is on or behind a cycle.
+    let n = raw.stages.len();
+    let mut indegree = vec![0usize; n];
+    for (i, refs) in inputs.iter().enumerate() {
+        indegree[i] = refs.len();
+    }
+    let mut order = Vec::with_capacity(n);
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    ready.reverse();
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        let mut next = Vec::new();
+        for (j, refs) in inputs.iter().enumerate() {
+            for r in refs.iter().filter(|r| r.stage == i) {
+                let _ = r;
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    next.push(j);
+                }
+            }
+        }
+        // Keep file order among stages that become ready together.
+        next.sort_unstable_by(|a, b| b.cmp(a));
+        ready.extend(next);
+        ready.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    if order.len() < n {
+        for (i, stage) in raw.stages.iter().enumerate() {
+            if !order.contains(&i) {
+                errors.at(
+                    &stage.id.referenced,
+                    format!(
+                        "stage `{}` is part of (or depends on) a cycle",
+                        stage.id.value
+                    ),
+                );
+            }
+        }
+    }
+
+    if !errors.list.is_empty() {
+        errors.list.sort_by_key(|e| (e.line, e.column));
+        return Err(PipelineErrors(errors.list));
+    }
+
+    let settings = raw.settings.unwrap_or(RawSettings {
+        seed: None,
+        data_dir: None,
+        models_dir: None,
+    });
+    let base = file.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let seed = settings.seed.unwrap_or(DEFAULT_SEED);
+    let position: Vec<usize> = {
+        let mut pos = vec![0; n];
+        for (k, &i) in order.iter().enumerate() {
+            pos[i] = k;
+        }
+        pos
+    };
+    let stages = order
+        .iter()
+        .map(|&i| {
+            let stage_seed = params[i]
+                .get("seed")
+                .and_then(Value::as_u64)
+                .unwrap_or(seed);
+            PlannedStage {
+                id: raw.stages[i].id.value.clone(),
+                kind: kinds[i].expect("validated"),
+                params: params[i].clone(),
+                inputs: inputs[i]
+                    .iter()
+                    .map(|r| InputRef {
+                        stage: position[r.stage],
+                        output: r.output.clone(),
+                    })
+                    .collect(),
+                seed: stage_seed,
+            }
+        })
+        .collect();
+    Ok(Plan {
+        name: raw.name.value,
+        file: file.to_path_buf(),
+        seed,
+        data_dir: settings.data_dir.as_deref().map(resolve),
+        models_dir: settings.models_dir.as_deref().map(resolve),
+        stages,
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}

@@ -1,0 +1,130 @@
+//! The table of stage kinds. This is the only place that names the stage crates: the runner
+//! itself sees every stage through [`StageKind`], a type-erased view of `llmembed_core::Stage`.
+
+use std::marker::PhantomData;
+
+use llmembed_core::{Arity, Context, Env, External, Input, Stage, Summary};
+use serde_json::Value;
+
+/// A problem with a stage's params, located by its path inside `params`.
+#[derive(Debug, Clone)]
+pub struct ParamIssue {
+    /// Keys from the top of `params` down to the offending field (may be empty).
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+/// A stage kind as the runner sees it: params are JSON values, validated by the stage's own
+/// serde types.
+pub trait StageKind: Sync {
+    fn kind(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn inputs(&self) -> Arity;
+    fn seeded(&self) -> bool;
+    /// Deserializes `params` into the stage's params type (filling defaults) and returns them in
+    /// canonical form: the JSON value of the typed params, keys sorted.
+    fn validate(&self, params: Value) -> Result<Value, ParamIssue>;
+    fn externals(&self, params: &Value, env: &Env) -> llmembed_core::Result<Vec<External>>;
+    fn run(&self, params: &Value, inputs: &[Input], ctx: &Context) -> llmembed_core::Result<Summary>;
+}
+
+struct Kind<S>(PhantomData<fn() -> S>);
+
+impl<S: Stage> Kind<S> {
+    fn typed(params: &Value) -> llmembed_core::Result<S::Params> {
+        serde_json::from_value(params.clone())
+            .map_err(|e| llmembed_core::Error::param("params", e.to_string()))
+    }
+}
+
+impl<S: Stage> StageKind for Kind<S> {
+    fn kind(&self) -> &'static str {
+        S::KIND
+    }
+
+    fn version(&self) -> u32 {
+        S::VERSION
+    }
+
+    fn inputs(&self) -> Arity {
+        S::INPUTS
+    }
+
+    fn seeded(&self) -> bool {
+        S::SEEDED
+    }
+
+    fn validate(&self, params: Value) -> Result<Value, ParamIssue> {
+        let typed: S::Params = serde_path_to_error::deserialize(params).map_err(|e| {
+            let mut path: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|seg| match seg {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                    _ => None,
+                })
+                .collect();
+            let message = e.inner().to_string();
+            // serde reports an unknown field at its parent; point at the field itself.
+            if let Some(field) = backquoted_after(&message, "unknown field ") {
+                path.push(field);
+            }
+            ParamIssue { path, message }
+        })?;
+        S::check(&typed).map_err(|e| match e {
+            llmembed_core::Error::Param { param, message } => ParamIssue {
+                path: param.split('.').map(str::to_string).collect(),
+                message,
+            },
+            other => ParamIssue {
+                path: Vec::new(),
+                message: other.to_string(),
+            },
+        })?;
+        serde_json::to_value(&typed).map_err(|e| ParamIssue {
+            path: Vec::new(),
+            message: format!("params do not serialize back: {e}"),
+        })
+    }
+
+    fn externals(&self, params: &Value, env: &Env) -> llmembed_core::Result<Vec<External>> {
+        S::externals(&Self::typed(params)?, env)
+    }
+
+    fn run(&self, params: &Value, inputs: &[Input], ctx: &Context) -> llmembed_core::Result<Summary> {
+        S::run(&Self::typed(params)?, inputs, ctx)
+    }
+}
+
+fn backquoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = &message[message.find(prefix)? + prefix.len()..];
+    let rest = rest.strip_prefix('`')?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+macro_rules! kinds {
+    ($($stage:ty),* $(,)?) => {
+        &[$(&Kind::<$stage>(PhantomData)),*]
+    };
+}
+
+/// Every stage kind a pipeline may name.
+pub fn all() -> &'static [&'static dyn StageKind] {
+    kinds![
+        llmembed_ingest::Ingest,
+        llmembed_augment::Augment,
+        llmembed_extract::Extract,
+        llmembed_fuse::Fuse,
+        llmembed_fuse::Tfidf,
+        llmembed_contrastive::Contrastive,
+        llmembed_classify::LogReg,
+        llmembed_classify::Mlp,
+        llmembed_classify::Ensemble,
+        llmembed_evaluate::Evaluate,
+    ]
+}
+
+pub fn find(kind: &str) -> Option<&'static dyn StageKind> {
+    all().iter().copied().find(|k| k.kind() == kind)
+}

@@ -1,0 +1,149 @@
+//! `cargo xtask status`: for each stage, cached or stale, and for a stale one which field of
+//! its preimage differs from the last run.
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::cache::{FileHashes, Lookup, Manifest, Preimage};
+use crate::pipeline::Plan;
+use crate::runner::{Workspace, preimage};
+
+pub enum StageStatus {
+    Cached,
+    /// Stale, with the reasons (one line each).
+    Stale(Vec<String>),
+    /// Cannot tell yet: an input is itself stale.
+    Waiting(String),
+}
+
+pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>> {
+    let env = ws.env(plan);
+    let mut hashes = FileHashes::open(&ws.cache);
+    let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
+    let mut out = Vec::new();
+    for (i, stage) in plan.stages.iter().enumerate() {
+        if let Some(r) = stage.inputs.iter().find(|r| manifests[r.stage].is_none()) {
+            out.push((
+                stage.id.clone(),
+                StageStatus::Waiting(format!(
+                    "stale because input `{}` is stale",
+                    plan.stages[r.stage].id
+                )),
+            ));
+            continue;
+        }
+        let current = match preimage(stage, plan, &manifests, &env, &mut hashes) {
+            Ok(p) => p,
+            Err(e) => {
+                out.push((stage.id.clone(), StageStatus::Stale(vec![e])));
+                continue;
+            }
+        };
+        let key = current.key();
+        let status = match ws.cache.lookup(&key) {
+            Lookup::Hit(m) => {
+                manifests[i] = Some(m);
+                StageStatus::Cached
+            }
+            Lookup::Corrupt(why) => StageStatus::Stale(vec![format!("artifact corrupt: {why}")]),
+            Lookup::Missing => match ws.cache.last_run(&plan.name, &stage.id) {
+                None => StageStatus::Stale(vec!["never run".into()]),
+                Some(last) if last.key == key => {
+                    StageStatus::Stale(vec!["artifact removed from the cache".into()])
+                }
+                Some(last) => {
+                    let input_ids: Vec<&str> = stage
+                        .inputs
+                        .iter()
+                        .map(|r| plan.stages[r.stage].id.as_str())
+                        .collect();
+                    StageStatus::Stale(diff(&last.preimage, &current, &input_ids))
+                }
+            },
+        };
+        out.push((stage.id.clone(), status));
+    }
+    hashes.save()?;
+    Ok(out)
+}
+
+fn compact(v: Option<&Value>) -> String {
+    match v {
+        None => "(absent)".into(),
+        Some(v) => serde_json::to_string(v).unwrap_or_default(),
+    }
+}
+
+/// Human-readable differences between the last run's preimage and the current one.
+pub fn diff(old: &Preimage, new: &Preimage, input_ids: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.kind != new.kind {
+        out.push(format!("kind changed: {} -> {}", old.kind, new.kind));
+    }
+    if old.version != new.version {
+        out.push(format!(
+            "implementation version changed: {} -> {}",
+            old.version, new.version
+        ));
+    }
+    let empty = serde_json::Map::new();
+    let (po, pn) = (
+        old.params.as_object().unwrap_or(&empty),
+        new.params.as_object().unwrap_or(&empty),
+    );
+    let keys: BTreeSet<&String> = po.keys().chain(pn.keys()).collect();
+    for k in keys {
+        if po.get(k) != pn.get(k) {
+            out.push(format!(
+                "param `{k}` changed: {} -> {}",
+                compact(po.get(k)),
+                compact(pn.get(k))
+            ));
+        }
+    }
+    if old.seed != new.seed {
+        out.push(format!("seed changed: {:?} -> {:?}", old.seed, new.seed));
+    }
+    if old.inputs.len() != new.inputs.len() {
+        out.push(format!(
+            "number of inputs changed: {} -> {}",
+            old.inputs.len(),
+            new.inputs.len()
+        ));
+    } else {
+        for (i, (a, b)) in old.inputs.iter().zip(&new.inputs).enumerate() {
+            if a != b {
+                let changed: Vec<&str> = a
+                    .keys()
+                    .chain(b.keys())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|f| a.get(*f) != b.get(*f))
+                    .map(String::as_str)
+                    .collect();
+                out.push(format!(
+                    "input `{}` content changed ({})",
+                    input_ids.get(i).copied().unwrap_or("?"),
+                    changed.join(", ")
+                ));
+            }
+        }
+    }
+    let names: BTreeSet<&String> = old.externals.keys().chain(new.externals.keys()).collect();
+    for name in names {
+        match (old.externals.get(name), new.externals.get(name)) {
+            (Some(a), Some(b)) if a != b => {
+                out.push(format!("external `{name}` changed: {a} -> {b}"))
+            }
+            (None, Some(_)) => out.push(format!("external `{name}` added")),
+            (Some(_), None) => out.push(format!("external `{name}` removed")),
+            _ => {}
+        }
+    }
+    if out.is_empty() {
+        out.push("not cached".into());
+    }
+    out
+}
