@@ -9,5 +9,6 @@ pub mod pipeline;
 pub mod registry;
 pub mod runner;
 pub mod status;
+pub mod tools;
 
 pub use pipeline::Plan;

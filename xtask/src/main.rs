@@ -72,6 +72,50 @@ enum Command {
     },
     /// Check a pipeline file and print nothing but its errors.
     Check { pipeline: PathBuf },
+    /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6) into the cache's models folder.
+    Fetch {
+        #[arg(required = true)]
+        presets: Vec<String>,
+    },
+    /// Benchmarks, each measured against its peer in the same run.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Embed AG News test texts with a model preset: texts/s, real tokens/s, peak memory.
+    Extract {
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        #[arg(long, default_value_t = 500)]
+        texts: usize,
+        #[arg(long, default_value_t = 4096)]
+        batch_tokens: usize,
+        #[arg(long, value_enum, default_value = "f32")]
+        compute: ComputeArg,
+    },
+    /// Logistic regression (linfa and the exact L-BFGS) against scikit-learn on a cached
+    /// stage's features.
+    Logreg {
+        pipeline: PathBuf,
+        /// The stage whose train/test features to use (default: `fused`).
+        #[arg(long, default_value = "fused")]
+        stage: String,
+        #[arg(long, default_value = "embedding")]
+        column: String,
+        #[arg(long, default_value_t = 1.0)]
+        c: f64,
+        /// A Python with scikit-learn and pyarrow.
+        #[arg(long, env = "LLMEMBED_PYTHON", default_value = "python3")]
+        python: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ComputeArg {
+    F32,
+    Bf16,
 }
 
 fn workspace_root() -> PathBuf {
@@ -192,6 +236,42 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Check { pipeline } => {
             load(pipeline)?;
+        }
+        Command::Fetch { presets } => {
+            xtask::tools::fetch(presets, &ws()?.cache.models_dir())?;
+        }
+        Command::Bench(Bench::Logreg {
+            pipeline,
+            stage,
+            column,
+            c,
+            python,
+        }) => {
+            let plan = load(pipeline)?;
+            xtask::tools::bench_logreg(&plan, &ws()?, stage, column, *c, python)?;
+        }
+        Command::Bench(Bench::Extract {
+            model,
+            texts,
+            batch_tokens,
+            compute,
+        }) => {
+            let ws = ws()?;
+            let data_dir = std::env::var_os("LLMEMBED_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| ws.default_data_dir.clone());
+            let compute = match compute {
+                ComputeArg::F32 => llmembed_extract::ComputeDtype::F32,
+                ComputeArg::Bf16 => llmembed_extract::ComputeDtype::Bf16,
+            };
+            xtask::tools::bench_extract(
+                &ws.cache.models_dir(),
+                &data_dir,
+                model,
+                *texts,
+                *batch_tokens,
+                compute,
+            )?;
         }
     }
     Ok(())

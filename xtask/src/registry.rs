@@ -121,6 +121,7 @@ pub fn all() -> &'static [&'static dyn StageKind] {
         llmembed_classify::LogReg,
         llmembed_classify::Mlp,
         llmembed_classify::Ensemble,
+        llmembed_classify::LayerSweep,
         llmembed_evaluate::Evaluate,
     ]
 }

@@ -5,6 +5,8 @@
 //!   exact translation) and optional C selection by stratified CV on train rows.
 //! * [`Mlp`] (`kind: mlp`): the paper's MLP head (candle), seeded end to end.
 //! * [`Ensemble`] (`kind: ensemble`): soft or hard voting over prediction artifacts.
+//! * [`LayerSweep`] (`kind: layer_sweep`): the depth ablation, one logistic regression per
+//!   `layer_<i>` column, the layer chosen by CV on train rows, test scores reported.
 //!
 //! `logreg` and `mlp` read one embedding artifact (`train.parquet`, `test.parquet`) and write
 //! `predictions.parquet` (test rows) and `model.json` (hyper-parameters, CV table, timing,
@@ -13,10 +15,13 @@
 
 mod data;
 mod ensemble;
+mod layer_sweep;
 mod logreg;
 mod mlp;
+mod plot;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
+pub use layer_sweep::{LayerSweep, LayerSweepParams, Layers};
 pub use logreg::{
     LogReg, LogRegBench, LogRegParams, LogRegSelect, LogRegSolver, bench_logreg,
     bench_logreg_with_solver,

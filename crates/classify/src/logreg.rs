@@ -70,13 +70,13 @@ use crate::data::{
 /// At most this many warm-started linfa runs per fit.
 pub const MAX_RUNS: usize = 20;
 
-fn default_tol() -> f64 {
+pub(crate) fn default_tol() -> f64 {
     1e-4
 }
-fn default_max_iterations() -> u64 {
+pub(crate) fn default_max_iterations() -> u64 {
     1000
 }
-fn default_folds() -> usize {
+pub(crate) fn default_folds() -> usize {
     5
 }
 
@@ -181,7 +181,7 @@ pub(crate) struct LogRegFit {
     pub fit_seconds: f64,
 }
 
-fn check_c(name: &str, c: f64) -> Result<()> {
+pub(crate) fn check_c(name: &str, c: f64) -> Result<()> {
     if !(c.is_finite() && c > 0.0) {
         return Err(Error::param(
             name,
@@ -493,14 +493,14 @@ impl LogRegFit {
     }
 }
 
-fn preds_of(probs: &[f32], k: usize) -> Vec<i64> {
+pub(crate) fn preds_of(probs: &[f32], k: usize) -> Vec<i64> {
     probs
         .chunks(k)
         .map(|r| crate::data::argmax(r) as i64)
         .collect()
 }
 
-fn matrix(split: &Split, st: &Standardizer) -> Result<Array2<f64>> {
+pub(crate) fn matrix(split: &Split, st: &Standardizer) -> Result<Array2<f64>> {
     Array2::from_shape_vec((split.rows(), split.dim), st.apply_f64(split))
         .map_err(|e| Error::compute("build feature matrix", e))
 }
@@ -550,7 +550,7 @@ struct ModelSummary {
 }
 
 /// Stratified k-fold CV of each C on the training rows (standardiser refit inside each fold).
-fn cross_validate(
+pub(crate) fn cross_validate(
     train: &Split,
     sel: &LogRegSelect,
     tol: f64,

@@ -759,3 +759,195 @@ fn bad_feature_values_and_labels_name_file_row_and_field() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// layer_sweep
+
+/// An extract-shaped table from real AG News features: `layer_<i>` columns of increasing and
+/// then different vocabulary (log counts of the 8 most frequent words, the top 60, the top 250,
+/// words 250..500), plus a `final_norm` column (all 500) that the sweep must ignore.
+fn layered(t: &EmbeddingTable) -> EmbeddingTable {
+    let logs = t.columns.iter().find(|c| c.name == "bow_log").unwrap();
+    let slice = |name: &str, lo: usize, hi: usize| {
+        let mut v = Vec::with_capacity(t.len() * (hi - lo));
+        (0..t.len()).for_each(|i| v.extend_from_slice(&logs.row(i)[lo..hi]));
+        VectorColumn::new(name, hi - lo, v)
+    };
+    EmbeddingTable {
+        ids: t.ids.clone(),
+        labels: t.labels.clone(),
+        label_names: t.label_names.clone(),
+        columns: vec![
+            slice("layer_0", 0, 8),
+            slice("layer_1", 0, 60),
+            slice("layer_2", 0, 250),
+            slice("layer_3", 250, VOCAB),
+            slice("final_norm", 0, VOCAB),
+        ],
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn layer_sweep_on_ag_news_chooses_best_cv_layer_and_writes_outputs() {
+    let Some(bow) = bow() else { return };
+    let train = layered(&bow.train);
+    let test = layered(&bow.test);
+    let (_d, input) = artifact(&train, &test);
+    // All layers, 5 folds, linfa; C = 0.01 as in the logreg test (C = 1 over-fits 2,000 rows).
+    let params = LayerSweepParams {
+        c: 0.01,
+        ..LayerSweepParams::default()
+    };
+    let out = run_stage::<LayerSweep>(&params, std::slice::from_ref(&input), 7).unwrap();
+    let dir = out.path();
+
+    let sweep = read_json(&dir.join("sweep.json"));
+    let rows = sweep["layers"].as_array().unwrap();
+    let layers: Vec<u64> = rows.iter().map(|r| r["layer"].as_u64().unwrap()).collect();
+    assert_eq!(layers, [0, 1, 2, 3], "final_norm is not a layer: {sweep}");
+    let cv: Vec<f64> = rows
+        .iter()
+        .map(|r| r["cv_accuracy"].as_f64().unwrap())
+        .collect();
+    let best = (0..cv.len()).fold(0, |b, i| if cv[i] > cv[b] { i } else { b });
+    let chosen = sweep["chosen_layer"].as_u64().unwrap();
+    assert_eq!(
+        chosen, layers[best],
+        "chosen must be the best CV layer: {cv:?}"
+    );
+    for r in rows {
+        let folds = r["cv_fold_accuracy"].as_array().unwrap();
+        assert_eq!(folds.len(), 5);
+        let mean = folds.iter().map(|f| f.as_f64().unwrap()).sum::<f64>() / 5.0;
+        assert!((mean - r["cv_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+        let (a, f1) = (
+            r["test_accuracy"].as_f64().unwrap(),
+            r["test_macro_f1"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&f1), "{r}");
+        assert!(r["fit_seconds"].as_f64().unwrap() >= 0.0);
+    }
+    eprintln!("layer sweep CV {cv:?}, chosen layer {chosen}");
+    // Real signal: 8 stop words are far weaker than the 250 most frequent words.
+    assert!(cv[0] + 0.1 < cv[best], "{cv:?}");
+    assert!(cv[best] > 0.65, "{cv:?}");
+
+    let metrics = read_json(&dir.join("metrics.json"));
+    assert_eq!(metrics["layers"], sweep["layers"]);
+    assert_eq!(metrics["chosen_layer"], chosen);
+
+    let md = std::fs::read_to_string(dir.join("sweep.md")).unwrap();
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| ")).count(),
+        1 + 4,
+        "{md}"
+    );
+    assert!(md.contains(&format!("| {chosen} (chosen) |")), "{md}");
+    assert!(md.contains(&format!("**layer {chosen}**")), "{md}");
+    assert!(
+        md.contains("5-fold CV") && md.contains("not used to choose"),
+        "{md}"
+    );
+
+    let png = std::fs::read(dir.join("layer_sweep.png")).unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(png))
+        .read_info()
+        .unwrap();
+    let mut img = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut img).unwrap();
+    assert_eq!((info.width, info.height), (900, 540));
+    let coloured = img[..info.buffer_size()]
+        .chunks(3)
+        .filter(|p| p[0] != p[1] || p[1] != p[2])
+        .count();
+    assert!(
+        coloured > 500,
+        "the plot has its coloured lines ({coloured} pixels)"
+    );
+
+    // The predictions are the chosen layer's, and identical to a `logreg` on that column with
+    // the same C; logreg's `select` on the same seed reproduces the sweep's CV accuracy.
+    let p = read_predictions(&dir.join("predictions.parquet")).unwrap();
+    check_predictions(&p, &test);
+    assert_eq!(
+        p.producer,
+        format!("logreg(layer_{chosen}, chosen by 5-fold CV)")
+    );
+    assert!((acc(&p) - rows[best]["test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    let lr = LogRegParams {
+        column: Some(format!("layer_{chosen}")),
+        select: Some(LogRegSelect {
+            c: vec![0.01],
+            folds: 5,
+        }),
+        ..LogRegParams::default()
+    };
+    let lr_out = run_stage::<LogReg>(&lr, &[input], 7).unwrap();
+    let lp = read_predictions(&lr_out.path().join("predictions.parquet")).unwrap();
+    assert_eq!(lp.preds, p.preds);
+    assert_eq!(lp.probs, p.probs);
+    let m = model_json(lr_out.path());
+    assert_eq!(
+        m["select"]["table"][0]["mean_accuracy"].as_f64().unwrap(),
+        cv[best]
+    );
+}
+
+#[test]
+fn layer_sweep_layer_list_and_clear_errors() {
+    let Some(bow) = bow() else { return };
+    let train = layered(&take(&bow.train, 400));
+    let test = layered(&take(&bow.test, 200));
+    let (_d, input) = artifact(&train, &test);
+    let params = LayerSweepParams {
+        layers: Layers::List(vec![3, 1]),
+        folds: 3,
+        c: 0.1,
+        solver: LogRegSolver::Lbfgs,
+        ..LayerSweepParams::default()
+    };
+    let out = run_stage::<LayerSweep>(&params, std::slice::from_ref(&input), 3).unwrap();
+    let sweep = read_json(&out.path().join("sweep.json"));
+    let rows = sweep["layers"].as_array().unwrap();
+    let layers: Vec<u64> = rows.iter().map(|r| r["layer"].as_u64().unwrap()).collect();
+    assert_eq!(layers, [3, 1]);
+    assert_eq!(rows[0]["dim"], 250);
+    assert_eq!(rows[0]["solver"], "exact-lbfgs");
+    assert_eq!(rows[0]["cv_fold_accuracy"].as_array().unwrap().len(), 3);
+    let (a, b) = (
+        rows[0]["cv_accuracy"].as_f64().unwrap(),
+        rows[1]["cv_accuracy"].as_f64().unwrap(),
+    );
+    let want = if b > a { 1 } else { 3 };
+    assert_eq!(sweep["chosen_layer"], want);
+
+    let missing = LayerSweepParams {
+        layers: Layers::List(vec![1, 7]),
+        ..params.clone()
+    };
+    let e = run_stage::<LayerSweep>(&missing, std::slice::from_ref(&input), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer_7") && e.contains("train.parquet"), "{e}");
+    assert!(e.contains("layer_0, layer_1, layer_2, layer_3"), "{e}");
+
+    // An artifact without layer columns (a fused or tf-idf table) is refused by name.
+    let (_d2, plain) = artifact(&take(&bow.train, 40), &take(&bow.test, 20));
+    let e = run_stage::<LayerSweep>(&LayerSweepParams::default(), &[plain], 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer_") && e.contains("bow_log"), "{e}");
+
+    let too_many_folds = LayerSweepParams {
+        folds: 500,
+        ..params
+    };
+    let e = run_stage::<LayerSweep>(&too_many_folds, &[input], 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("folds"), "{e}");
+}

@@ -1,0 +1,563 @@
+//! `kind: layer_sweep`: the paper's depth ablation. One logistic regression (the same fit as
+//! `kind: logreg`: standardised features, scikit-learn's `C`, the same solver) per `layer_<i>`
+//! column of an extract artifact, scored by stratified k-fold CV accuracy on the TRAIN rows (the
+//! folds and fold code of `logreg`'s `select`) and by test accuracy and macro-F1.
+//!
+//! The layer is CHOSEN by CV accuracy alone (ties to the lower layer); the test columns are the
+//! ablation table, reported and never used for the choice. Outputs: `sweep.json`, `sweep.md`,
+//! `layer_sweep.png` (CV and test accuracy against depth), `metrics.json` (the same rows and the
+//! chosen layer) and `predictions.parquet` (test predictions of the chosen layer, for `evaluate`).
+//!
+//! Layers are fitted in parallel (rayon); each job reads only its own column, so memory holds at
+//! most one layer per worker thread, whatever the depth of the model.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use llmembed_core::table::embedding_columns;
+use llmembed_core::{
+    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, fsutil, write_predictions,
+};
+use rayon::prelude::*;
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::data::{Standardizer, check_folds, load_train_test};
+use crate::logreg::{
+    LogRegSelect, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
+    default_tol, fit_logreg, matrix, preds_of, write_json,
+};
+
+/// Which `layer_<i>` columns to sweep: `all` (every one in the file, by index) or a list of
+/// indices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Layers {
+    #[default]
+    All,
+    List(Vec<usize>),
+}
+
+impl Serialize for Layers {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Layers::All => s.serialize_str("all"),
+            Layers::List(v) => v.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Layers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Layers;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`all` or a list of layer indices such as [0, 8, 16]")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Layers, E> {
+                if v == "all" {
+                    Ok(Layers::All)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Layers, A::Error> {
+                let mut v = Vec::new();
+                while let Some(i) = seq.next_element::<usize>()? {
+                    v.push(i);
+                }
+                Ok(Layers::List(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn default_c() -> f64 {
+    1.0
+}
+
+/// Params of `kind: layer_sweep`.
+///
+/// ```yaml
+/// kind: layer_sweep
+/// inputs: [extract]
+/// params:
+///   layers: all          # or a list of indices: [0, 4, 8, 12, 16]; default all
+///   c: 1.0               # scikit-learn's C for every layer; default 1.0
+///   folds: 5             # stratified k-fold CV on train rows (seeded); default 5
+///   solver: linfa        # as logreg: linfa (default, exact fallback) | lbfgs
+///   tol: 1.0e-4          # as logreg
+///   max_iterations: 1000 # as logreg
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSweepParams {
+    #[serde(default)]
+    pub layers: Layers,
+    #[serde(default = "default_c")]
+    pub c: f64,
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    #[serde(default)]
+    pub solver: LogRegSolver,
+    #[serde(default = "default_tol")]
+    pub tol: f64,
+    #[serde(default = "default_max_iterations")]
+    pub max_iterations: u64,
+}
+
+impl Default for LayerSweepParams {
+    fn default() -> Self {
+        LayerSweepParams {
+            layers: Layers::All,
+            c: default_c(),
+            folds: default_folds(),
+            solver: LogRegSolver::default(),
+            tol: default_tol(),
+            max_iterations: default_max_iterations(),
+        }
+    }
+}
+
+/// `kind: layer_sweep`.
+pub struct LayerSweep;
+
+/// One row of the ablation table.
+#[derive(Clone, Debug, Serialize)]
+struct LayerRow {
+    layer: usize,
+    column: String,
+    dim: usize,
+    /// Mean validation accuracy over the folds (train rows only).
+    cv_accuracy: f64,
+    cv_fold_accuracy: Vec<f64>,
+    test_accuracy: f64,
+    test_macro_f1: f64,
+    /// Wall time of the final fit on all train rows.
+    fit_seconds: f64,
+    /// Wall time of the k CV fits.
+    cv_seconds: f64,
+    /// The final fit and every fold fit met the tolerance.
+    converged: bool,
+    solver: &'static str,
+}
+
+#[derive(Serialize)]
+struct SweepFile<'a> {
+    kind: &'static str,
+    input: &'a str,
+    c: f64,
+    folds: usize,
+    train_rows: usize,
+    test_rows: usize,
+    classes: &'a [String],
+    /// Chosen by best `cv_accuracy` (ties to the lower layer); test scores play no part.
+    chosen_layer: usize,
+    layers: &'a [LayerRow],
+}
+
+#[derive(Serialize)]
+struct MetricsFile<'a> {
+    layers: &'a [LayerRow],
+    chosen_layer: usize,
+    chosen_by: String,
+}
+
+/// The `layer_<i>` columns of `path`, as `(i, name)` sorted by `i`.
+fn layer_columns(path: &Path) -> Result<Vec<(usize, String)>> {
+    let mut out: Vec<(usize, String)> = embedding_columns(path)?
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let i = name.strip_prefix("layer_")?.parse::<usize>().ok()?;
+            Some((i, name))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The layers to sweep, checked against the file.
+fn resolve_layers(path: &Path, layers: &Layers) -> Result<Vec<(usize, String)>> {
+    let available = layer_columns(path)?;
+    if available.is_empty() {
+        let names: Vec<String> = embedding_columns(path)?.into_iter().map(|c| c.0).collect();
+        return Err(Error::schema(
+            path,
+            "layer_*",
+            format!(
+                "no `layer_<i>` vector columns (it has: {})",
+                names.join(", ")
+            ),
+        ));
+    }
+    match layers {
+        Layers::All => Ok(available),
+        Layers::List(wanted) => wanted
+            .iter()
+            .map(|&i| {
+                available
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let have: Vec<&str> = available.iter().map(|c| c.1.as_str()).collect();
+                        Error::schema(
+                            path,
+                            &format!("layer_{i}"),
+                            format!("no such layer column (it has: {})", have.join(", ")),
+                        )
+                    })
+            })
+            .collect(),
+    }
+}
+
+/// Best CV accuracy; ties go to the lower layer (listed order when layers were given by hand).
+fn choose(rows: &[LayerRow]) -> usize {
+    let mut best = 0;
+    for (i, r) in rows.iter().enumerate() {
+        let b = &rows[best];
+        if r.cv_accuracy > b.cv_accuracy || (r.cv_accuracy == b.cv_accuracy && r.layer < b.layer) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// CV, final fit and test scores of one layer; returns the row and the test probabilities.
+fn sweep_layer(
+    p: &LayerSweepParams,
+    train_path: &Path,
+    test_path: &Path,
+    layer: usize,
+    column: &str,
+    seed: u64,
+) -> Result<(LayerRow, Predictions)> {
+    let (train, test, _) = load_train_test(train_path, test_path, Some(column), None)?;
+    let k = train.label_names.len();
+    let cv_start = Instant::now();
+    let sel = LogRegSelect {
+        c: vec![p.c],
+        folds: p.folds,
+    };
+    let cv = cross_validate(&train, &sel, p.tol, p.max_iterations, p.solver, seed)?
+        .into_iter()
+        .next()
+        .expect("one C");
+    let cv_seconds = cv_start.elapsed().as_secs_f64();
+
+    let st = Standardizer::fit(&train);
+    let xtr = matrix(&train, &st)?;
+    let xte = matrix(&test, &st)?;
+    let fit = fit_logreg(
+        xtr.view(),
+        &train.labels,
+        k,
+        p.c,
+        p.tol,
+        p.max_iterations,
+        p.solver,
+    )?;
+    let probs = fit.predict_proba(xte.view());
+    let preds = preds_of(&probs, k);
+    let (test_accuracy, test_macro_f1) =
+        llmembed_evaluate::accuracy_and_macro_f1(&test.labels, &preds, k);
+    let row = LayerRow {
+        layer,
+        column: column.to_string(),
+        dim: train.dim,
+        cv_accuracy: cv.mean_accuracy,
+        cv_fold_accuracy: cv.fold_accuracy,
+        test_accuracy,
+        test_macro_f1,
+        fit_seconds: fit.fit_seconds,
+        cv_seconds,
+        converged: fit.converged && cv.all_converged,
+        solver: fit.solver(),
+    };
+    let predictions = Predictions {
+        ids: test.ids,
+        labels: test.labels,
+        preds,
+        probs,
+        label_names: test.label_names,
+        producer: String::new(),
+    };
+    Ok((row, predictions))
+}
+
+fn markdown(input: &str, p: &LayerSweepParams, rows: &[LayerRow], chosen: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Layer sweep over `{input}`\n");
+    let _ = writeln!(
+        s,
+        "Logistic regression (standardised features, C = {}, solver `{}`) on each layer's \
+         mean-pooled hidden states.\n",
+        p.c,
+        match p.solver {
+            LogRegSolver::Linfa => "linfa",
+            LogRegSolver::Lbfgs => "lbfgs",
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| layer | dim | CV accuracy ({}-fold, train) | test accuracy | test macro-F1 | fit s | converged |",
+        p.folds
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|:---:|");
+    for (i, r) in rows.iter().enumerate() {
+        let mark = if i == chosen { " (chosen)" } else { "" };
+        let _ = writeln!(
+            s,
+            "| {}{mark} | {} | {:.4} | {:.4} | {:.4} | {:.2} | {} |",
+            r.layer,
+            r.dim,
+            r.cv_accuracy,
+            r.test_accuracy,
+            r.test_macro_f1,
+            r.fit_seconds,
+            if r.converged { "yes" } else { "NO" }
+        );
+    }
+    let c = &rows[chosen];
+    let _ = writeln!(
+        s,
+        "\nChosen by {}-fold CV on the training rows: **layer {}** (`{}`, CV accuracy {:.4}; \
+         test accuracy {:.4}, macro-F1 {:.4}). The test columns are reported for the ablation \
+         only; they are not used to choose the layer.",
+        p.folds, c.layer, c.column, c.cv_accuracy, c.test_accuracy, c.test_macro_f1
+    );
+    s
+}
+
+impl Stage for LayerSweep {
+    const KIND: &'static str = "layer_sweep";
+    const VERSION: u32 = 1;
+    const INPUTS: Arity = Arity::Exactly(1);
+    const SEEDED: bool = true;
+    type Params = LayerSweepParams;
+
+    fn check(p: &LayerSweepParams) -> Result<()> {
+        check_c("c", p.c)?;
+        if p.folds < 2 {
+            return Err(Error::param("folds", "needs at least 2 folds"));
+        }
+        if !(p.tol.is_finite() && p.tol > 0.0) {
+            return Err(Error::param(
+                "tol",
+                format!("must be positive, got {}", p.tol),
+            ));
+        }
+        if p.max_iterations == 0 {
+            return Err(Error::param("max_iterations", "must be at least 1"));
+        }
+        if let Layers::List(v) = &p.layers {
+            if v.is_empty() {
+                return Err(Error::param(
+                    "layers",
+                    "empty list (use `all` for every layer)",
+                ));
+            }
+            let mut seen = HashSet::new();
+            for i in v {
+                if !seen.insert(i) {
+                    return Err(Error::param("layers", format!("layer {i} listed twice")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run(p: &LayerSweepParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
+        Self::check(p)?;
+        let input = &inputs[0];
+        let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+        let layers = resolve_layers(&train_path, &p.layers)?;
+        // Check the folds once against the labels (the same for every layer).
+        let labels = llmembed_core::read_embedding_table(&train_path, Some(&[]))?.labels;
+        check_folds(&labels, p.folds).map_err(|_| {
+            Error::param(
+                "folds",
+                format!("{} folds for {} training rows", p.folds, labels.len()),
+            )
+        })?;
+
+        let bar = ctx.progress(layers.len() as u64, "layer sweep");
+        let results: Vec<(LayerRow, Predictions)> = layers
+            .par_iter()
+            .map(|(i, name)| {
+                let r = sweep_layer(p, &train_path, &test_path, *i, name, ctx.seed);
+                bar.inc(1);
+                r
+            })
+            .collect::<Result<_>>()?;
+        bar.finish_and_clear();
+        let (rows, mut preds): (Vec<LayerRow>, Vec<Predictions>) = results.into_iter().unzip();
+        let chosen = choose(&rows);
+        let c = &rows[chosen];
+
+        let mut predictions = preds.swap_remove(chosen);
+        predictions.producer = format!("logreg({}, chosen by {}-fold CV)", c.column, p.folds);
+        write_predictions(&ctx.out("predictions.parquet"), &predictions)?;
+
+        let sweep = SweepFile {
+            kind: "layer_sweep",
+            input: &input.stage_id,
+            c: p.c,
+            folds: p.folds,
+            train_rows: labels.len(),
+            test_rows: predictions.ids.len(),
+            classes: &predictions.label_names,
+            chosen_layer: c.layer,
+            layers: &rows,
+        };
+        write_json(&ctx.out("sweep.json"), &sweep)?;
+        write_json(
+            &ctx.out("metrics.json"),
+            &MetricsFile {
+                layers: &rows,
+                chosen_layer: c.layer,
+                chosen_by: format!(
+                    "best {}-fold CV accuracy on train rows (test scores reported, not used)",
+                    p.folds
+                ),
+            },
+        )?;
+        fsutil::write_bytes_atomic(
+            &ctx.out("sweep.md"),
+            markdown(&input.stage_id, p, &rows, chosen).as_bytes(),
+        )?;
+        let png = crate::plot::sweep_png(
+            &format!("Layer sweep: {} (C = {})", input.stage_id, p.c),
+            &rows
+                .iter()
+                .map(|r| (r.layer, r.cv_accuracy, r.test_accuracy))
+                .collect::<Vec<_>>(),
+            c.layer,
+            p.folds,
+        )?;
+        fsutil::write_bytes_atomic(&ctx.out("layer_sweep.png"), &png)?;
+
+        let mut notes = vec![format!(
+            "{} layers; {}-fold CV chose layer {} (CV acc {:.4}, test acc {:.4}, macro-F1 {:.4})",
+            rows.len(),
+            p.folds,
+            c.layer,
+            c.cv_accuracy,
+            c.test_accuracy,
+            c.test_macro_f1
+        )];
+        let unconverged: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.converged)
+            .map(|r| r.layer.to_string())
+            .collect();
+        if !unconverged.is_empty() {
+            notes.push(format!(
+                "NOT converged (some fit) on layers {}",
+                unconverged.join(", ")
+            ));
+        }
+        Ok(Summary {
+            rows_out: predictions.ids.len(),
+            notes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(layer: usize, cv: f64, test: f64) -> LayerRow {
+        LayerRow {
+            layer,
+            column: format!("layer_{layer}"),
+            dim: 1,
+            cv_accuracy: cv,
+            cv_fold_accuracy: vec![cv],
+            test_accuracy: test,
+            test_macro_f1: test,
+            fit_seconds: 0.0,
+            cv_seconds: 0.0,
+            converged: true,
+            solver: "linfa",
+        }
+    }
+
+    #[test]
+    fn layer_sweep_choice_uses_cv_only_and_ties_go_to_lower_layer() {
+        // Layer 3 has the best test score but not the best CV: CV decides.
+        let rows = [row(0, 0.7, 0.7), row(1, 0.9, 0.8), row(3, 0.85, 0.99)];
+        assert_eq!(choose(&rows), 1);
+        let rows = [row(4, 0.9, 0.0), row(2, 0.9, 0.0), row(6, 0.9, 1.0)];
+        assert_eq!(choose(&rows), 1);
+    }
+
+    #[test]
+    fn layer_sweep_params_defaults_forms_and_checks() {
+        let p: LayerSweepParams = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, LayerSweepParams::default());
+        assert_eq!((p.c, p.folds, p.layers.clone()), (1.0, 5, Layers::All));
+        let p: LayerSweepParams =
+            serde_json::from_str(r#"{"layers": "all", "solver": "lbfgs"}"#).unwrap();
+        assert_eq!(p.layers, Layers::All);
+        assert_eq!(p.solver, LogRegSolver::Lbfgs);
+        let p: LayerSweepParams = serde_json::from_str(r#"{"layers": [0, 8, 16]}"#).unwrap();
+        assert_eq!(p.layers, Layers::List(vec![0, 8, 16]));
+        // Canonical form round-trips (the cache key is computed from it).
+        let back: LayerSweepParams =
+            serde_json::from_value(serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(
+            serde_json::to_value(LayerSweepParams::default()).unwrap()["layers"],
+            "all"
+        );
+        let err = serde_json::from_str::<LayerSweepParams>(r#"{"layers": "some"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`all` or a list"), "{err}");
+        assert!(serde_json::from_str::<LayerSweepParams>(r#"{"layers": [-1]}"#).is_err());
+        assert!(serde_json::from_str::<LayerSweepParams>(r#"{"column": "x"}"#).is_err());
+
+        assert!(LayerSweep::check(&LayerSweepParams::default()).is_ok());
+        let bad = |p: LayerSweepParams, what: &str| {
+            let e = LayerSweep::check(&p).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        };
+        bad(
+            LayerSweepParams {
+                c: 0.0,
+                ..Default::default()
+            },
+            "c",
+        );
+        bad(
+            LayerSweepParams {
+                folds: 1,
+                ..Default::default()
+            },
+            "folds",
+        );
+        bad(
+            LayerSweepParams {
+                layers: Layers::List(vec![]),
+                ..Default::default()
+            },
+            "empty",
+        );
+        bad(
+            LayerSweepParams {
+                layers: Layers::List(vec![2, 2]),
+                ..Default::default()
+            },
+            "twice",
+        );
+    }
+}

