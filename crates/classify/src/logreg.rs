@@ -543,7 +543,6 @@ struct ModelSummary {
     linfa_clamped_rows: usize,
     fallback_iterations: Option<u64>,
     converged: bool,
-    fit_seconds: f64,
     train_accuracy: f64,
     test_accuracy: f64,
     select: Option<Selection>,
@@ -602,7 +601,7 @@ fn best_c(table: &[CvRow]) -> f64 {
 
 impl Stage for LogReg {
     const KIND: &'static str = "logreg";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::Exactly(1);
     type Params = LogRegParams;
 
@@ -734,7 +733,6 @@ impl Stage for LogReg {
             linfa_clamped_rows: fit.linfa_clamped_rows,
             fallback_iterations: fit.fallback_iterations,
             converged: fit.converged,
-            fit_seconds: fit.fit_seconds,
             train_accuracy: train_acc,
             test_accuracy: test_acc,
             select,

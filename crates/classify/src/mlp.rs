@@ -347,7 +347,6 @@ struct ModelSummary {
     seed: u64,
     steps: usize,
     epoch_train_loss: Vec<f64>,
-    fit_seconds: f64,
     train_accuracy: f64,
     test_accuracy: f64,
     select: Option<Selection>,
@@ -399,7 +398,7 @@ fn cross_validate(
 
 impl Stage for Mlp {
     const KIND: &'static str = "mlp";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::Exactly(1);
     type Params = MlpParams;
 
@@ -542,7 +541,6 @@ impl Stage for Mlp {
                 seed,
                 steps: trained.steps,
                 epoch_train_loss: trained.epoch_loss.clone(),
-                fit_seconds: trained.fit_seconds,
                 train_accuracy: train_acc,
                 test_accuracy: test_acc,
                 select,

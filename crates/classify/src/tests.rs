@@ -192,6 +192,15 @@ fn run_stage<S: Stage>(
     inputs: &[Input],
     seed: u64,
 ) -> llmembed_core::Result<tempfile::TempDir> {
+    Ok(run_stage_summary::<S>(params, inputs, seed)?.0)
+}
+
+/// [`run_stage`], also returning the stage's summary (its notes hold the wall times).
+fn run_stage_summary<S: Stage>(
+    params: &S::Params,
+    inputs: &[Input],
+    seed: u64,
+) -> llmembed_core::Result<(tempfile::TempDir, llmembed_core::Summary)> {
     let out = tempfile::tempdir().unwrap();
     let store = tempfile::tempdir().unwrap();
     let env = env(seed);
@@ -201,8 +210,57 @@ fn run_stage<S: Stage>(
         store_dir: store.path().to_path_buf(),
         seed,
     };
-    S::run(params, inputs, &ctx)?;
-    Ok(out)
+    let summary = S::run(params, inputs, &ctx)?;
+    Ok((out, summary))
+}
+
+/// Every file of an output folder, by name, sorted.
+fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            assert!(e.file_type().unwrap().is_file(), "{:?}", e.path());
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Two runs of one stage wrote the same set of files, `expected` among them, byte for byte
+/// (the runner keys downstream stages by these bytes).
+fn assert_same_output_bytes(a: &Path, b: &Path, expected: &[&str]) {
+    let (fa, fb) = (folder_files(a), folder_files(b));
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb));
+    for want in expected {
+        assert!(
+            names(&fa).iter().any(|n| n == want),
+            "no {want} in {:?}",
+            names(&fa)
+        );
+    }
+    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{name} differs between two runs with the same seed");
+    }
+}
+
+/// No key of a written JSON file names a wall time (`fit_seconds`, `cv_seconds`, ...).
+fn assert_no_timing_keys(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                assert!(!k.contains("seconds"), "timing key `{k}` in a written file");
+                assert_no_timing_keys(x);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(assert_no_timing_keys),
+        _ => {}
+    }
 }
 
 fn model_json(dir: &Path) -> serde_json::Value {
@@ -369,8 +427,19 @@ fn logreg_select_picks_c_by_cv_on_train_only() {
         }),
         ..LogRegParams::default()
     };
-    let out = run_stage::<LogReg>(&params, std::slice::from_ref(&input), 3).unwrap();
+    let (out, summary) =
+        run_stage_summary::<LogReg>(&params, std::slice::from_ref(&input), 3).unwrap();
     let m = model_json(out.path());
+    assert_no_timing_keys(&m);
+    // The wall time is reported in the notes (the runner's manifest) instead.
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("C=") && n.contains("s, train acc")),
+        "{:?}",
+        summary.notes
+    );
     let table = m["select"]["table"].as_array().unwrap();
     assert_eq!(table.len(), 3);
     for row in table {
@@ -394,15 +463,12 @@ fn logreg_select_picks_c_by_cv_on_train_only() {
             .iter()
             .any(|r| r["mean_accuracy"] != table[0]["mean_accuracy"])
     );
-    // Same seed, same folds, same choice and the same predictions.
+    // Same seed, same folds, same choice: every file byte-identical (no wall times in them).
     let again = run_stage::<LogReg>(&params, &[input], 3).unwrap();
-    assert_eq!(
-        model_json(again.path())["select"]["table"],
-        m["select"]["table"]
-    );
-    assert_eq!(
-        std::fs::read(out.path().join("predictions.parquet")).unwrap(),
-        std::fs::read(again.path().join("predictions.parquet")).unwrap()
+    assert_same_output_bytes(
+        out.path(),
+        again.path(),
+        &["model.json", "predictions.parquet"],
     );
 }
 
@@ -498,14 +564,20 @@ fn mlp_learns_ag_news_bow() {
         epochs: Some(6),
         ..MlpParams::default()
     };
-    let out = run_stage::<Mlp>(&params, &[input], 5).unwrap();
+    let (out, summary) = run_stage_summary::<Mlp>(&params, &[input], 5).unwrap();
     let p = read_predictions(&out.path().join("predictions.parquet")).unwrap();
     check_predictions(&p, &bow.test);
     let a = acc(&p);
     let m = model_json(out.path());
+    assert_no_timing_keys(&m);
     eprintln!(
-        "mlp accuracy {a:.4}, {}s, loss {}",
-        m["fit_seconds"], m["epoch_train_loss"]
+        "mlp accuracy {a:.4}, loss {}, notes {:?}",
+        m["epoch_train_loss"], summary.notes
+    );
+    assert!(
+        summary.notes.iter().any(|n| n.contains("epochs, fit ")),
+        "{:?}",
+        summary.notes
     );
     assert!(a > 0.6, "accuracy {a} (chance 0.25)");
     let loss: Vec<f64> = m["epoch_train_loss"]
@@ -532,16 +604,20 @@ fn mlp_same_seed_same_bytes_other_seed_other_bytes() {
         seed: Some(seed),
         ..MlpParams::default()
     };
-    let bytes = |p: &MlpParams, pipeline_seed| {
-        let out = run_stage::<Mlp>(p, std::slice::from_ref(&input), pipeline_seed).unwrap();
-        std::fs::read(out.path().join("predictions.parquet")).unwrap()
+    let run = |p: &MlpParams, pipeline_seed| {
+        run_stage::<Mlp>(p, std::slice::from_ref(&input), pipeline_seed).unwrap()
     };
-    let a = bytes(&params(11), 1);
-    // The stage's own seed wins over the pipeline's.
-    let b = bytes(&params(11), 2);
-    let c = bytes(&params(12), 1);
-    assert_eq!(a, b);
-    assert_ne!(a, c);
+    let preds =
+        |d: &tempfile::TempDir| std::fs::read(d.path().join("predictions.parquet")).unwrap();
+    let a = run(&params(11), 1);
+    // Same seeds again: every file byte-identical (no wall times in `model.json`).
+    let a2 = run(&params(11), 1);
+    assert_same_output_bytes(a.path(), a2.path(), &["model.json", "predictions.parquet"]);
+    // The stage's own seed wins over the pipeline's: the same bytes, `model.json` included.
+    let b = run(&params(11), 2);
+    assert_same_output_bytes(a.path(), b.path(), &["model.json", "predictions.parquet"]);
+    let c = run(&params(12), 1);
+    assert_ne!(preds(&a), preds(&c));
 }
 
 #[test]
@@ -559,8 +635,9 @@ fn mlp_select_epochs_by_cv() {
         }),
         ..MlpParams::default()
     };
-    let out = run_stage::<Mlp>(&params, &[input], 5).unwrap();
+    let out = run_stage::<Mlp>(&params, std::slice::from_ref(&input), 5).unwrap();
     let m = model_json(out.path());
+    assert_no_timing_keys(&m);
     let table = m["select"]["table"].as_array().unwrap();
     assert_eq!(table.len(), 2);
     assert_eq!(table[0]["epochs"], 1);
@@ -572,6 +649,13 @@ fn mlp_select_epochs_by_cv() {
     };
     assert_eq!(m["epochs"], best);
     assert_eq!(m["select"]["best_epochs"], best);
+    // A rerun with the same seed (CV folds, shuffles, dropout) writes the same bytes.
+    let again = run_stage::<Mlp>(&params, &[input], 5).unwrap();
+    assert_same_output_bytes(
+        out.path(),
+        again.path(),
+        &["model.json", "predictions.parquet"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,10 +886,19 @@ fn layer_sweep_on_ag_news_chooses_best_cv_layer_and_writes_outputs() {
         c: 0.01,
         ..LayerSweepParams::default()
     };
-    let out = run_stage::<LayerSweep>(&params, std::slice::from_ref(&input), 7).unwrap();
+    let (out, summary) =
+        run_stage_summary::<LayerSweep>(&params, std::slice::from_ref(&input), 7).unwrap();
     let dir = out.path();
+    // Wall times are in the notes, one per layer, not in the files.
+    let timing = summary
+        .notes
+        .iter()
+        .find(|n| n.starts_with("wall time per layer"))
+        .unwrap_or_else(|| panic!("{:?}", summary.notes));
+    assert_eq!(timing.matches("s+").count(), 4, "{timing}");
 
     let sweep = read_json(&dir.join("sweep.json"));
+    assert_no_timing_keys(&sweep);
     let rows = sweep["layers"].as_array().unwrap();
     let layers: Vec<u64> = rows.iter().map(|r| r["layer"].as_u64().unwrap()).collect();
     assert_eq!(layers, [0, 1, 2, 3], "final_norm is not a layer: {sweep}");
@@ -829,7 +922,6 @@ fn layer_sweep_on_ag_news_chooses_best_cv_layer_and_writes_outputs() {
             r["test_macro_f1"].as_f64().unwrap(),
         );
         assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&f1), "{r}");
-        assert!(r["fit_seconds"].as_f64().unwrap() >= 0.0);
     }
     eprintln!("layer sweep CV {cv:?}, chosen layer {chosen}");
     // Real signal: 8 stop words are far weaker than the 250 most frequent words.
@@ -837,6 +929,7 @@ fn layer_sweep_on_ag_news_chooses_best_cv_layer_and_writes_outputs() {
     assert!(cv[best] > 0.65, "{cv:?}");
 
     let metrics = read_json(&dir.join("metrics.json"));
+    assert_no_timing_keys(&metrics);
     assert_eq!(metrics["layers"], sweep["layers"]);
     assert_eq!(metrics["chosen_layer"], chosen);
 
@@ -847,6 +940,7 @@ fn layer_sweep_on_ag_news_chooses_best_cv_layer_and_writes_outputs() {
         "{md}"
     );
     assert!(md.contains(&format!("| {chosen} (chosen) |")), "{md}");
+    assert!(!md.contains("fit s") && !md.contains("seconds"), "{md}");
     assert!(md.contains(&format!("**layer {chosen}**")), "{md}");
     assert!(
         md.contains("5-fold CV") && md.contains("not used to choose"),
@@ -911,7 +1005,22 @@ fn layer_sweep_layer_list_and_clear_errors() {
         ..LayerSweepParams::default()
     };
     let out = run_stage::<LayerSweep>(&params, std::slice::from_ref(&input), 3).unwrap();
+    // A rerun with the same seed writes every file (json, markdown, png, predictions) again
+    // byte for byte.
+    let again = run_stage::<LayerSweep>(&params, std::slice::from_ref(&input), 3).unwrap();
+    assert_same_output_bytes(
+        out.path(),
+        again.path(),
+        &[
+            "sweep.json",
+            "metrics.json",
+            "sweep.md",
+            "layer_sweep.png",
+            "predictions.parquet",
+        ],
+    );
     let sweep = read_json(&out.path().join("sweep.json"));
+    assert_no_timing_keys(&sweep);
     let rows = sweep["layers"].as_array().unwrap();
     let layers: Vec<u64> = rows.iter().map(|r| r["layer"].as_u64().unwrap()).collect();
     assert_eq!(layers, [3, 1]);

@@ -45,8 +45,14 @@ struct Tol {
     abs: f64,
 }
 
-const F32_TOL: Tol = Tol { cos: 0.999, abs: 1e-3 };
-const BF16_TOL: Tol = Tol { cos: 0.999, abs: 5e-2 };
+const F32_TOL: Tol = Tol {
+    cos: 0.999,
+    abs: 1e-3,
+};
+const BF16_TOL: Tol = Tol {
+    cos: 0.999,
+    abs: 5e-2,
+};
 
 fn fixture(name: &str) -> Fixture {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -81,7 +87,12 @@ fn check_tokens(model: &dyn Embedder, fx: &Fixture) {
             bad.push(format!("{text:?}\n  hf:   {ids:?}\n  rust: {got:?}"));
         }
     }
-    assert!(bad.is_empty(), "{} of {n} texts tokenized differently:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {n} texts tokenized differently:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
     // Truncation keeps the first max_tokens ids and says so.
     let long = fx.cases.iter().max_by_key(|c| c.ids.len()).unwrap();
     let (got, truncated) = model.tokenize(&long.text, 16).unwrap();
@@ -132,7 +143,10 @@ fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
             }
         }
         // FinalNorm is HF's last hidden_states entry, identical to Layer(n).
-        assert_eq!(out[n + 1][ci * h..(ci + 1) * h], out[n][ci * h..(ci + 1) * h]);
+        assert_eq!(
+            out[n + 1][ci * h..(ci + 1) * h],
+            out[n][ci * h..(ci + 1) * h]
+        );
     }
     // Last-token pooling of the final entry.
     let last = model
@@ -140,13 +154,19 @@ fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
         .expect("embed last");
     for (ci, case) in fx.cases.iter().enumerate() {
         let v = &last[0][ci * h..(ci + 1) * h];
-        let scale = case.last_token_final.iter().map(|x| x.abs()).fold(1f64, f64::max);
+        let scale = case
+            .last_token_final
+            .iter()
+            .map(|x| x.abs())
+            .fold(1f64, f64::max);
         let rel = max_abs(v, &case.last_token_final) / scale;
         let c = cosine(v, &case.last_token_final);
         worst_rel = worst_rel.max(rel);
         worst_cos = worst_cos.min(c);
         if rel > tol.abs || c < tol.cos {
-            failures.push(format!("case {ci} last token: rel max abs {rel:.3e}, cos {c}"));
+            failures.push(format!(
+                "case {ci} last token: rel max abs {rel:.3e}, cos {c}"
+            ));
         }
     }
     println!("{label}: worst cosine {worst_cos:.7}, worst max abs error / scale {worst_rel:.3e}");
@@ -155,36 +175,68 @@ fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
 
 #[test]
 fn smollm2_tokenizer_matches_hf() {
-    let Some(model) = open(&SMOLLM2, ComputeDtype::F32) else { return };
+    let Some(model) = open(&SMOLLM2, ComputeDtype::F32) else {
+        return;
+    };
     check_tokens(model.as_ref(), &fixture("smollm2_reference.json"));
 }
 
 #[test]
 fn smollm2_f32_matches_hf() {
-    let Some(model) = open(&SMOLLM2, ComputeDtype::F32) else { return };
-    check_vectors(model.as_ref(), &fixture("smollm2_reference.json"), &F32_TOL, "smollm2 f32");
+    let Some(model) = open(&SMOLLM2, ComputeDtype::F32) else {
+        return;
+    };
+    check_vectors(
+        model.as_ref(),
+        &fixture("smollm2_reference.json"),
+        &F32_TOL,
+        "smollm2 f32",
+    );
 }
 
 #[test]
 fn smollm2_bf16_matches_hf() {
-    let Some(model) = open(&SMOLLM2, ComputeDtype::Bf16) else { return };
-    check_vectors(model.as_ref(), &fixture("smollm2_reference.json"), &BF16_TOL, "smollm2 bf16");
+    let Some(model) = open(&SMOLLM2, ComputeDtype::Bf16) else {
+        return;
+    };
+    check_vectors(
+        model.as_ref(),
+        &fixture("smollm2_reference.json"),
+        &BF16_TOL,
+        "smollm2 bf16",
+    );
 }
 
 #[test]
 fn gemma3_tokenizer_matches_hf() {
-    let Some(model) = open(&GEMMA3, ComputeDtype::F32) else { return };
+    let Some(model) = open(&GEMMA3, ComputeDtype::F32) else {
+        return;
+    };
     check_tokens(model.as_ref(), &fixture("gemma3_reference.json"));
 }
 
 #[test]
 fn gemma3_f32_matches_hf() {
-    let Some(model) = open(&GEMMA3, ComputeDtype::F32) else { return };
-    check_vectors(model.as_ref(), &fixture("gemma3_reference.json"), &F32_TOL, "gemma3 f32");
+    let Some(model) = open(&GEMMA3, ComputeDtype::F32) else {
+        return;
+    };
+    check_vectors(
+        model.as_ref(),
+        &fixture("gemma3_reference.json"),
+        &F32_TOL,
+        "gemma3 f32",
+    );
 }
 
 #[test]
 fn gemma3_bf16_matches_hf() {
-    let Some(model) = open(&GEMMA3, ComputeDtype::Bf16) else { return };
-    check_vectors(model.as_ref(), &fixture("gemma3_reference.json"), &BF16_TOL, "gemma3 bf16");
+    let Some(model) = open(&GEMMA3, ComputeDtype::Bf16) else {
+        return;
+    };
+    check_vectors(
+        model.as_ref(),
+        &fixture("gemma3_reference.json"),
+        &BF16_TOL,
+        "gemma3 bf16",
+    );
 }

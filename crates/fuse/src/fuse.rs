@@ -304,7 +304,10 @@ impl Stage for Fuse {
             return Err(Error::param("cooccurrence.width", "must be at least 1"));
         }
         if !(c.sigma.is_finite() && c.sigma > 0.0) {
-            return Err(Error::param("cooccurrence.sigma", "must be a positive number"));
+            return Err(Error::param(
+                "cooccurrence.sigma",
+                "must be a positive number",
+            ));
         }
         Ok(())
     }
@@ -372,7 +375,11 @@ impl Stage for Fuse {
                 label_names: data.label_names,
                 columns: vec![VectorColumn::new("embedding", dim, fused.data)],
             };
-            write_embedding_table(&ctx.out(&format!("{split}.parquet")), &table, Precision::F32)?;
+            write_embedding_table(
+                &ctx.out(&format!("{split}.parquet")),
+                &table,
+                Precision::F32,
+            )?;
             summary.rows_out += table.ids.len();
             if split == "train" {
                 summary.notes.push(format!(
@@ -506,9 +513,12 @@ fn to_mat(c: VectorColumn) -> Mat {
     Mat::new(c.rows(), c.dim, c.values)
 }
 
+/// The first input's file, ids, labels and label names: what the other inputs are matched to.
+type Base = (PathBuf, Vec<String>, Vec<i64>, Vec<String>);
+
 /// Reads one split of every input and reorders inputs 2.. to the ids of input 1.
 fn load_aligned(split: &str, inputs: &[Input], resolved: &[Resolved]) -> Result<Aligned> {
-    let mut base: Option<(PathBuf, Vec<String>, Vec<i64>, Vec<String>)> = None;
+    let mut base: Option<Base> = None;
     let mut base_index: HashMap<String, usize> = HashMap::new();
     let mut sources: Vec<Vec<Mat>> = Vec::with_capacity(inputs.len());
     for (input, r) in inputs.iter().zip(resolved) {
@@ -531,8 +541,7 @@ fn load_aligned(split: &str, inputs: &[Input], resolved: &[Resolved]) -> Result<
             sources.push(table.columns.into_iter().map(to_mat).collect());
             continue;
         }
-        let (base_path, ids, labels, label_names) =
-            base.as_ref().expect("set by the first input");
+        let (base_path, ids, labels, label_names) = base.as_ref().expect("set by the first input");
         if &table.label_names != label_names {
             return Err(Error::mismatch(
                 "fuse: match inputs",
@@ -704,10 +713,11 @@ fn fit(
                 .map_err(|e| Error::compute("serialize weights.json", e))?;
             llmembed_core::fsutil::write_bytes_atomic(&ctx.out("weights.json"), &json)?;
             for (r, w) in resolved.iter().zip(&fit.weights) {
-                let (best, wmax) = w
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+                let (best, wmax) =
+                    w.iter().enumerate().fold(
+                        (0, f32::MIN),
+                        |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                    );
                 summary.notes.push(format!(
                     "{}: largest weight {wmax:.3} on {}",
                     r.stage_id, r.columns[best].0
@@ -729,9 +739,8 @@ fn fit(
                             &format!("fuse/cooccurrence/projection/{k}"),
                         );
                         let m = ops::gaussian_projection(&mut rng, *dim, width);
-                        let t = Tensor::from_vec(m.data, (*dim, width), &Device::Cpu).map_err(
-                            |e| Error::compute("cooccurrence: projection matrix", e),
-                        )?;
+                        let t = Tensor::from_vec(m.data, (*dim, width), &Device::Cpu)
+                            .map_err(|e| Error::compute("cooccurrence: projection matrix", e))?;
                         summary.notes.push(format!(
                             "{}/{name}: Gaussian projection {dim} -> {width}",
                             r.stage_id
@@ -759,12 +768,8 @@ fn apply(p: &FuseParams, fitted: &Fitted, data: &Aligned) -> Result<Mat> {
     Ok(match (p.method, fitted) {
         (Method::Mean, _) => per_source(&|_, v| ops::mean_of(v)),
         (Method::Max, _) => per_source(&|_, v| ops::max_of(v)),
-        (Method::Concat, _) => {
-            ops::concat_cols(&data.sources.iter().flatten().collect::<Vec<_>>())
-        }
-        (Method::Weighted, Fitted::Weighted(w)) => {
-            per_source(&|s, v| ops::weighted_sum(v, &w[s]))
-        }
+        (Method::Concat, _) => ops::concat_cols(&data.sources.iter().flatten().collect::<Vec<_>>()),
+        (Method::Weighted, Fitted::Weighted(w)) => per_source(&|s, v| ops::weighted_sum(v, &w[s])),
         (Method::Cooccurrence, Fitted::Projections(proj)) => {
             let width = p.cooccurrence.width;
             let mut projected = Vec::with_capacity(proj.len());

@@ -54,7 +54,10 @@ pub(crate) fn weighted_sum(mats: &[&Mat], weights: &[f32]) -> Mat {
 
 fn weighted_sum_f64(mats: &[&Mat], weights: &[f64]) -> Mat {
     let first = mats[0];
-    debug_assert!(mats.iter().all(|m| m.rows == first.rows && m.dim == first.dim));
+    debug_assert!(
+        mats.iter()
+            .all(|m| m.rows == first.rows && m.dim == first.dim)
+    );
     let mut acc = vec![0f64; first.data.len()];
     for (m, &w) in mats.iter().zip(weights) {
         for (a, &v) in acc.iter_mut().zip(&m.data) {
@@ -262,7 +265,17 @@ mod tests {
         let full = gram_tanh(&[&v1, &v2, &v3], 1.0, GramEntries::Full);
         assert_eq!(
             full.data,
-            vec![t(1.), t(1.), t(0.), t(1.), t(2.), t(-2.), t(0.), t(-2.), t(4.)]
+            vec![
+                t(1.),
+                t(1.),
+                t(0.),
+                t(1.),
+                t(2.),
+                t(-2.),
+                t(0.),
+                t(-2.),
+                t(4.)
+            ]
         );
         let upper = gram_tanh(&[&v1, &v2, &v3], 1.0, GramEntries::Upper);
         assert_eq!(upper.data, vec![t(1.), t(1.), t(0.), t(2.), t(-2.), t(4.)]);
@@ -281,7 +294,12 @@ mod tests {
         assert_eq!(p, q);
         let n = p.data.len() as f64;
         let mean = p.data.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-        let var = p.data.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+        let var = p
+            .data
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
         // 10,000 draws of N(0, 1/50): variance 0.02 within a few percent.
         assert!(mean.abs() < 0.005, "{mean}");
         assert!((var - 0.02).abs() < 0.002, "{var}");

@@ -324,7 +324,15 @@ mod tests {
         // One-character tokens ("a", "s", "x") are dropped; the apostrophe and hyphen split.
         assert_eq!(
             terms,
-            vec!["café", "tea", "time", "42", "café tea", "tea time", "time 42"]
+            vec![
+                "café",
+                "tea",
+                "time",
+                "42",
+                "café tea",
+                "tea time",
+                "time 42"
+            ]
         );
     }
 

@@ -54,12 +54,7 @@ fn gather(layers: &[Mat], idx: &[usize], dev: &Device) -> Result<Tensor> {
 }
 
 /// The fused batch `(batch, sum of source dims)` for the current layer logits.
-fn fuse_batch(
-    sources: &[Vec<Mat>],
-    alphas: &[Var],
-    idx: &[usize],
-    dev: &Device,
-) -> Result<Tensor> {
+fn fuse_batch(sources: &[Vec<Mat>], alphas: &[Var], idx: &[usize], dev: &Device) -> Result<Tensor> {
     let mut parts = Vec::with_capacity(sources.len());
     for (layers, alpha) in sources.iter().zip(alphas) {
         let x = gather(layers, idx, dev)?;
@@ -84,7 +79,10 @@ pub(crate) fn fit(
     let dev = Device::Cpu;
     let n = labels.len();
     if n == 0 {
-        return Err(Error::mismatch("weighted fusion", "the train split has no rows"));
+        return Err(Error::mismatch(
+            "weighted fusion",
+            "the train split has no rows",
+        ));
     }
     let total_dim: usize = sources.iter().map(|l| l[0].dim).sum();
     let alphas: Vec<Var> = sources
@@ -114,7 +112,9 @@ pub(crate) fn fit(
         let x = fuse_batch(sources, &alphas, idx, &dev)?;
         x.matmul(w.as_tensor())
             .and_then(|t| t.broadcast_add(b.as_tensor()))
-            .map_err(ce("weighted fusion: probe logits (batch, dim) x (dim, classes)"))
+            .map_err(ce(
+                "weighted fusion: probe logits (batch, dim) x (dim, classes)",
+            ))
     };
 
     let mut rng = llmembed_core::seeded_rng(s.seed, "fuse/weighted/batches");
@@ -125,11 +125,8 @@ pub(crate) fn fit(
         let mut loss_sum = 0f64;
         for idx in order.chunks(s.batch_size) {
             let logits = logits_of(idx)?;
-            let y = Tensor::new(
-                idx.iter().map(|&i| targets[i]).collect::<Vec<u32>>(),
-                &dev,
-            )
-            .map_err(ce("weighted fusion: targets"))?;
+            let y = Tensor::new(idx.iter().map(|&i| targets[i]).collect::<Vec<u32>>(), &dev)
+                .map_err(ce("weighted fusion: targets"))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)
                 .map_err(ce("weighted fusion: cross-entropy"))?;
             let grads = loss.backward().map_err(ce("weighted fusion: backward"))?;

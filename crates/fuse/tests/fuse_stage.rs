@@ -76,11 +76,22 @@ fn yaml_params_have_explicit_defaults_and_reject_unknown_fields() {
     .unwrap();
     assert_eq!(full.method, Method::Cooccurrence);
     assert_eq!(full.cooccurrence.sigma, 0.5);
-    assert!(serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethd: max\n").is_err());
+    assert!(
+        serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethd: max\n").is_err()
+    );
     assert!(
         serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethod: median\n").is_err()
     );
-    assert!(Fuse::check(&params(vec![SourceSpec { layers: None, columns: vec![] }], Method::Mean)).is_err());
+    assert!(
+        Fuse::check(&params(
+            vec![SourceSpec {
+                layers: None,
+                columns: vec![]
+            }],
+            Method::Mean
+        ))
+        .is_err()
+    );
 }
 
 #[test]
@@ -88,7 +99,8 @@ fn mean_max_concat_on_hand_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &small()), ("test", &small())]);
     let run = |name: &str, p: &FuseParams| {
-        let (out, _) = run_stage::<Fuse>(dir.path(), name, p, std::slice::from_ref(&input)).unwrap();
+        let (out, _) =
+            run_stage::<Fuse>(dir.path(), name, p, std::slice::from_ref(&input)).unwrap();
         embedding(&out, "test")
     };
     let mean = run("mean", &params(vec![layers(&[0, 1])], Method::Mean));
@@ -110,21 +122,32 @@ fn mean_max_concat_on_hand_numbers() {
     assert_eq!(cat.columns[0].dim, 8);
     assert_eq!(
         cat.columns[0].values,
-        vec![3., 0., 3., 1., 2., 3., 9., 8., -4., 7., 0.5, 4., 5., 6., 7., 6.]
+        vec![
+            3., 0., 3., 1., 2., 3., 9., 8., -4., 7., 0.5, 4., 5., 6., 7., 6.
+        ]
     );
 
     // l2 per source vector before fusing: rows of layer_0 and layer_1 scaled to unit length.
     let mut p = params(vec![layers(&[0])], Method::Mean);
     p.normalize = Normalize::L2;
     let l2 = run("l2", &p);
-    let n = 14f32.sqrt();
-    assert_eq!(&l2.columns[0].values[..3], &[1. / n, 2. / n, 3. / n]);
+    let n = 14f64.sqrt();
+    for (g, w) in l2.columns[0].values[..3]
+        .iter()
+        .zip([1. / n, 2. / n, 3. / n])
+    {
+        assert!((f64::from(*g) - w).abs() < 1e-7, "{g} vs {w}");
+    }
 }
 
 #[test]
 fn mean_of_layers_needs_one_width_and_says_which() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), "extract_x", &[("train", &small()), ("test", &small())]);
+    let input = write_input(
+        dir.path(),
+        "extract_x",
+        &[("train", &small()), ("test", &small())],
+    );
     let spec = SourceSpec {
         layers: Some(Layers::List(vec![0])),
         columns: vec!["pooler".into()],
@@ -142,23 +165,37 @@ fn mean_of_layers_needs_one_width_and_says_which() {
 fn missing_layer_is_named_with_what_the_file_has() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &small()), ("test", &small())]);
-    let err = run_stage::<Fuse>(dir.path(), "o", &params(vec![layers(&[5])], Method::Mean), &[input])
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("layer 5") && err.contains("layer_1") && err.contains("train.parquet"), "{err}");
+    let err = run_stage::<Fuse>(
+        dir.path(),
+        "o",
+        &params(vec![layers(&[5])], Method::Mean),
+        &[input],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("layer 5") && err.contains("layer_1") && err.contains("train.parquet"),
+        "{err}"
+    );
 }
 
 /// Two models over the same real AG News rows, stored in different row orders: rows are
 /// matched by id, each source is averaged over its layers, and the sources are concatenated.
 #[test]
 fn several_sources_are_matched_by_id_and_concatenated() {
-    let Some((texts, labels)) = ag_news("train", 60) else { return };
+    let Some((texts, labels)) = ag_news("train", 60) else {
+        return;
+    };
     let ids = ids("ag", texts.len());
     let v1 = vocabulary(&texts, 4, 0, 16);
     let v2 = vocabulary(&texts, 4, 16, 16);
     let v3 = vocabulary(&texts, 6, 0, 8);
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let a = table(&id_refs, &labels, vec![bow("layer_0", &texts, &v1), bow("layer_1", &texts, &v2)]);
+    let a = table(
+        &id_refs,
+        &labels,
+        vec![bow("layer_0", &texts, &v1), bow("layer_1", &texts, &v2)],
+    );
     // Model B: reversed row order.
     let rev: Vec<usize> = (0..texts.len()).rev().collect();
     let rtexts: Vec<String> = rev.iter().map(|&i| texts[i].clone()).collect();
@@ -169,7 +206,10 @@ fn several_sources_are_matched_by_id_and_concatenated() {
     let dir = tempfile::tempdir().unwrap();
     let ia = write_input(dir.path(), "llm", &[("train", &a), ("test", &a)]);
     let ib = write_input(dir.path(), "bert", &[("train", &b), ("test", &b)]);
-    let spec_b = SourceSpec { layers: None, columns: vec!["pooler".into()] };
+    let spec_b = SourceSpec {
+        layers: None,
+        columns: vec!["pooler".into()],
+    };
     let p = params(vec![layers(&[0, 1]), spec_b], Method::Mean);
     let (out, summary) = run_stage::<Fuse>(dir.path(), "o", &p, &[ia, ib]).unwrap();
     assert_eq!(summary.rows_out, 120);
@@ -197,8 +237,13 @@ fn differing_row_sets_name_the_first_differing_id() {
     let ia = write_input(dir.path(), "a", &[("train", &a), ("test", &a)]);
     let ib = write_input(dir.path(), "b", &[("train", &b), ("test", &b)]);
     let p = params(vec![layers(&[0]), layers(&[0])], Method::Concat);
-    let err = run_stage::<Fuse>(dir.path(), "o", &p, &[ia.clone(), ib]).unwrap_err().to_string();
-    assert!(err.contains("id `b`") && err.contains("b/train.parquet"), "{err}");
+    let err = run_stage::<Fuse>(dir.path(), "o", &p, &[ia.clone(), ib])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("id `b`") && err.contains("b/train.parquet"),
+        "{err}"
+    );
 
     // Same ids but b has one more row: that extra id is named.
     let mut c = small();
@@ -209,26 +254,37 @@ fn differing_row_sets_name_the_first_differing_id() {
         col.values.extend(first);
     }
     let ic = write_input(dir.path(), "c", &[("train", &c), ("test", &c)]);
-    let err = run_stage::<Fuse>(dir.path(), "o2", &p, &[ia.clone(), ic]).unwrap_err().to_string();
+    let err = run_stage::<Fuse>(dir.path(), "o2", &p, &[ia.clone(), ic])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("id `extra`"), "{err}");
 
     // Label names must agree.
     let mut d = small();
     d.label_names.swap(0, 1);
     let id = write_input(dir.path(), "d", &[("train", &d), ("test", &d)]);
-    let err = run_stage::<Fuse>(dir.path(), "o3", &p, &[ia.clone(), id]).unwrap_err().to_string();
+    let err = run_stage::<Fuse>(dir.path(), "o3", &p, &[ia.clone(), id])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("label names differ"), "{err}");
 
     // One entry per input.
-    let err = run_stage::<Fuse>(dir.path(), "o4", &params(vec![layers(&[0])], Method::Mean), &[ia.clone(), ia])
-        .unwrap_err()
-        .to_string();
+    let err = run_stage::<Fuse>(
+        dir.path(),
+        "o4",
+        &params(vec![layers(&[0])], Method::Mean),
+        &[ia.clone(), ia],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("1 entries for 2 inputs"), "{err}");
 }
 
 #[test]
 fn standardize_is_fitted_on_train_and_applied_to_test() {
-    let Some((texts, labels)) = ag_news("train", 80) else { return };
+    let Some((texts, labels)) = ag_news("train", 80) else {
+        return;
+    };
     let (tr, te) = texts.split_at(60);
     let v = vocabulary(&texts, 4, 0, 12);
     let ids = ids("r", 80);
@@ -280,7 +336,9 @@ fn informative_and_noise(texts: &[String], seed: u64) -> Vec<VectorColumn> {
 
 #[test]
 fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
-    let Some((texts, labels)) = ag_news("train", 600) else { return };
+    let Some((texts, labels)) = ag_news("train", 600) else {
+        return;
+    };
     let (tr, te) = texts.split_at(500);
     let ids = ids("w", 600);
     let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -289,26 +347,43 @@ fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
     let mut p = params(
-        vec![SourceSpec { layers: Some(Layers::All(llmembed_fuse::AllLayers::All)), columns: vec![] }],
+        vec![SourceSpec {
+            layers: Some(Layers::All(llmembed_fuse::AllLayers::All)),
+            columns: vec![],
+        }],
         Method::Weighted,
     );
     p.normalize = Normalize::L2;
     p.weighted.epochs = 30;
-    let (out, summary) = run_stage::<Fuse>(dir.path(), "o", &p, std::slice::from_ref(&input)).unwrap();
+    let (out, summary) =
+        run_stage::<Fuse>(dir.path(), "o", &p, std::slice::from_ref(&input)).unwrap();
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("weights.json")).unwrap()).unwrap();
     let src = &report["sources"][0];
-    assert_eq!(src["columns"], serde_json::json!(["layer_0", "layer_1", "layer_2"]));
-    let w: Vec<f64> = src["weights"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(
+        src["columns"],
+        serde_json::json!(["layer_0", "layer_1", "layer_2"])
+    );
+    let w: Vec<f64> = src["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{w:?}");
     assert!(w[1] > 0.8, "weights {w:?}, notes {:?}", summary.notes);
-    assert!(report["probe_train_accuracy"].as_f64().unwrap() > 0.5, "{report}");
+    assert!(
+        report["probe_train_accuracy"].as_f64().unwrap() > 0.5,
+        "{report}"
+    );
 
     // The outputs are the learned weighted sums of the (l2-normalised) layers.
     let got = embedding(&out, "test");
     let norm = |v: &[f32]| -> Vec<f64> {
         let n = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-        v.iter().map(|&x| if n > 0.0 { f64::from(x) / n } else { 0.0 }).collect()
+        v.iter()
+            .map(|&x| if n > 0.0 { f64::from(x) / n } else { 0.0 })
+            .collect()
     };
     for r in [0, 57] {
         let want: Vec<f64> = (0..48)
@@ -332,7 +407,9 @@ fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
 
 #[test]
 fn cooccurrence_joins_the_squashed_gram_with_the_mean_of_the_first_source() {
-    let Some((texts, labels)) = ag_news("train", 40) else { return };
+    let Some((texts, labels)) = ag_news("train", 40) else {
+        return;
+    };
     let ids = ids("c", 40);
     let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
     // "LLM": three layers of width 24 (BoW over different vocabularies); "BERT": width 16.
@@ -345,27 +422,50 @@ fn cooccurrence_joins_the_squashed_gram_with_the_mean_of_the_first_source() {
             bow("layer_2", &texts, &vocabulary(&texts, 5, 0, 24)),
         ],
     );
-    let bert = table(&idr, &labels, vec![bow("pooler", &texts, &vocabulary(&texts, 3, 0, 16))]);
+    let bert = table(
+        &idr,
+        &labels,
+        vec![bow("pooler", &texts, &vocabulary(&texts, 3, 0, 16))],
+    );
     let dir = tempfile::tempdir().unwrap();
     let il = write_input(dir.path(), "llm", &[("train", &llm), ("test", &llm)]);
     let ib = write_input(dir.path(), "bert", &[("train", &bert), ("test", &bert)]);
     let mut p = params(
-        vec![layers(&[0, 1, 2]), SourceSpec { layers: None, columns: vec!["pooler".into()] }],
+        vec![
+            layers(&[0, 1, 2]),
+            SourceSpec {
+                layers: None,
+                columns: vec!["pooler".into()],
+            },
+        ],
         Method::Cooccurrence,
     );
     p.normalize = Normalize::L2;
     // Width 24: the LLM layers are used as they are (as the official code does with BERT and
     // RoBERTa at 1024), the 16-wide BERT vector is projected.
-    p.cooccurrence = CooccurrenceParams { width: 24, sigma: 2.0, gram: Gram::Full };
+    p.cooccurrence = CooccurrenceParams {
+        width: 24,
+        sigma: 2.0,
+        gram: Gram::Full,
+    };
     let inputs = [il, ib];
     let (out, summary) = run_stage::<Fuse>(dir.path(), "o", &p, &inputs).unwrap();
-    assert!(summary.notes.iter().any(|n| n.contains("bert/pooler: Gaussian projection 16 -> 24")), "{:?}", summary.notes);
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("bert/pooler: Gaussian projection 16 -> 24")),
+        "{:?}",
+        summary.notes
+    );
     let got = embedding(&out, "train");
     let e = &got.columns[0];
     assert_eq!(e.dim, 4 * 4 + 24);
     let unit = |v: &[f32]| -> Vec<f64> {
         let n = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-        v.iter().map(|&x| if n > 0.0 { f64::from(x) / n } else { 0.0 }).collect()
+        v.iter()
+            .map(|&x| if n > 0.0 { f64::from(x) / n } else { 0.0 })
+            .collect()
     };
     for r in 0..40 {
         let row = e.row(r);
@@ -375,7 +475,10 @@ fn cooccurrence_joins_the_squashed_gram_with_the_mean_of_the_first_source() {
             for j in 0..3 {
                 let dot: f64 = l[i].iter().zip(&l[j]).map(|(a, b)| a * b).sum();
                 let want = (2.0 * dot / 2.0).tanh();
-                assert!((f64::from(row[i * 4 + j]) - want).abs() < 1e-6, "row {r} G[{i},{j}]");
+                assert!(
+                    (f64::from(row[i * 4 + j]) - want).abs() < 1e-6,
+                    "row {r} G[{i},{j}]"
+                );
             }
         }
         for i in 0..4 {

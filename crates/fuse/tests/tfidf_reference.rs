@@ -30,11 +30,18 @@ fn texts_table(prefix: &str, texts: Vec<String>) -> TextTable {
 
 #[test]
 fn matches_scikit_learn_tfidf_vectorizer() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tfidf_reference.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tfidf_reference.json"
+    );
     let fixture: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let strings = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
     };
     let train = texts_table("tr", strings(&fixture["train"]));
     let test = texts_table("te", strings(&fixture["test"]));
@@ -50,9 +57,21 @@ fn matches_scikit_learn_tfidf_vectorizer() {
         assert_eq!(summary.rows_out, train.len() + test.len());
         let vocab: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("vocabulary.json")).unwrap()).unwrap();
-        assert_eq!(strings(&vocab["terms"]), strings(&case["features"]), "{name}: features");
-        for (got, want) in vocab["idf"].as_array().unwrap().iter().zip(case["idf"].as_array().unwrap()) {
-            assert!((got.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-12, "{name}: idf");
+        assert_eq!(
+            strings(&vocab["terms"]),
+            strings(&case["features"]),
+            "{name}: features"
+        );
+        for (got, want) in vocab["idf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["idf"].as_array().unwrap())
+        {
+            assert!(
+                (got.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-12,
+                "{name}: idf"
+            );
         }
         for (split, key) in [("train", "train_matrix"), ("test", "test_matrix")] {
             let t = read_embedding_table(&out.join(format!("{split}.parquet")), None).unwrap();
@@ -64,7 +83,10 @@ fn matches_scikit_learn_tfidf_vectorizer() {
                 assert_eq!(e.dim, wrow.len(), "{name}: width");
                 for (j, w) in wrow.iter().enumerate() {
                     let (g, w) = (f64::from(e.row(r)[j]), w.as_f64().unwrap());
-                    assert!((g - w).abs() < 1e-6, "{name} {split} row {r} col {j}: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() < 1e-6,
+                        "{name} {split} row {r} col {j}: {g} vs {w}"
+                    );
                 }
             }
         }
@@ -73,23 +95,33 @@ fn matches_scikit_learn_tfidf_vectorizer() {
 
 #[test]
 fn ag_news_rows_are_unit_length_and_use_the_train_vocabulary() {
-    let Some((tr, trl)) = ag_news("train", 300) else { return };
-    let Some((te, tel)) = ag_news("test", 100) else { return };
+    let Some((tr, trl)) = ag_news("train", 300) else {
+        return;
+    };
+    let Some((te, tel)) = ag_news("test", 100) else {
+        return;
+    };
     let train = TextTable::new(ids("tr", 300), tr, trl, label_names());
     let test = TextTable::new(ids("te", 100), te, tel, label_names());
     let dir = tempfile::tempdir().unwrap();
     let input = text_input(dir.path(), &[("train", &train), ("test", &test)]);
     let p = TfidfParams {
-        max_features: Some(2000),
+        max_features: Some(1000),
         ..TfidfParams::default()
     };
     let (out, _) = run_stage::<Tfidf>(dir.path(), "o", &p, std::slice::from_ref(&input)).unwrap();
     let vocab: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("vocabulary.json")).unwrap()).unwrap();
     let terms = vocab["terms"].as_array().unwrap();
-    // 300 news texts have far more than 2000 1-2 grams seen twice: the cap applies.
-    assert_eq!(terms.len(), 2000);
-    assert!(vocab["df"].as_array().unwrap().iter().all(|d| d.as_u64().unwrap() >= 2));
+    // 300 news texts have 1,830 1-2 grams seen at least twice: the cap of 1000 applies.
+    assert_eq!(terms.len(), 1000);
+    assert!(
+        vocab["df"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d.as_u64().unwrap() >= 2)
+    );
     let tr_out = read_embedding_table(&out.join("train.parquet"), None).unwrap();
     let te_out = read_embedding_table(&out.join("test.parquet"), None).unwrap();
     assert_eq!(tr_out.ids, train.ids);
@@ -97,7 +129,7 @@ fn ag_news_rows_are_unit_length_and_use_the_train_vocabulary() {
     assert_eq!(tr_out.label_names, label_names());
     for t in [&tr_out, &te_out] {
         let e = &t.columns[0];
-        assert_eq!(e.dim, 2000);
+        assert_eq!(e.dim, 1000);
         for r in 0..e.rows() {
             let n: f64 = e.row(r).iter().map(|&v| f64::from(v).powi(2)).sum();
             // Every news text shares some frequent term with the train vocabulary.
@@ -108,7 +140,11 @@ fn ag_news_rows_are_unit_length_and_use_the_train_vocabulary() {
     // Deterministic: same bytes twice.
     let (again, _) = run_stage::<Tfidf>(dir.path(), "o2", &p, &[input]).unwrap();
     for f in ["train.parquet", "test.parquet", "vocabulary.json"] {
-        assert_eq!(std::fs::read(out.join(f)).unwrap(), std::fs::read(again.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
     }
 }
 
@@ -119,7 +155,10 @@ fn tfidf_params_check() {
     assert_eq!(p.min_df, 2);
     assert_eq!(p.max_features, Some(20000));
     use llmembed_core::Stage;
-    let bad = TfidfParams { ngram_range: [2, 1], ..TfidfParams::default() };
+    let bad = TfidfParams {
+        ngram_range: [2, 1],
+        ..TfidfParams::default()
+    };
     assert!(Tfidf::check(&bad).is_err());
     assert!(serde_saphyr::from_str::<TfidfParams>("min_dff: 3").is_err());
 }

@@ -505,7 +505,7 @@ fn bad_input_is_named_by_file_row_and_column() {
 }
 
 #[test]
-fn params_parse_from_yaml_with_defaults() {
+fn params_parse_with_defaults_and_reject_unknown_fields() {
     let json = serde_json::json!({
         "dataset": "ag_news",
         "splits": {"train": {"sample": {"total": 2000}}, "test": {"sample": {"per_class": 125}}, "dev": {}},

@@ -252,7 +252,10 @@ impl Decoder {
         if t > c.context_length {
             return Err(Error::param(
                 "max_tokens",
-                format!("{} tokens exceed the model's context of {}", t, c.context_length),
+                format!(
+                    "{} tokens exceed the model's context of {}",
+                    t, c.context_length
+                ),
             ));
         }
         let vocab = self.embed.shape().dims()[0];
@@ -271,7 +274,10 @@ impl Decoder {
         }
         let e = cerr("decoder forward");
         let ids = Tensor::from_vec(ids, b * t, &Device::Cpu).map_err(&e)?;
-        let mut x = self.embed.embedding(&ids).map_err(cerr("embedding lookup"))?;
+        let mut x = self
+            .embed
+            .embedding(&ids)
+            .map_err(cerr("embedding lookup"))?;
         if let Some(s) = c.embed_scale {
             x = (x * s as f64).map_err(&e)?;
         }
@@ -317,7 +323,11 @@ impl Decoder {
         }
 
         for (l, blk) in self.blocks.iter().enumerate().take(deepest) {
-            let rope = &ropes.iter().find(|(x, _)| *x == c.rope_theta[l]).expect("rope").1;
+            let rope = &ropes
+                .iter()
+                .find(|(x, _)| *x == c.rope_theta[l])
+                .expect("rope")
+                .1;
             let w = c.window[l].filter(|&w| w < t);
             let mask = &masks.iter().find(|(x, _)| *x == w).expect("mask").1;
             let h = self.rms(&x, &blk.attn_norm)?;
@@ -357,7 +367,13 @@ impl Decoder {
 }
 
 /// Pools a (b*t, h) row-major state over each sequence's real tokens.
-pub(crate) fn pool(states: &[f32], lens: &[usize], t: usize, h: usize, pooling: Pooling) -> Vec<f32> {
+pub(crate) fn pool(
+    states: &[f32],
+    lens: &[usize],
+    t: usize,
+    h: usize,
+    pooling: Pooling,
+) -> Vec<f32> {
     let mut out = vec![0f32; lens.len() * h];
     for (s, &len) in lens.iter().enumerate() {
         let row = |i: usize| &states[(s * t + i) * h..(s * t + i + 1) * h];

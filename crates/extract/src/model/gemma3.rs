@@ -35,7 +35,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     // HF: scaling = query_pre_attn_scalar ** -0.5 with query_pre_attn_scalar = head_dim
     // (llama.cpp makes the same choice for every size but 27B).
     let attn_scale = 1.0 / (head_dim as f64).sqrt();
-    let is_global = |l: usize| (l + 1) % SLIDING_WINDOW_PATTERN == 0;
+    let is_global = |l: usize| (l + 1).is_multiple_of(SLIDING_WINDOW_PATTERN);
     let tokenizer = GgufTokenizer::from_gguf(&f, p)?;
     let dtype = compute_dtype(spec.compute);
     let embed = f.qtensor("token_embd.weight")?;

@@ -20,10 +20,14 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         n_heads
     };
     let head_dim = hidden / n_heads;
-    if f.has(&key("rope.dimension_count")) && f.get_usize(&key("rope.dimension_count"))? != head_dim {
+    if f.has(&key("rope.dimension_count")) && f.get_usize(&key("rope.dimension_count"))? != head_dim
+    {
         return Err(Error::param(
             "model",
-            format!("{}: partial rotary embeddings are not supported", f.path.display()),
+            format!(
+                "{}: partial rotary embeddings are not supported",
+                f.path.display()
+            ),
         ));
     }
     if f.has(&key("rope.scaling.type")) {

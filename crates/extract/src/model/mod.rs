@@ -141,7 +141,9 @@ pub(crate) fn check_taps(
             Tap::Layer(k) => {
                 return Err(Error::param(
                     "layers",
-                    format!("{arch} has {num_layers} blocks; layer {k} does not exist (0..={num_layers})"),
+                    format!(
+                        "{arch} has {num_layers} blocks; layer {k} does not exist (0..={num_layers})"
+                    ),
                 ));
             }
             Tap::FinalNorm => deepest = num_layers,

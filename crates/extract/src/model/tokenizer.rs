@@ -64,10 +64,7 @@ impl GgufTokenizer {
 }
 
 fn tok_err(file: &GgufFile, e: impl std::fmt::Display) -> Error {
-    Error::compute(
-        "build tokenizer",
-        format!("{}: {e}", file.path.display()),
-    )
+    Error::compute("build tokenizer", format!("{}: {e}", file.path.display()))
 }
 
 /// GPT-2's byte -> printable character table (`bytes_to_unicode`).
@@ -271,10 +268,7 @@ fn gemma(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<GgufTokeni
     tokenizer.add_tokens(&user_defined);
     Ok(GgufTokenizer {
         tokenizer,
-        kind: format!(
-            "gemma-spm-bpe(vocab={},merges={n_merges})",
-            tokens.len()
-        ),
+        kind: format!("gemma-spm-bpe(vocab={},merges={n_merges})", tokens.len()),
         add_bos,
     })
 }

@@ -45,7 +45,12 @@ fn find_under(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
 pub fn locate(m: &ModelFile) -> Option<PathBuf> {
     if let Ok(p) = std::env::var(m.env) {
         let p = PathBuf::from(p);
-        assert!(p.exists(), "{} points to {} which does not exist", m.env, p.display());
+        assert!(
+            p.exists(),
+            "{} points to {} which does not exist",
+            m.env,
+            p.display()
+        );
         return Some(p);
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");

@@ -30,7 +30,10 @@ pub fn data_dir() -> PathBuf {
 pub fn ag_news(split: &str, n: usize) -> Option<(Vec<String>, Vec<i64>)> {
     let path = data_dir().join(format!("ag_news/{split}.parquet"));
     if !path.exists() {
-        eprintln!("skipped: {} is absent (set LLMEMBED_DATA_DIR)", path.display());
+        eprintln!(
+            "skipped: {} is absent (set LLMEMBED_DATA_DIR)",
+            path.display()
+        );
         return None;
     }
     let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
@@ -43,8 +46,11 @@ pub fn ag_news(split: &str, n: usize) -> Option<(Vec<String>, Vec<i64>)> {
         let t = batch.column_by_name("text").expect("text column");
         let t = cast(t, &DataType::Utf8).unwrap();
         let t = t.as_any().downcast_ref::<StringArray>().unwrap();
-        let l = cast(batch.column_by_name("label").expect("label column"), &DataType::Int64)
-            .unwrap();
+        let l = cast(
+            batch.column_by_name("label").expect("label column"),
+            &DataType::Int64,
+        )
+        .unwrap();
         let l = l.as_any().downcast_ref::<Int64Array>().unwrap();
         for i in 0..batch.num_rows() {
             if texts.len() == n {
@@ -78,12 +84,21 @@ pub fn vocabulary(texts: &[String], min_len: usize, skip: usize, take: usize) ->
     }
     let mut ranked: Vec<(String, usize)> = df.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    ranked.into_iter().skip(skip).take(take).map(|(w, _)| w).collect()
+    ranked
+        .into_iter()
+        .skip(skip)
+        .take(take)
+        .map(|(w, _)| w)
+        .collect()
 }
 
 /// Bag-of-words counts of `texts` over `vocab`: a real (if simple) vector per text.
 pub fn bow(name: &str, texts: &[String], vocab: &[String]) -> VectorColumn {
-    let index: HashMap<&str, usize> = vocab.iter().enumerate().map(|(i, w)| (w.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.as_str(), i))
+        .collect();
     let mut values = vec![0f32; texts.len() * vocab.len()];
     for (r, t) in texts.iter().enumerate() {
         for w in words(t) {
