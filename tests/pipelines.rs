@@ -12,7 +12,10 @@ use xtask::runner::{self, Outcome, RunOptions, Workspace};
 use xtask::status::{self, StageStatus};
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn data_dir() -> PathBuf {
@@ -158,7 +161,9 @@ fn a_param_change_reruns_exactly_the_downstream_stages() {
     let st = status::status(&plan, &fx.workspace()).unwrap();
     match &st[2].1 {
         StageStatus::Stale(reasons) => assert!(
-            reasons.iter().any(|r| r.contains("param `c`") && r.contains("0.25")),
+            reasons
+                .iter()
+                .any(|r| r.contains("param `c`") && r.contains("0.25")),
             "{reasons:?}"
         ),
         _ => panic!("lr should be stale"),
@@ -231,7 +236,10 @@ fn only_and_until_select_stages() {
     .err()
     .unwrap()
     .to_string();
-    assert!(err.contains("no stage `nope`") && err.contains("features"), "{err}");
+    assert!(
+        err.contains("no stage `nope`") && err.contains("features"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -240,7 +248,11 @@ fn a_corrupted_artifact_is_detected_and_rebuilt() {
     let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let first = fx.run(&file, opts());
     let key = key_of(&first[1]);
-    let victim = fx.cache_dir().join("artifacts").join(&key).join("train.parquet");
+    let victim = fx
+        .cache_dir()
+        .join("artifacts")
+        .join(&key)
+        .join("train.parquet");
     let original = fs::read(&victim).unwrap();
     let mut damaged = original.clone();
     let mid = damaged.len() / 2;
@@ -294,7 +306,10 @@ fn a_second_runner_is_told_who_holds_the_lock() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("locked") && err.contains("first.yaml"), "{err}");
+    assert!(
+        err.contains("locked") && err.contains("first.yaml"),
+        "{err}"
+    );
 }
 
 fn xtask_bin() -> Command {
@@ -335,7 +350,9 @@ fn a_stage_killed_mid_run_leaves_no_artifact_and_the_rerun_succeeds() {
     let tmp = fx.cache_dir().join("tmp");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let busy = fs::read_dir(&tmp).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let busy = fs::read_dir(&tmp)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
         if busy {
             break;
         }
@@ -350,11 +367,23 @@ fn a_stage_killed_mid_run_leaves_no_artifact_and_the_rerun_succeeds() {
     // SIGKILL: no destructor, no cleanup.
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(fx.artifacts(), before, "a killed stage published an artifact");
+    assert_eq!(
+        fx.artifacts(),
+        before,
+        "a killed stage published an artifact"
+    );
     let out = run().output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(fx.artifacts().len(), before.len() + 2);
-    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "leftovers not cleaned");
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "leftovers not cleaned"
+    );
 }
 
 #[test]

@@ -86,7 +86,7 @@ pub struct Cache {
 /// Why a cached artifact was not used.
 #[derive(Debug)]
 pub enum Lookup {
-    Hit(Manifest),
+    Hit(Box<Manifest>),
     Missing,
     Corrupt(String),
 }
@@ -101,7 +101,11 @@ pub fn sample_hash(path: &Path) -> Result<String> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&size.to_le_bytes());
     let mut buf = vec![0u8; SAMPLE as usize];
-    for start in [0, size.saturating_sub(SAMPLE) / 2, size.saturating_sub(SAMPLE)] {
+    for start in [
+        0,
+        size.saturating_sub(SAMPLE) / 2,
+        size.saturating_sub(SAMPLE),
+    ] {
         file.seek(SeekFrom::Start(start))?;
         let n = (&mut file).take(SAMPLE).read(&mut buf)?;
         hasher.update(&buf[..n]);
@@ -166,7 +170,7 @@ impl Cache {
                 Err(e) => return Lookup::Corrupt(format!("{}: {e}", f.name)),
             }
         }
-        Lookup::Hit(manifest)
+        Lookup::Hit(Box::new(manifest))
     }
 
     /// A fresh, empty folder for a stage to write into.
@@ -238,8 +242,7 @@ impl Cache {
             fs::rename(&dest, &aside)?;
             fs::remove_dir_all(&aside)?;
         }
-        fs::rename(tmp, &dest)
-            .with_context(|| format!("publish artifact {}", dest.display()))?;
+        fs::rename(tmp, &dest).with_context(|| format!("publish artifact {}", dest.display()))?;
         File::open(self.root.join("artifacts"))?.sync_all()?;
         Ok(manifest)
     }
@@ -278,22 +281,17 @@ impl Cache {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Keys recorded as the last run of any stage of any pipeline.
-    pub fn recorded_keys(&self, pipelines: &[String]) -> Vec<String> {
-        let mut keys = Vec::new();
-        for name in pipelines {
-            let Ok(entries) = fs::read_dir(self.root.join("runs").join(name)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                if let Ok(bytes) = fs::read(entry.path())
-                    && let Ok(r) = serde_json::from_slice::<RunRecord>(&bytes)
-                {
-                    keys.push(r.key);
-                }
-            }
-        }
-        keys
+    /// Keys recorded as the last run of any stage of a pipeline.
+    pub fn recorded_keys(&self, pipeline: &str) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.root.join("runs").join(pipeline)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| fs::read(entry.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice::<RunRecord>(&bytes).ok())
+            .map(|r| r.key)
+            .collect()
     }
 
     /// All published artifacts with their sizes in bytes.
@@ -410,10 +408,7 @@ impl Lock {
             }
             Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        fs::write(
-            &owner_path,
-            format!("pid {} ({what})", std::process::id()),
-        )?;
+        fs::write(&owner_path, format!("pid {} ({what})", std::process::id()))?;
         Ok(Lock { _file: file })
     }
 }

@@ -13,7 +13,7 @@ use crate::runner::{Workspace, preimage, thousands};
 /// cached inputs) and the keys of its stages' last runs.
 fn live_keys(plan: &Plan, ws: &Workspace, hashes: &mut FileHashes) -> BTreeSet<String> {
     let env = ws.env(plan);
-    let mut keys: BTreeSet<String> = ws.cache.recorded_keys(&[plan.name.clone()]).into_iter().collect();
+    let mut keys: BTreeSet<String> = ws.cache.recorded_keys(&plan.name).into_iter().collect();
     let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
     for (i, stage) in plan.stages.iter().enumerate() {
         if stage.inputs.iter().any(|r| manifests[r.stage].is_none()) {
@@ -22,7 +22,7 @@ fn live_keys(plan: &Plan, ws: &Workspace, hashes: &mut FileHashes) -> BTreeSet<S
         if let Ok(pre) = preimage(stage, plan, &manifests, &env, hashes) {
             let key = pre.key();
             if let Lookup::Hit(m) = ws.cache.lookup(&key) {
-                manifests[i] = Some(m);
+                manifests[i] = Some(*m);
             }
             keys.insert(key);
         }

@@ -14,7 +14,10 @@ use xtask::runner::{self, RunOptions, Workspace};
 use xtask::status::{self, StageStatus};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Run LLM-embedding classification pipelines with a content-addressed cache")]
+#[command(
+    name = "cargo xtask",
+    about = "Run LLM-embedding classification pipelines with a content-addressed cache"
+)]
 struct Cli {
     /// The cache folder (default: `cache/` at the workspace root).
     #[arg(long, global = true)]

@@ -25,7 +25,12 @@ pub trait StageKind: Sync {
     /// canonical form: the JSON value of the typed params, keys sorted.
     fn validate(&self, params: Value) -> Result<Value, ParamIssue>;
     fn externals(&self, params: &Value, env: &Env) -> llmembed_core::Result<Vec<External>>;
-    fn run(&self, params: &Value, inputs: &[Input], ctx: &Context) -> llmembed_core::Result<Summary>;
+    fn run(
+        &self,
+        params: &Value,
+        inputs: &[Input],
+        ctx: &Context,
+    ) -> llmembed_core::Result<Summary>;
 }
 
 struct Kind<S>(PhantomData<fn() -> S>);
@@ -92,7 +97,12 @@ impl<S: Stage> StageKind for Kind<S> {
         S::externals(&Self::typed(params)?, env)
     }
 
-    fn run(&self, params: &Value, inputs: &[Input], ctx: &Context) -> llmembed_core::Result<Summary> {
+    fn run(
+        &self,
+        params: &Value,
+        inputs: &[Input],
+        ctx: &Context,
+    ) -> llmembed_core::Result<Summary> {
         S::run(&Self::typed(params)?, inputs, ctx)
     }
 }

@@ -175,7 +175,11 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
     // Validate the options against the plan before touching anything.
     let mut forced = vec![false; n];
     for id in &opts.force {
-        for (j, f) in plan.downstream_of(stage_index(plan, id)?).into_iter().enumerate() {
+        for (j, f) in plan
+            .downstream_of(stage_index(plan, id)?)
+            .into_iter()
+            .enumerate()
+        {
             forced[j] |= f;
         }
     }
@@ -232,10 +236,10 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
                             if selected[i] && !opts.dry_run {
                                 ws.cache.record_run(&plan.name, &stage.id, &m)?;
                             }
-                            Outcome::Cached(m)
+                            Outcome::Cached(*m)
                         }
                         other if !selected[i] => match other {
-                            Lookup::Hit(m) => Outcome::Cached(m),
+                            Lookup::Hit(m) => Outcome::Cached(*m),
                             _ => Outcome::Skipped("not selected and not cached".into()),
                         },
                         other => {
@@ -398,7 +402,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

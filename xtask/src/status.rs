@@ -44,7 +44,7 @@ pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>>
         let key = current.key();
         let status = match ws.cache.lookup(&key) {
             Lookup::Hit(m) => {
-                manifests[i] = Some(m);
+                manifests[i] = Some(*m);
                 StageStatus::Cached
             }
             Lookup::Corrupt(why) => StageStatus::Stale(vec![format!("artifact corrupt: {why}")]),

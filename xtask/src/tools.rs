@@ -36,7 +36,7 @@ pub fn cached_artifact(plan: &Plan, ws: &Workspace, stage_id: &str) -> Result<Ma
         if let Ok(pre) = preimage(stage, plan, &manifests, &env, &mut hashes)
             && let Lookup::Hit(m) = ws.cache.lookup(&pre.key())
         {
-            manifests[i] = Some(m);
+            manifests[i] = Some(*m);
         }
     }
     manifests[target].take().with_context(|| {
@@ -163,7 +163,10 @@ pub fn bench_extract(
     let started = std::time::Instant::now();
     let summary = llmembed_extract::Extract::run(&params, &[input], &ctx)?;
     let wall = started.elapsed().as_secs_f64();
-    println!("extract bench: {preset}, {} AG News test texts, batch_tokens {batch_tokens}, compute {compute:?}", table.len());
+    println!(
+        "extract bench: {preset}, {} AG News test texts, batch_tokens {batch_tokens}, compute {compute:?}",
+        table.len()
+    );
     for note in summary.notes.iter().filter(|n| !n.starts_with("model ")) {
         println!("  {note}");
     }

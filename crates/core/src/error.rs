@@ -77,7 +77,12 @@ impl Error {
         }
     }
 
-    pub fn row(path: impl AsRef<Path>, row: usize, field: &str, message: impl Into<String>) -> Self {
+    pub fn row(
+        path: impl AsRef<Path>,
+        row: usize,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Error::Row {
             path: path.as_ref().to_path_buf(),
             row,

@@ -20,8 +20,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
@@ -85,7 +85,10 @@ pub struct VectorColumn {
 
 impl VectorColumn {
     pub fn new(name: impl Into<String>, dim: usize, values: Vec<f32>) -> Self {
-        assert!(dim > 0 && values.len().is_multiple_of(dim), "vector column shape");
+        assert!(
+            dim > 0 && values.len().is_multiple_of(dim),
+            "vector column shape"
+        );
         VectorColumn {
             name: name.into(),
             dim,
@@ -276,7 +279,11 @@ pub fn write_text_table(path: &Path, table: &TextTable) -> Result<()> {
 }
 
 /// Writes an embedding table in one go. Large tables can use [`EmbeddingWriter`] instead.
-pub fn write_embedding_table(path: &Path, table: &EmbeddingTable, precision: Precision) -> Result<()> {
+pub fn write_embedding_table(
+    path: &Path,
+    table: &EmbeddingTable,
+    precision: Precision,
+) -> Result<()> {
     let mut writer = EmbeddingWriter::create(
         path,
         &table.label_names,
@@ -342,14 +349,22 @@ impl EmbeddingWriter {
         if names != self.columns {
             return Err(Error::mismatch(
                 "write embedding chunk",
-                format!("columns {names:?} differ from the table's {:?}", self.columns),
+                format!(
+                    "columns {names:?} differ from the table's {:?}",
+                    self.columns
+                ),
             ));
         }
         let mut arrays: Vec<ArrayRef> = vec![
             string_array(&chunk.ids),
             Arc::new(Int64Array::from(chunk.labels.clone())),
         ];
-        arrays.extend(chunk.columns.iter().map(|c| vector_array(c, self.precision)));
+        arrays.extend(
+            chunk
+                .columns
+                .iter()
+                .map(|c| vector_array(c, self.precision)),
+        );
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)
             .map_err(|e| Error::parquet("build batch for", &self.path, e))?;
         let writer = self.writer.as_mut().expect("writer open until finish");
@@ -523,7 +538,11 @@ fn vectors(path: &Path, batches: &[RecordBatch], name: &str) -> Result<VectorCol
         } else if let Some(h) = inner.as_any().downcast_ref::<Float16Array>() {
             values.extend(h.values()[start..start + len].iter().map(|v| v.to_f32()));
         } else {
-            return Err(Error::schema(path, name, "expected float32 or float16 items"));
+            return Err(Error::schema(
+                path,
+                name,
+                "expected float32 or float16 items",
+            ));
         }
     }
     if dim == 0 {
@@ -573,7 +592,10 @@ pub fn embedding_columns(path: &Path) -> Result<Vec<(String, usize)>> {
 pub fn read_embedding_table(path: &Path, columns: Option<&[&str]>) -> Result<EmbeddingTable> {
     let names: Vec<String> = match columns {
         Some(c) => c.iter().map(|s| s.to_string()).collect(),
-        None => embedding_columns(path)?.into_iter().map(|(n, _)| n).collect(),
+        None => embedding_columns(path)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect(),
     };
     let mut wanted: Vec<&str> = vec!["id", "label"];
     wanted.extend(names.iter().map(String::as_str));
@@ -600,7 +622,11 @@ pub fn read_predictions(path: &Path) -> Result<Predictions> {
         return Err(Error::schema(
             path,
             "probs",
-            format!("{} probabilities per row for {} classes", probs.dim, label_names.len()),
+            format!(
+                "{} probabilities per row for {} classes",
+                probs.dim,
+                label_names.len()
+            ),
         ));
     }
     Ok(Predictions {
@@ -700,6 +726,9 @@ mod tests {
         write_embedding_table(&path, &t, Precision::F32).unwrap();
         let err = read_embedding_table(&path, Some(&["layer_9"])).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("e.parquet") && msg.contains("layer_9"), "{msg}");
+        assert!(
+            msg.contains("e.parquet") && msg.contains("layer_9"),
+            "{msg}"
+        );
     }
 }

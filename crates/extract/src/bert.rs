@@ -125,7 +125,10 @@ pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
             ),
         ));
     }
-    if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
+    if !config
+        .hidden_size
+        .is_multiple_of(config.num_attention_heads)
+    {
         return Err(Error::schema(
             &config_path,
             "num_attention_heads",

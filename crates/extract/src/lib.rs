@@ -8,7 +8,6 @@
 //! * The store (`store.rs`): per model fingerprint, shards of text-hash -> vectors, so that texts
 //!   are embedded once and interrupted runs resume byte-identically.
 
-pub mod bench;
 mod bert;
 pub mod model;
 mod source;
