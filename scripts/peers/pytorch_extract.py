@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peer of `crates/extract/src/bench.rs`: transformers on the same GGUF (dequantized to
+"""PyTorch peer of `cargo xtask bench extract` (xtask/src/tools.rs): transformers on the same GGUF (dequantized to
 float32), the first N AG News test texts, tokenized with max 256 tokens, sorted by length,
 batches of 16 (right padding + attention mask), every hidden state mean-pooled over real tokens.
 Prints texts/s, real tokens/s and peak RSS, like the Rust bench.

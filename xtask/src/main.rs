@@ -93,7 +93,7 @@ enum Bench {
         model: String,
         #[arg(long, default_value_t = 500)]
         texts: usize,
-        #[arg(long, default_value_t = 4096)]
+        #[arg(long, default_value_t = 1024)]
         batch_tokens: usize,
         #[arg(long, value_enum, default_value = "f32")]
         compute: ComputeArg,

@@ -99,7 +99,7 @@ fn default_max_tokens() -> usize {
     256
 }
 fn default_batch_tokens() -> usize {
-    4096
+    1024
 }
 fn default_compute() -> ComputeDtype {
     ComputeDtype::F32
