@@ -115,20 +115,5 @@ pub(crate) fn sweep_png(
         root.present().map_err(draw_err)?;
     }
 
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, w, h);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut writer = enc
-            .write_header()
-            .map_err(|e| Error::compute("encode layer sweep png", e))?;
-        writer
-            .write_image_data(&buf)
-            .map_err(|e| Error::compute("encode layer sweep png", e))?;
-        writer
-            .finish()
-            .map_err(|e| Error::compute("encode layer sweep png", e))?;
-    }
-    Ok(out)
+    llmembed_evaluate::rgb_to_png(&buf, w, h, "encode layer sweep png")
 }

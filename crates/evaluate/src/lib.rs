@@ -31,6 +31,7 @@
 
 pub mod metrics;
 mod plot;
+pub use plot::rgb_to_png;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
