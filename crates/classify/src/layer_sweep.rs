@@ -18,65 +18,17 @@ use std::time::Instant;
 
 use llmembed_core::table::embedding_columns;
 use llmembed_core::{
-    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, fsutil, write_predictions,
+    Arity, Context, Error, Input, Layers, Predictions, Result, Stage, Summary, fsutil,
+    write_predictions,
 };
 use rayon::prelude::*;
-use serde::de::{self, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::data::{Standardizer, check_folds, load_train_test};
+use crate::data::{check_folds, load_train_test};
 use crate::logreg::{
     LogRegSelect, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
-    default_tol, fit_logreg, matrix, preds_of, write_json,
+    default_tol, fit_logreg, preds_of, standardized_pair, write_json,
 };
-
-/// Which `layer_<i>` columns to sweep: `all` (every one in the file, by index) or a list of
-/// indices.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Layers {
-    #[default]
-    All,
-    List(Vec<usize>),
-}
-
-impl Serialize for Layers {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            Layers::All => s.serialize_str("all"),
-            Layers::List(v) => v.serialize(s),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Layers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Layers;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`all` or a list of layer indices such as [0, 8, 16]")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Layers, E> {
-                if v == "all" {
-                    Ok(Layers::All)
-                } else {
-                    Err(E::invalid_value(de::Unexpected::Str(v), &self))
-                }
-            }
-            fn visit_seq<A: SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> std::result::Result<Layers, A::Error> {
-                let mut v = Vec::new();
-                while let Some(i) = seq.next_element::<usize>()? {
-                    v.push(i);
-                }
-                Ok(Layers::List(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
 
 fn default_c() -> f64 {
     1.0
@@ -259,9 +211,7 @@ fn sweep_layer(
         .expect("one C");
     let cv_seconds = cv_start.elapsed().as_secs_f64();
 
-    let st = Standardizer::fit(&train);
-    let xtr = matrix(&train, &st)?;
-    let xte = matrix(&test, &st)?;
+    let (xtr, xte) = standardized_pair(&train, &test)?;
     let fit = fit_logreg(
         xtr.view(),
         &train.labels,

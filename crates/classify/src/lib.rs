@@ -21,7 +21,8 @@ mod mlp;
 mod plot;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
-pub use layer_sweep::{LayerSweep, LayerSweepParams, Layers};
+pub use layer_sweep::{LayerSweep, LayerSweepParams};
+pub use llmembed_core::Layers;
 pub use logreg::{
     LogReg, LogRegBench, LogRegParams, LogRegSelect, LogRegSolver, bench_logreg,
     bench_logreg_with_solver,

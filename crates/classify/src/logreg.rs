@@ -500,6 +500,15 @@ pub(crate) fn preds_of(probs: &[f32], k: usize) -> Vec<i64> {
         .collect()
 }
 
+/// Both splits as f64 matrices, standardised with the statistics of `train` only.
+pub(crate) fn standardized_pair(
+    train: &Split,
+    other: &Split,
+) -> Result<(Array2<f64>, Array2<f64>)> {
+    let st = Standardizer::fit(train);
+    Ok((matrix(train, &st)?, matrix(other, &st)?))
+}
+
 pub(crate) fn matrix(split: &Split, st: &Standardizer) -> Result<Array2<f64>> {
     Array2::from_shape_vec((split.rows(), split.dim), st.apply_f64(split))
         .map_err(|e| Error::compute("build feature matrix", e))
@@ -564,8 +573,8 @@ pub(crate) fn cross_validate(
     for fold in &folds {
         let tr = train.subset(&complement(train.rows(), fold));
         let va = train.subset(fold);
-        let st = Standardizer::fit(&tr);
-        parts.push((matrix(&tr, &st)?, tr.labels, matrix(&va, &st)?, va.labels));
+        let (xtr, xva) = standardized_pair(&tr, &va)?;
+        parts.push((xtr, tr.labels, xva, va.labels));
     }
     let mut table = Vec::new();
     for &c in &sel.c {
@@ -678,9 +687,7 @@ impl Stage for LogReg {
             }
         };
 
-        let st = Standardizer::fit(&train);
-        let xtr = matrix(&train, &st)?;
-        let xte = matrix(&test, &st)?;
+        let (xtr, xte) = standardized_pair(&train, &test)?;
         let fit = fit_logreg(
             xtr.view(),
             &train.labels,
@@ -793,9 +800,7 @@ pub fn bench_logreg_with_solver(
     check_c("c", c)?;
     let (tr, te, _) = load_train_test(train, test, Some(column), None)?;
     let k = tr.label_names.len();
-    let st = Standardizer::fit(&tr);
-    let xtr = matrix(&tr, &st)?;
-    let xte = matrix(&te, &st)?;
+    let (xtr, xte) = standardized_pair(&tr, &te)?;
     let fit = fit_logreg(
         xtr.view(),
         &tr.labels,

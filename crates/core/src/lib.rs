@@ -4,10 +4,12 @@
 
 pub mod error;
 pub mod fsutil;
+pub mod layers;
 pub mod stage;
 pub mod table;
 
 pub use error::{Error, Result};
+pub use layers::Layers;
 pub use stage::{Arity, Context, Env, External, Input, Stage, Summary, resolve_path};
 pub use table::{
     EmbeddingTable, EmbeddingWriter, Precision, Predictions, TextTable, VectorColumn,

@@ -14,6 +14,7 @@ mod source;
 mod stage;
 mod store;
 
+pub use llmembed_core::Layers;
 pub use model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, load};
 pub use source::{HubSpec, LocalSpec, ModelParam, ModelSpec, PypiSpec, fetch_preset};
-pub use stage::{Extract, ExtractParams, Layers};
+pub use stage::{Extract, ExtractParams};

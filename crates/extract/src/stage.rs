@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use llmembed_core::{
-    Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input, Precision,
-    Result, Stage, Summary, VectorColumn, read_text_table,
+    Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input, Layers,
+    Precision, Result, Stage, Summary, VectorColumn, read_text_table,
 };
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::model::{ComputeDtype, Embedder, Pooling, Tap};
 use crate::source::{self, ModelParam};
@@ -19,39 +19,6 @@ const STORE_FORMAT: u32 = 1;
 
 /// The `extract` stage.
 pub struct Extract;
-
-/// Which layers to pool: `all` (0..=n) or a list of layer numbers (0 = embedding output).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Layers {
-    All,
-    List(Vec<usize>),
-}
-
-impl Serialize for Layers {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            Layers::All => s.serialize_str("all"),
-            Layers::List(v) => v.serialize(s),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Layers {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        match &v {
-            serde_json::Value::String(s) if s == "all" => Ok(Layers::All),
-            serde_json::Value::Array(_) => serde_json::from_value::<Vec<usize>>(v)
-                .map(Layers::List)
-                .map_err(|e| {
-                    serde::de::Error::custom(format!("layers: expected non-negative integers: {e}"))
-                }),
-            other => Err(serde::de::Error::custom(format!(
-                "layers: expected `all` or a list of layer numbers, got {other}"
-            ))),
-        }
-    }
-}
 
 /// Params of the `extract` stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
