@@ -229,11 +229,11 @@ pub(crate) fn check(model: &ModelParam) -> Result<()> {
             if !h
                 .files
                 .iter()
-                .any(|f| f.ends_with(".gguf") || f.ends_with(".safetensors"))
+                .any(|f| f.ends_with(".gguf") || is_safetensors(Path::new(f)))
             {
                 return Err(Error::param(
                     "model.files",
-                    "needs a .gguf or .safetensors weight file",
+                    "needs a .gguf, .safetensors or .safetensors.index.json weight file",
                 ));
             }
             Ok(())
@@ -647,7 +647,7 @@ pub(crate) fn local_spec(path: &Path) -> Result<LoadSpec> {
     let with = |weights: PathBuf, dir: &Path| -> Result<LoadSpec> {
         let config = dir.join("config.json");
         let tokenizer = dir.join("tokenizer.json");
-        if weights.extension().is_some_and(|e| e == "safetensors") {
+        if is_safetensors(&weights) {
             for f in [&config, &tokenizer] {
                 if !f.is_file() {
                     return Err(Error::param(
@@ -677,9 +677,11 @@ pub(crate) fn local_spec(path: &Path) -> Result<LoadSpec> {
         return with(path.to_path_buf(), dir);
     }
     if path.is_dir() {
-        let st = path.join("model.safetensors");
-        if st.is_file() {
-            return with(st, path);
+        for name in ["model.safetensors", "model.safetensors.index.json"] {
+            let st = path.join(name);
+            if st.is_file() {
+                return with(st, path);
+            }
         }
         let ggufs: Vec<PathBuf> = fs::read_dir(path)
             .map_err(|e| Error::io("list", path, e))?
@@ -692,7 +694,7 @@ pub(crate) fn local_spec(path: &Path) -> Result<LoadSpec> {
         return Err(Error::param(
             "model",
             format!(
-                "{}: expected model.safetensors (+ config.json, tokenizer.json) or exactly one .gguf, found {} .gguf files",
+                "{}: expected model.safetensors or model.safetensors.index.json (+ config.json, tokenizer.json) or exactly one .gguf, found {} .gguf files",
                 path.display(),
                 ggufs.len()
             ),
@@ -702,6 +704,12 @@ pub(crate) fn local_spec(path: &Path) -> Result<LoadSpec> {
         "model",
         format!("{}: no such file or folder", path.display()),
     ))
+}
+
+/// A single safetensors file or the index of a sharded checkpoint.
+fn is_safetensors(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
 }
 
 fn hub_cache_dir(spec: &HubSpec, env: &Env) -> PathBuf {
@@ -740,32 +748,39 @@ pub(crate) fn resolve_hub(spec: &HubSpec, env: &Env) -> Result<(LoadSpec, String
             })
             .collect()
     };
+    let api = || {
+        hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone()))
+            .with_progress(!env.quiet)
+            .build()
+            .map_err(|e| Error::compute("open hub client", e))
+            .map(|api| {
+                api.repo(hf_hub::Repo::with_revision(
+                    spec.repo.clone(),
+                    hf_hub::RepoType::Model,
+                    spec.revision.clone(),
+                ))
+            })
+    };
+    let download = |repo: &hf_hub::api::sync::ApiRepo, f: &str| {
+        repo.get(f).map_err(|e| {
+            Error::compute(
+                "fetch from hub",
+                format!(
+                    "{}@{} file {f}: not in the local hub cache {} and download failed: {e}",
+                    spec.repo,
+                    spec.revision,
+                    cache.display()
+                ),
+            )
+        })
+    };
     let (commit, paths) = match cached_commit().and_then(|c| in_snapshot(&c).map(|p| (c, p))) {
         Some(found) => found,
         None => {
-            let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone()))
-                .with_progress(!env.quiet)
-                .build()
-                .map_err(|e| Error::compute("open hub client", e))?;
-            let repo = api.repo(hf_hub::Repo::with_revision(
-                spec.repo.clone(),
-                hf_hub::RepoType::Model,
-                spec.revision.clone(),
-            ));
+            let repo = api()?;
             let mut paths = Vec::new();
             for f in &spec.files {
-                let p = repo.get(f).map_err(|e| {
-                    Error::compute(
-                        "fetch from hub",
-                        format!(
-                            "{}@{} file {f}: not in the local hub cache {} and download failed: {e}",
-                            spec.repo,
-                            spec.revision,
-                            cache.display()
-                        ),
-                    )
-                })?;
-                paths.push(p);
+                paths.push(download(&repo, f)?);
             }
             let commit = cached_commit()
                 .or_else(|| {
@@ -791,8 +806,30 @@ pub(crate) fn resolve_hub(spec: &HubSpec, env: &Env) -> Result<(LoadSpec, String
             .find(|(f, _)| pred(f))
             .map(|(_, p)| p.clone())
     };
-    let weights = pick(&|f| f.ends_with(".gguf") || f.ends_with(".safetensors"))
-        .ok_or_else(|| Error::param("model.files", "needs a .gguf or .safetensors weight file"))?;
+    let weights = pick(&|f| f.ends_with(".gguf") || is_safetensors(Path::new(f))).ok_or_else(
+        || {
+            Error::param(
+                "model.files",
+                "needs a .gguf, .safetensors or .safetensors.index.json weight file",
+            )
+        },
+    )?;
+    // A sharded checkpoint: the index names the shards; fetch the ones the snapshot lacks.
+    if weights.to_string_lossy().ends_with(".index.json") {
+        let mut repo = None;
+        for shard in crate::model::hf::weight_files(&weights)? {
+            if !shard.is_file() {
+                let name = shard
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if repo.is_none() {
+                    repo = Some(api()?);
+                }
+                download(repo.as_ref().expect("set above"), &name)?;
+            }
+        }
+    }
     let load = LoadSpec {
         weights,
         config: pick(&|f| Path::new(f).file_name().is_some_and(|n| n == "config.json")),

@@ -1,6 +1,10 @@
-//! The decoder-only transformer shared by llama and gemma3, written to follow HF's
-//! `modeling_llama.py` / `modeling_gemma3.py` step by step, with per-layer taps and right
-//! padding. Weights are dequantized from GGUF once, at load, and the matmuls are dense.
+//! The decoder-only transformer shared by every decoder architecture (llama, gemma3 from GGUF;
+//! llama, qwen2, qwen3, phi from safetensors), written to follow HF's `modeling_llama.py` /
+//! `modeling_gemma3.py` / `modeling_phi.py` step by step, with per-layer taps and right padding.
+//! Weights are converted to the compute dtype once, at load, and the matmuls are dense. The
+//! architectures differ only in data: norm kind (RMS or LayerNorm), optional biases, q/k norms,
+//! sandwich norms (gemma), a gated or plain MLP, a parallel attention+MLP block (phi), partial
+//! rotary embeddings (phi) and per-layer RoPE bases and sliding windows (gemma).
 //!
 //! Batching: sequences are right-padded to the batch's longest and masked with an additive mask
 //! (causal, key padding, and the sliding window where a layer has one). With right padding a real
@@ -11,7 +15,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
-use super::tokenizer::GgufTokenizer;
+use super::tokenizer::DecoderTokenizer;
 use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +35,14 @@ pub(crate) enum RopeStyle {
     Halves,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum NormKind {
+    /// RMSNorm computed in f32 (llama, qwen, gemma).
+    Rms,
+    /// LayerNorm with weight and bias (phi).
+    Layer,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub arch: &'static str,
@@ -45,6 +57,11 @@ pub(crate) struct Config {
     pub embed_scale: Option<f32>,
     pub activation: Activation,
     pub rope_style: RopeStyle,
+    /// Leading dims of each head that RoPE rotates (= head_dim except phi's partial rotary).
+    pub rotary_dim: usize,
+    pub norm: NormKind,
+    /// Phi: `x + attn(ln(x)) + mlp(ln(x))` with one norm, instead of two residual steps.
+    pub parallel_block: bool,
     pub attn_scale: f64,
     /// Per layer: the RoPE base and the sliding window (None = global attention).
     pub rope_theta: Vec<f32>,
@@ -52,31 +69,89 @@ pub(crate) struct Config {
     pub context_length: usize,
 }
 
+/// A norm's parameters; the kind is the model's (`Config::norm`).
+pub(crate) struct Norm {
+    pub weight: Tensor,
+    /// LayerNorm only.
+    pub bias: Option<Tensor>,
+}
+
+impl From<Tensor> for Norm {
+    fn from(weight: Tensor) -> Self {
+        Norm { weight, bias: None }
+    }
+}
+
+/// A dense layer `x @ w + b`, `w` stored (in, out).
+pub(crate) struct Linear {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.w)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+pub(crate) enum Mlp {
+    /// `down(act(gate(x)) * up(x))`: gate and up fused into one (hidden, 2 * ffn) matrix.
+    Gated { gate_up: Linear, down: Linear },
+    /// `down(act(up(x)))` (phi's fc1 / fc2).
+    Plain { up: Linear, down: Linear },
+}
+
 pub(crate) struct Block {
-    pub attn_norm: Tensor,
-    /// (hidden, q_dim + 2 * kv_dim): q, k, v projections fused, transposed for `x @ w`.
-    pub wqkv: Tensor,
+    pub attn_norm: Norm,
+    /// (hidden, q_dim + 2 * kv_dim): q, k, v projections fused.
+    pub qkv: Linear,
+    /// Per-head RMSNorm of q and k before RoPE (gemma3, qwen3).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
     /// (q_dim, hidden)
-    pub wo: Tensor,
-    pub post_attn_norm: Option<Tensor>,
-    pub ffn_norm: Tensor,
-    /// (hidden, 2 * ffn): gate and up fused.
-    pub wgate_up: Tensor,
-    /// (ffn, hidden)
-    pub wdown: Tensor,
-    pub post_ffn_norm: Option<Tensor>,
+    pub o: Linear,
+    pub post_attn_norm: Option<Norm>,
+    /// None for parallel blocks, whose MLP reads `attn_norm`'s output.
+    pub ffn_norm: Option<Norm>,
+    pub mlp: Mlp,
+    pub post_ffn_norm: Option<Norm>,
+}
+
+/// The token embedding matrix.
+pub(crate) enum Embeddings {
+    /// Kept quantized (GGUF); rows are dequantized on lookup (exactly the values a full
+    /// dequantization gives), which keeps a 262k-row vocabulary out of memory.
+    Quantized(QTensor),
+    /// (vocab, hidden) f32 (safetensors).
+    Dense(Tensor),
+}
+
+impl Embeddings {
+    fn rows(&self) -> usize {
+        match self {
+            Embeddings::Quantized(q) => q.shape().dims()[0],
+            Embeddings::Dense(t) => t.dims()[0],
+        }
+    }
+
+    fn lookup(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Embeddings::Quantized(q) => q.embedding(ids),
+            Embeddings::Dense(t) => t.index_select(ids, 0),
+        }
+    }
 }
 
 pub(crate) struct Decoder {
     pub cfg: Config,
-    /// Token embeddings kept quantized; rows are dequantized on lookup (exactly the values a
-    /// full dequantization gives), which keeps a 262k-row vocabulary out of memory.
-    pub embed: QTensor,
+    pub embed: Embeddings,
     pub blocks: Vec<Block>,
-    pub final_norm: Tensor,
-    pub tokenizer: GgufTokenizer,
+    pub final_norm: Norm,
+    pub tokenizer: DecoderTokenizer,
     pub dtype: DType,
     pub weights_note: String,
 }
@@ -85,7 +160,8 @@ fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
     move |e| Error::compute(op, e)
 }
 
-/// `w` is (out, in) as PyTorch stores it; returns the (in, out) matrix in the compute dtype.
+/// `ws` are (out, in) as PyTorch stores them, fused along `out`; returns the (in, sum of out)
+/// matrix in the compute dtype.
 pub(crate) fn linear_t(ws: &[Tensor], dtype: DType) -> Result<Tensor> {
     let w = if ws.len() == 1 {
         ws[0].clone()
@@ -98,6 +174,21 @@ pub(crate) fn linear_t(ws: &[Tensor], dtype: DType) -> Result<Tensor> {
         .map_err(cerr("transpose weight"))
 }
 
+/// A bias-free dense layer from (out, in) weights fused along `out`.
+pub(crate) fn linear(ws: &[Tensor], dtype: DType) -> Result<Linear> {
+    Ok(Linear {
+        w: linear_t(ws, dtype)?,
+        b: None,
+    })
+}
+
+/// Biases fused like their weights, in the compute dtype.
+pub(crate) fn bias(bs: &[Tensor], dtype: DType) -> Result<Tensor> {
+    Tensor::cat(bs, 0)
+        .and_then(|b| b.to_dtype(dtype))
+        .map_err(cerr("fuse biases"))
+}
+
 impl Decoder {
     fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         // HF computes RMSNorm in f32 whatever the activation dtype.
@@ -106,9 +197,31 @@ impl Decoder {
         y.to_dtype(self.dtype).map_err(cerr("rms_norm"))
     }
 
-    /// cos/sin tables (t, head_dim/2) for one RoPE base, as HF computes them (f32 inv_freq).
+    fn norm(&self, x: &Tensor, n: &Norm) -> Result<Tensor> {
+        match self.cfg.norm {
+            NormKind::Rms => self.rms(x, &n.weight),
+            NormKind::Layer => {
+                // HF's LayerNorm runs in the activation dtype; f32 here as for RMSNorm.
+                let e = cerr("layer_norm");
+                let x32 = x.to_dtype(DType::F32).map_err(&e)?;
+                let zeros;
+                let b = match &n.bias {
+                    Some(b) => b,
+                    None => {
+                        zeros = n.weight.zeros_like().map_err(&e)?;
+                        &zeros
+                    }
+                };
+                let y = candle_nn::ops::layer_norm(&x32, &n.weight, b, self.cfg.eps as f32)
+                    .map_err(&e)?;
+                y.to_dtype(self.dtype).map_err(&e)
+            }
+        }
+    }
+
+    /// cos/sin tables (t, rotary_dim/2) for one RoPE base, as HF computes them (f32 inv_freq).
     fn rope_tables(&self, theta: f32, t: usize) -> Result<(Tensor, Tensor)> {
-        let d = self.cfg.head_dim;
+        let d = self.cfg.rotary_dim;
         let inv: Vec<f32> = (0..d / 2)
             .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32))
             .collect();
@@ -162,7 +275,7 @@ impl Decoder {
         let c = &self.cfg;
         let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let e = cerr("attention");
-        let qkv = h.matmul(&blk.wqkv).map_err(&e)?;
+        let qkv = blk.qkv.forward(h).map_err(&e)?;
         let q = qkv.narrow(1, 0, nh * hd).map_err(&e)?;
         let k = qkv.narrow(1, nh * hd, nkv * hd).map_err(&e)?;
         let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).map_err(&e)?;
@@ -178,17 +291,8 @@ impl Decoder {
         let q = q.transpose(1, 2).and_then(|x| x.contiguous()).map_err(&e)?;
         let k = k.transpose(1, 2).and_then(|x| x.contiguous()).map_err(&e)?;
         let v = v.transpose(1, 2).and_then(|x| x.contiguous()).map_err(&e)?;
-        let (cos, sin) = rope;
-        let (q, k) = match c.rope_style {
-            RopeStyle::Interleaved => (
-                candle_nn::rotary_emb::rope_i(&q, cos, sin).map_err(&e)?,
-                candle_nn::rotary_emb::rope_i(&k, cos, sin).map_err(&e)?,
-            ),
-            RopeStyle::Halves => (
-                candle_nn::rotary_emb::rope(&q, cos, sin).map_err(&e)?,
-                candle_nn::rotary_emb::rope(&k, cos, sin).map_err(&e)?,
-            ),
-        };
+        let q = self.rotate(&q, rope).map_err(&e)?;
+        let k = self.rotate(&k, rope).map_err(&e)?;
         // Grouped-query attention: kv head g serves query heads g*G .. (g+1)*G (HF repeat_kv).
         let groups = nh / nkv;
         let (k, v) = if groups == 1 {
@@ -219,21 +323,48 @@ impl Decoder {
         let out = probs.matmul(&v).map_err(&e)?; // (b, nh, t, hd)
         out.transpose(1, 2)
             .and_then(|x| x.reshape((b * t, nh * hd)))
-            .and_then(|x| x.matmul(&blk.wo))
+            .and_then(|x| blk.o.forward(&x))
             .map_err(&e)
+    }
+
+    /// RoPE on the first `rotary_dim` dims of each (b, heads, t, head_dim) head.
+    fn rotate(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
+        let (hd, rd) = (self.cfg.head_dim, self.cfg.rotary_dim);
+        let rot = |x: &Tensor| match self.cfg.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(x, cos, sin),
+        };
+        if rd == hd {
+            return rot(x);
+        }
+        let head = rot(&x.narrow(3, 0, rd)?.contiguous()?)?;
+        Tensor::cat(&[&head, &x.narrow(3, rd, hd - rd)?], 3)
+    }
+
+    fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.cfg.activation {
+            Activation::Silu => candle_nn::ops::silu(x),
+            Activation::GeluTanh => x.gelu(),
+        }
     }
 
     fn mlp(&self, blk: &Block, h: &Tensor) -> Result<Tensor> {
         let e = cerr("mlp");
-        let f = self.cfg.ffn;
-        let gu = h.matmul(&blk.wgate_up).map_err(&e)?;
-        let g = gu.narrow(1, 0, f).map_err(&e)?;
-        let u = gu.narrow(1, f, f).map_err(&e)?;
-        let g = match self.cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(&g).map_err(&e)?,
-            Activation::GeluTanh => g.gelu().map_err(&e)?,
-        };
-        (g * u).and_then(|a| a.matmul(&blk.wdown)).map_err(&e)
+        match &blk.mlp {
+            Mlp::Gated { gate_up, down } => {
+                let f = self.cfg.ffn;
+                let gu = gate_up.forward(h).map_err(&e)?;
+                let g = gu.narrow(1, 0, f).map_err(&e)?;
+                let u = gu.narrow(1, f, f).map_err(&e)?;
+                let g = self.act(&g).map_err(&e)?;
+                (g * u).and_then(|a| down.forward(&a)).map_err(&e)
+            }
+            Mlp::Plain { up, down } => up
+                .forward(h)
+                .and_then(|a| self.act(&a))
+                .and_then(|a| down.forward(&a))
+                .map_err(&e),
+        }
     }
 
     /// Runs the blocks up to the deepest tap; returns (b*t, hidden) f32 states per tap.
@@ -258,7 +389,7 @@ impl Decoder {
                 ),
             ));
         }
-        let vocab = self.embed.shape().dims()[0];
+        let vocab = self.embed.rows();
         let mut ids = Vec::with_capacity(b * t);
         for s in batch {
             for &id in *s {
@@ -276,7 +407,7 @@ impl Decoder {
         let ids = Tensor::from_vec(ids, b * t, &Device::Cpu).map_err(&e)?;
         let mut x = self
             .embed
-            .embedding(&ids)
+            .lookup(&ids)
             .map_err(cerr("embedding lookup"))?;
         if let Some(s) = c.embed_scale {
             x = (x * s as f64).map_err(&e)?;
@@ -330,18 +461,28 @@ impl Decoder {
                 .1;
             let w = c.window[l].filter(|&w| w < t);
             let mask = &masks.iter().find(|(x, _)| *x == w).expect("mask").1;
-            let h = self.rms(&x, &blk.attn_norm)?;
+            let h = self.norm(&x, &blk.attn_norm)?;
             let mut a = self.attention(blk, &h, b, t, rope, mask)?;
-            if let Some(w) = &blk.post_attn_norm {
-                a = self.rms(&a, w)?;
+            if let Some(n) = &blk.post_attn_norm {
+                a = self.norm(&a, n)?;
             }
-            x = (x + a).map_err(&e)?;
-            let h = self.rms(&x, &blk.ffn_norm)?;
+            let h = match &blk.ffn_norm {
+                // Parallel block: the MLP reads the same normed input as attention.
+                None => h,
+                Some(n) => {
+                    x = (x + &a).map_err(&e)?;
+                    self.norm(&x, n)?
+                }
+            };
             let mut m = self.mlp(blk, &h)?;
-            if let Some(w) = &blk.post_ffn_norm {
-                m = self.rms(&m, w)?;
+            if let Some(n) = &blk.post_ffn_norm {
+                m = self.norm(&m, n)?;
             }
-            x = (x + m).map_err(&e)?;
+            x = if blk.ffn_norm.is_none() {
+                (x + a).and_then(|x| x + m).map_err(&e)?
+            } else {
+                (x + m).map_err(&e)?
+            };
             record(&mut out, l + 1, &x)?;
         }
         if deepest == c.n_layers {
@@ -350,7 +491,7 @@ impl Decoder {
                 .iter()
                 .any(|tp| matches!(tp, Tap::FinalNorm) || *tp == Tap::Layer(c.n_layers));
             if needs {
-                let y = grab(&self.rms(&x, &self.final_norm)?)?;
+                let y = grab(&self.norm(&x, &self.final_norm)?)?;
                 for (slot, tap) in out.iter_mut().zip(taps) {
                     if matches!(tap, Tap::FinalNorm) || *tap == Tap::Layer(c.n_layers) {
                         *slot = Some(y.clone());
@@ -434,7 +575,7 @@ impl Embedder for Decoder {
     fn describe(&self) -> String {
         let c = &self.cfg;
         format!(
-            "{arch}(layers={l},hidden={h},heads={nh},kv_heads={nkv},head_dim={hd},ffn={f},eps={eps:e},act={act:?},rope={rs:?},rope_theta={th:?},window={w:?},attn_scale={sc},embed_scale={es:?},compute={dt:?},weights={wn},tokenizer={tk},bos={bos:?},taps=hf_hidden_states(layer_n=final_norm))",
+            "{arch}(layers={l},hidden={h},heads={nh},kv_heads={nkv},head_dim={hd},ffn={f},eps={eps:e},act={act:?},rope={rs:?},rope_theta={th:?},window={w:?},attn_scale={sc},embed_scale={es:?},compute={dt:?},weights={wn},tokenizer={tk},bos={bos:?}{extra},taps=hf_hidden_states(layer_n=final_norm))",
             arch = c.arch,
             l = c.n_layers,
             h = c.hidden,
@@ -461,6 +602,21 @@ impl Embedder for Decoder {
             wn = self.weights_note,
             tk = self.tokenizer.kind,
             bos = self.tokenizer.add_bos,
+            extra = {
+                // Only what differs from the GGUF architectures, so their fingerprints (and
+                // the texts stored under them) stay valid.
+                let mut x = String::new();
+                if c.rotary_dim != c.head_dim {
+                    x += &format!(",rotary_dim={}", c.rotary_dim);
+                }
+                if c.norm != NormKind::Rms {
+                    x += &format!(",norm={:?}", c.norm);
+                }
+                if c.parallel_block {
+                    x += ",parallel_block";
+                }
+                x
+            },
         )
     }
 }

@@ -11,9 +11,11 @@
 use llmembed_core::Result;
 
 use super::LoadSpec;
-use super::decoder::{Activation, Block, Config, Decoder, RopeStyle, compute_dtype, linear_t};
+use super::decoder::{
+    Activation, Block, Config, Decoder, Embeddings, Mlp, NormKind, RopeStyle, compute_dtype, linear,
+};
 use super::gguf::GgufFile;
-use super::tokenizer::GgufTokenizer;
+use super::tokenizer::DecoderTokenizer;
 
 /// HF Gemma3TextConfig defaults that GGUF files do not carry.
 const ROPE_LOCAL_BASE: f32 = 10_000.0;
@@ -36,7 +38,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     // (llama.cpp makes the same choice for every size but 27B).
     let attn_scale = 1.0 / (head_dim as f64).sqrt();
     let is_global = |l: usize| (l + 1).is_multiple_of(SLIDING_WINDOW_PATTERN);
-    let tokenizer = GgufTokenizer::from_gguf(&f, p)?;
+    let tokenizer = DecoderTokenizer::from_gguf(&f, p)?;
     let dtype = compute_dtype(spec.compute);
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
@@ -44,19 +46,21 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     for l in 0..n_layers {
         let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
         blocks.push(Block {
-            attn_norm: t("attn_norm")?,
-            wqkv: linear_t(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], dtype)?,
+            attn_norm: t("attn_norm")?.into(),
+            qkv: linear(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], dtype)?,
             q_norm: Some(t("attn_q_norm")?),
             k_norm: Some(t("attn_k_norm")?),
-            wo: linear_t(&[t("attn_output")?], dtype)?,
-            post_attn_norm: Some(t("post_attention_norm")?),
-            ffn_norm: t("ffn_norm")?,
-            wgate_up: linear_t(&[t("ffn_gate")?, t("ffn_up")?], dtype)?,
-            wdown: linear_t(&[t("ffn_down")?], dtype)?,
-            post_ffn_norm: Some(t("post_ffw_norm")?),
+            o: linear(&[t("attn_output")?], dtype)?,
+            post_attn_norm: Some(t("post_attention_norm")?.into()),
+            ffn_norm: Some(t("ffn_norm")?.into()),
+            mlp: Mlp::Gated {
+                gate_up: linear(&[t("ffn_gate")?, t("ffn_up")?], dtype)?,
+                down: linear(&[t("ffn_down")?], dtype)?,
+            },
+            post_ffn_norm: Some(t("post_ffw_norm")?.into()),
         });
     }
-    let final_norm = f.tensor_f32("output_norm.weight")?;
+    let final_norm = f.tensor_f32("output_norm.weight")?.into();
     let cfg = Config {
         arch: "gemma3",
         hidden,
@@ -68,6 +72,9 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         eps,
         embed_scale: Some((hidden as f32).sqrt()),
         activation: Activation::GeluTanh,
+        rotary_dim: head_dim,
+        norm: NormKind::Rms,
+        parallel_block: false,
         rope_style: RopeStyle::Halves,
         attn_scale,
         rope_theta: (0..n_layers)
@@ -80,7 +87,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     };
     Ok(Decoder {
         cfg,
-        embed,
+        embed: Embeddings::Quantized(embed),
         blocks,
         final_norm,
         tokenizer,

@@ -4,9 +4,11 @@
 use llmembed_core::{Error, Result};
 
 use super::LoadSpec;
-use super::decoder::{Activation, Block, Config, Decoder, RopeStyle, compute_dtype, linear_t};
+use super::decoder::{
+    Activation, Block, Config, Decoder, Embeddings, Mlp, NormKind, RopeStyle, compute_dtype, linear,
+};
 use super::gguf::GgufFile;
-use super::tokenizer::GgufTokenizer;
+use super::tokenizer::DecoderTokenizer;
 
 pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let p = "llama";
@@ -47,7 +49,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         10_000.0
     };
     let context_length = f.get_usize(&key("context_length"))?;
-    let tokenizer = GgufTokenizer::from_gguf(&f, p)?;
+    let tokenizer = DecoderTokenizer::from_gguf(&f, p)?;
     let dtype = compute_dtype(spec.compute);
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
@@ -55,19 +57,21 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     for l in 0..n_layers {
         let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
         blocks.push(Block {
-            attn_norm: t("attn_norm")?,
-            wqkv: linear_t(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], dtype)?,
+            attn_norm: t("attn_norm")?.into(),
+            qkv: linear(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], dtype)?,
             q_norm: None,
             k_norm: None,
-            wo: linear_t(&[t("attn_output")?], dtype)?,
+            o: linear(&[t("attn_output")?], dtype)?,
             post_attn_norm: None,
-            ffn_norm: t("ffn_norm")?,
-            wgate_up: linear_t(&[t("ffn_gate")?, t("ffn_up")?], dtype)?,
-            wdown: linear_t(&[t("ffn_down")?], dtype)?,
+            ffn_norm: Some(t("ffn_norm")?.into()),
+            mlp: Mlp::Gated {
+                gate_up: linear(&[t("ffn_gate")?, t("ffn_up")?], dtype)?,
+                down: linear(&[t("ffn_down")?], dtype)?,
+            },
             post_ffn_norm: None,
         });
     }
-    let final_norm = f.tensor_f32("output_norm.weight")?;
+    let final_norm = f.tensor_f32("output_norm.weight")?.into();
     let cfg = Config {
         arch: "llama",
         hidden,
@@ -79,6 +83,9 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         eps,
         embed_scale: None,
         activation: Activation::Silu,
+        rotary_dim: head_dim,
+        norm: NormKind::Rms,
+        parallel_block: false,
         rope_style: RopeStyle::Interleaved,
         attn_scale: 1.0 / (head_dim as f64).sqrt(),
         rope_theta: vec![theta; n_layers],
@@ -87,7 +94,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     };
     Ok(Decoder {
         cfg,
-        embed,
+        embed: Embeddings::Quantized(embed),
         blocks,
         final_norm,
         tokenizer,

@@ -1,8 +1,9 @@
 //! Frozen models that turn token ids into pooled hidden states, one vector per requested tap.
 //!
-//! The decoders (llama, gemma3) are read from GGUF files and written here, close to HF's
-//! `modeling_llama.py` / `modeling_gemma3.py`, because candle-transformers' models expose neither
-//! per-layer hidden states nor padding masks. The BERT encoder lives in `crate::bert`.
+//! The decoders are written here, close to HF's modeling files, because candle-transformers'
+//! models expose neither per-layer hidden states nor padding masks: one shared [`decoder`], read
+//! from GGUF files (`llama`, `gemma3`) or from HF safetensors checkpoints (`hf`: llama, mistral,
+//! qwen2, qwen3, phi). The BERT encoder lives in `crate::bert`.
 //!
 //! Tap numbering follows HF `output_hidden_states`: `Layer(0)` is the embedding output (for
 //! Gemma after the `sqrt(hidden)` scaling), `Layer(k)` the output of block `k`. HF replaces the
@@ -18,6 +19,7 @@ use llmembed_core::{Error, Result};
 pub(crate) mod decoder;
 pub(crate) mod gemma3;
 pub(crate) mod gguf;
+pub(crate) mod hf;
 pub(crate) mod llama;
 pub(crate) mod tokenizer;
 
@@ -81,7 +83,8 @@ pub trait Embedder: Send + Sync {
 }
 
 /// Picks the architecture from the file: GGUF `general.architecture` (`llama`, `gemma3`), or
-/// `.safetensors` + config.json (`bert` -> `crate::bert`).
+/// the `model_type` of the config.json next to a `.safetensors` file (or shard index):
+/// `bert` -> `crate::bert`, decoders -> `hf`.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
     if is_gguf(&spec.weights)? {
         let file = gguf::GgufFile::open(&spec.weights)?;
@@ -103,7 +106,26 @@ pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
 }
 
 fn load_safetensors(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
-    crate::bert::load(spec)
+    let dir = spec.weights.parent().unwrap_or(Path::new("."));
+    let config = spec
+        .config
+        .clone()
+        .unwrap_or_else(|| dir.join("config.json"));
+    let model_type = hf::model_type(&config)?;
+    if hf::MODEL_TYPES.contains(&model_type.as_str()) {
+        Ok(Box::new(hf::load(spec)?))
+    } else if model_type == "bert" {
+        crate::bert::load(spec)
+    } else {
+        Err(Error::schema(
+            &config,
+            "model_type",
+            format!(
+                "`{model_type}` is not supported (bert, {})",
+                hf::MODEL_TYPES.join(", ")
+            ),
+        ))
+    }
 }
 
 /// True when the file starts with the GGUF magic.

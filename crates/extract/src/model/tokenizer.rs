@@ -23,13 +23,13 @@ const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
 
 /// The tokenizer and the facts about it that go into `describe()`.
-pub(crate) struct GgufTokenizer {
+pub(crate) struct DecoderTokenizer {
     pub tokenizer: Tokenizer,
     pub kind: String,
     pub add_bos: Option<u32>,
 }
 
-impl GgufTokenizer {
+impl DecoderTokenizer {
     pub fn from_gguf(file: &GgufFile, arch: &str) -> Result<Self> {
         let model = file.get_str("tokenizer.ggml.model")?.to_string();
         let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
@@ -49,6 +49,24 @@ impl GgufTokenizer {
                 ),
             )),
         }
+    }
+
+    /// A `tokenizer.json` (safetensors checkpoints), used as HF uses it: its own normalizer,
+    /// pre-tokenizer and post-processor (which adds BOS where the model wants one); its padding
+    /// and truncation settings are dropped (batches are padded and truncated by the caller).
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let mut tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| Error::schema(path, "tokenizer", format!("cannot load: {e}")))?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::compute("configure tokenizer", e))?;
+        let vocab = tokenizer.get_vocab_size(true);
+        Ok(DecoderTokenizer {
+            tokenizer,
+            kind: format!("tokenizer.json(vocab={vocab})"),
+            add_bos: None,
+        })
     }
 
     pub fn encode(&self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, bool)> {
@@ -86,7 +104,7 @@ fn bytes_to_unicode() -> [char; 256] {
     table
 }
 
-fn byte_level(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<GgufTokenizer> {
+fn byte_level(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<DecoderTokenizer> {
     let spelling = bytes_to_unicode();
     let alphabet: HashSet<char> = spelling.iter().copied().collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
@@ -135,7 +153,7 @@ fn byte_level(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<GgufT
     set_template(file, &mut tokenizer, tokens, add_bos)?;
     tokenizer.add_special_tokens(&control);
     tokenizer.add_tokens(&user_defined);
-    Ok(GgufTokenizer {
+    Ok(DecoderTokenizer {
         tokenizer,
         kind: format!(
             "gpt2-bpe(pre={},vocab={},merges={})",
@@ -190,7 +208,7 @@ fn py_isspace(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
-fn gemma(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<GgufTokenizer> {
+fn gemma(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<DecoderTokenizer> {
     // Tokens made only of whitespace that contain a space are stored with real spaces; the
     // model looks them up spelled with `▁`.
     let respelled: Vec<String> = tokens
@@ -266,7 +284,7 @@ fn gemma(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<GgufTokeni
     set_template(file, &mut tokenizer, tokens, add_bos)?;
     tokenizer.add_special_tokens(&control);
     tokenizer.add_tokens(&user_defined);
-    Ok(GgufTokenizer {
+    Ok(DecoderTokenizer {
         tokenizer,
         kind: format!("gemma-spm-bpe(vocab={},merges={n_merges})", tokens.len()),
         add_bos,

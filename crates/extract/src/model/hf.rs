@@ -1,0 +1,383 @@
+//! Decoders from Hugging Face checkpoints: `config.json` + safetensors (one file, or shards
+//! listed by `model.safetensors.index.json`) + `tokenizer.json`. Supported `model_type`s, each
+//! mapped onto the shared [`Decoder`] after its HF modeling file:
+//! - `llama` / `mistral` (LLaMA-2, SmolLM2, Mistral): RMSNorm, SiLU-gated MLP, optional
+//!   `attention_bias` / `mlp_bias`, Mistral's `sliding_window`;
+//! - `qwen2` (Qwen2.5): as llama, with biases on q, k and v;
+//! - `qwen3`: as llama, with a per-head RMSNorm on q and k and an explicit `head_dim`;
+//! - `phi` (Phi-2): LayerNorm with bias, one norm feeding attention and MLP in parallel, biases
+//!   everywhere, a plain GELU(tanh) MLP, RoPE on the first `partial_rotary_factor` of each head.
+//!
+//! HF stores q/k unpermuted, so RoPE rotates halves (`rotate_half`). Weights are converted to
+//! the compute dtype at load, whatever dtype the file has (f16/bf16/f32), as transformers does
+//! with `torch_dtype=float32`. Anything the code does not implement (rope scaling, sliding
+//! windows on qwen, phi's q/k LayerNorm) is an error naming the config field, never ignored.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use llmembed_core::{Error, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::decoder::{
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, NormKind, RopeStyle, bias,
+    compute_dtype, linear_t,
+};
+use super::tokenizer::DecoderTokenizer;
+use super::LoadSpec;
+
+/// The `model_type`s this module loads.
+pub(crate) const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi"];
+
+#[derive(Debug, Deserialize)]
+struct HfConfig {
+    model_type: String,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    intermediate_size: usize,
+    hidden_act: String,
+    max_position_embeddings: usize,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    layer_norm_eps: Option<f64>,
+    /// transformers < 5 writes `rope_theta` / `rope_scaling` / `partial_rotary_factor` at the
+    /// top level; transformers 5 groups them in `rope_parameters`.
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<Value>,
+    #[serde(default)]
+    rope_parameters: Option<Value>,
+    #[serde(default)]
+    partial_rotary_factor: Option<f64>,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    qk_layernorm: Option<bool>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
+}
+
+/// The safetensors files behind `weights`: the file itself, or the shards its index lists.
+pub(crate) fn weight_files(weights: &Path) -> Result<Vec<PathBuf>> {
+    let name = weights.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !name.ends_with(".index.json") {
+        return Ok(vec![weights.to_path_buf()]);
+    }
+    let raw = std::fs::read_to_string(weights)
+        .map_err(|e| Error::io("read safetensors index", weights, e))?;
+    let index: Value = serde_json::from_str(&raw)
+        .map_err(|e| Error::schema(weights, "weight_map", format!("not JSON: {e}")))?;
+    let map = index
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::schema(weights, "weight_map", "missing or not a map"))?;
+    let dir = weights.parent().unwrap_or(Path::new("."));
+    let mut shards = BTreeSet::new();
+    for (tensor, file) in map {
+        let f = file.as_str().ok_or_else(|| {
+            Error::schema(weights, "weight_map", format!("`{tensor}`: not a file name"))
+        })?;
+        shards.insert(f.to_string());
+    }
+    Ok(shards.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// The `model_type` in a `config.json`, if it is readable.
+pub(crate) fn model_type(config: &Path) -> Result<String> {
+    let raw =
+        std::fs::read_to_string(config).map_err(|e| Error::io("read model config", config, e))?;
+    let v: Value = serde_json::from_str(&raw)
+        .map_err(|e| Error::schema(config, "config", format!("not JSON: {e}")))?;
+    v.get("model_type")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| Error::schema(config, "model_type", "missing"))
+}
+
+struct Weights {
+    st: MmapedSafetensors,
+    prefix: &'static str,
+    files: String,
+}
+
+impl Weights {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        self.st
+            .load(&full, &Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .map_err(|e| {
+                Error::compute("read safetensors tensor", format!("{}: `{full}`: {e}", self.files))
+            })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.st.get(&format!("{}{name}", self.prefix)).is_ok()
+    }
+}
+
+pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
+    let dir = spec.weights.parent().unwrap_or(Path::new("."));
+    let config_path = spec
+        .config
+        .clone()
+        .unwrap_or_else(|| dir.join("config.json"));
+    let tok_path = spec
+        .tokenizer
+        .clone()
+        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    let raw = std::fs::read_to_string(&config_path)
+        .map_err(|e| Error::io("read model config", &config_path, e))?;
+    let c: HfConfig = serde_json::from_str(&raw)
+        .map_err(|e| Error::schema(&config_path, "config", format!("not a decoder config: {e}")))?;
+    let bad = |field: &str, msg: String| Error::schema(&config_path, field, msg);
+    let arch: &'static str = MODEL_TYPES
+        .iter()
+        .find(|t| **t == c.model_type)
+        .copied()
+        .ok_or_else(|| {
+            bad(
+                "model_type",
+                format!("`{}` is not supported ({})", c.model_type, MODEL_TYPES.join(", ")),
+            )
+        })?;
+    let is_phi = arch == "phi";
+
+    // RoPE: base, type and the rotated fraction, wherever this transformers version put them.
+    let rp = c.rope_parameters.as_ref();
+    let rp_f64 = |k: &str| rp.and_then(|v| v.get(k)).and_then(Value::as_f64);
+    let theta = rp_f64("rope_theta").or(c.rope_theta).unwrap_or(10_000.0) as f32;
+    let rope_type = rp
+        .and_then(|v| v.get("rope_type"))
+        .or_else(|| c.rope_scaling.as_ref().and_then(|v| v.get("rope_type").or(v.get("type"))))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(bad(
+            "rope_parameters.rope_type",
+            format!("rope scaling `{rope_type}` is not supported (only default)"),
+        ));
+    }
+    if c.use_sliding_window == Some(true) {
+        return Err(bad(
+            "use_sliding_window",
+            "sliding-window attention is not supported for qwen".into(),
+        ));
+    }
+    if c.qk_layernorm == Some(true) {
+        return Err(bad("qk_layernorm", "phi's q/k LayerNorm is not supported".into()));
+    }
+    let activation = match c.hidden_act.as_str() {
+        "silu" => Activation::Silu,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+        other => {
+            return Err(bad(
+                "hidden_act",
+                format!("`{other}` is not supported (silu, gelu_new, gelu_pytorch_tanh)"),
+            ));
+        }
+    };
+    let (h, nh) = (c.hidden_size, c.num_attention_heads);
+    let nkv = c.num_key_value_heads.unwrap_or(nh);
+    if nh == 0 || nkv == 0 || !nh.is_multiple_of(nkv) {
+        return Err(bad(
+            "num_key_value_heads",
+            format!("{nkv} kv heads do not divide {nh} attention heads"),
+        ));
+    }
+    let head_dim = match c.head_dim {
+        Some(d) => d,
+        None if h.is_multiple_of(nh) => h / nh,
+        None => return Err(bad("num_attention_heads", format!("{nh} does not divide {h}"))),
+    };
+    let factor = rp_f64("partial_rotary_factor")
+        .or(c.partial_rotary_factor)
+        .unwrap_or(1.0);
+    let rotary_dim = (head_dim as f64 * factor) as usize;
+    if rotary_dim == 0 || rotary_dim > head_dim || rotary_dim % 2 != 0 {
+        return Err(bad(
+            "partial_rotary_factor",
+            format!("{factor} of head_dim {head_dim} is not an even number of dims"),
+        ));
+    }
+    let eps = if is_phi { c.layer_norm_eps } else { c.rms_norm_eps }
+        .ok_or_else(|| {
+            bad(
+                if is_phi { "layer_norm_eps" } else { "rms_norm_eps" },
+                "missing".into(),
+            )
+        })?;
+    let window = if arch == "mistral" { c.sliding_window } else { None };
+
+    let files = weight_files(&spec.weights)?;
+    let files_note = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for f in &files {
+        if !f.is_file() {
+            return Err(Error::param(
+                "model",
+                format!("{}: weight file missing (listed by {})", f.display(), spec.weights.display()),
+            ));
+        }
+    }
+    // SAFETY: the files are mapped read-only and not modified while the model lives (model
+    // files are published once into the models folder or the hub cache, never rewritten).
+    let st = unsafe { MmapedSafetensors::multi(&files) }
+        .map_err(|e| Error::compute("map safetensors", format!("{files_note}: {e}")))?;
+    let mut w = Weights {
+        st,
+        prefix: "",
+        files: files_note,
+    };
+    if w.has("model.embed_tokens.weight") {
+        w.prefix = "model.";
+    }
+    let dtype = compute_dtype(spec.compute);
+    let file_dtype = w
+        .st
+        .get(&format!("{}embed_tokens.weight", w.prefix))
+        .map(|v| format!("{:?}", v.dtype()))
+        .map_err(|e| Error::compute("read safetensors tensor", format!("{}: {e}", w.files)))?;
+    let with_bias = |names: &[&str], on: bool| -> Result<Linear> {
+        let ws = names
+            .iter()
+            .map(|n| w.get(&format!("{n}.weight")))
+            .collect::<Result<Vec<_>>>()?;
+        let b = if on {
+            let bs = names
+                .iter()
+                .map(|n| w.get(&format!("{n}.bias")))
+                .collect::<Result<Vec<_>>>()?;
+            Some(bias(&bs, dtype)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            w: linear_t(&ws, dtype)?,
+            b,
+        })
+    };
+    let norm = |name: &str| -> Result<Norm> {
+        Ok(Norm {
+            weight: w.get(&format!("{name}.weight"))?,
+            bias: if is_phi {
+                Some(w.get(&format!("{name}.bias"))?)
+            } else {
+                None
+            },
+        })
+    };
+    let qkv_bias = match arch {
+        "qwen2" | "phi" => true,
+        _ => c.attention_bias.unwrap_or(false),
+    };
+    let o_bias = match arch {
+        "phi" => true,
+        "qwen2" => false,
+        _ => c.attention_bias.unwrap_or(false),
+    };
+    let mlp_bias = c.mlp_bias.unwrap_or(false);
+    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
+    for l in 0..c.num_hidden_layers {
+        let p = format!("layers.{l}");
+        let a = format!("{p}.self_attn");
+        let qkv = with_bias(
+            &[&format!("{a}.q_proj"), &format!("{a}.k_proj"), &format!("{a}.v_proj")],
+            qkv_bias,
+        )?;
+        let block = if is_phi {
+            Block {
+                attn_norm: norm(&format!("{p}.input_layernorm"))?,
+                qkv,
+                q_norm: None,
+                k_norm: None,
+                o: with_bias(&[&format!("{a}.dense")], o_bias)?,
+                post_attn_norm: None,
+                ffn_norm: None,
+                mlp: Mlp::Plain {
+                    up: with_bias(&[&format!("{p}.mlp.fc1")], true)?,
+                    down: with_bias(&[&format!("{p}.mlp.fc2")], true)?,
+                },
+                post_ffn_norm: None,
+            }
+        } else {
+            let m = format!("{p}.mlp");
+            let qk_norm = arch == "qwen3";
+            Block {
+                attn_norm: norm(&format!("{p}.input_layernorm"))?,
+                qkv,
+                q_norm: if qk_norm {
+                    Some(w.get(&format!("{a}.q_norm.weight"))?)
+                } else {
+                    None
+                },
+                k_norm: if qk_norm {
+                    Some(w.get(&format!("{a}.k_norm.weight"))?)
+                } else {
+                    None
+                },
+                o: with_bias(&[&format!("{a}.o_proj")], o_bias)?,
+                post_attn_norm: None,
+                ffn_norm: Some(norm(&format!("{p}.post_attention_layernorm"))?),
+                mlp: Mlp::Gated {
+                    gate_up: with_bias(
+                        &[&format!("{m}.gate_proj"), &format!("{m}.up_proj")],
+                        mlp_bias,
+                    )?,
+                    down: with_bias(&[&format!("{m}.down_proj")], mlp_bias)?,
+                },
+                post_ffn_norm: None,
+            }
+        };
+        blocks.push(block);
+    }
+    let final_norm = norm(if is_phi { "final_layernorm" } else { "norm" })?;
+    let embed = Embeddings::Dense(w.get("embed_tokens.weight")?);
+    let tokenizer = DecoderTokenizer::from_file(&tok_path)?;
+    let cfg = Config {
+        arch,
+        hidden: h,
+        n_layers: c.num_hidden_layers,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim,
+        ffn: c.intermediate_size,
+        eps,
+        embed_scale: None,
+        activation,
+        rope_style: RopeStyle::Halves,
+        rotary_dim,
+        norm: if is_phi { NormKind::Layer } else { NormKind::Rms },
+        parallel_block: is_phi,
+        attn_scale: 1.0 / (head_dim as f64).sqrt(),
+        rope_theta: vec![theta; c.num_hidden_layers],
+        window: vec![window; c.num_hidden_layers],
+        context_length: c.max_position_embeddings,
+    };
+    Ok(Decoder {
+        cfg,
+        embed,
+        blocks,
+        final_norm,
+        tokenizer,
+        dtype,
+        weights_note: format!("safetensors({file_dtype})"),
+    })
+}
