@@ -806,14 +806,13 @@ pub(crate) fn resolve_hub(spec: &HubSpec, env: &Env) -> Result<(LoadSpec, String
             .find(|(f, _)| pred(f))
             .map(|(_, p)| p.clone())
     };
-    let weights = pick(&|f| f.ends_with(".gguf") || is_safetensors(Path::new(f))).ok_or_else(
-        || {
+    let weights =
+        pick(&|f| f.ends_with(".gguf") || is_safetensors(Path::new(f))).ok_or_else(|| {
             Error::param(
                 "model.files",
                 "needs a .gguf, .safetensors or .safetensors.index.json weight file",
             )
-        },
-    )?;
+        })?;
     // A sharded checkpoint: the index names the shards; fetch the ones the snapshot lacks.
     if weights.to_string_lossy().ends_with(".index.json") {
         let mut repo = None;

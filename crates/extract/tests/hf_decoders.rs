@@ -25,8 +25,8 @@ const MAX_ABS: f32 = 2e-5;
 const MIN_COSINE: f64 = 0.999_999;
 
 fn fixture() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny_decoders_reference.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_decoders_reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -85,11 +85,7 @@ fn write_checkpoint(fx: &Value, arch: &str, dir: &Path, shards: usize) {
         candle_core::safetensors::save(f, dir.join(shard_name(k, shards))).unwrap();
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
 }
 
 fn shard_name(k: usize, n: usize) -> String {
@@ -144,7 +140,10 @@ fn check_arch(arch: &str, shards: usize) {
     let model = load(&spec(weights)).unwrap();
     let cases = fx["models"][arch]["cases"].as_array().unwrap();
     let n_layers = model.num_layers();
-    assert_eq!(n_layers + 1, cases[0]["layer_means"].as_array().unwrap().len());
+    assert_eq!(
+        n_layers + 1,
+        cases[0]["layer_means"].as_array().unwrap().len()
+    );
     assert_eq!(model.hidden_size(), 64);
     assert!(model.describe().starts_with(arch), "{}", model.describe());
     let taps: Vec<Tap> = (0..=n_layers).map(Tap::Layer).collect();
@@ -166,18 +165,31 @@ fn check_arch(arch: &str, shards: usize) {
     for (c, case) in cases.iter().enumerate() {
         for (l, want) in case["layer_means"].as_array().unwrap().iter().enumerate() {
             let want = floats(want);
-            let (e, cos) = check_close(&format!("{arch} text {c} layer {l} alone"), &alone[c][l], &want);
+            let (e, cos) = check_close(
+                &format!("{arch} text {c} layer {l} alone"),
+                &alone[c][l],
+                &want,
+            );
             worst = (worst.0.max(e), worst.1.min(cos));
             let row = &together[l][c * 64..(c + 1) * 64];
             check_close(&format!("{arch} text {c} layer {l} in batch"), row, &want);
         }
     }
-    let last = model.embed(&batch, &[Tap::FinalNorm], Pooling::Last).unwrap();
+    let last = model
+        .embed(&batch, &[Tap::FinalNorm], Pooling::Last)
+        .unwrap();
     for (c, case) in cases.iter().enumerate() {
         let want = floats(&case["last_token_final"]);
-        check_close(&format!("{arch} text {c} last token"), &last[0][c * 64..(c + 1) * 64], &want);
+        check_close(
+            &format!("{arch} text {c} last token"),
+            &last[0][c * 64..(c + 1) * 64],
+            &want,
+        );
     }
-    eprintln!("{arch}: worst max abs error {:e}, worst cosine {}", worst.0, worst.1);
+    eprintln!(
+        "{arch}: worst max abs error {:e}, worst cosine {}",
+        worst.0, worst.1
+    );
 }
 
 #[test]
@@ -217,7 +229,10 @@ fn unsupported_config_is_named() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("config.json") && err.contains("rope_type") && err.contains("llama3"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("rope_type") && err.contains("llama3"),
+        "{err}"
+    );
 
     cfg["model_type"] = "gpt_neox".into();
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
@@ -225,7 +240,10 @@ fn unsupported_config_is_named() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("model_type") && err.contains("gpt_neox"), "{err}");
+    assert!(
+        err.contains("model_type") && err.contains("gpt_neox"),
+        "{err}"
+    );
 
     // A shard the index lists but the folder lacks.
     let sharded = tmp.path().join("sharded");
@@ -292,10 +310,24 @@ fn sharded_checkpoint_from_hub_cache_through_the_stage() {
         "{ext:?}"
     );
     let out_hub = tmp.path().join("out-hub");
-    run_stage(&params, &input, &out_hub, &tmp.path().join("s1"), tmp.path()).unwrap();
+    run_stage(
+        &params,
+        &input,
+        &out_hub,
+        &tmp.path().join("s1"),
+        tmp.path(),
+    )
+    .unwrap();
     let local = ExtractParams::new(ModelParam::Spec(ModelSpec::Local(LocalSpec { path: src })));
     let out_local = tmp.path().join("out-local");
-    run_stage(&local, &input, &out_local, &tmp.path().join("s2"), tmp.path()).unwrap();
+    run_stage(
+        &local,
+        &input,
+        &out_local,
+        &tmp.path().join("s2"),
+        tmp.path(),
+    )
+    .unwrap();
     assert_eq!(
         std::fs::read(out_hub.join("test.parquet")).unwrap(),
         std::fs::read(out_local.join("test.parquet")).unwrap()
@@ -305,7 +337,11 @@ fn sharded_checkpoint_from_hub_cache_through_the_stage() {
         for (l, want) in case["layer_means"].as_array().unwrap().iter().enumerate() {
             let col = got.column(&format!("layer_{l}")).unwrap();
             let row = &col.values[c * col.dim..(c + 1) * col.dim];
-            check_close(&format!("stage qwen3 row {c} layer {l}"), row, &floats(want));
+            check_close(
+                &format!("stage qwen3 row {c} layer {l}"),
+                row,
+                &floats(want),
+            );
         }
     }
 }

@@ -1,20 +1,26 @@
 //! The decoder-only transformer shared by every decoder architecture (llama, gemma3 from GGUF;
 //! llama, qwen2, qwen3, phi from safetensors), written to follow HF's `modeling_llama.py` /
-//! `modeling_gemma3.py` / `modeling_phi.py` step by step, with per-layer taps and right padding.
-//! Weights are converted to the compute dtype once, at load, and the matmuls are dense. The
-//! architectures differ only in data: norm kind (RMS or LayerNorm), optional biases, q/k norms,
-//! sandwich norms (gemma), a gated or plain MLP, a parallel attention+MLP block (phi), partial
-//! rotary embeddings (phi) and per-layer RoPE bases and sliding windows (gemma).
+//! `modeling_gemma3.py` / `modeling_phi.py` step by step, with per-layer taps. Weights are
+//! converted once, at load (dequantized to f32; for `compute: bf16` rounded to bf16 and packed
+//! for AMX, see `bf16mm`). The architectures differ only in data: norm kind (RMS or LayerNorm),
+//! optional biases, q/k norms, sandwich norms (gemma), a gated or plain MLP, a parallel
+//! attention+MLP block (phi), partial rotary embeddings (phi) and per-layer RoPE bases and
+//! sliding windows (gemma).
 //!
-//! Batching: sequences are right-padded to the batch's longest and masked with an additive mask
-//! (causal, key padding, and the sliding window where a layer has one). With right padding a real
-//! token only ever sees real tokens at the same positions it would see alone, so a text's
-//! vectors do not depend on the batch it is in (tested in `tests/decoder_padding.rs`).
+//! Batching without padding: the tokens of a batch are packed row after row, every per-token step
+//! (norms, projections, MLP) runs on all rows at once, and attention (`attention.rs`) keeps each
+//! sequence to its own rows. No token ever sees another text's tokens and no row depends on
+//! another text's, so a text's vectors do not depend on the batch it is in (tested in
+//! `tests/decoder_padding.rs`), and no compute is spent on padding. Activations are f32 `Vec`s;
+//! the row-wise steps are `kernels.rs`.
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
+use super::attention::{AttentionShape, Rope, attend};
+use super::bf16mm::PackedBf16;
+use super::kernels;
 use super::tokenizer::DecoderTokenizer;
 use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
 
@@ -71,30 +77,65 @@ pub(crate) struct Config {
 
 /// A norm's parameters; the kind is the model's (`Config::norm`).
 pub(crate) struct Norm {
-    pub weight: Tensor,
+    pub weight: Vec<f32>,
     /// LayerNorm only.
-    pub bias: Option<Tensor>,
+    pub bias: Option<Vec<f32>>,
 }
 
-impl From<Tensor> for Norm {
-    fn from(weight: Tensor) -> Self {
-        Norm { weight, bias: None }
+impl Norm {
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Norm> {
+        Ok(Norm {
+            weight: vector(weight)?,
+            bias: bias.map(vector).transpose()?,
+        })
     }
 }
 
-/// A dense layer `x @ w + b`, `w` stored (in, out).
+/// A 1-d weight as f32 values.
+pub(crate) fn vector(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .map_err(cerr("read weight vector"))
+}
+
+/// A dense layer `x @ w + b`.
 pub(crate) struct Linear {
-    pub w: Tensor,
-    pub b: Option<Tensor>,
+    pub w: Weight,
+    pub b: Option<Vec<f32>>,
+}
+
+pub(crate) enum Weight {
+    /// (in, out) f32, candle's matmul.
+    F32(Tensor),
+    /// Rounded to bf16 and packed for `bf16mm` (`compute: bf16`).
+    Bf16(PackedBf16),
+}
+
+impl Weight {
+    /// `w` is (in, out) f32.
+    pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
+        Ok(match compute {
+            ComputeDtype::F32 => Weight::F32(w),
+            ComputeDtype::Bf16 => Weight::Bf16(PackedBf16::new(&w)?),
+        })
+    }
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.w)?;
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+    /// `x` is (rows, in) row-major; returns (rows, out).
+    fn forward(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+        let mut y = match &self.w {
+            Weight::F32(w) => {
+                let x = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
+                x.matmul(w)?.flatten_all()?.to_vec1()?
+            }
+            Weight::Bf16(w) => w.matmul(x, rows)?,
+        };
+        if let Some(b) = &self.b {
+            kernels::add_bias(&mut y, b);
         }
+        Ok(y)
     }
 }
 
@@ -110,8 +151,8 @@ pub(crate) struct Block {
     /// (hidden, q_dim + 2 * kv_dim): q, k, v projections fused.
     pub qkv: Linear,
     /// Per-head RMSNorm of q and k before RoPE (gemma3, qwen3).
-    pub q_norm: Option<Tensor>,
-    pub k_norm: Option<Tensor>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
     /// (q_dim, hidden)
     pub o: Linear,
     pub post_attn_norm: Option<Norm>,
@@ -152,7 +193,8 @@ pub(crate) struct Decoder {
     pub blocks: Vec<Block>,
     pub final_norm: Norm,
     pub tokenizer: DecoderTokenizer,
-    pub dtype: DType,
+    /// The matrix products' precision; activations are f32 either way.
+    pub compute: ComputeDtype,
     pub weights_note: String,
 }
 
@@ -161,8 +203,8 @@ fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
 }
 
 /// `ws` are (out, in) as PyTorch stores them, fused along `out`; returns the (in, sum of out)
-/// matrix in the compute dtype.
-pub(crate) fn linear_t(ws: &[Tensor], dtype: DType) -> Result<Tensor> {
+/// matrix in f32.
+pub(crate) fn linear_t(ws: &[Tensor]) -> Result<Tensor> {
     let w = if ws.len() == 1 {
         ws[0].clone()
     } else {
@@ -170,208 +212,94 @@ pub(crate) fn linear_t(ws: &[Tensor], dtype: DType) -> Result<Tensor> {
     };
     w.t()
         .and_then(|t| t.contiguous())
-        .and_then(|t| t.to_dtype(dtype))
+        .and_then(|t| t.to_dtype(DType::F32))
         .map_err(cerr("transpose weight"))
 }
 
 /// A bias-free dense layer from (out, in) weights fused along `out`.
-pub(crate) fn linear(ws: &[Tensor], dtype: DType) -> Result<Linear> {
+pub(crate) fn linear(ws: &[Tensor], compute: ComputeDtype) -> Result<Linear> {
     Ok(Linear {
-        w: linear_t(ws, dtype)?,
+        w: Weight::new(linear_t(ws)?, compute)?,
         b: None,
     })
 }
 
-/// Biases fused like their weights, in the compute dtype.
-pub(crate) fn bias(bs: &[Tensor], dtype: DType) -> Result<Tensor> {
-    Tensor::cat(bs, 0)
-        .and_then(|b| b.to_dtype(dtype))
-        .map_err(cerr("fuse biases"))
+/// Biases fused like their weights (f32).
+pub(crate) fn bias(bs: &[Tensor]) -> Result<Vec<f32>> {
+    vector(&Tensor::cat(bs, 0).map_err(cerr("fuse biases"))?)
 }
 
 impl Decoder {
-    fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        // HF computes RMSNorm in f32 whatever the activation dtype.
-        let x32 = x.to_dtype(DType::F32).map_err(cerr("rms_norm"))?;
-        let y = candle_nn::ops::rms_norm(&x32, w, self.cfg.eps as f32).map_err(cerr("rms_norm"))?;
-        y.to_dtype(self.dtype).map_err(cerr("rms_norm"))
-    }
-
-    fn norm(&self, x: &Tensor, n: &Norm) -> Result<Tensor> {
-        match self.cfg.norm {
-            NormKind::Rms => self.rms(x, &n.weight),
-            NormKind::Layer => {
-                // HF's LayerNorm runs in the activation dtype; f32 here as for RMSNorm.
-                let e = cerr("layer_norm");
-                let x32 = x.to_dtype(DType::F32).map_err(&e)?;
-                let zeros;
-                let b = match &n.bias {
-                    Some(b) => b,
-                    None => {
-                        zeros = n.weight.zeros_like().map_err(&e)?;
-                        &zeros
-                    }
-                };
-                let y = candle_nn::ops::layer_norm(&x32, &n.weight, b, self.cfg.eps as f32)
-                    .map_err(&e)?;
-                y.to_dtype(self.dtype).map_err(&e)
+    fn norm(&self, x: &[f32], n: &Norm) -> Vec<f32> {
+        let eps = self.cfg.eps as f32;
+        match (self.cfg.norm, &n.bias) {
+            (NormKind::Rms, _) => kernels::rms_norm(x, &n.weight, eps),
+            (NormKind::Layer, Some(b)) => kernels::layer_norm(x, &n.weight, b, eps),
+            (NormKind::Layer, None) => {
+                kernels::layer_norm(x, &n.weight, &vec![0.0; n.weight.len()], eps)
             }
         }
     }
 
-    /// cos/sin tables (t, rotary_dim/2) for one RoPE base, as HF computes them (f32 inv_freq).
-    fn rope_tables(&self, theta: f32, t: usize) -> Result<(Tensor, Tensor)> {
-        let d = self.cfg.rotary_dim;
-        let inv: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / d as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(t * d / 2);
-        let mut sin = Vec::with_capacity(t * d / 2);
-        for p in 0..t {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
+    fn attention_shape(&self) -> AttentionShape {
+        let c = &self.cfg;
+        AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            rotary_dim: c.rotary_dim,
+            interleaved: c.rope_style == RopeStyle::Interleaved,
+            scale: c.attn_scale as f32,
+            eps: c.eps as f32,
         }
-        let cos = Tensor::from_vec(cos, (t, d / 2), &Device::Cpu)
-            .and_then(|x| x.to_dtype(self.dtype))
-            .map_err(cerr("rope tables"))?;
-        let sin = Tensor::from_vec(sin, (t, d / 2), &Device::Cpu)
-            .and_then(|x| x.to_dtype(self.dtype))
-            .map_err(cerr("rope tables"))?;
-        Ok((cos, sin))
     }
 
-    /// Additive mask (b, 1, t, t): 0 where query i may attend key j, -inf elsewhere.
-    fn mask(&self, lens: &[usize], t: usize, window: Option<usize>) -> Result<Tensor> {
-        let b = lens.len();
-        let mut m = vec![f32::NEG_INFINITY; b * t * t];
-        for (s, &len) in lens.iter().enumerate() {
-            for i in 0..t {
-                for j in 0..=i {
-                    let key_ok = j < len || j == i; // pad queries keep their own key: no NaN
-                    let win_ok = window.is_none_or(|w| i - j < w);
-                    if key_ok && win_ok {
-                        m[(s * t + i) * t + j] = 0.0;
-                    }
-                }
-            }
-        }
-        Tensor::from_vec(m, (b, 1, t, t), &Device::Cpu)
-            .and_then(|x| x.to_dtype(self.dtype))
-            .map_err(cerr("attention mask"))
-    }
-
+    /// Attention of one block over packed rows `h` (rows, hidden); `lens` are the sequences.
     fn attention(
         &self,
         blk: &Block,
-        h: &Tensor,
-        b: usize,
-        t: usize,
-        rope: &(Tensor, Tensor),
-        mask: &Tensor,
-    ) -> Result<Tensor> {
-        let c = &self.cfg;
-        let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        h: &[f32],
+        lens: &[usize],
+        rope: &Rope,
+        window: Option<usize>,
+    ) -> Result<Vec<f32>> {
         let e = cerr("attention");
-        let qkv = blk.qkv.forward(h).map_err(&e)?;
-        let q = qkv.narrow(1, 0, nh * hd).map_err(&e)?;
-        let k = qkv.narrow(1, nh * hd, nkv * hd).map_err(&e)?;
-        let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).map_err(&e)?;
-        let mut q = q.reshape((b, t, nh, hd)).map_err(&e)?;
-        let mut k = k.reshape((b, t, nkv, hd)).map_err(&e)?;
-        let v = v.reshape((b, t, nkv, hd)).map_err(&e)?;
-        if let Some(w) = &blk.q_norm {
-            q = self.rms(&q.contiguous().map_err(&e)?, w)?;
-        }
-        if let Some(w) = &blk.k_norm {
-            k = self.rms(&k.contiguous().map_err(&e)?, w)?;
-        }
-        let q = q.transpose(1, 2).and_then(|x| x.contiguous()).map_err(&e)?;
-        let k = k.transpose(1, 2).and_then(|x| x.contiguous()).map_err(&e)?;
-        let v = v.transpose(1, 2).and_then(|x| x.contiguous()).map_err(&e)?;
-        let q = self.rotate(&q, rope).map_err(&e)?;
-        let k = self.rotate(&k, rope).map_err(&e)?;
-        // Grouped-query attention: kv head g serves query heads g*G .. (g+1)*G (HF repeat_kv).
-        let groups = nh / nkv;
-        let (k, v) = if groups == 1 {
-            (k, v)
-        } else {
-            let rep = |x: Tensor| {
-                x.unsqueeze(2)
-                    .and_then(|x| x.expand((b, nkv, groups, t, hd)))
-                    .and_then(|x| x.reshape((b, nh, t, hd)))
-            };
-            (rep(k).map_err(&e)?, rep(v).map_err(&e)?)
-        };
-        let scores = q
-            .matmul(&k.t().map_err(&e)?)
-            .and_then(|s| s.affine(c.attn_scale, 0.0))
-            .and_then(|s| s.broadcast_add(mask))
-            .map_err(&e)?;
-        let probs = if self.dtype == DType::F32 {
-            candle_nn::ops::softmax_last_dim(&scores).map_err(&e)?
-        } else {
-            // HF upcasts the softmax to f32.
-            scores
-                .to_dtype(DType::F32)
-                .and_then(|s| candle_nn::ops::softmax_last_dim(&s))
-                .and_then(|s| s.to_dtype(self.dtype))
-                .map_err(&e)?
-        };
-        let out = probs.matmul(&v).map_err(&e)?; // (b, nh, t, hd)
-        out.transpose(1, 2)
-            .and_then(|x| x.reshape((b * t, nh * hd)))
-            .and_then(|x| blk.o.forward(&x))
-            .map_err(&e)
+        let rows = lens.iter().sum();
+        let qkv = blk.qkv.forward(h, rows).map_err(&e)?;
+        let out = attend(
+            &self.attention_shape(),
+            &qkv,
+            lens,
+            rope,
+            window,
+            blk.q_norm.as_deref(),
+            blk.k_norm.as_deref(),
+        );
+        blk.o.forward(&out, rows).map_err(&e)
     }
 
-    /// RoPE on the first `rotary_dim` dims of each (b, heads, t, head_dim) head.
-    fn rotate(&self, x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> candle_core::Result<Tensor> {
-        let (hd, rd) = (self.cfg.head_dim, self.cfg.rotary_dim);
-        let rot = |x: &Tensor| match self.cfg.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(x, cos, sin),
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(x, cos, sin),
-        };
-        if rd == hd {
-            return rot(x);
-        }
-        let head = rot(&x.narrow(3, 0, rd)?.contiguous()?)?;
-        Tensor::cat(&[&head, &x.narrow(3, rd, hd - rd)?], 3)
-    }
-
-    fn act(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self.cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(x),
-            Activation::GeluTanh => x.gelu(),
-        }
-    }
-
-    fn mlp(&self, blk: &Block, h: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, blk: &Block, h: &[f32], rows: usize) -> Result<Vec<f32>> {
         let e = cerr("mlp");
+        let gelu = self.cfg.activation == Activation::GeluTanh;
         match &blk.mlp {
             Mlp::Gated { gate_up, down } => {
-                let f = self.cfg.ffn;
-                let gu = gate_up.forward(h).map_err(&e)?;
-                let g = gu.narrow(1, 0, f).map_err(&e)?;
-                let u = gu.narrow(1, f, f).map_err(&e)?;
-                let g = self.act(&g).map_err(&e)?;
-                (g * u).and_then(|a| down.forward(&a)).map_err(&e)
+                let gu = gate_up.forward(h, rows).map_err(&e)?;
+                let a = kernels::gated(&gu, self.cfg.ffn, gelu);
+                down.forward(&a, rows).map_err(&e)
             }
-            Mlp::Plain { up, down } => up
-                .forward(h)
-                .and_then(|a| self.act(&a))
-                .and_then(|a| down.forward(&a))
-                .map_err(&e),
+            Mlp::Plain { up, down } => {
+                let mut a = up.forward(h, rows).map_err(&e)?;
+                kernels::activate(&mut a, gelu);
+                down.forward(&a, rows).map_err(&e)
+            }
         }
     }
 
-    /// Runs the blocks up to the deepest tap; returns (b*t, hidden) f32 states per tap.
-    fn forward(&self, batch: &[&[u32]], taps: &[Tap]) -> Result<(Vec<Vec<f32>>, usize)> {
+    /// Runs the blocks up to the deepest tap over the batch's tokens packed row after row (no
+    /// padding); returns per tap the (tokens, hidden) f32 states, row-major.
+    fn forward(&self, batch: &[&[u32]], taps: &[Tap]) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
         let deepest = check_taps(taps, Pooling::Mean, c.n_layers, c.arch)?;
-        let b = batch.len();
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let t = *lens.iter().max().unwrap_or(&0);
         if let Some(i) = lens.iter().position(|&l| l == 0) {
@@ -390,38 +318,28 @@ impl Decoder {
             ));
         }
         let vocab = self.embed.rows();
-        let mut ids = Vec::with_capacity(b * t);
-        for s in batch {
-            for &id in *s {
-                if id as usize >= vocab {
-                    return Err(Error::param(
-                        "tokens",
-                        format!("token id {id} outside the vocabulary of {vocab}"),
-                    ));
-                }
-                ids.push(id);
-            }
-            ids.extend(std::iter::repeat_n(0u32, t - s.len()));
+        let ids: Vec<u32> = batch.iter().flat_map(|s| s.iter().copied()).collect();
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::param(
+                "tokens",
+                format!("token id {id} outside the vocabulary of {vocab}"),
+            ));
         }
-        let e = cerr("decoder forward");
-        let ids = Tensor::from_vec(ids, b * t, &Device::Cpu).map_err(&e)?;
+        let rows = ids.len();
+        let ids = Tensor::from_vec(ids, rows, &Device::Cpu).map_err(cerr("embedding lookup"))?;
         let mut x = self
             .embed
             .lookup(&ids)
+            .and_then(|x| x.to_dtype(DType::F32))
+            .and_then(|x| x.flatten_all())
+            .and_then(|x| x.to_vec1::<f32>())
             .map_err(cerr("embedding lookup"))?;
         if let Some(s) = c.embed_scale {
-            x = (x * s as f64).map_err(&e)?;
+            x.iter_mut().for_each(|v| *v *= s);
         }
-        x = x.to_dtype(self.dtype).map_err(&e)?;
 
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
-        let grab = |x: &Tensor| -> Result<Vec<f32>> {
-            x.to_dtype(DType::F32)
-                .and_then(|x| x.flatten_all())
-                .and_then(|x| x.to_vec1::<f32>())
-                .map_err(cerr("read hidden states"))
-        };
-        let record = |out: &mut Vec<Option<Vec<f32>>>, layer: usize, x: &Tensor| -> Result<()> {
+        let record = |out: &mut Vec<Option<Vec<f32>>>, layer: usize, x: &[f32]| {
             let mut cached: Option<Vec<f32>> = None;
             for (slot, tap) in out.iter_mut().zip(taps) {
                 let hit = match *tap {
@@ -430,26 +348,20 @@ impl Decoder {
                 };
                 if hit {
                     if cached.is_none() {
-                        cached = Some(grab(x)?);
+                        cached = Some(x.to_vec());
                     }
                     *slot = cached.clone();
                 }
             }
-            Ok(())
         };
-        record(&mut out, 0, &x)?;
+        record(&mut out, 0, &x);
 
-        // RoPE tables and masks, one per distinct base / window.
-        let mut ropes: Vec<(f32, (Tensor, Tensor))> = Vec::new();
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        // RoPE tables, one per distinct base.
+        let mut ropes: Vec<(f32, Rope)> = Vec::new();
         for l in 0..deepest {
             let th = c.rope_theta[l];
             if !ropes.iter().any(|(x, _)| *x == th) {
-                ropes.push((th, self.rope_tables(th, t)?));
-            }
-            let w = c.window[l].filter(|&w| w < t);
-            if !masks.iter().any(|(x, _)| *x == w) {
-                masks.push((w, self.mask(&lens, t, w)?));
+                ropes.push((th, Rope::new(th, c.rotary_dim, t)));
             }
         }
 
@@ -459,31 +371,23 @@ impl Decoder {
                 .find(|(x, _)| *x == c.rope_theta[l])
                 .expect("rope")
                 .1;
-            let w = c.window[l].filter(|&w| w < t);
-            let mask = &masks.iter().find(|(x, _)| *x == w).expect("mask").1;
-            let h = self.norm(&x, &blk.attn_norm)?;
-            let mut a = self.attention(blk, &h, b, t, rope, mask)?;
+            let h = self.norm(&x, &blk.attn_norm);
+            let mut a = self.attention(blk, &h, &lens, rope, c.window[l])?;
             if let Some(n) = &blk.post_attn_norm {
-                a = self.norm(&a, n)?;
+                a = self.norm(&a, n);
             }
+            kernels::add_assign(&mut x, &a);
+            // A parallel block's MLP reads the same normed input as its attention.
             let h = match &blk.ffn_norm {
-                // Parallel block: the MLP reads the same normed input as attention.
                 None => h,
-                Some(n) => {
-                    x = (x + &a).map_err(&e)?;
-                    self.norm(&x, n)?
-                }
+                Some(n) => self.norm(&x, n),
             };
-            let mut m = self.mlp(blk, &h)?;
+            let mut m = self.mlp(blk, &h, rows)?;
             if let Some(n) = &blk.post_ffn_norm {
-                m = self.norm(&m, n)?;
+                m = self.norm(&m, n);
             }
-            x = if blk.ffn_norm.is_none() {
-                (x + a).and_then(|x| x + m).map_err(&e)?
-            } else {
-                (x + m).map_err(&e)?
-            };
-            record(&mut out, l + 1, &x)?;
+            kernels::add_assign(&mut x, &m);
+            record(&mut out, l + 1, &x);
         }
         if deepest == c.n_layers {
             // HF's last hidden_states entry is after the final norm: Layer(n) == FinalNorm.
@@ -491,7 +395,7 @@ impl Decoder {
                 .iter()
                 .any(|tp| matches!(tp, Tap::FinalNorm) || *tp == Tap::Layer(c.n_layers));
             if needs {
-                let y = grab(&self.norm(&x, &self.final_norm)?)?;
+                let y = self.norm(&x, &self.final_norm);
                 for (slot, tap) in out.iter_mut().zip(taps) {
                     if matches!(tap, Tap::FinalNorm) || *tap == Tap::Layer(c.n_layers) {
                         *slot = Some(y.clone());
@@ -499,25 +403,18 @@ impl Decoder {
                 }
             }
         }
-        let out = out
-            .into_iter()
+        out.into_iter()
             .map(|o| o.ok_or_else(|| Error::compute("decoder forward", "a tap was not produced")))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((out, t))
+            .collect()
     }
 }
 
-/// Pools a (b*t, h) row-major state over each sequence's real tokens.
-pub(crate) fn pool(
-    states: &[f32],
-    lens: &[usize],
-    t: usize,
-    h: usize,
-    pooling: Pooling,
-) -> Vec<f32> {
+/// Pools packed (tokens, h) row-major states over each sequence's tokens.
+pub(crate) fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -> Vec<f32> {
     let mut out = vec![0f32; lens.len() * h];
+    let mut start = 0;
     for (s, &len) in lens.iter().enumerate() {
-        let row = |i: usize| &states[(s * t + i) * h..(s * t + i + 1) * h];
+        let row = |i: usize| &states[(start + i) * h..(start + i + 1) * h];
         let dst = &mut out[s * h..(s + 1) * h];
         match pooling {
             Pooling::Mean => {
@@ -534,6 +431,7 @@ pub(crate) fn pool(
             Pooling::Last => dst.copy_from_slice(row(len - 1)),
             Pooling::First | Pooling::Pooler => dst.copy_from_slice(row(0)),
         }
+        start += len;
     }
     out
 }
@@ -564,11 +462,11 @@ impl Embedder for Decoder {
         if batch.is_empty() {
             return Ok(vec![Vec::new(); taps.len()]);
         }
-        let (states, t) = self.forward(batch, taps)?;
+        let states = self.forward(batch, taps)?;
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         Ok(states
             .iter()
-            .map(|s| pool(s, &lens, t, self.cfg.hidden, pooling))
+            .map(|s| pool(s, &lens, self.cfg.hidden, pooling))
             .collect())
     }
 
@@ -598,14 +496,14 @@ impl Embedder for Decoder {
             },
             sc = c.attn_scale,
             es = c.embed_scale,
-            dt = self.dtype,
+            dt = self.compute,
             wn = self.weights_note,
             tk = self.tokenizer.kind,
             bos = self.tokenizer.add_bos,
             extra = {
-                // Only what differs from the GGUF architectures, so their fingerprints (and
-                // the texts stored under them) stay valid.
-                let mut x = String::new();
+                // The forward's arithmetic (packed rows, the fused kernels); then what only
+                // some architectures have.
+                let mut x = String::from(",engine=packed-rows-v2");
                 if c.rotary_dim != c.head_dim {
                     x += &format!(",rotary_dim={}", c.rotary_dim);
                 }
@@ -618,12 +516,5 @@ impl Embedder for Decoder {
                 x
             },
         )
-    }
-}
-
-pub(crate) fn compute_dtype(c: ComputeDtype) -> DType {
-    match c {
-        ComputeDtype::F32 => DType::F32,
-        ComputeDtype::Bf16 => DType::BF16,
     }
 }

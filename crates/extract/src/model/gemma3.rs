@@ -12,7 +12,7 @@ use llmembed_core::Result;
 
 use super::LoadSpec;
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Mlp, NormKind, RopeStyle, compute_dtype, linear,
+    Activation, Block, Config, Decoder, Embeddings, Mlp, Norm, NormKind, RopeStyle, linear, vector,
 };
 use super::gguf::GgufFile;
 use super::tokenizer::DecoderTokenizer;
@@ -39,28 +39,28 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let attn_scale = 1.0 / (head_dim as f64).sqrt();
     let is_global = |l: usize| (l + 1).is_multiple_of(SLIDING_WINDOW_PATTERN);
     let tokenizer = DecoderTokenizer::from_gguf(&f, p)?;
-    let dtype = compute_dtype(spec.compute);
+    let compute = spec.compute;
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
     let mut blocks = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
         blocks.push(Block {
-            attn_norm: t("attn_norm")?.into(),
-            qkv: linear(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], dtype)?,
-            q_norm: Some(t("attn_q_norm")?),
-            k_norm: Some(t("attn_k_norm")?),
-            o: linear(&[t("attn_output")?], dtype)?,
-            post_attn_norm: Some(t("post_attention_norm")?.into()),
-            ffn_norm: Some(t("ffn_norm")?.into()),
+            attn_norm: Norm::new(&t("attn_norm")?, None)?,
+            qkv: linear(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], compute)?,
+            q_norm: Some(vector(&t("attn_q_norm")?)?),
+            k_norm: Some(vector(&t("attn_k_norm")?)?),
+            o: linear(&[t("attn_output")?], compute)?,
+            post_attn_norm: Some(Norm::new(&t("post_attention_norm")?, None)?),
+            ffn_norm: Some(Norm::new(&t("ffn_norm")?, None)?),
             mlp: Mlp::Gated {
-                gate_up: linear(&[t("ffn_gate")?, t("ffn_up")?], dtype)?,
-                down: linear(&[t("ffn_down")?], dtype)?,
+                gate_up: linear(&[t("ffn_gate")?, t("ffn_up")?], compute)?,
+                down: linear(&[t("ffn_down")?], compute)?,
             },
-            post_ffn_norm: Some(t("post_ffw_norm")?.into()),
+            post_ffn_norm: Some(Norm::new(&t("post_ffw_norm")?, None)?),
         });
     }
-    let final_norm = f.tensor_f32("output_norm.weight")?.into();
+    let final_norm = Norm::new(&f.tensor_f32("output_norm.weight")?, None)?;
     let cfg = Config {
         arch: "gemma3",
         hidden,
@@ -91,7 +91,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         blocks,
         final_norm,
         tokenizer,
-        dtype,
+        compute,
         weights_note: format!("gguf-dequantized(embed={embed_type})"),
     })
 }

@@ -22,12 +22,12 @@ use llmembed_core::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::LoadSpec;
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, NormKind, RopeStyle, bias,
-    compute_dtype, linear_t,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, NormKind, RopeStyle, Weight,
+    bias, linear_t, vector,
 };
 use super::tokenizer::DecoderTokenizer;
-use super::LoadSpec;
 
 /// The `model_type`s this module loads.
 pub(crate) const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi"];
@@ -89,7 +89,11 @@ pub(crate) fn weight_files(weights: &Path) -> Result<Vec<PathBuf>> {
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
         let f = file.as_str().ok_or_else(|| {
-            Error::schema(weights, "weight_map", format!("`{tensor}`: not a file name"))
+            Error::schema(
+                weights,
+                "weight_map",
+                format!("`{tensor}`: not a file name"),
+            )
         })?;
         shards.insert(f.to_string());
     }
@@ -121,7 +125,10 @@ impl Weights {
             .load(&full, &Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|e| {
-                Error::compute("read safetensors tensor", format!("{}: `{full}`: {e}", self.files))
+                Error::compute(
+                    "read safetensors tensor",
+                    format!("{}: `{full}`: {e}", self.files),
+                )
             })
     }
 
@@ -152,7 +159,11 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         .ok_or_else(|| {
             bad(
                 "model_type",
-                format!("`{}` is not supported ({})", c.model_type, MODEL_TYPES.join(", ")),
+                format!(
+                    "`{}` is not supported ({})",
+                    c.model_type,
+                    MODEL_TYPES.join(", ")
+                ),
             )
         })?;
     let is_phi = arch == "phi";
@@ -163,7 +174,11 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
     let theta = rp_f64("rope_theta").or(c.rope_theta).unwrap_or(10_000.0) as f32;
     let rope_type = rp
         .and_then(|v| v.get("rope_type"))
-        .or_else(|| c.rope_scaling.as_ref().and_then(|v| v.get("rope_type").or(v.get("type"))))
+        .or_else(|| {
+            c.rope_scaling
+                .as_ref()
+                .and_then(|v| v.get("rope_type").or(v.get("type")))
+        })
         .and_then(Value::as_str)
         .unwrap_or("default");
     if rope_type != "default" {
@@ -179,7 +194,10 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         ));
     }
     if c.qk_layernorm == Some(true) {
-        return Err(bad("qk_layernorm", "phi's q/k LayerNorm is not supported".into()));
+        return Err(bad(
+            "qk_layernorm",
+            "phi's q/k LayerNorm is not supported".into(),
+        ));
     }
     let activation = match c.hidden_act.as_str() {
         "silu" => Activation::Silu,
@@ -202,7 +220,12 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
     let head_dim = match c.head_dim {
         Some(d) => d,
         None if h.is_multiple_of(nh) => h / nh,
-        None => return Err(bad("num_attention_heads", format!("{nh} does not divide {h}"))),
+        None => {
+            return Err(bad(
+                "num_attention_heads",
+                format!("{nh} does not divide {h}"),
+            ));
+        }
     };
     let factor = rp_f64("partial_rotary_factor")
         .or(c.partial_rotary_factor)
@@ -214,14 +237,26 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
             format!("{factor} of head_dim {head_dim} is not an even number of dims"),
         ));
     }
-    let eps = if is_phi { c.layer_norm_eps } else { c.rms_norm_eps }
-        .ok_or_else(|| {
-            bad(
-                if is_phi { "layer_norm_eps" } else { "rms_norm_eps" },
-                "missing".into(),
-            )
-        })?;
-    let window = if arch == "mistral" { c.sliding_window } else { None };
+    let eps = if is_phi {
+        c.layer_norm_eps
+    } else {
+        c.rms_norm_eps
+    }
+    .ok_or_else(|| {
+        bad(
+            if is_phi {
+                "layer_norm_eps"
+            } else {
+                "rms_norm_eps"
+            },
+            "missing".into(),
+        )
+    })?;
+    let window = if arch == "mistral" {
+        c.sliding_window
+    } else {
+        None
+    };
 
     let files = weight_files(&spec.weights)?;
     let files_note = files
@@ -233,7 +268,11 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         if !f.is_file() {
             return Err(Error::param(
                 "model",
-                format!("{}: weight file missing (listed by {})", f.display(), spec.weights.display()),
+                format!(
+                    "{}: weight file missing (listed by {})",
+                    f.display(),
+                    spec.weights.display()
+                ),
             ));
         }
     }
@@ -249,12 +288,11 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
     if w.has("model.embed_tokens.weight") {
         w.prefix = "model.";
     }
-    let dtype = compute_dtype(spec.compute);
-    let file_dtype = w
-        .st
-        .get(&format!("{}embed_tokens.weight", w.prefix))
-        .map(|v| format!("{:?}", v.dtype()))
-        .map_err(|e| Error::compute("read safetensors tensor", format!("{}: {e}", w.files)))?;
+    let compute = spec.compute;
+    let file_dtype =
+        w.st.get(&format!("{}embed_tokens.weight", w.prefix))
+            .map(|v| format!("{:?}", v.dtype()))
+            .map_err(|e| Error::compute("read safetensors tensor", format!("{}: {e}", w.files)))?;
     let with_bias = |names: &[&str], on: bool| -> Result<Linear> {
         let ws = names
             .iter()
@@ -265,24 +303,22 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
                 .iter()
                 .map(|n| w.get(&format!("{n}.bias")))
                 .collect::<Result<Vec<_>>>()?;
-            Some(bias(&bs, dtype)?)
+            Some(bias(&bs)?)
         } else {
             None
         };
         Ok(Linear {
-            w: linear_t(&ws, dtype)?,
+            w: Weight::new(linear_t(&ws)?, compute)?,
             b,
         })
     };
     let norm = |name: &str| -> Result<Norm> {
-        Ok(Norm {
-            weight: w.get(&format!("{name}.weight"))?,
-            bias: if is_phi {
-                Some(w.get(&format!("{name}.bias"))?)
-            } else {
-                None
-            },
-        })
+        let bias = if is_phi {
+            Some(w.get(&format!("{name}.bias"))?)
+        } else {
+            None
+        };
+        Norm::new(&w.get(&format!("{name}.weight"))?, bias.as_ref())
     };
     let qkv_bias = match arch {
         "qwen2" | "phi" => true,
@@ -299,7 +335,11 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         let p = format!("layers.{l}");
         let a = format!("{p}.self_attn");
         let qkv = with_bias(
-            &[&format!("{a}.q_proj"), &format!("{a}.k_proj"), &format!("{a}.v_proj")],
+            &[
+                &format!("{a}.q_proj"),
+                &format!("{a}.k_proj"),
+                &format!("{a}.v_proj"),
+            ],
             qkv_bias,
         )?;
         let block = if is_phi {
@@ -324,12 +364,12 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
                 attn_norm: norm(&format!("{p}.input_layernorm"))?,
                 qkv,
                 q_norm: if qk_norm {
-                    Some(w.get(&format!("{a}.q_norm.weight"))?)
+                    Some(vector(&w.get(&format!("{a}.q_norm.weight"))?)?)
                 } else {
                     None
                 },
                 k_norm: if qk_norm {
-                    Some(w.get(&format!("{a}.k_norm.weight"))?)
+                    Some(vector(&w.get(&format!("{a}.k_norm.weight"))?)?)
                 } else {
                     None
                 },
@@ -364,7 +404,11 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         activation,
         rope_style: RopeStyle::Halves,
         rotary_dim,
-        norm: if is_phi { NormKind::Layer } else { NormKind::Rms },
+        norm: if is_phi {
+            NormKind::Layer
+        } else {
+            NormKind::Rms
+        },
         parallel_block: is_phi,
         attn_scale: 1.0 / (head_dim as f64).sqrt(),
         rope_theta: vec![theta; c.num_hidden_layers],
@@ -377,7 +421,7 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         blocks,
         final_norm,
         tokenizer,
-        dtype,
+        compute,
         weights_note: format!("safetensors({file_dtype})"),
     })
 }
