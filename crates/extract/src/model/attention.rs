@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use super::kernels;
+
 /// What the kernel needs to know about the model.
 pub(crate) struct AttentionShape {
     pub n_heads: usize,
@@ -190,7 +192,7 @@ fn attend_generic(
                 }
                 let mut sum = 0f32;
                 for v in &mut scores[lo..=i] {
-                    *v = (*v - max).exp();
+                    *v = kernels::exp(*v - max);
                     sum += *v;
                 }
                 acc.fill(0.0);
@@ -206,7 +208,7 @@ fn attend_generic(
     }
 }
 
-/// Dot product summed in 16 fixed lanes, then across lanes (so the result does not depend on
+/// Dot product summed in 16 fixed lanes, then pairwise across lanes (so the result does not depend on
 /// the vector width the code was compiled for).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -221,7 +223,15 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (l, (x, y)) in ar.iter().zip(br).enumerate() {
         lanes[l] += x * y;
     }
-    lanes.iter().sum()
+    // Pairwise across lanes, in a fixed order (vector shuffles, not a chain of 15 adds).
+    let mut width = 8;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+        width /= 2;
+    }
+    lanes[0]
 }
 
 /// HF RMSNorm in f32: x * rsqrt(mean(x^2) + eps) * w.

@@ -16,11 +16,14 @@
 //! The weights are packed once into such tiles: for each block of 32 output columns, for each
 //! block of 32 inputs, two 1 KiB tiles (columns 0..16 and 16..32 of the block).
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use llmembed_core::{Error, Result};
 use rayon::prelude::*;
+
+use super::kernels::multiversion;
 
 const TILE_K: usize = 32; // bf16 values per tile row (64 bytes)
 const BLOCK: usize = 32; // rows of A / columns of B per micro-kernel call (2 x 2 tiles)
@@ -44,14 +47,13 @@ enum Repr {
     Dense(Tensor),
 }
 
-/// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
-#[inline]
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN). Branch-free, so loops vectorise.
+#[inline(always)]
 fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = ((b >> 16) | 0x40) as u16;
+    if x.is_nan() { nan } else { rounded }
 }
 
 #[inline]
@@ -179,48 +181,54 @@ fn amx_matmul(
 ) -> Vec<f32> {
     let mp = m.div_ceil(BLOCK) * BLOCK;
     let kblocks = kp / TILE_K;
-    // A in bf16, rows padded to a multiple of 32 and columns to kp, with zeros.
+    let block = kblocks * 2 * 512; // u16 per 32-row block of A, per 32-column block of B
+    // A in bf16, laid out in tiles like B (per 32-row block, per 32 inputs: two 16-row tiles),
+    // so that the kernel reads both operands as sequential streams; padding rows and columns
+    // are zeros.
     let mut ab = vec![0u16; mp * kp];
-    ab.par_chunks_mut(kp)
-        .zip(a.par_chunks(k))
-        .for_each(|(dst, src)| {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d = bf16_bits(*s);
-            }
-        });
-    let mut c = vec![0f32; mp * np];
-    let b_block = kblocks * 2 * 512; // u16 per 32-column block of B
+    ab.par_chunks_mut(block).enumerate().for_each(|(mb, dst)| {
+        let rows = m.saturating_sub(mb * BLOCK).min(BLOCK);
+        pack_rows(&a[mb * BLOCK * k..(mb * BLOCK + rows) * k], k, kblocks, dst);
+    });
+    // Every element of C is written by exactly one tile store below.
+    let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(mp * np);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { c.set_len(mp * np) };
     // Threads take bands of 32-row blocks; within a band, each 32-column block of B is reused
     // across the band's rows while it is hot in cache.
     let threads = rayon::current_num_threads().max(1);
     let row_blocks = mp / BLOCK;
-    let band = row_blocks.div_ceil(threads).max(1) * BLOCK;
-    c.par_chunks_mut(band * np)
-        .zip(ab.par_chunks(band * kp))
+    let band = row_blocks.div_ceil(threads).max(1);
+    c.par_chunks_mut(band * BLOCK * np)
+        .zip(ab.par_chunks(band * block))
         .for_each(|(c_band, a_band)| {
-            let rows = a_band.len() / kp;
             let _tiles = TileConfig::load();
             for nb in 0..np / BLOCK {
-                let bp = b[nb * b_block..(nb + 1) * b_block].as_ptr();
-                for mb in 0..rows / BLOCK {
-                    // SAFETY: the A block is 32 rows of kp bf16 inside `a_band`; the B block is
-                    // kblocks x 2 tiles inside `b`; the C block is 32 rows x 32 columns inside
+                let bp = b[nb * block..(nb + 1) * block].as_ptr();
+                for mb in 0..a_band.len() / block {
+                    // SAFETY: the A block is `block` bf16 inside `a_band`; the B block is
+                    // `block` bf16 inside `b`; the C block is 32 rows x 32 columns inside
                     // `c_band` (rows of np f32). Tiles are configured for this thread.
                     unsafe {
                         tile_block(
-                            a_band.as_ptr().add(mb * BLOCK * kp),
-                            kp * 2,
+                            a_band.as_ptr().add(mb * block),
                             bp,
                             kblocks,
-                            c_band.as_mut_ptr().add(mb * BLOCK * np + nb * BLOCK),
+                            c_band.as_mut_ptr().add(mb * BLOCK * np + nb * BLOCK).cast(),
                             np * 4,
                         );
                     }
                 }
             }
         });
+    // SAFETY: all mp * np elements were written above.
+    let c: Vec<f32> = unsafe {
+        let mut c = std::mem::ManuallyDrop::new(c);
+        Vec::from_raw_parts(c.as_mut_ptr().cast(), c.len(), c.capacity())
+    };
     // Drop the padding: rows beyond m, columns beyond n.
     if np == n {
+        let mut c = c;
         c.truncate(m * n);
         c
     } else {
@@ -229,6 +237,23 @@ fn amx_matmul(
             out.extend_from_slice(&row[..n]);
         }
         out
+    }
+}
+
+multiversion! {
+    /// Rounds up to 32 rows of `k` f32 into one 32-row block of A tiles (`dst`, zeroed).
+    fn pack_rows(src: &[f32], k: usize, kblocks: usize, dst: &mut [u16]) {
+        for (r, row) in src.chunks_exact(k).enumerate() {
+            let (half, rr) = (r / 16, r % 16);
+            for kb in 0..kblocks {
+                let from = kb * TILE_K;
+                let to = (from + TILE_K).min(k);
+                let at = ((kb * 2 + half) * 16 + rr) * TILE_K;
+                for (d, s) in dst[at..at + (to - from)].iter_mut().zip(&row[from..to]) {
+                    *d = bf16_bits(*s);
+                }
+            }
+        }
     }
 }
 
@@ -273,20 +298,13 @@ impl Drop for TileConfig {
     }
 }
 
-/// C[0..32, 0..32] = A[0..32, 0..kp] . B for one 32-column block of packed B.
-/// `lda` / `ldc` are row strides in bytes.
+/// C[0..32, 0..32] = A . B for one 32-row block of packed A and one 32-column block of packed
+/// B (both: per 32 inputs, two 1 KiB tiles). `ldc` is C's row stride in bytes.
 ///
 /// # Safety
 /// Tiles configured (`TileConfig`), pointers valid for the extents above.
 #[cfg(target_arch = "x86_64")]
-unsafe fn tile_block(
-    a: *const u16,
-    lda: usize,
-    b: *const u16,
-    kblocks: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn tile_block(a: *const u16, b: *const u16, kblocks: usize, c: *mut f32, ldc: usize) {
     // SAFETY: see the function's contract. tmm0/1: A rows 0..16 / 16..32; tmm2/3: B columns
     // 0..16 / 16..32; tmm4..7: the four 16x16 f32 accumulators.
     unsafe {
@@ -296,16 +314,49 @@ unsafe fn tile_block(
             "tilezero tmm6",
             "tilezero tmm7",
             "2:",
-            "tileloadd tmm0, [{a} + {lda}]",
-            "tileloadd tmm1, [{a1} + {lda}]",
+            "tileloadd tmm0, [{a} + {s64}]",
+            "tileloadd tmm1, [{a} + {s64} + 1024]",
             "tileloadd tmm2, [{b} + {s64}]",
             "tileloadd tmm3, [{b} + {s64} + 1024]",
+            // The next step's A tiles (2 KiB, contiguous) into L1 while these multiply: the
+            // tile registers are not renamed, so a load that misses L1 stalls the chain.
+            "prefetcht0 [{a} + 2048]",
+            "prefetcht0 [{a} + 2112]",
+            "prefetcht0 [{a} + 2176]",
+            "prefetcht0 [{a} + 2240]",
+            "prefetcht0 [{a} + 2304]",
+            "prefetcht0 [{a} + 2368]",
+            "prefetcht0 [{a} + 2432]",
+            "prefetcht0 [{a} + 2496]",
+            "prefetcht0 [{a} + 2560]",
+            "prefetcht0 [{a} + 2624]",
+            "prefetcht0 [{a} + 2688]",
+            "prefetcht0 [{a} + 2752]",
+            "prefetcht0 [{a} + 2816]",
+            "prefetcht0 [{a} + 2880]",
+            "prefetcht0 [{a} + 2944]",
+            "prefetcht0 [{a} + 3008]",
+            "prefetcht0 [{a} + 3072]",
+            "prefetcht0 [{a} + 3136]",
+            "prefetcht0 [{a} + 3200]",
+            "prefetcht0 [{a} + 3264]",
+            "prefetcht0 [{a} + 3328]",
+            "prefetcht0 [{a} + 3392]",
+            "prefetcht0 [{a} + 3456]",
+            "prefetcht0 [{a} + 3520]",
+            "prefetcht0 [{a} + 3584]",
+            "prefetcht0 [{a} + 3648]",
+            "prefetcht0 [{a} + 3712]",
+            "prefetcht0 [{a} + 3776]",
+            "prefetcht0 [{a} + 3840]",
+            "prefetcht0 [{a} + 3904]",
+            "prefetcht0 [{a} + 3968]",
+            "prefetcht0 [{a} + 4032]",
             "tdpbf16ps tmm4, tmm0, tmm2",
             "tdpbf16ps tmm5, tmm0, tmm3",
             "tdpbf16ps tmm6, tmm1, tmm2",
             "tdpbf16ps tmm7, tmm1, tmm3",
-            "add {a}, 64",
-            "add {a1}, 64",
+            "add {a}, 2048",
             "add {b}, 2048",
             "dec {k}",
             "jnz 2b",
@@ -314,10 +365,8 @@ unsafe fn tile_block(
             "tilestored [{c1} + {ldc}], tmm6",
             "tilestored [{c1} + {ldc} + 64], tmm7",
             a = inout(reg) a => _,
-            a1 = inout(reg) a.byte_add(16 * lda) => _,
             b = inout(reg) b => _,
             k = inout(reg) kblocks => _,
-            lda = in(reg) lda,
             s64 = in(reg) 64usize,
             c = in(reg) c,
             c1 = in(reg) c.byte_add(16 * ldc),
@@ -328,7 +377,7 @@ unsafe fn tile_block(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_block(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: usize) {
+unsafe fn tile_block(_: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize) {
     unreachable!("AMX is x86_64 only; amx_available() is false elsewhere")
 }
 

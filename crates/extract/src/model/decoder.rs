@@ -18,6 +18,8 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
+use rayon::prelude::*;
+
 use super::attention::{AttentionShape, Rope, attend};
 use super::bf16mm::PackedBf16;
 use super::kernels;
@@ -296,8 +298,9 @@ impl Decoder {
     }
 
     /// Runs the blocks up to the deepest tap over the batch's tokens packed row after row (no
-    /// padding); returns per tap the (tokens, hidden) f32 states, row-major.
-    fn forward(&self, batch: &[&[u32]], taps: &[Tap]) -> Result<Vec<Vec<f32>>> {
+    /// padding); returns per tap the pooled (batch, hidden) vectors, row-major. States are
+    /// pooled as soon as they are produced, so no layer's full states are kept.
+    fn forward(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
         let deepest = check_taps(taps, Pooling::Mean, c.n_layers, c.arch)?;
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
@@ -348,7 +351,7 @@ impl Decoder {
                 };
                 if hit {
                     if cached.is_none() {
-                        cached = Some(x.to_vec());
+                        cached = Some(pool(x, &lens, c.hidden, pooling));
                     }
                     *slot = cached.clone();
                 }
@@ -395,7 +398,7 @@ impl Decoder {
                 .iter()
                 .any(|tp| matches!(tp, Tap::FinalNorm) || *tp == Tap::Layer(c.n_layers));
             if needs {
-                let y = self.norm(&x, &self.final_norm);
+                let y = pool(&self.norm(&x, &self.final_norm), &lens, c.hidden, pooling);
                 for (slot, tap) in out.iter_mut().zip(taps) {
                     if matches!(tap, Tap::FinalNorm) || *tap == Tap::Layer(c.n_layers) {
                         *slot = Some(y.clone());
@@ -409,30 +412,37 @@ impl Decoder {
     }
 }
 
-/// Pools packed (tokens, h) row-major states over each sequence's tokens.
+/// Pools packed (tokens, h) row-major states over each sequence's tokens: (sequences, h).
 pub(crate) fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -> Vec<f32> {
+    let starts: Vec<usize> = lens
+        .iter()
+        .scan(0, |at, &len| {
+            let start = *at;
+            *at += len;
+            Some(start)
+        })
+        .collect();
     let mut out = vec![0f32; lens.len() * h];
-    let mut start = 0;
-    for (s, &len) in lens.iter().enumerate() {
-        let row = |i: usize| &states[(start + i) * h..(start + i + 1) * h];
-        let dst = &mut out[s * h..(s + 1) * h];
-        match pooling {
-            Pooling::Mean => {
-                let mut acc = vec![0f64; h];
-                for i in 0..len {
-                    for (a, v) in acc.iter_mut().zip(row(i)) {
-                        *a += *v as f64;
+    out.par_chunks_mut(h)
+        .zip(starts.par_iter().zip(lens))
+        .for_each(|(dst, (&start, &len))| {
+            let row = |i: usize| &states[(start + i) * h..(start + i + 1) * h];
+            match pooling {
+                Pooling::Mean => {
+                    let mut acc = vec![0f64; h];
+                    for i in 0..len {
+                        for (a, v) in acc.iter_mut().zip(row(i)) {
+                            *a += *v as f64;
+                        }
+                    }
+                    for (d, a) in dst.iter_mut().zip(&acc) {
+                        *d = (*a / len as f64) as f32;
                     }
                 }
-                for (d, a) in dst.iter_mut().zip(&acc) {
-                    *d = (*a / len as f64) as f32;
-                }
+                Pooling::Last => dst.copy_from_slice(row(len - 1)),
+                Pooling::First | Pooling::Pooler => dst.copy_from_slice(row(0)),
             }
-            Pooling::Last => dst.copy_from_slice(row(len - 1)),
-            Pooling::First | Pooling::Pooler => dst.copy_from_slice(row(0)),
-        }
-        start += len;
-    }
+        });
     out
 }
 
@@ -462,12 +472,7 @@ impl Embedder for Decoder {
         if batch.is_empty() {
             return Ok(vec![Vec::new(); taps.len()]);
         }
-        let states = self.forward(batch, taps)?;
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
-        Ok(states
-            .iter()
-            .map(|s| pool(s, &lens, self.cfg.hidden, pooling))
-            .collect())
+        self.forward(batch, taps, pooling)
     }
 
     fn describe(&self) -> String {
