@@ -148,7 +148,7 @@ impl PackedBf16 {
 
     /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        let k = if m == 0 { self.k } else { x.len() / m };
+        let k = x.len().checked_div(m).unwrap_or(self.k);
         if k != self.k || k * m != x.len() {
             candle_core::bail!(
                 "bf16 matmul: input is ({m}, {k}), weights are ({}, {})",

@@ -231,7 +231,7 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         .or(c.partial_rotary_factor)
         .unwrap_or(1.0);
     let rotary_dim = (head_dim as f64 * factor) as usize;
-    if rotary_dim == 0 || rotary_dim > head_dim || rotary_dim % 2 != 0 {
+    if rotary_dim == 0 || rotary_dim > head_dim || !rotary_dim.is_multiple_of(2) {
         return Err(bad(
             "partial_rotary_factor",
             format!("{factor} of head_dim {head_dim} is not an even number of dims"),
