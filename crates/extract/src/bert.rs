@@ -6,7 +6,6 @@
 //! block `k`, `Pooler` = `tanh(dense(h_n[:, 0]))` when the checkpoint has pooler weights.
 //! BERT is post-LN, so there is no separate final norm (`FinalNorm` is not supported).
 
-use std::path::Path;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -93,15 +92,8 @@ fn embedding(vb: &VarBuilder, n: usize, dim: usize, name: &str) -> Result<Embedd
 /// Loads a BERT checkpoint: `spec.weights` is the `.safetensors` file, `spec.config` and
 /// `spec.tokenizer` default to `config.json` / `tokenizer.json` next to it.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
-    let dir = spec.weights.parent().unwrap_or(Path::new("."));
-    let config_path = spec
-        .config
-        .clone()
-        .unwrap_or_else(|| dir.join("config.json"));
-    let tok_path = spec
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    let config_path = spec.config_path();
+    let tok_path = spec.tokenizer_path();
     let raw = std::fs::read_to_string(&config_path)
         .map_err(|e| Error::io("read model config", &config_path, e))?;
     let config: Config = serde_json::from_str(&raw)

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels;
+use super::kernels::{self, multiversion};
 
 /// What the kernel needs to know about the model.
 pub(crate) struct AttentionShape {
@@ -83,63 +83,21 @@ pub(crate) fn attend(
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attend_sequence(
-    s: &AttentionShape,
-    qkv: &[f32],
-    len: usize,
-    rope: &Rope,
-    window: Option<usize>,
-    q_norm: Option<&[f32]>,
-    k_norm: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { attend_avx512(s, qkv, len, rope, window, q_norm, k_norm, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2.
-            return unsafe { attend_avx2(s, qkv, len, rope, window, q_norm, k_norm, out) };
-        }
+multiversion! {
+    /// One sequence's attention, compiled for AVX-512 where the CPU has it (same arithmetic,
+    /// wider lanes; sums are kept in 16 fixed lanes whatever the vector width).
+    fn attend_sequence(
+        s: &AttentionShape,
+        qkv: &[f32],
+        len: usize,
+        rope: &Rope,
+        window: Option<usize>,
+        q_norm: Option<&[f32]>,
+        k_norm: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        attend_generic(s, qkv, len, rope, window, q_norm, k_norm, out)
     }
-    attend_generic(s, qkv, len, rope, window, q_norm, k_norm, out)
-}
-
-// The same code compiled for wider vectors; the arithmetic (and so the result) is the same, the
-// lanes are just wider (sums are kept in 16 fixed lanes whatever the vector width).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx512(
-    s: &AttentionShape,
-    qkv: &[f32],
-    len: usize,
-    rope: &Rope,
-    window: Option<usize>,
-    q_norm: Option<&[f32]>,
-    k_norm: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    attend_generic(s, qkv, len, rope, window, q_norm, k_norm, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_avx2(
-    s: &AttentionShape,
-    qkv: &[f32],
-    len: usize,
-    rope: &Rope,
-    window: Option<usize>,
-    q_norm: Option<&[f32]>,
-    k_norm: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    attend_generic(s, qkv, len, rope, window, q_norm, k_norm, out)
 }
 
 #[inline(always)]

@@ -138,15 +138,8 @@ impl Weights {
 }
 
 pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
-    let dir = spec.weights.parent().unwrap_or(Path::new("."));
-    let config_path = spec
-        .config
-        .clone()
-        .unwrap_or_else(|| dir.join("config.json"));
-    let tok_path = spec
-        .tokenizer
-        .clone()
-        .unwrap_or_else(|| dir.join("tokenizer.json"));
+    let config_path = spec.config_path();
+    let tok_path = spec.tokenizer_path();
     let raw = std::fs::read_to_string(&config_path)
         .map_err(|e| Error::io("read model config", &config_path, e))?;
     let c: HfConfig = serde_json::from_str(&raw)

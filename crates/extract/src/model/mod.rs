@@ -70,6 +70,26 @@ pub struct LoadSpec {
     pub compute: ComputeDtype,
 }
 
+impl LoadSpec {
+    /// `config`, else `config.json` next to the weights.
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| self.sibling("config.json"))
+    }
+
+    /// `tokenizer`, else `tokenizer.json` next to the weights.
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.tokenizer
+            .clone()
+            .unwrap_or_else(|| self.sibling("tokenizer.json"))
+    }
+
+    fn sibling(&self, name: &str) -> PathBuf {
+        self.weights.parent().unwrap_or(Path::new(".")).join(name)
+    }
+}
+
 pub trait Embedder: Send + Sync {
     /// Number of blocks `n`; taps `Layer(0..=n)` exist.
     fn num_layers(&self) -> usize;
@@ -109,11 +129,7 @@ pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
 }
 
 fn load_safetensors(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
-    let dir = spec.weights.parent().unwrap_or(Path::new("."));
-    let config = spec
-        .config
-        .clone()
-        .unwrap_or_else(|| dir.join("config.json"));
+    let config = spec.config_path();
     let model_type = hf::model_type(&config)?;
     if hf::MODEL_TYPES.contains(&model_type.as_str()) {
         Ok(Box::new(hf::load(spec)?))
