@@ -813,20 +813,20 @@ pub(crate) fn resolve_hub(spec: &HubSpec, env: &Env) -> Result<(LoadSpec, String
                 "needs a .gguf, .safetensors or .safetensors.index.json weight file",
             )
         })?;
-    // A sharded checkpoint: the index names the shards; fetch the ones the snapshot lacks.
-    if weights.to_string_lossy().ends_with(".index.json") {
-        let mut repo = None;
-        for shard in crate::model::hf::weight_files(&weights)? {
-            if !shard.is_file() {
-                let name = shard
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                if repo.is_none() {
-                    repo = Some(api()?);
-                }
-                download(repo.as_ref().expect("set above"), &name)?;
-            }
+    // A sharded checkpoint's index names its shards: fetch the ones the snapshot lacks (for
+    // a single weight file, `weight_files` is that file, already here).
+    let mut repo = None;
+    for shard in crate::model::hf::weight_files(&weights)? {
+        if !shard.is_file() {
+            let name = shard
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let repo = match repo {
+                Some(ref r) => r,
+                None => repo.insert(api()?),
+            };
+            download(repo, &name)?;
         }
     }
     let load = LoadSpec {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{cosine, max_abs, run_stage, write_input};
+use common::{cosine, hub_cache, max_abs, run_stage, write_input};
 use llmembed_core::{External, Stage, TextTable, read_embedding_table};
 use llmembed_extract::{
     ComputeDtype, Extract, ExtractParams, HubSpec, LoadSpec, LocalSpec, ModelParam, ModelSpec,
@@ -116,6 +116,14 @@ fn floats(v: &Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().unwrap() as f32)
         .collect()
+}
+
+/// The error `load` gives for these weights, as text.
+fn load_error(weights: PathBuf) -> String {
+    match load(&spec(weights)) {
+        Ok(_) => panic!("the checkpoint loaded"),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn check_close(what: &str, got: &[f32], want: &[f32]) -> (f32, f64) {
@@ -225,10 +233,7 @@ fn unsupported_config_is_named() {
     let mut cfg = fx["models"]["llama"]["config"].clone();
     cfg["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5});
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
-    let err = load(&spec(tmp.path().join("model.safetensors")))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(tmp.path().join("model.safetensors"));
     assert!(
         err.contains("config.json") && err.contains("rope_type") && err.contains("llama3"),
         "{err}"
@@ -236,10 +241,7 @@ fn unsupported_config_is_named() {
 
     cfg["model_type"] = "gpt_neox".into();
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
-    let err = load(&spec(tmp.path().join("model.safetensors")))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(tmp.path().join("model.safetensors"));
     assert!(
         err.contains("model_type") && err.contains("gpt_neox"),
         "{err}"
@@ -249,10 +251,7 @@ fn unsupported_config_is_named() {
     let sharded = tmp.path().join("sharded");
     write_checkpoint(&fx, "phi", &sharded, 2);
     std::fs::remove_file(sharded.join(shard_name(1, 2))).unwrap();
-    let err = load(&spec(sharded.join("model.safetensors.index.json")))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_error(sharded.join("model.safetensors.index.json"));
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
 }
 
@@ -267,19 +266,12 @@ fn sharded_checkpoint_from_hub_cache_through_the_stage() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     write_checkpoint(&fx, "qwen3", &src, 2);
-    let hub = tmp.path().join("hub");
-    let repo = hub.join("models--tiny--qwen3");
-    let snap = repo.join("snapshots").join(COMMIT);
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let f = entry.unwrap().file_name().to_string_lossy().into_owned();
-        let etag = blake3::hash(f.as_bytes()).to_hex().to_string();
-        std::fs::copy(src.join(&f), repo.join("blobs").join(&etag)).unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/{etag}"), snap.join(&f)).unwrap();
-    }
+    let files: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let hub = hub_cache(&tmp.path().join("hub"), "tiny/qwen3", COMMIT, &src, &files);
     let cases = fx["models"]["qwen3"]["cases"].as_array().unwrap();
     let texts: Vec<String> = cases
         .iter()

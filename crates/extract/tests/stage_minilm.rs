@@ -446,32 +446,19 @@ fn kill_and_resume_is_byte_identical() {
 
 const COMMIT: &str = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf";
 
-/// Lays out a hub cache as huggingface_hub does: blobs named by etag, snapshot files symlinked.
-fn hub_cache(root: &Path, model: &Path) -> PathBuf {
-    let repo = root.join("models--sentence-transformers--all-MiniLM-L6-v2");
-    let snap = repo.join("snapshots").join(COMMIT);
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
-    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
-        let etag = blake3::hash(f.as_bytes()).to_hex().to_string();
-        let blob = repo.join("blobs").join(&etag);
-        if std::fs::hard_link(model.join(f), &blob).is_err() {
-            std::fs::copy(model.join(f), &blob).unwrap();
-        }
-        std::os::unix::fs::symlink(format!("../../blobs/{etag}"), snap.join(f)).unwrap();
-    }
-    root.to_path_buf()
-}
-
 #[test]
 fn hub_source_resolves_from_local_cache_offline() {
     let (Some(model), Some(data)) = (minilm_dir(), data_dir()) else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let cache = hub_cache(&tmp.path().join("hub"), &model);
+    let cache = hub_cache(
+        &tmp.path().join("hub"),
+        "sentence-transformers/all-MiniLM-L6-v2",
+        COMMIT,
+        &model,
+        &["model.safetensors", "config.json", "tokenizer.json"],
+    );
     let input = write_input(
         &tmp.path().join("in"),
         &[("test", &ag_news(&data, "test", 16))],

@@ -50,17 +50,24 @@ impl Rope {
     }
 }
 
+/// What one block adds to the model's [`AttentionShape`].
+pub(crate) struct LayerAttention<'a> {
+    pub rope: &'a Rope,
+    /// Sliding window (keys within the last `window` positions), or global attention.
+    pub window: Option<usize>,
+    /// Per-head RMSNorm weights of q and k (gemma3, qwen3).
+    pub q_norm: Option<&'a [f32]>,
+    pub k_norm: Option<&'a [f32]>,
+}
+
 /// `qkv` holds, per packed row, q (n_heads * head_dim), k and v (n_kv_heads * head_dim each);
 /// `lens` are the sequences' lengths in row order. Returns the attention output before the
 /// output projection: per row, n_heads * head_dim.
 pub(crate) fn attend(
     s: &AttentionShape,
+    layer: &LayerAttention,
     qkv: &[f32],
     lens: &[usize],
-    rope: &Rope,
-    window: Option<usize>,
-    q_norm: Option<&[f32]>,
-    k_norm: Option<&[f32]>,
 ) -> Vec<f32> {
     let q_dim = s.n_heads * s.head_dim;
     let stride = q_dim + 2 * s.n_kv_heads * s.head_dim;
@@ -77,97 +84,80 @@ pub(crate) fn attend(
         rest = tail;
         start += len;
     }
-    tasks.into_par_iter().for_each(|(out, qkv, len)| {
-        attend_sequence(s, qkv, len, rope, window, q_norm, k_norm, out)
-    });
+    tasks
+        .into_par_iter()
+        .for_each(|(out, qkv, len)| attend_sequence(s, layer, qkv, len, out));
     out
 }
 
 multiversion! {
-    /// One sequence's attention, compiled for AVX-512 where the CPU has it (same arithmetic,
-    /// wider lanes; sums are kept in 16 fixed lanes whatever the vector width).
+    /// One sequence's attention (`qkv` and `out` are its rows), compiled for AVX-512 where the
+    /// CPU has it (same arithmetic, wider lanes; sums are kept in 16 fixed lanes whatever the
+    /// vector width).
     fn attend_sequence(
         s: &AttentionShape,
+        layer: &LayerAttention,
         qkv: &[f32],
         len: usize,
-        rope: &Rope,
-        window: Option<usize>,
-        q_norm: Option<&[f32]>,
-        k_norm: Option<&[f32]>,
         out: &mut [f32],
     ) {
-        attend_generic(s, qkv, len, rope, window, q_norm, k_norm, out)
-    }
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_generic(
-    s: &AttentionShape,
-    qkv: &[f32],
-    len: usize,
-    rope: &Rope,
-    window: Option<usize>,
-    q_norm: Option<&[f32]>,
-    k_norm: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    let hd = s.head_dim;
-    let q_dim = s.n_heads * hd;
-    let kv_dim = s.n_kv_heads * hd;
-    let stride = q_dim + 2 * kv_dim;
-    let groups = s.n_heads / s.n_kv_heads;
-    let mut keys = vec![0f32; len * hd];
-    let mut values = vec![0f32; len * hd];
-    let mut q = vec![0f32; hd];
-    let mut scores = vec![0f32; len];
-    let mut acc = vec![0f32; hd];
-    for g in 0..s.n_kv_heads {
-        for j in 0..len {
-            let row = &qkv[j * stride..(j + 1) * stride];
-            let k = &mut keys[j * hd..(j + 1) * hd];
-            k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
-            if let Some(w) = k_norm {
-                rms_norm(k, w, s.eps);
+        let hd = s.head_dim;
+        let q_dim = s.n_heads * hd;
+        let kv_dim = s.n_kv_heads * hd;
+        let stride = q_dim + 2 * kv_dim;
+        let groups = s.n_heads / s.n_kv_heads;
+        let mut keys = vec![0f32; len * hd];
+        let mut values = vec![0f32; len * hd];
+        let mut q = vec![0f32; hd];
+        let mut scores = vec![0f32; len];
+        let mut acc = vec![0f32; hd];
+        for g in 0..s.n_kv_heads {
+            for j in 0..len {
+                let row = &qkv[j * stride..(j + 1) * stride];
+                let k = &mut keys[j * hd..(j + 1) * hd];
+                k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
+                if let Some(w) = layer.k_norm {
+                    rms_norm(k, w, s.eps);
+                }
+                apply_rope(k, j, layer.rope, s);
+                values[j * hd..(j + 1) * hd]
+                    .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
             }
-            apply_rope(k, j, rope, s);
-            values[j * hd..(j + 1) * hd]
-                .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
-        }
-        for h in g * groups..(g + 1) * groups {
-            for i in 0..len {
-                q.copy_from_slice(&qkv[i * stride + h * hd..i * stride + (h + 1) * hd]);
-                if let Some(w) = q_norm {
-                    rms_norm(&mut q, w, s.eps);
-                }
-                apply_rope(&mut q, i, rope, s);
-                let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
-                let mut max = f32::NEG_INFINITY;
-                for j in lo..=i {
-                    let v = dot(&q, &keys[j * hd..(j + 1) * hd]) * s.scale;
-                    scores[j] = v;
-                    max = max.max(v);
-                }
-                let mut sum = 0f32;
-                for v in &mut scores[lo..=i] {
-                    *v = kernels::exp(*v - max);
-                    sum += *v;
-                }
-                acc.fill(0.0);
-                for j in lo..=i {
-                    let p = scores[j] / sum;
-                    for (a, v) in acc.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                        *a += p * v;
+            for h in g * groups..(g + 1) * groups {
+                for i in 0..len {
+                    q.copy_from_slice(&qkv[i * stride + h * hd..i * stride + (h + 1) * hd]);
+                    if let Some(w) = layer.q_norm {
+                        rms_norm(&mut q, w, s.eps);
                     }
+                    apply_rope(&mut q, i, layer.rope, s);
+                    let lo = layer.window.map_or(0, |w| (i + 1).saturating_sub(w));
+                    let mut max = f32::NEG_INFINITY;
+                    for j in lo..=i {
+                        let v = dot(&q, &keys[j * hd..(j + 1) * hd]) * s.scale;
+                        scores[j] = v;
+                        max = max.max(v);
+                    }
+                    let mut sum = 0f32;
+                    for v in &mut scores[lo..=i] {
+                        *v = kernels::exp(*v - max);
+                        sum += *v;
+                    }
+                    acc.fill(0.0);
+                    for j in lo..=i {
+                        let p = scores[j] / sum;
+                        for (a, v) in acc.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
+                            *a += p * v;
+                        }
+                    }
+                    out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd].copy_from_slice(&acc);
                 }
-                out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd].copy_from_slice(&acc);
             }
         }
     }
 }
 
-/// Dot product summed in 16 fixed lanes, then pairwise across lanes (so the result does not depend on
-/// the vector width the code was compiled for).
+/// Dot product summed in 16 fixed lanes, then pairwise across lanes (so the result does not
+/// depend on the vector width the code was compiled for).
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];

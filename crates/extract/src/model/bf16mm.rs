@@ -27,7 +27,6 @@ use super::kernels::multiversion;
 
 const TILE_K: usize = 32; // bf16 values per tile row (64 bytes)
 const BLOCK: usize = 32; // rows of A / columns of B per micro-kernel call (2 x 2 tiles)
-const TILE_BYTES: usize = 1024;
 
 /// A weight matrix (K inputs x N outputs) rounded to bf16, ready for [`matmul`].
 pub(crate) struct PackedBf16 {
@@ -119,24 +118,13 @@ impl PackedBf16 {
         let np = n.div_ceil(BLOCK) * BLOCK;
         let kblocks = kp / TILE_K;
         let mut data = vec![0u16; kp * np];
-        // data[((nb * kblocks + kb) * 2 + half) * 512 + r * 32 + 2 * c + p]
-        //   = w[kb * 32 + 2 * r + p][nb * 32 + half * 16 + c]
-        for (nb, chunk) in data.chunks_mut(kblocks * 2 * 512).enumerate() {
-            for kb in 0..kblocks {
-                for half in 0..2 {
-                    let tile = &mut chunk[(kb * 2 + half) * 512..(kb * 2 + half + 1) * 512];
-                    for r in 0..16 {
-                        for c in 0..16 {
-                            let col = nb * BLOCK + half * 16 + c;
-                            for p in 0..2 {
-                                let row = kb * TILE_K + 2 * r + p;
-                                if row < k && col < n {
-                                    tile[r * 32 + 2 * c + p] = bf16_bits(vals[row * n + col]);
-                                }
-                            }
-                        }
-                    }
-                }
+        for (row, values) in vals.chunks_exact(n).enumerate() {
+            let (kb, r) = (row / TILE_K, row % TILE_K);
+            for (col, v) in values.iter().enumerate() {
+                let (nb, c) = (col / BLOCK, col % BLOCK);
+                // Tile (nb, kb, half c/16); in it, row r/2 holds the pairs (w[2i][c], w[2i+1][c]).
+                let tile = (nb * kblocks + kb) * 2 + c / 16;
+                data[tile * 512 + (r / 2) * TILE_K + 2 * (c % 16) + r % 2] = bf16_bits(*v);
             }
         }
         Ok(PackedBf16 {
@@ -159,14 +147,19 @@ impl PackedBf16 {
         match &self.repr {
             Repr::Dense(w) => {
                 let rounded: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
-                Tensor::from_vec(rounded, (m, k), &Device::Cpu)?
-                    .matmul(w)?
-                    .flatten_all()?
-                    .to_vec1()
+                matmul_f32(&rounded, m, w)
             }
             Repr::Tiles { kp, np, data } => Ok(amx_matmul(x, m, k, *kp, data, *np, self.n)),
         }
     }
+}
+
+/// `x @ w` with candle's f32 matmul, for `x` (M, K) row-major and `w` (K, N).
+pub(crate) fn matmul_f32(x: &[f32], m: usize, w: &Tensor) -> candle_core::Result<Vec<f32>> {
+    Tensor::from_slice(x, (m, w.dims()[0]), &Device::Cpu)?
+        .matmul(w)?
+        .flatten_all()?
+        .to_vec1()
 }
 
 /// The AMX product: A (M, K) f32 row-major, packed B; returns (M, N) f32 row-major.
@@ -380,8 +373,6 @@ unsafe fn tile_block(a: *const u16, b: *const u16, kblocks: usize, c: *mut f32, 
 unsafe fn tile_block(_: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize) {
     unreachable!("AMX is x86_64 only; amx_available() is false elsewhere")
 }
-
-const _: () = assert!(TILE_BYTES == 16 * 64);
 
 #[cfg(test)]
 mod tests {

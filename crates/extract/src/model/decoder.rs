@@ -20,8 +20,8 @@ use llmembed_core::{Error, Result};
 
 use rayon::prelude::*;
 
-use super::attention::{AttentionShape, Rope, attend};
-use super::bf16mm::PackedBf16;
+use super::attention::{AttentionShape, LayerAttention, Rope, attend};
+use super::bf16mm::{self, PackedBf16};
 use super::kernels;
 use super::tokenizer::DecoderTokenizer;
 use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
@@ -43,14 +43,6 @@ pub(crate) enum RopeStyle {
     Halves,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NormKind {
-    /// RMSNorm computed in f32 (llama, qwen, gemma).
-    Rms,
-    /// LayerNorm with weight and bias (phi).
-    Layer,
-}
-
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub arch: &'static str,
@@ -67,7 +59,6 @@ pub(crate) struct Config {
     pub rope_style: RopeStyle,
     /// Leading dims of each head that RoPE rotates (= head_dim except phi's partial rotary).
     pub rotary_dim: usize,
-    pub norm: NormKind,
     /// Phi: `x + attn(ln(x)) + mlp(ln(x))` with one norm, instead of two residual steps.
     pub parallel_block: bool,
     pub attn_scale: f64,
@@ -77,18 +68,25 @@ pub(crate) struct Config {
     pub context_length: usize,
 }
 
-/// A norm's parameters; the kind is the model's (`Config::norm`).
-pub(crate) struct Norm {
-    pub weight: Vec<f32>,
-    /// LayerNorm only.
-    pub bias: Option<Vec<f32>>,
+/// A norm and its parameters.
+pub(crate) enum Norm {
+    /// RMSNorm computed in f32 (llama, qwen, gemma).
+    Rms { weight: Vec<f32> },
+    /// LayerNorm with weight and bias (phi).
+    Layer { weight: Vec<f32>, bias: Vec<f32> },
 }
 
 impl Norm {
-    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Norm> {
-        Ok(Norm {
+    pub fn rms(weight: &Tensor) -> Result<Norm> {
+        Ok(Norm::Rms {
             weight: vector(weight)?,
-            bias: bias.map(vector).transpose()?,
+        })
+    }
+
+    pub fn layer(weight: &Tensor, bias: &Tensor) -> Result<Norm> {
+        Ok(Norm::Layer {
+            weight: vector(weight)?,
+            bias: vector(bias)?,
         })
     }
 }
@@ -125,13 +123,27 @@ impl Weight {
 }
 
 impl Linear {
+    /// A dense layer from (out, in) weights as PyTorch stores them, fused along `out` (q, k, v
+    /// into one product; gate and up into another), with their biases fused the same way.
+    pub fn new(ws: &[Tensor], bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
+        let w = Tensor::cat(ws, 0)
+            .and_then(|w| w.t())
+            .and_then(|w| w.contiguous())
+            .and_then(|w| w.to_dtype(DType::F32))
+            .map_err(cerr("fuse and transpose weights"))?;
+        let b = bs
+            .map(|bs| Tensor::cat(bs, 0).map_err(cerr("fuse biases")))
+            .transpose()?;
+        Ok(Linear {
+            w: Weight::new(w, compute)?,
+            b: b.as_ref().map(vector).transpose()?,
+        })
+    }
+
     /// `x` is (rows, in) row-major; returns (rows, out).
     fn forward(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
         let mut y = match &self.w {
-            Weight::F32(w) => {
-                let x = Tensor::from_slice(x, (rows, x.len() / rows.max(1)), &Device::Cpu)?;
-                x.matmul(w)?.flatten_all()?.to_vec1()?
-            }
+            Weight::F32(w) => bf16mm::matmul_f32(x, rows, w)?,
             Weight::Bf16(w) => w.matmul(x, rows)?,
         };
         if let Some(b) = &self.b {
@@ -204,42 +216,12 @@ fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
     move |e| Error::compute(op, e)
 }
 
-/// `ws` are (out, in) as PyTorch stores them, fused along `out`; returns the (in, sum of out)
-/// matrix in f32.
-pub(crate) fn linear_t(ws: &[Tensor]) -> Result<Tensor> {
-    let w = if ws.len() == 1 {
-        ws[0].clone()
-    } else {
-        Tensor::cat(ws, 0).map_err(cerr("fuse projection weights"))?
-    };
-    w.t()
-        .and_then(|t| t.contiguous())
-        .and_then(|t| t.to_dtype(DType::F32))
-        .map_err(cerr("transpose weight"))
-}
-
-/// A bias-free dense layer from (out, in) weights fused along `out`.
-pub(crate) fn linear(ws: &[Tensor], compute: ComputeDtype) -> Result<Linear> {
-    Ok(Linear {
-        w: Weight::new(linear_t(ws)?, compute)?,
-        b: None,
-    })
-}
-
-/// Biases fused like their weights (f32).
-pub(crate) fn bias(bs: &[Tensor]) -> Result<Vec<f32>> {
-    vector(&Tensor::cat(bs, 0).map_err(cerr("fuse biases"))?)
-}
-
 impl Decoder {
     fn norm(&self, x: &[f32], n: &Norm) -> Vec<f32> {
         let eps = self.cfg.eps as f32;
-        match (self.cfg.norm, &n.bias) {
-            (NormKind::Rms, _) => kernels::rms_norm(x, &n.weight, eps),
-            (NormKind::Layer, Some(b)) => kernels::layer_norm(x, &n.weight, b, eps),
-            (NormKind::Layer, None) => {
-                kernels::layer_norm(x, &n.weight, &vec![0.0; n.weight.len()], eps)
-            }
+        match n {
+            Norm::Rms { weight } => kernels::rms_norm(x, weight, eps),
+            Norm::Layer { weight, bias } => kernels::layer_norm(x, weight, bias, eps),
         }
     }
 
@@ -262,21 +244,20 @@ impl Decoder {
         blk: &Block,
         h: &[f32],
         lens: &[usize],
+        shape: &AttentionShape,
         rope: &Rope,
         window: Option<usize>,
     ) -> Result<Vec<f32>> {
         let e = cerr("attention");
-        let rows = lens.iter().sum();
+        let rows = h.len() / self.cfg.hidden;
         let qkv = blk.qkv.forward(h, rows).map_err(&e)?;
-        let out = attend(
-            &self.attention_shape(),
-            &qkv,
-            lens,
+        let layer = LayerAttention {
             rope,
             window,
-            blk.q_norm.as_deref(),
-            blk.k_norm.as_deref(),
-        );
+            q_norm: blk.q_norm.as_deref(),
+            k_norm: blk.k_norm.as_deref(),
+        };
+        let out = attend(shape, &layer, &qkv, lens);
         blk.o.forward(&out, rows).map_err(&e)
     }
 
@@ -297,12 +278,18 @@ impl Decoder {
         }
     }
 
-    /// Runs the blocks up to the deepest tap over the batch's tokens packed row after row (no
-    /// padding); returns per tap the pooled (batch, hidden) vectors, row-major. States are
-    /// pooled as soon as they are produced, so no layer's full states are kept.
-    fn forward(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+    /// Runs the blocks up to `deepest` (the deepest tap, from `check_taps`) over the batch's
+    /// tokens packed row after row (no padding); returns per tap the pooled (batch, hidden)
+    /// vectors, row-major. States are pooled as soon as they are produced, so no layer's full
+    /// states are kept.
+    fn forward(
+        &self,
+        batch: &[&[u32]],
+        taps: &[Tap],
+        pooling: Pooling,
+        deepest: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
-        let deepest = check_taps(taps, Pooling::Mean, c.n_layers, c.arch)?;
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let t = *lens.iter().max().unwrap_or(&0);
         if let Some(i) = lens.iter().position(|&l| l == 0) {
@@ -368,6 +355,7 @@ impl Decoder {
             }
         }
 
+        let shape = self.attention_shape();
         for (l, blk) in self.blocks.iter().enumerate().take(deepest) {
             let rope = &ropes
                 .iter()
@@ -375,7 +363,7 @@ impl Decoder {
                 .expect("rope")
                 .1;
             let h = self.norm(&x, &blk.attn_norm);
-            let mut a = self.attention(blk, &h, &lens, rope, c.window[l])?;
+            let mut a = self.attention(blk, &h, &lens, &shape, rope, c.window[l])?;
             if let Some(n) = &blk.post_attn_norm {
                 a = self.norm(&a, n);
             }
@@ -468,11 +456,11 @@ impl Embedder for Decoder {
     }
 
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
-        check_taps(taps, pooling, self.cfg.n_layers, self.cfg.arch)?;
+        let deepest = check_taps(taps, pooling, self.cfg.n_layers, self.cfg.arch)?;
         if batch.is_empty() {
             return Ok(vec![Vec::new(); taps.len()]);
         }
-        self.forward(batch, taps, pooling)
+        self.forward(batch, taps, pooling, deepest)
     }
 
     fn describe(&self) -> String {
@@ -512,8 +500,8 @@ impl Embedder for Decoder {
                 if c.rotary_dim != c.head_dim {
                     x += &format!(",rotary_dim={}", c.rotary_dim);
                 }
-                if c.norm != NormKind::Rms {
-                    x += &format!(",norm={:?}", c.norm);
+                if matches!(self.final_norm, Norm::Layer { .. }) {
+                    x += ",norm=Layer";
                 }
                 if c.parallel_block {
                     x += ",parallel_block";

@@ -12,7 +12,7 @@ use llmembed_core::Result;
 
 use super::LoadSpec;
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Mlp, Norm, NormKind, RopeStyle, linear, vector,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
 };
 use super::gguf::GgufFile;
 use super::tokenizer::DecoderTokenizer;
@@ -46,21 +46,21 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     for l in 0..n_layers {
         let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
         blocks.push(Block {
-            attn_norm: Norm::new(&t("attn_norm")?, None)?,
-            qkv: linear(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], compute)?,
+            attn_norm: Norm::rms(&t("attn_norm")?)?,
+            qkv: Linear::new(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], None, compute)?,
             q_norm: Some(vector(&t("attn_q_norm")?)?),
             k_norm: Some(vector(&t("attn_k_norm")?)?),
-            o: linear(&[t("attn_output")?], compute)?,
-            post_attn_norm: Some(Norm::new(&t("post_attention_norm")?, None)?),
-            ffn_norm: Some(Norm::new(&t("ffn_norm")?, None)?),
+            o: Linear::new(&[t("attn_output")?], None, compute)?,
+            post_attn_norm: Some(Norm::rms(&t("post_attention_norm")?)?),
+            ffn_norm: Some(Norm::rms(&t("ffn_norm")?)?),
             mlp: Mlp::Gated {
-                gate_up: linear(&[t("ffn_gate")?, t("ffn_up")?], compute)?,
-                down: linear(&[t("ffn_down")?], compute)?,
+                gate_up: Linear::new(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
+                down: Linear::new(&[t("ffn_down")?], None, compute)?,
             },
-            post_ffn_norm: Some(Norm::new(&t("post_ffw_norm")?, None)?),
+            post_ffn_norm: Some(Norm::rms(&t("post_ffw_norm")?)?),
         });
     }
-    let final_norm = Norm::new(&f.tensor_f32("output_norm.weight")?, None)?;
+    let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
         arch: "gemma3",
         hidden,
@@ -73,7 +73,6 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         embed_scale: Some((hidden as f32).sqrt()),
         activation: Activation::GeluTanh,
         rotary_dim: head_dim,
-        norm: NormKind::Rms,
         parallel_block: false,
         rope_style: RopeStyle::Halves,
         attn_scale,

@@ -24,8 +24,7 @@ use serde_json::Value;
 
 use super::LoadSpec;
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, NormKind, RopeStyle, Weight,
-    bias, linear_t, vector,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
 };
 use super::tokenizer::DecoderTokenizer;
 
@@ -286,32 +285,23 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         w.st.get(&format!("{}embed_tokens.weight", w.prefix))
             .map(|v| format!("{:?}", v.dtype()))
             .map_err(|e| Error::compute("read safetensors tensor", format!("{}: {e}", w.files)))?;
-    let with_bias = |names: &[&str], on: bool| -> Result<Linear> {
-        let ws = names
+    let all = |names: &[&str], what: &str| -> Result<Vec<Tensor>> {
+        names
             .iter()
-            .map(|n| w.get(&format!("{n}.weight")))
-            .collect::<Result<Vec<_>>>()?;
-        let b = if on {
-            let bs = names
-                .iter()
-                .map(|n| w.get(&format!("{n}.bias")))
-                .collect::<Result<Vec<_>>>()?;
-            Some(bias(&bs)?)
-        } else {
-            None
-        };
-        Ok(Linear {
-            w: Weight::new(linear_t(&ws)?, compute)?,
-            b,
-        })
+            .map(|n| w.get(&format!("{n}.{what}")))
+            .collect()
+    };
+    let with_bias = |names: &[&str], on: bool| -> Result<Linear> {
+        let bs = if on { Some(all(names, "bias")?) } else { None };
+        Linear::new(&all(names, "weight")?, bs.as_deref(), compute)
     };
     let norm = |name: &str| -> Result<Norm> {
-        let bias = if is_phi {
-            Some(w.get(&format!("{name}.bias"))?)
+        let weight = w.get(&format!("{name}.weight"))?;
+        if is_phi {
+            Norm::layer(&weight, &w.get(&format!("{name}.bias"))?)
         } else {
-            None
-        };
-        Norm::new(&w.get(&format!("{name}.weight"))?, bias.as_ref())
+            Norm::rms(&weight)
+        }
     };
     let qkv_bias = match arch {
         "qwen2" | "phi" => true,
@@ -397,11 +387,6 @@ pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
         activation,
         rope_style: RopeStyle::Halves,
         rotary_dim,
-        norm: if is_phi {
-            NormKind::Layer
-        } else {
-            NormKind::Rms
-        },
         parallel_block: is_phi,
         attn_scale: 1.0 / (head_dim as f64).sqrt(),
         rope_theta: vec![theta; c.num_hidden_layers],

@@ -5,7 +5,7 @@ use llmembed_core::{Error, Result};
 
 use super::LoadSpec;
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Mlp, Norm, NormKind, RopeStyle, linear,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle,
 };
 use super::gguf::GgufFile;
 use super::tokenizer::DecoderTokenizer;
@@ -57,21 +57,21 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     for l in 0..n_layers {
         let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
         blocks.push(Block {
-            attn_norm: Norm::new(&t("attn_norm")?, None)?,
-            qkv: linear(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], compute)?,
+            attn_norm: Norm::rms(&t("attn_norm")?)?,
+            qkv: Linear::new(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], None, compute)?,
             q_norm: None,
             k_norm: None,
-            o: linear(&[t("attn_output")?], compute)?,
+            o: Linear::new(&[t("attn_output")?], None, compute)?,
             post_attn_norm: None,
-            ffn_norm: Some(Norm::new(&t("ffn_norm")?, None)?),
+            ffn_norm: Some(Norm::rms(&t("ffn_norm")?)?),
             mlp: Mlp::Gated {
-                gate_up: linear(&[t("ffn_gate")?, t("ffn_up")?], compute)?,
-                down: linear(&[t("ffn_down")?], compute)?,
+                gate_up: Linear::new(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
+                down: Linear::new(&[t("ffn_down")?], None, compute)?,
             },
             post_ffn_norm: None,
         });
     }
-    let final_norm = Norm::new(&f.tensor_f32("output_norm.weight")?, None)?;
+    let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
         arch: "llama",
         hidden,
@@ -84,7 +84,6 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         embed_scale: None,
         activation: Activation::Silu,
         rotary_dim: head_dim,
-        norm: NormKind::Rms,
         parallel_block: false,
         rope_style: RopeStyle::Interleaved,
         attn_scale: 1.0 / (head_dim as f64).sqrt(),

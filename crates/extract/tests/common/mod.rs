@@ -155,3 +155,24 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Lays out a hub cache as huggingface_hub does: `models--org--name/refs/main` naming `commit`,
+/// blobs named by etag, snapshot files symlinked to them; `files` are copied (hard-linked when
+/// possible) from `src`. Returns `root`, the cache folder to give as `cache_dir`.
+pub fn hub_cache(root: &Path, repo: &str, commit: &str, src: &Path, files: &[&str]) -> PathBuf {
+    let repo = root.join(format!("models--{}", repo.replace('/', "--")));
+    let snap = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for f in files {
+        let etag = blake3::hash(f.as_bytes()).to_hex().to_string();
+        let blob = repo.join("blobs").join(&etag);
+        if std::fs::hard_link(src.join(f), &blob).is_err() {
+            std::fs::copy(src.join(f), &blob).unwrap();
+        }
+        std::os::unix::fs::symlink(format!("../../blobs/{etag}"), snap.join(f)).unwrap();
+    }
+    root.to_path_buf()
+}
