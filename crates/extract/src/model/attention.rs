@@ -90,10 +90,14 @@ pub(crate) fn attend(
     out
 }
 
+/// Keys per score block: one AVX-512 vector of scores.
+const KEY_BLOCK: usize = 16;
+
 multiversion! {
     /// One sequence's attention (`qkv` and `out` are its rows), compiled for AVX-512 where the
-    /// CPU has it (same arithmetic, wider lanes; sums are kept in 16 fixed lanes whatever the
-    /// vector width).
+    /// CPU has it. Each kv head's keys are stored transposed (head_dim, keys) so that the scores
+    /// of 16 keys come out of one pass over the query with no horizontal sums; every score is
+    /// summed over the head dims in order, so the result does not depend on the vector width.
     fn attend_sequence(
         s: &AttentionShape,
         layer: &LayerAttention,
@@ -106,20 +110,24 @@ multiversion! {
         let kv_dim = s.n_kv_heads * hd;
         let stride = q_dim + 2 * kv_dim;
         let groups = s.n_heads / s.n_kv_heads;
-        let mut keys = vec![0f32; len * hd];
+        // Keys padded to whole blocks; the padding columns stay zero and their scores unused.
+        let padded = len.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let mut keys_t = vec![0f32; hd * padded];
         let mut values = vec![0f32; len * hd];
+        let mut k = vec![0f32; hd];
         let mut q = vec![0f32; hd];
-        let mut scores = vec![0f32; len];
-        let mut acc = vec![0f32; hd];
+        let mut scores = vec![0f32; padded];
         for g in 0..s.n_kv_heads {
             for j in 0..len {
                 let row = &qkv[j * stride..(j + 1) * stride];
-                let k = &mut keys[j * hd..(j + 1) * hd];
                 k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
                 if let Some(w) = layer.k_norm {
-                    rms_norm(k, w, s.eps);
+                    rms_norm(&mut k, w, s.eps);
                 }
-                apply_rope(k, j, layer.rope, s);
+                apply_rope(&mut k, j, layer.rope, s);
+                for (d, &v) in k.iter().enumerate() {
+                    keys_t[d * padded + j] = v;
+                }
                 values[j * hd..(j + 1) * hd]
                     .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
             }
@@ -131,29 +139,116 @@ multiversion! {
                     }
                     apply_rope(&mut q, i, layer.rope, s);
                     let lo = layer.window.map_or(0, |w| (i + 1).saturating_sub(w));
-                    let mut max = f32::NEG_INFINITY;
-                    for j in lo..=i {
-                        let v = dot(&q, &keys[j * hd..(j + 1) * hd]) * s.scale;
-                        scores[j] = v;
-                        max = max.max(v);
-                    }
-                    let mut sum = 0f32;
-                    for v in &mut scores[lo..=i] {
-                        *v = kernels::exp(*v - max);
-                        sum += *v;
-                    }
-                    acc.fill(0.0);
-                    for j in lo..=i {
-                        let p = scores[j] / sum;
-                        for (a, v) in acc.iter_mut().zip(&values[j * hd..(j + 1) * hd]) {
-                            *a += p * v;
+                    // Whole blocks from the one holding `lo` to the one holding `i`, four at a
+                    // time (four independent sums keep the adders busy).
+                    let mut j0 = lo / KEY_BLOCK * KEY_BLOCK;
+                    let end = (i + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+                    while j0 < end {
+                        match (end - j0) / KEY_BLOCK {
+                            1 => score_blocks::<1>(&q, s.scale, &keys_t, padded, j0, &mut scores),
+                            2 => score_blocks::<2>(&q, s.scale, &keys_t, padded, j0, &mut scores),
+                            3 => score_blocks::<3>(&q, s.scale, &keys_t, padded, j0, &mut scores),
+                            _ => score_blocks::<4>(&q, s.scale, &keys_t, padded, j0, &mut scores),
                         }
+                        j0 += 4 * KEY_BLOCK;
                     }
-                    out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd].copy_from_slice(&acc);
+                    let live = &mut scores[lo..=i];
+                    let max = max16(live);
+                    for v in live.iter_mut() {
+                        *v = kernels::exp(*v - max);
+                    }
+                    let sum = sum16(live);
+                    for v in live.iter_mut() {
+                        *v /= sum;
+                    }
+                    let o = &mut out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+                    weighted_values(live, &values[lo * hd..(i + 1) * hd], o);
                 }
             }
         }
     }
+}
+
+/// Scores `scale * (q . k_j)` of the `N * KEY_BLOCK` keys from `j0` into `scores[j0..]`; `keys_t` is
+/// (head_dim, padded) and every block is whole.
+#[inline(always)]
+fn score_blocks<const N: usize>(
+    q: &[f32],
+    scale: f32,
+    keys_t: &[f32],
+    padded: usize,
+    j0: usize,
+    scores: &mut [f32],
+) {
+    let width = N * KEY_BLOCK;
+    let mut acc = [0f32; 4 * KEY_BLOCK];
+    for (d, &qd) in q.iter().enumerate() {
+        let keys = &keys_t[d * padded + j0..d * padded + j0 + width];
+        for (a, k) in acc[..width].iter_mut().zip(keys) {
+            *a += qd * k;
+        }
+    }
+    for (dst, a) in scores[j0..j0 + width].iter_mut().zip(&acc) {
+        *dst = a * scale;
+    }
+}
+
+/// Head dims per pass of [`weighted_values`]: four AVX-512 accumulators kept in registers.
+const VALUE_CHUNK: usize = 64;
+
+/// `out = sum_j p_j * v_j` over the rows of `values` (one per weight), accumulated in key order,
+/// [`VALUE_CHUNK`] head dims at a time so that the sums stay in registers.
+#[inline(always)]
+fn weighted_values(weights: &[f32], values: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    let mut d0 = 0;
+    while d0 + VALUE_CHUNK <= hd {
+        let mut acc = [[0f32; 16]; VALUE_CHUNK / 16];
+        for (&p, v) in weights.iter().zip(values.chunks_exact(hd)) {
+            for (a, v) in acc.iter_mut().zip(v[d0..d0 + VALUE_CHUNK].chunks_exact(16)) {
+                for l in 0..16 {
+                    a[l] += p * v[l];
+                }
+            }
+        }
+        out[d0..d0 + VALUE_CHUNK].copy_from_slice(acc.as_flattened());
+        d0 += VALUE_CHUNK;
+    }
+    if d0 < hd {
+        let tail = &mut out[d0..];
+        tail.fill(0.0);
+        for (&p, v) in weights.iter().zip(values.chunks_exact(hd)) {
+            for (a, v) in tail.iter_mut().zip(&v[d0..]) {
+                *a += p * v;
+            }
+        }
+    }
+}
+
+/// Maximum in 16 fixed lanes (scores are finite).
+#[inline(always)]
+fn max16(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    for c in x.chunks(16) {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    lanes
+        .into_iter()
+        .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
+}
+
+/// Sum in 16 fixed lanes, then pairwise across lanes (the same result at any vector width).
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for c in x.chunks(16) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    fold_lanes(lanes)
 }
 
 /// Dot product summed in 16 fixed lanes, then pairwise across lanes (so the result does not
@@ -171,7 +266,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (l, (x, y)) in ar.iter().zip(br).enumerate() {
         lanes[l] += x * y;
     }
-    // Pairwise across lanes, in a fixed order (vector shuffles, not a chain of 15 adds).
+    fold_lanes(lanes)
+}
+
+/// Pairwise across lanes, in a fixed order (vector shuffles, not a chain of 15 adds).
+#[inline(always)]
+fn fold_lanes(mut lanes: [f32; 16]) -> f32 {
     let mut width = 8;
     while width > 0 {
         for l in 0..width {

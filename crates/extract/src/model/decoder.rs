@@ -496,7 +496,7 @@ impl Embedder for Decoder {
             extra = {
                 // The forward's arithmetic (packed rows, the fused kernels); then what only
                 // some architectures have.
-                let mut x = String::from(",engine=packed-rows-v2");
+                let mut x = String::from(",engine=packed-rows-v3");
                 if c.rotary_dim != c.head_dim {
                     x += &format!(",rotary_dim={}", c.rotary_dim);
                 }
