@@ -21,7 +21,8 @@ use llmembed_core::{Error, Result};
 use rayon::prelude::*;
 
 use super::attention::{AttentionShape, LayerAttention, Rope, attend};
-use super::bf16mm::{self, PackedBf16};
+use super::bf16mm::PackedBf16;
+use super::f32mm::PackedF32;
 use super::kernels;
 use super::tokenizer::DecoderTokenizer;
 use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
@@ -106,8 +107,8 @@ pub(crate) struct Linear {
 }
 
 pub(crate) enum Weight {
-    /// (in, out) f32, candle's matmul.
-    F32(Tensor),
+    /// f32, packed for `f32mm` (`compute: f32`).
+    F32(PackedF32),
     /// Rounded to bf16 and packed for `bf16mm` (`compute: bf16`).
     Bf16(PackedBf16),
 }
@@ -116,7 +117,7 @@ impl Weight {
     /// `w` is (in, out) f32.
     pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
         Ok(match compute {
-            ComputeDtype::F32 => Weight::F32(w),
+            ComputeDtype::F32 => Weight::F32(PackedF32::new(w)?),
             ComputeDtype::Bf16 => Weight::Bf16(PackedBf16::new(&w)?),
         })
     }
@@ -143,7 +144,7 @@ impl Linear {
     /// `x` is (rows, in) row-major; returns (rows, out).
     fn forward(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
         let mut y = match &self.w {
-            Weight::F32(w) => bf16mm::matmul_f32(x, rows, w)?,
+            Weight::F32(w) => w.matmul(x, rows)?,
             Weight::Bf16(w) => w.matmul(x, rows)?,
         };
         if let Some(b) = &self.b {

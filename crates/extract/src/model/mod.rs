@@ -19,6 +19,7 @@ use llmembed_core::{Error, Result};
 pub(crate) mod attention;
 pub(crate) mod bf16mm;
 pub(crate) mod decoder;
+pub(crate) mod f32mm;
 pub(crate) mod gemma3;
 pub(crate) mod gguf;
 pub(crate) mod hf;
