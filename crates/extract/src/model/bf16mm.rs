@@ -178,11 +178,18 @@ fn amx_matmul(
     // A in bf16, laid out in tiles like B (per 32-row block, per 32 inputs: two 16-row tiles),
     // so that the kernel reads both operands as sequential streams; padding rows and columns
     // are zeros.
-    let mut ab = vec![0u16; mp * kp];
+    let mut ab: Vec<MaybeUninit<u16>> = Vec::with_capacity(mp * kp);
+    // SAFETY: MaybeUninit needs no initialisation; pack_rows writes every element.
+    unsafe { ab.set_len(mp * kp) };
     ab.par_chunks_mut(block).enumerate().for_each(|(mb, dst)| {
         let rows = m.saturating_sub(mb * BLOCK).min(BLOCK);
         pack_rows(&a[mb * BLOCK * k..(mb * BLOCK + rows) * k], k, kblocks, dst);
     });
+    // SAFETY: every element was written by pack_rows.
+    let ab: Vec<u16> = unsafe {
+        let mut ab = std::mem::ManuallyDrop::new(ab);
+        Vec::from_raw_parts(ab.as_mut_ptr().cast(), ab.len(), ab.capacity())
+    };
     // Every element of C is written by exactly one tile store below.
     let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(mp * np);
     // SAFETY: MaybeUninit needs no initialisation.
@@ -234,17 +241,25 @@ fn amx_matmul(
 }
 
 multiversion! {
-    /// Rounds up to 32 rows of `k` f32 into one 32-row block of A tiles (`dst`, zeroed).
-    fn pack_rows(src: &[f32], k: usize, kblocks: usize, dst: &mut [u16]) {
-        for (r, row) in src.chunks_exact(k).enumerate() {
+    /// Rounds up to 32 rows of `k` f32 into one 32-row block of A tiles (`dst`), writing every
+    /// element: the padding rows and columns get zeros.
+    fn pack_rows(src: &[f32], k: usize, kblocks: usize, dst: &mut [MaybeUninit<u16>]) {
+        let rows = src.len() / k;
+        for r in 0..BLOCK {
             let (half, rr) = (r / 16, r % 16);
             for kb in 0..kblocks {
-                let from = kb * TILE_K;
-                let to = (from + TILE_K).min(k);
                 let at = ((kb * 2 + half) * 16 + rr) * TILE_K;
-                for (d, s) in dst[at..at + (to - from)].iter_mut().zip(&row[from..to]) {
-                    *d = bf16_bits(*s);
+                let tile_row = &mut dst[at..at + TILE_K];
+                let from = (kb * TILE_K).min(k);
+                let to = (from + TILE_K).min(k);
+                let live = if r < rows { to - from } else { 0 };
+                if live > 0 {
+                    let row = &src[r * k + from..r * k + to];
+                    for (d, s) in tile_row[..live].iter_mut().zip(row) {
+                        *d = MaybeUninit::new(bf16_bits(*s));
+                    }
                 }
+                tile_row[live..].fill(MaybeUninit::new(0));
             }
         }
     }
