@@ -43,7 +43,7 @@ fn default_c() -> f64 {
 ///   layers: all          # or a list of indices: [0, 4, 8, 12, 16]; default all
 ///   c: 1.0               # scikit-learn's C for every layer; default 1.0
 ///   folds: 5             # stratified k-fold CV on train rows (seeded); default 5
-///   solver: linfa        # as logreg: linfa (default, exact fallback) | lbfgs
+///   solver: lbfgs        # as logreg: lbfgs (default) | linfa (exact fallback)
 ///   tol: 1.0e-4          # as logreg
 ///   max_iterations: 1000 # as logreg
 /// ```

@@ -482,13 +482,24 @@ fn logreg_reports_non_convergence_instead_of_hiding_it() {
         column: Some("bow".into()),
         c: Some(100.0),
         max_iterations: 2,
+        solver: LogRegSolver::Linfa,
         ..LogRegParams::default()
     };
-    let out = run_stage::<LogReg>(&params, &[input], 1).unwrap();
+    let out = run_stage::<LogReg>(&params, std::slice::from_ref(&input), 1).unwrap();
     let m = model_json(out.path());
     assert_eq!(m["converged"], false, "{m}");
     assert!(m["gradient_norm"].as_f64().unwrap() > m["gradient_tolerance"].as_f64().unwrap());
     assert_eq!(m["solver"], "linfa+exact-lbfgs");
+    assert_eq!(m["fallback_iterations"], 2);
+    // The default solver says the same.
+    let params = LogRegParams {
+        solver: LogRegSolver::default(),
+        ..params
+    };
+    let out = run_stage::<LogReg>(&params, &[input], 1).unwrap();
+    let m = model_json(out.path());
+    assert_eq!(m["converged"], false, "{m}");
+    assert_eq!(m["solver"], "exact-lbfgs");
     assert_eq!(m["fallback_iterations"], 2);
 }
 
@@ -526,30 +537,6 @@ fn bench_logreg_converges_weakly_and_strongly_regularised() {
             "{e:?} vs {r:?}"
         );
     }
-}
-
-/// `LLMEMBED_BENCH_DIR=/tmp/classify_bench LLMEMBED_BENCH_COLUMN=proj LLMEMBED_BENCH_C=1 cargo test
-/// --release -p llmembed-classify -- --ignored bench_logreg_on_files --nocapture`: one JSON line,
-/// to compare with `scripts/reference/sklearn_logreg.py` on the same files.
-#[test]
-#[ignore = "benchmark; needs LLMEMBED_BENCH_DIR"]
-fn bench_logreg_on_files() {
-    let dir = PathBuf::from(std::env::var("LLMEMBED_BENCH_DIR").expect("LLMEMBED_BENCH_DIR"));
-    let column = std::env::var("LLMEMBED_BENCH_COLUMN").unwrap_or_else(|_| "embedding".into());
-    let c: f64 = std::env::var("LLMEMBED_BENCH_C").map_or(1.0, |v| v.parse().unwrap());
-    let solver: LogRegSolver = serde_json::from_value(serde_json::Value::String(
-        std::env::var("LLMEMBED_BENCH_SOLVER").unwrap_or_else(|_| "linfa".into()),
-    ))
-    .unwrap();
-    let r = bench_logreg_with_solver(
-        &dir.join("train.parquet"),
-        &dir.join("test.parquet"),
-        &column,
-        c,
-        solver,
-    )
-    .unwrap();
-    println!("{}", serde_json::to_string(&r).unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------
