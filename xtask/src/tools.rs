@@ -96,13 +96,18 @@ pub fn bench_logreg(
         "1.00x"
     );
     for solver in [
-        llmembed_classify::LogRegSolver::Linfa,
         llmembed_classify::LogRegSolver::Lbfgs,
+        llmembed_classify::LogRegSolver::Linfa,
     ] {
         let r = llmembed_classify::bench_logreg_with_solver(&train, &test, column, c, solver)?;
+        let default = if solver == llmembed_classify::LogRegSolver::default() {
+            " (default)"
+        } else {
+            ""
+        };
         println!(
             "{:<28} {:>9.3} {:>10.4} {:>8.2}x  (time ratio; accuracy {:+.2} points)",
-            format!("rust {}", r.solver),
+            format!("rust {}{default}", r.solver),
             r.fit_seconds,
             r.accuracy,
             r.fit_seconds / sk_seconds,

@@ -141,7 +141,7 @@ pub enum LogRegSolver {
     /// The exact-objective L-BFGS alone, from zero: the same minimiser at scikit-learn's speed or
     /// better. The default: linfa computes the loss and the gradient in separate passes over the
     /// data (three matrix products per evaluation, where one pass needs two) and its More-Thuente
-    /// L-BFGS spends about three times scipy's evaluations, so it fits 1.5-2.7x slower than
+    /// L-BFGS spends about three times scipy's evaluations, so it fits 2-2.4x slower than
     /// scikit-learn on the AG News features (README, "Logistic regression speed").
     #[default]
     Lbfgs,

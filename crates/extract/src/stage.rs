@@ -135,7 +135,7 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
 
 impl Stage for Extract {
     const KIND: &'static str = "extract";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::Exactly(1);
     type Params = ExtractParams;
 
