@@ -125,11 +125,15 @@ fn panel_matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> 
                 let depth = (k - k0).min(DEPTH);
                 // The band's slice of A, interleaved per micro block (input-major, MICRO_ROWS
                 // values per input), so that the kernel reads it as one sequential stream.
-                for (r, row) in a_band.chunks_exact(k).enumerate() {
-                    let (mb, rr) = (r / MICRO_ROWS, r % MICRO_ROWS);
-                    let dst = &mut a_packed[mb * MICRO_ROWS * depth..(mb + 1) * MICRO_ROWS * depth];
-                    for (i, &v) in row[k0..k0 + depth].iter().enumerate() {
-                        dst[i * MICRO_ROWS + rr] = v;
+                for (rows_in, dst) in a_band
+                    .chunks(MICRO_ROWS * k)
+                    .zip(a_packed.chunks_exact_mut(MICRO_ROWS * depth))
+                {
+                    for (rr, row) in rows_in.chunks_exact(k).enumerate() {
+                        let row = &row[k0..k0 + depth];
+                        for (d, &v) in dst.iter_mut().skip(rr).step_by(MICRO_ROWS).zip(row) {
+                            *d = v;
+                        }
                     }
                 }
                 for p in 0..n.div_ceil(PANEL) {
