@@ -233,6 +233,24 @@ impl Standardizer {
         out
     }
 
+    /// As [`Standardizer::apply_f64`], column after column (column-major).
+    pub fn apply_f64_columns(&self, split: &Split) -> Vec<f64> {
+        let n = split.rows();
+        let mut out = vec![0f64; split.x.len()];
+        for i in 0..n {
+            for (j, ((&v, m), s)) in split
+                .row(i)
+                .iter()
+                .zip(&self.mean)
+                .zip(&self.scale)
+                .enumerate()
+            {
+                out[j * n + i] = (v as f64 - m) / s;
+            }
+        }
+        out
+    }
+
     pub fn apply_f32(&self, split: &Split) -> Vec<f32> {
         self.apply_f64(split)
             .into_iter()
@@ -342,5 +360,7 @@ mod tests {
         assert_eq!(st.mean, vec![2.0, 5.0]);
         assert_eq!(st.scale, vec![1.0, 1.0]);
         assert_eq!(st.apply_f64(&s), vec![-1.0, 0.0, 1.0, 0.0]);
+        // The same values, column after column.
+        assert_eq!(st.apply_f64_columns(&s), vec![-1.0, 1.0, 0.0, 0.0]);
     }
 }
