@@ -89,14 +89,12 @@ fn embedding(vb: &VarBuilder, n: usize, dim: usize, name: &str) -> Result<Embedd
         .map_err(|e| Error::compute("load bert weights", format!("{name}: {e}")))
 }
 
-/// Loads a BERT checkpoint: `spec.weights` is the `.safetensors` file, `spec.config` and
-/// `spec.tokenizer` default to `config.json` / `tokenizer.json` next to it.
-pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
+/// Loads a BERT checkpoint: `spec.weights` is the `.safetensors` file, `config` its parsed
+/// `config.json` (`spec.config_path()`), `spec.tokenizer` defaults to `tokenizer.json` next to it.
+pub fn load(spec: &LoadSpec, config: serde_json::Value) -> Result<Box<dyn Embedder>> {
     let config_path = spec.config_path();
     let tok_path = spec.tokenizer_path();
-    let raw = std::fs::read_to_string(&config_path)
-        .map_err(|e| Error::io("read model config", &config_path, e))?;
-    let config: Config = serde_json::from_str(&raw)
+    let config: Config = serde_json::from_value(config)
         .map_err(|e| Error::schema(&config_path, "config", format!("not a BERT config: {e}")))?;
     if let Some(t) = &config.position_embedding_type
         && t != "absolute"

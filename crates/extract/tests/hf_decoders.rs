@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use common::{cosine, hub_cache, max_abs, run_stage, write_input};
+use common::{cosine, hub_cache, hub_matches_local, max_abs, write_input};
 use llmembed_core::{External, Stage, TextTable, read_embedding_table};
 use llmembed_extract::{
     ComputeDtype, Extract, ExtractParams, HubSpec, LoadSpec, LocalSpec, ModelParam, ModelSpec,
@@ -301,29 +301,8 @@ fn sharded_checkpoint_from_hub_cache_through_the_stage() {
         matches!(&ext[..], [External::Value { value, .. }] if value.contains(COMMIT)),
         "{ext:?}"
     );
-    let out_hub = tmp.path().join("out-hub");
-    run_stage(
-        &params,
-        &input,
-        &out_hub,
-        &tmp.path().join("s1"),
-        tmp.path(),
-    )
-    .unwrap();
     let local = ExtractParams::new(ModelParam::Spec(ModelSpec::Local(LocalSpec { path: src })));
-    let out_local = tmp.path().join("out-local");
-    run_stage(
-        &local,
-        &input,
-        &out_local,
-        &tmp.path().join("s2"),
-        tmp.path(),
-    )
-    .unwrap();
-    assert_eq!(
-        std::fs::read(out_hub.join("test.parquet")).unwrap(),
-        std::fs::read(out_local.join("test.parquet")).unwrap()
-    );
+    let out_hub = hub_matches_local(&params, &local, &input, tmp.path());
     let got = read_embedding_table(&out_hub.join("test.parquet"), None).unwrap();
     for (c, case) in cases.iter().enumerate() {
         for (l, want) in case["layer_means"].as_array().unwrap().iter().enumerate() {

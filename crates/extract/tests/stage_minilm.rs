@@ -490,27 +490,8 @@ fn hub_source_resolves_from_local_cache_offline() {
         );
     }
     // Embeds from the cache, with the same bytes as the same files given as a local folder.
-    let params = ExtractParams::new(hub("main"));
-    let out_hub = tmp.path().join("out-hub");
-    run_stage(
-        &params,
-        &input,
-        &out_hub,
-        &tmp.path().join("s1"),
-        tmp.path(),
-    )
-    .unwrap();
-    let out_local = tmp.path().join("out-local");
     let local = ExtractParams::new(local_minilm(&model));
-    run_stage(
-        &local,
-        &input,
-        &out_local,
-        &tmp.path().join("s2"),
-        tmp.path(),
-    )
-    .unwrap();
-    files_equal(&out_hub, &out_local, &["test.parquet"]);
+    hub_matches_local(&ExtractParams::new(hub("main")), &local, &input, tmp.path());
 
     // A local path's externals are its files, for the runner to hash.
     let ext = Extract::externals(&local, &env).unwrap();

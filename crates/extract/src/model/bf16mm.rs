@@ -9,7 +9,7 @@
 //! Numerics, identical on both paths: the weights are rounded to bf16 once, at load; each
 //! activation row is rounded to bf16 (round to nearest even) at the product; products and sums
 //! are f32. Where AMX is missing (other CPUs, or `LLMEMBED_NO_AMX=1`), the same rounded values
-//! are multiplied by candle's f32 matmul, so results differ only in summation order.
+//! are multiplied by the f32 products of `f32mm`, so results differ only in summation order.
 //!
 //! Tile layout (Intel SDM, TDPBF16PS): C(16x16 f32) += A(16 rows x 32 bf16) . B, where B's tile
 //! row `r` holds, for each of 16 columns `n`, the pair (w[2r][n], w[2r+1][n]) ("VNNI" order).
@@ -23,6 +23,7 @@ use candle_core::{Device, Tensor};
 use llmembed_core::{Error, Result};
 use rayon::prelude::*;
 
+use super::f32mm::PackedF32;
 use super::kernels::multiversion;
 
 const TILE_K: usize = 32; // bf16 values per tile row (64 bytes)
@@ -42,8 +43,8 @@ enum Repr {
         np: usize,
         data: Vec<u16>,
     },
-    /// The rounded values as an f32 (K, N) tensor, for candle's matmul.
-    Dense(Tensor),
+    /// The rounded values, for the f32 products.
+    Dense(PackedF32),
 }
 
 /// f32 -> bf16 bits, round to nearest even (NaN stays NaN). Branch-free, so loops vectorise.
@@ -111,7 +112,7 @@ impl PackedBf16 {
             return Ok(PackedBf16 {
                 k,
                 n,
-                repr: Repr::Dense(t),
+                repr: Repr::Dense(PackedF32::new(t)?),
             });
         }
         let kp = k.div_ceil(TILE_K) * TILE_K;
@@ -147,19 +148,11 @@ impl PackedBf16 {
         match &self.repr {
             Repr::Dense(w) => {
                 let rounded: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
-                matmul_f32(&rounded, m, w)
+                w.matmul(&rounded, m)
             }
             Repr::Tiles { kp, np, data } => Ok(amx_matmul(x, m, k, *kp, data, *np, self.n)),
         }
     }
-}
-
-/// `x @ w` with candle's f32 matmul, for `x` (M, K) row-major and `w` (K, N).
-pub(crate) fn matmul_f32(x: &[f32], m: usize, w: &Tensor) -> candle_core::Result<Vec<f32>> {
-    Tensor::from_slice(x, (m, w.dims()[0]), &Device::Cpu)?
-        .matmul(w)?
-        .flatten_all()?
-        .to_vec1()
 }
 
 /// The AMX product: A (M, K) f32 row-major, packed B; returns (M, N) f32 row-major.

@@ -33,7 +33,6 @@ pub(crate) const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", 
 
 #[derive(Debug, Deserialize)]
 struct HfConfig {
-    model_type: String,
     hidden_size: usize,
     num_hidden_layers: usize,
     num_attention_heads: usize,
@@ -99,18 +98,6 @@ pub(crate) fn weight_files(weights: &Path) -> Result<Vec<PathBuf>> {
     Ok(shards.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// The `model_type` in a `config.json`, if it is readable.
-pub(crate) fn model_type(config: &Path) -> Result<String> {
-    let raw =
-        std::fs::read_to_string(config).map_err(|e| Error::io("read model config", config, e))?;
-    let v: Value = serde_json::from_str(&raw)
-        .map_err(|e| Error::schema(config, "config", format!("not JSON: {e}")))?;
-    v.get("model_type")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| Error::schema(config, "model_type", "missing"))
-}
-
 struct Weights {
     st: MmapedSafetensors,
     prefix: &'static str,
@@ -136,28 +123,14 @@ impl Weights {
     }
 }
 
-pub(crate) fn load(spec: &LoadSpec) -> Result<Decoder> {
+/// Loads a decoder whose `config.json` (already read, as `config`) names `arch`, one of
+/// [`MODEL_TYPES`].
+pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result<Decoder> {
     let config_path = spec.config_path();
     let tok_path = spec.tokenizer_path();
-    let raw = std::fs::read_to_string(&config_path)
-        .map_err(|e| Error::io("read model config", &config_path, e))?;
-    let c: HfConfig = serde_json::from_str(&raw)
+    let c: HfConfig = serde_json::from_value(config)
         .map_err(|e| Error::schema(&config_path, "config", format!("not a decoder config: {e}")))?;
     let bad = |field: &str, msg: String| Error::schema(&config_path, field, msg);
-    let arch: &'static str = MODEL_TYPES
-        .iter()
-        .find(|t| **t == c.model_type)
-        .copied()
-        .ok_or_else(|| {
-            bad(
-                "model_type",
-                format!(
-                    "`{}` is not supported ({})",
-                    c.model_type,
-                    MODEL_TYPES.join(", ")
-                ),
-            )
-        })?;
     let is_phi = arch == "phi";
 
     // RoPE: base, type and the rotated fraction, wherever this transformers version put them.

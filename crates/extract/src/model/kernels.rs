@@ -177,40 +177,28 @@ pub(crate) fn add_bias(x: &mut [f32], b: &[f32]) {
         .for_each(|x| bias_rows(x, b));
 }
 
+/// The MLP activation: GELU (tanh form) or SiLU. The flag is loop-invariant in the kernels
+/// below, so the compiler splits each loop into one vectorised copy per activation.
+#[inline(always)]
+fn act(x: f32, gelu: bool) -> f32 {
+    if gelu { gelu_tanh(x) } else { silu(x) }
+}
+
 multiversion! {
-    fn silu_mul_rows(gu: &[f32], f: usize, out: &mut [f32]) {
+    fn gated_rows(gu: &[f32], f: usize, gelu: bool, out: &mut [f32]) {
         for (gu, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
             let (g, u) = gu.split_at(f);
             for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                *o = silu(*g) * u;
+                *o = act(*g, gelu) * u;
             }
         }
     }
 }
 
 multiversion! {
-    fn gelu_mul_rows(gu: &[f32], f: usize, out: &mut [f32]) {
-        for (gu, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
-            let (g, u) = gu.split_at(f);
-            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                *o = gelu_tanh(*g) * u;
-            }
-        }
-    }
-}
-
-multiversion! {
-    fn silu_chunk(x: &mut [f32]) {
+    fn act_chunk(x: &mut [f32], gelu: bool) {
         for v in x.iter_mut() {
-            *v = silu(*v);
-        }
-    }
-}
-
-multiversion! {
-    fn gelu_chunk(x: &mut [f32]) {
-        for v in x.iter_mut() {
-            *v = gelu_tanh(*v);
+            *v = act(*v, gelu);
         }
     }
 }
@@ -220,20 +208,13 @@ pub(crate) fn gated(gu: &[f32], f: usize, gelu: bool) -> Vec<f32> {
     let mut out = vec![0f32; gu.len() / 2];
     out.par_chunks_mut(f * ROWS_PER_TASK)
         .zip(gu.par_chunks(2 * f * ROWS_PER_TASK))
-        .for_each(|(o, gu)| {
-            if gelu {
-                gelu_mul_rows(gu, f, o)
-            } else {
-                silu_mul_rows(gu, f, o)
-            }
-        });
+        .for_each(|(o, gu)| gated_rows(gu, f, gelu, o));
     out
 }
 
 /// `act(x)` in place.
 pub(crate) fn activate(x: &mut [f32], gelu: bool) {
-    x.par_chunks_mut(1 << 14)
-        .for_each(|x| if gelu { gelu_chunk(x) } else { silu_chunk(x) });
+    x.par_chunks_mut(1 << 14).for_each(|x| act_chunk(x, gelu));
 }
 
 #[cfg(test)]

@@ -130,15 +130,22 @@ pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
 }
 
 fn load_safetensors(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
-    let config = spec.config_path();
-    let model_type = hf::model_type(&config)?;
-    if hf::MODEL_TYPES.contains(&model_type.as_str()) {
-        Ok(Box::new(hf::load(spec)?))
+    let path = spec.config_path();
+    let raw =
+        std::fs::read_to_string(&path).map_err(|e| Error::io("read model config", &path, e))?;
+    let config: serde_json::Value = serde_json::from_str(&raw)
+        .map_err(|e| Error::schema(&path, "config", format!("not JSON: {e}")))?;
+    let model_type = config
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| Error::schema(&path, "model_type", "missing"))?;
+    if let Some(arch) = hf::MODEL_TYPES.iter().find(|t| **t == model_type) {
+        Ok(Box::new(hf::load(spec, arch, config)?))
     } else if model_type == "bert" {
-        crate::bert::load(spec)
+        crate::bert::load(spec, config)
     } else {
         Err(Error::schema(
-            &config,
+            &path,
             "model_type",
             format!(
                 "`{model_type}` is not supported (bert, {})",

@@ -135,6 +135,24 @@ pub fn run_stage(
     Extract::run(params, std::slice::from_ref(input), &ctx)
 }
 
+/// Runs the same model given as a hub repo (`hub`) and as a local folder (`local`) into
+/// `root/out-hub` and `root/out-local` (separate stores, `root` as the models folder), asserts
+/// that the two `test.parquet` files are the same bytes, and returns the hub output folder.
+pub fn hub_matches_local(
+    hub: &ExtractParams,
+    local: &ExtractParams,
+    input: &Input,
+    root: &Path,
+) -> PathBuf {
+    let outs = [("out-hub", "s1", hub), ("out-local", "s2", local)].map(|(out, store, params)| {
+        let out = root.join(out);
+        run_stage(params, input, &out, &root.join(store), root).unwrap();
+        std::fs::read(out.join("test.parquet")).unwrap()
+    });
+    assert!(outs[0] == outs[1], "hub and local test.parquet differ");
+    root.join("out-hub")
+}
+
 pub fn local_minilm(dir: &Path) -> ModelParam {
     ModelParam::Spec(ModelSpec::Local(LocalSpec {
         path: dir.to_path_buf(),
