@@ -226,15 +226,8 @@ pub(crate) fn check(model: &ModelParam) -> Result<()> {
             if h.repo.split('/').count() != 2 {
                 return Err(Error::param("model.repo", "expected `org/name`"));
             }
-            if !h
-                .files
-                .iter()
-                .any(|f| f.ends_with(".gguf") || is_safetensors(Path::new(f)))
-            {
-                return Err(Error::param(
-                    "model.files",
-                    "needs a .gguf, .safetensors or .safetensors.index.json weight file",
-                ));
+            if !h.files.iter().any(|f| is_weight_file(f)) {
+                return Err(Error::param("model.files", NO_WEIGHT_FILE));
             }
             Ok(())
         }
@@ -706,6 +699,14 @@ pub(crate) fn local_spec(path: &Path) -> Result<LoadSpec> {
     ))
 }
 
+/// A hub spec's `files` must name one of these.
+const NO_WEIGHT_FILE: &str = "needs a .gguf, .safetensors or .safetensors.index.json weight file";
+
+/// GGUF, safetensors, or a sharded checkpoint's index.
+fn is_weight_file(name: &str) -> bool {
+    name.ends_with(".gguf") || is_safetensors(Path::new(name))
+}
+
 /// A single safetensors file or the index of a sharded checkpoint.
 fn is_safetensors(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -807,12 +808,7 @@ pub(crate) fn resolve_hub(spec: &HubSpec, env: &Env) -> Result<(LoadSpec, String
             .map(|(_, p)| p.clone())
     };
     let weights =
-        pick(&|f| f.ends_with(".gguf") || is_safetensors(Path::new(f))).ok_or_else(|| {
-            Error::param(
-                "model.files",
-                "needs a .gguf, .safetensors or .safetensors.index.json weight file",
-            )
-        })?;
+        pick(&|f| is_weight_file(f)).ok_or_else(|| Error::param("model.files", NO_WEIGHT_FILE))?;
     // A sharded checkpoint's index names its shards: fetch the ones the snapshot lacks (for
     // a single weight file, `weight_files` is that file, already here).
     let mut repo = None;

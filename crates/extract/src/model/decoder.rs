@@ -330,22 +330,21 @@ impl Decoder {
         }
 
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
-        let record = |out: &mut Vec<Option<Vec<f32>>>, layer: usize, x: &[f32]| {
-            let mut cached: Option<Vec<f32>> = None;
-            for (slot, tap) in out.iter_mut().zip(taps) {
-                let hit = match *tap {
-                    Tap::Layer(k) => k == layer && layer < c.n_layers,
-                    _ => false,
-                };
-                if hit {
-                    if cached.is_none() {
-                        cached = Some(pool(x, &lens, c.hidden, pooling));
-                    }
-                    *slot = cached.clone();
+        // Pools `states` (once) into the slot of every tap that `wants` them.
+        let record = |out: &mut [Option<Vec<f32>>], wants: &dyn Fn(Tap) -> bool, states: &[f32]| {
+            let mut pooled: Option<Vec<f32>> = None;
+            for (slot, &tap) in out.iter_mut().zip(taps) {
+                if wants(tap) {
+                    let p = pooled.get_or_insert_with(|| pool(states, &lens, c.hidden, pooling));
+                    *slot = Some(p.clone());
                 }
             }
         };
-        record(&mut out, 0, &x);
+        // HF's last hidden_states entry is after the final norm: Layer(n) == FinalNorm.
+        let after_final_norm = |tap: Tap| tap == Tap::FinalNorm || tap == Tap::Layer(c.n_layers);
+        let after_block =
+            |layer: usize| move |tap: Tap| tap == Tap::Layer(layer) && layer < c.n_layers;
+        record(&mut out, &after_block(0), &x);
 
         // RoPE tables, one per distinct base.
         let mut ropes: Vec<(f32, Rope)> = Vec::new();
@@ -379,21 +378,14 @@ impl Decoder {
                 m = self.norm(&m, n);
             }
             kernels::add_assign(&mut x, &m);
-            record(&mut out, l + 1, &x);
+            record(&mut out, &after_block(l + 1), &x);
         }
-        if deepest == c.n_layers {
-            // HF's last hidden_states entry is after the final norm: Layer(n) == FinalNorm.
-            let needs = taps
-                .iter()
-                .any(|tp| matches!(tp, Tap::FinalNorm) || *tp == Tap::Layer(c.n_layers));
-            if needs {
-                let y = pool(&self.norm(&x, &self.final_norm), &lens, c.hidden, pooling);
-                for (slot, tap) in out.iter_mut().zip(taps) {
-                    if matches!(tap, Tap::FinalNorm) || *tap == Tap::Layer(c.n_layers) {
-                        *slot = Some(y.clone());
-                    }
-                }
-            }
+        if deepest == c.n_layers && taps.iter().any(|&tap| after_final_norm(tap)) {
+            record(
+                &mut out,
+                &after_final_norm,
+                &self.norm(&x, &self.final_norm),
+            );
         }
         out.into_iter()
             .map(|o| o.ok_or_else(|| Error::compute("decoder forward", "a tap was not produced")))
