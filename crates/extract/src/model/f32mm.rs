@@ -129,27 +129,48 @@ fn panel_matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> 
                     .chunks(MICRO_ROWS * k)
                     .zip(a_packed.chunks_exact_mut(MICRO_ROWS * depth))
                 {
-                    for (rr, row) in rows_in.chunks_exact(k).enumerate() {
-                        let row = &row[k0..k0 + depth];
-                        for (d, &v) in dst.iter_mut().skip(rr).step_by(MICRO_ROWS).zip(row) {
-                            *d = v;
-                        }
-                    }
+                    pack_micro_block(rows_in, k, k0..k0 + depth, dst);
                 }
-                for p in 0..n.div_ceil(PANEL) {
+                let panels = n.div_ceil(PANEL);
+                for p in 0..panels {
                     let cols = (n - p * PANEL).min(PANEL);
                     let b_block = &b[(p * k + k0) * PANEL..(p * k + k0 + depth) * PANEL];
+                    // The block of B that the next panel (or the next input block, or the next
+                    // band) starts with: its lines are fetched into L2 while this panel's
+                    // blocks compute, instead of stalling the first call on it.
+                    let next_b = if p + 1 < panels {
+                        ((p + 1) * k + k0) * PANEL
+                    } else if k0 + depth < k {
+                        (k0 + depth) * PANEL
+                    } else {
+                        0
+                    };
                     for mb in 0..micro_blocks {
                         let r0 = mb * MICRO_ROWS;
                         let r = (rows - r0).min(MICRO_ROWS);
                         let a_block =
                             &a_packed[mb * MICRO_ROWS * depth..(mb + 1) * MICRO_ROWS * depth];
+                        // Each call fetches a quarter of the next block (a line every two
+                        // inputs); later calls fetch nothing new.
+                        let prefetch_b = if mb < 4 {
+                            b.as_ptr().wrapping_add(next_b + mb * depth * PANEL / 4)
+                        } else {
+                            b_block.as_ptr()
+                        };
+                        // The tile of C that the next call resumes from.
+                        let next_c = if mb + 1 < micro_blocks {
+                            (r0 + MICRO_ROWS) * n + p * PANEL
+                        } else {
+                            (p + 1) * PANEL
+                        };
                         let block = Block {
                             rows: r,
                             depth,
                             ldc: n,
                             cols,
                             resume: k0 > 0,
+                            prefetch_b,
+                            prefetch_c: c_band.as_ptr().wrapping_add(next_c).cast(),
                         };
                         micro(&block, a_block, b_block, &mut c_band[r0 * n + p * PANEL..]);
                     }
@@ -159,6 +180,30 @@ fn panel_matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> 
     // SAFETY: all m * n elements were written above.
     let mut c = std::mem::ManuallyDrop::new(c);
     unsafe { Vec::from_raw_parts(c.as_mut_ptr().cast(), c.len(), c.capacity()) }
+}
+
+/// Copies `inputs` of each row of `rows` (row-major, `k` values each, at most MICRO_ROWS
+/// rows) into `dst` input-major: MICRO_ROWS values per input.
+fn pack_micro_block(rows: &[f32], k: usize, inputs: std::ops::Range<usize>, dst: &mut [f32]) {
+    let depth = inputs.len();
+    if rows.len() == MICRO_ROWS * k {
+        // The common case, with the row count a constant: twelve sequential reads and one
+        // sequential write per input, about three times faster than a row at a time.
+        let rows: [&[f32]; MICRO_ROWS] =
+            std::array::from_fn(|r| &rows[r * k + inputs.start..r * k + inputs.end]);
+        for (i, out) in dst.chunks_exact_mut(MICRO_ROWS).take(depth).enumerate() {
+            for (o, row) in out.iter_mut().zip(&rows) {
+                *o = row[i];
+            }
+        }
+    } else {
+        for (r, row) in rows.chunks_exact(k).enumerate() {
+            let row = &row[inputs.clone()];
+            for (o, &v) in dst.iter_mut().skip(r).step_by(MICRO_ROWS).zip(row) {
+                *o = v;
+            }
+        }
+    }
 }
 
 /// One micro-kernel call's shape.
@@ -173,6 +218,11 @@ struct Block {
     cols: usize,
     /// Continue from the values in C instead of from zero.
     resume: bool,
+    /// Memory to prefetch into L2, a line every two inputs; only a hint, so any address will
+    /// do (it is never read).
+    prefetch_b: *const f32,
+    /// A C tile (MICRO_ROWS rows of PANEL values, `ldc` apart) to prefetch into L1; a hint too.
+    prefetch_c: *const f32,
 }
 
 /// C[..rows][..cols] (+)= A_block . B_block, with `a` one packed micro block (depth x
@@ -226,6 +276,12 @@ mod avx512 {
                 ((1u32 << live) - 1) as __mmask16
             };
         }
+        for r in 0..MICRO_ROWS {
+            for v in 0..V {
+                let at = s.prefetch_c.wrapping_add(r * s.ldc + 16 * v);
+                _mm_prefetch::<_MM_HINT_T0>(at.cast());
+            }
+        }
         let mut acc = [[_mm512_setzero_ps(); V]; R];
         if s.resume {
             for r in 0..R {
@@ -237,6 +293,9 @@ mod avx512 {
             }
         }
         for i in 0..s.depth {
+            if i % 2 == 0 {
+                _mm_prefetch::<_MM_HINT_T1>(s.prefetch_b.wrapping_add(i * PANEL / 4).cast());
+            }
             let mut bv = [_mm512_setzero_ps(); V];
             for v in 0..V {
                 // SAFETY (all reads): i < depth; B holds depth x PANEL values, A depth x MICRO_ROWS.
