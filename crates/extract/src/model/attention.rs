@@ -8,6 +8,8 @@
 //! Here one task per sequence does all of it in place, with the same f32 arithmetic as HF
 //! (q/k RMSNorm, RoPE, `q.k * scale`, softmax with the max subtracted, weighted sum of v).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::kernels::{self, multiversion};
@@ -73,10 +75,12 @@ pub(crate) fn attend(
     let stride = q_dim + 2 * s.n_kv_heads * s.head_dim;
     let rows: usize = lens.iter().sum();
     debug_assert_eq!(qkv.len(), rows * stride);
-    let mut out = vec![0f32; rows * q_dim];
+    // Each task zeroes its own rows (in its own thread, just before it writes them) instead of
+    // the caller zeroing the whole output before the fork.
+    let mut out: Vec<f32> = Vec::with_capacity(rows * q_dim);
     // Split the output (and input) into one disjoint chunk per sequence.
     let mut tasks = Vec::with_capacity(lens.len());
-    let mut rest: &mut [f32] = &mut out;
+    let mut rest = &mut out.spare_capacity_mut()[..rows * q_dim];
     let mut start = 0;
     for &len in lens {
         let (mine, tail) = rest.split_at_mut(len * q_dim);
@@ -84,9 +88,14 @@ pub(crate) fn attend(
         rest = tail;
         start += len;
     }
-    tasks
-        .into_par_iter()
-        .for_each(|(out, qkv, len)| attend_sequence(s, layer, qkv, len, out));
+    tasks.into_par_iter().for_each(|(out, qkv, len)| {
+        out.fill(MaybeUninit::new(0.0));
+        // SAFETY: every value was just written, and MaybeUninit<f32> has f32's layout.
+        let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        attend_sequence(s, layer, qkv, len, out)
+    });
+    // SAFETY: the sequences' chunks cover all rows * q_dim values, and each was zeroed above.
+    unsafe { out.set_len(rows * q_dim) };
     out
 }
 
