@@ -190,6 +190,13 @@ fn score_blocks<const N: usize>(
     scores: &mut [f32],
 ) {
     let width = N * KEY_BLOCK;
+    assert!(j0 + width <= padded && keys_t.len() >= q.len() * padded && j0 + width <= scores.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, and the assert bounds every access.
+        unsafe { avx512::score_blocks::<N>(q, scale, keys_t, padded, j0, scores) };
+        return;
+    }
     let mut acc = [0f32; 4 * KEY_BLOCK];
     for (d, &qd) in q.iter().enumerate() {
         let keys = &keys_t[d * padded + j0..d * padded + j0 + width];
@@ -199,6 +206,47 @@ fn score_blocks<const N: usize>(
     }
     for (dst, a) in scores[j0..j0 + width].iter_mut().zip(&acc) {
         *dst = a * scale;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::KEY_BLOCK;
+
+    /// [`super::score_blocks`] with its N blocks of sums held in N registers (the compiler kept
+    /// the portable version's sums on the stack: a store and a load per head dim). The same
+    /// arithmetic, `acc + q_d * k`, rounded twice, so the same bits.
+    // Index loops over the register array: it unrolls fully (N is a constant).
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn score_blocks<const N: usize>(
+        q: &[f32],
+        scale: f32,
+        keys_t: &[f32],
+        padded: usize,
+        j0: usize,
+        scores: &mut [f32],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); N];
+        let keys = keys_t.as_ptr().wrapping_add(j0);
+        for (d, &qd) in q.iter().enumerate() {
+            let qv = _mm512_set1_ps(qd);
+            for b in 0..N {
+                // SAFETY: the caller checked that row d's keys j0..j0 + N * 16 lie in keys_t.
+                let k = unsafe { _mm512_loadu_ps(keys.add(d * padded + b * KEY_BLOCK)) };
+                acc[b] = _mm512_add_ps(acc[b], _mm512_mul_ps(qv, k));
+            }
+        }
+        let scale = _mm512_set1_ps(scale);
+        for b in 0..N {
+            // SAFETY: the caller checked that scores[j0..j0 + N * 16] exists.
+            unsafe {
+                let dst = scores.as_mut_ptr().add(j0 + b * KEY_BLOCK);
+                _mm512_storeu_ps(dst, _mm512_mul_ps(acc[b], scale));
+            }
+        }
     }
 }
 

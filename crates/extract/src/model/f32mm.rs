@@ -187,11 +187,23 @@ fn panel_matmul(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> 
 fn pack_micro_block(rows: &[f32], k: usize, inputs: std::ops::Range<usize>, dst: &mut [f32]) {
     let depth = inputs.len();
     if rows.len() == MICRO_ROWS * k {
-        // The common case, with the row count a constant: twelve sequential reads and one
-        // sequential write per input, about three times faster than a row at a time.
+        // The common case: with AVX-512, sixteen inputs of the twelve rows at a time through a
+        // register transpose; otherwise (and for the last inputs) twelve sequential reads and
+        // one sequential write per input, about three times faster than a row at a time.
         let rows: [&[f32]; MICRO_ROWS] =
             std::array::from_fn(|r| &rows[r * k + inputs.start..r * k + inputs.end]);
-        for (i, out) in dst.chunks_exact_mut(MICRO_ROWS).take(depth).enumerate() {
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if avx512_available() {
+            // SAFETY: the CPU has AVX-512F.
+            done = unsafe { avx512::pack12(&rows, dst) };
+        }
+        for (i, out) in dst
+            .chunks_exact_mut(MICRO_ROWS)
+            .take(depth)
+            .enumerate()
+            .skip(done)
+        {
             for (o, row) in out.iter_mut().zip(&rows) {
                 *o = row[i];
             }
@@ -254,6 +266,66 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{Block, MICRO_ROWS, PANEL};
+
+    /// Packs the first inputs of twelve rows (all of the same length) in whole groups of 16:
+    /// `dst[i * 12 + r] = rows[r][i]`. Returns how many inputs it packed.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack12(rows: &[&[f32]; MICRO_ROWS], dst: &mut [f32]) -> usize {
+        let depth = rows[0].len() / 16 * 16;
+        assert!(rows.iter().all(|r| r.len() >= depth) && dst.len() >= depth * MICRO_ROWS);
+        let mut i0 = 0;
+        while i0 < depth {
+            // Rows 12..16 of the 16 x 16 transpose are zero (and never stored).
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (v, row) in r.iter_mut().zip(rows) {
+                // SAFETY: i0 + 16 <= depth <= the row's length.
+                *v = unsafe { _mm512_loadu_ps(row.as_ptr().add(i0)) };
+            }
+            // 32-bit, then 64-bit interleaves within 128-bit lanes: b[4q + m], lane L, holds
+            // rows 4q..4q+4 at input 4L + m.
+            let mut a = [_mm512_setzero_ps(); 16];
+            for p in 0..8 {
+                a[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+                a[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+            }
+            let mut b = [_mm512_setzero_ps(); 16];
+            for q in 0..4 {
+                let pd = |x: __m512| _mm512_castps_pd(x);
+                let (a0, a1, a2, a3) = (
+                    pd(a[4 * q]),
+                    pd(a[4 * q + 1]),
+                    pd(a[4 * q + 2]),
+                    pd(a[4 * q + 3]),
+                );
+                b[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+                b[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+                b[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+                b[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+            }
+            // Then 128-bit lanes across the four groups of rows: input 4L + m.
+            for m in 0..4 {
+                let c0 = _mm512_shuffle_f32x4::<0x88>(b[m], b[4 + m]);
+                let c1 = _mm512_shuffle_f32x4::<0xDD>(b[m], b[4 + m]);
+                let d0 = _mm512_shuffle_f32x4::<0x88>(b[8 + m], b[12 + m]);
+                let d1 = _mm512_shuffle_f32x4::<0xDD>(b[8 + m], b[12 + m]);
+                let out = [
+                    (m, _mm512_shuffle_f32x4::<0x88>(c0, d0)),
+                    (4 + m, _mm512_shuffle_f32x4::<0x88>(c1, d1)),
+                    (8 + m, _mm512_shuffle_f32x4::<0xDD>(c0, d0)),
+                    (12 + m, _mm512_shuffle_f32x4::<0xDD>(c1, d1)),
+                ];
+                for (j, v) in out {
+                    // SAFETY: input i0 + j < depth, and dst holds depth * 12 values.
+                    unsafe {
+                        let at = dst.as_mut_ptr().add((i0 + j) * MICRO_ROWS);
+                        _mm512_mask_storeu_ps(at, 0x0FFF, v);
+                    }
+                }
+            }
+            i0 += 16;
+        }
+        depth
+    }
 
     /// `R` rows of A times one block of a packed panel (depth x PANEL), into C.
     // Index loops over the register arrays: they unroll fully (R and V are constants) and
