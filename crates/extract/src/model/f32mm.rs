@@ -36,7 +36,7 @@ pub(crate) struct PackedF32 {
 enum Repr {
     /// Panels of 32 columns, each K rows of 32 contiguous values; the last panel padded with
     /// zero columns.
-    Panels(Vec<f32>),
+    Panels(PanelMemory),
     /// The (K, N) tensor, for candle's matmul.
     Dense(Tensor),
 }
@@ -66,7 +66,8 @@ impl PackedF32 {
         }
         let vals: Vec<f32> = w.flatten_all().and_then(|t| t.to_vec1()).map_err(e)?;
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![0f32; panels * k * PANEL];
+        let mut memory = PanelMemory::zeroed(panels * k * PANEL)?;
+        let data = memory.as_mut_slice();
         for (row, values) in vals.chunks_exact(n).enumerate() {
             for (p, chunk) in values.chunks(PANEL).enumerate() {
                 let at = (p * k + row) * PANEL;
@@ -76,7 +77,7 @@ impl PackedF32 {
         Ok(PackedF32 {
             k,
             n,
-            repr: Repr::Panels(data),
+            repr: Repr::Panels(memory),
         })
     }
 
@@ -94,8 +95,48 @@ impl PackedF32 {
                 .matmul(w)?
                 .flatten_all()?
                 .to_vec1(),
-            Repr::Panels(b) => Ok(panel_matmul(x, m, k, b, n)),
+            Repr::Panels(b) => Ok(panel_matmul(x, m, k, b.as_slice(), n)),
         }
+    }
+}
+
+/// Zeroed f32 memory for weight panels, in its own anonymous mapping, which Linux is asked to
+/// back with 2 MiB pages.
+///
+/// Why: a model's weights are far bigger than what the TLB covers with 4 KiB pages (SmolLM2's
+/// are 420 MB in f32), and every block of B the kernel starts on is on pages it has not used
+/// since the last batch; with 2 MiB pages the products ran about 4% faster. The advice is only a
+/// hint: without transparent huge pages the memory is the same, on 4 KiB pages.
+struct PanelMemory {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl PanelMemory {
+    fn zeroed(len: usize) -> Result<PanelMemory> {
+        // Whole 2 MiB pages: Linux places a mapping on a 2 MiB boundary only when its length
+        // is a multiple of 2 MiB (and a last partial page would stay small).
+        const HUGE_PAGE: usize = 2 << 20;
+        let bytes = (len * size_of::<f32>()).next_multiple_of(HUGE_PAGE);
+        let map = memmap2::MmapOptions::new()
+            .len(bytes)
+            .map_anon()
+            .map_err(|e| Error::compute("allocate f32 weight panels", e))?;
+        // Before the first write, so that the pages are huge from their first fault.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Ok(PanelMemory { map, len })
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        // SAFETY: the mapping holds `len` f32 (anonymous maps start zeroed, a valid f32) and
+        // is page-aligned.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as for as_slice, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast(), self.len) }
     }
 }
 
