@@ -226,6 +226,17 @@ impl Decoder {
         }
     }
 
+    /// `x += y`, then `n` of the new `x`.
+    fn add_norm(&self, x: &mut [f32], y: &[f32], n: &Norm) -> Vec<f32> {
+        match n {
+            Norm::Rms { weight } => kernels::add_rms_norm(x, y, weight, self.cfg.eps as f32),
+            Norm::Layer { .. } => {
+                kernels::add_assign(x, y);
+                self.norm(x, n)
+            }
+        }
+    }
+
     fn attention_shape(&self) -> AttentionShape {
         let c = &self.cfg;
         AttentionShape {
@@ -356,28 +367,41 @@ impl Decoder {
         }
 
         let shape = self.attention_shape();
+        // Each residual add is fused with the norm that reads its result (the block's ffn_norm,
+        // the next block's attn_norm), so `h` is always the normed input of the next step.
+        let mut h = match self.blocks.first() {
+            Some(blk) if deepest > 0 => self.norm(&x, &blk.attn_norm),
+            _ => Vec::new(),
+        };
         for (l, blk) in self.blocks.iter().enumerate().take(deepest) {
             let rope = &ropes
                 .iter()
                 .find(|(x, _)| *x == c.rope_theta[l])
                 .expect("rope")
                 .1;
-            let h = self.norm(&x, &blk.attn_norm);
             let mut a = self.attention(blk, &h, &lens, &shape, rope, c.window[l])?;
             if let Some(n) = &blk.post_attn_norm {
                 a = self.norm(&a, n);
             }
-            kernels::add_assign(&mut x, &a);
             // A parallel block's MLP reads the same normed input as its attention.
-            let h = match &blk.ffn_norm {
-                None => h,
-                Some(n) => self.norm(&x, n),
+            let h_mlp = match &blk.ffn_norm {
+                None => {
+                    kernels::add_assign(&mut x, &a);
+                    h
+                }
+                Some(n) => self.add_norm(&mut x, &a, n),
             };
-            let mut m = self.mlp(blk, &h, rows)?;
+            let mut m = self.mlp(blk, &h_mlp, rows)?;
             if let Some(n) = &blk.post_ffn_norm {
                 m = self.norm(&m, n);
             }
-            kernels::add_assign(&mut x, &m);
+            h = match self.blocks.get(l + 1) {
+                Some(next) if l + 1 < deepest => self.add_norm(&mut x, &m, &next.attn_norm),
+                _ => {
+                    kernels::add_assign(&mut x, &m);
+                    Vec::new()
+                }
+            };
             record(&mut out, &after_block(l + 1), &x);
         }
         if deepest == c.n_layers && taps.iter().any(|&tap| after_final_norm(tap)) {

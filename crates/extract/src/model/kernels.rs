@@ -160,6 +160,39 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     }
 }
 
+multiversion! {
+    fn add_rms_rows(x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+        let h = w.len();
+        let rows = x.chunks_exact_mut(h).zip(y.chunks_exact(h)).zip(out.chunks_exact_mut(h));
+        for ((x, y), o) in rows {
+            for (x, y) in x.iter_mut().zip(y) {
+                *x += y;
+            }
+            let r = 1.0 / (sums(x).0 / h as f32 + eps).sqrt();
+            for ((o, x), w) in o.iter_mut().zip(x.iter()).zip(w) {
+                o.write(x * r * w);
+            }
+        }
+    }
+}
+
+/// `x += y`, then the RMSNorm of every row of the new `x` (as [`add_assign`] then
+/// [`rms_norm`], bit for bit): one pass over the rows instead of two, and one fork instead of
+/// two.
+pub(crate) fn add_rms_norm(x: &mut [f32], y: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let chunk = w.len() * ROWS_PER_TASK;
+    let len = x.len();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks_mut(chunk))
+        .zip(y.par_chunks(chunk))
+        .for_each(|((o, x), y)| add_rms_rows(x, y, w, eps, o));
+    // SAFETY: add_rms_rows wrote every value of every output row, one per row of x.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// LayerNorm (biased variance, like torch) of every row.
 pub(crate) fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let chunk = w.len() * ROWS_PER_TASK;
