@@ -97,14 +97,20 @@ fn sums(x: &[f32]) -> (f32, f32) {
     (sq.iter().sum(), s.iter().sum())
 }
 
+/// One row of HF's RMSNorm: `x * rsqrt(mean(x^2) + eps) * w`.
+#[inline(always)]
+fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    let r = 1.0 / (sums(x).0 / w.len() as f32 + eps).sqrt();
+    for ((o, x), w) in out.iter_mut().zip(x).zip(w) {
+        o.write(x * r * w);
+    }
+}
+
 multiversion! {
     fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
         let h = w.len();
         for (x, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-            let r = 1.0 / (sums(x).0 / h as f32 + eps).sqrt();
-            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
-                o.write(x * r * w);
-            }
+            rms_row(x, w, eps, o);
         }
     }
 }
@@ -168,10 +174,7 @@ multiversion! {
             for (x, y) in x.iter_mut().zip(y) {
                 *x += y;
             }
-            let r = 1.0 / (sums(x).0 / h as f32 + eps).sqrt();
-            for ((o, x), w) in o.iter_mut().zip(x.iter()).zip(w) {
-                o.write(x * r * w);
-            }
+            rms_row(x, w, eps, o);
         }
     }
 }
