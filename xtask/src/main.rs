@@ -93,8 +93,9 @@ enum Bench {
         model: String,
         #[arg(long, default_value_t = 500)]
         texts: usize,
-        #[arg(long, default_value_t = 1024)]
-        batch_tokens: usize,
+        /// Tokens per forward batch (default: the extract stage's default).
+        #[arg(long)]
+        batch_tokens: Option<usize>,
         #[arg(long, value_enum, default_value = "f32")]
         compute: ComputeArg,
     },

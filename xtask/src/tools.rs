@@ -125,7 +125,7 @@ pub fn bench_extract(
     data_dir: &Path,
     preset: &str,
     n: usize,
-    batch_tokens: usize,
+    batch_tokens: Option<usize>,
     compute: llmembed_extract::ComputeDtype,
 ) -> Result<()> {
     use llmembed_core::Stage;
@@ -151,13 +151,15 @@ pub fn bench_extract(
         store_dir,
         seed: 0,
     };
-    let params: llmembed_extract::ExtractParams = serde_json::from_value(serde_json::json!({
+    let mut params: llmembed_extract::ExtractParams = serde_json::from_value(serde_json::json!({
         "model": preset,
         "layers": "all",
-        "batch_tokens": batch_tokens,
         "compute": compute,
         "shard_rows": n.max(1),
     }))?;
+    if let Some(b) = batch_tokens {
+        params.batch_tokens = b;
+    }
     let input = llmembed_core::Input {
         stage_id: "bench".into(),
         dir: input_dir,
@@ -169,8 +171,9 @@ pub fn bench_extract(
     let summary = llmembed_extract::Extract::run(&params, &[input], &ctx)?;
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "extract bench: {preset}, {} AG News test texts, batch_tokens {batch_tokens}, compute {compute:?}",
-        table.len()
+        "extract bench: {preset}, {} AG News test texts, batch_tokens {}, compute {compute:?}",
+        table.len(),
+        params.batch_tokens
     );
     for note in summary.notes.iter().filter(|n| !n.starts_with("model ")) {
         println!("  {note}");

@@ -216,7 +216,7 @@ fn params_defaults_unknown_fields_and_checks() {
         serde_json::to_value(&p).unwrap(),
         serde_json::json!({
             "model": "minilm-l6", "layers": "all", "final_norm": false, "pooler": false,
-            "pooling": "mean", "max_tokens": 256, "batch_tokens": 1024, "compute": "f32",
+            "pooling": "mean", "max_tokens": 256, "batch_tokens": 512, "compute": "f32",
             "precision": "f32", "shard_rows": 256
         })
     );

@@ -101,12 +101,20 @@ pub(crate) fn attend(
 
 /// Keys per score block: one AVX-512 vector of scores.
 const KEY_BLOCK: usize = 16;
+/// Queries per tile: a tile's scores and weighted sums are computed side by side, which gives
+/// the adders independent sums to work on (one query's sums form a single chain per block).
+const QUERY_TILE: usize = 4;
+/// Key blocks (scores) or head-dim blocks of 16 (weighted sums) per pass over a tile: with
+/// QUERY_TILE queries, 16 AVX-512 sums held in registers.
+const TILE_BLOCKS: usize = 4;
 
 multiversion! {
     /// One sequence's attention (`qkv` and `out` are its rows), compiled for AVX-512 where the
     /// CPU has it. Each kv head's keys are stored transposed (head_dim, keys) so that the scores
-    /// of 16 keys come out of one pass over the query with no horizontal sums; every score is
-    /// summed over the head dims in order, so the result does not depend on the vector width.
+    /// of 16 keys come out of one pass over the query with no horizontal sums. Queries go
+    /// QUERY_TILE at a time; every score is still summed over the head dims in order, and every
+    /// output over the keys in order, so the result depends neither on the vector width nor on
+    /// the tiling.
     fn attend_sequence(
         s: &AttentionShape,
         layer: &LayerAttention,
@@ -124,8 +132,11 @@ multiversion! {
         let mut keys_t = vec![0f32; hd * padded];
         let mut values = vec![0f32; len * hd];
         let mut k = vec![0f32; hd];
-        let mut q = vec![0f32; hd];
-        let mut scores = vec![0f32; padded];
+        // One head's queries, normed and rotated, padded to whole tiles with zero rows.
+        let mut queries = vec![0f32; len.div_ceil(QUERY_TILE) * QUERY_TILE * hd];
+        // A tile's scores, then its probabilities: QUERY_TILE rows of `padded`.
+        let mut probs = vec![0f32; QUERY_TILE * padded];
+        let window_start = |i: usize| layer.window.map_or(0, |w| (i + 1).saturating_sub(w));
         for g in 0..s.n_kv_heads {
             for j in 0..len {
                 let row = &qkv[j * stride..(j + 1) * stride];
@@ -141,71 +152,147 @@ multiversion! {
                     .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
             }
             for h in g * groups..(g + 1) * groups {
-                for i in 0..len {
+                for (i, q) in queries.chunks_exact_mut(hd).take(len).enumerate() {
                     q.copy_from_slice(&qkv[i * stride + h * hd..i * stride + (h + 1) * hd]);
                     if let Some(w) = layer.q_norm {
-                        rms_norm(&mut q, w, s.eps);
+                        rms_norm(q, w, s.eps);
                     }
-                    apply_rope(&mut q, i, layer.rope, s);
-                    let lo = layer.window.map_or(0, |w| (i + 1).saturating_sub(w));
-                    // Whole blocks from the one holding `lo` to the one holding `i`, four at a
-                    // time (four independent sums keep the adders busy).
-                    let mut j0 = lo / KEY_BLOCK * KEY_BLOCK;
-                    let end = (i + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
-                    while j0 < end {
-                        match (end - j0) / KEY_BLOCK {
-                            1 => score_blocks::<1>(&q, s.scale, &keys_t, padded, j0, &mut scores),
-                            2 => score_blocks::<2>(&q, s.scale, &keys_t, padded, j0, &mut scores),
-                            3 => score_blocks::<3>(&q, s.scale, &keys_t, padded, j0, &mut scores),
-                            _ => score_blocks::<4>(&q, s.scale, &keys_t, padded, j0, &mut scores),
+                    apply_rope(q, i, layer.rope, s);
+                }
+                for i0 in (0..len).step_by(QUERY_TILE) {
+                    let last = (i0 + QUERY_TILE).min(len) - 1;
+                    // The keys any query of the tile sees: from the first query's window start
+                    // (the earliest) to the last query; scored in whole blocks.
+                    let first_key = window_start(i0);
+                    let keys = first_key / KEY_BLOCK * KEY_BLOCK..(last + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+                    let tile = &queries[i0 * hd..(i0 + QUERY_TILE) * hd];
+                    score_tile(tile, s.scale, &keys_t, padded, keys, &mut probs);
+                    // Softmax over each query's own keys; zero weight for the tile's other keys.
+                    for (i, row) in (i0..=last).zip(probs.chunks_exact_mut(padded)) {
+                        let lo = window_start(i);
+                        row[first_key..lo].fill(0.0);
+                        row[i + 1..=last].fill(0.0);
+                        let live = &mut row[lo..=i];
+                        let max = max16(live);
+                        for v in live.iter_mut() {
+                            *v = kernels::exp(*v - max);
                         }
-                        j0 += 4 * KEY_BLOCK;
+                        let sum = sum16(live);
+                        for v in live.iter_mut() {
+                            *v /= sum;
+                        }
                     }
-                    let live = &mut scores[lo..=i];
-                    let max = max16(live);
-                    for v in live.iter_mut() {
-                        *v = kernels::exp(*v - max);
-                    }
-                    let sum = sum16(live);
-                    for v in live.iter_mut() {
-                        *v /= sum;
-                    }
-                    let o = &mut out[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                    weighted_values(live, &values[lo * hd..(i + 1) * hd], o);
+                    let rows = &mut out[i0 * q_dim..];
+                    let mut sink = OutputTile { rows, queries: last + 1 - i0, q_dim, at: h * hd };
+                    weighted_tile(&probs, padded, first_key..last + 1, &values, hd, &mut sink);
                 }
             }
         }
     }
 }
 
-/// Scores `scale * (q . k_j)` of the `N * KEY_BLOCK` keys from `j0` into `scores[j0..]`; `keys_t` is
-/// (head_dim, padded) and every block is whole.
+/// Scores `scale * (q . k_j)` of the QUERY_TILE queries of `tile` (QUERY_TILE rows of
+/// head_dim) for the keys `keys` (whole blocks) into `scores` (QUERY_TILE rows of `padded`).
+/// `keys_t` is (head_dim, padded).
 #[inline(always)]
-fn score_blocks<const N: usize>(
-    q: &[f32],
+fn score_tile(
+    tile: &[f32],
     scale: f32,
     keys_t: &[f32],
     padded: usize,
-    j0: usize,
+    keys: std::ops::Range<usize>,
     scores: &mut [f32],
 ) {
-    let width = N * KEY_BLOCK;
-    assert!(j0 + width <= padded && keys_t.len() >= q.len() * padded && j0 + width <= scores.len());
+    let hd = tile.len() / QUERY_TILE;
+    assert!(keys.start.is_multiple_of(KEY_BLOCK) && keys.end.is_multiple_of(KEY_BLOCK));
+    assert!(keys.end <= padded);
+    assert!(keys_t.len() >= hd * padded && scores.len() >= QUERY_TILE * padded);
+    let mut j0 = keys.start;
+    while j0 < keys.end {
+        let blocks = ((keys.end - j0) / KEY_BLOCK).min(TILE_BLOCKS);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            macro_rules! dispatch {
+                ($($n:literal)*) => {
+                    match blocks {
+                        // SAFETY: the CPU has AVX-512F, and the asserts bound every access.
+                        $($n => unsafe { avx512::score_tile::<$n>(tile, scale, keys_t, padded, j0, scores) },)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            dispatch!(1 2 3 4);
+            j0 += blocks * KEY_BLOCK;
+            continue;
+        }
+        let width = blocks * KEY_BLOCK;
+        for (q, row) in tile.chunks_exact(hd).zip(scores.chunks_exact_mut(padded)) {
+            let mut acc = [0f32; TILE_BLOCKS * KEY_BLOCK];
+            for (d, &qd) in q.iter().enumerate() {
+                let keys = &keys_t[d * padded + j0..d * padded + j0 + width];
+                for (a, k) in acc[..width].iter_mut().zip(keys) {
+                    *a += qd * k;
+                }
+            }
+            for (dst, a) in row[j0..j0 + width].iter_mut().zip(&acc) {
+                *dst = a * scale;
+            }
+        }
+        j0 += width;
+    }
+}
+
+/// Where a tile's outputs go: `queries` rows of `rows` (`q_dim` apart), head_dim values each,
+/// from column `at`.
+struct OutputTile<'a> {
+    rows: &'a mut [f32],
+    queries: usize,
+    q_dim: usize,
+    at: usize,
+}
+
+/// `out_q = sum_j p_qj * v_j` for the tile's queries, over the keys `keys` in order; `probs` is
+/// QUERY_TILE rows of `padded`, zero outside each query's own keys (adding a zero product
+/// leaves a sum's bits as they were), `values` (keys, head_dim).
+#[inline(always)]
+fn weighted_tile(
+    probs: &[f32],
+    padded: usize,
+    keys: std::ops::Range<usize>,
+    values: &[f32],
+    hd: usize,
+    out: &mut OutputTile,
+) {
+    assert!(keys.end <= padded && probs.len() >= QUERY_TILE * padded);
+    assert!(values.len() >= keys.end * hd && out.queries <= QUERY_TILE);
+    assert!(out.queries == 0 || out.rows.len() >= (out.queries - 1) * out.q_dim + out.at + hd);
+    let mut d0 = 0;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F, and the assert bounds every access.
-        unsafe { avx512::score_blocks::<N>(q, scale, keys_t, padded, j0, scores) };
-        return;
-    }
-    let mut acc = [0f32; 4 * KEY_BLOCK];
-    for (d, &qd) in q.iter().enumerate() {
-        let keys = &keys_t[d * padded + j0..d * padded + j0 + width];
-        for (a, k) in acc[..width].iter_mut().zip(keys) {
-            *a += qd * k;
+        while d0 + 16 <= hd {
+            let blocks = ((hd - d0) / 16).min(TILE_BLOCKS);
+            macro_rules! dispatch {
+                ($($n:literal)*) => {
+                    match blocks {
+                        // SAFETY: the CPU has AVX-512F, and the asserts bound every access.
+                        $($n => unsafe { avx512::weighted_tile::<$n>(probs, padded, keys.clone(), values, hd, d0, out) },)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            dispatch!(1 2 3 4);
+            d0 += blocks * 16;
         }
     }
-    for (dst, a) in scores[j0..j0 + width].iter_mut().zip(&acc) {
-        *dst = a * scale;
+    for q in 0..out.queries {
+        let p = &probs[q * padded..(q + 1) * padded];
+        let dst = &mut out.rows[q * out.q_dim + out.at + d0..q * out.q_dim + out.at + hd];
+        dst.fill(0.0);
+        for j in keys.clone() {
+            for (a, v) in dst.iter_mut().zip(&values[j * hd + d0..(j + 1) * hd]) {
+                *a += p[j] * v;
+            }
+        }
     }
 }
 
@@ -213,70 +300,83 @@ fn score_blocks<const N: usize>(
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::KEY_BLOCK;
+    use super::{KEY_BLOCK, OutputTile, QUERY_TILE};
 
-    /// [`super::score_blocks`] with its N blocks of sums held in N registers (the compiler kept
-    /// the portable version's sums on the stack: a store and a load per head dim). The same
-    /// arithmetic, `acc + q_d * k`, rounded twice, so the same bits.
-    // Index loops over the register array: it unrolls fully (N is a constant).
+    /// [`super::score_tile`] for N key blocks from `j0`, its QUERY_TILE x N sums in registers.
+    /// The same arithmetic as the portable loop, `acc + q_d * k` rounded twice, so the same
+    /// bits.
+    // Index loops over the register arrays: they unroll fully (the bounds are constants).
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn score_blocks<const N: usize>(
-        q: &[f32],
+    pub(super) unsafe fn score_tile<const N: usize>(
+        tile: &[f32],
         scale: f32,
         keys_t: &[f32],
         padded: usize,
         j0: usize,
         scores: &mut [f32],
     ) {
-        let mut acc = [_mm512_setzero_ps(); N];
+        let hd = tile.len() / QUERY_TILE;
+        let mut acc = [[_mm512_setzero_ps(); N]; QUERY_TILE];
         let keys = keys_t.as_ptr().wrapping_add(j0);
-        for (d, &qd) in q.iter().enumerate() {
-            let qv = _mm512_set1_ps(qd);
+        for d in 0..hd {
+            let mut k = [_mm512_setzero_ps(); N];
             for b in 0..N {
                 // SAFETY: the caller checked that row d's keys j0..j0 + N * 16 lie in keys_t.
-                let k = unsafe { _mm512_loadu_ps(keys.add(d * padded + b * KEY_BLOCK)) };
-                acc[b] = _mm512_add_ps(acc[b], _mm512_mul_ps(qv, k));
+                k[b] = unsafe { _mm512_loadu_ps(keys.add(d * padded + b * KEY_BLOCK)) };
             }
-        }
-        let scale = _mm512_set1_ps(scale);
-        for b in 0..N {
-            // SAFETY: the caller checked that scores[j0..j0 + N * 16] exists.
-            unsafe {
-                let dst = scores.as_mut_ptr().add(j0 + b * KEY_BLOCK);
-                _mm512_storeu_ps(dst, _mm512_mul_ps(acc[b], scale));
-            }
-        }
-    }
-}
-
-/// Head dims per pass of [`weighted_values`]: four AVX-512 accumulators kept in registers.
-const VALUE_CHUNK: usize = 64;
-
-/// `out = sum_j p_j * v_j` over the rows of `values` (one per weight), accumulated in key order,
-/// [`VALUE_CHUNK`] head dims at a time so that the sums stay in registers.
-#[inline(always)]
-fn weighted_values(weights: &[f32], values: &[f32], out: &mut [f32]) {
-    let hd = out.len();
-    let mut d0 = 0;
-    while d0 + VALUE_CHUNK <= hd {
-        let mut acc = [[0f32; 16]; VALUE_CHUNK / 16];
-        for (&p, v) in weights.iter().zip(values.chunks_exact(hd)) {
-            for (a, v) in acc.iter_mut().zip(v[d0..d0 + VALUE_CHUNK].chunks_exact(16)) {
-                for l in 0..16 {
-                    a[l] += p * v[l];
+            for q in 0..QUERY_TILE {
+                let qv = _mm512_set1_ps(tile[q * hd + d]);
+                for b in 0..N {
+                    acc[q][b] = _mm512_add_ps(acc[q][b], _mm512_mul_ps(qv, k[b]));
                 }
             }
         }
-        out[d0..d0 + VALUE_CHUNK].copy_from_slice(acc.as_flattened());
-        d0 += VALUE_CHUNK;
+        let scale = _mm512_set1_ps(scale);
+        for q in 0..QUERY_TILE {
+            for b in 0..N {
+                // SAFETY: the caller checked that scores holds QUERY_TILE rows of `padded`.
+                unsafe {
+                    let dst = scores.as_mut_ptr().add(q * padded + j0 + b * KEY_BLOCK);
+                    _mm512_storeu_ps(dst, _mm512_mul_ps(acc[q][b], scale));
+                }
+            }
+        }
     }
-    if d0 < hd {
-        let tail = &mut out[d0..];
-        tail.fill(0.0);
-        for (&p, v) in weights.iter().zip(values.chunks_exact(hd)) {
-            for (a, v) in tail.iter_mut().zip(&v[d0..]) {
-                *a += p * v;
+
+    /// [`super::weighted_tile`] for N blocks of 16 head dims from `d0`, its QUERY_TILE x N
+    /// sums in registers: `acc + p * v` rounded twice, in key order, like the portable loop.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_tile<const N: usize>(
+        probs: &[f32],
+        padded: usize,
+        keys: std::ops::Range<usize>,
+        values: &[f32],
+        hd: usize,
+        d0: usize,
+        out: &mut OutputTile,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); N]; QUERY_TILE];
+        for j in keys {
+            let mut v = [_mm512_setzero_ps(); N];
+            for b in 0..N {
+                // SAFETY: the caller checked that values holds the tile's keys.
+                v[b] = unsafe { _mm512_loadu_ps(values.as_ptr().add(j * hd + d0 + 16 * b)) };
+            }
+            for q in 0..QUERY_TILE {
+                let p = _mm512_set1_ps(probs[q * padded + j]);
+                for b in 0..N {
+                    acc[q][b] = _mm512_add_ps(acc[q][b], _mm512_mul_ps(p, v[b]));
+                }
+            }
+        }
+        for q in 0..out.queries {
+            for b in 0..N {
+                let at = q * out.q_dim + out.at + d0 + 16 * b;
+                assert!(at + 16 <= out.rows.len());
+                // SAFETY: just checked.
+                unsafe { _mm512_storeu_ps(out.rows.as_mut_ptr().add(at), acc[q][b]) };
             }
         }
     }
