@@ -1,15 +1,23 @@
 //! `x @ w` with bf16 inputs and f32 accumulation: the matrix products of `compute: bf16`.
 //!
-//! Why by hand: candle's CPU matmul goes through the `gemm` crate, whose stable-Rust build runs
-//! AVX2 kernels (its AVX-512 ones need nightly) and has no bf16 kernel at all (candle's bf16
-//! matmul was slower than f32 here). Intel AMX (Sapphire Rapids and later) multiplies bf16
-//! tiles at many times the f32 FMA rate, and a GEMM on tiles is short: one micro-kernel, below,
-//! in inline assembly (AMX intrinsics are not stable in Rust).
+//! Why by hand: candle's CPU matmul goes through the `gemm` crate, which has no bf16 kernel
+//! (candle's bf16 matmul was slower than f32 here). Three kernels, the first this CPU has:
+//! - Intel AMX (Sapphire Rapids and later) multiplies bf16 tiles at many times the f32 FMA rate;
+//!   a GEMM on tiles is short: one micro-kernel, below, in inline assembly (AMX intrinsics are
+//!   not stable in Rust).
+//! - AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake): `vdpbf16ps` multiplies pairs of bf16
+//!   at twice the f32 FMA rate, in the panel kernel of `panels` ([`DotBf16`]).
+//! - Otherwise the same rounded values go through the f32 products of `f32mm`.
 //!
-//! Numerics, identical on both paths: the weights are rounded to bf16 once, at load; each
+//! `LLMEMBED_NO_AMX=1` and `LLMEMBED_NO_AVX512BF16=1` turn the first two off (to compare the
+//! kernels on one machine). The kernel in use is part of the model's description, so the store
+//! never mixes the vectors of two kernels.
+//!
+//! Numerics, the same for all three: the weights are rounded to bf16 once, at load; each
 //! activation row is rounded to bf16 (round to nearest even) at the product; products and sums
-//! are f32. Where AMX is missing (other CPUs, or `LLMEMBED_NO_AMX=1`), the same rounded values
-//! are multiplied by the f32 products of `f32mm`, so results differ only in summation order.
+//! are f32, and every output is one chain over the inputs. The kernels differ in the order of
+//! that chain: AMX and `vdpbf16ps` add each pair's second product before its first (Intel SDM),
+//! the f32 fallback adds the inputs in order.
 //!
 //! Tile layout (Intel SDM, TDPBF16PS): C(16x16 f32) += A(16 rows x 32 bf16) . B, where B's tile
 //! row `r` holds, for each of 16 columns `n`, the pair (w[2r][n], w[2r+1][n]) ("VNNI" order).
@@ -25,9 +33,45 @@ use rayon::prelude::*;
 
 use super::f32mm::PackedF32;
 use super::kernels::multiversion;
+use super::panels::{DotBf16, Kernel, Panels};
 
 const TILE_K: usize = 32; // bf16 values per tile row (64 bytes)
 const BLOCK: usize = 32; // rows of A / columns of B per micro-kernel call (2 x 2 tiles)
+
+/// Which kernel runs the bf16 products on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bf16Kernel {
+    Amx,
+    Avx512Bf16,
+    /// The rounded values through the f32 products.
+    F32,
+}
+
+impl Bf16Kernel {
+    /// The first kernel this process can use (checked once).
+    pub fn detect() -> Bf16Kernel {
+        static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let off = |var: &str| std::env::var_os(var).is_some();
+            if !off("LLMEMBED_NO_AMX") && request_amx() {
+                Bf16Kernel::Amx
+            } else if !off("LLMEMBED_NO_AVX512BF16") && DotBf16::available() {
+                Bf16Kernel::Avx512Bf16
+            } else {
+                Bf16Kernel::F32
+            }
+        })
+    }
+
+    /// The name in the model's description (and so in the store's fingerprint).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Avx512Bf16 => "avx512bf16",
+            Bf16Kernel::F32 => "f32",
+        }
+    }
+}
 
 /// A weight matrix (K inputs x N outputs) rounded to bf16, ready for [`matmul`].
 pub(crate) struct PackedBf16 {
@@ -43,6 +87,9 @@ enum Repr {
         np: usize,
         data: Vec<u16>,
     },
+    /// Pairs of inputs (2p in the low half, 2p + 1 in the high half; a zero after an odd last
+    /// input) in panels, for `vdpbf16ps`.
+    Pairs(Panels<u32>),
     /// The rounded values, for the f32 products.
     Dense(PackedF32),
 }
@@ -59,18 +106,6 @@ fn bf16_bits(x: f32) -> u16 {
 #[inline]
 fn bf16_round(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
-}
-
-/// Whether AMX bf16 tiles can be used by this process (CPU support + Linux permission,
-/// requested once), unless `LLMEMBED_NO_AMX` is set.
-pub(crate) fn amx_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var_os("LLMEMBED_NO_AMX").is_some() {
-            return false;
-        }
-        request_amx()
-    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -101,38 +136,48 @@ fn request_amx() -> bool {
 }
 
 impl PackedBf16 {
-    /// Rounds and packs `w`, a (K, N) f32 tensor (inputs x outputs, as `x @ w` takes it).
-    pub fn new(w: &Tensor) -> Result<Self> {
+    /// Rounds and packs `w`, a (K, N) f32 tensor (inputs x outputs, as `x @ w` takes it), for
+    /// `kernel` (which must be [`Bf16Kernel::detect`]'s or the f32 fallback).
+    pub fn new(w: &Tensor, kernel: Bf16Kernel) -> Result<Self> {
         let e = |x: candle_core::Error| Error::compute("pack bf16 weights", x);
         let (k, n) = w.dims2().map_err(e)?;
         let vals: Vec<f32> = w.flatten_all().and_then(|t| t.to_vec1()).map_err(e)?;
-        if !amx_available() {
-            let rounded: Vec<f32> = vals.iter().map(|&x| bf16_round(x)).collect();
-            let t = Tensor::from_vec(rounded, (k, n), &Device::Cpu).map_err(e)?;
-            return Ok(PackedBf16 {
-                k,
-                n,
-                repr: Repr::Dense(PackedF32::new(t)?),
-            });
-        }
-        let kp = k.div_ceil(TILE_K) * TILE_K;
-        let np = n.div_ceil(BLOCK) * BLOCK;
-        let kblocks = kp / TILE_K;
-        let mut data = vec![0u16; kp * np];
-        for (row, values) in vals.chunks_exact(n).enumerate() {
-            let (kb, r) = (row / TILE_K, row % TILE_K);
-            for (col, v) in values.iter().enumerate() {
-                let (nb, c) = (col / BLOCK, col % BLOCK);
-                // Tile (nb, kb, half c/16); in it, row r/2 holds the pairs (w[2i][c], w[2i+1][c]).
-                let tile = (nb * kblocks + kb) * 2 + c / 16;
-                data[tile * 512 + (r / 2) * TILE_K + 2 * (c % 16) + r % 2] = bf16_bits(*v);
+        let repr = match kernel {
+            Bf16Kernel::F32 => {
+                let rounded: Vec<f32> = vals.iter().map(|&x| bf16_round(x)).collect();
+                let t = Tensor::from_vec(rounded, (k, n), &Device::Cpu).map_err(e)?;
+                Repr::Dense(PackedF32::new(t)?)
             }
-        }
-        Ok(PackedBf16 {
-            k,
-            n,
-            repr: Repr::Tiles { kp, np, data },
-        })
+            Bf16Kernel::Avx512Bf16 => {
+                // Pair rows: inputs 2p and 2p + 1 of each column in one u32.
+                let mut pairs = vec![0u32; k.div_ceil(2) * n];
+                for (row, values) in vals.chunks_exact(n.max(1)).enumerate() {
+                    let (dst, shift) = (&mut pairs[row / 2 * n..(row / 2 + 1) * n], row % 2 * 16);
+                    for (d, &v) in dst.iter_mut().zip(values) {
+                        *d |= (bf16_bits(v) as u32) << shift;
+                    }
+                }
+                Repr::Pairs(Panels::new(&pairs, k.div_ceil(2), n)?)
+            }
+            Bf16Kernel::Amx => {
+                let kp = k.div_ceil(TILE_K) * TILE_K;
+                let np = n.div_ceil(BLOCK) * BLOCK;
+                let kblocks = kp / TILE_K;
+                let mut data = vec![0u16; kp * np];
+                for (row, values) in vals.chunks_exact(n).enumerate() {
+                    let (kb, r) = (row / TILE_K, row % TILE_K);
+                    for (col, v) in values.iter().enumerate() {
+                        let (nb, c) = (col / BLOCK, col % BLOCK);
+                        // Tile (nb, kb, half c/16); in it, row r/2 holds the pairs
+                        // (w[2i][c], w[2i+1][c]).
+                        let tile = (nb * kblocks + kb) * 2 + c / 16;
+                        data[tile * 512 + (r / 2) * TILE_K + 2 * (c % 16) + r % 2] = bf16_bits(*v);
+                    }
+                }
+                Repr::Tiles { kp, np, data }
+            }
+        };
+        Ok(PackedBf16 { k, n, repr })
     }
 
     /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major.
@@ -150,7 +195,30 @@ impl PackedBf16 {
                 let rounded: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
                 w.matmul(&rounded, m)
             }
+            Repr::Pairs(w) => {
+                let mut pairs = vec![0u32; m * k.div_ceil(2)];
+                if k > 0 {
+                    round_pairs(x, k, &mut pairs);
+                }
+                Ok(w.matmul::<DotBf16>(&pairs, m))
+            }
             Repr::Tiles { kp, np, data } => Ok(amx_matmul(x, m, k, *kp, data, *np, self.n)),
+        }
+    }
+}
+
+multiversion! {
+    /// Rounds rows of `k` f32 to bf16 pairs: `dst` gets `k.div_ceil(2)` u32 per row, input 2p
+    /// in the low half of pair p (a zero after an odd last input).
+    fn round_pairs(src: &[f32], k: usize, dst: &mut [u32]) {
+        for (row, out) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k.div_ceil(2))) {
+            let (whole, last) = row.split_at(k / 2 * 2);
+            for (o, pair) in out.iter_mut().zip(whole.chunks_exact(2)) {
+                *o = bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16;
+            }
+            if let [x] = last {
+                out[k / 2] = bf16_bits(*x) as u32;
+            }
         }
     }
 }
@@ -283,7 +351,7 @@ impl TileConfig {
             cfg.colsb[t] = 64;
             cfg.rows[t] = 16;
         }
-        // SAFETY: only called after `amx_available()` (the weights were packed as tiles);
+        // SAFETY: only called for weights packed as tiles, so after `request_amx()` succeeded;
         // the config is a valid palette-1 layout.
         unsafe {
             core::arch::asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
@@ -379,38 +447,130 @@ unsafe fn tile_block(a: *const u16, b: *const u16, kblocks: usize, c: *mut f32, 
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_block(_: *const u16, _: *const u16, _: usize, _: *mut f32, _: usize) {
-    unreachable!("AMX is x86_64 only; amx_available() is false elsewhere")
+    unreachable!("AMX is x86_64 only; request_amx() is false elsewhere")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::panels::FmaF32;
     use super::*;
 
-    /// Both paths against an f64 product of the same bf16-rounded values, on shapes that need
-    /// every kind of padding (M, K, N not multiples of 32).
+    /// The kernels this CPU runs: the detected one and the fallbacks below it.
+    fn kernels() -> Vec<Bf16Kernel> {
+        let mut all = vec![Bf16Kernel::detect()];
+        if Bf16Kernel::detect() == Bf16Kernel::Amx && DotBf16::available() {
+            all.push(Bf16Kernel::Avx512Bf16);
+        }
+        if *all.last().unwrap() != Bf16Kernel::F32 {
+            all.push(Bf16Kernel::F32);
+        }
+        all
+    }
+
+    fn inputs(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+            .collect();
+        (a, w)
+    }
+
+    fn product(kernel: Bf16Kernel, a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let wt = Tensor::from_vec(w.to_vec(), (k, n), &Device::Cpu).unwrap();
+        PackedBf16::new(&wt, kernel).unwrap().matmul(a, m).unwrap()
+    }
+
+    /// Every kernel against an f64 product of the same bf16-rounded values, on shapes that
+    /// need every kind of padding (M, K, N not multiples of 32, K odd).
     #[test]
     fn matches_f64_product_of_rounded_values() {
-        for (m, k, n) in [(1, 32, 32), (37, 70, 45), (64, 576, 96), (100, 96, 200)] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                .collect();
-            let w: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
-                .collect();
-            let wt = Tensor::from_vec(w.clone(), (k, n), &Device::Cpu).unwrap();
-            let got = PackedBf16::new(&wt).unwrap().matmul(&a, m).unwrap();
-            for i in 0..m {
-                for j in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|p| bf16_round(a[i * k + p]) as f64 * bf16_round(w[p * n + j]) as f64)
-                        .sum();
-                    let g = got[i * n + j] as f64;
-                    assert!(
-                        (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "({m},{k},{n}) [{i},{j}]: {g} vs {want} (amx: {})",
-                        amx_available()
-                    );
+        for (m, k, n) in [
+            (1, 32, 32),
+            (37, 70, 45),
+            (64, 576, 96),
+            (100, 96, 200),
+            (13, 33, 17),
+        ] {
+            let (a, w) = inputs(m, k, n);
+            for kernel in kernels() {
+                let got = product(kernel, &a, &w, m, k, n);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|p| {
+                                bf16_round(a[i * k + p]) as f64 * bf16_round(w[p * n + j]) as f64
+                            })
+                            .sum();
+                        let g = got[i * n + j] as f64;
+                        assert!(
+                            (g - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{kernel:?} ({m},{k},{n}) [{i},{j}]: {g} vs {want}"
+                        );
+                    }
                 }
+            }
+        }
+    }
+
+    /// The panel kernels give exactly the chain their module docs state, computed here one f32
+    /// add at a time (each product of two bf16 values is exact in f32): the f32 fallback adds
+    /// the inputs in order, `vdpbf16ps` each pair's second input before its first. Shapes with
+    /// several depth blocks (K = 1100: 550 pairs), ragged rows and an odd K.
+    #[test]
+    fn panel_kernels_follow_their_stated_order() {
+        for (m, k, n) in [(29, 1100, 45), (12, 577, 32), (5, 3, 7)] {
+            let (a, w) = inputs(m, k, n);
+            let term = |i: usize, p: usize, j: usize| {
+                if p < k {
+                    bf16_round(a[i * k + p]) * bf16_round(w[p * n + j])
+                } else {
+                    0.0
+                }
+            };
+            for kernel in kernels() {
+                // AMX's chain order inside a tile is the hardware's; candle's (the f32
+                // fallback without AVX-512) is gemm's.
+                if kernel == Bf16Kernel::Amx || !FmaF32::available() {
+                    continue;
+                }
+                let got = product(kernel, &a, &w, m, k, n);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = 0f32;
+                        for pair in 0..k.div_ceil(2) {
+                            let (first, second) = (term(i, 2 * pair, j), term(i, 2 * pair + 1, j));
+                            if kernel == Bf16Kernel::F32 {
+                                want += first;
+                                want += second;
+                            } else {
+                                want += second;
+                                want += first;
+                            }
+                        }
+                        let g = got[i * n + j];
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{kernel:?} ({m},{k},{n}) [{i},{j}]: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A row's result does not depend on the other rows of the product, with every kernel.
+    #[test]
+    fn rows_are_independent_of_the_batch() {
+        let (m, k, n) = (200, 600, 96);
+        let (a, w) = inputs(m, k, n);
+        for kernel in kernels() {
+            let all = product(kernel, &a, &w, m, k, n);
+            for i in [0, 11, 12, 95, 96, 199] {
+                let one = product(kernel, &a[i * k..(i + 1) * k], &w, 1, k, n);
+                assert_eq!(one, all[i * n..(i + 1) * n], "{kernel:?} row {i}");
             }
         }
     }

@@ -21,9 +21,10 @@ use llmembed_core::{Error, Result};
 use rayon::prelude::*;
 
 use super::attention::{AttentionShape, LayerAttention, Rope, attend};
-use super::bf16mm::PackedBf16;
+use super::bf16mm::{Bf16Kernel, PackedBf16};
 use super::f32mm::PackedF32;
 use super::kernels;
+use super::panels::{FmaF32, Kernel};
 use super::tokenizer::DecoderTokenizer;
 use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
 
@@ -118,7 +119,7 @@ impl Weight {
     pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
         Ok(match compute {
             ComputeDtype::F32 => Weight::F32(PackedF32::new(w)?),
-            ComputeDtype::Bf16 => Weight::Bf16(PackedBf16::new(&w)?),
+            ComputeDtype::Bf16 => Weight::Bf16(PackedBf16::new(&w, Bf16Kernel::detect())?),
         })
     }
 }
@@ -451,6 +452,16 @@ pub(crate) fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -
     out
 }
 
+/// The kernel that runs the products, named in `describe()`: the vectors of two kernels differ
+/// in their last bits, so the store must not mix them.
+fn matmul_kernel(compute: ComputeDtype) -> &'static str {
+    match compute {
+        ComputeDtype::F32 if FmaF32::available() => "avx512",
+        ComputeDtype::F32 => "candle",
+        ComputeDtype::Bf16 => Bf16Kernel::detect().name(),
+    }
+}
+
 impl Embedder for Decoder {
     fn num_layers(&self) -> usize {
         self.cfg.n_layers
@@ -513,7 +524,10 @@ impl Embedder for Decoder {
             extra = {
                 // The forward's arithmetic (packed rows, the fused kernels); then what only
                 // some architectures have.
-                let mut x = String::from(",engine=packed-rows-v3");
+                let mut x = format!(
+                    ",engine=packed-rows-v3,matmul={}",
+                    matmul_kernel(self.compute)
+                );
                 if c.rotary_dim != c.head_dim {
                     x += &format!(",rotary_dim={}", c.rotary_dim);
                 }

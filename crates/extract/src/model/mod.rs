@@ -25,6 +25,7 @@ pub(crate) mod gguf;
 pub(crate) mod hf;
 pub(crate) mod kernels;
 pub(crate) mod llama;
+pub(crate) mod panels;
 pub(crate) mod tokenizer;
 
 /// Which hidden state to pool.
