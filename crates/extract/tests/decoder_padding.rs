@@ -102,3 +102,19 @@ fn gemma3_padding_invariant_and_deterministic() {
     assert!(m.describe().starts_with("gemma3("), "{}", m.describe());
     check(m.as_ref(), "gemma3 f32", 1e-5);
 }
+
+/// The bf16 products (AMX, AVX512-BF16 or the f32 fallback, whichever this CPU runs) keep every
+/// row to itself too.
+#[test]
+fn bf16_padding_invariant_and_deterministic() {
+    for (file, arch, label) in [
+        (&SMOLLM2, "llama(", "smollm2 bf16"),
+        (&GEMMA3, "gemma3(", "gemma3 bf16"),
+    ] {
+        let Some(m) = open(file, ComputeDtype::Bf16) else {
+            return;
+        };
+        assert!(m.describe().starts_with(arch), "{}", m.describe());
+        check(m.as_ref(), label, 1e-5);
+    }
+}
