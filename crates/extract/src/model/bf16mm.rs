@@ -517,10 +517,10 @@ mod tests {
     /// The panel kernels give exactly the chain their module docs state, computed here one f32
     /// add at a time (each product of two bf16 values is exact in f32): the f32 fallback adds
     /// the inputs in order, `vdpbf16ps` each pair's second input before its first. Shapes with
-    /// several depth blocks (K = 1100: 550 pairs), ragged rows and an odd K.
+    /// several passes over the inputs (K = 2100: 1050 pairs), ragged rows and an odd K.
     #[test]
     fn panel_kernels_follow_their_stated_order() {
-        for (m, k, n) in [(29, 1100, 45), (12, 577, 32), (5, 3, 7)] {
+        for (m, k, n) in [(29, 2100, 45), (12, 577, 32), (5, 3, 7)] {
             let (a, w) = inputs(m, k, n);
             let term = |i: usize, p: usize, j: usize| {
                 if p < k {
@@ -564,7 +564,7 @@ mod tests {
     /// A row's result does not depend on the other rows of the product, with every kernel.
     #[test]
     fn rows_are_independent_of_the_batch() {
-        let (m, k, n) = (200, 600, 96);
+        let (m, k, n) = (200, 2100, 96);
         let (a, w) = inputs(m, k, n);
         for kernel in kernels() {
             let all = product(kernel, &a, &w, m, k, n);

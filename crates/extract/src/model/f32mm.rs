@@ -67,10 +67,11 @@ impl PackedF32 {
 mod tests {
     use super::*;
 
-    /// Against an f64 product, on shapes with ragged row blocks and a partial last panel.
+    /// Against an f64 product, on shapes with ragged row blocks, a partial last panel and
+    /// three passes over the inputs (the later ones resume from C).
     #[test]
     fn matches_f64_product() {
-        let (m, k, n) = (29, 300, 45);
+        let (m, k, n) = (29, 2100, 45);
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
             .collect();
@@ -96,7 +97,7 @@ mod tests {
     /// A row's result does not depend on the other rows of the product.
     #[test]
     fn rows_are_independent_of_the_batch() {
-        let (m, k, n) = (200, 600, 96);
+        let (m, k, n) = (200, 1100, 96);
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 89) as f32).sin()).collect();
         let w: Vec<f32> = (0..k * n).map(|i| ((i * 17 % 83) as f32).cos()).collect();
         let packed = PackedF32::new(Tensor::from_vec(w, (k, n), &Device::Cpu).unwrap()).unwrap();
