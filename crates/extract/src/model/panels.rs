@@ -336,10 +336,10 @@ impl Kernel for FmaF32 {
             avx512::micro_f32::<R>(s, a, b, c)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!(
-            "panels are x86_64 only ({} {:?} {:?} {:?})",
-            s.rows, a, b, c
-        )
+        {
+            let _ = (s, a, b, c);
+            unreachable!("panels are packed only on x86_64")
+        }
     }
 }
 
@@ -360,10 +360,10 @@ impl Kernel for DotBf16 {
             avx512::micro_bf16::<R>(s, a, b, c)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!(
-            "panels are x86_64 only ({} {:?} {:?} {:?})",
-            s.rows, a, b, c
-        )
+        {
+            let _ = (s, a, b, c);
+            unreachable!("panels are packed only on x86_64")
+        }
     }
 }
 
