@@ -63,6 +63,16 @@ impl Bf16Kernel {
         })
     }
 
+    /// Whether this process can run the kernel (AMX also needs the permission that `detect`
+    /// asks for).
+    fn runs_here(self) -> bool {
+        match self {
+            Bf16Kernel::Amx => Bf16Kernel::detect() == Bf16Kernel::Amx,
+            Bf16Kernel::Avx512Bf16 => DotBf16::available(),
+            Bf16Kernel::F32 => true,
+        }
+    }
+
     /// The name in the model's description (and so in the store's fingerprint).
     pub fn name(self) -> &'static str {
         match self {
@@ -137,9 +147,15 @@ fn request_amx() -> bool {
 
 impl PackedBf16 {
     /// Rounds and packs `w`, a (K, N) f32 tensor (inputs x outputs, as `x @ w` takes it), for
-    /// `kernel` (which must be [`Bf16Kernel::detect`]'s or the f32 fallback).
+    /// `kernel` ([`Bf16Kernel::detect`]'s, or one below it that this CPU also runs).
     pub fn new(w: &Tensor, kernel: Bf16Kernel) -> Result<Self> {
         let e = |x: candle_core::Error| Error::compute("pack bf16 weights", x);
+        if !kernel.runs_here() {
+            return Err(Error::compute(
+                "pack bf16 weights",
+                format!("the {} kernel does not run on this CPU", kernel.name()),
+            ));
+        }
         let (k, n) = w.dims2().map_err(e)?;
         let vals: Vec<f32> = w.flatten_all().and_then(|t| t.to_vec1()).map_err(e)?;
         let repr = match kernel {
@@ -573,6 +589,21 @@ mod tests {
                 assert_eq!(one, all[i * n..(i + 1) * n], "{kernel:?} row {i}");
             }
         }
+    }
+
+    /// Weights are never packed for a kernel this CPU cannot run (it would fault at the first
+    /// product).
+    #[test]
+    fn packing_for_a_missing_kernel_is_an_error() {
+        let w = Tensor::zeros((4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32] {
+            let packed = PackedBf16::new(&w, kernel);
+            assert_eq!(packed.is_ok(), kernel.runs_here(), "{kernel:?}");
+            if let Err(e) = packed {
+                assert!(e.to_string().contains("does not run on this CPU"), "{e}");
+            }
+        }
+        assert!(Bf16Kernel::F32.runs_here() && Bf16Kernel::detect().runs_here());
     }
 
     #[test]

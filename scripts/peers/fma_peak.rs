@@ -1,0 +1,85 @@
+//! The multiply-add peak of one core: 24 independent chains of AVX-512 `vfmadd` (f32) and of
+//! `vdpbf16ps` (bf16 pairs), plus AVX2 `vfmadd` for comparison, each for about a second. The
+//! README's "peaks at N GFLOP/s per core" figures come from here.
+//!
+//! Usage (a standalone file, not part of the workspace):
+//!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak
+//!   /tmp/fma_peak
+use std::arch::x86_64::*;
+use std::time::Instant;
+
+const CHAINS: usize = 24;
+
+#[target_feature(enable = "avx512f")]
+fn fma_zmm(n: usize) -> f32 {
+    let mut acc = [_mm512_set1_ps(0.0); CHAINS];
+    let (x, y) = (_mm512_set1_ps(1.000_000_1), _mm512_set1_ps(0.999_999));
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(x, y, *a);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn dpbf16_zmm(n: usize) -> f32 {
+    let mut acc = [_mm512_set1_ps(0.0); CHAINS];
+    // SAFETY: any 512 bits are a valid vector of 32 bf16 (here 1.0 in every half).
+    let x: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)) };
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbf16_ps(*a, x, x);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn fma_ymm(n: usize) -> f32 {
+    let mut acc = [_mm256_set1_ps(0.0); CHAINS / 2];
+    let (x, y) = (_mm256_set1_ps(1.000_000_1), _mm256_set1_ps(0.999_999));
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(x, y, *a);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    let sum = acc
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
+    // SAFETY: lanes holds 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    lanes.iter().sum()
+}
+
+fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
+    let n = 20_000_000;
+    let start = Instant::now();
+    let check = run(n);
+    let s = start.elapsed().as_secs_f64();
+    println!(
+        "{name}: {:.1} GFLOP/s per core (checksum {check})",
+        (n * flops_per_iter) as f64 / s / 1e9
+    );
+}
+
+fn main() {
+    let has = |f: &str| match f {
+        "avx512f" => is_x86_feature_detected!("avx512f"),
+        "avx512bf16" => is_x86_feature_detected!("avx512bf16"),
+        _ => is_x86_feature_detected!("fma"),
+    };
+    if has("avx512f") {
+        // SAFETY (all three): the CPU has the features checked.
+        time("f32 vfmadd zmm", CHAINS * 32, |n| unsafe { fma_zmm(n) });
+    }
+    if has("avx512f") && has("avx512bf16") {
+        time("bf16 vdpbf16ps zmm", CHAINS * 64, |n| unsafe {
+            dpbf16_zmm(n)
+        });
+    }
+    if has("fma") {
+        time("f32 vfmadd ymm", CHAINS / 2 * 16, |n| unsafe { fma_ymm(n) });
+    }
+}
