@@ -196,6 +196,15 @@ impl PackedBf16 {
         Ok(PackedBf16 { k, n, repr })
     }
 
+    /// The kernel that multiplies, as `describe()` names it.
+    pub fn kernel(&self) -> Bf16Kernel {
+        match self.repr {
+            Repr::Tiles { .. } => Bf16Kernel::Amx,
+            Repr::Pairs(_) => Bf16Kernel::Avx512Bf16,
+            Repr::Dense(_) => Bf16Kernel::F32,
+        }
+    }
+
     /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         let k = x.len().checked_div(m).unwrap_or(self.k);
@@ -212,9 +221,11 @@ impl PackedBf16 {
                 w.matmul(&rounded, m)
             }
             Repr::Pairs(w) => {
-                let mut pairs = vec![0u32; m * k.div_ceil(2)];
+                let mut pairs: Vec<u32> = Vec::with_capacity(m * k.div_ceil(2));
                 if k > 0 {
-                    round_pairs(x, k, &mut pairs);
+                    round_pairs(x, k, &mut pairs.spare_capacity_mut()[..m * k.div_ceil(2)]);
+                    // SAFETY: round_pairs wrote every one of the m * k.div_ceil(2) pairs.
+                    unsafe { pairs.set_len(m * k.div_ceil(2)) };
                 }
                 Ok(w.matmul::<DotBf16>(&pairs, m))
             }
@@ -224,16 +235,16 @@ impl PackedBf16 {
 }
 
 multiversion! {
-    /// Rounds rows of `k` f32 to bf16 pairs: `dst` gets `k.div_ceil(2)` u32 per row, input 2p
-    /// in the low half of pair p (a zero after an odd last input).
-    fn round_pairs(src: &[f32], k: usize, dst: &mut [u32]) {
+    /// Rounds rows of `k` f32 to bf16 pairs, writing every element of `dst`: `k.div_ceil(2)`
+    /// u32 per row, input 2p in the low half of pair p (a zero after an odd last input).
+    fn round_pairs(src: &[f32], k: usize, dst: &mut [MaybeUninit<u32>]) {
         for (row, out) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k.div_ceil(2))) {
             let (whole, last) = row.split_at(k / 2 * 2);
             for (o, pair) in out.iter_mut().zip(whole.chunks_exact(2)) {
-                *o = bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16;
+                *o = MaybeUninit::new(bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16);
             }
             if let [x] = last {
-                out[k / 2] = bf16_bits(*x) as u32;
+                out[k / 2] = MaybeUninit::new(bf16_bits(*x) as u32);
             }
         }
     }

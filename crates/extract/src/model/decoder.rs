@@ -24,7 +24,6 @@ use super::attention::{AttentionShape, LayerAttention, Rope, attend};
 use super::bf16mm::{Bf16Kernel, PackedBf16};
 use super::f32mm::PackedF32;
 use super::kernels;
-use super::panels::{FmaF32, Kernel};
 use super::tokenizer::DecoderTokenizer;
 use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
 
@@ -115,6 +114,15 @@ pub(crate) enum Weight {
 }
 
 impl Weight {
+    /// The kernel that multiplies: the vectors of two kernels differ in their last bits, so
+    /// `describe()` names it and the store never mixes them.
+    fn kernel(&self) -> &'static str {
+        match self {
+            Weight::F32(w) => w.kernel(),
+            Weight::Bf16(w) => w.kernel().name(),
+        }
+    }
+
     /// `w` is (in, out) f32.
     pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
         Ok(match compute {
@@ -452,16 +460,6 @@ pub(crate) fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -
     out
 }
 
-/// The kernel that runs the products, named in `describe()`: the vectors of two kernels differ
-/// in their last bits, so the store must not mix them.
-fn matmul_kernel(compute: ComputeDtype) -> &'static str {
-    match compute {
-        ComputeDtype::F32 if FmaF32::available() => "avx512",
-        ComputeDtype::F32 => "candle",
-        ComputeDtype::Bf16 => Bf16Kernel::detect().name(),
-    }
-}
-
 impl Embedder for Decoder {
     fn num_layers(&self) -> usize {
         self.cfg.n_layers
@@ -526,7 +524,7 @@ impl Embedder for Decoder {
                 // some architectures have.
                 let mut x = format!(
                     ",engine=packed-rows-v3,matmul={}",
-                    matmul_kernel(self.compute)
+                    self.blocks.first().map_or("none", |b| b.qkv.w.kernel())
                 );
                 if c.rotary_dim != c.head_dim {
                     x += &format!(",rotary_dim={}", c.rotary_dim);

@@ -44,6 +44,14 @@ impl PackedF32 {
         })
     }
 
+    /// The kernel that multiplies, as `describe()` names it.
+    pub fn kernel(&self) -> &'static str {
+        match self.repr {
+            Repr::Panels(_) => "avx512",
+            Repr::Dense(_) => "candle",
+        }
+    }
+
     /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major.
     pub fn matmul(&self, x: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
         let (k, n) = (self.k, self.n);

@@ -23,7 +23,7 @@ use llmembed_core::{Error, Result};
 use rayon::prelude::*;
 
 /// Columns of B per panel: two AVX-512 registers.
-pub(crate) const PANEL: usize = 32;
+const PANEL: usize = 32;
 /// Rows of A per micro-kernel call: 12 x 2 accumulators, plus the two B vectors and the
 /// broadcast, fit in the 32 vector registers.
 const MICRO_ROWS: usize = 12;
