@@ -7,12 +7,15 @@
 //!   stores/<kind>/              persistent per-kind scratch (resumable shards, per-text memo)
 //!   models/                     fetched model files
 //!   runs/<pipeline>/<stage>.json  the preimage of the last run of each stage (for `status`)
+//!   quarantine/<key>-<stamp>/   artifacts found damaged, moved aside (removed by `gc`)
 //!   file-hashes.json            memo of external files' hashes by (path, size, mtime)
-//!   lock                        held by the runner for the whole run
+//!   lock, lock.owner            held by the runner (and gc, verify) for the whole command
 //! ```
 //!
 //! An artifact's key is the blake3 of its canonical preimage ([`Preimage`]). Publication is a
-//! rename of a complete, fsynced folder, so an artifact is either absent or complete.
+//! rename of a complete, fsynced folder, so an artifact is either absent or complete. A hit is
+//! checked cheaply ([`Cache::lookup`]); a file whose bytes are about to be read is checked in full
+//! ([`Cache::verify_files`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -115,7 +118,7 @@ pub fn sample_hash(path: &Path) -> Result<String> {
 
 impl Cache {
     pub fn new(root: PathBuf) -> Result<Self> {
-        for sub in ["artifacts", "tmp", "stores", "models", "runs"] {
+        for sub in ["artifacts", "tmp", "stores", "models", "runs", "quarantine"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("create {}", root.join(sub).display()))?;
         }
@@ -134,30 +137,38 @@ impl Cache {
         self.root.join("models")
     }
 
-    /// Looks an artifact up and checks that it is complete and intact.
+    /// Looks an artifact up and checks cheaply that it is complete and intact: manifest, sizes
+    /// and sampled hashes. Each reason names the path.
     pub fn lookup(&self, key: &str) -> Lookup {
         let dir = self.artifact_dir(key);
         if !dir.exists() {
             return Lookup::Missing;
         }
-        let manifest: Manifest = match fs::read(dir.join(MANIFEST))
+        let manifest_path = dir.join(MANIFEST);
+        let manifest: Manifest = match fs::read(&manifest_path)
             .map_err(anyhow::Error::from)
             .and_then(|b| Ok(serde_json::from_slice(&b)?))
         {
             Ok(m) => m,
-            Err(e) => return Lookup::Corrupt(format!("manifest unreadable: {e}")),
+            Err(e) => {
+                return Lookup::Corrupt(format!("{}: unreadable: {e}", manifest_path.display()));
+            }
         };
         if manifest.key != key {
-            return Lookup::Corrupt(format!("manifest is for key {}", manifest.key));
+            return Lookup::Corrupt(format!(
+                "{}: made for key {}",
+                manifest_path.display(),
+                manifest.key
+            ));
         }
         for f in &manifest.files {
             let path = dir.join(&f.name);
             match fs::metadata(&path) {
-                Err(_) => return Lookup::Corrupt(format!("{} is missing", f.name)),
+                Err(_) => return Lookup::Corrupt(format!("{}: missing", path.display())),
                 Ok(m) if m.len() != f.size => {
                     return Lookup::Corrupt(format!(
-                        "{} has {} bytes, manifest says {}",
-                        f.name,
+                        "{}: {} bytes, its manifest says {}",
+                        path.display(),
                         m.len(),
                         f.size
                     ));
@@ -166,11 +177,64 @@ impl Cache {
             }
             match sample_hash(&path) {
                 Ok(h) if h == f.sample => {}
-                Ok(_) => return Lookup::Corrupt(format!("{} content changed", f.name)),
-                Err(e) => return Lookup::Corrupt(format!("{}: {e}", f.name)),
+                Ok(_) => {
+                    return Lookup::Corrupt(format!(
+                        "{}: content does not match its manifest (sampled check)",
+                        path.display()
+                    ));
+                }
+                Err(e) => return Lookup::Corrupt(format!("{}: {e:#}", path.display())),
             }
         }
         Lookup::Hit(Box::new(manifest))
+    }
+
+    /// The manifest of an artifact, if it has a readable one made for this key (for saying
+    /// precisely what is wrong with an artifact that failed its lookup).
+    pub fn manifest(&self, key: &str) -> Option<Manifest> {
+        let bytes = fs::read(self.artifact_dir(key).join(MANIFEST)).ok()?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).ok()?;
+        (manifest.key == key).then_some(manifest)
+    }
+
+    /// Checks the named files of an artifact (all of them with `None`) in full against the blake3
+    /// its manifest records, the hash that downstream keys were computed from. Run before any of
+    /// those bytes are used; the sampled check of [`Cache::lookup`] misses most flipped bytes.
+    pub fn verify_files(
+        &self,
+        manifest: &Manifest,
+        names: Option<&[String]>,
+    ) -> std::result::Result<(), String> {
+        let dir = self.artifact_dir(&manifest.key);
+        for f in &manifest.files {
+            if names.is_some_and(|names| !names.contains(&f.name)) {
+                continue;
+            }
+            let path = dir.join(&f.name);
+            let actual = fsutil::hash_file(&path).map_err(|e| e.to_string())?;
+            if actual != f.blake3 {
+                return Err(format!(
+                    "{}: content does not match its manifest (blake3 {actual}, recorded {})",
+                    path.display(),
+                    f.blake3
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a damaged artifact out of `artifacts/` into `quarantine/` (kept for inspection until
+    /// the next `gc`) and returns where it went.
+    pub fn quarantine_artifact(&self, key: &str) -> Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dest = self.root.join("quarantine").join(format!("{key}-{stamp}"));
+        let src = self.artifact_dir(key);
+        fs::rename(&src, &dest)
+            .with_context(|| format!("move {} to {}", src.display(), dest.display()))?;
+        Ok(dest)
     }
 
     /// A fresh, empty folder for a stage to write into.
@@ -180,14 +244,15 @@ impl Cache {
             .join("tmp")
             .join(format!("{key}-{}", std::process::id()));
         if tmp.exists() {
-            fs::remove_dir_all(&tmp)?;
+            fs::remove_dir_all(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
         }
-        fs::create_dir_all(&tmp)?;
+        fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
         Ok(tmp)
     }
 
     /// Hashes the files a stage wrote, writes the manifest, fsyncs and renames the folder into
-    /// place. A corrupt artifact with the same key is moved aside first.
+    /// place. A corrupt artifact with the same key is moved aside first. On failure the tmp
+    /// folder is removed and the error names the path that failed.
     pub fn publish(
         &self,
         tmp: &Path,
@@ -197,10 +262,30 @@ impl Cache {
         summary: &llmembed_core::Summary,
         seconds: f64,
     ) -> Result<Manifest> {
+        let result = self.publish_inner(tmp, key, preimage, stage_id, summary, seconds);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(tmp);
+        }
+        result
+    }
+
+    fn publish_inner(
+        &self,
+        tmp: &Path,
+        key: &str,
+        preimage: &Preimage,
+        stage_id: &str,
+        summary: &llmembed_core::Summary,
+        seconds: f64,
+    ) -> Result<Manifest> {
         let mut files = Vec::new();
-        let mut names: Vec<String> = fs::read_dir(tmp)?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()?;
+        let mut names: Vec<String> = fs::read_dir(tmp)
+            .and_then(|entries| {
+                entries
+                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .with_context(|| format!("list {}", tmp.display()))?;
         names.sort();
         for name in names {
             let path = tmp.join(&name);
@@ -210,9 +295,13 @@ impl Cache {
             if name.starts_with('.') {
                 bail!("stage left a temporary file `{name}` behind");
             }
-            File::open(&path)?.sync_all()?;
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync {}", path.display()))?;
             files.push(FileEntry {
-                size: fs::metadata(&path)?.len(),
+                size: fs::metadata(&path)
+                    .with_context(|| format!("stat {}", path.display()))?
+                    .len(),
                 blake3: fsutil::hash_file(&path)?,
                 sample: sample_hash(&path)?,
                 name,
@@ -232,29 +321,65 @@ impl Cache {
                 .unwrap_or(0),
         };
         fsutil::write_bytes_atomic(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
-        File::open(tmp)?.sync_all()?;
+        File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("fsync {}", tmp.display()))?;
         let dest = self.artifact_dir(key);
         if dest.exists() {
             let aside = self
                 .root
                 .join("tmp")
                 .join(format!("corrupt-{key}-{}", std::process::id()));
-            fs::rename(&dest, &aside)?;
-            fs::remove_dir_all(&aside)?;
+            fs::rename(&dest, &aside)
+                .with_context(|| format!("move {} to {}", dest.display(), aside.display()))?;
+            fs::remove_dir_all(&aside).with_context(|| format!("remove {}", aside.display()))?;
         }
-        fs::rename(tmp, &dest).with_context(|| format!("publish artifact {}", dest.display()))?;
-        File::open(self.root.join("artifacts"))?.sync_all()?;
+        fs::rename(tmp, &dest)
+            .with_context(|| format!("publish {} as {}", tmp.display(), dest.display()))?;
+        let artifacts = self.root.join("artifacts");
+        File::open(&artifacts)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("fsync {}", artifacts.display()))?;
         Ok(manifest)
     }
 
-    /// Removes folders left in `tmp/` by runs that died. Only called while holding the lock.
-    pub fn clean_tmp(&self) -> Result<usize> {
-        let mut n = 0;
-        for entry in fs::read_dir(self.root.join("tmp"))? {
-            fs::remove_dir_all(entry?.path())?;
-            n += 1;
+    /// Removes what dead processes left: every folder in `tmp/` (only a runner holding the lock
+    /// writes there), and temporary files and folders (`.….tmp-<pid>`) of processes that are gone
+    /// in `models/` (interrupted fetches) and `stores/` (interrupted shard writes). Only called
+    /// while holding the lock. Returns the paths removed.
+    pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>> {
+        let tmp = self.root.join("tmp");
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&tmp).with_context(|| format!("list {}", tmp.display()))? {
+            let path = entry
+                .with_context(|| format!("list {}", tmp.display()))?
+                .path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            }
+            .with_context(|| format!("remove {}", path.display()))?;
+            removed.push(path);
         }
-        Ok(n)
+        // Fetch folders sit at most three levels down (models/pypi/.work-….tmp-<pid>), shard
+        // temporaries two (stores/extract/<fingerprint>/.x.parquet.tmp-<pid>).
+        removed.extend(fsutil::remove_dead_temps(&self.models_dir(), 3)?);
+        removed.extend(fsutil::remove_dead_temps(&self.root.join("stores"), 3)?);
+        Ok(removed)
+    }
+
+    /// Quarantined artifacts (see [`Cache::quarantine_artifact`]) with their sizes.
+    pub fn quarantined(&self) -> Result<Vec<(PathBuf, u64)>> {
+        let dir = self.root.join("quarantine");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("list {}", dir.display()))? {
+            let path = entry?.path();
+            let size = dir_size(&path);
+            out.push((path, size));
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn run_record(&self, pipeline: &str, stage_id: &str) -> PathBuf {
@@ -376,27 +501,65 @@ impl FileHashes {
     }
 }
 
-/// The cache lock, held for a whole run. A second runner waits and says who holds it.
+/// Who holds the cache lock: written to `lock.owner` by the holder, read by those who wait.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub pid: u32,
+    /// What the holder does (`run pipelines/agnews.yaml`, `gc`).
+    pub what: String,
+    /// The pipeline file a run works on (absolute), so that `gc --dry-run` can say what it
+    /// protects.
+    pub pipeline: Option<PathBuf>,
+}
+
+impl std::fmt::Display for LockOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.what)
+    }
+}
+
+/// The cache lock, held for a whole command (run, gc, verify). An OS file lock: it is released
+/// when its holder exits, however it exits. A second command waits and says who holds it.
 pub struct Lock {
     _file: File,
 }
 
 impl Lock {
-    pub fn acquire(cache: &Cache, what: &str, wait: bool) -> Result<Lock> {
+    fn open(cache: &Cache) -> Result<File> {
         let path = cache.root.join("lock");
-        let file = fs::OpenOptions::new()
+        fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
             .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
-        let owner_path = cache.root.join("lock.owner");
+            .with_context(|| format!("open {}", path.display()))
+    }
+
+    fn owner(cache: &Cache) -> LockOwner {
+        let raw = fs::read(cache.root.join("lock.owner")).unwrap_or_default();
+        serde_json::from_slice(&raw).unwrap_or_else(|_| LockOwner {
+            what: String::from_utf8_lossy(&raw).trim().to_string(),
+            ..LockOwner::default()
+        })
+    }
+
+    pub fn acquire(cache: &Cache, what: &str, wait: bool) -> Result<Lock> {
+        Self::acquire_for(cache, what, None, wait)
+    }
+
+    /// Takes the lock, waiting for it unless `wait` is false. `pipeline` is recorded for others.
+    pub fn acquire_for(
+        cache: &Cache,
+        what: &str,
+        pipeline: Option<&Path>,
+        wait: bool,
+    ) -> Result<Lock> {
+        let file = Self::open(cache)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                let owner = fs::read_to_string(&owner_path).unwrap_or_default();
-                let owner = owner.trim();
+                let owner = Self::owner(cache);
                 if !wait {
                     bail!(
                         "the cache {} is locked by another runner ({owner}); rerun without --no-wait to wait for it",
@@ -408,7 +571,25 @@ impl Lock {
             }
             Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        fs::write(&owner_path, format!("pid {} ({what})", std::process::id()))?;
+        let owner = LockOwner {
+            pid: std::process::id(),
+            what: what.to_string(),
+            pipeline: pipeline.map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
+        };
+        fsutil::write_bytes_atomic(&cache.root.join("lock.owner"), &serde_json::to_vec(&owner)?)?;
         Ok(Lock { _file: file })
+    }
+
+    /// Who holds the lock now, or `None` when it is free. Takes nothing.
+    pub fn holder(cache: &Cache) -> Result<Option<LockOwner>> {
+        let file = Self::open(cache)?;
+        match file.try_lock() {
+            Ok(()) => {
+                file.unlock()?;
+                Ok(None)
+            }
+            Err(fs::TryLockError::WouldBlock) => Ok(Some(Self::owner(cache))),
+            Err(fs::TryLockError::Error(e)) => Err(e.into()),
+        }
     }
 }

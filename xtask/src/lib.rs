@@ -10,5 +10,6 @@ pub mod registry;
 pub mod runner;
 pub mod status;
 pub mod tools;
+pub mod verify;
 
 pub use pipeline::Plan;

@@ -66,12 +66,28 @@ enum Command {
         #[arg(long)]
         dot: bool,
     },
-    /// Remove artifacts not used by the named pipelines (default: all in `pipelines/`).
+    /// Remove artifacts not used by the named pipelines (default: all in `pipelines/`),
+    /// quarantined artifacts and leftovers of interrupted runs. Waits for a run in progress.
     Gc {
         pipelines: Vec<PathBuf>,
-        /// List what would be removed, with sizes.
+        /// List what would be removed, with sizes (and what a run in progress keeps).
         #[arg(long)]
         dry_run: bool,
+        /// Fail at once if another command holds the cache instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Check every artifact (or those of the named pipelines) and every store file in full
+    /// against its recorded blake3; exits 1 if any is damaged.
+    Verify {
+        pipelines: Vec<PathBuf>,
+        /// Remove damaged artifacts and quarantine damaged store files, so that the next run
+        /// makes them again.
+        #[arg(long)]
+        repair: bool,
+        /// Fail at once if another command holds the cache instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Check a pipeline file and print nothing but its errors.
     Check { pipeline: PathBuf },
@@ -221,7 +237,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             print!("{}", dag::render(&plan, format));
         }
-        Command::Gc { pipelines, dry_run } => {
+        Command::Gc {
+            pipelines,
+            dry_run,
+            no_wait,
+        } => {
             let files: Vec<PathBuf> = if pipelines.is_empty() {
                 let dir = root.join("pipelines");
                 let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -235,8 +255,26 @@ fn run(cli: Cli) -> Result<()> {
                 pipelines.clone()
             };
             let plans = files.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
-            let report = xtask::gc::gc(&plans, &ws()?, *dry_run)?;
+            let report = xtask::gc::gc(&plans, &ws()?, *dry_run, !*no_wait)?;
             xtask::gc::print(&report, *dry_run);
+        }
+        Command::Verify {
+            pipelines,
+            repair,
+            no_wait,
+        } => {
+            let plans = pipelines
+                .iter()
+                .map(|f| load(f))
+                .collect::<Result<Vec<_>>>()?;
+            let report = xtask::verify::verify(&plans, &ws()?, *repair, !*no_wait)?;
+            xtask::verify::print(&report);
+            if !report.damaged.is_empty() && !*repair {
+                anyhow::bail!(
+                    "{} damaged item(s); `cargo xtask verify --repair` removes them so that the next run makes them again",
+                    report.damaged.len()
+                );
+            }
         }
         Command::Check { pipeline } => {
             load(pipeline)?;

@@ -196,37 +196,49 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
     let _lock = if opts.dry_run {
         None
     } else {
-        let lock = Lock::acquire(
+        let lock = Lock::acquire_for(
             &ws.cache,
             &format!("run {}", plan.file.display()),
+            Some(&plan.file),
             opts.wait_for_lock,
         )?;
-        ws.cache.clean_tmp()?;
+        let removed = ws.cache.clean_leftovers()?;
+        if !removed.is_empty() && !ws.quiet {
+            eprintln!(
+                "removed {} leftover temporary file(s) or folder(s) of interrupted runs",
+                removed.len()
+            );
+        }
         Some(lock)
     };
-    let env = ws.env(plan);
-    let mut hashes = FileHashes::open(&ws.cache);
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(n);
-    let mut manifests: Vec<Option<Manifest>> = vec![None; n];
+    let mut state = RunState {
+        plan,
+        ws,
+        env: ws.env(plan),
+        hashes: FileHashes::open(&ws.cache),
+        manifests: vec![None; n],
+        outcomes: Vec::with_capacity(n),
+    };
     let mut stop = false;
 
     for (i, stage) in plan.stages.iter().enumerate() {
         let outcome = if stop {
             Outcome::Skipped("stopped after an earlier failure (use --keep-going)".into())
-        } else if let Some(r) = stage
-            .inputs
-            .iter()
-            .find(|r| matches!(outcomes[r.stage], Outcome::Failed(_) | Outcome::Skipped(_)))
-        {
+        } else if let Some(r) = stage.inputs.iter().find(|r| {
+            matches!(
+                state.outcomes[r.stage],
+                Outcome::Failed(_) | Outcome::Skipped(_)
+            )
+        }) {
             Outcome::Skipped(format!("input `{}` did not run", plan.stages[r.stage].id))
         } else if let Some(r) = stage
             .inputs
             .iter()
-            .find(|r| matches!(outcomes[r.stage], Outcome::WouldRun(_)))
+            .find(|r| matches!(state.outcomes[r.stage], Outcome::WouldRun(_)))
         {
             Outcome::WouldRun(format!("after `{}`", plan.stages[r.stage].id))
         } else {
-            match preimage(stage, plan, &manifests, &env, &mut hashes) {
+            match state.preimage(i) {
                 Err(e) => Outcome::Failed(e),
                 Ok(pre) => {
                     let key = pre.key();
@@ -246,18 +258,28 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
                             let why = match other {
                                 Lookup::Hit(_) => "forced".to_string(),
                                 Lookup::Missing => "not cached".to_string(),
+                                Lookup::Corrupt(why) if opts.dry_run => {
+                                    format!("cached artifact damaged: {why}")
+                                }
                                 Lookup::Corrupt(why) => {
-                                    eprintln!(
-                                        "warning: cached artifact of `{}` is corrupt ({why}); recomputing",
-                                        stage.id
-                                    );
-                                    format!("cached artifact corrupt: {why}")
+                                    match ws.cache.quarantine_artifact(&key) {
+                                        Ok(moved) => eprintln!(
+                                            "warning: cached artifact of `{}` is damaged ({why}); moved to {}, recomputing",
+                                            stage.id,
+                                            moved.display()
+                                        ),
+                                        Err(e) => eprintln!(
+                                            "warning: cached artifact of `{}` is damaged ({why}), and could not be moved aside ({e:#}); recomputing",
+                                            stage.id
+                                        ),
+                                    }
+                                    format!("cached artifact damaged: {why}")
                                 }
                             };
                             if opts.dry_run {
                                 Outcome::WouldRun(why)
                             } else {
-                                execute(plan, i, &pre, &key, &manifests, ws, &env)
+                                state.make(i)
                             }
                         }
                     }
@@ -273,25 +295,189 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
             ws.cache.record_run(&plan.name, &stage.id, m)?;
         }
         print_outcome(stage, &outcome, opts.dry_run);
-        manifests[i] = outcome.manifest().cloned();
-        outcomes.push(outcome);
+        state.manifests[i] = outcome.manifest().cloned();
+        state.outcomes.push(outcome);
     }
-    hashes.save()?;
+    if let Err(e) = state.hashes.save() {
+        // Only a memo: losing it costs a re-hash next time, never a wrong result.
+        eprintln!("warning: {e:#}; the next run hashes external files again");
+    }
 
-    if !opts.dry_run {
-        publish_results(plan, ws, &outcomes)?;
-    }
+    let published = if opts.dry_run {
+        Ok(())
+    } else {
+        state.publish_results()
+    };
     let failed: Vec<&str> = plan
         .stages
         .iter()
-        .zip(&outcomes)
+        .zip(&state.outcomes)
         .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
         .map(|(s, _)| s.id.as_str())
         .collect();
-    if !failed.is_empty() {
-        bail!("{} stage(s) failed: {}", failed.len(), failed.join(", "));
+    match (failed.is_empty(), published) {
+        (true, Ok(())) => Ok(state.outcomes),
+        (true, Err(e)) => Err(e),
+        (false, published) => {
+            if let Err(e) = published {
+                eprintln!("error: {e:#}");
+            }
+            bail!("{} stage(s) failed: {}", failed.len(), failed.join(", "))
+        }
     }
-    Ok(outcomes)
+}
+
+/// What a run has established so far: the manifest of every stage done, in plan order.
+struct RunState<'a> {
+    plan: &'a Plan,
+    ws: &'a Workspace,
+    env: Env,
+    hashes: FileHashes,
+    manifests: Vec<Option<Manifest>>,
+    outcomes: Vec<Outcome>,
+}
+
+impl RunState<'_> {
+    fn preimage(&mut self, i: usize) -> std::result::Result<Preimage, String> {
+        preimage(
+            &self.plan.stages[i],
+            self.plan,
+            &self.manifests,
+            &self.env,
+            &mut self.hashes,
+        )
+    }
+
+    /// Runs stage `i` and publishes its artifact, after checking in full every input file it
+    /// reads (an input found damaged is quarantined and made again first, so no artifact is
+    /// ever computed from damaged bytes).
+    fn make(&mut self, i: usize) -> Outcome {
+        if let Err(e) = self.repair_inputs(i) {
+            return Outcome::Failed(e);
+        }
+        // Recomputed: a repaired input normally has its old bytes, but the key must follow the
+        // bytes actually read.
+        let pre = match self.preimage(i) {
+            Ok(pre) => pre,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let key = pre.key();
+        execute(
+            self.plan,
+            i,
+            &pre,
+            &key,
+            &self.manifests,
+            self.ws,
+            &self.env,
+        )
+    }
+
+    /// Checks in full the input files stage `i` reads; remakes each input that fails.
+    fn repair_inputs(&mut self, i: usize) -> std::result::Result<(), String> {
+        let stage = &self.plan.stages[i];
+        let reads = input_files(stage, self.plan, &self.manifests)?;
+        for (r, files) in stage.inputs.iter().zip(reads) {
+            let names: Vec<String> = files.into_keys().collect();
+            let manifest = self.manifests[r.stage]
+                .as_ref()
+                .expect("input_files checked it");
+            if let Err(why) = self.ws.cache.verify_files(manifest, Some(&names)) {
+                self.remake(r.stage, &why)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Quarantines the damaged artifact of stage `j` and makes it again.
+    fn remake(&mut self, j: usize, why: &str) -> std::result::Result<(), String> {
+        let id = self.plan.stages[j].id.clone();
+        let key = self.manifests[j].as_ref().expect("done").key.clone();
+        let moved = self
+            .ws
+            .cache
+            .quarantine_artifact(&key)
+            .map_err(|e| format!("cached artifact of `{id}` is damaged ({why}): {e:#}"))?;
+        eprintln!(
+            "warning: cached artifact of `{id}` is damaged ({why}); moved to {}, recomputing",
+            moved.display()
+        );
+        match self.make(j) {
+            Outcome::Ran(m) => {
+                if let Err(e) = self.ws.cache.record_run(&self.plan.name, &id, &m) {
+                    eprintln!("warning: {e:#}");
+                }
+                let outcome = Outcome::Ran(m);
+                print_outcome(&self.plan.stages[j], &outcome, false);
+                self.manifests[j] = outcome.manifest().cloned();
+                self.outcomes[j] = outcome;
+                Ok(())
+            }
+            Outcome::Failed(e) => Err(format!(
+                "input `{id}` was damaged and could not be made again: {e}"
+            )),
+            other => Err(format!("input `{id}` was damaged: {other:?}")),
+        }
+    }
+
+    /// Copies the reports (`metrics.json`, `report.md`, PNGs) of every stage that wrote a
+    /// `metrics.json` to `results/<pipeline name>/` (or `results/<name>/<stage id>/` when several
+    /// stages report), so that users and scripts find the latest numbers without cache keys.
+    /// Each file is checked in full on the way and written atomically.
+    fn publish_results(&mut self) -> Result<()> {
+        let reporting: Vec<usize> = (0..self.plan.stages.len())
+            .filter(|&i| {
+                self.outcomes[i]
+                    .manifest()
+                    .is_some_and(|m| m.file("metrics.json").is_some())
+            })
+            .collect();
+        let base = self.ws.results_dir.join(&self.plan.name);
+        for &i in &reporting {
+            let dest = if reporting.len() == 1 {
+                base.clone()
+            } else {
+                base.join(&self.plan.stages[i].id)
+            };
+            fs::create_dir_all(&dest).with_context(|| format!("create {}", dest.display()))?;
+            if let Err(why) = self.copy_reports(i, &dest)? {
+                self.remake(i, &why).map_err(|e| anyhow!(e))?;
+                if let Err(why) = self.copy_reports(i, &dest)? {
+                    bail!(
+                        "report of `{}` still damaged: {why}",
+                        self.plan.stages[i].id
+                    );
+                }
+            }
+            if !self.ws.quiet {
+                println!("results: {}", dest.join("report.md").display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies stage `i`'s report files into `dest`; `Ok(Err(why))` when one is damaged.
+    fn copy_reports(&self, i: usize, dest: &Path) -> Result<std::result::Result<(), String>> {
+        let manifest = self.manifests[i].as_ref().expect("reporting stage done");
+        let src = self.ws.cache.artifact_dir(&manifest.key);
+        for f in &manifest.files {
+            if !(f.name.ends_with(".json") || f.name.ends_with(".md") || f.name.ends_with(".png")) {
+                continue;
+            }
+            let path = src.join(&f.name);
+            let bytes = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+            let actual = llmembed_core::fsutil::hash_bytes(&bytes);
+            if actual != f.blake3 {
+                return Ok(Err(format!(
+                    "{}: content does not match its manifest (blake3 {actual}, recorded {})",
+                    path.display(),
+                    f.blake3
+                )));
+            }
+            llmembed_core::fsutil::write_bytes_atomic(&dest.join(&f.name), &bytes)?;
+        }
+        Ok(Ok(()))
+    }
 }
 
 fn execute(
@@ -322,7 +508,8 @@ fn execute(
             })
             .collect();
         let store_dir = ws.cache.store_dir(stage.kind.kind());
-        fs::create_dir_all(&store_dir)?;
+        fs::create_dir_all(&store_dir)
+            .with_context(|| format!("create {}", store_dir.display()))?;
         let ctx = Context {
             env,
             out_dir: tmp.clone(),
@@ -408,40 +595,4 @@ pub fn thousands(n: usize) -> String {
         out.push(c);
     }
     out
-}
-
-/// Copies the reports (`metrics.json`, `report.md`, PNGs) of every stage that wrote a
-/// `metrics.json` to `results/<pipeline name>/` (or `results/<name>/<stage id>/` when several
-/// stages report), so that users and scripts find the latest numbers without cache keys.
-fn publish_results(plan: &Plan, ws: &Workspace, outcomes: &[Outcome]) -> Result<()> {
-    let reporting: Vec<(&PlannedStage, &Manifest)> = plan
-        .stages
-        .iter()
-        .zip(outcomes)
-        .filter_map(|(s, o)| o.manifest().map(|m| (s, m)))
-        .filter(|(_, m)| m.file("metrics.json").is_some())
-        .collect();
-    if reporting.is_empty() {
-        return Ok(());
-    }
-    let base = ws.results_dir.join(&plan.name);
-    for (stage, manifest) in &reporting {
-        let dest = if reporting.len() == 1 {
-            base.clone()
-        } else {
-            base.join(&stage.id)
-        };
-        fs::create_dir_all(&dest)?;
-        let src = ws.cache.artifact_dir(&manifest.key);
-        for f in &manifest.files {
-            if f.name.ends_with(".json") || f.name.ends_with(".md") || f.name.ends_with(".png") {
-                fs::copy(src.join(&f.name), dest.join(&f.name))
-                    .with_context(|| format!("copy {} to {}", f.name, dest.display()))?;
-            }
-        }
-        if !ws.quiet {
-            println!("results: {}", dest.join("report.md").display());
-        }
-    }
-    Ok(())
 }

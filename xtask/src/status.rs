@@ -47,7 +47,7 @@ pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>>
                 manifests[i] = Some(*m);
                 StageStatus::Cached
             }
-            Lookup::Corrupt(why) => StageStatus::Stale(vec![format!("artifact corrupt: {why}")]),
+            Lookup::Corrupt(why) => StageStatus::Stale(vec![format!("artifact damaged: {why}")]),
             Lookup::Missing => match ws.cache.last_run(&plan.name, &stage.id) {
                 None => StageStatus::Stale(vec!["never run".into()]),
                 Some(last) if last.key == key => {

