@@ -52,6 +52,18 @@
 //! `label` (index into the label names, stored in the schema metadata). Sampled rows keep the
 //! source file's order. The same params and seed give the same bytes.
 //!
+//! # Refused input
+//!
+//! A split with no rows; a CSV/TSV row with more or fewer fields than the header (an empty line
+//! included); a JSON Lines line that is not one JSON object; text that is not UTF-8; a text
+//! column that is not strings (an all-numeric CSV column included); null, missing or empty text
+//! or label; a label column that mixes integer ids with other values (unless the label names look
+//! like integers), a non-integral float label, an id outside the label names, a name not among
+//! them. Each error names the file, the 0-based data row (the row of the output ids) and the
+//! field, and for CSV/TSV and JSON Lines the row's physical line(s) in the file, counted from 1
+//! (a CSV header is line 1; a quoted line break starts a new line). Row checks that polars does
+//! not do are made only when polars fails or leaves nulls, so well-formed files are read once.
+//!
 //! Externals: every local file read (split files, `labels.txt`) as [`External::File`]; for hub
 //! data, the resolved commit as [`External::Value`] (`hub:<repo>`).
 
@@ -293,10 +305,18 @@ impl Stage for Ingest {
             Location::Hub(hub) => hub.fetch()?,
         };
 
+        let known_names = p.label_names.as_deref().or(resolved.label_names.as_deref());
         let mut raws = Vec::new();
         for (split, path) in &files {
-            let df = read_frame(path)?;
-            raws.push(extract(split, path, &df, &p.text_columns, &p.label_column)?);
+            let df = read_frame(split, path)?;
+            raws.push(extract(
+                split,
+                path,
+                &df,
+                &p.text_columns,
+                &p.label_column,
+                known_names,
+            )?);
         }
 
         let label_names = match (&p.label_names, &resolved.label_names) {
@@ -307,7 +327,7 @@ impl Stage for Ingest {
 
         let mut summary = Summary::default();
         for raw in &raws {
-            let labels = map_labels(raw, &label_names, &p.label_column)?;
+            let labels = map_labels(raw, &label_names)?;
             let mut keep: Vec<usize> = (0..raw.texts.len()).collect();
             if p.dedup {
                 let mut seen = HashSet::new();
@@ -696,79 +716,379 @@ fn format_of(path: &Path) -> Result<Format> {
     }
 }
 
-fn invalid(op: &'static str, path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::io(
-        op,
-        path,
-        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+/// `split` read from `path` has no data rows.
+fn no_rows(split: &str, path: &Path) -> Error {
+    Error::mismatch(
+        "ingest",
+        format!("split `{split}` of {} has no rows", path.display()),
     )
 }
 
-fn read_frame(path: &Path) -> Result<DataFrame> {
+fn read_frame(split: &str, path: &Path) -> Result<DataFrame> {
     let format = format_of(path)?;
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    match format {
-        Format::Parquet => ParquetReader::new(file)
-            .finish()
-            .map_err(|e| Error::parquet("read", path, e)),
+    let df = match format {
+        Format::Parquet => {
+            let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+            ParquetReader::new(file)
+                .finish()
+                .map_err(|e| Error::parquet("read", path, e))?
+        }
         Format::Csv(sep) => {
-            drop(file);
-            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            let bytes = read_bytes(path)?;
             check_utf8(path, &bytes, Some(sep))?;
-            CsvReadOptions::default()
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Err(no_rows(split, path));
+            }
+            let read = CsvReadOptions::default()
                 .with_has_header(true)
                 .with_infer_schema_length(None)
                 .with_parse_options(CsvParseOptions::default().with_separator(sep))
-                .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-                .finish()
-                .map_err(|e| invalid("read csv", path, e))
+                .into_reader_with_file_handle(std::io::Cursor::new(&bytes[..]))
+                .finish();
+            match read {
+                // Polars fails on a row with more fields than the header, without saying where:
+                // find the first row of the wrong width. Other failures keep polars' words.
+                Err(e) => {
+                    check_csv_records(path, &bytes, sep)?;
+                    return Err(Error::schema(path, "-", format!("cannot read as CSV: {e}")));
+                }
+                // Polars fills the fields missing from a short (or empty) row with nulls, so a
+                // file without nulls in its last column has none: only then look at the rows.
+                Ok(df) => {
+                    if df.columns().last().is_some_and(|c| c.null_count() > 0) {
+                        check_csv_records(path, &bytes, sep)?;
+                    }
+                    df
+                }
+            }
         }
         Format::JsonLines => {
-            drop(file);
-            let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+            let bytes = read_bytes(path)?;
             check_utf8(path, &bytes, None)?;
-            JsonReader::new(std::io::Cursor::new(bytes))
+            if json_lines(&bytes).next().is_none() {
+                return Err(no_rows(split, path));
+            }
+            let read = JsonReader::new(std::io::Cursor::new(&bytes[..]))
                 .with_json_format(JsonFormat::JsonLines)
                 .infer_schema_len(None)
-                .finish()
-                .map_err(|e| invalid("read json lines", path, e))
+                .finish();
+            match read {
+                // Polars names neither the line nor the problem in its own words: find the
+                // first line that is not a JSON object.
+                Err(e) => {
+                    check_json_lines(path, &bytes)?;
+                    return Err(Error::schema(
+                        path,
+                        "-",
+                        format!("cannot read as JSON Lines: {e}"),
+                    ));
+                }
+                Ok(df) => df,
+            }
         }
+    };
+    if df.height() == 0 {
+        return Err(no_rows(split, path));
+    }
+    Ok(df)
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(bytes)
+}
+
+/// Where a row is in its text file: 1-based physical lines, the header being line 1 of a CSV.
+fn lines_note(first: usize, quoted_breaks: usize) -> String {
+    if quoted_breaks == 0 {
+        format!("line {first} of the file, counting from 1")
+    } else {
+        format!(
+            "lines {first}-{} of the file, counting from 1",
+            first + quoted_breaks
+        )
     }
 }
 
-/// Fails on the first byte that is not UTF-8, naming the data row (lines after the header for
-/// CSV, lines for JSON Lines; quoted line breaks are not accounted for) and, for CSV, the column.
+/// Fails on the first byte that is not UTF-8, naming the data row, its line and, for CSV, the
+/// column.
 fn check_utf8(path: &Path, bytes: &[u8], sep: Option<u8>) -> Result<()> {
     let Err(e) = std::str::from_utf8(bytes) else {
         return Ok(());
     };
     let pos = e.valid_up_to();
-    let line = bytes[..pos].iter().filter(|&&b| b == b'\n').count();
-    let line_start = bytes[..pos]
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let msg = format!("text is not valid UTF-8 (line {}, byte {pos})", line + 1);
-    match sep {
-        Some(sep) => {
-            if line == 0 {
-                return Err(Error::schema(path, "-", format!("header {msg}")));
-            }
-            let header_end = bytes
+    let line = 1 + bytes[..pos].iter().filter(|&&b| b == b'\n').count();
+    let msg = format!(
+        "text is not valid UTF-8 at byte offset {pos} ({})",
+        lines_note(line, 0)
+    );
+    let Some(sep) = sep else {
+        let line_start = bytes[..pos]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let row = json_lines(&bytes[..line_start]).count();
+        return Err(Error::row(path, row, "-", msg));
+    };
+    let mut records = CsvRecords::new(bytes, sep);
+    let header = records.next().expect("a byte at `pos`, so a record");
+    if pos <= header.end {
+        return Err(Error::schema(path, "-", format!("header {msg}")));
+    }
+    let names = header.field_names(bytes, sep);
+    for (row, r) in records.enumerate() {
+        if pos <= r.end {
+            let field = r
+                .field_starts(bytes, sep)
                 .iter()
-                .position(|&b| b == b'\n')
-                .unwrap_or(bytes.len());
-            let header = String::from_utf8_lossy(&bytes[..header_end]);
-            let field = bytes[line_start..pos].iter().filter(|&&b| b == sep).count();
-            let column = header
-                .trim_end_matches('\r')
-                .split(sep as char)
-                .nth(field)
-                .map(|c| c.trim_matches('"').to_string())
-                .unwrap_or_else(|| format!("#{field}"));
-            Err(Error::row(path, line - 1, &column, msg))
+                .filter(|&&s| s <= pos)
+                .count()
+                - 1;
+            let column = names
+                .get(field)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", field + 1));
+            return Err(Error::row(path, row, &column, msg));
         }
-        None => Err(Error::row(path, line, "-", msg)),
+    }
+    unreachable!("byte {pos} is in a record")
+}
+
+/// One record of a delimited file.
+struct CsvRecord {
+    /// Byte offset of its first byte.
+    start: usize,
+    /// Byte offset of the line break that ends it (or the file's length).
+    end: usize,
+    /// 1-based line of the file it starts on.
+    line: usize,
+    /// Line breaks inside quoted fields.
+    quoted_breaks: usize,
+    fields: usize,
+}
+
+impl CsvRecord {
+    fn is_blank(&self, bytes: &[u8]) -> bool {
+        matches!(&bytes[self.start..self.end], b"" | b"\r")
+    }
+
+    fn field_starts(&self, bytes: &[u8], sep: u8) -> Vec<usize> {
+        let mut starts = Vec::with_capacity(self.fields);
+        walk_csv_record(bytes, self.start, sep, |s| starts.push(s));
+        starts
+    }
+
+    /// The fields as text, quotes removed (for naming header columns).
+    fn field_names(&self, bytes: &[u8], sep: u8) -> Vec<String> {
+        let starts = self.field_starts(bytes, sep);
+        (0..starts.len())
+            .map(|i| {
+                let end = starts.get(i + 1).map_or(self.end, |&next| next - 1);
+                let raw = String::from_utf8_lossy(&bytes[starts[i]..end]);
+                let raw = raw.strip_suffix('\r').unwrap_or(&raw);
+                match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                    Some(inner) => inner.replace("\"\"", "\""),
+                    None => raw.to_string(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Walks the record that starts at `pos` the way polars splits it: a field that starts with `"`
+/// runs until a separator or line break outside quotes (every `"` toggles quoting, so `""` is a
+/// quote inside the field); any other field ends at the next separator or line break. Calls
+/// `on_field` with the offset of each field. Returns (fields, offset of the ending line break or
+/// the file's length, line breaks inside quotes).
+fn walk_csv_record(
+    bytes: &[u8],
+    mut pos: usize,
+    sep: u8,
+    mut on_field: impl FnMut(usize),
+) -> (usize, usize, usize) {
+    let (mut fields, mut breaks) = (0, 0);
+    loop {
+        on_field(pos);
+        fields += 1;
+        if bytes.get(pos) == Some(&b'"') {
+            let mut quoted = false;
+            while let Some(&c) = bytes.get(pos) {
+                if c == b'"' {
+                    quoted = !quoted;
+                } else if c == b'\n' && quoted {
+                    breaks += 1;
+                } else if !quoted && (c == sep || c == b'\n') {
+                    break;
+                }
+                pos += 1;
+            }
+        } else {
+            while bytes.get(pos).is_some_and(|&c| c != sep && c != b'\n') {
+                pos += 1;
+            }
+        }
+        match bytes.get(pos) {
+            Some(&c) if c == sep => pos += 1,
+            Some(_) => return (fields, pos, breaks),
+            None => return (fields, bytes.len(), breaks),
+        }
+    }
+}
+
+/// The records of a delimited file, header first.
+struct CsvRecords<'a> {
+    bytes: &'a [u8],
+    sep: u8,
+    pos: usize,
+    line: usize,
+}
+
+impl<'a> CsvRecords<'a> {
+    fn new(bytes: &'a [u8], sep: u8) -> Self {
+        CsvRecords {
+            bytes,
+            sep,
+            pos: 0,
+            line: 1,
+        }
+    }
+}
+
+impl Iterator for CsvRecords<'_> {
+    type Item = CsvRecord;
+
+    fn next(&mut self) -> Option<CsvRecord> {
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let (fields, end, quoted_breaks) = walk_csv_record(self.bytes, self.pos, self.sep, |_| {});
+        let record = CsvRecord {
+            start: self.pos,
+            end,
+            line: self.line,
+            quoted_breaks,
+            fields,
+        };
+        self.pos = end + 1;
+        self.line += quoted_breaks + 1;
+        Some(record)
+    }
+}
+
+/// Fails on the first data row whose number of fields differs from the header's.
+fn check_csv_records(path: &Path, bytes: &[u8], sep: u8) -> Result<()> {
+    let mut records = CsvRecords::new(bytes, sep);
+    let Some(header) = records.next() else {
+        return Ok(());
+    };
+    let width = header.fields;
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    for (row, r) in records.enumerate() {
+        if r.fields == width {
+            continue;
+        }
+        let at = lines_note(r.line, r.quoted_breaks);
+        let (field, message) = if r.is_blank(bytes) {
+            (
+                "-".to_string(),
+                format!("empty line, but the header has {width} fields ({at})"),
+            )
+        } else if r.fields > width {
+            (
+                format!("#{}", width + 1),
+                format!("{} fields, but the header has {width} ({at})", r.fields),
+            )
+        } else {
+            let names = header.field_names(bytes, sep);
+            (
+                names[r.fields].clone(),
+                format!(
+                    "{} field{}, but the header has {width} ({at})",
+                    r.fields,
+                    plural(r.fields)
+                ),
+            )
+        };
+        return Err(Error::row(path, row, &field, message));
+    }
+    Ok(())
+}
+
+/// The lines polars reads as JSON Lines rows (it skips blank ones), with their 1-based numbers.
+fn json_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| l.iter().any(|b| !matches!(b, b' ' | b'\t' | b'\r')))
+        .map(|(i, l)| (i + 1, l))
+}
+
+/// Fails on the first row that is not one JSON object.
+fn check_json_lines(path: &Path, bytes: &[u8]) -> Result<()> {
+    for (row, (line, text)) in json_lines(bytes).enumerate() {
+        let problem = match serde_json::from_slice::<serde_json::Value>(text) {
+            Err(e) => {
+                let reason = e.to_string();
+                let suffix = format!(" at line {} column {}", e.line(), e.column());
+                let reason = reason.strip_suffix(&suffix).unwrap_or(&reason);
+                format!("invalid JSON at column {}: {reason}", e.column())
+            }
+            Ok(serde_json::Value::Object(_)) => continue,
+            Ok(other) => format!("not a JSON object: {}", json_kind(&other)),
+        };
+        return Err(Error::row(
+            path,
+            row,
+            "-",
+            format!("{problem} ({})", lines_note(line, 0)),
+        ));
+    }
+    Ok(())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// A bad value in data row `row` (0-based, as polars read it) of `path`. For CSV and JSON Lines
+/// the message says which line(s) of the file hold the row; the file is read again for that,
+/// which is fine on the way out.
+fn bad_row(path: &Path, row: usize, field: &str, message: impl Into<String>) -> Error {
+    let mut message = message.into();
+    let lines = match format_of(path) {
+        Ok(Format::Csv(sep)) => std::fs::read(path).ok().and_then(|bytes| {
+            CsvRecords::new(&bytes, sep)
+                .nth(row + 1)
+                .map(|r| lines_note(r.line, r.quoted_breaks))
+        }),
+        Ok(Format::JsonLines) => std::fs::read(path)
+            .ok()
+            .and_then(|bytes| json_lines(&bytes).nth(row).map(|(l, _)| lines_note(l, 0))),
+        _ => None,
+    };
+    if let Some(lines) = lines {
+        message.push_str(&format!(" ({lines})"));
+    }
+    Error::row(path, row, field, message)
+}
+
+/// How a missing value reads in this file's format.
+fn null_word(path: &Path) -> &'static str {
+    match format_of(path) {
+        Ok(Format::Csv(_)) => "empty",
+        Ok(Format::JsonLines) => "null or missing",
+        _ => "null",
     }
 }
 
@@ -780,6 +1100,7 @@ enum RawLabels {
 struct RawSplit {
     split: String,
     path: PathBuf,
+    label_column: String,
     texts: Vec<String>,
     labels: RawLabels,
 }
@@ -792,12 +1113,19 @@ fn column_list(df: &DataFrame) -> String {
         .join(", ")
 }
 
+fn is_label_id(v: &str) -> bool {
+    v.parse::<i64>().is_ok()
+}
+
+/// Texts and labels of one split. `label_names`: the names given or known before reading, if
+/// any (they decide whether a string column that mixes integers and other values is names).
 fn extract(
     split: &str,
     path: &Path,
     df: &DataFrame,
     text_columns: &[String],
     label_column: &str,
+    label_names: Option<&[String]>,
 ) -> Result<RawSplit> {
     let n = df.height();
     let mut texts: Vec<String> = vec![String::new(); n];
@@ -809,23 +1137,19 @@ fn extract(
                 format!("missing (columns: {})", column_list(df)),
             )
         })?;
-        let col = if col.dtype().is_string() {
-            col.clone()
-        } else if col.dtype().is_primitive_numeric() || col.dtype() == &DataType::Boolean {
-            col.cast(&DataType::String)
-                .map_err(|e| Error::schema(path, name, e.to_string()))?
-        } else {
+        if !col.dtype().is_string() {
             return Err(Error::schema(
                 path,
                 name,
                 format!("expected text, found {}", col.dtype()),
             ));
-        };
+        }
         let strs = col
             .str()
             .map_err(|e| Error::schema(path, name, e.to_string()))?;
         for (row, v) in strs.iter().enumerate() {
-            let v = v.ok_or_else(|| Error::row(path, row, name, "null text"))?;
+            let v =
+                v.ok_or_else(|| bad_row(path, row, name, format!("{} text", null_word(path))))?;
             if k > 0 {
                 texts[row].push(' ');
             }
@@ -834,7 +1158,7 @@ fn extract(
     }
     for (row, t) in texts.iter().enumerate() {
         if t.trim().is_empty() {
-            return Err(Error::row(path, row, &text_columns.join("+"), "empty text"));
+            return Err(bad_row(path, row, &text_columns.join("+"), "empty text"));
         }
     }
 
@@ -845,6 +1169,14 @@ fn extract(
             format!("missing (columns: {})", column_list(df)),
         )
     })?;
+    let null_label = |row| {
+        bad_row(
+            path,
+            row,
+            label_column,
+            format!("{} label", null_word(path)),
+        )
+    };
     let labels = if col.dtype().is_integer() {
         let ints = col
             .cast(&DataType::Int64)
@@ -854,7 +1186,7 @@ fn extract(
             .map_err(|e| Error::schema(path, label_column, e.to_string()))?;
         let mut out = Vec::with_capacity(n);
         for (row, v) in ints.iter().enumerate() {
-            out.push(v.ok_or_else(|| Error::row(path, row, label_column, "null label"))?);
+            out.push(v.ok_or_else(|| null_label(row))?);
         }
         RawLabels::Ids(out)
     } else if col.dtype().is_string() {
@@ -863,13 +1195,46 @@ fn extract(
             .map_err(|e| Error::schema(path, label_column, e.to_string()))?;
         let mut out = Vec::with_capacity(n);
         for (row, v) in strs.iter().enumerate() {
-            out.push(
-                v.ok_or_else(|| Error::row(path, row, label_column, "null label"))?
-                    .to_string(),
-            );
+            out.push(v.ok_or_else(|| null_label(row))?.to_string());
+        }
+        // A column of integer ids with one stray value reads as strings; so does one that mixes
+        // ids and names. Unless the label names themselves look like integers, name the first
+        // row that differs from row 0.
+        let names_look_like_ids =
+            label_names.is_some_and(|names| names.iter().any(|x| is_label_id(x)));
+        if let Some(first) = out.first()
+            && !names_look_like_ids
+        {
+            let first_is_id = is_label_id(first);
+            if let Some(row) = out.iter().position(|v| is_label_id(v) != first_is_id) {
+                let v = &out[row];
+                let message = if first_is_id {
+                    format!("label `{v}` is not an integer id, but row 0's label `{first}` is")
+                } else {
+                    format!("label `{v}` is an integer id, but row 0's label `{first}` is a name")
+                };
+                return Err(bad_row(path, row, label_column, message));
+            }
         }
         RawLabels::Names(out)
     } else {
+        // A float column with one non-integral value: name that row.
+        if col.dtype().is_float()
+            && let Ok(floats) = col.cast(&DataType::Float64)
+            && let Ok(floats) = floats.f64()
+        {
+            for (row, v) in floats.iter().enumerate() {
+                let v = v.ok_or_else(|| null_label(row))?;
+                if v.fract() != 0.0 || !v.is_finite() {
+                    return Err(bad_row(
+                        path,
+                        row,
+                        label_column,
+                        format!("label `{v}` is not an integer id"),
+                    ));
+                }
+            }
+        }
         return Err(Error::schema(
             path,
             label_column,
@@ -882,6 +1247,7 @@ fn extract(
     Ok(RawSplit {
         split: split.to_string(),
         path: path.to_path_buf(),
+        label_column: label_column.to_string(),
         texts,
         labels,
     })
@@ -904,10 +1270,10 @@ fn derive_label_names(raws: &[RawSplit]) -> Result<Vec<String>> {
             RawLabels::Ids(v) => {
                 for (row, &id) in v.iter().enumerate() {
                     if id < 0 {
-                        return Err(Error::row(
+                        return Err(bad_row(
                             &raw.path,
                             row,
-                            "label",
+                            &raw.label_column,
                             format!("label id {id} is negative"),
                         ));
                     }
@@ -930,13 +1296,14 @@ fn derive_label_names(raws: &[RawSplit]) -> Result<Vec<String>> {
     Ok(out)
 }
 
-fn map_labels(raw: &RawSplit, names: &[String], label_column: &str) -> Result<Vec<i64>> {
+fn map_labels(raw: &RawSplit, names: &[String]) -> Result<Vec<i64>> {
     let n = names.len() as i64;
+    let label_column = raw.label_column.as_str();
     match &raw.labels {
         RawLabels::Ids(ids) => {
             for (row, &id) in ids.iter().enumerate() {
                 if !(0..n).contains(&id) {
-                    return Err(Error::row(
+                    return Err(bad_row(
                         &raw.path,
                         row,
                         label_column,
@@ -955,7 +1322,7 @@ fn map_labels(raw: &RawSplit, names: &[String], label_column: &str) -> Result<Ve
                     .position(|x| x == v)
                     .map(|i| i as i64)
                     .ok_or_else(|| {
-                        Error::row(
+                        bad_row(
                             &raw.path,
                             row,
                             label_column,

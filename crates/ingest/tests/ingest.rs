@@ -379,7 +379,7 @@ fn bad_input_is_named_by_file_row_and_column() {
     );
     let e = err(&single(&p), root);
     assert!(
-        e.contains("null.jsonl: row 1, field `text`: null text"),
+        e.contains("null.jsonl: row 1, field `text`: null or missing text (line 2 of the file"),
         "{e}"
     );
     let p = f("empty.csv", b"text,label\nfine,0\nalso fine,1\n\"  \",1\n");
@@ -408,10 +408,10 @@ fn bad_input_is_named_by_file_row_and_column() {
     );
     let e = err(&single(&p), root);
     assert!(
-        e.contains("nulllabel.jsonl: row 1, field `label`: null label"),
+        e.contains("nulllabel.jsonl: row 1, field `label`: null or missing label (line 2"),
         "{e}"
     );
-    let p = f("floatlabel.jsonl", b"{\"text\": \"a\", \"label\": 0.5}\n");
+    let p = f("floatlabel.jsonl", b"{\"text\": \"a\", \"label\": 1.0}\n");
     let e = err(&single(&p), root);
     assert!(
         e.contains("column `label`: expected integer ids or string names"),
@@ -466,7 +466,10 @@ fn bad_input_is_named_by_file_row_and_column() {
     let p = f("latin1.csv", b"label,text\n0,fine\n1,caf\xe9 au lait\n");
     let e = err(&single(&p), root);
     assert!(
-        e.contains("latin1.csv: row 1, field `text`: text is not valid UTF-8 (line 3"),
+        e.ends_with(
+            "latin1.csv: row 1, field `text`: text is not valid UTF-8 at byte offset 23 \
+             (line 3 of the file, counting from 1)"
+        ),
         "{e}"
     );
 
@@ -502,6 +505,242 @@ fn bad_input_is_named_by_file_row_and_column() {
         e.contains("`imdb` is neither a folder of the data directory"),
         "{e}"
     );
+}
+
+/// Writes `content` to `root/name` and ingests it as split `test` (label names neg, pos unless
+/// `names` is false), returning the error and its text with `root` shortened to `<dir>`.
+fn refuse(root: &Path, name: &str, content: &[u8], names: bool) -> String {
+    let path = root.join(name);
+    std::fs::write(&path, content).unwrap();
+    let p = IngestParams {
+        files: Some([("test".to_string(), path)].into()),
+        label_names: names.then(|| vec!["neg".into(), "pos".into()]),
+        ..Default::default()
+    };
+    let e = env(&root.join("no-data"), root, 0);
+    let out = format!("err-{}", rand_suffix());
+    let e = run(&p, &e, root, &out).unwrap_err();
+    // One message: nothing chained below it that a caller would print a second time.
+    assert!(std::error::Error::source(&e).is_none(), "{e:?}");
+    e.to_string().replace(&root.display().to_string(), "<dir>")
+}
+
+#[test]
+fn ragged_csv_rows_name_file_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // More fields than the header; the quoted line break makes row 2 start on line 5.
+    let e = refuse(
+        root,
+        "long.csv",
+        b"text,label\nfine,0\n\"two\nlines, one row\",1\nextra,1,2\nok,0\n",
+        true,
+    );
+    assert_eq!(
+        e,
+        "<dir>/long.csv: row 2, field `#3`: 3 fields, but the header has 2 \
+         (line 5 of the file, counting from 1)"
+    );
+    let e = refuse(root, "long.tsv", b"text\tlabel\na\t0\nb\t1\t\tx\n", true);
+    assert_eq!(
+        e,
+        "<dir>/long.tsv: row 1, field `#3`: 4 fields, but the header has 2 \
+         (line 3 of the file, counting from 1)"
+    );
+    // Fewer fields than the header, even when the missing one is not used.
+    let e = refuse(
+        root,
+        "short.csv",
+        b"text,label,source\na,0,web\nb,1\nc,1,web\n",
+        true,
+    );
+    assert_eq!(
+        e,
+        "<dir>/short.csv: row 1, field `source`: 2 fields, but the header has 3 \
+         (line 3 of the file, counting from 1)"
+    );
+    // A row that spans lines, and an empty line.
+    let e = refuse(root, "short2.csv", b"text,label\na,0\n\"b\nc\"\n", true);
+    assert_eq!(
+        e,
+        "<dir>/short2.csv: row 1, field `label`: 1 field, but the header has 2 \
+         (lines 3-4 of the file, counting from 1)"
+    );
+    let e = refuse(root, "blank.csv", b"text,label\r\na,0\r\n\r\nb,1\r\n", true);
+    assert_eq!(
+        e,
+        "<dir>/blank.csv: row 1, field `-`: empty line, but the header has 2 fields \
+         (line 3 of the file, counting from 1)"
+    );
+}
+
+#[test]
+fn broken_json_lines_name_file_line_and_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // Blank lines are skipped, so row 1 is on line 3.
+    let e = refuse(
+        root,
+        "comma.jsonl",
+        b"{\"text\": \"a\", \"label\": 0}\n\n{\"text\": \"b\", \"label\": 1,}\n",
+        true,
+    );
+    assert_eq!(
+        e,
+        "<dir>/comma.jsonl: row 1, field `-`: invalid JSON at column 26: trailing comma \
+         (line 3 of the file, counting from 1)"
+    );
+    let e = refuse(
+        root,
+        "array.jsonl",
+        b"{\"text\": \"a\", \"label\": 0}\n[\"b\", 1]\n",
+        true,
+    );
+    assert_eq!(
+        e,
+        "<dir>/array.jsonl: row 1, field `-`: not a JSON object: an array \
+         (line 2 of the file, counting from 1)"
+    );
+}
+
+#[test]
+fn empty_splits_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for names in [true, false] {
+        let e = refuse(root, "header.csv", b"text,label\n", names);
+        assert_eq!(e, "ingest: split `test` of <dir>/header.csv has no rows");
+    }
+    let e = refuse(root, "nothing.tsv", b"", true);
+    assert_eq!(e, "ingest: split `test` of <dir>/nothing.tsv has no rows");
+    let e = refuse(root, "blank.jsonl", b"\n  \n", true);
+    assert_eq!(e, "ingest: split `test` of <dir>/blank.jsonl has no rows");
+    let mut df = polars::df!("text" => Vec::<&str>::new(), "label" => Vec::<i64>::new()).unwrap();
+    let path = root.join("empty.parquet");
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let e = refuse(root, "empty.parquet", &bytes, true);
+    assert_eq!(e, "ingest: split `test` of <dir>/empty.parquet has no rows");
+}
+
+#[test]
+fn non_string_text_columns_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let e = refuse(root, "numbers.csv", b"text,label\n12,0\n7,1\n", true);
+    assert_eq!(
+        e,
+        "<dir>/numbers.csv: column `text`: expected text, found i64"
+    );
+    let e = refuse(
+        root,
+        "flags.jsonl",
+        b"{\"text\": true, \"label\": 0}\n",
+        true,
+    );
+    assert_eq!(
+        e,
+        "<dir>/flags.jsonl: column `text`: expected text, found bool"
+    );
+}
+
+#[test]
+fn bad_values_name_file_row_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let line = |n: usize| format!("(line {n} of the file, counting from 1)");
+    // Empty text and label fields in CSV; the quoted line break moves the lines on.
+    let e = refuse(root, "t.csv", b"text,label\n\"a\nb\",0\n,1\n", true);
+    assert_eq!(
+        e,
+        format!("<dir>/t.csv: row 1, field `text`: empty text {}", line(4))
+    );
+    let e = refuse(root, "l.csv", b"text,label\na,0\nb,\n", true);
+    assert_eq!(
+        e,
+        format!("<dir>/l.csv: row 1, field `label`: empty label {}", line(3))
+    );
+    // A stray value in a column of integer ids: named, whether or not label names are given
+    // (before, it turned the column into names: `label_names` 0, x or "`0` is not one of").
+    for names in [true, false] {
+        let e = refuse(root, "x.csv", b"text,label\na,0\nb,1\nc,x\n", names);
+        assert_eq!(
+            e,
+            format!(
+                "<dir>/x.csv: row 2, field `label`: label `x` is not an integer id, but row 0's \
+                 label `0` is {}",
+                line(4)
+            )
+        );
+    }
+    let e = refuse(
+        root,
+        "mixed.jsonl",
+        b"{\"text\": \"a\", \"label\": \"pos\"}\n{\"text\": \"b\", \"label\": 0}\n",
+        true,
+    );
+    assert_eq!(
+        e,
+        format!(
+            "<dir>/mixed.jsonl: row 1, field `label`: label `0` is an integer id, but row 0's \
+             label `pos` is a name {}",
+            line(2)
+        )
+    );
+    let e = refuse(root, "f.csv", b"text,label\na,0\nb,1.5\n", true);
+    assert_eq!(
+        e,
+        format!(
+            "<dir>/f.csv: row 1, field `label`: label `1.5` is not an integer id {}",
+            line(3)
+        )
+    );
+    // Unknown names, ids out of range or negative (the field is the label column's name).
+    let e = refuse(root, "n.tsv", b"text\tlabel\na\tpos\nb\tneutral\n", true);
+    assert_eq!(
+        e,
+        format!(
+            "<dir>/n.tsv: row 1, field `label`: label `neutral` is not one of the label names \
+             [\"neg\", \"pos\"] {}",
+            line(3)
+        )
+    );
+    let e = refuse(root, "id.jsonl", b"{\"text\": \"a\", \"label\": 2}\n", true);
+    assert_eq!(
+        e,
+        format!(
+            "<dir>/id.jsonl: row 0, field `label`: label id 2 is outside the 2 label names \
+             [\"neg\", \"pos\"] {}",
+            line(1)
+        )
+    );
+    let path = root.join("neg.csv");
+    std::fs::write(&path, b"body,y\na,0\nb,-1\n").unwrap();
+    let p = IngestParams {
+        files: Some([("test".to_string(), path)].into()),
+        text_columns: vec!["body".into()],
+        label_column: "y".into(),
+        ..Default::default()
+    };
+    let e = err(&p, root).replace(&root.display().to_string(), "<dir>");
+    assert_eq!(
+        e,
+        format!(
+            "<dir>/neg.csv: row 1, field `y`: label id -1 is negative {}",
+            line(3)
+        )
+    );
+    // Parquet has no lines: the row alone.
+    let mut df = polars::df!("text" => ["a", "b"], "label" => [Some(0i64), None]).unwrap();
+    let path = root.join("null.parquet");
+    ParquetWriter::new(std::fs::File::create(&path).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let e = refuse(root, "null.parquet", &bytes, true);
+    assert_eq!(e, "<dir>/null.parquet: row 1, field `label`: null label");
 }
 
 #[test]
