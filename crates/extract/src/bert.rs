@@ -6,6 +6,7 @@
 //! block `k`, `Pooler` = `tanh(dense(h_n[:, 0]))` when the checkpoint has pooler weights.
 //! BERT is post-LN, so there is no separate final norm (`FinalNorm` is not supported).
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -14,7 +15,9 @@ use llmembed_core::{Error, Result};
 use serde::Deserialize;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use crate::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
+use crate::model::hf::check_safetensors;
+use crate::model::tokenizer::read_tokenizer_json;
+use crate::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, candle_message, file_error};
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
@@ -74,40 +77,52 @@ struct Bert {
     tokenizer: Mutex<(usize, Tokenizer)>,
 }
 
-fn linear(vb: &VarBuilder, d_in: usize, d_out: usize, name: &str) -> Result<Linear> {
-    candle_nn::linear(d_in, d_out, vb.pp(name))
-        .map_err(|e| Error::compute("load bert weights", format!("{name}: {e}")))
+/// A weight that would not load: the file, the module and candle's reason on one line.
+fn weight_error(path: &Path, name: &str, e: &candle_core::Error) -> Error {
+    Error::compute(
+        "load bert weights",
+        format!("{}: {name}: {}", path.display(), candle_message(e)),
+    )
 }
 
-fn layer_norm(vb: &VarBuilder, size: usize, eps: f64, name: &str) -> Result<LayerNorm> {
-    candle_nn::layer_norm(size, eps, vb.pp(name))
-        .map_err(|e| Error::compute("load bert weights", format!("{name}: {e}")))
+fn linear(vb: &VarBuilder, path: &Path, d_in: usize, d_out: usize, name: &str) -> Result<Linear> {
+    candle_nn::linear(d_in, d_out, vb.pp(name)).map_err(|e| weight_error(path, name, &e))
 }
 
-fn embedding(vb: &VarBuilder, n: usize, dim: usize, name: &str) -> Result<Embedding> {
-    candle_nn::embedding(n, dim, vb.pp(name))
-        .map_err(|e| Error::compute("load bert weights", format!("{name}: {e}")))
+fn layer_norm(
+    vb: &VarBuilder,
+    path: &Path,
+    size: usize,
+    eps: f64,
+    name: &str,
+) -> Result<LayerNorm> {
+    candle_nn::layer_norm(size, eps, vb.pp(name)).map_err(|e| weight_error(path, name, &e))
 }
 
-/// Loads a BERT checkpoint: `spec.weights` is the `.safetensors` file, `config` its parsed
+fn embedding(vb: &VarBuilder, path: &Path, n: usize, dim: usize, name: &str) -> Result<Embedding> {
+    candle_nn::embedding(n, dim, vb.pp(name)).map_err(|e| weight_error(path, name, &e))
+}
+
+/// Loads a BERT checkpoint: `spec.weights` is the `.safetensors` file, `config` the text of its
 /// `config.json` (`spec.config_path()`), `spec.tokenizer` defaults to `tokenizer.json` next to it.
-pub fn load(spec: &LoadSpec, config: serde_json::Value) -> Result<Box<dyn Embedder>> {
+pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
     let config_path = spec.config_path();
     let tok_path = spec.tokenizer_path();
-    let config: Config = serde_json::from_value(config)
-        .map_err(|e| Error::schema(&config_path, "config", format!("not a BERT config: {e}")))?;
+    // From the text, so that a bad value's error says where it is (line and column).
+    let config: Config = serde_json::from_str(config)
+        .map_err(|e| file_error(&config_path, format!("not a BERT config: {e}")))?;
+    let bad =
+        |field: &str, msg: String| file_error(&config_path, format!("field `{field}`: {msg}"));
     if let Some(t) = &config.position_embedding_type
         && t != "absolute"
     {
-        return Err(Error::schema(
-            &config_path,
+        return Err(bad(
             "position_embedding_type",
             format!("`{t}` is not supported (only absolute)"),
         ));
     }
     if !matches!(config.hidden_act.as_str(), "gelu" | "relu" | "gelu_new") {
-        return Err(Error::schema(
-            &config_path,
+        return Err(bad(
             "hidden_act",
             format!(
                 "`{}` is not supported (gelu, gelu_new, relu)",
@@ -115,16 +130,22 @@ pub fn load(spec: &LoadSpec, config: serde_json::Value) -> Result<Box<dyn Embedd
             ),
         ));
     }
-    if !config
-        .hidden_size
-        .is_multiple_of(config.num_attention_heads)
+    if config.num_attention_heads == 0
+        || !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
     {
-        return Err(Error::schema(
-            &config_path,
+        return Err(bad(
             "num_attention_heads",
-            "does not divide hidden_size",
+            format!(
+                "{} does not divide hidden_size {}",
+                config.num_attention_heads, config.hidden_size
+            ),
         ));
     }
+    // The small file first, so that a bad one is named before the weights are mapped.
+    let mut tokenizer = read_tokenizer_json(&tok_path)?;
+    check_safetensors(&spec.weights)?;
     let dtype = match spec.compute {
         ComputeDtype::F32 => DType::F32,
         ComputeDtype::Bf16 => DType::BF16,
@@ -138,9 +159,10 @@ pub fn load(spec: &LoadSpec, config: serde_json::Value) -> Result<Box<dyn Embedd
     .map_err(|e| {
         Error::compute(
             "map safetensors",
-            format!("{}: {e}", spec.weights.display()),
+            format!("{}: {}", spec.weights.display(), candle_message(&e)),
         )
     })?;
+    let path = spec.weights.as_path();
     let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
         vb.pp("bert")
     } else {
@@ -148,36 +170,40 @@ pub fn load(spec: &LoadSpec, config: serde_json::Value) -> Result<Box<dyn Embedd
     };
     let h = config.hidden_size;
     let e = vb.pp("embeddings");
-    let word = embedding(&e, config.vocab_size, h, "word_embeddings")?;
-    let position = embedding(&e, config.max_position_embeddings, h, "position_embeddings")?;
-    let token_type = embedding(&e, config.type_vocab_size, h, "token_type_embeddings")?;
-    let emb_norm = layer_norm(&e, h, config.layer_norm_eps, "LayerNorm")?;
+    let word = embedding(&e, path, config.vocab_size, h, "word_embeddings")?;
+    let position = embedding(
+        &e,
+        path,
+        config.max_position_embeddings,
+        h,
+        "position_embeddings",
+    )?;
+    let token_type = embedding(&e, path, config.type_vocab_size, h, "token_type_embeddings")?;
+    let emb_norm = layer_norm(&e, path, h, config.layer_norm_eps, "LayerNorm")?;
     let mut blocks = Vec::with_capacity(config.num_hidden_layers);
     for i in 0..config.num_hidden_layers {
         let l = vb.pp(format!("encoder.layer.{i}"));
         let a = l.pp("attention");
         blocks.push(Block {
             attn: SelfAttention {
-                query: linear(&a, h, h, "self.query")?,
-                key: linear(&a, h, h, "self.key")?,
-                value: linear(&a, h, h, "self.value")?,
-                out: linear(&a, h, h, "output.dense")?,
-                out_norm: layer_norm(&a, h, config.layer_norm_eps, "output.LayerNorm")?,
+                query: linear(&a, path, h, h, "self.query")?,
+                key: linear(&a, path, h, h, "self.key")?,
+                value: linear(&a, path, h, h, "self.value")?,
+                out: linear(&a, path, h, h, "output.dense")?,
+                out_norm: layer_norm(&a, path, h, config.layer_norm_eps, "output.LayerNorm")?,
                 heads: config.num_attention_heads,
                 head_dim: h / config.num_attention_heads,
             },
-            inter: linear(&l, h, config.intermediate_size, "intermediate.dense")?,
-            output: linear(&l, config.intermediate_size, h, "output.dense")?,
-            output_norm: layer_norm(&l, h, config.layer_norm_eps, "output.LayerNorm")?,
+            inter: linear(&l, path, h, config.intermediate_size, "intermediate.dense")?,
+            output: linear(&l, path, config.intermediate_size, h, "output.dense")?,
+            output_norm: layer_norm(&l, path, h, config.layer_norm_eps, "output.LayerNorm")?,
         });
     }
     let pooler = if vb.contains_tensor("pooler.dense.weight") {
-        Some(linear(&vb, h, h, "pooler.dense")?)
+        Some(linear(&vb, path, h, h, "pooler.dense")?)
     } else {
         None
     };
-    let mut tokenizer = Tokenizer::from_file(&tok_path)
-        .map_err(|e| Error::schema(&tok_path, "tokenizer", format!("cannot load: {e}")))?;
     // tokenizer.json of sentence-transformers checkpoints pads to a fixed 128; we pad ourselves.
     tokenizer.with_padding(None::<PaddingParams>);
     tokenizer
@@ -414,7 +440,10 @@ impl Embedder for Bert {
         run().map_err(|e| {
             Error::compute(
                 "bert forward",
-                format!("batch {b} x {l} tokens, taps {taps:?}: {e}"),
+                format!(
+                    "batch {b} x {l} tokens, taps {taps:?}: {}",
+                    candle_message(&e)
+                ),
             )
         })
     }

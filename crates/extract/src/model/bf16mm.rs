@@ -149,7 +149,8 @@ impl PackedBf16 {
     /// Rounds and packs `w`, a (K, N) f32 tensor (inputs x outputs, as `x @ w` takes it), for
     /// `kernel` ([`Bf16Kernel::detect`]'s, or one below it that this CPU also runs).
     pub fn new(w: &Tensor, kernel: Bf16Kernel) -> Result<Self> {
-        let e = |x: candle_core::Error| Error::compute("pack bf16 weights", x);
+        let e =
+            |x: candle_core::Error| Error::compute("pack bf16 weights", super::candle_message(&x));
         if !kernel.runs_here() {
             return Err(Error::compute(
                 "pack bf16 weights",

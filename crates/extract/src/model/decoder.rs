@@ -223,7 +223,7 @@ pub(crate) struct Decoder {
 }
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |e| Error::compute(op, e)
+    move |e| Error::compute(op, super::candle_message(&e))
 }
 
 impl Decoder {

@@ -27,7 +27,8 @@ enum Repr {
 impl PackedF32 {
     /// Packs `w`, a (K, N) f32 tensor (inputs x outputs, as `x @ w` takes it).
     pub fn new(w: Tensor) -> Result<Self> {
-        let e = |x: candle_core::Error| Error::compute("pack f32 weights", x);
+        let e =
+            |x: candle_core::Error| Error::compute("pack f32 weights", super::candle_message(&x));
         let (k, n) = w.dims2().map_err(e)?;
         if !FmaF32::available() {
             return Ok(PackedF32 {

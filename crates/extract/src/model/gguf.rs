@@ -9,6 +9,8 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use llmembed_core::{Error, Result};
 
+use super::{candle_message, candle_root, file_error};
+
 pub(crate) struct GgufFile {
     pub path: PathBuf,
     content: Content,
@@ -16,11 +18,27 @@ pub(crate) struct GgufFile {
 }
 
 impl GgufFile {
+    /// Reads the header and checks that every tensor it lists lies inside the file, so that a
+    /// truncated file is named as such here rather than when its first missing tensor is read.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("open gguf", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("open gguf", path, e))?
+            .len();
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| Error::compute("read gguf header", format!("{}: {e}", path.display())))?;
+        let content = Content::read(&mut reader).map_err(|e| {
+            let what = if is_truncation(&e) {
+                format!(
+                    "truncated GGUF file: the header (metadata and tensor list) runs past the \
+                     end of the file ({len} bytes)"
+                )
+            } else {
+                format!("bad GGUF header: {}", candle_message(&e))
+            };
+            file_error(path, what)
+        })?;
+        check_extents(&content, len).map_err(|what| file_error(path, what))?;
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -113,12 +131,18 @@ impl GgufFile {
     }
 
     pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        if !self.content.tensor_infos.contains_key(name) {
+            return Err(file_error(
+                &self.path,
+                format!("tensor `{name}` is missing"),
+            ));
+        }
         self.content
             .tensor(&mut self.reader, name, &Device::Cpu)
             .map_err(|e| {
                 Error::compute(
                     "read gguf tensor",
-                    format!("{}: `{name}`: {e}", self.path.display()),
+                    format!("{}: `{name}`: {}", self.path.display(), candle_message(&e)),
                 )
             })
     }
@@ -130,8 +154,62 @@ impl GgufFile {
         q.dequantize(&Device::Cpu).map_err(|e| {
             Error::compute(
                 "dequantize gguf tensor",
-                format!("{}: `{name}` ({:?}): {e}", self.path.display(), q.dtype()),
+                format!(
+                    "{}: `{name}` ({:?}): {}",
+                    self.path.display(),
+                    q.dtype(),
+                    candle_message(&e)
+                ),
             )
         })
+    }
+}
+
+/// Whether reading the header failed because the file ended (candle checks lengths against the
+/// bytes remaining, or the read itself hits the end).
+fn is_truncation(e: &candle_core::Error) -> bool {
+    match candle_root(e) {
+        candle_core::Error::Io(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        candle_core::Error::Msg(m) => m.contains("remaining"),
+        _ => false,
+    }
+}
+
+/// Checks that each tensor's bytes lie inside a file of `len` bytes; names the first tensor (in
+/// file order) that does not.
+fn check_extents(content: &Content, len: u64) -> std::result::Result<(), String> {
+    let mut first_cut: Option<(u64, u64, &str)> = None;
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let block = info.ggml_dtype.block_size() as u64;
+        let elems = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let size = match elems {
+            Some(n) if !n.is_multiple_of(block) => {
+                return Err(format!(
+                    "bad GGUF header: tensor `{name}` has shape {dims:?}, not a whole number of \
+                     {:?} blocks of {block}",
+                    info.ggml_dtype
+                ));
+            }
+            Some(n) => (n / block).checked_mul(info.ggml_dtype.type_size() as u64),
+            None => None,
+        };
+        let Some(size) = size else {
+            return Err(format!(
+                "bad GGUF header: tensor `{name}` has an impossible shape {dims:?}"
+            ));
+        };
+        let start = content.tensor_data_offset.saturating_add(info.offset);
+        let end = start.saturating_add(size);
+        if end > len && first_cut.is_none_or(|(s, _, n)| (start, name.as_str()) < (s, n)) {
+            first_cut = Some((start, end, name));
+        }
+    }
+    match first_cut {
+        Some((start, end, name)) => Err(format!(
+            "truncated GGUF file: tensor `{name}` needs bytes {start}..{end}, the file has {len} \
+             bytes"
+        )),
+        None => Ok(()),
     }
 }

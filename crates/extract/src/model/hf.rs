@@ -22,11 +22,11 @@ use llmembed_core::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::LoadSpec;
 use super::decoder::{
     Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
 };
 use super::tokenizer::DecoderTokenizer;
+use super::{LoadSpec, candle_message, file_error, hex_bytes};
 
 /// The `model_type`s this module loads.
 pub(crate) const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi"];
@@ -77,20 +77,19 @@ pub(crate) fn weight_files(weights: &Path) -> Result<Vec<PathBuf>> {
     }
     let raw = std::fs::read_to_string(weights)
         .map_err(|e| Error::io("read safetensors index", weights, e))?;
-    let index: Value = serde_json::from_str(&raw)
-        .map_err(|e| Error::schema(weights, "weight_map", format!("not JSON: {e}")))?;
+    let index: Value =
+        serde_json::from_str(&raw).map_err(|e| file_error(weights, format!("not JSON: {e}")))?;
     let map = index
         .get("weight_map")
         .and_then(Value::as_object)
-        .ok_or_else(|| Error::schema(weights, "weight_map", "missing or not a map"))?;
+        .ok_or_else(|| file_error(weights, "field `weight_map` is missing or not a map"))?;
     let dir = weights.parent().unwrap_or(Path::new("."));
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
         let f = file.as_str().ok_or_else(|| {
-            Error::schema(
+            file_error(
                 weights,
-                "weight_map",
-                format!("`{tensor}`: not a file name"),
+                format!("field `weight_map`: `{tensor}`: not a file name"),
             )
         })?;
         shards.insert(f.to_string());
@@ -113,7 +112,7 @@ impl Weights {
             .map_err(|e| {
                 Error::compute(
                     "read safetensors tensor",
-                    format!("{}: `{full}`: {e}", self.files),
+                    format!("{}: `{full}`: {}", self.files, candle_message(&e)),
                 )
             })
     }
@@ -123,14 +122,16 @@ impl Weights {
     }
 }
 
-/// Loads a decoder whose `config.json` (already read, as `config`) names `arch`, one of
+/// Loads a decoder whose `config.json` (already read, as the text `config`) names `arch`, one of
 /// [`MODEL_TYPES`].
-pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result<Decoder> {
+pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<Decoder> {
     let config_path = spec.config_path();
     let tok_path = spec.tokenizer_path();
-    let c: HfConfig = serde_json::from_value(config)
-        .map_err(|e| Error::schema(&config_path, "config", format!("not a decoder config: {e}")))?;
-    let bad = |field: &str, msg: String| Error::schema(&config_path, field, msg);
+    // From the text, so that a bad value's error says where it is (line and column).
+    let c: HfConfig = serde_json::from_str(config)
+        .map_err(|e| file_error(&config_path, format!("not a decoder config: {e}")))?;
+    let bad =
+        |field: &str, msg: String| file_error(&config_path, format!("field `{field}`: {msg}"));
     let is_phi = arch == "phi";
 
     // RoPE: base, type and the rotated fraction, wherever this transformers version put them.
@@ -223,6 +224,8 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result
         None
     };
 
+    // The small files first, so that a bad one is named before the weights are mapped.
+    let tokenizer = DecoderTokenizer::from_file(&tok_path)?;
     let files = weight_files(&spec.weights)?;
     let files_note = files
         .iter()
@@ -231,20 +234,21 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result
         .join(", ");
     for f in &files {
         if !f.is_file() {
-            return Err(Error::param(
-                "model",
-                format!(
-                    "{}: weight file missing (listed by {})",
-                    f.display(),
-                    spec.weights.display()
-                ),
+            return Err(file_error(
+                f,
+                format!("weight file missing (listed by {})", spec.weights.display()),
             ));
         }
+        check_safetensors(f)?;
     }
     // SAFETY: the files are mapped read-only and not modified while the model lives (model
     // files are published once into the models folder or the hub cache, never rewritten).
-    let st = unsafe { MmapedSafetensors::multi(&files) }
-        .map_err(|e| Error::compute("map safetensors", format!("{files_note}: {e}")))?;
+    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+        Error::compute(
+            "map safetensors",
+            format!("{files_note}: {}", candle_message(&e)),
+        )
+    })?;
     let mut w = Weights {
         st,
         prefix: "",
@@ -257,7 +261,12 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result
     let file_dtype =
         w.st.get(&format!("{}embed_tokens.weight", w.prefix))
             .map(|v| format!("{:?}", v.dtype()))
-            .map_err(|e| Error::compute("read safetensors tensor", format!("{}: {e}", w.files)))?;
+            .map_err(|e| {
+                Error::compute(
+                    "read safetensors tensor",
+                    format!("{}: {}", w.files, candle_message(&e)),
+                )
+            })?;
     let all = |names: &[&str], what: &str| -> Result<Vec<Tensor>> {
         names
             .iter()
@@ -346,7 +355,6 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result
     }
     let final_norm = norm(if is_phi { "final_layernorm" } else { "norm" })?;
     let embed = Embeddings::Dense(w.get("embed_tokens.weight")?);
-    let tokenizer = DecoderTokenizer::from_file(&tok_path)?;
     let cfg = Config {
         arch,
         hidden: h,
@@ -375,4 +383,67 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: Value) -> Result
         compute,
         weights_note: format!("safetensors({file_dtype})"),
     })
+}
+
+/// safetensors' limit on the JSON header.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Checks a safetensors file's framing before it is mapped: the 8-byte header length, the JSON
+/// header, and that every tensor's bytes lie inside the file (naming the first one, in file
+/// order, that does not). What this cannot judge is left to the safetensors reader.
+pub(crate) fn check_safetensors(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open safetensors", path, e))?;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("open safetensors", path, e))?
+        .len();
+    let bad = |what: String| file_error(path, what);
+    let mut head = [0u8; 8];
+    if len < 8 {
+        return Err(bad(format!(
+            "not a safetensors file (it has only {len} bytes; safetensors files start with an \
+             8-byte header length)"
+        )));
+    }
+    f.read_exact(&mut head)
+        .map_err(|e| Error::io("read safetensors", path, e))?;
+    let n = u64::from_le_bytes(head);
+    if n > MAX_HEADER || n > len - 8 {
+        return Err(bad(format!(
+            "not a safetensors file, or truncated: it starts with bytes {}, a header length of \
+             {n} bytes, and the file has {len} bytes",
+            hex_bytes(&head)
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| Error::io("read safetensors", path, e))?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&header).map_err(|e| {
+        bad(format!(
+            "not a safetensors file (its header is not a JSON map: {e})"
+        ))
+    })?;
+    let data_start = 8 + n;
+    let mut first_cut: Option<(u64, u64, &str)> = None;
+    for (name, info) in &header {
+        let offsets = info
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)));
+        let Some((a, b)) = offsets else {
+            continue; // `__metadata__`, or a malformed entry the reader will name
+        };
+        let (start, end) = (data_start.saturating_add(a), data_start.saturating_add(b));
+        if end > len && first_cut.is_none_or(|(s, _, n)| (start, name.as_str()) < (s, n)) {
+            first_cut = Some((start, end, name));
+        }
+    }
+    match first_cut {
+        Some((start, end, name)) => Err(bad(format!(
+            "truncated safetensors file: tensor `{name}` needs bytes {start}..{end}, the file has \
+             {len} bytes"
+        ))),
+        None => Ok(()),
+    }
 }

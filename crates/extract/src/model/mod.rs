@@ -109,9 +109,14 @@ pub trait Embedder: Send + Sync {
 
 /// Picks the architecture from the file: GGUF `general.architecture` (`llama`, `gemma3`), or
 /// the `model_type` of the config.json next to a `.safetensors` file (or shard index):
-/// `bert` -> `crate::bert`, decoders -> `hf`.
+/// `bert` -> `crate::bert`, decoders -> `hf`. A file named `.gguf` must start with the GGUF magic.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
-    if is_gguf(&spec.weights)? {
+    let magic = first_bytes(&spec.weights)?;
+    let named_gguf = spec
+        .weights
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if magic == *b"GGUF" {
         let file = gguf::GgufFile::open(&spec.weights)?;
         let arch = file.get_str("general.architecture")?.to_string();
         match arch.as_str() {
@@ -125,46 +130,114 @@ pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
                 ),
             )),
         }
+    } else if named_gguf {
+        Err(file_error(
+            &spec.weights,
+            format!(
+                "not a GGUF file ({}, GGUF files start with `GGUF`)",
+                first_bytes_note(&magic)
+            ),
+        ))
+    } else if !is_safetensors_name(&spec.weights) && !spec.config_path().is_file() {
+        // Neither kind by name or content: say so rather than "config.json: no such file".
+        Err(file_error(
+            &spec.weights,
+            format!(
+                "not a GGUF file ({}), nor a safetensors checkpoint (no {} next to it)",
+                first_bytes_note(&magic),
+                spec.config_path().display()
+            ),
+        ))
     } else {
         load_safetensors(spec)
     }
+}
+
+/// `starts with bytes 3c 21 44 4f`, or what there is of a shorter file.
+fn first_bytes_note(magic: &[u8]) -> String {
+    match magic.len() {
+        0 => "the file is empty".to_string(),
+        n if n < 4 => format!("the file has only {n} bytes: {}", hex_bytes(magic)),
+        _ => format!("starts with bytes {}", hex_bytes(magic)),
+    }
+}
+
+fn is_safetensors_name(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json")
 }
 
 fn load_safetensors(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
     let path = spec.config_path();
     let raw =
         std::fs::read_to_string(&path).map_err(|e| Error::io("read model config", &path, e))?;
-    let config: serde_json::Value = serde_json::from_str(&raw)
-        .map_err(|e| Error::schema(&path, "config", format!("not JSON: {e}")))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&raw).map_err(|e| file_error(&path, format!("not JSON: {e}")))?;
     let model_type = config
         .get("model_type")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| Error::schema(&path, "model_type", "missing"))?;
+        .ok_or_else(|| file_error(&path, "field `model_type` is missing"))?
+        .as_str()
+        .ok_or_else(|| file_error(&path, "field `model_type` is not a string"))?;
     if let Some(arch) = hf::MODEL_TYPES.iter().find(|t| **t == model_type) {
-        Ok(Box::new(hf::load(spec, arch, config)?))
+        Ok(Box::new(hf::load(spec, arch, &raw)?))
     } else if model_type == "bert" {
-        crate::bert::load(spec, config)
+        crate::bert::load(spec, &raw)
     } else {
-        Err(Error::schema(
+        Err(file_error(
             &path,
-            "model_type",
             format!(
-                "`{model_type}` is not supported (bert, {})",
+                "field `model_type`: `{model_type}` is not supported (bert, {})",
                 hf::MODEL_TYPES.join(", ")
             ),
         ))
     }
 }
 
-/// True when the file starts with the GGUF magic.
-fn is_gguf(path: &Path) -> Result<bool> {
+/// The first (up to) 4 bytes of the file.
+fn first_bytes(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open model", path, e))?;
-    let mut magic = [0u8; 4];
-    match f.read_exact(&mut magic) {
-        Ok(()) => Ok(&magic == b"GGUF"),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(Error::io("read model", path, e)),
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open model", path, e))?;
+    let mut magic = Vec::with_capacity(4);
+    f.take(4)
+        .read_to_end(&mut magic)
+        .map_err(|e| Error::io("read model", path, e))?;
+    Ok(magic)
+}
+
+pub(crate) fn hex_bytes(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A model file that is there but wrong: `load model: <path>: <what>`, one line.
+pub(crate) fn file_error(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::compute("load model", format!("{}: {what}", path.display()))
+}
+
+/// A candle error as one line, without the backtrace candle appends to its `Display` when
+/// `RUST_BACKTRACE` is set (`Error::WithBacktrace`, added by `bail!` and `bt()`) and with its
+/// context and path on the same line.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string().lines().collect::<Vec<_>>().join("; "),
+    }
+}
+
+/// The innermost candle error under backtraces, contexts and paths.
+pub(crate) fn candle_root(e: &candle_core::Error) -> &candle_core::Error {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } | E::Context { inner, .. } | E::WithPath { inner, .. } => {
+            candle_root(inner)
+        }
+        other => other,
     }
 }
 
@@ -203,4 +276,25 @@ pub(crate) fn check_taps(
         }
     }
     Ok(deepest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_message_is_one_line_without_the_backtrace() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("tensor needs 10 bytes".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        // candle's own Display appends the backtrace on further lines.
+        assert!(e.to_string().contains('\n'));
+        assert_eq!(candle_message(&e), "tensor needs 10 bytes");
+        let e = e.context("reading x");
+        assert_eq!(candle_message(&e), "reading x: tensor needs 10 bytes");
+        assert!(matches!(candle_root(&e), candle_core::Error::Msg(_)));
+        let e = candle_core::Error::Msg("header too large".into()).with_path("/m/w.safetensors");
+        assert_eq!(candle_message(&e), "/m/w.safetensors: header too large");
+    }
 }

@@ -55,8 +55,7 @@ impl DecoderTokenizer {
     /// pre-tokenizer and post-processor (which adds BOS where the model wants one); its padding
     /// and truncation settings are dropped (batches are padded and truncated by the caller).
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let mut tokenizer = Tokenizer::from_file(path)
-            .map_err(|e| Error::schema(path, "tokenizer", format!("cannot load: {e}")))?;
+        let mut tokenizer = read_tokenizer_json(path)?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
@@ -79,6 +78,13 @@ impl DecoderTokenizer {
         ids.truncate(max_tokens);
         Ok((ids, truncated))
     }
+}
+
+/// A `tokenizer.json` as `tokenizers` reads it; a file that is not one is named with the reason.
+pub(crate) fn read_tokenizer_json(path: &std::path::Path) -> Result<Tokenizer> {
+    let raw = std::fs::read(path).map_err(|e| Error::io("read tokenizer", path, e))?;
+    Tokenizer::from_bytes(&raw)
+        .map_err(|e| super::file_error(path, format!("not a tokenizer.json: {e}")))
 }
 
 fn tok_err(file: &GgufFile, e: impl std::fmt::Display) -> Error {
