@@ -182,6 +182,9 @@ fn run(cli: Cli) -> Result<()> {
             no_wait,
         } => {
             let plan = load(pipeline)?;
+            let ws = ws()?;
+            // The checks that look at this machine (models fetched earlier, local files).
+            pipeline::check_local(&plan, &ws.env(&plan))?;
             let opts = RunOptions {
                 force: force.clone(),
                 only: only.clone(),
@@ -191,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
                 wait_for_lock: !*no_wait,
             };
             let started = std::time::Instant::now();
-            let outcomes = runner::run(&plan, &ws()?, &opts)?;
+            let outcomes = runner::run(&plan, &ws, &opts)?;
             let ran = outcomes
                 .iter()
                 .filter(|o| matches!(o, runner::Outcome::Ran(_)))
@@ -277,7 +280,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Check { pipeline } => {
-            load(pipeline)?;
+            let plan = load(pipeline)?;
+            pipeline::check_local(&plan, &ws()?.env(&plan))?;
         }
         Command::Fetch { presets } => {
             xtask::tools::fetch(presets, &ws()?.cache.models_dir())?;

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 
-use crate::registry::{self, StageKind};
+use llmembed_core::Env;
+
+use crate::registry::{self, ParamIssue, StageKind};
 
 /// The seed used when a pipeline does not name one.
 pub const DEFAULT_SEED: u64 = 42;
@@ -20,7 +22,7 @@ struct RawPipeline {
     name: Spanned<String>,
     #[serde(default)]
     settings: Option<RawSettings>,
-    stages: Vec<RawStage>,
+    stages: Spanned<Vec<RawStage>>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +103,31 @@ pub struct PlannedStage {
     pub params: Value,
     pub inputs: Vec<InputRef>,
     pub seed: u64,
+    /// Where its params are in the pipeline file, for the checks made after loading.
+    pub params_at: ParamLocations,
+}
+
+/// Where a stage's params are in the pipeline file.
+#[derive(Clone, Debug)]
+pub struct ParamLocations {
+    /// The `params` map, or the stage id when the stage has none.
+    pub map: Location,
+    /// The value of each param given.
+    pub each: BTreeMap<String, Location>,
+}
+
+impl ParamLocations {
+    /// Where a problem with a param is: at the value of the top-level param it names (`model`
+    /// for `model.sha256`, `sources` for `sources[1].layers`), else at the whole map.
+    fn of(&self, issue: &ParamIssue) -> Location {
+        issue
+            .path
+            .first()
+            .map(|top| top.split('[').next().unwrap_or(top))
+            .and_then(|top| self.each.get(top))
+            .copied()
+            .unwrap_or(self.map)
+    }
 }
 
 /// A validated pipeline, stages in an order where every stage comes after its inputs.
@@ -152,6 +179,19 @@ struct Errors<'a> {
 }
 
 impl Errors<'_> {
+    /// A problem with the params of `stage` (`kind`), located by `at`.
+    fn param(&mut self, at: &ParamLocations, stage: &str, kind: &str, issue: ParamIssue) {
+        let place = if issue.path.is_empty() {
+            String::new()
+        } else {
+            format!(" `{}`", issue.path.join("."))
+        };
+        self.at(
+            &at.of(&issue),
+            format!("stage `{stage}` ({kind}), param{place}: {}", issue.message),
+        );
+    }
+
     fn at(&mut self, loc: &Location, message: impl Into<String>) {
         self.list.push(PipelineError {
             file: self.file.to_path_buf(),
@@ -197,10 +237,17 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
     if raw.name.value.trim().is_empty() {
         errors.at(&raw.name.referenced, "`name` must not be empty");
     }
+    if raw.stages.value.is_empty() {
+        errors.at(
+            &raw.stages.referenced,
+            "`stages` is empty: a pipeline needs at least one stage",
+        );
+    }
+    let raw_stages = &raw.stages.value;
 
     // Ids first, so that inputs can refer to stages defined later in the file.
     let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, stage) in raw.stages.iter().enumerate() {
+    for (i, stage) in raw_stages.iter().enumerate() {
         let id = stage.id.value.as_str();
         if id.is_empty()
             || !id
@@ -217,7 +264,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
                 &stage.id.referenced,
                 format!(
                     "duplicate stage id `{id}` (first defined at line {})",
-                    raw.stages[first].id.referenced.line()
+                    raw_stages[first].id.referenced.line()
                 ),
             );
         } else {
@@ -227,8 +274,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
 
     let mut kinds: Vec<Option<&'static dyn StageKind>> = Vec::new();
     let mut params: Vec<Value> = Vec::new();
+    let mut params_at: Vec<ParamLocations> = Vec::new();
     let mut inputs: Vec<Vec<InputRef>> = Vec::new();
-    for stage in &raw.stages {
+    for stage in raw_stages {
         let kind = registry::find(&stage.kind.value);
         if kind.is_none() {
             let known: Vec<&str> = registry::all().iter().map(|k| k.kind()).collect();
@@ -276,45 +324,33 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         }
         inputs.push(refs);
 
-        let (map, map_loc) = match &stage.params {
+        let (map, at) = match &stage.params {
             Some(p) => (&p.value, p.referenced),
             None => (&BTreeMap::new(), stage.id.referenced),
+        };
+        let at = ParamLocations {
+            map: at,
+            each: map.iter().map(|(k, v)| (k.clone(), v.referenced)).collect(),
         };
         let json = Value::Object(
             map.iter()
                 .map(|(k, v)| (k.clone(), v.value.clone()))
                 .collect(),
         );
-        let canonical = match kind.map(|k| k.validate(json)) {
+        let canonical = match kind.map(|k| k.validate(json, stage.inputs.len())) {
             Some(Ok(v)) => v,
             Some(Err(issue)) => {
-                let loc = issue
-                    .path
-                    .first()
-                    .and_then(|top| map.get(top))
-                    .map(|v| v.referenced)
-                    .unwrap_or(map_loc);
-                let place = if issue.path.is_empty() {
-                    String::new()
-                } else {
-                    format!(" `{}`", issue.path.join("."))
-                };
-                errors.at(
-                    &loc,
-                    format!(
-                        "stage `{}` ({}), param{place}: {}",
-                        stage.id.value, stage.kind.value, issue.message
-                    ),
-                );
+                errors.param(&at, &stage.id.value, &stage.kind.value, issue);
                 Value::Null
             }
             None => Value::Null,
         };
         params.push(canonical);
+        params_at.push(at);
     }
 
     // Cycles: Kahn's algorithm; whatever cannot be ordered is on or behind a cycle.
-    let n = raw.stages.len();
+    let n = raw_stages.len();
     let mut indegree = vec![0usize; n];
     for (i, refs) in inputs.iter().enumerate() {
         indegree[i] = refs.len();
@@ -340,7 +376,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         ready.sort_unstable_by(|a, b| b.cmp(a));
     }
     if order.len() < n {
-        for (i, stage) in raw.stages.iter().enumerate() {
+        for (i, stage) in raw_stages.iter().enumerate() {
             if !order.contains(&i) {
                 errors.at(
                     &stage.id.referenced,
@@ -388,7 +424,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
                 .and_then(Value::as_u64)
                 .unwrap_or(seed);
             PlannedStage {
-                id: raw.stages[i].id.value.clone(),
+                id: raw_stages[i].id.value.clone(),
                 kind: kinds[i].expect("validated"),
                 params: params[i].clone(),
                 inputs: inputs[i]
@@ -399,6 +435,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
                     })
                     .collect(),
                 seed: stage_seed,
+                params_at: params_at[i].clone(),
             }
         })
         .collect();
@@ -410,6 +447,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         models_dir: settings.models_dir.as_deref().map(resolve),
         stages,
     })
+}
+
+/// The checks that look at this machine (`Stage::check_local`: a model fetched earlier, a local
+/// model's config), run on a loaded plan before anything runs; each problem located like the
+/// ones [`load`] finds.
+pub fn check_local(plan: &Plan, env: &Env) -> Result<(), PipelineErrors> {
+    let mut errors = Errors {
+        file: &plan.file,
+        list: Vec::new(),
+    };
+    for stage in &plan.stages {
+        if let Err(issue) = stage.kind.check_local(&stage.params, env) {
+            errors.param(&stage.params_at, &stage.id, stage.kind.kind(), issue);
+        }
+    }
+    if errors.list.is_empty() {
+        Ok(())
+    } else {
+        errors.list.sort_by_key(|e| (e.line, e.column));
+        Err(PipelineErrors(errors.list))
+    }
 }
 
 fn first_line(s: &str) -> String {

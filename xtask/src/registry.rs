@@ -21,9 +21,12 @@ pub trait StageKind: Sync {
     fn version(&self) -> u32;
     fn inputs(&self) -> Arity;
     fn seeded(&self) -> bool;
-    /// Deserializes `params` into the stage's params type (filling defaults) and returns them in
-    /// canonical form: the JSON value of the typed params, keys sorted.
-    fn validate(&self, params: Value) -> Result<Value, ParamIssue>;
+    /// Deserializes `params` into the stage's params type (filling defaults), checks them, also
+    /// against the number of inputs the stage is given, and returns them in canonical form: the
+    /// JSON value of the typed params, keys sorted.
+    fn validate(&self, params: Value, inputs: usize) -> Result<Value, ParamIssue>;
+    /// Checks canonical params against what is already on this machine (`Stage::check_local`).
+    fn check_local(&self, params: &Value, env: &Env) -> Result<(), ParamIssue>;
     fn externals(&self, params: &Value, env: &Env) -> llmembed_core::Result<Vec<External>>;
     fn run(
         &self,
@@ -59,7 +62,7 @@ impl<S: Stage> StageKind for Kind<S> {
         S::SEEDED
     }
 
-    fn validate(&self, params: Value) -> Result<Value, ParamIssue> {
+    fn validate(&self, params: Value, inputs: usize) -> Result<Value, ParamIssue> {
         let typed: S::Params = serde_path_to_error::deserialize(params).map_err(|e| {
             let mut path: Vec<String> = e
                 .path()
@@ -77,20 +80,16 @@ impl<S: Stage> StageKind for Kind<S> {
             }
             ParamIssue { path, message }
         })?;
-        S::check(&typed).map_err(|e| match e {
-            llmembed_core::Error::Param { param, message } => ParamIssue {
-                path: param.split('.').map(str::to_string).collect(),
-                message,
-            },
-            other => ParamIssue {
-                path: Vec::new(),
-                message: other.to_string(),
-            },
-        })?;
+        S::check(&typed).map_err(issue)?;
+        S::check_inputs(&typed, inputs).map_err(issue)?;
         serde_json::to_value(&typed).map_err(|e| ParamIssue {
             path: Vec::new(),
             message: format!("params do not serialize back: {e}"),
         })
+    }
+
+    fn check_local(&self, params: &Value, env: &Env) -> Result<(), ParamIssue> {
+        S::check_local(&Self::typed(params).map_err(issue)?, env).map_err(issue)
     }
 
     fn externals(&self, params: &Value, env: &Env) -> llmembed_core::Result<Vec<External>> {
@@ -104,6 +103,20 @@ impl<S: Stage> StageKind for Kind<S> {
         ctx: &Context,
     ) -> llmembed_core::Result<Summary> {
         S::run(&Self::typed(params)?, inputs, ctx)
+    }
+}
+
+/// A stage's error as a param issue: located at the param it names, if it names one.
+fn issue(e: llmembed_core::Error) -> ParamIssue {
+    match e {
+        llmembed_core::Error::Param { param, message } => ParamIssue {
+            path: param.split('.').map(str::to_string).collect(),
+            message,
+        },
+        other => ParamIssue {
+            path: Vec::new(),
+            message: other.to_string(),
+        },
     }
 }
 

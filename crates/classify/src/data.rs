@@ -292,18 +292,47 @@ pub(crate) fn complement(n: usize, fold: &[usize]) -> Vec<usize> {
     (0..n).filter(|&i| !in_fold[i]).collect()
 }
 
-/// Checks `folds` against the class counts of the training rows.
-pub(crate) fn check_folds(labels: &[i64], folds: usize) -> Result<()> {
+/// Checks `folds` (the param named `param`) against the class counts of the training rows in
+/// `train_path` (reading only their labels): stratified k-fold needs at least `k` rows of every
+/// class that has rows, or some folds would validate, or train, without it. Returns the number
+/// of training rows.
+pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Result<usize> {
     if folds < 2 {
-        return Err(Error::param("select.folds", "needs at least 2 folds"));
+        return Err(Error::param(param, "needs at least 2 folds"));
     }
-    if labels.len() < folds {
-        return Err(Error::param(
-            "select.folds",
-            format!("{folds} folds for {} training rows", labels.len()),
-        ));
+    let table = read_embedding_table(train_path, Some(&[]))?;
+    let mut counts: Vec<usize> = vec![0; table.label_names.len()];
+    for &l in &table.labels {
+        if let Some(c) = usize::try_from(l).ok().and_then(|l| counts.get_mut(l)) {
+            *c += 1;
+        }
     }
-    Ok(())
+    // The scarcest class that has rows (the first of them on a tie).
+    let scarcest = counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .min_by_key(|(c, n)| (**n, *c));
+    match scarcest {
+        Some((c, &n)) if n < folds => Err(Error::param(
+            param,
+            format!(
+                "{folds}-fold cross-validation needs at least {folds} training rows per class; \
+                 class `{}` has {n} ({})",
+                table.label_names[c],
+                train_path.display()
+            ),
+        )),
+        _ if table.labels.len() < folds => Err(Error::param(
+            param,
+            format!(
+                "{folds}-fold cross-validation needs at least {folds} training rows; {} has {}",
+                train_path.display(),
+                table.labels.len()
+            ),
+        )),
+        _ => Ok(table.labels.len()),
+    }
 }
 
 pub(crate) fn accuracy(labels: &[i64], preds: &[i64]) -> f64 {

@@ -336,15 +336,9 @@ impl Stage for LayerSweep {
         Self::check(p)?;
         let input = &inputs[0];
         let (train_path, test_path) = (input.split("train")?, input.split("test")?);
-        let layers = resolve_layers(&train_path, &p.layers)?;
         // Check the folds once against the labels (the same for every layer).
-        let labels = llmembed_core::read_embedding_table(&train_path, Some(&[]))?.labels;
-        check_folds(&labels, p.folds).map_err(|_| {
-            Error::param(
-                "folds",
-                format!("{} folds for {} training rows", p.folds, labels.len()),
-            )
-        })?;
+        let train_rows = check_folds(&train_path, "folds", p.folds)?;
+        let layers = resolve_layers(&train_path, &p.layers)?;
 
         let bar = ctx.progress(layers.len() as u64, "layer sweep");
         let results: Vec<(LayerRow, Predictions, LayerTiming)> = layers
@@ -376,7 +370,7 @@ impl Stage for LayerSweep {
             input: &input.stage_id,
             c: p.c,
             folds: p.folds,
-            train_rows: labels.len(),
+            train_rows,
             test_rows: predictions.ids.len(),
             classes: &predictions.label_names,
             chosen_layer: c.layer,

@@ -686,6 +686,9 @@ impl Stage for LogReg {
         Self::check(p)?;
         let input = &inputs[0];
         let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+        if let Some(sel) = &p.select {
+            check_folds(&train_path, "select.folds", sel.folds)?;
+        }
         let (train, test, columns) = load_train_test(
             &train_path,
             &test_path,
@@ -698,7 +701,6 @@ impl Stage for LogReg {
         let (c, select) = match &p.select {
             None => (p.c.unwrap_or(1.0), None),
             Some(sel) => {
-                check_folds(&train.labels, sel.folds)?;
                 let table =
                     cross_validate(&train, sel, p.tol, p.max_iterations, p.solver, ctx.seed)?;
                 let c = best_c(&table);

@@ -459,6 +459,9 @@ impl Stage for Mlp {
         Self::check(p)?;
         let input = &inputs[0];
         let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+        if let Some(sel) = &p.select {
+            check_folds(&train_path, "select.folds", sel.folds)?;
+        }
         let (train, test, columns) = load_train_test(
             &train_path,
             &test_path,
@@ -479,7 +482,6 @@ impl Stage for Mlp {
         let (epochs, select) = match &p.select {
             None => (p.epochs.unwrap_or(DEFAULT_EPOCHS), None),
             Some(sel) => {
-                check_folds(&train.labels, sel.folds)?;
                 let table = cross_validate(&train, sel, &cfg, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let mut best = &table[0];

@@ -174,6 +174,19 @@ pub trait Stage {
         Ok(())
     }
 
+    /// Checks that need the number of inputs the pipeline gives the stage, beyond what
+    /// [`Self::INPUTS`] says (one display name per input, say). Runs with `check`.
+    fn check_inputs(_params: &Self::Params, _inputs: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// Checks against what is already on this machine (the config of a model fetched earlier,
+    /// say), before anything runs. Fetches, loads and writes nothing, and passes when there is
+    /// nothing to look at yet: `run` then checks the same thing itself.
+    fn check_local(_params: &Self::Params, _env: &Env) -> Result<()> {
+        Ok(())
+    }
+
     /// The things outside the cache that the output depends on.
     fn externals(_params: &Self::Params, _env: &Env) -> Result<Vec<External>> {
         Ok(Vec::new())

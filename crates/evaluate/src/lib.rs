@@ -131,6 +131,19 @@ impl Stage for Evaluate {
         Ok(())
     }
 
+    fn check_inputs(p: &EvaluateParams, inputs: usize) -> Result<()> {
+        match &p.names {
+            Some(names) if names.len() != inputs => Err(Error::param(
+                "names",
+                format!(
+                    "{} names for {inputs} inputs: give one per input, in input order",
+                    names.len()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn run(p: &EvaluateParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         if inputs.is_empty() {
             return Err(Error::mismatch("evaluate", "no inputs"));
@@ -330,12 +343,7 @@ fn display_names(
     preds: &[Predictions],
 ) -> Result<Vec<String>> {
     if let Some(names) = &p.names {
-        if names.len() != inputs.len() {
-            return Err(Error::param(
-                "names",
-                format!("{} names for {} inputs", names.len(), inputs.len()),
-            ));
-        }
+        Evaluate::check_inputs(p, inputs.len())?;
         return Ok(names.clone());
     }
     let mut counts: HashMap<&str, usize> = HashMap::new();

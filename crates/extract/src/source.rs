@@ -307,6 +307,53 @@ pub(crate) fn externals(model: &ModelParam, env: &Env) -> Result<Vec<External>> 
     })
 }
 
+/// The model's files if they are already on this machine (a preset or PyPI package fetched
+/// earlier, a local path), found without fetching or writing anything; `None` otherwise, and for
+/// hub specs.
+pub(crate) fn local_files(model: &ModelParam, env: &Env) -> Option<LoadSpec> {
+    let fetched = |package: &str, version: &str, file: &str| {
+        let root = env
+            .models_dir
+            .join("pypi")
+            .join(format!("{package}-{version}"));
+        root.join(MARKER)
+            .exists()
+            .then(|| local_spec(&root.join(file)).ok())
+            .flatten()
+    };
+    match model {
+        ModelParam::Preset(name) => match &find_preset(name).ok()?.kind {
+            PresetKind::Pypi {
+                package,
+                version,
+                file,
+                ..
+            } => fetched(package, version, file),
+            PresetKind::Chunked { file_name, .. } => {
+                let dir = env.models_dir.join("assembled").join(name);
+                dir.join(MARKER)
+                    .exists()
+                    .then(|| local_spec(&dir.join(file_name)).ok())
+                    .flatten()
+            }
+        },
+        ModelParam::Spec(ModelSpec::Pypi(p)) => fetched(&p.package, &p.version, &p.file),
+        ModelParam::Spec(ModelSpec::Hub(_)) => None,
+        ModelParam::Spec(ModelSpec::Local(l)) => local_spec(&resolve_path(env, &l.path)).ok(),
+    }
+}
+
+/// The model as the pipeline names it, for messages: the preset, `package==version/file`,
+/// `repo@revision` or the local path.
+pub(crate) fn model_name(model: &ModelParam) -> String {
+    match model {
+        ModelParam::Preset(name) => name.clone(),
+        ModelParam::Spec(ModelSpec::Pypi(p)) => format!("{}=={}/{}", p.package, p.version, p.file),
+        ModelParam::Spec(ModelSpec::Hub(h)) => format!("{}@{}", h.repo, h.revision),
+        ModelParam::Spec(ModelSpec::Local(l)) => l.path.display().to_string(),
+    }
+}
+
 /// Fetches (once) and locates the model's files.
 pub(crate) fn resolve(model: &ModelParam, env: &Env, compute: ComputeDtype) -> Result<Resolved> {
     let (mut load, digest) = match model {

@@ -11,7 +11,7 @@ use llmembed_core::{
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ComputeDtype, Embedder, Pooling, Tap};
+use crate::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 use crate::source::{self, ModelParam};
 use crate::store::Store;
 
@@ -128,7 +128,10 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
     for &t in &taps {
         if !model.supports(t) {
             let (param, why) = match t {
-                Tap::Layer(k) => ("layers", format!("layer {k} does not exist (0..={n})")),
+                Tap::Layer(k) => (
+                    "layers",
+                    format!("layer {k} does not exist: the model has {n} blocks, layers 0..={n}"),
+                ),
                 Tap::FinalNorm => ("final_norm", "the model has no final norm".to_string()),
                 Tap::Pooler => ("pooler", "the checkpoint has no pooler weights".to_string()),
             };
@@ -136,6 +139,57 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
         }
     }
     Ok(taps)
+}
+
+/// The model's architecture and number of blocks, from the GGUF header or from config.json:
+/// no weights are read.
+fn depth(files: &LoadSpec) -> Result<(String, usize)> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let is_gguf = std::fs::File::open(&files.weights)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF";
+    if is_gguf {
+        let f = crate::model::gguf::GgufFile::open(&files.weights)?;
+        let arch = f.get_str("general.architecture")?.to_string();
+        let n = f.get_usize(&format!("{arch}.block_count"))?;
+        return Ok((arch, n));
+    }
+    let path = files.config_path();
+    let raw =
+        std::fs::read_to_string(&path).map_err(|e| Error::io("read model config", &path, e))?;
+    let config: serde_json::Value = serde_json::from_str(&raw)
+        .map_err(|e| Error::schema(&path, "config", format!("not JSON: {e}")))?;
+    let n = config
+        .get("num_hidden_layers")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| Error::schema(&path, "num_hidden_layers", "missing"))?;
+    let arch = config
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("unknown type");
+    Ok((arch.to_string(), n as usize))
+}
+
+/// Refuses listed layers that a model of `n` blocks (taps `0..=n`) does not have.
+fn check_depth(p: &ExtractParams, arch: &str, n: usize) -> Result<()> {
+    let Layers::List(v) = &p.layers else {
+        return Ok(());
+    };
+    let missing: Vec<String> = v.iter().filter(|&&k| k > n).map(usize::to_string).collect();
+    let what = match missing.as_slice() {
+        [] => return Ok(()),
+        [one] => format!("layer {one} does not exist"),
+        many => format!("layers {} do not exist", many.join(", ")),
+    };
+    Err(Error::param(
+        "layers",
+        format!(
+            "{what}: {} ({arch}) has {n} blocks, layers 0..={n}",
+            source::model_name(&p.model)
+        ),
+    ))
 }
 
 impl Stage for Extract {
@@ -182,6 +236,19 @@ impl Stage for Extract {
         Ok(())
     }
 
+    /// Layers against the model's depth, when its files are already here (read from the GGUF
+    /// header or config.json). Otherwise `run` checks them once it has fetched the model.
+    fn check_local(p: &ExtractParams, env: &Env) -> Result<()> {
+        if p.layers == Layers::All {
+            return Ok(());
+        }
+        match source::local_files(&p.model, env).map(|files| depth(&files)) {
+            Some(Ok((arch, n))) => check_depth(p, &arch, n),
+            // Nothing here yet, or files the run will report on with the loader's own message.
+            None | Some(Err(_)) => Ok(()),
+        }
+    }
+
     fn externals(p: &ExtractParams, env: &Env) -> Result<Vec<External>> {
         source::externals(&p.model, env)
     }
@@ -203,6 +270,12 @@ impl Stage for Extract {
             ));
         }
         let resolved = source::resolve(&p.model, ctx.env, p.compute)?;
+        // Before the weights load; `taps_for` checks again against the loaded model.
+        if p.layers != Layers::All
+            && let Ok((arch, n)) = depth(&resolved.load)
+        {
+            check_depth(p, &arch, n)?;
+        }
         let model = crate::model::load(&resolved.load)?;
         let taps = taps_for(p, model.as_ref())?;
         let hidden = model.hidden_size();

@@ -312,6 +312,19 @@ impl Stage for Fuse {
         Ok(())
     }
 
+    fn check_inputs(p: &FuseParams, inputs: usize) -> Result<()> {
+        if p.sources.len() != inputs {
+            return Err(Error::param(
+                "sources",
+                format!(
+                    "{} entries for {inputs} inputs; give one entry per input, in order",
+                    p.sources.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn run(p: &FuseParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
         if p.sources.len() != inputs.len() {
