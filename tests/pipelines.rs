@@ -321,7 +321,7 @@ fn a_stage_killed_mid_run_leaves_no_artifact_and_the_rerun_succeeds() {
     let fx = Fixture::new();
     // Cross-validation over many C values makes the classifier stage run for a while.
     let text = small_pipeline(1.0, 10).replace(
-        "      c: 1.0\n",
+        "      c: 1\n",
         "      select: {c: [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], folds: 5}\n",
     );
     let text = text.replace("per_class: 20", "per_class: 60");
