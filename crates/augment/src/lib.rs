@@ -234,6 +234,8 @@ impl Stage for Augment {
     const KIND: &'static str = "augment";
     const VERSION: u32 = 1;
     const INPUTS: Arity = Arity::Exactly(1);
+    // The pipeline's seed is part of the key: which rows are augmented and their edits are drawn with it.
+    const SEEDED: bool = true;
     type Params = Params;
 
     fn check(params: &Params) -> Result<()> {

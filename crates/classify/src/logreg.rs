@@ -639,6 +639,8 @@ impl Stage for LogReg {
     const KIND: &'static str = "logreg";
     const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::Exactly(1);
+    // The pipeline's seed is part of the key: cross-validation folds are drawn with it.
+    const SEEDED: bool = true;
     type Params = LogRegParams;
 
     fn check(p: &LogRegParams) -> Result<()> {

@@ -400,6 +400,8 @@ impl Stage for Mlp {
     const KIND: &'static str = "mlp";
     const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::Exactly(1);
+    // The pipeline's seed is part of the key: initialisation, dropout and batches are drawn with it.
+    const SEEDED: bool = true;
     type Params = MlpParams;
 
     fn check(p: &MlpParams) -> Result<()> {

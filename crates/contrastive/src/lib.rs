@@ -303,6 +303,8 @@ impl Stage for Contrastive {
     const KIND: &'static str = "contrastive";
     const VERSION: u32 = 1;
     const INPUTS: Arity = Arity::Exactly(1);
+    // The pipeline's seed is part of the key: the hold-out split, initialisation and batches are drawn with it.
+    const SEEDED: bool = true;
     type Params = Params;
 
     fn check(p: &Params) -> Result<()> {

@@ -265,6 +265,8 @@ impl Stage for Fuse {
     const KIND: &'static str = "fuse";
     const VERSION: u32 = 1;
     const INPUTS: Arity = Arity::AtLeast(1);
+    // The pipeline's seed is part of the key: co-occurrence projections and learned-weight batches are drawn with it.
+    const SEEDED: bool = true;
     type Params = FuseParams;
 
     fn check(p: &FuseParams) -> Result<()> {

@@ -207,6 +207,8 @@ impl Stage for Ingest {
     const KIND: &'static str = "ingest";
     const VERSION: u32 = 1;
     const INPUTS: Arity = Arity::Exactly(0);
+    // The pipeline's seed is part of the key: class-balanced sampling draws rows with it.
+    const SEEDED: bool = true;
     type Params = IngestParams;
 
     fn check(p: &IngestParams) -> Result<()> {

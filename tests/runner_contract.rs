@@ -1,0 +1,300 @@
+//! The runner's contract, each item in its own process where a process is what is at stake: why
+//! a stage is stale (every kind of reason `status` gives), the same bytes and keys from two fresh
+//! caches, the lock's waiting path and its release when the holder dies, `gc`'s default scope.
+
+mod common;
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use xtask::cache::{Preimage, RunRecord};
+use xtask::pipeline;
+use xtask::runner::RunOptions;
+use xtask::status::{self, StageStatus};
+
+/// Eight real-looking headlines of two classes, as a user's own CSV files.
+fn write_csv_dataset(fx: &Fixture) {
+    fs::write(
+        fx.dir.path().join("train.csv"),
+        "text,label\n\
+         \"Stocks rally as tech earnings beat forecasts\",business\n\
+         \"Central bank holds rates steady, signals caution\",business\n\
+         \"Oil prices slide on weaker demand outlook\",business\n\
+         \"Striker scores twice as United win derby\",sports\n\
+         \"Champions edge rivals in five-set thriller\",sports\n\
+         \"Rookie pitcher throws no-hitter in debut\",sports\n",
+    )
+    .unwrap();
+    fs::write(
+        fx.dir.path().join("test.csv"),
+        "text,label\n\
+         \"Retail sales climb for third straight month\",business\n\
+         \"Goalkeeper saves penalty to seal cup final\",sports\n",
+    )
+    .unwrap();
+}
+
+fn csv_pipeline(seed: u64, min_df: u32, classifier: &str) -> String {
+    format!(
+        r#"name: csv
+settings:
+  seed: {seed}
+stages:
+  - id: data
+    kind: ingest
+    params:
+      files: {{train: train.csv, test: test.csv}}
+      label_names: [business, sports]
+  - id: features
+    kind: tfidf
+    inputs: [data]
+    params:
+      min_df: {min_df}
+  - id: lr
+    kind: {classifier}
+    inputs: [features]
+  - id: report
+    kind: evaluate
+    inputs: [lr]
+"#
+    )
+}
+
+fn reasons(file: &std::path::Path, fx: &Fixture, stage: usize) -> Vec<String> {
+    let plan = pipeline::load(file).unwrap();
+    match status::status(&plan, &fx.workspace())
+        .unwrap()
+        .remove(stage)
+        .1
+    {
+        StageStatus::Stale(r) => r,
+        StageStatus::Cached => vec!["cached".into()],
+        StageStatus::Waiting(w) => vec![format!("waiting: {w}")],
+    }
+}
+
+#[test]
+fn status_names_every_kind_of_change() {
+    let fx = Fixture::new();
+    write_csv_dataset(&fx);
+    let file = fx.write_pipeline("csv.yaml", &csv_pipeline(7, 1, "logreg"));
+    fx.run(&file, opts());
+    assert_eq!(reasons(&file, &fx, 0), ["cached"]);
+
+    // An external file: the dataset changed on disk.
+    let train = fx.dir.path().join("train.csv");
+    let mut text = fs::read_to_string(&train).unwrap();
+    text.push_str("\"Markets close higher on upbeat jobs data\",business\n");
+    fs::write(&train, text).unwrap();
+    let r = reasons(&file, &fx, 0);
+    assert!(
+        r.len() == 1 && r[0].starts_with("external `") && r[0].contains("` changed: blake3:"),
+        "{r:?}"
+    );
+    assert_eq!(
+        reasons(&file, &fx, 1),
+        ["waiting: stale because input `data` is stale"]
+    );
+    fx.run(&file, opts());
+
+    // The seed, for a stage whose output depends on it.
+    fs::write(&file, csv_pipeline(8, 1, "logreg")).unwrap();
+    let plan = pipeline::load(&file).unwrap();
+    let seeded: Vec<bool> = plan.stages.iter().map(|s| s.kind.seeded()).collect();
+    let first_seeded = seeded.iter().position(|&s| s).expect("a seeded stage");
+    assert_eq!(first_seeded, 0, "ingest samples with the seed");
+    let r = reasons(&file, &fx, 0);
+    assert_eq!(r, ["seed changed: Some(7) -> Some(8)"]);
+    // Ingest takes no sample here, so its bytes are the same: TF-IDF (not seeded) stays cached,
+    // the classifier (seeded: its folds) runs again and yields the same predictions.
+    assert_eq!(
+        kinds(&fx.run(&file, opts())),
+        ["ran", "cached", "ran", "cached"]
+    );
+
+    // An input's content: the features made again with other params, the classifier not yet.
+    fs::write(&file, csv_pipeline(8, 2, "logreg")).unwrap();
+    fx.run(
+        &file,
+        RunOptions {
+            only: Some("features".into()),
+            ..opts()
+        },
+    );
+    assert_eq!(
+        reasons(&file, &fx, 2),
+        ["input `features` content changed (test.parquet, train.parquet, vocabulary.json)"]
+    );
+    fx.run(&file, opts());
+
+    // The implementation version: the last run was made by an older build (its record says
+    // version 0) and its artifact is gone.
+    let record_path = fx.cache_dir().join("runs/csv/lr.json");
+    let mut record: RunRecord = serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    fs::remove_dir_all(fx.cache_dir().join("artifacts").join(&record.key)).unwrap();
+    let current = record.preimage.version;
+    record.preimage = Preimage {
+        version: 0,
+        ..record.preimage
+    };
+    record.key = record.preimage.key();
+    fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    assert_eq!(
+        reasons(&file, &fx, 2),
+        [format!("implementation version changed: 0 -> {current}")]
+    );
+    fx.run(&file, opts());
+
+    // The kind of a stage.
+    fs::write(&file, csv_pipeline(8, 2, "mlp")).unwrap();
+    let r = reasons(&file, &fx, 2);
+    assert_eq!(r[0], "kind changed: logreg -> mlp", "{r:?}");
+}
+
+/// Two fresh caches, the same pipeline: the same keys and the same bytes.
+#[test]
+fn two_fresh_caches_give_the_same_keys_and_bytes() {
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let a = Fixture::new();
+    let b = Fixture::new();
+    let text = small_pipeline(1.0, 10);
+    let (fa, fb) = (
+        a.write_pipeline("p.yaml", &text),
+        b.write_pipeline("p.yaml", &text),
+    );
+    a.run(&fa, opts());
+    b.run(&fb, opts());
+    assert_eq!(a.artifacts().len(), 4);
+    assert_eq!(a.artifact_bytes(), b.artifact_bytes());
+}
+
+/// A second runner waits for the lock, says who holds it, and goes on when the holder is
+/// killed (the OS releases the lock of a dead process; no stale lock file blocks anyone).
+#[test]
+fn a_waiting_runner_goes_on_when_the_holder_is_killed() {
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let fx = Fixture::new();
+    let text = small_pipeline(1.0, 10)
+        .replace(
+            "      c: 1\n",
+            "      select: {c: [0.01, 0.1, 1.0, 10.0], folds: 5}\n",
+        )
+        .replace("per_class: 20", "per_class: 150");
+    let file = fx.write_pipeline("p.yaml", &text);
+    let mut first = fx.xtask().arg("run").arg(&file).spawn().unwrap();
+    let published = fx.cache_dir().join("artifacts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fs::read_dir(&published).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = fx.dir.path().join("second.err");
+    let mut second = fx
+        .xtask()
+        .arg("run")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let expected = format!(
+        "waiting for the cache lock, held by pid {} (run {})",
+        first.id(),
+        file.display()
+    );
+    while !fs::read_to_string(&log).unwrap().contains(&expected) {
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "the second run did not wait: {}",
+            fs::read_to_string(&log).unwrap()
+        );
+        assert!(Instant::now() < deadline, "the second run never waited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let status = second.wait().unwrap();
+    assert!(status.success(), "{}", fs::read_to_string(&log).unwrap());
+    assert_eq!(fx.artifacts().len(), 4);
+    assert!(fx.results_dir().join("small").join("report.md").is_file());
+}
+
+/// Without pipeline arguments, `gc` keeps what the repository's `pipelines/*.yaml` use: the
+/// artifacts of a pipeline outside that folder are garbage.
+#[test]
+fn gc_without_arguments_keeps_what_the_repository_pipelines_use() {
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    fx.run(&file, opts());
+    let out = fx.xtask().args(["gc", "--dry-run"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("would remove 4 artifact(s), ")
+            && stdout.ends_with("; kept 0\n"),
+        "{stdout}"
+    );
+    let out = fx
+        .xtask()
+        .arg("gc")
+        .arg("--dry-run")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .ends_with("would remove 0 artifact(s), 0 bytes; kept 4\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A new pipeline seed draws a new sample: the sampled split is made again (it was reused with
+/// the old seed's rows before ingest declared that it uses the seed).
+#[test]
+fn a_new_seed_draws_a_new_sample() {
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    let first = fx.run(&file, opts());
+    fs::write(&file, small_pipeline(1.0, 10).replace("seed: 7", "seed: 8")).unwrap();
+    let second = fx.run(&file, opts());
+    assert_eq!(kinds(&second)[0], "ran");
+    let train = |o: &xtask::runner::Outcome| {
+        fs::read(
+            fx.cache_dir()
+                .join("artifacts")
+                .join(key_of(o))
+                .join("train.parquet"),
+        )
+        .unwrap()
+    };
+    assert_ne!(
+        train(&first[0]),
+        train(&second[0]),
+        "the same rows were drawn"
+    );
+}
