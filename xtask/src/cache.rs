@@ -365,7 +365,34 @@ impl Cache {
         // Fetch folders sit at most three levels down (models/pypi/.work-….tmp-<pid>), shard
         // temporaries two (stores/extract/<fingerprint>/.x.parquet.tmp-<pid>).
         removed.extend(fsutil::remove_dead_temps(&self.models_dir(), 3)?);
+        removed.extend(self.remove_legacy_fetch_folders()?);
         removed.extend(fsutil::remove_dead_temps(&self.root.join("stores"), 3)?);
+        Ok(removed)
+    }
+
+    /// Work folders of fetches killed before fetches used temporary names
+    /// (`models/pypi/.work-<package>-<version>-<pid>`), whose process is gone.
+    fn remove_legacy_fetch_folders(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.models_dir().join("pypi");
+        let mut removed = Vec::new();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(removed);
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(".work-")
+                .filter(|rest| !rest.contains(".tmp-"))
+                .and_then(|rest| rest.rsplit_once('-'))
+                .and_then(|(_, pid)| pid.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !fsutil::pid_alive(pid)
+            {
+                let path = entry.path();
+                fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+                removed.push(path);
+            }
+        }
         Ok(removed)
     }
 
