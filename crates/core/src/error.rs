@@ -7,12 +7,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{op} {path}: {source}")]
+    // The cause is part of the message and deliberately not a `source`: error chains printed
+    // with `{:#}` would say it twice.
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("parquet {op} {path}: {message}")]
@@ -57,7 +58,7 @@ impl Error {
         Error::Io {
             op,
             path: path.as_ref().to_path_buf(),
-            source,
+            cause: source,
         }
     }
 
@@ -110,5 +111,22 @@ impl Error {
             op,
             message: err.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_its_cause_once_in_a_chain() {
+        let err = Error::io(
+            "open",
+            "/no/such/file",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(err.to_string(), "open /no/such/file: entity not found");
+        // No source: a chain printer (anyhow's `{:#}`) would repeat the cause.
+        assert!(std::error::Error::source(&err).is_none());
     }
 }
