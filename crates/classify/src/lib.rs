@@ -1,6 +1,6 @@
 //! Classifiers on frozen embeddings and their ensembles:
 //!
-//! * [`LogReg`] (`kind: logreg`): multinomial logistic regression (linfa-logistic, L-BFGS) on
+//! * [`LogReg`] (`kind: logreg`): multinomial logistic regression (an exact-objective L-BFGS; linfa-logistic as `solver: linfa`) on
 //!   standardised features, with scikit-learn's `C` (see [`logreg`](crate::LogReg) docs for the
 //!   exact translation) and optional C selection by stratified CV on train rows.
 //! * [`Mlp`] (`kind: mlp`): the paper's MLP head (candle), seeded end to end.

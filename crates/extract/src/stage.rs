@@ -43,7 +43,8 @@ pub struct ExtractParams {
     /// Tokens per text, special tokens included; longer texts are truncated (and counted).
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
-    /// Padded tokens per forward batch (texts are sorted by length within a shard first).
+    /// Token budget of a forward batch, counted as texts x the longest text's tokens (texts are
+    /// sorted by length within a shard first; rows are packed, nothing is padded).
     /// Each worker thread runs its own batch, so one batch's activations stay small; 512 was
     /// faster than 256 or 1024 on SmolLM2 in both compute modes (`cargo xtask bench extract`).
     #[serde(default = "default_batch_tokens")]

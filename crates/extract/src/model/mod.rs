@@ -100,7 +100,7 @@ pub trait Embedder: Send + Sync {
     /// Ids exactly as the HF reference tokenizer makes them (default special tokens), truncated
     /// to `max_tokens`; the bool says whether it was truncated.
     fn tokenize(&self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, bool)>;
-    /// Runs a batch of sequences of any lengths (pads internally, masks pads) and returns, per
+    /// Runs a batch of sequences of any lengths (packed row after row, no padding) and returns, per
     /// requested tap, a `batch x hidden` row-major `Vec<f32>` of pooled vectors.
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>>;
     /// Architecture + the config values that affect outputs (goes into the cache fingerprint).
