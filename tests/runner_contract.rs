@@ -298,3 +298,28 @@ fn a_new_seed_draws_a_new_sample() {
         "the same rows were drawn"
     );
 }
+
+/// `cargo xtask status P | head -1`: a reader that stops early ends the command quietly, with
+/// status 0 (it panicked on the broken pipe before).
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let fx = Fixture::new();
+    write_csv_dataset(&fx);
+    let file = fx.write_pipeline("csv.yaml", &csv_pipeline(7, 1, "logreg"));
+    for args in [&["status"][..], &["dag"][..], &["run", "--dry-run"][..]] {
+        let mut child = fx
+            .xtask()
+            .args(args)
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command writes its first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

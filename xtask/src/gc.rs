@@ -112,7 +112,7 @@ pub fn gc(plans: &[Plan], ws: &Workspace, dry_run: bool, wait: bool) -> Result<G
 pub fn print(report: &GcReport, dry_run: bool) {
     let total: u64 = report.removed.iter().map(|(_, s)| s).sum();
     for (key, size) in &report.removed {
-        println!(
+        crate::outln!(
             "{} {key}  {} bytes",
             if dry_run { "would remove" } else { "removed" },
             thousands(*size as usize)
@@ -120,27 +120,29 @@ pub fn print(report: &GcReport, dry_run: bool) {
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for (path, size) in &report.quarantined {
-        println!(
+        crate::outln!(
             "{verb} quarantined {}  {} bytes",
             path.display(),
             thousands(*size as usize)
         );
     }
     for path in &report.leftovers {
-        println!("removed leftover {}", path.display());
+        crate::outln!("removed leftover {}", path.display());
     }
     if let Some((owner, protected)) = &report.protected_by_run {
         match &owner.pipeline {
-            Some(file) => println!(
+            Some(file) => crate::outln!(
                 "a run in progress holds the cache ({owner}): its {protected} cached artifact(s) of {} are kept; gc without --dry-run waits for it to end",
                 file.display()
             ),
             None => {
-                println!("the cache is held by {owner}; gc without --dry-run waits for it to end")
+                crate::outln!(
+                    "the cache is held by {owner}; gc without --dry-run waits for it to end"
+                )
             }
         }
     }
-    println!(
+    crate::outln!(
         "{verb} {} artifact(s), {} bytes; kept {}",
         report.removed.len(),
         thousands(total as usize),

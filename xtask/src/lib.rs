@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod dag;
 pub mod gc;
+pub mod out;
 pub mod pipeline;
 pub mod registry;
 pub mod runner;

@@ -200,7 +200,7 @@ fn run(cli: Cli) -> Result<()> {
                 .filter(|o| matches!(o, runner::Outcome::Ran(_)))
                 .count();
             if !dry_run {
-                println!(
+                xtask::outln!(
                     "{}: {} stage(s), {ran} ran, {} cached, in {}",
                     plan.name,
                     outcomes.len(),
@@ -216,12 +216,12 @@ fn run(cli: Cli) -> Result<()> {
             let plan = load(pipeline)?;
             for (id, st) in status::status(&plan, &ws()?)? {
                 match st {
-                    StageStatus::Cached => println!("cached  {id}"),
-                    StageStatus::Waiting(why) => println!("stale   {id}: {why}"),
+                    StageStatus::Cached => xtask::outln!("cached  {id}"),
+                    StageStatus::Waiting(why) => xtask::outln!("stale   {id}: {why}"),
                     StageStatus::Stale(reasons) => {
-                        println!("stale   {id}:");
+                        xtask::outln!("stale   {id}:");
                         for r in reasons {
-                            println!("          {r}");
+                            xtask::outln!("          {r}");
                         }
                     }
                 }
@@ -238,7 +238,7 @@ fn run(cli: Cli) -> Result<()> {
                 (_, true) => DagFormat::Dot,
                 _ => DagFormat::Text,
             };
-            print!("{}", dag::render(&plan, format));
+            xtask::out!("{}", dag::render(&plan, format));
         }
         Command::Gc {
             pipelines,

@@ -450,7 +450,7 @@ impl RunState<'_> {
                 }
             }
             if !self.ws.quiet {
-                println!("results: {}", dest.join("report.md").display());
+                crate::outln!("results: {}", dest.join("report.md").display());
             }
         }
         Ok(())
@@ -574,7 +574,7 @@ fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
         Outcome::Failed(e) => format!("FAILED   {id:<24} {e}"),
         Outcome::Skipped(why) => format!("skipped  {id:<24} ({why})"),
     };
-    println!("{line}");
+    crate::outln!("{line}");
 }
 
 pub fn human_duration(s: f64) -> String {

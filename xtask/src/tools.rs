@@ -16,7 +16,7 @@ pub fn fetch(presets: &[String], models_dir: &Path) -> Result<()> {
     for name in presets {
         let spec = llmembed_extract::fetch_preset(name, models_dir)
             .with_context(|| format!("fetch preset `{name}`"))?;
-        println!("{name}\t{}", spec.weights.display());
+        crate::outln!("{name}\t{}", spec.weights.display());
     }
     Ok(())
 }
@@ -68,13 +68,16 @@ pub fn bench_logreg(
     let m = cached_artifact(plan, ws, stage_id)?;
     let dir = ws.cache.artifact_dir(&m.key);
     let (train, test) = (dir.join("train.parquet"), dir.join("test.parquet"));
-    println!(
+    crate::outln!(
         "logistic regression, C={c}, features `{column}` of stage `{stage_id}` ({})",
         dir.display()
     );
-    println!(
+    crate::outln!(
         "{:<28} {:>9} {:>10} {:>9}",
-        "implementation", "fit (s)", "accuracy", "vs sklearn"
+        "implementation",
+        "fit (s)",
+        "accuracy",
+        "vs sklearn"
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -96,7 +99,7 @@ pub fn bench_logreg(
     let reference: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let sk_seconds = reference["fit_seconds"].as_f64().unwrap_or(f64::NAN);
     let sk_acc = reference["accuracy"].as_f64().unwrap_or(f64::NAN);
-    println!(
+    crate::outln!(
         "{:<28} {:>9.3} {:>10.4} {:>9}",
         reference["impl"].as_str().unwrap_or("sklearn"),
         sk_seconds,
@@ -113,7 +116,7 @@ pub fn bench_logreg(
         } else {
             ""
         };
-        println!(
+        crate::outln!(
             "{:<28} {:>9.3} {:>10.4} {:>8.2}x  (time ratio; accuracy {:+.2} points)",
             format!("rust {}{default}", r.solver),
             r.fit_seconds,
@@ -178,16 +181,16 @@ pub fn bench_extract(
     let started = std::time::Instant::now();
     let summary = llmembed_extract::Extract::run(&params, &[input], &ctx)?;
     let wall = started.elapsed().as_secs_f64();
-    println!(
+    crate::outln!(
         "extract bench: {preset}, {} AG News test texts, batch_tokens {}, compute {compute:?}",
         table.len(),
         params.batch_tokens
     );
     for note in summary.notes.iter().filter(|n| !n.starts_with("model ")) {
-        println!("  {note}");
+        crate::outln!("  {note}");
     }
-    println!("  stage wall time {wall:.1}s (model load included)");
-    println!("  peak resident memory {:.0} MiB", peak_rss_mib()?);
+    crate::outln!("  stage wall time {wall:.1}s (model load included)");
+    crate::outln!("  peak resident memory {:.0} MiB", peak_rss_mib()?);
     Ok(())
 }
 

@@ -132,11 +132,11 @@ fn check_store_files(dir: &Path, repair: bool, report: &mut VerifyReport) -> Res
 pub fn print(report: &VerifyReport) {
     for d in &report.damaged {
         match &d.repaired {
-            Some(what) => println!("damaged  {}: {}; {what}", d.path.display(), d.why),
-            None => println!("damaged  {}: {}", d.path.display(), d.why),
+            Some(what) => crate::outln!("damaged  {}: {}; {what}", d.path.display(), d.why),
+            None => crate::outln!("damaged  {}: {}", d.path.display(), d.why),
         }
     }
-    println!(
+    crate::outln!(
         "checked {} artifact(s) and {} store file(s), {} bytes: {} damaged",
         report.artifacts,
         report.store_files,
