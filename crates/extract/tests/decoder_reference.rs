@@ -1,7 +1,7 @@
 //! The GGUF decoders against HF transformers (fixtures written by
 //! `scripts/reference/make_decoder_reference.py`, float32, transformers dequantizing the same
-//! GGUF weights): token ids must be identical; per layer the mean-pooled vectors must have
-//! cosine >= 0.999 and max abs error within the stated tolerance.
+//! GGUF weights): token ids must be identical; per tapped layer the mean-pooled vectors must have
+//! a cosine and a max abs error relative to the vector's norm within the stated tolerances.
 
 mod decoder_common;
 
@@ -38,24 +38,29 @@ struct TokCase {
     ids: Vec<u32>,
 }
 
-/// Tolerances: `abs` bounds the max abs error of a pooled vector relative to its scale
-/// (`abs * max(1, max |ref|)`); cosine is checked on every fully stored layer.
+/// Tolerances: `abs` bounds the max abs error of a pooled vector relative to the reference
+/// vector's L2 norm (on every layer: over the stored head of 16 dimensions, and over all
+/// dimensions where the fixture stores the full vector; the norm itself too); `cos` bounds the
+/// cosine on every fully stored layer and on the last-token vectors.
 struct Tol {
     cos: f64,
     abs: f64,
 }
 
+// Measured on AMD Zen 4 (2026-12-03, `cargo test --release -p llmembed-extract --test
+// decoder_reference -- --nocapture`): worst 1 - cosine 4.4e-12 (Gemma-3) and 3.2e-12 (SmolLM2);
+// worst error / norm 8.4e-7 and 2.4e-6. The bars are within 10x (cosine: 1 - 5e-11; error:
+// 2.5e-5).
 const F32_TOL: Tol = Tol {
-    cos: 0.999,
-    abs: 1e-3,
+    cos: 1.0 - 5e-11,
+    abs: 2.5e-5,
 };
-// bf16 keeps 8 bits of mantissa (relative step 2^-8 = 3.9e-3 per rounding); over 18 Gemma-3
-// blocks whose residual stream reaches |x| ~ 3e4 the largest elements drift by up to ~5% of the
-// vector's scale (measured: 5.2e-2 on Gemma-3, cosine still >= 0.9997), so the bound is 8e-2.
-// The cosine bar is the same as f32's.
+// bf16 keeps 8 bits of mantissa (relative step 2^-8 = 3.9e-3 per rounding). Measured the same way
+// (AVX512-BF16 kernel): worst 1 - cosine 6.6e-5 (Gemma-3) and 4.0e-5 (SmolLM2); worst error / norm
+// 5.1e-3 and 4.3e-3. The cosine bar is README's claim, 0.9999; the error bar 2e-2 (4x).
 const BF16_TOL: Tol = Tol {
-    cos: 0.999,
-    abs: 8e-2,
+    cos: 0.9999,
+    abs: 2e-2,
 };
 
 fn fixture(name: &str) -> Fixture {
@@ -121,13 +126,14 @@ fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
     for (ci, case) in fx.cases.iter().enumerate() {
         for (k, r) in case.layers.iter().enumerate() {
             let v = &out[k][ci * h..(ci + 1) * h];
-            let scale = r.head.iter().map(|x| x.abs()).fold(1f64, f64::max);
+            // Relative to the reference vector's norm: a few outlier dimensions (Gemma-3's reach
+            // ~1e4) must not hide errors in the others.
+            let scale = r.norm.max(1e-6);
             let norm: f64 = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
             let sum: f64 = v.iter().map(|x| *x as f64).sum();
             let mut errs = vec![max_abs(&v[..16], &r.head) / scale];
             let mut cos = None;
             if let Some(full) = &r.full {
-                let scale = full.iter().map(|x| x.abs()).fold(1f64, f64::max);
                 errs.push(max_abs(v, full) / scale);
                 cos = Some(cosine(v, full));
             }
@@ -161,8 +167,10 @@ fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
         let scale = case
             .last_token_final
             .iter()
-            .map(|x| x.abs())
-            .fold(1f64, f64::max);
+            .map(|x| x * x)
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-6);
         let rel = max_abs(v, &case.last_token_final) / scale;
         let c = cosine(v, &case.last_token_final);
         worst_rel = worst_rel.max(rel);
@@ -173,7 +181,10 @@ fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
             ));
         }
     }
-    println!("{label}: worst cosine {worst_cos:.7}, worst max abs error / scale {worst_rel:.3e}");
+    println!(
+        "{label}: worst cosine {worst_cos:.7} (1 - cos {:.1e}), worst max abs error / norm {worst_rel:.3e}",
+        1.0 - worst_cos
+    );
     assert!(failures.is_empty(), "{label}:\n{}", failures.join("\n"));
 }
 
