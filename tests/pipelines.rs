@@ -11,18 +11,7 @@ use xtask::pipeline;
 use xtask::runner::{self, Outcome, RunOptions, Workspace};
 use xtask::status::{self, StageStatus};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("..").join("shared").join("data"))
-}
+use llmembed_testkit::data_dir;
 
 /// A small real pipeline: 80 train / 40 test AG News rows, TF-IDF, logistic regression, evaluate.
 fn small_pipeline(c: f64, per_class_test: usize) -> String {

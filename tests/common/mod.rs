@@ -10,54 +10,17 @@ use xtask::cache::Cache;
 use xtask::pipeline;
 use xtask::runner::{self, Outcome, RunOptions, Workspace};
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-pub fn data_dir() -> PathBuf {
-    std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("..").join("shared").join("data"))
-}
-
-/// Whether a missing test input (data, model, tool) fails the test instead of skipping it: CI
-/// sets `LLMEMBED_REQUIRE_TEST_INPUTS=1`, so that a green run means every test really ran.
-pub fn require_inputs() -> bool {
-    std::env::var("LLMEMBED_REQUIRE_TEST_INPUTS").is_ok_and(|v| v == "1")
-}
-
-/// Returns `Some(value)`, or, when the input is missing, skips (prints why, returns `None`)
-/// or, under `LLMEMBED_REQUIRE_TEST_INPUTS=1`, fails naming what is missing.
-pub fn needs<T>(what: &str, found: Result<T, String>) -> Option<T> {
-    match found {
-        Ok(v) => Some(v),
-        Err(why) if require_inputs() => {
-            panic!("missing test input {what}: {why} (LLMEMBED_REQUIRE_TEST_INPUTS=1)")
-        }
-        Err(why) => {
-            eprintln!("SKIP: missing test input {what}: {why}");
-            None
-        }
-    }
-}
+pub use llmembed_testkit::{data_dir, needs};
 
 /// The AG News folder of the shared data, or why it is missing.
 pub fn ag_news() -> Result<PathBuf, String> {
-    let dir = data_dir();
-    if dir.join("ag_news").join("train.parquet").is_file() {
-        Ok(dir)
-    } else {
-        Err(format!("no ag_news/train.parquet under {}", dir.display()))
-    }
+    llmembed_testkit::ag_news_dir()
 }
 
 /// The models folder CI fetches into (`cache/models` at the repo root) with `preset` in it,
 /// fetched through the project's own preset resolution (verified by sha256), or why not.
 pub fn models_dir_with(preset: &str) -> Result<PathBuf, String> {
-    let dir = repo_root().join("cache").join("models");
+    let dir = llmembed_testkit::models_dir();
     llmembed_extract::fetch_preset(preset, &dir)
         .map(|_| dir)
         .map_err(|e| format!("preset `{preset}`: {e}"))

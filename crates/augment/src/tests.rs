@@ -9,20 +9,9 @@ use crate::eda::{self, Op};
 use crate::wordnet::WordNet;
 
 /// The WordNet folder for tests (`LLMEMBED_WORDNET_DIR`, default /usr/share/wordnet), or `None`
-/// with a printed reason when the database is genuinely absent.
+/// when the database is absent: the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
 fn wordnet_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMEMBED_WORDNET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/wordnet"));
-    if dir.join("index.noun").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipped: no WordNet at {} (apt-get install -y wordnet-base, or set LLMEMBED_WORDNET_DIR)",
-            dir.display()
-        );
-        None
-    }
+    llmembed_testkit::needs("WordNet", llmembed_testkit::wordnet_dir())
 }
 
 fn load_wn() -> Option<WordNet> {
@@ -464,41 +453,13 @@ fn params_parse_with_defaults_and_are_checked() {
 
 #[test]
 fn augments_an_ag_news_sample() {
-    use arrow::array::{Array, Int64Array, StringArray};
     let Some(wn) = wordnet_dir() else { return };
-    let data = std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    let path = data.join("ag_news/train.parquet");
-    if !path.is_file() {
-        eprintln!("skipped: no {} (set LLMEMBED_DATA_DIR)", path.display());
+    let Some((texts, labels)) = llmembed_testkit::needs(
+        "AG News",
+        llmembed_testkit::read_ag_news("train", usize::MAX),
+    ) else {
         return;
-    }
-    let file = std::fs::File::open(&path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let (mut texts, mut labels) = (Vec::new(), Vec::new());
-    for batch in reader {
-        let batch = batch.unwrap();
-        let t = batch
-            .column_by_name("text")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let l = batch
-            .column_by_name("label")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            texts.push(t.value(i).to_string());
-            labels.push(l.value(i));
-        }
-    }
+    };
     let n = 2000;
     let names: Vec<String> = ["World", "Sports", "Business", "Sci/Tech"]
         .map(String::from)

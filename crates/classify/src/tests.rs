@@ -3,17 +3,14 @@
 //! in `LLMEMBED_DATA_DIR` (default `<workspace>/../shared/data`).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use arrow::array::{Int64Array, StringArray};
 use llmembed_core::{
     Context, EmbeddingTable, Env, Input, Precision, Predictions, Stage, VectorColumn,
     read_predictions, write_embedding_table, write_predictions,
 };
 use ndarray::Array2;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::data::Standardizer;
 use crate::ensemble::EnsembleMethod;
@@ -23,47 +20,13 @@ use crate::*;
 const VOCAB: usize = 500;
 
 fn data_dir() -> PathBuf {
-    std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+    llmembed_testkit::data_dir()
 }
 
-/// `(text, label)` of a raw AG News split, or `None` (with the reason printed) when absent.
-fn read_raw(split: &str) -> Option<Vec<(String, i64)>> {
-    let path = data_dir().join("ag_news").join(format!("{split}.parquet"));
-    if !path.is_file() {
-        eprintln!(
-            "skipped: no AG News file at {} (set LLMEMBED_DATA_DIR)",
-            path.display()
-        );
-        return None;
-    }
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let text = batch
-            .column_by_name("text")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap()
-            .clone();
-        let label = batch
-            .column_by_name("label")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap()
-            .clone();
-        for i in 0..batch.num_rows() {
-            rows.push((text.value(i).to_string(), label.value(i)));
-        }
-    }
-    Some(rows)
+/// `(text, label)` of a raw AG News split, or why it is missing.
+fn read_raw(split: &str) -> Result<Vec<(String, i64)>, String> {
+    let (texts, labels) = llmembed_testkit::read_ag_news(split, usize::MAX)?;
+    Ok(texts.into_iter().zip(labels).collect())
 }
 
 fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
@@ -91,9 +54,11 @@ struct Bow {
     test: EmbeddingTable,
 }
 
+/// The bag-of-words tables, or `None` when AG News is missing: the test skips, or fails under
+/// `LLMEMBED_REQUIRE_TEST_INPUTS=1` (every test that asks, not only the first).
 fn bow() -> Option<&'static Bow> {
-    static BOW: OnceLock<Option<Bow>> = OnceLock::new();
-    BOW.get_or_init(|| {
+    static BOW: OnceLock<Result<Bow, String>> = OnceLock::new();
+    let bow = BOW.get_or_init(|| {
         let train = balanced(&read_raw("train")?, 500);
         let test = balanced(&read_raw("test")?, 100);
         let mut freq: HashMap<String, usize> = HashMap::new();
@@ -132,12 +97,12 @@ fn bow() -> Option<&'static Bow> {
                 ],
             }
         };
-        Some(Bow {
+        Ok(Bow {
             train: table(&train, "train"),
             test: table(&test, "test"),
         })
-    })
-    .as_ref()
+    });
+    llmembed_testkit::needs("AG News", bow.as_ref().map_err(String::clone))
 }
 
 fn take(t: &EmbeddingTable, rows: usize) -> EmbeddingTable {

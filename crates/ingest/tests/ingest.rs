@@ -5,17 +5,10 @@ use llmembed_core::{Context, Env, External, Stage, TextTable, read_text_table};
 use llmembed_ingest::{HubSource, Ingest, IngestParams, Sample, SplitSpec};
 use polars::prelude::*;
 
-/// The shared data folder: `LLMEMBED_DATA_DIR`, else `<repo>/../shared/data`.
+/// The shared data folder (`LLMEMBED_DATA_DIR`, else `<repo>/../shared/data`) holding AG News,
+/// or `None`: the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
 fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("ag_news/train.parquet").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: no AG News data at {}", dir.display());
-        None
-    }
+    llmembed_testkit::needs("AG News", llmembed_testkit::ag_news_dir())
 }
 
 fn env(data_dir: &Path, pipeline_dir: &Path, seed: u64) -> Env {
@@ -150,8 +143,7 @@ fn ag_news_class_balanced_sample_is_deterministic() {
 #[test]
 fn sst2_all_splits_and_ids_survive_resampling() {
     let Some(data) = data_dir() else { return };
-    if !data.join("sst2/train.parquet").is_file() {
-        eprintln!("skipped: no sst2 data");
+    if llmembed_testkit::needs("SST-2", llmembed_testkit::dataset_dir("sst2", "train")).is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

