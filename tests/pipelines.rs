@@ -261,29 +261,82 @@ fn a_corrupted_artifact_is_detected_and_rebuilt() {
 fn a_failed_stage_stops_dependents_and_keep_going_runs_independent_branches() {
     let fx = Fixture::new();
     // `bad` asks for a column the features do not have: it fails at run time, not at validation.
+    // `bad_report` depends on `bad`; `report` does not.
     let text = small_pipeline(1.0, 10).replace(
         "  - id: report\n",
-        "  - id: bad\n    kind: logreg\n    inputs: [features]\n    params:\n      column: no_such_column\n  - id: report\n",
+        "  - id: bad\n    kind: logreg\n    inputs: [features]\n    params:\n      column: no_such_column\n  - id: bad_report\n    kind: evaluate\n    inputs: [bad]\n  - id: report\n",
     );
     let file = fx.write_pipeline("p.yaml", &text);
     let plan = pipeline::load(&file).unwrap();
     let ids: Vec<&str> = plan.stages.iter().map(|s| s.id.as_str()).collect();
-    let err = runner::run(&plan, &fx.workspace(), &opts()).err().unwrap();
-    assert!(err.to_string().contains("bad"), "{err}");
-    let ws = fx.workspace();
-    let outcomes = runner::run(
-        &plan,
-        &ws,
-        &RunOptions {
-            keep_going: true,
-            ..opts()
-        },
+    assert_eq!(
+        ids,
+        ["data", "features", "lr", "bad", "bad_report", "report"]
     );
-    assert!(outcomes.is_err());
-    // With --keep-going the report (independent of `bad`) is produced.
+    // Through the binary: its stdout has one line per stage, with the outcome and its reason.
+    let run = |keep_going: bool| -> String {
+        let mut cmd = xtask_bin();
+        cmd.args(["--quiet", "--cache"])
+            .arg(fx.cache_dir())
+            .arg("--results")
+            .arg(fx.dir.path().join("results"))
+            .arg("run")
+            .arg(&file)
+            .env("LLMEMBED_DATA_DIR", data_dir());
+        if keep_going {
+            cmd.arg("--keep-going");
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(!out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains("1 stage(s) failed: bad"),
+            "{stdout}\n{stderr}"
+        );
+        stdout
+    };
+    let line = |stdout: &str, id: &str| -> String {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(id))
+            .unwrap_or_else(|| panic!("no line for `{id}` in:\n{stdout}"))
+            .to_string()
+    };
+    let skipped = |id: &str, why: &str| format!("skipped  {id:<24} ({why})");
+
+    let stdout = run(false);
+    assert!(
+        line(&stdout, "bad").starts_with("FAILED   bad "),
+        "{stdout}"
+    );
+    // Without --keep-going every later stage stops, dependent or not.
+    let stopped = "stopped after an earlier failure (use --keep-going)";
+    assert_eq!(line(&stdout, "bad_report"), skipped("bad_report", stopped));
+    assert_eq!(line(&stdout, "report"), skipped("report", stopped));
+
+    let stdout = run(true);
+    assert!(
+        line(&stdout, "bad").starts_with("FAILED   bad "),
+        "{stdout}"
+    );
+    // With --keep-going the dependent of `bad` is still skipped, naming `bad` ...
+    assert_eq!(
+        line(&stdout, "bad_report"),
+        skipped("bad_report", "input `bad` did not run")
+    );
+    // ... and the report (independent of `bad`) is produced.
+    assert!(
+        line(&stdout, "report").starts_with("ran      report "),
+        "{stdout}"
+    );
     let st = status::status(&plan, &fx.workspace()).unwrap();
     let report = ids.iter().position(|&i| i == "report").unwrap();
     assert!(matches!(st[report].1, StageStatus::Cached), "{ids:?}");
+    let bad_report = ids.iter().position(|&i| i == "bad_report").unwrap();
+    assert!(!matches!(st[bad_report].1, StageStatus::Cached), "{ids:?}");
 }
 
 #[test]
@@ -387,13 +440,15 @@ fn every_yaml_error_class_is_reported_with_line_and_column() {
     };
 
     let syntax = check("syntax.yaml", "name: x\nstages:\n  - id: [unclosed\n");
-    assert!(syntax.contains("syntax.yaml:3:"), "{syntax}");
+    // Column 9: the `[` that is never closed.
+    assert!(syntax.contains("syntax.yaml:3:9: "), "{syntax}");
 
     let wrong_shape = check(
         "shape.yaml",
         "name: x\nstages:\n  - id: a\n    kind: ingest\n    inputs: 3\n",
     );
-    assert!(wrong_shape.contains("shape.yaml:5:"), "{wrong_shape}");
+    // Column 13: the `3` where a list should be.
+    assert!(wrong_shape.contains("shape.yaml:5:13: "), "{wrong_shape}");
 
     // Several semantic errors, reported together, each located.
     let many = check(
@@ -420,12 +475,18 @@ stages:
 ",
     );
     for (needle, line) in [
-        ("unknown field `colour`", "many.yaml:7:"),
-        ("duplicate stage id `data`", "many.yaml:8:"),
-        ("unknown stage kind `no_such_kind`", "many.yaml:12:"),
-        ("names no stage", "many.yaml:15:"),
-        ("param `c`", "many.yaml:17:"),
-        ("takes at least 1 input", "many.yaml:18:"),
+        ("unknown field `colour`", "many.yaml:7:15: "),
+        ("duplicate stage id `data`", "many.yaml:8:9: "),
+        ("unknown stage kind `no_such_kind`", "many.yaml:12:11: "),
+        (
+            "input `ghost` of stage `lr` names no stage",
+            "many.yaml:15:14: ",
+        ),
+        (
+            "param `c`: invalid type: string \"lots\"",
+            "many.yaml:17:10: ",
+        ),
+        ("takes at least 1 input", "many.yaml:18:9: "),
     ] {
         let hit = many
             .lines()
@@ -446,10 +507,14 @@ stages:
     inputs: [a]
 ",
     );
-    assert!(
-        cycle.contains("cycle.yaml:3:") && cycle.contains("cycle"),
-        "{cycle}"
-    );
+    for (stage, at) in [("a", "cycle.yaml:3:9: "), ("b", "cycle.yaml:6:9: ")] {
+        let needle = format!("stage `{stage}` is part of (or depends on) a cycle");
+        let hit = cycle
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in:\n{cycle}"));
+        assert!(hit.contains(at), "`{needle}` not at {at}: {hit}");
+    }
 }
 
 #[test]

@@ -417,34 +417,37 @@ fn params_parse_with_defaults_and_are_checked() {
     assert_eq!(p.ops.swap, 0.2);
     assert_eq!(p.ops.synonym, 0.1);
     assert_eq!(p.per_copy, PerCopy::One);
-    assert!(serde_json::from_str::<Params>(r#"{"fractoin": 0.2}"#).is_err());
-    assert!(
-        Augment::check(&Params {
-            fraction: 1.5,
-            ..Params::default()
-        })
-        .is_err()
-    );
-    assert!(
-        Augment::check(&Params {
-            copies: 0,
-            ..Params::default()
-        })
-        .is_err()
-    );
+    let err = serde_json::from_str::<Params>(r#"{"fractoin": 0.2}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `fractoin`"), "{err}");
+    let err = Augment::check(&Params {
+        fraction: 1.5,
+        ..Params::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "param `fraction`: must be in [0, 1]");
+    let err = Augment::check(&Params {
+        copies: 0,
+        ..Params::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "param `copies`: must be in 1..=1000");
     let zero = OpRates {
         synonym: 0.0,
         insert: 0.0,
         swap: 0.0,
         delete: 0.0,
     };
-    assert!(
-        Augment::check(&Params {
-            ops: zero,
-            ..Params::default()
-        })
-        .is_err()
-    );
+    let err = Augment::check(&Params {
+        ops: zero,
+        ..Params::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "param `ops`: every operation has rate 0");
     assert!(Augment::check(&Params::default()).is_ok());
 }
 

@@ -270,6 +270,9 @@ mod tests {
             serde_json::from_str::<EnsembleParams>("{}").unwrap(),
             EnsembleParams::default()
         );
-        assert!(serde_json::from_str::<EnsembleParams>(r#"{"method": "Soft"}"#).is_err());
+        let err = serde_json::from_str::<EnsembleParams>(r#"{"method": "Soft"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `Soft`"), "{err}");
     }
 }

@@ -489,8 +489,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`all` or a list"), "{err}");
-        assert!(serde_json::from_str::<LayerSweepParams>(r#"{"layers": [-1]}"#).is_err());
-        assert!(serde_json::from_str::<LayerSweepParams>(r#"{"column": "x"}"#).is_err());
+        let err = serde_json::from_str::<LayerSweepParams>(r#"{"layers": [-1]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid value: integer `-1`"), "{err}");
+        let err = serde_json::from_str::<LayerSweepParams>(r#"{"column": "x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `column`"), "{err}");
 
         assert!(LayerSweep::check(&LayerSweepParams::default()).is_ok());
         let bad = |p: LayerSweepParams, what: &str| {

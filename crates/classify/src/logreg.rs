@@ -896,7 +896,8 @@ mod tests {
             c: Some(-1.0),
             ..LogRegParams::default()
         };
-        assert!(LogReg::check(&neg).is_err());
+        let err = LogReg::check(&neg).unwrap_err().to_string();
+        assert_eq!(err, "param `c`: must be a positive finite number, got -1");
         let c_and_select = LogRegParams {
             c: Some(1.0),
             select: Some(LogRegSelect {
@@ -905,7 +906,8 @@ mod tests {
             }),
             ..LogRegParams::default()
         };
-        assert!(LogReg::check(&c_and_select).is_err());
+        let err = LogReg::check(&c_and_select).unwrap_err().to_string();
+        assert_eq!(err, "param `c`: give either `c` or `select.c`, not both");
     }
 
     #[test]
@@ -914,6 +916,9 @@ mod tests {
         assert_eq!(p, LogRegParams::default());
         let p: LogRegParams = serde_json::from_str(r#"{"select": {"c": [0.1, 1]}}"#).unwrap();
         assert_eq!(p.select.unwrap().folds, 5);
-        assert!(serde_json::from_str::<LogRegParams>(r#"{"C": 1}"#).is_err());
+        let err = serde_json::from_str::<LogRegParams>(r#"{"C": 1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `C`"), "{err}");
     }
 }

@@ -569,29 +569,42 @@ mod tests {
     #[test]
     fn check_rejects_bad_params() {
         assert!(Mlp::check(&MlpParams::default()).is_ok());
-        for bad in [
-            MlpParams {
-                dropout: 1.0,
-                ..MlpParams::default()
-            },
-            MlpParams {
-                batch_size: 0,
-                ..MlpParams::default()
-            },
-            MlpParams {
-                epochs: Some(5),
-                select: Some(MlpSelect {
-                    epochs: vec![5],
-                    folds: 3,
-                }),
-                ..MlpParams::default()
-            },
+        for (bad, want) in [
+            (
+                MlpParams {
+                    dropout: 1.0,
+                    ..MlpParams::default()
+                },
+                "param `dropout`: must be in [0, 1), got 1",
+            ),
+            (
+                MlpParams {
+                    batch_size: 0,
+                    ..MlpParams::default()
+                },
+                "param `batch_size`: must be at least 1",
+            ),
+            (
+                MlpParams {
+                    epochs: Some(5),
+                    select: Some(MlpSelect {
+                        epochs: vec![5],
+                        folds: 3,
+                    }),
+                    ..MlpParams::default()
+                },
+                "param `epochs`: give either `epochs` or `select.epochs`, not both",
+            ),
         ] {
-            assert!(Mlp::check(&bad).is_err(), "{bad:?}");
+            let err = Mlp::check(&bad).unwrap_err().to_string();
+            assert_eq!(err, want, "{bad:?}");
         }
         let p: MlpParams = serde_json::from_str("{}").unwrap();
         assert_eq!(p, MlpParams::default());
-        assert!(serde_json::from_str::<MlpParams>(r#"{"epoch": 3}"#).is_err());
+        let err = serde_json::from_str::<MlpParams>(r#"{"epoch": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `epoch`"), "{err}");
     }
 
     #[test]

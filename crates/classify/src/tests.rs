@@ -485,7 +485,7 @@ fn bench_logreg_converges_weakly_and_strongly_regularised() {
         eprintln!("{}", serde_json::to_string(&r).unwrap());
         assert_eq!((r.train_rows, r.test_rows, r.dim), (2000, 400, 500));
         assert!(r.converged, "{r:?}");
-        assert!(r.accuracy > min_acc && r.fit_seconds > 0.0, "{r:?}");
+        assert!(r.accuracy > min_acc, "{r:?}");
         // The exact L-BFGS alone reaches the same (unique) minimiser.
         let e = bench_logreg_with_solver(
             &d.path().join("train.parquet"),
@@ -864,18 +864,30 @@ fn layer_sweep_on_ag_news_chooses_best_cv_layer_and_writes_outputs() {
         chosen, layers[best],
         "chosen must be the best CV layer: {cv:?}"
     );
+    let mut test_scores = Vec::new();
     for r in rows {
         let folds = r["cv_fold_accuracy"].as_array().unwrap();
         assert_eq!(folds.len(), 5);
         let mean = folds.iter().map(|f| f.as_f64().unwrap()).sum::<f64>() / 5.0;
         assert!((mean - r["cv_accuracy"].as_f64().unwrap()).abs() < 1e-12);
-        let (a, f1) = (
+        test_scores.push((
             r["test_accuracy"].as_f64().unwrap(),
             r["test_macro_f1"].as_f64().unwrap(),
-        );
-        assert!((0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&f1), "{r}");
+        ));
     }
-    eprintln!("layer sweep CV {cv:?}, chosen layer {chosen}");
+    eprintln!(
+        "layer sweep CV {cv:?}, test (accuracy, macro F1) {test_scores:?}, chosen layer {chosen}"
+    );
+    // Measured test accuracy per layer: 0.3925, 0.5325, 0.6875, 0.66 (chance 0.25); the floors
+    // leave 0.05 of slack. The test split is class-balanced (100 per class), so macro F1 stays
+    // close to accuracy (measured: within 0.003).
+    for (layer, (&(a, f1), floor)) in test_scores.iter().zip([0.34, 0.48, 0.63, 0.61]).enumerate() {
+        assert!(a > floor, "layer {layer}: test accuracy {a} <= {floor}");
+        assert!(
+            (a - f1).abs() < 0.02,
+            "layer {layer}: accuracy {a} vs macro F1 {f1}"
+        );
+    }
     // Real signal: 8 stop words are far weaker than the 250 most frequent words.
     assert!(cv[0] + 0.1 < cv[best], "{cv:?}");
     assert!(cv[best] > 0.65, "{cv:?}");

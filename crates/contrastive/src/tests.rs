@@ -76,29 +76,35 @@ fn params_parse_with_defaults_and_are_checked() {
     assert_eq!(p.output, Output::Head);
     assert_eq!(p.temperature, 0.1);
     assert_eq!(p.holdout, 0.1);
-    assert!(serde_json::from_str::<Params>(r#"{"tau": 0.1}"#).is_err());
+    let err = serde_json::from_str::<Params>(r#"{"tau": 0.1}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `tau`"), "{err}");
     assert!(Contrastive::check(&Params::default()).is_ok());
+    let err = Contrastive::check(&Params {
+        temperature: 0.0,
+        ..Params::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "param `temperature`: must be > 0");
+    let err = Contrastive::check(&Params {
+        batch_size: 1,
+        ..Params::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "param `batch_size`: must be >= 2 (in-batch negatives)");
+    let err = Contrastive::check(&Params {
+        mode: Mode::Unsup,
+        dropout: 0.0,
+        ..Params::default()
+    })
+    .unwrap_err()
+    .to_string();
     assert!(
-        Contrastive::check(&Params {
-            temperature: 0.0,
-            ..Params::default()
-        })
-        .is_err()
-    );
-    assert!(
-        Contrastive::check(&Params {
-            batch_size: 1,
-            ..Params::default()
-        })
-        .is_err()
-    );
-    assert!(
-        Contrastive::check(&Params {
-            mode: Mode::Unsup,
-            dropout: 0.0,
-            ..Params::default()
-        })
-        .is_err()
+        err.starts_with("param `dropout`: mode `unsup` needs dropout > 0"),
+        "{err}"
     );
 }
 

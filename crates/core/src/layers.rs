@@ -64,8 +64,23 @@ mod tests {
         let list: Layers = serde_json::from_str("[0, 8, 16]").unwrap();
         assert_eq!(list, Layers::List(vec![0, 8, 16]));
         assert_eq!(serde_json::to_string(&list).unwrap(), "[0,8,16]");
-        for bad in ["\"some\"", "[-1]", "3", "[1.5]"] {
-            assert!(serde_json::from_str::<Layers>(bad).is_err(), "{bad}");
+        for (bad, want) in [
+            (
+                "\"some\"",
+                "invalid value: string \"some\", expected `all` or a list of layer indices",
+            ),
+            ("[-1]", "invalid value: integer `-1`, expected usize"),
+            (
+                "3",
+                "invalid type: integer `3`, expected `all` or a list of layer indices",
+            ),
+            (
+                "[1.5]",
+                "invalid type: floating point `1.5`, expected usize",
+            ),
+        ] {
+            let err = serde_json::from_str::<Layers>(bad).unwrap_err().to_string();
+            assert!(err.contains(want), "{bad}: {err}");
         }
     }
 }

@@ -710,7 +710,11 @@ mod tests {
             probs: vec![1.0],
             ..p
         };
-        assert!(write_predictions(&path, &bad).is_err());
+        let err = write_predictions(&path, &bad).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "write predictions: 1 probabilities for 1 rows x 2 classes"
+        );
     }
 
     #[test]

@@ -76,22 +76,24 @@ fn yaml_params_have_explicit_defaults_and_reject_unknown_fields() {
     .unwrap();
     assert_eq!(full.method, Method::Cooccurrence);
     assert_eq!(full.cooccurrence.sigma, 0.5);
-    assert!(
-        serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethd: max\n").is_err()
-    );
-    assert!(
-        serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethod: median\n").is_err()
-    );
-    assert!(
-        Fuse::check(&params(
-            vec![SourceSpec {
-                layers: None,
-                columns: vec![]
-            }],
-            Method::Mean
-        ))
-        .is_err()
-    );
+    let err = serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethd: max\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `methd`"), "{err}");
+    let err = serde_saphyr::from_str::<FuseParams>("sources: [{layers: all}]\nmethod: median\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `median`"), "{err}");
+    let err = Fuse::check(&params(
+        vec![SourceSpec {
+            layers: None,
+            columns: vec![],
+        }],
+        Method::Mean,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert_eq!(err, "param `sources[0]`: select `layers` and/or `columns`");
 }
 
 #[test]

@@ -159,6 +159,10 @@ fn tfidf_params_check() {
         ngram_range: [2, 1],
         ..TfidfParams::default()
     };
-    assert!(Tfidf::check(&bad).is_err());
-    assert!(serde_saphyr::from_str::<TfidfParams>("min_dff: 3").is_err());
+    let err = Tfidf::check(&bad).unwrap_err().to_string();
+    assert_eq!(err, "param `ngram_range`: [2, 1]: need 1 <= min <= max");
+    let err = serde_saphyr::from_str::<TfidfParams>("min_dff: 3")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `min_dff`"), "{err}");
 }

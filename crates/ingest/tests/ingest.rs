@@ -474,7 +474,11 @@ fn bad_input_is_named_by_file_row_and_column() {
         dataset: Some("ag_news".into()),
         ..single(&p)
     };
-    assert!(Ingest::check(&both).is_err());
+    let e = Ingest::check(&both).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "param `dataset/files/hub`: give exactly one source, got 2"
+    );
     let e = err(
         &IngestParams {
             splits: splits(&[("dev", None)]),
@@ -747,10 +751,10 @@ fn params_parse_with_defaults_and_reject_unknown_fields() {
     assert_eq!(p.splits["train"].sample, Some(Sample::Total(2000)));
     assert_eq!(p.splits["test"].sample, Some(Sample::PerClass(125)));
     assert_eq!(p.splits["dev"].sample, None);
-    assert!(
-        serde_json::from_value::<IngestParams>(serde_json::json!({"dataset": "x", "sed": 1}))
-            .is_err()
-    );
+    let e = serde_json::from_value::<IngestParams>(serde_json::json!({"dataset": "x", "sed": 1}))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `sed`"), "{e}");
 }
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
