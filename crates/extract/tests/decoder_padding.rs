@@ -1,6 +1,7 @@
-//! Batching must not change a text's vectors: a text embedded alone equals the same text inside a
-//! mixed-length batch (right padding + causal/key-padding mask), at every layer; reruns give the
-//! same bytes; stopping at a shallower tap gives the same values as running all blocks.
+//! Batching must not change a text's vectors: a text embedded alone equals, bit for bit, the same
+//! text inside a mixed-length batch (rows are packed, each sequence attends only to itself), at
+//! every layer; reruns give the same bytes; stopping at a shallower tap gives the same values as
+//! running all blocks. And bf16 stays within README's cosine 0.9999 of f32 at every layer.
 
 mod decoder_common;
 
@@ -29,7 +30,7 @@ fn open(m: &ModelFile, compute: ComputeDtype) -> Option<Box<dyn Embedder>> {
     )
 }
 
-fn check(model: &dyn Embedder, label: &str, tol: f32) {
+fn check(model: &dyn Embedder, label: &str) {
     let n = model.num_layers();
     let h = model.hidden_size();
     let ids: Vec<Vec<u32>> = TEXTS
@@ -46,17 +47,19 @@ fn check(model: &dyn Embedder, label: &str, tol: f32) {
             for k in 0..=n {
                 let a = &alone[k];
                 let b = &together[k][i * h..(i + 1) * h];
-                let scale = a.iter().fold(1f32, |m, x| m.max(x.abs()));
-                let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+                let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
                 worst = worst.max(d);
+                // Bit for bit: README claims a text's vectors never depend on its batch.
                 assert!(
-                    d <= tol,
-                    "{label} {pooling:?}: text {i} ({} tokens) layer {k}: alone vs batch differ by {d:e} (relative)",
+                    a.iter()
+                        .map(|x| x.to_bits())
+                        .eq(b.iter().map(|x| x.to_bits())),
+                    "{label} {pooling:?}: text {i} ({} tokens) layer {k}: alone vs batch differ (max abs {d:e})",
                     one.len()
                 );
             }
         }
-        println!("{label} {pooling:?}: worst alone-vs-batch relative difference {worst:e}");
+        println!("{label} {pooling:?}: worst alone-vs-batch difference {worst:e}");
         // Deterministic: the same batch again gives the same bytes.
         let again = model.embed(&batch, &taps, pooling).unwrap();
         assert!(together == again, "{label}: rerun changed the output");
@@ -91,7 +94,7 @@ fn smollm2_padding_invariant_and_deterministic() {
         return;
     };
     assert!(m.describe().starts_with("llama("), "{}", m.describe());
-    check(m.as_ref(), "smollm2 f32", 1e-5);
+    check(m.as_ref(), "smollm2 f32");
 }
 
 #[test]
@@ -100,7 +103,7 @@ fn gemma3_padding_invariant_and_deterministic() {
         return;
     };
     assert!(m.describe().starts_with("gemma3("), "{}", m.describe());
-    check(m.as_ref(), "gemma3 f32", 1e-5);
+    check(m.as_ref(), "gemma3 f32");
 }
 
 /// The bf16 products (AMX, AVX512-BF16 or the f32 fallback, whichever this CPU runs) keep every
@@ -116,6 +119,58 @@ fn bf16_padding_invariant_and_deterministic() {
             continue;
         };
         assert!(m.describe().starts_with(arch), "{}", m.describe());
-        check(m.as_ref(), label, 1e-5);
+        check(m.as_ref(), label);
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+/// `compute: bf16` against `compute: f32` directly, per model, every layer: mean-pooled vectors
+/// within cosine 0.9999, as README says (measured worst on AMD Zen 4, 2026-12-03: 0.99996
+/// SmolLM2); a single last token is noisier (measured worst 0.99986, Gemma-3's last layer for a
+/// three-token text), bar 0.9995.
+#[test]
+fn bf16_stays_within_cosine_0_9999_of_f32() {
+    for (file, label) in [(&SMOLLM2, "smollm2"), (&GEMMA3, "gemma3")] {
+        let (Some(f32m), Some(bf16m)) = (
+            open(file, ComputeDtype::F32),
+            open(file, ComputeDtype::Bf16),
+        ) else {
+            continue;
+        };
+        let n = f32m.num_layers();
+        let h = f32m.hidden_size();
+        let ids: Vec<Vec<u32>> = TEXTS
+            .iter()
+            .map(|t| f32m.tokenize(t, 256).unwrap().0)
+            .collect();
+        let batch: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+        let taps: Vec<Tap> = (0..=n).map(Tap::Layer).collect();
+        let mut worst = 1f64;
+        for pooling in [Pooling::Mean, Pooling::Last] {
+            let a = f32m.embed(&batch, &taps, pooling).unwrap();
+            let b = bf16m.embed(&batch, &taps, pooling).unwrap();
+            for k in 0..=n {
+                for i in 0..TEXTS.len() {
+                    let c = cosine(&a[k][i * h..(i + 1) * h], &b[k][i * h..(i + 1) * h]);
+                    worst = worst.min(c);
+                    let bar = if pooling == Pooling::Mean {
+                        0.9999
+                    } else {
+                        0.9995
+                    };
+                    assert!(
+                        c >= bar,
+                        "{label} {pooling:?}: text {i} layer {k}: bf16 vs f32 cosine {c}"
+                    );
+                }
+            }
+        }
+        println!("{label}: worst bf16-vs-f32 cosine {worst:.7}");
     }
 }
