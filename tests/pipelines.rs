@@ -1,120 +1,17 @@
 //! Runner integration tests: real stages (ingest from the shared AG News files, TF-IDF features,
 //! logistic regression, evaluate) driven through the runner and the `xtask` binary.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::*;
 use xtask::cache::Cache;
 use xtask::pipeline;
-use xtask::runner::{self, Outcome, RunOptions, Workspace};
+use xtask::runner::{self, RunOptions};
 use xtask::status::{self, StageStatus};
-
-use llmembed_testkit::data_dir;
-
-/// A small real pipeline: 80 train / 40 test AG News rows, TF-IDF, logistic regression, evaluate.
-fn small_pipeline(c: f64, per_class_test: usize) -> String {
-    format!(
-        r#"name: small
-settings:
-  seed: 7
-stages:
-  - id: data
-    kind: ingest
-    params:
-      dataset: ag_news
-      splits:
-        train: {{sample: {{per_class: 20}}}}
-        test: {{sample: {{per_class: {per_class_test}}}}}
-  - id: features
-    kind: tfidf
-    inputs: [data]
-    params:
-      min_df: 1
-  - id: lr
-    kind: logreg
-    inputs: [features]
-    params:
-      c: {c}
-  - id: report
-    kind: evaluate
-    inputs: [lr]
-"#
-    )
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Self {
-        Fixture {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn write_pipeline(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn cache_dir(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-
-    fn workspace(&self) -> Workspace {
-        Workspace {
-            cache: Cache::new(self.cache_dir()).unwrap(),
-            results_dir: self.dir.path().join("results"),
-            default_data_dir: data_dir(),
-            quiet: true,
-        }
-    }
-
-    fn run(&self, file: &Path, opts: RunOptions) -> Vec<Outcome> {
-        let plan = pipeline::load(file).unwrap_or_else(|e| panic!("{e}"));
-        runner::run(&plan, &self.workspace(), &opts).unwrap()
-    }
-
-    fn artifacts(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.cache_dir().join("artifacts"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-fn opts() -> RunOptions {
-    RunOptions {
-        wait_for_lock: true,
-        ..Default::default()
-    }
-}
-
-fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
-    outcomes
-        .iter()
-        .map(|o| match o {
-            Outcome::Cached(_) => "cached",
-            Outcome::Ran(_) => "ran",
-            Outcome::WouldRun(_) => "would-run",
-            Outcome::Failed(_) => "failed",
-            Outcome::Skipped(_) => "skipped",
-        })
-        .collect()
-}
-
-fn key_of(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Cached(m) | Outcome::Ran(m) => m.key.clone(),
-        other => panic!("no artifact: {other:?}"),
-    }
-}
 
 #[test]
 fn cached_rerun_skips_every_stage_and_results_are_published() {
@@ -275,14 +172,8 @@ fn a_failed_stage_stops_dependents_and_keep_going_runs_independent_branches() {
     );
     // Through the binary: its stdout has one line per stage, with the outcome and its reason.
     let run = |keep_going: bool| -> String {
-        let mut cmd = xtask_bin();
-        cmd.args(["--quiet", "--cache"])
-            .arg(fx.cache_dir())
-            .arg("--results")
-            .arg(fx.dir.path().join("results"))
-            .arg("run")
-            .arg(&file)
-            .env("LLMEMBED_DATA_DIR", data_dir());
+        let mut cmd = fx.xtask();
+        cmd.arg("run").arg(&file);
         if keep_going {
             cmd.arg("--keep-going");
         }
@@ -354,10 +245,6 @@ fn a_second_runner_is_told_who_holds_the_lock() {
     );
 }
 
-fn xtask_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-}
-
 #[test]
 fn a_stage_killed_mid_run_leaves_no_artifact_and_the_rerun_succeeds() {
     let fx = Fixture::new();
@@ -369,14 +256,8 @@ fn a_stage_killed_mid_run_leaves_no_artifact_and_the_rerun_succeeds() {
     let text = text.replace("per_class: 20", "per_class: 60");
     let file = fx.write_pipeline("p.yaml", &text);
     let run = || {
-        let mut cmd = xtask_bin();
-        cmd.args(["--quiet", "--cache"])
-            .arg(fx.cache_dir())
-            .arg("--results")
-            .arg(fx.dir.path().join("results"))
-            .arg("run")
-            .arg(&file)
-            .env("LLMEMBED_DATA_DIR", data_dir());
+        let mut cmd = fx.xtask();
+        cmd.arg("run").arg(&file);
         cmd
     };
     // First the upstream stages, so that the kill lands in the classifier.
@@ -585,9 +466,8 @@ fn an_empty_stage_list_is_an_error_at_the_stages_value() {
         "{errors:?}"
     );
     // Through the binary: `check` fails and prints the located error.
-    let out = xtask_bin()
-        .arg("--cache")
-        .arg(fx.cache_dir())
+    let out = fx
+        .xtask()
         .arg("check")
         .arg(fx.dir.path().join("empty.yaml"))
         .output()
@@ -739,16 +619,7 @@ fn layers_beyond_a_local_models_depth_are_refused_before_anything_runs() {
     );
     assert_eq!(check_local(&preset), std::slice::from_ref(&expected));
     for command in ["check", "run"] {
-        let out = xtask_bin()
-            .args(["--quiet", "--cache"])
-            .arg(fx.cache_dir())
-            .arg("--results")
-            .arg(fx.dir.path().join("results"))
-            .arg(command)
-            .arg(&preset)
-            .env("LLMEMBED_DATA_DIR", data_dir())
-            .output()
-            .unwrap();
+        let out = fx.xtask().arg(command).arg(&preset).output().unwrap();
         assert!(!out.status.success(), "{command}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -772,16 +643,7 @@ fn cross_validation_with_too_few_rows_of_a_class_fails_at_the_start_of_the_stage
     let text =
         small_pipeline(1.0, 10).replace("      c: 1\n", "      select: {c: [1.0], folds: 25}\n");
     let file = fx.write_pipeline("p.yaml", &text);
-    let out = xtask_bin()
-        .args(["--quiet", "--cache"])
-        .arg(fx.cache_dir())
-        .arg("--results")
-        .arg(fx.dir.path().join("results"))
-        .arg("run")
-        .arg(&file)
-        .env("LLMEMBED_DATA_DIR", data_dir())
-        .output()
-        .unwrap();
+    let out = fx.xtask().arg("run").arg(&file).output().unwrap();
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout

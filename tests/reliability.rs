@@ -20,11 +20,9 @@ use xtask::runner::{self, Outcome, RunOptions};
 /// as the clean run left it: no artifact was published from damaged input.
 #[test]
 fn a_flipped_byte_anywhere_in_an_artifact_is_caught_before_use() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let first = fx.run(&file, opts());
     let clean = fx.artifact_bytes();
     let dir = fx.cache_dir().join("artifacts").join(key_of(&first[1]));
@@ -69,11 +67,9 @@ fn a_flipped_byte_anywhere_in_an_artifact_is_caught_before_use() {
 /// damaged copy went.
 #[test]
 fn a_damaged_input_is_reported_with_its_path_and_hashes() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let first = fx.run(&file, opts());
     let dir = fx.cache_dir().join("artifacts").join(key_of(&first[1]));
     let victim = dir.join("train.parquet");
@@ -107,11 +103,9 @@ fn a_damaged_input_is_reported_with_its_path_and_hashes() {
 /// A report file damaged in the cache is never copied to `results/`.
 #[test]
 fn a_damaged_report_is_made_again_before_it_is_copied_to_results() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let first = fx.run(&file, opts());
     let metrics = fx.results_dir().join("small").join("metrics.json");
     let clean = fs::read(&metrics).unwrap();
@@ -223,11 +217,9 @@ stages:
 /// removes it so that the next run makes it again.
 #[test]
 fn verify_reports_damage_and_repair_removes_it() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let first = fx.run(&file, opts());
     let victim = fx
         .cache_dir()
@@ -354,11 +346,9 @@ fn gc_during_a_run_waits_for_it() {
 /// counts that run's pipeline as live.
 #[test]
 fn gc_dry_run_says_what_a_run_in_progress_keeps() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let other = fx.write_pipeline(
         "other.yaml",
         &small_pipeline(0.5, 5).replace("name: small", "name: other"),
@@ -441,57 +431,22 @@ impl Drop for Immutable<'_> {
 }
 
 /// A publish that fails (here `artifacts/` cannot take new entries: even root cannot write to an
-/// immutable folder) names the path, removes its tmp folder and publishes nothing.
+/// immutable folder) names both paths, removes its tmp folder and publishes nothing; the run
+/// says which stage failed.
 #[test]
-fn a_failed_publish_names_the_path_and_removes_its_tmp_folder() {
-    let Some(_) = needs("AG News", ag_news()) else {
+fn a_failed_publish_names_the_paths_and_removes_its_tmp_folder() {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let artifacts = fx.cache_dir().join("artifacts");
     fs::create_dir_all(&artifacts).unwrap();
-    let Some(_guard) = needs(
+    let Some(guard) = needs(
         "chattr",
         Immutable::set(&artifacts).ok_or("`chattr +i` failed".to_string()),
     ) else {
         return;
     };
-    let plan = pipeline::load(&file).unwrap();
-    let err = runner::run(&plan, &fx.workspace(), &opts()).unwrap_err();
-    assert_eq!(err.to_string(), "1 stage(s) failed: data");
-    let outcomes = runner::run(
-        &plan,
-        &fx.workspace(),
-        &RunOptions {
-            dry_run: true,
-            ..opts()
-        },
-    )
-    .unwrap();
-    assert_eq!(kinds(&outcomes)[0], "would-run");
-    assert_eq!(fs::read_dir(fx.cache_dir().join("tmp")).unwrap().count(), 0);
-    drop(_guard);
-    let out = fx.xtask().arg("run").arg(&file).output().unwrap();
-    assert!(out.status.success());
-}
-
-/// The message of a failed publish, as the run prints it.
-#[test]
-fn a_failed_publish_is_printed_with_both_paths() {
-    let Some(_) = needs("AG News", ag_news()) else {
-        return;
-    };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
-    let artifacts = fx.cache_dir().join("artifacts");
-    fs::create_dir_all(&artifacts).unwrap();
-    let Some(_guard) = needs(
-        "chattr",
-        Immutable::set(&artifacts).ok_or("`chattr +i` failed".to_string()),
-    ) else {
-        return;
-    };
+    // As the run prints it.
     let out = fx.xtask().arg("run").arg(&file).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().next().unwrap();
@@ -509,17 +464,33 @@ fn a_failed_publish_is_printed_with_both_paths() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // In process: nothing published, nothing left in tmp/.
+    let plan = pipeline::load(&file).unwrap();
+    let err = runner::run(&plan, &fx.workspace(), &opts()).unwrap_err();
+    assert_eq!(err.to_string(), "1 stage(s) failed: data");
+    let outcomes = runner::run(
+        &plan,
+        &fx.workspace(),
+        &RunOptions {
+            dry_run: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(kinds(&outcomes)[0], "would-run");
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    drop(guard);
+    let out = fx.xtask().arg("run").arg(&file).output().unwrap();
+    assert!(out.status.success());
 }
 
 /// The results copy is checked and atomic, and its failure names the path; a memo that cannot
 /// be saved (`file-hashes.json`) is a warning that hides no failure.
 #[test]
 fn results_and_memo_failures_name_their_paths_and_hide_nothing() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     // `results/small` is a file: the copy cannot make its folder.
     fs::create_dir_all(fx.results_dir()).unwrap();
     fs::write(fx.results_dir().join("small"), b"in the way").unwrap();

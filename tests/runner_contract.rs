@@ -233,11 +233,9 @@ fn a_waiting_runner_goes_on_when_the_holder_is_killed() {
 /// artifacts of a pipeline outside that folder are garbage.
 #[test]
 fn gc_without_arguments_keeps_what_the_repository_pipelines_use() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     fx.run(&file, opts());
     let out = fx.xtask().args(["gc", "--dry-run"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -274,11 +272,9 @@ fn gc_without_arguments_keeps_what_the_repository_pipelines_use() {
 /// the old seed's rows before ingest declared that it uses the seed).
 #[test]
 fn a_new_seed_draws_a_new_sample() {
-    let Some(_) = needs("AG News", ag_news()) else {
+    let Some((fx, file)) = small_fixture() else {
         return;
     };
-    let fx = Fixture::new();
-    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
     let first = fx.run(&file, opts());
     fs::write(&file, small_pipeline(1.0, 10).replace("seed: 7", "seed: 8")).unwrap();
     let second = fx.run(&file, opts());

@@ -10,6 +10,7 @@ use xtask::cache::Cache;
 use xtask::pipeline;
 use xtask::runner::{self, Outcome, RunOptions, Workspace};
 
+#[allow(unused_imports)] // not every test file uses both
 pub use llmembed_testkit::{data_dir, needs};
 
 /// The AG News folder of the shared data, or why it is missing.
@@ -138,6 +139,15 @@ impl Fixture {
             .env("LLMEMBED_DATA_DIR", data_dir());
         cmd
     }
+}
+
+/// A fresh fixture with `small_pipeline(1.0, 10)` written as `p.yaml`; `None` (the test skips, or
+/// fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`) without AG News.
+pub fn small_fixture() -> Option<(Fixture, PathBuf)> {
+    needs("AG News", ag_news())?;
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
+    Some((fx, file))
 }
 
 pub fn opts() -> RunOptions {

@@ -82,6 +82,14 @@ impl Manifest {
     }
 }
 
+/// Why a file of an artifact is damaged: the words of every full check.
+pub fn content_mismatch(path: &Path, actual: &str, recorded: &str) -> String {
+    format!(
+        "{}: content does not match its manifest (blake3 {actual}, recorded {recorded})",
+        path.display()
+    )
+}
+
 pub struct Cache {
     pub root: PathBuf,
 }
@@ -213,11 +221,7 @@ impl Cache {
             let path = dir.join(&f.name);
             let actual = fsutil::hash_file(&path).map_err(|e| e.to_string())?;
             if actual != f.blake3 {
-                return Err(format!(
-                    "{}: content does not match its manifest (blake3 {actual}, recorded {})",
-                    path.display(),
-                    f.blake3
-                ));
+                return Err(content_mismatch(&path, &actual, &f.blake3));
             }
         }
         Ok(())
@@ -226,11 +230,10 @@ impl Cache {
     /// Moves a damaged artifact out of `artifacts/` into `quarantine/` (kept for inspection until
     /// the next `gc`) and returns where it went.
     pub fn quarantine_artifact(&self, key: &str) -> Result<PathBuf> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dest = self.root.join("quarantine").join(format!("{key}-{stamp}"));
+        let dest = self
+            .root
+            .join("quarantine")
+            .join(format!("{key}-{}", fsutil::unique_suffix()));
         let src = self.artifact_dir(key);
         fs::rename(&src, &dest)
             .with_context(|| format!("move {} to {}", src.display(), dest.display()))?;
@@ -262,85 +265,79 @@ impl Cache {
         summary: &llmembed_core::Summary,
         seconds: f64,
     ) -> Result<Manifest> {
-        let result = self.publish_inner(tmp, key, preimage, stage_id, summary, seconds);
+        let result = (|| -> Result<Manifest> {
+            let mut files = Vec::new();
+            let mut names: Vec<String> = fs::read_dir(tmp)
+                .and_then(|entries| {
+                    entries
+                        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                        .collect()
+                })
+                .with_context(|| format!("list {}", tmp.display()))?;
+            names.sort();
+            for name in names {
+                let path = tmp.join(&name);
+                if !path.is_file() {
+                    bail!("stage wrote `{name}`, which is not a plain file");
+                }
+                if name.starts_with('.') {
+                    bail!("stage left a temporary file `{name}` behind");
+                }
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("fsync {}", path.display()))?;
+                files.push(FileEntry {
+                    size: fs::metadata(&path)
+                        .with_context(|| format!("stat {}", path.display()))?
+                        .len(),
+                    blake3: fsutil::hash_file(&path)?,
+                    sample: sample_hash(&path)?,
+                    name,
+                });
+            }
+            let manifest = Manifest {
+                key: key.to_string(),
+                preimage: preimage.clone(),
+                stage_id: stage_id.to_string(),
+                files,
+                rows_out: summary.rows_out,
+                notes: summary.notes.clone(),
+                seconds,
+                created_unix: std::time::SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            fsutil::write_bytes_atomic(
+                &tmp.join(MANIFEST),
+                &serde_json::to_vec_pretty(&manifest)?,
+            )?;
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync {}", tmp.display()))?;
+            let dest = self.artifact_dir(key);
+            if dest.exists() {
+                let aside = self
+                    .root
+                    .join("tmp")
+                    .join(format!("corrupt-{key}-{}", std::process::id()));
+                fs::rename(&dest, &aside)
+                    .with_context(|| format!("move {} to {}", dest.display(), aside.display()))?;
+                fs::remove_dir_all(&aside)
+                    .with_context(|| format!("remove {}", aside.display()))?;
+            }
+            fs::rename(tmp, &dest)
+                .with_context(|| format!("publish {} as {}", tmp.display(), dest.display()))?;
+            let artifacts = self.root.join("artifacts");
+            File::open(&artifacts)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync {}", artifacts.display()))?;
+            Ok(manifest)
+        })();
         if result.is_err() {
             let _ = fs::remove_dir_all(tmp);
         }
         result
-    }
-
-    fn publish_inner(
-        &self,
-        tmp: &Path,
-        key: &str,
-        preimage: &Preimage,
-        stage_id: &str,
-        summary: &llmembed_core::Summary,
-        seconds: f64,
-    ) -> Result<Manifest> {
-        let mut files = Vec::new();
-        let mut names: Vec<String> = fs::read_dir(tmp)
-            .and_then(|entries| {
-                entries
-                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-                    .collect()
-            })
-            .with_context(|| format!("list {}", tmp.display()))?;
-        names.sort();
-        for name in names {
-            let path = tmp.join(&name);
-            if !path.is_file() {
-                bail!("stage wrote `{name}`, which is not a plain file");
-            }
-            if name.starts_with('.') {
-                bail!("stage left a temporary file `{name}` behind");
-            }
-            File::open(&path)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("fsync {}", path.display()))?;
-            files.push(FileEntry {
-                size: fs::metadata(&path)
-                    .with_context(|| format!("stat {}", path.display()))?
-                    .len(),
-                blake3: fsutil::hash_file(&path)?,
-                sample: sample_hash(&path)?,
-                name,
-            });
-        }
-        let manifest = Manifest {
-            key: key.to_string(),
-            preimage: preimage.clone(),
-            stage_id: stage_id.to_string(),
-            files,
-            rows_out: summary.rows_out,
-            notes: summary.notes.clone(),
-            seconds,
-            created_unix: std::time::SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
-        fsutil::write_bytes_atomic(&tmp.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
-        File::open(tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("fsync {}", tmp.display()))?;
-        let dest = self.artifact_dir(key);
-        if dest.exists() {
-            let aside = self
-                .root
-                .join("tmp")
-                .join(format!("corrupt-{key}-{}", std::process::id()));
-            fs::rename(&dest, &aside)
-                .with_context(|| format!("move {} to {}", dest.display(), aside.display()))?;
-            fs::remove_dir_all(&aside).with_context(|| format!("remove {}", aside.display()))?;
-        }
-        fs::rename(tmp, &dest)
-            .with_context(|| format!("publish {} as {}", tmp.display(), dest.display()))?;
-        let artifacts = self.root.join("artifacts");
-        File::open(&artifacts)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("fsync {}", artifacts.display()))?;
-        Ok(manifest)
     }
 
     /// Removes what dead processes left: every folder in `tmp/` (only a runner holding the lock

@@ -74,16 +74,15 @@ pub fn gc(plans: &[Plan], ws: &Workspace, dry_run: bool, wait: bool) -> Result<G
     for plan in plans {
         live.extend(live_keys(plan, ws, &mut hashes));
     }
+    let artifacts = ws.cache.artifacts()?;
     if let (Some(plan), Some((_, protected))) = (&running_plan, &mut protected_by_run) {
         let keys = live_keys(plan, ws, &mut hashes);
-        let artifacts: BTreeSet<String> =
-            ws.cache.artifacts()?.into_iter().map(|(k, _)| k).collect();
-        *protected = keys.intersection(&artifacts).count();
+        *protected = artifacts.iter().filter(|(k, _)| keys.contains(k)).count();
         live.extend(keys);
     }
     let mut removed = Vec::new();
     let mut kept = 0;
-    for (key, size) in ws.cache.artifacts()? {
+    for (key, size) in artifacts {
         if live.contains(&key) {
             kept += 1;
             continue;

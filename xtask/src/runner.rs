@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use llmembed_core::{Context, Env, External, Input, Summary};
 
-use crate::cache::{Cache, FileHashes, Lock, Lookup, Manifest, Preimage};
+use crate::cache::{Cache, FileHashes, Lock, Lookup, Manifest, Preimage, content_mismatch};
 use crate::pipeline::{Plan, PlannedStage};
 
 /// Where a run reads and writes, outside the pipeline file itself.
@@ -279,7 +279,7 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
                             if opts.dry_run {
                                 Outcome::WouldRun(why)
                             } else {
-                                state.make(i)
+                                state.make(i, Some(pre))
                             }
                         }
                     }
@@ -351,13 +351,18 @@ impl RunState<'_> {
     /// Runs stage `i` and publishes its artifact, after checking in full every input file it
     /// reads (an input found damaged is quarantined and made again first, so no artifact is
     /// ever computed from damaged bytes).
-    fn make(&mut self, i: usize) -> Outcome {
-        if let Err(e) = self.repair_inputs(i) {
-            return Outcome::Failed(e);
-        }
-        // Recomputed: a repaired input normally has its old bytes, but the key must follow the
-        // bytes actually read.
-        let pre = match self.preimage(i) {
+    /// `pre` is the stage's preimage when the caller has it.
+    fn make(&mut self, i: usize, pre: Option<Preimage>) -> Outcome {
+        let repaired = match self.repair_inputs(i) {
+            Ok(repaired) => repaired,
+            Err(e) => return Outcome::Failed(e),
+        };
+        // After a repair the preimage is computed again: a remade input normally has its old
+        // bytes, but the key must follow the bytes actually read.
+        let pre = match pre
+            .filter(|_| !repaired)
+            .map_or_else(|| self.preimage(i), Ok)
+        {
             Ok(pre) => pre,
             Err(e) => return Outcome::Failed(e),
         };
@@ -373,8 +378,10 @@ impl RunState<'_> {
         )
     }
 
-    /// Checks in full the input files stage `i` reads; remakes each input that fails.
-    fn repair_inputs(&mut self, i: usize) -> std::result::Result<(), String> {
+    /// Checks in full the input files stage `i` reads; remakes each input that fails. Says
+    /// whether it remade any.
+    fn repair_inputs(&mut self, i: usize) -> std::result::Result<bool, String> {
+        let mut repaired = false;
         let stage = &self.plan.stages[i];
         let reads = input_files(stage, self.plan, &self.manifests)?;
         for (r, files) in stage.inputs.iter().zip(reads) {
@@ -384,9 +391,10 @@ impl RunState<'_> {
                 .expect("input_files checked it");
             if let Err(why) = self.ws.cache.verify_files(manifest, Some(&names)) {
                 self.remake(r.stage, &why)?;
+                repaired = true;
             }
         }
-        Ok(())
+        Ok(repaired)
     }
 
     /// Quarantines the damaged artifact of stage `j` and makes it again.
@@ -402,15 +410,14 @@ impl RunState<'_> {
             "warning: cached artifact of `{id}` is damaged ({why}); moved to {}, recomputing",
             moved.display()
         );
-        match self.make(j) {
+        match self.make(j, None) {
             Outcome::Ran(m) => {
                 if let Err(e) = self.ws.cache.record_run(&self.plan.name, &id, &m) {
                     eprintln!("warning: {e:#}");
                 }
-                let outcome = Outcome::Ran(m);
-                print_outcome(&self.plan.stages[j], &outcome, false);
-                self.manifests[j] = outcome.manifest().cloned();
-                self.outcomes[j] = outcome;
+                self.manifests[j] = Some(m.clone());
+                self.outcomes[j] = Outcome::Ran(m);
+                print_outcome(&self.plan.stages[j], &self.outcomes[j], false);
                 Ok(())
             }
             Outcome::Failed(e) => Err(format!(
@@ -468,11 +475,7 @@ impl RunState<'_> {
             let bytes = fs::read(&path).with_context(|| format!("read {}", path.display()))?;
             let actual = llmembed_core::fsutil::hash_bytes(&bytes);
             if actual != f.blake3 {
-                return Ok(Err(format!(
-                    "{}: content does not match its manifest (blake3 {actual}, recorded {})",
-                    path.display(),
-                    f.blake3
-                )));
+                return Ok(Err(content_mismatch(&path, &actual, &f.blake3)));
             }
             llmembed_core::fsutil::write_bytes_atomic(&dest.join(&f.name), &bytes)?;
         }

@@ -112,20 +112,7 @@ fn take(t: &EmbeddingTable, rows: usize) -> EmbeddingTable {
     for c in 0..4 {
         idx.extend((0..t.len()).filter(|&i| t.labels[i] == c).take(per));
     }
-    EmbeddingTable {
-        ids: idx.iter().map(|&i| t.ids[i].clone()).collect(),
-        labels: idx.iter().map(|&i| t.labels[i]).collect(),
-        label_names: t.label_names.clone(),
-        columns: t
-            .columns
-            .iter()
-            .map(|c| {
-                let mut v = Vec::new();
-                idx.iter().for_each(|&i| v.extend_from_slice(c.row(i)));
-                VectorColumn::new(c.name.clone(), c.dim, v)
-            })
-            .collect(),
-    }
+    select_rows(t, &idx)
 }
 
 /// A temporary upstream artifact holding `train.parquet` and `test.parquet`.
@@ -1028,13 +1015,8 @@ fn layer_sweep_layer_list_and_clear_errors() {
 // ---------------------------------------------------------------------------------------------
 // cross-validation folds against the class counts
 
-/// `t` with only the first `keep` rows of class `class`.
-fn thin_class(t: &EmbeddingTable, class: i64, keep: usize) -> EmbeddingTable {
-    let idx: Vec<usize> = (0..t.len())
-        .filter(|&i| {
-            t.labels[i] != class || t.labels[..i].iter().filter(|&&l| l == class).count() < keep
-        })
-        .collect();
+/// The rows `idx` of `t`, in that order.
+fn select_rows(t: &EmbeddingTable, idx: &[usize]) -> EmbeddingTable {
     EmbeddingTable {
         ids: idx.iter().map(|&i| t.ids[i].clone()).collect(),
         labels: idx.iter().map(|&i| t.labels[i]).collect(),
@@ -1049,6 +1031,16 @@ fn thin_class(t: &EmbeddingTable, class: i64, keep: usize) -> EmbeddingTable {
             })
             .collect(),
     }
+}
+
+/// `t` with only the first `keep` rows of class `class`.
+fn thin_class(t: &EmbeddingTable, class: i64, keep: usize) -> EmbeddingTable {
+    let idx: Vec<usize> = (0..t.len())
+        .filter(|&i| {
+            t.labels[i] != class || t.labels[..i].iter().filter(|&&l| l == class).count() < keep
+        })
+        .collect();
+    select_rows(t, &idx)
 }
 
 #[test]

@@ -141,21 +141,23 @@ pub fn quarantine(path: &Path) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let dest = dir.join(format!("{name}.{}", unique_suffix()));
+    fs::rename(path, &dest).map_err(|e| Error::io("quarantine", path, e))?;
+    let sidecar = checksum_path(path);
+    if sidecar.exists() {
+        let side_dest = checksum_path(&dest);
+        fs::rename(&sidecar, &side_dest).map_err(|e| Error::io("quarantine", &sidecar, e))?;
+    }
+    Ok(dest)
+}
+
+/// `<nanoseconds since the epoch>-<pid>`: a name suffix no other quarantined copy has.
+pub fn unique_suffix() -> String {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let dest = dir.join(format!("{name}.{stamp}-{}", std::process::id()));
-    fs::rename(path, &dest).map_err(|e| Error::io("quarantine", path, e))?;
-    let sidecar = checksum_path(path);
-    if sidecar.exists() {
-        let side_dest = dir.join(format!(
-            "{name}.{stamp}-{}.{CHECKSUM_EXTENSION}",
-            std::process::id()
-        ));
-        fs::rename(&sidecar, &side_dest).map_err(|e| Error::io("quarantine", &sidecar, e))?;
-    }
-    Ok(dest)
+    format!("{stamp}-{}", std::process::id())
 }
 
 /// Whether a process with this id is running on this machine. Where `/proc` is missing, every
