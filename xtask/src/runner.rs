@@ -1,7 +1,6 @@
 //! Executes a validated [`Plan`] against the cache: computes each stage's key from its inputs'
 //! content, reuses intact artifacts, runs the rest, publishes atomically.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -9,10 +8,14 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use llmembed_core::{Context, Env, External, Input, Summary};
+use llmembed_core::{Context, Env, Input, Summary};
 
 use crate::cache::{Cache, FileHashes, Lock, Lookup, Manifest, Preimage, content_mismatch};
-use crate::pipeline::{Plan, PlannedStage};
+use crate::pipeline::Plan;
+use crate::preimage::input_files;
+pub use crate::preimage::preimage;
+use crate::report;
+pub use crate::report::{human_duration, thousands};
 
 /// Where a run reads and writes, outside the pipeline file itself.
 pub struct Workspace {
@@ -54,6 +57,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub keep_going: bool,
     pub wait_for_lock: bool,
+    /// Where to write this run's record (`run.json`); none for runs nobody keeps.
+    pub record_dir: Option<PathBuf>,
 }
 
 /// What happened to (or would happen to) one stage.
@@ -75,86 +80,6 @@ impl Outcome {
     }
 }
 
-/// The content of the files a stage takes from each of its inputs.
-fn input_files(
-    stage: &PlannedStage,
-    plan: &Plan,
-    manifests: &[Option<Manifest>],
-) -> std::result::Result<Vec<BTreeMap<String, String>>, String> {
-    let mut out = Vec::new();
-    for r in &stage.inputs {
-        let upstream = &plan.stages[r.stage];
-        let manifest = manifests[r.stage]
-            .as_ref()
-            .ok_or_else(|| format!("input `{}` is not available", upstream.id))?;
-        let files: BTreeMap<String, String> = manifest
-            .files
-            .iter()
-            .filter(|f| match &r.output {
-                None => true,
-                Some(out) => file_stem(&f.name) == out,
-            })
-            .map(|f| (f.name.clone(), f.blake3.clone()))
-            .collect();
-        if files.is_empty() {
-            return Err(format!(
-                "stage `{}` has no output `{}` (it has: {})",
-                upstream.id,
-                r.output.as_deref().unwrap_or(""),
-                manifest
-                    .files
-                    .iter()
-                    .map(|f| file_stem(&f.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        out.push(files);
-    }
-    Ok(out)
-}
-
-fn file_stem(name: &str) -> &str {
-    name.split_once('.').map(|(s, _)| s).unwrap_or(name)
-}
-
-/// Computes a stage's preimage, given its inputs' manifests.
-pub fn preimage(
-    stage: &PlannedStage,
-    plan: &Plan,
-    manifests: &[Option<Manifest>],
-    env: &Env,
-    hashes: &mut FileHashes,
-) -> std::result::Result<Preimage, String> {
-    let inputs = input_files(stage, plan, manifests)?;
-    let mut externals = BTreeMap::new();
-    let declared = stage
-        .kind
-        .externals(&stage.params, env)
-        .map_err(|e| format!("stage `{}`: {e}", stage.id))?;
-    for ext in declared {
-        match ext {
-            External::File { name, path } => {
-                let h = hashes
-                    .hash(&path)
-                    .map_err(|e| format!("stage `{}`: {e:#}", stage.id))?;
-                externals.insert(name, format!("blake3:{h}"));
-            }
-            External::Value { name, value } => {
-                externals.insert(name, value);
-            }
-        }
-    }
-    Ok(Preimage {
-        kind: stage.kind.kind().to_string(),
-        version: stage.kind.version(),
-        params: stage.params.clone(),
-        seed: stage.kind.seeded().then_some(stage.seed),
-        inputs,
-        externals,
-    })
-}
-
 fn stage_index(plan: &Plan, id: &str) -> Result<usize> {
     plan.index_of(id).ok_or_else(|| {
         anyhow!(
@@ -171,8 +96,77 @@ fn stage_index(plan: &Plan, id: &str) -> Result<usize> {
 
 /// Runs (or, with `dry_run`, plans) a pipeline. Returns one outcome per stage, in plan order.
 pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome>> {
-    let n = plan.stages.len();
+    let started = Instant::now();
     // Validate the options against the plan before touching anything.
+    let (forced, selected) = selection(plan, opts)?;
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock_cache(plan, ws, opts)?)
+    };
+    let mut state = RunState {
+        plan,
+        ws,
+        env: ws.env(plan),
+        hashes: FileHashes::open(&ws.cache),
+        manifests: vec![None; plan.stages.len()],
+        outcomes: Vec::with_capacity(plan.stages.len()),
+    };
+    let mut stop = false;
+    for (i, stage) in plan.stages.iter().enumerate() {
+        let outcome = if stop {
+            Outcome::Skipped("stopped after an earlier failure (use --keep-going)".into())
+        } else {
+            state.decide(i, forced[i], selected[i], opts)?
+        };
+        if let Outcome::Failed(_) = outcome
+            && !opts.keep_going
+        {
+            stop = true;
+        }
+        if let Outcome::Ran(m) = &outcome {
+            ws.cache.record_run(&plan.name, &stage.id, m)?;
+        }
+        report::print_outcome(stage, &outcome, opts.dry_run);
+        state.manifests[i] = outcome.manifest().cloned();
+        state.outcomes.push(outcome);
+    }
+    if let Err(e) = state.hashes.save() {
+        // Only a memo: losing it costs a re-hash next time, never a wrong result.
+        log::warn!("{e:#}; the next run hashes external files again");
+    }
+    if opts.dry_run {
+        return Ok(state.outcomes);
+    }
+    let published = state.publish_results();
+    let failed: Vec<&str> = plan
+        .stages
+        .iter()
+        .zip(&state.outcomes)
+        .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
+        .map(|(s, _)| s.id.as_str())
+        .collect();
+    if let Some(dir) = &opts.record_dir {
+        let record = report::RunRecord::new(plan, &state.outcomes, started.elapsed());
+        if let Err(e) = record.write(dir) {
+            log::warn!("{e:#}");
+        }
+    }
+    match (failed.is_empty(), published) {
+        (true, Ok(())) => Ok(state.outcomes),
+        (true, Err(e)) => Err(e),
+        (false, published) => {
+            if let Err(e) = published {
+                log::error!("{e:#}");
+            }
+            bail!("{} stage(s) failed: {}", failed.len(), failed.join(", "))
+        }
+    }
+}
+
+/// Which stages `--force` reruns and which `--only` / `--until` select, by plan index.
+fn selection(plan: &Plan, opts: &RunOptions) -> Result<(Vec<bool>, Vec<bool>)> {
+    let n = plan.stages.len();
     let mut forced = vec![false; n];
     for id in &opts.force {
         for (j, f) in plan
@@ -192,139 +186,25 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
         (None, Some(id)) => plan.upstream_of(stage_index(plan, id)?),
         (None, None) => vec![true; n],
     };
+    Ok((forced, selected))
+}
 
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        let lock = Lock::acquire_for(
-            &ws.cache,
-            &format!("run {}", plan.file.display()),
-            Some(&plan.file),
-            opts.wait_for_lock,
-        )?;
-        let removed = ws.cache.clean_leftovers()?;
-        if !removed.is_empty() && !ws.quiet {
-            eprintln!(
-                "removed {} leftover temporary file(s) or folder(s) of interrupted runs",
-                removed.len()
-            );
-        }
-        Some(lock)
-    };
-    let mut state = RunState {
-        plan,
-        ws,
-        env: ws.env(plan),
-        hashes: FileHashes::open(&ws.cache),
-        manifests: vec![None; n],
-        outcomes: Vec::with_capacity(n),
-    };
-    let mut stop = false;
-
-    for (i, stage) in plan.stages.iter().enumerate() {
-        let outcome = if stop {
-            Outcome::Skipped("stopped after an earlier failure (use --keep-going)".into())
-        } else if let Some(r) = stage.inputs.iter().find(|r| {
-            matches!(
-                state.outcomes[r.stage],
-                Outcome::Failed(_) | Outcome::Skipped(_)
-            )
-        }) {
-            Outcome::Skipped(format!("input `{}` did not run", plan.stages[r.stage].id))
-        } else if let Some(r) = stage
-            .inputs
-            .iter()
-            .find(|r| matches!(state.outcomes[r.stage], Outcome::WouldRun(_)))
-        {
-            Outcome::WouldRun(format!("after `{}`", plan.stages[r.stage].id))
-        } else {
-            match state.preimage(i) {
-                Err(e) => Outcome::Failed(e),
-                Ok(pre) => {
-                    let key = pre.key();
-                    let lookup = ws.cache.lookup(&key);
-                    match lookup {
-                        Lookup::Hit(m) if !forced[i] => {
-                            if selected[i] && !opts.dry_run {
-                                ws.cache.record_run(&plan.name, &stage.id, &m)?;
-                            }
-                            Outcome::Cached(*m)
-                        }
-                        other if !selected[i] => match other {
-                            Lookup::Hit(m) => Outcome::Cached(*m),
-                            _ => Outcome::Skipped("not selected and not cached".into()),
-                        },
-                        other => {
-                            let why = match other {
-                                Lookup::Hit(_) => "forced".to_string(),
-                                Lookup::Missing => "not cached".to_string(),
-                                Lookup::Corrupt(why) if opts.dry_run => {
-                                    format!("cached artifact damaged: {why}")
-                                }
-                                Lookup::Corrupt(why) => {
-                                    match ws.cache.quarantine_artifact(&key) {
-                                        Ok(moved) => eprintln!(
-                                            "warning: cached artifact of `{}` is damaged ({why}); moved to {}, recomputing",
-                                            stage.id,
-                                            moved.display()
-                                        ),
-                                        Err(e) => eprintln!(
-                                            "warning: cached artifact of `{}` is damaged ({why}), and could not be moved aside ({e:#}); recomputing",
-                                            stage.id
-                                        ),
-                                    }
-                                    format!("cached artifact damaged: {why}")
-                                }
-                            };
-                            if opts.dry_run {
-                                Outcome::WouldRun(why)
-                            } else {
-                                state.make(i, Some(pre))
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        if let Outcome::Failed(_) = outcome
-            && !opts.keep_going
-        {
-            stop = true;
-        }
-        if let Outcome::Ran(m) = &outcome {
-            ws.cache.record_run(&plan.name, &stage.id, m)?;
-        }
-        print_outcome(stage, &outcome, opts.dry_run);
-        state.manifests[i] = outcome.manifest().cloned();
-        state.outcomes.push(outcome);
+/// Takes the cache lock for the whole run and removes what interrupted runs left behind.
+fn lock_cache(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Lock> {
+    let lock = Lock::acquire_for(
+        &ws.cache,
+        &format!("run {}", plan.file.display()),
+        Some(&plan.file),
+        opts.wait_for_lock,
+    )?;
+    let removed = ws.cache.clean_leftovers()?;
+    if !removed.is_empty() && !ws.quiet {
+        log::info!(
+            "removed {} leftover temporary file(s) or folder(s) of interrupted runs",
+            removed.len()
+        );
     }
-    if let Err(e) = state.hashes.save() {
-        // Only a memo: losing it costs a re-hash next time, never a wrong result.
-        eprintln!("warning: {e:#}; the next run hashes external files again");
-    }
-
-    let published = if opts.dry_run {
-        Ok(())
-    } else {
-        state.publish_results()
-    };
-    let failed: Vec<&str> = plan
-        .stages
-        .iter()
-        .zip(&state.outcomes)
-        .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
-        .map(|(s, _)| s.id.as_str())
-        .collect();
-    match (failed.is_empty(), published) {
-        (true, Ok(())) => Ok(state.outcomes),
-        (true, Err(e)) => Err(e),
-        (false, published) => {
-            if let Err(e) = published {
-                eprintln!("error: {e:#}");
-            }
-            bail!("{} stage(s) failed: {}", failed.len(), failed.join(", "))
-        }
-    }
+    Ok(lock)
 }
 
 /// What a run has established so far: the manifest of every stage done, in plan order.
@@ -346,6 +226,71 @@ impl RunState<'_> {
             &self.env,
             &mut self.hashes,
         )
+    }
+
+    /// What to do with stage `i`: skip it, reuse its cached artifact, or make it.
+    fn decide(
+        &mut self,
+        i: usize,
+        forced: bool,
+        selected: bool,
+        opts: &RunOptions,
+    ) -> Result<Outcome> {
+        let (plan, ws) = (self.plan, self.ws);
+        let stage = &plan.stages[i];
+        let after = |pred: fn(&Outcome) -> bool| {
+            stage
+                .inputs
+                .iter()
+                .find(|r| pred(&self.outcomes[r.stage]))
+                .map(|r| plan.stages[r.stage].id.clone())
+        };
+        if let Some(id) = after(|o| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_))) {
+            return Ok(Outcome::Skipped(format!("input `{id}` did not run")));
+        }
+        if let Some(id) = after(|o| matches!(o, Outcome::WouldRun(_))) {
+            return Ok(Outcome::WouldRun(format!("after `{id}`")));
+        }
+        let pre = match self.preimage(i) {
+            Err(e) => return Ok(Outcome::Failed(e)),
+            Ok(pre) => pre,
+        };
+        let key = pre.key();
+        let why = match ws.cache.lookup(&key) {
+            Lookup::Hit(m) if !forced => {
+                if selected && !opts.dry_run {
+                    ws.cache.record_run(&plan.name, &stage.id, &m)?;
+                }
+                return Ok(Outcome::Cached(*m));
+            }
+            Lookup::Hit(m) if !selected => return Ok(Outcome::Cached(*m)),
+            _ if !selected => {
+                return Ok(Outcome::Skipped("not selected and not cached".into()));
+            }
+            Lookup::Hit(_) => "forced".to_string(),
+            Lookup::Missing => "not cached".to_string(),
+            Lookup::Corrupt(why) => {
+                if !opts.dry_run {
+                    match ws.cache.quarantine_artifact(&key) {
+                        Ok(moved) => log::warn!(
+                            "cached artifact of `{}` is damaged ({why}); moved to {}, recomputing",
+                            stage.id,
+                            moved.display()
+                        ),
+                        Err(e) => log::warn!(
+                            "cached artifact of `{}` is damaged ({why}), and could not be moved aside ({e:#}); recomputing",
+                            stage.id
+                        ),
+                    }
+                }
+                format!("cached artifact damaged: {why}")
+            }
+        };
+        Ok(if opts.dry_run {
+            Outcome::WouldRun(why)
+        } else {
+            self.make(i, Some(pre))
+        })
     }
 
     /// Runs stage `i` and publishes its artifact, after checking in full every input file it
@@ -406,18 +351,18 @@ impl RunState<'_> {
             .cache
             .quarantine_artifact(&key)
             .map_err(|e| format!("cached artifact of `{id}` is damaged ({why}): {e:#}"))?;
-        eprintln!(
-            "warning: cached artifact of `{id}` is damaged ({why}); moved to {}, recomputing",
+        log::warn!(
+            "cached artifact of `{id}` is damaged ({why}); moved to {}, recomputing",
             moved.display()
         );
         match self.make(j, None) {
             Outcome::Ran(m) => {
                 if let Err(e) = self.ws.cache.record_run(&self.plan.name, &id, &m) {
-                    eprintln!("warning: {e:#}");
+                    log::warn!("{e:#}");
                 }
                 self.manifests[j] = Some(m.clone());
                 self.outcomes[j] = Outcome::Ran(m);
-                print_outcome(&self.plan.stages[j], &self.outcomes[j], false);
+                report::print_outcome(&self.plan.stages[j], &self.outcomes[j], false);
                 Ok(())
             }
             Outcome::Failed(e) => Err(format!(
@@ -494,7 +439,7 @@ fn execute(
 ) -> Outcome {
     let stage = &plan.stages[i];
     if !ws.quiet {
-        eprintln!("running {} ({})", stage.id, stage.kind.kind());
+        log::info!("running {} ({})", stage.id, stage.kind.kind());
     }
     let result = (|| -> Result<Manifest> {
         let tmp = ws.cache.begin(key)?;
@@ -548,54 +493,4 @@ fn execute(
         Ok(m) => Outcome::Ran(m),
         Err(e) => Outcome::Failed(format!("{e:#}")),
     }
-}
-
-fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
-    let id = &stage.id;
-    let line = match outcome {
-        Outcome::Cached(m) => format!(
-            "cached   {id:<24} {:>9}  {} rows",
-            "-",
-            thousands(m.rows_out)
-        ),
-        Outcome::Ran(m) => {
-            let mut s = format!(
-                "ran      {id:<24} {:>9}  {} rows",
-                human_duration(m.seconds),
-                thousands(m.rows_out)
-            );
-            for note in &m.notes {
-                s.push_str("; ");
-                s.push_str(note);
-            }
-            s
-        }
-        Outcome::WouldRun(why) => format!(
-            "{} {id:<24} ({why})",
-            if dry_run { "will run" } else { "stale   " }
-        ),
-        Outcome::Failed(e) => format!("FAILED   {id:<24} {e}"),
-        Outcome::Skipped(why) => format!("skipped  {id:<24} ({why})"),
-    };
-    crate::outln!("{line}");
-}
-
-pub fn human_duration(s: f64) -> String {
-    if s < 60.0 {
-        format!("{s:.1}s")
-    } else {
-        format!("{}m{:04.1}s", (s / 60.0) as u64, s % 60.0)
-    }
-}
-
-pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

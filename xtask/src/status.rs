@@ -1,4 +1,4 @@
-//! `cargo xtask status`: for each stage, cached or stale, and for a stale one which field of
+//! `llmembed status`: for each stage, cached or stale, and for a stale one which field of
 //! its preimage differs from the last run.
 
 use std::collections::BTreeSet;
@@ -18,15 +18,43 @@ pub enum StageStatus {
     Waiting(String),
 }
 
+/// One stage as the cache sees it now.
+pub struct StageState {
+    pub id: String,
+    pub kind: String,
+    /// The key the stage has now, when its inputs are cached (so that it can be computed).
+    pub key: Option<String>,
+    /// The artifact, when cached.
+    pub manifest: Option<Manifest>,
+    pub status: StageStatus,
+}
+
+/// For each stage: cached, or stale and why.
 pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>> {
+    Ok(states(plan, ws)?
+        .into_iter()
+        .map(|s| (s.id, s.status))
+        .collect())
+}
+
+/// For each stage: its key, its artifact if cached, and why it is stale if it is.
+pub fn states(plan: &Plan, ws: &Workspace) -> Result<Vec<StageState>> {
     let env = ws.env(plan);
     let mut hashes = FileHashes::open(&ws.cache);
     let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
     let mut out = Vec::new();
     for (i, stage) in plan.stages.iter().enumerate() {
+        let state = |key: Option<String>, manifest: Option<Manifest>, status| StageState {
+            id: stage.id.clone(),
+            kind: stage.kind.kind().to_string(),
+            key,
+            manifest,
+            status,
+        };
         if let Some(r) = stage.inputs.iter().find(|r| manifests[r.stage].is_none()) {
-            out.push((
-                stage.id.clone(),
+            out.push(state(
+                None,
+                None,
                 StageStatus::Waiting(format!(
                     "stale because input `{}` is stale",
                     plan.stages[r.stage].id
@@ -37,7 +65,7 @@ pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>>
         let current = match preimage(stage, plan, &manifests, &env, &mut hashes) {
             Ok(p) => p,
             Err(e) => {
-                out.push((stage.id.clone(), StageStatus::Stale(vec![e])));
+                out.push(state(None, None, StageStatus::Stale(vec![e])));
                 continue;
             }
         };
@@ -63,7 +91,7 @@ pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>>
                 }
             },
         };
-        out.push((stage.id.clone(), status));
+        out.push(state(Some(key), manifests[i].clone(), status));
     }
     hashes.save()?;
     Ok(out)

@@ -305,7 +305,7 @@ impl Stage for Augment {
             }
             bar.inc(1);
         }
-        bar.finish_and_clear();
+        bar.finish();
         let added = out.len() - train.len();
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = out.ids.iter().find(|id| !seen.insert(id.as_str())) {

@@ -349,7 +349,7 @@ impl Stage for LayerSweep {
                 r
             })
             .collect::<Result<_>>()?;
-        bar.finish_and_clear();
+        bar.finish();
         let mut rows = Vec::with_capacity(results.len());
         let mut preds = Vec::with_capacity(results.len());
         let mut timings = Vec::with_capacity(results.len());

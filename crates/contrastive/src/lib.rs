@@ -387,7 +387,7 @@ impl Stage for Contrastive {
             });
             bar.inc(1);
         })?;
-        bar.finish_and_clear();
+        bar.finish();
 
         let mut rows_out = 0;
         for (split, path) in input.splits() {

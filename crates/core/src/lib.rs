@@ -5,11 +5,13 @@
 pub mod error;
 pub mod fsutil;
 pub mod layers;
+pub mod progress;
 pub mod stage;
 pub mod table;
 
 pub use error::{Error, Result};
 pub use layers::Layers;
+pub use progress::Progress;
 pub use stage::{Arity, Context, Env, External, Input, Stage, Summary, resolve_path};
 pub use table::{
     EmbeddingTable, EmbeddingWriter, Precision, Predictions, TextTable, VectorColumn,

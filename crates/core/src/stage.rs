@@ -58,7 +58,7 @@ pub struct Env {
     pub pipeline_dir: PathBuf,
     /// The pipeline's seed; a stage's own `seed` param, where it has one, overrides it.
     pub seed: u64,
-    /// Hide progress bars (tests, CI logs).
+    /// Hide progress bars and progress lines.
     pub quiet: bool,
 }
 
@@ -122,21 +122,10 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// A progress bar for `total` items, hidden when the run is quiet.
-    pub fn progress(&self, total: u64, what: &str) -> indicatif::ProgressBar {
-        if self.env.quiet {
-            return indicatif::ProgressBar::hidden();
-        }
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "  {prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(what.to_string());
-        bar
+    /// Progress for `total` items: a bar on a terminal, a line every few seconds otherwise,
+    /// nothing when the run is quiet.
+    pub fn progress(&self, total: u64, what: &str) -> crate::Progress {
+        crate::Progress::new(total, what, self.env.quiet)
     }
 
     pub fn out(&self, file: &str) -> PathBuf {

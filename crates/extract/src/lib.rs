@@ -18,3 +18,18 @@ pub use llmembed_core::Layers;
 pub use model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, load};
 pub use source::{HubSpec, LocalSpec, ModelParam, ModelSpec, PypiSpec, fetch_preset};
 pub use stage::{Extract, ExtractParams};
+
+/// The kernels extraction picks on this CPU, as `--version` prints them: the f32 and bf16
+/// matrix products and the row kernels (norms, softmax, activations).
+pub fn kernels_in_use() -> String {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    format!(
+        "f32 matmul {}, bf16 matmul {}, row kernels {}",
+        if avx512 { "avx512" } else { "candle" },
+        model::bf16mm::Bf16Kernel::detect().name(),
+        if avx512 { "avx512" } else { "baseline" },
+    )
+}

@@ -369,7 +369,7 @@ impl Stage for Extract {
             let secs = started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
         }
-        bar.finish_and_clear();
+        bar.finish();
         if !missing.is_empty() {
             let secs = started.elapsed().as_secs_f64();
             notes.push(format!(

@@ -1,0 +1,482 @@
+//! The command line of `llmembed` (the installable binary, `crates/llmembed`) and of `cargo
+//! xtask` (the in-repo alias): run, inspect and clean pipelines. Both binaries are one line that
+//! calls [`main`]. Arguments are parsed and the pipeline file validated before anything runs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::cache::Cache;
+use crate::dag::{self, DagFormat};
+use crate::pipeline::{self, Plan};
+use crate::runner::{self, RunOptions, Workspace};
+use crate::status::{self, StageStatus};
+
+/// Which binary is running: they differ in their name and in where the project root is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    /// `cargo xtask`: the root is the workspace this binary was built from.
+    Xtask,
+    /// `llmembed`: the root is the nearest folder at or above the current one that holds a
+    /// `pipelines/` folder or a `cache/` folder (else the current folder), or `LLMEMBED_ROOT`.
+    Llmembed,
+}
+
+#[derive(Parser)]
+#[command(
+    about = "Run LLM-embedding classification pipelines with a content-addressed cache",
+    version = crate::version::SHORT,
+    long_version = crate::version::long()
+)]
+struct Cli {
+    /// The cache folder (default: `cache/` at the workspace root).
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    /// Where reports are copied after a run (default: `results/` at the workspace root).
+    #[arg(long, global = true)]
+    results: Option<PathBuf>,
+    /// No progress bars or progress lines.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Keep a copy of everything the command prints in this file (`run` keeps one in
+    /// `results/<pipeline>/run.log` anyway).
+    #[arg(long, global = true, value_name = "FILE")]
+    log: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline, skipping every stage whose inputs are already cached.
+    Run {
+        pipeline: PathBuf,
+        /// Rerun this stage and everything that depends on it (repeatable).
+        #[arg(long)]
+        force: Vec<String>,
+        /// Run only this stage (its inputs must be cached).
+        #[arg(long)]
+        only: Option<String>,
+        /// Run this stage and what it depends on, nothing after it.
+        #[arg(long)]
+        until: Option<String>,
+        /// Print the plan (what runs and why, what is cached) and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// After a failure, keep running the stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// Fail at once if another runner holds the cache instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// For each stage: cached, or stale and why.
+    Status {
+        pipeline: PathBuf,
+        /// One JSON object for scripts: each stage's id, kind, state, reasons and key.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each stage's artifact: its folder, files and key, and what the stage reported.
+    Show {
+        pipeline: PathBuf,
+        /// Only this stage.
+        stage: Option<String>,
+        /// JSON for scripts (paths are absolute).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the pipeline graph.
+    Dag {
+        pipeline: PathBuf,
+        #[arg(long)]
+        mermaid: bool,
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Remove artifacts not used by the named pipelines (default: all in `pipelines/`),
+    /// quarantined artifacts and leftovers of interrupted runs. Waits for a run in progress.
+    Gc {
+        pipelines: Vec<PathBuf>,
+        /// List what would be removed, with sizes (and what a run in progress keeps).
+        #[arg(long)]
+        dry_run: bool,
+        /// Fail at once if another command holds the cache instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Check every artifact (or those of the named pipelines) and every store file in full
+    /// against its recorded blake3; exits 1 if any is damaged.
+    Verify {
+        pipelines: Vec<PathBuf>,
+        /// Remove damaged artifacts and quarantine damaged store files, so that the next run
+        /// makes them again.
+        #[arg(long)]
+        repair: bool,
+        /// Fail at once if another command holds the cache instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Check a pipeline file and print nothing but its errors.
+    Check { pipeline: PathBuf },
+    /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6) into the cache's models folder.
+    Fetch {
+        #[arg(required = true)]
+        presets: Vec<String>,
+    },
+    /// Benchmarks, each measured against its peer in the same run.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Print a shell completion script (e.g. `llmembed completions bash > ~/.local/share/bash-completion/completions/llmembed`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Embed AG News test texts with a model preset: texts/s, real tokens/s, peak memory.
+    Extract {
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+        #[arg(long, default_value_t = 500)]
+        texts: usize,
+        /// Tokens per forward batch (default: the extract stage's default).
+        #[arg(long)]
+        batch_tokens: Option<usize>,
+        #[arg(long, value_enum, default_value = "f32")]
+        compute: ComputeArg,
+    },
+    /// Logistic regression (linfa and the exact L-BFGS) against scikit-learn on a cached
+    /// stage's features.
+    Logreg {
+        pipeline: PathBuf,
+        /// The stage whose train/test features to use (default: `fused`).
+        #[arg(long, default_value = "fused")]
+        stage: String,
+        #[arg(long, default_value = "embedding")]
+        column: String,
+        #[arg(long, default_value_t = 1.0)]
+        c: f64,
+        /// A Python with scikit-learn and pyarrow.
+        #[arg(long, env = "LLMEMBED_PYTHON", default_value = "python3")]
+        python: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ComputeArg {
+    F32,
+    Bf16,
+}
+
+/// An error already printed (and written to the run log) before the log was closed.
+#[derive(Debug)]
+struct AlreadyReported(anyhow::Error);
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+/// Copies a run's `run.log` and `run.json` next to the pipeline's reports, as the latest run's.
+fn keep_latest(run_dir: &Path, results: &Path) {
+    for name in ["run.log", "run.json"] {
+        let from = run_dir.join(name);
+        if from.exists()
+            && let Err(e) = std::fs::read(&from)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| {
+                    Ok(llmembed_core::fsutil::write_bytes_atomic(
+                        &results.join(name),
+                        &bytes,
+                    )?)
+                })
+        {
+            log::warn!("copy {} to {}: {e:#}", from.display(), results.display());
+        }
+    }
+}
+
+fn project_root(binary: Binary) -> PathBuf {
+    if let Some(root) = std::env::var_os("LLMEMBED_ROOT") {
+        return PathBuf::from(root);
+    }
+    match binary {
+        Binary::Xtask => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the workspace")
+            .to_path_buf(),
+        Binary::Llmembed => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            cwd.ancestors()
+                .find(|d| d.join("pipelines").is_dir() || d.join("cache").is_dir())
+                .unwrap_or(&cwd)
+                .to_path_buf()
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Plan> {
+    Ok(pipeline::load(path)?)
+}
+
+/// Parses the arguments and runs the command; what `main` of both binaries calls.
+pub fn main(binary: Binary) -> ExitCode {
+    let name = match binary {
+        Binary::Xtask => "cargo xtask",
+        Binary::Llmembed => "llmembed",
+    };
+    let matches = Cli::command().name(name).bin_name(name).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    crate::console::init_logger();
+    if let Some(path) = &cli.log
+        && let Err(e) = crate::console::start_run_log(path)
+    {
+        log::error!("open the log file {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    let code = match run(cli, binary, name) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<AlreadyReported>().is_none() {
+                log::error!("{e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    };
+    crate::console::stop_run_log();
+    code
+}
+
+fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
+    let root = project_root(binary);
+    let ws = || -> Result<Workspace> {
+        Ok(Workspace {
+            cache: Cache::new(cli.cache.clone().unwrap_or_else(|| root.join("cache")))?,
+            results_dir: cli.results.clone().unwrap_or_else(|| root.join("results")),
+            default_data_dir: root.join("..").join("shared").join("data"),
+            quiet: cli.quiet,
+        })
+    };
+    match &cli.command {
+        Command::Run {
+            pipeline,
+            force,
+            only,
+            until,
+            dry_run,
+            keep_going,
+            no_wait,
+        } => {
+            let plan = load(pipeline)?;
+            let ws = ws()?;
+            // The checks that look at this machine (models fetched earlier, local files).
+            pipeline::check_local(&plan, &ws.env(&plan))?;
+            // Each run keeps its log and record in `results/<pipeline>/runs/<time>-<pid>/`; the
+            // latest are copied next to the reports.
+            let results = ws.results_dir.join(&plan.name);
+            let record_dir = (!dry_run).then(|| {
+                let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+                results
+                    .join("runs")
+                    .join(format!("{stamp}-{}", std::process::id()))
+            });
+            if cli.log.is_none()
+                && let Some(dir) = &record_dir
+            {
+                // The log is a copy of what the terminal shows: a run goes on without it.
+                let path = dir.join("run.log");
+                if let Err(e) = crate::console::start_run_log(&path) {
+                    log::warn!(
+                        "open the run log {}: {e}; this run keeps no log",
+                        path.display()
+                    );
+                }
+            }
+            let opts = RunOptions {
+                force: force.clone(),
+                only: only.clone(),
+                until: until.clone(),
+                dry_run: *dry_run,
+                keep_going: *keep_going,
+                wait_for_lock: !*no_wait,
+                record_dir: record_dir.clone(),
+            };
+            let started = std::time::Instant::now();
+            let result = runner::run(&plan, &ws, &opts);
+            if let Ok(outcomes) = &result
+                && !dry_run
+            {
+                let count =
+                    |f: fn(&runner::Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+                crate::outln!(
+                    "{}: {} stage(s), {} ran, {} cached, in {}",
+                    plan.name,
+                    outcomes.len(),
+                    count(|o| matches!(o, runner::Outcome::Ran(_))),
+                    count(|o| matches!(o, runner::Outcome::Cached(_))),
+                    runner::human_duration(started.elapsed().as_secs_f64())
+                );
+            }
+            if let Some(dir) = &record_dir {
+                if let Err(e) = &result {
+                    // Into the run log too, before it is closed.
+                    log::error!("{e:#}");
+                }
+                crate::console::stop_run_log();
+                keep_latest(dir, &results);
+                if let Err(e) = result {
+                    return Err(AlreadyReported(e).into());
+                }
+            } else {
+                result?;
+            }
+        }
+        Command::Status { pipeline, json } => {
+            let plan = load(pipeline)?;
+            let ws = ws()?;
+            let states = status::states(&plan, &ws)?;
+            if *json {
+                let shown = crate::show::show(&plan, &ws, states, None)?;
+                crate::outln!("{}", serde_json::to_string_pretty(&shown)?);
+                return Ok(());
+            }
+            for s in states {
+                let id = s.id;
+                match s.status {
+                    StageStatus::Cached => crate::outln!("cached  {id}"),
+                    StageStatus::Waiting(why) => crate::outln!("stale   {id}: {why}"),
+                    StageStatus::Stale(reasons) => {
+                        crate::outln!("stale   {id}:");
+                        for r in reasons {
+                            crate::outln!("          {r}");
+                        }
+                    }
+                }
+            }
+        }
+        Command::Show {
+            pipeline,
+            stage,
+            json,
+        } => {
+            let plan = load(pipeline)?;
+            let ws = ws()?;
+            let states = status::states(&plan, &ws)?;
+            let shown = crate::show::show(&plan, &ws, states, stage.as_deref())?;
+            if *json {
+                crate::outln!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                crate::show::print(&shown);
+            }
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), name, &mut out);
+            crate::out!("{}", String::from_utf8_lossy(&out));
+        }
+        Command::Dag {
+            pipeline,
+            mermaid,
+            dot,
+        } => {
+            let plan = load(pipeline)?;
+            let format = match (mermaid, dot) {
+                (true, _) => DagFormat::Mermaid,
+                (_, true) => DagFormat::Dot,
+                _ => DagFormat::Text,
+            };
+            crate::out!("{}", dag::render(&plan, format));
+        }
+        Command::Gc {
+            pipelines,
+            dry_run,
+            no_wait,
+        } => {
+            let files: Vec<PathBuf> = if pipelines.is_empty() {
+                let dir = root.join("pipelines");
+                let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .with_context(|| format!("read {}", dir.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                    .collect();
+                v.sort();
+                v
+            } else {
+                pipelines.clone()
+            };
+            let plans = files.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
+            let report = crate::gc::gc(&plans, &ws()?, *dry_run, !*no_wait)?;
+            crate::gc::print(&report, *dry_run);
+        }
+        Command::Verify {
+            pipelines,
+            repair,
+            no_wait,
+        } => {
+            let plans = pipelines
+                .iter()
+                .map(|f| load(f))
+                .collect::<Result<Vec<_>>>()?;
+            let report = crate::verify::verify(&plans, &ws()?, *repair, !*no_wait)?;
+            crate::verify::print(&report);
+            if !report.damaged.is_empty() && !*repair {
+                anyhow::bail!(
+                    "{} damaged item(s); `cargo xtask verify --repair` removes them so that the next run makes them again",
+                    report.damaged.len()
+                );
+            }
+        }
+        Command::Check { pipeline } => {
+            let plan = load(pipeline)?;
+            pipeline::check_local(&plan, &ws()?.env(&plan))?;
+        }
+        Command::Fetch { presets } => {
+            crate::tools::fetch(presets, &ws()?.cache.models_dir())?;
+        }
+        Command::Bench(Bench::Logreg {
+            pipeline,
+            stage,
+            column,
+            c,
+            python,
+        }) => {
+            let plan = load(pipeline)?;
+            crate::tools::bench_logreg(&plan, &ws()?, stage, column, *c, python)?;
+        }
+        Command::Bench(Bench::Extract {
+            model,
+            texts,
+            batch_tokens,
+            compute,
+        }) => {
+            let ws = ws()?;
+            let data_dir = std::env::var_os("LLMEMBED_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| ws.default_data_dir.clone());
+            let compute = match compute {
+                ComputeArg::F32 => llmembed_extract::ComputeDtype::F32,
+                ComputeArg::Bf16 => llmembed_extract::ComputeDtype::Bf16,
+            };
+            crate::tools::bench_extract(
+                &ws.cache.models_dir(),
+                &data_dir,
+                model,
+                *texts,
+                *batch_tokens,
+                compute,
+            )?;
+        }
+    }
+    Ok(())
+}
