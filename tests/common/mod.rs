@@ -89,6 +89,8 @@ impl Fixture {
             results_dir: self.results_dir(),
             default_data_dir: data_dir(),
             quiet: true,
+            remote: None,
+            remote_required: false,
         }
     }
 
@@ -162,6 +164,7 @@ pub fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
         .iter()
         .map(|o| match o {
             Outcome::Cached(_) => "cached",
+            Outcome::Pulled(_) => "pulled",
             Outcome::Ran(_) => "ran",
             Outcome::WouldRun(_) => "would-run",
             Outcome::Failed(_) => "failed",
@@ -172,7 +175,7 @@ pub fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
 
 pub fn key_of(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Cached(m) | Outcome::Ran(m) => m.key.clone(),
+        Outcome::Cached(m) | Outcome::Pulled(m) | Outcome::Ran(m) => m.key.clone(),
         other => panic!("no artifact: {other:?}"),
     }
 }

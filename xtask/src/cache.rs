@@ -340,6 +340,34 @@ impl Cache {
         result
     }
 
+    /// Publishes a folder already holding an artifact's checked files and its manifest (one
+    /// pulled from a remote cache): fsyncs it and renames it into place, as [`Cache::publish`]
+    /// does. On failure the folder is removed.
+    pub fn adopt(&self, tmp: &Path, key: &str) -> Result<()> {
+        let result = (|| -> Result<()> {
+            for entry in fs::read_dir(tmp).with_context(|| format!("list {}", tmp.display()))? {
+                let path = entry?.path();
+                File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .with_context(|| format!("fsync {}", path.display()))?;
+            }
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync {}", tmp.display()))?;
+            let dest = self.artifact_dir(key);
+            fs::rename(tmp, &dest)
+                .with_context(|| format!("publish {} as {}", tmp.display(), dest.display()))?;
+            let artifacts = self.root.join("artifacts");
+            File::open(&artifacts)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("fsync {}", artifacts.display()))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(tmp);
+        }
+        result
+    }
+
     /// Removes what dead processes left: every folder in `tmp/` (only a runner holding the lock
     /// writes there), and temporary files and folders (`.….tmp-<pid>`) of processes that are gone
     /// in `models/` (interrupted fetches) and `stores/` (interrupted shard writes). Only called

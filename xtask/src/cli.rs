@@ -40,6 +40,14 @@ struct Cli {
     /// No progress bars or progress lines.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// A remote cache shared with other machines: s3://bucket/prefix (credentials, region and
+    /// endpoint from the AWS_* variables), gs://, az:// or file:///path. Overrides the
+    /// pipeline's `settings.remote`.
+    #[arg(long, global = true, env = "LLMEMBED_REMOTE", value_name = "URL")]
+    remote: Option<String>,
+    /// Fail when the remote cache fails, instead of warning once and going on locally.
+    #[arg(long, global = true)]
+    remote_required: bool,
     /// Keep a copy of everything the command prints in this file (`run` keeps one in
     /// `results/<pipeline>/run.log` anyway).
     #[arg(long, global = true, value_name = "FILE")]
@@ -119,6 +127,11 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Copy the pipeline's cached artifacts (and its stages' stores) to the remote cache.
+    Push { pipeline: PathBuf },
+    /// Copy the pipeline's artifacts (and its stages' stores) from the remote cache, each file
+    /// checked against its manifest.
+    Pull { pipeline: PathBuf },
     /// Check a pipeline file and print nothing but its errors.
     Check { pipeline: PathBuf },
     /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6) into the cache's models folder.
@@ -266,6 +279,8 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             results_dir: cli.results.clone().unwrap_or_else(|| root.join("results")),
             default_data_dir: root.join("..").join("shared").join("data"),
             quiet: cli.quiet,
+            remote: cli.remote.clone(),
+            remote_required: cli.remote_required,
         })
     };
     match &cli.command {
@@ -320,11 +335,12 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
                 let count =
                     |f: fn(&runner::Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
                 crate::outln!(
-                    "{}: {} stage(s), {} ran, {} cached, in {}",
+                    "{}: {} stage(s), {} ran, {} cached, {} pulled, in {}",
                     plan.name,
                     outcomes.len(),
                     count(|o| matches!(o, runner::Outcome::Ran(_))),
                     count(|o| matches!(o, runner::Outcome::Cached(_))),
+                    count(|o| matches!(o, runner::Outcome::Pulled(_))),
                     runner::human_duration(started.elapsed().as_secs_f64())
                 );
             }
@@ -354,6 +370,7 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             for s in states {
                 let id = s.id;
                 match s.status {
+                    _ if s.in_remote => crate::outln!("remote  {id}"),
                     StageStatus::Cached => crate::outln!("cached  {id}"),
                     StageStatus::Waiting(why) => crate::outln!("stale   {id}: {why}"),
                     StageStatus::Stale(reasons) => {
@@ -379,6 +396,14 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             } else {
                 crate::show::print(&shown);
             }
+        }
+        Command::Push { pipeline } => {
+            let plan = load(pipeline)?;
+            crate::sync::print(&crate::sync::push(&plan, &ws()?)?, "pushed");
+        }
+        Command::Pull { pipeline } => {
+            let plan = load(pipeline)?;
+            crate::sync::print(&crate::sync::pull(&plan, &ws()?)?, "pulled");
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();

@@ -31,6 +31,8 @@ struct RawSettings {
     seed: Option<u64>,
     data_dir: Option<String>,
     models_dir: Option<String>,
+    /// A remote cache (`s3://…`, `gs://…`, `az://…`, `file://…`); see `remote.rs`.
+    remote: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -138,6 +140,8 @@ pub struct Plan {
     pub seed: u64,
     pub data_dir: Option<PathBuf>,
     pub models_dir: Option<PathBuf>,
+    /// `settings.remote`: the remote cache, unless `--remote` or `LLMEMBED_REMOTE` says another.
+    pub remote: Option<String>,
     pub stages: Vec<PlannedStage>,
 }
 
@@ -398,6 +402,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         seed: None,
         data_dir: None,
         models_dir: None,
+        remote: None,
     });
     let base = file.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| {
@@ -445,6 +450,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         seed,
         data_dir: settings.data_dir.as_deref().map(resolve),
         models_dir: settings.models_dir.as_deref().map(resolve),
+        remote: settings.remote,
         stages,
     })
 }

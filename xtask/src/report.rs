@@ -19,6 +19,11 @@ pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
             "-",
             thousands(m.rows_out)
         ),
+        Outcome::Pulled(m) => format!(
+            "pulled   {id:<24} {:>9} {:>9} rows",
+            "-",
+            thousands(m.rows_out)
+        ),
         Outcome::Ran(m) => {
             let mut s = format!(
                 "ran      {id:<24} {:>9} {:>9} rows {:>9}/s",
@@ -92,7 +97,7 @@ pub struct StageRecord {
     pub kind: String,
     /// The stage kind's `VERSION` (part of its key).
     pub version: u32,
-    /// `ran`, `cached`, `failed` or `skipped`.
+    /// `ran`, `cached`, `pulled` (from the remote cache), `failed` or `skipped`.
     pub status: &'static str,
     /// The artifact's key (its folder under `cache/artifacts/`), when there is one.
     pub key: Option<String>,
@@ -113,6 +118,7 @@ impl RunRecord {
                 let (status, manifest, message) = match outcome {
                     Outcome::Ran(m) => ("ran", Some(m), None),
                     Outcome::Cached(m) => ("cached", Some(m), None),
+                    Outcome::Pulled(m) => ("pulled", Some(m), None),
                     Outcome::Failed(e) => ("failed", None, Some(e.clone())),
                     Outcome::Skipped(why) | Outcome::WouldRun(why) => {
                         ("skipped", None, Some(why.clone()))
@@ -139,7 +145,9 @@ impl RunRecord {
             git_commit: crate::version::GIT_COMMIT,
             cpu: crate::version::cpu_name(),
             kernels: llmembed_extract::kernels_in_use(),
-            ok: stages.iter().all(|s| matches!(s.status, "ran" | "cached")),
+            ok: stages
+                .iter()
+                .all(|s| matches!(s.status, "ran" | "cached" | "pulled")),
             stages,
         }
     }

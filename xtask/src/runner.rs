@@ -14,6 +14,7 @@ use crate::cache::{Cache, FileHashes, Lock, Lookup, Manifest, Preimage, content_
 use crate::pipeline::Plan;
 use crate::preimage::input_files;
 pub use crate::preimage::preimage;
+use crate::remote::{Pulled, Remote, RemoteLink};
 use crate::report;
 pub use crate::report::{human_duration, thousands};
 
@@ -24,9 +25,24 @@ pub struct Workspace {
     /// Used when neither `LLMEMBED_DATA_DIR` nor the pipeline's `settings.data_dir` is set.
     pub default_data_dir: PathBuf,
     pub quiet: bool,
+    /// The remote cache (`--remote` / `LLMEMBED_REMOTE`; else the pipeline's `settings.remote`).
+    pub remote: Option<String>,
+    /// Fail instead of going on locally when the remote cache fails.
+    pub remote_required: bool,
 }
 
 impl Workspace {
+    /// Opens the remote cache this workspace or `plan` names, if any.
+    pub fn remote(&self, plan: &Plan) -> Result<Option<RemoteLink>> {
+        let Some(url) = self.remote.as_ref().or(plan.remote.as_ref()) else {
+            return Ok(None);
+        };
+        Ok(Some(RemoteLink::new(
+            Remote::open(url)?,
+            self.remote_required,
+        )))
+    }
+
     pub fn env(&self, plan: &Plan) -> Env {
         let data_dir = std::env::var_os("LLMEMBED_DATA_DIR")
             .map(PathBuf::from)
@@ -65,6 +81,8 @@ pub struct RunOptions {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Cached(Manifest),
+    /// Taken from the remote cache (checked, then published locally).
+    Pulled(Manifest),
     Ran(Manifest),
     WouldRun(String),
     Failed(String),
@@ -74,7 +92,7 @@ pub enum Outcome {
 impl Outcome {
     fn manifest(&self) -> Option<&Manifest> {
         match self {
-            Outcome::Cached(m) | Outcome::Ran(m) => Some(m),
+            Outcome::Cached(m) | Outcome::Pulled(m) | Outcome::Ran(m) => Some(m),
             _ => None,
         }
     }
@@ -104,9 +122,12 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
     } else {
         Some(lock_cache(plan, ws, opts)?)
     };
+    let remote = ws.remote(plan)?;
     let mut state = RunState {
         plan,
         ws,
+        remote,
+        damaged_remote: Default::default(),
         env: ws.env(plan),
         hashes: FileHashes::open(&ws.cache),
         manifests: vec![None; plan.stages.len()],
@@ -124,7 +145,7 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
         {
             stop = true;
         }
-        if let Outcome::Ran(m) = &outcome {
+        if let Outcome::Ran(m) | Outcome::Pulled(m) = &outcome {
             ws.cache.record_run(&plan.name, &stage.id, m)?;
         }
         report::print_outcome(stage, &outcome, opts.dry_run);
@@ -211,6 +232,9 @@ fn lock_cache(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Lock> {
 struct RunState<'a> {
     plan: &'a Plan,
     ws: &'a Workspace,
+    remote: Option<RemoteLink>,
+    /// Keys whose remote copy was found damaged: pushed again over it once made.
+    damaged_remote: std::collections::HashSet<String>,
     env: Env,
     hashes: FileHashes,
     manifests: Vec<Option<Manifest>>,
@@ -256,7 +280,17 @@ impl RunState<'_> {
             Ok(pre) => pre,
         };
         let key = pre.key();
-        let why = match ws.cache.lookup(&key) {
+        let lookup = ws.cache.lookup(&key);
+        if matches!(lookup, Lookup::Missing) && !forced {
+            if opts.dry_run {
+                if self.in_remote(&key)? {
+                    return Ok(Outcome::WouldRun("in the remote cache".into()));
+                }
+            } else if let Some(m) = self.pull(i, &key)? {
+                return Ok(Outcome::Pulled(m));
+            }
+        }
+        let why = match lookup {
             Lookup::Hit(m) if !forced => {
                 if selected && !opts.dry_run {
                     ws.cache.record_run(&plan.name, &stage.id, &m)?;
@@ -312,15 +346,88 @@ impl RunState<'_> {
             Err(e) => return Outcome::Failed(e),
         };
         let key = pre.key();
-        execute(
-            self.plan,
-            i,
-            &pre,
-            &key,
-            &self.manifests,
-            self.ws,
-            &self.env,
-        )
+        let kind = self.plan.stages[i].kind.kind();
+        if let Some(link) = &self.remote {
+            match link.call("pull the store", |r| r.pull_store(&self.ws.cache, kind)) {
+                Ok(Some(n)) if n > 0 => {
+                    log::info!("pulled {n} {kind} store file(s) from {}", link.remote.url())
+                }
+                Ok(_) => {}
+                Err(e) => return Outcome::Failed(format!("{e:#}")),
+            }
+        }
+        let outcome = self.execute_pushing_store(i, &pre, &key);
+        if let (Outcome::Ran(m), Some(link)) = (&outcome, &self.remote) {
+            let overwrite = self.damaged_remote.contains(&key);
+            let pushed = link.call("push", |r| {
+                r.push_store(&self.ws.cache, kind)?;
+                r.push_artifact(&self.ws.cache, m, overwrite)
+            });
+            if let Err(e) = pushed {
+                return Outcome::Failed(format!("{e:#}"));
+            }
+        }
+        outcome
+    }
+
+    /// Runs the stage while a helper thread copies its store's new files (finished extraction
+    /// shards) to the remote every `LLMEMBED_REMOTE_PUSH_SECS` (default 10), so that another
+    /// machine can resume from them even if this one is killed.
+    fn execute_pushing_store(&self, i: usize, pre: &Preimage, key: &str) -> Outcome {
+        let run = || execute(self.plan, i, pre, key, &self.manifests, self.ws, &self.env);
+        let Some(link) = &self.remote else {
+            return run();
+        };
+        let every = std::env::var("LLMEMBED_REMOTE_PUSH_SECS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .unwrap_or(10.0);
+        let kind = self.plan.stages[i].kind.kind();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(std::time::Duration::from_secs_f64(every))
+                {
+                    // A failure marks the remote down (reported once); the run goes on.
+                    let _ = link.call("push the store", |r| r.push_store(&self.ws.cache, kind));
+                }
+            });
+            let outcome = run();
+            drop(stop);
+            outcome
+        })
+    }
+
+    /// Whether the remote cache has the artifact `key` (false when there is no remote or it is
+    /// down).
+    fn in_remote(&self, key: &str) -> Result<bool> {
+        let Some(link) = &self.remote else {
+            return Ok(false);
+        };
+        Ok(link
+            .call("look up", |r| r.has_artifact(key))?
+            .unwrap_or(false))
+    }
+
+    /// Takes stage `i`'s artifact from the remote cache, if it has an intact one.
+    fn pull(&mut self, i: usize, key: &str) -> Result<Option<Manifest>> {
+        let Some(link) = &self.remote else {
+            return Ok(None);
+        };
+        match link.call("pull", |r| r.pull_artifact(&self.ws.cache, key))? {
+            Some(Pulled::Published(m)) => Ok(Some(*m)),
+            Some(Pulled::Damaged(why)) => {
+                log::warn!(
+                    "the remote cache's artifact of `{}` is damaged ({why}): not used; computing it",
+                    self.plan.stages[i].id
+                );
+                self.damaged_remote.insert(key.to_string());
+                Ok(None)
+            }
+            Some(Pulled::Absent) | None => Ok(None),
+        }
     }
 
     /// Checks in full the input files stage `i` reads; remakes each input that fails. Says

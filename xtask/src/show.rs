@@ -21,7 +21,7 @@ pub struct ShownPipeline {
 pub struct ShownStage {
     pub id: String,
     pub kind: String,
-    /// `cached`, `stale` or `waiting` (an input is stale).
+    /// `cached`, `remote` (only in the remote cache), `stale` or `waiting` (an input is stale).
     pub state: &'static str,
     /// Why it is stale.
     pub reasons: Vec<String>,
@@ -66,6 +66,7 @@ pub fn show(
         .filter(|s| stage.is_none_or(|id| id == s.id))
         .map(|s| {
             let (state, reasons) = match s.status {
+                _ if s.in_remote => ("remote", vec![]),
                 StageStatus::Cached => ("cached", vec![]),
                 StageStatus::Stale(r) => ("stale", r),
                 StageStatus::Waiting(w) => ("waiting", vec![w]),

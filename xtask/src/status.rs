@@ -24,9 +24,11 @@ pub struct StageState {
     pub kind: String,
     /// The key the stage has now, when its inputs are cached (so that it can be computed).
     pub key: Option<String>,
-    /// The artifact, when cached.
+    /// The artifact, when cached (locally, or in the remote cache when `in_remote`).
     pub manifest: Option<Manifest>,
     pub status: StageStatus,
+    /// Not cached locally, but the remote cache has it (the next run pulls it).
+    pub in_remote: bool,
 }
 
 /// For each stage: cached, or stale and why.
@@ -40,6 +42,7 @@ pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>>
 /// For each stage: its key, its artifact if cached, and why it is stale if it is.
 pub fn states(plan: &Plan, ws: &Workspace) -> Result<Vec<StageState>> {
     let env = ws.env(plan);
+    let remote = ws.remote(plan)?;
     let mut hashes = FileHashes::open(&ws.cache);
     let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
     let mut out = Vec::new();
@@ -50,6 +53,7 @@ pub fn states(plan: &Plan, ws: &Workspace) -> Result<Vec<StageState>> {
             key,
             manifest,
             status,
+            in_remote: false,
         };
         if let Some(r) = stage.inputs.iter().find(|r| manifests[r.stage].is_none()) {
             out.push(state(
@@ -91,6 +95,18 @@ pub fn states(plan: &Plan, ws: &Workspace) -> Result<Vec<StageState>> {
                 }
             },
         };
+        if manifests[i].is_none()
+            && let Some(link) = &remote
+            && let Some(Some(m)) = link.call("look up", |r| r.manifest(&key))?
+        {
+            // Its manifest gives the stages after it their keys: the chain can be followed
+            // through the remote cache.
+            manifests[i] = Some(m);
+            let mut st = state(Some(key), manifests[i].clone(), status);
+            st.in_remote = true;
+            out.push(st);
+            continue;
+        }
         out.push(state(Some(key), manifests[i].clone(), status));
     }
     hashes.save()?;

@@ -152,6 +152,26 @@ pub fn pip() -> Result<(), String> {
     }
 }
 
+/// A Python virtual environment with `moto[server]` (an S3-compatible server, for the remote
+/// cache tests): `$LLMEMBED_MOTO_VENV`, else `<repo>/target/moto-venv` (which `.ci/run` makes),
+/// or why it is missing.
+pub fn moto_venv() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("LLMEMBED_MOTO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target").join("moto-venv"));
+    let server = dir.join("bin").join("moto_server");
+    if server.is_file() {
+        Ok(dir)
+    } else {
+        Err(format!(
+            "{} not found (python3 -m venv {} && {}/bin/pip install 'moto[server]')",
+            server.display(),
+            dir.display(),
+            dir.display()
+        ))
+    }
+}
+
 /// The first `max_rows` rows (`usize::MAX`: all) of an AG News split as texts and labels, read
 /// from the raw Parquet file in the data folder, or why the file is missing.
 pub fn read_ag_news(split: &str, max_rows: usize) -> Result<(Vec<String>, Vec<i64>), String> {
