@@ -92,8 +92,11 @@ impl Resolved {
     }
 }
 
-/// Branches resolved by the hub in this process: (endpoint, kind, repo, revision) -> commit.
-static RESOLVED_BY_HUB: LazyLock<Mutex<HashMap<(String, RepoKind, String, String), String>>> =
+/// A branch or tag as the hub was asked for it: (endpoint, kind, repo, revision).
+type AskedRevision = (String, RepoKind, String, String);
+
+/// Branches resolved by the hub in this process, to their commits.
+static RESOLVED_BY_HUB: LazyLock<Mutex<HashMap<AskedRevision, String>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// A Hugging Face hub client with its cache (see the crate docs).

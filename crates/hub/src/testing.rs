@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::{RepoKind, is_commit_sha};
@@ -104,6 +104,78 @@ pub fn closed_endpoint() -> String {
         .unwrap()
         .port();
     format!("http://127.0.0.1:{port}")
+}
+
+/// A loopback port that counts the connections made to it and closes each at once (so a
+/// client that should not have connected fails fast instead of waiting for an answer).
+pub struct WatchedPort {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WatchedPort {
+    pub fn new() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (connections, stop) = (connections.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    drop(stream);
+                }
+            })
+        };
+        WatchedPort {
+            addr,
+            connections,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The value for `HF_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Panics if anything has connected so far.
+    pub fn assert_untouched(&self) {
+        let n = self.connections.load(Ordering::SeqCst);
+        assert_eq!(n, 0, "{n} connection(s) to {}", self.endpoint());
+    }
+}
+
+impl Default for WatchedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for WatchedPort {
+    fn drop(&mut self) {
+        stop_accepting(&self.stop, self.addr, self.thread.take());
+    }
+}
+
+/// Stops a thread blocked in `accept` on `addr`: sets the flag, then wakes it with a connection.
+fn stop_accepting(
+    stop: &AtomicBool,
+    addr: SocketAddr,
+    thread: Option<std::thread::JoinHandle<()>>,
+) {
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(addr);
+    if let Some(thread) = thread {
+        let _ = thread.join();
+    }
 }
 
 /// Whether this process is the child [`run_in_child`] started.
@@ -228,12 +300,7 @@ impl LoopbackHub {
 
 impl Drop for LoopbackHub {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accepting thread so that it sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        stop_accepting(&self.stop, self.addr, self.thread.take());
     }
 }
 

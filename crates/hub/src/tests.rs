@@ -1,10 +1,11 @@
 //! The client against a hub cache laid out on disk and a loopback hub.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 
-use crate::testing::{HubCacheDir, LoopbackHub, closed_endpoint, in_child, run_in_child};
+use crate::testing::{
+    HubCacheDir, LoopbackHub, WatchedPort, closed_endpoint, in_child, run_in_child,
+};
 use crate::{HubClient, Origin, RepoKind};
 
 const OLD: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -114,10 +115,8 @@ fn offline_resolution_reads_the_cache_and_opens_no_socket() {
     let tmp = tempfile::tempdir().unwrap();
     laid_out(tmp.path());
     // A port that is listening: any connection attempt would be accepted and seen.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let listening = format!("http://{}", listener.local_addr().unwrap());
-    for endpoint in [listening, closed_endpoint()] {
+    let port = WatchedPort::new();
+    for endpoint in [port.endpoint(), closed_endpoint()] {
         let client = offline_client(tmp.path(), &endpoint);
         let model = client.resolve("org/tiny", RepoKind::Model, "main").unwrap();
         assert_eq!(model.commit, OLD);
@@ -143,11 +142,7 @@ fn offline_resolution_reads_the_cache_and_opens_no_socket() {
         );
         assert_eq!(client.get(&pinned, "config.json").unwrap(), config);
     }
-    let accepted = listener.accept();
-    assert!(
-        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        "offline, something connected to the endpoint: {accepted:?}"
-    );
+    port.assert_untouched();
 }
 
 #[test]
@@ -345,13 +340,15 @@ fn from_env_reads_the_process_environment() {
     let tmp = tempfile::tempdir().unwrap();
     laid_out(&tmp.path().join("elsewhere"));
     let cache = tmp.path().join("elsewhere");
+    let port = WatchedPort::new();
     run_in_child(
         "tests::from_env_reads_the_process_environment",
         &[
             ("HF_HOME", path_str(&tmp.path().join("home"))),
             ("HF_HUB_CACHE", path_str(&cache)),
             ("HF_HUB_OFFLINE", "1"),
-            ("HF_ENDPOINT", &closed_endpoint()),
+            ("HF_ENDPOINT", &port.endpoint()),
         ],
     );
+    port.assert_untouched();
 }
