@@ -7,7 +7,7 @@
 //! * [`HubClient::resolve`] turns a revision into a commit. A 40-hex sha is a commit already.
 //!   A branch or tag is asked of the hub each time (`main` moves), then written to the cache's
 //!   `refs/<revision>`; offline, or when the hub cannot be reached, the cache's ref is used and
-//!   [`Resolved::origin`] says so. Within one process a branch is asked once: a runner that
+//!   [`Resolved::origin`] says so. Online, a branch resolves once per process: a runner that
 //!   computes a stage's key and then runs it sees one commit.
 //! * [`HubClient::get`] gives a file at that commit: from the cache's `snapshots/<commit>/`
 //!   when there, else downloaded (never offline: a missing file is then an error naming the
@@ -92,11 +92,11 @@ impl Resolved {
     }
 }
 
-/// A branch or tag as the hub was asked for it: (endpoint, kind, repo, revision).
-type AskedRevision = (String, RepoKind, String, String);
+/// A branch or tag as it was resolved: (endpoint, cache folder, kind, repo, revision).
+type AskedRevision = (String, PathBuf, RepoKind, String, String);
 
-/// Branches resolved by the hub in this process, to their commits.
-static RESOLVED_BY_HUB: LazyLock<Mutex<HashMap<AskedRevision, String>>> =
+/// Branches and tags resolved online in this process: the commit, and where it came from.
+static RESOLVED_ONLINE: LazyLock<Mutex<HashMap<AskedRevision, (String, Origin)>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// A Hugging Face hub client with its cache (see the crate docs).
@@ -180,15 +180,33 @@ impl HubClient {
         }
         let memo_key = (
             self.settings.endpoint.clone(),
+            self.settings.cache_dir.clone(),
             kind,
             repo.to_string(),
             revision.to_string(),
         );
-        let memo = RESOLVED_BY_HUB.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(commit) = memo.get(&memo_key) {
-            return Ok(resolved(commit.clone(), Origin::Hub));
+        let memo = RESOLVED_ONLINE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((commit, origin)) = memo.get(&memo_key) {
+            return Ok(resolved(commit.clone(), origin.clone()));
         }
         drop(memo);
+        let (commit, origin) = self.resolve_online(kind, repo, revision, &ref_path)?;
+        RESOLVED_ONLINE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(memo_key, (commit.clone(), origin.clone()));
+        Ok(resolved(commit, origin))
+    }
+
+    /// Asks the hub for the commit of a branch or tag and records it in the cache's ref; when
+    /// the hub cannot be reached, the cache's ref stands in.
+    fn resolve_online(
+        &self,
+        kind: RepoKind,
+        repo: &str,
+        revision: &str,
+        ref_path: &Path,
+    ) -> Result<(String, Origin)> {
         match self.ask_hub(kind, repo, revision) {
             Ok(commit) => {
                 // Later offline runs resolve through this ref, as huggingface_hub's do. A cache
@@ -196,21 +214,15 @@ impl HubClient {
                 let _ = hf_hub::Cache::new(self.settings.cache_dir.clone())
                     .repo(hf_repo(kind, repo, revision))
                     .create_ref(&commit);
-                RESOLVED_BY_HUB
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(memo_key, commit.clone());
-                Ok(resolved(commit, Origin::Hub))
+                Ok((commit, Origin::Hub))
             }
             // As huggingface_hub does: an unreachable hub falls back to the cache's ref; an
             // answer from the hub (unknown repo, no access) does not.
-            Err(HubFailure::Unreachable(why)) => match read_ref(&ref_path)? {
-                Some(commit) => Ok(resolved(
-                    commit,
-                    Origin::CachedRef {
-                        why: format!("{} unreachable: {why}", self.settings.endpoint),
-                    },
-                )),
+            Err(HubFailure::Unreachable(why)) => match read_ref(ref_path)? {
+                Some(commit) => {
+                    let why = format!("{} unreachable: {why}", self.settings.endpoint);
+                    Ok((commit, Origin::CachedRef { why }))
+                }
                 None => Err(Error::compute(
                     "resolve hub revision",
                     format!(

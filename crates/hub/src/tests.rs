@@ -84,6 +84,15 @@ fn settings_follow_huggingface_hub() {
     let moved = s(&[("HF_HOME", h), ("HF_HUB_CACHE", "/elsewhere/hub")]);
     assert_eq!(moved.cache_dir, Path::new("/elsewhere/hub"));
     assert_eq!(moved.token.as_deref(), Some("hf_from_file"));
+    let legacy = s(&[("HF_HOME", h), ("HUGGINGFACE_HUB_CACHE", "/old/name")]);
+    assert_eq!(legacy.cache_dir, Path::new("/old/name"));
+    std::fs::write(home.path().join("other-token"), "hf_other").unwrap();
+    let other = home.path().join("other-token");
+    let token_path = s(&[("HF_HOME", h), ("HF_TOKEN_PATH", path_str(&other))]);
+    assert_eq!(token_path.token.as_deref(), Some("hf_other"));
+    // HF_HUB_CACHE alone is enough (no home: no token file).
+    let bare = s(&[("HF_HUB_CACHE", "/only/cache")]);
+    assert_eq!((bare.home, bare.token), (None, None));
     let tilde = s(&[("HOME", h), ("HF_HUB_CACHE", "~/hubs")]);
     assert_eq!(tilde.cache_dir, home.path().join("hubs"));
 
