@@ -1,0 +1,7 @@
+//! The ingest stage's tests, by topic.
+
+mod common;
+mod datasets;
+mod formats;
+mod hub;
+mod refused;
