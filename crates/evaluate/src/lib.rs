@@ -13,14 +13,20 @@
 //!   baseline: null     # a name (from `names` or the defaults); every other row is compared
 //!                      # against its accuracy and the report says which beat it (strictly)
 //!   notes: null        # free text shown at the top of report.md (e.g. how settings were chosen)
+//!   resamples: 1000    # bootstrap resamples of the test rows for the confidence intervals
+//!                      # (at least 1,000), drawn from the pipeline's seed
+//!   confidence: 0.95   # the intervals' level; a difference from the baseline is significant
+//!                      # when McNemar's exact p-value is below 1 - confidence
 //! ```
 //!
 //! # Outputs
 //!
 //! * `metrics.json`: `{label_names, n_rows, baseline, notes, classifiers: [{name, stage_id,
-//!   producer, accuracy, macro_f1, per_class: [{label, precision, recall, f1, support}],
-//!   confusion, vs_baseline: {baseline, delta_accuracy, beats} | null}]}`, `confusion` with rows =
-//!   true class and columns = predicted class, classifiers in input order.
+//!   producer, accuracy, macro_f1, accuracy_ci: {low, high}, macro_f1_ci: {low, high},
+//!   per_class: [{label, precision, recall, f1, support}], confusion, vs_baseline: {baseline,
+//!   delta_accuracy, beats, mcnemar: {only_a_right, only_b_right, p_value}, significant} | null}],
+//!   bootstrap: {resamples, confidence, seed}}`, `confusion` with rows = true class and columns =
+//!   predicted class, classifiers in input order. See [`significance`] for the methods.
 //! * `report.md`: summary table in input order, then per-class tables and confusion matrices.
 //! * `confusion_<name>.png` per input (name with characters outside `[A-Za-z0-9._-]` replaced
 //!   by `_`).
@@ -31,6 +37,7 @@
 
 pub mod metrics;
 mod plot;
+pub mod significance;
 pub use plot::rgb_to_png;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,6 +48,7 @@ use llmembed_core::{
     Arity, Context, Error, Input, Predictions, Result, Stage, Summary, read_predictions,
 };
 use serde::{Deserialize, Serialize};
+use significance::{Interval, McNemar};
 
 pub use metrics::{
     ClassMetrics, Scores, accuracy_and_macro_f1, confusion_matrix, scores_from_confusion,
@@ -50,7 +58,7 @@ pub use metrics::{
 pub struct Evaluate;
 
 /// Params of [`Evaluate`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
     /// Display names, one per input, in input order.
@@ -62,6 +70,32 @@ pub struct EvaluateParams {
     /// Free text shown at the top of the report.
     #[serde(default)]
     pub notes: Option<String>,
+    /// Bootstrap resamples of the test rows for the confidence intervals (at least 1,000).
+    #[serde(default = "default_resamples")]
+    pub resamples: usize,
+    /// Level of the confidence intervals; also `1 - alpha` of the McNemar tests.
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+}
+
+fn default_resamples() -> usize {
+    1000
+}
+
+fn default_confidence() -> f64 {
+    0.95
+}
+
+impl Default for EvaluateParams {
+    fn default() -> Self {
+        EvaluateParams {
+            names: None,
+            baseline: None,
+            notes: None,
+            resamples: default_resamples(),
+            confidence: default_confidence(),
+        }
+    }
 }
 
 /// One classifier's entry in `metrics.json`.
@@ -72,6 +106,9 @@ pub struct ClassifierMetrics {
     pub producer: String,
     pub accuracy: f64,
     pub macro_f1: f64,
+    /// Bootstrap confidence interval of the accuracy (see [`significance`]).
+    pub accuracy_ci: Interval,
+    pub macro_f1_ci: Interval,
     pub per_class: Vec<ClassMetrics>,
     pub confusion: Vec<Vec<u64>>,
     pub vs_baseline: Option<VsBaseline>,
@@ -85,6 +122,18 @@ pub struct VsBaseline {
     pub delta_accuracy: f64,
     /// Strictly higher accuracy than the baseline.
     pub beats: bool,
+    /// This classifier (`a`) against the baseline (`b`) on the same rows.
+    pub mcnemar: McNemar,
+    /// The McNemar p-value is below `1 - confidence`.
+    pub significant: bool,
+}
+
+/// How the intervals were drawn.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapSettings {
+    pub resamples: usize,
+    pub confidence: f64,
+    pub seed: u64,
 }
 
 /// The whole of `metrics.json`.
@@ -95,15 +144,37 @@ pub struct MetricsFile {
     pub baseline: Option<String>,
     pub notes: Option<String>,
     pub classifiers: Vec<ClassifierMetrics>,
+    pub bootstrap: BootstrapSettings,
 }
 
 impl Stage for Evaluate {
     const KIND: &'static str = "evaluate";
-    const VERSION: u32 = 1;
+    // 2: confidence intervals and McNemar tests in metrics.json and report.md.
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::AtLeast(1);
+    // The bootstrap draws with the pipeline's seed.
+    const SEEDED: bool = true;
     type Params = EvaluateParams;
 
     fn check(p: &EvaluateParams) -> Result<()> {
+        if p.resamples < 1000 {
+            return Err(Error::param(
+                "resamples",
+                format!(
+                    "{} is too few for a 95% interval: give at least 1000",
+                    p.resamples
+                ),
+            ));
+        }
+        if !(p.confidence > 0.5 && p.confidence < 1.0) {
+            return Err(Error::param(
+                "confidence",
+                format!(
+                    "{} is not a level between 0.5 and 1 (e.g. 0.95)",
+                    p.confidence
+                ),
+            ));
+        }
         if let Some(names) = &p.names {
             let mut seen = HashSet::new();
             for n in names {
@@ -160,6 +231,9 @@ impl Stage for Evaluate {
         let files = png_names(&names)?;
 
         let label_names = preds[0].label_names.clone();
+        // Every classifier in the order of the first input's rows, so that the bootstrap draws
+        // the same rows for each and McNemar pairs them.
+        let preds: Vec<Predictions> = preds.iter().map(|pr| in_order_of(&preds[0], pr)).collect();
         let mut classifiers: Vec<ClassifierMetrics> = preds
             .iter()
             .zip(inputs)
@@ -169,12 +243,22 @@ impl Stage for Evaluate {
                     confusion_matrix(&pr.labels, &pr.preds, label_names.len()),
                     &label_names,
                 );
+                let ci = significance::bootstrap(
+                    &pr.labels,
+                    &pr.preds,
+                    label_names.len(),
+                    p.resamples,
+                    p.confidence,
+                    &mut llmembed_core::seeded_rng(ctx.seed, "evaluate bootstrap"),
+                );
                 ClassifierMetrics {
                     name: name.clone(),
                     stage_id: input.stage_id.clone(),
                     producer: pr.producer.clone(),
                     accuracy: s.accuracy,
                     macro_f1: s.macro_f1,
+                    accuracy_ci: ci.accuracy,
+                    macro_f1_ci: ci.macro_f1,
                     per_class: s.per_class,
                     confusion: s.confusion,
                     vs_baseline: None,
@@ -183,21 +267,25 @@ impl Stage for Evaluate {
             .collect();
 
         if let Some(b) = &p.baseline {
-            let base = classifiers
-                .iter()
-                .find(|c| &c.name == b)
-                .map(|c| c.accuracy)
-                .ok_or_else(|| {
-                    Error::param(
-                        "baseline",
-                        format!("`{b}` is not one of the names ({})", names.join(", ")),
-                    )
-                })?;
-            for c in classifiers.iter_mut().filter(|c| &c.name != b) {
+            let base_at = classifiers.iter().position(|c| &c.name == b);
+            let base = base_at.map(|i| classifiers[i].accuracy).ok_or_else(|| {
+                Error::param(
+                    "baseline",
+                    format!("`{b}` is not one of the names ({})", names.join(", ")),
+                )
+            })?;
+            let base_preds = &preds[base_at.expect("found above")];
+            for (c, pr) in classifiers.iter_mut().zip(&preds) {
+                if &c.name == b {
+                    continue;
+                }
+                let mcnemar = significance::mcnemar_exact(&pr.labels, &pr.preds, &base_preds.preds);
                 c.vs_baseline = Some(VsBaseline {
                     baseline: b.clone(),
                     delta_accuracy: c.accuracy - base,
                     beats: c.accuracy > base,
+                    significant: mcnemar.p_value < 1.0 - p.confidence,
+                    mcnemar,
                 });
             }
         }
@@ -208,6 +296,11 @@ impl Stage for Evaluate {
             baseline: p.baseline.clone(),
             notes: p.notes.clone(),
             classifiers,
+            bootstrap: BootstrapSettings {
+                resamples: p.resamples,
+                confidence: p.confidence,
+                seed: ctx.seed,
+            },
         };
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| Error::compute("serialize metrics.json", e))?;
@@ -236,6 +329,27 @@ impl Stage for Evaluate {
         }
         Ok(summary)
     }
+}
+
+/// `pr`'s rows in the order of `first`'s ids (both cover the same ids: `check_same_rows`).
+fn in_order_of(first: &Predictions, pr: &Predictions) -> Predictions {
+    let at: HashMap<&str, usize> = pr
+        .ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let order: Vec<usize> = first.ids.iter().map(|id| at[id.as_str()]).collect();
+    let mut out = pr.clone();
+    out.ids = order.iter().map(|&i| pr.ids[i].clone()).collect();
+    out.labels = order.iter().map(|&i| pr.labels[i]).collect();
+    out.preds = order.iter().map(|&i| pr.preds[i]).collect();
+    let c = pr.num_classes();
+    out.probs = order
+        .iter()
+        .flat_map(|&i| pr.probs[i * c..(i + 1) * c].iter().copied())
+        .collect();
+    out
 }
 
 /// Labels and predictions inside the label set, ids unique, something to score.
@@ -419,61 +533,84 @@ fn render_report(m: &MetricsFile, pngs: &[String]) -> String {
         m.label_names.len(),
         m.label_names.join(", ")
     );
+    let level = format!("{:.0}%", m.bootstrap.confidence * 100.0);
+    let ci = |v: f64, i: &Interval| format!("{v:.4} [{:.4}, {:.4}]", i.low, i.high);
     match &m.baseline {
         Some(b) => {
             let _ = writeln!(
                 r,
-                "| classifier | accuracy | macro-F1 | Δ accuracy vs `{}` | beats baseline |",
+                "| classifier | accuracy [{level} CI] | macro-F1 [{level} CI] | Δ accuracy vs `{}` | McNemar p | beats baseline |",
                 cell(b)
             );
-            let _ = writeln!(r, "|---|---:|---:|---:|---|");
+            let _ = writeln!(r, "|---|---:|---:|---:|---:|---|");
             for c in &m.classifiers {
-                let (delta, beats) = match &c.vs_baseline {
+                let (delta, p, beats) = match &c.vs_baseline {
                     Some(v) => (
                         format!("{:+.4}", v.delta_accuracy),
-                        if v.beats { "yes" } else { "no" }.to_string(),
+                        format!("{:.3}", v.mcnemar.p_value),
+                        match (v.beats, v.significant) {
+                            (true, true) => "yes",
+                            (true, false) => "higher, not significant",
+                            (false, true) => "no (significantly lower)",
+                            (false, false) => "no",
+                        }
+                        .to_string(),
                     ),
-                    None => ("—".to_string(), "(baseline)".to_string()),
+                    None => ("—".to_string(), "—".to_string(), "(baseline)".to_string()),
                 };
                 let _ = writeln!(
                     r,
-                    "| {} | {:.4} | {:.4} | {delta} | {beats} |",
+                    "| {} | {} | {} | {delta} | {p} | {beats} |",
                     cell(&c.name),
-                    c.accuracy,
-                    c.macro_f1
+                    ci(c.accuracy, &c.accuracy_ci),
+                    ci(c.macro_f1, &c.macro_f1_ci)
                 );
             }
             let winners: Vec<&str> = m
                 .classifiers
                 .iter()
-                .filter(|c| c.vs_baseline.as_ref().is_some_and(|v| v.beats))
+                .filter(|c| {
+                    c.vs_baseline
+                        .as_ref()
+                        .is_some_and(|v| v.beats && v.significant)
+                })
                 .map(|c| c.name.as_str())
                 .collect();
             if winners.is_empty() {
-                let _ = writeln!(r, "\nNone beat the baseline `{b}`.\n");
+                let _ = writeln!(r, "\nNone beat the baseline `{b}` significantly.\n");
             } else {
                 let _ = writeln!(
                     r,
-                    "\nBeat the baseline `{b}` (higher accuracy): {}.\n",
+                    "\nBeat the baseline `{b}` (higher accuracy, McNemar p < {:.2}): {}.\n",
+                    1.0 - m.bootstrap.confidence,
                     winners.join(", ")
                 );
             }
         }
         None => {
-            let _ = writeln!(r, "| classifier | accuracy | macro-F1 |");
+            let _ = writeln!(
+                r,
+                "| classifier | accuracy [{level} CI] | macro-F1 [{level} CI] |"
+            );
             let _ = writeln!(r, "|---|---:|---:|");
             for c in &m.classifiers {
                 let _ = writeln!(
                     r,
-                    "| {} | {:.4} | {:.4} |",
+                    "| {} | {} | {} |",
                     cell(&c.name),
-                    c.accuracy,
-                    c.macro_f1
+                    ci(c.accuracy, &c.accuracy_ci),
+                    ci(c.macro_f1, &c.macro_f1_ci)
                 );
             }
             r.push('\n');
         }
     }
+    let _ = writeln!(
+        r,
+        "Intervals: percentile bootstrap over the test rows, {} resamples (seed {}); p-values: \
+         exact McNemar test against the baseline on the same rows.\n",
+        m.bootstrap.resamples, m.bootstrap.seed
+    );
     for (c, png) in m.classifiers.iter().zip(pngs) {
         let _ = writeln!(r, "## {}\n", c.name);
         if c.producer != c.name || c.stage_id != c.name {

@@ -153,6 +153,7 @@ fn stage_writes_metrics_report_and_pngs() {
         names: None,
         baseline: Some("logreg".into()),
         notes: Some("Settings chosen on the dev split.".into()),
+        ..Default::default()
     };
     let out = run(&params, &[base, oracle, zero_in], root).unwrap();
 
@@ -171,6 +172,43 @@ fn stage_writes_metrics_report_and_pngs() {
     assert!(vs.beats);
     close(vs.delta_accuracy, 1.0 - r.accuracy, "delta");
     assert!(!m.classifiers[2].vs_baseline.as_ref().unwrap().beats);
+    // The intervals hold the point estimates; the oracle is significantly better than the
+    // baseline, always-0 significantly worse (McNemar), each at the default 95%.
+    assert_eq!(
+        (m.bootstrap.resamples, m.bootstrap.confidence),
+        (1000, 0.95)
+    );
+    for c in &m.classifiers {
+        assert!(
+            c.accuracy_ci.low <= c.accuracy && c.accuracy <= c.accuracy_ci.high,
+            "{c:?}"
+        );
+        assert!(
+            c.macro_f1_ci.low <= c.macro_f1 && c.macro_f1 <= c.macro_f1_ci.high,
+            "{c:?}"
+        );
+    }
+    assert!(m.classifiers[0].accuracy_ci.high - m.classifiers[0].accuracy_ci.low > 0.01);
+    assert_eq!(m.classifiers[1].accuracy_ci.low, 1.0);
+    let wrong = r
+        .y_true
+        .iter()
+        .zip(&r.y_pred)
+        .filter(|(t, p)| t != p)
+        .count() as u64;
+    assert_eq!(
+        (vs.mcnemar.only_a_right, vs.mcnemar.only_b_right),
+        (wrong, 0)
+    );
+    assert!(vs.significant && vs.mcnemar.p_value < 1e-6, "{vs:?}");
+    let zero_vs = m.classifiers[2].vs_baseline.as_ref().unwrap();
+    assert!(zero_vs.significant && zero_vs.mcnemar.only_b_right > zero_vs.mcnemar.only_a_right);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Beat the baseline `logreg` (higher accuracy, McNemar p < 0.05): oracle."),
+        "{report}"
+    );
+    assert!(report.contains("| no (significantly lower) |"), "{report}");
     // Always-0: precision of class 0 = support(0) / n, recall 1.
     let support0 = r.support[0] as f64;
     close(
@@ -185,14 +223,16 @@ fn stage_writes_metrics_report_and_pngs() {
         report.starts_with("# Evaluation\n\nSettings chosen on the dev split."),
         "{report}"
     );
-    assert!(
-        report.contains("Beat the baseline `logreg` (higher accuracy): oracle."),
-        "{report}"
-    );
+    let c0 = &m.classifiers[0];
     assert!(
         report.contains(&format!(
-            "| logreg | {:.4} | {:.4} | — | (baseline) |",
-            r.accuracy, r.f1_macro
+            "| logreg | {:.4} [{:.4}, {:.4}] | {:.4} [{:.4}, {:.4}] | — | — | (baseline) |",
+            r.accuracy,
+            c0.accuracy_ci.low,
+            c0.accuracy_ci.high,
+            r.f1_macro,
+            c0.macro_f1_ci.low,
+            c0.macro_f1_ci.high
         )),
         "{report}"
     );
@@ -267,12 +307,13 @@ fn explicit_names_and_duplicate_producers() {
         names: Some(vec!["LLaMA 2 / layer 20".into(), "BERT".into()]),
         baseline: Some("BERT".into()),
         notes: None,
+        ..Default::default()
     };
     let out = run(&named, &[a.clone(), b.clone()], dir.path()).unwrap();
     assert!(out.join("confusion_LLaMA_2___layer_20.png").is_file());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        report.contains("None beat the baseline `BERT`."),
+        report.contains("None beat the baseline `BERT` significantly."),
         "{report}"
     );
 
