@@ -1,10 +1,12 @@
 //! The runner's contract, each item in its own process where a process is what is at stake: why
 //! a stage is stale (every kind of reason `status` gives), the same bytes and keys from two fresh
-//! caches, the lock's waiting path and its release when the holder dies, `gc`'s default scope.
+//! caches, the lock's waiting path and its release when the holder dies, `gc`'s default scope,
+//! `check` on the repository's pipelines.
 
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -153,7 +155,9 @@ fn status_names_every_kind_of_change() {
     assert_eq!(r[0], "kind changed: logreg -> mlp", "{r:?}");
 }
 
-/// Two fresh caches, the same pipeline: the same keys and the same bytes.
+/// Two fresh caches, the same pipeline, one run in this process and one by the `xtask` binary:
+/// the same keys and the same bytes (nothing depends on the process, its hash seeds or its
+/// threads).
 #[test]
 fn two_fresh_caches_give_the_same_keys_and_bytes() {
     let Some(_) = needs("AG News", ag_news()) else {
@@ -167,7 +171,12 @@ fn two_fresh_caches_give_the_same_keys_and_bytes() {
         b.write_pipeline("p.yaml", &text),
     );
     a.run(&fa, opts());
-    b.run(&fb, opts());
+    let out = b.xtask().arg("run").arg(&fb).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(a.artifacts().len(), 4);
     assert_eq!(a.artifact_bytes(), b.artifact_bytes());
 }
@@ -229,13 +238,44 @@ fn a_waiting_runner_goes_on_when_the_holder_is_killed() {
     assert!(fx.results_dir().join("small").join("report.md").is_file());
 }
 
-/// Without pipeline arguments, `gc` keeps what the repository's `pipelines/*.yaml` use: the
-/// artifacts of a pipeline outside that folder are garbage.
+/// The repository's pipeline files (`pipelines/*.yaml`).
+fn repository_pipelines() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipelines");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no pipelines in {}", dir.display());
+    files
+}
+
+/// Without pipeline arguments, `gc` keeps what the repository's `pipelines/*.yaml` use (here
+/// the first stage of `smoke.yaml`): the artifacts of a pipeline outside that folder are garbage.
 #[test]
 fn gc_without_arguments_keeps_what_the_repository_pipelines_use() {
     let Some((fx, file)) = small_fixture() else {
         return;
     };
+    let smoke = repository_pipelines()
+        .into_iter()
+        .find(|p| p.ends_with("smoke.yaml"))
+        .unwrap();
+    let out = fx
+        .xtask()
+        .arg("run")
+        .arg(&smoke)
+        .args(["--until", "data"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let repository_artifacts = fx.artifacts();
+    assert_eq!(repository_artifacts.len(), 1);
     fx.run(&file, opts());
     let out = fx.xtask().args(["gc", "--dry-run"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -250,7 +290,7 @@ fn gc_without_arguments_keeps_what_the_repository_pipelines_use() {
             .last()
             .unwrap()
             .starts_with("would remove 4 artifact(s), ")
-            && stdout.ends_with("; kept 0\n"),
+            && stdout.ends_with("; kept 1\n"),
         "{stdout}"
     );
     let out = fx
@@ -260,12 +300,41 @@ fn gc_without_arguments_keeps_what_the_repository_pipelines_use() {
         .arg(&file)
         .output()
         .unwrap();
+    // Named pipelines replace the default: smoke's artifact goes, the small pipeline's stay.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap();
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .ends_with("would remove 0 artifact(s), 0 bytes; kept 4\n"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        last.starts_with("would remove 1 artifact(s), ") && last.ends_with("; kept 4"),
+        "{stdout}"
     );
+    let out = fx.xtask().arg("gc").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fx.artifacts(), repository_artifacts);
+}
+
+/// `check` accepts every pipeline of the repository: exit 0, nothing printed, nothing run.
+#[test]
+fn check_accepts_every_repository_pipeline_silently() {
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let fx = Fixture::new();
+    for file in repository_pipelines() {
+        let out = fx.xtask().arg("check").arg(&file).output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "check {}: {}\n{}{}",
+            file.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(fx.artifacts().is_empty(), "check ran something");
 }
 
 /// A new pipeline seed draws a new sample: the sampled split is made again (it was reused with

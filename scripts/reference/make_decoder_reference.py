@@ -7,7 +7,9 @@ fixed texts, each encoded alone (no padding), on CPU in float32 with eager atten
   * the token ids (default special tokens, no truncation),
   * per layer of `output_hidden_states` (0 = embeddings, k = block k; HF's LAST entry is after
     the final norm), the hidden states mean-pooled over all tokens, summarised as: the L2 norm,
-    the sum, the first 16 dims; and the full vector for the layers in FULL_LAYERS,
+    the sum, the first 16 dims; and the full vector on every layer for the texts in FULL_TEXTS
+    (so that every tapped layer is compared in full), on the layers in FULL_LAYERS for the others
+    (to keep the committed fixture small),
   * the last token's vector of the last entry (for `Pooling::Last`).
 Tokenization-only cases: edge-case strings and the first 200 AG News test texts (ids only).
 
@@ -80,6 +82,11 @@ TOKENIZE_ONLY = [
 
 
 
+# Texts (indices into TEXTS) whose pooled vectors are stored in full on every layer: plain
+# English, mixed scripts and emoji, a paragraph, and the text longer than Gemma-3's window.
+FULL_TEXTS = {0, 2, 6, 7}
+
+
 def full_layers(n_entries):
     n = n_entries - 1
     return sorted({0, 1, 2, n // 2, n - 2, n - 1, n})
@@ -106,7 +113,7 @@ def make(name):
     model.eval()
     cfg = model.config
     cases = []
-    for text in TEXTS:
+    for ti, text in enumerate(TEXTS):
         ids = tok(text)["input_ids"]
         x = torch.tensor([ids])
         with torch.no_grad():
@@ -118,7 +125,7 @@ def make(name):
         for k, h in enumerate(hs):
             v = h[0].double().mean(0)
             entry = {"norm": r(v.norm()), "sum": r(v.sum()), "head": [r(a) for a in v[:16]]}
-            if k in full:
+            if k in full or ti in FULL_TEXTS:
                 entry["full"] = [r(a) for a in v.float()]
             layers.append(entry)
         cases.append(
@@ -140,6 +147,7 @@ def make(name):
         "config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, list, bool)) or v is None},
         "num_layers": len(cases[0]["layers"]) - 1,
         "full_layers": full_layers(len(cases[0]["layers"])),
+        "full_texts": sorted(FULL_TEXTS),
         "note": "layers[n] is HF's last hidden_states entry = final norm of block n's output",
         "cases": cases,
         "tokenize": tok_cases,

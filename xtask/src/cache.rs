@@ -94,6 +94,26 @@ pub struct Cache {
     pub root: PathBuf,
 }
 
+/// Test-only fault injection, so that a crash can be placed exactly rather than by timing:
+/// when `LLMEMBED_FAULT_AT` names `point`, the process kills itself with SIGKILL there (no
+/// clean-up code runs, as in a crash or `kill -9`). Points in [`Cache::publish`]:
+/// `publish:hashing` (after the first file is hashed), `publish:manifest` (manifest written,
+/// folder not yet renamed), `publish:aside` (the existing artifact of the same key moved aside, the
+/// new one not yet renamed), `publish:renamed` (folder renamed, `artifacts/` not yet fsynced).
+/// Nothing sets it outside `tests/crash_points.rs`.
+fn fault_point(point: &str) {
+    if std::env::var_os("LLMEMBED_FAULT_AT").is_some_and(|v| v == point) {
+        // kill(1), not kill(2): the runner has no unsafe code (only the kernels crate does).
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        // The signal is on its way; nothing after this point may run.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
 /// Why a cached artifact was not used.
 #[derive(Debug)]
 pub enum Lookup {
@@ -294,6 +314,7 @@ impl Cache {
                     sample: sample_hash(&path)?,
                     name,
                 });
+                fault_point("publish:hashing");
             }
             let manifest = Manifest {
                 key: key.to_string(),
@@ -312,6 +333,7 @@ impl Cache {
                 &tmp.join(MANIFEST),
                 &serde_json::to_vec_pretty(&manifest)?,
             )?;
+            fault_point("publish:manifest");
             File::open(tmp)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("fsync {}", tmp.display()))?;
@@ -323,11 +345,13 @@ impl Cache {
                     .join(format!("corrupt-{key}-{}", std::process::id()));
                 fs::rename(&dest, &aside)
                     .with_context(|| format!("move {} to {}", dest.display(), aside.display()))?;
+                fault_point("publish:aside");
                 fs::remove_dir_all(&aside)
                     .with_context(|| format!("remove {}", aside.display()))?;
             }
             fs::rename(tmp, &dest)
                 .with_context(|| format!("publish {} as {}", tmp.display(), dest.display()))?;
+            fault_point("publish:renamed");
             let artifacts = self.root.join("artifacts");
             File::open(&artifacts)
                 .and_then(|f| f.sync_all())

@@ -1,6 +1,7 @@
 //! The BERT encoder against HF transformers (fixture written by
 //! scripts/reference/make_bert_reference.py): token ids equal, and per layer, mean-pooled
-//! vectors with cosine >= 0.999 and max |difference| <= 2e-4. Plus padding invariance.
+//! vectors within the measured bars below (cosine, max |difference|, and max |difference| relative
+//! to the vector's norm). Plus padding invariance.
 
 mod common;
 
@@ -8,9 +9,23 @@ use common::{cosine, max_abs, minilm_dir};
 use llmembed_extract::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 use serde::Deserialize;
 
+// Measured on AMD Zen 4 (2026-12-03, all 8 cases, every layer; `cargo test --release -p
+// llmembed-extract --test bert_reference -- --nocapture`): f32 worst 1 - cosine 1.2e-12, worst max
+// |difference| 2.9e-6 (mean-pooled layers), 4.3e-6 (first token), 2.3e-7 (pooler), worst max
+// |difference| / norm 4.0e-7. Every bar is within 10x of the worst measured.
 /// Largest absolute difference allowed between our f32 vectors and the torch f32 ones.
-const MAX_ABS: f32 = 2e-4;
-const MIN_COS: f64 = 0.999;
+const MAX_ABS: f32 = 4e-5;
+/// The same relative to the reference vector's L2 norm.
+const MAX_REL: f64 = 4e-6;
+const MIN_COS: f64 = 1.0 - 1e-11;
+// bf16 products (AVX512-BF16 kernel), measured the same way: worst 1 - cosine 2.25e-4, worst max
+// |difference| / norm 3.5e-3. MiniLM stays a little below the decoders' 0.9999.
+const BF16_MIN_COS: f64 = 1.0 - 1e-3;
+const BF16_MAX_REL: f64 = 3e-2;
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -71,11 +86,12 @@ fn minilm_matches_transformers_ids_and_every_layer() {
         for (layer, (g, want)) in got.iter().zip(&case.mean).enumerate() {
             let c = cosine(g, want);
             let d = max_abs(g, want);
+            let rel = d as f64 / norm(want);
             worst_cos = worst_cos.min(c);
             worst_abs = worst_abs.max(d);
             assert!(
-                c >= MIN_COS && d <= MAX_ABS,
-                "layer {layer} of {:?}: cosine {c}, max abs diff {d}",
+                c >= MIN_COS && d <= MAX_ABS && rel <= MAX_REL,
+                "layer {layer} of {:?}: cosine {c}, max abs diff {d} ({rel:.2e} of the norm)",
                 case.text
             );
         }
@@ -108,7 +124,8 @@ fn minilm_fixture_covers_truncation_and_non_ascii() {
 }
 
 /// A text alone and the same text padded inside a mixed-length batch give the same vectors, for
-/// every layer and every pooling.
+/// every layer and every pooling. Not bit for bit for BERT: worst measured difference 3.7e-6
+/// (2026-12-03, Zen 4); the bar 1e-5 is within 10x.
 #[test]
 fn minilm_padding_does_not_change_vectors() {
     let Some(dir) = minilm_dir() else { return };
@@ -146,17 +163,24 @@ fn minilm_bf16_compute_stays_close() {
     let fx = fixture();
     let m = load(&dir, ComputeDtype::Bf16);
     let taps = all_taps(m.as_ref());
-    for case in fx.cases.iter().take(4) {
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    for case in &fx.cases {
         let got = m.embed(&[&case.ids], &taps, Pooling::Mean).unwrap();
         for (layer, (g, want)) in got.iter().zip(&case.mean).enumerate() {
             let c = cosine(g, want);
+            let rel = max_abs(g, want) as f64 / norm(want);
+            worst_cos = worst_cos.min(c);
+            worst_rel = worst_rel.max(rel);
             assert!(
-                c >= 0.98,
-                "bf16 layer {layer} of {:?}: cosine {c}",
+                c >= BF16_MIN_COS && rel <= BF16_MAX_REL,
+                "bf16 layer {layer} of {:?}: cosine {c}, max abs diff {rel:.2e} of the norm",
                 case.text
             );
         }
     }
+    eprintln!(
+        "bf16 worst over cases and layers: cosine {worst_cos}, max abs diff / norm {worst_rel:e}"
+    );
 }
 
 #[test]

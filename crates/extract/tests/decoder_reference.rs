@@ -39,25 +39,30 @@ struct TokCase {
 }
 
 /// Tolerances: `abs` bounds the max abs error of a pooled vector relative to the reference
-/// vector's L2 norm (on every layer: over the stored head of 16 dimensions, and over all
-/// dimensions where the fixture stores the full vector; the norm itself too); `cos` bounds the
-/// cosine on every fully stored layer and on the last-token vectors.
+/// vector's L2 norm (on every layer: over all dimensions where the fixture stores the full vector,
+/// over the stored head of 16 dimensions elsewhere; the norm itself too); `cos` bounds the cosine
+/// wherever the fixture stores the full vector and on the last-token vectors. The fixtures store
+/// every layer in full for four of the eight texts (plain English, mixed scripts, a paragraph, a
+/// text longer than Gemma-3's window) and seven layers for the others, so every tapped layer is
+/// compared in full.
 struct Tol {
     cos: f64,
     abs: f64,
 }
 
 // Measured on AMD Zen 4 (2026-12-03, `cargo test --release -p llmembed-extract --test
-// decoder_reference -- --nocapture`): worst 1 - cosine 4.4e-12 (Gemma-3) and 3.2e-12 (SmolLM2);
-// worst error / norm 8.4e-7 and 2.4e-6. The bars are within 10x (cosine: 1 - 5e-11; error:
-// 2.5e-5).
+// decoder_reference -- --nocapture`, every layer in full; references from torch 2.15,
+// transformers 5.24): worst 1 - cosine 4.5e-12 (Gemma-3) and 2.9e-12 (SmolLM2); worst error /
+// norm 7.7e-7 and 3.5e-6. The bars are within 10x (cosine: 1 - 4e-11; error: 2.5e-5), well inside
+// issue 21's claim (cosine >= 0.99999, error <= 1e-4).
 const F32_TOL: Tol = Tol {
-    cos: 1.0 - 5e-11,
+    cos: 1.0 - 4e-11,
     abs: 2.5e-5,
 };
 // bf16 keeps 8 bits of mantissa (relative step 2^-8 = 3.9e-3 per rounding). Measured the same way
-// (AVX512-BF16 kernel): worst 1 - cosine 6.6e-5 (Gemma-3) and 4.0e-5 (SmolLM2); worst error / norm
-// 5.1e-3 and 4.3e-3. The cosine bar is README's claim, 0.9999; the error bar 2e-2 (4x).
+// (AVX512-BF16 kernel, every layer in full): worst 1 - cosine 6.6e-5 (Gemma-3) and 4.0e-5
+// (SmolLM2); worst error / norm 5.1e-3 and 4.3e-3. The cosine bar is README's claim, 0.9999; the
+// error bar 2e-2 (4x).
 const BF16_TOL: Tol = Tol {
     cos: 0.9999,
     abs: 2e-2,
@@ -115,6 +120,14 @@ fn check_tokens(model: &dyn Embedder, fx: &Fixture) {
 fn check_vectors(model: &dyn Embedder, fx: &Fixture, tol: &Tol, label: &str) {
     let n = model.num_layers();
     assert_eq!(n, fx.num_layers);
+    // Every tapped layer is compared in full (cosine and every dimension), not only a sample.
+    let unchecked: Vec<usize> = (0..=n)
+        .filter(|&k| fx.cases.iter().all(|c| c.layers[k].full.is_none()))
+        .collect();
+    assert!(
+        unchecked.is_empty(),
+        "{label}: layers {unchecked:?} have no full reference vector"
+    );
     let h = model.hidden_size();
     let taps: Vec<Tap> = (0..=n).map(Tap::Layer).chain([Tap::FinalNorm]).collect();
     let batch: Vec<&[u32]> = fx.cases.iter().map(|c| c.ids.as_slice()).collect();

@@ -20,9 +20,12 @@ use llmembed_extract::{
 use serde_json::Value;
 
 /// Max abs error allowed between a Rust and a transformers pooled vector (f32 both sides; the
-/// vectors' entries are O(0.1..1)). Measured: about 1e-6.
-const MAX_ABS: f32 = 2e-5;
-const MIN_COSINE: f64 = 0.999_999;
+/// vectors' entries are O(0.1..1)), and the least cosine. Measured on AMD Zen 4 (2026-12-03,
+/// `cargo test --release -p llmembed-extract --test hf_decoders -- --nocapture`, every layer,
+/// alone, batched and last token, all five architectures): worst max abs error 1.5e-6 (qwen3),
+/// worst 1 - cosine 1.4e-13 (qwen3). The bars are within 10x.
+const MAX_ABS: f32 = 1.2e-5;
+const MIN_COSINE: f64 = 1.0 - 1e-12;
 
 fn fixture() -> Value {
     let path =
@@ -180,7 +183,8 @@ fn check_arch(arch: &str, shards: usize) {
             );
             worst = (worst.0.max(e), worst.1.min(cos));
             let row = &together[l][c * 64..(c + 1) * 64];
-            check_close(&format!("{arch} text {c} layer {l} in batch"), row, &want);
+            let (e, cos) = check_close(&format!("{arch} text {c} layer {l} in batch"), row, &want);
+            worst = (worst.0.max(e), worst.1.min(cos));
         }
     }
     let last = model
@@ -188,15 +192,17 @@ fn check_arch(arch: &str, shards: usize) {
         .unwrap();
     for (c, case) in cases.iter().enumerate() {
         let want = floats(&case["last_token_final"]);
-        check_close(
+        let (e, cos) = check_close(
             &format!("{arch} text {c} last token"),
             &last[0][c * 64..(c + 1) * 64],
             &want,
         );
+        worst = (worst.0.max(e), worst.1.min(cos));
     }
     eprintln!(
-        "{arch}: worst max abs error {:e}, worst cosine {}",
-        worst.0, worst.1
+        "{arch}: worst max abs error {:e}, worst 1 - cosine {:e}",
+        worst.0,
+        1.0 - worst.1
     );
 }
 
