@@ -13,10 +13,10 @@
 //! with `torch_dtype=float32`. Anything the code does not implement (rope scaling, sliding
 //! windows on qwen, phi's q/k LayerNorm) is an error naming the config field, never ignored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
+use candle_core::safetensors::BufferedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 use serde::Deserialize;
@@ -97,8 +97,59 @@ pub(crate) fn weight_files(weights: &Path) -> Result<Vec<PathBuf>> {
     Ok(shards.into_iter().map(|f| dir.join(f)).collect())
 }
 
+/// The tensors of one or more safetensors files, read into memory.
+///
+/// Why not mapped: mapping a file is `unsafe` (another process could change it under the map),
+/// and `unsafe` is kept to the kernels crate; the files are read once at load and dropped once
+/// the weights are packed, so reading costs their size in memory for the duration of the load.
+pub(crate) struct Shards {
+    files: Vec<BufferedSafetensors>,
+    /// Tensor name -> file; a name in several files is taken from the last (as candle's
+    /// `MmapedSafetensors::multi` does).
+    routing: HashMap<String, usize>,
+}
+
+impl Shards {
+    pub fn read(paths: &[PathBuf]) -> candle_core::Result<Shards> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut routing = HashMap::new();
+        for (index, p) in paths.iter().enumerate() {
+            let bytes = std::fs::read(p).map_err(|e| candle_core::Error::from(e).with_path(p))?;
+            let st = BufferedSafetensors::new(bytes).map_err(|e| e.with_path(p))?;
+            for (name, _) in st.tensors() {
+                routing.insert(name, index);
+            }
+            files.push(st);
+        }
+        Ok(Shards { files, routing })
+    }
+
+    fn file(&self, name: &str) -> candle_core::Result<&BufferedSafetensors> {
+        match self.routing.get(name) {
+            Some(&i) => Ok(&self.files[i]),
+            None => Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt()),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.file(name).and_then(|f| f.get(name)).is_ok()
+    }
+
+    /// The tensor's dtype in the file, as safetensors names it (`BF16`, `F32`, ...).
+    pub fn dtype(&self, name: &str) -> candle_core::Result<String> {
+        Ok(format!("{:?}", self.file(name)?.get(name)?.dtype()))
+    }
+
+    pub fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        self.file(name)?.load(name, dev)
+    }
+}
+
 struct Weights {
-    st: MmapedSafetensors,
+    st: Shards,
     prefix: &'static str,
     files: String,
 }
@@ -118,7 +169,7 @@ impl Weights {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.st.get(&format!("{}{name}", self.prefix)).is_ok()
+        self.st.has(&format!("{}{name}", self.prefix))
     }
 }
 
@@ -241,11 +292,9 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<
         }
         check_safetensors(f)?;
     }
-    // SAFETY: the files are mapped read-only and not modified while the model lives (model
-    // files are published once into the models folder or the hub cache, never rewritten).
-    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+    let st = Shards::read(&files).map_err(|e| {
         Error::compute(
-            "map safetensors",
+            "read safetensors",
             format!("{files_note}: {}", candle_message(&e)),
         )
     })?;
@@ -259,8 +308,7 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<
     }
     let compute = spec.compute;
     let file_dtype =
-        w.st.get(&format!("{}embed_tokens.weight", w.prefix))
-            .map(|v| format!("{:?}", v.dtype()))
+        w.st.dtype(&format!("{}embed_tokens.weight", w.prefix))
             .map_err(|e| {
                 Error::compute(
                     "read safetensors tensor",

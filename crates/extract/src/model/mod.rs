@@ -16,16 +16,11 @@ use std::path::{Path, PathBuf};
 
 use llmembed_core::{Error, Result};
 
-pub(crate) mod attention;
-pub(crate) mod bf16mm;
 pub(crate) mod decoder;
-pub(crate) mod f32mm;
 pub(crate) mod gemma3;
 pub(crate) mod gguf;
 pub(crate) mod hf;
-pub(crate) mod kernels;
 pub(crate) mod llama;
-pub(crate) mod panels;
 pub(crate) mod tokenizer;
 
 /// Which hidden state to pool.
