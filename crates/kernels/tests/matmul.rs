@@ -186,7 +186,8 @@ fn bf16_kernels_match_f64_product_of_rounded_values() {
 fn rows_are_independent_of_the_batch() {
     let (m, k, n) = (200, 2100, 96);
     let (a, w) = inputs(m, k, n);
-    let mut products: Vec<(String, Box<dyn Fn(&[f32], usize) -> Vec<f32>>)> = Vec::new();
+    type Product = Box<dyn Fn(&[f32], usize) -> Vec<f32>>;
+    let mut products: Vec<(String, Product)> = Vec::new();
     for kernel in f32_kernels()
         .into_iter()
         .filter(|&k| k != F32Kernel::Candle)

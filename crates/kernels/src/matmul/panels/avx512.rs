@@ -135,7 +135,7 @@ macro_rules! micro_kernel {
                 // SAFETY: an all-zero vector register is a valid value of every vector type.
                 let mut bv: [$bvec; V] = [unsafe { std::mem::zeroed() }; V];
                 for v in 0..V {
-                    // SAFETY (this read and the next): i < depth; B holds depth x PANEL steps.
+                    // SAFETY: i < depth; B holds depth x PANEL steps.
                     let $bp = unsafe { b.add(i * PANEL + 16 * v) };
                     // SAFETY: as above.
                     bv[v] = unsafe { $load_b };
