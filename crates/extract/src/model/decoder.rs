@@ -23,8 +23,9 @@ use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
 use llmembed_kernels::{Bf16Kernel, PackedBf16, PackedF32, Rows};
 use rayon::prelude::*;
 
+use super::errors::candle_message;
 use super::tokenizer::DecoderTokenizer;
-use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
+use crate::embedder::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activation {
@@ -230,7 +231,7 @@ pub(crate) struct Decoder {
 }
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |e| Error::compute(op, super::candle_message(&e))
+    move |e| Error::compute(op, candle_message(&e))
 }
 
 /// A kernel error inside `op` (its message starts with the kernel's own op).
@@ -311,19 +312,10 @@ impl Decoder {
         }
     }
 
-    /// Runs the blocks up to `deepest` (the deepest tap, from `check_taps`) over the batch's
-    /// tokens packed row after row (no padding); returns per tap the pooled (batch, hidden)
-    /// vectors, row-major. States are pooled as soon as they are produced, so no layer's full
-    /// states are kept.
-    fn forward(
-        &self,
-        batch: &[&[u32]],
-        taps: &[Tap],
-        pooling: Pooling,
-        deepest: usize,
-    ) -> Result<Vec<Vec<f32>>> {
+    /// The embedding output of the batch's tokens, packed row after row, after checking the
+    /// sequences against the model (not empty, within its context, ids within its vocabulary).
+    fn embeddings(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<f32>> {
         let c = &self.cfg;
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let t = *lens.iter().max().unwrap_or(&0);
         if let Some(i) = lens.iter().position(|&l| l == 0) {
             return Err(Error::param(
@@ -360,6 +352,25 @@ impl Decoder {
         if let Some(s) = c.embed_scale {
             x.iter_mut().for_each(|v| *v *= s);
         }
+        Ok(x)
+    }
+
+    /// Runs the blocks up to `deepest` (the deepest tap, from `check_taps`) over the batch's
+    /// tokens packed row after row (no padding); returns per tap the pooled (batch, hidden)
+    /// vectors, row-major. States are pooled as soon as they are produced, so no layer's full
+    /// states are kept.
+    fn forward(
+        &self,
+        batch: &[&[u32]],
+        taps: &[Tap],
+        pooling: Pooling,
+        deepest: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = &self.cfg;
+        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        let t = *lens.iter().max().unwrap_or(&0);
+        let mut x = self.embeddings(batch, &lens)?;
+        let rows = x.len() / c.hidden;
 
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
         // Pools `states` (once) into the slot of every tap that `wants` them.

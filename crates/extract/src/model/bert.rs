@@ -15,9 +15,10 @@ use llmembed_core::{Error, Result};
 use serde::Deserialize;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use crate::model::hf::check_safetensors;
-use crate::model::tokenizer::read_tokenizer_json;
-use crate::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, candle_message, file_error};
+use super::errors::{candle_message, file_error};
+use super::safetensors::check_safetensors;
+use super::tokenizer::read_tokenizer_json;
+use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
