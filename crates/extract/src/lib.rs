@@ -5,7 +5,7 @@
 //! * Models (`model/`): decoders from GGUF or safetensors, the BERT encoder from safetensors,
 //!   behind [`Embedder`] (`embedder.rs`); [`load`] picks the architecture from the file. The
 //!   arithmetic is the `llmembed-kernels` crate's.
-//! * Sources (`source.rs`): presets pinned to PyPI packages + sha256, PyPI, hub cache, local.
+//! * Sources (`source/`): presets pinned to PyPI packages + sha256, PyPI, hub cache, local.
 //! * The store (`store.rs`): per model fingerprint, shards of text-hash -> vectors, so that texts
 //!   are embedded once and interrupted runs resume byte-identically.
 

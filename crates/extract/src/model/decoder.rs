@@ -8,7 +8,7 @@
 //! sliding windows (gemma).
 //!
 //! Batching without padding: the tokens of a batch are packed row after row, every per-token step
-//! (norms, projections, MLP) runs on all rows at once, and attention (`attention.rs`) keeps each
+//! (norms, projections, MLP) runs on all rows at once, and attention (`llmembed_kernels::attention`) keeps each
 //! sequence to its own rows. No token ever sees another text's tokens and no row depends on
 //! another text's, so a text's vectors do not depend on the batch it is in (tested in
 //! `tests/decoder_padding.rs`), and no compute is spent on padding. Activations are f32 `Vec`s;
@@ -107,9 +107,9 @@ pub(crate) struct Linear {
 }
 
 pub(crate) enum Weight {
-    /// f32, packed for `f32mm` (`compute: f32`).
+    /// f32, packed for the kernels' f32 product (`compute: f32`).
     F32(PackedF32),
-    /// Rounded to bf16 and packed for `bf16mm` (`compute: bf16`).
+    /// Rounded to bf16 and packed for the kernels' bf16 product (`compute: bf16`).
     Bf16(PackedBf16),
 }
 
