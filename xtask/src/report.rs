@@ -144,7 +144,7 @@ impl RunRecord {
             llmembed_version: env!("CARGO_PKG_VERSION"),
             git_commit: crate::version::GIT_COMMIT,
             cpu: crate::version::cpu_name(),
-            kernels: llmembed_extract::kernels_in_use(),
+            kernels: llmembed_kernels::in_use(),
             ok: stages
                 .iter()
                 .all(|s| matches!(s.status, "ran" | "cached" | "pulled")),

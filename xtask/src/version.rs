@@ -23,7 +23,7 @@ pub fn long() -> &'static str {
             std::env::consts::ARCH,
             std::env::consts::OS,
             cpu_name(),
-            llmembed_extract::kernels_in_use(),
+            llmembed_kernels::in_use(),
         )
     })
 }

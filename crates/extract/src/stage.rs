@@ -5,14 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use llmembed_core::{
-    Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input, Layers,
-    Precision, Result, Stage, Summary, VectorColumn, read_text_table,
+    Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input, Layers, Result,
+    Stage, Summary, VectorColumn, read_text_table,
 };
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
-use crate::source::{self, ModelParam};
+use crate::embedder::{Embedder, LoadSpec, Pooling, Tap};
+use crate::params::ExtractParams;
+use crate::source::{self};
 use crate::store::Store;
 
 /// Version of the store layout and fingerprint recipe (part of the fingerprint).
@@ -22,85 +22,6 @@ const STORE_FORMAT: u32 = 2;
 
 /// The `extract` stage.
 pub struct Extract;
-
-/// Params of the `extract` stage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractParams {
-    /// A preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`) or a spec map
-    /// (`{source: pypi|hub|local, ...}`).
-    pub model: ModelParam,
-    #[serde(default = "default_layers")]
-    pub layers: Layers,
-    /// Add a `final_norm` column (decoders: the final norm applied to the last block).
-    #[serde(default = "default_false")]
-    pub final_norm: bool,
-    /// Add a `pooler` column (BERT checkpoints with pooler weights).
-    #[serde(default = "default_false")]
-    pub pooler: bool,
-    #[serde(default = "default_pooling")]
-    pub pooling: Pooling,
-    /// Tokens per text, special tokens included; longer texts are truncated (and counted).
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: usize,
-    /// Token budget of a forward batch, counted as texts x the longest text's tokens (texts are
-    /// sorted by length within a shard first; rows are packed, nothing is padded).
-    /// Each worker thread runs its own batch, so one batch's activations stay small; 512 was
-    /// faster than 256 or 1024 on SmolLM2 in both compute modes (`cargo xtask bench extract`).
-    #[serde(default = "default_batch_tokens")]
-    pub batch_tokens: usize,
-    #[serde(default = "default_compute")]
-    pub compute: ComputeDtype,
-    /// Storage precision of the output vectors.
-    #[serde(default = "default_precision")]
-    pub precision: Precision,
-    /// Texts per store shard (the unit of resumption).
-    #[serde(default = "default_shard_rows")]
-    pub shard_rows: usize,
-}
-
-fn default_layers() -> Layers {
-    Layers::All
-}
-fn default_false() -> bool {
-    false
-}
-fn default_pooling() -> Pooling {
-    Pooling::Mean
-}
-fn default_max_tokens() -> usize {
-    256
-}
-fn default_batch_tokens() -> usize {
-    512
-}
-fn default_compute() -> ComputeDtype {
-    ComputeDtype::F32
-}
-fn default_precision() -> Precision {
-    Precision::F32
-}
-fn default_shard_rows() -> usize {
-    256
-}
-
-impl ExtractParams {
-    /// Params with every default and the given model.
-    pub fn new(model: ModelParam) -> Self {
-        ExtractParams {
-            model,
-            layers: default_layers(),
-            final_norm: false,
-            pooler: false,
-            pooling: default_pooling(),
-            max_tokens: default_max_tokens(),
-            batch_tokens: default_batch_tokens(),
-            compute: default_compute(),
-            precision: default_precision(),
-            shard_rows: default_shard_rows(),
-        }
-    }
-}
 
 fn tap_name(t: Tap) -> String {
     match t {
@@ -256,20 +177,7 @@ impl Stage for Extract {
 
     fn run(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
-        let input = inputs.first().ok_or_else(|| {
-            Error::mismatch("extract", format!("expected 1 input, got {}", inputs.len()))
-        })?;
-        let splits = input.splits();
-        if splits.is_empty() {
-            return Err(Error::mismatch(
-                "extract",
-                format!(
-                    "input `{}` has no split files (*.parquet); it has: {}",
-                    input.stage_id,
-                    input.files.join(", ")
-                ),
-            ));
-        }
+        let splits = input_splits(inputs)?;
         let resolved = source::resolve(&p.model, ctx.env, p.compute)?;
         // Before the weights load; `taps_for` checks again against the loaded model.
         if p.layers != Layers::All
@@ -281,57 +189,16 @@ impl Stage for Extract {
         let taps = taps_for(p, model.as_ref())?;
         let hidden = model.hidden_size();
         let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
-        let about = serde_json::json!({
-            "store_format": STORE_FORMAT,
-            "model": model.describe(),
-            "weights": resolved.weights_digest,
-            "taps": columns.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
-            "pooling": p.pooling,
-            "max_tokens": p.max_tokens,
-            "compute": p.compute,
-        });
-        let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
-        let mut store = Store::open(&ctx.store_dir, &fingerprint, &about, columns.clone())?;
-        for (shard, moved, why) in &store.quarantined {
-            // Always said, quiet or not: damage on disk is news the user must see.
-            eprintln!(
-                "warning: store shard {} is damaged ({why}); moved to {}, its texts are embedded again",
-                shard.display(),
-                moved.display()
-            );
-        }
-
-        // Unique texts in dataset order (splits in order).
-        let mut tables = Vec::new();
-        let mut text_of: HashMap<String, usize> = HashMap::new(); // hash -> index into `unique`
-        let mut unique: Vec<(String, String)> = Vec::new(); // (hash, text)
-        let mut total_rows = 0usize;
-        for (split, path) in &splits {
-            let t = read_text_table(path)?;
-            let hashes: Vec<String> = t
-                .texts
-                .iter()
-                .map(|s| blake3::hash(s.as_bytes()).to_hex().to_string())
-                .collect();
-            for (h, text) in hashes.iter().zip(&t.texts) {
-                if !text_of.contains_key(h) {
-                    text_of.insert(h.clone(), unique.len());
-                    unique.push((h.clone(), text.clone()));
-                }
-            }
-            total_rows += t.len();
-            tables.push((split.clone(), t.ids, t.labels, t.label_names, hashes));
-        }
-        drop(text_of);
-        let missing: Vec<String> = unique
-            .iter()
-            .filter(|(h, _)| !store.index.contains_key(h))
-            .map(|(h, _)| h.clone())
-            .collect();
-        let reused = unique.len() - missing.len();
+        let mut store = open_store(p, model.as_ref(), &resolved, &columns, ctx)?;
+        let texts = Texts::read(&splits)?;
+        let missing = texts.missing(&store);
         let mut notes = vec![
             format!("model {}", model.describe()),
-            format!("reused {reused} of {} texts", unique.len()),
+            format!(
+                "reused {} of {} texts",
+                texts.unique.len() - missing.len(),
+                texts.unique.len()
+            ),
         ];
         if !store.quarantined.is_empty() {
             notes.push(format!(
@@ -339,101 +206,17 @@ impl Stage for Extract {
                 store.quarantined.len()
             ));
         }
-        let plan = store.plan(&missing, p.shard_rows)?;
-        if plan.first > 0 {
-            let msg = format!("resuming: {} of {} shards done", plan.first, plan.total);
-            if !ctx.env.quiet {
-                eprintln!("  {msg}");
-            }
-            notes.push(msg);
-        }
-
-        // Embed the missing texts shard by shard.
-        let text_by_hash: HashMap<&str, &str> = unique
-            .iter()
-            .filter(|(h, _)| !store.index.contains_key(h))
-            .map(|(h, t)| (h.as_str(), t.as_str()))
-            .collect();
-        let bar = ctx.progress(missing.len() as u64, "extract");
-        let started = Instant::now();
-        let mut tokens_done = 0usize;
-        let mut newly_truncated = 0usize;
-        for (j, shard) in plan.remaining.into_iter().enumerate() {
-            let texts: Vec<&str> = shard.iter().map(|h| text_by_hash[h.as_str()]).collect();
-            let (cols, truncated, ntok) = embed_shard(model.as_ref(), &texts, &taps, p)?;
-            newly_truncated += truncated.iter().filter(|&&t| t).count();
-            tokens_done += ntok;
-            let n = shard.len();
-            store.write_shard(&plan.id, plan.first + j, shard, truncated, cols)?;
-            bar.inc(n as u64);
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
-        }
-        bar.finish();
-        if !missing.is_empty() {
-            let secs = started.elapsed().as_secs_f64();
-            notes.push(format!(
-                "embedded {} texts ({} tokens) in {:.1}s: {:.1} texts/s, {:.0} tokens/s",
-                missing.len(),
-                tokens_done,
-                secs,
-                missing.len() as f64 / secs.max(1e-9),
-                tokens_done as f64 / secs.max(1e-9)
-            ));
-        }
-        drop(text_by_hash);
-        drop(unique);
-
-        // Assemble the outputs in row order, a chunk at a time.
-        let mut truncated_rows = 0usize;
-        for (split, ids, labels, label_names, hashes) in &tables {
-            let path = ctx.out(&format!("{split}.parquet"));
-            let mut writer = EmbeddingWriter::create(&path, label_names, &columns, p.precision)?;
-            let mut cache: Vec<(usize, EmbeddingTable)> = Vec::new();
-            let chunk = p.shard_rows.max(256);
-            for start in (0..ids.len()).step_by(chunk) {
-                let end = (start + chunk).min(ids.len());
-                let mut values: Vec<Vec<f32>> = columns
-                    .iter()
-                    .map(|_| Vec::with_capacity((end - start) * hidden))
-                    .collect();
-                for h in &hashes[start..end] {
-                    let loc = store.index.get(h).copied().ok_or_else(|| {
-                        Error::compute("assemble output", format!("text {h} missing from store"))
-                    })?;
-                    truncated_rows += loc.truncated as usize;
-                    let pos = match cache.iter().position(|(s, _)| *s == loc.shard) {
-                        Some(i) => i,
-                        None => {
-                            if cache.len() >= 3 {
-                                cache.remove(0);
-                            }
-                            cache.push((loc.shard, store.read_shard(loc.shard)?));
-                            cache.len() - 1
-                        }
-                    };
-                    let t = &cache[pos].1;
-                    for (v, c) in values.iter_mut().zip(&t.columns) {
-                        v.extend_from_slice(c.row(loc.row));
-                    }
-                }
-                writer.write(&EmbeddingTable {
-                    ids: ids[start..end].to_vec(),
-                    labels: labels[start..end].to_vec(),
-                    label_names: label_names.clone(),
-                    columns: columns
-                        .iter()
-                        .zip(values)
-                        .map(|((name, dim), v)| VectorColumn::new(name.clone(), *dim, v))
-                        .collect(),
-                })?;
-            }
-            writer.finish()?;
-        }
+        let embedded = embed_missing(model.as_ref(), &mut store, &texts, &missing, &taps, p, ctx)?;
+        notes.extend(embedded.notes);
+        // The texts themselves are not needed past this point.
+        let Texts {
+            tables, total_rows, ..
+        } = texts;
+        let truncated_rows = assemble(&store, &tables, &columns, p, ctx)?;
         if truncated_rows > 0 {
             notes.push(format!(
-                "truncated {truncated_rows} of {total_rows} rows at max_tokens={} ({newly_truncated} among the texts embedded now)",
-                p.max_tokens
+                "truncated {truncated_rows} of {total_rows} rows at max_tokens={} ({} among the texts embedded now)",
+                p.max_tokens, embedded.truncated
             ));
         }
         Ok(Summary {
@@ -441,6 +224,230 @@ impl Stage for Extract {
             notes,
         })
     }
+}
+
+/// The input's split files, in order.
+fn input_splits(inputs: &[Input]) -> Result<Vec<(String, std::path::PathBuf)>> {
+    let input = inputs.first().ok_or_else(|| {
+        Error::mismatch("extract", format!("expected 1 input, got {}", inputs.len()))
+    })?;
+    let splits = input.splits();
+    if splits.is_empty() {
+        return Err(Error::mismatch(
+            "extract",
+            format!(
+                "input `{}` has no split files (*.parquet); it has: {}",
+                input.stage_id,
+                input.files.join(", ")
+            ),
+        ));
+    }
+    Ok(splits)
+}
+
+/// Opens the store of this model, taps and settings (the fingerprint is the blake3 of what
+/// they are), saying which damaged shards it moved aside.
+fn open_store(
+    p: &ExtractParams,
+    model: &dyn Embedder,
+    resolved: &source::Resolved,
+    columns: &[(String, usize)],
+    ctx: &Context,
+) -> Result<Store> {
+    let about = serde_json::json!({
+        "store_format": STORE_FORMAT,
+        "model": model.describe(),
+        "weights": resolved.weights_digest,
+        "taps": columns.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+        "pooling": p.pooling,
+        "max_tokens": p.max_tokens,
+        "compute": p.compute,
+    });
+    let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
+    let store = Store::open(&ctx.store_dir, &fingerprint, &about, columns.to_vec())?;
+    for (shard, moved, why) in &store.quarantined {
+        // Always said, quiet or not: damage on disk is news the user must see.
+        log::warn!(
+            "store shard {} is damaged ({why}); moved to {}, its texts are embedded again",
+            shard.display(),
+            moved.display()
+        );
+    }
+    Ok(store)
+}
+
+/// One split's rows: name, ids, labels, label names and the blake3 of each row's text.
+struct SplitRows {
+    split: String,
+    ids: Vec<String>,
+    labels: Vec<i64>,
+    label_names: Vec<String>,
+    hashes: Vec<String>,
+}
+
+/// The input's rows, and its distinct texts in dataset order (splits in order).
+struct Texts {
+    tables: Vec<SplitRows>,
+    /// (hash, text), each text once.
+    unique: Vec<(String, String)>,
+    total_rows: usize,
+}
+
+impl Texts {
+    fn read(splits: &[(String, std::path::PathBuf)]) -> Result<Texts> {
+        let mut tables = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut unique: Vec<(String, String)> = Vec::new();
+        let mut total_rows = 0usize;
+        for (split, path) in splits {
+            let t = read_text_table(path)?;
+            let hashes: Vec<String> = t
+                .texts
+                .iter()
+                .map(|s| blake3::hash(s.as_bytes()).to_hex().to_string())
+                .collect();
+            for (h, text) in hashes.iter().zip(&t.texts) {
+                if seen.insert(h.clone()) {
+                    unique.push((h.clone(), text.clone()));
+                }
+            }
+            total_rows += t.len();
+            tables.push(SplitRows {
+                split: split.clone(),
+                ids: t.ids,
+                labels: t.labels,
+                label_names: t.label_names,
+                hashes,
+            });
+        }
+        Ok(Texts {
+            tables,
+            unique,
+            total_rows,
+        })
+    }
+
+    /// The hashes of the texts the store lacks, in dataset order.
+    fn missing(&self, store: &Store) -> Vec<String> {
+        self.unique
+            .iter()
+            .filter(|(h, _)| !store.index.contains_key(h))
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+}
+
+/// What embedding the missing texts adds to the run's notes and counts.
+struct Embedded {
+    notes: Vec<String>,
+    /// Texts truncated among those embedded now.
+    truncated: usize,
+}
+
+/// Embeds the texts the store lacks, shard by shard as the store plans them (resuming an
+/// interrupted plan), writing each shard as it is done.
+fn embed_missing(
+    model: &dyn Embedder,
+    store: &mut Store,
+    texts: &Texts,
+    missing: &[String],
+    taps: &[Tap],
+    p: &ExtractParams,
+    ctx: &Context,
+) -> Result<Embedded> {
+    let mut notes = Vec::new();
+    let plan = store.plan(missing, p.shard_rows)?;
+    if plan.first > 0 {
+        let msg = format!("resuming: {} of {} shards done", plan.first, plan.total);
+        if !ctx.env.quiet {
+            log::info!("  {msg}");
+        }
+        notes.push(msg);
+    }
+    let text_by_hash: HashMap<&str, &str> = texts
+        .unique
+        .iter()
+        .filter(|(h, _)| !store.index.contains_key(h))
+        .map(|(h, t)| (h.as_str(), t.as_str()))
+        .collect();
+    let bar = ctx.progress(missing.len() as u64, "extract");
+    let started = Instant::now();
+    let mut tokens_done = 0usize;
+    let mut truncated_now = 0usize;
+    for (j, shard) in plan.remaining.into_iter().enumerate() {
+        let shard_texts: Vec<&str> = shard.iter().map(|h| text_by_hash[h.as_str()]).collect();
+        let (cols, truncated, ntok) = embed_shard(model, &shard_texts, taps, p)?;
+        truncated_now += truncated.iter().filter(|&&t| t).count();
+        tokens_done += ntok;
+        let n = shard.len();
+        store.write_shard(&plan.id, plan.first + j, shard, truncated, cols)?;
+        bar.inc(n as u64);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
+    }
+    bar.finish();
+    if !missing.is_empty() {
+        let secs = started.elapsed().as_secs_f64();
+        notes.push(format!(
+            "embedded {} texts ({} tokens) in {:.1}s: {:.1} texts/s, {:.0} tokens/s",
+            missing.len(),
+            tokens_done,
+            secs,
+            missing.len() as f64 / secs.max(1e-9),
+            tokens_done as f64 / secs.max(1e-9)
+        ));
+    }
+    Ok(Embedded {
+        notes,
+        truncated: truncated_now,
+    })
+}
+
+/// Writes each split's EmbeddingTable in row order from the store, a chunk at a time; returns
+/// how many rows were truncated.
+fn assemble(
+    store: &Store,
+    tables: &[SplitRows],
+    columns: &[(String, usize)],
+    p: &ExtractParams,
+    ctx: &Context,
+) -> Result<usize> {
+    let mut truncated_rows = 0usize;
+    for t in tables {
+        let path = ctx.out(&format!("{}.parquet", t.split));
+        let mut writer = EmbeddingWriter::create(&path, &t.label_names, columns, p.precision)?;
+        let mut reader = store.reader();
+        let chunk = p.shard_rows.max(256);
+        for start in (0..t.ids.len()).step_by(chunk) {
+            let end = (start + chunk).min(t.ids.len());
+            let mut values: Vec<Vec<f32>> = columns
+                .iter()
+                .map(|(_, dim)| Vec::with_capacity((end - start) * dim))
+                .collect();
+            for h in &t.hashes[start..end] {
+                let loc = store.index.get(h).copied().ok_or_else(|| {
+                    Error::compute("assemble output", format!("text {h} missing from store"))
+                })?;
+                truncated_rows += loc.truncated as usize;
+                let shard = reader.shard(loc.shard)?;
+                for (v, c) in values.iter_mut().zip(&shard.columns) {
+                    v.extend_from_slice(c.row(loc.row));
+                }
+            }
+            writer.write(&EmbeddingTable {
+                ids: t.ids[start..end].to_vec(),
+                labels: t.labels[start..end].to_vec(),
+                label_names: t.label_names.clone(),
+                columns: columns
+                    .iter()
+                    .zip(values)
+                    .map(|((name, dim), v)| VectorColumn::new(name.clone(), *dim, v))
+                    .collect(),
+            })?;
+        }
+        writer.finish()?;
+    }
+    Ok(truncated_rows)
 }
 
 /// Tokenizes a shard's texts, sorts them by length, batches them under the token budget, embeds
@@ -466,7 +473,8 @@ fn embed_shard(
         .iter()
         .map(|_| vec![0f32; texts.len() * hidden])
         .collect();
-    // Batches: runs of the sorted texts whose padded size stays under the token budget.
+    // Batches: runs of the sorted texts whose size, texts x the longest one's tokens (the
+    // longest is the last: they are sorted), stays under the token budget.
     let mut batches = Vec::new();
     let mut start = 0;
     while start < order.len() {

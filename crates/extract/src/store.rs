@@ -247,3 +247,40 @@ impl Store {
         Ok(t)
     }
 }
+
+/// Reads the vectors of texts in any order, keeping the last few shards it read: rows come in
+/// dataset order, which visits each shard's rows in runs.
+pub(crate) struct ShardReader<'a> {
+    store: &'a Store,
+    /// (shard, its table), oldest first.
+    cache: Vec<(usize, EmbeddingTable)>,
+}
+
+/// Shards a [`ShardReader`] keeps in memory.
+const READER_SHARDS: usize = 3;
+
+impl Store {
+    pub fn reader(&self) -> ShardReader<'_> {
+        ShardReader {
+            store: self,
+            cache: Vec::with_capacity(READER_SHARDS),
+        }
+    }
+}
+
+impl ShardReader<'_> {
+    /// The shard's table, read unless it is one of the last ones read.
+    pub fn shard(&mut self, shard: usize) -> Result<&EmbeddingTable> {
+        let pos = match self.cache.iter().position(|(s, _)| *s == shard) {
+            Some(i) => i,
+            None => {
+                if self.cache.len() >= READER_SHARDS {
+                    self.cache.remove(0);
+                }
+                self.cache.push((shard, self.store.read_shard(shard)?));
+                self.cache.len() - 1
+            }
+        };
+        Ok(&self.cache[pos].1)
+    }
+}

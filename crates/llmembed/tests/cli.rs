@@ -50,7 +50,7 @@ fn version_names_the_commit_and_the_kernels() {
         .lines()
         .find_map(|l| l.strip_prefix("kernels: "))
         .unwrap_or_else(|| panic!("no kernels line in {long}"));
-    assert_eq!(kernels, llmembed_extract::kernels_in_use());
+    assert_eq!(kernels, llmembed_kernels::in_use());
     // `-V` is the short form: one line.
     let short = stdout_of(llmembed(dir.path()).arg("-V"));
     assert_eq!(short.trim_end(), first);

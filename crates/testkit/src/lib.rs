@@ -224,17 +224,32 @@ mod tests {
         assert_eq!(needs("x", Ok::<_, String>(3)), Some(3));
     }
 
+    /// The variable is set in a child process (this test binary, running only this test), so
+    /// that no test of this process sees it and no `unsafe` `set_var` is needed.
     #[test]
     fn a_wrong_explicit_path_is_an_error() {
-        // SAFETY: no other test of this crate reads this variable.
-        unsafe { std::env::set_var("LLMEMBED_TESTKIT_SELFTEST", "/nonexistent/llmembed") };
-        let r = std::panic::catch_unwind(|| {
-            env_path("LLMEMBED_TESTKIT_SELFTEST", "a folder", |p| p.is_dir())
-        });
-        let msg = *r.unwrap_err().downcast::<String>().unwrap();
+        const VAR: &str = "LLMEMBED_TESTKIT_SELFTEST";
+        if std::env::var_os(VAR).is_some() {
+            // The child: this must panic with the message the parent looks for.
+            env_path(VAR, "a folder", |p| p.is_dir());
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::a_wrong_explicit_path_is_an_error",
+                "--nocapture",
+            ])
+            .env(VAR, "/nonexistent/llmembed")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the child passed: {stderr}");
         assert!(
-            msg.contains("LLMEMBED_TESTKIT_SELFTEST is set to /nonexistent/llmembed"),
-            "{msg}"
+            stderr.contains(
+                "LLMEMBED_TESTKIT_SELFTEST is set to /nonexistent/llmembed, which is not a folder"
+            ),
+            "{stderr}"
         );
         assert_eq!(env_path("LLMEMBED_TESTKIT_UNSET_VAR", "x", |_| true), None);
     }

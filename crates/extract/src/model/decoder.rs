@@ -2,30 +2,30 @@
 //! llama, qwen2, qwen3, phi from safetensors), written to follow HF's `modeling_llama.py` /
 //! `modeling_gemma3.py` / `modeling_phi.py` step by step, with per-layer taps. Weights are
 //! converted once, at load (dequantized to f32; for `compute: bf16` rounded to bf16 and packed
-//! for AMX, see `bf16mm`). The architectures differ only in data: norm kind (RMS or LayerNorm),
+//! for the CPU's bf16 kernel, see `llmembed_kernels::matmul`). The architectures differ only in data: norm kind (RMS or LayerNorm),
 //! optional biases, q/k norms, sandwich norms (gemma), a gated or plain MLP, a parallel
 //! attention+MLP block (phi), partial rotary embeddings (phi) and per-layer RoPE bases and
 //! sliding windows (gemma).
 //!
 //! Batching without padding: the tokens of a batch are packed row after row, every per-token step
-//! (norms, projections, MLP) runs on all rows at once, and attention (`attention.rs`) keeps each
+//! (norms, projections, MLP) runs on all rows at once, and attention (`llmembed_kernels::attention`) keeps each
 //! sequence to its own rows. No token ever sees another text's tokens and no row depends on
 //! another text's, so a text's vectors do not depend on the batch it is in (tested in
 //! `tests/decoder_padding.rs`), and no compute is spent on padding. Activations are f32 `Vec`s;
-//! the row-wise steps are `kernels.rs`.
+//! the matrix products, row-wise steps and attention are the kernels crate's
+//! (`llmembed_kernels`).
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
+use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
+use llmembed_kernels::{Bf16Kernel, PackedBf16, PackedF32, Rows};
 use rayon::prelude::*;
 
-use super::attention::{AttentionShape, LayerAttention, Rope, attend};
-use super::bf16mm::{Bf16Kernel, PackedBf16};
-use super::f32mm::PackedF32;
-use super::kernels;
+use super::errors::candle_message;
 use super::tokenizer::DecoderTokenizer;
-use super::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
+use crate::embedder::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activation {
@@ -107,9 +107,9 @@ pub(crate) struct Linear {
 }
 
 pub(crate) enum Weight {
-    /// f32, packed for `f32mm` (`compute: f32`).
+    /// f32, packed for the kernels' f32 product (`compute: f32`).
     F32(PackedF32),
-    /// Rounded to bf16 and packed for `bf16mm` (`compute: bf16`).
+    /// Rounded to bf16 and packed for the kernels' bf16 product (`compute: bf16`).
     Bf16(PackedBf16),
 }
 
@@ -118,16 +118,24 @@ impl Weight {
     /// `describe()` names it and the store never mixes them.
     fn kernel(&self) -> &'static str {
         match self {
-            Weight::F32(w) => w.kernel(),
+            Weight::F32(w) => w.kernel().name(),
             Weight::Bf16(w) => w.kernel().name(),
         }
     }
 
     /// `w` is (in, out) f32.
     pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
+        let pack = |e: llmembed_kernels::Error| Error::compute(e.op, e.message);
+        let (k, n) = w.dims2().map_err(cerr("pack weights"))?;
+        let values: Vec<f32> = w
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(cerr("pack weights"))?;
         Ok(match compute {
-            ComputeDtype::F32 => Weight::F32(PackedF32::new(w)?),
-            ComputeDtype::Bf16 => Weight::Bf16(PackedBf16::new(&w, Bf16Kernel::detect())?),
+            ComputeDtype::F32 => Weight::F32(PackedF32::new(&values, k, n).map_err(pack)?),
+            ComputeDtype::Bf16 => {
+                Weight::Bf16(PackedBf16::new(&values, k, n, Bf16Kernel::detect()).map_err(pack)?)
+            }
         })
     }
 }
@@ -151,13 +159,13 @@ impl Linear {
     }
 
     /// `x` is (rows, in) row-major; returns (rows, out).
-    fn forward(&self, x: &[f32], rows: usize) -> candle_core::Result<Vec<f32>> {
+    fn forward(&self, x: &[f32], rows: usize) -> llmembed_kernels::Result<Vec<f32>> {
         let mut y = match &self.w {
             Weight::F32(w) => w.matmul(x, rows)?,
             Weight::Bf16(w) => w.matmul(x, rows)?,
         };
         if let Some(b) = &self.b {
-            kernels::add_bias(&mut y, b);
+            Rows::best().add_bias(&mut y, b);
         }
         Ok(y)
     }
@@ -223,24 +231,29 @@ pub(crate) struct Decoder {
 }
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |e| Error::compute(op, super::candle_message(&e))
+    move |e| Error::compute(op, candle_message(&e))
+}
+
+/// A kernel error inside `op` (its message starts with the kernel's own op).
+fn kerr(op: &'static str) -> impl Fn(llmembed_kernels::Error) -> Error {
+    move |e| Error::compute(op, e)
 }
 
 impl Decoder {
     fn norm(&self, x: &[f32], n: &Norm) -> Vec<f32> {
         let eps = self.cfg.eps as f32;
         match n {
-            Norm::Rms { weight } => kernels::rms_norm(x, weight, eps),
-            Norm::Layer { weight, bias } => kernels::layer_norm(x, weight, bias, eps),
+            Norm::Rms { weight } => Rows::best().rms_norm(x, weight, eps),
+            Norm::Layer { weight, bias } => Rows::best().layer_norm(x, weight, bias, eps),
         }
     }
 
     /// `x += y`, then `n` of the new `x`.
     fn add_norm(&self, x: &mut [f32], y: &[f32], n: &Norm) -> Vec<f32> {
         match n {
-            Norm::Rms { weight } => kernels::add_rms_norm(x, y, weight, self.cfg.eps as f32),
+            Norm::Rms { weight } => Rows::best().add_rms_norm(x, y, weight, self.cfg.eps as f32),
             Norm::Layer { .. } => {
-                kernels::add_assign(x, y);
+                Rows::best().add_assign(x, y);
                 self.norm(x, n)
             }
         }
@@ -269,7 +282,7 @@ impl Decoder {
         rope: &Rope,
         window: Option<usize>,
     ) -> Result<Vec<f32>> {
-        let e = cerr("attention");
+        let e = kerr("attention");
         let rows = h.len() / self.cfg.hidden;
         let qkv = blk.qkv.forward(h, rows).map_err(&e)?;
         let layer = LayerAttention {
@@ -283,35 +296,26 @@ impl Decoder {
     }
 
     fn mlp(&self, blk: &Block, h: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let e = cerr("mlp");
+        let e = kerr("mlp");
         let gelu = self.cfg.activation == Activation::GeluTanh;
         match &blk.mlp {
             Mlp::Gated { gate_up, down } => {
                 let gu = gate_up.forward(h, rows).map_err(&e)?;
-                let a = kernels::gated(&gu, self.cfg.ffn, gelu);
+                let a = Rows::best().gated(&gu, self.cfg.ffn, gelu);
                 down.forward(&a, rows).map_err(&e)
             }
             Mlp::Plain { up, down } => {
                 let mut a = up.forward(h, rows).map_err(&e)?;
-                kernels::activate(&mut a, gelu);
+                Rows::best().activate(&mut a, gelu);
                 down.forward(&a, rows).map_err(&e)
             }
         }
     }
 
-    /// Runs the blocks up to `deepest` (the deepest tap, from `check_taps`) over the batch's
-    /// tokens packed row after row (no padding); returns per tap the pooled (batch, hidden)
-    /// vectors, row-major. States are pooled as soon as they are produced, so no layer's full
-    /// states are kept.
-    fn forward(
-        &self,
-        batch: &[&[u32]],
-        taps: &[Tap],
-        pooling: Pooling,
-        deepest: usize,
-    ) -> Result<Vec<Vec<f32>>> {
+    /// The embedding output of the batch's tokens, packed row after row, after checking the
+    /// sequences against the model (not empty, within its context, ids within its vocabulary).
+    fn embeddings(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<f32>> {
         let c = &self.cfg;
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let t = *lens.iter().max().unwrap_or(&0);
         if let Some(i) = lens.iter().position(|&l| l == 0) {
             return Err(Error::param(
@@ -348,6 +352,25 @@ impl Decoder {
         if let Some(s) = c.embed_scale {
             x.iter_mut().for_each(|v| *v *= s);
         }
+        Ok(x)
+    }
+
+    /// Runs the blocks up to `deepest` (the deepest tap, from `check_taps`) over the batch's
+    /// tokens packed row after row (no padding); returns per tap the pooled (batch, hidden)
+    /// vectors, row-major. States are pooled as soon as they are produced, so no layer's full
+    /// states are kept.
+    fn forward(
+        &self,
+        batch: &[&[u32]],
+        taps: &[Tap],
+        pooling: Pooling,
+        deepest: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let c = &self.cfg;
+        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        let t = *lens.iter().max().unwrap_or(&0);
+        let mut x = self.embeddings(batch, &lens)?;
+        let rows = x.len() / c.hidden;
 
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
         // Pools `states` (once) into the slot of every tap that `wants` them.
@@ -395,7 +418,7 @@ impl Decoder {
             // A parallel block's MLP reads the same normed input as its attention.
             let h_mlp = match &blk.ffn_norm {
                 None => {
-                    kernels::add_assign(&mut x, &a);
+                    Rows::best().add_assign(&mut x, &a);
                     h
                 }
                 Some(n) => self.add_norm(&mut x, &a, n),
@@ -407,7 +430,7 @@ impl Decoder {
             h = match self.blocks.get(l + 1) {
                 Some(next) if l + 1 < deepest => self.add_norm(&mut x, &m, &next.attn_norm),
                 _ => {
-                    kernels::add_assign(&mut x, &m);
+                    Rows::best().add_assign(&mut x, &m);
                     Vec::new()
                 }
             };

@@ -10,12 +10,12 @@
 
 use llmembed_core::Result;
 
-use super::LoadSpec;
-use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
-};
+use super::arch::{Arch, Window};
+use super::decoder::{Activation, Config, Decoder, Embeddings, Norm, RopeStyle};
 use super::gguf::GgufFile;
+use super::llama::block;
 use super::tokenizer::DecoderTokenizer;
+use crate::embedder::LoadSpec;
 
 /// HF Gemma3TextConfig defaults that GGUF files do not carry.
 const ROPE_LOCAL_BASE: f32 = 10_000.0;
@@ -37,32 +37,22 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     // HF: scaling = query_pre_attn_scalar ** -0.5 with query_pre_attn_scalar = head_dim
     // (llama.cpp makes the same choice for every size but 27B).
     let attn_scale = 1.0 / (head_dim as f64).sqrt();
-    let is_global = |l: usize| (l + 1).is_multiple_of(SLIDING_WINDOW_PATTERN);
+    // Five local (sliding-window) layers, then a global one.
+    let is_global = |l: usize| {
+        Arch::Gemma3.traits().window != Window::LocalGlobal
+            || (l + 1).is_multiple_of(SLIDING_WINDOW_PATTERN)
+    };
     let tokenizer = DecoderTokenizer::from_gguf(&f, p)?;
     let compute = spec.compute;
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
-    let mut blocks = Vec::with_capacity(n_layers);
-    for l in 0..n_layers {
-        let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
-        blocks.push(Block {
-            attn_norm: Norm::rms(&t("attn_norm")?)?,
-            qkv: Linear::new(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], None, compute)?,
-            q_norm: Some(vector(&t("attn_q_norm")?)?),
-            k_norm: Some(vector(&t("attn_k_norm")?)?),
-            o: Linear::new(&[t("attn_output")?], None, compute)?,
-            post_attn_norm: Some(Norm::rms(&t("post_attention_norm")?)?),
-            ffn_norm: Some(Norm::rms(&t("ffn_norm")?)?),
-            mlp: Mlp::Gated {
-                gate_up: Linear::new(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
-                down: Linear::new(&[t("ffn_down")?], None, compute)?,
-            },
-            post_ffn_norm: Some(Norm::rms(&t("post_ffw_norm")?)?),
-        });
-    }
+    let traits = Arch::Gemma3.traits();
+    let blocks = (0..n_layers)
+        .map(|l| block(&mut f, l, &traits, compute))
+        .collect::<Result<Vec<_>>>()?;
     let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
-        arch: "gemma3",
+        arch: Arch::Gemma3.name(),
         hidden,
         n_layers,
         n_heads,
@@ -70,7 +60,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         head_dim,
         ffn,
         eps,
-        embed_scale: Some((hidden as f32).sqrt()),
+        embed_scale: traits.embed_scale.then(|| (hidden as f32).sqrt()),
         activation: Activation::GeluTanh,
         rotary_dim: head_dim,
         parallel_block: false,

@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use llmembed_core::{Error, Result};
 
-use super::{candle_message, candle_root, file_error};
+use super::errors::{candle_message, candle_root, file_error};
 
 pub(crate) struct GgufFile {
     pub path: PathBuf,

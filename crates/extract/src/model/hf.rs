@@ -13,23 +13,21 @@
 //! with `torch_dtype=float32`. Anything the code does not implement (rope scaling, sliding
 //! windows on qwen, phi's q/k LayerNorm) is an error naming the config field, never ignored.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::arch::{Arch, Traits, Window};
 use super::decoder::{
     Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
 };
+use super::errors::{candle_message, file_error};
+use super::safetensors::{Shards, check_safetensors, weight_files};
 use super::tokenizer::DecoderTokenizer;
-use super::{LoadSpec, candle_message, file_error, hex_bytes};
-
-/// The `model_type`s this module loads.
-pub(crate) const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "phi"];
+use crate::embedder::{ComputeDtype, LoadSpec};
 
 #[derive(Debug, Deserialize)]
 struct HfConfig {
@@ -69,36 +67,8 @@ struct HfConfig {
     sliding_window: Option<usize>,
 }
 
-/// The safetensors files behind `weights`: the file itself, or the shards its index lists.
-pub(crate) fn weight_files(weights: &Path) -> Result<Vec<PathBuf>> {
-    let name = weights.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !name.ends_with(".index.json") {
-        return Ok(vec![weights.to_path_buf()]);
-    }
-    let raw = std::fs::read_to_string(weights)
-        .map_err(|e| Error::io("read safetensors index", weights, e))?;
-    let index: Value =
-        serde_json::from_str(&raw).map_err(|e| file_error(weights, format!("not JSON: {e}")))?;
-    let map = index
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| file_error(weights, "field `weight_map` is missing or not a map"))?;
-    let dir = weights.parent().unwrap_or(Path::new("."));
-    let mut shards = BTreeSet::new();
-    for (tensor, file) in map {
-        let f = file.as_str().ok_or_else(|| {
-            file_error(
-                weights,
-                format!("field `weight_map`: `{tensor}`: not a file name"),
-            )
-        })?;
-        shards.insert(f.to_string());
-    }
-    Ok(shards.into_iter().map(|f| dir.join(f)).collect())
-}
-
 struct Weights {
-    st: MmapedSafetensors,
+    st: Shards,
     prefix: &'static str,
     files: String,
 }
@@ -118,41 +88,115 @@ impl Weights {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.st.get(&format!("{}{name}", self.prefix)).is_ok()
+        self.st.has(&format!("{}{name}", self.prefix))
+    }
+
+    /// `{name}.{what}` for each of `names`.
+    fn all(&self, names: &[String], what: &str) -> Result<Vec<Tensor>> {
+        names
+            .iter()
+            .map(|n| self.get(&format!("{n}.{what}")))
+            .collect()
+    }
+
+    /// The dense layer of `names` fused along their outputs, with their biases when `bias`.
+    fn linear(&self, names: &[String], bias: bool, compute: ComputeDtype) -> Result<Linear> {
+        let bs = if bias {
+            Some(self.all(names, "bias")?)
+        } else {
+            None
+        };
+        Linear::new(&self.all(names, "weight")?, bs.as_deref(), compute)
+    }
+
+    fn norm(&self, name: &str, traits: &Traits) -> Result<Norm> {
+        let weight = self.get(&format!("{name}.weight"))?;
+        if traits.layer_norm {
+            Norm::layer(&weight, &self.get(&format!("{name}.bias"))?)
+        } else {
+            Norm::rms(&weight)
+        }
     }
 }
 
-/// Loads a decoder whose `config.json` (already read, as the text `config`) names `arch`, one of
-/// [`MODEL_TYPES`].
-pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<Decoder> {
+/// The config values the decoder needs, checked.
+struct Shape {
+    hidden: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rotary_dim: usize,
+    theta: f32,
+    eps: f64,
+    activation: Activation,
+    window: Option<usize>,
+}
+
+/// Loads a decoder whose `config.json` (already read, as the text `config`) names `arch`.
+pub(crate) fn load(spec: &LoadSpec, arch: Arch, config: &str) -> Result<Decoder> {
     let config_path = spec.config_path();
-    let tok_path = spec.tokenizer_path();
     // From the text, so that a bad value's error says where it is (line and column).
     let c: HfConfig = serde_json::from_str(config)
         .map_err(|e| file_error(&config_path, format!("not a decoder config: {e}")))?;
-    let bad =
-        |field: &str, msg: String| file_error(&config_path, format!("field `{field}`: {msg}"));
-    let is_phi = arch == "phi";
+    let traits = arch.traits();
+    let shape = check_config(&c, arch, &config_path)?;
+    // The small files first, so that a bad one is named before the weights are read.
+    let tokenizer = DecoderTokenizer::from_file(&spec.tokenizer_path())?;
+    let w = read_weights(&spec.weights)?;
+    let file_dtype =
+        w.st.dtype(&format!("{}embed_tokens.weight", w.prefix))
+            .map_err(|e| {
+                Error::compute(
+                    "read safetensors tensor",
+                    format!("{}: {}", w.files, candle_message(&e)),
+                )
+            })?;
+    let blocks = (0..c.num_hidden_layers)
+        .map(|l| block(&w, l, &c, &traits, spec.compute))
+        .collect::<Result<Vec<_>>>()?;
+    let final_norm = if traits.parallel_block {
+        "final_layernorm"
+    } else {
+        "norm"
+    };
+    let final_norm = w.norm(final_norm, &traits)?;
+    let embed = Embeddings::Dense(w.get("embed_tokens.weight")?);
+    let n = c.num_hidden_layers;
+    let cfg = Config {
+        arch: arch.name(),
+        hidden: shape.hidden,
+        n_layers: n,
+        n_heads: shape.n_heads,
+        n_kv_heads: shape.n_kv_heads,
+        head_dim: shape.head_dim,
+        ffn: c.intermediate_size,
+        eps: shape.eps,
+        embed_scale: None,
+        activation: shape.activation,
+        rope_style: RopeStyle::Halves,
+        rotary_dim: shape.rotary_dim,
+        parallel_block: traits.parallel_block,
+        attn_scale: 1.0 / (shape.head_dim as f64).sqrt(),
+        rope_theta: vec![shape.theta; n],
+        window: vec![shape.window; n],
+        context_length: c.max_position_embeddings,
+    };
+    Ok(Decoder {
+        cfg,
+        embed,
+        blocks,
+        final_norm,
+        tokenizer,
+        compute: spec.compute,
+        weights_note: format!("safetensors({file_dtype})"),
+    })
+}
 
-    // RoPE: base, type and the rotated fraction, wherever this transformers version put them.
-    let rp = c.rope_parameters.as_ref();
-    let rp_f64 = |k: &str| rp.and_then(|v| v.get(k)).and_then(Value::as_f64);
-    let theta = rp_f64("rope_theta").or(c.rope_theta).unwrap_or(10_000.0) as f32;
-    let rope_type = rp
-        .and_then(|v| v.get("rope_type"))
-        .or_else(|| {
-            c.rope_scaling
-                .as_ref()
-                .and_then(|v| v.get("rope_type").or(v.get("type")))
-        })
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    if rope_type != "default" {
-        return Err(bad(
-            "rope_parameters.rope_type",
-            format!("rope scaling `{rope_type}` is not supported (only default)"),
-        ));
-    }
+/// Checks the config against what the code implements (anything else is an error naming the
+/// field) and derives the attention shape.
+fn check_config(c: &HfConfig, arch: Arch, config_path: &Path) -> Result<Shape> {
+    let bad = |field: &str, msg: String| file_error(config_path, format!("field `{field}`: {msg}"));
+    let (theta, factor) = rope(c, &bad)?;
     if c.use_sliding_window == Some(true) {
         return Err(bad(
             "use_sliding_window",
@@ -193,9 +237,6 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<
             ));
         }
     };
-    let factor = rp_f64("partial_rotary_factor")
-        .or(c.partial_rotary_factor)
-        .unwrap_or(1.0);
     let rotary_dim = (head_dim as f64 * factor) as usize;
     if rotary_dim == 0 || rotary_dim > head_dim || !rotary_dim.is_multiple_of(2) {
         return Err(bad(
@@ -203,30 +244,61 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<
             format!("{factor} of head_dim {head_dim} is not an even number of dims"),
         ));
     }
-    let eps = if is_phi {
-        c.layer_norm_eps
+    let traits = arch.traits();
+    let (eps, eps_field) = if traits.layer_norm {
+        (c.layer_norm_eps, "layer_norm_eps")
     } else {
-        c.rms_norm_eps
-    }
-    .ok_or_else(|| {
-        bad(
-            if is_phi {
-                "layer_norm_eps"
-            } else {
-                "rms_norm_eps"
-            },
-            "missing".into(),
-        )
-    })?;
-    let window = if arch == "mistral" {
-        c.sliding_window
-    } else {
-        None
+        (c.rms_norm_eps, "rms_norm_eps")
     };
+    let eps = eps.ok_or_else(|| bad(eps_field, "missing".into()))?;
+    let window = match traits.window {
+        Window::Config => c.sliding_window,
+        Window::None | Window::LocalGlobal => None,
+    };
+    Ok(Shape {
+        hidden: h,
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim,
+        rotary_dim,
+        theta,
+        eps,
+        activation,
+        window,
+    })
+}
 
-    // The small files first, so that a bad one is named before the weights are mapped.
-    let tokenizer = DecoderTokenizer::from_file(&tok_path)?;
-    let files = weight_files(&spec.weights)?;
+/// RoPE's base and the rotated fraction of each head, wherever this transformers version put
+/// them; any rope scaling is an error.
+fn rope(c: &HfConfig, bad: &dyn Fn(&str, String) -> Error) -> Result<(f32, f64)> {
+    let rp = c.rope_parameters.as_ref();
+    let rp_f64 = |k: &str| rp.and_then(|v| v.get(k)).and_then(Value::as_f64);
+    let theta = rp_f64("rope_theta").or(c.rope_theta).unwrap_or(10_000.0) as f32;
+    let rope_type = rp
+        .and_then(|v| v.get("rope_type"))
+        .or_else(|| {
+            c.rope_scaling
+                .as_ref()
+                .and_then(|v| v.get("rope_type").or(v.get("type")))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(bad(
+            "rope_parameters.rope_type",
+            format!("rope scaling `{rope_type}` is not supported (only default)"),
+        ));
+    }
+    let factor = rp_f64("partial_rotary_factor")
+        .or(c.partial_rotary_factor)
+        .unwrap_or(1.0);
+    Ok((theta, factor))
+}
+
+/// The safetensors files behind `weights`, checked, then read; tensor names with or without
+/// the `model.` prefix.
+fn read_weights(weights: &Path) -> Result<Weights> {
+    let files = weight_files(weights)?;
     let files_note = files
         .iter()
         .map(|f| f.display().to_string())
@@ -236,16 +308,14 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<
         if !f.is_file() {
             return Err(file_error(
                 f,
-                format!("weight file missing (listed by {})", spec.weights.display()),
+                format!("weight file missing (listed by {})", weights.display()),
             ));
         }
         check_safetensors(f)?;
     }
-    // SAFETY: the files are mapped read-only and not modified while the model lives (model
-    // files are published once into the models folder or the hub cache, never rewritten).
-    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| {
+    let st = Shards::read(&files).map_err(|e| {
         Error::compute(
-            "map safetensors",
+            "read safetensors",
             format!("{files_note}: {}", candle_message(&e)),
         )
     })?;
@@ -257,193 +327,63 @@ pub(crate) fn load(spec: &LoadSpec, arch: &'static str, config: &str) -> Result<
     if w.has("model.embed_tokens.weight") {
         w.prefix = "model.";
     }
-    let compute = spec.compute;
-    let file_dtype =
-        w.st.get(&format!("{}embed_tokens.weight", w.prefix))
-            .map(|v| format!("{:?}", v.dtype()))
-            .map_err(|e| {
-                Error::compute(
-                    "read safetensors tensor",
-                    format!("{}: {}", w.files, candle_message(&e)),
-                )
-            })?;
-    let all = |names: &[&str], what: &str| -> Result<Vec<Tensor>> {
-        names
-            .iter()
-            .map(|n| w.get(&format!("{n}.{what}")))
-            .collect()
-    };
-    let with_bias = |names: &[&str], on: bool| -> Result<Linear> {
-        let bs = if on { Some(all(names, "bias")?) } else { None };
-        Linear::new(&all(names, "weight")?, bs.as_deref(), compute)
-    };
-    let norm = |name: &str| -> Result<Norm> {
-        let weight = w.get(&format!("{name}.weight"))?;
-        if is_phi {
-            Norm::layer(&weight, &w.get(&format!("{name}.bias"))?)
-        } else {
-            Norm::rms(&weight)
-        }
-    };
-    let qkv_bias = match arch {
-        "qwen2" | "phi" => true,
-        _ => c.attention_bias.unwrap_or(false),
-    };
-    let o_bias = match arch {
-        "phi" => true,
-        "qwen2" => false,
-        _ => c.attention_bias.unwrap_or(false),
-    };
-    let mlp_bias = c.mlp_bias.unwrap_or(false);
-    let mut blocks = Vec::with_capacity(c.num_hidden_layers);
-    for l in 0..c.num_hidden_layers {
-        let p = format!("layers.{l}");
-        let a = format!("{p}.self_attn");
-        let qkv = with_bias(
-            &[
-                &format!("{a}.q_proj"),
-                &format!("{a}.k_proj"),
-                &format!("{a}.v_proj"),
-            ],
-            qkv_bias,
-        )?;
-        let block = if is_phi {
-            Block {
-                attn_norm: norm(&format!("{p}.input_layernorm"))?,
-                qkv,
-                q_norm: None,
-                k_norm: None,
-                o: with_bias(&[&format!("{a}.dense")], o_bias)?,
-                post_attn_norm: None,
-                ffn_norm: None,
-                mlp: Mlp::Plain {
-                    up: with_bias(&[&format!("{p}.mlp.fc1")], true)?,
-                    down: with_bias(&[&format!("{p}.mlp.fc2")], true)?,
-                },
-                post_ffn_norm: None,
-            }
-        } else {
-            let m = format!("{p}.mlp");
-            let qk_norm = arch == "qwen3";
-            Block {
-                attn_norm: norm(&format!("{p}.input_layernorm"))?,
-                qkv,
-                q_norm: if qk_norm {
-                    Some(vector(&w.get(&format!("{a}.q_norm.weight"))?)?)
-                } else {
-                    None
-                },
-                k_norm: if qk_norm {
-                    Some(vector(&w.get(&format!("{a}.k_norm.weight"))?)?)
-                } else {
-                    None
-                },
-                o: with_bias(&[&format!("{a}.o_proj")], o_bias)?,
-                post_attn_norm: None,
-                ffn_norm: Some(norm(&format!("{p}.post_attention_layernorm"))?),
-                mlp: Mlp::Gated {
-                    gate_up: with_bias(
-                        &[&format!("{m}.gate_proj"), &format!("{m}.up_proj")],
-                        mlp_bias,
-                    )?,
-                    down: with_bias(&[&format!("{m}.down_proj")], mlp_bias)?,
-                },
-                post_ffn_norm: None,
-            }
-        };
-        blocks.push(block);
-    }
-    let final_norm = norm(if is_phi { "final_layernorm" } else { "norm" })?;
-    let embed = Embeddings::Dense(w.get("embed_tokens.weight")?);
-    let cfg = Config {
-        arch,
-        hidden: h,
-        n_layers: c.num_hidden_layers,
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim,
-        ffn: c.intermediate_size,
-        eps,
-        embed_scale: None,
-        activation,
-        rope_style: RopeStyle::Halves,
-        rotary_dim,
-        parallel_block: is_phi,
-        attn_scale: 1.0 / (head_dim as f64).sqrt(),
-        rope_theta: vec![theta; c.num_hidden_layers],
-        window: vec![window; c.num_hidden_layers],
-        context_length: c.max_position_embeddings,
-    };
-    Ok(Decoder {
-        cfg,
-        embed,
-        blocks,
-        final_norm,
-        tokenizer,
-        compute,
-        weights_note: format!("safetensors({file_dtype})"),
-    })
+    Ok(w)
 }
 
-/// safetensors' limit on the JSON header.
-const MAX_HEADER: u64 = 100_000_000;
-
-/// Checks a safetensors file's framing before it is mapped: the 8-byte header length, the JSON
-/// header, and that every tensor's bytes lie inside the file (naming the first one, in file
-/// order, that does not). What this cannot judge is left to the safetensors reader.
-pub(crate) fn check_safetensors(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open safetensors", path, e))?;
-    let len = f
-        .metadata()
-        .map_err(|e| Error::io("open safetensors", path, e))?
-        .len();
-    let bad = |what: String| file_error(path, what);
-    let mut head = [0u8; 8];
-    if len < 8 {
-        return Err(bad(format!(
-            "not a safetensors file (it has only {len} bytes; safetensors files start with an \
-             8-byte header length)"
-        )));
-    }
-    f.read_exact(&mut head)
-        .map_err(|e| Error::io("read safetensors", path, e))?;
-    let n = u64::from_le_bytes(head);
-    if n > MAX_HEADER || n > len - 8 {
-        return Err(bad(format!(
-            "not a safetensors file, or truncated: it starts with bytes {}, a header length of \
-             {n} bytes, and the file has {len} bytes",
-            hex_bytes(&head)
-        )));
-    }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header)
-        .map_err(|e| Error::io("read safetensors", path, e))?;
-    let header: serde_json::Map<String, Value> = serde_json::from_slice(&header).map_err(|e| {
-        bad(format!(
-            "not a safetensors file (its header is not a JSON map: {e})"
-        ))
-    })?;
-    let data_start = 8 + n;
-    let mut first_cut: Option<(u64, u64, &str)> = None;
-    for (name, info) in &header {
-        let offsets = info
-            .get("data_offsets")
-            .and_then(Value::as_array)
-            .and_then(|o| Some((o.first()?.as_u64()?, o.get(1)?.as_u64()?)));
-        let Some((a, b)) = offsets else {
-            continue; // `__metadata__`, or a malformed entry the reader will name
-        };
-        let (start, end) = (data_start.saturating_add(a), data_start.saturating_add(b));
-        if end > len && first_cut.is_none_or(|(s, _, n)| (start, name.as_str()) < (s, n)) {
-            first_cut = Some((start, end, name));
+/// Block `l`, its tensors named as the architecture's HF modeling file names them.
+fn block(w: &Weights, l: usize, c: &HfConfig, t: &Traits, compute: ComputeDtype) -> Result<Block> {
+    let p = format!("layers.{l}");
+    let a = format!("{p}.self_attn");
+    let attn_bias = c.attention_bias;
+    let mlp_bias = t.mlp_bias.on(c.mlp_bias);
+    let qkv = w.linear(
+        &[
+            format!("{a}.q_proj"),
+            format!("{a}.k_proj"),
+            format!("{a}.v_proj"),
+        ],
+        t.qkv_bias.on(attn_bias),
+        compute,
+    )?;
+    let attn_norm = w.norm(&format!("{p}.input_layernorm"), t)?;
+    let qk_norm = |which: &str| -> Result<Option<Vec<f32>>> {
+        t.qk_norm
+            .then(|| vector(&w.get(&format!("{a}.{which}_norm.weight"))?))
+            .transpose()
+    };
+    let (q_norm, k_norm) = (qk_norm("q")?, qk_norm("k")?);
+    // Phi names its output projection `dense` and its MLP `fc1` / `fc2`.
+    let o_name = if t.parallel_block { "dense" } else { "o_proj" };
+    let o = w.linear(&[format!("{a}.{o_name}")], t.o_bias.on(attn_bias), compute)?;
+    // A parallel block's MLP reads the attention's norm.
+    let ffn_norm = (!t.parallel_block)
+        .then(|| w.norm(&format!("{p}.post_attention_layernorm"), t))
+        .transpose()?;
+    let m = format!("{p}.mlp");
+    let mlp = if t.gated_mlp {
+        Mlp::Gated {
+            gate_up: w.linear(
+                &[format!("{m}.gate_proj"), format!("{m}.up_proj")],
+                mlp_bias,
+                compute,
+            )?,
+            down: w.linear(&[format!("{m}.down_proj")], mlp_bias, compute)?,
         }
-    }
-    match first_cut {
-        Some((start, end, name)) => Err(bad(format!(
-            "truncated safetensors file: tensor `{name}` needs bytes {start}..{end}, the file has \
-             {len} bytes"
-        ))),
-        None => Ok(()),
-    }
+    } else {
+        Mlp::Plain {
+            up: w.linear(&[format!("{m}.fc1")], mlp_bias, compute)?,
+            down: w.linear(&[format!("{m}.fc2")], mlp_bias, compute)?,
+        }
+    };
+    Ok(Block {
+        attn_norm,
+        qkv,
+        q_norm,
+        k_norm,
+        o,
+        post_attn_norm: None,
+        ffn_norm,
+        mlp,
+        post_ffn_norm: None,
+    })
 }

@@ -3,12 +3,58 @@
 
 use llmembed_core::{Error, Result};
 
-use super::LoadSpec;
+use super::arch::{Arch, Traits};
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
 };
 use super::gguf::GgufFile;
 use super::tokenizer::DecoderTokenizer;
+use crate::embedder::{ComputeDtype, LoadSpec};
+
+/// Block `l` of a GGUF decoder, its tensors named as llama.cpp's converter names them (for
+/// every GGUF architecture): a gated MLP without biases, and the norms `traits` asks for.
+pub(crate) fn block(
+    f: &mut GgufFile,
+    l: usize,
+    traits: &Traits,
+    compute: ComputeDtype,
+) -> Result<Block> {
+    let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
+    let attn_norm = Norm::rms(&t("attn_norm")?)?;
+    let qkv = Linear::new(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], None, compute)?;
+    let (q_norm, k_norm) = if traits.qk_norm {
+        (
+            Some(vector(&t("attn_q_norm")?)?),
+            Some(vector(&t("attn_k_norm")?)?),
+        )
+    } else {
+        (None, None)
+    };
+    let o = Linear::new(&[t("attn_output")?], None, compute)?;
+    let sandwich = traits.sandwich_norms;
+    let post_attn_norm = sandwich
+        .then(|| Norm::rms(&t("post_attention_norm")?))
+        .transpose()?;
+    let ffn_norm = Some(Norm::rms(&t("ffn_norm")?)?);
+    let mlp = Mlp::Gated {
+        gate_up: Linear::new(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
+        down: Linear::new(&[t("ffn_down")?], None, compute)?,
+    };
+    let post_ffn_norm = sandwich
+        .then(|| Norm::rms(&t("post_ffw_norm")?))
+        .transpose()?;
+    Ok(Block {
+        attn_norm,
+        qkv,
+        q_norm,
+        k_norm,
+        o,
+        post_attn_norm,
+        ffn_norm,
+        mlp,
+        post_ffn_norm,
+    })
+}
 
 pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let p = "llama";
@@ -53,27 +99,13 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let compute = spec.compute;
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
-    let mut blocks = Vec::with_capacity(n_layers);
-    for l in 0..n_layers {
-        let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
-        blocks.push(Block {
-            attn_norm: Norm::rms(&t("attn_norm")?)?,
-            qkv: Linear::new(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], None, compute)?,
-            q_norm: None,
-            k_norm: None,
-            o: Linear::new(&[t("attn_output")?], None, compute)?,
-            post_attn_norm: None,
-            ffn_norm: Some(Norm::rms(&t("ffn_norm")?)?),
-            mlp: Mlp::Gated {
-                gate_up: Linear::new(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
-                down: Linear::new(&[t("ffn_down")?], None, compute)?,
-            },
-            post_ffn_norm: None,
-        });
-    }
+    let traits = Arch::Llama.traits();
+    let blocks = (0..n_layers)
+        .map(|l| block(&mut f, l, &traits, compute))
+        .collect::<Result<Vec<_>>>()?;
     let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
-        arch: "llama",
+        arch: Arch::Llama.name(),
         hidden,
         n_layers,
         n_heads,

@@ -17,6 +17,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+use super::errors::file_error;
 use super::gguf::GgufFile;
 
 const CONTROL: i64 = 3;
@@ -83,8 +84,7 @@ impl DecoderTokenizer {
 /// A `tokenizer.json` as `tokenizers` reads it; a file that is not one is named with the reason.
 pub(crate) fn read_tokenizer_json(path: &std::path::Path) -> Result<Tokenizer> {
     let raw = std::fs::read(path).map_err(|e| Error::io("read tokenizer", path, e))?;
-    Tokenizer::from_bytes(&raw)
-        .map_err(|e| super::file_error(path, format!("not a tokenizer.json: {e}")))
+    Tokenizer::from_bytes(&raw).map_err(|e| file_error(path, format!("not a tokenizer.json: {e}")))
 }
 
 fn tok_err(file: &GgufFile, e: impl std::fmt::Display) -> Error {

@@ -15,9 +15,10 @@ use llmembed_core::{Error, Result};
 use serde::Deserialize;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use crate::model::hf::check_safetensors;
-use crate::model::tokenizer::read_tokenizer_json;
-use crate::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, candle_message, file_error};
+use super::errors::{candle_message, file_error};
+use super::safetensors::check_safetensors;
+use super::tokenizer::read_tokenizer_json;
+use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
@@ -151,14 +152,13 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
         ComputeDtype::Bf16 => DType::BF16,
     };
     let device = Device::Cpu;
-    // SAFETY: the file is mapped read-only and not modified while the model lives (model files
-    // are published once into the models folder and never rewritten in place).
-    let vb = unsafe {
-        VarBuilder::from_mmaped_safetensors(std::slice::from_ref(&spec.weights), dtype, &device)
-    }
-    .map_err(|e| {
+    // Read, not mapped (mapping is `unsafe`, kept to the kernels crate): BERT checkpoints are
+    // small, and the bytes are dropped once the layers hold their tensors.
+    let bytes = std::fs::read(&spec.weights)
+        .map_err(|e| Error::io("read safetensors", &spec.weights, e))?;
+    let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &device).map_err(|e| {
         Error::compute(
-            "map safetensors",
+            "read safetensors",
             format!("{}: {}", spec.weights.display(), candle_message(&e)),
         )
     })?;

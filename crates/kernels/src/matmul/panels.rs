@@ -19,7 +19,8 @@
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
-use llmembed_core::{Error, Result};
+use crate::isa::has_avx512f;
+use crate::{Error, Result};
 use rayon::prelude::*;
 
 /// Columns of B per panel: two AVX-512 registers.
@@ -95,7 +96,7 @@ impl<T: Step> Panels<T> {
         let map = memmap2::MmapOptions::new()
             .len(bytes)
             .map_anon()
-            .map_err(|e| Error::compute("allocate weight panels", e))?;
+            .map_err(|e| Error::new("allocate weight panels", e))?;
         // Before the first write, so that the pages are huge from their first fault.
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
@@ -235,8 +236,8 @@ fn panel_matmul<K: Kernel>(a: &[K::Step], m: usize, k: usize, b: &[K::Step], n: 
             }
         }
     });
-    // SAFETY: all m * n elements were written above.
     let mut c = std::mem::ManuallyDrop::new(c);
+    // SAFETY: all m * n elements were written above, and MaybeUninit<f32> has f32's layout.
     unsafe { Vec::from_raw_parts(c.as_mut_ptr().cast(), c.len(), c.capacity()) }
 }
 
@@ -314,11 +315,6 @@ fn micro<K: Kernel>(s: &Block, a: &[K::Step], b: &[K::Step], c: &mut [MaybeUnini
     dispatch!(1 2 3 4 5 6 7 8 9 10 11 12);
 }
 
-#[cfg(target_arch = "x86_64")]
-fn has_avx512f() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
 impl Kernel for FmaF32 {
     type Step = f32;
 
@@ -368,175 +364,4 @@ impl Kernel for DotBf16 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{Block, MICRO_ROWS, PANEL, Step};
-
-    /// Packs the first steps of twelve rows (all of the same length) in whole groups of 16:
-    /// `dst[i * 12 + r] = rows[r][i]`. Returns how many steps it packed. The values move
-    /// through f32 registers as bits (unpacks and shuffles only), so u32 steps pass unchanged.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pack12<T: Step>(rows: &[&[T]; MICRO_ROWS], dst: &mut [T]) -> usize {
-        const { assert!(size_of::<T>() == 4) };
-        let depth = rows[0].len() / 16 * 16;
-        assert!(rows.iter().all(|r| r.len() >= depth) && dst.len() >= depth * MICRO_ROWS);
-        let mut i0 = 0;
-        while i0 < depth {
-            // Rows 12..16 of the 16 x 16 transpose are zero (and never stored).
-            let mut r = [_mm512_setzero_ps(); 16];
-            for (v, row) in r.iter_mut().zip(rows) {
-                // SAFETY: i0 + 16 <= depth <= the row's length.
-                *v = unsafe { _mm512_loadu_ps(row.as_ptr().add(i0).cast()) };
-            }
-            // 32-bit, then 64-bit interleaves within 128-bit lanes: b[4q + m], lane L, holds
-            // rows 4q..4q+4 at step 4L + m.
-            let mut a = [_mm512_setzero_ps(); 16];
-            for p in 0..8 {
-                a[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
-                a[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
-            }
-            let mut b = [_mm512_setzero_ps(); 16];
-            for q in 0..4 {
-                let pd = |x: __m512| _mm512_castps_pd(x);
-                let (a0, a1, a2, a3) = (
-                    pd(a[4 * q]),
-                    pd(a[4 * q + 1]),
-                    pd(a[4 * q + 2]),
-                    pd(a[4 * q + 3]),
-                );
-                b[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-                b[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-                b[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-                b[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-            }
-            // Then 128-bit lanes across the four groups of rows: step 4L + m.
-            for m in 0..4 {
-                let c0 = _mm512_shuffle_f32x4::<0x88>(b[m], b[4 + m]);
-                let c1 = _mm512_shuffle_f32x4::<0xDD>(b[m], b[4 + m]);
-                let d0 = _mm512_shuffle_f32x4::<0x88>(b[8 + m], b[12 + m]);
-                let d1 = _mm512_shuffle_f32x4::<0xDD>(b[8 + m], b[12 + m]);
-                let out = [
-                    (m, _mm512_shuffle_f32x4::<0x88>(c0, d0)),
-                    (4 + m, _mm512_shuffle_f32x4::<0x88>(c1, d1)),
-                    (8 + m, _mm512_shuffle_f32x4::<0xDD>(c0, d0)),
-                    (12 + m, _mm512_shuffle_f32x4::<0xDD>(c1, d1)),
-                ];
-                for (j, v) in out {
-                    // SAFETY: step i0 + j < depth, and dst holds depth * 12 values.
-                    unsafe {
-                        let at = dst.as_mut_ptr().add((i0 + j) * MICRO_ROWS);
-                        _mm512_mask_storeu_ps(at.cast(), 0x0FFF, v);
-                    }
-                }
-            }
-            i0 += 16;
-        }
-        depth
-    }
-
-    /// One micro-kernel: `$name::<R>(s, a, b, c)` runs R rows of A (`$step` values) times one
-    /// block of a packed panel into C. The kernels share everything but the step: how a row
-    /// of B (32 steps, two vectors `$bvec`) is loaded, how one step of A is broadcast, and the
-    /// multiply-add `acc += x . b`.
-    macro_rules! micro_kernel {
-        (
-            $(#[$doc:meta])*
-            fn $name:ident($step:ty, $features:literal, $bvec:ty) {
-                load_b: |$bp:ident| $load_b:expr,
-                broadcast: |$ap:ident| $broadcast:expr,
-                madd: |$acc:ident, $x:ident, $bv:ident| $madd:expr $(,)?
-            }
-        ) => {
-            $(#[$doc])*
-            // Index loops over the register arrays: they unroll fully (R and V are constants)
-            // and read like the algebra.
-            #[allow(clippy::needless_range_loop)]
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name<const R: usize>(
-                s: &Block,
-                a: *const $step,
-                b: *const $step,
-                c: *mut f32,
-            ) {
-                const V: usize = PANEL / 16;
-                let mut masks = [0 as __mmask16; V];
-                for (v, m) in masks.iter_mut().enumerate() {
-                    let live = s.cols.saturating_sub(16 * v).min(16);
-                    *m = if live == 16 {
-                        0xFFFF
-                    } else {
-                        ((1u32 << live) - 1) as __mmask16
-                    };
-                }
-                for r in 0..MICRO_ROWS {
-                    for v in 0..V {
-                        let at = s.prefetch_c.wrapping_add(r * s.ldc + 16 * v);
-                        _mm_prefetch::<_MM_HINT_T0>(at.cast());
-                    }
-                }
-                let mut acc = [[_mm512_setzero_ps(); V]; R];
-                if s.resume {
-                    for r in 0..R {
-                        for v in 0..V {
-                            // SAFETY: the caller checked that row r's first `cols` values lie
-                            // inside C.
-                            acc[r][v] = unsafe {
-                                _mm512_maskz_loadu_ps(masks[v], c.add(r * s.ldc + 16 * v))
-                            };
-                        }
-                    }
-                }
-                for i in 0..s.depth {
-                    if i % 2 == 0 {
-                        let at = s.prefetch_b.wrapping_add(i * PANEL);
-                        _mm_prefetch::<_MM_HINT_T1>(at.cast());
-                    }
-                    let mut bv: [$bvec; V] = [unsafe { std::mem::zeroed() }; V];
-                    for v in 0..V {
-                        // SAFETY (all reads): i < depth; B holds depth x PANEL steps, A depth
-                        // x MICRO_ROWS.
-                        let $bp = unsafe { b.add(i * PANEL + 16 * v) };
-                        bv[v] = unsafe { $load_b };
-                    }
-                    for r in 0..R {
-                        let $ap = unsafe { a.add(i * MICRO_ROWS + r) };
-                        let $x = unsafe { $broadcast };
-                        for v in 0..V {
-                            let ($acc, $bv) = (acc[r][v], bv[v]);
-                            acc[r][v] = $madd;
-                        }
-                    }
-                }
-                for r in 0..R {
-                    for v in 0..V {
-                        // SAFETY: as for the loads.
-                        unsafe {
-                            _mm512_mask_storeu_ps(c.add(r * s.ldc + 16 * v), masks[v], acc[r][v])
-                        };
-                    }
-                }
-            }
-        };
-    }
-
-    micro_kernel! {
-        /// f32 steps: `acc = fma(a, b, acc)`, one rounding per input.
-        fn micro_f32(f32, "avx512f", __m512) {
-            load_b: |p| _mm512_loadu_ps(p),
-            broadcast: |p| _mm512_set1_ps(*p),
-            madd: |acc, x, b| _mm512_fmadd_ps(x, b, acc),
-        }
-    }
-
-    micro_kernel! {
-        /// bf16 pair steps: `vdpbf16ps`, which (Intel SDM) adds the product of the pair's high
-        /// halves (input 2p + 1), then of its low halves (input 2p), each exact in f32 and each
-        /// sum rounded to nearest even, with denormal inputs and outputs flushed to zero.
-        fn micro_bf16(u32, "avx512f,avx512bf16", __m512bh) {
-            load_b: |p| std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast())),
-            broadcast: |p| std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*p as i32)),
-            madd: |acc, x, b| _mm512_dpbf16_ps(acc, x, b),
-        }
-    }
-}
+mod avx512;

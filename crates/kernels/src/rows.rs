@@ -4,42 +4,17 @@
 //! Why not candle ops: for a 135M model the matrix products on AMX take a fraction of the time,
 //! and candle's element-wise ops (single-threaded scalar maps, a copy per op, libm `exp` per
 //! element) took more. Each kernel here is compiled twice, for the baseline target and for
-//! AVX-512 (picked at run time); the code and so the result is the same either way.
+//! AVX-512 (picked by an [`Isa`]); the code and so the result is the same either way (tested
+//! bit for bit in `tests/rows.rs`).
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::isa::{Isa, multiversion};
+
 /// Rows per rayon task: enough work to amortise the hand-off.
 const ROWS_PER_TASK: usize = 16;
-
-/// `multiversion!` turns `fn name(args) body` into a function that runs `body` compiled with
-/// AVX-512 where the CPU has it, and compiled for the baseline target elsewhere.
-macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            #[allow(clippy::too_many_arguments)]
-            fn generic($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn wide($($arg: $ty),*) {
-                generic($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F.
-                return unsafe { wide($($arg),*) };
-            }
-            generic($($arg),*)
-        }
-    };
-}
-
-pub(crate) use multiversion;
 
 /// exp(x) for f32 by range reduction and the Cephes `expf` polynomial (within 2 ulp of libm
 /// on the range that matters; clamped to stay finite), written branch-free so that loops over
@@ -107,7 +82,7 @@ fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
 }
 
 multiversion! {
-    fn rms_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    fn rms_rows(isa: Isa, x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
         let h = w.len();
         for (x, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
             rms_row(x, w, eps, o);
@@ -116,7 +91,7 @@ multiversion! {
 }
 
 multiversion! {
-    fn layer_norm_rows(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    fn layer_norm_rows(isa: Isa, x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
         let h = w.len();
         for (x, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
             let mean = sums(x).1 / h as f32;
@@ -155,19 +130,8 @@ where
     out
 }
 
-/// HF RMSNorm in f32 (`x * rsqrt(mean(x^2) + eps) * w`) of every row.
-pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let chunk = w.len() * ROWS_PER_TASK;
-    // SAFETY: rms_rows writes every value of its output rows, as many as its input rows.
-    unsafe {
-        par_uninit(x.len(), chunk, |i, o| {
-            rms_rows(&x[i * chunk..i * chunk + o.len()], w, eps, o)
-        })
-    }
-}
-
 multiversion! {
-    fn add_rms_rows(x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    fn add_rms_rows(isa: Isa, x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
         let h = w.len();
         let rows = x.chunks_exact_mut(h).zip(y.chunks_exact(h)).zip(out.chunks_exact_mut(h));
         for ((x, y), o) in rows {
@@ -179,64 +143,22 @@ multiversion! {
     }
 }
 
-/// `x += y`, then the RMSNorm of every row of the new `x` (as [`add_assign`] then
-/// [`rms_norm`], bit for bit): one pass over the rows instead of two, and one fork instead of
-/// two.
-pub(crate) fn add_rms_norm(x: &mut [f32], y: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let chunk = w.len() * ROWS_PER_TASK;
-    let len = x.len();
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk)
-        .zip(x.par_chunks_mut(chunk))
-        .zip(y.par_chunks(chunk))
-        .for_each(|((o, x), y)| add_rms_rows(x, y, w, eps, o));
-    // SAFETY: add_rms_rows wrote every value of every output row, one per row of x.
-    unsafe { out.set_len(len) };
-    out
-}
-
-/// LayerNorm (biased variance, like torch) of every row.
-pub(crate) fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
-    let chunk = w.len() * ROWS_PER_TASK;
-    // SAFETY: as for rms_norm.
-    unsafe {
-        par_uninit(x.len(), chunk, |i, o| {
-            layer_norm_rows(&x[i * chunk..i * chunk + o.len()], w, b, eps, o)
-        })
-    }
-}
-
 multiversion! {
-    fn add_chunk(x: &mut [f32], y: &[f32]) {
+    fn add_chunk(isa: Isa, x: &mut [f32], y: &[f32]) {
         for (x, y) in x.iter_mut().zip(y) {
             *x += y;
         }
     }
 }
 
-/// `x += y`.
-pub(crate) fn add_assign(x: &mut [f32], y: &[f32]) {
-    const CHUNK: usize = 1 << 14;
-    x.par_chunks_mut(CHUNK)
-        .zip(y.par_chunks(CHUNK))
-        .for_each(|(x, y)| add_chunk(x, y));
-}
-
 multiversion! {
-    fn bias_rows(x: &mut [f32], b: &[f32]) {
+    fn bias_rows(isa: Isa, x: &mut [f32], b: &[f32]) {
         for row in x.chunks_exact_mut(b.len()) {
             for (x, b) in row.iter_mut().zip(b) {
                 *x += b;
             }
         }
     }
-}
-
-/// Adds `b` to every row of `x`.
-pub(crate) fn add_bias(x: &mut [f32], b: &[f32]) {
-    x.par_chunks_mut(b.len() * ROWS_PER_TASK)
-        .for_each(|x| bias_rows(x, b));
 }
 
 /// The MLP activation: GELU (tanh form) or SiLU. The flag is loop-invariant in the kernels
@@ -247,7 +169,7 @@ fn act(x: f32, gelu: bool) -> f32 {
 }
 
 multiversion! {
-    fn gated_rows(gu: &[f32], f: usize, gelu: bool, out: &mut [MaybeUninit<f32>]) {
+    fn gated_rows(isa: Isa, gu: &[f32], f: usize, gelu: bool, out: &mut [MaybeUninit<f32>]) {
         for (gu, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
             let (g, u) = gu.split_at(f);
             for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
@@ -258,27 +180,115 @@ multiversion! {
 }
 
 multiversion! {
-    fn act_chunk(x: &mut [f32], gelu: bool) {
+    fn act_chunk(isa: Isa, x: &mut [f32], gelu: bool) {
         for v in x.iter_mut() {
             *v = act(*v, gelu);
         }
     }
 }
 
-/// `act(gate) * up` for rows holding `[gate (f) | up (f)]`: (rows, f).
-pub(crate) fn gated(gu: &[f32], f: usize, gelu: bool) -> Vec<f32> {
-    let chunk = f * ROWS_PER_TASK;
-    // SAFETY: gated_rows writes every value of its output rows, one per input row.
-    unsafe {
-        par_uninit(gu.len() / 2, chunk, |i, o| {
-            gated_rows(&gu[2 * i * chunk..2 * (i * chunk + o.len())], f, gelu, o)
-        })
-    }
-}
+/// The row kernels compiled for one instruction-set level; every level gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows(Isa);
 
-/// `act(x)` in place.
-pub(crate) fn activate(x: &mut [f32], gelu: bool) {
-    x.par_chunks_mut(1 << 14).for_each(|x| act_chunk(x, gelu));
+impl Rows {
+    /// The kernels at `isa`.
+    pub fn new(isa: Isa) -> Rows {
+        Rows(isa)
+    }
+
+    /// The kernels at the widest level this CPU runs.
+    pub fn best() -> Rows {
+        Rows(Isa::best())
+    }
+
+    /// The level they run at.
+    pub fn isa(self) -> Isa {
+        self.0
+    }
+
+    /// HF RMSNorm in f32 (`x * rsqrt(mean(x^2) + eps) * w`) of every row.
+    pub fn rms_norm(self, x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        let isa = self.0;
+        let chunk = w.len() * ROWS_PER_TASK;
+        // SAFETY: rms_rows writes every value of its output rows, as many as its input rows.
+        unsafe {
+            par_uninit(x.len(), chunk, |i, o| {
+                rms_rows(isa, &x[i * chunk..i * chunk + o.len()], w, eps, o)
+            })
+        }
+    }
+
+    /// `x += y`, then the RMSNorm of every row of the new `x` (as [`Rows::add_assign`] then
+    /// [`Rows::rms_norm`], bit for bit): one pass over the rows instead of two, and one fork instead of
+    /// two.
+    pub fn add_rms_norm(self, x: &mut [f32], y: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+        let isa = self.0;
+        let chunk = w.len() * ROWS_PER_TASK;
+        let len = x.len();
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks_mut(chunk))
+            .zip(y.par_chunks(chunk))
+            .for_each(|((o, x), y)| add_rms_rows(isa, x, y, w, eps, o));
+        // SAFETY: add_rms_rows wrote every value of every output row, one per row of x.
+        unsafe { out.set_len(len) };
+        out
+    }
+
+    /// LayerNorm (biased variance, like torch) of every row.
+    pub fn layer_norm(self, x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+        let isa = self.0;
+        let chunk = w.len() * ROWS_PER_TASK;
+        // SAFETY: as for rms_norm.
+        unsafe {
+            par_uninit(x.len(), chunk, |i, o| {
+                layer_norm_rows(isa, &x[i * chunk..i * chunk + o.len()], w, b, eps, o)
+            })
+        }
+    }
+
+    /// `x += y`.
+    pub fn add_assign(self, x: &mut [f32], y: &[f32]) {
+        let isa = self.0;
+        const CHUNK: usize = 1 << 14;
+        x.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .for_each(|(x, y)| add_chunk(isa, x, y));
+    }
+
+    /// Adds `b` to every row of `x`.
+    pub fn add_bias(self, x: &mut [f32], b: &[f32]) {
+        let isa = self.0;
+        x.par_chunks_mut(b.len() * ROWS_PER_TASK)
+            .for_each(|x| bias_rows(isa, x, b));
+    }
+
+    /// `act(gate) * up` for rows holding `[gate (f) | up (f)]`: (rows, f).
+    pub fn gated(self, gu: &[f32], f: usize, gelu: bool) -> Vec<f32> {
+        let isa = self.0;
+        let chunk = f * ROWS_PER_TASK;
+        // SAFETY: gated_rows writes every value of its output rows, one per input row.
+        unsafe {
+            par_uninit(gu.len() / 2, chunk, |i, o| {
+                gated_rows(
+                    isa,
+                    &gu[2 * i * chunk..2 * (i * chunk + o.len())],
+                    f,
+                    gelu,
+                    o,
+                )
+            })
+        }
+    }
+
+    /// `act(x)` in place.
+    pub fn activate(self, x: &mut [f32], gelu: bool) {
+        let isa = self.0;
+        x.par_chunks_mut(1 << 14)
+            .for_each(|x| act_chunk(isa, x, gelu));
+    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::kernels::{self, multiversion};
+use crate::isa::{Isa, multiversion};
+use crate::rows;
 
 /// What the kernel needs to know about the model.
-pub(crate) struct AttentionShape {
+pub struct AttentionShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -28,7 +29,7 @@ pub(crate) struct AttentionShape {
 }
 
 /// cos/sin tables of one RoPE base for positions `0..t`: (t, rotary_dim / 2) each.
-pub(crate) struct Rope {
+pub struct Rope {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
 }
@@ -53,7 +54,7 @@ impl Rope {
 }
 
 /// What one block adds to the model's [`AttentionShape`].
-pub(crate) struct LayerAttention<'a> {
+pub struct LayerAttention<'a> {
     pub rope: &'a Rope,
     /// Sliding window (keys within the last `window` positions), or global attention.
     pub window: Option<usize>,
@@ -65,7 +66,13 @@ pub(crate) struct LayerAttention<'a> {
 /// `qkv` holds, per packed row, q (n_heads * head_dim), k and v (n_kv_heads * head_dim each);
 /// `lens` are the sequences' lengths in row order. Returns the attention output before the
 /// output projection: per row, n_heads * head_dim.
-pub(crate) fn attend(
+pub fn attend(s: &AttentionShape, layer: &LayerAttention, qkv: &[f32], lens: &[usize]) -> Vec<f32> {
+    attend_on(Isa::best(), s, layer, qkv, lens)
+}
+
+/// [`attend`] at a given instruction-set level (every level gives the same bits).
+pub fn attend_on(
+    isa: Isa,
     s: &AttentionShape,
     layer: &LayerAttention,
     qkv: &[f32],
@@ -92,7 +99,7 @@ pub(crate) fn attend(
         out.fill(MaybeUninit::new(0.0));
         // SAFETY: every value was just written, and MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        attend_sequence(s, layer, qkv, len, out)
+        attend_sequence(isa, s, layer, qkv, len, out)
     });
     // SAFETY: the sequences' chunks cover all rows * q_dim values, and each was zeroed above.
     unsafe { out.set_len(rows * q_dim) };
@@ -116,6 +123,7 @@ multiversion! {
     /// output over the keys in order, so the result depends neither on the vector width nor on
     /// the tiling.
     fn attend_sequence(
+        isa: Isa,
         s: &AttentionShape,
         layer: &LayerAttention,
         qkv: &[f32],
@@ -166,7 +174,7 @@ multiversion! {
                     let first_key = window_start(i0);
                     let keys = first_key / KEY_BLOCK * KEY_BLOCK..(last + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
                     let tile = &queries[i0 * hd..(i0 + QUERY_TILE) * hd];
-                    score_tile(tile, s.scale, &keys_t, padded, keys, &mut probs);
+                    score_tile(isa, tile, s.scale, &keys_t, padded, keys, &mut probs);
                     // Softmax over each query's own keys; zero weight for the tile's other keys.
                     for (i, row) in (i0..=last).zip(probs.chunks_exact_mut(padded)) {
                         let lo = window_start(i);
@@ -175,7 +183,7 @@ multiversion! {
                         let live = &mut row[lo..=i];
                         let max = max16(live);
                         for v in live.iter_mut() {
-                            *v = kernels::exp(*v - max);
+                            *v = rows::exp(*v - max);
                         }
                         let sum = sum16(live);
                         for v in live.iter_mut() {
@@ -184,7 +192,7 @@ multiversion! {
                     }
                     let rows = &mut out[i0 * q_dim..];
                     let mut sink = OutputTile { rows, queries: last + 1 - i0, q_dim, at: h * hd };
-                    weighted_tile(&probs, padded, first_key..last + 1, &values, hd, &mut sink);
+                    weighted_tile(isa, &probs, padded, first_key..last + 1, &values, hd, &mut sink);
                 }
             }
         }
@@ -196,6 +204,7 @@ multiversion! {
 /// `keys_t` is (head_dim, padded).
 #[inline(always)]
 fn score_tile(
+    isa: Isa,
     tile: &[f32],
     scale: f32,
     keys_t: &[f32],
@@ -211,11 +220,11 @@ fn score_tile(
     while j0 < keys.end {
         let blocks = ((keys.end - j0) / KEY_BLOCK).min(TILE_BLOCKS);
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if isa.is_avx512() {
             macro_rules! dispatch {
                 ($($n:literal)*) => {
                     match blocks {
-                        // SAFETY: the CPU has AVX-512F, and the asserts bound every access.
+                        // SAFETY: an AVX-512 `isa` means the CPU has AVX-512F, and the asserts bound every access.
                         $($n => unsafe { avx512::score_tile::<$n>(tile, scale, keys_t, padded, j0, scores) },)*
                         _ => unreachable!(),
                     }
@@ -256,6 +265,7 @@ struct OutputTile<'a> {
 /// leaves a sum's bits as they were), `values` (keys, head_dim).
 #[inline(always)]
 fn weighted_tile(
+    isa: Isa,
     probs: &[f32],
     padded: usize,
     keys: std::ops::Range<usize>,
@@ -268,13 +278,13 @@ fn weighted_tile(
     assert!(out.queries == 0 || out.rows.len() >= (out.queries - 1) * out.q_dim + out.at + hd);
     let mut d0 = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if isa.is_avx512() {
         while d0 + 16 <= hd {
             let blocks = ((hd - d0) / 16).min(TILE_BLOCKS);
             macro_rules! dispatch {
                 ($($n:literal)*) => {
                     match blocks {
-                        // SAFETY: the CPU has AVX-512F, and the asserts bound every access.
+                        // SAFETY: an AVX-512 `isa` means the CPU has AVX-512F, and the asserts bound every access.
                         $($n => unsafe { avx512::weighted_tile::<$n>(probs, padded, keys.clone(), values, hd, d0, out) },)*
                         _ => unreachable!(),
                     }
@@ -297,90 +307,7 @@ fn weighted_tile(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    use super::{KEY_BLOCK, OutputTile, QUERY_TILE};
-
-    /// [`super::score_tile`] for N key blocks from `j0`, its QUERY_TILE x N sums in registers.
-    /// The same arithmetic as the portable loop, `acc + q_d * k` rounded twice, so the same
-    /// bits.
-    // Index loops over the register arrays: they unroll fully (the bounds are constants).
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn score_tile<const N: usize>(
-        tile: &[f32],
-        scale: f32,
-        keys_t: &[f32],
-        padded: usize,
-        j0: usize,
-        scores: &mut [f32],
-    ) {
-        let hd = tile.len() / QUERY_TILE;
-        let mut acc = [[_mm512_setzero_ps(); N]; QUERY_TILE];
-        let keys = keys_t.as_ptr().wrapping_add(j0);
-        for d in 0..hd {
-            let mut k = [_mm512_setzero_ps(); N];
-            for b in 0..N {
-                // SAFETY: the caller checked that row d's keys j0..j0 + N * 16 lie in keys_t.
-                k[b] = unsafe { _mm512_loadu_ps(keys.add(d * padded + b * KEY_BLOCK)) };
-            }
-            for q in 0..QUERY_TILE {
-                let qv = _mm512_set1_ps(tile[q * hd + d]);
-                for b in 0..N {
-                    acc[q][b] = _mm512_add_ps(acc[q][b], _mm512_mul_ps(qv, k[b]));
-                }
-            }
-        }
-        let scale = _mm512_set1_ps(scale);
-        for q in 0..QUERY_TILE {
-            for b in 0..N {
-                // SAFETY: the caller checked that scores holds QUERY_TILE rows of `padded`.
-                unsafe {
-                    let dst = scores.as_mut_ptr().add(q * padded + j0 + b * KEY_BLOCK);
-                    _mm512_storeu_ps(dst, _mm512_mul_ps(acc[q][b], scale));
-                }
-            }
-        }
-    }
-
-    /// [`super::weighted_tile`] for N blocks of 16 head dims from `d0`, its QUERY_TILE x N
-    /// sums in registers: `acc + p * v` rounded twice, in key order, like the portable loop.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn weighted_tile<const N: usize>(
-        probs: &[f32],
-        padded: usize,
-        keys: std::ops::Range<usize>,
-        values: &[f32],
-        hd: usize,
-        d0: usize,
-        out: &mut OutputTile,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); N]; QUERY_TILE];
-        for j in keys {
-            let mut v = [_mm512_setzero_ps(); N];
-            for b in 0..N {
-                // SAFETY: the caller checked that values holds the tile's keys.
-                v[b] = unsafe { _mm512_loadu_ps(values.as_ptr().add(j * hd + d0 + 16 * b)) };
-            }
-            for q in 0..QUERY_TILE {
-                let p = _mm512_set1_ps(probs[q * padded + j]);
-                for b in 0..N {
-                    acc[q][b] = _mm512_add_ps(acc[q][b], _mm512_mul_ps(p, v[b]));
-                }
-            }
-        }
-        for q in 0..out.queries {
-            for b in 0..N {
-                let at = q * out.q_dim + out.at + d0 + 16 * b;
-                assert!(at + 16 <= out.rows.len());
-                // SAFETY: just checked.
-                unsafe { _mm512_storeu_ps(out.rows.as_mut_ptr().add(at), acc[q][b]) };
-            }
-        }
-    }
-}
+mod avx512;
 
 /// Maximum in 16 fixed lanes (scores are finite).
 #[inline(always)]

@@ -1,0 +1,86 @@
+//! The `extract` stage's params and their defaults.
+
+use llmembed_core::{Layers, Precision};
+use serde::{Deserialize, Serialize};
+
+use crate::embedder::{ComputeDtype, Pooling};
+use crate::source::ModelParam;
+
+/// Params of the `extract` stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractParams {
+    /// A preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`) or a spec map
+    /// (`{source: pypi|hub|local, ...}`).
+    pub model: ModelParam,
+    #[serde(default = "default_layers")]
+    pub layers: Layers,
+    /// Add a `final_norm` column (decoders: the final norm applied to the last block).
+    #[serde(default = "default_false")]
+    pub final_norm: bool,
+    /// Add a `pooler` column (BERT checkpoints with pooler weights).
+    #[serde(default = "default_false")]
+    pub pooler: bool,
+    #[serde(default = "default_pooling")]
+    pub pooling: Pooling,
+    /// Tokens per text, special tokens included; longer texts are truncated (and counted).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    /// Token budget of a forward batch, counted as texts x the longest text's tokens (texts are
+    /// sorted by length within a shard first; rows are packed, nothing is padded).
+    /// Each worker thread runs its own batch, so one batch's activations stay small; 512 was
+    /// faster than 256 or 1024 on SmolLM2 in both compute modes (`cargo xtask bench extract`).
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+    #[serde(default = "default_compute")]
+    pub compute: ComputeDtype,
+    /// Storage precision of the output vectors.
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    /// Texts per store shard (the unit of resumption).
+    #[serde(default = "default_shard_rows")]
+    pub shard_rows: usize,
+}
+
+fn default_layers() -> Layers {
+    Layers::All
+}
+fn default_false() -> bool {
+    false
+}
+fn default_pooling() -> Pooling {
+    Pooling::Mean
+}
+fn default_max_tokens() -> usize {
+    256
+}
+fn default_batch_tokens() -> usize {
+    512
+}
+fn default_compute() -> ComputeDtype {
+    ComputeDtype::F32
+}
+fn default_precision() -> Precision {
+    Precision::F32
+}
+fn default_shard_rows() -> usize {
+    256
+}
+
+impl ExtractParams {
+    /// Params with every default and the given model.
+    pub fn new(model: ModelParam) -> Self {
+        ExtractParams {
+            model,
+            layers: default_layers(),
+            final_norm: false,
+            pooler: false,
+            pooling: default_pooling(),
+            max_tokens: default_max_tokens(),
+            batch_tokens: default_batch_tokens(),
+            compute: default_compute(),
+            precision: default_precision(),
+            shard_rows: default_shard_rows(),
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Throughput of each kernel this CPU runs, on SmolLM2-135M's shapes (hidden 576, MLP 1536,
+//! 9 heads of 64 over 3 kv heads), for one batch of 512 packed tokens:
+//! `cargo run --release -p llmembed-kernels --example bench`. The whole model's throughput is
+//! `cargo xtask bench extract`; this isolates the kernels (same inputs every run, best of 5).
+
+use std::time::Instant;
+
+use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend_on};
+use llmembed_kernels::{Bf16Kernel, F32Kernel, Isa, PackedBf16, PackedF32, Rows};
+
+const ROWS: usize = 512;
+/// (name, inputs, outputs) of one block's products.
+const PRODUCTS: &[(&str, usize, usize)] = &[
+    ("qkv", 576, 960),
+    ("o", 576, 576),
+    ("gate_up", 576, 3072),
+    ("down", 1536, 576),
+];
+
+fn values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 + seed * 104729) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// Best of 5 runs, in seconds.
+fn best(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// One product's input rows and weights.
+struct Case {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+fn main() {
+    println!("threads: {}", rayon::current_num_threads());
+    let cases: Vec<Case> = PRODUCTS
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, k, n))| Case {
+            x: values(ROWS * k, i),
+            w: values(k * n, i + 7),
+            k,
+            n,
+        })
+        .collect();
+    let flops: f64 = cases.iter().map(|c| 2.0 * (ROWS * c.k * c.n) as f64).sum();
+    let gflops = |secs: f64| flops / secs / 1e9;
+    // Packing is once per model: only the products are timed.
+    for kernel in [F32Kernel::Avx512, F32Kernel::Candle] {
+        if !kernel.runs_here() {
+            println!(
+                "matmul f32 {:>10}: not available on this CPU",
+                kernel.name()
+            );
+            continue;
+        }
+        let packed: Vec<PackedF32> = cases
+            .iter()
+            .map(|c| PackedF32::with_kernel(&c.w, c.k, c.n, kernel).unwrap())
+            .collect();
+        let secs = best(|| {
+            for (p, c) in packed.iter().zip(&cases) {
+                std::hint::black_box(p.matmul(&c.x, ROWS).unwrap());
+            }
+        });
+        println!(
+            "matmul f32 {:>10}: {:6.1} GFLOP/s",
+            kernel.name(),
+            gflops(secs)
+        );
+    }
+    for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32] {
+        if !kernel.runs_here() {
+            println!(
+                "matmul bf16 {:>9}: not available on this CPU",
+                kernel.name()
+            );
+            continue;
+        }
+        let packed: Vec<PackedBf16> = cases
+            .iter()
+            .map(|c| PackedBf16::new(&c.w, c.k, c.n, kernel).unwrap())
+            .collect();
+        let secs = best(|| {
+            for (p, c) in packed.iter().zip(&cases) {
+                std::hint::black_box(p.matmul(&c.x, ROWS).unwrap());
+            }
+        });
+        println!(
+            "matmul bf16 {:>9}: {:6.1} GFLOP/s",
+            kernel.name(),
+            gflops(secs)
+        );
+    }
+
+    let levels = [Some(Isa::baseline()), Isa::avx512()];
+    let (h, f) = (576, 1536);
+    let x = values(ROWS * h, 1);
+    let y = values(ROWS * h, 2);
+    let w = values(h, 3);
+    let gu = values(ROWS * 2 * f, 4);
+    let shape = AttentionShape {
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        rotary_dim: 64,
+        interleaved: false,
+        scale: 0.125,
+        eps: 1e-5,
+    };
+    let rope = Rope::new(10_000.0, 64, 64);
+    let layer = LayerAttention {
+        rope: &rope,
+        window: None,
+        q_norm: None,
+        k_norm: None,
+    };
+    // Eight texts of 64 tokens.
+    let qkv = values(ROWS * 15 * 64, 5);
+    let lens = [64; ROWS / 64];
+    for isa in levels {
+        let Some(isa) = isa else {
+            println!("rows / attention avx512: not available on this CPU");
+            continue;
+        };
+        let k = Rows::new(isa);
+        let us = |secs: f64| secs * 1e6;
+        let rms = best(|| {
+            std::hint::black_box(k.rms_norm(&x, &w, 1e-5));
+        });
+        let add_rms = best(|| {
+            let mut x = x.clone();
+            std::hint::black_box(k.add_rms_norm(&mut x, &y, &w, 1e-5));
+        });
+        let gated = best(|| {
+            std::hint::black_box(k.gated(&gu, f, false));
+        });
+        let attn = best(|| {
+            std::hint::black_box(attend_on(isa, &shape, &layer, &qkv, &lens));
+        });
+        println!(
+            "{:>8}: rms_norm {:6.0} us, add_rms_norm {:6.0} us (with a copy), gated silu {:6.0} us, attention (8 x 64 tokens) {:6.0} us",
+            isa.name(),
+            us(rms),
+            us(add_rms),
+            us(gated),
+            us(attn)
+        );
+    }
+}

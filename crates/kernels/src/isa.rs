@@ -1,0 +1,86 @@
+//! Which instruction set a kernel runs with, as a value that proves the CPU has it.
+//!
+//! Every row kernel and the attention kernel is compiled twice: for the baseline target and
+//! with AVX-512 enabled ([`multiversion!`]). Both copies run the same source with the same
+//! operation order (Rust never contracts a multiply and an add into an FMA on its own), so they
+//! give the same bits; the wide copy only runs faster. An [`Isa`] picks the copy: it can only be
+//! made for an instruction set this CPU has, which is what makes the dispatch safe.
+
+/// An instruction-set level this CPU runs (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Isa(Level);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Baseline,
+    Avx512,
+}
+
+impl Isa {
+    /// The compilation target's baseline (no run-time features): runs everywhere.
+    pub fn baseline() -> Isa {
+        Isa(Level::Baseline)
+    }
+
+    /// AVX-512F, where this CPU has it.
+    pub fn avx512() -> Option<Isa> {
+        has_avx512f().then_some(Isa(Level::Avx512))
+    }
+
+    /// The widest level this CPU runs: what the kernels use by default.
+    pub fn best() -> Isa {
+        Isa::avx512().unwrap_or(Isa::baseline())
+    }
+
+    /// `baseline` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Level::Baseline => "baseline",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this is the AVX-512 level (and so whether the CPU has AVX-512F).
+    pub(crate) fn is_avx512(self) -> bool {
+        self.0 == Level::Avx512
+    }
+}
+
+/// Whether this CPU has AVX-512F (cached by the standard library after the first call).
+pub(crate) fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// `multiversion!` turns `fn name(isa: Isa, args) body` into a function that runs `body`
+/// compiled with AVX-512 when `isa` is [`Isa::avx512`]'s, and compiled for the baseline target
+/// otherwise (the body may pass `isa` on to the kernels it calls).
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($isa:ident: Isa, $($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name($isa: $crate::isa::Isa, $($arg: $ty),*) {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments, unused_variables)]
+            fn generic($isa: $crate::isa::Isa, $($arg: $ty),*) $body
+            /// # Safety
+            /// The CPU has AVX-512F.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn wide($isa: $crate::isa::Isa, $($arg: $ty),*) {
+                generic($isa, $($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $isa.is_avx512() {
+                // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+                return unsafe { wide($isa, $($arg),*) };
+            }
+            generic($isa, $($arg),*)
+        }
+    };
+}
+
+pub(crate) use multiversion;

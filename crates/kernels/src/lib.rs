@@ -1,0 +1,72 @@
+//! CPU kernels for frozen-model inference, behind a small safe API. This crate knows nothing of
+//! models, files or stages: it multiplies matrices, runs row-wise steps and attends over packed
+//! sequences of f32 rows, and it is the one crate of the workspace where `unsafe` is allowed.
+//!
+//! * [`matmul`]: `x @ w` with weights packed once. f32 ([`PackedF32`]): the AVX-512 FMA panel
+//!   kernel, or candle's matmul on CPUs without AVX-512. bf16 inputs with f32 sums
+//!   ([`PackedBf16`]): AMX tiles, AVX512-BF16 pair dot products, or the f32 products of the
+//!   rounded values, the first this CPU has ([`Bf16Kernel::detect`]; `LLMEMBED_NO_AMX=1` and
+//!   `LLMEMBED_NO_AVX512BF16=1` turn the first two off).
+//! * [`Rows`]: RMSNorm, LayerNorm, residual add (fused with the next RMSNorm), bias, SiLU/GELU
+//!   and the gated MLP activation, on (rows, width) f32 slices, split across rayon's threads.
+//! * [`attention`]: causal self-attention over sequences packed row after row (q/k RMSNorm,
+//!   RoPE, sliding windows, grouped kv heads), one task per sequence.
+//! * [`Isa`]: the instruction-set level the row and attention kernels run at. Every level gives
+//!   the same bits (the AVX-512 copies are the same source compiled wider).
+//!
+//! Numerics, the contract the extract store relies on: every output value is one f32 chain in a
+//! fixed order that depends neither on the batch, nor on a row's position in it, nor on the
+//! thread split, so a text's vectors do not depend on its neighbours. The matrix kernels'
+//! orders are stated in `matmul` and asserted bit for bit in `tests/matmul.rs`.
+//!
+//! Layout: one file per instruction set behind the portable code, as candle's `cpu/` does:
+//! `matmul/panels/avx512.rs` (f32 FMA and `vdpbf16ps` micro-kernels), `matmul/bf16/amx.rs`
+//! (tiles, inline assembly), `attention/avx512.rs`; the row kernels are one portable source
+//! compiled twice (`isa.rs`).
+
+pub mod attention;
+mod isa;
+pub mod matmul;
+mod rows;
+
+pub use isa::Isa;
+pub use matmul::{Bf16Kernel, F32Kernel, PackedBf16, PackedF32};
+pub use rows::Rows;
+
+/// The kernels this CPU gets, as `llmembed --version` and `run.json` name them: the f32 and
+/// bf16 matrix products and the level of the row and attention kernels.
+pub fn in_use() -> String {
+    format!(
+        "f32 matmul {}, bf16 matmul {}, row kernels {}",
+        F32Kernel::detect().name(),
+        Bf16Kernel::detect().name(),
+        Isa::best().name()
+    )
+}
+
+/// A kernel that could not run: what it was doing (`op`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct Error {
+    /// What the kernel was doing (`pack f32 weights`, `bf16 matmul`, ...).
+    pub op: &'static str,
+    pub message: String,
+}
+
+impl Error {
+    pub(crate) fn new(op: &'static str, message: impl std::fmt::Display) -> Error {
+        Error {
+            op,
+            message: message.to_string(),
+        }
+    }
+
+    /// A candle error on one line (candle appends a backtrace on further lines when
+    /// `RUST_BACKTRACE` is set).
+    pub(crate) fn candle(op: &'static str, e: &candle_core::Error) -> Error {
+        let text = e.to_string();
+        Error::new(op, text.lines().next().unwrap_or_default())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,306 @@
+//! `x @ w` with bf16 inputs and f32 accumulation: the matrix products of `compute: bf16`.
+//!
+//! Why by hand: candle's CPU matmul goes through the `gemm` crate, which has no bf16 kernel
+//! (candle's bf16 matmul was slower than f32 here). Three kernels, the first this CPU has:
+//! - Intel AMX (Sapphire Rapids and later) multiplies bf16 tiles at many times the f32 FMA rate;
+//!   a GEMM on tiles is short: one micro-kernel, below, in inline assembly (AMX intrinsics are
+//!   not stable in Rust).
+//! - AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake): `vdpbf16ps` multiplies pairs of bf16
+//!   at twice the f32 FMA rate, in the panel kernel of `panels.rs`.
+//! - Otherwise the same rounded values go through the f32 products of `f32.rs`.
+//!
+//! `LLMEMBED_NO_AMX=1` and `LLMEMBED_NO_AVX512BF16=1` turn the first two off (to compare the
+//! kernels on one machine). The kernel in use is part of the model's description, so the store
+//! never mixes the vectors of two kernels.
+//!
+//! Numerics, the same for all three: the weights are rounded to bf16 once, at load; each
+//! activation row is rounded to bf16 (round to nearest even) at the product; products and sums
+//! are f32, and every output is one chain over the inputs. The kernels differ in the order of
+//! that chain: AMX and `vdpbf16ps` add each pair's second product before its first (Intel SDM),
+//! the f32 fallback adds the inputs in order.
+//!
+//! Tile layout (Intel SDM, TDPBF16PS): C(16x16 f32) += A(16 rows x 32 bf16) . B, where B's tile
+//! row `r` holds, for each of 16 columns `n`, the pair (w[2r][n], w[2r+1][n]) ("VNNI" order).
+//! The weights are packed once into such tiles: for each block of 32 output columns, for each
+//! block of 32 inputs, two 1 KiB tiles (columns 0..16 and 16..32 of the block).
+
+use std::mem::MaybeUninit;
+use std::sync::OnceLock;
+
+use super::f32::PackedF32;
+use super::panels::{DotBf16, Kernel, Panels};
+use crate::isa::{Isa, multiversion};
+use crate::{Error, Result};
+
+pub(crate) const TILE_K: usize = 32; // bf16 values per tile row (64 bytes)
+pub(crate) const BLOCK: usize = 32; // rows of A / columns of B per micro-kernel call (2 x 2 tiles)
+
+/// Which kernel runs the bf16 products on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    Amx,
+    Avx512Bf16,
+    /// The rounded values through the f32 products.
+    F32,
+}
+
+impl Bf16Kernel {
+    /// The first kernel this process can use (checked once): [`Bf16Kernel::choose`] with this
+    /// CPU and this process's environment. AMX's tile state is requested from the kernel only
+    /// when `LLMEMBED_NO_AMX` is not set.
+    pub fn detect() -> Bf16Kernel {
+        static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| {
+            let switches = Switches::from_env(|var| std::env::var_os(var).is_some());
+            let cpu = Bf16Cpu {
+                amx: !switches.no_amx && request_amx(),
+                avx512bf16: DotBf16::available(),
+            };
+            Bf16Kernel::choose(cpu, switches)
+        })
+    }
+
+    /// The first kernel that `cpu` has and `switches` leave on: AMX, then AVX512-BF16, then
+    /// the f32 products.
+    pub fn choose(cpu: Bf16Cpu, switches: Switches) -> Bf16Kernel {
+        if cpu.amx && !switches.no_amx {
+            Bf16Kernel::Amx
+        } else if cpu.avx512bf16 && !switches.no_avx512bf16 {
+            Bf16Kernel::Avx512Bf16
+        } else {
+            Bf16Kernel::F32
+        }
+    }
+
+    /// Whether this process can run the kernel (AMX also needs the permission that `detect`
+    /// asks for).
+    pub fn runs_here(self) -> bool {
+        match self {
+            Bf16Kernel::Amx => Bf16Kernel::detect() == Bf16Kernel::Amx,
+            Bf16Kernel::Avx512Bf16 => DotBf16::available(),
+            Bf16Kernel::F32 => true,
+        }
+    }
+
+    /// The name in the model's description (and so in the store's fingerprint).
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Amx => "amx",
+            Bf16Kernel::Avx512Bf16 => "avx512bf16",
+            Bf16Kernel::F32 => "f32",
+        }
+    }
+}
+
+/// What a CPU offers the bf16 products (input of [`Bf16Kernel::choose`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bf16Cpu {
+    /// AMX-BF16 and AMX-TILE, with the tile state granted to this process.
+    pub amx: bool,
+    /// AVX-512F and AVX512-BF16.
+    pub avx512bf16: bool,
+}
+
+/// The environment switches that turn kernels off, to compare them on one machine: set (to
+/// anything) means off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// `LLMEMBED_NO_AMX`
+    pub no_amx: bool,
+    /// `LLMEMBED_NO_AVX512BF16`
+    pub no_avx512bf16: bool,
+}
+
+impl Switches {
+    /// The switches as `is_set(variable name)` reports them.
+    pub fn from_env(is_set: impl Fn(&str) -> bool) -> Switches {
+        Switches {
+            no_amx: is_set("LLMEMBED_NO_AMX"),
+            no_avx512bf16: is_set("LLMEMBED_NO_AVX512BF16"),
+        }
+    }
+}
+
+/// A weight matrix (K inputs x N outputs) rounded to bf16, ready for [`PackedBf16::matmul`].
+pub struct PackedBf16 {
+    k: usize,
+    n: usize,
+    repr: Repr,
+}
+
+enum Repr {
+    /// AMX tiles, K and N padded with zeros to multiples of 32.
+    Tiles {
+        kp: usize,
+        np: usize,
+        data: Vec<u16>,
+    },
+    /// Pairs of inputs (2p in the low half, 2p + 1 in the high half; a zero after an odd last
+    /// input) in panels, for `vdpbf16ps`.
+    Pairs(Panels<u32>),
+    /// The rounded values, for the f32 products.
+    Dense(PackedF32),
+}
+
+/// f32 -> bf16 bits, round to nearest even (NaN stays NaN). Branch-free, so loops vectorise.
+#[inline(always)]
+pub(crate) fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let rounded = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+    let nan = ((b >> 16) | 0x40) as u16;
+    if x.is_nan() { nan } else { rounded }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as the products round their inputs.
+#[inline]
+pub fn bf16_round(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn request_amx() -> bool {
+    // CPUID.(EAX=7, ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
+    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
+        return false;
+    }
+    // Linux hands out the 8 KiB tile state only on request: arch_prctl(ARCH_REQ_XCOMP_PERM,
+    // XFEATURE_XTILEDATA). The permission is per process, so threads made later share it.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain syscall with integer arguments.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn request_amx() -> bool {
+    false
+}
+
+impl PackedBf16 {
+    /// Rounds and packs `w`, K rows of N values (inputs x outputs, as `x @ w` takes it), for
+    /// `kernel` ([`Bf16Kernel::detect`]'s, or one below it that this CPU also runs).
+    pub fn new(w: &[f32], k: usize, n: usize, kernel: Bf16Kernel) -> Result<Self> {
+        const OP: &str = "pack bf16 weights";
+        if !kernel.runs_here() {
+            return Err(Error::new(
+                OP,
+                format!("the {} kernel does not run on this CPU", kernel.name()),
+            ));
+        }
+        if w.len() != k * n {
+            return Err(Error::new(
+                OP,
+                format!("{} values are not ({k}, {n})", w.len()),
+            ));
+        }
+        let vals = w;
+        let repr = match kernel {
+            Bf16Kernel::F32 => {
+                let rounded: Vec<f32> = vals.iter().map(|&x| bf16_round(x)).collect();
+                Repr::Dense(PackedF32::new(&rounded, k, n)?)
+            }
+            Bf16Kernel::Avx512Bf16 => {
+                // Pair rows: inputs 2p and 2p + 1 of each column in one u32.
+                let mut pairs = vec![0u32; k.div_ceil(2) * n];
+                for (row, values) in vals.chunks_exact(n.max(1)).enumerate() {
+                    let (dst, shift) = (&mut pairs[row / 2 * n..(row / 2 + 1) * n], row % 2 * 16);
+                    for (d, &v) in dst.iter_mut().zip(values) {
+                        *d |= (bf16_bits(v) as u32) << shift;
+                    }
+                }
+                Repr::Pairs(Panels::new(&pairs, k.div_ceil(2), n)?)
+            }
+            Bf16Kernel::Amx => {
+                let kp = k.div_ceil(TILE_K) * TILE_K;
+                let np = n.div_ceil(BLOCK) * BLOCK;
+                let kblocks = kp / TILE_K;
+                let mut data = vec![0u16; kp * np];
+                for (row, values) in vals.chunks_exact(n).enumerate() {
+                    let (kb, r) = (row / TILE_K, row % TILE_K);
+                    for (col, v) in values.iter().enumerate() {
+                        let (nb, c) = (col / BLOCK, col % BLOCK);
+                        // Tile (nb, kb, half c/16); in it, row r/2 holds the pairs
+                        // (w[2i][c], w[2i+1][c]).
+                        let tile = (nb * kblocks + kb) * 2 + c / 16;
+                        data[tile * 512 + (r / 2) * TILE_K + 2 * (c % 16) + r % 2] = bf16_bits(*v);
+                    }
+                }
+                Repr::Tiles { kp, np, data }
+            }
+        };
+        Ok(PackedBf16 { k, n, repr })
+    }
+
+    /// The kernel that multiplies, as `describe()` names it.
+    pub fn kernel(&self) -> Bf16Kernel {
+        match self.repr {
+            Repr::Tiles { .. } => Bf16Kernel::Amx,
+            Repr::Pairs(_) => Bf16Kernel::Avx512Bf16,
+            Repr::Dense(_) => Bf16Kernel::F32,
+        }
+    }
+
+    /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let k = x.len().checked_div(m).unwrap_or(self.k);
+        if k != self.k || k * m != x.len() {
+            return Err(Error::new(
+                "bf16 matmul",
+                format!("input is ({m}, {k}), weights are ({}, {})", self.k, self.n),
+            ));
+        }
+        match &self.repr {
+            Repr::Dense(w) => {
+                let rounded: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
+                w.matmul(&rounded, m)
+            }
+            Repr::Pairs(w) => {
+                let mut pairs: Vec<u32> = Vec::with_capacity(m * k.div_ceil(2));
+                if k > 0 {
+                    round_pairs(
+                        Isa::best(),
+                        x,
+                        k,
+                        &mut pairs.spare_capacity_mut()[..m * k.div_ceil(2)],
+                    );
+                    // SAFETY: round_pairs wrote every one of the m * k.div_ceil(2) pairs.
+                    unsafe { pairs.set_len(m * k.div_ceil(2)) };
+                }
+                Ok(w.matmul::<DotBf16>(&pairs, m))
+            }
+            #[cfg(target_arch = "x86_64")]
+            Repr::Tiles { kp, np, data } => Ok(amx::matmul(x, m, k, *kp, data, *np, self.n)),
+            #[cfg(not(target_arch = "x86_64"))]
+            Repr::Tiles { .. } => {
+                unreachable!("AMX is x86_64 only; request_amx() is false elsewhere")
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Rounds rows of `k` f32 to bf16 pairs, writing every element of `dst`: `k.div_ceil(2)`
+    /// u32 per row, input 2p in the low half of pair p (a zero after an odd last input).
+    fn round_pairs(isa: Isa, src: &[f32], k: usize, dst: &mut [MaybeUninit<u32>]) {
+        for (row, out) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k.div_ceil(2))) {
+            let (whole, last) = row.split_at(k / 2 * 2);
+            for (o, pair) in out.iter_mut().zip(whole.chunks_exact(2)) {
+                *o = MaybeUninit::new(bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16);
+            }
+            if let [x] = last {
+                out[k / 2] = MaybeUninit::new(bf16_bits(*x) as u32);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod amx;

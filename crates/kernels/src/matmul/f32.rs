@@ -1,0 +1,124 @@
+//! `x @ w` in f32: the matrix products of `compute: f32`.
+//!
+//! Where the CPU has AVX-512, the weights are packed once into panels and multiplied by the
+//! f32 FMA kernel of `panels` (each output one FMA chain over the inputs in order, so a row's
+//! result never depends on its batch). Without AVX-512 the weights stay a tensor for candle's
+//! matmul (its own summation order).
+
+use candle_core::{Device, Tensor};
+
+use super::panels::{FmaF32, Kernel, Panels};
+use crate::{Error, Result};
+
+/// Which kernel runs the f32 products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Kernel {
+    /// The AVX-512 FMA panel kernel: each output one FMA chain over the inputs in order.
+    Avx512,
+    /// candle's matmul (the `gemm` crate; its own summation order).
+    Candle,
+}
+
+impl F32Kernel {
+    /// The first kernel this CPU runs: AVX-512 where it has AVX-512F, else candle.
+    pub fn detect() -> F32Kernel {
+        if FmaF32::available() {
+            F32Kernel::Avx512
+        } else {
+            F32Kernel::Candle
+        }
+    }
+
+    /// Whether this CPU runs the kernel.
+    pub fn runs_here(self) -> bool {
+        match self {
+            F32Kernel::Avx512 => FmaF32::available(),
+            F32Kernel::Candle => true,
+        }
+    }
+
+    /// The name in a model's description (`matmul=avx512|candle`).
+    pub fn name(self) -> &'static str {
+        match self {
+            F32Kernel::Avx512 => "avx512",
+            F32Kernel::Candle => "candle",
+        }
+    }
+}
+
+/// A weight matrix (K inputs x N outputs) ready for [`PackedF32::matmul`].
+pub struct PackedF32 {
+    k: usize,
+    n: usize,
+    repr: Repr,
+}
+
+enum Repr {
+    /// Panels for the AVX-512 FMA kernel.
+    Panels(Panels<f32>),
+    /// The (K, N) tensor, for candle's matmul.
+    Dense(Tensor),
+}
+
+impl PackedF32 {
+    /// Packs `w`, K rows of N values (inputs x outputs, as `x @ w` takes it), for
+    /// [`F32Kernel::detect`]'s kernel.
+    pub fn new(w: &[f32], k: usize, n: usize) -> Result<Self> {
+        Self::with_kernel(w, k, n, F32Kernel::detect())
+    }
+
+    /// Packs `w` for `kernel`, which this CPU must run.
+    pub fn with_kernel(w: &[f32], k: usize, n: usize, kernel: F32Kernel) -> Result<Self> {
+        const OP: &str = "pack f32 weights";
+        if w.len() != k * n {
+            return Err(Error::new(
+                OP,
+                format!("{} values are not ({k}, {n})", w.len()),
+            ));
+        }
+        if !kernel.runs_here() {
+            return Err(Error::new(
+                OP,
+                format!("the {} kernel does not run on this CPU", kernel.name()),
+            ));
+        }
+        let repr = match kernel {
+            F32Kernel::Candle => Repr::Dense(
+                Tensor::from_slice(w, (k, n), &Device::Cpu).map_err(|e| Error::candle(OP, &e))?,
+            ),
+            F32Kernel::Avx512 => Repr::Panels(Panels::new(w, k, n)?),
+        };
+        Ok(PackedF32 { k, n, repr })
+    }
+
+    /// The kernel that multiplies.
+    pub fn kernel(&self) -> F32Kernel {
+        match self.repr {
+            Repr::Panels(_) => F32Kernel::Avx512,
+            Repr::Dense(_) => F32Kernel::Candle,
+        }
+    }
+
+    /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        const OP: &str = "f32 matmul";
+        let (k, n) = (self.k, self.n);
+        if m * k != x.len() {
+            return Err(Error::new(
+                OP,
+                format!(
+                    "input has {} values, not {m} rows of {k} (weights are ({k}, {n}))",
+                    x.len()
+                ),
+            ));
+        }
+        match &self.repr {
+            Repr::Dense(w) => Tensor::from_slice(x, (m, k), &Device::Cpu)
+                .and_then(|x| x.matmul(w))
+                .and_then(|c| c.flatten_all())
+                .and_then(|c| c.to_vec1())
+                .map_err(|e| Error::candle(OP, &e)),
+            Repr::Panels(b) => Ok(b.matmul::<FmaF32>(x, m)),
+        }
+    }
+}
