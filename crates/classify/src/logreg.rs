@@ -13,8 +13,8 @@ use crate::logreg_fit::{
     default_tol, fit_logreg,
 };
 use crate::prologue::{
-    self, TrainTest, best_index, check_columns, check_tol_and_iterations, preds_of, write_json,
-    write_test_predictions,
+    self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds,
+    check_tol_and_iterations, feature_params, preds_of, write_json, write_test_predictions,
 };
 
 /// Params of `kind: logreg`.
@@ -111,6 +111,8 @@ struct ModelSummary {
     select: Option<Selection>,
 }
 
+feature_params!(LogRegParams);
+
 impl Stage for LogReg {
     const KIND: &'static str = "logreg";
     const VERSION: u32 = 2;
@@ -120,7 +122,7 @@ impl Stage for LogReg {
     type Params = LogRegParams;
 
     fn check(p: &LogRegParams) -> Result<()> {
-        check_columns(p.column.as_deref(), p.columns.as_deref())?;
+        check_columns(p.column(), p.columns())?;
         if let Some(c) = p.c {
             check_c("c", c)?;
         }
@@ -135,11 +137,8 @@ impl Stage for LogReg {
             for &c in &sel.c {
                 check_c("select.c", c)?;
             }
-            if sel.folds < 2 {
-                return Err(Error::param("select.folds", "needs at least 2 folds"));
-            }
         }
-        Ok(())
+        check_select_folds(p)
     }
 
     fn run(p: &LogRegParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
@@ -148,12 +147,7 @@ impl Stage for LogReg {
             train,
             test,
             columns,
-        } = prologue::load(
-            &inputs[0],
-            p.column.as_deref(),
-            p.columns.as_deref(),
-            p.select.as_ref().map(|s| s.folds),
-        )?;
+        } = prologue::load(&inputs[0], p)?;
         let k = train.label_names.len();
         let mut notes = Vec::new();
         let (c, select) = match &p.select {

@@ -20,7 +20,8 @@ use crate::data::{Split, standardized_f32, standardizer};
 use crate::folds::{complement, stratified_folds};
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
-    self, TrainTest, best_index, check_columns, preds_of, write_json, write_test_predictions,
+    self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
+    preds_of, write_json, write_test_predictions,
 };
 
 fn default_hidden() -> Vec<usize> {
@@ -189,6 +190,8 @@ fn cross_validate(
         .collect())
 }
 
+feature_params!(MlpParams);
+
 impl Stage for Mlp {
     const KIND: &'static str = "mlp";
     const VERSION: u32 = 2;
@@ -198,7 +201,7 @@ impl Stage for Mlp {
     type Params = MlpParams;
 
     fn check(p: &MlpParams) -> Result<()> {
-        check_columns(p.column.as_deref(), p.columns.as_deref())?;
+        check_columns(p.column(), p.columns())?;
         if p.hidden.contains(&0) {
             return Err(Error::param("hidden", "widths must be at least 1"));
         }
@@ -233,11 +236,8 @@ impl Stage for Mlp {
                     "needs a non-empty list of positive values",
                 ));
             }
-            if sel.folds < 2 {
-                return Err(Error::param("select.folds", "needs at least 2 folds"));
-            }
         }
-        Ok(())
+        check_select_folds(p)
     }
 
     fn run(p: &MlpParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
@@ -246,12 +246,7 @@ impl Stage for Mlp {
             train,
             test,
             columns,
-        } = prologue::load(
-            &inputs[0],
-            p.column.as_deref(),
-            p.columns.as_deref(),
-            p.select.as_ref().map(|s| s.folds),
-        )?;
+        } = prologue::load(&inputs[0], p)?;
         let k = train.label_names.len();
         let dev = Device::Cpu;
         let seed = p.seed.unwrap_or(ctx.seed);

@@ -13,6 +13,41 @@ use serde::Serialize;
 use crate::data::{Split, load_train_test};
 use crate::folds::check_folds;
 
+/// The feature params of a classifier that reads one embedding artifact (`logreg`, `mlp`).
+pub(crate) trait FeatureParams {
+    fn column(&self) -> Option<&str>;
+    fn columns(&self) -> Option<&[String]>;
+    /// `select.folds`, when the stage selects a hyper-parameter by CV.
+    fn select_folds(&self) -> Option<usize>;
+}
+
+/// [`FeatureParams`] for a params struct with the fields `column: Option<String>`,
+/// `columns: Option<Vec<String>>` and `select: Option<_>` (whose `folds` is the CV's).
+macro_rules! feature_params {
+    ($params:ty) => {
+        impl $crate::prologue::FeatureParams for $params {
+            fn column(&self) -> Option<&str> {
+                self.column.as_deref()
+            }
+            fn columns(&self) -> Option<&[String]> {
+                self.columns.as_deref()
+            }
+            fn select_folds(&self) -> Option<usize> {
+                self.select.as_ref().map(|s| s.folds)
+            }
+        }
+    };
+}
+pub(crate) use feature_params;
+
+/// `select.folds`, when given, is at least 2.
+pub(crate) fn check_select_folds(p: &impl FeatureParams) -> Result<()> {
+    match p.select_folds() {
+        Some(folds) if folds < 2 => Err(Error::param("select.folds", "needs at least 2 folds")),
+        _ => Ok(()),
+    }
+}
+
 /// `column` and `columns` exclude each other, and a `columns` list is not empty.
 pub(crate) fn check_columns(column: Option<&str>, columns: Option<&[String]>) -> Result<()> {
     if column.is_some() && columns.is_some() {
@@ -45,19 +80,14 @@ pub(crate) struct TrainTest {
     pub columns: Vec<String>,
 }
 
-/// Reads `input`'s train and test splits with the chosen columns. With `select_folds`, first
-/// checks (on the labels alone) that every class has rows for that many folds.
-pub(crate) fn load(
-    input: &Input,
-    column: Option<&str>,
-    columns: Option<&[String]>,
-    select_folds: Option<usize>,
-) -> Result<TrainTest> {
+/// Reads `input`'s train and test splits with the columns `p` chooses. When `p` selects by CV,
+/// first checks (on the labels alone) that every class has rows for that many folds.
+pub(crate) fn load(input: &Input, p: &impl FeatureParams) -> Result<TrainTest> {
     let (train_path, test_path) = (input.split("train")?, input.split("test")?);
-    if let Some(folds) = select_folds {
+    if let Some(folds) = p.select_folds() {
         check_folds(&train_path, "select.folds", folds)?;
     }
-    let (train, test, columns) = load_train_test(&train_path, &test_path, column, columns)?;
+    let (train, test, columns) = load_train_test(&train_path, &test_path, p.column(), p.columns())?;
     Ok(TrainTest {
         train,
         test,

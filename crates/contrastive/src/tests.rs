@@ -4,10 +4,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::Rng;
 
-use llmembed_core::{
-    Context, EmbeddingTable, Env, Input, Precision, Stage, VectorColumn, read_embedding_table,
-    seeded_rng, write_embedding_table,
-};
+use llmembed_core::{EmbeddingTable, Input, Stage, VectorColumn, read_embedding_table, seeded_rng};
 
 use super::*;
 
@@ -101,42 +98,16 @@ fn params_parse_with_defaults_and_are_checked() {
 // ---------------------------------------------------------------------------------------------
 // The stage end to end
 
-fn env(dir: &Path) -> Env {
-    Env {
-        data_dir: dir.to_path_buf(),
-        models_dir: dir.to_path_buf(),
-        pipeline_dir: dir.to_path_buf(),
-        seed: 0,
-        quiet: true,
-    }
-}
-
 fn write_input(dir: &Path, splits: &[(&str, EmbeddingTable)]) -> Input {
-    let d = dir.join("in");
-    std::fs::create_dir_all(&d).unwrap();
-    let mut files = Vec::new();
-    for (name, t) in splits {
-        write_embedding_table(&d.join(format!("{name}.parquet")), t, Precision::F32).unwrap();
-        files.push(format!("{name}.parquet"));
-    }
-    Input {
-        stage_id: "fuse".into(),
-        dir: d,
-        files,
-    }
+    let splits: Vec<(&str, &EmbeddingTable)> = splits.iter().map(|(s, t)| (*s, t)).collect();
+    llmembed_testkit::embedding_input(&dir.join("in"), "fuse", &splits)
 }
 
 fn run(dir: &Path, name: &str, params: &Params, input: &Input) -> Result<(PathBuf, Summary)> {
-    let env = env(dir);
     let out = dir.join(name);
-    std::fs::create_dir_all(&out).unwrap();
-    let ctx = Context {
-        env: &env,
-        out_dir: out.clone(),
-        store_dir: dir.join("store"),
-        seed: 7,
-    };
-    let s = Contrastive::run(params, std::slice::from_ref(input), &ctx)?;
+    let inputs = std::slice::from_ref(input);
+    let s =
+        llmembed_testkit::run_stage_at::<Contrastive>(params, inputs, 7, &out, &dir.join("store"))?;
     Ok((out, s))
 }
 

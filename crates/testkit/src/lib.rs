@@ -10,6 +10,9 @@
 //! A path given explicitly through an environment variable ([`env_path`]) that does not hold the
 //! input is always an error: the caller asked for that path.
 
+mod stage;
+pub use stage::{embedding_input, predictions_input, run_stage, run_stage_at, stage_env};
+
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};

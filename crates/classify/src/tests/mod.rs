@@ -3,12 +3,11 @@
 //! in `LLMEMBED_DATA_DIR` (default `<workspace>/../shared/data`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use llmembed_core::{
-    Context, EmbeddingTable, Env, Input, Precision, Predictions, Stage, VectorColumn,
-    read_predictions, write_embedding_table, write_predictions,
+    EmbeddingTable, Input, Predictions, Stage, VectorColumn, read_predictions, write_predictions,
 };
 use ndarray::Array2;
 
@@ -18,10 +17,6 @@ use crate::logreg_fit::fit_logreg;
 use crate::*;
 
 const VOCAB: usize = 500;
-
-fn data_dir() -> PathBuf {
-    llmembed_testkit::data_dir()
-}
 
 /// `(text, label)` of a raw AG News split, or why it is missing.
 fn read_raw(split: &str) -> Result<Vec<(String, i64)>, String> {
@@ -115,27 +110,12 @@ fn take(t: &EmbeddingTable, rows: usize) -> EmbeddingTable {
     select_rows(t, &idx)
 }
 
-/// A temporary upstream artifact holding `train.parquet` and `test.parquet`.
+/// A temporary upstream artifact `bow` holding `train.parquet` and `test.parquet`.
 fn artifact(train: &EmbeddingTable, test: &EmbeddingTable) -> (tempfile::TempDir, Input) {
     let dir = tempfile::tempdir().unwrap();
-    write_embedding_table(&dir.path().join("train.parquet"), train, Precision::F32).unwrap();
-    write_embedding_table(&dir.path().join("test.parquet"), test, Precision::F32).unwrap();
-    let input = Input {
-        stage_id: "bow".into(),
-        dir: dir.path().to_path_buf(),
-        files: vec!["test.parquet".into(), "train.parquet".into()],
-    };
+    let splits = [("train", train), ("test", test)];
+    let input = llmembed_testkit::embedding_input(dir.path(), "bow", &splits);
     (dir, input)
-}
-
-fn env(seed: u64) -> Env {
-    Env {
-        data_dir: data_dir(),
-        models_dir: PathBuf::from("/tmp/models"),
-        pipeline_dir: PathBuf::from("."),
-        seed,
-        quiet: true,
-    }
 }
 
 /// Runs stage `S` into a fresh folder; returns the folder.
@@ -148,23 +128,7 @@ fn run_stage<S: Stage>(
 }
 
 /// [`run_stage`], also returning the stage's summary (its notes hold the wall times).
-fn run_stage_summary<S: Stage>(
-    params: &S::Params,
-    inputs: &[Input],
-    seed: u64,
-) -> llmembed_core::Result<(tempfile::TempDir, llmembed_core::Summary)> {
-    let out = tempfile::tempdir().unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let env = env(seed);
-    let ctx = Context {
-        env: &env,
-        out_dir: out.path().to_path_buf(),
-        store_dir: store.path().to_path_buf(),
-        seed,
-    };
-    let summary = S::run(params, inputs, &ctx)?;
-    Ok((out, summary))
-}
+use llmembed_testkit::run_stage as run_stage_summary;
 
 /// Every file of an output folder, by name, sorted.
 fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
