@@ -1,6 +1,6 @@
 //! The solver of `solver: lbfgs` (and linfa's fallback): L-BFGS with memory 10, the two-loop
 //! recursion and Armijo backtracking from step 1, on scikit-learn's exact objective `J_sk` (see
-//! [`crate::logreg_fit`]), with a per-row stable log-sum-exp. Pure arithmetic on ndarray: it
+//! `logreg_fit`), with a per-row stable log-sum-exp. Pure arithmetic on ndarray: it
 //! knows nothing about tables, params or stages.
 
 use std::collections::VecDeque;

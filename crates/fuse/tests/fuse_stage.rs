@@ -395,13 +395,11 @@ fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
 
     // Same inputs, same seed: the same bytes.
     let (again, _) = run_stage::<Fuse>(dir.path(), "o_again", &p, &[input]).unwrap();
-    for f in ["train.parquet", "test.parquet", "weights.json"] {
-        assert_eq!(
-            std::fs::read(out.join(f)).unwrap(),
-            std::fs::read(again.join(f)).unwrap(),
-            "{f} differs between two runs"
-        );
-    }
+    llmembed_testkit::assert_same_output_bytes(
+        &out,
+        &again,
+        &["train.parquet", "test.parquet", "weights.json"],
+    );
 }
 
 #[test]

@@ -11,7 +11,10 @@
 //! input is always an error: the caller asked for that path.
 
 mod stage;
-pub use stage::{embedding_input, predictions_input, run_stage, run_stage_at, stage_env};
+pub use stage::{
+    assert_same_output_bytes, embedding_input, folder_files, predictions_input, run_stage,
+    run_stage_at, stage_env,
+};
 
 use std::fs::File;
 use std::io::Write;

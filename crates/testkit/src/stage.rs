@@ -84,3 +84,38 @@ pub fn run_stage<S: Stage>(
     let summary = run_stage_at::<S>(params, inputs, seed, out.path(), store.path())?;
     Ok((out, summary))
 }
+
+/// Every file of an output folder, by name, sorted.
+pub fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            assert!(e.file_type().unwrap().is_file(), "{:?}", e.path());
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Two runs of one stage wrote the same set of files, `expected` among them, byte for byte
+/// (the runner keys downstream stages by these bytes).
+pub fn assert_same_output_bytes(a: &Path, b: &Path, expected: &[&str]) {
+    let (fa, fb) = (folder_files(a), folder_files(b));
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fa), names(&fb));
+    for want in expected {
+        assert!(
+            names(&fa).iter().any(|n| n == want),
+            "no {want} in {:?}",
+            names(&fa)
+        );
+    }
+    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "{name} differs between two runs with the same seed");
+    }
+}

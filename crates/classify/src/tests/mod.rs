@@ -130,40 +130,7 @@ fn run_stage<S: Stage>(
 /// [`run_stage`], also returning the stage's summary (its notes hold the wall times).
 use llmembed_testkit::run_stage as run_stage_summary;
 
-/// Every file of an output folder, by name, sorted.
-fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            assert!(e.file_type().unwrap().is_file(), "{:?}", e.path());
-            (
-                e.file_name().into_string().unwrap(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Two runs of one stage wrote the same set of files, `expected` among them, byte for byte
-/// (the runner keys downstream stages by these bytes).
-fn assert_same_output_bytes(a: &Path, b: &Path, expected: &[&str]) {
-    let (fa, fb) = (folder_files(a), folder_files(b));
-    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&fa), names(&fb));
-    for want in expected {
-        assert!(
-            names(&fa).iter().any(|n| n == want),
-            "no {want} in {:?}",
-            names(&fa)
-        );
-    }
-    for ((name, x), (_, y)) in fa.iter().zip(&fb) {
-        assert!(x == y, "{name} differs between two runs with the same seed");
-    }
-}
+use llmembed_testkit::assert_same_output_bytes;
 
 /// No key of a written JSON file names a wall time (`fit_seconds`, `cv_seconds`, ...).
 fn assert_no_timing_keys(v: &serde_json::Value) {
