@@ -13,7 +13,7 @@
 mod stage;
 pub use stage::{
     assert_same_output_bytes, embedding_input, folder_files, predictions_input, run_stage,
-    run_stage_at, stage_env,
+    run_stage_at, stage_env, text_input,
 };
 
 use std::fs::File;

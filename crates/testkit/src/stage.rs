@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use llmembed_core::{
-    Context, EmbeddingTable, Env, Input, Precision, Predictions, Stage, Summary,
-    write_embedding_table, write_predictions,
+    Context, EmbeddingTable, Env, Input, Precision, Predictions, Stage, Summary, TextTable,
+    write_embedding_table, write_predictions, write_text_table,
 };
 
 use crate::{data_dir, models_dir};
@@ -31,6 +31,24 @@ pub fn embedding_input(dir: &Path, stage_id: &str, splits: &[(&str, &EmbeddingTa
     for (split, table) in splits {
         let name = format!("{split}.parquet");
         write_embedding_table(&dir.join(&name), table, Precision::F32).unwrap();
+        files.push(name);
+    }
+    files.sort();
+    Input {
+        stage_id: stage_id.into(),
+        dir: dir.to_path_buf(),
+        files,
+    }
+}
+
+/// An upstream artifact `stage_id` in `dir` (created if needed) holding each text table as
+/// `<split>.parquet`.
+pub fn text_input(dir: &Path, stage_id: &str, splits: &[(&str, &TextTable)]) -> Input {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut files = Vec::new();
+    for (split, table) in splits {
+        let name = format!("{split}.parquet");
+        write_text_table(&dir.join(&name), table).unwrap();
         files.push(name);
     }
     files.sort();
