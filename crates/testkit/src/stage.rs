@@ -26,29 +26,29 @@ pub fn stage_env(seed: u64) -> Env {
 /// An upstream artifact `stage_id` in `dir` (created if needed) holding each table as
 /// `<split>.parquet` (f32 vectors).
 pub fn embedding_input(dir: &Path, stage_id: &str, splits: &[(&str, &EmbeddingTable)]) -> Input {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut files = Vec::new();
-    for (split, table) in splits {
-        let name = format!("{split}.parquet");
-        write_embedding_table(&dir.join(&name), table, Precision::F32).unwrap();
-        files.push(name);
-    }
-    files.sort();
-    Input {
-        stage_id: stage_id.into(),
-        dir: dir.to_path_buf(),
-        files,
-    }
+    split_input(dir, stage_id, splits, |path, table| {
+        write_embedding_table(path, table, Precision::F32)
+    })
 }
 
 /// An upstream artifact `stage_id` in `dir` (created if needed) holding each text table as
 /// `<split>.parquet`.
 pub fn text_input(dir: &Path, stage_id: &str, splits: &[(&str, &TextTable)]) -> Input {
+    split_input(dir, stage_id, splits, write_text_table)
+}
+
+/// Writes each table with `write` as `<split>.parquet` in `dir`; the artifact as an [`Input`].
+fn split_input<T>(
+    dir: &Path,
+    stage_id: &str,
+    splits: &[(&str, &T)],
+    write: impl Fn(&Path, &T) -> llmembed_core::Result<()>,
+) -> Input {
     std::fs::create_dir_all(dir).unwrap();
     let mut files = Vec::new();
     for (split, table) in splits {
         let name = format!("{split}.parquet");
-        write_text_table(&dir.join(&name), table).unwrap();
+        write(&dir.join(&name), table).unwrap();
         files.push(name);
     }
     files.sort();
