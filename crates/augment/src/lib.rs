@@ -32,8 +32,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::{
-    Arity, Context, Env, Error, External, Input, Result, Stage, Summary, fsutil, read_text_table,
-    resolve_path, seeded_rng, write_text_table,
+    Arity, Context, Env, Error, External, Input, Result, Stage, Summary, augmented_id, fsutil,
+    read_text_table, resolve_path, seeded_rng, write_text_table,
 };
 
 use eda::Op;
@@ -295,7 +295,7 @@ impl Stage for Augment {
                 Outcome::Copies(copies) => {
                     unchanged += params.copies - copies.len();
                     for (k, text, ops) in copies {
-                        out.ids.push(format!("{}-aug{k}", train.ids[i]));
+                        out.ids.push(augmented_id(&train.ids[i], k));
                         out.texts.push(text);
                         out.labels.push(train.labels[i]);
                         out.source_ids.push(Some(train.ids[i].clone()));

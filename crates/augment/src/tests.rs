@@ -1,8 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use llmembed_core::{
-    Context, Env, Input, Stage, TextTable, read_text_table, seeded_rng, write_text_table,
-};
+use llmembed_core::{Env, Input, Stage, TextTable, read_text_table, seeded_rng};
 
 use super::*;
 use crate::eda::{self, Op};
@@ -208,33 +206,18 @@ fn input(dir: &Path) -> Input {
         vec![0, 1, 0],
         names(),
     );
-    let d = dir.join("in");
-    std::fs::create_dir_all(&d).unwrap();
-    write_text_table(&d.join("train.parquet"), &train).unwrap();
-    write_text_table(&d.join("test.parquet"), &test).unwrap();
-    Input {
-        stage_id: "ingest".into(),
-        dir: d,
-        files: vec!["test.parquet".into(), "train.parquet".into()],
-    }
+    llmembed_testkit::text_input(
+        &dir.join("in"),
+        "ingest",
+        &[("train", &train), ("test", &test)],
+    )
 }
 
-fn run_stage(
-    dir: &Path,
-    name: &str,
-    params: &Params,
-    env: &Env,
-    input: &Input,
-) -> Result<(PathBuf, Summary)> {
+fn run_stage(dir: &Path, name: &str, params: &Params, input: &Input) -> Result<(PathBuf, Summary)> {
     let out = dir.join(name);
-    std::fs::create_dir_all(&out).unwrap();
-    let ctx = Context {
-        env,
-        out_dir: out.clone(),
-        store_dir: dir.join("store"),
-        seed: 42,
-    };
-    let summary = Augment::run(params, std::slice::from_ref(input), &ctx)?;
+    let inputs = std::slice::from_ref(input);
+    let summary =
+        llmembed_testkit::run_stage_at::<Augment>(params, inputs, 42, &out, &dir.join("store"))?;
     Ok((out, summary))
 }
 
@@ -242,11 +225,11 @@ fn run_stage(
 fn stage_adds_labelled_augmented_rows_and_keeps_test_unchanged() {
     let Some(wn) = wordnet_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (env, mut params) = env(tmp.path(), wn);
+    let (_, mut params) = env(tmp.path(), wn);
     params.fraction = 0.5;
     params.copies = 2;
     let input = input(tmp.path());
-    let (out, summary) = run_stage(tmp.path(), "a", &params, &env, &input).unwrap();
+    let (out, summary) = run_stage(tmp.path(), "a", &params, &input).unwrap();
 
     let src = read_text_table(&input.split("train").unwrap()).unwrap();
     let aug = read_text_table(&out.join("train.parquet")).unwrap();
@@ -291,18 +274,18 @@ fn stage_adds_labelled_augmented_rows_and_keeps_test_unchanged() {
 fn stage_is_deterministic_and_fraction_picks_nested_rows() {
     let Some(wn) = wordnet_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (env, mut params) = env(tmp.path(), wn);
+    let (_, mut params) = env(tmp.path(), wn);
     params.per_copy = PerCopy::All;
     params.clean = false;
     let input = input(tmp.path());
-    let (a, _) = run_stage(tmp.path(), "a", &params, &env, &input).unwrap();
-    let (b, _) = run_stage(tmp.path(), "b", &params, &env, &input).unwrap();
+    let (a, _) = run_stage(tmp.path(), "a", &params, &input).unwrap();
+    let (b, _) = run_stage(tmp.path(), "b", &params, &input).unwrap();
     assert_eq!(
         std::fs::read(a.join("train.parquet")).unwrap(),
         std::fs::read(b.join("train.parquet")).unwrap()
     );
     params.fraction = 0.6;
-    let (c, _) = run_stage(tmp.path(), "c", &params, &env, &input).unwrap();
+    let (c, _) = run_stage(tmp.path(), "c", &params, &input).unwrap();
     let small = read_text_table(&a.join("train.parquet")).unwrap();
     let large = read_text_table(&c.join("train.parquet")).unwrap();
     assert!(large.len() > small.len());
@@ -327,7 +310,7 @@ fn stage_is_deterministic_and_fraction_picks_nested_rows() {
     // A different seed gives different augmentations.
     params.fraction = 0.2;
     params.seed = Some(1);
-    let (d, _) = run_stage(tmp.path(), "d", &params, &env, &input).unwrap();
+    let (d, _) = run_stage(tmp.path(), "d", &params, &input).unwrap();
     assert_ne!(
         std::fs::read(a.join("train.parquet")).unwrap(),
         std::fs::read(d.join("train.parquet")).unwrap()
@@ -338,7 +321,7 @@ fn stage_is_deterministic_and_fraction_picks_nested_rows() {
 fn texts_too_short_are_left_alone_and_counted() {
     let Some(wn) = wordnet_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (env, mut params) = env(tmp.path(), wn);
+    let (_, mut params) = env(tmp.path(), wn);
     params.fraction = 1.0;
     // Only swap: the one-word rows ("ok N" cleans to "ok") cannot be changed.
     params.ops = OpRates {
@@ -348,7 +331,7 @@ fn texts_too_short_are_left_alone_and_counted() {
         delete: 0.0,
     };
     let input = input(tmp.path());
-    let (out, summary) = run_stage(tmp.path(), "a", &params, &env, &input).unwrap();
+    let (out, summary) = run_stage(tmp.path(), "a", &params, &input).unwrap();
     let aug = read_text_table(&out.join("train.parquet")).unwrap();
     // 32 rows can be swapped; in one of them the swap exchanged the two "the"s, so that copy
     // is unchanged and dropped.
@@ -387,7 +370,7 @@ fn missing_wordnet_is_a_clear_error() {
         "{err}"
     );
     let input = input(tmp.path());
-    let err = run_stage(tmp.path(), "a", &params, &env, &input)
+    let err = run_stage(tmp.path(), "a", &params, &input)
         .unwrap_err()
         .to_string();
     assert!(
@@ -474,17 +457,11 @@ fn augments_an_ag_news_sample() {
         names.clone(),
     );
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("in");
-    std::fs::create_dir_all(&d).unwrap();
-    write_text_table(&d.join("train.parquet"), &train).unwrap();
-    let input = Input {
-        stage_id: "ingest".into(),
-        dir: d,
-        files: vec!["train.parquet".into()],
-    };
-    let (env, params) = env(tmp.path(), wn);
+    let input =
+        llmembed_testkit::text_input(&tmp.path().join("in"), "ingest", &[("train", &train)]);
+    let (_, params) = env(tmp.path(), wn);
     let start = std::time::Instant::now();
-    let (out, summary) = run_stage(tmp.path(), "a", &params, &env, &input).unwrap();
+    let (out, summary) = run_stage(tmp.path(), "a", &params, &input).unwrap();
     let aug = read_text_table(&out.join("train.parquet")).unwrap();
     eprintln!(
         "AG News {n} rows, default params: {:?} in {:.2?}",

@@ -16,19 +16,22 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+use llmembed_core::metrics::accuracy_and_macro_f1;
 use llmembed_core::table::embedding_columns;
 use llmembed_core::{
     Arity, Context, Error, Input, Layers, Predictions, Result, Stage, Summary, fsutil,
-    write_predictions,
+    layer_column, parse_layer_column, write_predictions,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{check_folds, load_train_test};
-use crate::logreg::{
-    LogRegSelect, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
-    default_tol, fit_logreg, preds_of, standardized_pair, write_json,
+use crate::data::{load_train_test, standardized_pair};
+use crate::folds::check_folds;
+use crate::logreg_fit::{
+    LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations, default_tol,
+    fit_logreg,
 };
+use crate::prologue::{best_index, check_tol_and_iterations, preds_of, write_json};
 
 fn default_c() -> f64 {
     1.0
@@ -121,10 +124,7 @@ struct MetricsFile<'a> {
 fn layer_columns(path: &Path) -> Result<Vec<(usize, String)>> {
     let mut out: Vec<(usize, String)> = embedding_columns(path)?
         .into_iter()
-        .filter_map(|(name, _)| {
-            let i = name.strip_prefix("layer_")?.parse::<usize>().ok()?;
-            Some((i, name))
-        })
+        .filter_map(|(name, _)| Some((parse_layer_column(&name)?, name)))
         .collect();
     out.sort();
     Ok(out)
@@ -144,38 +144,26 @@ fn resolve_layers(path: &Path, layers: &Layers) -> Result<Vec<(usize, String)>> 
             ),
         ));
     }
-    match layers {
-        Layers::All => Ok(available),
-        Layers::List(wanted) => wanted
-            .iter()
-            .map(|&i| {
-                available
-                    .iter()
-                    .find(|(j, _)| *j == i)
-                    .cloned()
-                    .ok_or_else(|| {
-                        let have: Vec<&str> = available.iter().map(|c| c.1.as_str()).collect();
-                        Error::schema(
-                            path,
-                            &format!("layer_{i}"),
-                            format!("no such layer column (it has: {})", have.join(", ")),
-                        )
-                    })
-            })
-            .collect(),
-    }
+    let numbers: Vec<usize> = available.iter().map(|(i, _)| *i).collect();
+    let picked = layers.resolve(&numbers).map_err(|i| {
+        let have: Vec<&str> = available.iter().map(|c| c.1.as_str()).collect();
+        Error::schema(
+            path,
+            &layer_column(i),
+            format!("no such layer column (it has: {})", have.join(", ")),
+        )
+    })?;
+    Ok(picked
+        .into_iter()
+        .map(|i| available[numbers.partition_point(|&n| n < i)].clone())
+        .collect())
 }
 
 /// Best CV accuracy; ties go to the lower layer (listed order when layers were given by hand).
 fn choose(rows: &[LayerRow]) -> usize {
-    let mut best = 0;
-    for (i, r) in rows.iter().enumerate() {
-        let b = &rows[best];
-        if r.cv_accuracy > b.cv_accuracy || (r.cv_accuracy == b.cv_accuracy && r.layer < b.layer) {
-            best = i;
-        }
-    }
-    best
+    best_index(rows, |r, b| {
+        r.cv_accuracy > b.cv_accuracy || (r.cv_accuracy == b.cv_accuracy && r.layer < b.layer)
+    })
 }
 
 /// Wall times of one layer's fits. They go into the stage's notes only, never into the written
@@ -201,14 +189,18 @@ fn sweep_layer(
     let (train, test, _) = load_train_test(train_path, test_path, Some(column), None)?;
     let k = train.label_names.len();
     let cv_start = Instant::now();
-    let sel = LogRegSelect {
-        c: vec![p.c],
-        folds: p.folds,
-    };
-    let cv = cross_validate(&train, &sel, p.tol, p.max_iterations, p.solver, seed)?
-        .into_iter()
-        .next()
-        .expect("one C");
+    let cv = cross_validate(
+        &train,
+        &[p.c],
+        p.folds,
+        p.tol,
+        p.max_iterations,
+        p.solver,
+        seed,
+    )?
+    .into_iter()
+    .next()
+    .expect("one C");
     let cv_seconds = cv_start.elapsed().as_secs_f64();
 
     let (xtr, xte) = standardized_pair(&train, &test)?;
@@ -223,12 +215,11 @@ fn sweep_layer(
     )?;
     let probs = fit.predict_proba(xte.view());
     let preds = preds_of(&probs, k);
-    let (test_accuracy, test_macro_f1) =
-        llmembed_evaluate::accuracy_and_macro_f1(&test.labels, &preds, k);
+    let (test_accuracy, test_macro_f1) = accuracy_and_macro_f1(&test.labels, &preds, k);
     let row = LayerRow {
         layer,
         column: column.to_string(),
-        dim: train.dim,
+        dim: train.dim(),
         cv_accuracy: cv.mean_accuracy,
         cv_fold_accuracy: cv.fold_accuracy,
         test_accuracy,
@@ -306,15 +297,7 @@ impl Stage for LayerSweep {
         if p.folds < 2 {
             return Err(Error::param("folds", "needs at least 2 folds"));
         }
-        if !(p.tol.is_finite() && p.tol > 0.0) {
-            return Err(Error::param(
-                "tol",
-                format!("must be positive, got {}", p.tol),
-            ));
-        }
-        if p.max_iterations == 0 {
-            return Err(Error::param("max_iterations", "must be at least 1"));
-        }
+        check_tol_and_iterations(p.tol, p.max_iterations)?;
         if let Layers::List(v) = &p.layers {
             if v.is_empty() {
                 return Err(Error::param(
@@ -446,7 +429,7 @@ mod tests {
     fn row(layer: usize, cv: f64, test: f64) -> LayerRow {
         LayerRow {
             layer,
-            column: format!("layer_{layer}"),
+            column: layer_column(layer),
             dim: 1,
             cv_accuracy: cv,
             cv_fold_accuracy: vec![cv],

@@ -1,8 +1,9 @@
 //! Classifiers on frozen embeddings and their ensembles:
 //!
-//! * [`LogReg`] (`kind: logreg`): multinomial logistic regression (an exact-objective L-BFGS; linfa-logistic as `solver: linfa`) on
-//!   standardised features, with scikit-learn's `C` (see [`logreg`](crate::LogReg) docs for the
-//!   exact translation) and optional C selection by stratified CV on train rows.
+//! * [`LogReg`] (`kind: logreg`): multinomial logistic regression on standardised features with
+//!   scikit-learn's `C`: an L-BFGS on scikit-learn's exact objective by default, linfa-logistic
+//!   (with the exact L-BFGS as its fallback) as `solver: linfa`; optional C selection by
+//!   stratified CV on train rows.
 //! * [`Mlp`] (`kind: mlp`): the paper's MLP head (candle), seeded end to end.
 //! * [`Ensemble`] (`kind: ensemble`): soft or hard voting over prediction artifacts.
 //! * [`LayerSweep`] (`kind: layer_sweep`): the depth ablation, one logistic regression per
@@ -12,21 +13,33 @@
 //! `predictions.parquet` (test rows) and `model.json` (hyper-parameters, CV table, timing,
 //! convergence). [`bench_logreg`] times the logistic-regression fit against the scikit-learn
 //! reference script `scripts/reference/sklearn_logreg.py`.
+//!
+//! # Modules
+//! The stages (`logreg`, `mlp`, `layer_sweep`, `ensemble`) sit on shared pieces that import
+//! none of them: `prologue` (param checks, reading train/test, the best row of a CV table,
+//! writing predictions and JSON), `data` (feature matrices and their standardisation), `folds`
+//! (stratified folds), `logreg_fit` (the fit and the CV of `C`), `lbfgs` (the solver), `mlp_net`
+//! (the network). Metrics come from `llmembed_core::metrics`, the ones `evaluate` reports.
 
 mod data;
 mod ensemble;
+mod folds;
 mod layer_sweep;
+mod lbfgs;
 mod logreg;
+mod logreg_fit;
 mod mlp;
+mod mlp_net;
 mod plot;
+mod prologue;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
 pub use layer_sweep::{LayerSweep, LayerSweepParams};
 pub use llmembed_core::Layers;
 pub use logreg::{
-    LogReg, LogRegBench, LogRegParams, LogRegSelect, LogRegSolver, bench_logreg,
-    bench_logreg_with_solver,
+    LogReg, LogRegBench, LogRegParams, LogRegSelect, bench_logreg, bench_logreg_with_solver,
 };
+pub use logreg_fit::LogRegSolver;
 pub use mlp::{DEFAULT_EPOCHS, Mlp, MlpParams, MlpSelect};
 
 #[cfg(test)]

@@ -11,23 +11,18 @@
 //! ~950 steps, enough for the training loss to flatten on standardised LLM embeddings while
 //! dropout 0.5 keeps it from overfitting badly; `select.epochs` picks it by CV when it matters.
 
-use std::time::Instant;
-
-use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW};
-use llmembed_core::{
-    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, seeded_rng,
-    write_predictions,
-};
-use rand::Rng;
-use rand::seq::SliceRandom;
+use candle_core::Device;
+use llmembed_core::metrics::accuracy;
+use llmembed_core::{Arity, Context, Error, Input, Result, Stage, Summary, seeded_rng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{
-    Split, Standardizer, accuracy, argmax, check_folds, complement, load_train_test,
-    stratified_folds,
+use crate::data::{Split, standardized_f32, standardizer};
+use crate::folds::{complement, stratified_folds};
+use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
+use crate::prologue::{
+    self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
+    preds_of, write_json, write_test_predictions,
 };
-use crate::logreg::write_json;
 
 fn default_hidden() -> Vec<usize> {
     vec![1024, 256]
@@ -116,207 +111,6 @@ pub struct MlpSelect {
 /// `kind: mlp`.
 pub struct Mlp;
 
-fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |e| Error::compute(op, e)
-}
-
-struct Net {
-    /// `(weight out x in, bias out)` per layer.
-    layers: Vec<(Var, Var)>,
-}
-
-impl Net {
-    /// PyTorch's `nn.Linear` init from the seeded stream.
-    fn init(dims: &[usize], seed: u64, dev: &Device) -> Result<Net> {
-        let mut rng = seeded_rng(seed, "mlp-init");
-        let mut layers = Vec::new();
-        for pair in dims.windows(2) {
-            let (fan_in, fan_out) = (pair[0], pair[1]);
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let w: Vec<f32> = (0..fan_in * fan_out)
-                .map(|_| rng.random_range(-bound..bound))
-                .collect();
-            let b: Vec<f32> = (0..fan_out)
-                .map(|_| rng.random_range(-bound..bound))
-                .collect();
-            let w = Tensor::from_vec(w, (fan_out, fan_in), dev).map_err(cerr("mlp init"))?;
-            let b = Tensor::from_vec(b, fan_out, dev).map_err(cerr("mlp init"))?;
-            layers.push((
-                Var::from_tensor(&w).map_err(cerr("mlp init"))?,
-                Var::from_tensor(&b).map_err(cerr("mlp init"))?,
-            ));
-        }
-        Ok(Net { layers })
-    }
-
-    fn vars(&self) -> Vec<Var> {
-        self.layers
-            .iter()
-            .flat_map(|(w, b)| [w.clone(), b.clone()])
-            .collect()
-    }
-
-    /// Logits. `dropout` is `(p, rng)` in training and `None` in evaluation.
-    fn forward(
-        &self,
-        x: &Tensor,
-        mut dropout: Option<(f64, &mut rand_chacha::ChaCha8Rng)>,
-    ) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
-        let last = self.layers.len() - 1;
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            let lin = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
-            h = lin.forward(&h)?;
-            if i < last {
-                h = h.relu()?;
-                if let Some((p, rng)) = dropout.as_mut()
-                    && *p > 0.0
-                {
-                    let keep = 1.0 - *p;
-                    let scale = (1.0 / keep) as f32;
-                    let mask: Vec<f32> = (0..h.elem_count())
-                        .map(|_| {
-                            if rng.random::<f64>() < keep {
-                                scale
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
-                    let mask = Tensor::from_vec(mask, h.dims(), h.device())?;
-                    h = (h * mask)?;
-                }
-            }
-        }
-        Ok(h)
-    }
-
-    /// Class probabilities, row-major, in chunks of 1024 rows.
-    fn predict_proba(&self, x: &Tensor) -> Result<Vec<f32>> {
-        let n = x.dims()[0];
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let len = (n - start).min(1024);
-            let chunk = x.narrow(0, start, len).map_err(cerr("mlp predict"))?;
-            let logits = self.forward(&chunk, None).map_err(cerr("mlp predict"))?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits).map_err(cerr("mlp softmax"))?;
-            out.extend(
-                probs
-                    .flatten_all()
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .map_err(cerr("mlp predict"))?,
-            );
-            start += len;
-        }
-        Ok(out)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct MlpConfig {
-    pub hidden: Vec<usize>,
-    pub dropout: f64,
-    pub lr: f64,
-    pub batch_size: usize,
-    pub seed: u64,
-}
-
-pub(crate) struct Trained {
-    net: Net,
-    /// Mean training loss of each epoch.
-    pub epoch_loss: Vec<f64>,
-    /// Accuracy on the evaluation rows after each checkpoint epoch.
-    pub checkpoint_accuracy: Vec<f64>,
-    pub steps: usize,
-    pub fit_seconds: f64,
-}
-
-fn tensor2(values: Vec<f32>, rows: usize, dim: usize, dev: &Device) -> Result<Tensor> {
-    Tensor::from_vec(values, (rows, dim), dev)
-        .map_err(|e| Error::compute("build feature tensor", format!("{rows}x{dim}: {e}")))
-}
-
-/// Trains for `epochs` on standardised `x`; scores `eval` after each epoch in `checkpoints`.
-pub(crate) fn train_mlp(
-    x: &Tensor,
-    labels: &[i64],
-    n_classes: usize,
-    epochs: usize,
-    cfg: &MlpConfig,
-    eval: Option<(&Tensor, &[i64], &[usize])>,
-) -> Result<Trained> {
-    let start = Instant::now();
-    let dev = x.device().clone();
-    let (n, d) = x.dims2().map_err(cerr("mlp input"))?;
-    let mut dims = vec![d];
-    dims.extend(&cfg.hidden);
-    dims.push(n_classes);
-    let net = Net::init(&dims, cfg.seed, &dev)?;
-    let mut opt = AdamW::new(
-        net.vars(),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: 0.0,
-            ..ParamsAdamW::default()
-        },
-    )
-    .map_err(cerr("mlp optimizer"))?;
-    let targets = Tensor::from_vec(
-        labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
-        n,
-        &dev,
-    )
-    .map_err(cerr("mlp targets"))?;
-    let mut shuffle_rng = seeded_rng(cfg.seed, "mlp-shuffle");
-    let mut dropout_rng = seeded_rng(cfg.seed, "mlp-dropout");
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    let mut epoch_loss = Vec::new();
-    let mut checkpoint_accuracy = Vec::new();
-    let mut steps = 0;
-    for epoch in 1..=epochs {
-        order.shuffle(&mut shuffle_rng);
-        let mut loss_sum = 0.0;
-        for batch in order.chunks(cfg.batch_size) {
-            let idx = Tensor::from_slice(batch, batch.len(), &dev).map_err(cerr("mlp batch"))?;
-            let xb = x.index_select(&idx, 0).map_err(cerr("mlp batch"))?;
-            let yb = targets.index_select(&idx, 0).map_err(cerr("mlp batch"))?;
-            let logits = net
-                .forward(&xb, Some((cfg.dropout, &mut dropout_rng)))
-                .map_err(|e| {
-                    Error::compute("mlp forward", format!("batch {}x{d}: {e}", batch.len()))
-                })?;
-            let loss =
-                candle_nn::loss::cross_entropy(&logits, &yb).map_err(cerr("mlp cross-entropy"))?;
-            opt.backward_step(&loss).map_err(cerr("mlp backward"))?;
-            let l = loss.to_scalar::<f32>().map_err(cerr("mlp loss"))? as f64;
-            if !l.is_finite() {
-                return Err(Error::compute(
-                    "mlp training",
-                    format!("loss became {l} in epoch {epoch} (lr {})", cfg.lr),
-                ));
-            }
-            loss_sum += l * batch.len() as f64;
-            steps += 1;
-        }
-        epoch_loss.push(loss_sum / n as f64);
-        if let Some((xe, ye, checkpoints)) = eval
-            && checkpoints.contains(&epoch)
-        {
-            let probs = net.predict_proba(xe)?;
-            let preds: Vec<i64> = probs.chunks(n_classes).map(|r| argmax(r) as i64).collect();
-            checkpoint_accuracy.push(accuracy(ye, &preds));
-        }
-    }
-    Ok(Trained {
-        net,
-        epoch_loss,
-        checkpoint_accuracy,
-        steps,
-        fit_seconds: start.elapsed().as_secs_f64(),
-    })
-}
-
 #[derive(Clone, Debug, Serialize)]
 struct CvRow {
     epochs: usize,
@@ -369,9 +163,9 @@ fn cross_validate(
     for fold in &folds {
         let tr = train.subset(&complement(train.rows(), fold));
         let va = train.subset(fold);
-        let st = Standardizer::fit(&tr);
-        let xtr = tensor2(st.apply_f32(&tr), tr.rows(), tr.dim, dev)?;
-        let xva = tensor2(st.apply_f32(&va), va.rows(), va.dim, dev)?;
+        let st = standardizer(&tr);
+        let xtr = tensor2(standardized_f32(&tr, &st), tr.rows(), tr.dim(), dev)?;
+        let xva = tensor2(standardized_f32(&va, &st), va.rows(), va.dim(), dev)?;
         let t = train_mlp(
             &xtr,
             &tr.labels,
@@ -396,6 +190,8 @@ fn cross_validate(
         .collect())
 }
 
+feature_params!(MlpParams);
+
 impl Stage for Mlp {
     const KIND: &'static str = "mlp";
     const VERSION: u32 = 2;
@@ -405,17 +201,7 @@ impl Stage for Mlp {
     type Params = MlpParams;
 
     fn check(p: &MlpParams) -> Result<()> {
-        if p.column.is_some() && p.columns.is_some() {
-            return Err(Error::param(
-                "column",
-                "give either `column` or `columns`, not both",
-            ));
-        }
-        if let Some(cs) = &p.columns
-            && cs.is_empty()
-        {
-            return Err(Error::param("columns", "empty list"));
-        }
+        check_columns(p.column(), p.columns())?;
         if p.hidden.contains(&0) {
             return Err(Error::param("hidden", "widths must be at least 1"));
         }
@@ -450,26 +236,17 @@ impl Stage for Mlp {
                     "needs a non-empty list of positive values",
                 ));
             }
-            if sel.folds < 2 {
-                return Err(Error::param("select.folds", "needs at least 2 folds"));
-            }
         }
-        Ok(())
+        check_select_folds(p)
     }
 
     fn run(p: &MlpParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
-        let input = &inputs[0];
-        let (train_path, test_path) = (input.split("train")?, input.split("test")?);
-        if let Some(sel) = &p.select {
-            check_folds(&train_path, "select.folds", sel.folds)?;
-        }
-        let (train, test, columns) = load_train_test(
-            &train_path,
-            &test_path,
-            p.column.as_deref(),
-            p.columns.as_deref(),
-        )?;
+        let TrainTest {
+            train,
+            test,
+            columns,
+        } = prologue::load(&inputs[0], p)?;
         let k = train.label_names.len();
         let dev = Device::Cpu;
         let seed = p.seed.unwrap_or(ctx.seed);
@@ -486,46 +263,33 @@ impl Stage for Mlp {
             Some(sel) => {
                 let table = cross_validate(&train, sel, &cfg, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
-                let mut best = &table[0];
-                for row in &table {
-                    if row.mean_accuracy > best.mean_accuracy {
-                        best = row;
-                    }
-                }
-                let e = best.epochs;
+                let e = table[best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy)].epochs;
                 notes.push(format!("{}-fold CV picked {e} epochs", sel.folds));
-                (
-                    e,
-                    Some(Selection {
-                        folds: sel.folds,
-                        table,
-                        best_epochs: e,
-                    }),
-                )
+                let selection = Selection {
+                    folds: sel.folds,
+                    table,
+                    best_epochs: e,
+                };
+                (e, Some(selection))
             }
         };
-        let st = Standardizer::fit(&train);
-        let xtr = tensor2(st.apply_f32(&train), train.rows(), train.dim, &dev)?;
-        let xte = tensor2(st.apply_f32(&test), test.rows(), test.dim, &dev)?;
+        let st = standardizer(&train);
+        let xtr = tensor2(
+            standardized_f32(&train, &st),
+            train.rows(),
+            train.dim(),
+            &dev,
+        )?;
+        let xte = tensor2(standardized_f32(&test, &st), test.rows(), test.dim(), &dev)?;
         let trained = train_mlp(&xtr, &train.labels, k, epochs, &cfg, None)?;
         let train_probs = trained.net.predict_proba(&xtr)?;
-        let train_preds: Vec<i64> = train_probs.chunks(k).map(|r| argmax(r) as i64).collect();
-        let train_acc = accuracy(&train.labels, &train_preds);
+        let train_acc = accuracy(&train.labels, &preds_of(&train_probs, k));
         let probs = trained.net.predict_proba(&xte)?;
-        let preds: Vec<i64> = probs.chunks(k).map(|r| argmax(r) as i64).collect();
+        let preds = preds_of(&probs, k);
         let test_acc = accuracy(&test.labels, &preds);
-        write_predictions(
-            &ctx.out("predictions.parquet"),
-            &Predictions {
-                ids: test.ids.clone(),
-                labels: test.labels.clone(),
-                preds,
-                probs,
-                label_names: test.label_names.clone(),
-                producer: format!("mlp({epochs} epochs, {})", columns.join("+")),
-            },
-        )?;
-        let mut layers = vec![train.dim];
+        let producer = format!("mlp({epochs} epochs, {})", columns.join("+"));
+        write_test_predictions(ctx, &test, preds, probs, producer)?;
+        let mut layers = vec![train.dim()];
         layers.extend(&p.hidden);
         layers.push(k);
         write_json(
@@ -533,7 +297,7 @@ impl Stage for Mlp {
             &ModelSummary {
                 kind: "mlp",
                 columns,
-                input_dim: train.dim,
+                input_dim: train.dim(),
                 train_rows: train.rows(),
                 test_rows: test.rows(),
                 classes: train.label_names.clone(),
@@ -605,26 +369,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `epoch`"), "{err}");
-    }
-
-    #[test]
-    fn seeded_init_is_reproducible_and_seed_dependent() {
-        let dev = Device::Cpu;
-        let a = Net::init(&[5, 4, 3], 1, &dev).unwrap();
-        let b = Net::init(&[5, 4, 3], 1, &dev).unwrap();
-        let c = Net::init(&[5, 4, 3], 2, &dev).unwrap();
-        let flat = |n: &Net| -> Vec<f32> {
-            n.layers[0]
-                .0
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
-        assert_eq!(flat(&a), flat(&b));
-        assert_ne!(flat(&a), flat(&c));
-        let bound = 1.0 / 5f32.sqrt();
-        assert!(flat(&a).iter().all(|v| v.abs() <= bound));
     }
 }

@@ -115,5 +115,5 @@ pub(crate) fn sweep_png(
         root.present().map_err(draw_err)?;
     }
 
-    llmembed_evaluate::rgb_to_png(&buf, w, h, "encode layer sweep png")
+    llmembed_core::image::rgb_to_png(&buf, w, h, "encode layer sweep png")
 }

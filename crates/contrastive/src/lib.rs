@@ -33,11 +33,12 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::{
-    Arity, Context, EmbeddingTable, Error, Input, Precision, Result, Stage, Summary, VectorColumn,
-    fsutil, read_embedding_table, seeded_rng, table::embedding_columns, write_embedding_table,
+    Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision, Result, Stage,
+    Standardizer, Summary, VectorColumn, augmented_source, fsutil, read_embedding_table,
+    seeded_rng, table::embedding_columns, write_embedding_table,
 };
 
-use train::{Examples, Head, Standardizer};
+use train::{Examples, Head};
 
 /// The stage.
 pub struct Contrastive;
@@ -155,10 +156,11 @@ impl Default for Params {
     }
 }
 
-/// The `<id>` of an augmented row id `<id>-aug<k>`.
-pub fn augmented_source(id: &str) -> Option<&str> {
-    let (source, k) = id.rsplit_once("-aug")?;
-    (!source.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())).then_some(source)
+/// The standardiser of the input vectors, fitted on the train rows: a column whose deviation is
+/// at most 1e-8 counts as constant, and the statistics are applied in f32 (what this stage's
+/// artifacts have always been made with).
+pub(crate) fn fit_standardizer(values: &[f32], dim: usize) -> Standardizer {
+    Standardizer::fit_rows(values, dim, ConstantColumn::AtMost(1e-8))
 }
 
 fn pick_column(input: &Input, params: &Params) -> Result<String> {
@@ -368,8 +370,9 @@ impl Stage for Contrastive {
             (_, Some(k)) => k,
             (_, None) => d.min(256),
         };
-        let standardizer = Standardizer::fit(&train.columns[0].values, d);
-        let x = standardizer.apply(&train.columns[0].values);
+        let standardizer = fit_standardizer(&train.columns[0].values, d);
+        let mut x = train.columns[0].values.clone();
+        standardizer.apply_rows_f32(&mut x);
         let (tr, val, examples_note) = examples(params, seed, &train, &x, d)?;
 
         let head = Head::new(
@@ -404,8 +407,9 @@ impl Stage for Contrastive {
                     format!("width {} differs from train's {d}", col.dim),
                 ));
             }
-            let (width, values) =
-                train::embed(&head, params.output, &standardizer.apply(&col.values))?;
+            let mut x = col.values.clone();
+            standardizer.apply_rows_f32(&mut x);
+            let (width, values) = train::embed(&head, params.output, &x)?;
             let out = EmbeddingTable {
                 ids: table.ids,
                 labels: table.labels,

@@ -4,10 +4,7 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::Rng;
 
-use llmembed_core::{
-    Context, EmbeddingTable, Env, Input, Precision, Stage, VectorColumn, read_embedding_table,
-    seeded_rng, write_embedding_table,
-};
+use llmembed_core::{EmbeddingTable, Input, Stage, VectorColumn, read_embedding_table, seeded_rng};
 
 use super::*;
 
@@ -60,16 +57,6 @@ fn supcon_matches_hand_computation() {
 }
 
 #[test]
-fn augmented_ids_pair_by_naming_convention() {
-    assert_eq!(augmented_source("tr12-aug1"), Some("tr12"));
-    assert_eq!(augmented_source("a-aug-b-aug10"), Some("a-aug-b"));
-    assert_eq!(augmented_source("tr12"), None);
-    assert_eq!(augmented_source("tr12-augx"), None);
-    assert_eq!(augmented_source("-aug1"), None);
-    assert_eq!(augmented_source("tr12-aug"), None);
-}
-
-#[test]
 fn params_parse_with_defaults_and_are_checked() {
     let p: Params = serde_json::from_str(r#"{"mode": "unsup", "output": "head"}"#).unwrap();
     assert_eq!(p.mode, Mode::Unsup);
@@ -111,42 +98,16 @@ fn params_parse_with_defaults_and_are_checked() {
 // ---------------------------------------------------------------------------------------------
 // The stage end to end
 
-fn env(dir: &Path) -> Env {
-    Env {
-        data_dir: dir.to_path_buf(),
-        models_dir: dir.to_path_buf(),
-        pipeline_dir: dir.to_path_buf(),
-        seed: 0,
-        quiet: true,
-    }
-}
-
 fn write_input(dir: &Path, splits: &[(&str, EmbeddingTable)]) -> Input {
-    let d = dir.join("in");
-    std::fs::create_dir_all(&d).unwrap();
-    let mut files = Vec::new();
-    for (name, t) in splits {
-        write_embedding_table(&d.join(format!("{name}.parquet")), t, Precision::F32).unwrap();
-        files.push(format!("{name}.parquet"));
-    }
-    Input {
-        stage_id: "fuse".into(),
-        dir: d,
-        files,
-    }
+    let splits: Vec<(&str, &EmbeddingTable)> = splits.iter().map(|(s, t)| (*s, t)).collect();
+    llmembed_testkit::embedding_input(&dir.join("in"), "fuse", &splits)
 }
 
 fn run(dir: &Path, name: &str, params: &Params, input: &Input) -> Result<(PathBuf, Summary)> {
-    let env = env(dir);
     let out = dir.join(name);
-    std::fs::create_dir_all(&out).unwrap();
-    let ctx = Context {
-        env: &env,
-        out_dir: out.clone(),
-        store_dir: dir.join("store"),
-        seed: 7,
-    };
-    let s = Contrastive::run(params, std::slice::from_ref(input), &ctx)?;
+    let inputs = std::slice::from_ref(input);
+    let s =
+        llmembed_testkit::run_stage_at::<Contrastive>(params, inputs, 7, &out, &dir.join("store"))?;
     Ok((out, s))
 }
 
@@ -371,9 +332,19 @@ fn bag_of_words(texts: &[String], fit_rows: usize, vocab: usize) -> Vec<f32> {
 fn linear_probe(train: &EmbeddingTable, test: &EmbeddingTable) -> f64 {
     let d = train.columns[0].dim;
     let c = train.label_names.len();
-    let st = train::Standardizer::fit(&train.columns[0].values, d);
+    let st = fit_standardizer(&train.columns[0].values, d);
+    let standardized = |values: &[f32]| {
+        let mut x = values.to_vec();
+        st.apply_rows_f32(&mut x);
+        x
+    };
     let dev = Device::Cpu;
-    let x = Tensor::from_vec(st.apply(&train.columns[0].values), (train.len(), d), &dev).unwrap();
+    let x = Tensor::from_vec(
+        standardized(&train.columns[0].values),
+        (train.len(), d),
+        &dev,
+    )
+    .unwrap();
     let y = Tensor::from_vec(
         train.labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
         train.len(),
@@ -400,7 +371,8 @@ fn linear_probe(train: &EmbeddingTable, test: &EmbeddingTable) -> f64 {
         let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
         opt.backward_step(&loss).unwrap();
     }
-    let xt = Tensor::from_vec(st.apply(&test.columns[0].values), (test.len(), d), &dev).unwrap();
+    let xt =
+        Tensor::from_vec(standardized(&test.columns[0].values), (test.len(), d), &dev).unwrap();
     let pred: Vec<u32> = xt
         .matmul(w.as_tensor())
         .unwrap()

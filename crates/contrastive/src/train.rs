@@ -70,52 +70,6 @@ pub(crate) fn supcon(z: &Tensor, labels: &[i64], temperature: f64) -> candle_cor
     total.affine(-1.0 / anchors as f64, 0.0)
 }
 
-/// Per-feature mean and standard deviation (fit on the training rows).
-pub(crate) struct Standardizer {
-    mean: Vec<f32>,
-    std: Vec<f32>,
-}
-
-impl Standardizer {
-    pub(crate) fn fit(values: &[f32], dim: usize) -> Self {
-        let n = (values.len() / dim).max(1) as f64;
-        let mut mean = vec![0f64; dim];
-        for row in values.chunks(dim) {
-            for (m, v) in mean.iter_mut().zip(row) {
-                *m += *v as f64;
-            }
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
-        let mut var = vec![0f64; dim];
-        for row in values.chunks(dim) {
-            for ((s, v), m) in var.iter_mut().zip(row).zip(&mean) {
-                *s += (*v as f64 - m).powi(2);
-            }
-        }
-        Standardizer {
-            mean: mean.iter().map(|&m| m as f32).collect(),
-            std: var
-                .iter()
-                .map(|&s| {
-                    let sd = (s / n).sqrt();
-                    if sd > 1e-8 { sd as f32 } else { 1.0 }
-                })
-                .collect(),
-        }
-    }
-
-    pub(crate) fn apply(&self, values: &[f32]) -> Vec<f32> {
-        let dim = self.mean.len();
-        let mut out = values.to_vec();
-        for row in out.chunks_mut(dim) {
-            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
-                *v = (*v - m) / s;
-            }
-        }
-        out
-    }
-}
-
 /// Linear(d -> d_out), or Linear(d -> hidden) -> GELU -> dropout -> Linear(hidden -> d_out).
 pub(crate) struct Head {
     layers: Vec<(Var, Var)>,

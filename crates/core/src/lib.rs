@@ -1,22 +1,29 @@
 //! Shared pieces of every stage: the stage contract ([`Stage`]), the table formats that stages
-//! pass to each other as Parquet ([`table`]), file helpers for atomic publication ([`fsutil`]) and
-//! the error type ([`Error`]). Stages depend on this crate; it depends on no stage.
+//! pass to each other as Parquet ([`table`]) and the naming conventions of their columns and ids,
+//! file helpers for atomic publication ([`fsutil`]), the error type ([`Error`]), and the numerics
+//! that several stages share ([`matrix`]: matrix, standardiser, L2 normalisation; [`metrics`]:
+//! accuracy, macro-F1, confusion). Stages depend on this crate; it depends on no stage, and on
+//! nothing heavy (no candle, no polars).
 
 pub mod error;
 pub mod fsutil;
+pub mod image;
 pub mod layers;
 pub mod progress;
+pub mod matrix;
+pub mod metrics;
 pub mod stage;
 pub mod table;
 
 pub use error::{Error, Result};
-pub use layers::Layers;
+pub use layers::{LayerIndex, Layers};
+pub use matrix::{ConstantColumn, Matrix, Standardizer, argmax, l2_normalize_rows};
 pub use progress::Progress;
 pub use stage::{Arity, Context, Env, External, Input, Stage, Summary, resolve_path};
 pub use table::{
-    EmbeddingTable, EmbeddingWriter, Precision, Predictions, TextTable, VectorColumn,
-    read_embedding_table, read_predictions, read_text_table, write_embedding_table,
-    write_predictions, write_text_table,
+    EmbeddingTable, EmbeddingWriter, Precision, Predictions, TextTable, VectorColumn, augmented_id,
+    augmented_source, layer_column, parse_layer_column, read_embedding_table, read_predictions,
+    read_text_table, write_embedding_table, write_predictions, write_text_table,
 };
 
 /// A random generator for one purpose within a stage, seeded from the pipeline's seed. Deriving

@@ -35,10 +35,12 @@
 //!
 //! All inputs must hold the same row ids with the same true labels and the same label names.
 
-pub mod metrics;
 mod plot;
 pub mod significance;
-pub use plot::rgb_to_png;
+// The metrics live in core so that classify's `layer_sweep` scores layers exactly as this stage
+// does without depending on it.
+pub use llmembed_core::image::rgb_to_png;
+pub use llmembed_core::metrics;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -50,7 +52,7 @@ use llmembed_core::{
 use serde::{Deserialize, Serialize};
 use significance::{Interval, McNemar};
 
-pub use metrics::{
+pub use llmembed_core::metrics::{
     ClassMetrics, Scores, accuracy_and_macro_f1, confusion_matrix, scores_from_confusion,
 };
 

@@ -1,5 +1,6 @@
 //! Confusion-matrix heat map as PNG bytes (plotters, rendered in memory, encoded with `png`).
 
+use llmembed_core::image::rgb_to_png;
 use llmembed_core::{Error, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -125,18 +126,4 @@ pub(crate) fn confusion_png(
     }
 
     rgb_to_png(&buf, w, h, "encode confusion png")
-}
-
-/// Encodes an RGB8 buffer (as plotters' bitmap backend fills it) as PNG bytes.
-pub fn rgb_to_png(buf: &[u8], w: u32, h: u32, op: &'static str) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut enc = png::Encoder::new(&mut out, w, h);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    let mut writer = enc.write_header().map_err(|e| Error::compute(op, e))?;
-    writer
-        .write_image_data(buf)
-        .map_err(|e| Error::compute(op, e))?;
-    writer.finish().map_err(|e| Error::compute(op, e))?;
-    Ok(out)
 }

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use llmembed_core::{Context, Env, Input, Predictions, Stage, write_predictions};
+use llmembed_core::{Input, Predictions, Stage};
 use llmembed_evaluate::{
     Evaluate, EvaluateParams, MetricsFile, accuracy_and_macro_f1, confusion_matrix,
     scores_from_confusion,
@@ -30,26 +30,9 @@ fn close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() <= 1e-12, "{what}: {a} vs sklearn {b}");
 }
 
-fn env(dir: &Path) -> Env {
-    Env {
-        data_dir: dir.join("data"),
-        models_dir: dir.join("models"),
-        pipeline_dir: dir.to_path_buf(),
-        seed: 0,
-        quiet: true,
-    }
-}
-
 /// Writes predictions as an upstream artifact folder and returns the input.
 fn input(root: &Path, stage_id: &str, p: &Predictions) -> Input {
-    let dir = root.join(stage_id);
-    std::fs::create_dir_all(&dir).unwrap();
-    write_predictions(&dir.join("predictions.parquet"), p).unwrap();
-    Input {
-        stage_id: stage_id.to_string(),
-        dir,
-        files: vec!["predictions.parquet".to_string()],
-    }
+    llmembed_testkit::predictions_input(&root.join(stage_id), stage_id, p)
 }
 
 fn predictions(
@@ -76,17 +59,9 @@ fn predictions(
 
 fn run(params: &EvaluateParams, inputs: &[Input], root: &Path) -> llmembed_core::Result<PathBuf> {
     Evaluate::check(params)?;
-    let e = env(root);
     let out = root.join(format!("out-{}", inputs.len()));
     let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).unwrap();
-    let ctx = Context {
-        env: &e,
-        out_dir: out.clone(),
-        store_dir: root.join("store"),
-        seed: 0,
-    };
-    Evaluate::run(params, inputs, &ctx)?;
+    llmembed_testkit::run_stage_at::<Evaluate>(params, inputs, 0, &out, &root.join("store"))?;
     Ok(out)
 }
 

@@ -25,7 +25,7 @@ pub struct Extract;
 
 fn tap_name(t: Tap) -> String {
     match t {
-        Tap::Layer(k) => format!("layer_{k}"),
+        Tap::Layer(k) => llmembed_core::layer_column(k),
         Tap::FinalNorm => "final_norm".into(),
         Tap::Pooler => "pooler".into(),
     }

@@ -9,13 +9,17 @@
 //!
 //! Both write `EmbeddingTable`s with one column `embedding` per split.
 
+mod align;
 mod fuse;
 mod ops;
+mod params;
+mod select;
 mod tfidf;
 mod weighted;
 
-pub use fuse::{
-    AllLayers, CooccurrenceParams, Fuse, FuseParams, Gram, Layers, Method, Normalize, SourceSpec,
-    WeightedParams,
+pub use fuse::Fuse;
+pub use llmembed_core::Layers;
+pub use params::{
+    CooccurrenceParams, FuseParams, Gram, Method, Normalize, SourceSpec, WeightedParams,
 };
 pub use tfidf::{Tfidf, TfidfParams};

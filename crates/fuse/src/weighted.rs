@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 
 use llmembed_core::{Error, Result};
 
-use crate::ops::Mat;
+use llmembed_core::Matrix;
 
 /// Training settings, see [`crate::WeightedParams`].
 pub(crate) struct TrainSettings {
@@ -41,7 +41,7 @@ fn ce(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
 }
 
 /// Gathers rows `idx` of every layer of a source into a `(batch, layers, dim)` tensor.
-fn gather(layers: &[Mat], idx: &[usize], dev: &Device) -> Result<Tensor> {
+fn gather(layers: &[Matrix], idx: &[usize], dev: &Device) -> Result<Tensor> {
     let dim = layers[0].dim;
     let mut buf = Vec::with_capacity(idx.len() * layers.len() * dim);
     for &i in idx {
@@ -54,7 +54,12 @@ fn gather(layers: &[Mat], idx: &[usize], dev: &Device) -> Result<Tensor> {
 }
 
 /// The fused batch `(batch, sum of source dims)` for the current layer logits.
-fn fuse_batch(sources: &[Vec<Mat>], alphas: &[Var], idx: &[usize], dev: &Device) -> Result<Tensor> {
+fn fuse_batch(
+    sources: &[Vec<Matrix>],
+    alphas: &[Var],
+    idx: &[usize],
+    dev: &Device,
+) -> Result<Tensor> {
     let mut parts = Vec::with_capacity(sources.len());
     for (layers, alpha) in sources.iter().zip(alphas) {
         let x = gather(layers, idx, dev)?;
@@ -71,7 +76,7 @@ fn fuse_batch(sources: &[Vec<Mat>], alphas: &[Var], idx: &[usize], dev: &Device)
 }
 
 pub(crate) fn fit(
-    sources: &[Vec<Mat>],
+    sources: &[Vec<Matrix>],
     labels: &[i64],
     num_classes: usize,
     s: &TrainSettings,

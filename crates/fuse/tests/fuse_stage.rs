@@ -55,10 +55,7 @@ fn yaml_params_have_explicit_defaults_and_reject_unknown_fields() {
         "sources:\n  - {layers: all}\n  - {layers: [6, -1], columns: [pooler]}\n",
     )
     .unwrap();
-    assert_eq!(
-        p.sources[0].layers,
-        Some(Layers::All(llmembed_fuse::AllLayers::All))
-    );
+    assert_eq!(p.sources[0].layers, Some(Layers::All));
     assert_eq!(p.sources[1].layers, Some(Layers::List(vec![6, -1])));
     assert_eq!(p.sources[1].columns, vec!["pooler".to_string()]);
     assert_eq!(p.method, Method::Mean);
@@ -350,7 +347,7 @@ fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
     let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
     let mut p = params(
         vec![SourceSpec {
-            layers: Some(Layers::All(llmembed_fuse::AllLayers::All)),
+            layers: Some(Layers::All),
             columns: vec![],
         }],
         Method::Weighted,
@@ -398,13 +395,11 @@ fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
 
     // Same inputs, same seed: the same bytes.
     let (again, _) = run_stage::<Fuse>(dir.path(), "o_again", &p, &[input]).unwrap();
-    for f in ["train.parquet", "test.parquet", "weights.json"] {
-        assert_eq!(
-            std::fs::read(out.join(f)).unwrap(),
-            std::fs::read(again.join(f)).unwrap(),
-            "{f} differs between two runs"
-        );
-    }
+    llmembed_testkit::assert_same_output_bytes(
+        &out,
+        &again,
+        &["train.parquet", "test.parquet", "weights.json"],
+    );
 }
 
 #[test]

@@ -139,13 +139,11 @@ fn ag_news_rows_are_unit_length_and_use_the_train_vocabulary() {
     }
     // Deterministic: same bytes twice.
     let (again, _) = run_stage::<Tfidf>(dir.path(), "o2", &p, &[input]).unwrap();
-    for f in ["train.parquet", "test.parquet", "vocabulary.json"] {
-        assert_eq!(
-            std::fs::read(out.join(f)).unwrap(),
-            std::fs::read(again.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    llmembed_testkit::assert_same_output_bytes(
+        &out,
+        &again,
+        &["train.parquet", "test.parquet", "vocabulary.json"],
+    );
 }
 
 #[test]

@@ -5,10 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use llmembed_core::{
-    Context, EmbeddingTable, Env, Input, Precision, Stage, Summary, VectorColumn,
-    write_embedding_table,
-};
+use llmembed_core::{EmbeddingTable, Input, Stage, Summary, VectorColumn};
 
 pub const AG_LABELS: [&str; 4] = ["World", "Sports", "Business", "Sci/Tech"];
 
@@ -78,21 +75,9 @@ pub fn label_names() -> Vec<String> {
     AG_LABELS.iter().map(|s| s.to_string()).collect()
 }
 
-/// Writes `tables` as the splits of an upstream artifact and returns it as an [`Input`].
+/// Writes `tables` as the splits of an upstream artifact `root/stage_id` and returns it.
 pub fn write_input(root: &Path, stage_id: &str, tables: &[(&str, &EmbeddingTable)]) -> Input {
-    let dir = root.join(stage_id);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut files = Vec::new();
-    for (split, t) in tables {
-        let f = format!("{split}.parquet");
-        write_embedding_table(&dir.join(&f), t, Precision::F32).unwrap();
-        files.push(f);
-    }
-    Input {
-        stage_id: stage_id.to_string(),
-        dir,
-        files,
-    }
+    llmembed_testkit::embedding_input(&root.join(stage_id), stage_id, tables)
 }
 
 /// Runs a stage into a fresh folder `root/out_name` with seed 7.
@@ -102,23 +87,8 @@ pub fn run_stage<S: Stage>(
     params: &S::Params,
     inputs: &[Input],
 ) -> llmembed_core::Result<(PathBuf, Summary)> {
-    let env = Env {
-        data_dir: data_dir(),
-        models_dir: root.join("models"),
-        pipeline_dir: root.to_path_buf(),
-        seed: 7,
-        quiet: true,
-    };
     let out_dir = root.join(out_name);
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let store_dir = root.join("store");
-    std::fs::create_dir_all(&store_dir).unwrap();
-    let ctx = Context {
-        env: &env,
-        out_dir: out_dir.clone(),
-        store_dir,
-        seed: 7,
-    };
-    let summary = S::run(params, inputs, &ctx)?;
+    let summary =
+        llmembed_testkit::run_stage_at::<S>(params, inputs, 7, &out_dir, &root.join("store"))?;
     Ok((out_dir, summary))
 }

@@ -87,6 +87,20 @@ pub fn scores_from_confusion(confusion: Vec<Vec<u64>>, label_names: &[String]) -
     }
 }
 
+/// The share of rows whose prediction is their label; 0 for no rows. Panics when the lengths
+/// differ.
+pub fn accuracy(labels: &[i64], preds: &[i64]) -> f64 {
+    assert_eq!(
+        labels.len(),
+        preds.len(),
+        "accuracy: one prediction per label"
+    );
+    ratio(
+        labels.iter().zip(preds).filter(|(a, b)| a == b).count() as u64,
+        labels.len() as u64,
+    )
+}
+
 /// Accuracy and macro-F1 over classes `0..n_classes` (scikit-learn conventions, see the module
 /// docs). Empty input gives `(0.0, 0.0)`. Panics when the lengths differ or a value is outside
 /// `0..n_classes`.
@@ -104,6 +118,12 @@ mod tests {
     fn perfect_and_all_wrong() {
         assert_eq!(accuracy_and_macro_f1(&[0, 1, 2], &[0, 1, 2], 3), (1.0, 1.0));
         assert_eq!(accuracy_and_macro_f1(&[0, 1], &[1, 0], 2), (0.0, 0.0));
+    }
+
+    #[test]
+    fn accuracy_counts_matches_and_is_zero_without_rows() {
+        assert_eq!(accuracy(&[0, 1, 1, 2], &[0, 1, 2, 2]), 0.75);
+        assert_eq!(accuracy(&[], &[]), 0.0);
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! What the classifier stages (`logreg`, `mlp`, `layer_sweep`) share around their fits: the
+//! param checks they have in common, reading train and test (after checking that CV folds fit the
+//! classes), choosing the best row of a CV table, and writing `predictions.parquet` and the
+//! stage's JSON files.
+
+use std::path::Path;
+
+use llmembed_core::{
+    Context, Error, Input, Predictions, Result, argmax, fsutil, write_predictions,
+};
+use serde::Serialize;
+
+use crate::data::{Split, load_train_test};
+use crate::folds::check_folds;
+
+/// The feature params of a classifier that reads one embedding artifact (`logreg`, `mlp`).
+pub(crate) trait FeatureParams {
+    fn column(&self) -> Option<&str>;
+    fn columns(&self) -> Option<&[String]>;
+    /// `select.folds`, when the stage selects a hyper-parameter by CV.
+    fn select_folds(&self) -> Option<usize>;
+}
+
+/// [`FeatureParams`] for a params struct with the fields `column: Option<String>`,
+/// `columns: Option<Vec<String>>` and `select: Option<_>` (whose `folds` is the CV's).
+macro_rules! feature_params {
+    ($params:ty) => {
+        impl $crate::prologue::FeatureParams for $params {
+            fn column(&self) -> Option<&str> {
+                self.column.as_deref()
+            }
+            fn columns(&self) -> Option<&[String]> {
+                self.columns.as_deref()
+            }
+            fn select_folds(&self) -> Option<usize> {
+                self.select.as_ref().map(|s| s.folds)
+            }
+        }
+    };
+}
+pub(crate) use feature_params;
+
+/// `select.folds`, when given, is at least 2.
+pub(crate) fn check_select_folds(p: &impl FeatureParams) -> Result<()> {
+    match p.select_folds() {
+        Some(folds) if folds < 2 => Err(Error::param("select.folds", "needs at least 2 folds")),
+        _ => Ok(()),
+    }
+}
+
+/// `column` and `columns` exclude each other, and a `columns` list is not empty.
+pub(crate) fn check_columns(column: Option<&str>, columns: Option<&[String]>) -> Result<()> {
+    if column.is_some() && columns.is_some() {
+        return Err(Error::param(
+            "column",
+            "give either `column` or `columns`, not both",
+        ));
+    }
+    if columns.is_some_and(<[String]>::is_empty) {
+        return Err(Error::param("columns", "empty list"));
+    }
+    Ok(())
+}
+
+/// The stopping rule of the logistic-regression solvers: a positive tolerance, some iterations.
+pub(crate) fn check_tol_and_iterations(tol: f64, max_iterations: u64) -> Result<()> {
+    if !(tol.is_finite() && tol > 0.0) {
+        return Err(Error::param("tol", format!("must be positive, got {tol}")));
+    }
+    if max_iterations == 0 {
+        return Err(Error::param("max_iterations", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// A classifier's train and test rows, and the names of the columns they were read from.
+pub(crate) struct TrainTest {
+    pub train: Split,
+    pub test: Split,
+    pub columns: Vec<String>,
+}
+
+/// Reads `input`'s train and test splits with the columns `p` chooses. When `p` selects by CV,
+/// first checks (on the labels alone) that every class has rows for that many folds.
+pub(crate) fn load(input: &Input, p: &impl FeatureParams) -> Result<TrainTest> {
+    let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+    if let Some(folds) = p.select_folds() {
+        check_folds(&train_path, "select.folds", folds)?;
+    }
+    let (train, test, columns) = load_train_test(&train_path, &test_path, p.column(), p.columns())?;
+    Ok(TrainTest {
+        train,
+        test,
+        columns,
+    })
+}
+
+/// The index of the best row: a row replaces the best so far only when `better(row, best)`, so
+/// ties keep the earlier row unless `better` breaks them.
+pub(crate) fn best_index<R>(rows: &[R], better: impl Fn(&R, &R) -> bool) -> usize {
+    let mut best = 0;
+    for (i, r) in rows.iter().enumerate() {
+        if better(r, &rows[best]) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The predicted class of each row of row-major probabilities over `k` classes (the first of
+/// equal probabilities).
+pub(crate) fn preds_of(probs: &[f32], k: usize) -> Vec<i64> {
+    probs.chunks(k).map(|r| argmax(r) as i64).collect()
+}
+
+/// Writes `predictions.parquet` for the test rows.
+pub(crate) fn write_test_predictions(
+    ctx: &Context,
+    test: &Split,
+    preds: Vec<i64>,
+    probs: Vec<f32>,
+    producer: String,
+) -> Result<()> {
+    let predictions = Predictions {
+        ids: test.ids.clone(),
+        labels: test.labels.clone(),
+        preds,
+        probs,
+        label_names: test.label_names.clone(),
+        producer,
+    };
+    write_predictions(&ctx.out("predictions.parquet"), &predictions)
+}
+
+/// Pretty JSON, written atomically.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| Error::compute("serialize model.json", e))?;
+    fsutil::write_bytes_atomic(path, &bytes)
+}

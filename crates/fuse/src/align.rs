@@ -1,0 +1,141 @@
+//! One split of every source, rows of inputs 2.. matched to the rows of input 1 by id.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use llmembed_core::{Error, Input, Matrix, Result, read_embedding_table};
+
+use crate::select::Resolved;
+
+/// One split of every source, aligned to the row order of the first input.
+pub(crate) struct Aligned {
+    pub ids: Vec<String>,
+    pub labels: Vec<i64>,
+    pub label_names: Vec<String>,
+    /// `sources[s][v]`: selected vector `v` of source `s`.
+    pub sources: Vec<Vec<Matrix>>,
+}
+
+/// The first input's file, ids, labels and label names: what the other inputs are matched to.
+type Base = (PathBuf, Vec<String>, Vec<i64>, Vec<String>);
+
+/// Reads one split of every input and reorders inputs 2.. to the ids of input 1.
+pub(crate) fn load_aligned(
+    split: &str,
+    inputs: &[Input],
+    resolved: &[Resolved],
+) -> Result<Aligned> {
+    let mut base: Option<Base> = None;
+    let mut base_index: HashMap<String, usize> = HashMap::new();
+    let mut sources: Vec<Vec<Matrix>> = Vec::with_capacity(inputs.len());
+    for (input, r) in inputs.iter().zip(resolved) {
+        let path = input.split(split)?;
+        let names: Vec<&str> = r.columns.iter().map(|(n, _)| n.as_str()).collect();
+        let table = read_embedding_table(&path, Some(&names))?;
+        for ((name, dim), col) in r.columns.iter().zip(&table.columns) {
+            if col.dim != *dim {
+                return Err(Error::schema(
+                    &path,
+                    name,
+                    format!("width {} here but {dim} in the train split", col.dim),
+                ));
+            }
+        }
+        let index = index_ids(&path, &table.ids)?;
+        if base.is_none() {
+            base_index = index;
+            base = Some((path, table.ids, table.labels, table.label_names));
+            sources.push(table.columns.into_iter().map(Matrix::from).collect());
+            continue;
+        }
+        let (base_path, ids, labels, label_names) = base.as_ref().expect("set by the first input");
+        if &table.label_names != label_names {
+            return Err(Error::mismatch(
+                "fuse: match inputs",
+                format!(
+                    "label names differ: {} has {:?}, {} has {:?}",
+                    base_path.display(),
+                    label_names,
+                    path.display(),
+                    table.label_names
+                ),
+            ));
+        }
+        // Every base id must be present, and nothing else.
+        let mut order = Vec::with_capacity(ids.len());
+        for (row, id) in ids.iter().enumerate() {
+            let Some(&j) = index.get(id) else {
+                return Err(Error::mismatch(
+                    "fuse: match inputs by id",
+                    format!(
+                        "id `{id}` (row {row} of {}) is missing from {}",
+                        base_path.display(),
+                        path.display()
+                    ),
+                ));
+            };
+            if table.labels[j] != labels[row] {
+                return Err(Error::mismatch(
+                    "fuse: match inputs by id",
+                    format!(
+                        "id `{id}` has label {} in {} but {} in {}",
+                        labels[row],
+                        base_path.display(),
+                        table.labels[j],
+                        path.display()
+                    ),
+                ));
+            }
+            order.push(j);
+        }
+        if let Some((row, id)) = table
+            .ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| !base_index.contains_key(*id))
+        {
+            return Err(Error::mismatch(
+                "fuse: match inputs by id",
+                format!(
+                    "id `{id}` (row {row} of {}) is missing from {}",
+                    path.display(),
+                    base_path.display()
+                ),
+            ));
+        }
+        let mats = table
+            .columns
+            .into_iter()
+            .map(|c| {
+                let mut data = Vec::with_capacity(c.values.len());
+                for &j in &order {
+                    data.extend_from_slice(c.row(j));
+                }
+                Matrix::new(order.len(), c.dim, data)
+            })
+            .collect();
+        sources.push(mats);
+    }
+    let (_, ids, labels, label_names) = base.expect("at least one input");
+    Ok(Aligned {
+        ids,
+        labels,
+        label_names,
+        sources,
+    })
+}
+
+fn index_ids(path: &Path, ids: &[String]) -> Result<HashMap<String, usize>> {
+    let mut index = HashMap::with_capacity(ids.len());
+    for (row, id) in ids.iter().enumerate() {
+        if let Some(first) = index.insert(id.clone(), row) {
+            return Err(Error::row(
+                path,
+                row,
+                "id",
+                format!("duplicate id `{id}` (also row {first})"),
+            ));
+        }
+    }
+    Ok(index)
+}
