@@ -75,6 +75,7 @@ fn publish(cache: &Cache, bytes: &[u8]) -> Manifest {
     let summary = Summary {
         rows_out: 7,
         notes: vec!["a note".into()],
+        ..Default::default()
     };
     cache
         .publish(&tmp, &key, &pre, "lr", &summary, 1.5)

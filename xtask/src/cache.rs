@@ -72,6 +72,9 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     pub rows_out: usize,
     pub notes: Vec<String>,
+    /// The stage's longer facts (`Summary::details`), shown by `show`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
     pub seconds: f64,
     pub created_unix: u64,
 }
@@ -323,6 +326,7 @@ impl Cache {
                 files,
                 rows_out: summary.rows_out,
                 notes: summary.notes.clone(),
+                details: summary.details.clone(),
                 seconds,
                 created_unix: std::time::SystemTime::now()
                     .duration_since(UNIX_EPOCH)

@@ -32,6 +32,8 @@ pub struct ShownStage {
     pub rows: Option<usize>,
     pub seconds: Option<f64>,
     pub notes: Vec<String>,
+    /// Longer facts (a model's full description).
+    pub details: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -98,7 +100,12 @@ pub fn show(
                 files,
                 rows: s.manifest.as_ref().map(|m| m.rows_out),
                 seconds: s.manifest.as_ref().map(|m| m.seconds),
-                notes: s.manifest.map(|m| m.notes).unwrap_or_default(),
+                notes: s
+                    .manifest
+                    .as_ref()
+                    .map(|m| m.notes.clone())
+                    .unwrap_or_default(),
+                details: s.manifest.map(|m| m.details).unwrap_or_default(),
             }
         })
         .collect();
@@ -139,6 +146,9 @@ pub fn print(shown: &ShownPipeline) {
         }
         for n in &s.notes {
             crate::outln!("  note     {n}");
+        }
+        for d in &s.details {
+            crate::outln!("  detail   {d}");
         }
     }
 }

@@ -340,6 +340,7 @@ impl Stage for Augment {
                 format!("{too_short} chosen rows too short to change (left as they are)"),
                 format!("{unchanged} copies unchanged by their operations (dropped)"),
             ],
+            ..Default::default()
         })
     }
 }

@@ -210,6 +210,7 @@ impl Stage for Ensemble {
                 members.len(),
                 p.method
             )],
+            ..Default::default()
         })
     }
 }

@@ -418,6 +418,7 @@ impl Stage for LayerSweep {
         Ok(Summary {
             rows_out: predictions.ids.len(),
             notes,
+            ..Default::default()
         })
     }
 }

@@ -220,6 +220,7 @@ impl Stage for LogReg {
         Ok(Summary {
             rows_out: test.rows(),
             notes,
+            ..Default::default()
         })
     }
 }

@@ -322,6 +322,7 @@ impl Stage for Mlp {
         Ok(Summary {
             rows_out: test.rows(),
             notes,
+            ..Default::default()
         })
     }
 }

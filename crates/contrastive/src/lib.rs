@@ -440,6 +440,7 @@ impl Stage for Contrastive {
                 examples_note,
                 best,
             ],
+            ..Default::default()
         })
     }
 }

@@ -9,9 +9,9 @@ pub mod error;
 pub mod fsutil;
 pub mod image;
 pub mod layers;
-pub mod progress;
 pub mod matrix;
 pub mod metrics;
+pub mod progress;
 pub mod stage;
 pub mod table;
 

@@ -141,6 +141,10 @@ pub struct Summary {
     pub rows_out: usize,
     /// Short facts worth a line each ("reused 1,980 of 2,500 texts", "truncated 3 texts").
     pub notes: Vec<String>,
+    /// Longer facts kept in the manifest and printed by `show`, not on the run's summary line
+    /// (a model's full description).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 /// A stage kind. Implemented by a unit struct in each stage crate.

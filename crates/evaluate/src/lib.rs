@@ -322,6 +322,7 @@ impl Stage for Evaluate {
         let mut summary = Summary {
             rows_out: file.classifiers.len(),
             notes: Vec::new(),
+            ..Default::default()
         };
         for c in &file.classifiers {
             summary.notes.push(format!(

@@ -192,14 +192,11 @@ impl Stage for Extract {
         let mut store = open_store(p, model.as_ref(), &resolved, &columns, ctx)?;
         let texts = Texts::read(&splits)?;
         let missing = texts.missing(&store);
-        let mut notes = vec![
-            format!("model {}", model.describe()),
-            format!(
-                "reused {} of {} texts",
-                texts.unique.len() - missing.len(),
-                texts.unique.len()
-            ),
-        ];
+        let mut notes = vec![format!(
+            "reused {} of {} texts",
+            texts.unique.len() - missing.len(),
+            texts.unique.len()
+        )];
         if !store.quarantined.is_empty() {
             notes.push(format!(
                 "quarantined {} damaged store shard(s)",
@@ -222,6 +219,7 @@ impl Stage for Extract {
         Ok(Summary {
             rows_out: total_rows,
             notes,
+            details: vec![format!("model {}", model.describe())],
         })
     }
 }
