@@ -59,27 +59,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline, skipping every stage whose inputs are already cached.
-    Run {
-        pipeline: PathBuf,
-        /// Rerun this stage and everything that depends on it (repeatable).
-        #[arg(long)]
-        force: Vec<String>,
-        /// Run only this stage (its inputs must be cached).
-        #[arg(long)]
-        only: Option<String>,
-        /// Run this stage and what it depends on, nothing after it.
-        #[arg(long)]
-        until: Option<String>,
-        /// Print the plan (what runs and why, what is cached) and run nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// After a failure, keep running the stages that do not depend on it.
-        #[arg(long)]
-        keep_going: bool,
-        /// Fail at once if another runner holds the cache instead of waiting for it.
-        #[arg(long)]
-        no_wait: bool,
-    },
+    Run(RunArgs),
     /// For each stage: cached, or stale and why.
     Status {
         pipeline: PathBuf,
@@ -149,6 +129,30 @@ enum Command {
     },
 }
 
+/// What `run` takes besides the global options.
+#[derive(clap::Args)]
+struct RunArgs {
+    pub pipeline: PathBuf,
+    /// Rerun this stage and everything that depends on it (repeatable).
+    #[arg(long)]
+    pub force: Vec<String>,
+    /// Run only this stage (its inputs must be cached).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Run this stage and what it depends on, nothing after it.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Print the plan (what runs and why, what is cached) and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After a failure, keep running the stages that do not depend on it.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Fail at once if another runner holds the cache instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// Embed AG News test texts with a model preset: texts/s, real tokens/s, peak memory.
@@ -186,6 +190,15 @@ enum ComputeArg {
     Bf16,
 }
 
+impl ComputeArg {
+    fn dtype(self) -> llmembed_extract::ComputeDtype {
+        match self {
+            ComputeArg::F32 => llmembed_extract::ComputeDtype::F32,
+            ComputeArg::Bf16 => llmembed_extract::ComputeDtype::Bf16,
+        }
+    }
+}
+
 /// An error already printed (and written to the run log) before the log was closed.
 #[derive(Debug)]
 struct AlreadyReported(anyhow::Error);
@@ -215,6 +228,122 @@ fn keep_latest(run_dir: &Path, results: &Path) {
             log::warn!("copy {} to {}: {e:#}", from.display(), results.display());
         }
     }
+}
+
+/// `run`: the pipeline, its run log and its record.
+fn run_pipeline(cli: &Cli, args: &RunArgs, ws: Workspace) -> Result<()> {
+    let RunArgs {
+        pipeline,
+        force,
+        only,
+        until,
+        dry_run,
+        keep_going,
+        no_wait,
+    } = args;
+    let plan = load(pipeline)?;
+    // The checks that look at this machine (models fetched earlier, local files).
+    pipeline::check_local(&plan, &ws.env(&plan))?;
+    // Each run keeps its log and record in `results/<pipeline>/runs/<time>-<pid>/`; the
+    // latest are copied next to the reports.
+    let results = ws.results_dir.join(&plan.name);
+    let record_dir = (!dry_run).then(|| {
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
+        results
+            .join("runs")
+            .join(format!("{stamp}-{}", std::process::id()))
+    });
+    if cli.log.is_none()
+        && let Some(dir) = &record_dir
+    {
+        // The log is a copy of what the terminal shows: a run goes on without it.
+        let path = dir.join("run.log");
+        if let Err(e) = crate::console::start_run_log(&path) {
+            log::warn!(
+                "open the run log {}: {e}; this run keeps no log",
+                path.display()
+            );
+        }
+    }
+    let opts = RunOptions {
+        force: force.clone(),
+        only: only.clone(),
+        until: until.clone(),
+        dry_run: *dry_run,
+        keep_going: *keep_going,
+        wait_for_lock: !*no_wait,
+        record_dir: record_dir.clone(),
+    };
+    let started = std::time::Instant::now();
+    let result = runner::run(&plan, &ws, &opts);
+    if let Ok(outcomes) = &result
+        && !dry_run
+    {
+        let count = |f: fn(&runner::Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+        crate::outln!(
+            "{}: {} stage(s), {} ran, {} cached, {} pulled, in {}",
+            plan.name,
+            outcomes.len(),
+            count(|o| matches!(o, runner::Outcome::Ran(_))),
+            count(|o| matches!(o, runner::Outcome::Cached(_))),
+            count(|o| matches!(o, runner::Outcome::Pulled(_))),
+            runner::human_duration(started.elapsed().as_secs_f64())
+        );
+    }
+    if let Some(dir) = &record_dir {
+        if let Err(e) = &result {
+            // Into the run log too, before it is closed.
+            log::error!("{e:#}");
+        }
+        crate::console::stop_run_log();
+        keep_latest(dir, &results);
+        if let Err(e) = result {
+            return Err(AlreadyReported(e).into());
+        }
+    } else {
+        result?;
+    }
+    Ok(())
+}
+
+/// `status`: a line per stage (or, with `json`, what `show --json` prints).
+fn print_status(plan: &Plan, ws: &Workspace, json: bool) -> Result<()> {
+    let states = status::states(plan, ws)?;
+    if json {
+        let shown = crate::show::show(plan, ws, states, None)?;
+        crate::outln!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    for s in states {
+        let id = s.id;
+        match s.status {
+            _ if s.in_remote => crate::outln!("remote  {id}"),
+            StageStatus::Cached => crate::outln!("cached  {id}"),
+            StageStatus::Waiting(why) => crate::outln!("stale   {id}: {why}"),
+            StageStatus::Stale(reasons) => {
+                crate::outln!("stale   {id}:");
+                for r in reasons {
+                    crate::outln!("          {r}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pipeline files named, or every `*.yaml` in the project's `pipelines/` folder.
+fn pipeline_files(root: &Path, named: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    if !named.is_empty() {
+        return Ok(named.to_vec());
+    }
+    let dir = root.join("pipelines");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 fn project_root(binary: Binary) -> PathBuf {
@@ -284,104 +413,8 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
         })
     };
     match &cli.command {
-        Command::Run {
-            pipeline,
-            force,
-            only,
-            until,
-            dry_run,
-            keep_going,
-            no_wait,
-        } => {
-            let plan = load(pipeline)?;
-            let ws = ws()?;
-            // The checks that look at this machine (models fetched earlier, local files).
-            pipeline::check_local(&plan, &ws.env(&plan))?;
-            // Each run keeps its log and record in `results/<pipeline>/runs/<time>-<pid>/`; the
-            // latest are copied next to the reports.
-            let results = ws.results_dir.join(&plan.name);
-            let record_dir = (!dry_run).then(|| {
-                let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
-                results
-                    .join("runs")
-                    .join(format!("{stamp}-{}", std::process::id()))
-            });
-            if cli.log.is_none()
-                && let Some(dir) = &record_dir
-            {
-                // The log is a copy of what the terminal shows: a run goes on without it.
-                let path = dir.join("run.log");
-                if let Err(e) = crate::console::start_run_log(&path) {
-                    log::warn!(
-                        "open the run log {}: {e}; this run keeps no log",
-                        path.display()
-                    );
-                }
-            }
-            let opts = RunOptions {
-                force: force.clone(),
-                only: only.clone(),
-                until: until.clone(),
-                dry_run: *dry_run,
-                keep_going: *keep_going,
-                wait_for_lock: !*no_wait,
-                record_dir: record_dir.clone(),
-            };
-            let started = std::time::Instant::now();
-            let result = runner::run(&plan, &ws, &opts);
-            if let Ok(outcomes) = &result
-                && !dry_run
-            {
-                let count =
-                    |f: fn(&runner::Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
-                crate::outln!(
-                    "{}: {} stage(s), {} ran, {} cached, {} pulled, in {}",
-                    plan.name,
-                    outcomes.len(),
-                    count(|o| matches!(o, runner::Outcome::Ran(_))),
-                    count(|o| matches!(o, runner::Outcome::Cached(_))),
-                    count(|o| matches!(o, runner::Outcome::Pulled(_))),
-                    runner::human_duration(started.elapsed().as_secs_f64())
-                );
-            }
-            if let Some(dir) = &record_dir {
-                if let Err(e) = &result {
-                    // Into the run log too, before it is closed.
-                    log::error!("{e:#}");
-                }
-                crate::console::stop_run_log();
-                keep_latest(dir, &results);
-                if let Err(e) = result {
-                    return Err(AlreadyReported(e).into());
-                }
-            } else {
-                result?;
-            }
-        }
-        Command::Status { pipeline, json } => {
-            let plan = load(pipeline)?;
-            let ws = ws()?;
-            let states = status::states(&plan, &ws)?;
-            if *json {
-                let shown = crate::show::show(&plan, &ws, states, None)?;
-                crate::outln!("{}", serde_json::to_string_pretty(&shown)?);
-                return Ok(());
-            }
-            for s in states {
-                let id = s.id;
-                match s.status {
-                    _ if s.in_remote => crate::outln!("remote  {id}"),
-                    StageStatus::Cached => crate::outln!("cached  {id}"),
-                    StageStatus::Waiting(why) => crate::outln!("stale   {id}: {why}"),
-                    StageStatus::Stale(reasons) => {
-                        crate::outln!("stale   {id}:");
-                        for r in reasons {
-                            crate::outln!("          {r}");
-                        }
-                    }
-                }
-            }
-        }
+        Command::Run(args) => run_pipeline(&cli, args, ws()?)?,
+        Command::Status { pipeline, json } => print_status(&load(pipeline)?, &ws()?, *json)?,
         Command::Show {
             pipeline,
             stage,
@@ -428,18 +461,7 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             dry_run,
             no_wait,
         } => {
-            let files: Vec<PathBuf> = if pipelines.is_empty() {
-                let dir = root.join("pipelines");
-                let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .with_context(|| format!("read {}", dir.display()))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                    .collect();
-                v.sort();
-                v
-            } else {
-                pipelines.clone()
-            };
+            let files = pipeline_files(&root, pipelines)?;
             let plans = files.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
             let report = crate::gc::gc(&plans, &ws()?, *dry_run, !*no_wait)?;
             crate::gc::print(&report, *dry_run);
@@ -489,17 +511,13 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             let data_dir = std::env::var_os("LLMEMBED_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| ws.default_data_dir.clone());
-            let compute = match compute {
-                ComputeArg::F32 => llmembed_extract::ComputeDtype::F32,
-                ComputeArg::Bf16 => llmembed_extract::ComputeDtype::Bf16,
-            };
             crate::tools::bench_extract(
                 &ws.cache.models_dir(),
                 &data_dir,
                 model,
                 *texts,
                 *batch_tokens,
-                compute,
+                compute.dtype(),
             )?;
         }
     }

@@ -250,135 +250,22 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
     let raw_stages = &raw.stages.value;
 
     // Ids first, so that inputs can refer to stages defined later in the file.
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, stage) in raw_stages.iter().enumerate() {
-        let id = stage.id.value.as_str();
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            errors.at(
-                &stage.id.referenced,
-                format!("stage id `{id}`: expected letters, digits, `_` or `-`"),
-            );
-        }
-        if let Some(&first) = index.get(id) {
-            errors.at(
-                &stage.id.referenced,
-                format!(
-                    "duplicate stage id `{id}` (first defined at line {})",
-                    raw_stages[first].id.referenced.line()
-                ),
-            );
-        } else {
-            index.insert(id, i);
-        }
-    }
-
+    let index = index_ids(raw_stages, &mut errors);
     let mut kinds: Vec<Option<&'static dyn StageKind>> = Vec::new();
     let mut params: Vec<Value> = Vec::new();
     let mut params_at: Vec<ParamLocations> = Vec::new();
     let mut inputs: Vec<Vec<InputRef>> = Vec::new();
     for stage in raw_stages {
-        let kind = registry::find(&stage.kind.value);
-        if kind.is_none() {
-            let known: Vec<&str> = registry::all().iter().map(|k| k.kind()).collect();
-            errors.at(
-                &stage.kind.referenced,
-                format!(
-                    "unknown stage kind `{}`: expected one of {}",
-                    stage.kind.value,
-                    known.join(", ")
-                ),
-            );
-        }
-        kinds.push(kind);
-
-        let mut refs = Vec::new();
-        for input in &stage.inputs {
-            let (id, output) = match input.value.split_once('.') {
-                Some((id, out)) => (id, Some(out.to_string())),
-                None => (input.value.as_str(), None),
-            };
-            match index.get(id) {
-                Some(&j) => refs.push(InputRef { stage: j, output }),
-                None => errors.at(
-                    &input.referenced,
-                    format!(
-                        "input `{}` of stage `{}` names no stage in this pipeline",
-                        input.value, stage.id.value
-                    ),
-                ),
-            }
-        }
-        if let Some(kind) = kind
-            && !kind.inputs().accepts(stage.inputs.len())
-        {
-            errors.at(
-                &stage.id.referenced,
-                format!(
-                    "stage `{}` ({}) takes {}, got {}",
-                    stage.id.value,
-                    kind.kind(),
-                    kind.inputs(),
-                    stage.inputs.len()
-                ),
-            );
-        }
-        inputs.push(refs);
-
-        let (map, at) = match &stage.params {
-            Some(p) => (&p.value, p.referenced),
-            None => (&BTreeMap::new(), stage.id.referenced),
-        };
-        let at = ParamLocations {
-            map: at,
-            each: map.iter().map(|(k, v)| (k.clone(), v.referenced)).collect(),
-        };
-        let json = Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), v.value.clone()))
-                .collect(),
-        );
-        let canonical = match kind.map(|k| k.validate(json, stage.inputs.len())) {
-            Some(Ok(v)) => v,
-            Some(Err(issue)) => {
-                errors.param(&at, &stage.id.value, &stage.kind.value, issue);
-                Value::Null
-            }
-            None => Value::Null,
-        };
-        params.push(canonical);
-        params_at.push(at);
+        let checked = check_stage(stage, &index, &mut errors);
+        kinds.push(checked.kind);
+        inputs.push(checked.inputs);
+        params.push(checked.params);
+        params_at.push(checked.params_at);
     }
 
-    // Cycles: Kahn's algorithm; whatever cannot be ordered is on or behind a cycle.
+    // Cycles: whatever cannot be ordered is on or behind a cycle.
     let n = raw_stages.len();
-    let mut indegree = vec![0usize; n];
-    for (i, refs) in inputs.iter().enumerate() {
-        indegree[i] = refs.len();
-    }
-    let mut order = Vec::with_capacity(n);
-    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
-    ready.reverse();
-    while let Some(i) = ready.pop() {
-        order.push(i);
-        let mut next = Vec::new();
-        for (j, refs) in inputs.iter().enumerate() {
-            for r in refs.iter().filter(|r| r.stage == i) {
-                let _ = r;
-                indegree[j] -= 1;
-                if indegree[j] == 0 {
-                    next.push(j);
-                }
-            }
-        }
-        // Keep file order among stages that become ready together.
-        next.sort_unstable_by(|a, b| b.cmp(a));
-        ready.extend(next);
-        ready.sort_unstable_by(|a, b| b.cmp(a));
-    }
+    let order = dependency_order(&inputs);
     if order.len() < n {
         for (i, stage) in raw_stages.iter().enumerate() {
             if !order.contains(&i) {
@@ -453,6 +340,155 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         remote: settings.remote,
         stages,
     })
+}
+
+/// Checks that stage ids are well formed and unique; returns where each id is defined.
+fn index_ids<'a>(raw_stages: &'a [RawStage], errors: &mut Errors) -> HashMap<&'a str, usize> {
+    let mut index: HashMap<&'a str, usize> = HashMap::new();
+    for (i, stage) in raw_stages.iter().enumerate() {
+        let id = stage.id.value.as_str();
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            errors.at(
+                &stage.id.referenced,
+                format!("stage id `{id}`: expected letters, digits, `_` or `-`"),
+            );
+        }
+        if let Some(&first) = index.get(id) {
+            errors.at(
+                &stage.id.referenced,
+                format!(
+                    "duplicate stage id `{id}` (first defined at line {})",
+                    raw_stages[first].id.referenced.line()
+                ),
+            );
+        } else {
+            index.insert(id, i);
+        }
+    }
+    index
+}
+
+/// What one stage of the file resolved to (`None` / `Null` where it has errors).
+struct CheckedStage {
+    kind: Option<&'static dyn StageKind>,
+    inputs: Vec<InputRef>,
+    params: Value,
+    params_at: ParamLocations,
+}
+
+/// Checks one stage: its kind, its inputs (against `index`), their number, its params.
+fn check_stage(
+    stage: &RawStage,
+    index: &HashMap<&str, usize>,
+    errors: &mut Errors,
+) -> CheckedStage {
+    let kind = registry::find(&stage.kind.value);
+    if kind.is_none() {
+        let known: Vec<&str> = registry::all().iter().map(|k| k.kind()).collect();
+        errors.at(
+            &stage.kind.referenced,
+            format!(
+                "unknown stage kind `{}`: expected one of {}",
+                stage.kind.value,
+                known.join(", ")
+            ),
+        );
+    }
+
+    let mut refs = Vec::new();
+    for input in &stage.inputs {
+        let (id, output) = match input.value.split_once('.') {
+            Some((id, out)) => (id, Some(out.to_string())),
+            None => (input.value.as_str(), None),
+        };
+        match index.get(id) {
+            Some(&j) => refs.push(InputRef { stage: j, output }),
+            None => errors.at(
+                &input.referenced,
+                format!(
+                    "input `{}` of stage `{}` names no stage in this pipeline",
+                    input.value, stage.id.value
+                ),
+            ),
+        }
+    }
+    if let Some(kind) = kind
+        && !kind.inputs().accepts(stage.inputs.len())
+    {
+        errors.at(
+            &stage.id.referenced,
+            format!(
+                "stage `{}` ({}) takes {}, got {}",
+                stage.id.value,
+                kind.kind(),
+                kind.inputs(),
+                stage.inputs.len()
+            ),
+        );
+    }
+
+    let (map, at) = match &stage.params {
+        Some(p) => (&p.value, p.referenced),
+        None => (&BTreeMap::new(), stage.id.referenced),
+    };
+    let at = ParamLocations {
+        map: at,
+        each: map.iter().map(|(k, v)| (k.clone(), v.referenced)).collect(),
+    };
+    let json = Value::Object(
+        map.iter()
+            .map(|(k, v)| (k.clone(), v.value.clone()))
+            .collect(),
+    );
+    let canonical = match kind.map(|k| k.validate(json, stage.inputs.len())) {
+        Some(Ok(v)) => v,
+        Some(Err(issue)) => {
+            errors.param(&at, &stage.id.value, &stage.kind.value, issue);
+            Value::Null
+        }
+        None => Value::Null,
+    };
+    CheckedStage {
+        kind,
+        inputs: refs,
+        params: canonical,
+        params_at: at,
+    }
+}
+
+/// The stages in an order where each comes after its inputs (Kahn's algorithm, file order among
+/// stages ready together); stages on or behind a cycle are left out.
+fn dependency_order(inputs: &[Vec<InputRef>]) -> Vec<usize> {
+    let n = inputs.len();
+    let mut indegree = vec![0usize; n];
+    for (i, refs) in inputs.iter().enumerate() {
+        indegree[i] = refs.len();
+    }
+    let mut order = Vec::with_capacity(n);
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+    ready.reverse();
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        let mut next = Vec::new();
+        for (j, refs) in inputs.iter().enumerate() {
+            for r in refs.iter().filter(|r| r.stage == i) {
+                let _ = r;
+                indegree[j] -= 1;
+                if indegree[j] == 0 {
+                    next.push(j);
+                }
+            }
+        }
+        // Keep file order among stages that become ready together.
+        next.sort_unstable_by(|a, b| b.cmp(a));
+        ready.extend(next);
+        ready.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    order
 }
 
 /// The checks that look at this machine (`Stage::check_local`: a model fetched earlier, a local

@@ -36,6 +36,7 @@
 //! All inputs must hold the same row ids with the same true labels and the same label names.
 
 mod plot;
+mod report;
 pub mod significance;
 // The metrics live in core so that classify's `layer_sweep` scores layers exactly as this stage
 // does without depending on it.
@@ -43,7 +44,6 @@ pub use llmembed_core::image::rgb_to_png;
 pub use llmembed_core::metrics;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 
 use llmembed_core::fsutil::write_bytes_atomic;
 use llmembed_core::{
@@ -316,7 +316,7 @@ impl Stage for Evaluate {
             let bytes = plot::confusion_png(&title, &label_names, &c.confusion)?;
             write_bytes_atomic(&ctx.out(png_file), &bytes)?;
         }
-        let report = render_report(&file, &files);
+        let report = report::render(&file, &files);
         write_bytes_atomic(&ctx.out("report.md"), report.as_bytes())?;
 
         let mut summary = Summary {
@@ -516,143 +516,4 @@ fn png_names(names: &[String]) -> Result<Vec<String>> {
         out.push(f);
     }
     Ok(out)
-}
-
-/// Escapes text for a markdown table cell.
-fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
-}
-
-fn render_report(m: &MetricsFile, pngs: &[String]) -> String {
-    let mut r = String::new();
-    let _ = writeln!(r, "# Evaluation\n");
-    if let Some(notes) = &m.notes {
-        let _ = writeln!(r, "{}\n", notes.trim_end());
-    }
-    let _ = writeln!(
-        r,
-        "{} test rows, {} classes: {}.\n",
-        m.n_rows,
-        m.label_names.len(),
-        m.label_names.join(", ")
-    );
-    let level = format!("{:.0}%", m.bootstrap.confidence * 100.0);
-    let ci = |v: f64, i: &Interval| format!("{v:.4} [{:.4}, {:.4}]", i.low, i.high);
-    match &m.baseline {
-        Some(b) => {
-            let _ = writeln!(
-                r,
-                "| classifier | accuracy [{level} CI] | macro-F1 [{level} CI] | Δ accuracy vs `{}` | McNemar p | beats baseline |",
-                cell(b)
-            );
-            let _ = writeln!(r, "|---|---:|---:|---:|---:|---|");
-            for c in &m.classifiers {
-                let (delta, p, beats) = match &c.vs_baseline {
-                    Some(v) => (
-                        format!("{:+.4}", v.delta_accuracy),
-                        format!("{:.3}", v.mcnemar.p_value),
-                        match (v.beats, v.significant) {
-                            (true, true) => "yes",
-                            (true, false) => "higher, not significant",
-                            (false, true) => "no (significantly lower)",
-                            (false, false) => "no",
-                        }
-                        .to_string(),
-                    ),
-                    None => ("—".to_string(), "—".to_string(), "(baseline)".to_string()),
-                };
-                let _ = writeln!(
-                    r,
-                    "| {} | {} | {} | {delta} | {p} | {beats} |",
-                    cell(&c.name),
-                    ci(c.accuracy, &c.accuracy_ci),
-                    ci(c.macro_f1, &c.macro_f1_ci)
-                );
-            }
-            let winners: Vec<&str> = m
-                .classifiers
-                .iter()
-                .filter(|c| {
-                    c.vs_baseline
-                        .as_ref()
-                        .is_some_and(|v| v.beats && v.significant)
-                })
-                .map(|c| c.name.as_str())
-                .collect();
-            if winners.is_empty() {
-                let _ = writeln!(r, "\nNone beat the baseline `{b}` significantly.\n");
-            } else {
-                let _ = writeln!(
-                    r,
-                    "\nBeat the baseline `{b}` (higher accuracy, McNemar p < {:.2}): {}.\n",
-                    1.0 - m.bootstrap.confidence,
-                    winners.join(", ")
-                );
-            }
-        }
-        None => {
-            let _ = writeln!(
-                r,
-                "| classifier | accuracy [{level} CI] | macro-F1 [{level} CI] |"
-            );
-            let _ = writeln!(r, "|---|---:|---:|");
-            for c in &m.classifiers {
-                let _ = writeln!(
-                    r,
-                    "| {} | {} | {} |",
-                    cell(&c.name),
-                    ci(c.accuracy, &c.accuracy_ci),
-                    ci(c.macro_f1, &c.macro_f1_ci)
-                );
-            }
-            r.push('\n');
-        }
-    }
-    let _ = writeln!(
-        r,
-        "Intervals: percentile bootstrap over the test rows, {} resamples (seed {}); p-values: \
-         exact McNemar test against the baseline on the same rows.\n",
-        m.bootstrap.resamples, m.bootstrap.seed
-    );
-    for (c, png) in m.classifiers.iter().zip(pngs) {
-        let _ = writeln!(r, "## {}\n", c.name);
-        if c.producer != c.name || c.stage_id != c.name {
-            let _ = writeln!(r, "Stage `{}`, producer `{}`.\n", c.stage_id, c.producer);
-        }
-        let _ = writeln!(r, "| class | precision | recall | F1 | support |");
-        let _ = writeln!(r, "|---|---:|---:|---:|---:|");
-        for k in &c.per_class {
-            let _ = writeln!(
-                r,
-                "| {} | {:.4} | {:.4} | {:.4} | {} |",
-                cell(&k.label),
-                k.precision,
-                k.recall,
-                k.f1,
-                k.support
-            );
-        }
-        let _ = writeln!(
-            r,
-            "\nConfusion matrix (rows = true class, columns = predicted class):\n"
-        );
-        let _ = write!(r, "| true \\ predicted |");
-        for l in &m.label_names {
-            let _ = write!(r, " {} |", cell(l));
-        }
-        let _ = write!(r, "\n|---|");
-        for _ in &m.label_names {
-            r.push_str("---:|");
-        }
-        r.push('\n');
-        for (l, row) in m.label_names.iter().zip(&c.confusion) {
-            let _ = write!(r, "| {} |", cell(l));
-            for v in row {
-                let _ = write!(r, " {v} |");
-            }
-            r.push('\n');
-        }
-        let _ = writeln!(r, "\n![confusion matrix of {}]({png})\n", cell(&c.name));
-    }
-    r
 }

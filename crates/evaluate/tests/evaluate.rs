@@ -101,11 +101,10 @@ fn metrics_match_sklearn_reference() {
     close(f1, r.f1_macro, "helper macro f1");
 }
 
-#[test]
-fn stage_writes_metrics_report_and_pngs() {
+/// The reference predictions (`logreg`, the baseline), a perfect classifier given in reverse
+/// row order, and one that always predicts class 0, evaluated together under `root`.
+fn run_three_classifiers(root: &std::path::Path) -> (Reference, std::path::PathBuf) {
     let r = reference();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
     let base = input(root, "clf_ref", &ref_predictions(&r, "logreg"));
     // A perfect classifier over the same rows, in reverse row order (order must not matter).
     let mut perfect = ref_predictions(&r, "oracle");
@@ -132,21 +131,16 @@ fn stage_writes_metrics_report_and_pngs() {
     };
     let out = run(&params, &[base, oracle, zero_in], root).unwrap();
 
+    (r, out)
+}
+
+#[test]
+fn intervals_and_mcnemar_tests_against_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, out) = run_three_classifiers(dir.path());
     let m: MetricsFile =
         serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
-    let names: Vec<&str> = m.classifiers.iter().map(|c| c.name.as_str()).collect();
-    // Producer names by default, the stage id where the producer is empty.
-    assert_eq!(names, ["logreg", "oracle", "clf_zero"]);
-    assert_eq!(m.n_rows, r.y_true.len());
-    close(m.classifiers[0].accuracy, r.accuracy, "stage accuracy");
-    close(m.classifiers[0].macro_f1, r.f1_macro, "stage macro f1");
-    assert_eq!(m.classifiers[0].confusion, r.confusion);
-    assert!(m.classifiers[0].vs_baseline.is_none());
-    assert_eq!(m.classifiers[1].accuracy, 1.0);
     let vs = m.classifiers[1].vs_baseline.as_ref().unwrap();
-    assert!(vs.beats);
-    close(vs.delta_accuracy, 1.0 - r.accuracy, "delta");
-    assert!(!m.classifiers[2].vs_baseline.as_ref().unwrap().beats);
     // The intervals hold the point estimates; the oracle is significantly better than the
     // baseline, always-0 significantly worse (McNemar), each at the default 95%.
     assert_eq!(
@@ -184,6 +178,27 @@ fn stage_writes_metrics_report_and_pngs() {
         "{report}"
     );
     assert!(report.contains("| no (significantly lower) |"), "{report}");
+}
+
+#[test]
+fn stage_writes_metrics_report_and_pngs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, out) = run_three_classifiers(dir.path());
+    let m: MetricsFile =
+        serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+    let names: Vec<&str> = m.classifiers.iter().map(|c| c.name.as_str()).collect();
+    // Producer names by default, the stage id where the producer is empty.
+    assert_eq!(names, ["logreg", "oracle", "clf_zero"]);
+    assert_eq!(m.n_rows, r.y_true.len());
+    close(m.classifiers[0].accuracy, r.accuracy, "stage accuracy");
+    close(m.classifiers[0].macro_f1, r.f1_macro, "stage macro f1");
+    assert_eq!(m.classifiers[0].confusion, r.confusion);
+    assert!(m.classifiers[0].vs_baseline.is_none());
+    assert_eq!(m.classifiers[1].accuracy, 1.0);
+    let vs = m.classifiers[1].vs_baseline.as_ref().unwrap();
+    assert!(vs.beats);
+    close(vs.delta_accuracy, 1.0 - r.accuracy, "delta");
+    assert!(!m.classifiers[2].vs_baseline.as_ref().unwrap().beats);
     // Always-0: precision of class 0 = support(0) / n, recall 1.
     let support0 = r.support[0] as f64;
     close(

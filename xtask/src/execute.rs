@@ -1,0 +1,81 @@
+//! Runs one stage into a temporary folder of the cache and publishes what it wrote: the part of
+//! a run that calls stage code (a panic in a stage is an error of that stage, not of the run).
+
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use llmembed_core::{Context, Env, Input, Summary};
+
+use crate::cache::{Manifest, Preimage};
+use crate::pipeline::Plan;
+use crate::runner::{Outcome, Workspace};
+
+pub(crate) fn execute(
+    plan: &Plan,
+    i: usize,
+    pre: &Preimage,
+    key: &str,
+    manifests: &[Option<Manifest>],
+    ws: &Workspace,
+    env: &Env,
+) -> Outcome {
+    let stage = &plan.stages[i];
+    if !ws.quiet {
+        log::info!("running {} ({})", stage.id, stage.kind.kind());
+    }
+    let result = (|| -> Result<Manifest> {
+        let tmp = ws.cache.begin(key)?;
+        let inputs: Vec<Input> = stage
+            .inputs
+            .iter()
+            .zip(&pre.inputs)
+            .map(|(r, files)| Input {
+                stage_id: plan.stages[r.stage].id.clone(),
+                dir: ws
+                    .cache
+                    .artifact_dir(&manifests[r.stage].as_ref().expect("input cached").key),
+                files: files.keys().cloned().collect(),
+            })
+            .collect();
+        let store_dir = ws.cache.store_dir(stage.kind.kind());
+        fs::create_dir_all(&store_dir)
+            .with_context(|| format!("create {}", store_dir.display()))?;
+        let ctx = Context {
+            env,
+            out_dir: tmp.clone(),
+            store_dir,
+            seed: stage.seed,
+        };
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            stage.kind.run(&stage.params, &inputs, &ctx)
+        }));
+        let summary: Summary = match result {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(e)) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(anyhow!(e));
+            }
+            Err(panic) => {
+                let _ = fs::remove_dir_all(&tmp);
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic".into());
+                bail!("stage panicked: {msg}");
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        ws.cache
+            .publish(&tmp, key, pre, &stage.id, &summary, seconds)
+            .context("publish artifact")
+    })();
+    match result {
+        Ok(m) => Outcome::Ran(m),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
