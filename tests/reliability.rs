@@ -246,7 +246,7 @@ fn verify_reports_damage_and_repair_removes_it() {
         "{stdout}"
     );
     assert!(
-        stderr.contains("error: 1 damaged item(s); `cargo xtask verify --repair` removes them"),
+        stderr.contains("error: 1 damaged item(s); `llmembed verify --repair` removes them"),
         "{stderr}"
     );
     let out = fx.xtask().args(["verify", "--repair"]).output().unwrap();

@@ -331,6 +331,24 @@ fn print_status(plan: &Plan, ws: &Workspace, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `verify`: every artifact and store file checked in full; an error when any is damaged
+/// (unless `repair` removed it).
+fn verify(pipelines: &[PathBuf], ws: &Workspace, repair: bool, wait: bool) -> Result<()> {
+    let plans = pipelines
+        .iter()
+        .map(|f| load(f))
+        .collect::<Result<Vec<_>>>()?;
+    let report = crate::verify::verify(&plans, ws, repair, wait)?;
+    crate::verify::print(&report);
+    if !report.damaged.is_empty() && !repair {
+        anyhow::bail!(
+            "{} damaged item(s); `llmembed verify --repair` removes them so that the next run makes them again",
+            report.damaged.len()
+        );
+    }
+    Ok(())
+}
+
 /// The pipeline files named, or every `*.yaml` in the project's `pipelines/` folder.
 fn pipeline_files(root: &Path, named: &[PathBuf]) -> Result<Vec<PathBuf>> {
     if !named.is_empty() {
@@ -470,20 +488,7 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             pipelines,
             repair,
             no_wait,
-        } => {
-            let plans = pipelines
-                .iter()
-                .map(|f| load(f))
-                .collect::<Result<Vec<_>>>()?;
-            let report = crate::verify::verify(&plans, &ws()?, *repair, !*no_wait)?;
-            crate::verify::print(&report);
-            if !report.damaged.is_empty() && !*repair {
-                anyhow::bail!(
-                    "{} damaged item(s); `cargo xtask verify --repair` removes them so that the next run makes them again",
-                    report.damaged.len()
-                );
-            }
-        }
+        } => verify(pipelines, &ws()?, *repair, !*no_wait)?,
         Command::Check { pipeline } => {
             let plan = load(pipeline)?;
             pipeline::check_local(&plan, &ws()?.env(&plan))?;

@@ -251,20 +251,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
 
     // Ids first, so that inputs can refer to stages defined later in the file.
     let index = index_ids(raw_stages, &mut errors);
-    let mut kinds: Vec<Option<&'static dyn StageKind>> = Vec::new();
-    let mut params: Vec<Value> = Vec::new();
-    let mut params_at: Vec<ParamLocations> = Vec::new();
-    let mut inputs: Vec<Vec<InputRef>> = Vec::new();
-    for stage in raw_stages {
-        let checked = check_stage(stage, &index, &mut errors);
-        kinds.push(checked.kind);
-        inputs.push(checked.inputs);
-        params.push(checked.params);
-        params_at.push(checked.params_at);
-    }
+    let checked: Vec<CheckedStage> = raw_stages
+        .iter()
+        .map(|stage| check_stage(stage, &index, &mut errors))
+        .collect();
 
     // Cycles: whatever cannot be ordered is on or behind a cycle.
     let n = raw_stages.len();
+    let inputs: Vec<Vec<InputRef>> = checked.iter().map(|c| c.inputs.clone()).collect();
     let order = dependency_order(&inputs);
     if order.len() < n {
         for (i, stage) in raw_stages.iter().enumerate() {
@@ -291,6 +285,27 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
         models_dir: None,
         remote: None,
     });
+    Ok(build_plan(
+        file,
+        raw.name.value,
+        settings,
+        raw_stages,
+        &order,
+        checked,
+    ))
+}
+
+/// The plan of a file that passed every check: stages in dependency order, inputs renumbered
+/// to that order, paths resolved against the file's folder.
+fn build_plan(
+    file: &Path,
+    name: String,
+    settings: RawSettings,
+    raw_stages: &[RawStage],
+    order: &[usize],
+    checked: Vec<CheckedStage>,
+) -> Plan {
+    let n = order.len();
     let base = file.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| {
         let p = Path::new(p);
@@ -311,15 +326,14 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
     let stages = order
         .iter()
         .map(|&i| {
-            let stage_seed = params[i]
-                .get("seed")
-                .and_then(Value::as_u64)
-                .unwrap_or(seed);
+            let c = &checked[i];
+            let stage_seed = c.params.get("seed").and_then(Value::as_u64).unwrap_or(seed);
             PlannedStage {
                 id: raw_stages[i].id.value.clone(),
-                kind: kinds[i].expect("validated"),
-                params: params[i].clone(),
-                inputs: inputs[i]
+                kind: c.kind.expect("validated"),
+                params: c.params.clone(),
+                inputs: c
+                    .inputs
                     .iter()
                     .map(|r| InputRef {
                         stage: position[r.stage],
@@ -327,19 +341,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Plan, PipelineErrors> {
                     })
                     .collect(),
                 seed: stage_seed,
-                params_at: params_at[i].clone(),
+                params_at: c.params_at.clone(),
             }
         })
         .collect();
-    Ok(Plan {
-        name: raw.name.value,
+    Plan {
+        name,
         file: file.to_path_buf(),
         seed,
         data_dir: settings.data_dir.as_deref().map(resolve),
         models_dir: settings.models_dir.as_deref().map(resolve),
         remote: settings.remote,
         stages,
-    })
+    }
 }
 
 /// Checks that stage ids are well formed and unique; returns where each id is defined.
