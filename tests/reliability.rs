@@ -129,29 +129,9 @@ fn a_damaged_store_shard_is_quarantined_and_recomputed() {
         return;
     };
     let fx = Fixture::new();
-    let text = format!(
-        r#"name: store
-settings:
-  seed: 3
-  models_dir: {}
-stages:
-  - id: data
-    kind: ingest
-    params:
-      dataset: ag_news
-      splits:
-        train: {{sample: {{per_class: 4}}}}
-        test: {{sample: {{per_class: 2}}}}
-  - id: llm
-    kind: extract
-    inputs: [data]
-    params:
-      model: smollm2-135m
-      layers: [2]
-      shard_rows: 8
-"#,
-        models.display()
-    );
+    let text = llmembed_testkit::pipeline_header("store", 3, Some(&models))
+        + &llmembed_testkit::ag_news_stage(4, 2)
+        + &llmembed_testkit::smollm2_stage("[2]", 8);
     let file = fx.write_pipeline("store.yaml", &text);
     let first = fx.run(&file, opts());
     let clean = fx.artifact_bytes();

@@ -98,6 +98,22 @@ fn with_remote(fx: &Fixture, moto: &Moto, url: &str) -> Command {
     cmd
 }
 
+/// `xtask <command> <file>` on `fx`'s cache with the remote `url`; its stdout and stderr, after
+/// checking it succeeded.
+fn remote_cmd(
+    fx: &Fixture,
+    moto: &Moto,
+    url: &str,
+    command: &str,
+    file: &Path,
+) -> (String, String) {
+    ok(with_remote(fx, moto, url)
+        .arg(command)
+        .arg(file)
+        .output()
+        .unwrap())
+}
+
 fn ok(out: Output) -> (String, String) {
     let (stdout, stderr) = (
         String::from_utf8(out.stdout).unwrap(),
@@ -155,18 +171,10 @@ fn a_second_machine_pulls_everything_and_computes_nothing() {
     let (a, b, c) = (Fixture::new(), Fixture::new(), Fixture::new());
     let file = a.write_pipeline("p.yaml", &text);
 
-    let (out, _) = ok(with_remote(&a, &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, _) = remote_cmd(&a, &moto, url, "run", &file);
     assert!(all(&out, "ran"), "{out}");
     // Machine B: every stage pulled, the same bytes, the same report.
-    let (out, _) = ok(with_remote(&b, &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, _) = remote_cmd(&b, &moto, url, "run", &file);
     assert!(all(&out, "pulled"), "{out}");
     assert!(
         out.contains("4 stage(s), 0 ran, 0 cached, 4 pulled"),
@@ -185,20 +193,12 @@ fn a_second_machine_pulls_everything_and_computes_nothing() {
     );
 
     // Machine C: `status` sees the remote, `pull` fills the cache, then nothing runs.
-    let (out, _) = ok(with_remote(&c, &moto, url)
-        .arg("status")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, _) = remote_cmd(&c, &moto, url, "status", &file);
     assert_eq!(
         out,
         "remote  data\nremote  features\nremote  lr\nremote  report\n"
     );
-    let (out, _) = ok(with_remote(&c, &moto, url)
-        .arg("pull")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, _) = remote_cmd(&c, &moto, url, "pull", &file);
     assert!(
         out.contains("4 artifact(s) pulled, 0 already there, 0 missing"),
         "{out}"
@@ -207,11 +207,7 @@ fn a_second_machine_pulls_everything_and_computes_nothing() {
     assert!(all(&out, "cached"), "{out}");
     assert_eq!(a.artifact_bytes(), c.artifact_bytes());
     // A pushes again: everything is there already, nothing is overwritten.
-    let (out, _) = ok(with_remote(&a, &moto, url)
-        .arg("push")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, _) = remote_cmd(&a, &moto, url, "push", &file);
     assert!(
         out.contains("0 artifact(s) pushed, 4 already there, 0 missing"),
         "{out}"
@@ -226,11 +222,7 @@ fn a_damaged_remote_object_is_detected_recomputed_and_never_used() {
     let url = "s3://cache/damage";
     let (a, b, c) = (Fixture::new(), Fixture::new(), Fixture::new());
     let file = a.write_pipeline("p.yaml", &small_pipeline(1.0, 10));
-    ok(with_remote(&a, &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    remote_cmd(&a, &moto, url, "run", &file);
 
     // One flipped byte in the middle of the TF-IDF features in the remote.
     let key = key_of(&a, &file, "features");
@@ -240,11 +232,7 @@ fn a_damaged_remote_object_is_detected_recomputed_and_never_used() {
          b[len(b) // 2] ^= 1\n\
          s3.put_object(Bucket='cache', Key=k, Body=bytes(b))"
     ));
-    let (out, err) = ok(with_remote(&b, &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, err) = remote_cmd(&b, &moto, url, "run", &file);
     assert!(
         err.contains(&format!(
             "warning: the remote cache's artifact of `features` is damaged (damage/artifacts/{key}/train.parquet: content does not match its manifest (blake3 "
@@ -258,11 +246,7 @@ fn a_damaged_remote_object_is_detected_recomputed_and_never_used() {
     assert_eq!(st[2], ("lr".into(), "pulled".into()));
     assert_eq!(a.artifact_bytes(), b.artifact_bytes());
     // B replaced the damaged object: C pulls everything without a warning.
-    let (out, err) = ok(with_remote(&c, &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, err) = remote_cmd(&c, &moto, url, "run", &file);
     assert!(
         all(&out, "pulled") && !err.contains("damaged"),
         "{out}\n{err}"
@@ -295,11 +279,7 @@ fn concurrent_pushes_of_one_key_leave_one_intact_object() {
         ok(child.wait_with_output().unwrap());
     }
     assert_eq!(fixtures[0].artifact_bytes(), fixtures[1].artifact_bytes());
-    let (out, err) = ok(with_remote(&fixtures[2], &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, err) = remote_cmd(&fixtures[2], &moto, url, "run", &file);
     assert!(
         all(&out, "pulled") && !err.contains("damaged"),
         "{out}\n{err}"
@@ -362,29 +342,9 @@ fn a_remote_that_goes_down_mid_run_costs_one_warning() {
 
 /// SmolLM2 over 200 AG News texts in shards of 8.
 fn extraction_pipeline(models: &Path) -> String {
-    format!(
-        r#"name: resume
-settings:
-  seed: 5
-  models_dir: {}
-stages:
-  - id: data
-    kind: ingest
-    params:
-      dataset: ag_news
-      splits:
-        train: {{sample: {{per_class: 45}}}}
-        test: {{sample: {{per_class: 5}}}}
-  - id: llm
-    kind: extract
-    inputs: [data]
-    params:
-      model: smollm2-135m
-      layers: [4, 20]
-      shard_rows: 8
-"#,
-        models.display()
-    )
+    llmembed_testkit::pipeline_header("resume", 5, Some(models))
+        + &llmembed_testkit::ag_news_stage(45, 5)
+        + &llmembed_testkit::smollm2_stage("[4, 20]", 8)
 }
 
 #[test]
@@ -437,11 +397,7 @@ fn an_extraction_killed_on_one_machine_resumes_on_another_through_the_remote() {
     child.wait().unwrap();
 
     // Machine B, empty cache, same remote: it pulls A's shards and embeds only the rest.
-    let (out, err) = ok(with_remote(&b, &moto, url)
-        .arg("run")
-        .arg(&file)
-        .output()
-        .unwrap());
+    let (out, err) = remote_cmd(&b, &moto, url, "run", &file);
     assert!(err.is_empty() || !err.contains("warning"), "{err}");
     let llm = out
         .lines()

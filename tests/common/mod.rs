@@ -29,33 +29,13 @@ pub fn models_dir_with(preset: &str) -> Result<PathBuf, String> {
 
 /// A small real pipeline: 80 train / 40 test AG News rows, TF-IDF, logistic regression, evaluate.
 pub fn small_pipeline(c: f64, per_class_test: usize) -> String {
-    format!(
-        r#"name: small
-settings:
-  seed: 7
-stages:
-  - id: data
-    kind: ingest
-    params:
-      dataset: ag_news
-      splits:
-        train: {{sample: {{per_class: 20}}}}
-        test: {{sample: {{per_class: {per_class_test}}}}}
-  - id: features
-    kind: tfidf
-    inputs: [data]
-    params:
-      min_df: 1
-  - id: lr
-    kind: logreg
-    inputs: [features]
-    params:
-      c: {c}
-  - id: report
-    kind: evaluate
-    inputs: [lr]
-"#
-    )
+    llmembed_testkit::pipeline_header("small", 7, None)
+        + &llmembed_testkit::ag_news_stage(20, per_class_test)
+        + &format!(
+            "  - id: features\n    kind: tfidf\n    inputs: [data]\n    params:\n      min_df: 1\n  \
+             - id: lr\n    kind: logreg\n    inputs: [features]\n    params:\n      c: {c}\n  \
+             - id: report\n    kind: evaluate\n    inputs: [lr]\n"
+        )
 }
 
 pub struct Fixture {

@@ -82,41 +82,12 @@ fn pipeline(dir: &Path, models: &Path) -> PathBuf {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(
         &path,
-        format!(
-            r#"name: tiny
-settings:
-  seed: 3
-  models_dir: {}
-stages:
-  - id: data
-    kind: ingest
-    params:
-      dataset: ag_news
-      splits:
-        train: {{sample: {{per_class: 8}}}}
-        test: {{sample: {{per_class: 4}}}}
-  - id: llm
-    kind: extract
-    inputs: [data]
-    params:
-      model: smollm2-135m
-      layers: [8, 16]
-      shard_rows: 8
-  - id: fused
-    kind: fuse
-    inputs: [llm]
-    params:
-      sources: [{{layers: all}}]
-      method: mean
-  - id: lr
-    kind: logreg
-    inputs: [fused]
-  - id: report
-    kind: evaluate
-    inputs: [lr]
-"#,
-            models.display()
-        ),
+        llmembed_testkit::pipeline_header("tiny", 3, Some(models))
+            + &llmembed_testkit::ag_news_stage(8, 4)
+            + &llmembed_testkit::smollm2_stage("[8, 16]", 8)
+            + "  - id: fused\n    kind: fuse\n    inputs: [llm]\n    params:\n      \
+               sources: [{layers: all}]\n      method: mean\n  - id: lr\n    kind: logreg\n    \
+               inputs: [fused]\n  - id: report\n    kind: evaluate\n    inputs: [lr]\n",
     )
     .unwrap();
     path

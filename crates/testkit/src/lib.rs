@@ -10,7 +10,9 @@
 //! A path given explicitly through an environment variable ([`env_path`]) that does not hold the
 //! input is always an error: the caller asked for that path.
 
+mod pipeline;
 mod stage;
+pub use pipeline::{ag_news_stage, pipeline_header, smollm2_stage};
 pub use stage::{
     assert_same_output_bytes, embedding_input, folder_files, predictions_input, run_stage,
     run_stage_at, stage_env, text_input,
