@@ -158,6 +158,7 @@ impl Stage for LogReg {
                     "{}-fold CV picked C={}",
                     sel.folds, selection.best_c
                 ));
+                notes.extend(prologue::grid_edge_note("C", selection.best_c, &sel.c));
                 (selection.best_c, Some(selection))
             }
         };

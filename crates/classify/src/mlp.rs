@@ -265,6 +265,8 @@ impl Stage for Mlp {
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let e = table[best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy)].epochs;
                 notes.push(format!("{}-fold CV picked {e} epochs", sel.folds));
+                let grid: Vec<f64> = sel.epochs.iter().map(|&x| x as f64).collect();
+                notes.extend(prologue::grid_edge_note("epochs", e as f64, &grid));
                 let selection = Selection {
                     folds: sel.folds,
                     table,

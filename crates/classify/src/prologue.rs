@@ -138,3 +138,50 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         serde_json::to_vec_pretty(value).map_err(|e| Error::compute("serialize model.json", e))?;
     fsutil::write_bytes_atomic(path, &bytes)
 }
+
+/// When cross-validation picked the smallest or largest value of its grid (of more than one
+/// value), a note that says so: the best value may lie beyond the grid. Also logged as a warning.
+pub(crate) fn grid_edge_note(what: &str, picked: f64, grid: &[f64]) -> Option<String> {
+    let lo = grid.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = grid.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let edge = match () {
+        _ if grid.len() < 2 || lo == hi => return None,
+        _ if picked == lo => "smallest",
+        _ if picked == hi => "largest",
+        _ => return None,
+    };
+    let note = format!(
+        "CV picked the {edge} {what} of the grid ({picked}): the best may lie beyond it; widen the grid"
+    );
+    log::warn!("{note}");
+    Some(note)
+}
+
+#[cfg(test)]
+mod grid_edge_tests {
+    use super::grid_edge_note;
+
+    #[test]
+    fn only_an_edge_of_a_real_grid_is_noted() {
+        let grid = [0.01, 0.1, 1.0];
+        assert_eq!(
+            grid_edge_note("C", 0.01, &grid).as_deref(),
+            Some(
+                "CV picked the smallest C of the grid (0.01): the best may lie beyond it; widen the grid"
+            )
+        );
+        assert!(
+            grid_edge_note("C", 1.0, &grid)
+                .unwrap()
+                .contains("largest C")
+        );
+        assert_eq!(grid_edge_note("C", 0.1, &grid), None);
+        assert_eq!(grid_edge_note("C", 1.0, &[1.0]), None);
+        // Unsorted grids are fine.
+        assert!(
+            grid_edge_note("epochs", 5.0, &[20.0, 5.0, 10.0])
+                .unwrap()
+                .contains("smallest")
+        );
+    }
+}
