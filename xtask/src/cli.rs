@@ -122,6 +122,13 @@ enum Command {
     /// Benchmarks, each measured against its peer in the same run.
     #[command(subcommand)]
     Bench(Bench),
+    /// A stage kind's params (name, type, default, help), or the list of kinds; `--json`: the
+    /// JSON Schema of a kind's params, or of whole pipeline files (for editors).
+    Params {
+        kind: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (e.g. `llmembed completions bash > ~/.local/share/bash-completion/completions/llmembed`).
     Completions {
         #[arg(value_enum)]
@@ -455,6 +462,14 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
         Command::Pull { pipeline } => {
             let plan = load(pipeline)?;
             crate::sync::print(&crate::sync::pull(&plan, &ws()?)?, "pulled");
+        }
+        Command::Params { kind, json } => {
+            if *json {
+                let schema = crate::params::json_schema(kind.as_deref())?;
+                crate::outln!("{}", serde_json::to_string_pretty(&schema)?);
+            } else {
+                crate::params::print(kind.as_deref())?;
+            }
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();

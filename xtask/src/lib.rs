@@ -10,6 +10,7 @@ pub mod dag;
 mod execute;
 pub mod gc;
 pub mod lock;
+pub mod params;
 pub mod pipeline;
 pub mod preimage;
 pub mod registry;

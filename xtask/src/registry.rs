@@ -21,6 +21,9 @@ pub trait StageKind: Sync {
     fn version(&self) -> u32;
     fn inputs(&self) -> Arity;
     fn seeded(&self) -> bool;
+    /// The JSON Schema of the stage's params, derived from the same serde types `validate`
+    /// uses (subschemas inlined, so that it can be embedded in a pipeline file's schema).
+    fn params_schema(&self) -> schemars::Schema;
     /// Deserializes `params` into the stage's params type (filling defaults), checks them, also
     /// against the number of inputs the stage is given, and returns them in canonical form: the
     /// JSON value of the typed params, keys sorted.
@@ -60,6 +63,13 @@ impl<S: Stage> StageKind for Kind<S> {
 
     fn seeded(&self) -> bool {
         S::SEEDED
+    }
+
+    fn params_schema(&self) -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .with(|s| s.inline_subschemas = true)
+            .into_generator()
+            .into_root_schema_for::<S::Params>()
     }
 
     fn validate(&self, params: Value, inputs: usize) -> Result<Value, ParamIssue> {

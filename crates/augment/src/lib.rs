@@ -44,7 +44,7 @@ pub struct Augment;
 
 /// Rates of the four operations (EDA's alpha): the fraction of words replaced / inserted /
 /// swapped, and the deletion probability per word. 0 disables an operation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpRates {
     #[serde(default = "default_rate")]
@@ -80,7 +80,9 @@ impl OpRates {
 }
 
 /// How many operations each augmented copy gets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PerCopy {
     /// One operation, drawn among those enabled that can change the text (EDA).
@@ -91,7 +93,7 @@ pub enum PerCopy {
     All,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// Fraction of training rows to augment.

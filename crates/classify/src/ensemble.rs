@@ -16,7 +16,7 @@ use llmembed_core::{
 use serde::{Deserialize, Serialize};
 
 /// How members are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EnsembleMethod {
     Soft,
@@ -35,7 +35,7 @@ fn default_method() -> EnsembleMethod {
 /// params:
 ///   method: soft          # soft (default) | hard
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnsembleParams {
     #[serde(default = "default_method")]

@@ -50,7 +50,7 @@ fn default_c() -> f64 {
 ///   tol: 1.0e-4          # as logreg
 ///   max_iterations: 1000 # as logreg
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSweepParams {
     #[serde(default)]

@@ -31,7 +31,7 @@ use crate::prologue::{
 ///     c: [0.01, 0.1, 1, 10]
 ///     folds: 5
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogRegParams {
     #[serde(default)]
@@ -66,7 +66,7 @@ impl Default for LogRegParams {
 }
 
 /// Grid search over `C` by stratified k-fold cross-validation on the training rows.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogRegSelect {
     pub c: Vec<f64>,

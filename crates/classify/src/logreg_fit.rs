@@ -84,7 +84,9 @@ pub(crate) fn default_folds() -> usize {
 pub const MAX_RUNS: usize = 20;
 
 /// Which optimiser fits the model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogRegSolver {
     /// linfa-logistic's L-BFGS, handing over to the exact-objective L-BFGS only when linfa stops

@@ -58,7 +58,7 @@ fn default_folds() -> usize {
 ///     epochs: [10, 20, 30, 50]
 ///     folds: 5
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MlpParams {
     #[serde(default)]
@@ -100,7 +100,7 @@ impl Default for MlpParams {
 
 /// Choose the number of epochs by stratified k-fold CV on the training rows. Each fold trains
 /// once for the largest value and is scored after each listed epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MlpSelect {
     pub epochs: Vec<usize>,

@@ -44,7 +44,9 @@ use train::{Examples, Head};
 pub struct Contrastive;
 
 /// What makes a positive pair.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Two dropout views of one row (SimCSE).
@@ -57,7 +59,9 @@ pub enum Mode {
 }
 
 /// What the output vectors are made of.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Output {
     /// Standardised input beside the normalised head output.
@@ -69,7 +73,7 @@ pub enum Output {
     Head,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
     /// The vector column to refine; by default the input's only vector column.

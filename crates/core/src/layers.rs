@@ -98,6 +98,21 @@ impl<'de, I: Deserialize<'de>> Deserialize<'de> for Layers<I> {
     }
 }
 
+/// In a params schema: the string `all`, or a list of layer indices.
+impl<I: schemars::JsonSchema> schemars::JsonSchema for Layers<I> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Layers_{}", I::schema_name()).into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let index = generator.subschema_for::<I>();
+        schemars::json_schema!({
+            "description": "`all`, or a list of layer indices",
+            "anyOf": [{"const": "all"}, {"type": "array", "items": index}]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

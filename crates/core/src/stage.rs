@@ -160,7 +160,7 @@ pub trait Stage {
     /// that changing the pipeline's seed does not re-run, say, a deterministic extraction.
     const SEEDED: bool = false;
     /// Params as written in the pipeline file: `#[serde(deny_unknown_fields)]`, with defaults.
-    type Params: Serialize + DeserializeOwned;
+    type Params: Serialize + DeserializeOwned + schemars::JsonSchema;
 
     /// Checks that types alone cannot express (ranges, combinations). Runs before anything runs.
     fn check(_params: &Self::Params) -> Result<()> {

@@ -60,7 +60,7 @@ pub use llmembed_core::metrics::{
 pub struct Evaluate;
 
 /// Params of [`Evaluate`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
     /// Display names, one per input, in input order.

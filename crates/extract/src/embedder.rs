@@ -19,7 +19,9 @@ pub enum Tap {
 }
 
 /// How a sequence of hidden states becomes one vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Mean over real (non-pad) tokens, including special tokens the tokenizer adds.
@@ -33,7 +35,9 @@ pub enum Pooling {
 }
 
 /// Precision of the activations and matmuls (weights are dequantized from the file to this).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
     F32,

@@ -7,7 +7,7 @@ use crate::embedder::{ComputeDtype, Pooling};
 use crate::source::ModelParam;
 
 /// Params of the `extract` stage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractParams {
     /// A preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`) or a spec map

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 ///   standardize: false
 ///   cooccurrence: {width: 1024, sigma: 1.0, gram: full}
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FuseParams {
     /// One entry per input, in input order: which vector columns of it to use.
@@ -41,7 +41,7 @@ pub struct FuseParams {
 /// Which columns of one input to use. `layers` and `columns` may be combined; the selection is
 /// the layers (in the order given; `all` = every `layer_<i>` column by increasing `i`) followed by
 /// the named columns.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     /// `all`, or a list of layer indices: `i >= 0` is column `layer_<i>`; `i < 0` counts from the
@@ -49,11 +49,11 @@ pub struct SourceSpec {
     #[serde(default = "default_layers")]
     pub layers: Option<Layers<i64>>,
     /// Other vector columns by name, e.g. `final_norm`, `pooler`.
-    #[serde(default = "Vec::new")]
+    #[serde(default)]
     pub columns: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Mean,
@@ -63,7 +63,7 @@ pub enum Method {
     Cooccurrence,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Normalize {
     None,
@@ -71,7 +71,7 @@ pub enum Normalize {
 }
 
 /// Training of the layer weights of `method: weighted` (Adam on the train rows).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedParams {
     #[serde(default = "default_epochs")]
@@ -97,7 +97,7 @@ impl Default for WeightedParams {
 }
 
 /// Settings of `method: cooccurrence`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CooccurrenceParams {
     /// Common width the source vectors are projected to (1024 in the paper).
@@ -122,7 +122,7 @@ impl Default for CooccurrenceParams {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Gram {
     Full,

@@ -51,7 +51,7 @@ pub struct Tfidf;
 ///   sublinear_tf: false
 ///   lowercase: true
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TfidfParams {
     /// Smallest and largest n of the word n-grams.

@@ -8,7 +8,7 @@ use llmembed_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Params of [`Ingest`](crate::Ingest); see the crate docs for the YAML form.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestParams {
     /// A named dataset: data directory first, then the hub.
@@ -63,7 +63,7 @@ impl Default for IngestParams {
 }
 
 /// A dataset on the Hugging Face hub.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSource {
     /// `org/name`.
@@ -75,7 +75,7 @@ pub struct HubSource {
 }
 
 /// What to take of one split.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     /// `None`: all rows.
@@ -84,7 +84,7 @@ pub struct SplitSpec {
 }
 
 /// Class-balanced sampling without replacement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sample {
     /// This many rows of every class.

