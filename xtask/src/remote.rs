@@ -294,6 +294,10 @@ impl Remote {
     /// files before the shards they vouch for. Temporaries and quarantined files stay local.
     pub fn push_store(&self, cache: &Cache, kind: &str) -> Result<usize> {
         let local = local_store_files(&cache.store_dir(kind))?;
+        if local.is_empty() {
+            // Most stage kinds keep no store: no need to ask the remote what it has.
+            return Ok(0);
+        }
         let remote: std::collections::BTreeSet<String> =
             self.list(&["stores", kind])?.into_iter().collect();
         let mut written = 0;

@@ -14,13 +14,13 @@ use crate::runner::Outcome;
 pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
     let id = &stage.id;
     let line = match outcome {
-        Outcome::Cached(m) => format!(
-            "cached   {id:<24} {:>9} {:>9} rows",
-            "-",
-            thousands(m.rows_out)
-        ),
-        Outcome::Pulled(m) => format!(
-            "pulled   {id:<24} {:>9} {:>9} rows",
+        Outcome::Cached(m) | Outcome::Pulled(m) => format!(
+            "{:<8} {id:<24} {:>9} {:>9} rows",
+            if matches!(outcome, Outcome::Cached(_)) {
+                "cached"
+            } else {
+                "pulled"
+            },
             "-",
             thousands(m.rows_out)
         ),

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::cache::{FileHashes, Lookup, Manifest, Preimage};
 use crate::pipeline::Plan;
+use crate::remote::RemoteLink;
 use crate::runner::{Workspace, preimage};
 
 pub enum StageStatus {
@@ -41,8 +42,16 @@ pub fn status(plan: &Plan, ws: &Workspace) -> Result<Vec<(String, StageStatus)>>
 
 /// For each stage: its key, its artifact if cached, and why it is stale if it is.
 pub fn states(plan: &Plan, ws: &Workspace) -> Result<Vec<StageState>> {
+    states_with(plan, ws, ws.remote(plan)?.as_ref())
+}
+
+/// [`states`], looking stages up in `remote` (an open remote cache) rather than opening one.
+pub fn states_with(
+    plan: &Plan,
+    ws: &Workspace,
+    remote: Option<&RemoteLink>,
+) -> Result<Vec<StageState>> {
     let env = ws.env(plan);
-    let remote = ws.remote(plan)?;
     let mut hashes = FileHashes::open(&ws.cache);
     let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
     let mut out = Vec::new();
@@ -96,7 +105,7 @@ pub fn states(plan: &Plan, ws: &Workspace) -> Result<Vec<StageState>> {
             },
         };
         if manifests[i].is_none()
-            && let Some(link) = &remote
+            && let Some(link) = remote
             && let Some(Some(m)) = link.call("look up", |r| r.manifest(&key))?
         {
             // Its manifest gives the stages after it their keys: the chain can be followed

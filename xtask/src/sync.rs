@@ -43,7 +43,7 @@ pub fn push(plan: &Plan, ws: &Workspace) -> Result<Moved> {
     let link = link(plan, ws)?;
     let _lock = crate::cache::Lock::acquire(&ws.cache, "push", true)?;
     let mut moved = Moved::default();
-    for state in crate::status::states(plan, ws)? {
+    for state in crate::status::states_with(plan, ws, Some(&link))? {
         match state.manifest.filter(|_| !state.in_remote) {
             Some(m) => {
                 let written = link
