@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use llmembed_core::{Arity, Context, Env, External, Input, Stage, Summary};
+use llmembed_core::{Apply, ApplyEnv, Arity, Context, Env, External, Input, Stage, Summary};
 use serde_json::Value;
 
 /// A problem with a stage's params, located by its path inside `params`.
@@ -37,6 +37,13 @@ pub trait StageKind: Sync {
         inputs: &[Input],
         ctx: &Context,
     ) -> llmembed_core::Result<Summary>;
+    /// `Stage::applier`: the stage loaded from its artifact for new rows (`predict`, `serve`).
+    fn applier(
+        &self,
+        params: &Value,
+        fitted: &Input,
+        env: &ApplyEnv,
+    ) -> llmembed_core::Result<Option<Box<dyn Apply>>>;
 }
 
 struct Kind<S>(PhantomData<fn() -> S>);
@@ -113,6 +120,15 @@ impl<S: Stage> StageKind for Kind<S> {
         ctx: &Context,
     ) -> llmembed_core::Result<Summary> {
         S::run(&Self::typed(params)?, inputs, ctx)
+    }
+
+    fn applier(
+        &self,
+        params: &Value,
+        fitted: &Input,
+        env: &ApplyEnv,
+    ) -> llmembed_core::Result<Option<Box<dyn Apply>>> {
+        S::applier(&Self::typed(params)?, fitted, env)
     }
 }
 

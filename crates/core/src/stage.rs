@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
+use crate::table::{EmbeddingTable, Predictions, TextTable};
 
 /// How many upstream artifacts a stage takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +188,68 @@ pub trait Stage {
 
     /// Reads `inputs`, writes outputs into `ctx.out_dir`.
     fn run(params: &Self::Params, inputs: &[Input], ctx: &Context) -> Result<Summary>;
+
+    /// Loads what `run` made (its artifact, `fitted`: the fitted weights, the vocabulary, the
+    /// class names) to apply the stage to new rows without fitting anything: `predict` and `serve`
+    /// replay a pipeline's path from text to a classifier this way. `None` for stages that have
+    /// no meaning on new rows (`evaluate`).
+    fn applier(
+        _params: &Self::Params,
+        _fitted: &Input,
+        _env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        Ok(None)
+    }
+}
+
+/// What [`Stage::applier`] is given besides its params and artifact.
+#[derive(Clone, Debug)]
+pub struct ApplyEnv {
+    pub env: Env,
+    /// The stage kind's store (as [`Context::store_dir`]): extraction reuses the vectors of
+    /// texts it has seen, and adds new ones.
+    pub store_dir: PathBuf,
+}
+
+/// Rows in memory, of one of the three table kinds: what an [`Apply`] takes and gives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rows {
+    Text(TextTable),
+    Embedding(EmbeddingTable),
+    Predictions(Predictions),
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Text(t) => t.len(),
+            Rows::Embedding(t) => t.len(),
+            Rows::Predictions(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The table kind, for messages ("text", "embedding", "predictions").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rows::Text(_) => "text",
+            Rows::Embedding(_) => "embedding",
+            Rows::Predictions(_) => "predictions",
+        }
+    }
+}
+
+/// A stage loaded once, with what it fitted, and applied to batches of new rows. Apply never
+/// fits and never writes into the cache; the same rows give the same output as the stage's own
+/// `run` gave them (the saved-model tests check this against each stage's test split).
+pub trait Apply: Send + Sync {
+    /// `inputs`: the new rows as the stage's upstream stages made them, in pipeline order (for
+    /// `ingest`, the new texts themselves, unlabelled). Returns the rows this stage makes of
+    /// them, in the same order, ids kept.
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows>;
 }
 
 /// Resolves a path param: absolute as is, relative to the pipeline file's folder otherwise.

@@ -17,7 +17,8 @@ mod write;
 pub use names::{augmented_id, augmented_source, layer_column, parse_layer_column};
 pub use read::{embedding_columns, read_embedding_table, read_predictions, read_text_table};
 pub use types::{
-    EmbeddingTable, LABEL_NAMES_KEY, PRODUCER_KEY, Precision, Predictions, TextTable, VectorColumn,
+    EmbeddingTable, LABEL_NAMES_KEY, PRODUCER_KEY, Precision, Predictions, TextTable, UNLABELLED,
+    VectorColumn,
 };
 pub use write::{EmbeddingWriter, write_embedding_table, write_predictions, write_text_table};
 

@@ -4,6 +4,12 @@ pub const LABEL_NAMES_KEY: &str = "llmembed.label_names";
 /// Free-form name of what produced a predictions table (a classifier or an ensemble).
 pub const PRODUCER_KEY: &str = "llmembed.producer";
 
+/// The `label` of a row that has none (new texts to classify, a split marked unlabelled). Stored
+/// as is, as the Hugging Face GLUE test splits store theirs, so the column stays non-null and a
+/// labelled table's bytes do not change. Such rows flow through every stage but are never used to
+/// fit or to score.
+pub const UNLABELLED: i64 = -1;
+
 /// A split of a text dataset.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TextTable {
