@@ -9,6 +9,8 @@
 //! * The store (`store.rs`): per model fingerprint, shards of text-hash -> vectors, so that texts
 //!   are embedded once and interrupted runs resume byte-identically.
 
+mod apply;
+mod batch;
 mod embedder;
 pub mod model;
 mod params;
