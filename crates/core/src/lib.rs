@@ -20,14 +20,17 @@ pub use error::{Error, Result};
 pub use layers::{LayerIndex, Layers};
 pub use matrix::{ConstantColumn, Matrix, Standardizer, argmax, l2_normalize_rows};
 pub use progress::Progress;
-pub use saved::{SavedTensors, load_json, save_json, save_tensors};
+pub use saved::{
+    SavedTensors, TensorValues, load_json, save_json, save_tensors, save_typed_tensors,
+};
 pub use stage::{
     Apply, ApplyEnv, Arity, Context, Env, External, Input, Rows, Stage, Summary, resolve_path,
 };
 pub use table::{
     EmbeddingTable, EmbeddingWriter, Precision, Predictions, TextTable, UNLABELLED, VectorColumn,
-    augmented_id, augmented_source, layer_column, parse_layer_column, read_embedding_table,
-    read_predictions, read_text_table, write_embedding_table, write_predictions, write_text_table,
+    augmented_id, augmented_source, layer_column, parse_layer_column, parse_predictions_file,
+    predictions_file, read_embedding_table, read_predictions, read_text_table,
+    write_embedding_table, write_predictions, write_text_table,
 };
 
 /// A random generator for one purpose within a stage, seeded from the pipeline's seed. Deriving

@@ -14,7 +14,10 @@ mod read;
 mod types;
 mod write;
 
-pub use names::{augmented_id, augmented_source, layer_column, parse_layer_column};
+pub use names::{
+    augmented_id, augmented_source, layer_column, parse_layer_column, parse_predictions_file,
+    predictions_file,
+};
 pub use read::{embedding_columns, read_embedding_table, read_predictions, read_text_table};
 pub use types::{
     EmbeddingTable, LABEL_NAMES_KEY, PRODUCER_KEY, Precision, Predictions, TextTable, UNLABELLED,
