@@ -5,7 +5,7 @@
 
 mod decoder_common;
 
-use decoder_common::{GEMMA3, ModelFile, QWEN25_CODER_05B, SMOLLM2, locate};
+use decoder_common::{GEMMA3, ModelFile, QWEN25_CODER_05B, QWEN25_CODER_15B, SMOLLM2, locate};
 use llmembed_extract::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, load};
 
 const TEXTS: &[&str] = &[
@@ -113,6 +113,15 @@ fn qwen2_padding_invariant_and_deterministic() {
     };
     assert!(m.describe().starts_with("qwen2("), "{}", m.describe());
     check(m.as_ref(), "qwen2.5-coder-0.5b f32");
+}
+
+#[test]
+fn qwen2_15b_padding_invariant_and_deterministic() {
+    let Some(m) = open(&QWEN25_CODER_15B, ComputeDtype::F32) else {
+        return;
+    };
+    assert!(m.describe().starts_with("qwen2("), "{}", m.describe());
+    check(m.as_ref(), "qwen2.5-coder-1.5b f32");
 }
 
 /// The bf16 products (AMX, AVX512-BF16 or the f32 fallback, whichever this CPU runs) keep every

@@ -33,6 +33,13 @@ pub const QWEN25_CODER_05B: ModelFile = ModelFile {
     default: "/tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
 };
 
+pub const QWEN25_CODER_15B: ModelFile = ModelFile {
+    preset: "qwen2.5-coder-1.5b",
+    env: "LLMEMBED_QWEN25_CODER_15B_GGUF",
+    file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    default: "/tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+};
+
 fn find_under(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut dirs = Vec::new();
