@@ -114,7 +114,8 @@ enum Command {
     Pull { pipeline: PathBuf },
     /// Check a pipeline file and print nothing but its errors.
     Check { pipeline: PathBuf },
-    /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6) into the cache's models folder.
+    /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6, qwen2.5-coder-0.5b,
+    /// qwen2.5-coder-1.5b) into the cache's models folder (an interrupted fetch resumes).
     Fetch {
         #[arg(required = true)]
         presets: Vec<String>,
