@@ -322,6 +322,34 @@ fn unlabelled_rows_are_not_fitted_on_and_every_row_gets_predictions() {
             kind,
         );
     }
+    // An ensemble of logreg and mlp combines their predictions of the extra split too, as its
+    // applier does.
+    let members: Vec<Input> = runs[..2]
+        .iter()
+        .map(|(kind, out, ..)| fitted(kind, out.path()))
+        .collect();
+    let vote_params = EnsembleParams::default();
+    let vote = run_stage::<Ensemble>(&vote_params, &members, 1).unwrap();
+    let vote_new = read_predictions(&vote.path().join("predictions-new.parquet")).unwrap();
+    assert_eq!(vote_new.ids, extra.ids);
+    assert!(vote_new.labels.iter().all(|&l| l == UNLABELLED));
+    let member_rows: Vec<Rows> = runs[..2]
+        .iter()
+        .map(|(_, out, ..)| {
+            Rows::Predictions(
+                read_predictions(&out.path().join("predictions-new.parquet")).unwrap(),
+            )
+        })
+        .collect();
+    let apply = Ensemble::applier(&vote_params, &fitted("vote", vote.path()), &apply_env())
+        .unwrap()
+        .unwrap();
+    assert_same_bits(
+        &applied(apply.as_ref(), &member_rows),
+        &vote_new,
+        "ensemble, new",
+    );
+
     // Only unlabelled training rows: a clear error.
     let none = unlabelled(&train);
     let none = EmbeddingTable {
