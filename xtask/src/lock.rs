@@ -91,7 +91,11 @@ impl Lock {
     }
 
     /// Takes the lock exclusively if nobody holds it, without waiting: `None` when it is held.
-    pub fn try_exclusive(cache: &Cache, what: &str, pipeline: Option<&Path>) -> Result<Option<Lock>> {
+    pub fn try_exclusive(
+        cache: &Cache,
+        what: &str,
+        pipeline: Option<&Path>,
+    ) -> Result<Option<Lock>> {
         let file = Self::open(cache)?;
         match file.try_lock() {
             Ok(()) => {}

@@ -354,7 +354,11 @@ impl RunState<'_> {
         if !selected {
             return Ok(Outcome::Skipped("not selected".into()));
         }
-        if let Some(r) = stage.inputs.iter().find(|r| self.manifests[r.stage].is_none()) {
+        if let Some(r) = stage
+            .inputs
+            .iter()
+            .find(|r| self.manifests[r.stage].is_none())
+        {
             return Ok(Outcome::Skipped(format!(
                 "input `{}` is not made yet",
                 plan.stages[r.stage].id

@@ -117,7 +117,11 @@ pub fn write(
         "echo \"worker $SLURM_ARRAY_TASK_ID of {} on $(hostname), job $SLURM_JOB_ID\"",
         o.workers
     );
-    let _ = writeln!(worker, "exec {common} run {}{until} --worker", sh(&pipeline));
+    let _ = writeln!(
+        worker,
+        "exec {common} run {}{until} --worker",
+        sh(&pipeline)
+    );
 
     let mut finish = header(
         &format!("llmembed-{name}-finish"),
@@ -194,7 +198,9 @@ pub fn print(w: &Written, workers: usize) {
     crate::outln!("finishing job: {}", w.finish_script.display());
     match &w.jobs {
         Some((array, finish)) => {
-            crate::outln!("submitted array job {array} ({workers} workers) and finishing job {finish} (afterany:{array})");
+            crate::outln!(
+                "submitted array job {array} ({workers} workers) and finishing job {finish} (afterany:{array})"
+            );
             crate::outln!(
                 "logs: {} (worker-{array}_<task>.out, finish-{finish}.out)",
                 w.logs.display()

@@ -26,7 +26,10 @@ pub(crate) fn lines(store_dir: &Path) -> Result<Vec<String>> {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let id = name.strip_prefix("plan-")?.strip_suffix(".json")?.to_string();
+                let id = name
+                    .strip_prefix("plan-")?
+                    .strip_suffix(".json")?
+                    .to_string();
                 Some((id, e.path()))
             })
             .collect();

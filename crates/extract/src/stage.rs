@@ -481,6 +481,8 @@ fn embed_missing(
             tokens_done += ntok;
             let n = shard.len();
             store.write_shard(&plan.id, index, shard, truncated, cols)?;
+            // Counted by the cluster tests (`RUST_LOG=llmembed_extract=debug`).
+            log::debug!("extract: published shard {index} of plan {}", plan.id);
             claimer.add_embedded(n);
             drop(claim);
             texts_now += n;
