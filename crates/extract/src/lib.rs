@@ -10,6 +10,8 @@
 //!   are embedded once and interrupted runs resume byte-identically; claims on its shards
 //!   (`claims.rs`) let several processes share one plan, and `progress.rs` shows them.
 
+mod apply;
+mod batch;
 mod claims;
 mod embedder;
 pub mod model;

@@ -2,14 +2,16 @@
 //! plus `final_norm` / `pooler`), through the reusing, resumable store.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use llmembed_core::{
-    Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input, Layers, Result,
-    Stage, Summary, VectorColumn, read_text_table,
+    Apply, ApplyEnv, Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input,
+    Layers, Result, Stage, Summary, VectorColumn, read_text_table,
 };
-use rayon::prelude::*;
 
+use crate::apply::ExtractApply;
+use crate::batch::embed_shard;
 use crate::claims::{self, Attempt, Claimer};
 use crate::embedder::{Embedder, LoadSpec, Pooling, Tap};
 use crate::params::ExtractParams;
@@ -243,6 +245,48 @@ impl Stage for Extract {
     fn shared_progress(store_dir: &std::path::Path) -> Result<Vec<String>> {
         crate::progress::lines(store_dir)
     }
+
+    /// Loads the model once and opens the run's store: new texts are embedded exactly as `run`
+    /// embeds them (vectors never depend on the batch), texts the store holds are read from it,
+    /// and new ones are added to it.
+    fn applier(
+        p: &ExtractParams,
+        fitted: &Input,
+        env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        Self::check(p)?;
+        let resolved = source::resolve(&p.model, &env.env, p.compute)?;
+        let model = crate::model::load(&resolved.load)?;
+        let taps = taps_for(p, model.as_ref())?;
+        let hidden = model.hidden_size();
+        let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
+        // The artifact must be what these params make: the same columns, in the same order.
+        let (_, split) = fitted.splits().into_iter().next().ok_or_else(|| {
+            Error::mismatch(
+                "load extract",
+                format!("stage `{}` wrote no split", fitted.stage_id),
+            )
+        })?;
+        let written = llmembed_core::table::embedding_columns(&split)?;
+        if written != columns {
+            return Err(Error::mismatch(
+                "load extract",
+                format!(
+                    "{} has columns {written:?}, but {} with these params gives {columns:?}",
+                    split.display(),
+                    model.describe()
+                ),
+            ));
+        }
+        let store = open_store(p, model.as_ref(), &resolved, &columns, &env.store_dir)?;
+        Ok(Some(Box::new(ExtractApply::new(
+            model,
+            taps,
+            columns,
+            p.clone(),
+            store,
+        ))))
+    }
 }
 
 /// What `run` and `share` start from: the model, its taps and columns, the store, the input's
@@ -271,7 +315,7 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
     let taps = taps_for(p, model.as_ref())?;
     let hidden = model.hidden_size();
     let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
-    let store = open_store(p, model.as_ref(), &resolved, &columns, ctx)?;
+    let store = open_store(p, model.as_ref(), &resolved, &columns, &ctx.store_dir)?;
     let texts = Texts::read(&splits)?;
     let missing = texts.missing(&store);
     let mut notes = vec![format!(
@@ -322,7 +366,7 @@ fn open_store(
     model: &dyn Embedder,
     resolved: &source::Resolved,
     columns: &[(String, usize)],
-    ctx: &Context,
+    store_dir: &Path,
 ) -> Result<Store> {
     let about = serde_json::json!({
         "store_format": STORE_FORMAT,
@@ -334,7 +378,7 @@ fn open_store(
         "compute": p.compute,
     });
     let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
-    let store = Store::open(&ctx.store_dir, &fingerprint, &about, columns.to_vec())?;
+    let store = Store::open(store_dir, &fingerprint, &about, columns.to_vec())?;
     for (shard, moved, why) in &store.quarantined {
         // Always said, quiet or not: damage on disk is news the user must see.
         log::warn!(
@@ -587,75 +631,4 @@ fn assemble(
         writer.finish()?;
     }
     Ok(truncated_rows)
-}
-
-/// Tokenizes a shard's texts, sorts them by length, batches them under the token budget, embeds
-/// and returns per tap the vectors in the shard's order, the truncation flags and the token count.
-fn embed_shard(
-    model: &dyn Embedder,
-    texts: &[&str],
-    taps: &[Tap],
-    p: &ExtractParams,
-) -> Result<(Vec<Vec<f32>>, Vec<bool>, usize)> {
-    let hidden = model.hidden_size();
-    let mut ids = Vec::with_capacity(texts.len());
-    let mut truncated = Vec::with_capacity(texts.len());
-    for t in texts {
-        let (i, tr) = model.tokenize(t, p.max_tokens)?;
-        ids.push(i);
-        truncated.push(tr);
-    }
-    let ntok = ids.iter().map(Vec::len).sum();
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| (ids[i].len(), i));
-    let mut out: Vec<Vec<f32>> = taps
-        .iter()
-        .map(|_| vec![0f32; texts.len() * hidden])
-        .collect();
-    // Batches: runs of the sorted texts whose size, texts x the longest one's tokens (the
-    // longest is the last: they are sorted), stays under the token budget.
-    let mut batches = Vec::new();
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && (end + 1 - start) * ids[order[end]].len() <= p.batch_tokens {
-            end += 1;
-        }
-        batches.push(start..end);
-        start = end;
-    }
-    // Batches run side by side, one per worker thread: each batch's own parallel steps then
-    // run on its thread, with no fork or join between them, and a thread helps another's batch
-    // only when it has none left. A text's vectors do not depend on its batch or on the
-    // thread that runs it.
-    let pooled: Vec<Vec<Vec<f32>>> = batches
-        .par_iter()
-        .map(|range| {
-            let batch: Vec<&[u32]> = order[range.clone()]
-                .iter()
-                .map(|&i| ids[i].as_slice())
-                .collect();
-            model.embed(&batch, taps, p.pooling)
-        })
-        .collect::<Result<_>>()?;
-    for (range, pooled) in batches.iter().zip(pooled) {
-        let n = range.len();
-        for (t, vals) in pooled.iter().enumerate() {
-            if vals.len() != n * hidden {
-                return Err(Error::compute(
-                    "embed batch",
-                    format!(
-                        "tap {:?}: {} values for {n} texts x {hidden}",
-                        taps[t],
-                        vals.len(),
-                    ),
-                ));
-            }
-            for (b, &i) in order[range.clone()].iter().enumerate() {
-                out[t][i * hidden..(i + 1) * hidden]
-                    .copy_from_slice(&vals[b * hidden..(b + 1) * hidden]);
-            }
-        }
-    }
-    Ok((out, truncated, ntok))
 }

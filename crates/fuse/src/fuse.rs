@@ -15,6 +15,11 @@
 //! 4. `standardize: true` z-scores every output dimension with mean / std fitted on the train
 //!    split and applied unchanged to every split.
 //!
+//! Fits (learned weights, the standardiser) see only the train rows that have a label; rows
+//! without one (`UNLABELLED`) are fused like any other. What was fitted is saved into the
+//! artifact (`model.safetensors`, `model.json`: see `model.rs`), and [`Fuse`]'s applier fuses new
+//! rows of every input with it, as `run` fused the splits.
+//!
 //! # Methods
 //! * `mean` / `max`: element-wise mean / max over the selected vectors **within each source**
 //!   (their widths must agree), then concatenation across sources in input order. Output width:
@@ -47,11 +52,13 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use llmembed_core::{
-    Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Matrix, Precision, Result, Stage,
-    Standardizer, Summary, VectorColumn, l2_normalize_rows, write_embedding_table,
+    Apply, ApplyEnv, Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Matrix,
+    Precision, Result, Rows, Stage, Standardizer, Summary, UNLABELLED, VectorColumn,
+    l2_normalize_rows, write_embedding_table,
 };
 
-use crate::align::{Aligned, load_aligned};
+use crate::align::{Aligned, align_rows, load_aligned};
+use crate::model::{self, Fitted};
 use crate::ops::{self, GramEntries};
 use crate::params::{FuseParams, Gram, Method, Normalize};
 use crate::select::{Resolved, check_widths, resolve};
@@ -60,17 +67,11 @@ use crate::weighted;
 /// The `fuse` stage kind.
 pub struct Fuse;
 
-/// What is fitted on the train split and applied to every split.
-enum Fitted {
-    None,
-    Weighted(Vec<Vec<f32>>),
-    /// Per source vector (flattened over sources): `None` = already `width` wide.
-    Projections(Vec<Option<Tensor>>),
-}
-
 impl Stage for Fuse {
     const KIND: &'static str = "fuse";
-    const VERSION: u32 = 1;
+    // 2: the artifact holds what was fitted (`model.safetensors`, `model.json`); the split
+    // files' bytes are those of version 1.
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::AtLeast(1);
     // The pipeline's seed is part of the key: co-occurrence projections and learned-weight batches are drawn with it.
     const SEEDED: bool = true;
@@ -133,6 +134,7 @@ impl Stage for Fuse {
         let mut fitted = Fitted::None;
         let mut standardizer: Option<Standardizer> = None;
         let mut summary = Summary::default();
+        let mut trained: Option<(usize, Vec<String>, usize)> = None;
         for split in &splits {
             let mut data = load_aligned(split, inputs, &resolved)?;
             if p.normalize == Normalize::L2 {
@@ -141,16 +143,35 @@ impl Stage for Fuse {
                     .flatten()
                     .for_each(l2_normalize_rows);
             }
+            // Rows without a label flow through but are never fitted on.
+            let labelled: Option<Vec<usize>> =
+                (split == "train" && data.labels.contains(&UNLABELLED)).then(|| {
+                    (0..data.labels.len())
+                        .filter(|&i| data.labels[i] != UNLABELLED)
+                        .collect()
+                });
             if split == "train" {
-                fitted = fit(p, &data, &resolved, seed, ctx, &mut summary)?;
+                fitted = match &labelled {
+                    None => fit(p, &data, &resolved, seed, ctx, &mut summary)?,
+                    Some(rows) => {
+                        let subset = data.select_rows(rows);
+                        fit(p, &subset, &resolved, seed, ctx, &mut summary)?
+                    }
+                };
             }
             let mut fused = apply(p, &fitted, &data)?;
             if p.standardize {
-                let s = standardizer
-                    .get_or_insert_with(|| Standardizer::fit(&fused, ConstantColumn::Zero));
+                let s = standardizer.get_or_insert_with(|| match &labelled {
+                    None => Standardizer::fit(&fused, ConstantColumn::Zero),
+                    Some(rows) => Standardizer::fit(&fused.select_rows(rows), ConstantColumn::Zero),
+                });
                 s.apply(&mut fused);
             }
             let dim = fused.dim;
+            if split == "train" {
+                let rows = labelled.as_ref().map_or(data.ids.len(), Vec::len);
+                trained = Some((dim, data.label_names.clone(), rows));
+            }
             let table = EmbeddingTable {
                 ids: data.ids,
                 labels: data.labels,
@@ -171,7 +192,89 @@ impl Stage for Fuse {
                 ));
             }
         }
+        let (width, label_names, train_rows) = trained.expect("train is the first split");
+        model::save(
+            &ctx.out_dir,
+            &model::ToSave {
+                params: p,
+                resolved: &resolved,
+                fitted: &fitted,
+                standardizer: standardizer.as_ref(),
+                width,
+                label_names: &label_names,
+                train_rows,
+            },
+        )?;
         Ok(summary)
+    }
+
+    /// Loads what `run` fitted (`model.json`, `model.safetensors`) and fuses new rows of every
+    /// input exactly as `run` fused its splits.
+    fn applier(p: &FuseParams, fitted: &Input, _env: &ApplyEnv) -> Result<Option<Box<dyn Apply>>> {
+        Self::check(p)?;
+        let loaded = model::load(&fitted.dir, p)?;
+        Ok(Some(Box::new(FuseApply {
+            params: p.clone(),
+            loaded,
+        })))
+    }
+}
+
+/// [`Fuse`] loaded from its artifact.
+struct FuseApply {
+    params: FuseParams,
+    loaded: model::Loaded,
+}
+
+impl Apply for FuseApply {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        let sources = &self.loaded.meta.sources;
+        let tables: Vec<&EmbeddingTable> = inputs
+            .iter()
+            .map(|r| match r {
+                Rows::Embedding(t) => Some(t),
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .filter(|t: &Vec<_>| t.len() == sources.len())
+            .ok_or_else(|| {
+                Error::mismatch(
+                    "apply fuse",
+                    format!(
+                        "expected {} embedding table(s) (from {}), got [{}]",
+                        sources.len(),
+                        sources
+                            .iter()
+                            .map(|s| s.input.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        inputs.iter().map(Rows::kind).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?;
+        let names: Vec<String> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("input {i} (`{}`)", s.input))
+            .collect();
+        let mut data = align_rows(&tables, &names, &self.loaded.resolved)?;
+        if self.params.normalize == Normalize::L2 {
+            data.sources
+                .iter_mut()
+                .flatten()
+                .for_each(l2_normalize_rows);
+        }
+        let mut fused = apply(&self.params, &self.loaded.fitted, &data)?;
+        if let Some(s) = &self.loaded.standardizer {
+            s.apply(&mut fused);
+        }
+        let dim = fused.dim;
+        Ok(Rows::Embedding(EmbeddingTable {
+            ids: data.ids,
+            labels: data.labels,
+            label_names: data.label_names,
+            columns: vec![VectorColumn::new("embedding", dim, fused.data)],
+        }))
     }
 }
 
