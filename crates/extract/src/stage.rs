@@ -464,6 +464,7 @@ struct Embedded {
 /// process holds is skipped, and with `wait` waited for (its holder publishes it, or dies and it
 /// is taken over) until every shard is in the store; without `wait` (a worker that only helps),
 /// this returns once nothing is left to claim.
+#[allow(clippy::too_many_arguments)]
 fn embed_missing(
     model: &dyn Embedder,
     store: &mut Store,
