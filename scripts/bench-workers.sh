@@ -42,6 +42,7 @@ export RUST_LOG=warn,llmembed_extract=debug
 RAYON_NUM_THREADS=1 run two run "$work/p.yaml" --worker 2>"$work/w1.log" >/dev/null &
 RAYON_NUM_THREADS=1 run two run "$work/p.yaml" --worker 2>"$work/w2.log" >/dev/null &
 wait
+tw=$(date +%s.%N)
 RAYON_NUM_THREADS=2 run two run "$work/p.yaml" 2>"$work/f.log" >/dev/null
 t2=$(date +%s.%N)
 
@@ -53,5 +54,7 @@ a=$(cd "$work/one/artifacts" && find . -name '*.parquet' | sort | xargs sha256su
 b=$(cd "$work/two/artifacts" && find . -name '*.parquet' | sort | xargs sha256sum | sha256sum)
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 echo "texts: $((per_class * 4)), shards published: $shards, published twice: $dups"
-printf 'one process x 2 threads: %.1fs\n2 workers x 1 thread + finishing run: %.1fs\nratio: %.3f\n' "$one" "$two" "$(awk "BEGIN {print $two / $one}")"
+printf 'one process x 2 threads: %.1fs\n2 workers x 1 thread + finishing run: %.1fs (workers %.1fs)\nratio: %.3f\n' \
+  "$one" "$two" "$(awk "BEGIN {print $tw - $t1}")" "$(awk "BEGIN {print $two / $one}")"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (other processes on the machine distort both timings)"
 [ "$a" = "$b" ] && echo "artifacts: byte-identical" || { echo "artifacts differ" >&2; exit 1; }

@@ -84,6 +84,13 @@ fn reference() -> &'static (BTreeMap<String, Vec<u8>>, String) {
     })
 }
 
+/// The scenarios run one at a time: each starts several processes (or Slurm jobs) on a
+/// two-core machine, and the Slurm ones share one small cluster.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn inputs() -> Option<PathBuf> {
     needs("AG News", ag_news())?;
     needs("SmolLM2-135M", common::models_dir_with("smollm2-135m"))
@@ -163,6 +170,7 @@ fn spawn_worker(fx: &Fixture, file: &Path, n: usize) -> (Child, PathBuf) {
 /// over), no claim or temporary file left.
 #[test]
 fn workers_killed_at_random_leave_the_bytes_of_a_single_process() {
+    let _serial = one_at_a_time();
     let Some(models) = inputs() else { return };
     let (expected, expected_report) = reference();
     let fx = Fixture::new();
@@ -242,6 +250,7 @@ fn workers_killed_at_random_leave_the_bytes_of_a_single_process() {
 /// older than `LLMEMBED_CLAIM_STALE_SECS`, the run takes the shard over and finishes, not before.
 #[test]
 fn a_stale_claim_is_taken_over_after_the_timeout() {
+    let _serial = one_at_a_time();
     let Some(models) = inputs() else { return };
     let (expected, _) = reference();
     let fx = Fixture::new();
@@ -432,6 +441,7 @@ fn read_logs(dir: &Path) -> Vec<String> {
 /// bytes identical, each shard published once.
 #[test]
 fn slurm_array_of_three_workers_gives_the_single_process_bytes() {
+    let _serial = one_at_a_time();
     let Some(models) = inputs() else { return };
     let Some(()) = needs_slurm() else { return };
     let (expected, expected_report) = reference();
@@ -462,6 +472,7 @@ fn slurm_array_of_three_workers_gives_the_single_process_bytes() {
 /// single process's.
 #[test]
 fn slurm_jobs_cancelled_mid_shard_and_resubmitted_recompute_only_unfinished_shards() {
+    let _serial = one_at_a_time();
     let Some(models) = inputs() else { return };
     let Some(()) = needs_slurm() else { return };
     let (expected, _) = reference();

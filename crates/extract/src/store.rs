@@ -358,3 +358,34 @@ impl ShardReader<'_> {
         Ok(&self.cache[pos].1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| blake3::hash(&[i as u8]).to_hex().to_string())
+            .collect()
+    }
+
+    /// Any subset of a plan's shards, in order, continues it (what concurrent processes see:
+    /// others' shards published out of order); anything else is not that plan.
+    #[test]
+    fn a_plan_continues_from_any_subset_of_its_shards() {
+        let all = hashes(23);
+        let planned: Vec<String> = all.chunks(5).map(digest).collect();
+        let shards: Vec<Vec<String>> = all.chunks(5).map(<[String]>::to_vec).collect();
+        let missing: Vec<String> = [1, 3, 4].iter().flat_map(|&k| shards[k].clone()).collect();
+        let got = match_plan(&planned, &missing, 5).unwrap();
+        assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(got[2].1, shards[4]);
+        assert_eq!(match_plan(&planned, &all, 5).unwrap().len(), 5);
+        // Part of a shard only, or texts in another order: not this plan.
+        assert!(match_plan(&planned, &all[2..], 5).is_none());
+        let mut swapped = missing.clone();
+        swapped.swap(0, 1);
+        assert!(match_plan(&planned, &swapped, 5).is_none());
+        assert!(match_plan(&planned, &[], 5).is_none());
+    }
+}
