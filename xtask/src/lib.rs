@@ -18,6 +18,7 @@ pub mod remote;
 pub mod report;
 pub mod runner;
 pub mod show;
+pub mod slurm;
 pub mod status;
 pub mod sync;
 pub mod tools;

@@ -43,6 +43,7 @@ pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
         ),
         Outcome::Failed(e) => format!("FAILED   {id:<24} {e}"),
         Outcome::Skipped(why) => format!("skipped  {id:<24} ({why})"),
+        Outcome::Helped(notes) => format!("helped   {id:<24} {}", notes.join("; ")),
     };
     crate::outln!("{line}");
 }
@@ -123,6 +124,7 @@ impl RunRecord {
                     Outcome::Skipped(why) | Outcome::WouldRun(why) => {
                         ("skipped", None, Some(why.clone()))
                     }
+                    Outcome::Helped(notes) => ("helped", None, Some(notes.join("; "))),
                 };
                 StageRecord {
                     id: stage.id.clone(),

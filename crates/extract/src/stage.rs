@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llmembed_core::{
     Apply, ApplyEnv, Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input,
@@ -12,6 +12,7 @@ use llmembed_core::{
 
 use crate::apply::ExtractApply;
 use crate::batch::embed_shard;
+use crate::claims::{self, Attempt, Claimer};
 use crate::embedder::{Embedder, LoadSpec, Pooling, Tap};
 use crate::params::ExtractParams;
 use crate::source::{self};
@@ -178,34 +179,25 @@ impl Stage for Extract {
     }
 
     fn run(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
-        Self::check(p)?;
-        let splits = input_splits(inputs)?;
-        let resolved = source::resolve(&p.model, ctx.env, p.compute)?;
-        // Before the weights load; `taps_for` checks again against the loaded model.
-        if p.layers != Layers::All
-            && let Ok((arch, n)) = depth(&resolved.load)
-        {
-            check_depth(p, &arch, n)?;
-        }
-        let model = crate::model::load(&resolved.load)?;
-        let taps = taps_for(p, model.as_ref())?;
-        let hidden = model.hidden_size();
-        let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
-        let mut store = open_store(p, model.as_ref(), &resolved, &columns, &ctx.store_dir)?;
-        let texts = Texts::read(&splits)?;
-        let missing = texts.missing(&store);
-        let mut notes = vec![format!(
-            "reused {} of {} texts",
-            texts.unique.len() - missing.len(),
-            texts.unique.len()
-        )];
-        if !store.quarantined.is_empty() {
-            notes.push(format!(
-                "quarantined {} damaged store shard(s)",
-                store.quarantined.len()
-            ));
-        }
-        let embedded = embed_missing(model.as_ref(), &mut store, &texts, &missing, &taps, p, ctx)?;
+        let Prepared {
+            model,
+            taps,
+            columns,
+            mut store,
+            texts,
+            missing,
+            mut notes,
+        } = prepare(p, inputs, ctx)?;
+        let embedded = embed_missing(
+            model.as_ref(),
+            &mut store,
+            &texts,
+            &missing,
+            &taps,
+            p,
+            ctx,
+            true,
+        )?;
         notes.extend(embedded.notes);
         // The texts themselves are not needed past this point.
         let Texts {
@@ -223,6 +215,35 @@ impl Stage for Extract {
             notes,
             details: vec![format!("model {}", model.describe())],
         })
+    }
+
+    /// Embeds the store's shards that no other process holds, and returns.
+    fn share(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Option<Vec<String>>> {
+        let Prepared {
+            model,
+            taps,
+            mut store,
+            texts,
+            missing,
+            mut notes,
+            ..
+        } = prepare(p, inputs, ctx)?;
+        let embedded = embed_missing(
+            model.as_ref(),
+            &mut store,
+            &texts,
+            &missing,
+            &taps,
+            p,
+            ctx,
+            false,
+        )?;
+        notes.extend(embedded.notes);
+        Ok(Some(notes))
+    }
+
+    fn shared_progress(store_dir: &std::path::Path) -> Result<Vec<String>> {
+        crate::progress::lines(store_dir)
     }
 
     /// Loads the model once and opens the run's store: new texts are embedded exactly as `run`
@@ -266,6 +287,57 @@ impl Stage for Extract {
             store,
         ))))
     }
+}
+
+/// What `run` and `share` start from: the model, its taps and columns, the store, the input's
+/// texts and those the store lacks, and the notes so far.
+struct Prepared {
+    model: Box<dyn Embedder>,
+    taps: Vec<Tap>,
+    columns: Vec<(String, usize)>,
+    store: Store,
+    texts: Texts,
+    missing: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepared> {
+    Extract::check(p)?;
+    let splits = input_splits(inputs)?;
+    let resolved = source::resolve(&p.model, ctx.env, p.compute)?;
+    // Before the weights load; `taps_for` checks again against the loaded model.
+    if p.layers != Layers::All
+        && let Ok((arch, n)) = depth(&resolved.load)
+    {
+        check_depth(p, &arch, n)?;
+    }
+    let model = crate::model::load(&resolved.load)?;
+    let taps = taps_for(p, model.as_ref())?;
+    let hidden = model.hidden_size();
+    let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
+    let store = open_store(p, model.as_ref(), &resolved, &columns, &ctx.store_dir)?;
+    let texts = Texts::read(&splits)?;
+    let missing = texts.missing(&store);
+    let mut notes = vec![format!(
+        "reused {} of {} texts",
+        texts.unique.len() - missing.len(),
+        texts.unique.len()
+    )];
+    if !store.quarantined.is_empty() {
+        notes.push(format!(
+            "quarantined {} damaged store shard(s)",
+            store.quarantined.len()
+        ));
+    }
+    Ok(Prepared {
+        model,
+        taps,
+        columns,
+        store,
+        texts,
+        missing,
+        notes,
+    })
 }
 
 /// The input's split files, in order.
@@ -387,7 +459,12 @@ struct Embedded {
 }
 
 /// Embeds the texts the store lacks, shard by shard as the store plans them (resuming an
-/// interrupted plan), writing each shard as it is done.
+/// interrupted plan), writing each shard as it is done. Shards are claimed first (see
+/// `claims.rs`), so that other processes on the same store share the plan: a shard another live
+/// process holds is skipped, and with `wait` waited for (its holder publishes it, or dies and it
+/// is taken over) until every shard is in the store; without `wait` (a worker that only helps),
+/// this returns once nothing is left to claim.
+#[allow(clippy::too_many_arguments)]
 fn embed_missing(
     model: &dyn Embedder,
     store: &mut Store,
@@ -396,11 +473,12 @@ fn embed_missing(
     taps: &[Tap],
     p: &ExtractParams,
     ctx: &Context,
+    wait: bool,
 ) -> Result<Embedded> {
     let mut notes = Vec::new();
     let plan = store.plan(missing, p.shard_rows)?;
-    if plan.first > 0 {
-        let msg = format!("resuming: {} of {} shards done", plan.first, plan.total);
+    if plan.done > 0 {
+        let msg = format!("resuming: {} of {} shards done", plan.done, plan.total);
         if !ctx.env.quiet {
             log::info!("  {msg}");
         }
@@ -412,32 +490,96 @@ fn embed_missing(
         .filter(|(h, _)| !store.index.contains_key(h))
         .map(|(h, t)| (h.as_str(), t.as_str()))
         .collect();
+    let mut claimer = Claimer::new(&store.dir)?;
     let bar = ctx.progress(missing.len() as u64, "extract");
     let started = Instant::now();
     let mut tokens_done = 0usize;
     let mut truncated_now = 0usize;
-    for (j, shard) in plan.remaining.into_iter().enumerate() {
-        let shard_texts: Vec<&str> = shard.iter().map(|h| text_by_hash[h.as_str()]).collect();
-        let (cols, truncated, ntok) = embed_shard(model, &shard_texts, taps, p)?;
-        truncated_now += truncated.iter().filter(|&&t| t).count();
-        tokens_done += ntok;
-        let n = shard.len();
-        store.write_shard(&plan.id, plan.first + j, shard, truncated, cols)?;
-        bar.inc(n as u64);
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
+    let (mut texts_now, mut shards_now, mut by_others) = (0usize, 0usize, 0usize);
+    let mut pending = plan.remaining;
+    let poll = Duration::from_millis(500);
+    loop {
+        let mut busy = Vec::new();
+        for (index, shard) in pending {
+            if store.adopt_shard(&plan.id, index)? {
+                by_others += 1;
+                bar.inc(shard.len() as u64);
+                continue;
+            }
+            let claim = match claimer.try_claim(&plan.id, index, shard.len())? {
+                Attempt::Claimed(c) => c,
+                Attempt::Busy => {
+                    busy.push((index, shard));
+                    continue;
+                }
+            };
+            // Published meanwhile by a holder that released it just before this claim.
+            if store.adopt_shard(&plan.id, index)? {
+                drop(claim);
+                by_others += 1;
+                bar.inc(shard.len() as u64);
+                continue;
+            }
+            let shard_texts: Vec<&str> = shard.iter().map(|h| text_by_hash[h.as_str()]).collect();
+            let (cols, truncated, ntok) = embed_shard(model, &shard_texts, taps, p)?;
+            truncated_now += truncated.iter().filter(|&&t| t).count();
+            tokens_done += ntok;
+            let n = shard.len();
+            store.write_shard(&plan.id, index, shard, truncated, cols)?;
+            // Counted by the cluster tests (`RUST_LOG=llmembed_extract=debug`).
+            log::debug!("extract: published shard {index} of plan {}", plan.id);
+            claimer.add_embedded(n);
+            drop(claim);
+            texts_now += n;
+            shards_now += 1;
+            bar.inc(n as u64);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
+        }
+        if busy.is_empty() {
+            claims::remove_leftovers(&store.dir, &plan.id);
+            break;
+        }
+        if !wait {
+            notes.push(format!(
+                "left {} shard(s) to the processes that hold them",
+                busy.len()
+            ));
+            break;
+        }
+        std::thread::sleep(poll);
+        pending = busy;
     }
     bar.finish();
-    if !missing.is_empty() {
+    if by_others > 0 {
+        notes.push(format!(
+            "{by_others} of {} shards embedded by other processes",
+            plan.total - plan.done
+        ));
+    }
+    if claimer.taken_over > 0 {
+        notes.push(format!(
+            "took over {} shard(s) from processes that stopped",
+            claimer.taken_over
+        ));
+    }
+    if texts_now > 0 {
         let secs = started.elapsed().as_secs_f64();
         notes.push(format!(
             "embedded {} texts ({} tokens) in {:.1}s: {:.1} texts/s, {:.0} tokens/s",
-            missing.len(),
+            texts_now,
             tokens_done,
             secs,
-            missing.len() as f64 / secs.max(1e-9),
+            texts_now as f64 / secs.max(1e-9),
             tokens_done as f64 / secs.max(1e-9)
         ));
+    }
+    // One line per process that a test (or a person reading Slurm logs) can count.
+    if !wait || by_others > 0 || claimer.taken_over > 0 {
+        log::info!(
+            "  extract: computed {shards_now} shard(s) ({texts_now} texts) of plan {} in this process",
+            plan.id
+        );
     }
     Ok(Embedded {
         notes,
