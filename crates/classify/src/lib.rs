@@ -32,6 +32,7 @@ mod mlp;
 mod mlp_net;
 mod plot;
 mod prologue;
+mod sparse;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
 pub use layer_sweep::{LayerSweep, LayerSweepParams};

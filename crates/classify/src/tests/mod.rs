@@ -217,3 +217,4 @@ mod folds;
 mod layer_sweep;
 mod logreg;
 mod mlp;
+mod sparse;

@@ -14,12 +14,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::types::*;
 use crate::error::{Error, Result};
 
-struct Loaded {
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+pub(super) struct Loaded {
+    pub(super) schema: SchemaRef,
+    pub(super) batches: Vec<RecordBatch>,
 }
 
-fn load(path: &Path, columns: Option<&[&str]>) -> Result<Loaded> {
+pub(super) fn load(path: &Path, columns: Option<&[&str]>) -> Result<Loaded> {
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::parquet("read", path, e))?;
@@ -49,7 +49,7 @@ fn load(path: &Path, columns: Option<&[&str]>) -> Result<Loaded> {
     Ok(Loaded { schema, batches })
 }
 
-fn label_names_of(path: &Path, schema: &Schema) -> Result<Vec<String>> {
+pub(super) fn label_names_of(path: &Path, schema: &Schema) -> Result<Vec<String>> {
     let raw = schema
         .metadata()
         .get(LABEL_NAMES_KEY)
@@ -58,7 +58,7 @@ fn label_names_of(path: &Path, schema: &Schema) -> Result<Vec<String>> {
         .map_err(|e| Error::schema(path, "label", format!("bad `{LABEL_NAMES_KEY}`: {e}")))
 }
 
-fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+pub(super) fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch
         .column_by_name(name)
         .ok_or_else(|| Error::schema(path, name, "missing"))
@@ -76,7 +76,11 @@ fn strings(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<Optio
     Ok(out)
 }
 
-fn required_strings(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<String>> {
+pub(super) fn required_strings(
+    path: &Path,
+    batches: &[RecordBatch],
+    name: &str,
+) -> Result<Vec<String>> {
     strings(path, batches, name)?
         .into_iter()
         .enumerate()
@@ -84,7 +88,7 @@ fn required_strings(path: &Path, batches: &[RecordBatch], name: &str) -> Result<
         .collect()
 }
 
-fn int64s(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<i64>> {
+pub(super) fn int64s(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<i64>> {
     let mut out = Vec::new();
     for batch in batches {
         let arr = column(path, batch, name)?

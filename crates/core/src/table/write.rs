@@ -17,7 +17,7 @@ use super::types::*;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
-fn writer_props() -> WriterProperties {
+pub(super) fn writer_props() -> WriterProperties {
     // Snappy: cheap to decode, and embeddings do not compress much anyway. A fixed
     // `created_by` keeps the bytes identical across parquet crate patch releases.
     WriterProperties::builder()
@@ -26,7 +26,7 @@ fn writer_props() -> WriterProperties {
         .build()
 }
 
-fn schema_with_labels(
+pub(super) fn schema_with_labels(
     fields: Vec<Field>,
     label_names: &[String],
     extra: &[(&str, String)],
@@ -42,7 +42,7 @@ fn schema_with_labels(
     Arc::new(Schema::new_with_metadata(fields, meta))
 }
 
-fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+pub(super) fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
     write_atomic(path, |out| {
         let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(writer_props()))
             .map_err(|e| Error::parquet("create writer for", path, e))?;
@@ -87,7 +87,7 @@ fn vector_array(col: &VectorColumn, precision: Precision) -> ArrayRef {
     Arc::new(FixedSizeListArray::new(field, col.dim as i32, values, None))
 }
 
-fn string_array(values: &[String]) -> ArrayRef {
+pub(super) fn string_array(values: &[String]) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values.iter()))
 }
 
