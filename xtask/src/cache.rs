@@ -78,6 +78,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
     pub seconds: f64,
+    /// The stage's peak resident memory while it ran (Linux; see `rss.rs`), absent elsewhere
+    /// and in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     pub created_unix: u64,
 }
 
@@ -290,6 +294,21 @@ impl Cache {
         summary: &llmembed_core::Summary,
         seconds: f64,
     ) -> Result<Manifest> {
+        self.publish_measured(tmp, key, preimage, stage_id, summary, seconds, None)
+    }
+
+    /// [`Self::publish`], recording the stage's peak resident memory in the manifest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_measured(
+        &self,
+        tmp: &Path,
+        key: &str,
+        preimage: &Preimage,
+        stage_id: &str,
+        summary: &llmembed_core::Summary,
+        seconds: f64,
+        peak_rss_bytes: Option<u64>,
+    ) -> Result<Manifest> {
         let result = (|| -> Result<Manifest> {
             let mut files = Vec::new();
             let mut names: Vec<String> = fs::read_dir(tmp)
@@ -330,6 +349,7 @@ impl Cache {
                 notes: summary.notes.clone(),
                 details: summary.details.clone(),
                 seconds,
+                peak_rss_bytes,
                 created_unix: std::time::SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
