@@ -18,7 +18,10 @@ mod types;
 mod write;
 
 pub use names::{augmented_id, augmented_source, layer_column, parse_layer_column};
-pub use read::{embedding_columns, read_embedding_table, read_predictions, read_text_table};
+pub use read::{
+    embedding_columns, for_each_embedding_chunk, read_embedding_table, read_predictions,
+    read_text_table, table_rows,
+};
 pub use sparse::{
     SPARSE_DIM_KEY, SparseTable, read_sparse_table, sparse_column, write_sparse_table,
 };

@@ -227,3 +227,75 @@ pub fn read_predictions(path: &Path) -> Result<Predictions> {
             .unwrap_or_default(),
     })
 }
+
+/// Reads an embedding file `rows` rows at a time (the chosen vector columns, `id` and `label`),
+/// calling `each` on every chunk in order: what a stage that works row by row uses to keep one
+/// chunk of a large table in memory rather than all of it.
+pub fn for_each_embedding_chunk(
+    path: &Path,
+    columns: &[&str],
+    rows: usize,
+    mut each: impl FnMut(EmbeddingTable) -> Result<()>,
+) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet("read", path, e))?;
+    let schema = builder.schema().clone();
+    let label_names = label_names_of(path, &schema)?;
+    let mut wanted = vec!["id", "label"];
+    wanted.extend_from_slice(columns);
+    let mut indices = Vec::new();
+    for name in &wanted {
+        indices.push(
+            schema
+                .index_of(name)
+                .map_err(|_| Error::schema(path, name, "missing"))?,
+        );
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(rows.max(1))
+        .build()
+        .map_err(|e| Error::parquet("read", path, e))?;
+    let mut first_row = 0usize;
+    for batch in reader {
+        let batch = [batch.map_err(|e| Error::parquet("read", path, e))?];
+        let n = batch[0].num_rows();
+        // Row numbers in errors count from the start of the file.
+        let at = |e: Error| match e {
+            Error::Row {
+                path,
+                row,
+                field,
+                message,
+            } => Error::Row {
+                path,
+                row: row + first_row,
+                field,
+                message,
+            },
+            other => other,
+        };
+        let mut cols = Vec::with_capacity(columns.len());
+        for name in columns {
+            cols.push(vectors(path, &batch, name)?);
+        }
+        each(EmbeddingTable {
+            ids: required_strings(path, &batch, "id").map_err(at)?,
+            labels: int64s(path, &batch, "label").map_err(at)?,
+            label_names: label_names.clone(),
+            columns: cols,
+        })?;
+        first_row += n;
+    }
+    Ok(())
+}
+
+/// Rows of a table file, from its footer (no data read).
+pub fn table_rows(path: &Path) -> Result<usize> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet("read", path, e))?;
+    Ok(builder.metadata().file_metadata().num_rows() as usize)
+}
