@@ -128,7 +128,9 @@ fn status_names_every_kind_of_change() {
     );
     assert_eq!(
         reasons(&file, &fx, 2),
-        ["input `features` content changed (test.parquet, train.parquet, vocabulary.json)"]
+        [
+            "input `features` content changed (idf.safetensors, test.parquet, train.parquet, vocabulary.json)"
+        ]
     );
     fx.run(&file, opts());
 

@@ -78,6 +78,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
     pub seconds: f64,
+    /// The stage's peak resident memory while it ran (Linux; see `rss.rs`), absent elsewhere
+    /// and in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     pub created_unix: u64,
 }
 
@@ -290,12 +294,13 @@ impl Cache {
         summary: &llmembed_core::Summary,
         seconds: f64,
     ) -> Result<Manifest> {
-        self.publish_with(tmp, key, preimage, stage_id, summary, seconds, true)
+        self.publish_with(tmp, key, preimage, stage_id, summary, seconds, true, None)
     }
 
     /// [`Cache::publish`], which with `replace` false keeps an intact artifact another runner
     /// published for the same key meanwhile (and returns its manifest) instead of replacing it:
-    /// what runners sharing a cache do, so that no artifact anyone reads is ever moved.
+    /// what runners sharing a cache do, so that no artifact anyone reads is ever moved. Records
+    /// the stage's peak resident memory in the manifest when it was measured.
     #[allow(clippy::too_many_arguments)]
     pub fn publish_with(
         &self,
@@ -306,6 +311,7 @@ impl Cache {
         summary: &llmembed_core::Summary,
         seconds: f64,
         replace: bool,
+        peak_rss_bytes: Option<u64>,
     ) -> Result<Manifest> {
         let result = (|| -> Result<Manifest> {
             let mut files = Vec::new();
@@ -347,6 +353,7 @@ impl Cache {
                 notes: summary.notes.clone(),
                 details: summary.details.clone(),
                 seconds,
+                peak_rss_bytes,
                 created_unix: std::time::SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())

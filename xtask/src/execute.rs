@@ -51,6 +51,9 @@ pub(crate) fn execute(
             store_dir,
             seed: stage.seed,
         };
+        // Stages run one at a time in this process: its high-water mark, reset here, is the
+        // stage's peak.
+        let measured = crate::rss::reset_peak();
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             stage.kind.run(&stage.params, &inputs, &ctx)
@@ -72,8 +75,13 @@ pub(crate) fn execute(
             }
         };
         let seconds = started.elapsed().as_secs_f64();
+        let peak = if measured {
+            crate::rss::peak_bytes()
+        } else {
+            None
+        };
         ws.cache
-            .publish_with(&tmp, key, pre, &stage.id, &summary, seconds, replace)
+            .publish_with(&tmp, key, pre, &stage.id, &summary, seconds, replace, peak)
             .context("publish artifact")
     })();
     match result {

@@ -16,6 +16,7 @@ pub mod preimage;
 pub mod registry;
 pub mod remote;
 pub mod report;
+pub mod rss;
 pub mod runner;
 pub mod show;
 pub mod slurm;

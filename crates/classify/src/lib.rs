@@ -37,6 +37,7 @@ mod mlp_net;
 mod plot;
 mod prologue;
 mod saved;
+mod sparse;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
 pub use layer_sweep::{LayerSweep, LayerSweepParams};

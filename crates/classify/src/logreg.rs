@@ -150,6 +150,10 @@ impl Stage for LogReg {
 
     fn run(p: &LogRegParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
+        // Sparse rows (`tfidf`) are fitted as they are, beside the dense path (`sparse.rs`).
+        if let Some((column, _)) = llmembed_core::sparse_column(&inputs[0].split("train")?)? {
+            return crate::sparse::run_logreg_sparse(p, &inputs[0], &column, ctx);
+        }
         let loaded = prologue::load(&inputs[0], p)?;
         let mut notes: Vec<String> = loaded.unlabelled_note().into_iter().collect();
         let TrainTest {
@@ -285,7 +289,7 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
     })
 }
 
-fn better_c(a: &CvRow, b: &CvRow) -> bool {
+pub(crate) fn better_c(a: &CvRow, b: &CvRow) -> bool {
     a.mean_accuracy > b.mean_accuracy || (a.mean_accuracy == b.mean_accuracy && a.c < b.c)
 }
 

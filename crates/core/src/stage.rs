@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::table::{EmbeddingTable, Predictions, TextTable};
+use crate::table::{EmbeddingTable, Predictions, SparseTable, TextTable};
 
 /// How many upstream artifacts a stage takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -231,12 +231,14 @@ pub struct ApplyEnv {
     pub store_dir: PathBuf,
 }
 
-/// Rows in memory, of one of the three table kinds: what an [`Apply`] takes and gives.
+/// Rows in memory, of one of the table kinds: what an [`Apply`] takes and gives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rows {
     Text(TextTable),
     Embedding(EmbeddingTable),
     Predictions(Predictions),
+    /// Sparse vectors (`tfidf`'s features).
+    Sparse(SparseTable),
 }
 
 impl Rows {
@@ -245,6 +247,7 @@ impl Rows {
             Rows::Text(t) => t.len(),
             Rows::Embedding(t) => t.len(),
             Rows::Predictions(t) => t.len(),
+            Rows::Sparse(t) => t.len(),
         }
     }
 
@@ -258,6 +261,7 @@ impl Rows {
             Rows::Text(_) => "text",
             Rows::Embedding(_) => "embedding",
             Rows::Predictions(_) => "predictions",
+            Rows::Sparse(_) => "sparse",
         }
     }
 }

@@ -218,3 +218,4 @@ mod layer_sweep;
 mod logreg;
 mod mlp;
 mod saved;
+mod sparse;
