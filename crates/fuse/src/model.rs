@@ -4,16 +4,14 @@
 //! Tensors: `weights.<s>` (`method: weighted`, source `s`: one softmax weight per selected
 //! column), `projection.<s>.<column>` (`method: cooccurrence`: the `(width of column, width)`
 //! Gaussian projection of a source vector not already `width` wide), `standardizer.mean` and
-//! `standardizer.scale` (`standardize: true`, one per output dimension). The standardiser is
-//! fitted and applied in f64: `model.json` holds its exact values (`standardizer`), which is what
-//! the applier uses; the safetensors copies are those values rounded to f32, for other tools.
+//! `standardizer.scale` (`standardize: true`, one per output dimension; f64, the precision the
+//! standardiser is fitted and applied in, so that applying them gives `run`'s bits).
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use llmembed_core::{
-    Error, Result, SavedTensors, Standardizer, load_json, save_json, save_tensors,
-};
+use llmembed_core::saved::{TensorValues, save_typed_tensors};
+use llmembed_core::{Error, Result, SavedTensors, Standardizer, load_json, save_json};
 
 use crate::params::{CooccurrenceParams, FuseParams, Method, Normalize};
 use crate::select::Resolved;
@@ -48,8 +46,6 @@ pub(crate) struct Meta {
     pub train_rows: usize,
     /// The tensors of `model.safetensors`, in the order written.
     pub tensors: Vec<String>,
-    /// Exact (f64) mean and scale of `standardize: true`.
-    pub standardizer: Option<ExactStandardizer>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,12 +58,6 @@ pub(crate) struct Source {
 pub(crate) struct Column {
     pub name: String,
     pub width: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ExactStandardizer {
-    pub mean: Vec<f64>,
-    pub scale: Vec<f64>,
 }
 
 fn projection_name(source: usize, column: &str) -> String {
@@ -97,6 +87,7 @@ pub(crate) struct ToSave<'a> {
 /// Writes `model.safetensors` and `model.json` into `dir`.
 pub(crate) fn save(dir: &std::path::Path, m: &ToSave) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut exact: Vec<(String, Vec<usize>, &[f64])> = Vec::new();
     match m.fitted {
         Fitted::None => {}
         Fitted::Weighted(weights) => {
@@ -118,23 +109,19 @@ pub(crate) fn save(dir: &std::path::Path, m: &ToSave) -> Result<()> {
         }
     }
     if let Some(st) = m.standardizer {
-        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        tensors.push((
-            "standardizer.mean".into(),
-            vec![st.mean.len()],
-            f32s(&st.mean),
-        ));
-        tensors.push((
-            "standardizer.scale".into(),
-            vec![st.scale.len()],
-            f32s(&st.scale),
-        ));
+        exact.push(("standardizer.mean".into(), vec![st.mean.len()], &st.mean));
+        exact.push(("standardizer.scale".into(), vec![st.scale.len()], &st.scale));
     }
-    let views: Vec<(&str, &[usize], &[f32])> = tensors
+    let views: Vec<(&str, &[usize], TensorValues)> = tensors
         .iter()
-        .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
+        .map(|(n, s, v)| (n.as_str(), s.as_slice(), TensorValues::F32(v)))
+        .chain(
+            exact
+                .iter()
+                .map(|(n, s, v)| (n.as_str(), s.as_slice(), TensorValues::F64(v))),
+        )
         .collect();
-    save_tensors(&dir.join(TENSORS_FILE), &views)?;
+    save_typed_tensors(&dir.join(TENSORS_FILE), &views)?;
     let p = m.params;
     let meta = Meta {
         kind: "fuse".into(),
@@ -160,11 +147,7 @@ pub(crate) fn save(dir: &std::path::Path, m: &ToSave) -> Result<()> {
         width: m.width,
         label_names: m.label_names.to_vec(),
         train_rows: m.train_rows,
-        tensors: tensors.iter().map(|(n, _, _)| n.clone()).collect(),
-        standardizer: m.standardizer.map(|s| ExactStandardizer {
-            mean: s.mean.clone(),
-            scale: s.scale.clone(),
-        }),
+        tensors: views.iter().map(|(n, _, _)| n.to_string()).collect(),
     };
     save_json(&dir.join(META_FILE), &meta)
 }
@@ -262,24 +245,17 @@ pub(crate) fn load(dir: &std::path::Path, p: &FuseParams) -> Result<Loaded> {
             Fitted::Projections(projections)
         }
     };
-    let standardizer = match (&meta.standardizer, p.standardize) {
-        (Some(s), true) if s.mean.len() == meta.width && s.scale.len() == meta.width => {
-            Some(Standardizer {
-                mean: s.mean.clone(),
-                scale: s.scale.clone(),
-            })
-        }
-        (None, false) => None,
-        _ => {
-            return Err(Error::mismatch(
-                "load fuse",
-                format!(
-                    "{}: `standardizer` missing or not {} wide",
-                    meta_path.display(),
-                    meta.width
-                ),
-            ));
-        }
+    let standardizer = if p.standardize {
+        Some(Standardizer {
+            mean: tensors
+                .get_f64("standardizer.mean", &[meta.width])?
+                .to_vec(),
+            scale: tensors
+                .get_f64("standardizer.scale", &[meta.width])?
+                .to_vec(),
+        })
+    } else {
+        None
     };
     Ok(Loaded {
         meta,
