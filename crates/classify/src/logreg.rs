@@ -265,6 +265,12 @@ impl Stage for LogReg {
         _env: &ApplyEnv,
     ) -> Result<Option<Box<dyn Apply>>> {
         let (model, meta) = LinearModel::load(fitted, Self::KIND)?;
+        if meta.sparse {
+            return Ok(Some(Box::new(crate::sparse::SparseLinearApply {
+                model,
+                meta,
+            })));
+        }
         Ok(Some(Box::new(LinearApply { model, meta })))
     }
 }

@@ -355,16 +355,29 @@ impl LogRegFit {
 
     /// [`Self::predict_proba`] of dense or sparse rows.
     pub fn probabilities<X: Design>(&self, x: X) -> Vec<f32> {
-        let mut p = x.dot(&self.w) + &self.b;
-        softmax_rows(&mut p);
-        let mut out = vec![0f32; p.nrows() * self.n_classes];
-        for (i, row) in p.rows().into_iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                out[i * self.n_classes + self.present[j]] = v as f32;
-            }
-        }
-        out
+        linear_probabilities(x, &self.w, &self.b, &self.present, self.n_classes)
     }
+}
+
+/// `softmax(x w + b)` over the classes seen in training (`present`), scattered into rows of all
+/// `n_classes` (absent classes get 0), row-major f32: what a fit and a saved model's applier both
+/// compute, so that they give the same bits.
+pub(crate) fn linear_probabilities<X: Design>(
+    x: X,
+    w: &Array2<f64>,
+    b: &Array1<f64>,
+    present: &[usize],
+    n_classes: usize,
+) -> Vec<f32> {
+    let mut p = x.dot(w) + b;
+    softmax_rows(&mut p);
+    let mut out = vec![0f32; p.nrows() * n_classes];
+    for (i, row) in p.rows().into_iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[i * n_classes + present[j]] = v as f32;
+        }
+    }
+    out
 }
 
 /// One row of the CV table in `model.json`.

@@ -83,6 +83,10 @@ pub(crate) struct LinearMeta {
     pub producer: String,
     pub formula: String,
     pub dtype: String,
+    /// Fitted on sparse rows (`tfidf`), raw: `mean` is 0 and `scale` 1, and the applier takes
+    /// sparse rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
 }
 
 const LINEAR_FORMULA: &str = "probs[:, class_index] = softmax(((x - mean) / scale) @ weight.T + \
@@ -159,6 +163,7 @@ impl LinearModel {
             producer: String::new(),
             formula: LINEAR_FORMULA.to_string(),
             dtype: "f64".to_string(),
+            sparse: false,
         }
     }
 

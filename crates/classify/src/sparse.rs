@@ -5,15 +5,17 @@
 
 use llmembed_core::metrics::accuracy;
 use llmembed_core::{
-    Context, Error, Input, Result, SparseTable, Summary, read_sparse_table, seeded_rng,
+    Apply, Context, Error, Input, Predictions, Result, Rows, SparseTable, Standardizer, Summary,
+    UNLABELLED, read_sparse_table, seeded_rng,
 };
 use serde::Serialize;
 use sprs::CsMat;
 
 use crate::folds::{check_folds, complement, stratified_folds};
 use crate::logreg::{LogRegParams, better_c};
-use crate::logreg_fit::{CvRow, LogRegFit, LogRegSolver, fit_exact};
-use crate::prologue::{best_index, grid_edge_note, preds_of, write_json};
+use crate::logreg_fit::{CvRow, LogRegFit, LogRegSolver, fit_exact, linear_probabilities};
+use crate::prologue::{best_index, grid_edge_note, preds_of, scored_accuracy, write_json};
+use crate::saved::{FittedOn, LinearMeta, LinearModel};
 
 /// One split as CSR rows.
 pub(crate) struct SparseSplit {
@@ -24,11 +26,12 @@ pub(crate) struct SparseSplit {
 }
 
 impl SparseSplit {
-    /// The rows of `table`, their labels checked as the dense path checks them.
+    /// The rows of `table`, their labels checked as the dense path checks them (`UNLABELLED`
+    /// rows are kept: they are predicted, never fitted on nor scored).
     pub fn from_table(path: &std::path::Path, table: SparseTable) -> Result<SparseSplit> {
         let k = table.label_names.len();
         for (row, &l) in table.labels.iter().enumerate() {
-            if l < 0 || l as usize >= k {
+            if l != UNLABELLED && (l < 0 || l as usize >= k) {
                 return Err(Error::row(
                     path,
                     row,
@@ -156,7 +159,17 @@ pub(crate) fn run_logreg_sparse(
     if let Some(sel) = &p.select {
         check_folds(&train_path, "select.folds", sel.folds)?;
     }
-    let train = SparseSplit::from_table(&train_path, read_sparse_table(&train_path)?)?;
+    let all_train = SparseSplit::from_table(&train_path, read_sparse_table(&train_path)?)?;
+    // Rows without a label are never fitted on, as in the dense path.
+    let labelled: Vec<usize> = (0..all_train.rows())
+        .filter(|&i| all_train.labels[i] != UNLABELLED)
+        .collect();
+    let unlabelled_train = all_train.rows() - labelled.len();
+    let train = if unlabelled_train == 0 {
+        all_train
+    } else {
+        all_train.subset(&labelled)
+    };
     let test = SparseSplit::from_table(&test_path, read_sparse_table(&test_path)?)?;
     if train.dim() != test.dim() || train.label_names != test.label_names {
         return Err(Error::mismatch(
@@ -177,6 +190,11 @@ pub(crate) fn run_logreg_sparse(
     }
     let k = train.label_names.len();
     let mut notes = Vec::new();
+    if unlabelled_train > 0 {
+        notes.push(format!(
+            "{unlabelled_train} unlabelled training row(s) not fitted on"
+        ));
+    }
     let (c, select) = match &p.select {
         None => (p.c.unwrap_or(1.0), None),
         Some(sel) => {
@@ -206,16 +224,31 @@ pub(crate) fn run_logreg_sparse(
     let train_acc = accuracy(&train.labels, &preds_of(&fit.probabilities(&train.x), k));
     let probs = fit.probabilities(&test.x);
     let preds = preds_of(&probs, k);
-    let test_acc = accuracy(&test.labels, &preds);
+    let test_acc = scored_accuracy(&test.labels, &preds);
+    let producer = format!("logreg(C={c}, {column})");
     let predictions = llmembed_core::Predictions {
         ids: test.ids.clone(),
         labels: test.labels.clone(),
         preds,
         probs,
         label_names: test.label_names.clone(),
-        producer: format!("logreg(C={c}, {column})"),
+        producer: producer.clone(),
     };
     llmembed_core::write_predictions(&ctx.out("predictions.parquet"), &predictions)?;
+    save_model(
+        ctx,
+        &fit,
+        c,
+        column,
+        &train,
+        FittedOn {
+            stage: input.stage_id.clone(),
+            split: "train".into(),
+            rows: train.rows(),
+            unlabelled_rows_dropped: unlabelled_train,
+        },
+        producer,
+    )?;
     let summary = SparseModelSummary {
         kind: "logreg",
         columns: vec![column.to_string()],
@@ -250,6 +283,86 @@ pub(crate) fn run_logreg_sparse(
         notes,
         ..Default::default()
     })
+}
+
+/// Saves a sparse fit as the dense path saves its own (`LinearModel::save`: `weight`,
+/// `intercept`, and a `mean` of 0 and `scale` of 1, so that one formula reads both), with
+/// `sparse: true` in `classifier.json`.
+fn save_model(
+    ctx: &Context,
+    fit: &LogRegFit,
+    c: f64,
+    column: &str,
+    train: &SparseSplit,
+    fitted_on: FittedOn,
+    producer: String,
+) -> Result<()> {
+    let d = train.dim();
+    let model = LinearModel::new(
+        vec![column.to_string()],
+        train.label_names.clone(),
+        Standardizer {
+            mean: vec![0.0; d],
+            scale: vec![1.0; d],
+        },
+        fit,
+    );
+    let mut meta = model.meta(fit, c, fitted_on);
+    meta.kind = "logreg".into();
+    meta.producer = producer;
+    meta.sparse = true;
+    model.save(&ctx.out_dir, &meta)
+}
+
+/// `logreg` fitted on sparse rows, loaded: sparse rows in (`tfidf`'s applier), predictions out,
+/// with the arithmetic of the fit's own predictions (the same bits).
+pub(crate) struct SparseLinearApply {
+    pub model: LinearModel,
+    pub meta: LinearMeta,
+}
+
+impl Apply for SparseLinearApply {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        let table = match inputs {
+            [Rows::Sparse(t)] => t,
+            [other] => {
+                return Err(Error::mismatch(
+                    "apply classifier",
+                    format!(
+                        "logreg was fitted on sparse rows, got {} rows",
+                        other.kind()
+                    ),
+                ));
+            }
+            _ => {
+                return Err(Error::mismatch(
+                    "apply classifier",
+                    format!("logreg takes 1 input, got {}", inputs.len()),
+                ));
+            }
+        };
+        if table.dim != self.meta.input_dim || table.label_names != self.model.classes {
+            return Err(Error::mismatch(
+                "apply classifier",
+                format!(
+                    "rows of width {} and classes {:?}; the model was fitted on width {} and \
+                     classes {:?}",
+                    table.dim, table.label_names, self.meta.input_dim, self.model.classes
+                ),
+            ));
+        }
+        let x = csr(table);
+        let k = self.model.classes.len();
+        let probs = linear_probabilities(&x, &self.model.w, &self.model.b, &self.model.present, k);
+        Ok(Rows::Predictions(Predictions {
+            ids: table.ids.clone(),
+            labels: table.labels.clone(),
+            preds: preds_of(&probs, k),
+            probs,
+            label_names: self.model.classes.clone(),
+            producer: self.meta.producer.clone(),
+        }))
+    }
 }
 
 fn fit(train: &SparseSplit, c: f64, p: &LogRegParams) -> LogRegFit {

@@ -29,9 +29,9 @@ pub use stage::{
 pub use table::{
     EmbeddingTable, EmbeddingWriter, Precision, Predictions, SparseTable, TextTable, UNLABELLED,
     VectorColumn, augmented_id, augmented_source, for_each_embedding_chunk, layer_column,
-    parse_layer_column, parse_predictions_file, predictions_file, read_embedding_table, read_predictions, read_sparse_table, read_text_table,
-    sparse_column, table_rows, write_embedding_table, write_predictions, write_sparse_table,
-    write_text_table,
+    parse_layer_column, parse_predictions_file, predictions_file, read_embedding_table,
+    read_predictions, read_sparse_table, read_text_table, sparse_column, table_rows,
+    write_embedding_table, write_predictions, write_sparse_table, write_text_table,
 };
 
 /// A random generator for one purpose within a stage, seeded from the pipeline's seed. Deriving

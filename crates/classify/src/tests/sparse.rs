@@ -110,6 +110,50 @@ fn logreg_stage_on_sparse_rows_selects_c_and_writes_predictions() {
     assert_eq!(m["converged"], true);
     assert_eq!(m["select"]["table"].as_array().unwrap().len(), 3);
     assert_no_timing_keys(&m);
+    // The saved model, applied to the test rows, gives the stage's predictions to the last bit.
+    let mut files: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let fitted = Input {
+        stage_id: "tfidf_lr".into(),
+        dir: out.path().to_path_buf(),
+        files,
+    };
+    let dir = std::env::temp_dir();
+    let env = llmembed_core::ApplyEnv {
+        env: llmembed_core::Env {
+            data_dir: dir.clone(),
+            models_dir: dir.clone(),
+            pipeline_dir: dir.clone(),
+            seed: 0,
+            quiet: true,
+        },
+        store_dir: dir,
+    };
+    let apply = LogReg::applier(&p, &fitted, &env)
+        .unwrap()
+        .expect("logreg has an applier");
+    let applied = match apply
+        .apply(&[llmembed_core::Rows::Sparse(test.clone())])
+        .unwrap()
+    {
+        llmembed_core::Rows::Predictions(p) => p,
+        other => panic!("got {} rows", other.kind()),
+    };
+    assert_eq!(applied.ids, preds.ids);
+    assert_eq!(applied.preds, preds.preds);
+    assert_eq!(applied.producer, preds.producer);
+    let bits = |p: &Predictions| p.probs.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&applied), bits(&preds), "probabilities");
+    // Dense rows are refused with a reason.
+    let err = apply
+        .apply(&[llmembed_core::Rows::Embedding(bow.test.clone())])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("fitted on sparse rows"), "{err}");
     // Same inputs, same bytes.
     let again = run_stage::<LogReg>(&p, std::slice::from_ref(&input), 42).unwrap();
     assert_same_output_bytes(
