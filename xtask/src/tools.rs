@@ -130,7 +130,8 @@ pub fn bench_logreg(
 
 /// `bench extract`: runs the extract stage itself (fresh store, so nothing is reused) over the
 /// first `n` AG News test texts with a model preset and prints its throughput (texts/s, real
-/// tokens/s, from the stage's own summary) and this process's peak resident memory.
+/// tokens/s, from the stage's own summary) and this process's peak resident memory. Returns the
+/// stage's notes (`bench serve` reads texts/s from them).
 pub fn bench_extract(
     models_dir: &Path,
     data_dir: &Path,
@@ -138,7 +139,7 @@ pub fn bench_extract(
     n: usize,
     batch_tokens: Option<usize>,
     compute: llmembed_extract::ComputeDtype,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     use llmembed_core::Stage;
     let table = ag_news_test_texts(data_dir, n)?;
     let tmp = tempfile::tempdir()?;
@@ -191,7 +192,7 @@ pub fn bench_extract(
     }
     crate::outln!("  stage wall time {wall:.1}s (model load included)");
     crate::outln!("  peak resident memory {:.0} MiB", peak_rss_mib()?);
-    Ok(())
+    Ok(summary.notes)
 }
 
 /// VmHWM of this process, in MiB.
@@ -206,7 +207,7 @@ fn peak_rss_mib() -> Result<f64> {
 }
 
 /// The first `n` AG News test texts, read through the ingest stage itself.
-fn ag_news_test_texts(data_dir: &Path, n: usize) -> Result<llmembed_core::TextTable> {
+pub(crate) fn ag_news_test_texts(data_dir: &Path, n: usize) -> Result<llmembed_core::TextTable> {
     use llmembed_core::Stage;
     let tmp = tempfile::tempdir()?;
     let env = llmembed_core::Env {
