@@ -288,3 +288,119 @@ pub fn write_classified(path: &Path, rows: &Classified) -> Result<()> {
         written.map_err(|e| Error::parquet("write", path, e))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_csv_row_that_is_not_utf8_gets_its_own_error_and_the_others_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = b"id,text\na,\"first, quoted\"\nb,bad \xff byte\nc,007\nd,\n".to_vec();
+        bytes.extend_from_slice(b"e,last\n");
+        let p = write(dir.path(), "new.csv", &bytes);
+        let t = read_new_texts(&p, "text", None).unwrap();
+        assert_eq!(t.ids, ["a", "b", "c", "d", "e"]);
+        assert_eq!(t.texts[0], "first, quoted");
+        assert_eq!(t.texts[1], "bad \u{fffd} byte");
+        assert_eq!(t.texts[2], "007", "every CSV column is read as text");
+        assert_eq!(t.errors[0], None);
+        let e = t.errors[1].as_deref().unwrap();
+        assert!(e.contains("not valid UTF-8") && e.contains("line 3"), "{e}");
+        assert_eq!(t.errors[2], None);
+        assert!(t.errors[3].as_deref().unwrap().contains("no text"));
+        assert_eq!(t.errors[4], None);
+    }
+
+    #[test]
+    fn json_lines_without_ids_are_numbered_and_a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "new.jsonl",
+            b"{\"text\": \"one\"}\n\n{\"text\": \"t\xc3wo\"}\n{\"text\": \"three\"}\n",
+        );
+        let t = read_new_texts(&p, "text", None).unwrap();
+        assert_eq!(t.ids, ["1", "2", "3"]);
+        assert_eq!(t.texts[2], "three");
+        assert!(t.errors[1].as_deref().unwrap().contains("line 3"));
+        let bad = write(dir.path(), "bad.jsonl", b"{\"text\": \"one\"}\n[1, 2]\n");
+        let e = read_new_texts(&bad, "text", None).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("not one JSON object"),
+            "{e}"
+        );
+        let stdin = read_new_texts_jsonl(
+            Path::new("<stdin>"),
+            b"{\"t\": \"x\", \"k\": 7}\n",
+            "t",
+            Some("k"),
+        )
+        .unwrap();
+        assert_eq!(
+            (stdin.ids, stdin.texts),
+            (vec!["7".to_string()], vec!["x".to_string()])
+        );
+    }
+
+    #[test]
+    fn missing_columns_and_repeated_ids_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "new.csv", b"id,body\na,x\na,y\n");
+        let e = read_new_texts(&p, "text", None).unwrap_err().to_string();
+        assert!(e.contains("text") && e.contains("id, body"), "{e}");
+        let e = read_new_texts(&p, "body", None).unwrap_err().to_string();
+        assert!(e.contains("repeats") && e.contains("`a`"), "{e}");
+        let e = read_new_texts(&p, "body", Some("key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key"), "{e}");
+    }
+
+    #[test]
+    fn classified_rows_are_written_as_csv_and_parquet_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = Classified {
+            ids: vec!["a".into(), "b".into()],
+            texts: vec!["x".into(), String::new()],
+            class_names: vec!["World".into(), "Sports".into()],
+            labels: vec![Some("Sports".into()), None],
+            probabilities: vec![Some(0.75), None],
+            probs: vec![Some(vec![0.25, 0.75]), None],
+            errors: vec![None, Some("empty text".into())],
+        };
+        for name in ["out.csv", "out.parquet"] {
+            let p = dir.path().join(name);
+            write_classified(&p, &rows).unwrap();
+            let df = crate::read::read_frame("out", &p).unwrap();
+            let names: Vec<&str> = df.get_column_names().iter().map(|c| c.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    "id",
+                    "text",
+                    "label",
+                    "probability",
+                    "World",
+                    "Sports",
+                    "error"
+                ]
+            );
+            let sports = df
+                .column("Sports")
+                .unwrap()
+                .cast(&DataType::Float64)
+                .unwrap();
+            assert_eq!(sports.f64().unwrap().get(0), Some(0.75));
+            assert_eq!(sports.f64().unwrap().get(1), None);
+            let err = df.column("error").unwrap();
+            assert_eq!(err.str().unwrap().get(1), Some("empty text"));
+        }
+    }
+}
