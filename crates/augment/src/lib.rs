@@ -22,6 +22,10 @@
 //! ordered by source row then copy number, with id `<source id>-aug<k>` (k = 1..=copies),
 //! `source_id` = the source row's id, `augment_ops` = the operations applied, comma-separated,
 //! and the source's label. Every other input file (test, dev, ...) is copied byte for byte.
+//!
+//! Training rows without a label (`UNLABELLED`) are kept but never chosen: `fraction` counts
+//! the labelled rows. Applied to new texts (`predict`, `serve`), the stage passes them through
+//! unchanged.
 
 mod eda;
 mod wordnet;
@@ -32,8 +36,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::{
-    Arity, Context, Env, Error, External, Input, Result, Stage, Summary, augmented_id, fsutil,
-    read_text_table, resolve_path, seeded_rng, write_text_table,
+    Apply, ApplyEnv, Arity, Context, Env, Error, External, Input, Result, Rows, Stage, Summary,
+    UNLABELLED, augmented_id, fsutil, read_text_table, resolve_path, seeded_rng, write_text_table,
 };
 
 use eda::Op;
@@ -287,8 +291,17 @@ impl Stage for Augment {
         let train = read_text_table(&train_path)?;
         let wn = wordnet::WordNet::load(&wordnet_dir(params, ctx.env))?;
 
-        let rows = choose_rows(&train.ids, params.fraction, seed);
+        // Rows without a label are never augmented: a copy would be a training row with no class.
+        let labelled: Vec<usize> = (0..train.len())
+            .filter(|&i| train.labels[i] != UNLABELLED)
+            .collect();
+        let labelled_ids: Vec<String> = labelled.iter().map(|&i| train.ids[i].clone()).collect();
+        let rows: Vec<usize> = choose_rows(&labelled_ids, params.fraction, seed)
+            .into_iter()
+            .map(|k| labelled[k])
+            .collect();
         let mut out = train.clone();
+        let unlabelled = train.len() - labelled.len();
         let (mut too_short, mut unchanged) = (0usize, 0usize);
         let bar = ctx.progress(rows.len() as u64, "augment");
         for &i in &rows {
@@ -330,20 +343,54 @@ impl Stage for Augment {
                 rows_out += read_text_table(&src)?.len();
             }
         }
+        let mut notes = vec![
+            format!(
+                "augmented {} of {} train rows x{}: {added} rows added",
+                rows.len() - too_short,
+                train.len(),
+                params.copies
+            ),
+            format!("{too_short} chosen rows too short to change (left as they are)"),
+            format!("{unchanged} copies unchanged by their operations (dropped)"),
+        ];
+        if unlabelled > 0 {
+            notes.push(format!(
+                "{unlabelled} train rows without labels, not augmented"
+            ));
+        }
         Ok(Summary {
             rows_out,
-            notes: vec![
-                format!(
-                    "augmented {} of {} train rows x{}: {added} rows added",
-                    rows.len() - too_short,
-                    train.len(),
-                    params.copies
-                ),
-                format!("{too_short} chosen rows too short to change (left as they are)"),
-                format!("{unchanged} copies unchanged by their operations (dropped)"),
-            ],
+            notes,
             ..Default::default()
         })
+    }
+
+    /// New texts are never augmented: they pass through as they are.
+    fn applier(
+        _params: &Params,
+        _fitted: &Input,
+        _env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        Ok(Some(Box::new(PassThrough)))
+    }
+}
+
+/// [`Augment`] applied to new texts: augmentation only adds training rows, so new rows come out
+/// unchanged.
+struct PassThrough;
+
+impl Apply for PassThrough {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        match inputs {
+            [rows @ Rows::Text(_)] => Ok(rows.clone()),
+            _ => Err(Error::mismatch(
+                "apply augment",
+                format!(
+                    "expected one table of texts, got [{}]",
+                    inputs.iter().map(Rows::kind).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
     }
 }
 

@@ -494,3 +494,86 @@ fn augments_an_ag_news_sample() {
         assert_eq!(aug.label_names, names);
     }
 }
+
+#[test]
+fn unlabelled_rows_are_kept_but_never_augmented() {
+    let Some(wn) = wordnet_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, mut params) = env(tmp.path(), wn);
+    params.fraction = 0.5;
+    let full = read_text_table(&input(tmp.path()).split("train").unwrap()).unwrap();
+    // Every third row without a label, and the same table with those rows left out.
+    let mut mixed = full.clone();
+    for i in (0..mixed.len()).step_by(3) {
+        mixed.labels[i] = UNLABELLED;
+    }
+    let keep: Vec<usize> = (0..full.len()).filter(|i| i % 3 != 0).collect();
+    let only_labelled = TextTable::new(
+        keep.iter().map(|&i| full.ids[i].clone()).collect(),
+        keep.iter().map(|&i| full.texts[i].clone()).collect(),
+        keep.iter().map(|&i| full.labels[i]).collect(),
+        names(),
+    );
+    let run = |name: &str, train: &TextTable| {
+        let input = llmembed_testkit::text_input(
+            &tmp.path().join(format!("in-{name}")),
+            "ingest",
+            &[("train", train)],
+        );
+        let (out, summary) = run_stage(tmp.path(), name, &params, &input).unwrap();
+        (
+            read_text_table(&out.join("train.parquet")).unwrap(),
+            summary,
+        )
+    };
+    let (mixed_out, summary) = run("mixed", &mixed);
+    let (labelled_out, _) = run("labelled", &only_labelled);
+    assert_eq!(mixed_out.texts[..mixed.len()], mixed.texts[..]);
+    assert_eq!(mixed_out.labels[..mixed.len()], mixed.labels[..]);
+    // The same rows chosen among the labelled ones, with the same copies.
+    let copies = |t: &TextTable, from: usize| (t.ids[from..].to_vec(), t.texts[from..].to_vec());
+    assert_eq!(
+        copies(&mixed_out, mixed.len()),
+        copies(&labelled_out, only_labelled.len())
+    );
+    assert!(mixed_out.len() > mixed.len());
+    assert!(
+        mixed_out.labels[mixed.len()..]
+            .iter()
+            .all(|&l| l != UNLABELLED)
+    );
+    assert!(
+        summary
+            .notes
+            .contains(&"14 train rows without labels, not augmented".to_string()),
+        "{:?}",
+        summary.notes
+    );
+}
+
+#[test]
+fn applied_to_new_texts_the_stage_passes_them_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (env, params) = env(tmp.path(), PathBuf::from("/nonexistent"));
+    let fitted = input(tmp.path());
+    let apply_env = llmembed_core::ApplyEnv {
+        env,
+        store_dir: tmp.path().join("store"),
+    };
+    let apply = Augment::applier(&params, &fitted, &apply_env)
+        .unwrap()
+        .unwrap();
+    let new = TextTable::new(
+        vec!["n0".into()],
+        vec!["Stocks rallied as investors cheered".into()],
+        vec![UNLABELLED],
+        names(),
+    );
+    let rows = llmembed_core::Rows::Text(new);
+    assert_eq!(apply.apply(std::slice::from_ref(&rows)).unwrap(), rows);
+    let msg = apply.apply(&[rows.clone(), rows]).unwrap_err().to_string();
+    assert!(
+        msg.contains("expected one table of texts, got [text, text]"),
+        "{msg}"
+    );
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use llmembed_core::{Error, Result};
+use llmembed_core::{Error, Result, UNLABELLED};
 use polars::prelude::{DataFrame, DataType};
 
 use crate::read::{bad_row, null_word};
@@ -12,12 +12,15 @@ use crate::read::{bad_row, null_word};
 pub(crate) enum RawLabels {
     Ids(Vec<i64>),
     Names(Vec<String>),
+    /// A split without labels: every row gets `UNLABELLED`.
+    Unlabelled,
 }
 
 /// One split as read, before label mapping, dedup and sampling.
 pub(crate) struct RawSplit {
     pub(crate) split: String,
     pub(crate) path: PathBuf,
+    /// The label column (`-` for an unlabelled split, in messages only).
     pub(crate) label_column: String,
     pub(crate) texts: Vec<String>,
     pub(crate) labels: RawLabels,
@@ -35,22 +38,26 @@ fn is_label_id(v: &str) -> bool {
     v.parse::<i64>().is_ok()
 }
 
-/// Texts and labels of one split. `label_names`: the names given or known before reading, if
-/// any (they decide whether a string column that mixes integers and other values is names).
+/// Texts and labels of one split; `label_column` `None`: the split has no labels. `label_names`:
+/// the names given or known before reading, if any (they decide whether a string column that
+/// mixes integers and other values is names).
 pub(crate) fn read_split(
     split: &str,
     path: &Path,
     df: &DataFrame,
     text_columns: &[String],
-    label_column: &str,
+    label_column: Option<&str>,
     label_names: Option<&[String]>,
 ) -> Result<RawSplit> {
     let texts = read_texts(path, df, text_columns)?;
-    let labels = read_labels(path, df, label_column, label_names)?;
+    let labels = match label_column {
+        Some(column) => read_labels(path, df, column, label_names)?,
+        None => RawLabels::Unlabelled,
+    };
     Ok(RawSplit {
         split: split.to_string(),
         path: path.to_path_buf(),
-        label_column: label_column.to_string(),
+        label_column: label_column.unwrap_or("-").to_string(),
         texts,
         labels,
     })
@@ -107,7 +114,11 @@ fn read_labels(
         Error::schema(
             path,
             label_column,
-            format!("missing (columns: {})", column_list(df)),
+            format!(
+                "missing (columns: {}); for texts without labels, mark the split \
+                 `unlabelled: true` under `splits`, or set `label_column: null`",
+                column_list(df)
+            ),
         )
     })?;
     let null_label = |row| {
@@ -188,7 +199,18 @@ fn read_labels(
     Ok(labels)
 }
 
+/// Class names from the labelled splits (unlabelled ones say nothing about the classes).
 pub(crate) fn derive_label_names(raws: &[RawSplit]) -> Result<Vec<String>> {
+    if raws
+        .iter()
+        .all(|r| matches!(r.labels, RawLabels::Unlabelled))
+    {
+        return Err(Error::param(
+            "label_names",
+            "no split has labels to take the class names from: give `label_names` (or a \
+             `labels.txt` in the dataset's folder)",
+        ));
+    }
     let any_names = raws.iter().any(|r| matches!(r.labels, RawLabels::Names(_)));
     let any_ids = raws.iter().any(|r| matches!(r.labels, RawLabels::Ids(_)));
     if any_names && any_ids {
@@ -209,12 +231,13 @@ pub(crate) fn derive_label_names(raws: &[RawSplit]) -> Result<Vec<String>> {
                             &raw.path,
                             row,
                             &raw.label_column,
-                            format!("label id {id} is negative"),
+                            format!("label id {id} is negative{}", unlabelled_hint(id)),
                         ));
                     }
                     max_id = max_id.max(id);
                 }
             }
+            RawLabels::Unlabelled => {}
         }
     }
     let out: Vec<String> = if any_names {
@@ -242,7 +265,10 @@ pub(crate) fn map_labels(raw: &RawSplit, names: &[String]) -> Result<Vec<i64>> {
                         &raw.path,
                         row,
                         label_column,
-                        format!("label id {id} is outside the {n} label names {names:?}"),
+                        format!(
+                            "label id {id} is outside the {n} label names {names:?}{}",
+                            unlabelled_hint(id)
+                        ),
                     ));
                 }
             }
@@ -266,5 +292,15 @@ pub(crate) fn map_labels(raw: &RawSplit, names: &[String]) -> Result<Vec<i64>> {
                     })
             })
             .collect(),
+        RawLabels::Unlabelled => Ok(vec![UNLABELLED; raw.texts.len()]),
+    }
+}
+
+/// -1 is how datasets mark a hidden label (GLUE's test splits): say how to read such a split.
+fn unlabelled_hint(id: i64) -> &'static str {
+    if id == UNLABELLED {
+        " (a split whose labels are hidden as -1: mark it `unlabelled: true` under `splits`)"
+    } else {
+        ""
     }
 }

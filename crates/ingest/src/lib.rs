@@ -34,18 +34,35 @@
 //! params:
 //!   dataset: ag_news          # or files: {...} or hub: {repo, revision, files}
 //!   text_columns: [text]      # default [text]; several are joined with one space
-//!   label_column: label       # default label; integer ids or class-name strings
+//!   label_column: label       # default label; integer ids or class-name strings; null: no labels
 //!   label_names: null         # default: labels.txt / known hub names / derived (see below)
 //!   splits:                   # default {}: every split of the source, all rows
 //!     train: {sample: {total: 2000}}     # class-balanced: total / n_classes of each class
 //!     test:  {sample: {per_class: 125}}  # or omit `sample` for all rows
+//!     new:   {unlabelled: true}          # a split without labels (never sampled)
 //!   dedup: false              # drop rows whose (joined) text repeats an earlier row's
 //!   seed: null                # overrides the pipeline seed
 //!   hub_cache_dir: null       # hub cache folder (see above)
 //! ```
 //!
 //! Label names, when neither given nor known: string labels give the sorted distinct values over
-//! the read splits; integer labels give `"0"..="max"`.
+//! the read labelled splits; integer labels give `"0"..="max"`.
+//!
+//! # Splits without labels
+//!
+//! `label_column: null` (no split has labels) or `splits: {S: {unlabelled: true}}` (split `S`
+//! has none; its label column, if any, is not read: GLUE's test splits store -1 there): every
+//! row of such a split gets label [`UNLABELLED`](llmembed_core::UNLABELLED) (-1). The class
+//! names still come from `label_names`, `labels.txt` or the labelled splits (with no labelled
+//! split and no names given, ingest says so). Downstream stages carry such rows through and never
+//! fit or score on them. An unlabelled split cannot be sampled: sampling is class-balanced, and
+//! `check` refuses it rather than sample something else than what the param says.
+//!
+//! # Applied to new texts
+//!
+//! [`Ingest`]'s applier gives new texts (as `predict` and `serve` build them) the class names
+//! of the ingested dataset, read from its `train.parquet` schema, and leaves the rows as they
+//! are.
 //!
 //! # Output
 //!

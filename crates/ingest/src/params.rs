@@ -22,8 +22,12 @@ pub struct IngestParams {
     pub hub: Option<HubSource>,
     #[serde(default = "default_text_columns")]
     pub text_columns: Vec<String>,
+    /// The column of class labels: integer ids or class names. `null`: no split has labels
+    /// (texts to classify): every row gets label -1, and the class names come from
+    /// `label_names` or the dataset folder's `labels.txt`. To leave out the labels of some
+    /// splits only, mark them `unlabelled` under `splits`.
     #[serde(default = "default_label_column")]
-    pub label_column: String,
+    pub label_column: Option<String>,
     #[serde(default)]
     pub label_names: Option<Vec<String>>,
     /// Splits to write, with their sampling. Empty: every split of the source, all rows.
@@ -41,8 +45,8 @@ fn default_text_columns() -> Vec<String> {
     vec!["text".to_string()]
 }
 
-fn default_label_column() -> String {
-    "label".to_string()
+fn default_label_column() -> Option<String> {
+    Some("label".to_string())
 }
 
 impl Default for IngestParams {
@@ -81,6 +85,18 @@ pub struct SplitSpec {
     /// `None`: all rows.
     #[serde(default)]
     pub sample: Option<Sample>,
+    /// The split has no labels (texts to classify, a test split whose labels are hidden as in
+    /// GLUE): its label column is not read, even where the file has one, and every row gets
+    /// label -1. Such rows flow through every stage but are never used to fit or to score. An
+    /// unlabelled split cannot be sampled (the sampling is class-balanced).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unlabelled: bool,
+}
+
+// Left out of the canonical params when false, so the keys of pipelines that never mark a split
+// stay what they were.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Class-balanced sampling without replacement.
@@ -145,6 +161,20 @@ impl IngestParams {
         }
         for (split, spec) in &p.splits {
             check_split_name("splits", split)?;
+            if spec.sample.is_some() && !p.split_has_labels(split) {
+                let why = if p.label_column.is_none() {
+                    "`label_column` is null"
+                } else {
+                    "the split is marked `unlabelled`"
+                };
+                return Err(Error::param(
+                    &format!("splits.{split}.sample"),
+                    format!(
+                        "class-balanced sampling needs labels, and split `{split}` has none \
+                         ({why}); take all its rows (leave out `sample`)"
+                    ),
+                ));
+            }
             match spec.sample {
                 Some(Sample::PerClass(0)) | Some(Sample::Total(0)) => {
                     return Err(Error::param(
@@ -156,6 +186,13 @@ impl IngestParams {
             }
         }
         Ok(())
+    }
+}
+
+impl IngestParams {
+    /// Whether the labels of `split` are read (see [`SplitSpec::unlabelled`]).
+    pub(crate) fn split_has_labels(&self, split: &str) -> bool {
+        self.label_column.is_some() && !self.splits.get(split).is_some_and(|s| s.unlabelled)
     }
 }
 

@@ -44,7 +44,7 @@ pub(crate) fn sample_rows(
             };
             return Err(Error::schema(
                 &raw.path,
-                &p.label_column,
+                &raw.label_column,
                 format!(
                     "split `{}` has {what} of class `{}` (index {c}){}; sampling needs {per_class}",
                     raw.split,

@@ -5,10 +5,11 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use llmembed_core::{
-    Arity, Context, Env, External, Input, Result, Stage, Summary, TextTable, write_text_table,
+    Apply, ApplyEnv, Arity, Context, Env, Error, External, Input, Result, Rows, Stage, Summary,
+    TextTable, UNLABELLED, read_text_table, write_text_table,
 };
 
-use crate::columns::{derive_label_names, map_labels, read_split};
+use crate::columns::{RawLabels, derive_label_names, map_labels, read_split};
 use crate::params::IngestParams;
 use crate::read::read_frame;
 use crate::sample::sample_rows;
@@ -56,6 +57,8 @@ impl Stage for Ingest {
     }
 
     fn run(p: &IngestParams, _inputs: &[Input], ctx: &Context) -> Result<Summary> {
+        // Again here: sampling indexes classes by label, which an unlabelled split lacks.
+        p.check()?;
         let seed = p.seed.unwrap_or(ctx.seed);
         let resolved = resolve(p, ctx.env)?;
         let files: Vec<(String, PathBuf)> = match &resolved.location {
@@ -72,7 +75,9 @@ impl Stage for Ingest {
                 path,
                 &df,
                 &p.text_columns,
-                &p.label_column,
+                p.split_has_labels(split)
+                    .then_some(p.label_column.as_deref())
+                    .flatten(),
                 known_names,
             )?);
         }
@@ -114,6 +119,13 @@ impl Stage for Ingest {
                 keep.iter().map(|&i| labels[i]).collect(),
                 label_names.clone(),
             );
+            if matches!(raw.labels, RawLabels::Unlabelled) {
+                summary.notes.push(format!(
+                    "{}: {} rows without labels",
+                    raw.split,
+                    table.len()
+                ));
+            }
             write_text_table(&ctx.out(&format!("{}.parquet", raw.split)), &table)?;
             summary.rows_out += table.len();
         }
@@ -124,5 +136,79 @@ impl Stage for Ingest {
             summary.notes.extend(hub.at.note());
         }
         Ok(summary)
+    }
+
+    /// New texts take the class names of the ingested dataset, so that every stage downstream
+    /// sees the pipeline's classes.
+    fn applier(
+        _p: &IngestParams,
+        fitted: &Input,
+        _env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        // Every split carries the same names; train is the one the classifiers were fitted on.
+        let split = if fitted.files.iter().any(|f| f == "train.parquet") {
+            fitted.split("train")?
+        } else {
+            fitted
+                .splits()
+                .into_iter()
+                .next()
+                .map(|(_, p)| p)
+                .ok_or_else(|| {
+                    Error::mismatch(
+                        "load ingest",
+                        format!("stage `{}` wrote no split", fitted.stage_id),
+                    )
+                })?
+        };
+        let label_names = read_text_table(&split)?.label_names;
+        Ok(Some(Box::new(IngestApply { label_names })))
+    }
+}
+
+/// [`Ingest`] applied to new texts: they keep their ids, texts and labels and take the
+/// dataset's class names.
+struct IngestApply {
+    label_names: Vec<String>,
+}
+
+impl Apply for IngestApply {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        let [Rows::Text(texts)] = inputs else {
+            return Err(Error::mismatch(
+                "apply ingest",
+                format!(
+                    "expected one table of texts, got [{}]",
+                    inputs.iter().map(Rows::kind).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        if !texts.label_names.is_empty() && texts.label_names != self.label_names {
+            return Err(Error::mismatch(
+                "apply ingest",
+                format!(
+                    "the new rows' classes {:?} are not the dataset's {:?}",
+                    texts.label_names, self.label_names
+                ),
+            ));
+        }
+        let n = self.label_names.len() as i64;
+        if let Some(row) = texts
+            .labels
+            .iter()
+            .position(|&l| l != UNLABELLED && !(0..n).contains(&l))
+        {
+            return Err(Error::mismatch(
+                "apply ingest",
+                format!(
+                    "row {row} (`{}`): label {} is neither one of the {n} classes nor {UNLABELLED} \
+                     (no label)",
+                    texts.ids[row], texts.labels[row]
+                ),
+            ));
+        }
+        let mut out = texts.clone();
+        out.label_names = self.label_names.clone();
+        Ok(Rows::Text(out))
     }
 }

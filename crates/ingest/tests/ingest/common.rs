@@ -42,7 +42,15 @@ pub fn run(p: &IngestParams, env: &Env, root: &Path, out: &str) -> llmembed_core
 pub fn splits(items: &[(&str, Option<Sample>)]) -> BTreeMap<String, SplitSpec> {
     items
         .iter()
-        .map(|(s, sample)| (s.to_string(), SplitSpec { sample: *sample }))
+        .map(|(s, sample)| {
+            (
+                s.to_string(),
+                SplitSpec {
+                    sample: *sample,
+                    ..Default::default()
+                },
+            )
+        })
         .collect()
 }
 

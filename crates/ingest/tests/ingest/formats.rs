@@ -77,7 +77,7 @@ fn params_parse_with_defaults_and_reject_unknown_fields() {
     });
     let p: IngestParams = serde_json::from_value(json).unwrap();
     assert_eq!(p.text_columns, ["text"]);
-    assert_eq!(p.label_column, "label");
+    assert_eq!(p.label_column.as_deref(), Some("label"));
     assert_eq!(p.splits["train"].sample, Some(Sample::Total(2000)));
     assert_eq!(p.splits["test"].sample, Some(Sample::PerClass(125)));
     assert_eq!(p.splits["dev"].sample, None);

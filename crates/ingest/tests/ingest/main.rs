@@ -5,3 +5,4 @@ mod datasets;
 mod formats;
 mod hub;
 mod refused;
+mod unlabelled;

@@ -395,14 +395,15 @@ fn bad_values_name_file_row_line_and_field() {
     let p = IngestParams {
         files: Some([("test".to_string(), path)].into()),
         text_columns: vec!["body".into()],
-        label_column: "y".into(),
+        label_column: Some("y".into()),
         ..Default::default()
     };
     let e = err(&p, root).replace(&root.display().to_string(), "<dir>");
     assert_eq!(
         e,
         format!(
-            "<dir>/neg.csv: row 1, field `y`: label id -1 is negative {}",
+            "<dir>/neg.csv: row 1, field `y`: label id -1 is negative (a split whose labels are \
+             hidden as -1: mark it `unlabelled: true` under `splits`) {}",
             line(3)
         )
     );
