@@ -20,7 +20,9 @@ pub use error::{Error, Result};
 pub use layers::{LayerIndex, Layers};
 pub use matrix::{ConstantColumn, Matrix, Standardizer, argmax, l2_normalize_rows};
 pub use progress::Progress;
-pub use saved::{SavedTensors, TensorValues, load_json, save_json, save_tensors, save_typed_tensors};
+pub use saved::{
+    SavedTensors, TensorValues, load_json, save_json, save_tensors, save_typed_tensors,
+};
 pub use stage::{
     Apply, ApplyEnv, Arity, Context, Env, External, Input, Rows, Stage, Summary, resolve_path,
 };

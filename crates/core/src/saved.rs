@@ -56,7 +56,10 @@ impl TensorValues<'_> {
 }
 
 /// [`save_tensors`] with each tensor's dtype chosen (a file may mix f32 and f64 tensors).
-pub fn save_typed_tensors(path: &Path, tensors: &[(&str, &[usize], TensorValues<'_>)]) -> Result<()> {
+pub fn save_typed_tensors(
+    path: &Path,
+    tensors: &[(&str, &[usize], TensorValues<'_>)],
+) -> Result<()> {
     // Little-endian copies of the values: the format's byte order, without `unsafe` casts.
     let mut buffers: Vec<Vec<u8>> = Vec::with_capacity(tensors.len());
     for (name, shape, values) in tensors {
@@ -266,7 +269,11 @@ mod tests {
         .unwrap();
         let saved = SavedTensors::load(&path).unwrap();
         let back = saved.get_f64("mean", &[3]).unwrap();
-        assert!(back.iter().zip(&mean).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(
+            back.iter()
+                .zip(&mean)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
         assert_eq!(saved.get("w", &[1, 2]).unwrap(), &w[..]);
         let err = saved.get("mean", &[3]).unwrap_err().to_string();
         assert!(err.contains("tensor `mean` is F64, expected F32"), "{err}");
