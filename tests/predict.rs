@@ -171,7 +171,13 @@ fn predict_gives_each_classifier_its_own_test_predictions() {
     let out = fx.dir.path().join("lr.csv");
     let run = fx
         .xtask()
-        .args(["predict", "--stage", "lr"])
+        .args([
+            "predict",
+            "--stage",
+            "lr",
+            "--max-text-bytes",
+            &MAX_TEXT_BYTES.to_string(),
+        ])
         .arg(&file)
         .arg("--input")
         .arg(&input)

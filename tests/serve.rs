@@ -1,5 +1,5 @@
 //! `serve` end to end: the `xtask` binary serves a small real pipeline's classifier (AG News,
-//! TF-IDF, logistic regression) on a free loopback port; good requests get the pipeline's own
+//! SmolLM2 features, logistic regression) on a free loopback port; good requests get the pipeline's own
 //! predictions, bad ones a clear 4xx with a JSON error, concurrent clients their own answers;
 //! the process stays up until SIGTERM, which ends it cleanly.
 
@@ -104,11 +104,25 @@ fn artifact_dir(fx: &Fixture, file: &Path, stage: &str) -> PathBuf {
         .join(s.manifest.unwrap().key)
 }
 
+/// AG News (8 train and 5 test texts per class), SmolLM2's layers 4 and 8 averaged, `lr`.
+fn pipeline(models: &Path) -> String {
+    llmembed_testkit::pipeline_header("served", 5, Some(models))
+        + &llmembed_testkit::ag_news_stage(8, 5)
+        + &llmembed_testkit::smollm2_stage("[4, 8]", 64)
+        + "  - id: fused\n    kind: fuse\n    inputs: [llm]\n    params:\n      sources: [{layers: all}]\n      method: mean\n  \
+           - id: lr\n    kind: logreg\n    inputs: [fused]\n"
+}
+
 #[test]
 fn the_server_answers_good_and_bad_requests_and_stops_on_sigterm() {
-    let Some((fx, file)) = small_fixture() else {
+    let Some(models) = needs("smollm2-135m", models_dir_with("smollm2-135m")) else {
         return;
     };
+    if needs("AG News", ag_news()).is_none() {
+        return;
+    }
+    let fx = Fixture::new();
+    let file = fx.write_pipeline("p.yaml", &pipeline(&models));
     let ran = fx.xtask().arg("run").arg(&file).output().unwrap();
     assert!(
         ran.status.success(),
@@ -158,7 +172,8 @@ fn the_server_answers_good_and_bad_requests_and_stops_on_sigterm() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["stage"], "lr");
     assert_eq!(info["classes"], serde_json::json!(expected.label_names));
-    assert_eq!(info["artifacts"].as_array().unwrap().len(), 3, "{info}");
+    assert_eq!(info["artifacts"].as_array().unwrap().len(), 4, "{info}");
+    assert_eq!(info["models"][0]["model"], "smollm2-135m");
 
     // Good texts: the pipeline's own predictions.
     let texts: Vec<String> = want_of_text.iter().map(|(t, _)| t.clone()).collect();
