@@ -21,6 +21,14 @@ struct Server {
     lines: mpsc::Receiver<String>,
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A failed test must not leave its server behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     fn start(fx: &Fixture, file: &Path) -> Server {
         let mut child = fx
@@ -196,7 +204,11 @@ fn the_server_answers_good_and_bad_requests_and_stops_on_sigterm() {
     );
 
     // Bad requests: clear 4xx with a JSON error.
-    assert_refused(classify(&base, "{\"texts\": [\"unclosed"), 400, "");
+    assert_refused(
+        classify(&base, "{\"texts\": [\"unclosed"),
+        400,
+        "malformed JSON",
+    );
     assert_refused(classify(&base, "{\"words\": [\"a\"]}"), 422, "texts");
     assert_refused(classify(&base, "{\"texts\": [1, 2]}"), 422, "");
     assert_refused(classify(&base, "{\"texts\": []}"), 422, "empty");

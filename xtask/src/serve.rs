@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -110,7 +110,6 @@ pub async fn run(
         .route("/v1/info", get(info))
         .route("/v1/classify", post(classify))
         .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route") })
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(middleware::from_fn(log_request))
         .with_state(app);
     axum::serve(listener, router)
@@ -216,13 +215,82 @@ impl Serialize for ClassProbs<'_> {
     }
 }
 
-async fn classify(
-    State(app): State<Arc<App>>,
-    body: std::result::Result<axum::Json<ClassifyRequest>, JsonRejection>,
-) -> Response {
-    let texts = match body {
-        Ok(axum::Json(req)) => req.texts,
-        Err(rejection) => return json_error(rejection.status(), rejection.body_text()),
+/// Bodies over the limit are still read (and dropped) up to this size, so that the client, which
+/// writes its whole body before it reads, gets the 413 rather than a reset connection.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// The body, at most `max` bytes of it; `Err` is the answer to give instead (413, 400).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+) -> std::result::Result<Vec<u8>, Response> {
+    use futures::StreamExt as _;
+    let too_large = |n: usize| {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a body of {n} bytes or more is over the limit of {max} bytes (--max-body-bytes)"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = declared.filter(|&n| n > DRAIN_BYTES) {
+        return Err(too_large(n));
+    }
+    let mut stream = body.into_data_stream();
+    let (mut bytes, mut total) = (Vec::new(), 0usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            json_error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        total += chunk.len();
+        if total <= max {
+            bytes.extend_from_slice(&chunk);
+        } else if total > DRAIN_BYTES {
+            break;
+        }
+    }
+    if total > max {
+        return Err(too_large(total));
+    }
+    Ok(bytes)
+}
+
+async fn classify(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match read_body(body, &headers, app.limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected `Content-Type: application/json`",
+        );
+    }
+    let texts = match serde_json::from_slice::<ClassifyRequest>(&bytes) {
+        Ok(req) => req.texts,
+        Err(e) if e.is_data() => {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("expected {{\"texts\": [strings]}}: {e}"),
+            );
+        }
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
     };
     let count = texts.len();
     let mut response = answer(&app, texts).await;
