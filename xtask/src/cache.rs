@@ -78,6 +78,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
     pub seconds: f64,
+    /// The stage's peak resident memory while it ran (Linux; see `rss.rs`), absent elsewhere
+    /// and in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     pub created_unix: u64,
 }
 
@@ -290,6 +294,25 @@ impl Cache {
         summary: &llmembed_core::Summary,
         seconds: f64,
     ) -> Result<Manifest> {
+        self.publish_with(tmp, key, preimage, stage_id, summary, seconds, true, None)
+    }
+
+    /// [`Cache::publish`], which with `replace` false keeps an intact artifact another runner
+    /// published for the same key meanwhile (and returns its manifest) instead of replacing it:
+    /// what runners sharing a cache do, so that no artifact anyone reads is ever moved. Records
+    /// the stage's peak resident memory in the manifest when it was measured.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_with(
+        &self,
+        tmp: &Path,
+        key: &str,
+        preimage: &Preimage,
+        stage_id: &str,
+        summary: &llmembed_core::Summary,
+        seconds: f64,
+        replace: bool,
+        peak_rss_bytes: Option<u64>,
+    ) -> Result<Manifest> {
         let result = (|| -> Result<Manifest> {
             let mut files = Vec::new();
             let mut names: Vec<String> = fs::read_dir(tmp)
@@ -330,6 +353,7 @@ impl Cache {
                 notes: summary.notes.clone(),
                 details: summary.details.clone(),
                 seconds,
+                peak_rss_bytes,
                 created_unix: std::time::SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -344,6 +368,12 @@ impl Cache {
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("fsync {}", tmp.display()))?;
             let dest = self.artifact_dir(key);
+            // Runners sharing the cache publish one at a time (a short critical section).
+            let _publishing = self.publish_lock()?;
+            if !replace && let Lookup::Hit(existing) = self.lookup(key) {
+                let _ = fs::remove_dir_all(tmp);
+                return Ok(*existing);
+            }
             if dest.exists() {
                 let aside = self
                     .root
@@ -385,6 +415,12 @@ impl Cache {
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("fsync {}", tmp.display()))?;
             let dest = self.artifact_dir(key);
+            let _publishing = self.publish_lock()?;
+            if matches!(self.lookup(key), Lookup::Hit(_)) {
+                // Another runner published it meanwhile.
+                let _ = fs::remove_dir_all(tmp);
+                return Ok(());
+            }
             fs::rename(tmp, &dest)
                 .with_context(|| format!("publish {} as {}", tmp.display(), dest.display()))?;
             let artifacts = self.root.join("artifacts");
@@ -396,6 +432,22 @@ impl Cache {
             let _ = fs::remove_dir_all(tmp);
         }
         result
+    }
+
+    /// The publication lock (`cache/publish.lock`, an OS file lock held while an artifact is
+    /// renamed into place): released when the returned file is dropped.
+    fn publish_lock(&self) -> Result<File> {
+        let path = self.root.join("publish.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        file.lock()
+            .with_context(|| format!("lock {}", path.display()))?;
+        Ok(file)
     }
 
     /// Removes what dead processes left: every folder in `tmp/` (only a runner holding the lock

@@ -120,7 +120,33 @@ enum Command {
     Pull { pipeline: PathBuf },
     /// Check a pipeline file and print nothing but its errors.
     Check { pipeline: PathBuf },
-    /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6) into the cache's models folder.
+    /// Write (and with --submit, submit) Slurm jobs for a pipeline: an array of workers
+    /// (`run --worker`) on the shared cache, then a job that runs the pipeline to its report.
+    Slurm {
+        pipeline: PathBuf,
+        /// Tasks in the worker array.
+        #[arg(long)]
+        workers: usize,
+        #[arg(long)]
+        partition: Option<String>,
+        /// Time limit of each job (Slurm's format, e.g. 2:00:00).
+        #[arg(long)]
+        time: Option<String>,
+        /// CPUs of each job (the threads each worker uses).
+        #[arg(long, default_value_t = 1)]
+        cpus_per_task: usize,
+        /// Memory of each job (Slurm's format, e.g. 8G).
+        #[arg(long)]
+        mem: Option<String>,
+        /// Workers and the finishing job stop after this stage.
+        #[arg(long)]
+        until: Option<String>,
+        /// Submit with sbatch and print the job ids.
+        #[arg(long)]
+        submit: bool,
+    },
+    /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6, qwen2.5-coder-0.5b,
+    /// qwen2.5-coder-1.5b) into the cache's models folder (an interrupted fetch resumes).
     Fetch {
         #[arg(required = true)]
         presets: Vec<String>,
@@ -161,9 +187,14 @@ struct RunArgs {
     /// After a failure, keep running the stages that do not depend on it.
     #[arg(long)]
     pub keep_going: bool,
-    /// Fail at once if another runner holds the cache instead of waiting for it.
+    /// Fail at once if `gc` or `verify` holds the cache instead of waiting for it.
     #[arg(long)]
     pub no_wait: bool,
+    /// Help other runners on the same cache: do the stages' shared parts (extraction shards,
+    /// claimed one at a time) and what they need, and exit when nothing is left to claim. The
+    /// run that finishes the pipeline is a plain `run`.
+    #[arg(long, conflicts_with_all = ["only", "dry_run", "force"])]
+    pub worker: bool,
 }
 
 /// The default longest text `predict` and `serve` classify; a longer one gets an error.
@@ -343,6 +374,7 @@ fn run_pipeline(cli: &Cli, args: &RunArgs, ws: Workspace) -> Result<()> {
         dry_run,
         keep_going,
         no_wait,
+        worker,
     } = args;
     let plan = load(pipeline)?;
     // The checks that look at this machine (models fetched earlier, local files).
@@ -376,6 +408,7 @@ fn run_pipeline(cli: &Cli, args: &RunArgs, ws: Workspace) -> Result<()> {
         keep_going: *keep_going,
         wait_for_lock: !*no_wait,
         record_dir: record_dir.clone(),
+        worker: *worker,
     };
     let started = std::time::Instant::now();
     let result = runner::run(&plan, &ws, &opts);
@@ -383,13 +416,19 @@ fn run_pipeline(cli: &Cli, args: &RunArgs, ws: Workspace) -> Result<()> {
         && !dry_run
     {
         let count = |f: fn(&runner::Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+        let helped = count(|o| matches!(o, runner::Outcome::Helped(_)));
         crate::outln!(
-            "{}: {} stage(s), {} ran, {} cached, {} pulled, in {}",
+            "{}: {} stage(s), {} ran, {} cached, {} pulled,{} in {}",
             plan.name,
             outcomes.len(),
             count(|o| matches!(o, runner::Outcome::Ran(_))),
             count(|o| matches!(o, runner::Outcome::Cached(_))),
             count(|o| matches!(o, runner::Outcome::Pulled(_))),
+            if *worker {
+                format!(" {helped} helped,")
+            } else {
+                String::new()
+            },
             runner::human_duration(started.elapsed().as_secs_f64())
         );
     }
@@ -429,6 +468,15 @@ fn print_status(plan: &Plan, ws: &Workspace, json: bool) -> Result<()> {
                     crate::outln!("          {r}");
                 }
             }
+        }
+    }
+    // Work shared by several runners, in the stores of the pipeline's stage kinds.
+    let mut kinds: Vec<_> = plan.stages.iter().map(|s| s.kind).collect();
+    kinds.sort_by_key(|k| k.kind());
+    kinds.dedup_by_key(|k| k.kind());
+    for kind in kinds {
+        for line in kind.shared_progress(&ws.cache.store_dir(kind.kind()))? {
+            crate::outln!("{line}");
         }
     }
     Ok(())
@@ -620,6 +668,39 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
         Command::Check { pipeline } => {
             let plan = load(pipeline)?;
             pipeline::check_local(&plan, &ws()?.env(&plan))?;
+        }
+        Command::Slurm {
+            pipeline,
+            workers,
+            partition,
+            time,
+            cpus_per_task,
+            mem,
+            until,
+            submit,
+        } => {
+            let plan = load(pipeline)?;
+            let ws = ws()?;
+            let exe = std::env::current_exe().context("find the running binary")?;
+            let opts = crate::slurm::SlurmOptions {
+                workers: *workers,
+                partition: partition.clone(),
+                time: time.clone(),
+                cpus_per_task: *cpus_per_task,
+                mem: mem.clone(),
+                until: until.clone(),
+                submit: *submit,
+            };
+            let written = crate::slurm::write(
+                pipeline,
+                &plan.name,
+                &root,
+                &ws.cache.root,
+                &ws.results_dir,
+                &exe,
+                &opts,
+            )?;
+            crate::slurm::print(&written, *workers);
         }
         Command::Fetch { presets } => {
             crate::tools::fetch(presets, &ws()?.cache.models_dir())?;

@@ -13,6 +13,7 @@ use crate::cache::{Manifest, Preimage};
 use crate::pipeline::Plan;
 use crate::runner::{Outcome, Workspace};
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute(
     plan: &Plan,
     i: usize,
@@ -21,6 +22,7 @@ pub(crate) fn execute(
     manifests: &[Option<Manifest>],
     ws: &Workspace,
     env: &Env,
+    replace: bool,
 ) -> Outcome {
     let stage = &plan.stages[i];
     if !ws.quiet {
@@ -49,6 +51,9 @@ pub(crate) fn execute(
             store_dir,
             seed: stage.seed,
         };
+        // Stages run one at a time in this process: its high-water mark, reset here, is the
+        // stage's peak.
+        let measured = crate::rss::reset_peak();
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
             stage.kind.run(&stage.params, &inputs, &ctx)
@@ -70,12 +75,58 @@ pub(crate) fn execute(
             }
         };
         let seconds = started.elapsed().as_secs_f64();
+        let peak = if measured {
+            crate::rss::peak_bytes()
+        } else {
+            None
+        };
         ws.cache
-            .publish(&tmp, key, pre, &stage.id, &summary, seconds)
+            .publish_with(&tmp, key, pre, &stage.id, &summary, seconds, replace, peak)
             .context("publish artifact")
     })();
     match result {
         Ok(m) => Outcome::Ran(m),
         Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
+/// `run --worker`: the part of stage `i` that several processes share (`Stage::share`:
+/// extraction shards), done until nothing is left to claim. `None` when the stage has no such
+/// part.
+pub(crate) fn help(
+    plan: &Plan,
+    i: usize,
+    pre: &Preimage,
+    manifests: &[Option<Manifest>],
+    ws: &Workspace,
+    env: &Env,
+) -> Result<Option<Vec<String>>> {
+    let stage = &plan.stages[i];
+    let inputs: Vec<Input> = stage
+        .inputs
+        .iter()
+        .zip(&pre.inputs)
+        .map(|(r, files)| Input {
+            stage_id: plan.stages[r.stage].id.clone(),
+            dir: ws
+                .cache
+                .artifact_dir(&manifests[r.stage].as_ref().expect("input cached").key),
+            files: files.keys().cloned().collect(),
+        })
+        .collect();
+    let store_dir = ws.cache.store_dir(stage.kind.kind());
+    fs::create_dir_all(&store_dir).with_context(|| format!("create {}", store_dir.display()))?;
+    let ctx = Context {
+        env,
+        // Never written: a worker makes no outputs.
+        out_dir: ws.cache.root.join("tmp").join("worker-outputs-unused"),
+        store_dir,
+        seed: stage.seed,
+    };
+    match catch_unwind(AssertUnwindSafe(|| {
+        stage.kind.share(&stage.params, &inputs, &ctx)
+    })) {
+        Ok(r) => Ok(r?),
+        Err(_) => bail!("stage `{}` panicked while helping", stage.id),
     }
 }

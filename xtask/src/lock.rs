@@ -26,8 +26,10 @@ impl std::fmt::Display for LockOwner {
     }
 }
 
-/// The cache lock, held for a whole command (run, gc, verify). An OS file lock: it is released
-/// when its holder exits, however it exits. A second command waits and says who holds it.
+/// The cache lock, held for a whole command. An OS file lock: it is released when its holder
+/// exits, however it exits. `gc`, `verify`, `push` and `pull` hold it exclusively; runs hold it
+/// shared, so that several runners (workers) work on one cache at once while `gc` waits for all
+/// of them. A command that must wait says who holds the lock.
 pub struct Lock {
     _file: File,
 }
@@ -86,6 +88,61 @@ impl Lock {
         };
         fsutil::write_bytes_atomic(&cache.root.join("lock.owner"), &serde_json::to_vec(&owner)?)?;
         Ok(Lock { _file: file })
+    }
+
+    /// Takes the lock exclusively if nobody holds it, without waiting: `None` when it is held.
+    pub fn try_exclusive(
+        cache: &Cache,
+        what: &str,
+        pipeline: Option<&Path>,
+    ) -> Result<Option<Lock>> {
+        let file = Self::open(cache)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        Self::record(cache, what, pipeline)?;
+        Ok(Some(Lock { _file: file }))
+    }
+
+    /// Takes the lock shared (with other runs), waiting for an exclusive holder (`gc`, `verify`)
+    /// unless `wait` is false.
+    pub fn acquire_shared(
+        cache: &Cache,
+        what: &str,
+        pipeline: Option<&Path>,
+        wait: bool,
+    ) -> Result<Lock> {
+        let file = Self::open(cache)?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let owner = Self::owner(cache);
+                if !wait {
+                    bail!(
+                        "the cache {} is locked by another command ({owner}); rerun without --no-wait to wait for it",
+                        cache.root.display()
+                    );
+                }
+                eprintln!("waiting for the cache lock, held by {owner}");
+                file.lock_shared()?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        Self::record(cache, what, pipeline)?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Says in `lock.owner` who holds the lock (with shared holders, the latest of them).
+    fn record(cache: &Cache, what: &str, pipeline: Option<&Path>) -> Result<()> {
+        let owner = LockOwner {
+            pid: std::process::id(),
+            what: what.to_string(),
+            pipeline: pipeline.map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
+        };
+        fsutil::write_bytes_atomic(&cache.root.join("lock.owner"), &serde_json::to_vec(&owner)?)?;
+        Ok(())
     }
 
     /// Who holds the lock now, or `None` when it is free. Takes nothing.

@@ -37,6 +37,15 @@ pub trait StageKind: Sync {
         inputs: &[Input],
         ctx: &Context,
     ) -> llmembed_core::Result<Summary>;
+    /// `Stage::share`: the part of `run` several processes do at once (`run --worker`).
+    fn share(
+        &self,
+        params: &Value,
+        inputs: &[Input],
+        ctx: &Context,
+    ) -> llmembed_core::Result<Option<Vec<String>>>;
+    /// `Stage::shared_progress`: shared work in progress in this kind's store folder.
+    fn shared_progress(&self, store_dir: &std::path::Path) -> llmembed_core::Result<Vec<String>>;
     /// `Stage::applier`: the stage loaded from its artifact for new rows (`predict`, `serve`).
     fn applier(
         &self,
@@ -120,6 +129,19 @@ impl<S: Stage> StageKind for Kind<S> {
         ctx: &Context,
     ) -> llmembed_core::Result<Summary> {
         S::run(&Self::typed(params)?, inputs, ctx)
+    }
+
+    fn share(
+        &self,
+        params: &Value,
+        inputs: &[Input],
+        ctx: &Context,
+    ) -> llmembed_core::Result<Option<Vec<String>>> {
+        S::share(&Self::typed(params)?, inputs, ctx)
+    }
+
+    fn shared_progress(&self, store_dir: &std::path::Path) -> llmembed_core::Result<Vec<String>> {
+        S::shared_progress(store_dir)
     }
 
     fn applier(

@@ -31,9 +31,14 @@ pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
                 thousands(m.rows_out),
                 thousands(rate(m.rows_out, m.seconds) as usize)
             );
-            if !m.notes.is_empty() {
+            let mut notes = Vec::new();
+            if let Some(peak) = m.peak_rss_bytes {
+                notes.push(format!("peak RSS {}", crate::rss::human(peak)));
+            }
+            notes.extend(m.notes.iter().cloned());
+            if !notes.is_empty() {
                 s.push_str("  ");
-                s.push_str(&m.notes.join("; "));
+                s.push_str(&notes.join("; "));
             }
             s
         }
@@ -43,6 +48,7 @@ pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
         ),
         Outcome::Failed(e) => format!("FAILED   {id:<24} {e}"),
         Outcome::Skipped(why) => format!("skipped  {id:<24} ({why})"),
+        Outcome::Helped(notes) => format!("helped   {id:<24} {}", notes.join("; ")),
     };
     crate::outln!("{line}");
 }
@@ -104,6 +110,8 @@ pub struct StageRecord {
     /// Seconds the stage took when it was made (also for a cached stage: when it was made).
     pub seconds: Option<f64>,
     pub rows: Option<usize>,
+    /// The stage's peak resident memory in bytes when it was made (Linux), as its manifest says.
+    pub peak_rss_bytes: Option<u64>,
     /// The error, or why the stage was skipped.
     pub message: Option<String>,
 }
@@ -123,6 +131,7 @@ impl RunRecord {
                     Outcome::Skipped(why) | Outcome::WouldRun(why) => {
                         ("skipped", None, Some(why.clone()))
                     }
+                    Outcome::Helped(notes) => ("helped", None, Some(notes.join("; "))),
                 };
                 StageRecord {
                     id: stage.id.clone(),
@@ -132,6 +141,7 @@ impl RunRecord {
                     key: manifest.map(|m| m.key.clone()),
                     seconds: manifest.map(|m| m.seconds),
                     rows: manifest.map(|m| m.rows_out),
+                    peak_rss_bytes: manifest.and_then(|m| m.peak_rss_bytes),
                     message,
                 }
             })

@@ -75,6 +75,10 @@ pub struct RunOptions {
     pub wait_for_lock: bool,
     /// Where to write this run's record (`run.json`); none for runs nobody keeps.
     pub record_dir: Option<PathBuf>,
+    /// `--worker`: help with the stages several processes share (extraction shards) and with
+    /// what they need, make nothing that waits on another process, stop at the first stage
+    /// whose inputs are not made yet.
+    pub worker: bool,
 }
 
 /// What happened to (or would happen to) one stage.
@@ -87,6 +91,8 @@ pub enum Outcome {
     WouldRun(String),
     Failed(String),
     Skipped(String),
+    /// A worker did its share of the stage (its notes); others, or a later run, finish it.
+    Helped(Vec<String>),
 }
 
 impl Outcome {
@@ -137,6 +143,8 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
     for (i, stage) in plan.stages.iter().enumerate() {
         let outcome = if stop {
             Outcome::Skipped("stopped after an earlier failure (use --keep-going)".into())
+        } else if opts.worker {
+            state.work(i, selected[i])?
         } else {
             state.decide(i, forced[i], selected[i], opts)?
         };
@@ -159,7 +167,13 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
     if opts.dry_run {
         return Ok(state.outcomes);
     }
-    let published = state.publish_results();
+    let published = if opts.worker && state.outcomes.iter().any(|o| o.manifest().is_none()) {
+        // A worker that left stages to others has no complete reports to copy.
+        Ok(())
+    } else {
+        state.publish_results()
+    };
+
     let failed: Vec<&str> = plan
         .stages
         .iter()
@@ -210,22 +224,25 @@ fn selection(plan: &Plan, opts: &RunOptions) -> Result<(Vec<bool>, Vec<bool>)> {
     Ok((forced, selected))
 }
 
-/// Takes the cache lock for the whole run and removes what interrupted runs left behind.
+/// Takes the cache lock, shared with other runs, for the whole run. A run alone on the cache
+/// (it gets the lock exclusively at first) removes what interrupted runs left behind; with
+/// other runs at work, their temporary folders are theirs, and the last one alone cleans.
 fn lock_cache(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Lock> {
-    let lock = Lock::acquire_for(
-        &ws.cache,
-        &format!("run {}", plan.file.display()),
-        Some(&plan.file),
-        opts.wait_for_lock,
-    )?;
-    let removed = ws.cache.clean_leftovers()?;
-    if !removed.is_empty() && !ws.quiet {
-        log::info!(
-            "removed {} leftover temporary file(s) or folder(s) of interrupted runs",
-            removed.len()
-        );
+    let what = format!(
+        "run {}{}",
+        plan.file.display(),
+        if opts.worker { " --worker" } else { "" }
+    );
+    if let Some(_alone) = Lock::try_exclusive(&ws.cache, &what, Some(&plan.file))? {
+        let removed = ws.cache.clean_leftovers()?;
+        if !removed.is_empty() && !ws.quiet {
+            log::info!(
+                "removed {} leftover temporary file(s) or folder(s) of interrupted runs",
+                removed.len()
+            );
+        }
     }
-    Ok(lock)
+    Lock::acquire_shared(&ws.cache, &what, Some(&plan.file), opts.wait_for_lock)
 }
 
 /// What a run has established so far: the manifest of every stage done, in plan order.
@@ -323,15 +340,65 @@ impl RunState<'_> {
         Ok(if opts.dry_run {
             Outcome::WouldRun(why)
         } else {
-            self.make(i, Some(pre))
+            self.make(i, Some(pre), forced)
         })
+    }
+
+    /// `--worker`: stage `i` cached (or pulled), or its shared part done (`Stage::share`), or,
+    /// for a stage without one, made here (another runner making it at the same time is
+    /// harmless: the first published artifact is kept). Stages whose inputs are not made yet
+    /// are left to the run that finishes the pipeline.
+    fn work(&mut self, i: usize, selected: bool) -> Result<Outcome> {
+        let (plan, ws) = (self.plan, self.ws);
+        let stage = &plan.stages[i];
+        if !selected {
+            return Ok(Outcome::Skipped("not selected".into()));
+        }
+        if let Some(r) = stage
+            .inputs
+            .iter()
+            .find(|r| self.manifests[r.stage].is_none())
+        {
+            return Ok(Outcome::Skipped(format!(
+                "input `{}` is not made yet",
+                plan.stages[r.stage].id
+            )));
+        }
+        let pre = match self.preimage(i) {
+            Err(e) => return Ok(Outcome::Failed(e)),
+            Ok(pre) => pre,
+        };
+        let key = pre.key();
+        match ws.cache.lookup(&key) {
+            Lookup::Hit(m) => return Ok(Outcome::Cached(*m)),
+            Lookup::Missing => {
+                if let Some(m) = self.pull(i, &key)? {
+                    return Ok(Outcome::Pulled(m));
+                }
+            }
+            // The run that finishes the pipeline repairs it.
+            Lookup::Corrupt(why) => {
+                return Ok(Outcome::Skipped(format!("cached artifact damaged: {why}")));
+            }
+        }
+        if let Err(e) = self.repair_inputs(i) {
+            return Ok(Outcome::Failed(e));
+        }
+        if !ws.quiet {
+            log::info!("helping with {} ({})", stage.id, stage.kind.kind());
+        }
+        match crate::execute::help(plan, i, &pre, &self.manifests, ws, &self.env) {
+            Ok(Some(notes)) => Ok(Outcome::Helped(notes)),
+            Ok(None) => Ok(self.make(i, Some(pre), false)),
+            Err(e) => Ok(Outcome::Failed(format!("{e:#}"))),
+        }
     }
 
     /// Runs stage `i` and publishes its artifact, after checking in full every input file it
     /// reads (an input found damaged is quarantined and made again first, so no artifact is
     /// ever computed from damaged bytes).
     /// `pre` is the stage's preimage when the caller has it.
-    fn make(&mut self, i: usize, pre: Option<Preimage>) -> Outcome {
+    fn make(&mut self, i: usize, pre: Option<Preimage>, replace: bool) -> Outcome {
         let repaired = match self.repair_inputs(i) {
             Ok(repaired) => repaired,
             Err(e) => return Outcome::Failed(e),
@@ -356,7 +423,7 @@ impl RunState<'_> {
                 Err(e) => return Outcome::Failed(format!("{e:#}")),
             }
         }
-        let outcome = self.execute_pushing_store(i, &pre, &key);
+        let outcome = self.execute_pushing_store(i, &pre, &key, replace);
         if let (Outcome::Ran(m), Some(link)) = (&outcome, &self.remote) {
             let overwrite = self.damaged_remote.contains(&key);
             let pushed = link.call("push", |r| {
@@ -373,8 +440,19 @@ impl RunState<'_> {
     /// Runs the stage while a helper thread copies its store's new files (finished extraction
     /// shards) to the remote every `LLMEMBED_REMOTE_PUSH_SECS` (default 10), so that another
     /// machine can resume from them even if this one is killed.
-    fn execute_pushing_store(&self, i: usize, pre: &Preimage, key: &str) -> Outcome {
-        let run = || execute(self.plan, i, pre, key, &self.manifests, self.ws, &self.env);
+    fn execute_pushing_store(&self, i: usize, pre: &Preimage, key: &str, replace: bool) -> Outcome {
+        let run = || {
+            execute(
+                self.plan,
+                i,
+                pre,
+                key,
+                &self.manifests,
+                self.ws,
+                &self.env,
+                replace,
+            )
+        };
         let Some(link) = &self.remote else {
             return run();
         };
@@ -462,7 +540,7 @@ impl RunState<'_> {
             "cached artifact of `{id}` is damaged ({why}); moved to {}, recomputing",
             moved.display()
         );
-        match self.make(j, None) {
+        match self.make(j, None, true) {
             Outcome::Ran(m) => {
                 if let Err(e) = self.ws.cache.record_run(&self.plan.name, &id, &m) {
                     log::warn!("{e:#}");

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use llmembed_core::table::embedding_columns;
 use llmembed_core::{
-    ConstantColumn, EmbeddingTable, Error, Matrix, Result, Standardizer, read_embedding_table,
+    ConstantColumn, EmbeddingTable, Error, Matrix, Result, Standardizer, UNLABELLED, VectorColumn,
+    read_embedding_table,
 };
 use ndarray::{Array2, ShapeBuilder};
 
@@ -83,7 +84,7 @@ impl Split {
         let x = Matrix::new(n, x.dim, x.data);
         let k = table.label_names.len();
         for (row, &l) in table.labels.iter().enumerate() {
-            if l < 0 || l as usize >= k {
+            if l != UNLABELLED && (l < 0 || l as usize >= k) {
                 return Err(Error::row(
                     path,
                     row,
@@ -114,6 +115,61 @@ impl Split {
         })
     }
 
+    /// The rows `columns` (concatenated in that order) of rows in memory (what an applier is
+    /// given), with `classes` as their label names. `what` names the rows in errors.
+    pub fn from_columns(
+        what: &str,
+        table: &EmbeddingTable,
+        columns: &[String],
+        classes: &[String],
+    ) -> Result<Split> {
+        let mut picked: Vec<VectorColumn> = Vec::with_capacity(columns.len());
+        for name in columns {
+            let column = table.column(name).ok_or_else(|| {
+                Error::mismatch(
+                    "apply classifier",
+                    format!(
+                        "{what}: no vector column `{name}` (it has: {})",
+                        table.column_names().join(", ")
+                    ),
+                )
+            })?;
+            picked.push(column.clone());
+        }
+        // Labels index the table's own label names: they must be the classifier's, unless no
+        // row has a label (new texts).
+        let labelled = table.labels.iter().any(|&l| l != UNLABELLED);
+        if labelled && table.label_names != classes {
+            return Err(Error::mismatch(
+                "apply classifier",
+                format!(
+                    "{what}: label names {:?}, but the classifier was fitted on {classes:?}",
+                    table.label_names
+                ),
+            ));
+        }
+        let table = EmbeddingTable {
+            ids: table.ids.clone(),
+            labels: table.labels.clone(),
+            label_names: classes.to_vec(),
+            columns: picked,
+        };
+        Split::from_table(std::path::Path::new(what), table)
+    }
+
+    /// The rows that have a label, and how many did not.
+    pub fn labelled(self) -> (Split, usize) {
+        let keep: Vec<usize> = (0..self.rows())
+            .filter(|&i| self.labels[i] != UNLABELLED)
+            .collect();
+        let dropped = self.rows() - keep.len();
+        if dropped == 0 {
+            (self, 0)
+        } else {
+            (self.subset(&keep), dropped)
+        }
+    }
+
     /// The rows at `idx`, in that order.
     pub fn subset(&self, idx: &[usize]) -> Split {
         Split {
@@ -125,43 +181,48 @@ impl Split {
     }
 }
 
+/// A classifier's train and test rows, and the names of the columns they were read from.
+pub(crate) struct TrainTest {
+    /// The labelled training rows only: a row without a label (`UNLABELLED`) is never fitted on.
+    pub train: Split,
+    /// Every test row, with a label or not: all get predictions; only labelled ones are scored.
+    pub test: Split,
+    pub columns: Vec<String>,
+    /// Training rows without a label, dropped.
+    pub unlabelled_train: usize,
+}
+
+impl TrainTest {
+    /// A note saying how many training rows had no label (none when all had one).
+    pub fn unlabelled_note(&self) -> Option<String> {
+        (self.unlabelled_train > 0).then(|| {
+            format!(
+                "{} training rows without a label dropped (not fitted on)",
+                self.unlabelled_train
+            )
+        })
+    }
+}
+
 /// Reads train and test with the same columns and checks that they agree.
 pub(crate) fn load_train_test(
     train_path: &Path,
     test_path: &Path,
     column: Option<&str>,
     columns: Option<&[String]>,
-) -> Result<(Split, Split, Vec<String>)> {
+) -> Result<TrainTest> {
     let names = resolve_columns(train_path, column, columns)?;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let train = Split::from_table(train_path, read_embedding_table(train_path, Some(&refs))?)?;
-    let test = Split::from_table(test_path, read_embedding_table(test_path, Some(&refs))?)?;
-    if train.dim() != test.dim() {
-        return Err(Error::mismatch(
-            "load features",
-            format!(
-                "columns {names:?} have width {} in {} but {} in {}",
-                train.dim(),
-                train_path.display(),
-                test.dim(),
-                test_path.display()
-            ),
-        ));
-    }
-    if train.label_names != test.label_names {
-        return Err(Error::mismatch(
-            "load features",
-            format!(
-                "label names differ: {:?} in {} vs {:?} in {}",
-                train.label_names,
-                train_path.display(),
-                test.label_names,
-                test_path.display()
-            ),
-        ));
-    }
+    let (train, unlabelled_train) = train.labelled();
+    let test = read_like(test_path, &names, &train, train_path)?;
     if train.rows() == 0 {
-        return Err(Error::schema(train_path, "id", "no training rows"));
+        let why = if unlabelled_train > 0 {
+            "no labelled training rows (every row is unlabelled)"
+        } else {
+            "no training rows"
+        };
+        return Err(Error::schema(train_path, "id", why));
     }
     let mut seen = vec![false; train.label_names.len()];
     for &l in &train.labels {
@@ -174,7 +235,49 @@ pub(crate) fn load_train_test(
             "training rows cover fewer than 2 classes",
         ));
     }
-    Ok((train, test, names))
+    Ok(TrainTest {
+        train,
+        test,
+        columns: names,
+        unlabelled_train,
+    })
+}
+
+/// Reads the split at `path` with the columns `names` and checks that it agrees with `train`
+/// (read from `train_path`): the same width and label names.
+pub(crate) fn read_like(
+    path: &Path,
+    names: &[String],
+    train: &Split,
+    train_path: &Path,
+) -> Result<Split> {
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let split = Split::from_table(path, read_embedding_table(path, Some(&refs))?)?;
+    if train.dim() != split.dim() {
+        return Err(Error::mismatch(
+            "load features",
+            format!(
+                "columns {names:?} have width {} in {} but {} in {}",
+                train.dim(),
+                train_path.display(),
+                split.dim(),
+                path.display()
+            ),
+        ));
+    }
+    if train.label_names != split.label_names {
+        return Err(Error::mismatch(
+            "load features",
+            format!(
+                "label names differ: {:?} in {} vs {:?} in {}",
+                train.label_names,
+                train_path.display(),
+                split.label_names,
+                path.display()
+            ),
+        ));
+    }
+    Ok(split)
 }
 
 /// The standardiser of a classifier's features, fitted on `train`: a column whose deviation is 0
@@ -198,14 +301,20 @@ pub(crate) fn standardized_pair(
     other: &Split,
 ) -> Result<(Array2<f64>, Array2<f64>)> {
     let st = standardizer(train);
-    let train_matrix = Array2::from_shape_vec(
+    Ok((train_matrix(train, &st)?, matrix(other, &st)?))
+}
+
+/// The training rows standardised with `st`, as an f64 matrix in column-major order (what
+/// `fit_logreg` reads fastest).
+pub(crate) fn train_matrix(train: &Split, st: &Standardizer) -> Result<Array2<f64>> {
+    Array2::from_shape_vec(
         (train.rows(), train.dim()).f(),
         st.apply_f64_columns(&train.x),
     )
-    .map_err(|e| Error::compute("build feature matrix", e))?;
-    Ok((train_matrix, matrix(other, &st)?))
+    .map_err(|e| Error::compute("build feature matrix", e))
 }
 
+/// Rows standardised with `st`, as a row-major f64 matrix.
 pub(crate) fn matrix(split: &Split, st: &Standardizer) -> Result<Array2<f64>> {
     Array2::from_shape_vec((split.rows(), split.dim()), st.apply_f64(&split.x))
         .map_err(|e| Error::compute("build feature matrix", e))

@@ -10,10 +10,13 @@
 use std::collections::HashMap;
 
 use llmembed_core::{
-    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, read_predictions,
+    Apply, ApplyEnv, Arity, Context, Error, Input, Predictions, Result, Rows, Stage, Summary,
+    UNLABELLED, parse_predictions_file, predictions_file, read_predictions, save_json,
     write_predictions,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::saved::{META_FILE, load_meta};
 
 /// How members are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -52,6 +55,90 @@ impl Default for EnsembleParams {
 
 /// `kind: ensemble`.
 pub struct Ensemble;
+
+/// `classifier.json` of `ensemble`: it fits nothing, so this is all an applier needs besides the
+/// members' predictions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct EnsembleMeta {
+    kind: String,
+    method: EnsembleMethod,
+    /// The members' names (in the `producer` of the predictions), in input order: an applier
+    /// takes the members' predictions in this order.
+    members: Vec<String>,
+    classes: Vec<String>,
+    producer: String,
+}
+
+/// The ensemble loaded: the members' predictions in, their combination out.
+struct EnsembleApply {
+    meta: EnsembleMeta,
+}
+
+impl Apply for EnsembleApply {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        if inputs.len() != self.meta.members.len() {
+            return Err(Error::mismatch(
+                "apply ensemble",
+                format!(
+                    "{} members ({}), got {} inputs",
+                    self.meta.members.len(),
+                    self.meta.members.join(", "),
+                    inputs.len()
+                ),
+            ));
+        }
+        let mut members = Vec::with_capacity(inputs.len());
+        for (name, rows) in self.meta.members.iter().zip(inputs) {
+            let Rows::Predictions(p) = rows else {
+                return Err(Error::mismatch(
+                    "apply ensemble",
+                    format!(
+                        "member `{name}`: takes predictions, got {} rows",
+                        rows.kind()
+                    ),
+                ));
+            };
+            members.push((name.clone(), p.clone()));
+        }
+        Ok(Rows::Predictions(combine(self.meta.method, &members)?))
+    }
+}
+
+/// Reads every member's predictions of one split (`file`), named as in the producer.
+fn read_members(inputs: &[Input], file: &str) -> Result<Vec<(String, Predictions)>> {
+    let mut members = Vec::new();
+    for input in inputs {
+        let preds = read_predictions(&input.path(file)?)?;
+        let name = if preds.producer.is_empty() {
+            input.stage_id.clone()
+        } else {
+            format!("{} [{}]", input.stage_id, preds.producer)
+        };
+        members.push((name, preds));
+    }
+    Ok(members)
+}
+
+/// The splits besides test whose predictions every member has (sorted).
+fn shared_other_splits(inputs: &[Input]) -> Vec<String> {
+    let splits_of = |input: &Input| -> Vec<String> {
+        let mut v: Vec<String> = input
+            .files
+            .iter()
+            .filter_map(|f| parse_predictions_file(f))
+            .filter(|s| *s != "test")
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut shared = inputs.first().map(splits_of).unwrap_or_default();
+    for input in &inputs[1..] {
+        let theirs = splits_of(input);
+        shared.retain(|s| theirs.contains(s));
+    }
+    shared
+}
 
 /// Combines `members` (named for messages) into one set of predictions.
 pub(crate) fn combine(
@@ -173,7 +260,9 @@ pub(crate) fn combine(
 
 impl Stage for Ensemble {
     const KIND: &'static str = "ensemble";
-    const VERSION: u32 = 1;
+    // 2: `classifier.json` (method, members) for its applier, and the predictions of the other
+    // splits every member has; predictions.parquet keeps its bytes.
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::AtLeast(2);
     type Params = EnsembleParams;
 
@@ -184,27 +273,38 @@ impl Stage for Ensemble {
                 format!("needs {}, got {}", Self::INPUTS, inputs.len()),
             ));
         }
-        let mut members = Vec::new();
-        for input in inputs {
-            let preds = read_predictions(&input.path("predictions.parquet")?)?;
-            let name = if preds.producer.is_empty() {
-                input.stage_id.clone()
-            } else {
-                format!("{} [{}]", input.stage_id, preds.producer)
-            };
-            members.push((name, preds));
-        }
+        let members = read_members(inputs, &predictions_file("test"))?;
         let out = combine(p.method, &members)?;
-        write_predictions(&ctx.out("predictions.parquet"), &out)?;
-        let acc = out
+        write_predictions(&ctx.out(&predictions_file("test")), &out)?;
+        let mut rows_out = out.len();
+        for split in shared_other_splits(inputs) {
+            let file = predictions_file(&split);
+            let combined = combine(p.method, &read_members(inputs, &file)?)?;
+            write_predictions(&ctx.out(&file), &combined)?;
+            rows_out += combined.len();
+        }
+        save_json(
+            &ctx.out(META_FILE),
+            &EnsembleMeta {
+                kind: Self::KIND.into(),
+                method: p.method,
+                members: members.iter().map(|(n, _)| n.clone()).collect(),
+                classes: out.label_names.clone(),
+                producer: out.producer.clone(),
+            },
+        )?;
+        // Scored on the rows that have a label.
+        let (right, labelled) = out
             .labels
             .iter()
             .zip(&out.preds)
-            .filter(|(a, b)| a == b)
-            .count() as f64
-            / out.len().max(1) as f64;
+            .filter(|(l, _)| **l != UNLABELLED)
+            .fold((0usize, 0usize), |(r, n), (l, p)| {
+                (r + usize::from(l == p), n + 1)
+            });
+        let acc = right as f64 / labelled.max(1) as f64;
         Ok(Summary {
-            rows_out: out.len(),
+            rows_out,
             notes: vec![format!(
                 "{} members, {:?} voting, accuracy {acc:.4}",
                 members.len(),
@@ -212,6 +312,15 @@ impl Stage for Ensemble {
             )],
             ..Default::default()
         })
+    }
+
+    fn applier(
+        _p: &EnsembleParams,
+        fitted: &Input,
+        _env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        let meta: EnsembleMeta = load_meta(fitted, Self::KIND)?;
+        Ok(Some(Box::new(EnsembleApply { meta })))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use llmembed_core::{Error, Result, read_embedding_table};
+use llmembed_core::{Error, Result, UNLABELLED, read_embedding_table};
 use rand::seq::SliceRandom;
 
 /// Stratified k-fold: the rows of each class are shuffled with `rng` and dealt round-robin to
@@ -41,8 +41,8 @@ pub(crate) fn complement(n: usize, fold: &[usize]) -> Vec<usize> {
 
 /// Checks `folds` (the param named `param`) against the class counts of the training rows in
 /// `train_path` (reading only their labels): stratified k-fold needs at least `k` rows of every
-/// class that has rows, or some folds would validate, or train, without it. Returns the number
-/// of training rows.
+/// class that has rows, or some folds would validate, or train, without it. Rows without a
+/// label are not fitted on and do not count. Returns the number of labelled training rows.
 pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Result<usize> {
     if folds < 2 {
         return Err(Error::param(param, "needs at least 2 folds"));
@@ -54,6 +54,7 @@ pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Resul
             *c += 1;
         }
     }
+    let labelled = table.labels.iter().filter(|&&l| l != UNLABELLED).count();
     // The scarcest class that has rows (the first of them on a tie).
     let scarcest = counts
         .iter()
@@ -70,15 +71,15 @@ pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Resul
                 train_path.display()
             ),
         )),
-        _ if table.labels.len() < folds => Err(Error::param(
+        _ if labelled < folds => Err(Error::param(
             param,
             format!(
-                "{folds}-fold cross-validation needs at least {folds} training rows; {} has {}",
+                "{folds}-fold cross-validation needs at least {folds} labelled training rows; {} \
+                 has {labelled}",
                 train_path.display(),
-                table.labels.len()
             ),
         )),
-        _ => Ok(table.labels.len()),
+        _ => Ok(labelled),
     }
 }
 

@@ -19,19 +19,23 @@ use std::time::Instant;
 use llmembed_core::metrics::accuracy_and_macro_f1;
 use llmembed_core::table::embedding_columns;
 use llmembed_core::{
-    Arity, Context, Error, Input, Layers, Predictions, Result, Stage, Summary, fsutil,
-    layer_column, parse_layer_column, write_predictions,
+    Apply, ApplyEnv, Arity, Context, Error, Input, Layers, Predictions, Result, Stage, Summary,
+    fsutil, layer_column, parse_layer_column, read_embedding_table, write_predictions,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{load_train_test, standardized_pair};
+use crate::data::{Split, TrainTest, load_train_test, standardizer, train_matrix};
 use crate::folds::check_folds;
 use crate::logreg_fit::{
     LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations, default_tol,
     fit_logreg,
 };
-use crate::prologue::{best_index, check_tol_and_iterations, preds_of, write_json};
+use crate::prologue::{
+    best_index, check_tol_and_iterations, other_splits, preds_of, scored, write_json,
+    write_split_predictions,
+};
+use crate::saved::{FittedOn, LinearApply, LinearMeta, LinearModel};
 
 fn default_c() -> f64 {
     1.0
@@ -176,17 +180,29 @@ struct LayerTiming {
     fit_seconds: f64,
 }
 
-/// CV, final fit and test scores of one layer; returns the row, the test probabilities and the
-/// wall times.
+/// One layer's final fit, as it would be saved were the layer chosen.
+struct LayerFit {
+    model: LinearModel,
+    /// Without `kind` and `producer` (set for the chosen layer).
+    meta: LinearMeta,
+}
+
+/// CV, final fit and test scores of one layer; returns the row, the test probabilities, the fit
+/// and the wall times.
 fn sweep_layer(
     p: &LayerSweepParams,
-    train_path: &Path,
-    test_path: &Path,
+    input: &Input,
     layer: usize,
     column: &str,
     seed: u64,
-) -> Result<(LayerRow, Predictions, LayerTiming)> {
-    let (train, test, _) = load_train_test(train_path, test_path, Some(column), None)?;
+) -> Result<(LayerRow, Predictions, LayerFit, LayerTiming)> {
+    let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+    let TrainTest {
+        train,
+        test,
+        unlabelled_train,
+        ..
+    } = load_train_test(&train_path, &test_path, Some(column), None)?;
     let k = train.label_names.len();
     let cv_start = Instant::now();
     let cv = cross_validate(
@@ -203,7 +219,8 @@ fn sweep_layer(
     .expect("one C");
     let cv_seconds = cv_start.elapsed().as_secs_f64();
 
-    let (xtr, xte) = standardized_pair(&train, &test)?;
+    let st = standardizer(&train);
+    let xtr = train_matrix(&train, &st)?;
     let fit = fit_logreg(
         xtr.view(),
         &train.labels,
@@ -213,9 +230,27 @@ fn sweep_layer(
         p.max_iterations,
         p.solver,
     )?;
-    let probs = fit.predict_proba(xte.view());
+    let model = LinearModel::new(
+        vec![column.to_string()],
+        train.label_names.clone(),
+        st,
+        &fit,
+    );
+    let probs = model.predict_proba(&test)?;
     let preds = preds_of(&probs, k);
-    let (test_accuracy, test_macro_f1) = accuracy_and_macro_f1(&test.labels, &preds, k);
+    let (labels, scored_preds) = scored(&test.labels, &preds);
+    let (test_accuracy, test_macro_f1) = accuracy_and_macro_f1(&labels, &scored_preds, k);
+    let mut meta = model.meta(
+        &fit,
+        p.c,
+        FittedOn {
+            stage: input.stage_id.clone(),
+            split: "train".into(),
+            rows: train.rows(),
+            unlabelled_rows_dropped: unlabelled_train,
+        },
+    );
+    meta.layer = Some(layer);
     let row = LayerRow {
         layer,
         column: column.to_string(),
@@ -239,7 +274,28 @@ fn sweep_layer(
         cv_seconds,
         fit_seconds: fit.fit_seconds,
     };
-    Ok((row, predictions, timing))
+    Ok((row, predictions, LayerFit { model, meta }, timing))
+}
+
+/// The chosen layer's rows of another split, read as its training rows were.
+fn read_other(path: &Path, model: &LinearModel) -> Result<Split> {
+    let refs: Vec<&str> = model.columns.iter().map(String::as_str).collect();
+    let rows = Split::from_table(path, read_embedding_table(path, Some(&refs))?)?;
+    if rows.label_names != model.classes || rows.dim() != model.w.nrows() {
+        return Err(Error::mismatch(
+            "load features",
+            format!(
+                "{}: label names {:?} and width {} of {:?}, but the train split has {:?} and {}",
+                path.display(),
+                rows.label_names,
+                rows.dim(),
+                model.columns,
+                model.classes,
+                model.w.nrows()
+            ),
+        ));
+    }
+    Ok(rows)
 }
 
 fn markdown(input: &str, p: &LayerSweepParams, rows: &[LayerRow], chosen: usize) -> String {
@@ -287,7 +343,9 @@ fn markdown(input: &str, p: &LayerSweepParams, rows: &[LayerRow], chosen: usize)
 
 impl Stage for LayerSweep {
     const KIND: &'static str = "layer_sweep";
-    const VERSION: u32 = 2;
+    // 3: the chosen layer's fit saved (`model.safetensors`, `classifier.json`), the predictions
+    // of splits besides train and test; the other files keep their bytes.
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::Exactly(1);
     const SEEDED: bool = true;
     type Params = LayerSweepParams;
@@ -318,16 +376,16 @@ impl Stage for LayerSweep {
     fn run(p: &LayerSweepParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
         let input = &inputs[0];
-        let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+        let train_path = input.split("train")?;
         // Check the folds once against the labels (the same for every layer).
         let train_rows = check_folds(&train_path, "folds", p.folds)?;
         let layers = resolve_layers(&train_path, &p.layers)?;
 
         let bar = ctx.progress(layers.len() as u64, "layer sweep");
-        let results: Vec<(LayerRow, Predictions, LayerTiming)> = layers
+        let results: Vec<(LayerRow, Predictions, LayerFit, LayerTiming)> = layers
             .par_iter()
             .map(|(i, name)| {
-                let r = sweep_layer(p, &train_path, &test_path, *i, name, ctx.seed);
+                let r = sweep_layer(p, input, *i, name, ctx.seed);
                 bar.inc(1);
                 r
             })
@@ -336,9 +394,11 @@ impl Stage for LayerSweep {
         let mut rows = Vec::with_capacity(results.len());
         let mut preds = Vec::with_capacity(results.len());
         let mut timings = Vec::with_capacity(results.len());
-        for (row, pred, timing) in results {
+        let mut fits = Vec::with_capacity(results.len());
+        for (row, pred, fit, timing) in results {
             rows.push(row);
             preds.push(pred);
+            fits.push(fit);
             timings.push(timing);
         }
         let chosen = choose(&rows);
@@ -347,6 +407,16 @@ impl Stage for LayerSweep {
         let mut predictions = preds.swap_remove(chosen);
         predictions.producer = format!("logreg({}, chosen by {}-fold CV)", c.column, p.folds);
         write_predictions(&ctx.out("predictions.parquet"), &predictions)?;
+        let LayerFit { model, mut meta } = fits.swap_remove(chosen);
+        meta.kind = Self::KIND.into();
+        meta.producer = predictions.producer.clone();
+        let mut rows_out = predictions.ids.len();
+        for (split, path) in other_splits(input) {
+            let other = model.predict(&read_other(&path, &model)?, &meta.producer)?;
+            write_split_predictions(ctx, &split, &other)?;
+            rows_out += other.len();
+        }
+        model.save(&ctx.out_dir, &meta)?;
 
         let sweep = SweepFile {
             kind: "layer_sweep",
@@ -386,7 +456,16 @@ impl Stage for LayerSweep {
         )?;
         fsutil::write_bytes_atomic(&ctx.out("layer_sweep.png"), &png)?;
 
-        let mut notes = vec![format!(
+        let mut notes: Vec<String> = (meta.fitted_on.unlabelled_rows_dropped > 0)
+            .then(|| {
+                format!(
+                    "{} training rows without a label dropped (not fitted on)",
+                    meta.fitted_on.unlabelled_rows_dropped
+                )
+            })
+            .into_iter()
+            .collect();
+        notes.push(format!(
             "{} layers; {}-fold CV chose layer {} (CV acc {:.4}, test acc {:.4}, macro-F1 {:.4})",
             rows.len(),
             p.folds,
@@ -394,7 +473,7 @@ impl Stage for LayerSweep {
             c.cv_accuracy,
             c.test_accuracy,
             c.test_macro_f1
-        )];
+        ));
         let unconverged: Vec<String> = rows
             .iter()
             .filter(|r| !r.converged)
@@ -416,10 +495,19 @@ impl Stage for LayerSweep {
                 .join(", ")
         ));
         Ok(Summary {
-            rows_out: predictions.ids.len(),
+            rows_out,
             notes,
             ..Default::default()
         })
+    }
+
+    fn applier(
+        _p: &LayerSweepParams,
+        fitted: &Input,
+        _env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        let (model, meta) = LinearModel::load(fitted, Self::KIND)?;
+        Ok(Some(Box::new(LinearApply { model, meta })))
     }
 }
 

@@ -6,6 +6,36 @@
 use std::collections::VecDeque;
 
 use ndarray::{Array1, Array2, ArrayView2, Axis};
+use sprs::CsMat;
+
+/// The two products of the objective with the feature matrix `X` (`n x d`): `X W` and `X^T R`.
+/// Dense standardised features and sparse TF-IDF rows (CSR, never densified) share the solver.
+pub(crate) trait Design: Copy {
+    /// `X W` (`n x k`).
+    fn dot(self, w: &Array2<f64>) -> Array2<f64>;
+    /// `X^T R` (`d x k`).
+    fn t_dot(self, r: &Array2<f64>) -> Array2<f64>;
+}
+
+impl Design for ArrayView2<'_, f64> {
+    fn dot(self, w: &Array2<f64>) -> Array2<f64> {
+        ArrayView2::dot(&self, w)
+    }
+    fn t_dot(self, r: &Array2<f64>) -> Array2<f64> {
+        self.t().dot(r)
+    }
+}
+
+/// sprs's serial products: each output sums its terms in the order of the stored entries, so the
+/// same rows give the same bits on every machine and thread count.
+impl Design for &CsMat<f64> {
+    fn dot(self, w: &Array2<f64>) -> Array2<f64> {
+        self * w
+    }
+    fn t_dot(self, r: &Array2<f64>) -> Array2<f64> {
+        &self.transpose_view() * r
+    }
+}
 
 /// Rows turned into probabilities (each shifted by its own maximum first).
 pub(crate) fn softmax_rows(logits: &mut Array2<f64>) {
@@ -18,8 +48,8 @@ pub(crate) fn softmax_rows(logits: &mut Array2<f64>) {
 }
 
 /// Value and gradient norm of scikit-learn's objective `J_sk` (see the module docs).
-pub(crate) fn sklearn_objective(
-    x: ArrayView2<f64>,
+pub(crate) fn sklearn_objective<X: Design>(
+    x: X,
     onehot: &Array2<f64>,
     w: &Array2<f64>,
     b: &Array1<f64>,
@@ -36,7 +66,7 @@ pub(crate) fn sklearn_objective(
     let value = loss + 0.5 / c * w.iter().map(|v| v * v).sum::<f64>();
     softmax_rows(&mut p);
     let diff = p - onehot;
-    let gw = x.t().dot(&diff) + &(w / c);
+    let gw = x.t_dot(&diff) + &(w / c);
     let gb = diff.sum_axis(Axis(0));
     (value, gw, gb)
 }
@@ -64,8 +94,8 @@ fn dot2(a: &Point, b: &Point) -> f64 {
 
 /// L-BFGS (memory 10, two-loop recursion, Armijo backtracking from step 1) on scikit-learn's exact
 /// objective `J_sk`, with a per-row stable log-sum-exp. The fallback when linfa stops short.
-pub(crate) fn lbfgs_exact(
-    x: ArrayView2<f64>,
+pub(crate) fn lbfgs_exact<X: Design>(
+    x: X,
     onehot: &Array2<f64>,
     c: f64,
     w0: Array2<f64>,

@@ -10,8 +10,11 @@
 //!   `layer_<i>` column, the layer chosen by CV on train rows, test scores reported.
 //!
 //! `logreg` and `mlp` read one embedding artifact (`train.parquet`, `test.parquet`) and write
-//! `predictions.parquet` (test rows) and `model.json` (hyper-parameters, CV table, timing,
-//! convergence). [`bench_logreg`] times the logistic-regression fit against the scikit-learn
+//! `predictions.parquet` (test rows, with a label or not), `predictions-<split>.parquet` for any
+//! other split but train, `model.json` (hyper-parameters, CV table, convergence) and the fitted
+//! model (`model.safetensors`, `classifier.json`: see `saved.rs`), which their `Stage::applier`
+//! loads to classify new rows exactly as the stage did. Training rows without a label
+//! (`UNLABELLED`) are dropped with a note. [`bench_logreg`] times the logistic-regression fit against the scikit-learn
 //! reference script `scripts/reference/sklearn_logreg.py`.
 //!
 //! # Modules
@@ -19,7 +22,8 @@
 //! none of them: `prologue` (param checks, reading train/test, the best row of a CV table,
 //! writing predictions and JSON), `data` (feature matrices and their standardisation), `folds`
 //! (stratified folds), `logreg_fit` (the fit and the CV of `C`), `lbfgs` (the solver), `mlp_net`
-//! (the network). Metrics come from `llmembed_core::metrics`, the ones `evaluate` reports.
+//! (the network), `saved` (the saved models and their appliers). Metrics come from
+//! `llmembed_core::metrics`, the ones `evaluate` reports.
 
 mod data;
 mod ensemble;
@@ -32,6 +36,8 @@ mod mlp;
 mod mlp_net;
 mod plot;
 mod prologue;
+mod saved;
+mod sparse;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
 pub use layer_sweep::{LayerSweep, LayerSweepParams};

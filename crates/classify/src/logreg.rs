@@ -4,18 +4,22 @@
 use std::path::Path;
 
 use llmembed_core::metrics::accuracy;
-use llmembed_core::{Arity, Context, Error, Input, Result, Stage, Summary};
+use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage, Summary};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Split, load_train_test, standardized_pair};
+use crate::data::{
+    Split, load_train_test, read_like, standardized_pair, standardizer, train_matrix,
+};
 use crate::logreg_fit::{
     CvRow, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
     default_tol, fit_logreg,
 };
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds,
-    check_tol_and_iterations, feature_params, preds_of, write_json, write_test_predictions,
+    check_tol_and_iterations, feature_params, other_splits, preds_of, scored_accuracy, write_json,
+    write_split_predictions,
 };
+use crate::saved::{FittedOn, LinearApply, LinearModel};
 
 /// Params of `kind: logreg`.
 ///
@@ -115,7 +119,10 @@ feature_params!(LogRegParams);
 
 impl Stage for LogReg {
     const KIND: &'static str = "logreg";
-    const VERSION: u32 = 2;
+    // 3: the artifact holds the fitted model (`model.safetensors`, `classifier.json`) and the
+    // predictions of splits besides train and test; predictions.parquet and model.json keep
+    // their bytes.
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: cross-validation folds are drawn with it.
     const SEEDED: bool = true;
@@ -143,13 +150,19 @@ impl Stage for LogReg {
 
     fn run(p: &LogRegParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
+        // Sparse rows (`tfidf`) are fitted as they are, beside the dense path (`sparse.rs`).
+        if let Some((column, _)) = llmembed_core::sparse_column(&inputs[0].split("train")?)? {
+            return crate::sparse::run_logreg_sparse(p, &inputs[0], &column, ctx);
+        }
+        let loaded = prologue::load(&inputs[0], p)?;
+        let mut notes: Vec<String> = loaded.unlabelled_note().into_iter().collect();
         let TrainTest {
             train,
             test,
             columns,
-        } = prologue::load(&inputs[0], p)?;
+            unlabelled_train,
+        } = loaded;
         let k = train.label_names.len();
-        let mut notes = Vec::new();
         let (c, select) = match &p.select {
             None => (p.c.unwrap_or(1.0), None),
             Some(sel) => {
@@ -163,7 +176,8 @@ impl Stage for LogReg {
             }
         };
 
-        let (xtr, xte) = standardized_pair(&train, &test)?;
+        let st = standardizer(&train);
+        let xtr = train_matrix(&train, &st)?;
         let fit = fit_logreg(
             xtr.view(),
             &train.labels,
@@ -185,11 +199,31 @@ impl Stage for LogReg {
             ));
         }
         let train_acc = accuracy(&train.labels, &preds_of(&fit.predict_proba(xtr.view()), k));
-        let probs = fit.predict_proba(xte.view());
-        let preds = preds_of(&probs, k);
-        let test_acc = accuracy(&test.labels, &preds);
+        let model = LinearModel::new(columns.clone(), train.label_names.clone(), st, &fit);
         let producer = format!("logreg(C={c}, {})", columns.join("+"));
-        write_test_predictions(ctx, &test, preds, probs, producer)?;
+        let predictions = model.predict(&test, &producer)?;
+        let test_acc = scored_accuracy(&test.labels, &predictions.preds);
+        write_split_predictions(ctx, "test", &predictions)?;
+        let mut rows_out = test.rows();
+        let train_path = inputs[0].split("train")?;
+        for (split, path) in other_splits(&inputs[0]) {
+            let rows = read_like(&path, &columns, &train, &train_path)?;
+            write_split_predictions(ctx, &split, &model.predict(&rows, &producer)?)?;
+            rows_out += rows.rows();
+        }
+        let mut meta = model.meta(
+            &fit,
+            c,
+            FittedOn {
+                stage: inputs[0].stage_id.clone(),
+                split: "train".into(),
+                rows: train.rows(),
+                unlabelled_rows_dropped: unlabelled_train,
+            },
+        );
+        meta.kind = Self::KIND.into();
+        meta.producer = producer;
+        model.save(&ctx.out_dir, &meta)?;
         let summary = ModelSummary {
             kind: "logreg",
             columns,
@@ -219,10 +253,19 @@ impl Stage for LogReg {
             fit.fit_seconds
         ));
         Ok(Summary {
-            rows_out: test.rows(),
+            rows_out,
             notes,
             ..Default::default()
         })
+    }
+
+    fn applier(
+        _p: &LogRegParams,
+        fitted: &Input,
+        _env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        let (model, meta) = LinearModel::load(fitted, Self::KIND)?;
+        Ok(Some(Box::new(LinearApply { model, meta })))
     }
 }
 
@@ -246,7 +289,7 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
     })
 }
 
-fn better_c(a: &CvRow, b: &CvRow) -> bool {
+pub(crate) fn better_c(a: &CvRow, b: &CvRow) -> bool {
     a.mean_accuracy > b.mean_accuracy || (a.mean_accuracy == b.mean_accuracy && a.c < b.c)
 }
 
@@ -286,7 +329,11 @@ pub fn bench_logreg_with_solver(
     solver: LogRegSolver,
 ) -> Result<LogRegBench> {
     check_c("c", c)?;
-    let (tr, te, _) = load_train_test(train, test, Some(column), None)?;
+    let TrainTest {
+        train: tr,
+        test: te,
+        ..
+    } = load_train_test(train, test, Some(column), None)?;
     let k = tr.label_names.len();
     let (xtr, xte) = standardized_pair(&tr, &te)?;
     let fit = fit_logreg(

@@ -13,16 +13,19 @@
 
 use candle_core::Device;
 use llmembed_core::metrics::accuracy;
-use llmembed_core::{Arity, Context, Error, Input, Result, Stage, Summary, seeded_rng};
+use llmembed_core::{
+    Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage, Summary, seeded_rng,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Split, standardized_f32, standardizer};
+use crate::data::{Split, read_like, standardized_f32, standardizer};
 use crate::folds::{complement, stratified_folds};
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
-    preds_of, write_json, write_test_predictions,
+    other_splits, preds_of, scored_accuracy, write_json, write_split_predictions,
 };
+use crate::saved::{FittedOn, MLP_FORMULA, MlpApply, MlpMeta, MlpModel};
 
 fn default_hidden() -> Vec<usize> {
     vec![1024, 256]
@@ -194,7 +197,10 @@ feature_params!(MlpParams);
 
 impl Stage for Mlp {
     const KIND: &'static str = "mlp";
-    const VERSION: u32 = 2;
+    // 3: the artifact holds the trained network (`model.safetensors`, `classifier.json`) and the
+    // predictions of splits besides train and test; predictions.parquet and model.json keep
+    // their bytes.
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: initialisation, dropout and batches are drawn with it.
     const SEEDED: bool = true;
@@ -242,11 +248,14 @@ impl Stage for Mlp {
 
     fn run(p: &MlpParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         Self::check(p)?;
+        let loaded = prologue::load(&inputs[0], p)?;
+        let unlabelled_note = loaded.unlabelled_note();
         let TrainTest {
             train,
             test,
             columns,
-        } = prologue::load(&inputs[0], p)?;
+            unlabelled_train,
+        } = loaded;
         let k = train.label_names.len();
         let dev = Device::Cpu;
         let seed = p.seed.unwrap_or(ctx.seed);
@@ -257,7 +266,7 @@ impl Stage for Mlp {
             batch_size: p.batch_size,
             seed,
         };
-        let mut notes = Vec::new();
+        let mut notes: Vec<String> = unlabelled_note.into_iter().collect();
         let (epochs, select) = match &p.select {
             None => (p.epochs.unwrap_or(DEFAULT_EPOCHS), None),
             Some(sel) => {
@@ -282,15 +291,28 @@ impl Stage for Mlp {
             train.dim(),
             &dev,
         )?;
-        let xte = tensor2(standardized_f32(&test, &st), test.rows(), test.dim(), &dev)?;
         let trained = train_mlp(&xtr, &train.labels, k, epochs, &cfg, None)?;
         let train_probs = trained.net.predict_proba(&xtr)?;
         let train_acc = accuracy(&train.labels, &preds_of(&train_probs, k));
-        let probs = trained.net.predict_proba(&xte)?;
-        let preds = preds_of(&probs, k);
-        let test_acc = accuracy(&test.labels, &preds);
         let producer = format!("mlp({epochs} epochs, {})", columns.join("+"));
-        write_test_predictions(ctx, &test, preds, probs, producer)?;
+        let (epoch_loss, steps, fit_seconds) =
+            (trained.epoch_loss, trained.steps, trained.fit_seconds);
+        let model = MlpModel {
+            columns: columns.clone(),
+            classes: train.label_names.clone(),
+            standardizer: st,
+            net: trained.net,
+        };
+        let predictions = model.predict(&test, &producer)?;
+        let test_acc = scored_accuracy(&test.labels, &predictions.preds);
+        write_split_predictions(ctx, "test", &predictions)?;
+        let mut rows_out = test.rows();
+        let train_path = inputs[0].split("train")?;
+        for (split, path) in other_splits(&inputs[0]) {
+            let rows = read_like(&path, &columns, &train, &train_path)?;
+            write_split_predictions(ctx, &split, &model.predict(&rows, &producer)?)?;
+            rows_out += rows.rows();
+        }
         let mut layers = vec![train.dim()];
         layers.extend(&p.hidden);
         layers.push(k);
@@ -298,34 +320,57 @@ impl Stage for Mlp {
             &ctx.out("model.json"),
             &ModelSummary {
                 kind: "mlp",
-                columns,
+                columns: columns.clone(),
                 input_dim: train.dim(),
                 train_rows: train.rows(),
                 test_rows: test.rows(),
                 classes: train.label_names.clone(),
-                layers,
+                layers: layers.clone(),
                 dropout: p.dropout,
                 lr: p.lr,
                 batch_size: p.batch_size,
                 epochs,
                 seed,
-                steps: trained.steps,
-                epoch_train_loss: trained.epoch_loss.clone(),
+                steps,
+                epoch_train_loss: epoch_loss.clone(),
                 train_accuracy: train_acc,
                 test_accuracy: test_acc,
                 select,
             },
         )?;
+        let meta = MlpMeta {
+            kind: Self::KIND.into(),
+            classes: train.label_names.clone(),
+            columns,
+            input_dim: train.dim(),
+            layers,
+            activation: "relu".into(),
+            epochs,
+            seed,
+            fitted_on: FittedOn {
+                stage: inputs[0].stage_id.clone(),
+                split: "train".into(),
+                rows: train.rows(),
+                unlabelled_rows_dropped: unlabelled_train,
+            },
+            producer,
+            formula: MLP_FORMULA.into(),
+        };
+        model.save(&ctx.out_dir, &meta)?;
         notes.push(format!(
-            "{epochs} epochs, fit {:.1}s, final train loss {:.4}, test acc {test_acc:.4}",
-            trained.fit_seconds,
-            trained.epoch_loss.last().copied().unwrap_or(f64::NAN)
+            "{epochs} epochs, fit {fit_seconds:.1}s, final train loss {:.4}, test acc {test_acc:.4}",
+            epoch_loss.last().copied().unwrap_or(f64::NAN)
         ));
         Ok(Summary {
-            rows_out: test.rows(),
+            rows_out,
             notes,
             ..Default::default()
         })
+    }
+
+    fn applier(_p: &MlpParams, fitted: &Input, _env: &ApplyEnv) -> Result<Option<Box<dyn Apply>>> {
+        let (model, meta) = MlpModel::load(fitted)?;
+        Ok(Some(Box::new(MlpApply { model, meta })))
     }
 }
 

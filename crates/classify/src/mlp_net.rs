@@ -45,6 +45,34 @@ impl Net {
         Ok(Net { layers })
     }
 
+    /// A trained network from its layers' `(weight out x in, bias out)` (as [`Net::weights`]
+    /// gives them).
+    pub(crate) fn from_layers(layers: Vec<(Tensor, Tensor)>) -> Result<Net> {
+        let mut out = Vec::with_capacity(layers.len());
+        for (w, b) in layers {
+            out.push((
+                Var::from_tensor(&w).map_err(cerr("mlp load"))?,
+                Var::from_tensor(&b).map_err(cerr("mlp load"))?,
+            ));
+        }
+        if out.is_empty() {
+            return Err(Error::mismatch("mlp load", "no layers"));
+        }
+        Ok(Net { layers: out })
+    }
+
+    /// Each layer's weight (row-major, out x in) and bias.
+    pub(crate) fn weights(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        self.layers
+            .iter()
+            .map(|(w, b)| {
+                let w = w.as_tensor().flatten_all().and_then(|t| t.to_vec1::<f32>());
+                let b = b.as_tensor().to_vec1::<f32>();
+                Ok((w.map_err(cerr("mlp save"))?, b.map_err(cerr("mlp save"))?))
+            })
+            .collect()
+    }
+
     fn vars(&self) -> Vec<Var> {
         self.layers
             .iter()

@@ -3,13 +3,15 @@
 //! classes), choosing the best row of a CV table, and writing `predictions.parquet` and the
 //! stage's JSON files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use llmembed_core::{
-    Context, Error, Input, Predictions, Result, argmax, fsutil, write_predictions,
+    Context, Error, Input, Predictions, Result, UNLABELLED, argmax, fsutil, predictions_file,
+    write_predictions,
 };
 use serde::Serialize;
 
+pub(crate) use crate::data::TrainTest;
 use crate::data::{Split, load_train_test};
 use crate::folds::check_folds;
 
@@ -73,13 +75,6 @@ pub(crate) fn check_tol_and_iterations(tol: f64, max_iterations: u64) -> Result<
     Ok(())
 }
 
-/// A classifier's train and test rows, and the names of the columns they were read from.
-pub(crate) struct TrainTest {
-    pub train: Split,
-    pub test: Split,
-    pub columns: Vec<String>,
-}
-
 /// Reads `input`'s train and test splits with the columns `p` chooses. When `p` selects by CV,
 /// first checks (on the labels alone) that every class has rows for that many folds.
 pub(crate) fn load(input: &Input, p: &impl FeatureParams) -> Result<TrainTest> {
@@ -87,12 +82,44 @@ pub(crate) fn load(input: &Input, p: &impl FeatureParams) -> Result<TrainTest> {
     if let Some(folds) = p.select_folds() {
         check_folds(&train_path, "select.folds", folds)?;
     }
-    let (train, test, columns) = load_train_test(&train_path, &test_path, p.column(), p.columns())?;
-    Ok(TrainTest {
-        train,
-        test,
-        columns,
-    })
+    load_train_test(&train_path, &test_path, p.column(), p.columns())
+}
+
+/// The splits of `input` besides train and test (a dev split, an unlabelled one), `(split,
+/// path)` sorted: a classifier writes their predictions too, as [`predictions_file`] names them.
+pub(crate) fn other_splits(input: &Input) -> Vec<(String, PathBuf)> {
+    input
+        .splits()
+        .into_iter()
+        .filter(|(split, _)| split != "train" && split != "test")
+        .collect()
+}
+
+/// The labels and predictions of the rows that have a label (what is scored), borrowed when
+/// every row has one.
+pub(crate) fn scored<'a>(
+    labels: &'a [i64],
+    preds: &'a [i64],
+) -> (std::borrow::Cow<'a, [i64]>, std::borrow::Cow<'a, [i64]>) {
+    if !labels.contains(&UNLABELLED) {
+        return (labels.into(), preds.into());
+    }
+    let (l, p): (Vec<i64>, Vec<i64>) = labels
+        .iter()
+        .zip(preds)
+        .filter(|(l, _)| **l != UNLABELLED)
+        .map(|(l, p)| (*l, *p))
+        .unzip();
+    (l.into(), p.into())
+}
+
+/// Accuracy over the rows that have a label (0 when none has).
+pub(crate) fn scored_accuracy(labels: &[i64], preds: &[i64]) -> f64 {
+    let (l, p) = scored(labels, preds);
+    if l.is_empty() {
+        return 0.0;
+    }
+    llmembed_core::metrics::accuracy(&l, &p)
 }
 
 /// The index of the best row: a row replaces the best so far only when `better(row, best)`, so
@@ -113,23 +140,26 @@ pub(crate) fn preds_of(probs: &[f32], k: usize) -> Vec<i64> {
     probs.chunks(k).map(|r| argmax(r) as i64).collect()
 }
 
-/// Writes `predictions.parquet` for the test rows.
-pub(crate) fn write_test_predictions(
-    ctx: &Context,
-    test: &Split,
-    preds: Vec<i64>,
-    probs: Vec<f32>,
-    producer: String,
-) -> Result<()> {
-    let predictions = Predictions {
-        ids: test.ids.clone(),
-        labels: test.labels.clone(),
-        preds,
+/// The predictions of `rows` from their probabilities (row-major over the classes).
+pub(crate) fn predictions_of(rows: &Split, probs: Vec<f32>, producer: String) -> Predictions {
+    let k = rows.label_names.len();
+    Predictions {
+        ids: rows.ids.clone(),
+        labels: rows.labels.clone(),
+        preds: preds_of(&probs, k),
         probs,
-        label_names: test.label_names.clone(),
+        label_names: rows.label_names.clone(),
         producer,
-    };
-    write_predictions(&ctx.out("predictions.parquet"), &predictions)
+    }
+}
+
+/// Writes the predictions of `split` (`predictions.parquet` for test, see [`predictions_file`]).
+pub(crate) fn write_split_predictions(
+    ctx: &Context,
+    split: &str,
+    predictions: &Predictions,
+) -> Result<()> {
+    write_predictions(&ctx.out(&predictions_file(split)), predictions)
 }
 
 /// Pretty JSON, written atomically.

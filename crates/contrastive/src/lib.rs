@@ -9,7 +9,7 @@
 //! * `mode: supcon`: supervised contrastive (Khosla et al. 2020, L_out): two dropout views of
 //!   every row in the batch, and every other view of the same label is a positive.
 //!
-//! Inputs are standardised (mean and std fit on all train rows). The head is Linear(d -> d_out),
+//! Inputs are standardised (mean and std fit on all labelled train rows). The head is Linear(d -> d_out),
 //! or Linear(d -> hidden) -> GELU -> Linear(hidden -> d_out), with inverted dropout `p` on its
 //! input (and hidden layer) to make views; weights are initialised from
 //! `seeded_rng(seed, "contrastive-init")`, batches and dropout masks come from their own seeded
@@ -24,8 +24,14 @@
 //! * `head`: `head(x)` only (what SimCSE and the seed reproduction output).
 //!
 //! Files: one `embedding` column per split (all splits of the input: train, test, dev ...,
-//! same rows and order), and `training.json` (loss curves, best epoch; see `TrainingLog`).
+//! same rows and order), `training.json` (loss curves, best epoch; see `TrainingLog`), and the
+//! fitted head and standardiser (`model.safetensors`, `model.json`; see `model.rs`), which the
+//! stage's applier loads to refine new rows' vectors as `run` refined the splits.
+//!
+//! Train rows without a label (`UNLABELLED`) are refined like the others but take no part in
+//! fitting (neither the standardiser nor the head's training).
 
+mod model;
 mod train;
 
 use std::collections::HashMap;
@@ -33,9 +39,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::{
-    Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision, Result, Stage,
-    Standardizer, Summary, VectorColumn, augmented_source, fsutil, read_embedding_table,
-    seeded_rng, table::embedding_columns, write_embedding_table,
+    Apply, ApplyEnv, Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision,
+    Result, Rows, Stage, Standardizer, Summary, UNLABELLED, VectorColumn, augmented_source, fsutil,
+    read_embedding_table, seeded_rng, table::embedding_columns, write_embedding_table,
 };
 
 use train::{Examples, Head};
@@ -307,7 +313,9 @@ fn examples(
 
 impl Stage for Contrastive {
     const KIND: &'static str = "contrastive";
-    const VERSION: u32 = 1;
+    // 2: the artifact holds the head and the standardiser (`model.safetensors`, `model.json`);
+    // the split files' bytes are those of version 1.
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: the hold-out split, initialisation and batches are drawn with it.
     const SEEDED: bool = true;
@@ -374,10 +382,13 @@ impl Stage for Contrastive {
             (_, Some(k)) => k,
             (_, None) => d.min(256),
         };
-        let standardizer = fit_standardizer(&train.columns[0].values, d);
-        let mut x = train.columns[0].values.clone();
+        // Rows without a label are embedded like the others but never fitted on.
+        let labelled = labelled_rows(&train);
+        let fit_on = labelled.as_ref().unwrap_or(&train);
+        let standardizer = fit_standardizer(&fit_on.columns[0].values, d);
+        let mut x = fit_on.columns[0].values.clone();
         standardizer.apply_rows_f32(&mut x);
-        let (tr, val, examples_note) = examples(params, seed, &train, &x, d)?;
+        let (tr, val, examples_note) = examples(params, seed, fit_on, &x, d)?;
 
         let head = Head::new(
             d,
@@ -395,6 +406,30 @@ impl Stage for Contrastive {
             bar.inc(1);
         })?;
         bar.finish();
+
+        model::save(
+            &ctx.out_dir,
+            model::Meta {
+                kind: Self::KIND.into(),
+                input: input.stage_id.clone(),
+                column: column.clone(),
+                mode: params.mode,
+                output: params.output,
+                d_in: d,
+                d_out,
+                hidden: params.hidden,
+                width: match params.output {
+                    Output::Concat => d + d_out,
+                    Output::Residual | Output::Head => d_out,
+                },
+                label_names: train.label_names.clone(),
+                train_rows: fit_on.len(),
+                best_epoch: log.best_epoch,
+                tensors: Vec::new(),
+            },
+            &head,
+            &standardizer,
+        )?;
 
         let mut rows_out = 0;
         for (split, path) in input.splits() {
@@ -446,6 +481,85 @@ impl Stage for Contrastive {
             ],
             ..Default::default()
         })
+    }
+
+    /// Loads the head and the standardiser `run` saved and refines new rows' vectors as `run`
+    /// refined its splits.
+    fn applier(params: &Params, fitted: &Input, _env: &ApplyEnv) -> Result<Option<Box<dyn Apply>>> {
+        Self::check(params)?;
+        Ok(Some(Box::new(ContrastiveApply {
+            loaded: model::load(&fitted.dir, params)?,
+        })))
+    }
+}
+
+/// The train rows that have a label, when some have none (`None`: all have one).
+fn labelled_rows(train: &EmbeddingTable) -> Option<EmbeddingTable> {
+    if !train.labels.contains(&UNLABELLED) {
+        return None;
+    }
+    let keep: Vec<usize> = (0..train.len())
+        .filter(|&i| train.labels[i] != UNLABELLED)
+        .collect();
+    let c = &train.columns[0];
+    Some(EmbeddingTable {
+        ids: keep.iter().map(|&i| train.ids[i].clone()).collect(),
+        labels: keep.iter().map(|&i| train.labels[i]).collect(),
+        label_names: train.label_names.clone(),
+        columns: vec![VectorColumn::new(
+            c.name.clone(),
+            c.dim,
+            gather(&c.values, c.dim, &keep),
+        )],
+    })
+}
+
+/// [`Contrastive`] loaded from its artifact.
+struct ContrastiveApply {
+    loaded: model::Loaded,
+}
+
+impl Apply for ContrastiveApply {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        let meta = &self.loaded.meta;
+        let [Rows::Embedding(table)] = inputs else {
+            return Err(Error::mismatch(
+                "apply contrastive",
+                format!(
+                    "expected one embedding table (from `{}`), got [{}]",
+                    meta.input,
+                    inputs.iter().map(Rows::kind).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        let col = table.column(&meta.column).ok_or_else(|| {
+            Error::mismatch(
+                "apply contrastive",
+                format!(
+                    "no column `{}` in the rows (they have: {})",
+                    meta.column,
+                    table.column_names().join(", ")
+                ),
+            )
+        })?;
+        if col.dim != meta.d_in {
+            return Err(Error::mismatch(
+                "apply contrastive",
+                format!(
+                    "column `{}` is {} wide; the head was trained on {} wide vectors",
+                    meta.column, col.dim, meta.d_in
+                ),
+            ));
+        }
+        let mut x = col.values.clone();
+        self.loaded.standardizer.apply_rows_f32(&mut x);
+        let (width, values) = train::embed(&self.loaded.head, meta.output, &x)?;
+        Ok(Rows::Embedding(EmbeddingTable {
+            ids: table.ids.clone(),
+            labels: table.labels.clone(),
+            label_names: table.label_names.clone(),
+            columns: vec![VectorColumn::new("embedding", width, values)],
+        }))
     }
 }
 

@@ -4,7 +4,9 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::Rng;
 
-use llmembed_core::{EmbeddingTable, Input, Stage, VectorColumn, read_embedding_table, seeded_rng};
+use llmembed_core::{
+    ApplyEnv, EmbeddingTable, Input, Rows, Stage, VectorColumn, read_embedding_table, seeded_rng,
+};
 
 use super::*;
 
@@ -491,4 +493,197 @@ fn supcon_does_not_hurt_a_linear_probe_on_bag_of_words() {
         unsup_head >= base - 0.005,
         "unsup head {unsup_head:.4} vs input {base:.4}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The saved head, applied to new rows
+
+/// AG News rows as log bag-of-words vectors (vocabulary from the first `n_train`): train, test.
+fn ag_news_bow(
+    n_train: usize,
+    n_test: usize,
+    vocab: usize,
+) -> Option<(EmbeddingTable, EmbeddingTable)> {
+    let (texts, labels) = llmembed_testkit::needs(
+        "AG News",
+        llmembed_testkit::read_ag_news("train", n_train + n_test),
+    )?;
+    let x = bag_of_words(&texts, n_train, vocab);
+    let names: Vec<String> = ["World", "Sports", "Business", "Sci/Tech"]
+        .map(String::from)
+        .to_vec();
+    let table = |range: std::ops::Range<usize>| EmbeddingTable {
+        ids: range.clone().map(|i| format!("r{i}")).collect(),
+        labels: labels[range.clone()].to_vec(),
+        label_names: names.clone(),
+        columns: vec![VectorColumn::new(
+            "embedding",
+            vocab,
+            x[range.start * vocab..range.end * vocab].to_vec(),
+        )],
+    };
+    Some((table(0..n_train), table(n_train..n_train + n_test)))
+}
+
+fn embedding_rows(rows: Rows) -> EmbeddingTable {
+    match rows {
+        Rows::Embedding(t) => t,
+        other => panic!("expected embeddings, got {}", other.kind()),
+    }
+}
+
+fn artifact(dir: &Path) -> Input {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    Input {
+        stage_id: "refined".into(),
+        dir: dir.to_path_buf(),
+        files,
+    }
+}
+
+fn bits_of(t: &EmbeddingTable) -> Vec<u32> {
+    t.columns[0].values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn the_saved_head_reproduces_the_test_split_for_every_output() {
+    let Some((train, test)) = ag_news_bow(300, 60, 40) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write_input(tmp.path(), &[("test", test.clone()), ("train", train)]);
+    let apply_env = ApplyEnv {
+        env: llmembed_testkit::stage_env(7),
+        store_dir: tmp.path().join("store"),
+    };
+    for (mode, output, hidden, d_out) in [
+        (Mode::Supcon, Output::Concat, None, Some(8)),
+        (Mode::Unsup, Output::Head, Some(16), Some(8)),
+        (Mode::Supcon, Output::Residual, Some(16), None),
+    ] {
+        let params = Params {
+            mode,
+            output,
+            hidden,
+            d_out,
+            epochs: 3,
+            batch_size: 32,
+            ..Params::default()
+        };
+        let what = format!("{mode:?} {output:?} hidden {hidden:?}");
+        let (out, _) = run(tmp.path(), &what, &params, &input).unwrap();
+        let apply = Contrastive::applier(&params, &artifact(&out), &apply_env)
+            .unwrap()
+            .unwrap();
+        let got = embedding_rows(apply.apply(&[Rows::Embedding(test.clone())]).unwrap());
+        let want = read_embedding_table(&out.join("test.parquet"), None).unwrap();
+        assert_eq!((&got.ids, &got.labels), (&want.ids, &want.labels), "{what}");
+        assert_eq!(got.columns[0].dim, want.columns[0].dim, "{what}");
+        assert!(
+            bits_of(&got) == bits_of(&want),
+            "{what}: differs from test.parquet"
+        );
+
+        // A few rows alone: the head's matrix products (candle's) round differently for a
+        // one-row batch, so a row's output may move in its last bits with its batch; measured
+        // here, bounded well below anything a classifier sees.
+        let mut worst = 0f32;
+        for i in [0, 31, 59] {
+            let one = EmbeddingTable {
+                ids: vec![test.ids[i].clone()],
+                labels: vec![test.labels[i]],
+                label_names: test.label_names.clone(),
+                columns: vec![VectorColumn::new(
+                    "embedding",
+                    40,
+                    test.columns[0].row(i).to_vec(),
+                )],
+            };
+            let alone = embedding_rows(apply.apply(&[Rows::Embedding(one)]).unwrap());
+            for (a, b) in alone.columns[0].values.iter().zip(want.columns[0].row(i)) {
+                worst = worst.max((a - b).abs() / b.abs().max(1.0));
+            }
+        }
+        eprintln!("{what}: rows alone vs in the split: largest difference {worst:e}");
+        assert!(worst < 1e-5, "{what}: rows alone differ by {worst}");
+
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("model.json")).unwrap()).unwrap();
+        assert_eq!(meta["input"], "fuse");
+        assert_eq!(meta["column"], "embedding");
+        assert_eq!(meta["width"], want.columns[0].dim);
+        assert_eq!(meta["train_rows"], 300);
+        let saved = llmembed_core::SavedTensors::load(&out.join("model.safetensors")).unwrap();
+        let k = hidden.map_or(0, |_| 1);
+        let last_out = if output == Output::Residual { 40 } else { 8 };
+        assert!(
+            saved
+                .get(
+                    &format!("head.{k}.weight"),
+                    &[last_out, hidden.unwrap_or(40)]
+                )
+                .is_ok()
+        );
+        assert!(saved.get("standardizer.scale", &[40]).is_ok());
+    }
+    // Params that do not match what was saved are refused.
+    let out = tmp.path().join("Supcon Concat hidden None");
+    let other = Params {
+        hidden: Some(4),
+        d_out: Some(8),
+        ..Params::default()
+    };
+    let err = Contrastive::applier(&other, &artifact(&out), &apply_env)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("fitted with mode Supcon, output Concat, hidden None"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unlabelled_train_rows_are_refined_but_not_fitted_on() {
+    let Some((train, test)) = ag_news_bow(200, 40, 30) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // The same train rows plus the test rows again, unlabelled and under other ids.
+    let mut mixed = train.clone();
+    mixed
+        .ids
+        .extend(test.ids.iter().map(|id| format!("u-{id}")));
+    mixed
+        .labels
+        .extend(vec![llmembed_core::UNLABELLED; test.len()]);
+    mixed.columns[0]
+        .values
+        .extend_from_slice(&test.columns[0].values);
+    let labelled = write_input(
+        &tmp.path().join("l"),
+        &[("test", test.clone()), ("train", train)],
+    );
+    let with_unlabelled = write_input(&tmp.path().join("m"), &[("test", test), ("train", mixed)]);
+    let params = Params {
+        d_out: Some(6),
+        epochs: 3,
+        batch_size: 32,
+        ..Params::default()
+    };
+    let (a, _) = run(tmp.path(), "a", &params, &labelled).unwrap();
+    let (b, _) = run(tmp.path(), "b", &params, &with_unlabelled).unwrap();
+    for f in ["test.parquet", "model.safetensors", "training.json"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let t = read_embedding_table(&b.join("train.parquet"), None).unwrap();
+    assert_eq!(t.len(), 240);
 }

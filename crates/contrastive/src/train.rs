@@ -70,6 +70,9 @@ pub(crate) fn supcon(z: &Tensor, labels: &[i64], temperature: f64) -> candle_cor
     total.affine(-1.0 / anchors as f64, 0.0)
 }
 
+/// One linear layer's values: `(out, in)`, the row-major weight and the bias.
+pub(crate) type LinearValues = ((usize, usize), Vec<f32>, Vec<f32>);
+
 /// Linear(d -> d_out), or Linear(d -> hidden) -> GELU -> dropout -> Linear(hidden -> d_out).
 pub(crate) struct Head {
     layers: Vec<(Var, Var)>,
@@ -123,6 +126,42 @@ impl Head {
             d_out,
             residual,
         })
+    }
+
+    /// A head with the given layers' `(weight (out, in), bias (out))` values, as [`Self::layers`]
+    /// gives them: a saved head loaded back.
+    pub(crate) fn from_layers(layers: &[LinearValues], residual: bool) -> Result<Self> {
+        let mut vars = Vec::with_capacity(layers.len());
+        for ((o, i), w, b) in layers {
+            let w = Var::from_vec(w.clone(), (*o, *i), &Device::Cpu).map_err(ce("load head"))?;
+            let b = Var::from_vec(b.clone(), *o, &Device::Cpu).map_err(ce("load head"))?;
+            vars.push((w, b));
+        }
+        let d_in = layers.first().map_or(0, |l| l.0.1);
+        let d_out = layers.last().map_or(0, |l| l.0.0);
+        Ok(Head {
+            layers: vars,
+            d_in,
+            d_out,
+            residual,
+        })
+    }
+
+    /// Each layer's `((out, in), weight, bias)`, row-major.
+    pub(crate) fn layers(&self) -> Result<Vec<LinearValues>> {
+        self.layers
+            .iter()
+            .map(|(w, b)| {
+                let dims = w.as_tensor().dims2().map_err(ce("read head"))?;
+                let w = w
+                    .as_tensor()
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(ce("read head"))?;
+                let b = b.as_tensor().to_vec1::<f32>().map_err(ce("read head"))?;
+                Ok((dims, w, b))
+            })
+            .collect()
     }
 
     pub(crate) fn vars(&self) -> Vec<Var> {

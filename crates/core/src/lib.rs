@@ -27,9 +27,11 @@ pub use stage::{
     Apply, ApplyEnv, Arity, Context, Env, External, Input, Rows, Stage, Summary, resolve_path,
 };
 pub use table::{
-    EmbeddingTable, EmbeddingWriter, Precision, Predictions, TextTable, UNLABELLED, VectorColumn,
-    augmented_id, augmented_source, layer_column, parse_layer_column, read_embedding_table,
-    read_predictions, read_text_table, write_embedding_table, write_predictions, write_text_table,
+    EmbeddingTable, EmbeddingWriter, Precision, Predictions, SparseTable, TextTable, UNLABELLED,
+    VectorColumn, augmented_id, augmented_source, for_each_embedding_chunk, layer_column,
+    parse_layer_column, parse_predictions_file, predictions_file, read_embedding_table, read_predictions, read_sparse_table, read_text_table,
+    sparse_column, table_rows, write_embedding_table, write_predictions, write_sparse_table,
+    write_text_table,
 };
 
 /// A random generator for one purpose within a stage, seeded from the pipeline's seed. Deriving

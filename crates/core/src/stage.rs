@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::table::{EmbeddingTable, Predictions, TextTable};
+use crate::table::{EmbeddingTable, Predictions, SparseTable, TextTable};
 
 /// How many upstream artifacts a stage takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +189,26 @@ pub trait Stage {
     /// Reads `inputs`, writes outputs into `ctx.out_dir`.
     fn run(params: &Self::Params, inputs: &[Input], ctx: &Context) -> Result<Summary>;
 
+    /// The part of `run` that several processes may do at once, each taking what no other holds
+    /// (extraction: the store's shards, claimed one by one): does what it can claim, writes only
+    /// into its store and returns its notes once nothing is left to claim, without waiting for
+    /// what others hold and without writing outputs. `None`: the stage has no such part.
+    /// `llmembed run --worker` calls this; `run` must still be called to make the outputs.
+    fn share(
+        _params: &Self::Params,
+        _inputs: &[Input],
+        _ctx: &Context,
+    ) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    /// Lines describing shared work in progress in this kind's store folder (`store_dir`, as
+    /// [`Context::store_dir`]): for extraction, per plan being embedded, shards done, claimed
+    /// (by which host and process, since when, at what rate) and left. Empty when none.
+    fn shared_progress(_store_dir: &Path) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Loads what `run` made (its artifact, `fitted`: the fitted weights, the vocabulary, the
     /// class names) to apply the stage to new rows without fitting anything: `predict` and `serve`
     /// replay a pipeline's path from text to a classifier this way. `None` for stages that have
@@ -211,12 +231,14 @@ pub struct ApplyEnv {
     pub store_dir: PathBuf,
 }
 
-/// Rows in memory, of one of the three table kinds: what an [`Apply`] takes and gives.
+/// Rows in memory, of one of the table kinds: what an [`Apply`] takes and gives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rows {
     Text(TextTable),
     Embedding(EmbeddingTable),
     Predictions(Predictions),
+    /// Sparse vectors (`tfidf`'s features).
+    Sparse(SparseTable),
 }
 
 impl Rows {
@@ -225,6 +247,7 @@ impl Rows {
             Rows::Text(t) => t.len(),
             Rows::Embedding(t) => t.len(),
             Rows::Predictions(t) => t.len(),
+            Rows::Sparse(t) => t.len(),
         }
     }
 
@@ -238,6 +261,7 @@ impl Rows {
             Rows::Text(_) => "text",
             Rows::Embedding(_) => "embedding",
             Rows::Predictions(_) => "predictions",
+            Rows::Sparse(_) => "sparse",
         }
     }
 }

@@ -17,7 +17,12 @@
 //!                      # (at least 1,000), drawn from the pipeline's seed
 //!   confidence: 0.95   # the intervals' level; a difference from the baseline is significant
 //!                      # when McNemar's exact p-value is below 1 - confidence
+//!   write_unlabelled: false  # write the predictions of rows without a label to unlabelled.jsonl
 //! ```
+//!
+//! Rows without a label (`UNLABELLED`) are never scored: every metric, interval and test is
+//! computed on the labelled rows; `metrics.json` (`unlabelled_rows`) and `report.md` say how many
+//! were ignored (nothing is said, and the files keep their bytes, when there are none).
 //!
 //! # Outputs
 //!
@@ -30,6 +35,10 @@
 //! * `report.md`: summary table in input order, then per-class tables and confusion matrices.
 //! * `confusion_<name>.png` per input (name with characters outside `[A-Za-z0-9._-]` replaced
 //!   by `_`).
+//! * With `write_unlabelled: true`, `unlabelled.jsonl`: one line per classifier and row without a
+//!   label, `{classifier, split, id, pred, probability}` (`pred` the class name, `probability`
+//!   its probability), classifiers in input order, the test split first, then the other splits a
+//!   classifier has predictions for (`predictions-<split>.parquet`), rows in file order.
 //!
 //! Metrics follow scikit-learn (see [`metrics`]); [`accuracy_and_macro_f1`] is the shared helper.
 //!
@@ -43,11 +52,13 @@ pub mod significance;
 pub use llmembed_core::image::rgb_to_png;
 pub use llmembed_core::metrics;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use llmembed_core::fsutil::write_bytes_atomic;
 use llmembed_core::{
-    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, read_predictions,
+    Arity, Context, Error, Input, Predictions, Result, Stage, Summary, UNLABELLED,
+    parse_predictions_file, read_predictions,
 };
 use serde::{Deserialize, Serialize};
 use significance::{Interval, McNemar};
@@ -78,6 +89,9 @@ pub struct EvaluateParams {
     /// Level of the confidence intervals; also `1 - alpha` of the McNemar tests.
     #[serde(default = "default_confidence")]
     pub confidence: f64,
+    /// Write the predictions of rows without a label (`unlabelled.jsonl`).
+    #[serde(default)]
+    pub write_unlabelled: bool,
 }
 
 fn default_resamples() -> usize {
@@ -96,6 +110,7 @@ impl Default for EvaluateParams {
             notes: None,
             resamples: default_resamples(),
             confidence: default_confidence(),
+            write_unlabelled: false,
         }
     }
 }
@@ -142,11 +157,88 @@ pub struct BootstrapSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricsFile {
     pub label_names: Vec<String>,
+    /// The rows scored: those with a label.
     pub n_rows: usize,
+    /// Rows without a label, ignored (absent when there are none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlabelled_rows: usize,
     pub baseline: Option<String>,
     pub notes: Option<String>,
     pub classifiers: Vec<ClassifierMetrics>,
     pub bootstrap: BootstrapSettings,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One line of `unlabelled.jsonl`.
+#[derive(Serialize)]
+struct UnlabelledLine<'a> {
+    classifier: &'a str,
+    split: &'a str,
+    id: &'a str,
+    pred: &'a str,
+    probability: f32,
+}
+
+/// The rows of `pr` that have a label (`pr` itself when all have one).
+fn labelled_rows(pr: &Predictions) -> Predictions {
+    if !pr.labels.contains(&UNLABELLED) {
+        return pr.clone();
+    }
+    let keep: Vec<usize> = (0..pr.len())
+        .filter(|&i| pr.labels[i] != UNLABELLED)
+        .collect();
+    Predictions {
+        ids: keep.iter().map(|&i| pr.ids[i].clone()).collect(),
+        labels: keep.iter().map(|&i| pr.labels[i]).collect(),
+        preds: keep.iter().map(|&i| pr.preds[i]).collect(),
+        probs: keep
+            .iter()
+            .flat_map(|&i| pr.row_probs(i).iter().copied())
+            .collect(),
+        label_names: pr.label_names.clone(),
+        producer: pr.producer.clone(),
+    }
+}
+
+/// `unlabelled.jsonl`: the unlabelled rows of each input's test predictions (`preds`, already
+/// read) and of its other splits' predictions files.
+fn unlabelled_jsonl(inputs: &[Input], preds: &[Predictions], names: &[String]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for ((input, test), name) in inputs.iter().zip(preds).zip(names) {
+        let mut others: Vec<(&str, &String)> = input
+            .files
+            .iter()
+            .filter_map(|f| Some((parse_predictions_file(f)?, f)))
+            .filter(|(split, _)| *split != "test")
+            .collect();
+        others.sort();
+        let mut splits: Vec<(&str, Cow<'_, Predictions>)> = vec![("test", Cow::Borrowed(test))];
+        for (split, file) in others {
+            let path = input.path(file)?;
+            let pr = read_predictions(&path)?;
+            validate(&pr, &path)?;
+            splits.push((split, Cow::Owned(pr)));
+        }
+        for (split, pr) in &splits {
+            for i in (0..pr.len()).filter(|&i| pr.labels[i] == UNLABELLED) {
+                let pred = pr.preds[i] as usize;
+                let line = UnlabelledLine {
+                    classifier: name,
+                    split,
+                    id: &pr.ids[i],
+                    pred: &pr.label_names[pred],
+                    probability: pr.row_probs(i)[pred],
+                };
+                serde_json::to_writer(&mut out, &line)
+                    .map_err(|e| Error::compute("serialize unlabelled.jsonl", e))?;
+                out.push(b'\n');
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Stage for Evaluate {
@@ -233,9 +325,25 @@ impl Stage for Evaluate {
         let files = png_names(&names)?;
 
         let label_names = preds[0].label_names.clone();
+        if p.write_unlabelled {
+            let lines = unlabelled_jsonl(inputs, &preds, &names)?;
+            write_bytes_atomic(&ctx.out("unlabelled.jsonl"), &lines)?;
+        }
         // Every classifier in the order of the first input's rows, so that the bootstrap draws
-        // the same rows for each and McNemar pairs them.
-        let preds: Vec<Predictions> = preds.iter().map(|pr| in_order_of(&preds[0], pr)).collect();
+        // the same rows for each and McNemar pairs them; only rows with a label are scored (the
+        // inputs agree on which: `check_same_rows`).
+        let unlabelled_rows = preds[0].labels.iter().filter(|&&l| l == UNLABELLED).count();
+        let preds: Vec<Predictions> = preds
+            .iter()
+            .map(|pr| labelled_rows(&in_order_of(&preds[0], pr)))
+            .collect();
+        if preds[0].is_empty() {
+            return Err(Error::schema(
+                &inputs[0].path("predictions.parquet")?,
+                "label",
+                format!("no labelled rows to score ({unlabelled_rows} rows without a label)"),
+            ));
+        }
         let mut classifiers: Vec<ClassifierMetrics> = preds
             .iter()
             .zip(inputs)
@@ -295,6 +403,7 @@ impl Stage for Evaluate {
         let file = MetricsFile {
             label_names: label_names.clone(),
             n_rows: preds[0].len(),
+            unlabelled_rows,
             baseline: p.baseline.clone(),
             notes: p.notes.clone(),
             classifiers,
@@ -324,6 +433,12 @@ impl Stage for Evaluate {
             notes: Vec::new(),
             ..Default::default()
         };
+        if unlabelled_rows > 0 {
+            summary.notes.push(format!(
+                "{unlabelled_rows} rows without a label ignored (scored {})",
+                file.n_rows
+            ));
+        }
         for c in &file.classifiers {
             summary.notes.push(format!(
                 "{}: accuracy {:.4}, macro-F1 {:.4}",
@@ -355,7 +470,7 @@ fn in_order_of(first: &Predictions, pr: &Predictions) -> Predictions {
     out
 }
 
-/// Labels and predictions inside the label set, ids unique, something to score.
+/// Labels (or `UNLABELLED`) and predictions inside the label set, ids unique, some rows.
 fn validate(pr: &Predictions, path: &std::path::Path) -> Result<()> {
     if pr.is_empty() {
         return Err(Error::schema(path, "id", "no rows to evaluate"));
@@ -375,7 +490,8 @@ fn validate(pr: &Predictions, path: &std::path::Path) -> Result<()> {
             ));
         }
         for (field, v) in [("label", pr.labels[row]), ("pred", pr.preds[row])] {
-            if !(0..n).contains(&v) {
+            let allowed = (0..n).contains(&v) || (field == "label" && v == UNLABELLED);
+            if !allowed {
                 return Err(Error::row(
                     path,
                     row,

@@ -17,13 +17,24 @@ pub(crate) fn render(m: &MetricsFile, pngs: &[String]) -> String {
     if let Some(notes) = &m.notes {
         let _ = writeln!(r, "{}\n", notes.trim_end());
     }
-    let _ = writeln!(
-        r,
-        "{} test rows, {} classes: {}.\n",
-        m.n_rows,
-        m.label_names.len(),
-        m.label_names.join(", ")
-    );
+    if m.unlabelled_rows > 0 {
+        let _ = writeln!(
+            r,
+            "{} labelled test rows scored ({} rows without a label ignored), {} classes: {}.\n",
+            m.n_rows,
+            m.unlabelled_rows,
+            m.label_names.len(),
+            m.label_names.join(", ")
+        );
+    } else {
+        let _ = writeln!(
+            r,
+            "{} test rows, {} classes: {}.\n",
+            m.n_rows,
+            m.label_names.len(),
+            m.label_names.join(", ")
+        );
+    }
     summary_table(&mut r, m);
     let _ = writeln!(
         r,

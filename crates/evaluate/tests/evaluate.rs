@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use llmembed_core::{Input, Predictions, Stage};
+use llmembed_core::{Input, Predictions, Stage, UNLABELLED, write_predictions};
 use llmembed_evaluate::{
     Evaluate, EvaluateParams, MetricsFile, accuracy_and_macro_f1, confusion_matrix,
     scores_from_confusion,
@@ -393,5 +393,147 @@ fn inputs_must_cover_same_rows_and_labels() {
     assert!(
         e.contains("stage `f` has no output `predictions.parquet`"),
         "{e}"
+    );
+}
+
+/// `p` with rows `new-0..new-{n}` appended: no label, predicted class `i % classes` with
+/// probability 0.75.
+fn with_unlabelled_rows(p: &Predictions, n: usize) -> Predictions {
+    let mut out = p.clone();
+    let c = p.num_classes();
+    for i in 0..n {
+        out.ids.push(format!("new-{i}"));
+        out.labels.push(UNLABELLED);
+        out.preds.push((i % c) as i64);
+        let rest = 0.25 / (c - 1) as f32;
+        out.probs
+            .extend((0..c).map(|j| if j == i % c { 0.75 } else { rest }));
+    }
+    out
+}
+
+#[test]
+fn unlabelled_rows_are_ignored_said_so_and_written_when_asked() {
+    let r = reference();
+    let labelled_base = ref_predictions(&r, "logreg");
+    let mut zero = ref_predictions(&r, "zero");
+    zero.preds = vec![0; zero.len()];
+    zero.probs = (0..zero.len())
+        .flat_map(|_| (0..r.label_names.len()).map(|c| if c == 0 { 1.0 } else { 0.0 }))
+        .collect();
+    let params = EvaluateParams {
+        baseline: Some("logreg".into()),
+        ..Default::default()
+    };
+    // The same classifiers, without and with 3 unlabelled rows (given in another order).
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain_inputs = [
+        input(plain_dir.path(), "a", &labelled_base),
+        input(plain_dir.path(), "b", &zero),
+    ];
+    let plain = run(&params, &plain_inputs, plain_dir.path()).unwrap();
+    let mixed_dir = tempfile::tempdir().unwrap();
+    let mut mixed_zero = with_unlabelled_rows(&zero, 3);
+    mixed_zero.ids.rotate_left(2);
+    mixed_zero.labels.rotate_left(2);
+    mixed_zero.preds.rotate_left(2);
+    let c = r.label_names.len();
+    mixed_zero.probs.rotate_left(2 * c);
+    let mut mixed_inputs = vec![
+        input(
+            mixed_dir.path(),
+            "a",
+            &with_unlabelled_rows(&labelled_base, 3),
+        ),
+        input(mixed_dir.path(), "b", &mixed_zero),
+    ];
+    // An unlabelled split of its own, as a classifier writes it (`predictions-new.parquet`).
+    let extra = with_unlabelled_rows(
+        &Predictions {
+            ids: vec![],
+            labels: vec![],
+            preds: vec![],
+            probs: vec![],
+            ..labelled_base.clone()
+        },
+        2,
+    );
+    let extra = Predictions {
+        ids: vec!["x-0".into(), "x-1".into()],
+        ..extra
+    };
+    write_predictions(&mixed_inputs[0].dir.join("predictions-new.parquet"), &extra).unwrap();
+    mixed_inputs[0].files.push("predictions-new.parquet".into());
+    let mixed = run(&params, &mixed_inputs, mixed_dir.path()).unwrap();
+
+    let read = |dir: &Path| -> MetricsFile {
+        serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap()
+    };
+    let (p, mut m) = (read(&plain), read(&mixed));
+    assert_eq!(m.unlabelled_rows, 3);
+    assert_eq!(m.n_rows, r.y_true.len());
+    m.unlabelled_rows = 0;
+    // Every metric, interval and test as if the unlabelled rows were not there.
+    assert_eq!(m, p);
+    let plain_json = std::fs::read_to_string(plain.join("metrics.json")).unwrap();
+    assert!(!plain_json.contains("unlabelled"), "{plain_json}");
+    let report = std::fs::read_to_string(mixed.join("report.md")).unwrap();
+    let line = format!(
+        "{} labelled test rows scored (3 rows without a label ignored)",
+        r.y_true.len()
+    );
+    assert!(report.contains(&line), "{report}");
+    let plain_report = std::fs::read_to_string(plain.join("report.md")).unwrap();
+    assert!(!plain_report.contains("without a label"));
+    assert!(!mixed.join("unlabelled.jsonl").exists());
+
+    // Asked for: their predictions, each classifier's, the other split's too.
+    let asked = EvaluateParams {
+        write_unlabelled: true,
+        ..params.clone()
+    };
+    let out = run(&asked, &mixed_inputs, &mixed_dir.path().join("asked")).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("unlabelled.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3 + 2 + 3, "{lines:?}");
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"classifier": "logreg", "split": "test", "id": "new-1",
+                           "pred": r.label_names[1], "probability": 0.75})
+    );
+    assert_eq!(lines[3]["split"], "new");
+    assert_eq!(lines[3]["id"], "x-0");
+    assert_eq!(lines[5]["classifier"], "zero");
+    // The same scores whether or not the file is asked for.
+    assert_eq!(
+        std::fs::read(out.join("metrics.json")).unwrap(),
+        std::fs::read(mixed.join("metrics.json")).unwrap()
+    );
+
+    // Nothing labelled: nothing to score, said clearly.
+    let none_dir = tempfile::tempdir().unwrap();
+    let only_new = with_unlabelled_rows(
+        &Predictions {
+            ids: vec![],
+            labels: vec![],
+            preds: vec![],
+            probs: vec![],
+            ..labelled_base.clone()
+        },
+        4,
+    );
+    let err = run(
+        &EvaluateParams::default(),
+        &[input(none_dir.path(), "a", &only_new)],
+        none_dir.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no labelled rows to score (4 rows without a label)"),
+        "{err}"
     );
 }

@@ -7,11 +7,16 @@
 //!   arithmetic is the `llmembed-kernels` crate's.
 //! * Sources (`source/`): presets pinned to PyPI packages + sha256, PyPI, hub cache, local.
 //! * The store (`store.rs`): per model fingerprint, shards of text-hash -> vectors, so that texts
-//!   are embedded once and interrupted runs resume byte-identically.
+//!   are embedded once and interrupted runs resume byte-identically; claims on its shards
+//!   (`claims.rs`) let several processes share one plan, and `progress.rs` shows them.
 
+mod apply;
+mod batch;
+mod claims;
 mod embedder;
 pub mod model;
 mod params;
+mod progress;
 mod source;
 mod stage;
 mod store;

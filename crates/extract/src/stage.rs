@@ -2,14 +2,17 @@
 //! plus `final_norm` / `pooler`), through the reusing, resumable store.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use llmembed_core::{
-    Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input, Layers, Result,
-    Stage, Summary, VectorColumn, read_text_table,
+    Apply, ApplyEnv, Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input,
+    Layers, Result, Stage, Summary, VectorColumn, read_text_table,
 };
-use rayon::prelude::*;
 
+use crate::apply::ExtractApply;
+use crate::batch::embed_shard;
+use crate::claims::{self, Attempt, Claimer};
 use crate::embedder::{Embedder, LoadSpec, Pooling, Tap};
 use crate::params::ExtractParams;
 use crate::source::{self};
@@ -176,34 +179,25 @@ impl Stage for Extract {
     }
 
     fn run(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
-        Self::check(p)?;
-        let splits = input_splits(inputs)?;
-        let resolved = source::resolve(&p.model, ctx.env, p.compute)?;
-        // Before the weights load; `taps_for` checks again against the loaded model.
-        if p.layers != Layers::All
-            && let Ok((arch, n)) = depth(&resolved.load)
-        {
-            check_depth(p, &arch, n)?;
-        }
-        let model = crate::model::load(&resolved.load)?;
-        let taps = taps_for(p, model.as_ref())?;
-        let hidden = model.hidden_size();
-        let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
-        let mut store = open_store(p, model.as_ref(), &resolved, &columns, ctx)?;
-        let texts = Texts::read(&splits)?;
-        let missing = texts.missing(&store);
-        let mut notes = vec![format!(
-            "reused {} of {} texts",
-            texts.unique.len() - missing.len(),
-            texts.unique.len()
-        )];
-        if !store.quarantined.is_empty() {
-            notes.push(format!(
-                "quarantined {} damaged store shard(s)",
-                store.quarantined.len()
-            ));
-        }
-        let embedded = embed_missing(model.as_ref(), &mut store, &texts, &missing, &taps, p, ctx)?;
+        let Prepared {
+            model,
+            taps,
+            columns,
+            mut store,
+            texts,
+            missing,
+            mut notes,
+        } = prepare(p, inputs, ctx)?;
+        let embedded = embed_missing(
+            model.as_ref(),
+            &mut store,
+            &texts,
+            &missing,
+            &taps,
+            p,
+            ctx,
+            true,
+        )?;
         notes.extend(embedded.notes);
         // The texts themselves are not needed past this point.
         let Texts {
@@ -222,6 +216,128 @@ impl Stage for Extract {
             details: vec![format!("model {}", model.describe())],
         })
     }
+
+    /// Embeds the store's shards that no other process holds, and returns.
+    fn share(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Option<Vec<String>>> {
+        let Prepared {
+            model,
+            taps,
+            mut store,
+            texts,
+            missing,
+            mut notes,
+            ..
+        } = prepare(p, inputs, ctx)?;
+        let embedded = embed_missing(
+            model.as_ref(),
+            &mut store,
+            &texts,
+            &missing,
+            &taps,
+            p,
+            ctx,
+            false,
+        )?;
+        notes.extend(embedded.notes);
+        Ok(Some(notes))
+    }
+
+    fn shared_progress(store_dir: &std::path::Path) -> Result<Vec<String>> {
+        crate::progress::lines(store_dir)
+    }
+
+    /// Loads the model once and opens the run's store: new texts are embedded exactly as `run`
+    /// embeds them (vectors never depend on the batch), texts the store holds are read from it,
+    /// and new ones are added to it.
+    fn applier(
+        p: &ExtractParams,
+        fitted: &Input,
+        env: &ApplyEnv,
+    ) -> Result<Option<Box<dyn Apply>>> {
+        Self::check(p)?;
+        let resolved = source::resolve(&p.model, &env.env, p.compute)?;
+        let model = crate::model::load(&resolved.load)?;
+        let taps = taps_for(p, model.as_ref())?;
+        let hidden = model.hidden_size();
+        let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
+        // The artifact must be what these params make: the same columns, in the same order.
+        let (_, split) = fitted.splits().into_iter().next().ok_or_else(|| {
+            Error::mismatch(
+                "load extract",
+                format!("stage `{}` wrote no split", fitted.stage_id),
+            )
+        })?;
+        let written = llmembed_core::table::embedding_columns(&split)?;
+        if written != columns {
+            return Err(Error::mismatch(
+                "load extract",
+                format!(
+                    "{} has columns {written:?}, but {} with these params gives {columns:?}",
+                    split.display(),
+                    model.describe()
+                ),
+            ));
+        }
+        let store = open_store(p, model.as_ref(), &resolved, &columns, &env.store_dir)?;
+        Ok(Some(Box::new(ExtractApply::new(
+            model,
+            taps,
+            columns,
+            p.clone(),
+            store,
+        ))))
+    }
+}
+
+/// What `run` and `share` start from: the model, its taps and columns, the store, the input's
+/// texts and those the store lacks, and the notes so far.
+struct Prepared {
+    model: Box<dyn Embedder>,
+    taps: Vec<Tap>,
+    columns: Vec<(String, usize)>,
+    store: Store,
+    texts: Texts,
+    missing: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepared> {
+    Extract::check(p)?;
+    let splits = input_splits(inputs)?;
+    let resolved = source::resolve(&p.model, ctx.env, p.compute)?;
+    // Before the weights load; `taps_for` checks again against the loaded model.
+    if p.layers != Layers::All
+        && let Ok((arch, n)) = depth(&resolved.load)
+    {
+        check_depth(p, &arch, n)?;
+    }
+    let model = crate::model::load(&resolved.load)?;
+    let taps = taps_for(p, model.as_ref())?;
+    let hidden = model.hidden_size();
+    let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
+    let store = open_store(p, model.as_ref(), &resolved, &columns, &ctx.store_dir)?;
+    let texts = Texts::read(&splits)?;
+    let missing = texts.missing(&store);
+    let mut notes = vec![format!(
+        "reused {} of {} texts",
+        texts.unique.len() - missing.len(),
+        texts.unique.len()
+    )];
+    if !store.quarantined.is_empty() {
+        notes.push(format!(
+            "quarantined {} damaged store shard(s)",
+            store.quarantined.len()
+        ));
+    }
+    Ok(Prepared {
+        model,
+        taps,
+        columns,
+        store,
+        texts,
+        missing,
+        notes,
+    })
 }
 
 /// The input's split files, in order.
@@ -250,7 +366,7 @@ fn open_store(
     model: &dyn Embedder,
     resolved: &source::Resolved,
     columns: &[(String, usize)],
-    ctx: &Context,
+    store_dir: &Path,
 ) -> Result<Store> {
     let about = serde_json::json!({
         "store_format": STORE_FORMAT,
@@ -262,7 +378,7 @@ fn open_store(
         "compute": p.compute,
     });
     let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
-    let store = Store::open(&ctx.store_dir, &fingerprint, &about, columns.to_vec())?;
+    let store = Store::open(store_dir, &fingerprint, &about, columns.to_vec())?;
     for (shard, moved, why) in &store.quarantined {
         // Always said, quiet or not: damage on disk is news the user must see.
         log::warn!(
@@ -343,7 +459,12 @@ struct Embedded {
 }
 
 /// Embeds the texts the store lacks, shard by shard as the store plans them (resuming an
-/// interrupted plan), writing each shard as it is done.
+/// interrupted plan), writing each shard as it is done. Shards are claimed first (see
+/// `claims.rs`), so that other processes on the same store share the plan: a shard another live
+/// process holds is skipped, and with `wait` waited for (its holder publishes it, or dies and it
+/// is taken over) until every shard is in the store; without `wait` (a worker that only helps),
+/// this returns once nothing is left to claim.
+#[allow(clippy::too_many_arguments)]
 fn embed_missing(
     model: &dyn Embedder,
     store: &mut Store,
@@ -352,11 +473,12 @@ fn embed_missing(
     taps: &[Tap],
     p: &ExtractParams,
     ctx: &Context,
+    wait: bool,
 ) -> Result<Embedded> {
     let mut notes = Vec::new();
     let plan = store.plan(missing, p.shard_rows)?;
-    if plan.first > 0 {
-        let msg = format!("resuming: {} of {} shards done", plan.first, plan.total);
+    if plan.done > 0 {
+        let msg = format!("resuming: {} of {} shards done", plan.done, plan.total);
         if !ctx.env.quiet {
             log::info!("  {msg}");
         }
@@ -368,32 +490,96 @@ fn embed_missing(
         .filter(|(h, _)| !store.index.contains_key(h))
         .map(|(h, t)| (h.as_str(), t.as_str()))
         .collect();
+    let mut claimer = Claimer::new(&store.dir)?;
     let bar = ctx.progress(missing.len() as u64, "extract");
     let started = Instant::now();
     let mut tokens_done = 0usize;
     let mut truncated_now = 0usize;
-    for (j, shard) in plan.remaining.into_iter().enumerate() {
-        let shard_texts: Vec<&str> = shard.iter().map(|h| text_by_hash[h.as_str()]).collect();
-        let (cols, truncated, ntok) = embed_shard(model, &shard_texts, taps, p)?;
-        truncated_now += truncated.iter().filter(|&&t| t).count();
-        tokens_done += ntok;
-        let n = shard.len();
-        store.write_shard(&plan.id, plan.first + j, shard, truncated, cols)?;
-        bar.inc(n as u64);
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
+    let (mut texts_now, mut shards_now, mut by_others) = (0usize, 0usize, 0usize);
+    let mut pending = plan.remaining;
+    let poll = Duration::from_millis(500);
+    loop {
+        let mut busy = Vec::new();
+        for (index, shard) in pending {
+            if store.adopt_shard(&plan.id, index)? {
+                by_others += 1;
+                bar.inc(shard.len() as u64);
+                continue;
+            }
+            let claim = match claimer.try_claim(&plan.id, index, shard.len())? {
+                Attempt::Claimed(c) => c,
+                Attempt::Busy => {
+                    busy.push((index, shard));
+                    continue;
+                }
+            };
+            // Published meanwhile by a holder that released it just before this claim.
+            if store.adopt_shard(&plan.id, index)? {
+                drop(claim);
+                by_others += 1;
+                bar.inc(shard.len() as u64);
+                continue;
+            }
+            let shard_texts: Vec<&str> = shard.iter().map(|h| text_by_hash[h.as_str()]).collect();
+            let (cols, truncated, ntok) = embed_shard(model, &shard_texts, taps, p)?;
+            truncated_now += truncated.iter().filter(|&&t| t).count();
+            tokens_done += ntok;
+            let n = shard.len();
+            store.write_shard(&plan.id, index, shard, truncated, cols)?;
+            // Counted by the cluster tests (`RUST_LOG=llmembed_extract=debug`).
+            log::debug!("extract: published shard {index} of plan {}", plan.id);
+            claimer.add_embedded(n);
+            drop(claim);
+            texts_now += n;
+            shards_now += 1;
+            bar.inc(n as u64);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{:.0} tok/s", tokens_done as f64 / secs));
+        }
+        if busy.is_empty() {
+            claims::remove_leftovers(&store.dir, &plan.id);
+            break;
+        }
+        if !wait {
+            notes.push(format!(
+                "left {} shard(s) to the processes that hold them",
+                busy.len()
+            ));
+            break;
+        }
+        std::thread::sleep(poll);
+        pending = busy;
     }
     bar.finish();
-    if !missing.is_empty() {
+    if by_others > 0 {
+        notes.push(format!(
+            "{by_others} of {} shards embedded by other processes",
+            plan.total - plan.done
+        ));
+    }
+    if claimer.taken_over > 0 {
+        notes.push(format!(
+            "took over {} shard(s) from processes that stopped",
+            claimer.taken_over
+        ));
+    }
+    if texts_now > 0 {
         let secs = started.elapsed().as_secs_f64();
         notes.push(format!(
             "embedded {} texts ({} tokens) in {:.1}s: {:.1} texts/s, {:.0} tokens/s",
-            missing.len(),
+            texts_now,
             tokens_done,
             secs,
-            missing.len() as f64 / secs.max(1e-9),
+            texts_now as f64 / secs.max(1e-9),
             tokens_done as f64 / secs.max(1e-9)
         ));
+    }
+    // One line per process that a test (or a person reading Slurm logs) can count.
+    if !wait || by_others > 0 || claimer.taken_over > 0 {
+        log::info!(
+            "  extract: computed {shards_now} shard(s) ({texts_now} texts) of plan {} in this process",
+            plan.id
+        );
     }
     Ok(Embedded {
         notes,
@@ -446,75 +632,4 @@ fn assemble(
         writer.finish()?;
     }
     Ok(truncated_rows)
-}
-
-/// Tokenizes a shard's texts, sorts them by length, batches them under the token budget, embeds
-/// and returns per tap the vectors in the shard's order, the truncation flags and the token count.
-fn embed_shard(
-    model: &dyn Embedder,
-    texts: &[&str],
-    taps: &[Tap],
-    p: &ExtractParams,
-) -> Result<(Vec<Vec<f32>>, Vec<bool>, usize)> {
-    let hidden = model.hidden_size();
-    let mut ids = Vec::with_capacity(texts.len());
-    let mut truncated = Vec::with_capacity(texts.len());
-    for t in texts {
-        let (i, tr) = model.tokenize(t, p.max_tokens)?;
-        ids.push(i);
-        truncated.push(tr);
-    }
-    let ntok = ids.iter().map(Vec::len).sum();
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| (ids[i].len(), i));
-    let mut out: Vec<Vec<f32>> = taps
-        .iter()
-        .map(|_| vec![0f32; texts.len() * hidden])
-        .collect();
-    // Batches: runs of the sorted texts whose size, texts x the longest one's tokens (the
-    // longest is the last: they are sorted), stays under the token budget.
-    let mut batches = Vec::new();
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && (end + 1 - start) * ids[order[end]].len() <= p.batch_tokens {
-            end += 1;
-        }
-        batches.push(start..end);
-        start = end;
-    }
-    // Batches run side by side, one per worker thread: each batch's own parallel steps then
-    // run on its thread, with no fork or join between them, and a thread helps another's batch
-    // only when it has none left. A text's vectors do not depend on its batch or on the
-    // thread that runs it.
-    let pooled: Vec<Vec<Vec<f32>>> = batches
-        .par_iter()
-        .map(|range| {
-            let batch: Vec<&[u32]> = order[range.clone()]
-                .iter()
-                .map(|&i| ids[i].as_slice())
-                .collect();
-            model.embed(&batch, taps, p.pooling)
-        })
-        .collect::<Result<_>>()?;
-    for (range, pooled) in batches.iter().zip(pooled) {
-        let n = range.len();
-        for (t, vals) in pooled.iter().enumerate() {
-            if vals.len() != n * hidden {
-                return Err(Error::compute(
-                    "embed batch",
-                    format!(
-                        "tap {:?}: {} values for {n} texts x {hidden}",
-                        taps[t],
-                        vals.len(),
-                    ),
-                ));
-            }
-            for (b, &i) in order[range.clone()].iter().enumerate() {
-                out[t][i * hidden..(i + 1) * hidden]
-                    .copy_from_slice(&vals[b * hidden..(b + 1) * hidden]);
-            }
-        }
-    }
-    Ok((out, truncated, ntok))
 }

@@ -51,14 +51,30 @@ pub(crate) struct Store {
 /// The shards still to write for the missing texts.
 pub(crate) struct Plan {
     pub id: String,
-    /// Index of the first shard to write (shards before it are done).
-    pub first: usize,
+    /// Shards of the plan already in the store.
+    pub done: usize,
     pub total: usize,
-    /// Text hashes of each remaining shard, in order.
-    pub remaining: Vec<Vec<String>>,
+    /// Index and text hashes of each remaining shard, in order.
+    pub remaining: Vec<(usize, Vec<String>)>,
 }
 
 const TRUNCATION_LABELS: [&str; 2] = ["complete", "truncated"];
+
+/// A temporary file untouched for this long is a dead writer's, whoever wrote it.
+const TEMP_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|a| a > age)
+}
+
+/// Shard `index` of plan `plan`: its file name.
+pub(crate) fn shard_name(plan: &str, index: usize) -> String {
+    format!("{plan}-{index:05}.parquet")
+}
 
 fn digest(hashes: &[String]) -> String {
     let mut h = blake3::Hasher::new();
@@ -92,8 +108,11 @@ impl Store {
             if name.starts_with('.') {
                 // A temporary file of a writer that was killed: remove it when its process is
                 // gone (a live one belongs to a concurrent run).
+                // The pid is only this host's: on a shared filesystem the writer may be another
+                // machine's process, so the file must also be older than any shard write takes.
                 if let Some(pid) = fsutil::temp_owner(&name)
                     && !fsutil::pid_alive(pid)
+                    && older_than(&entry.path(), TEMP_MAX_AGE)
                 {
                     let _ = fs::remove_file(entry.path());
                 }
@@ -140,7 +159,9 @@ impl Store {
     }
 
     /// Cuts `missing` (text hashes in order) into shards of `shard_rows`, continuing an earlier
-    /// plan when `missing` is exactly its unfinished tail.
+    /// plan when `missing` is exactly the texts of some of its shards, in order (the shards
+    /// not done yet: an interrupted run's tail, or the shards other processes have not
+    /// published yet). Processes that plan the same missing texts get the same plan.
     pub fn plan(&self, missing: &[String], shard_rows: usize) -> Result<Plan> {
         let chunks: Vec<Vec<String>> = missing.chunks(shard_rows).map(|c| c.to_vec()).collect();
         let digests: Vec<String> = chunks.iter().map(|c| digest(c)).collect();
@@ -171,14 +192,13 @@ impl Store {
                 if rows != shard_rows || planned.len() < digests.len() {
                     continue;
                 }
-                let first = planned.len() - digests.len();
-                if planned[first..] == digests[..] {
+                if let Some(remaining) = match_plan(&planned, missing, shard_rows) {
                     let id = v["id"].as_str().unwrap_or_default().to_string();
                     return Ok(Plan {
                         id,
-                        first,
+                        done: planned.len() - remaining.len(),
                         total: planned.len(),
-                        remaining: chunks,
+                        remaining,
                     });
                 }
             }
@@ -188,17 +208,42 @@ impl Store {
             let plan = serde_json::json!({
                 "id": id, "shard_rows": shard_rows, "shards": digests,
             });
-            write_bytes_atomic(
-                &self.dir.join(format!("plan-{id}.json")),
-                format!("{plan}\n").as_bytes(),
-            )?;
+            let path = self.dir.join(format!("plan-{id}.json"));
+            // Processes planning together write the same bytes: the first one's stays.
+            if !path.exists() {
+                write_bytes_atomic(&path, format!("{plan}\n").as_bytes())?;
+            }
         }
         Ok(Plan {
             id,
-            first: 0,
+            done: 0,
             total: chunks.len(),
-            remaining: chunks,
+            remaining: chunks.into_iter().enumerate().collect(),
         })
+    }
+
+    /// Indexes shard `index` of `plan` if another process has published it, after checking it
+    /// in full. True when it is (now) in the index.
+    pub fn adopt_shard(&mut self, plan: &str, index: usize) -> Result<bool> {
+        let path = self.dir.join(shard_name(plan, index));
+        if self.shards.contains(&path) {
+            return Ok(true);
+        }
+        if !path.exists() {
+            return Ok(false);
+        }
+        match verify_checksummed(&path).and_then(|()| {
+            read_embedding_table(&path, Some(&[] as &[&str])).map_err(|e| e.to_string())
+        }) {
+            Ok(t) => {
+                self.add(path, &t.ids, &t.labels);
+                Ok(true)
+            }
+            Err(why) => Err(Error::compute(
+                "read a shard another process published",
+                format!("{}: {why}", path.display()),
+            )),
+        }
     }
 
     /// Writes one shard atomically and indexes it. `columns[i]` holds `hashes.len()` rows.
@@ -210,7 +255,7 @@ impl Store {
         truncated: Vec<bool>,
         columns: Vec<Vec<f32>>,
     ) -> Result<()> {
-        let path = self.dir.join(format!("{plan_id}-{index:05}.parquet"));
+        let path = self.dir.join(shard_name(plan_id, index));
         let labels: Vec<i64> = truncated.iter().map(|&t| t as i64).collect();
         let table = EmbeddingTable {
             ids: hashes,
@@ -248,6 +293,35 @@ impl Store {
     }
 }
 
+/// The shards of `planned` (their digests, cut every `shard_rows` texts) whose texts `missing`
+/// is, in order: `(index, hashes)` of each, or `None` when `missing` is not such a union. A
+/// planned shard whose texts are not next in `missing` counts as done.
+fn match_plan(
+    planned: &[String],
+    missing: &[String],
+    shard_rows: usize,
+) -> Option<Vec<(usize, Vec<String>)>> {
+    let mut pos = 0;
+    let mut out = Vec::new();
+    for (k, d) in planned.iter().enumerate() {
+        if pos == missing.len() {
+            break;
+        }
+        // Only the last shard may be shorter; it takes the rest.
+        let end = if k + 1 == planned.len() {
+            missing.len()
+        } else {
+            (pos + shard_rows).min(missing.len())
+        };
+        let chunk = &missing[pos..end];
+        if digest(chunk) == *d {
+            out.push((k, chunk.to_vec()));
+            pos = end;
+        }
+    }
+    (pos == missing.len() && !out.is_empty()).then_some(out)
+}
+
 /// Reads the vectors of texts in any order, keeping the last few shards it read: rows come in
 /// dataset order, which visits each shard's rows in runs.
 pub(crate) struct ShardReader<'a> {
@@ -282,5 +356,36 @@ impl ShardReader<'_> {
             }
         };
         Ok(&self.cache[pos].1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashes(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| blake3::hash(&[i as u8]).to_hex().to_string())
+            .collect()
+    }
+
+    /// Any subset of a plan's shards, in order, continues it (what concurrent processes see:
+    /// others' shards published out of order); anything else is not that plan.
+    #[test]
+    fn a_plan_continues_from_any_subset_of_its_shards() {
+        let all = hashes(23);
+        let planned: Vec<String> = all.chunks(5).map(digest).collect();
+        let shards: Vec<Vec<String>> = all.chunks(5).map(<[String]>::to_vec).collect();
+        let missing: Vec<String> = [1, 3, 4].iter().flat_map(|&k| shards[k].clone()).collect();
+        let got = match_plan(&planned, &missing, 5).unwrap();
+        assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(got[2].1, shards[4]);
+        assert_eq!(match_plan(&planned, &all, 5).unwrap().len(), 5);
+        // Part of a shard only, or texts in another order: not this plan.
+        assert!(match_plan(&planned, &all[2..], 5).is_none());
+        let mut swapped = missing.clone();
+        swapped.swap(0, 1);
+        assert!(match_plan(&planned, &swapped, 5).is_none());
+        assert!(match_plan(&planned, &[], 5).is_none());
     }
 }

@@ -5,7 +5,7 @@
 
 mod decoder_common;
 
-use decoder_common::{GEMMA3, ModelFile, SMOLLM2, locate};
+use decoder_common::{GEMMA3, ModelFile, QWEN25_CODER_05B, QWEN25_CODER_15B, SMOLLM2, locate};
 use llmembed_extract::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, load};
 
 const TEXTS: &[&str] = &[
@@ -106,6 +106,24 @@ fn gemma3_padding_invariant_and_deterministic() {
     check(m.as_ref(), "gemma3 f32");
 }
 
+#[test]
+fn qwen2_padding_invariant_and_deterministic() {
+    let Some(m) = open(&QWEN25_CODER_05B, ComputeDtype::F32) else {
+        return;
+    };
+    assert!(m.describe().starts_with("qwen2("), "{}", m.describe());
+    check(m.as_ref(), "qwen2.5-coder-0.5b f32");
+}
+
+#[test]
+fn qwen2_15b_padding_invariant_and_deterministic() {
+    let Some(m) = open(&QWEN25_CODER_15B, ComputeDtype::F32) else {
+        return;
+    };
+    assert!(m.describe().starts_with("qwen2("), "{}", m.describe());
+    check(m.as_ref(), "qwen2.5-coder-1.5b f32");
+}
+
 /// The bf16 products (AMX, AVX512-BF16 or the f32 fallback, whichever this CPU runs) keep every
 /// row to itself too.
 #[test]
@@ -113,6 +131,7 @@ fn bf16_padding_invariant_and_deterministic() {
     for (file, arch, label) in [
         (&SMOLLM2, "llama(", "smollm2 bf16"),
         (&GEMMA3, "gemma3(", "gemma3 bf16"),
+        (&QWEN25_CODER_05B, "qwen2(", "qwen2.5-coder-0.5b bf16"),
     ] {
         // Each model on its own: one missing model does not skip the other's check.
         let Some(m) = open(file, ComputeDtype::Bf16) else {
@@ -133,10 +152,16 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// `compute: bf16` against `compute: f32` directly, per model, every layer: mean-pooled vectors
 /// within cosine 0.9999, as README says (measured worst on AMD Zen 4, 2026-12-03: 0.99996
 /// SmolLM2); a single last token is noisier (measured worst 0.99986, Gemma-3's last layer for a
-/// three-token text), bar 0.9995.
+/// three-token text), bar 0.9995. Qwen2.5-Coder-0.5B's few very large residual dimensions make
+/// bf16 rounding show more (measured the same way: worst 0.99917 mean-pooled, 0.99993 last
+/// token): bars 0.998 (2x the measured 1 - cosine) and 0.999.
 #[test]
 fn bf16_stays_within_cosine_0_9999_of_f32() {
-    for (file, label) in [(&SMOLLM2, "smollm2"), (&GEMMA3, "gemma3")] {
+    for (file, label, mean_bar, last_bar) in [
+        (&SMOLLM2, "smollm2", 0.9999, 0.9995),
+        (&GEMMA3, "gemma3", 0.9999, 0.9995),
+        (&QWEN25_CODER_05B, "qwen2.5-coder-0.5b", 0.998, 0.999),
+    ] {
         let (Some(f32m), Some(bf16m)) = (
             open(file, ComputeDtype::F32),
             open(file, ComputeDtype::Bf16),
@@ -151,8 +176,8 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
             .collect();
         let batch: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
         let taps: Vec<Tap> = (0..=n).map(Tap::Layer).collect();
-        let mut worst = 1f64;
         for pooling in [Pooling::Mean, Pooling::Last] {
+            let mut worst = 1f64;
             let a = f32m.embed(&batch, &taps, pooling).unwrap();
             let b = bf16m.embed(&batch, &taps, pooling).unwrap();
             for k in 0..=n {
@@ -160,9 +185,9 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
                     let c = cosine(&a[k][i * h..(i + 1) * h], &b[k][i * h..(i + 1) * h]);
                     worst = worst.min(c);
                     let bar = if pooling == Pooling::Mean {
-                        0.9999
+                        mean_bar
                     } else {
-                        0.9995
+                        last_bar
                     };
                     assert!(
                         c >= bar,
@@ -170,7 +195,7 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
                     );
                 }
             }
+            println!("{label} {pooling:?}: worst bf16-vs-f32 cosine {worst:.7}");
         }
-        println!("{label}: worst bf16-vs-f32 cosine {worst:.7}");
     }
 }

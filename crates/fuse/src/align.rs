@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use llmembed_core::{Error, Input, Matrix, Result, read_embedding_table};
+use llmembed_core::{EmbeddingTable, Error, Input, Matrix, Result, read_embedding_table};
 
 use crate::select::Resolved;
 
@@ -16,7 +16,23 @@ pub(crate) struct Aligned {
     pub sources: Vec<Vec<Matrix>>,
 }
 
-/// The first input's file, ids, labels and label names: what the other inputs are matched to.
+impl Aligned {
+    /// The rows at `idx`, in that order.
+    pub fn select_rows(&self, idx: &[usize]) -> Aligned {
+        Aligned {
+            ids: idx.iter().map(|&i| self.ids[i].clone()).collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            label_names: self.label_names.clone(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| s.iter().map(|m| m.select_rows(idx)).collect())
+                .collect(),
+        }
+    }
+}
+
+/// The first input's name, ids, labels and label names: what the other inputs are matched to.
 type Base = (PathBuf, Vec<String>, Vec<i64>, Vec<String>);
 
 /// Reads one split of every input and reorders inputs 2.. to the ids of input 1.
@@ -25,9 +41,7 @@ pub(crate) fn load_aligned(
     inputs: &[Input],
     resolved: &[Resolved],
 ) -> Result<Aligned> {
-    let mut base: Option<Base> = None;
-    let mut base_index: HashMap<String, usize> = HashMap::new();
-    let mut sources: Vec<Vec<Matrix>> = Vec::with_capacity(inputs.len());
+    let mut tables = Vec::with_capacity(inputs.len());
     for (input, r) in inputs.iter().zip(resolved) {
         let path = input.split(split)?;
         let names: Vec<&str> = r.columns.iter().map(|(n, _)| n.as_str()).collect();
@@ -41,6 +55,57 @@ pub(crate) fn load_aligned(
                 ));
             }
         }
+        tables.push((path, table));
+    }
+    align(tables)
+}
+
+/// Rows in memory (`predict`, `serve`): each table's selected columns, in selection order, then
+/// the same matching as [`load_aligned`]. `names[i]` names input `i` in errors.
+pub(crate) fn align_rows(
+    tables: &[&EmbeddingTable],
+    names: &[String],
+    resolved: &[Resolved],
+) -> Result<Aligned> {
+    let mut selected = Vec::with_capacity(tables.len());
+    for ((table, name), r) in tables.iter().zip(names).zip(resolved) {
+        let path = PathBuf::from(name);
+        let mut columns = Vec::with_capacity(r.columns.len());
+        for (column, dim) in &r.columns {
+            let c = table.column(column).ok_or_else(|| {
+                Error::schema(
+                    &path,
+                    column,
+                    format!("missing (it has: {})", table.column_names().join(", ")),
+                )
+            })?;
+            if c.dim != *dim {
+                return Err(Error::schema(
+                    &path,
+                    column,
+                    format!("width {} here but {dim} when fitted", c.dim),
+                ));
+            }
+            columns.push(c.clone());
+        }
+        let table = EmbeddingTable {
+            ids: table.ids.clone(),
+            labels: table.labels.clone(),
+            label_names: table.label_names.clone(),
+            columns,
+        };
+        selected.push((path, table));
+    }
+    align(selected)
+}
+
+/// Matches the rows of tables 2.. to table 1's by id (see [`Aligned`]); each table comes with
+/// the path (or name) its errors give.
+fn align(tables: Vec<(PathBuf, EmbeddingTable)>) -> Result<Aligned> {
+    let mut base: Option<Base> = None;
+    let mut base_index: HashMap<String, usize> = HashMap::new();
+    let mut sources: Vec<Vec<Matrix>> = Vec::with_capacity(tables.len());
+    for (path, table) in tables {
         let index = index_ids(&path, &table.ids)?;
         if base.is_none() {
             base_index = index;

@@ -11,6 +11,7 @@
 
 mod align;
 mod fuse;
+mod model;
 mod ops;
 mod params;
 mod select;

@@ -17,23 +17,27 @@
 //! Why not `linfa-preprocessing`'s `TfIdfVectorizer`: it would pull in a sparse-matrix stack
 //! (`sprs`) and unicode-normalisation/encoding crates for what is ~150 lines here, its document
 //! frequency bounds are relative (not scikit-learn's absolute `min_df`), it has no sublinear tf
-//! and no row normalisation (both of which we would have to re-implement on its sparse output),
-//! and its output would have to be densified for the `EmbeddingTable` anyway. Matching
+//! and no row normalisation (both of which we would have to re-implement on its sparse output). Matching
 //! scikit-learn to 1e-6, which is what the baseline is compared against, is easier to guarantee
 //! with the algorithm spelled out here.
 //!
-//! Output: `train.parquet` / `test.parquet` (every split of the input) as `EmbeddingTable`s with
-//! one dense column `embedding` (width = vocabulary size; 2,000 rows x 20,000 terms is 160 MB of
-//! f32), and `vocabulary.json` (terms in column order with their idf and train df).
+//! Output: `train.parquet` / `test.parquet` (every split of the input) as `SparseTable`s (core)
+//! with one sparse column `embedding` (width = vocabulary size; a row keeps only its non-zero
+//! entries: 67,000 short texts take a few MB where a dense 20,000-wide table took 5 GB),
+//! `vocabulary.json` (the train split's size, terms in column order with their train df and idf)
+//! and `idf.safetensors` (`idf`, f32). [`Stage::applier`] loads the last two and maps new texts
+//! to the rows `run` would have written.
 
 use std::collections::HashMap;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use std::path::Path;
+
 use llmembed_core::{
-    Arity, Context, EmbeddingTable, Error, Input, Precision, Result, Stage, Summary, TextTable,
-    VectorColumn, read_text_table, write_embedding_table,
+    Apply, ApplyEnv, Arity, Context, Error, Input, Result, Rows, SavedTensors, SparseTable, Stage,
+    Summary, TextTable, read_text_table, write_sparse_table,
 };
 
 /// The `tfidf` stage kind.
@@ -110,12 +114,13 @@ impl Default for TfidfParams {
 const TOKEN_PATTERN: &str = r"\b\w\w+\b";
 
 /// A fitted vocabulary: terms in column order, their idf and train document frequency.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Vocabulary {
+    /// Train texts the vocabulary was fitted on (the `n` of idf).
+    pub n_train: usize,
     pub terms: Vec<String>,
     pub idf: Vec<f64>,
     pub df: Vec<usize>,
-    #[serde(skip)]
     index: HashMap<String, usize>,
 }
 
@@ -196,32 +201,19 @@ pub(crate) fn fit_vocabulary(p: &TfidfParams, texts: &[String]) -> Result<Vocabu
         ));
     }
     kept.sort_by(|a, b| a.0.cmp(&b.0));
-    let idf = kept
-        .iter()
-        .map(|(_, df, _)| ((1.0 + n as f64) / (1.0 + *df as f64)).ln() + 1.0)
-        .collect();
+    let idf = kept.iter().map(|(_, df, _)| idf_of(n, *df)).collect();
     let df = kept.iter().map(|(_, df, _)| *df).collect();
     let terms: Vec<String> = kept.into_iter().map(|(t, _, _)| t).collect();
-    let index = terms
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i))
-        .collect();
-    Ok(Vocabulary {
-        terms,
-        idf,
-        df,
-        index,
-    })
+    Ok(Vocabulary::new(n, terms, df, idf))
 }
 
-/// Dense, L2-normalised TF-IDF rows (`texts.len() x vocab.terms.len()`, row-major).
-pub(crate) fn transform(p: &TfidfParams, vocab: &Vocabulary, texts: &[String]) -> Vec<f32> {
+/// L2-normalised TF-IDF rows of `table`, sparse: each row's non-zero entries in column order.
+pub(crate) fn transform(p: &TfidfParams, vocab: &Vocabulary, table: &TextTable) -> SparseTable {
     let analyzer = Analyzer::new(p);
-    let dim = vocab.terms.len();
-    let mut out = vec![0f32; texts.len() * dim];
+    let mut out = SparseTable::new(COLUMN, vocab.terms.len(), table.label_names.clone());
     let mut row: Vec<(usize, f64)> = Vec::new();
-    for (r, text) in texts.iter().enumerate() {
+    let mut entries: Vec<(u32, f32)> = Vec::new();
+    for (r, text) in table.texts.iter().enumerate() {
         row.clear();
         for (term, c) in analyzer.counts(text) {
             if let Some(&j) = vocab.index.get(&term) {
@@ -233,20 +225,130 @@ pub(crate) fn transform(p: &TfidfParams, vocab: &Vocabulary, texts: &[String]) -
                 row.push((j, tf * vocab.idf[j]));
             }
         }
+        // Column order; the norm sums in that order too, so a row's bytes never depend on the
+        // hash map's iteration order.
+        row.sort_unstable_by_key(|&(j, _)| j);
         let norm = row.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
+        entries.clear();
         if norm > 0.0 {
-            let dst = &mut out[r * dim..(r + 1) * dim];
-            for &(j, v) in &row {
-                dst[j] = (v / norm) as f32;
-            }
+            entries.extend(row.iter().map(|&(j, v)| (j as u32, (v / norm) as f32)));
         }
+        out.push_row(table.ids[r].clone(), table.labels[r], &entries);
     }
     out
 }
 
+/// The vector column's name in the output tables.
+const COLUMN: &str = "embedding";
+
+/// What `vocabulary.json` holds: the train split's size and each term's df, in column order
+/// (idf is `idf.safetensors`, and in this file as f64 for reading by eye).
+#[derive(Serialize, Deserialize)]
+struct SavedVocabulary {
+    n_train: usize,
+    terms: Vec<String>,
+    df: Vec<usize>,
+    idf: Vec<f64>,
+}
+
+impl Vocabulary {
+    fn saved(&self) -> SavedVocabulary {
+        SavedVocabulary {
+            n_train: self.n_train,
+            terms: self.terms.clone(),
+            df: self.df.clone(),
+            idf: self.idf.clone(),
+        }
+    }
+
+    /// The vocabulary `run` saved into `dir`. idf is recomputed from `df` and `n_train` with the
+    /// formula of the fit (bit for bit what the fit used; JSON's decimal idf need not parse back
+    /// to the same f64), and checked against the saved f32 tensor.
+    fn load(vocab_path: &Path, idf_path: &Path) -> Result<Vocabulary> {
+        let saved: SavedVocabulary = llmembed_core::load_json(vocab_path)?;
+        if saved.df.len() != saved.terms.len() {
+            return Err(Error::mismatch(
+                "tfidf: load vocabulary",
+                format!(
+                    "{}: {} terms but {} document frequencies",
+                    vocab_path.display(),
+                    saved.terms.len(),
+                    saved.df.len()
+                ),
+            ));
+        }
+        let idf: Vec<f64> = saved
+            .df
+            .iter()
+            .map(|&df| idf_of(saved.n_train, df))
+            .collect();
+        let tensors = SavedTensors::load(idf_path)?;
+        let stored = tensors.get("idf", &[idf.len()])?;
+        if let Some(j) = (0..idf.len()).find(|&j| idf[j] as f32 != stored[j]) {
+            return Err(Error::mismatch(
+                "tfidf: load vocabulary",
+                format!(
+                    "{}: idf of `{}` is {} but {} says {} (df {}, {} train texts)",
+                    idf_path.display(),
+                    saved.terms[j],
+                    stored[j],
+                    vocab_path.display(),
+                    idf[j],
+                    saved.df[j],
+                    saved.n_train
+                ),
+            ));
+        }
+        Ok(Vocabulary::new(saved.n_train, saved.terms, saved.df, idf))
+    }
+
+    fn new(n_train: usize, terms: Vec<String>, df: Vec<usize>, idf: Vec<f64>) -> Vocabulary {
+        let index = terms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        Vocabulary {
+            n_train,
+            terms,
+            idf,
+            df,
+            index,
+        }
+    }
+}
+
+/// scikit-learn's smoothed idf.
+fn idf_of(n: usize, df: usize) -> f64 {
+    ((1.0 + n as f64) / (1.0 + df as f64)).ln() + 1.0
+}
+
+/// The fitted stage applied to new texts: their rows as `run` would have written them.
+struct TfidfApply {
+    params: TfidfParams,
+    vocab: Vocabulary,
+}
+
+impl Apply for TfidfApply {
+    fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
+        match inputs {
+            [Rows::Text(t)] => Ok(Rows::Sparse(transform(&self.params, &self.vocab, t))),
+            [other] => Err(Error::mismatch(
+                "tfidf: apply",
+                format!("expected text rows, got {} rows", other.kind()),
+            )),
+            _ => Err(Error::mismatch(
+                "tfidf: apply",
+                format!("expected 1 input, got {}", inputs.len()),
+            )),
+        }
+    }
+}
+
 impl Stage for Tfidf {
     const KIND: &'static str = "tfidf";
-    const VERSION: u32 = 1;
+    // 2: sparse output (`SparseTable`), `idf.safetensors`, `n_train` in `vocabulary.json`.
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::Exactly(1);
     type Params = TfidfParams;
 
@@ -272,9 +374,9 @@ impl Stage for Tfidf {
         let input = &inputs[0];
         let train = read_text_table(&input.split("train")?)?;
         let vocab = fit_vocabulary(p, &train.texts)?;
-        let json = serde_json::to_vec_pretty(&vocab)
-            .map_err(|e| Error::compute("serialize vocabulary.json", e))?;
-        llmembed_core::fsutil::write_bytes_atomic(&ctx.out("vocabulary.json"), &json)?;
+        llmembed_core::save_json(&ctx.out("vocabulary.json"), &vocab.saved())?;
+        let idf: Vec<f32> = vocab.idf.iter().map(|&v| v as f32).collect();
+        llmembed_core::save_tensors(&ctx.out("idf.safetensors"), &[("idf", &[idf.len()], &idf)])?;
 
         let mut summary = Summary::default();
         summary.notes.push(format!(
@@ -288,27 +390,24 @@ impl Stage for Tfidf {
             } else {
                 read_text_table(&path)?
             };
-            write_split(p, &vocab, &table, &ctx.out(&format!("{split}.parquet")))?;
+            let rows = transform(p, &vocab, &table);
+            write_sparse_table(&ctx.out(&format!("{split}.parquet")), &rows)?;
             summary.rows_out += table.len();
         }
         Ok(summary)
     }
-}
 
-fn write_split(
-    p: &TfidfParams,
-    vocab: &Vocabulary,
-    table: &TextTable,
-    path: &std::path::Path,
-) -> Result<()> {
-    let values = transform(p, vocab, &table.texts);
-    let out = EmbeddingTable {
-        ids: table.ids.clone(),
-        labels: table.labels.clone(),
-        label_names: table.label_names.clone(),
-        columns: vec![VectorColumn::new("embedding", vocab.terms.len(), values)],
-    };
-    write_embedding_table(path, &out, Precision::F32)
+    fn applier(p: &TfidfParams, fitted: &Input, _env: &ApplyEnv) -> Result<Option<Box<dyn Apply>>> {
+        Self::check(p)?;
+        let vocab = Vocabulary::load(
+            &fitted.path("vocabulary.json")?,
+            &fitted.path("idf.safetensors")?,
+        )?;
+        Ok(Some(Box::new(TfidfApply {
+            params: p.clone(),
+            vocab,
+        })))
+    }
 }
 
 #[cfg(test)]
@@ -350,7 +449,17 @@ mod tests {
         let idf_aa = 1.0; // ln(4/4) + 1
         let idf_bb = (4.0f64 / 2.0).ln() + 1.0;
         assert!((v.idf[0] - idf_aa).abs() < 1e-12 && (v.idf[1] - idf_bb).abs() < 1e-12);
-        let x = transform(&p, &v, &texts);
+        let n = texts.len();
+        let table = TextTable::new(
+            (0..n).map(|i| i.to_string()).collect(),
+            texts.clone(),
+            vec![0; n],
+            vec!["x".into()],
+        );
+        let rows = transform(&p, &v, &table);
+        // "aa" alone: one entry; every row's indices in column order.
+        assert_eq!(rows.row(2), (&[0u32][..], &[1.0f32][..]));
+        let x: Vec<f32> = (0..n).flat_map(|i| rows.dense_row(i)).collect();
         let norm = (idf_aa * idf_aa + idf_bb * idf_bb).sqrt();
         let expect = [
             idf_aa / norm,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use llmembed_core::{Input, TextTable, read_embedding_table, write_text_table};
+use llmembed_core::{ApplyEnv, Input, Rows, Stage, TextTable, read_sparse_table, write_text_table};
 use llmembed_fuse::{Tfidf, TfidfParams};
 
 fn text_input(root: &std::path::Path, splits: &[(&str, &TextTable)]) -> Input {
@@ -74,15 +74,15 @@ fn matches_scikit_learn_tfidf_vectorizer() {
             );
         }
         for (split, key) in [("train", "train_matrix"), ("test", "test_matrix")] {
-            let t = read_embedding_table(&out.join(format!("{split}.parquet")), None).unwrap();
-            let e = &t.columns[0];
+            let t = read_sparse_table(&out.join(format!("{split}.parquet"))).unwrap();
             let want = case[key].as_array().unwrap();
-            assert_eq!(e.rows(), want.len());
+            assert_eq!(t.len(), want.len());
             for (r, wrow) in want.iter().enumerate() {
                 let wrow = wrow.as_array().unwrap();
-                assert_eq!(e.dim, wrow.len(), "{name}: width");
+                assert_eq!(t.dim, wrow.len(), "{name}: width");
+                let dense = t.dense_row(r);
                 for (j, w) in wrow.iter().enumerate() {
-                    let (g, w) = (f64::from(e.row(r)[j]), w.as_f64().unwrap());
+                    let (g, w) = (f64::from(dense[j]), w.as_f64().unwrap());
                     assert!(
                         (g - w).abs() < 1e-6,
                         "{name} {split} row {r} col {j}: {g} vs {w}"
@@ -122,27 +122,92 @@ fn ag_news_rows_are_unit_length_and_use_the_train_vocabulary() {
             .iter()
             .all(|d| d.as_u64().unwrap() >= 2)
     );
-    let tr_out = read_embedding_table(&out.join("train.parquet"), None).unwrap();
-    let te_out = read_embedding_table(&out.join("test.parquet"), None).unwrap();
+    let tr_out = read_sparse_table(&out.join("train.parquet")).unwrap();
+    let te_out = read_sparse_table(&out.join("test.parquet")).unwrap();
     assert_eq!(tr_out.ids, train.ids);
     assert_eq!(te_out.labels, test.labels);
     assert_eq!(tr_out.label_names, label_names());
     for t in [&tr_out, &te_out] {
-        let e = &t.columns[0];
-        assert_eq!(e.dim, 1000);
-        for r in 0..e.rows() {
-            let n: f64 = e.row(r).iter().map(|&v| f64::from(v).powi(2)).sum();
+        assert_eq!(t.dim, 1000);
+        for r in 0..t.len() {
+            let (idx, val) = t.row(r);
+            let n: f64 = val.iter().map(|&v| f64::from(v).powi(2)).sum();
             // Every news text shares some frequent term with the train vocabulary.
             assert!((n - 1.0).abs() < 1e-5, "row {r}: squared norm {n}");
-            assert!(e.row(r).iter().all(|&v| v >= 0.0));
+            assert!(
+                val.iter().all(|&v| v > 0.0),
+                "row {r}: only non-zero entries"
+            );
+            assert!(idx.windows(2).all(|w| w[0] < w[1]), "row {r}: column order");
         }
     }
+    // Sparse: a news text has tens of the 1,000 terms, not all of them.
+    assert!(
+        tr_out.nnz() < 100 * tr_out.len(),
+        "{} entries",
+        tr_out.nnz()
+    );
     // Deterministic: same bytes twice.
-    let (again, _) = run_stage::<Tfidf>(dir.path(), "o2", &p, &[input]).unwrap();
+    let (again, _) =
+        run_stage::<Tfidf>(dir.path(), "o2", &p, std::slice::from_ref(&input)).unwrap();
     llmembed_testkit::assert_same_output_bytes(
         &out,
         &again,
-        &["train.parquet", "test.parquet", "vocabulary.json"],
+        &[
+            "train.parquet",
+            "test.parquet",
+            "vocabulary.json",
+            "idf.safetensors",
+        ],
+    );
+
+    // The applier, loaded from the artifact alone, gives the test texts exactly the rows `run`
+    // wrote for them (ids, labels, indices and f32 values bit for bit).
+    let fitted = Input {
+        stage_id: "tfidf".into(),
+        dir: out.clone(),
+        files: [
+            "train.parquet",
+            "test.parquet",
+            "vocabulary.json",
+            "idf.safetensors",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let env = ApplyEnv {
+        env: llmembed_testkit::stage_env(0),
+        store_dir: dir.path().join("store"),
+    };
+    let applier = Tfidf::applier(&p, &fitted, &env)
+        .unwrap()
+        .expect("tfidf applies");
+    match applier.apply(&[Rows::Text(test.clone())]).unwrap() {
+        Rows::Sparse(rows) => assert_eq!(rows, te_out),
+        other => panic!("expected sparse rows, got {}", other.kind()),
+    }
+    let err = applier
+        .apply(&[Rows::Sparse(te_out.clone())])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("expected text rows, got sparse rows"), "{err}");
+    // A vocabulary whose idf does not match its tensor is refused, naming the term.
+    let json = std::fs::read_to_string(out.join("vocabulary.json")).unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["n_train"] = serde_json::json!(301);
+    std::fs::write(broken.join("vocabulary.json"), v.to_string()).unwrap();
+    std::fs::copy(out.join("idf.safetensors"), broken.join("idf.safetensors")).unwrap();
+    let bad = Input {
+        dir: broken,
+        ..fitted
+    };
+    let err = Tfidf::applier(&p, &bad, &env).err().unwrap().to_string();
+    assert!(
+        err.contains("idf of `") && err.contains("301 train texts"),
+        "{err}"
     );
 }
 

@@ -217,3 +217,5 @@ mod folds;
 mod layer_sweep;
 mod logreg;
 mod mlp;
+mod saved;
+mod sparse;

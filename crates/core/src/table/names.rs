@@ -24,9 +24,51 @@ pub fn augmented_source(id: &str) -> Option<&str> {
     (!source.is_empty() && !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())).then_some(source)
 }
 
+/// The predictions file a classifier writes for `split`: `predictions.parquet` for the test split
+/// (what `ensemble` and `evaluate` score), `predictions-<split>.parquet` for any other split
+/// besides train (an unlabelled split, say).
+pub fn predictions_file(split: &str) -> String {
+    if split == "test" {
+        "predictions.parquet".to_string()
+    } else {
+        format!("predictions-{split}.parquet")
+    }
+}
+
+/// The split of a [`predictions_file`] name; `None` for any other file.
+pub fn parse_predictions_file(name: &str) -> Option<&str> {
+    if name == "predictions.parquet" {
+        return Some("test");
+    }
+    let split = name
+        .strip_prefix("predictions-")?
+        .strip_suffix(".parquet")?;
+    (!split.is_empty() && split != "test").then_some(split)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predictions_files_round_trip() {
+        for split in ["test", "unlabelled", "dev"] {
+            assert_eq!(
+                parse_predictions_file(&predictions_file(split)),
+                Some(split)
+            );
+        }
+        assert_eq!(predictions_file("test"), "predictions.parquet");
+        assert_eq!(predictions_file("new"), "predictions-new.parquet");
+        for other in [
+            "predictions-.parquet",
+            "predictions-test.parquet",
+            "model.json",
+            "test.parquet",
+        ] {
+            assert_eq!(parse_predictions_file(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn layer_columns_round_trip_and_other_columns_are_not_layers() {

@@ -14,12 +14,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::types::*;
 use crate::error::{Error, Result};
 
-struct Loaded {
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
+pub(super) struct Loaded {
+    pub(super) schema: SchemaRef,
+    pub(super) batches: Vec<RecordBatch>,
 }
 
-fn load(path: &Path, columns: Option<&[&str]>) -> Result<Loaded> {
+pub(super) fn load(path: &Path, columns: Option<&[&str]>) -> Result<Loaded> {
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::parquet("read", path, e))?;
@@ -49,7 +49,7 @@ fn load(path: &Path, columns: Option<&[&str]>) -> Result<Loaded> {
     Ok(Loaded { schema, batches })
 }
 
-fn label_names_of(path: &Path, schema: &Schema) -> Result<Vec<String>> {
+pub(super) fn label_names_of(path: &Path, schema: &Schema) -> Result<Vec<String>> {
     let raw = schema
         .metadata()
         .get(LABEL_NAMES_KEY)
@@ -58,7 +58,7 @@ fn label_names_of(path: &Path, schema: &Schema) -> Result<Vec<String>> {
         .map_err(|e| Error::schema(path, "label", format!("bad `{LABEL_NAMES_KEY}`: {e}")))
 }
 
-fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+pub(super) fn column<'a>(path: &Path, batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch
         .column_by_name(name)
         .ok_or_else(|| Error::schema(path, name, "missing"))
@@ -76,7 +76,11 @@ fn strings(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<Optio
     Ok(out)
 }
 
-fn required_strings(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<String>> {
+pub(super) fn required_strings(
+    path: &Path,
+    batches: &[RecordBatch],
+    name: &str,
+) -> Result<Vec<String>> {
     strings(path, batches, name)?
         .into_iter()
         .enumerate()
@@ -84,7 +88,7 @@ fn required_strings(path: &Path, batches: &[RecordBatch], name: &str) -> Result<
         .collect()
 }
 
-fn int64s(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<i64>> {
+pub(super) fn int64s(path: &Path, batches: &[RecordBatch], name: &str) -> Result<Vec<i64>> {
     let mut out = Vec::new();
     for batch in batches {
         let arr = column(path, batch, name)?
@@ -222,4 +226,76 @@ pub fn read_predictions(path: &Path) -> Result<Predictions> {
             .cloned()
             .unwrap_or_default(),
     })
+}
+
+/// Reads an embedding file `rows` rows at a time (the chosen vector columns, `id` and `label`),
+/// calling `each` on every chunk in order: what a stage that works row by row uses to keep one
+/// chunk of a large table in memory rather than all of it.
+pub fn for_each_embedding_chunk(
+    path: &Path,
+    columns: &[&str],
+    rows: usize,
+    mut each: impl FnMut(EmbeddingTable) -> Result<()>,
+) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet("read", path, e))?;
+    let schema = builder.schema().clone();
+    let label_names = label_names_of(path, &schema)?;
+    let mut wanted = vec!["id", "label"];
+    wanted.extend_from_slice(columns);
+    let mut indices = Vec::new();
+    for name in &wanted {
+        indices.push(
+            schema
+                .index_of(name)
+                .map_err(|_| Error::schema(path, name, "missing"))?,
+        );
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(rows.max(1))
+        .build()
+        .map_err(|e| Error::parquet("read", path, e))?;
+    let mut first_row = 0usize;
+    for batch in reader {
+        let batch = [batch.map_err(|e| Error::parquet("read", path, e))?];
+        let n = batch[0].num_rows();
+        // Row numbers in errors count from the start of the file.
+        let at = |e: Error| match e {
+            Error::Row {
+                path,
+                row,
+                field,
+                message,
+            } => Error::Row {
+                path,
+                row: row + first_row,
+                field,
+                message,
+            },
+            other => other,
+        };
+        let mut cols = Vec::with_capacity(columns.len());
+        for name in columns {
+            cols.push(vectors(path, &batch, name)?);
+        }
+        each(EmbeddingTable {
+            ids: required_strings(path, &batch, "id").map_err(at)?,
+            labels: int64s(path, &batch, "label").map_err(at)?,
+            label_names: label_names.clone(),
+            columns: cols,
+        })?;
+        first_row += n;
+    }
+    Ok(())
+}
+
+/// Rows of a table file, from its footer (no data read).
+pub fn table_rows(path: &Path) -> Result<usize> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::parquet("read", path, e))?;
+    Ok(builder.metadata().file_metadata().num_rows() as usize)
 }

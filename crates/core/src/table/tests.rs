@@ -87,3 +87,42 @@ fn missing_column_names_file_and_column() {
         "{msg}"
     );
 }
+
+#[test]
+fn sparse_tables_round_trip_and_bad_rows_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.parquet");
+    let mut t = SparseTable::new("embedding", 5, names());
+    t.push_row("a".into(), 0, &[(1, 0.5), (4, -2.0)]);
+    t.push_row("b".into(), 1, &[]);
+    t.push_row("c".into(), 1, &[(0, 1.0)]);
+    write_sparse_table(&path, &t).unwrap();
+    assert_eq!(sparse_column(&path).unwrap(), Some(("embedding".into(), 5)));
+    let back = read_sparse_table(&path).unwrap();
+    assert_eq!(back, t);
+    assert_eq!(back.dense_row(0), vec![0.0, 0.5, 0.0, 0.0, -2.0]);
+    assert_eq!(back.row(1), (&[][..], &[][..]));
+    // A dense embedding file has no sparse column, and reading it as sparse says so.
+    let dense = dir.path().join("d.parquet");
+    let e = EmbeddingTable {
+        ids: vec!["x".into()],
+        labels: vec![0],
+        label_names: names(),
+        columns: vec![VectorColumn::new("embedding", 2, vec![1.0, 2.0])],
+    };
+    write_embedding_table(&dense, &e, Precision::F32).unwrap();
+    assert_eq!(sparse_column(&dense).unwrap(), None);
+    let err = read_sparse_table(&dense).unwrap_err().to_string();
+    assert!(err.contains("no sparse vector column"), "{err}");
+    // An index past the width is refused, naming the row.
+    let mut bad = SparseTable::new("embedding", 3, names());
+    bad.push_row("a".into(), 0, &[(0, 1.0)]);
+    bad.push_row("b".into(), 0, &[(1, 1.0), (3, 1.0)]);
+    let err = write_sparse_table(&dir.path().join("bad.parquet"), &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("row 1") && err.contains("index 3 outside the width 3"),
+        "{err}"
+    );
+}

@@ -17,7 +17,7 @@ use super::types::*;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
-fn writer_props() -> WriterProperties {
+pub(super) fn writer_props() -> WriterProperties {
     // Snappy: cheap to decode, and embeddings do not compress much anyway. A fixed
     // `created_by` keeps the bytes identical across parquet crate patch releases.
     WriterProperties::builder()
@@ -26,7 +26,7 @@ fn writer_props() -> WriterProperties {
         .build()
 }
 
-fn schema_with_labels(
+pub(super) fn schema_with_labels(
     fields: Vec<Field>,
     label_names: &[String],
     extra: &[(&str, String)],
@@ -42,7 +42,7 @@ fn schema_with_labels(
     Arc::new(Schema::new_with_metadata(fields, meta))
 }
 
-fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
+pub(super) fn write_batches(path: &Path, schema: SchemaRef, batches: &[RecordBatch]) -> Result<()> {
     write_atomic(path, |out| {
         let mut writer = ArrowWriter::try_new(out, schema.clone(), Some(writer_props()))
             .map_err(|e| Error::parquet("create writer for", path, e))?;
@@ -87,7 +87,7 @@ fn vector_array(col: &VectorColumn, precision: Precision) -> ArrayRef {
     Arc::new(FixedSizeListArray::new(field, col.dim as i32, values, None))
 }
 
-fn string_array(values: &[String]) -> ArrayRef {
+pub(super) fn string_array(values: &[String]) -> ArrayRef {
     Arc::new(StringArray::from_iter_values(values.iter()))
 }
 
@@ -138,7 +138,14 @@ pub fn write_embedding_table(
     writer.finish()
 }
 
-/// Streams an embedding table to Parquet chunk by chunk, publishing it atomically on `finish`.
+/// Buffered bytes at which [`EmbeddingWriter`] closes a row group. The writer keeps a row group's
+/// encoded pages in memory until it closes it, so this bounds its memory; a table smaller than
+/// this (every table of the small pipelines: 8,794 rows x 19 layers x 640 f32 is 428 MB) stays
+/// one row group, with the bytes it always had.
+pub const ROW_GROUP_BYTES: usize = 1 << 30;
+
+/// Streams an embedding table to Parquet chunk by chunk, in row groups of about
+/// [`ROW_GROUP_BYTES`], publishing it atomically on `finish`.
 pub struct EmbeddingWriter {
     path: std::path::PathBuf,
     tmp: std::path::PathBuf,
@@ -210,7 +217,13 @@ impl EmbeddingWriter {
         let writer = self.writer.as_mut().expect("writer open until finish");
         writer
             .write(&batch)
-            .map_err(|e| Error::parquet("write", &self.path, e))
+            .map_err(|e| Error::parquet("write", &self.path, e))?;
+        if writer.in_progress_size() >= ROW_GROUP_BYTES {
+            writer
+                .flush()
+                .map_err(|e| Error::parquet("write a row group of", &self.path, e))?;
+        }
+        Ok(())
     }
 
     pub fn finish(mut self) -> Result<()> {

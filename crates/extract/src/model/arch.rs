@@ -9,7 +9,7 @@ pub(crate) enum Arch {
     /// LLaMA-2, SmolLM2: GGUF (`llama.rs`) or safetensors (`hf.rs`).
     Llama,
     Mistral,
-    /// Qwen2.5.
+    /// Qwen2.5: GGUF (`llama.rs`) or safetensors (`hf.rs`).
     Qwen2,
     Qwen3,
     /// Phi-2.
@@ -100,7 +100,7 @@ impl Arch {
 
     /// Whether it is read from GGUF files.
     fn in_gguf(self) -> bool {
-        matches!(self, Arch::Llama | Arch::Gemma3)
+        matches!(self, Arch::Llama | Arch::Qwen2 | Arch::Gemma3)
     }
 
     /// Whether it is read from HF checkpoints (config.json + safetensors).
@@ -122,7 +122,7 @@ impl Arch {
             .find(|a| a.in_safetensors() && a.name() == name)
     }
 
-    /// `llama, gemma3`: the GGUF architectures.
+    /// `llama, qwen2, gemma3`: the GGUF architectures.
     pub fn gguf_names() -> String {
         Self::names(Arch::in_gguf)
     }
@@ -199,7 +199,7 @@ mod tests {
             let found = [Arch::from_gguf(a.name()), Arch::from_model_type(a.name())];
             assert!(found.contains(&Some(a)), "{a:?}");
         }
-        assert_eq!(Arch::gguf_names(), "llama, gemma3");
+        assert_eq!(Arch::gguf_names(), "llama, qwen2, gemma3");
         assert_eq!(
             Arch::model_type_names(),
             "bert, llama, mistral, qwen2, qwen3, phi"

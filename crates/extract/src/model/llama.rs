@@ -1,5 +1,10 @@
 //! Llama-architecture decoders from GGUF (SmolLM2), following HF `modeling_llama.py`:
-//! `x + attn(rms(x))`, `x + mlp(rms(x))`, SiLU-gated MLP, RoPE, grouped-query attention.
+//! `x + attn(rms(x))`, `x + mlp(rms(x))`, SiLU-gated MLP, RoPE, grouped-query attention; and
+//! Qwen2 (Qwen2.5), which is llama with biases on q, k and v (HF `modeling_qwen2.py`).
+//!
+//! llama.cpp's converter permutes llama's q/k rows so that RoPE rotates interleaved pairs; it
+//! leaves qwen2's as HF has them (llama.cpp runs qwen2 with NEOX RoPE, HF's `rotate_half`). Qwen2
+//! ties the LM head to the embeddings; the head is never used here, only the embedding matrix.
 
 use llmembed_core::{Error, Result};
 
@@ -12,7 +17,8 @@ use super::tokenizer::DecoderTokenizer;
 use crate::embedder::{ComputeDtype, LoadSpec};
 
 /// Block `l` of a GGUF decoder, its tensors named as llama.cpp's converter names them (for
-/// every GGUF architecture): a gated MLP without biases, and the norms `traits` asks for.
+/// every GGUF architecture): a gated MLP without biases, q/k/v biases where `traits` has them
+/// always (qwen2), and the norms `traits` asks for.
 pub(crate) fn block(
     f: &mut GgufFile,
     l: usize,
@@ -21,7 +27,15 @@ pub(crate) fn block(
 ) -> Result<Block> {
     let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
     let attn_norm = Norm::rms(&t("attn_norm")?)?;
-    let qkv = Linear::new(&[t("attn_q")?, t("attn_k")?, t("attn_v")?], None, compute)?;
+    let qkv_w = [t("attn_q")?, t("attn_k")?, t("attn_v")?];
+    let qkv_b = if traits.qkv_bias.on(None) {
+        let mut b = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.bias"));
+        Some([b("attn_q")?, b("attn_k")?, b("attn_v")?])
+    } else {
+        None
+    };
+    let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
+    let qkv = Linear::new(&qkv_w, qkv_b.as_ref().map(|b| b.as_slice()), compute)?;
     let (q_norm, k_norm) = if traits.qk_norm {
         (
             Some(vector(&t("attn_q_norm")?)?),
@@ -56,8 +70,9 @@ pub(crate) fn block(
     })
 }
 
-pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
-    let p = "llama";
+/// A llama or qwen2 GGUF (`arch`).
+pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decoder> {
+    let p = arch.name();
     let key = |k: &str| format!("{p}.{k}");
     let hidden = f.get_usize(&key("embedding_length"))?;
     let n_layers = f.get_usize(&key("block_count"))?;
@@ -99,13 +114,13 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let compute = spec.compute;
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
-    let traits = Arch::Llama.traits();
+    let traits = arch.traits();
     let blocks = (0..n_layers)
         .map(|l| block(&mut f, l, &traits, compute))
         .collect::<Result<Vec<_>>>()?;
     let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
-        arch: Arch::Llama.name(),
+        arch: arch.name(),
         hidden,
         n_layers,
         n_heads,
@@ -117,7 +132,10 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         activation: Activation::Silu,
         rotary_dim: head_dim,
         parallel_block: false,
-        rope_style: RopeStyle::Interleaved,
+        rope_style: match arch {
+            Arch::Llama => RopeStyle::Interleaved,
+            _ => RopeStyle::Halves,
+        },
         attn_scale: 1.0 / (head_dim as f64).sqrt(),
         rope_theta: vec![theta; n_layers],
         window: vec![None; n_layers],

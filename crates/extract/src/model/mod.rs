@@ -2,7 +2,7 @@
 //!
 //! The decoders are written here, close to HF's modeling files, because candle-transformers'
 //! models expose neither per-layer hidden states nor padding masks: one shared [`decoder`], read
-//! from GGUF files (`llama`, `gemma3`) or from HF safetensors checkpoints (`hf`: llama, mistral,
+//! from GGUF files (`llama`, `qwen2`, `gemma3`) or from HF safetensors checkpoints (`hf`: llama, mistral,
 //! qwen2, qwen3, phi), and the BERT encoder (`bert`). What differs between the architectures is
 //! data, in one table (`arch.rs`); the shared types are in `crate::embedder`.
 //!
@@ -33,7 +33,7 @@ mod tokenizer;
 use arch::Arch;
 use errors::{file_error, hex_bytes};
 
-/// Picks the architecture from the file: GGUF `general.architecture` (`llama`, `gemma3`), or
+/// Picks the architecture from the file: GGUF `general.architecture` (`llama`, `qwen2`, `gemma3`), or
 /// the `model_type` of the config.json next to a `.safetensors` file (or shard index):
 /// `bert` -> `bert`, decoders -> `hf`. A file named `.gguf` must start with the GGUF magic.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
@@ -46,7 +46,9 @@ pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
         let file = gguf::GgufFile::open(&spec.weights)?;
         let arch = file.get_str("general.architecture")?.to_string();
         match Arch::from_gguf(&arch) {
-            Some(Arch::Llama) => Ok(Box::new(llama::load(file, spec)?)),
+            Some(arch @ (Arch::Llama | Arch::Qwen2)) => {
+                Ok(Box::new(llama::load(file, spec, arch)?))
+            }
             Some(Arch::Gemma3) => Ok(Box::new(gemma3::load(file, spec)?)),
             _ => Err(Error::param(
                 "model",

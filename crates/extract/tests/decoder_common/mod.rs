@@ -26,6 +26,20 @@ pub const GEMMA3: ModelFile = ModelFile {
     default: "/tmp/models/gemma-3-270m-q4_k_m.gguf",
 };
 
+pub const QWEN25_CODER_05B: ModelFile = ModelFile {
+    preset: "qwen2.5-coder-0.5b",
+    env: "LLMEMBED_QWEN25_CODER_05B_GGUF",
+    file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    default: "/tmp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+};
+
+pub const QWEN25_CODER_15B: ModelFile = ModelFile {
+    preset: "qwen2.5-coder-1.5b",
+    env: "LLMEMBED_QWEN25_CODER_15B_GGUF",
+    file_name: "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    default: "/tmp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+};
+
 fn find_under(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut dirs = Vec::new();

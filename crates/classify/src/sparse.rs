@@ -1,0 +1,308 @@
+//! `logreg` on sparse features (`tfidf`'s `SparseTable`s): the rows stay sparse from the file to
+//! the fit (sprs CSR, f64), and are fitted raw, without the standardisation the dense path applies
+//! (it would make them dense; scikit-learn's usual TF-IDF recipe fits raw TF-IDF too). Same
+//! objective, solver (the exact L-BFGS), CV folds and outputs as the dense path.
+
+use llmembed_core::metrics::accuracy;
+use llmembed_core::{
+    Context, Error, Input, Result, SparseTable, Summary, read_sparse_table, seeded_rng,
+};
+use serde::Serialize;
+use sprs::CsMat;
+
+use crate::folds::{check_folds, complement, stratified_folds};
+use crate::logreg::{LogRegParams, better_c};
+use crate::logreg_fit::{CvRow, LogRegFit, LogRegSolver, fit_exact};
+use crate::prologue::{best_index, grid_edge_note, preds_of, write_json};
+
+/// One split as CSR rows.
+pub(crate) struct SparseSplit {
+    pub ids: Vec<String>,
+    pub labels: Vec<i64>,
+    pub label_names: Vec<String>,
+    pub x: CsMat<f64>,
+}
+
+impl SparseSplit {
+    /// The rows of `table`, their labels checked as the dense path checks them.
+    pub fn from_table(path: &std::path::Path, table: SparseTable) -> Result<SparseSplit> {
+        let k = table.label_names.len();
+        for (row, &l) in table.labels.iter().enumerate() {
+            if l < 0 || l as usize >= k {
+                return Err(Error::row(
+                    path,
+                    row,
+                    "label",
+                    format!(
+                        "label {l} outside 0..{k} (label names: {:?})",
+                        table.label_names
+                    ),
+                ));
+            }
+        }
+        Ok(SparseSplit {
+            x: csr(&table),
+            ids: table.ids,
+            labels: table.labels,
+            label_names: table.label_names,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.x.cols()
+    }
+
+    /// The rows at `idx`, in that order.
+    pub fn subset(&self, idx: &[usize]) -> SparseSplit {
+        let mut indptr = Vec::with_capacity(idx.len() + 1);
+        let (mut indices, mut data) = (Vec::new(), Vec::new());
+        indptr.push(0);
+        for &i in idx {
+            let row = self.x.outer_view(i).expect("row in range");
+            indices.extend_from_slice(row.indices());
+            data.extend_from_slice(row.data());
+            indptr.push(indices.len());
+        }
+        SparseSplit {
+            ids: idx.iter().map(|&i| self.ids[i].clone()).collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            label_names: self.label_names.clone(),
+            x: CsMat::new((idx.len(), self.dim()), indptr, indices, data),
+        }
+    }
+}
+
+/// A sparse table's rows as an f64 CSR matrix (the table's entries are already in CSR order).
+pub(crate) fn csr(table: &SparseTable) -> CsMat<f64> {
+    CsMat::new(
+        (table.len(), table.dim),
+        table.indptr.clone(),
+        table.indices.iter().map(|&j| j as usize).collect(),
+        table.values.iter().map(|&v| f64::from(v)).collect(),
+    )
+}
+
+#[derive(Serialize)]
+struct Selection {
+    folds: usize,
+    table: Vec<CvRow>,
+    best_c: f64,
+}
+
+/// `model.json` of a sparse fit: the dense path's fields that apply, and `sparse: true`.
+#[derive(Serialize)]
+struct SparseModelSummary {
+    kind: &'static str,
+    columns: Vec<String>,
+    sparse: bool,
+    /// Stored entries per row, on average over the training rows.
+    mean_nonzero: f64,
+    input_dim: usize,
+    train_rows: usize,
+    test_rows: usize,
+    classes: Vec<String>,
+    c: f64,
+    tol: f64,
+    gradient_tolerance: f64,
+    gradient_norm: f64,
+    max_iterations: u64,
+    solver: &'static str,
+    iterations: Option<u64>,
+    converged: bool,
+    train_accuracy: f64,
+    test_accuracy: f64,
+    select: Option<Selection>,
+}
+
+/// `logreg`'s run on an input whose splits are sparse tables (see the module docs).
+pub(crate) fn run_logreg_sparse(
+    p: &LogRegParams,
+    input: &Input,
+    column: &str,
+    ctx: &Context,
+) -> Result<Summary> {
+    let wanted: Vec<&str> = match (&p.column, &p.columns) {
+        (Some(c), _) => vec![c.as_str()],
+        (None, Some(cs)) => cs.iter().map(String::as_str).collect(),
+        (None, None) => vec![column],
+    };
+    if wanted != [column] {
+        return Err(Error::param(
+            if p.column.is_some() {
+                "column"
+            } else {
+                "columns"
+            },
+            format!(
+                "`{}` holds one sparse column, `{column}`; got {wanted:?}",
+                input.stage_id
+            ),
+        ));
+    }
+    if p.solver == LogRegSolver::Linfa {
+        return Err(Error::param(
+            "solver",
+            format!(
+                "linfa takes dense features only; `{}` writes sparse rows: use `solver: lbfgs`",
+                input.stage_id
+            ),
+        ));
+    }
+    let (train_path, test_path) = (input.split("train")?, input.split("test")?);
+    if let Some(sel) = &p.select {
+        check_folds(&train_path, "select.folds", sel.folds)?;
+    }
+    let train = SparseSplit::from_table(&train_path, read_sparse_table(&train_path)?)?;
+    let test = SparseSplit::from_table(&test_path, read_sparse_table(&test_path)?)?;
+    if train.dim() != test.dim() || train.label_names != test.label_names {
+        return Err(Error::mismatch(
+            "load sparse features",
+            format!(
+                "{} has width {} and classes {:?}, {} width {} and classes {:?}",
+                train_path.display(),
+                train.dim(),
+                train.label_names,
+                test_path.display(),
+                test.dim(),
+                test.label_names
+            ),
+        ));
+    }
+    if train.rows() == 0 {
+        return Err(Error::schema(&train_path, "id", "no training rows"));
+    }
+    let k = train.label_names.len();
+    let mut notes = Vec::new();
+    let (c, select) = match &p.select {
+        None => (p.c.unwrap_or(1.0), None),
+        Some(sel) => {
+            let table = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed);
+            let best_c = table[best_index(&table, better_c)].c;
+            notes.push(format!("{}-fold CV picked C={best_c}", sel.folds));
+            notes.extend(grid_edge_note("C", best_c, &sel.c));
+            (
+                best_c,
+                Some(Selection {
+                    folds: sel.folds,
+                    table,
+                    best_c,
+                }),
+            )
+        }
+    };
+    let fit = fit(&train, c, p);
+    if !fit.converged {
+        notes.push(format!(
+            "NOT converged: gradient norm {:.3e} > tolerance {:.3e} ({} iterations)",
+            fit.gradient_norm,
+            fit.gradient_tolerance,
+            fit.fallback_iterations.unwrap_or(0)
+        ));
+    }
+    let train_acc = accuracy(&train.labels, &preds_of(&fit.probabilities(&train.x), k));
+    let probs = fit.probabilities(&test.x);
+    let preds = preds_of(&probs, k);
+    let test_acc = accuracy(&test.labels, &preds);
+    let predictions = llmembed_core::Predictions {
+        ids: test.ids.clone(),
+        labels: test.labels.clone(),
+        preds,
+        probs,
+        label_names: test.label_names.clone(),
+        producer: format!("logreg(C={c}, {column})"),
+    };
+    llmembed_core::write_predictions(&ctx.out("predictions.parquet"), &predictions)?;
+    let summary = SparseModelSummary {
+        kind: "logreg",
+        columns: vec![column.to_string()],
+        sparse: true,
+        mean_nonzero: train.x.nnz() as f64 / train.rows() as f64,
+        input_dim: train.dim(),
+        train_rows: train.rows(),
+        test_rows: test.rows(),
+        classes: train.label_names.clone(),
+        c,
+        tol: p.tol,
+        gradient_tolerance: fit.gradient_tolerance,
+        gradient_norm: fit.gradient_norm,
+        max_iterations: p.max_iterations,
+        solver: fit.solver(),
+        iterations: fit.fallback_iterations,
+        converged: fit.converged,
+        train_accuracy: train_acc,
+        test_accuracy: test_acc,
+        select,
+    };
+    write_json(&ctx.out("model.json"), &summary)?;
+    notes.push(format!(
+        "sparse rows ({:.1} entries of {} per row), C={c}, fit {:.2}s, train acc {train_acc:.4}, \
+         test acc {test_acc:.4}",
+        summary.mean_nonzero,
+        train.dim(),
+        fit.fit_seconds
+    ));
+    Ok(Summary {
+        rows_out: test.rows(),
+        notes,
+        ..Default::default()
+    })
+}
+
+fn fit(train: &SparseSplit, c: f64, p: &LogRegParams) -> LogRegFit {
+    fit_exact(
+        &train.x,
+        &train.labels,
+        train.label_names.len(),
+        train.dim(),
+        c,
+        p.tol,
+        p.max_iterations,
+    )
+}
+
+/// The dense path's CV (`logreg_fit::cross_validate`) on sparse rows: the same folds, drawn from
+/// the same seed and purpose, with nothing to refit inside a fold.
+fn cross_validate_sparse(
+    train: &SparseSplit,
+    grid: &[f64],
+    folds: usize,
+    p: &LogRegParams,
+    seed: u64,
+) -> Vec<CvRow> {
+    let mut rng = seeded_rng(seed, "logreg-cv-folds");
+    let folds = stratified_folds(&train.labels, folds, &mut rng);
+    let k = train.label_names.len();
+    let parts: Vec<(SparseSplit, SparseSplit)> = folds
+        .iter()
+        .map(|fold| {
+            (
+                train.subset(&complement(train.rows(), fold)),
+                train.subset(fold),
+            )
+        })
+        .collect();
+    grid.iter()
+        .map(|&c| {
+            let mut accs = Vec::new();
+            let mut all_converged = true;
+            for (tr, va) in &parts {
+                let fit = fit(tr, c, p);
+                all_converged &= fit.converged;
+                accs.push(accuracy(
+                    &va.labels,
+                    &preds_of(&fit.probabilities(&va.x), k),
+                ));
+            }
+            CvRow {
+                c,
+                mean_accuracy: accs.iter().sum::<f64>() / accs.len() as f64,
+                fold_accuracy: accs,
+                all_converged,
+            }
+        })
+        .collect()
+}
