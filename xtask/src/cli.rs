@@ -76,6 +76,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Classify new texts with a pipeline's trained stages (never trains: says what to run if a
+    /// stage is not cached). Writes id, text, label, probability and one column per class.
+    Predict(PredictArgs),
+    /// Serve a pipeline's classifier over HTTP: POST /v1/classify {"texts": [...]}, GET /health,
+    /// GET /v1/info. Stops on Ctrl-C or SIGTERM.
+    Serve(ServeArgs),
     /// Print the pipeline graph.
     Dag {
         pipeline: PathBuf,
@@ -191,6 +197,77 @@ struct RunArgs {
     pub worker: bool,
 }
 
+/// The default longest text `predict` and `serve` classify; a longer one gets an error.
+const DEFAULT_MAX_TEXT_BYTES: usize = 64 * 1024;
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    pipeline: PathBuf,
+    /// The classifier stage (logreg, mlp, ensemble, layer_sweep) whose predictions to make.
+    #[arg(long)]
+    stage: String,
+    /// The texts: Parquet, CSV/TSV or JSON Lines (by extension), or - for JSON Lines on
+    /// standard input.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// The column of row ids (default: `id` if the file has one, else the row numbers from 1).
+    #[arg(long)]
+    id_column: Option<String>,
+    /// Where to write: .parquet, .csv, .tsv, .jsonl, or - for JSON Lines on standard output.
+    #[arg(long)]
+    out: PathBuf,
+    /// Longer texts are not classified (their row gets an error).
+    #[arg(long, default_value_t = DEFAULT_MAX_TEXT_BYTES)]
+    max_text_bytes: usize,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    pipeline: PathBuf,
+    /// The classifier stage (logreg, mlp, ensemble, layer_sweep) to serve.
+    #[arg(long)]
+    stage: String,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// The server's address, limits and batching (`serve` and `bench serve`).
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// Where to listen (loopback by default; 0.0.0.0:PORT exposes it to the network).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Largest request body; larger ones get 413.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Most texts in one request; more get 422.
+    #[arg(long, default_value_t = 256)]
+    max_texts: usize,
+    /// Longer texts get an error (the other texts of the request are classified).
+    #[arg(long, default_value_t = DEFAULT_MAX_TEXT_BYTES)]
+    max_text_bytes: usize,
+    /// Texts of concurrent requests classified together, at most.
+    #[arg(long, default_value_t = 64)]
+    batch_texts: usize,
+    /// How long a request waits for others to share its batch (milliseconds).
+    #[arg(long, default_value_t = 5)]
+    batch_wait_ms: u64,
+}
+
+impl ServerArgs {
+    fn limits(&self) -> crate::serve::ServeLimits {
+        crate::serve::ServeLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_texts: self.max_texts,
+            max_text_bytes: self.max_text_bytes,
+            batch_texts: self.batch_texts.max(1),
+            batch_wait_ms: self.batch_wait_ms,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// Embed AG News test texts with a model preset: texts/s, real tokens/s, peak memory.
@@ -204,6 +281,25 @@ enum Bench {
         batch_tokens: Option<usize>,
         #[arg(long, value_enum, default_value = "f32")]
         compute: ComputeArg,
+    },
+    /// The server of `serve` on a loopback port: requests/s and p50/p99 latency for 1-text and
+    /// 32-text requests (AG News test texts, none seen before), and texts/s against `bench
+    /// extract` on the same model in the same run.
+    Serve {
+        pipeline: PathBuf,
+        #[arg(long)]
+        stage: String,
+        /// Texts sent one per request.
+        #[arg(long, default_value_t = 32)]
+        single: usize,
+        /// Texts sent 32 per request.
+        #[arg(long, default_value_t = 256)]
+        batched: usize,
+        /// Clients sending at once.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Logistic regression (linfa and the exact L-BFGS) against scikit-learn on a cached
     /// stage's features.
@@ -503,6 +599,23 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
                 crate::show::print(&shown);
             }
         }
+        Command::Predict(args) => {
+            let opts = crate::predict::PredictOptions {
+                stage: args.stage.clone(),
+                input: args.input.clone(),
+                text_column: args.text_column.clone(),
+                id_column: args.id_column.clone(),
+                out: args.out.clone(),
+                max_text_bytes: args.max_text_bytes,
+            };
+            crate::predict::predict(&load(&args.pipeline)?, &ws()?, &opts, name)?;
+        }
+        Command::Serve(args) => {
+            let addr = crate::serve::parse_addr(&args.server.addr)?;
+            let plan = load(&args.pipeline)?;
+            let chain = crate::apply::Chain::load(&plan, &ws()?, &args.stage, name, None)?;
+            crate::serve::serve(chain, addr, args.server.limits())?;
+        }
         Command::Push { pipeline } => {
             let plan = load(pipeline)?;
             crate::sync::print(&crate::sync::push(&plan, &ws()?)?, "pushed");
@@ -620,6 +733,23 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
                 *batch_tokens,
                 compute.dtype(),
             )?;
+        }
+        Command::Bench(Bench::Serve {
+            pipeline,
+            stage,
+            single,
+            batched,
+            clients,
+            server,
+        }) => {
+            let opts = crate::bench_serve::BenchServeOptions {
+                stage: stage.clone(),
+                single: *single,
+                batched: *batched,
+                clients: *clients,
+                limits: server.limits(),
+            };
+            crate::bench_serve::bench_serve(&load(pipeline)?, &ws()?, &opts, name)?;
         }
     }
     Ok(())

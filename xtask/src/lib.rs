@@ -3,6 +3,8 @@
 //! not cached. It knows stages only through [`registry::StageKind`]; it knows nothing about
 //! models.
 
+pub mod apply;
+pub mod bench_serve;
 pub mod cache;
 pub mod cli;
 pub mod console;
@@ -12,12 +14,14 @@ pub mod gc;
 pub mod lock;
 pub mod params;
 pub mod pipeline;
+pub mod predict;
 pub mod preimage;
 pub mod registry;
 pub mod remote;
 pub mod report;
 pub mod rss;
 pub mod runner;
+pub mod serve;
 pub mod show;
 pub mod slurm;
 pub mod status;

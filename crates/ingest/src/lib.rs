@@ -92,15 +92,21 @@
 //! files or hub), `hub` (hub files at a resolved commit), `read` (one file into a polars frame,
 //! with row-located errors: `read::locate` finds a row's lines, `read::check` finds the bad
 //! row), `columns` (texts and labels out of a frame), `sample` (class-balanced sampling),
-//! `stage` (the [`Ingest`] stage that ties them together).
+//! `stage` (the [`Ingest`] stage that ties them together), `new_texts` (`predict`'s files: new
+//! texts in, with an error per row that cannot be read as text, and classified rows out).
 
 mod columns;
 mod hub;
+mod new_texts;
 mod params;
 mod read;
 mod sample;
 mod source;
 mod stage;
 
+pub use new_texts::{
+    CLASSIFIED_COLUMNS, Classified, NewTexts, read_new_texts, read_new_texts_jsonl,
+    write_classified,
+};
 pub use params::{HubSource, IngestParams, Sample, SplitSpec};
 pub use stage::Ingest;

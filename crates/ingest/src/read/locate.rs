@@ -2,7 +2,7 @@
 //! line breaks included), JSON Lines rows as polars counts them (blank lines skipped).
 
 /// Where a row is in its text file: 1-based physical lines, the header being line 1 of a CSV.
-pub(super) fn lines_note(first: usize, quoted_breaks: usize) -> String {
+pub(crate) fn lines_note(first: usize, quoted_breaks: usize) -> String {
     if quoted_breaks == 0 {
         format!("line {first} of the file, counting from 1")
     } else {
@@ -14,31 +14,31 @@ pub(super) fn lines_note(first: usize, quoted_breaks: usize) -> String {
 }
 
 /// One record of a delimited file.
-pub(super) struct CsvRecord {
+pub(crate) struct CsvRecord {
     /// Byte offset of its first byte.
-    pub(super) start: usize,
+    pub(crate) start: usize,
     /// Byte offset of the line break that ends it (or the file's length).
-    pub(super) end: usize,
+    pub(crate) end: usize,
     /// 1-based line of the file it starts on.
-    pub(super) line: usize,
+    pub(crate) line: usize,
     /// Line breaks inside quoted fields.
-    pub(super) quoted_breaks: usize,
-    pub(super) fields: usize,
+    pub(crate) quoted_breaks: usize,
+    pub(crate) fields: usize,
 }
 
 impl CsvRecord {
-    pub(super) fn is_blank(&self, bytes: &[u8]) -> bool {
+    pub(crate) fn is_blank(&self, bytes: &[u8]) -> bool {
         matches!(&bytes[self.start..self.end], b"" | b"\r")
     }
 
-    pub(super) fn field_starts(&self, bytes: &[u8], sep: u8) -> Vec<usize> {
+    pub(crate) fn field_starts(&self, bytes: &[u8], sep: u8) -> Vec<usize> {
         let mut starts = Vec::with_capacity(self.fields);
         walk_csv_record(bytes, self.start, sep, |s| starts.push(s));
         starts
     }
 
     /// The fields as text, quotes removed (for naming header columns).
-    pub(super) fn field_names(&self, bytes: &[u8], sep: u8) -> Vec<String> {
+    pub(crate) fn field_names(&self, bytes: &[u8], sep: u8) -> Vec<String> {
         let starts = self.field_starts(bytes, sep);
         (0..starts.len())
             .map(|i| {
@@ -95,7 +95,7 @@ fn walk_csv_record(
 }
 
 /// The records of a delimited file, header first.
-pub(super) struct CsvRecords<'a> {
+pub(crate) struct CsvRecords<'a> {
     bytes: &'a [u8],
     sep: u8,
     pos: usize,
@@ -103,7 +103,7 @@ pub(super) struct CsvRecords<'a> {
 }
 
 impl<'a> CsvRecords<'a> {
-    pub(super) fn new(bytes: &'a [u8], sep: u8) -> Self {
+    pub(crate) fn new(bytes: &'a [u8], sep: u8) -> Self {
         CsvRecords {
             bytes,
             sep,
@@ -135,7 +135,7 @@ impl Iterator for CsvRecords<'_> {
 }
 
 /// The lines polars reads as JSON Lines rows (it skips blank ones), with their 1-based numbers.
-pub(super) fn json_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+pub(crate) fn json_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     bytes
         .split(|&b| b == b'\n')
         .enumerate()

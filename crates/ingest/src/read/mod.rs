@@ -2,7 +2,7 @@
 //! errors that name a bad row with its lines in the file.
 
 mod check;
-mod locate;
+pub(crate) mod locate;
 
 use std::fs::File;
 use std::path::Path;
@@ -16,13 +16,13 @@ use check::{check_csv_records, check_json_lines, check_utf8};
 use locate::{CsvRecords, json_lines, lines_note};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
+pub(crate) enum Format {
     Parquet,
     Csv(u8),
     JsonLines,
 }
 
-fn format_of(path: &Path) -> Result<Format> {
+pub(crate) fn format_of(path: &Path) -> Result<Format> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
