@@ -353,3 +353,25 @@ pub(crate) fn remove_leftovers(store: &Path, plan: &str) {
         }
     }
 }
+
+/// Removes the claims, of any plan, on shards that are published: a holder killed between
+/// publishing its shard and removing its claim leaves one, and no later process claims that
+/// shard again to clean it up. A live holder that has just published removes its own claim a
+/// moment later anyway (its heartbeat may write it back until then; its removal ignores a
+/// missing file). Callers run this once every shard they need is in the store.
+pub(crate) fn remove_published(store: &Path) {
+    let dir = store.join(CLAIMS_DIR);
+    for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((plan, index)) = name
+            .strip_suffix(".json")
+            .and_then(|stem| stem.rsplit_once('-'))
+            .and_then(|(plan, i)| Some((plan, i.parse::<usize>().ok()?)))
+        else {
+            continue;
+        };
+        if !plan.starts_with('.') && store.join(crate::store::shard_name(plan, index)).exists() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}

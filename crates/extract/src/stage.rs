@@ -538,6 +538,11 @@ fn embed_missing(
         }
         if busy.is_empty() {
             claims::remove_leftovers(&store.dir, &plan.id);
+            if wait {
+                // Every text is in the store now: claims left on published shards (of this
+                // plan or of earlier ones) belong to holders killed right after publishing.
+                claims::remove_published(&store.dir);
+            }
             break;
         }
         if !wait {
