@@ -30,18 +30,7 @@ pub(crate) fn execute(
     }
     let result = (|| -> Result<Manifest> {
         let tmp = ws.cache.begin(key)?;
-        let inputs: Vec<Input> = stage
-            .inputs
-            .iter()
-            .zip(&pre.inputs)
-            .map(|(r, files)| Input {
-                stage_id: plan.stages[r.stage].id.clone(),
-                dir: ws
-                    .cache
-                    .artifact_dir(&manifests[r.stage].as_ref().expect("input cached").key),
-                files: files.keys().cloned().collect(),
-            })
-            .collect();
+        let inputs = stage_inputs(plan, i, pre, manifests, ws);
         let store_dir = ws.cache.store_dir(stage.kind.kind());
         fs::create_dir_all(&store_dir)
             .with_context(|| format!("create {}", store_dir.display()))?;
@@ -102,18 +91,7 @@ pub(crate) fn help(
     env: &Env,
 ) -> Result<Option<Vec<String>>> {
     let stage = &plan.stages[i];
-    let inputs: Vec<Input> = stage
-        .inputs
-        .iter()
-        .zip(&pre.inputs)
-        .map(|(r, files)| Input {
-            stage_id: plan.stages[r.stage].id.clone(),
-            dir: ws
-                .cache
-                .artifact_dir(&manifests[r.stage].as_ref().expect("input cached").key),
-            files: files.keys().cloned().collect(),
-        })
-        .collect();
+    let inputs = stage_inputs(plan, i, pre, manifests, ws);
     let store_dir = ws.cache.store_dir(stage.kind.kind());
     fs::create_dir_all(&store_dir).with_context(|| format!("create {}", store_dir.display()))?;
     let ctx = Context {
@@ -129,4 +107,27 @@ pub(crate) fn help(
         Ok(r) => Ok(r?),
         Err(_) => bail!("stage `{}` panicked while helping", stage.id),
     }
+}
+
+/// Stage `i`'s inputs as it reads them: each upstream artifact's folder and the files of it that
+/// the preimage hashed (all of them, or the one the pipeline named).
+fn stage_inputs(
+    plan: &Plan,
+    i: usize,
+    pre: &Preimage,
+    manifests: &[Option<Manifest>],
+    ws: &Workspace,
+) -> Vec<Input> {
+    plan.stages[i]
+        .inputs
+        .iter()
+        .zip(&pre.inputs)
+        .map(|(r, files)| Input {
+            stage_id: plan.stages[r.stage].id.clone(),
+            dir: ws
+                .cache
+                .artifact_dir(&manifests[r.stage].as_ref().expect("input cached").key),
+            files: files.keys().cloned().collect(),
+        })
+        .collect()
 }

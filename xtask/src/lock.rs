@@ -65,29 +65,7 @@ impl Lock {
         pipeline: Option<&Path>,
         wait: bool,
     ) -> Result<Lock> {
-        let file = Self::open(cache)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let owner = Self::owner(cache);
-                if !wait {
-                    bail!(
-                        "the cache {} is locked by another runner ({owner}); rerun without --no-wait to wait for it",
-                        cache.root.display()
-                    );
-                }
-                eprintln!("waiting for the cache lock, held by {owner}");
-                file.lock()?;
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
-        }
-        let owner = LockOwner {
-            pid: std::process::id(),
-            what: what.to_string(),
-            pipeline: pipeline.map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())),
-        };
-        fsutil::write_bytes_atomic(&cache.root.join("lock.owner"), &serde_json::to_vec(&owner)?)?;
-        Ok(Lock { _file: file })
+        Self::take(cache, what, pipeline, wait, false)
     }
 
     /// Takes the lock exclusively if nobody holds it, without waiting: `None` when it is held.
@@ -114,19 +92,41 @@ impl Lock {
         pipeline: Option<&Path>,
         wait: bool,
     ) -> Result<Lock> {
+        Self::take(cache, what, pipeline, wait, true)
+    }
+
+    /// The lock, exclusive or `shared`: taken at once if free, else waited for (saying who holds
+    /// it) or, without `wait`, refused with who holds it.
+    fn take(
+        cache: &Cache,
+        what: &str,
+        pipeline: Option<&Path>,
+        wait: bool,
+        shared: bool,
+    ) -> Result<Lock> {
         let file = Self::open(cache)?;
-        match file.try_lock_shared() {
+        let tried = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match tried {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let owner = Self::owner(cache);
                 if !wait {
                     bail!(
-                        "the cache {} is locked by another command ({owner}); rerun without --no-wait to wait for it",
-                        cache.root.display()
+                        "the cache {} is locked by another {} ({owner}); rerun without --no-wait to wait for it",
+                        cache.root.display(),
+                        if shared { "command" } else { "runner" }
                     );
                 }
                 eprintln!("waiting for the cache lock, held by {owner}");
-                file.lock_shared()?;
+                if shared {
+                    file.lock_shared()?;
+                } else {
+                    file.lock()?;
+                }
             }
             Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
