@@ -82,20 +82,7 @@ impl Split {
         let parts: Vec<Matrix> = table.columns.into_iter().map(Matrix::from).collect();
         let x = Matrix::concat_cols(&parts.iter().collect::<Vec<_>>());
         let x = Matrix::new(n, x.dim, x.data);
-        let k = table.label_names.len();
-        for (row, &l) in table.labels.iter().enumerate() {
-            if l != UNLABELLED && (l < 0 || l as usize >= k) {
-                return Err(Error::row(
-                    path,
-                    row,
-                    "label",
-                    format!(
-                        "label {l} outside 0..{k} (label names: {:?})",
-                        table.label_names
-                    ),
-                ));
-            }
-        }
+        check_labels(path, &table.labels, &table.label_names)?;
         for (i, v) in x.data.iter().enumerate() {
             if !v.is_finite() {
                 let row = i / x.dim;
@@ -318,4 +305,41 @@ pub(crate) fn train_matrix(train: &Split, st: &Standardizer) -> Result<Array2<f6
 pub(crate) fn matrix(split: &Split, st: &Standardizer) -> Result<Array2<f64>> {
     Array2::from_shape_vec((split.rows(), split.dim()), st.apply_f64(&split.x))
         .map_err(|e| Error::compute("build feature matrix", e))
+}
+
+/// Checks each label is a class index of `label_names` or `UNLABELLED`; an error names the row.
+pub(crate) fn check_labels(path: &Path, labels: &[i64], label_names: &[String]) -> Result<()> {
+    let k = label_names.len();
+    for (row, &l) in labels.iter().enumerate() {
+        if l != UNLABELLED && (l < 0 || l as usize >= k) {
+            return Err(Error::row(
+                path,
+                row,
+                "label",
+                format!("label {l} outside 0..{k} (label names: {label_names:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the test split's predictions, then those of every split besides train and test (read
+/// with the train split's columns, predicted by `predict`); returns the rows written.
+pub(crate) fn write_every_split(
+    ctx: &llmembed_core::Context,
+    input: &llmembed_core::Input,
+    columns: &[String],
+    train: &Split,
+    test: &llmembed_core::Predictions,
+    predict: impl Fn(&Split) -> Result<llmembed_core::Predictions>,
+) -> Result<usize> {
+    crate::prologue::write_split_predictions(ctx, "test", test)?;
+    let mut rows_out = test.len();
+    let train_path = input.split("train")?;
+    for (split, path) in crate::prologue::other_splits(input) {
+        let rows = read_like(&path, columns, train, &train_path)?;
+        crate::prologue::write_split_predictions(ctx, &split, &predict(&rows)?)?;
+        rows_out += rows.rows();
+    }
+    Ok(rows_out)
 }

@@ -8,7 +8,7 @@ use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage
 use serde::{Deserialize, Serialize};
 
 use crate::data::{
-    Split, load_train_test, read_like, standardized_pair, standardizer, train_matrix,
+    Split, load_train_test, standardized_pair, standardizer, train_matrix, write_every_split,
 };
 use crate::logreg_fit::{
     CvRow, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
@@ -16,8 +16,7 @@ use crate::logreg_fit::{
 };
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds,
-    check_tol_and_iterations, feature_params, other_splits, preds_of, scored_accuracy, write_json,
-    write_split_predictions,
+    check_tol_and_iterations, feature_params, preds_of, scored_accuracy, write_json,
 };
 use crate::saved::{FittedOn, LinearApply, LinearModel};
 
@@ -203,14 +202,10 @@ impl Stage for LogReg {
         let producer = format!("logreg(C={c}, {})", columns.join("+"));
         let predictions = model.predict(&test, &producer)?;
         let test_acc = scored_accuracy(&test.labels, &predictions.preds);
-        write_split_predictions(ctx, "test", &predictions)?;
-        let mut rows_out = test.rows();
-        let train_path = inputs[0].split("train")?;
-        for (split, path) in other_splits(&inputs[0]) {
-            let rows = read_like(&path, &columns, &train, &train_path)?;
-            write_split_predictions(ctx, &split, &model.predict(&rows, &producer)?)?;
-            rows_out += rows.rows();
-        }
+        let rows_out =
+            write_every_split(ctx, &inputs[0], &columns, &train, &predictions, |rows| {
+                model.predict(rows, &producer)
+            })?;
         let mut meta = model.meta(
             &fit,
             c,

@@ -18,12 +18,12 @@ use llmembed_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Split, read_like, standardized_f32, standardizer};
+use crate::data::{Split, standardized_f32, standardizer, write_every_split};
 use crate::folds::{complement, stratified_folds};
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
-    other_splits, preds_of, scored_accuracy, write_json, write_split_predictions,
+    preds_of, scored_accuracy, write_json,
 };
 use crate::saved::{FittedOn, MLP_FORMULA, MlpApply, MlpMeta, MlpModel};
 
@@ -305,14 +305,10 @@ impl Stage for Mlp {
         };
         let predictions = model.predict(&test, &producer)?;
         let test_acc = scored_accuracy(&test.labels, &predictions.preds);
-        write_split_predictions(ctx, "test", &predictions)?;
-        let mut rows_out = test.rows();
-        let train_path = inputs[0].split("train")?;
-        for (split, path) in other_splits(&inputs[0]) {
-            let rows = read_like(&path, &columns, &train, &train_path)?;
-            write_split_predictions(ctx, &split, &model.predict(&rows, &producer)?)?;
-            rows_out += rows.rows();
-        }
+        let rows_out =
+            write_every_split(ctx, &inputs[0], &columns, &train, &predictions, |rows| {
+                model.predict(rows, &producer)
+            })?;
         let mut layers = vec![train.dim()];
         layers.extend(&p.hidden);
         layers.push(k);

@@ -261,6 +261,29 @@ pub(crate) fn one_embedding<'a>(inputs: &'a [Rows], kind: &str) -> Result<&'a Em
     }
 }
 
+/// An applier's rows: the one embedding input's `columns`, which must have the width the model
+/// was fitted on.
+fn rows_to_classify(
+    inputs: &[Rows],
+    kind: &str,
+    columns: &[String],
+    classes: &[String],
+    input_dim: usize,
+) -> Result<Split> {
+    let table = one_embedding(inputs, kind)?;
+    let rows = Split::from_columns("rows to classify", table, columns, classes)?;
+    if rows.dim() != input_dim {
+        return Err(Error::mismatch(
+            "apply classifier",
+            format!(
+                "columns {columns:?} have width {}, the model was fitted on width {input_dim}",
+                rows.dim()
+            ),
+        ));
+    }
+    Ok(rows)
+}
+
 /// `logreg` and `layer_sweep` loaded: embedding rows in, predictions out.
 pub(crate) struct LinearApply {
     pub model: LinearModel,
@@ -269,24 +292,13 @@ pub(crate) struct LinearApply {
 
 impl Apply for LinearApply {
     fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
-        let table = one_embedding(inputs, &self.meta.kind)?;
-        let rows = Split::from_columns(
-            "rows to classify",
-            table,
+        let rows = rows_to_classify(
+            inputs,
+            &self.meta.kind,
             &self.model.columns,
             &self.model.classes,
+            self.meta.input_dim,
         )?;
-        if rows.dim() != self.meta.input_dim {
-            return Err(Error::mismatch(
-                "apply classifier",
-                format!(
-                    "columns {:?} have width {}, the model was fitted on width {}",
-                    self.model.columns,
-                    rows.dim(),
-                    self.meta.input_dim
-                ),
-            ));
-        }
         Ok(Rows::Predictions(
             self.model.predict(&rows, &self.meta.producer)?,
         ))
@@ -407,24 +419,13 @@ pub(crate) struct MlpApply {
 
 impl Apply for MlpApply {
     fn apply(&self, inputs: &[Rows]) -> Result<Rows> {
-        let table = one_embedding(inputs, "mlp")?;
-        let rows = Split::from_columns(
-            "rows to classify",
-            table,
+        let rows = rows_to_classify(
+            inputs,
+            "mlp",
             &self.model.columns,
             &self.model.classes,
+            self.meta.input_dim,
         )?;
-        if rows.dim() != self.meta.input_dim {
-            return Err(Error::mismatch(
-                "apply classifier",
-                format!(
-                    "columns {:?} have width {}, the model was trained on width {}",
-                    self.model.columns,
-                    rows.dim(),
-                    self.meta.input_dim
-                ),
-            ));
-        }
         Ok(Rows::Predictions(
             self.model.predict(&rows, &self.meta.producer)?,
         ))

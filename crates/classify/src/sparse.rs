@@ -29,20 +29,7 @@ impl SparseSplit {
     /// The rows of `table`, their labels checked as the dense path checks them (`UNLABELLED`
     /// rows are kept: they are predicted, never fitted on nor scored).
     pub fn from_table(path: &std::path::Path, table: SparseTable) -> Result<SparseSplit> {
-        let k = table.label_names.len();
-        for (row, &l) in table.labels.iter().enumerate() {
-            if l != UNLABELLED && (l < 0 || l as usize >= k) {
-                return Err(Error::row(
-                    path,
-                    row,
-                    "label",
-                    format!(
-                        "label {l} outside 0..{k} (label names: {:?})",
-                        table.label_names
-                    ),
-                ));
-            }
-        }
+        crate::data::check_labels(path, &table.labels, &table.label_names)?;
         Ok(SparseSplit {
             x: csr(&table),
             ids: table.ids,
