@@ -9,16 +9,20 @@ use common::{cosine, max_abs, mpnet_dir};
 use llmembed_extract::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 use serde::Deserialize;
 
-// Measured on AMD Zen 5 (2026-12-03, all 10 cases, every layer; `cargo test --release -p
-// llmembed-extract --test mpnet_reference -- --nocapture`): see MIN_COS and MAX_REL. The issue's
-// bar is cosine >= 0.999; these are within 10x of the worst measured, far above it.
+// Measured on AMD Zen 5 (2026-12-03, all 10 cases, every layer, first token and pooler; `cargo
+// test --release -p llmembed-extract --test mpnet_reference -- --nocapture`): f32 worst
+// 1 - cosine 2.4e-12, worst max |difference| / norm 6.1e-7. The bar is cosine >= 0.999;
+// these bars are within 10x of the worst measured, far above it.
 /// Smallest cosine allowed between our f32 vectors and the torch f32 ones.
-const MIN_COS: f64 = 1.0 - 1e-10;
+const MIN_COS: f64 = 1.0 - 3e-11;
 /// Largest absolute difference allowed relative to the reference vector's L2 norm.
-const MAX_REL: f64 = 1e-5;
-// bf16 products, measured the same way: see the test's output.
-const BF16_MIN_COS: f64 = 0.99;
-const BF16_MAX_REL: f64 = 0.2;
+const MAX_REL: f64 = 6e-6;
+// bf16 (candle's bf16 tensors, as BERT's `compute: bf16`: the residual stream is held in bf16
+// through 12 blocks), measured the same way: worst 1 - cosine 1.17e-3 (the 200-token text, layer
+// 12), worst max |difference| / norm 1.3e-2. Below the f32 bar of 0.999 on that one layer; the
+// bars are within 10x.
+const BF16_MIN_COS: f64 = 1.0 - 1e-2;
+const BF16_MAX_REL: f64 = 0.1;
 
 fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
