@@ -14,7 +14,7 @@ pub enum Tap {
     Layer(usize),
     /// The final norm applied to the last block's output.
     FinalNorm,
-    /// The encoder's pooler output (BERT only).
+    /// The encoder's pooler output (BERT, MPNet).
     Pooler,
 }
 
@@ -30,7 +30,7 @@ pub enum Pooling {
     Last,
     /// The first token.
     First,
-    /// The model's pooler (BERT only).
+    /// The model's pooler (BERT, MPNet).
     Pooler,
 }
 
