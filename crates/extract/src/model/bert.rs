@@ -150,6 +150,15 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
     let dtype = match spec.compute {
         ComputeDtype::F32 => DType::F32,
         ComputeDtype::Bf16 => DType::BF16,
+        ComputeDtype::Int8 => {
+            return Err(Error::param(
+                "compute",
+                format!(
+                    "{}: int8 runs the decoders' products only; use f32 or bf16 for a BERT encoder",
+                    spec.weights.display()
+                ),
+            ));
+        }
     };
     let device = Device::Cpu;
     // Read, not mapped (mapping is `unsafe`, kept to the kernels crate): BERT checkpoints are
