@@ -42,6 +42,10 @@ pub enum Pooling {
 pub enum ComputeDtype {
     F32,
     Bf16,
+    /// Decoders only: int8 weights (per output column, at load) times int8 activations (per
+    /// row, at each product), int32 sums; everything outside the products stays f32 (see
+    /// `llmembed_kernels::PackedI8`).
+    Int8,
 }
 
 /// Where a model's files are.

@@ -145,7 +145,7 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
     } else {
         None
     };
-    let dtype = dtype(spec.compute);
+    let dtype = dtype(spec)?;
     let c = &config;
     let description = format!(
         "bert(hidden={}, blocks={}, heads={}, intermediate={}, vocab={}, max_pos={}, eps={:e}, act={}, pooler={}, compute={:?})",

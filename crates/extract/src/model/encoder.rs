@@ -34,12 +34,13 @@ impl<'a> Weights<'a> {
     /// the encoder under `prefix.` (HF `BertForMaskedLM`: `bert.`) is read from there, as told
     /// by the tensor `prefix.{probe}`.
     pub fn read(spec: &'a LoadSpec, op: &'static str, prefix: &str, probe: &str) -> Result<Self> {
+        let dtype = dtype(spec)?;
         check_safetensors(&spec.weights)?;
         // Read, not mapped (mapping is `unsafe`, kept to the kernels crate): encoder checkpoints
         // are small, and the bytes are dropped once the layers hold their tensors.
         let bytes = std::fs::read(&spec.weights)
             .map_err(|e| Error::io("read safetensors", &spec.weights, e))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, dtype(spec.compute), &Device::Cpu)
+        let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &Device::Cpu)
             .map_err(|e| {
                 Error::compute(
                     "read safetensors",
@@ -91,10 +92,18 @@ impl<'a> Weights<'a> {
     }
 }
 
-pub(crate) fn dtype(compute: ComputeDtype) -> DType {
-    match compute {
-        ComputeDtype::F32 => DType::F32,
-        ComputeDtype::Bf16 => DType::BF16,
+/// The dtype an encoder computes in; `int8` runs the decoders' products only.
+pub(crate) fn dtype(spec: &LoadSpec) -> Result<DType> {
+    match spec.compute {
+        ComputeDtype::F32 => Ok(DType::F32),
+        ComputeDtype::Bf16 => Ok(DType::BF16),
+        ComputeDtype::Int8 => Err(Error::param(
+            "compute",
+            format!(
+                "{}: int8 runs the decoders' products only; use f32 or bf16 for an encoder",
+                spec.weights.display()
+            ),
+        )),
     }
 }
 

@@ -218,7 +218,7 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
     } else {
         None
     };
-    let dtype = dtype(spec.compute);
+    let dtype = dtype(spec)?;
     let c = &config;
     let description = format!(
         "mpnet(hidden={}, blocks={}, heads={}, intermediate={}, vocab={}, max_pos={}, pad={}, buckets={BUCKETS}/{MAX_DISTANCE}, eps={:e}, act={}, pooler={}, compute={:?})",
