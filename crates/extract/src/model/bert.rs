@@ -304,7 +304,7 @@ impl Embedder for Bert {
     fn supports(&self, tap: Tap) -> bool {
         match tap {
             Tap::Layer(k) => k <= self.config.num_hidden_layers,
-            Tap::FinalNorm => false,
+            Tap::FinalNorm | Tap::Sentence => false,
             Tap::Pooler => self.pooler.is_some(),
         }
     }
