@@ -400,7 +400,7 @@ impl Embedder for Encoder {
     fn supports(&self, tap: Tap) -> bool {
         match tap {
             Tap::Layer(k) => k <= self.blocks.len(),
-            Tap::FinalNorm => false,
+            Tap::FinalNorm | Tap::Sentence => false,
             Tap::Pooler => self.pooler.is_some(),
         }
     }
