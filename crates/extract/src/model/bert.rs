@@ -6,6 +6,7 @@
 //! block `k`, `Pooler` = `tanh(dense(h_n[:, 0]))` when the checkpoint has pooler weights.
 //! BERT is post-LN, so there is no separate final norm (`FinalNorm` is not supported).
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -17,8 +18,8 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use super::errors::{candle_message, file_error};
 use super::safetensors::check_safetensors;
-use super::tokenizer::read_tokenizer_json;
-use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
+use super::tokenizer::{added_tokens_empty, read_tokenizer_json};
+use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, check_spans};
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
@@ -263,19 +264,19 @@ impl Block {
 }
 
 impl Bert {
-    /// Pools `h` (b, L, hidden) to (b, hidden) f32.
+    /// Pools `h` (b, L, hidden) to (b, hidden) f32; mean averages the tokens `mean_f32` marks.
     fn pool(
         &self,
         h: &Tensor,
-        mask_f32: &Tensor,
+        mean_f32: &Tensor,
         lens: &[usize],
         pooling: Pooling,
     ) -> candle_core::Result<Tensor> {
         let h = h.to_dtype(DType::F32)?;
         match pooling {
             Pooling::Mean => {
-                let summed = h.broadcast_mul(&mask_f32.unsqueeze(2)?)?.sum(1)?;
-                let counts = mask_f32.sum_keepdim(1)?;
+                let summed = h.broadcast_mul(&mean_f32.unsqueeze(2)?)?.sum(1)?;
+                let counts = mean_f32.sum_keepdim(1)?;
                 summed.broadcast_div(&counts)
             }
             Pooling::First => h.narrow(1, 0, 1)?.squeeze(1),
@@ -340,6 +341,41 @@ impl Embedder for Bert {
     }
 
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        let whole: Vec<Range<usize>> = batch.iter().map(|s| 0..s.len()).collect();
+        self.embed_spans(batch, &whole, taps, pooling)
+    }
+
+    fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let mut guard = self
+            .tokenizer
+            .lock()
+            .map_err(|_| Error::compute("tokenize", "tokenizer lock poisoned"))?;
+        // 0: no truncation (`tokenize` sets it again for its own length).
+        if guard.0 != 0 {
+            guard
+                .1
+                .with_truncation(None)
+                .map_err(|e| Error::compute("configure tokenizer", e))?;
+            guard.0 = 0;
+        }
+        let enc = guard
+            .1
+            .encode(text, true)
+            .map_err(|e| Error::compute("tokenize", e))?;
+        Ok((enc.get_ids().to_vec(), added_tokens_empty(&enc)))
+    }
+
+    fn max_sequence(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    fn embed_spans(
+        &self,
+        batch: &[&[u32]],
+        mean: &[Range<usize>],
+        taps: &[Tap],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
         let n = self.config.num_hidden_layers;
         if taps.is_empty() {
             return Err(Error::param("taps", "no taps requested"));
@@ -386,19 +422,24 @@ impl Embedder for Bert {
                 ),
             ));
         }
+        check_spans(batch, mean)?;
         let pad = self.config.pad_token_id;
         let mut ids = Vec::with_capacity(b * l);
         let mut mask = Vec::with_capacity(b * l);
-        for s in batch {
+        // The tokens mean pooling averages: the mask itself unless a prompt leaves some out.
+        let mut mean_mask = Vec::with_capacity(b * l);
+        for (s, m) in batch.iter().zip(mean) {
             ids.extend_from_slice(s);
             ids.extend(std::iter::repeat_n(pad, l - s.len()));
             mask.extend(std::iter::repeat_n(1f32, s.len()));
             mask.extend(std::iter::repeat_n(0f32, l - s.len()));
+            mean_mask.extend((0..l).map(|i| if m.contains(&i) { 1f32 } else { 0f32 }));
         }
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
             let dev = &self.device;
             let ids = Tensor::from_vec(ids, (b, l), dev)?;
             let mask_f32 = Tensor::from_vec(mask, (b, l), dev)?;
+            let mean_f32 = Tensor::from_vec(mean_mask, (b, l), dev)?;
             let types = ids.zeros_like()?;
             let positions = Tensor::arange(0u32, l as u32, dev)?;
             let x = self
@@ -415,7 +456,7 @@ impl Embedder for Bert {
             let take = |k: usize, x: &Tensor, out: &mut Vec<Option<Vec<f32>>>| {
                 for (i, &t) in taps.iter().enumerate() {
                     if t == Tap::Layer(k) {
-                        let p = self.pool(x, &mask_f32, &lens, pooling)?;
+                        let p = self.pool(x, &mean_f32, &lens, pooling)?;
                         out[i] = Some(p.flatten_all()?.to_vec1::<f32>()?);
                     }
                 }
