@@ -36,6 +36,9 @@ pub enum Pooling {
     Pooler,
 }
 
+/// Token ids and each token's byte range of the input (empty for tokens the tokenizer adds).
+pub type IdsOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 /// With a prompt, which tokens of the prompted sequence mean pooling averages (see
 /// `prompt.rs`).
 #[derive(
@@ -105,7 +108,7 @@ pub trait Embedder: Send + Sync {
     /// The ids of `text` (default special tokens, not truncated) and, per token, the byte range
     /// of `text` it comes from (empty for tokens the tokenizer adds, such as BOS): what prompts
     /// need to know which tokens come from the text. A model without offsets refuses prompts.
-    fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
         let _ = text;
         Err(Error::param(
             "prompt",

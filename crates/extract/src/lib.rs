@@ -22,7 +22,7 @@ mod source;
 mod stage;
 mod store;
 
-pub use embedder::{ComputeDtype, Embedder, LoadSpec, MeanOver, Pooling, Tap};
+pub use embedder::{ComputeDtype, Embedder, IdsOffsets, LoadSpec, MeanOver, Pooling, Tap};
 pub use llmembed_core::Layers;
 pub use model::load;
 pub use params::ExtractParams;

@@ -140,7 +140,12 @@ fn against_transformers(m: &ModelFile, key: &str) {
                     continue;
                 }
                 let got = model
-                    .embed_spans(&[&tokens.ids], &[tokens.mean.clone()], &taps, pooling)
+                    .embed_spans(
+                        &[&tokens.ids],
+                        std::slice::from_ref(&tokens.mean),
+                        &taps,
+                        pooling,
+                    )
                     .unwrap();
                 for (k, layer) in case.layers.iter().enumerate() {
                     let r = match (pooling, mean_over) {
@@ -343,7 +348,12 @@ fn text_mean_is_the_mean_of_the_text_tokens_states() {
     {
         let t = p.tokens(model.as_ref(), text).unwrap();
         let got = model
-            .embed_spans(&[&t.ids], &[t.mean.clone()], &taps, Pooling::Mean)
+            .embed_spans(
+                &[&t.ids],
+                std::slice::from_ref(&t.mean),
+                &taps,
+                Pooling::Mean,
+            )
             .unwrap();
         let prefixes: Vec<&[u32]> = t.mean.clone().map(|i| &t.ids[..=i]).collect();
         let states = model.embed(&prefixes, &taps, Pooling::Last).unwrap();

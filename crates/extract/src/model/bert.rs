@@ -19,7 +19,7 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 use super::errors::{candle_message, file_error};
 use super::safetensors::check_safetensors;
 use super::tokenizer::{added_tokens_empty, read_tokenizer_json};
-use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, check_spans};
+use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, LoadSpec, Pooling, Tap, check_spans};
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
@@ -345,7 +345,7 @@ impl Embedder for Bert {
         self.embed_spans(batch, &whole, taps, pooling)
     }
 
-    fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
         let mut guard = self
             .tokenizer
             .lock()

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::errors::candle_message;
 use super::tokenizer::DecoderTokenizer;
-use crate::embedder::{ComputeDtype, Embedder, Pooling, Tap, check_spans, check_taps};
+use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, Pooling, Tap, check_spans, check_taps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activation {
@@ -520,7 +520,7 @@ impl Embedder for Decoder {
         self.embed_spans(batch, &whole, taps, pooling)
     }
 
-    fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
         self.tokenizer.encode_with_offsets(text)
     }
 

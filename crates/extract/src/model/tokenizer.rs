@@ -22,6 +22,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use super::errors::file_error;
 use super::gguf::GgufFile;
+use crate::embedder::IdsOffsets;
 
 /// The split regex of a `tokenizer.ggml.pre`, as transformers' `GGUF_PRE_TOKENIZER_SPLITS` has
 /// it (`integrations/gguf/gguf_tokenizer_mapping.py`, from `tokenization_qwen2.PRETOKENIZE_REGEX`);
@@ -95,7 +96,7 @@ impl DecoderTokenizer {
     }
 
     /// The ids (not truncated) and each token's byte range of `text` (empty for BOS).
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
         let enc = self
             .tokenizer
             .encode(text, true)
