@@ -18,11 +18,13 @@ pub(crate) fn embed_shard(
 ) -> Result<(Vec<Vec<f32>>, Vec<bool>, usize)> {
     let hidden = model.hidden_size();
     let mut ids = Vec::with_capacity(texts.len());
+    let mut mean = Vec::with_capacity(texts.len());
     let mut truncated = Vec::with_capacity(texts.len());
     for t in texts {
-        let (i, tr) = model.tokenize(t, p.max_tokens)?;
-        ids.push(i);
-        truncated.push(tr);
+        let tokens = p.tokens(model, t)?;
+        ids.push(tokens.ids);
+        mean.push(tokens.mean);
+        truncated.push(tokens.truncated);
     }
     let ntok = ids.iter().map(Vec::len).sum();
     let mut order: Vec<usize> = (0..texts.len()).collect();
@@ -54,7 +56,11 @@ pub(crate) fn embed_shard(
                 .iter()
                 .map(|&i| ids[i].as_slice())
                 .collect();
-            model.embed(&batch, taps, p.pooling)
+            let spans: Vec<std::ops::Range<usize>> = order[range.clone()]
+                .iter()
+                .map(|&i| mean[i].clone())
+                .collect();
+            model.embed_spans(&batch, &spans, taps, p.pooling)
         })
         .collect::<Result<_>>()?;
     for (range, pooled) in batches.iter().zip(pooled) {

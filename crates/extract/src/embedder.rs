@@ -2,6 +2,7 @@
 //! asked for, the compute dtype and where its files are ([`LoadSpec`]). Shared by the decoders
 //! and the BERT encoder; imports no model.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use llmembed_core::{Error, Result};
@@ -28,7 +29,8 @@ pub enum Tap {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
-    /// Mean over real (non-pad) tokens, including special tokens the tokenizer adds.
+    /// Mean over real (non-pad) tokens, including special tokens the tokenizer adds (with a
+    /// prompt, over the tokens `mean_over` says).
     Mean,
     /// The last real token.
     Last,
@@ -36,6 +38,24 @@ pub enum Pooling {
     First,
     /// The model's pooler (BERT, MPNet).
     Pooler,
+}
+
+/// Token ids and each token's byte range of the input (empty for tokens the tokenizer adds).
+pub type IdsOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
+/// With a prompt, which tokens of the prompted sequence mean pooling averages (see
+/// `prompt.rs`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MeanOver {
+    /// The tokens that carry bytes of the text: the template's own tokens and the tokenizer's
+    /// special tokens (BOS) are left out; a token straddling the boundary counts as text.
+    Text,
+    /// Every token of the prompted sequence, special tokens included (the unprompted mean of
+    /// the filled string).
+    Sequence,
 }
 
 /// Precision of the activations and matmuls (weights are dequantized from the file to this).
@@ -93,6 +113,45 @@ pub trait Embedder: Send + Sync {
     /// Runs a batch of sequences of any lengths (packed row after row, no padding) and returns, per
     /// requested tap, a `batch x hidden` row-major `Vec<f32>` of pooled vectors.
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>>;
+    /// The ids of `text` (default special tokens, not truncated) and, per token, the byte range
+    /// of `text` it comes from (empty for tokens the tokenizer adds, such as BOS): what prompts
+    /// need to know which tokens come from the text. A model without offsets refuses prompts.
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
+        let _ = text;
+        Err(Error::param(
+            "prompt",
+            format!(
+                "{} gives no token offsets, so it takes no prompt",
+                self.describe()
+            ),
+        ))
+    }
+    /// The most tokens a sequence may have (prompted texts are cut to it).
+    fn max_sequence(&self) -> usize {
+        usize::MAX
+    }
+    /// As `embed`, but mean pooling averages only the tokens `mean[i]` of sequence `i` (the
+    /// text's tokens in a prompted sequence); other poolings ignore it. Spans that cover every
+    /// token give `embed`'s bits.
+    fn embed_spans(
+        &self,
+        batch: &[&[u32]],
+        mean: &[Range<usize>],
+        taps: &[Tap],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
+        let whole = batch.iter().zip(mean).all(|(s, m)| *m == (0..s.len()));
+        if pooling == Pooling::Mean && !whole {
+            return Err(Error::param(
+                "mean_over",
+                format!(
+                    "{} averages whole sequences only; use `mean_over: sequence`",
+                    self.describe()
+                ),
+            ));
+        }
+        self.embed(batch, taps, pooling)
+    }
     /// Architecture + the config values that affect outputs (goes into the cache fingerprint).
     fn describe(&self) -> String;
 }
@@ -132,4 +191,26 @@ pub(crate) fn check_taps(
         }
     }
     Ok(deepest)
+}
+
+/// Checks that each sequence's mean span is a non-empty part of it.
+pub(crate) fn check_spans(batch: &[&[u32]], mean: &[Range<usize>]) -> Result<()> {
+    if batch.len() != mean.len() {
+        return Err(Error::mismatch(
+            "embed",
+            format!("{} sequences, {} mean spans", batch.len(), mean.len()),
+        ));
+    }
+    for (i, (s, m)) in batch.iter().zip(mean).enumerate() {
+        if m.is_empty() || m.end > s.len() {
+            return Err(Error::mismatch(
+                "embed",
+                format!(
+                    "sequence {i}: mean span {m:?} is not a non-empty part of its {} tokens",
+                    s.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

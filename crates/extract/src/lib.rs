@@ -17,13 +17,15 @@ mod embedder;
 pub mod model;
 mod params;
 mod progress;
+mod prompt;
 mod source;
 mod stage;
 mod store;
 
-pub use embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
+pub use embedder::{ComputeDtype, Embedder, IdsOffsets, LoadSpec, MeanOver, Pooling, Tap};
 pub use llmembed_core::Layers;
 pub use model::load;
 pub use params::ExtractParams;
+pub use prompt::Tokens;
 pub use source::{HubSpec, LocalSpec, ModelParam, ModelSpec, PypiSpec, fetch_preset};
 pub use stage::Extract;

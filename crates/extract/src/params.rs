@@ -3,7 +3,7 @@
 use llmembed_core::{Layers, Precision};
 use serde::{Deserialize, Serialize};
 
-use crate::embedder::{ComputeDtype, Pooling};
+use crate::embedder::{ComputeDtype, MeanOver, Pooling};
 use crate::source::ModelParam;
 
 /// Params of the `extract` stage.
@@ -29,6 +29,17 @@ pub struct ExtractParams {
     pub sentence: bool,
     #[serde(default = "default_pooling")]
     pub pooling: Pooling,
+    /// A template the text is put into before it is tokenized, holding `{text}` exactly once
+    /// (PromptEOL: `'This news article: "{text}" means in one word:"'` with `pooling: last`).
+    /// The ids are the tokenizer's own for the filled string; `max_tokens` cuts the text, never
+    /// the template (see `prompt.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// With a prompt and `pooling: mean`: which tokens the mean averages, `text` (the default:
+    /// the tokens carrying the text's bytes, a token straddling the boundary included; the
+    /// template's tokens and BOS left out) or `sequence` (every token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_over: Option<MeanOver>,
     /// Tokens per text, special tokens included; longer texts are truncated (and counted).
     #[serde(default = "default_max_tokens")]
     pub max_tokens: usize,
@@ -86,11 +97,47 @@ impl ExtractParams {
             pooler: false,
             sentence: false,
             pooling: default_pooling(),
+            prompt: None,
+            mean_over: None,
             max_tokens: default_max_tokens(),
             batch_tokens: default_batch_tokens(),
             compute: default_compute(),
             precision: default_precision(),
             shard_rows: default_shard_rows(),
         }
+    }
+}
+
+impl ExtractParams {
+    /// The checked template, if any (errors name `prompt`).
+    pub(crate) fn template(&self) -> llmembed_core::Result<Option<crate::prompt::Prompt>> {
+        self.prompt
+            .as_deref()
+            .map(crate::prompt::Prompt::parse)
+            .transpose()
+    }
+
+    /// The tokens the stage embeds for `text` with `model` under these params: the prompt filled
+    /// in, cut to `max_tokens`, and the tokens mean pooling averages.
+    pub fn tokens(
+        &self,
+        model: &dyn crate::Embedder,
+        text: &str,
+    ) -> llmembed_core::Result<crate::prompt::Tokens> {
+        crate::prompt::tokenize(
+            model,
+            self.template()?.as_ref(),
+            self.mean_over(),
+            text,
+            self.max_tokens,
+        )
+    }
+
+    /// Which tokens mean pooling averages: `mean_over`, `text` by default with a prompt.
+    pub(crate) fn mean_over(&self) -> MeanOver {
+        self.mean_over.unwrap_or(match self.prompt {
+            Some(_) => MeanOver::Text,
+            None => MeanOver::Sequence,
+        })
     }
 }

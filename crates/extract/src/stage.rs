@@ -24,6 +24,10 @@ use crate::store::Store;
 // opens (shards of format 1 had none, so they are not reused).
 const STORE_FORMAT: u32 = 2;
 
+/// How a prompted text is cut to `max_tokens` (part of a prompted store's fingerprint): 1 cuts
+/// the text at a token boundary of the filled string and tokenizes again (`prompt.rs`).
+const PROMPT_TRUNCATION: u32 = 1;
+
 /// The `extract` stage.
 pub struct Extract;
 
@@ -154,6 +158,22 @@ impl Stage for Extract {
             return Err(Error::param(
                 "pooling",
                 "`pooler` is not a way to pool layers; set `pooler: true` to add the pooler column",
+            ));
+        }
+        p.template()?;
+        if p.mean_over.is_some() && p.prompt.is_none() {
+            return Err(Error::param(
+                "mean_over",
+                "needs a `prompt`: without one, mean pooling averages every token",
+            ));
+        }
+        if p.mean_over.is_some() && p.pooling != Pooling::Mean {
+            return Err(Error::param(
+                "mean_over",
+                format!(
+                    "applies to `pooling: mean` only, and pooling is `{}`",
+                    format!("{:?}", p.pooling).to_lowercase()
+                ),
             ));
         }
         if !(2..=65_536).contains(&p.max_tokens) {
@@ -393,7 +413,7 @@ fn open_store(
     columns: &[(String, usize)],
     store_dir: &Path,
 ) -> Result<Store> {
-    let about = serde_json::json!({
+    let mut about = serde_json::json!({
         "store_format": STORE_FORMAT,
         "model": model.describe(),
         "weights": resolved.weights_digest,
@@ -402,6 +422,16 @@ fn open_store(
         "max_tokens": p.max_tokens,
         "compute": p.compute,
     });
+    // Only with a prompt, so that unprompted stores keep their fingerprints. The store is keyed
+    // by the text alone: the template and which tokens are averaged must be in the fingerprint,
+    // so that texts embedded with two prompts never share vectors.
+    if let Some(template) = &p.prompt {
+        about["prompt"] = serde_json::json!({
+            "template": template,
+            "mean_over": (p.pooling == Pooling::Mean).then(|| p.mean_over()),
+            "truncation": PROMPT_TRUNCATION,
+        });
+    }
     let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
     let store = Store::open(store_dir, &fingerprint, &about, columns.to_vec())?;
     for (shard, moved, why) in &store.quarantined {

@@ -16,6 +16,8 @@
 //! the matrix products, row-wise steps and attention are the kernels crate's
 //! (`llmembed_kernels`).
 
+use std::ops::Range;
+
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
@@ -26,7 +28,7 @@ use rayon::prelude::*;
 
 use super::errors::candle_message;
 use super::tokenizer::DecoderTokenizer;
-use crate::embedder::{ComputeDtype, Embedder, Pooling, Tap, check_taps};
+use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, Pooling, Tap, check_spans, check_taps};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Activation {
@@ -254,7 +256,9 @@ pub(crate) struct SentenceHead {
 impl SentenceHead {
     /// The sentence embeddings (sequences, out) of the final-norm states (packed rows).
     fn forward(&self, states: &[f32], lens: &[usize], hidden: usize) -> Result<Vec<f32>> {
-        let mut v = pool(states, lens, hidden, Pooling::Mean);
+        // Every token, a prompt's too: sentence-transformers' Pooling (`include_prompt`) does so.
+        let whole: Vec<Range<usize>> = lens.iter().map(|&n| 0..n).collect();
+        let mut v = pool(states, lens, &whole, hidden, Pooling::Mean);
         for d in &self.dense {
             v = d.forward(&v, lens.len()).map_err(kerr("sentence dense"))?;
         }
@@ -421,6 +425,7 @@ impl Decoder {
     fn forward(
         &self,
         batch: &[&[u32]],
+        mean: &[Range<usize>],
         taps: &[Tap],
         pooling: Pooling,
         deepest: usize,
@@ -437,7 +442,8 @@ impl Decoder {
             let mut pooled: Option<Vec<f32>> = None;
             for (slot, &tap) in out.iter_mut().zip(taps) {
                 if wants(tap) {
-                    let p = pooled.get_or_insert_with(|| pool(states, &lens, c.hidden, pooling));
+                    let p =
+                        pooled.get_or_insert_with(|| pool(states, &lens, mean, c.hidden, pooling));
                     *slot = Some(p.clone());
                 }
             }
@@ -516,8 +522,15 @@ impl Decoder {
     }
 }
 
-/// Pools packed (tokens, h) row-major states over each sequence's tokens: (sequences, h).
-pub(crate) fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -> Vec<f32> {
+/// Pools packed (tokens, h) row-major states over each sequence's tokens: (sequences, h). Mean
+/// averages the tokens `mean[i]` of sequence `i` (all of them unless a prompt says otherwise).
+pub(crate) fn pool(
+    states: &[f32],
+    lens: &[usize],
+    mean: &[Range<usize>],
+    h: usize,
+    pooling: Pooling,
+) -> Vec<f32> {
     let starts: Vec<usize> = lens
         .iter()
         .scan(0, |at, &len| {
@@ -528,19 +541,19 @@ pub(crate) fn pool(states: &[f32], lens: &[usize], h: usize, pooling: Pooling) -
         .collect();
     let mut out = vec![0f32; lens.len() * h];
     out.par_chunks_mut(h)
-        .zip(starts.par_iter().zip(lens))
-        .for_each(|(dst, (&start, &len))| {
+        .zip(starts.par_iter().zip(lens).zip(mean))
+        .for_each(|(dst, ((&start, &len), span))| {
             let row = |i: usize| &states[(start + i) * h..(start + i + 1) * h];
             match pooling {
                 Pooling::Mean => {
                     let mut acc = vec![0f64; h];
-                    for i in 0..len {
+                    for i in span.clone() {
                         for (a, v) in acc.iter_mut().zip(row(i)) {
                             *a += *v as f64;
                         }
                     }
                     for (d, a) in dst.iter_mut().zip(&acc) {
-                        *d = (*a / len as f64) as f32;
+                        *d = (*a / span.len() as f64) as f32;
                     }
                 }
                 Pooling::Last => dst.copy_from_slice(row(len - 1)),
@@ -573,6 +586,21 @@ impl Embedder for Decoder {
     }
 
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        let whole: Vec<Range<usize>> = batch.iter().map(|s| 0..s.len()).collect();
+        self.embed_spans(batch, &whole, taps, pooling)
+    }
+
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
+        self.tokenizer.encode_with_offsets(text)
+    }
+
+    fn embed_spans(
+        &self,
+        batch: &[&[u32]],
+        mean: &[Range<usize>],
+        taps: &[Tap],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
         let deepest = check_taps(taps, pooling, self.cfg.n_layers, self.cfg.arch)?;
         if self.sentence.is_none() && taps.contains(&Tap::Sentence) {
             return Err(Error::param(
@@ -586,7 +614,11 @@ impl Embedder for Decoder {
         if batch.is_empty() {
             return Ok(vec![Vec::new(); taps.len()]);
         }
-        self.forward(batch, taps, pooling, deepest)
+        // An empty sequence is the forward's error (it names the sequence), not the span's.
+        if batch.iter().all(|s| !s.is_empty()) {
+            check_spans(batch, mean)?;
+        }
+        self.forward(batch, mean, taps, pooling, deepest)
     }
 
     fn describe(&self) -> String {

@@ -8,6 +8,7 @@
 //! block `k`, `Pooler` = `tanh(dense(h_n[:, 0]))` when the checkpoint has pooler weights. The
 //! blocks are post-LN, so there is no separate final norm (`FinalNorm` is not supported).
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -18,7 +19,10 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use super::errors::candle_message;
 use super::safetensors::check_safetensors;
-use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
+use super::tokenizer::added_tokens_empty;
+use crate::embedder::{
+    ComputeDtype, Embedder, IdsOffsets, LoadSpec, Pooling, Tap, check_spans,
+};
 
 /// A checkpoint's tensors (read into memory in the compute dtype) and where they came from, so
 /// that a weight that will not load is named with its file.
@@ -313,19 +317,19 @@ impl Encoder {
         })
     }
 
-    /// Pools `h` (b, L, hidden) to (b, hidden) f32.
+    /// Pools `h` (b, L, hidden) to (b, hidden) f32; mean averages the tokens `mean_f32` marks.
     fn pool(
         &self,
         h: &Tensor,
-        mask_f32: &Tensor,
+        mean_f32: &Tensor,
         lens: &[usize],
         pooling: Pooling,
     ) -> candle_core::Result<Tensor> {
         let h = h.to_dtype(DType::F32)?;
         match pooling {
             Pooling::Mean => {
-                let summed = h.broadcast_mul(&mask_f32.unsqueeze(2)?)?.sum(1)?;
-                let counts = mask_f32.sum_keepdim(1)?;
+                let summed = h.broadcast_mul(&mean_f32.unsqueeze(2)?)?.sum(1)?;
+                let counts = mean_f32.sum_keepdim(1)?;
                 summed.broadcast_div(&counts)
             }
             Pooling::First => h.narrow(1, 0, 1)?.squeeze(1),
@@ -341,11 +345,14 @@ impl Encoder {
         }
     }
 
-    /// The forward pass of a padded batch, pooled at each tap.
+    /// The forward pass of a padded batch, pooled at each tap (mean over the tokens `mean_mask`
+    /// marks).
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         ids: Vec<u32>,
         mask: Vec<f32>,
+        mean_mask: Vec<f32>,
         lens: &[usize],
         deepest: usize,
         taps: &[Tap],
@@ -354,6 +361,7 @@ impl Encoder {
         let (b, l) = (lens.len(), mask.len() / lens.len());
         let dev = &Device::Cpu;
         let mask_f32 = Tensor::from_vec(mask, (b, l), dev)?;
+        let mean_f32 = Tensor::from_vec(mean_mask, (b, l), dev)?;
         let mut x = self.front.forward(ids, b, l, dev)?;
         let bias = self.front.attention_bias(l, dev)?;
         // Additive mask, as HF: 0 for real tokens, the dtype's minimum for pads.
@@ -364,7 +372,7 @@ impl Encoder {
         let take = |k: usize, x: &Tensor, out: &mut Vec<Option<Vec<f32>>>| {
             for (i, &t) in taps.iter().enumerate() {
                 if t == Tap::Layer(k) {
-                    let p = self.pool(x, &mask_f32, lens, pooling)?;
+                    let p = self.pool(x, &mean_f32, lens, pooling)?;
                     out[i] = Some(p.flatten_all()?.to_vec1::<f32>()?);
                 }
             }
@@ -436,6 +444,41 @@ impl Embedder for Encoder {
     }
 
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        let whole: Vec<Range<usize>> = batch.iter().map(|s| 0..s.len()).collect();
+        self.embed_spans(batch, &whole, taps, pooling)
+    }
+
+    fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
+        let mut guard = self
+            .tokenizer
+            .lock()
+            .map_err(|_| Error::compute("tokenize", "tokenizer lock poisoned"))?;
+        // 0: no truncation (`tokenize` sets it again for its own length).
+        if guard.0 != 0 {
+            guard
+                .1
+                .with_truncation(None)
+                .map_err(|e| Error::compute("configure tokenizer", e))?;
+            guard.0 = 0;
+        }
+        let enc = guard
+            .1
+            .encode(text, true)
+            .map_err(|e| Error::compute("tokenize", e))?;
+        Ok((enc.get_ids().to_vec(), added_tokens_empty(&enc)))
+    }
+
+    fn max_sequence(&self) -> usize {
+        self.max_len
+    }
+
+    fn embed_spans(
+        &self,
+        batch: &[&[u32]],
+        mean: &[Range<usize>],
+        taps: &[Tap],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
         let (name, n) = (self.name, self.blocks.len());
         if taps.is_empty() {
             return Err(Error::param("taps", "no taps requested"));
@@ -480,15 +523,19 @@ impl Embedder for Encoder {
                 ),
             ));
         }
+        check_spans(batch, mean)?;
         let mut ids = Vec::with_capacity(b * l);
         let mut mask = Vec::with_capacity(b * l);
-        for s in batch {
+        // The tokens mean pooling averages: the mask itself unless a prompt leaves some out.
+        let mut mean_mask = Vec::with_capacity(b * l);
+        for (s, m) in batch.iter().zip(mean) {
             ids.extend_from_slice(s);
             ids.extend(std::iter::repeat_n(self.pad_id, l - s.len()));
             mask.extend(std::iter::repeat_n(1f32, s.len()));
             mask.extend(std::iter::repeat_n(0f32, l - s.len()));
+            mean_mask.extend((0..l).map(|i| if m.contains(&i) { 1f32 } else { 0f32 }));
         }
-        self.run(ids, mask, &lens, deepest, taps, pooling)
+        self.run(ids, mask, mean_mask, &lens, deepest, taps, pooling)
             .map_err(|e| {
                 Error::compute(
                     op,

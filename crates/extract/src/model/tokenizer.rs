@@ -22,6 +22,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use super::errors::file_error;
 use super::gguf::GgufFile;
+use crate::embedder::IdsOffsets;
 
 /// The split regex of a `tokenizer.ggml.pre`, as transformers' `GGUF_PRE_TOKENIZER_SPLITS` has
 /// it (`integrations/gguf/gguf_tokenizer_mapping.py`, from `tokenization_qwen2.PRETOKENIZE_REGEX`);
@@ -93,6 +94,26 @@ impl DecoderTokenizer {
         ids.truncate(max_tokens);
         Ok((ids, truncated))
     }
+
+    /// The ids (not truncated) and each token's byte range of `text` (empty for BOS).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsOffsets> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::compute("tokenize", e))?;
+        Ok((enc.get_ids().to_vec(), added_tokens_empty(&enc)))
+    }
+}
+
+/// Each token's byte offsets, with the tokens the post-processor added (BOS, CLS, SEP) given an
+/// empty range: `tokenizers` gives them `(0, 0)` already, made explicit here so that no added
+/// token can pass for one of the input's.
+pub(crate) fn added_tokens_empty(enc: &tokenizers::Encoding) -> Vec<(usize, usize)> {
+    enc.get_offsets()
+        .iter()
+        .zip(enc.get_sequence_ids())
+        .map(|(&o, seq)| if seq.is_none() { (0, 0) } else { o })
+        .collect()
 }
 
 /// A `tokenizer.json` as `tokenizers` reads it; a file that is not one is named with the reason.
