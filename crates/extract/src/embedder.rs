@@ -16,6 +16,10 @@ pub enum Tap {
     FinalNorm,
     /// The encoder's pooler output (BERT, MPNet).
     Pooler,
+    /// The model's own sentence embedding, as its sentence-transformers modules make it from the
+    /// last hidden state (EmbeddingGemma: mean pooling, two Dense layers, L2 normalisation);
+    /// independent of the `pooling` asked for the other taps.
+    Sentence,
 }
 
 /// How a sequence of hidden states becomes one vector.
@@ -121,7 +125,7 @@ pub(crate) fn check_taps(
                     ),
                 ));
             }
-            Tap::FinalNorm => deepest = num_layers,
+            Tap::FinalNorm | Tap::Sentence => deepest = num_layers,
             Tap::Pooler => {
                 return Err(Error::param("taps", format!("{arch} has no pooler")));
             }

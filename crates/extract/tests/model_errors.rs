@@ -301,7 +301,7 @@ fn bad_config_json_is_named_with_the_field() {
             r#"{"model_type": "gpt_neox"}"#,
             format!(
                 "load model: {c}: field `model_type`: `gpt_neox` is not supported (bert, mpnet, llama, \
-                 mistral, qwen2, qwen3, phi)"
+                 mistral, qwen2, qwen3, phi, gemma3_text)"
             ),
         ),
         (

@@ -124,6 +124,7 @@ fn main() {
     let layer = LayerAttention {
         rope: &rope,
         window: None,
+        causal: true,
         q_norm: None,
         k_norm: None,
     };

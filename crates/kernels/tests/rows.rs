@@ -163,6 +163,7 @@ struct Case {
     shape: AttentionShape,
     window: Option<usize>,
     qk_norm: bool,
+    causal: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -181,30 +182,47 @@ fn cases() -> Vec<Case> {
             shape: shape(64, 64, false),
             window: None,
             qk_norm: false,
+            causal: true,
         },
         // GGUF llama: interleaved pairs.
         Case {
             shape: shape(64, 64, true),
             window: None,
             qk_norm: false,
+            causal: true,
         },
         // Gemma-like: q/k norms and a sliding window; head_dim with a tail of 8 past the 16s.
         Case {
             shape: shape(40, 40, false),
             window: Some(7),
             qk_norm: true,
+            causal: true,
         },
         // Phi-like: partial rotary.
         Case {
             shape: shape(48, 16, false),
             window: None,
             qk_norm: false,
+            causal: true,
+        },
+        // EmbeddingGemma-like: bidirectional, global and with a sliding window on both sides.
+        Case {
+            shape: shape(40, 40, false),
+            window: None,
+            qk_norm: true,
+            causal: false,
+        },
+        Case {
+            shape: shape(40, 40, false),
+            window: Some(7),
+            qk_norm: true,
+            causal: false,
         },
     ]
 }
 
-/// Attention in f64 after HF: q/k RMSNorm, RoPE, softmax of scaled scores over the causal
-/// (windowed) keys, weighted sum of v.
+/// Attention in f64 after HF: q/k RMSNorm, RoPE, softmax of scaled scores over the causal or
+/// bidirectional (windowed) keys, weighted sum of v.
 fn attention_ref(c: &Case, layer: &LayerAttention, qkv: &[f32], lens: &[usize]) -> Vec<f64> {
     let s = &c.shape;
     let (hd, q_dim, kv_dim) = (
@@ -246,7 +264,13 @@ fn attention_ref(c: &Case, layer: &LayerAttention, qkv: &[f32], lens: &[usize]) 
                 let g = h / (s.n_heads / s.n_kv_heads);
                 let q = prep(&row(i)[h * hd..(h + 1) * hd], i, layer.q_norm);
                 let lo = layer.window.map_or(0, |w| (i + 1).saturating_sub(w));
-                let scores: Vec<f64> = (lo..=i)
+                // HF's bidirectional sliding window: |i - j| < window.
+                let hi = match (layer.causal, layer.window) {
+                    (true, _) => i,
+                    (false, None) => len - 1,
+                    (false, Some(w)) => (i + w - 1).min(len - 1),
+                };
+                let scores: Vec<f64> = (lo..=hi)
                     .map(|j| {
                         let k = prep(
                             &row(j)[q_dim + g * hd..q_dim + (g + 1) * hd],
@@ -260,7 +284,7 @@ fn attention_ref(c: &Case, layer: &LayerAttention, qkv: &[f32], lens: &[usize]) 
                 let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
                 for d in 0..hd {
-                    let v: f64 = (lo..=i)
+                    let v: f64 = (lo..=hi)
                         .map(|j| e[j - lo] / sum * row(j)[q_dim + kv_dim + g * hd + d] as f64)
                         .sum();
                     out.push(v);
@@ -291,6 +315,7 @@ fn attention_gives_the_same_bits_at_every_level_and_batch() {
         let layer = LayerAttention {
             rope: &rope,
             window: c.window,
+            causal: c.causal,
             q_norm: c.qk_norm.then_some(&norm[..]),
             k_norm: c.qk_norm.then_some(&norm[..]),
         };

@@ -16,8 +16,11 @@ pub(crate) enum Arch {
     Qwen3,
     /// Phi-2.
     Phi,
-    /// Gemma-3 text, GGUF only (`gemma3.rs`).
+    /// Gemma-3 text, GGUF (`gemma3.rs`).
     Gemma3,
+    /// Gemma-3 text from HF checkpoints (`hf.rs`), `model_type: gemma3_text`; with
+    /// `use_bidirectional_attention` an encoder (EmbeddingGemma).
+    Gemma3Text,
 }
 
 /// Where a bias is: always, never, or as the config's flag says (default off).
@@ -76,7 +79,7 @@ const LLAMA: Traits = Traits {
 
 impl Arch {
     /// Every architecture, in the order error messages list them.
-    const ALL: [Arch; 8] = [
+    const ALL: [Arch; 9] = [
         Arch::Bert,
         Arch::Mpnet,
         Arch::Llama,
@@ -85,6 +88,7 @@ impl Arch {
         Arch::Qwen3,
         Arch::Phi,
         Arch::Gemma3,
+        Arch::Gemma3Text,
     ];
 
     /// The name files use (GGUF `general.architecture`, config.json `model_type`), also the
@@ -99,6 +103,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Phi => "phi",
             Arch::Gemma3 => "gemma3",
+            Arch::Gemma3Text => "gemma3_text",
         }
     }
 
@@ -131,7 +136,7 @@ impl Arch {
         Self::names(Arch::in_gguf)
     }
 
-    /// `bert, mpnet, llama, mistral, qwen2, qwen3, phi`: the `model_type`s.
+    /// `bert, mpnet, llama, mistral, qwen2, qwen3, phi, gemma3_text`: the `model_type`s.
     pub fn model_type_names() -> String {
         Self::names(Arch::in_safetensors)
     }
@@ -171,7 +176,7 @@ impl Arch {
                 parallel_block: true,
                 ..LLAMA
             },
-            Arch::Gemma3 => Traits {
+            Arch::Gemma3 | Arch::Gemma3Text => Traits {
                 qk_norm: true,
                 window: Window::LocalGlobal,
                 sandwich_norms: true,
@@ -206,7 +211,7 @@ mod tests {
         assert_eq!(Arch::gguf_names(), "llama, qwen2, gemma3");
         assert_eq!(
             Arch::model_type_names(),
-            "bert, mpnet, llama, mistral, qwen2, qwen3, phi"
+            "bert, mpnet, llama, mistral, qwen2, qwen3, phi, gemma3_text"
         );
         assert_eq!(Arch::from_gguf("mistral"), None);
         assert_eq!(Arch::from_model_type("gemma3"), None);

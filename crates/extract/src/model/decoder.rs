@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub rope_theta: Vec<f32>,
     pub window: Vec<Option<usize>>,
     pub context_length: usize,
+    /// Tokens see earlier tokens only (decoders); EmbeddingGemma's blocks see both sides.
+    pub causal: bool,
 }
 
 /// A norm and its parameters.
@@ -239,6 +241,40 @@ impl Embeddings {
     }
 }
 
+/// The sentence-transformers modules after the transformer (EmbeddingGemma's `modules.json`):
+/// mean pooling of the last hidden state over every token, dense layers without activation,
+/// then L2 normalisation. Read by `sentence.rs`.
+pub(crate) struct SentenceHead {
+    pub dense: Vec<Linear>,
+    pub normalize: bool,
+    /// What the modules are, for `describe()`: `mean,dense(768x3072),...,normalize`.
+    pub note: String,
+}
+
+impl SentenceHead {
+    /// The sentence embeddings (sequences, out) of the final-norm states (packed rows).
+    fn forward(&self, states: &[f32], lens: &[usize], hidden: usize) -> Result<Vec<f32>> {
+        let mut v = pool(states, lens, hidden, Pooling::Mean);
+        for d in &self.dense {
+            v = d.forward(&v, lens.len()).map_err(kerr("sentence dense"))?;
+        }
+        if self.normalize {
+            let width = v.len() / lens.len().max(1);
+            // torch.nn.functional.normalize: v / max(||v||, 1e-12).
+            v.par_chunks_mut(width).for_each(|row| {
+                let norm = row
+                    .iter()
+                    .map(|x| (*x as f64) * (*x as f64))
+                    .sum::<f64>()
+                    .sqrt();
+                let norm = norm.max(1e-12) as f32;
+                row.iter_mut().for_each(|x| *x /= norm);
+            });
+        }
+        Ok(v)
+    }
+}
+
 pub(crate) struct Decoder {
     pub cfg: Config,
     pub embed: Embeddings,
@@ -248,6 +284,8 @@ pub(crate) struct Decoder {
     /// The matrix products' precision; activations are f32 either way.
     pub compute: ComputeDtype,
     pub weights_note: String,
+    /// The model's own sentence embedding (`Tap::Sentence`), where it has one.
+    pub sentence: Option<SentenceHead>,
 }
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
@@ -308,6 +346,7 @@ impl Decoder {
         let layer = LayerAttention {
             rope,
             window,
+            causal: self.cfg.causal,
             q_norm: blk.q_norm.as_deref(),
             k_norm: blk.k_norm.as_deref(),
         };
@@ -456,12 +495,20 @@ impl Decoder {
             };
             record(&mut out, &after_block(l + 1), &x);
         }
-        if deepest == c.n_layers && taps.iter().any(|&tap| after_final_norm(tap)) {
-            record(
-                &mut out,
-                &after_final_norm,
-                &self.norm(&x, &self.final_norm),
-            );
+        let wants_sentence = taps.contains(&Tap::Sentence);
+        if deepest == c.n_layers && (wants_sentence || taps.iter().any(|&t| after_final_norm(t))) {
+            let normed = self.norm(&x, &self.final_norm);
+            record(&mut out, &after_final_norm, &normed);
+            if let (true, Some(head)) = (wants_sentence, &self.sentence) {
+                let v = head.forward(&normed, &lens, c.hidden)?;
+                for (slot, _) in out
+                    .iter_mut()
+                    .zip(taps)
+                    .filter(|(_, t)| **t == Tap::Sentence)
+                {
+                    *slot = Some(v.clone());
+                }
+            }
         }
         out.into_iter()
             .map(|o| o.ok_or_else(|| Error::compute("decoder forward", "a tap was not produced")))
@@ -517,6 +564,7 @@ impl Embedder for Decoder {
             Tap::Layer(k) => k <= self.cfg.n_layers,
             Tap::FinalNorm => true,
             Tap::Pooler => false,
+            Tap::Sentence => self.sentence.is_some(),
         }
     }
 
@@ -526,6 +574,15 @@ impl Embedder for Decoder {
 
     fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         let deepest = check_taps(taps, pooling, self.cfg.n_layers, self.cfg.arch)?;
+        if self.sentence.is_none() && taps.contains(&Tap::Sentence) {
+            return Err(Error::param(
+                "taps",
+                format!(
+                    "{} has no sentence embedding (no sentence-transformers modules.json)",
+                    self.cfg.arch
+                ),
+            ));
+        }
         if batch.is_empty() {
             return Ok(vec![Vec::new(); taps.len()]);
         }
@@ -579,6 +636,12 @@ impl Embedder for Decoder {
                 }
                 if c.parallel_block {
                     x += ",parallel_block";
+                }
+                if !c.causal {
+                    x += ",attention=bidirectional";
+                }
+                if let Some(head) = &self.sentence {
+                    x += &format!(",sentence={}", head.note);
                 }
                 x
             },

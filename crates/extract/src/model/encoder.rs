@@ -378,7 +378,7 @@ impl Embedder for Encoder {
     fn supports(&self, tap: Tap) -> bool {
         match tap {
             Tap::Layer(k) => k <= self.p.blocks.len(),
-            Tap::FinalNorm => false,
+            Tap::FinalNorm | Tap::Sentence => false,
             Tap::Pooler => self.p.pooler.is_some(),
         }
     }

@@ -73,6 +73,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
             .map(|l| if is_global(l) { None } else { Some(window) })
             .collect(),
         context_length,
+        causal: true,
     };
     Ok(Decoder {
         cfg,
@@ -82,5 +83,6 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         tokenizer,
         compute,
         weights_note: format!("gguf-dequantized(embed={embed_type})"),
+        sentence: None,
     })
 }

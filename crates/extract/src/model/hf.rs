@@ -6,7 +6,11 @@
 //! - `qwen2` (Qwen2.5): as llama, with biases on q, k and v;
 //! - `qwen3`: as llama, with a per-head RMSNorm on q and k and an explicit `head_dim`;
 //! - `phi` (Phi-2): LayerNorm with bias, one norm feeding attention and MLP in parallel, biases
-//!   everywhere, a plain GELU(tanh) MLP, RoPE on the first `partial_rotary_factor` of each head.
+//!   everywhere, a plain GELU(tanh) MLP, RoPE on the first `partial_rotary_factor` of each head;
+//! - `gemma3_text` (EmbeddingGemma): Gemma-3's blocks (norms multiplying by `1 + w`, sandwich
+//!   norms, q/k norms, scaled embeddings, local and global layers), with
+//!   `use_bidirectional_attention` an encoder whose tokens see both sides; its
+//!   sentence-transformers modules (`sentence.rs`) give `Tap::Sentence`.
 //!
 //! HF stores q/k unpermuted, so RoPE rotates halves (`rotate_half`). Weights are converted to
 //! the compute dtype at load, whatever dtype the file has (f16/bf16/f32), as transformers does
@@ -26,6 +30,7 @@ use super::decoder::{
 };
 use super::errors::{candle_message, file_error};
 use super::safetensors::{Shards, check_safetensors, weight_files};
+use super::sentence;
 use super::tokenizer::DecoderTokenizer;
 use crate::embedder::{ComputeDtype, LoadSpec};
 
@@ -39,7 +44,11 @@ struct HfConfig {
     #[serde(default)]
     head_dim: Option<usize>,
     intermediate_size: usize,
-    hidden_act: String,
+    /// Gemma names it `hidden_activation`.
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    hidden_activation: Option<String>,
     max_position_embeddings: usize,
     #[serde(default)]
     rms_norm_eps: Option<f64>,
@@ -65,6 +74,15 @@ struct HfConfig {
     use_sliding_window: Option<bool>,
     #[serde(default)]
     sliding_window: Option<usize>,
+    // Gemma-3 text only.
+    #[serde(default)]
+    query_pre_attn_scalar: Option<f64>,
+    #[serde(default)]
+    rope_local_base_freq: Option<f64>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    use_bidirectional_attention: Option<bool>,
 }
 
 struct Weights {
@@ -114,8 +132,21 @@ impl Weights {
         if traits.layer_norm {
             Norm::layer(&weight, &self.get(&format!("{name}.bias"))?)
         } else {
-            Norm::rms(&weight)
+            Norm::rms(&self.rms_weight(weight, traits)?)
         }
+    }
+
+    /// Gemma's RMSNorm multiplies by `1 + w` (computed in f32, as HF does); others by `w`.
+    fn rms_weight(&self, w: Tensor, traits: &Traits) -> Result<Tensor> {
+        if !traits.sandwich_norms {
+            return Ok(w);
+        }
+        w.affine(1.0, 1.0).map_err(|e| {
+            Error::compute(
+                "read safetensors tensor",
+                format!("{}: {}", self.files, candle_message(&e)),
+            )
+        })
     }
 }
 
@@ -162,6 +193,16 @@ pub(crate) fn load(spec: &LoadSpec, arch: Arch, config: &str) -> Result<Decoder>
     let final_norm = w.norm(final_norm, &traits)?;
     let embed = Embeddings::Dense(w.get("embed_tokens.weight")?);
     let n = c.num_hidden_layers;
+    let layers = if arch == Arch::Gemma3Text {
+        gemma3_layers(&c, &shape, &config_path)?
+    } else {
+        Layers {
+            rope_theta: vec![shape.theta; n],
+            window: vec![shape.window; n],
+            attn_scale: 1.0 / (shape.head_dim as f64).sqrt(),
+            causal: true,
+        }
+    };
     let cfg = Config {
         arch: arch.name(),
         hidden: shape.hidden,
@@ -171,15 +212,26 @@ pub(crate) fn load(spec: &LoadSpec, arch: Arch, config: &str) -> Result<Decoder>
         head_dim: shape.head_dim,
         ffn: c.intermediate_size,
         eps: shape.eps,
-        embed_scale: None,
+        // HF: Gemma3TextScaledWordEmbedding, `hidden_size ** 0.5` as an f32 tensor.
+        embed_scale: traits
+            .embed_scale
+            .then(|| (shape.hidden as f64).sqrt() as f32),
         activation: shape.activation,
         rope_style: RopeStyle::Halves,
         rotary_dim: shape.rotary_dim,
         parallel_block: traits.parallel_block,
-        attn_scale: 1.0 / (shape.head_dim as f64).sqrt(),
-        rope_theta: vec![shape.theta; n],
-        window: vec![shape.window; n],
+        attn_scale: layers.attn_scale,
+        rope_theta: layers.rope_theta,
+        window: layers.window,
         context_length: c.max_position_embeddings,
+        causal: layers.causal,
+    };
+    // EmbeddingGemma's sentence-transformers modules, when the checkpoint folder has them
+    // (only there: the head was checked against sentence-transformers for this model).
+    let sentence = if arch == Arch::Gemma3Text {
+        sentence::load_head(spec, shape.hidden, spec.compute)?
+    } else {
+        None
     };
     Ok(Decoder {
         cfg,
@@ -189,7 +241,70 @@ pub(crate) fn load(spec: &LoadSpec, arch: Arch, config: &str) -> Result<Decoder>
         tokenizer,
         compute: spec.compute,
         weights_note: format!("safetensors({file_dtype})"),
+        sentence,
     })
+}
+
+/// Per-layer attention of a model: RoPE base, sliding window, scale, direction.
+struct Layers {
+    rope_theta: Vec<f32>,
+    window: Vec<Option<usize>>,
+    attn_scale: f64,
+    causal: bool,
+}
+
+/// Gemma-3 text after HF `modeling_gemma3.py` / `configuration_gemma3.py`: `layer_types` (else
+/// five sliding layers, then a full one) choose per layer the local RoPE base
+/// (`rope_local_base_freq`) and the sliding window, or the global base (`rope_theta`) and full
+/// attention; scores scaled by `query_pre_attn_scalar ** -0.5`. With
+/// `use_bidirectional_attention` (EmbeddingGemma) every token sees both sides, and HF sets the
+/// window to `sliding_window // 2 + 1` and masks `|i - j| < window`, which is the kernel's
+/// bidirectional window of that size.
+fn gemma3_layers(c: &HfConfig, shape: &Shape, config_path: &Path) -> Result<Layers> {
+    let bad = |field: &str, msg: String| file_error(config_path, format!("field `{field}`: {msg}"));
+    let n = c.num_hidden_layers;
+    let bidirectional = c.use_bidirectional_attention.unwrap_or(false);
+    let sliding = |l: usize| -> Result<bool> {
+        match &c.layer_types {
+            None => Ok(!(l + 1).is_multiple_of(6)),
+            Some(t) if t.len() != n => Err(bad(
+                "layer_types",
+                format!("{} entries for {n} layers", t.len()),
+            )),
+            Some(t) => match t[l].as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => Err(bad(
+                    "layer_types",
+                    format!("`{other}` is not supported (sliding_attention, full_attention)"),
+                )),
+            },
+        }
+    };
+    let window = c
+        .sliding_window
+        .ok_or_else(|| bad("sliding_window", "missing".into()))?;
+    let window = if bidirectional {
+        window / 2 + 1
+    } else {
+        window
+    };
+    let local = c.rope_local_base_freq.unwrap_or(10_000.0) as f32;
+    let scalar = c
+        .query_pre_attn_scalar
+        .ok_or_else(|| bad("query_pre_attn_scalar", "missing".into()))?;
+    let mut layers = Layers {
+        rope_theta: Vec::with_capacity(n),
+        window: Vec::with_capacity(n),
+        attn_scale: 1.0 / scalar.sqrt(),
+        causal: !bidirectional,
+    };
+    for l in 0..n {
+        let s = sliding(l)?;
+        layers.rope_theta.push(if s { local } else { shape.theta });
+        layers.window.push(s.then_some(window));
+    }
+    Ok(layers)
 }
 
 /// Checks the config against what the code implements (anything else is an error naming the
@@ -209,7 +324,12 @@ fn check_config(c: &HfConfig, arch: Arch, config_path: &Path) -> Result<Shape> {
             "phi's q/k LayerNorm is not supported".into(),
         ));
     }
-    let activation = match c.hidden_act.as_str() {
+    let act = c
+        .hidden_act
+        .as_deref()
+        .or(c.hidden_activation.as_deref())
+        .ok_or_else(|| bad("hidden_act", "missing".into()))?;
+    let activation = match act {
         "silu" => Activation::Silu,
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
         other => {
@@ -352,13 +472,38 @@ fn block(w: &Weights, l: usize, c: &HfConfig, t: &Traits, compute: ComputeDtype)
             .transpose()
     };
     let (q_norm, k_norm) = (qk_norm("q")?, qk_norm("k")?);
+    // Gemma's q/k norms multiply by `1 + w` too.
+    let plus_one = |v: Option<Vec<f32>>| {
+        v.map(|v| {
+            if t.sandwich_norms {
+                v.into_iter().map(|x| 1.0 + x).collect()
+            } else {
+                v
+            }
+        })
+    };
+    let (q_norm, k_norm) = (plus_one(q_norm), plus_one(k_norm));
     // Phi names its output projection `dense` and its MLP `fc1` / `fc2`.
     let o_name = if t.parallel_block { "dense" } else { "o_proj" };
     let o = w.linear(&[format!("{a}.{o_name}")], t.o_bias.on(attn_bias), compute)?;
-    // A parallel block's MLP reads the attention's norm.
+    // A parallel block's MLP reads the attention's norm. Gemma's "sandwich": the attention's
+    // output is normed (`post_attention_layernorm`) before the residual add, the MLP's input by
+    // `pre_feedforward_layernorm`, its output by `post_feedforward_layernorm`.
+    let ffn_norm_name = if t.sandwich_norms {
+        "pre_feedforward_layernorm"
+    } else {
+        "post_attention_layernorm"
+    };
     let ffn_norm = (!t.parallel_block)
-        .then(|| w.norm(&format!("{p}.post_attention_layernorm"), t))
+        .then(|| w.norm(&format!("{p}.{ffn_norm_name}"), t))
         .transpose()?;
+    let sandwich = |name: &str| {
+        t.sandwich_norms
+            .then(|| w.norm(&format!("{p}.{name}"), t))
+            .transpose()
+    };
+    let post_attn_norm = sandwich("post_attention_layernorm")?;
+    let post_ffn_norm = sandwich("post_feedforward_layernorm")?;
     let m = format!("{p}.mlp");
     let mlp = if t.gated_mlp {
         Mlp::Gated {
@@ -381,9 +526,9 @@ fn block(w: &Weights, l: usize, c: &HfConfig, t: &Traits, compute: ComputeDtype)
         q_norm,
         k_norm,
         o,
-        post_attn_norm: None,
+        post_attn_norm,
         ffn_norm,
         mlp,
-        post_ffn_norm: None,
+        post_ffn_norm,
     })
 }

@@ -140,6 +140,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decod
         rope_theta: vec![theta; n_layers],
         window: vec![None; n_layers],
         context_length,
+        causal: true,
     };
     Ok(Decoder {
         cfg,
@@ -149,5 +150,6 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decod
         tokenizer,
         compute,
         weights_note: format!("gguf-dequantized(embed={embed_type})"),
+        sentence: None,
     })
 }

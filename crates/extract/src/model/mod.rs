@@ -3,7 +3,8 @@
 //! The decoders are written here, close to HF's modeling files, because candle-transformers'
 //! models expose neither per-layer hidden states nor padding masks: one shared [`decoder`], read
 //! from GGUF files (`llama`, `qwen2`, `gemma3`) or from HF safetensors checkpoints (`hf`: llama, mistral,
-//! qwen2, qwen3, phi), and the post-LN encoders (`encoder`: `bert`, `mpnet`). What differs between the architectures is
+//! qwen2, qwen3, phi, gemma3_text, whose EmbeddingGemma runs the same blocks bidirectionally), and
+//! the post-LN encoders (`encoder`: `bert`, `mpnet`). What differs between the architectures is
 //! data, in one table (`arch.rs`); the shared types are in `crate::embedder`.
 //!
 //! Tap numbering follows HF `output_hidden_states`: `Layer(0)` is the embedding output (for
@@ -30,6 +31,7 @@ pub(crate) mod hf;
 mod llama;
 mod mpnet;
 pub(crate) mod safetensors;
+mod sentence;
 mod tokenizer;
 
 use arch::Arch;

