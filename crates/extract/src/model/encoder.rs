@@ -44,8 +44,8 @@ impl<'a> Weights<'a> {
         // are small, and the bytes are dropped once the layers hold their tensors.
         let bytes = std::fs::read(&spec.weights)
             .map_err(|e| Error::io("read safetensors", &spec.weights, e))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, dtype, &Device::Cpu)
-            .map_err(|e| {
+        let vb =
+            VarBuilder::from_buffered_safetensors(bytes, dtype, &Device::Cpu).map_err(|e| {
                 Error::compute(
                     "read safetensors",
                     format!("{}: {}", spec.weights.display(), candle_message(&e)),
@@ -253,8 +253,8 @@ pub(crate) trait Front: Send + Sync {
     }
 }
 
-/// A loaded encoder: the [`Front`], the blocks and what the shared [`Embedder`] needs to know.
-pub(crate) struct Encoder {
+/// The parts of an [`Encoder`] that its model file loads.
+pub(crate) struct Parts {
     /// `bert`, `mpnet`: in error messages.
     pub name: &'static str,
     /// `bert forward`, `mpnet forward`: the op of a forward pass's errors.
@@ -272,24 +272,13 @@ pub(crate) struct Encoder {
     pub dtype: DType,
     /// `describe()`: architecture and the config values that affect outputs.
     pub description: String,
-    /// The tokenizer and the truncation length it is set to (changed on demand).
-    tokenizer: Mutex<(usize, Tokenizer)>,
 }
 
-/// The parts of an [`Encoder`] that its model file loads.
-pub(crate) struct Parts {
-    pub name: &'static str,
-    pub forward_op: &'static str,
-    pub special_tokens: &'static str,
-    pub front: Box<dyn Front>,
-    pub blocks: Vec<Block>,
-    pub act: Act,
-    pub pooler: Option<Linear>,
-    pub hidden: usize,
-    pub max_len: usize,
-    pub pad_id: u32,
-    pub dtype: DType,
-    pub description: String,
+/// A loaded encoder: its [`Parts`] and the tokenizer, behind the shared [`Embedder`].
+pub(crate) struct Encoder {
+    p: Parts,
+    /// The tokenizer and the truncation length it is set to (changed on demand).
+    tokenizer: Mutex<(usize, Tokenizer)>,
 }
 
 impl Encoder {
@@ -301,18 +290,7 @@ impl Encoder {
             .with_truncation(None)
             .map_err(|e| Error::compute("configure tokenizer", e))?;
         Ok(Encoder {
-            name: p.name,
-            forward_op: p.forward_op,
-            special_tokens: p.special_tokens,
-            front: p.front,
-            blocks: p.blocks,
-            act: p.act,
-            pooler: p.pooler,
-            hidden: p.hidden,
-            max_len: p.max_len,
-            pad_id: p.pad_id,
-            dtype: p.dtype,
-            description: p.description,
+            p,
             tokenizer: Mutex::new((0, tokenizer)),
         })
     }
@@ -362,11 +340,11 @@ impl Encoder {
         let dev = &Device::Cpu;
         let mask_f32 = Tensor::from_vec(mask, (b, l), dev)?;
         let mean_f32 = Tensor::from_vec(mean_mask, (b, l), dev)?;
-        let mut x = self.front.forward(ids, b, l, dev)?;
-        let bias = self.front.attention_bias(l, dev)?;
+        let mut x = self.p.front.forward(ids, b, l, dev)?;
+        let bias = self.p.front.attention_bias(l, dev)?;
         // Additive mask, as HF: 0 for real tokens, the dtype's minimum for pads.
         let additive = ((mask_f32.clone() - 1.0)? * 3.0e38)?
-            .to_dtype(self.dtype)?
+            .to_dtype(self.p.dtype)?
             .reshape((b, 1, 1, l))?;
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
         let take = |k: usize, x: &Tensor, out: &mut Vec<Option<Vec<f32>>>| {
@@ -379,11 +357,11 @@ impl Encoder {
             candle_core::Result::Ok(())
         };
         take(0, &x, &mut out)?;
-        for (k, block) in self.blocks.iter().enumerate().take(deepest) {
-            x = block.forward(&x, bias.as_ref(), &additive, self.act)?;
+        for (k, block) in self.p.blocks.iter().enumerate().take(deepest) {
+            x = block.forward(&x, bias.as_ref(), &additive, self.p.act)?;
             take(k + 1, &x, &mut out)?;
         }
-        if let Some(pooler) = &self.pooler {
+        if let Some(pooler) = &self.p.pooler {
             for (i, &t) in taps.iter().enumerate() {
                 if t == Tap::Pooler {
                     let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
@@ -398,27 +376,27 @@ impl Encoder {
 
 impl Embedder for Encoder {
     fn num_layers(&self) -> usize {
-        self.blocks.len()
+        self.p.blocks.len()
     }
 
     fn hidden_size(&self) -> usize {
-        self.hidden
+        self.p.hidden
     }
 
     fn supports(&self, tap: Tap) -> bool {
         match tap {
-            Tap::Layer(k) => k <= self.blocks.len(),
+            Tap::Layer(k) => k <= self.p.blocks.len(),
             Tap::FinalNorm | Tap::Sentence => false,
-            Tap::Pooler => self.pooler.is_some(),
+            Tap::Pooler => self.p.pooler.is_some(),
         }
     }
 
     fn tokenize(&self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, bool)> {
-        let max = max_tokens.min(self.max_len);
+        let max = max_tokens.min(self.p.max_len);
         if max < 2 {
             return Err(Error::param(
                 "max_tokens",
-                format!("must be at least 2 for {}", self.special_tokens),
+                format!("must be at least 2 for {}", self.p.special_tokens),
             ));
         }
         let mut guard = self
@@ -469,7 +447,7 @@ impl Embedder for Encoder {
     }
 
     fn max_sequence(&self) -> usize {
-        self.max_len
+        self.p.max_len
     }
 
     fn embed_spans(
@@ -479,7 +457,7 @@ impl Embedder for Encoder {
         taps: &[Tap],
         pooling: Pooling,
     ) -> Result<Vec<Vec<f32>>> {
-        let (name, n) = (self.name, self.blocks.len());
+        let (name, n) = (self.p.name, self.p.blocks.len());
         if taps.is_empty() {
             return Err(Error::param("taps", "no taps requested"));
         }
@@ -487,7 +465,7 @@ impl Embedder for Encoder {
         for &t in taps {
             match t {
                 Tap::Layer(k) if k <= n => deepest = deepest.max(k),
-                Tap::Pooler if self.pooler.is_some() => deepest = n,
+                Tap::Pooler if self.p.pooler.is_some() => deepest = n,
                 other => {
                     return Err(Error::param(
                         "layers",
@@ -508,18 +486,18 @@ impl Embedder for Encoder {
         if b == 0 {
             return Ok(vec![Vec::new(); taps.len()]);
         }
-        let op = self.forward_op;
+        let op = self.p.forward_op;
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         let l = *lens.iter().max().unwrap_or(&0);
         if lens.contains(&0) {
             return Err(Error::compute(op, "empty token sequence in batch"));
         }
-        if l > self.max_len {
+        if l > self.p.max_len {
             return Err(Error::compute(
                 op,
                 format!(
                     "sequence of {l} tokens exceeds the {} positions {name} has",
-                    self.max_len
+                    self.p.max_len
                 ),
             ));
         }
@@ -530,7 +508,7 @@ impl Embedder for Encoder {
         let mut mean_mask = Vec::with_capacity(b * l);
         for (s, m) in batch.iter().zip(mean) {
             ids.extend_from_slice(s);
-            ids.extend(std::iter::repeat_n(self.pad_id, l - s.len()));
+            ids.extend(std::iter::repeat_n(self.p.pad_id, l - s.len()));
             mask.extend(std::iter::repeat_n(1f32, s.len()));
             mask.extend(std::iter::repeat_n(0f32, l - s.len()));
             mean_mask.extend((0..l).map(|i| if m.contains(&i) { 1f32 } else { 0f32 }));
@@ -548,6 +526,6 @@ impl Embedder for Encoder {
     }
 
     fn describe(&self) -> String {
-        self.description.clone()
+        self.p.description.clone()
     }
 }

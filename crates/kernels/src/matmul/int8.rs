@@ -300,7 +300,9 @@ impl PackedI8 {
                 let mut sums = std::mem::ManuallyDrop::new(sums);
                 // SAFETY: f32 and i32 have one size and alignment, and every bit pattern is a
                 // valid i32.
-                unsafe { Vec::from_raw_parts(sums.as_mut_ptr().cast(), sums.len(), sums.capacity()) }
+                unsafe {
+                    Vec::from_raw_parts(sums.as_mut_ptr().cast(), sums.len(), sums.capacity())
+                }
             }
             Repr::Columns(c) => {
                 let mut sums = vec![0i32; m * n];
@@ -376,7 +378,11 @@ fn quantise_row(x: &[f32], q: &mut [i8], rule: Outliers) -> QuantRow {
             .fold(0f32, |m, (_, v)| m.max(v.abs()))
     };
     let scale = rest_max / 127.0;
-    let inv = if rest_max == 0.0 { 0.0 } else { 127.0 / rest_max };
+    let inv = if rest_max == 0.0 {
+        0.0
+    } else {
+        127.0 / rest_max
+    };
     quantise(Isa::best(), x, inv, q);
     for &(ch, _) in &outliers {
         q[ch] = 0;
