@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use llmembed_kernels::I8Kernel;
 use llmembed_core::{
     Apply, ApplyEnv, Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input,
     Layers, Result, Stage, Summary, VectorColumn, read_text_table,
 };
+use llmembed_kernels::I8Kernel;
 
 use crate::apply::ExtractApply;
 use crate::batch::embed_shard;

@@ -42,7 +42,13 @@ fn kernels() -> Vec<I8Kernel> {
     all.into_iter().filter(|k| k.runs_here()).collect()
 }
 
-fn product(kernel: I8Kernel, o: Outliers, a: &[f32], w: &[f32], mkn: (usize, usize, usize)) -> Vec<f32> {
+fn product(
+    kernel: I8Kernel,
+    o: Outliers,
+    a: &[f32],
+    w: &[f32],
+    mkn: (usize, usize, usize),
+) -> Vec<f32> {
     let (m, k, n) = mkn;
     PackedI8::new(w, k, n, kernel, o)
         .unwrap()
@@ -123,7 +129,9 @@ fn vnni_and_portable_give_the_same_bits() {
                 .collect();
             for out in &outs[1..] {
                 assert!(
-                    out.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    out.iter()
+                        .zip(&outs[0])
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
                     "({m}, {k}, {n}) {o:?}: kernels differ"
                 );
             }
@@ -167,7 +175,11 @@ fn outlier_channels_are_taken_out_of_the_scale() {
         let mut worst = 1f64;
         for i in 0..m {
             let exact: Vec<f64> = (0..n)
-                .map(|j| (0..k).map(|p| a[i * k + p] as f64 * w[p * n + j] as f64).sum())
+                .map(|j| {
+                    (0..k)
+                        .map(|p| a[i * k + p] as f64 * w[p * n + j] as f64)
+                        .sum()
+                })
                 .collect();
             let got = &y[i * n..(i + 1) * n];
             let dot: f64 = exact.iter().zip(got).map(|(e, g)| e * *g as f64).sum();
