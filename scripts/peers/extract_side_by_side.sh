@@ -9,6 +9,8 @@
 #   N_TEXTS  first N AG News test texts (default 500)
 #   PYTHON   a Python with torch, transformers, gguf, pyarrow (default /tmp/refenv/bin/python)
 #   PRESET   the model (default smollm2-135m; gemma3-270m, qwen2.5-coder-0.5b, ...)
+#   XTASK    (environment) a built xtask binary to use instead of building one (a shared
+#            target dir's binary may be another worktree's)
 # Run it on an otherwise idle machine: the runs share the same two cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,8 +18,11 @@ n="${1:-500}"
 py="${2:-/tmp/refenv/bin/python}"
 preset="${3:-smollm2-135m}"
 
-cargo build --release --quiet --package xtask
-xtask="${CARGO_TARGET_DIR:-target}/release/xtask"
+xtask="${XTASK:-}"
+if [ -z "$xtask" ]; then
+  cargo build --release --quiet --package xtask
+  xtask="${CARGO_TARGET_DIR:-target}/release/xtask"
+fi
 gguf=$($xtask fetch "$preset" | awk '{print $2}')
 
 tps() { grep -oE '[0-9.]+ (real )?tokens/s' | grep -oE '^[0-9.]+' | tail -1; }

@@ -340,19 +340,10 @@ fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
             outliers: Vec::new(),
         };
     }
-    let outliers = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
+    let (outliers, rest_max) = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
         find_outliers(x, sumsq as f64, rule)
     } else {
-        Vec::new()
-    };
-    let rest_max = if outliers.is_empty() {
-        max
-    } else {
-        let taken = |i: usize| outliers.iter().any(|&(o, _)| o == i);
-        x.iter()
-            .enumerate()
-            .filter(|&(i, _)| !taken(i))
-            .fold(0f32, |m, (_, v)| m.max(v.abs()))
+        (Vec::new(), max)
     };
     let scale = rest_max / 127.0;
     let inv = if rest_max == 0.0 {
@@ -378,23 +369,35 @@ fn is_outlier(v: f32, sumsq: f64, len: usize, rule: Outliers) -> bool {
     v as f64 > rule.ratio as f64 * (below / (len - 1) as f64).sqrt()
 }
 
-/// The rule on a row whose largest value is an outlier: the `rule.max` largest magnitudes
+/// The rule on a row whose largest value is an outlier: the `rule.max + 1` largest magnitudes
 /// found in one pass (ties: the lower channel), then taken largest first while each is one.
-fn find_outliers(x: &[f32], sumsq: f64, rule: Outliers) -> Vec<(usize, f32)> {
+/// Returns the outliers and the largest magnitude left (the next candidate's).
+fn find_outliers(x: &[f32], sumsq: f64, rule: Outliers) -> (Vec<(usize, f32)>, f32) {
+    let keep = rule.max + 1;
     // (magnitude, channel), largest first.
-    let mut top: Vec<(f32, usize)> = Vec::with_capacity(rule.max + 1);
-    for (i, v) in x.iter().enumerate() {
-        let a = v.abs();
-        if top.len() == rule.max && a <= top[rule.max - 1].0 {
-            continue;
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(keep + 1);
+    let mut insert = |top: &mut Vec<(f32, usize)>, i: usize, a: f32| {
+        if top.len() == keep && a <= top[keep - 1].0 {
+            return;
         }
         let at = top.partition_point(|&(b, _)| b >= a);
         top.insert(at, (a, i));
-        top.truncate(rule.max);
+        top.truncate(keep);
+    };
+    // Sixteen at a time: a group is looked at value by value only when its largest magnitude
+    // would enter the list, which after the first groups is rare.
+    for (g, group) in x.chunks(16).enumerate() {
+        let big = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if top.len() == keep && big <= top[keep - 1].0 {
+            continue;
+        }
+        for (j, v) in group.iter().enumerate() {
+            insert(&mut top, g * 16 + j, v.abs());
+        }
     }
     let mut out = Vec::new();
     let (mut rest_sq, mut len) = (sumsq, x.len());
-    for &(a, ch) in &top {
+    for &(a, ch) in top.iter().take(rule.max) {
         if !is_outlier(a, rest_sq, len, rule) {
             break;
         }
@@ -402,7 +405,8 @@ fn find_outliers(x: &[f32], sumsq: f64, rule: Outliers) -> Vec<(usize, f32)> {
         rest_sq -= (a as f64) * (a as f64);
         len -= 1;
     }
-    out
+    let rest_max = top.get(out.len()).map_or(0.0, |t| t.0);
+    (out, rest_max)
 }
 
 /// Sum of squares (16 fixed lanes) and the largest magnitude of `x`; the maximum is NaN or
