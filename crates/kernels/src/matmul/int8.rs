@@ -376,7 +376,7 @@ fn find_outliers(x: &[f32], sumsq: f64, rule: Outliers) -> (Vec<(usize, f32)>, f
     let keep = rule.max + 1;
     // (magnitude, channel), largest first.
     let mut top: Vec<(f32, usize)> = Vec::with_capacity(keep + 1);
-    let mut insert = |top: &mut Vec<(f32, usize)>, i: usize, a: f32| {
+    let insert = |top: &mut Vec<(f32, usize)>, i: usize, a: f32| {
         if top.len() == keep && a <= top[keep - 1].0 {
             return;
         }
