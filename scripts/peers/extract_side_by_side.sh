@@ -1,30 +1,40 @@
 #!/usr/bin/env bash
 # Extraction speed, side by side in one run on the same texts, file and thread count:
-# PyTorch + transformers in float32 (scripts/peers/pytorch_extract.py), llama.cpp through
-# llama-cpp-python when that Python has it (scripts/peers/llamacpp_extract.py), then the Rust
-# extract stage with compute f32 and bf16 (`xtask bench extract`), then the ratios of real tokens/s.
+# PyTorch + transformers in fp32, bf16 and int8-dynamic (scripts/peers/pytorch_extract.py),
+# llama.cpp through llama-cpp-python when that Python has it (scripts/peers/llamacpp_extract.py),
+# then the Rust extract stage with compute f32, bf16 and int8 (`xtask bench extract`), then the
+# ratios of real tokens/s that issue #19's bars ask for.
 #
 # Usage: scripts/peers/extract_side_by_side.sh [N_TEXTS] [PYTHON] [PRESET]
 #   N_TEXTS  first N AG News test texts (default 500)
 #   PYTHON   a Python with torch, transformers, gguf, pyarrow (default /tmp/refenv/bin/python)
-#   PRESET   a GGUF model preset (default smollm2-135m; qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)
-# Run it on an otherwise idle machine: the three runs share the same two cores.
+#   PRESET   the model (default smollm2-135m; gemma3-270m, qwen2.5-coder-0.5b, ...)
+#   XTASK    (environment) a built xtask binary to use instead of building one (a shared
+#            target dir's binary may be another worktree's)
+# Run it on an otherwise idle machine: the runs share the same two cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 n="${1:-500}"
 py="${2:-/tmp/refenv/bin/python}"
 preset="${3:-smollm2-135m}"
 
-cargo build --release --quiet --package xtask
-xtask=./target/release/xtask
+xtask="${XTASK:-}"
+if [ -z "$xtask" ]; then
+  cargo build --release --quiet --package xtask
+  xtask="${CARGO_TARGET_DIR:-target}/release/xtask"
+fi
 gguf=$($xtask fetch "$preset" | awk '{print $2}')
 
 tps() { grep -oE '[0-9.]+ (real )?tokens/s' | grep -oE '^[0-9.]+' | tail -1; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 
-echo "== PyTorch fp32 (2 threads)"
-torch_out=$("$py" scripts/peers/pytorch_extract.py "$gguf" "$n" 2 2>/dev/null | tail -1)
-echo "$torch_out"
-torch=$(echo "$torch_out" | tps)
+declare -A torch
+for dtype in fp32 bf16 int8; do
+  echo "== PyTorch $dtype (2 threads)"
+  out=$("$py" scripts/peers/pytorch_extract.py "$gguf" "$n" 2 "$dtype" 2>/dev/null | tail -1)
+  echo "$out"
+  torch[$dtype]=$(echo "$out" | tps)
+done
 
 llama=""
 if "$py" -c "import llama_cpp" 2>/dev/null; then
@@ -35,18 +45,19 @@ if "$py" -c "import llama_cpp" 2>/dev/null; then
 fi
 
 declare -A rust
-for compute in f32 bf16; do
+for compute in f32 bf16 int8; do
   echo "== Rust extract, compute $compute"
   out=$($xtask bench extract --model "$preset" --texts "$n" --compute "$compute" 2>&1)
-  echo "$out" | grep -E "embedded|peak"
+  echo "$out" | grep -E "embedded|peak|portable"
   rust[$compute]=$(echo "$out" | grep embedded | tps)
 done
 
-echo "== $preset, $n texts, $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) (cpu family $(grep -m1 "cpu family" /proc/cpuinfo | cut -d: -f2 | xargs))"
-echo "== real tokens/s: pytorch-f32 $torch, rust-f32 ${rust[f32]}, rust-bf16 ${rust[bf16]}"
-awk -v t="$torch" -v f="${rust[f32]}" -v b="${rust[bf16]}" \
-  'BEGIN { printf "== ratio to PyTorch fp32: rust-f32 %.2fx, rust-bf16 %.2fx\n", f / t, b / t }'
+echo "== $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) (cpu family $(grep -m1 "cpu family" /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d" " -f1-3 /proc/loadavg)"
+echo "== real tokens/s ($preset, $n texts): pytorch fp32 ${torch[fp32]}, bf16 ${torch[bf16]}, int8 ${torch[int8]}; rust f32 ${rust[f32]}, bf16 ${rust[bf16]}, int8 ${rust[int8]}"
+echo "== rust int8 / rust bf16:     $(ratio "${rust[int8]}" "${rust[bf16]}")  (bar 1.6x)"
+echo "== rust int8 / pytorch int8:  $(ratio "${rust[int8]}" "${torch[int8]}")  (bar 2x)"
+echo "== rust bf16 / pytorch bf16:  $(ratio "${rust[bf16]}" "${torch[bf16]}")  (bar 2x)"
+echo "== rust f32 / pytorch fp32:   $(ratio "${rust[f32]}" "${torch[fp32]}")"
 if [ -n "$llama" ]; then
-  awk -v l="$llama" -v f="${rust[f32]}" -v b="${rust[bf16]}" \
-    'BEGIN { printf "== ratio to llama.cpp (%s tokens/s): rust-f32 %.2fx, rust-bf16 %.2fx\n", l, f / l, b / l }'
+  echo "== ratio to llama.cpp ($llama tokens/s): rust f32 $(ratio "${rust[f32]}" "$llama"), bf16 $(ratio "${rust[bf16]}" "$llama"), int8 $(ratio "${rust[int8]}" "$llama")"
 fi

@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend_on};
-use llmembed_kernels::{Bf16Kernel, F32Kernel, Isa, PackedBf16, PackedF32, Rows};
+use llmembed_kernels::{
+    Bf16Kernel, F32Kernel, I8Kernel, Isa, Outliers, PackedBf16, PackedF32, PackedI8, Rows,
+};
 
 const ROWS: usize = 512;
 /// (name, inputs, outputs) of one block's products.
@@ -103,6 +105,50 @@ fn main() {
             kernel.name(),
             gflops(secs)
         );
+    }
+
+    // int8: GFLOP/s counts the same multiply-adds as f32's; with outliers, every row has two
+    // channels 50x the others (the rule then takes them out).
+    let spiked: Vec<Vec<f32>> = cases
+        .iter()
+        .map(|c| {
+            let mut x = c.x.clone();
+            for row in x.chunks_exact_mut(c.k) {
+                row[5] *= 50.0;
+                row[c.k / 3] *= -50.0;
+            }
+            x
+        })
+        .collect();
+    for kernel in [I8Kernel::Vnni, I8Kernel::Portable] {
+        if !kernel.runs_here() {
+            println!(
+                "matmul int8 {:>9}: not available on this CPU",
+                kernel.name()
+            );
+            continue;
+        }
+        for (label, rule, inputs) in [
+            ("no outliers", Outliers::NONE, None),
+            ("rule, none found", Outliers::DEFAULT, None),
+            ("rule, 2 per row", Outliers::DEFAULT, Some(&spiked)),
+        ] {
+            let packed: Vec<PackedI8> = cases
+                .iter()
+                .map(|c| PackedI8::new(&c.w, c.k, c.n, kernel, rule).unwrap())
+                .collect();
+            let secs = best(|| {
+                for (i, (p, c)) in packed.iter().zip(&cases).enumerate() {
+                    let x = inputs.map_or(&c.x, |s| &s[i]);
+                    std::hint::black_box(p.matmul(x, ROWS).unwrap());
+                }
+            });
+            println!(
+                "matmul int8 {:>9}: {:6.1} GFLOP/s ({label})",
+                kernel.name(),
+                gflops(secs)
+            );
+        }
     }
 
     let levels = [Some(Isa::baseline()), Isa::avx512()];

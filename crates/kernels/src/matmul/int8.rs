@@ -136,7 +136,7 @@ enum Repr {
     Columns(Vec<i8>),
 }
 
-/// A row quantised: the int8 values (outlier channels zero), its scale, and its outliers
+/// What the quantisation of a row leaves beside its bytes: its scale and its outliers
 /// (channel, f32 value), largest first.
 struct QuantRow {
     scale: f32,
@@ -236,15 +236,25 @@ impl PackedI8 {
         self.outliers
     }
 
-    /// The int8 weight of input `k` and output `n`.
-    fn weight(&self, k: usize, n: usize) -> i8 {
+    /// `extra[n] += v * q_w[ch][n]` for every output `n`: one outlier channel's f32 products.
+    fn add_channel(&self, ch: usize, v: f32, extra: &mut [f32]) {
         match &self.repr {
             Repr::Panels(p) => {
                 let steps = self.k.div_ceil(4);
-                let step = p.as_slice()[((n / PANEL) * steps + k / 4) * PANEL + n % PANEL];
-                (step >> (8 * (k % 4))) as u8 as i8
+                let shift = 8 * (ch % 4);
+                let data = p.as_slice();
+                for (panel, out) in extra.chunks_mut(PANEL).enumerate() {
+                    let at = (panel * steps + ch / 4) * PANEL;
+                    for (e, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
+                        *e += v * ((step >> shift) as u8 as i8) as f32;
+                    }
+                }
             }
-            Repr::Columns(c) => c[n * self.k + k],
+            Repr::Columns(c) => {
+                for (e, col) in extra.iter_mut().zip(c.chunks_exact(self.k)) {
+                    *e += v * col[ch] as f32;
+                }
+            }
         }
     }
 
@@ -265,14 +275,15 @@ impl PackedI8 {
         if m == 0 || n == 0 {
             return Ok(vec![0f32; m * n]);
         }
-        // Row quantisation: int8 values padded to whole steps of four.
-        let kp = k.div_ceil(4) * 4;
-        let mut q = vec![0i8; m * kp];
+        // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps of four
+        // inputs (the padding meets zero weights), four to a u32: the kernels' A.
+        let steps = k.div_ceil(4);
+        let mut a = vec![0u32; m * steps];
         let mut rows: Vec<QuantRow> = Vec::with_capacity(m);
         x.par_chunks(k)
-            .zip(q.par_chunks_mut(kp))
+            .zip(a.par_chunks_mut(steps))
             .with_min_len(ROWS_PER_TASK)
-            .map(|(row, q)| quantise_row(row, &mut q[..k], self.outliers))
+            .map(|(row, a)| quantise_row(row, a, self.outliers))
             .collect_into_vec(&mut rows);
         if let Some((r, _)) = rows.iter().enumerate().find(|(_, q)| !q.scale.is_finite()) {
             return Err(Error::new(
@@ -280,68 +291,48 @@ impl PackedI8 {
                 format!("row {r} of the input has a value that is not finite"),
             ));
         }
-        // The exact integer sums, (M, N).
-        let sums: Vec<i32> = match &self.repr {
-            Repr::Panels(p) => {
-                // q + 128 as u8 is the int8's bits with the top bit flipped.
-                let steps: Vec<u32> = q
-                    .chunks_exact(4)
-                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]].map(|v| v as u8 ^ 0x80)))
-                    .collect();
-                let mut sums = p.matmul::<DotI8>(&steps, m);
-                sums.par_chunks_mut(n)
-                    .with_min_len(ROWS_PER_TASK)
-                    .for_each(|row| {
-                        for (v, s) in row.iter_mut().zip(&self.shift) {
-                            // The kernel stored int32 sums in the f32 slots (as bits).
-                            *v = f32::from_bits((v.to_bits() as i32).wrapping_sub(*s) as u32);
-                        }
-                    });
-                let mut sums = std::mem::ManuallyDrop::new(sums);
-                // SAFETY: f32 and i32 have one size and alignment, and every bit pattern is a
-                // valid i32.
-                unsafe {
-                    Vec::from_raw_parts(sums.as_mut_ptr().cast(), sums.len(), sums.capacity())
-                }
-            }
+        // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots.
+        let sums: Vec<f32> = match &self.repr {
+            Repr::Panels(p) => p.matmul::<DotI8>(&a, m),
             Repr::Columns(c) => {
-                let mut sums = vec![0i32; m * n];
+                let mut sums = vec![0f32; m * n];
                 sums.par_chunks_mut(n)
-                    .zip(q.par_chunks(kp))
+                    .zip(a.par_chunks(steps))
                     .with_min_len(ROWS_PER_TASK)
-                    .for_each(|(out, row)| portable_row(Isa::best(), &row[..k], c, k, out));
+                    .for_each(|(out, row)| portable_row(Isa::best(), row, c, k, out));
                 sums
             }
         };
-        // Scales (and outlier channels) once per output.
-        let mut y = vec![0f32; m * n];
+        // Undo the shift, then the scales (and outlier channels) once per output.
+        let mut y = sums;
         y.par_chunks_mut(n)
-            .zip(sums.par_chunks(n))
             .zip(rows.par_iter())
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|((y, sums), row)| {
-                let mut extra = vec![0f32; if row.outliers.is_empty() { 0 } else { n }];
-                for &(ch, v) in &row.outliers {
-                    for (col, e) in extra.iter_mut().enumerate() {
-                        *e += v * self.weight(ch, col) as f32;
+            .for_each(|(y, row)| {
+                let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
+                if row.outliers.is_empty() {
+                    for ((y, &shift), &s_w) in y.iter_mut().zip(&self.shift).zip(&self.scales) {
+                        *y = s_w * (row.scale * int(*y, shift));
                     }
-                }
-                for (col, (y, &s)) in y.iter_mut().zip(sums).enumerate() {
-                    let inner = row.scale * s as f32;
-                    let inner = match extra.get(col) {
-                        Some(e) => inner + e,
-                        None => inner,
-                    };
-                    *y = self.scales[col] * inner;
+                } else {
+                    let mut extra = vec![0f32; n];
+                    for &(ch, v) in &row.outliers {
+                        self.add_channel(ch, v, &mut extra);
+                    }
+                    for (((y, &shift), &s_w), e) in
+                        y.iter_mut().zip(&self.shift).zip(&self.scales).zip(&extra)
+                    {
+                        *y = s_w * (row.scale * int(*y, shift) + e);
+                    }
                 }
             });
         Ok(y)
     }
 }
 
-/// Quantises one row into `q` (its outlier channels zero); returns its scale (not finite when
-/// the row has a value that is not) and outliers.
-fn quantise_row(x: &[f32], q: &mut [i8], rule: Outliers) -> QuantRow {
+/// Quantises one row into `a` (u8 `q + 128` four to a u32, outlier channels 128, padding
+/// zero); returns its scale (not finite when the row has a value that is not) and outliers.
+fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
     let (sumsq, max) = sumsq_max(Isa::best(), x);
     if !max.is_finite() {
         return QuantRow {
@@ -349,33 +340,10 @@ fn quantise_row(x: &[f32], q: &mut [i8], rule: Outliers) -> QuantRow {
             outliers: Vec::new(),
         };
     }
-    let mut outliers: Vec<(usize, f32)> = Vec::new();
-    let taken = |outliers: &[(usize, f32)], i: usize| outliers.iter().any(|&(o, _)| o == i);
-    let mut rest_sq = sumsq as f64;
-    while outliers.len() < rule.max && x.len() > outliers.len() + 1 {
-        // The largest channel not yet taken (the lowest index on ties).
-        let (ch, v) = x
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| !taken(&outliers, i))
-            .fold((0, -1f32), |best, (i, v)| {
-                if v.abs() > best.1 { (i, v.abs()) } else { best }
-            });
-        let below = rest_sq - (v as f64) * (v as f64);
-        let rms = (below.max(0.0) / (x.len() - outliers.len() - 1) as f64).sqrt();
-        if v as f64 <= rule.ratio as f64 * rms {
-            break;
-        }
-        outliers.push((ch, x[ch]));
-        rest_sq = below;
-    }
-    let rest_max = if outliers.is_empty() {
-        max
+    let (outliers, rest_max) = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
+        find_outliers(x, sumsq as f64, rule)
     } else {
-        x.iter()
-            .enumerate()
-            .filter(|&(i, _)| !taken(&outliers, i))
-            .fold(0f32, |m, (_, v)| m.max(v.abs()))
+        (Vec::new(), max)
     };
     let scale = rest_max / 127.0;
     let inv = if rest_max == 0.0 {
@@ -383,11 +351,62 @@ fn quantise_row(x: &[f32], q: &mut [i8], rule: Outliers) -> QuantRow {
     } else {
         127.0 / rest_max
     };
-    quantise(Isa::best(), x, inv, q);
+    quantise(Isa::best(), x, inv, a);
     for &(ch, _) in &outliers {
-        q[ch] = 0;
+        let (word, shift) = (ch / 4, 8 * (ch % 4));
+        a[word] = (a[word] & !(0xFF << shift)) | (128 << shift);
     }
     QuantRow { scale, outliers }
+}
+
+/// Whether `v` (a magnitude) exceeds `rule.ratio` times the RMS of the `len - 1` values of
+/// squared sum `sumsq - v^2`.
+fn is_outlier(v: f32, sumsq: f64, len: usize, rule: Outliers) -> bool {
+    if len < 2 {
+        return false;
+    }
+    let below = (sumsq - (v as f64) * (v as f64)).max(0.0);
+    v as f64 > rule.ratio as f64 * (below / (len - 1) as f64).sqrt()
+}
+
+/// The rule on a row whose largest value is an outlier: the `rule.max + 1` largest magnitudes
+/// found in one pass (ties: the lower channel), then taken largest first while each is one.
+/// Returns the outliers and the largest magnitude left (the next candidate's).
+fn find_outliers(x: &[f32], sumsq: f64, rule: Outliers) -> (Vec<(usize, f32)>, f32) {
+    let keep = rule.max + 1;
+    // (magnitude, channel), largest first.
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(keep + 1);
+    let insert = |top: &mut Vec<(f32, usize)>, i: usize, a: f32| {
+        if top.len() == keep && a <= top[keep - 1].0 {
+            return;
+        }
+        let at = top.partition_point(|&(b, _)| b >= a);
+        top.insert(at, (a, i));
+        top.truncate(keep);
+    };
+    // Sixteen at a time: a group is looked at value by value only when its largest magnitude
+    // would enter the list, which after the first groups is rare.
+    for (g, group) in x.chunks(16).enumerate() {
+        let big = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if top.len() == keep && big <= top[keep - 1].0 {
+            continue;
+        }
+        for (j, v) in group.iter().enumerate() {
+            insert(&mut top, g * 16 + j, v.abs());
+        }
+    }
+    let mut out = Vec::new();
+    let (mut rest_sq, mut len) = (sumsq, x.len());
+    for &(a, ch) in top.iter().take(rule.max) {
+        if !is_outlier(a, rest_sq, len, rule) {
+            break;
+        }
+        out.push((ch, x[ch]));
+        rest_sq -= (a as f64) * (a as f64);
+        len -= 1;
+    }
+    let rest_max = top.get(out.len()).map_or(0.0, |t| t.0);
+    (out, rest_max)
 }
 
 /// Sum of squares (16 fixed lanes) and the largest magnitude of `x`; the maximum is NaN or
@@ -423,23 +442,42 @@ multiversion! {
 }
 
 multiversion! {
-    /// `q = round(x * inv)`, clamped to -127..=127.
-    fn quantise(isa: Isa, x: &[f32], inv: f32, q: &mut [i8]) {
-        for (q, v) in q.iter_mut().zip(x) {
-            *q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+    /// `a`: `round(x * inv)` clamped to -127..=127, plus 128, as bytes four to a u32 (input
+    /// `4p + j` in byte `j` of `a[p]`; a last partial step padded with zero bytes).
+    fn quantise(isa: Isa, x: &[f32], inv: f32, a: &mut [u32]) {
+        let byte = |v: f32| ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u32;
+        let (whole, last) = x.split_at(x.len() / 4 * 4);
+        for (o, c) in a.iter_mut().zip(whole.chunks_exact(4)) {
+            *o = byte(c[0]) | byte(c[1]) << 8 | byte(c[2]) << 16 | byte(c[3]) << 24;
+        }
+        if !last.is_empty() {
+            let mut w = 0u32;
+            for (j, &v) in last.iter().enumerate() {
+                w |= byte(v) << (8 * j);
+            }
+            a[x.len() / 4] = w;
         }
     }
 }
 
 multiversion! {
-    /// One row's exact sums against every output's column of int8 weights.
-    fn portable_row(isa: Isa, q: &[i8], columns: &[i8], k: usize, out: &mut [i32]) {
+    /// One row's sums `sum_k a[k] q_w[k][n]` (a in u8 four to a u32) against every output's
+    /// column of int8 weights, as int32 bits in `out`.
+    fn portable_row(isa: Isa, a: &[u32], columns: &[i8], k: usize, out: &mut [f32]) {
+        // i16 products (at most 255 x 127) summed into i32: the pattern compilers turn
+        // into `pmaddwd`.
+        let bytes: Vec<i16> = a
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .take(k)
+            .map(i16::from)
+            .collect();
         for (o, col) in out.iter_mut().zip(columns.chunks_exact(k)) {
             let mut acc = 0i32;
-            for (a, b) in q.iter().zip(col) {
-                acc += *a as i32 * *b as i32;
+            for (x, w) in bytes.iter().zip(col) {
+                acc += (x * *w as i16) as i32;
             }
-            *o = acc;
+            *o = f32::from_bits(acc as u32);
         }
     }
 }
