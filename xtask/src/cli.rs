@@ -322,6 +322,7 @@ enum Bench {
 enum ComputeArg {
     F32,
     Bf16,
+    Int8,
 }
 
 impl ComputeArg {
@@ -329,6 +330,7 @@ impl ComputeArg {
         match self {
             ComputeArg::F32 => llmembed_extract::ComputeDtype::F32,
             ComputeArg::Bf16 => llmembed_extract::ComputeDtype::Bf16,
+            ComputeArg::Int8 => llmembed_extract::ComputeDtype::Int8,
         }
     }
 }

@@ -193,6 +193,7 @@ pub fn all() -> &'static [&'static dyn StageKind] {
         llmembed_classify::Mlp,
         llmembed_classify::Ensemble,
         llmembed_classify::LayerSweep,
+        llmembed_classify::Select,
         llmembed_evaluate::Evaluate,
     ]
 }
@@ -203,6 +204,13 @@ pub fn find(kind: &str) -> Option<&'static dyn StageKind> {
 
 /// Whether stages of `kind` make class predictions: the stages `predict` and `serve` end at.
 pub fn predicts(kind: &str) -> bool {
-    use llmembed_classify::{Ensemble, LayerSweep, LogReg, Mlp};
-    [LogReg::KIND, Mlp::KIND, Ensemble::KIND, LayerSweep::KIND].contains(&kind)
+    use llmembed_classify::{Ensemble, LayerSweep, LogReg, Mlp, Select};
+    [
+        LogReg::KIND,
+        Mlp::KIND,
+        Ensemble::KIND,
+        LayerSweep::KIND,
+        Select::KIND,
+    ]
+    .contains(&kind)
 }

@@ -8,6 +8,8 @@
 //! * [`Ensemble`] (`kind: ensemble`): soft or hard voting over prediction artifacts.
 //! * [`LayerSweep`] (`kind: layer_sweep`): the depth ablation, one logistic regression per
 //!   `layer_<i>` column, the layer chosen by CV on train rows, test scores reported.
+//! * [`Select`] (`kind: select`): of several classifiers, the one with the best CV accuracy on
+//!   the training rows (as each recorded it), its predictions passed on.
 //!
 //! `logreg` and `mlp` read one embedding artifact (`train.parquet`, `test.parquet`) and write
 //! `predictions.parquet` (test rows, with a label or not), `predictions-<split>.parquet` for any
@@ -18,7 +20,7 @@
 //! reference script `scripts/reference/sklearn_logreg.py`.
 //!
 //! # Modules
-//! The stages (`logreg`, `mlp`, `layer_sweep`, `ensemble`) sit on shared pieces that import
+//! The stages (`logreg`, `mlp`, `layer_sweep`, `ensemble`, `select`) sit on shared pieces that import
 //! none of them: `prologue` (param checks, reading train/test, the best row of a CV table,
 //! writing predictions and JSON), `data` (feature matrices and their standardisation), `folds`
 //! (stratified folds), `logreg_fit` (the fit and the CV of `C`), `lbfgs` (the solver), `mlp_net`
@@ -37,6 +39,7 @@ mod mlp_net;
 mod plot;
 mod prologue;
 mod saved;
+mod select;
 mod sparse;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
@@ -47,6 +50,7 @@ pub use logreg::{
 };
 pub use logreg_fit::LogRegSolver;
 pub use mlp::{DEFAULT_EPOCHS, Mlp, MlpParams, MlpSelect};
+pub use select::{Select, SelectParams};
 
 #[cfg(test)]
 mod tests;

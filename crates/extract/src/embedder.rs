@@ -14,7 +14,7 @@ pub enum Tap {
     Layer(usize),
     /// The final norm applied to the last block's output.
     FinalNorm,
-    /// The encoder's pooler output (BERT only).
+    /// The encoder's pooler output (BERT, MPNet).
     Pooler,
     /// The model's own sentence embedding, as its sentence-transformers modules make it from the
     /// last hidden state (EmbeddingGemma: mean pooling, two Dense layers, L2 normalisation);
@@ -34,7 +34,7 @@ pub enum Pooling {
     Last,
     /// The first token.
     First,
-    /// The model's pooler (BERT only).
+    /// The model's pooler (BERT, MPNet).
     Pooler,
 }
 
@@ -46,6 +46,10 @@ pub enum Pooling {
 pub enum ComputeDtype {
     F32,
     Bf16,
+    /// Decoders only: int8 weights (per output column, at load) times int8 activations (per
+    /// row, at each product), int32 sums; everything outside the products stays f32 (see
+    /// `llmembed_kernels::PackedI8`).
+    Int8,
 }
 
 /// Where a model's files are.

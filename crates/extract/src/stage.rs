@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use llmembed_kernels::I8Kernel;
 use llmembed_core::{
     Apply, ApplyEnv, Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input,
     Layers, Result, Stage, Summary, VectorColumn, read_text_table,
@@ -13,7 +14,7 @@ use llmembed_core::{
 use crate::apply::ExtractApply;
 use crate::batch::embed_shard;
 use crate::claims::{self, Attempt, Claimer};
-use crate::embedder::{Embedder, LoadSpec, Pooling, Tap};
+use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 use crate::params::ExtractParams;
 use crate::source::{self};
 use crate::store::Store;
@@ -335,6 +336,18 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
         texts.unique.len() - missing.len(),
         texts.unique.len()
     )];
+    if p.compute == ComputeDtype::Int8 && I8Kernel::detect() != I8Kernel::Vnni {
+        // Said in every run's summary: the bits are the same, the speed is not.
+        let why = if std::env::var_os("LLMEMBED_NO_AVX512VNNI").is_some() {
+            "LLMEMBED_NO_AVX512VNNI is set"
+        } else {
+            "this CPU has no AVX512-VNNI"
+        };
+        log::warn!("compute int8: {why}; the portable int8 kernel runs (the same bits, slower)");
+        notes.push(format!(
+            "int8 products on the portable kernel ({why}; the same bits as VNNI, slower)"
+        ));
+    }
     if !store.quarantined.is_empty() {
         notes.push(format!(
             "quarantined {} damaged store shard(s)",

@@ -199,3 +199,82 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
         }
     }
 }
+
+/// The int8 products (VNNI or the portable kernel, with the per-row outlier rule) keep every
+/// row to itself too: a text's int8 vectors do not depend on its batch, bit for bit.
+#[test]
+fn int8_padding_invariant_and_deterministic() {
+    for (file, arch, label) in [
+        (&SMOLLM2, "llama(", "smollm2 int8"),
+        (&GEMMA3, "gemma3(", "gemma3 int8"),
+        (&QWEN25_CODER_05B, "qwen2(", "qwen2.5-coder-0.5b int8"),
+    ] {
+        let Some(m) = open(file, ComputeDtype::Int8) else {
+            continue;
+        };
+        let d = m.describe();
+        assert!(d.starts_with(arch), "{d}");
+        let kernel = llmembed_kernels::I8Kernel::detect().name();
+        assert!(
+            d.contains(&format!(",matmul={kernel},outliers=")),
+            "the int8 kernel and outlier rule are not named: {d}"
+        );
+        check(m.as_ref(), label);
+    }
+}
+
+/// `compute: int8` against `compute: f32`, per model, every layer, on this file's texts (the
+/// extract tests' texts): mean-pooled vectors within cosine 0.995 (the bar). The worst
+/// case per model is printed (`--nocapture`; README and ARCHITECTURE state them), and so is the
+/// last token's, which one token's quantisation moves more.
+#[test]
+fn int8_stays_within_cosine_0_995_of_f32() {
+    // Every model is measured before any bar is asserted, so one run states every worst case.
+    let mut below = Vec::new();
+    for (file, label) in [
+        (&SMOLLM2, "smollm2"),
+        (&GEMMA3, "gemma3"),
+        (&QWEN25_CODER_05B, "qwen2.5-coder-0.5b"),
+    ] {
+        let (Some(f32m), Some(i8m)) = (
+            open(file, ComputeDtype::F32),
+            open(file, ComputeDtype::Int8),
+        ) else {
+            continue;
+        };
+        let n = f32m.num_layers();
+        let h = f32m.hidden_size();
+        let ids: Vec<Vec<u32>> = TEXTS
+            .iter()
+            .map(|t| f32m.tokenize(t, 256).unwrap().0)
+            .collect();
+        let batch: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+        let taps: Vec<Tap> = (0..=n).map(Tap::Layer).collect();
+        for pooling in [Pooling::Mean, Pooling::Last] {
+            let a = f32m.embed(&batch, &taps, pooling).unwrap();
+            let b = i8m.embed(&batch, &taps, pooling).unwrap();
+            let mut worst = (1f64, 0, 0);
+            for k in 0..=n {
+                for i in 0..TEXTS.len() {
+                    let c = cosine(&a[k][i * h..(i + 1) * h], &b[k][i * h..(i + 1) * h]);
+                    if c < worst.0 {
+                        worst = (c, i, k);
+                    }
+                }
+            }
+            let (c, i, k) = worst;
+            println!(
+                "{label} {pooling:?}: worst int8-vs-f32 cosine {c:.6} (text {i}, layer {k}; {})",
+                i8m.describe()
+                    .split(",matmul=")
+                    .nth(1)
+                    .and_then(|t| t.split(",taps=").next())
+                    .unwrap_or("")
+            );
+            if pooling == Pooling::Mean && c < 0.995 {
+                below.push(format!("{label}: text {i} layer {k}: cosine {c}"));
+            }
+        }
+    }
+    assert!(below.is_empty(), "int8 vs f32 below 0.995: {below:?}");
+}

@@ -91,6 +91,17 @@ fn bert_folder(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+const MPNET_CONFIG: &str = r#"{"model_type": "mpnet", "vocab_size": 64, "hidden_size": 16,
+ "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+ "hidden_act": "gelu", "max_position_embeddings": 34}"#;
+
+/// The same with a tiny MPNet config.json.
+fn mpnet_folder(dir: &Path) -> PathBuf {
+    llama_folder(dir);
+    std::fs::write(dir.join("config.json"), MPNET_CONFIG).unwrap();
+    dir.to_path_buf()
+}
+
 /// The first `n` bytes of `src`, written to `dst`.
 fn truncated_copy(src: &Path, dst: &Path, n: u64) {
     use std::io::Read;
@@ -216,6 +227,7 @@ fn bad_safetensors_files_are_named() {
     for (arch, dir) in [
         ("llama", llama_folder(&tmp.path().join("llama"))),
         ("bert", bert_folder(&tmp.path().join("bert"))),
+        ("mpnet", mpnet_folder(&tmp.path().join("mpnet"))),
     ] {
         let st = dir.join("model.safetensors");
         // Not a safetensors file: the first 8 bytes are taken as the header length.
@@ -288,7 +300,7 @@ fn bad_config_json_is_named_with_the_field() {
         (
             r#"{"model_type": "gpt_neox"}"#,
             format!(
-                "load model: {c}: field `model_type`: `gpt_neox` is not supported (bert, llama, \
+                "load model: {c}: field `model_type`: `gpt_neox` is not supported (bert, mpnet, llama, \
                  mistral, qwen2, qwen3, phi, gemma3_text)"
             ),
         ),
@@ -314,6 +326,27 @@ fn bad_config_json_is_named_with_the_field() {
             ),
         ),
         (
+            r#"{"model_type": "mpnet", "vocab_size": 64}"#,
+            format!(
+                "load model: {c}: not an MPNet config: missing field `hidden_size` at line 1 \
+                 column 41"
+            ),
+        ),
+        (
+            &MPNET_CONFIG.replace("34}", "34, \"relative_attention_num_buckets\": 16}"),
+            format!(
+                "load model: {c}: field `relative_attention_num_buckets`: 16 is fewer than the 32 \
+                 buckets MPNet's attention uses"
+            ),
+        ),
+        (
+            &MPNET_CONFIG.replace("34}", "3}"),
+            format!(
+                "load model: {c}: field `max_position_embeddings`: 3 leaves no room for two \
+                 tokens after the pad position 1"
+            ),
+        ),
+        (
             &BERT_CONFIG.replace("\"gelu\"", "\"swish\""),
             format!(
                 "load model: {c}: field `hidden_act`: `swish` is not supported (gelu, gelu_new, \
@@ -335,6 +368,7 @@ fn bad_tokenizer_json_is_named() {
     for (arch, dir) in [
         ("llama", llama_folder(&tmp.path().join("llama"))),
         ("bert", bert_folder(&tmp.path().join("bert"))),
+        ("mpnet", mpnet_folder(&tmp.path().join("mpnet"))),
     ] {
         let st = dir.join("model.safetensors");
         std::fs::write(&st, b"unused").unwrap();

@@ -6,7 +6,10 @@
 //!   kernel, or candle's matmul on CPUs without AVX-512. bf16 inputs with f32 sums
 //!   ([`PackedBf16`]): AMX tiles, AVX512-BF16 pair dot products, or the f32 products of the
 //!   rounded values, the first this CPU has ([`Bf16Kernel::detect`]; `LLMEMBED_NO_AMX=1` and
-//!   `LLMEMBED_NO_AVX512BF16=1` turn the first two off).
+//!   `LLMEMBED_NO_AVX512BF16=1` turn the first two off). int8 ([`PackedI8`]): weights
+//!   quantised per output column at pack time, activations per row at each product, exact int32
+//!   sums by AVX512-VNNI `vpdpbusd` or a portable loop (the same bits), outlier channels of a
+//!   row in f32 ([`Outliers`]).
 //! * [`Rows`]: RMSNorm, LayerNorm, residual add (fused with the next RMSNorm), bias, SiLU/GELU
 //!   and the gated MLP activation, on (rows, width) f32 slices, split across rayon's threads.
 //! * [`attention`]: causal self-attention over sequences packed row after row (q/k RMSNorm,
@@ -30,16 +33,17 @@ pub mod matmul;
 mod rows;
 
 pub use isa::Isa;
-pub use matmul::{Bf16Kernel, F32Kernel, PackedBf16, PackedF32};
+pub use matmul::{Bf16Kernel, F32Kernel, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8};
 pub use rows::Rows;
 
 /// The kernels this CPU gets, as `llmembed --version` and `run.json` name them: the f32 and
 /// bf16 matrix products and the level of the row and attention kernels.
 pub fn in_use() -> String {
     format!(
-        "f32 matmul {}, bf16 matmul {}, row kernels {}",
+        "f32 matmul {}, bf16 matmul {}, int8 matmul {}, row kernels {}",
         F32Kernel::detect().name(),
         Bf16Kernel::detect().name(),
+        I8Kernel::detect().name(),
         Isa::best().name()
     )
 }

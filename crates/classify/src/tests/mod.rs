@@ -218,4 +218,5 @@ mod layer_sweep;
 mod logreg;
 mod mlp;
 mod saved;
+mod select;
 mod sparse;

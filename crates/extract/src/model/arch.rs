@@ -6,6 +6,8 @@
 pub(crate) enum Arch {
     /// The BERT encoder (`bert.rs`), safetensors only.
     Bert,
+    /// The MPNet encoder (`mpnet.rs`), safetensors only.
+    Mpnet,
     /// LLaMA-2, SmolLM2: GGUF (`llama.rs`) or safetensors (`hf.rs`).
     Llama,
     Mistral,
@@ -77,8 +79,9 @@ const LLAMA: Traits = Traits {
 
 impl Arch {
     /// Every architecture, in the order error messages list them.
-    const ALL: [Arch; 8] = [
+    const ALL: [Arch; 9] = [
         Arch::Bert,
+        Arch::Mpnet,
         Arch::Llama,
         Arch::Mistral,
         Arch::Qwen2,
@@ -93,6 +96,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::Bert => "bert",
+            Arch::Mpnet => "mpnet",
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
@@ -132,7 +136,7 @@ impl Arch {
         Self::names(Arch::in_gguf)
     }
 
-    /// `bert, llama, mistral, qwen2, qwen3, phi, gemma3_text`: the `model_type`s.
+    /// `bert, mpnet, llama, mistral, qwen2, qwen3, phi, gemma3_text`: the `model_type`s.
     pub fn model_type_names() -> String {
         Self::names(Arch::in_safetensors)
     }
@@ -146,10 +150,10 @@ impl Arch {
         names.join(", ")
     }
 
-    /// What sets this decoder apart (BERT, an encoder, is the llama row: unused).
+    /// What sets this decoder apart (BERT and MPNet, encoders, are the llama row: unused).
     pub fn traits(self) -> Traits {
         match self {
-            Arch::Llama | Arch::Bert => LLAMA,
+            Arch::Llama | Arch::Bert | Arch::Mpnet => LLAMA,
             Arch::Mistral => Traits {
                 window: Window::Config,
                 ..LLAMA
@@ -207,7 +211,7 @@ mod tests {
         assert_eq!(Arch::gguf_names(), "llama, qwen2, gemma3");
         assert_eq!(
             Arch::model_type_names(),
-            "bert, llama, mistral, qwen2, qwen3, phi, gemma3_text"
+            "bert, mpnet, llama, mistral, qwen2, qwen3, phi, gemma3_text"
         );
         assert_eq!(Arch::from_gguf("mistral"), None);
         assert_eq!(Arch::from_model_type("gemma3"), None);

@@ -2,7 +2,8 @@
 //! llama, qwen2, qwen3, phi from safetensors), written to follow HF's `modeling_llama.py` /
 //! `modeling_gemma3.py` / `modeling_phi.py` step by step, with per-layer taps. Weights are
 //! converted once, at load (dequantized to f32; for `compute: bf16` rounded to bf16 and packed
-//! for the CPU's bf16 kernel, see `llmembed_kernels::matmul`). The architectures differ only in data: norm kind (RMS or LayerNorm),
+//! for the CPU's bf16 kernel; for `compute: int8` quantised per output column for the int8
+//! kernel, see `llmembed_kernels::matmul`). The architectures differ only in data: norm kind (RMS or LayerNorm),
 //! optional biases, q/k norms, sandwich norms (gemma), a gated or plain MLP, a parallel
 //! attention+MLP block (phi), partial rotary embeddings (phi) and per-layer RoPE bases and
 //! sliding windows (gemma).
@@ -20,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
-use llmembed_kernels::{Bf16Kernel, PackedBf16, PackedF32, Rows};
+use llmembed_kernels::{Bf16Kernel, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows};
 use rayon::prelude::*;
 
 use super::errors::candle_message;
@@ -113,15 +114,19 @@ pub(crate) enum Weight {
     F32(PackedF32),
     /// Rounded to bf16 and packed for the kernels' bf16 product (`compute: bf16`).
     Bf16(PackedBf16),
+    /// Quantised to int8 per output column for the kernels' int8 product (`compute: int8`).
+    I8(PackedI8),
 }
 
 impl Weight {
     /// The kernel that multiplies: the vectors of two kernels differ in their last bits, so
     /// `describe()` names it and the store never mixes them.
-    fn kernel(&self) -> &'static str {
+    fn kernel(&self) -> String {
         match self {
-            Weight::F32(w) => w.kernel().name(),
-            Weight::Bf16(w) => w.kernel().name(),
+            Weight::F32(w) => w.kernel().name().into(),
+            Weight::Bf16(w) => w.kernel().name().into(),
+            // The outlier rule changes the arithmetic as much as the kernel does.
+            Weight::I8(w) => format!("{},{}", w.kernel().name(), w.outliers().name()),
         }
     }
 
@@ -138,7 +143,21 @@ impl Weight {
             ComputeDtype::Bf16 => {
                 Weight::Bf16(PackedBf16::new(&values, k, n, Bf16Kernel::detect()).map_err(pack)?)
             }
+            ComputeDtype::Int8 => Weight::I8(
+                PackedI8::new(&values, k, n, I8Kernel::detect(), int8_outliers()).map_err(pack)?,
+            ),
         })
+    }
+}
+
+/// The outlier rule of `compute: int8`: [`Outliers::DEFAULT`], or none when
+/// `LLMEMBED_INT8_NO_OUTLIERS` is set (to measure what the rule does; `describe()` names the
+/// rule, so the store keeps the two apart).
+fn int8_outliers() -> Outliers {
+    if std::env::var_os("LLMEMBED_INT8_NO_OUTLIERS").is_some() {
+        Outliers::NONE
+    } else {
+        Outliers::DEFAULT
     }
 }
 
@@ -165,6 +184,7 @@ impl Linear {
         let mut y = match &self.w {
             Weight::F32(w) => w.matmul(x, rows)?,
             Weight::Bf16(w) => w.matmul(x, rows)?,
+            Weight::I8(w) => w.matmul(x, rows)?,
         };
         if let Some(b) = &self.b {
             Rows::best().add_bias(&mut y, b);
@@ -604,7 +624,9 @@ impl Embedder for Decoder {
                 // some architectures have.
                 let mut x = format!(
                     ",engine=packed-rows-v3,matmul={}",
-                    self.blocks.first().map_or("none", |b| b.qkv.w.kernel())
+                    self.blocks
+                        .first()
+                        .map_or("none".into(), |b| b.qkv.w.kernel())
                 );
                 if c.rotary_dim != c.head_dim {
                     x += &format!(",rotary_dim={}", c.rotary_dim);

@@ -4,7 +4,7 @@
 //! models expose neither per-layer hidden states nor padding masks: one shared [`decoder`], read
 //! from GGUF files (`llama`, `qwen2`, `gemma3`) or from HF safetensors checkpoints (`hf`: llama, mistral,
 //! qwen2, qwen3, phi, gemma3_text, whose EmbeddingGemma runs the same blocks bidirectionally), and
-//! the BERT encoder (`bert`). What differs between the architectures is
+//! the post-LN encoders (`encoder`: `bert`, `mpnet`). What differs between the architectures is
 //! data, in one table (`arch.rs`); the shared types are in `crate::embedder`.
 //!
 //! Tap numbering follows HF `output_hidden_states`: `Layer(0)` is the embedding output (for
@@ -23,11 +23,13 @@ pub use crate::embedder::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
 mod arch;
 mod bert;
 pub(crate) mod decoder;
+mod encoder;
 mod errors;
 mod gemma3;
 pub(crate) mod gguf;
 pub(crate) mod hf;
 mod llama;
+mod mpnet;
 pub(crate) mod safetensors;
 mod sentence;
 mod tokenizer;
@@ -37,7 +39,7 @@ use errors::{file_error, hex_bytes};
 
 /// Picks the architecture from the file: GGUF `general.architecture` (`llama`, `qwen2`, `gemma3`), or
 /// the `model_type` of the config.json next to a `.safetensors` file (or shard index):
-/// `bert` -> `bert`, decoders -> `hf`. A file named `.gguf` must start with the GGUF magic.
+/// `bert` -> `bert`, `mpnet` -> `mpnet`, decoders -> `hf`. A file named `.gguf` must start with the GGUF magic.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
     let magic = first_bytes(&spec.weights)?;
     let named_gguf = spec
@@ -111,6 +113,7 @@ fn load_safetensors(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
         .ok_or_else(|| file_error(&path, "field `model_type` is not a string"))?;
     match Arch::from_model_type(model_type) {
         Some(Arch::Bert) => bert::load(spec, &raw),
+        Some(Arch::Mpnet) => mpnet::load(spec, &raw),
         Some(arch) => Ok(Box::new(hf::load(spec, arch, &raw)?)),
         None => Err(file_error(
             &path,

@@ -54,6 +54,34 @@ pub fn minilm_dir() -> Option<PathBuf> {
     llmembed_testkit::needs("MiniLM-L6", found)
 }
 
+/// The all-mpnet-base-v2 folder (model.safetensors, config.json, tokenizer.json), or None when
+/// it is absent: the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
+/// `$LLMEMBED_MPNET_DIR` if set (it must hold the model), else the `mpnet-base` preset in
+/// `<repo>/cache/models`, else the folder scripts/reference/make_mpnet_reference.py reads.
+pub fn mpnet_dir() -> Option<PathBuf> {
+    if let Some(dir) = llmembed_testkit::env_path(
+        "LLMEMBED_MPNET_DIR",
+        "an all-mpnet-base-v2 folder with model.safetensors",
+        |d| d.join("model.safetensors").is_file(),
+    ) {
+        return Some(dir);
+    }
+    let found = preset("mpnet-base")
+        .map(|spec| spec.weights.parent().unwrap().to_path_buf())
+        .or_else(|why| {
+            let by_hand = PathBuf::from("/tmp/mpnet/all-mpnet-base-v2");
+            if by_hand.join("model.safetensors").is_file() {
+                Ok(by_hand)
+            } else {
+                Err(format!(
+                    "{why}; no {} either (set LLMEMBED_MPNET_DIR)",
+                    by_hand.join("model.safetensors").display()
+                ))
+            }
+        });
+    llmembed_testkit::needs("all-mpnet-base-v2", found)
+}
+
 /// The shared data folder (`../shared/data` from the repo root) holding AG News, or None when
 /// absent: the test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`.
 pub fn data_dir() -> Option<PathBuf> {

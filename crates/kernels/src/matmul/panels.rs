@@ -7,6 +7,9 @@
 //! - [`DotBf16`] (`compute: bf16` on CPUs with AVX512-BF16 but no AMX, such as AMD Zen 4): a step
 //!   is a pair of consecutive inputs rounded to bf16 and held in one u32; `vdpbf16ps` per step,
 //!   twice the multiply rate of f32 FMA.
+//! - [`DotI8`] (`compute: int8` on CPUs with AVX512-VNNI): a step is four consecutive inputs as
+//!   bytes (u8 activations, s8 weights); `vpdpbusd` per step, exact int32 sums (kept in C's f32
+//!   slots as bits until `int8.rs` scales them).
 //!
 //! Why by hand: candle's CPU matmul goes through the `gemm` crate, whose stable-Rust build runs
 //! AVX2 kernels only (its AVX-512 ones need nightly), which caps it near half of what these cores
@@ -24,7 +27,7 @@ use crate::{Error, Result};
 use rayon::prelude::*;
 
 /// Columns of B per panel: two AVX-512 registers.
-const PANEL: usize = 32;
+pub(crate) const PANEL: usize = 32;
 /// Rows of A per micro-kernel call: 12 x 2 accumulators, plus the two B vectors and the
 /// broadcast, fit in the 32 vector registers.
 const MICRO_ROWS: usize = 12;
@@ -68,6 +71,9 @@ pub(crate) trait Kernel {
 pub(crate) struct FmaF32;
 /// bf16 input pairs (input `2p` in the low half of step `p`), one `vdpbf16ps` per pair.
 pub(crate) struct DotBf16;
+/// Four u8 inputs times four s8 weights per step (input `4p + j` in byte `j`), one `vpdpbusd`
+/// per step; the sums are int32, stored in C's f32 slots as bits.
+pub(crate) struct DotI8;
 
 /// A weight matrix of `k` steps x `n` outputs in panels of [`PANEL`] columns, each `k` rows of
 /// 32 contiguous steps; the last panel padded with zero columns.
@@ -120,7 +126,7 @@ impl<T: Step> Panels<T> {
         self.n.div_ceil(PANEL) * self.k * PANEL
     }
 
-    fn as_slice(&self) -> &[T] {
+    pub(crate) fn as_slice(&self) -> &[T] {
         // SAFETY: the mapping holds `len` 4-byte steps (anonymous maps start zeroed, a valid
         // f32 and u32) and is page-aligned.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast(), self.len()) }
@@ -354,6 +360,30 @@ impl Kernel for DotBf16 {
         // SAFETY: the caller's contract.
         unsafe {
             avx512::micro_bf16::<R>(s, a, b, c)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (s, a, b, c);
+            unreachable!("panels are packed only on x86_64")
+        }
+    }
+}
+
+impl Kernel for DotI8 {
+    type Step = u32;
+
+    fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return has_avx512f() && std::arch::is_x86_feature_detected!("avx512vnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
+    }
+
+    unsafe fn micro<const R: usize>(s: &Block, a: *const u32, b: *const u32, c: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract.
+        unsafe {
+            avx512::micro_i8::<R>(s, a, b, c)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

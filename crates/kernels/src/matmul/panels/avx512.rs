@@ -1,5 +1,5 @@
 //! The AVX-512 parts of the panel product: the 12-row transpose that packs A, and the two
-//! micro-kernels (f32 FMA, bf16 pair dot products), one macro body with the step as parameter.
+//! micro-kernels (f32 FMA, bf16 pair dot products, int8 quad dot products), one macro body with the step as parameter.
 
 use std::arch::x86_64::*;
 
@@ -180,5 +180,16 @@ micro_kernel! {
         load_b: |p| std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.cast())),
         broadcast: |p| std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*p as i32)),
         madd: |acc, x, b| _mm512_dpbf16_ps(acc, x, b),
+    }
+}
+
+micro_kernel! {
+    /// int8 steps: `vpdpbusd` adds the four products of a step's u8 activations and s8
+    /// weights to each int32 lane, exactly (no saturation); the int32 sums travel in the f32
+    /// accumulators and C as bits (casts move no data).
+    fn micro_i8(u32, "avx512f,avx512vnni", __m512i) {
+        load_b: |p| _mm512_loadu_si512(p.cast()),
+        broadcast: |p| _mm512_set1_epi32(*p as i32),
+        madd: |acc, x, b| _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), x, b)),
     }
 }

@@ -1,0 +1,191 @@
+//! `select` over real classifiers: it keeps the member with the best recorded CV accuracy, passes
+//! its predictions on, and refuses members it cannot compare.
+
+use llmembed_core::{ApplyEnv, Env, Rows};
+
+use super::*;
+
+/// A stage's published folder as the runner gives it: every file in it.
+fn published(stage_id: &str, dir: &Path) -> Input {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    Input {
+        stage_id: stage_id.into(),
+        dir: dir.to_path_buf(),
+        files,
+    }
+}
+
+fn logreg_cv(column: &str, folds: usize) -> LogRegParams {
+    LogRegParams {
+        column: Some(column.into()),
+        select: Some(LogRegSelect {
+            c: vec![0.001, 0.01, 0.1],
+            folds,
+        }),
+        ..LogRegParams::default()
+    }
+}
+
+/// The CV accuracy a member recorded for what it kept, read here independently of `select.rs`.
+fn recorded_cv(dir: &Path) -> f64 {
+    if dir.join("sweep.json").exists() {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
+        let chosen = s["chosen_layer"].as_u64().unwrap();
+        let row = s["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["layer"].as_u64() == Some(chosen))
+            .unwrap();
+        return row["cv_accuracy"].as_f64().unwrap();
+    }
+    let m = model_json(dir);
+    let best_c = m["select"]["best_c"].as_f64().unwrap();
+    let row = m["select"]["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["c"].as_f64() == Some(best_c))
+        .unwrap();
+    row["mean_accuracy"].as_f64().unwrap()
+}
+
+#[test]
+fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
+    let Some(bow) = bow() else { return };
+    let train = layered(&take(&bow.train, 800));
+    let test = layered(&bow.test);
+    let (_d, input) = artifact(&train, &test);
+    let one = std::slice::from_ref(&input);
+    // Three real members of clearly different quality: 8 words, 60 words, a sweep over depths.
+    let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
+    let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    let sweep = run_stage::<LayerSweep>(
+        &LayerSweepParams {
+            c: 0.01,
+            ..LayerSweepParams::default()
+        },
+        one,
+        3,
+    )
+    .unwrap();
+    let members = vec![
+        published("few", few.path()),
+        published("more", more.path()),
+        published("sweep", sweep.path()),
+    ];
+    let cv: Vec<f64> = [&few, &more, &sweep]
+        .iter()
+        .map(|d| recorded_cv(d.path()))
+        .collect();
+    assert!(cv[1] > cv[0] + 0.05, "members must differ: {cv:?}");
+    let expect = (0..3).fold(0, |b, i| if cv[i] > cv[b] { i } else { b });
+
+    let out = run_stage::<Select>(&SelectParams::default(), &members, 3).unwrap();
+    let chosen = read_predictions(&out.path().join("predictions.parquet")).unwrap();
+    let source = read_predictions(&members[expect].path("predictions.parquet").unwrap()).unwrap();
+    assert_eq!(chosen.ids, source.ids);
+    assert_eq!(chosen.preds, source.preds);
+    assert_eq!(chosen.probs, source.probs);
+    assert!(
+        chosen
+            .producer
+            .starts_with(&format!("select({} by 5-fold CV", members[expect].stage_id)),
+        "{}",
+        chosen.producer
+    );
+    let selection: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("selection.json")).unwrap()).unwrap();
+    assert_eq!(selection["chosen"].as_u64(), Some(expect as u64));
+    for (i, c) in selection["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(c["cv_accuracy"].as_f64(), Some(cv[i]), "{c}");
+    }
+    // The applier passes the chosen member's rows through, whatever the others say.
+    let env = ApplyEnv {
+        env: Env {
+            data_dir: std::env::temp_dir(),
+            models_dir: std::env::temp_dir(),
+            pipeline_dir: std::env::temp_dir(),
+            seed: 0,
+            quiet: true,
+        },
+        store_dir: std::env::temp_dir(),
+    };
+    let applier = Select::applier(
+        &SelectParams::default(),
+        &published("best", out.path()),
+        &env,
+    )
+    .unwrap()
+    .unwrap();
+    let rows: Vec<Rows> = members
+        .iter()
+        .map(|m| {
+            Rows::Predictions(read_predictions(&m.path("predictions.parquet").unwrap()).unwrap())
+        })
+        .collect();
+    let Rows::Predictions(applied) = applier.apply(&rows).unwrap() else {
+        panic!("predictions expected")
+    };
+    assert_eq!(applied.preds, source.preds);
+    assert_eq!(applied.producer, chosen.producer);
+}
+
+#[test]
+fn select_refuses_members_it_cannot_compare() {
+    let Some(bow) = bow() else { return };
+    let train = layered(&take(&bow.train, 400));
+    let test = layered(&take(&bow.test, 200));
+    let (_d, input) = artifact(&train, &test);
+    let one = std::slice::from_ref(&input);
+    let five = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    let three = run_stage::<LogReg>(&logreg_cv("layer_2", 3), one, 3).unwrap();
+    let fixed = run_stage::<LogReg>(
+        &LogRegParams {
+            column: Some("layer_2".into()),
+            c: Some(0.01),
+            ..LogRegParams::default()
+        },
+        one,
+        3,
+    )
+    .unwrap();
+    let err = run_stage::<Select>(
+        &SelectParams::default(),
+        &[
+            published("five", five.path()),
+            published("three", three.path()),
+        ],
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("`three` was scored over 3 folds, `five` over 5"),
+        "{err}"
+    );
+    let err = run_stage::<Select>(
+        &SelectParams::default(),
+        &[
+            published("five", five.path()),
+            published("fixed", fixed.path()),
+        ],
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("member `fixed` (logreg) has no cross-validation score"),
+        "{err}"
+    );
+}

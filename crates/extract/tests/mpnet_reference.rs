@@ -1,0 +1,264 @@
+//! The MPNet encoder (all-mpnet-base-v2) against HF transformers' MPNetModel (fixture written by
+//! scripts/reference/make_mpnet_reference.py): token ids equal, and per layer, mean-pooled
+//! vectors within the measured bars below (cosine, max |difference| relative to the vector's
+//! norm), the first token and the pooler. Plus padding invariance and bf16.
+
+mod common;
+
+use common::{cosine, max_abs, mpnet_dir};
+use llmembed_extract::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
+use serde::Deserialize;
+
+// Measured on AMD Zen 5 (2026-12-03, all 10 cases, every layer, first token and pooler; `cargo
+// test --release -p llmembed-extract --test mpnet_reference -- --nocapture`): f32 worst
+// 1 - cosine 2.4e-12, worst max |difference| / norm 6.1e-7. The issue's bar is cosine >= 0.999;
+// these bars are within 10x of the worst measured, far above it.
+/// Smallest cosine allowed between our f32 vectors and the torch f32 ones.
+const MIN_COS: f64 = 1.0 - 3e-11;
+/// Largest absolute difference allowed relative to the reference vector's L2 norm.
+const MAX_REL: f64 = 6e-6;
+// bf16 (candle's bf16 tensors, as BERT's `compute: bf16`: the residual stream is held in bf16
+// through 12 blocks), measured the same way: worst 1 - cosine 1.17e-3 (the 200-token text, layer
+// 12), worst max |difference| / norm 1.3e-2. Below the f32 bar of 0.999 on that one layer; the
+// bars are within 10x.
+const BF16_MIN_COS: f64 = 1.0 - 1e-2;
+const BF16_MAX_REL: f64 = 0.1;
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    max_tokens: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+    truncated: bool,
+    mean: Vec<Vec<f32>>,
+    first_last_layer: Vec<f32>,
+    pooler: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/mpnet_base_reference.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn load(dir: &std::path::Path, compute: ComputeDtype) -> Box<dyn Embedder> {
+    llmembed_extract::load(&LoadSpec {
+        weights: dir.join("model.safetensors"),
+        config: Some(dir.join("config.json")),
+        tokenizer: Some(dir.join("tokenizer.json")),
+        compute,
+    })
+    .unwrap()
+}
+
+fn all_taps(m: &dyn Embedder) -> Vec<Tap> {
+    (0..=m.num_layers()).map(Tap::Layer).collect()
+}
+
+/// Worst cosine and worst max |difference| / norm of `got` against `want`, layer by layer,
+/// asserting the bars.
+fn compare(
+    what: &str,
+    got: &[Vec<f32>],
+    want: &[Vec<f32>],
+    min_cos: f64,
+    max_rel: f64,
+) -> (f64, f64) {
+    assert_eq!(got.len(), want.len());
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    for (layer, (g, w)) in got.iter().zip(want).enumerate() {
+        let c = cosine(g, w);
+        let rel = max_abs(g, w) as f64 / norm(w);
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(rel);
+        assert!(
+            c >= min_cos && rel <= max_rel,
+            "{what}, layer {layer}: cosine {c}, max abs diff {rel:.2e} of the norm"
+        );
+    }
+    (worst_cos, worst_rel)
+}
+
+#[test]
+fn mpnet_matches_transformers_ids_and_every_layer() {
+    let Some(dir) = mpnet_dir() else { return };
+    let fx = fixture();
+    let m = load(&dir, ComputeDtype::F32);
+    assert_eq!((m.num_layers(), m.hidden_size()), (12, 768));
+    let taps = all_taps(m.as_ref());
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    for case in &fx.cases {
+        let (ids, truncated) = m.tokenize(&case.text, fx.max_tokens).unwrap();
+        assert_eq!(ids, case.ids, "token ids of {:?}", case.text);
+        assert_eq!(
+            truncated, case.truncated,
+            "truncation flag of {:?}",
+            case.text
+        );
+        let got = m.embed(&[&ids], &taps, Pooling::Mean).unwrap();
+        let (c, r) = compare(
+            &format!("{:?}", case.text),
+            &got,
+            &case.mean,
+            MIN_COS,
+            MAX_REL,
+        );
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(r);
+        let first = m.embed(&[&ids], &[Tap::Layer(12)], Pooling::First).unwrap();
+        let want = std::slice::from_ref(&case.first_last_layer);
+        let (c, r) = compare("first token", &first, want, MIN_COS, MAX_REL);
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(r);
+        let pooler = m.embed(&[&ids], &[Tap::Pooler], Pooling::Mean).unwrap();
+        let (c, r) = compare(
+            "pooler",
+            &pooler,
+            std::slice::from_ref(&case.pooler),
+            MIN_COS,
+            MAX_REL,
+        );
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(r);
+    }
+    eprintln!(
+        "f32 worst over cases and layers: 1 - cosine {:e}, max abs diff / norm {worst_rel:e}",
+        1.0 - worst_cos
+    );
+}
+
+#[test]
+fn mpnet_fixture_covers_truncation_padding_token_and_long_distances() {
+    // Guards the fixture itself: the cases the brief asks for are really in it.
+    let fx = fixture();
+    assert!(
+        fx.cases
+            .iter()
+            .any(|c| c.truncated && c.ids.len() == fx.max_tokens)
+    );
+    // Distances past 128: the last relative bucket.
+    assert!(fx.cases.iter().any(|c| c.ids.len() > 129));
+    assert!(fx.cases.iter().any(|c| !c.text.is_ascii()));
+    assert!(fx.cases.iter().any(|c| c.ids.len() <= 3));
+    // `<pad>` inside a text: id 1, which takes no position of its own.
+    assert!(
+        fx.cases
+            .iter()
+            .any(|c| c.ids[1..c.ids.len() - 1].contains(&1))
+    );
+    assert!(
+        fx.cases
+            .iter()
+            .all(|c| c.mean.len() == 13 && c.mean[0].len() == 768)
+    );
+}
+
+/// A text alone and the same text padded inside a mixed-length batch give the same vectors, for
+/// every layer and every pooling (not bit for bit: candle's products over a padded batch; worst
+/// measured in the test's output, the bar 1e-5 as BERT's).
+#[test]
+fn mpnet_padding_does_not_change_vectors() {
+    let Some(dir) = mpnet_dir() else { return };
+    let fx = fixture();
+    let m = load(&dir, ComputeDtype::F32);
+    let taps = all_taps(m.as_ref());
+    let ids: Vec<Vec<u32>> = fx
+        .cases
+        .iter()
+        .map(|c| m.tokenize(&c.text, fx.max_tokens).unwrap().0)
+        .collect();
+    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+    assert!(lens.iter().max().unwrap() > &(lens.iter().min().unwrap() * 10));
+    let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let h = m.hidden_size();
+    let mut worst = 0f32;
+    for pooling in [Pooling::Mean, Pooling::First, Pooling::Last] {
+        let together = m.embed(&batch, &taps, pooling).unwrap();
+        for (i, one) in batch.iter().enumerate() {
+            let alone = m.embed(&[one], &taps, pooling).unwrap();
+            for (layer, (a, t)) in alone.iter().zip(&together).enumerate() {
+                let d = max_abs(a, &t[i * h..(i + 1) * h]);
+                worst = worst.max(d);
+                assert!(
+                    d <= 1e-5,
+                    "{pooling:?} layer {layer}, text {i} ({} tokens): alone vs batched differ by {d}",
+                    one.len()
+                );
+            }
+        }
+    }
+    eprintln!("padding: worst alone vs batched difference {worst:e}");
+}
+
+#[test]
+fn mpnet_bf16_compute_stays_close() {
+    let Some(dir) = mpnet_dir() else { return };
+    let fx = fixture();
+    let m = load(&dir, ComputeDtype::Bf16);
+    let taps = all_taps(m.as_ref());
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    for case in &fx.cases {
+        let got = m.embed(&[&case.ids], &taps, Pooling::Mean).unwrap();
+        let what = format!("bf16 {:?}", case.text);
+        let (c, r) = compare(&what, &got, &case.mean, BF16_MIN_COS, BF16_MAX_REL);
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(r);
+    }
+    eprintln!(
+        "bf16 worst over cases and layers: 1 - cosine {:e}, max abs diff / norm {worst_rel:e}",
+        1.0 - worst_cos
+    );
+}
+
+#[test]
+fn mpnet_taps_and_errors() {
+    let Some(dir) = mpnet_dir() else { return };
+    let m = load(&dir, ComputeDtype::F32);
+    assert!(m.supports(Tap::Layer(0)) && m.supports(Tap::Layer(12)));
+    assert!(!m.supports(Tap::Layer(13)));
+    assert!(!m.supports(Tap::FinalNorm));
+    assert!(m.supports(Tap::Pooler));
+    assert_eq!(
+        m.describe(),
+        "mpnet(hidden=768, blocks=12, heads=12, intermediate=3072, vocab=30527, max_pos=514, \
+         pad=1, buckets=32/128, eps=1e-5, act=gelu, pooler=true, compute=F32)"
+    );
+    let ids = m.tokenize("hello", 16).unwrap().0;
+    let err = m
+        .embed(&[&ids], &[Tap::Layer(13)], Pooling::Mean)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("mpnet with 12 blocks has no tap Layer(13)"),
+        "{err}"
+    );
+    let err = m.tokenize("hello", 1).unwrap_err();
+    assert!(err.to_string().contains("MPNet (<s> and </s>)"), "{err}");
+    // max_tokens above the positions is capped at 512: positions 2..=513 of 514.
+    let long = "word ".repeat(2000);
+    let (ids, truncated) = m.tokenize(&long, 100_000).unwrap();
+    assert_eq!((ids.len(), truncated), (512, true));
+    let out = m.embed(&[&ids], &[Tap::Layer(1)], Pooling::Mean).unwrap();
+    assert!(out[0].iter().all(|x| x.is_finite()));
+    let mut over = ids.clone();
+    over.push(2);
+    let err = m
+        .embed(&[&over], &[Tap::Layer(1)], Pooling::Mean)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("513 tokens exceeds the 512 positions"),
+        "{err}"
+    );
+}

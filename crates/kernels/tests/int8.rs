@@ -1,0 +1,274 @@
+//! The int8 products: the VNNI and portable kernels give the same bits, both give exactly the
+//! quantised product that `matmul/int8.rs` states (computed here one integer at a time), rows
+//! do not depend on their batch, the outlier rule takes out planted outlier channels and so
+//! keeps the product close to f64, and the switch turns VNNI off. Each test prints which
+//! kernels ran (`--nocapture`).
+
+use llmembed_kernels::{I8Kernel, Outliers, PackedI8};
+
+/// Ragged row blocks, a partial last panel, several passes over the inputs (K / 4 > 1024
+/// steps), K not a multiple of 4.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (29, 4201, 45),
+    (12, 577, 32),
+    (5, 3, 7),
+    (37, 70, 45),
+    (1, 1, 1),
+];
+
+fn inputs(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    let w: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+        .collect();
+    (a, w)
+}
+
+fn kernels() -> Vec<I8Kernel> {
+    let all = [I8Kernel::Vnni, I8Kernel::Portable];
+    let ran: Vec<&str> = all
+        .iter()
+        .filter(|k| k.runs_here())
+        .map(|k| k.name())
+        .collect();
+    let missing: Vec<&str> = all
+        .iter()
+        .filter(|k| !k.runs_here())
+        .map(|k| k.name())
+        .collect();
+    println!("int8 kernels: ran {ran:?}; not available on this CPU: {missing:?}");
+    all.into_iter().filter(|k| k.runs_here()).collect()
+}
+
+fn product(kernel: I8Kernel, o: Outliers, a: &[f32], w: &[f32], mkn: (usize, usize, usize)) -> Vec<f32> {
+    let (m, k, n) = mkn;
+    PackedI8::new(w, k, n, kernel, o)
+        .unwrap()
+        .matmul(a, m)
+        .unwrap()
+}
+
+/// The stated product without outliers, one integer at a time: per output column
+/// `s_w = max|w| / 127`, `q_w = round_ties_even(w / s_w)`; per row `q_x = round_ties_even(x *
+/// (127 / max|x|))`, `s_x = max|x| / 127`; `y = s_w * (s_x * sum q_x q_w)`.
+fn stated(a: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for j in 0..n {
+        let max = (0..k).fold(0f32, |mx, p| mx.max(w[p * n + j].abs()));
+        let s_w = max / 127.0;
+        let qw: Vec<i32> = (0..k)
+            .map(|p| {
+                if s_w == 0.0 {
+                    0
+                } else {
+                    (w[p * n + j] / s_w).round_ties_even().clamp(-127.0, 127.0) as i32
+                }
+            })
+            .collect();
+        for i in 0..m {
+            let row = &a[i * k..(i + 1) * k];
+            let max = row.iter().fold(0f32, |mx, v| mx.max(v.abs()));
+            let inv = if max == 0.0 { 0.0 } else { 127.0 / max };
+            let sum: i32 = row
+                .iter()
+                .zip(&qw)
+                .map(|(x, q)| (x * inv).round_ties_even().clamp(-127.0, 127.0) as i32 * q)
+                .sum();
+            y[i * n + j] = s_w * (max / 127.0 * sum as f32);
+        }
+    }
+    y
+}
+
+#[test]
+fn every_kernel_gives_the_stated_product_bit_for_bit() {
+    for kernel in kernels() {
+        for &(m, k, n) in SHAPES {
+            let (a, w) = inputs(m, k, n);
+            let got = product(kernel, Outliers::NONE, &a, &w, (m, k, n));
+            let want = stated(&a, &w, m, k, n);
+            for (i, (g, s)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == s.to_bits(),
+                    "{} ({m}, {k}, {n}) output {i}: {g} != stated {s}",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+/// Integer sums do not depend on their order, so VNNI and the portable loop agree bit for bit,
+/// outliers included (on a CPU without VNNI this compares the portable kernel with itself and
+/// says so).
+#[test]
+fn vnni_and_portable_give_the_same_bits() {
+    let ran = kernels();
+    if !ran.contains(&I8Kernel::Vnni) {
+        println!("this CPU has no AVX512-VNNI: only the portable kernel ran");
+    }
+    for o in [Outliers::NONE, Outliers::DEFAULT] {
+        for &(m, k, n) in SHAPES {
+            let (mut a, w) = inputs(m, k, n);
+            // Planted outliers in a few channels.
+            for i in 0..m {
+                a[i * k + (7 % k)] *= 60.0;
+                a[i * k + (k / 2)] -= 45.0;
+            }
+            let outs: Vec<Vec<f32>> = ran
+                .iter()
+                .map(|&kernel| product(kernel, o, &a, &w, (m, k, n)))
+                .collect();
+            for out in &outs[1..] {
+                assert!(
+                    out.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "({m}, {k}, {n}) {o:?}: kernels differ"
+                );
+            }
+        }
+    }
+}
+
+/// A row's result does not depend on the other rows of the product, bit for bit.
+#[test]
+fn rows_are_independent_of_the_batch() {
+    let (m, k, n) = (200, 2100, 96);
+    let (mut a, w) = inputs(m, k, n);
+    for i in (0..m).step_by(3) {
+        a[i * k + i % k] = 80.0;
+    }
+    for kernel in kernels() {
+        for o in [Outliers::NONE, Outliers::DEFAULT] {
+            let packed = PackedI8::new(&w, k, n, kernel, o).unwrap();
+            let all = packed.matmul(&a, m).unwrap();
+            for i in [0, 11, 12, 31, 32, 95, 96, 199] {
+                let one = packed.matmul(&a[i * k..(i + 1) * k], 1).unwrap();
+                assert!(
+                    one == all[i * n..(i + 1) * n],
+                    "{} {o:?}: row {i} differs alone and in the batch",
+                    kernel.name()
+                );
+            }
+        }
+    }
+}
+
+/// Cosine of each output row with the f64 product: int8 keeps rows very close; with planted
+/// outlier channels (60x the row's values) the row scale set by them leaves the other channels
+/// a few levels, and the outlier rule restores the closeness.
+#[test]
+fn outlier_channels_are_taken_out_of_the_scale() {
+    let (m, k, n) = (16, 576, 64);
+    let (mut a, w) = inputs(m, k, n);
+    let worst_cosine = |a: &[f32], o: Outliers| -> f64 {
+        let y = product(I8Kernel::detect(), o, a, &w, (m, k, n));
+        let mut worst = 1f64;
+        for i in 0..m {
+            let exact: Vec<f64> = (0..n)
+                .map(|j| (0..k).map(|p| a[i * k + p] as f64 * w[p * n + j] as f64).sum())
+                .collect();
+            let got = &y[i * n..(i + 1) * n];
+            let dot: f64 = exact.iter().zip(got).map(|(e, g)| e * *g as f64).sum();
+            let ne: f64 = exact.iter().map(|e| e * e).sum::<f64>().sqrt();
+            let ng: f64 = got.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+            worst = worst.min(dot / (ne * ng));
+        }
+        worst
+    };
+    let plain = worst_cosine(&a, Outliers::NONE);
+    for i in 0..m {
+        for ch in [3, 100, 401] {
+            a[i * k + ch] = 60.0 * if (i + ch) % 2 == 0 { 1.0 } else { -1.0 };
+        }
+    }
+    let spiked_none = worst_cosine(&a, Outliers::NONE);
+    let spiked_rule = worst_cosine(&a, Outliers::DEFAULT);
+    println!(
+        "worst row cosine to f64: plain {plain:.6}, with outlier channels {spiked_none:.6} \
+         without the rule, {spiked_rule:.6} with it"
+    );
+    assert!(plain > 0.9995, "{plain}");
+    assert!(spiked_rule > 0.9995, "{spiked_rule}");
+    assert!(
+        1.0 - spiked_none > 10.0 * (1.0 - spiked_rule),
+        "the rule did not help: {spiked_none} vs {spiked_rule}"
+    );
+}
+
+#[test]
+fn bad_shapes_and_values_are_errors() {
+    let w = vec![0.5f32; 16];
+    let e = PackedI8::new(&w, 3, 4, I8Kernel::Portable, Outliers::NONE)
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), "pack int8 weights: 16 values are not (3, 4)");
+    let mut bad = w.clone();
+    bad[6] = f32::NAN;
+    let e = PackedI8::new(&bad, 4, 4, I8Kernel::Portable, Outliers::NONE)
+        .err()
+        .unwrap();
+    assert_eq!(e.to_string(), "pack int8 weights: weight (1, 2) is NaN");
+    for kernel in kernels() {
+        let packed = PackedI8::new(&w, 4, 4, kernel, Outliers::DEFAULT).unwrap();
+        let e = packed.matmul(&[0.0; 6], 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "int8 matmul: input has 6 values, not 2 rows of 4 (weights are (4, 4))"
+        );
+        let e = packed
+            .matmul(&[0.0, 1.0, 2.0, 3.0, 0.0, f32::INFINITY, 0.0, 0.0], 2)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "int8 matmul: row 1 of the input has a value that is not finite"
+        );
+        assert_eq!(packed.matmul(&[0.0; 4], 1).unwrap(), vec![0.0; 4]);
+    }
+    match PackedI8::new(&w, 4, 4, I8Kernel::Vnni, Outliers::NONE) {
+        Ok(_) => assert!(I8Kernel::Vnni.runs_here()),
+        Err(e) => assert_eq!(
+            e.to_string(),
+            "pack int8 weights: the avx512vnni kernel does not run on this CPU"
+        ),
+    }
+}
+
+/// `choose` for every combination, and `detect` in fresh processes (this test binary again)
+/// with and without `LLMEMBED_NO_AVX512VNNI`.
+#[test]
+fn the_switch_turns_vnni_off() {
+    for vnni in [false, true] {
+        for off in [false, true] {
+            let want = if vnni && !off {
+                I8Kernel::Vnni
+            } else {
+                I8Kernel::Portable
+            };
+            assert_eq!(I8Kernel::choose(vnni, off), want);
+        }
+    }
+    const CHILD: &str = "LLMEMBED_KERNELS_I8_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        println!("kernel={}", I8Kernel::detect().name());
+        return;
+    }
+    let run = |off: bool| -> String {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "the_switch_turns_vnni_off", "--nocapture"])
+            .env(CHILD, "1")
+            .env_remove("LLMEMBED_NO_AVX512VNNI");
+        if off {
+            cmd.env("LLMEMBED_NO_AVX512VNNI", "1");
+        }
+        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+        out.lines()
+            .find_map(|l| l.strip_prefix("kernel="))
+            .unwrap_or_else(|| panic!("child printed no kernel: {out}"))
+            .to_string()
+    };
+    let vnni = I8Kernel::Vnni.runs_here();
+    assert_eq!(run(false), if vnni { "avx512vnni" } else { "i8portable" });
+    assert_eq!(run(true), "i8portable");
+}
