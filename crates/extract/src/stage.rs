@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use llmembed_kernels::I8Kernel;
 use llmembed_core::{
     Apply, ApplyEnv, Arity, Context, EmbeddingTable, EmbeddingWriter, Env, Error, External, Input,
     Layers, Result, Stage, Summary, VectorColumn, read_text_table,
 };
+use llmembed_kernels::I8Kernel;
 
 use crate::apply::ExtractApply;
 use crate::batch::embed_shard;
@@ -66,7 +66,9 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
                 Tap::Pooler => ("pooler", "the checkpoint has no pooler weights".to_string()),
                 Tap::Sentence => (
                     "sentence",
-                    "the model has no sentence-transformers modules (modules.json)".to_string(),
+                    "the model has no sentence embedding of its own (EmbeddingGemma's \
+                     sentence-transformers modules are the ones supported)"
+                        .to_string(),
                 ),
             };
             return Err(Error::param(param, format!("{}: {why}", model.describe())));

@@ -1,7 +1,7 @@
 //! The `extract` stage on the `embeddinggemma-300m` preset with `sentence: true`: the output has
 //! the asked layers and a `sentence` column (768 wide, unit norm) equal, bit for bit, to the
-//! model's `Tap::Sentence` for each text alone; `sentence: true` on a model without
-//! sentence-transformers modules is an error naming the param; `sentence: false` stays out of
+//! model's `Tap::Sentence` for each text alone; `sentence: true` on a model without a sentence
+//! embedding (MiniLM) is an error naming the param; `sentence: false` stays out of
 //! the canonical params (existing cache keys do not move).
 
 mod common;
@@ -79,7 +79,7 @@ fn embeddinggemma_stage_writes_a_sentence_column() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("sentence") && e.contains("no sentence-transformers modules"),
+        e.contains("sentence") && e.contains("no sentence embedding of its own"),
         "{e}"
     );
 }
