@@ -70,7 +70,9 @@ fn taps_for(p: &ExtractParams, model: &dyn Embedder) -> Result<Vec<Tap>> {
                 Tap::Pooler => ("pooler", "the checkpoint has no pooler weights".to_string()),
                 Tap::Sentence => (
                     "sentence",
-                    "the model has no sentence-transformers modules (modules.json)".to_string(),
+                    "the model has no sentence embedding of its own (EmbeddingGemma's \
+                     sentence-transformers modules are the ones supported)"
+                        .to_string(),
                 ),
             };
             return Err(Error::param(param, format!("{}: {why}", model.describe())));
