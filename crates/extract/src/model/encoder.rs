@@ -20,9 +20,7 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 use super::errors::candle_message;
 use super::safetensors::check_safetensors;
 use super::tokenizer::added_tokens_empty;
-use crate::embedder::{
-    ComputeDtype, Embedder, IdsOffsets, LoadSpec, Pooling, Tap, check_spans,
-};
+use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, LoadSpec, Pooling, Tap, check_spans};
 
 /// A checkpoint's tensors (read into memory in the compute dtype) and where they came from, so
 /// that a weight that will not load is named with its file.
