@@ -25,7 +25,7 @@ pub struct ExtractParams {
     /// modules make it (EmbeddingGemma: mean pooling, Dense 768->3072->768, L2 normalisation),
     /// whatever `pooling` says for the layers. Left out of the params' canonical form when false,
     /// so that the keys of pipelines without it stay what they were.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default = "default_false", skip_serializing_if = "std::ops::Not::not")]
     pub sentence: bool,
     #[serde(default = "default_pooling")]
     pub pooling: Pooling,

@@ -170,6 +170,20 @@ fn check_predictions(p: &Predictions, test: &EmbeddingTable) {
     }
 }
 
+/// A stage's published folder as the runner and an applier are given it: every file in it.
+pub(super) fn fitted(stage_id: &str, dir: &Path) -> Input {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    Input {
+        stage_id: stage_id.into(),
+        dir: dir.to_path_buf(),
+        files,
+    }
+}
+
 /// The rows `idx` of `t`, in that order.
 fn select_rows(t: &EmbeddingTable, idx: &[usize]) -> EmbeddingTable {
     EmbeddingTable {

@@ -5,20 +5,6 @@ use llmembed_core::{ApplyEnv, Env, Rows, SavedTensors, UNLABELLED};
 
 use super::*;
 
-/// A stage's published folder as an applier is given it: every file in it.
-fn fitted(stage_id: &str, dir: &Path) -> Input {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
-    Input {
-        stage_id: stage_id.into(),
-        dir: dir.to_path_buf(),
-        files,
-    }
-}
-
 fn apply_env() -> ApplyEnv {
     let dir = std::env::temp_dir();
     ApplyEnv {

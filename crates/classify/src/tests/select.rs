@@ -5,20 +5,6 @@ use llmembed_core::{ApplyEnv, Env, Rows};
 
 use super::*;
 
-/// A stage's published folder as the runner gives it: every file in it.
-fn published(stage_id: &str, dir: &Path) -> Input {
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    files.sort();
-    Input {
-        stage_id: stage_id.into(),
-        dir: dir.to_path_buf(),
-        files,
-    }
-}
-
 fn logreg_cv(column: &str, folds: usize) -> LogRegParams {
     LogRegParams {
         column: Some(column.into()),
@@ -75,9 +61,9 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
     )
     .unwrap();
     let members = vec![
-        published("few", few.path()),
-        published("more", more.path()),
-        published("sweep", sweep.path()),
+        fitted("few", few.path()),
+        fitted("more", more.path()),
+        fitted("sweep", sweep.path()),
     ];
     let cv: Vec<f64> = [&few, &more, &sweep]
         .iter()
@@ -121,13 +107,9 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
         },
         store_dir: std::env::temp_dir(),
     };
-    let applier = Select::applier(
-        &SelectParams::default(),
-        &published("best", out.path()),
-        &env,
-    )
-    .unwrap()
-    .unwrap();
+    let applier = Select::applier(&SelectParams::default(), &fitted("best", out.path()), &env)
+        .unwrap()
+        .unwrap();
     let rows: Vec<Rows> = members
         .iter()
         .map(|m| {
@@ -162,10 +144,7 @@ fn select_refuses_members_it_cannot_compare() {
     .unwrap();
     let err = run_stage::<Select>(
         &SelectParams::default(),
-        &[
-            published("five", five.path()),
-            published("three", three.path()),
-        ],
+        &[fitted("five", five.path()), fitted("three", three.path())],
         3,
     )
     .unwrap_err()
@@ -176,10 +155,7 @@ fn select_refuses_members_it_cannot_compare() {
     );
     let err = run_stage::<Select>(
         &SelectParams::default(),
-        &[
-            published("five", five.path()),
-            published("fixed", fixed.path()),
-        ],
+        &[fitted("five", five.path()), fitted("fixed", fixed.path())],
         3,
     )
     .unwrap_err()
