@@ -5,9 +5,11 @@
 
 mod common;
 
-use common::{cosine, max_abs, mpnet_dir};
-use llmembed_extract::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap};
-use serde::Deserialize;
+use common::{
+    EncoderFixture, cosine, encoder_fixture, encoder_padding_worst, layer_taps, load_encoder,
+    max_abs, mpnet_dir, norm,
+};
+use llmembed_extract::{ComputeDtype, Pooling, Tap};
 
 // Measured on AMD Zen 5 (2026-12-03, all 10 cases, every layer, first token and pooler; `cargo
 // test --release -p llmembed-extract --test mpnet_reference -- --nocapture`): f32 worst
@@ -24,46 +26,8 @@ const MAX_REL: f64 = 6e-6;
 const BF16_MIN_COS: f64 = 1.0 - 1e-2;
 const BF16_MAX_REL: f64 = 0.1;
 
-fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
-}
-
-#[derive(Deserialize)]
-struct Fixture {
-    max_tokens: usize,
-    cases: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    text: String,
-    ids: Vec<u32>,
-    truncated: bool,
-    mean: Vec<Vec<f32>>,
-    first_last_layer: Vec<f32>,
-    pooler: Vec<f32>,
-}
-
-fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/mpnet_base_reference.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn load(dir: &std::path::Path, compute: ComputeDtype) -> Box<dyn Embedder> {
-    llmembed_extract::load(&LoadSpec {
-        weights: dir.join("model.safetensors"),
-        config: Some(dir.join("config.json")),
-        tokenizer: Some(dir.join("tokenizer.json")),
-        compute,
-    })
-    .unwrap()
-}
-
-fn all_taps(m: &dyn Embedder) -> Vec<Tap> {
-    (0..=m.num_layers()).map(Tap::Layer).collect()
+fn fixture() -> EncoderFixture {
+    encoder_fixture("mpnet_base_reference.json")
 }
 
 /// Worst cosine and worst max |difference| / norm of `got` against `want`, layer by layer,
@@ -94,9 +58,9 @@ fn compare(
 fn mpnet_matches_transformers_ids_and_every_layer() {
     let Some(dir) = mpnet_dir() else { return };
     let fx = fixture();
-    let m = load(&dir, ComputeDtype::F32);
+    let m = load_encoder(&dir, ComputeDtype::F32);
     assert_eq!((m.num_layers(), m.hidden_size()), (12, 768));
-    let taps = all_taps(m.as_ref());
+    let taps = layer_taps(m.as_ref());
     let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
     for case in &fx.cases {
         let (ids, truncated) = m.tokenize(&case.text, fx.max_tokens).unwrap();
@@ -171,33 +135,8 @@ fn mpnet_fixture_covers_truncation_padding_token_and_long_distances() {
 fn mpnet_padding_does_not_change_vectors() {
     let Some(dir) = mpnet_dir() else { return };
     let fx = fixture();
-    let m = load(&dir, ComputeDtype::F32);
-    let taps = all_taps(m.as_ref());
-    let ids: Vec<Vec<u32>> = fx
-        .cases
-        .iter()
-        .map(|c| m.tokenize(&c.text, fx.max_tokens).unwrap().0)
-        .collect();
-    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
-    assert!(lens.iter().max().unwrap() > &(lens.iter().min().unwrap() * 10));
-    let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-    let h = m.hidden_size();
-    let mut worst = 0f32;
-    for pooling in [Pooling::Mean, Pooling::First, Pooling::Last] {
-        let together = m.embed(&batch, &taps, pooling).unwrap();
-        for (i, one) in batch.iter().enumerate() {
-            let alone = m.embed(&[one], &taps, pooling).unwrap();
-            for (layer, (a, t)) in alone.iter().zip(&together).enumerate() {
-                let d = max_abs(a, &t[i * h..(i + 1) * h]);
-                worst = worst.max(d);
-                assert!(
-                    d <= 1e-5,
-                    "{pooling:?} layer {layer}, text {i} ({} tokens): alone vs batched differ by {d}",
-                    one.len()
-                );
-            }
-        }
-    }
+    let m = load_encoder(&dir, ComputeDtype::F32);
+    let worst = encoder_padding_worst(m.as_ref(), &fx, 1e-5);
     eprintln!("padding: worst alone vs batched difference {worst:e}");
 }
 
@@ -205,8 +144,8 @@ fn mpnet_padding_does_not_change_vectors() {
 fn mpnet_bf16_compute_stays_close() {
     let Some(dir) = mpnet_dir() else { return };
     let fx = fixture();
-    let m = load(&dir, ComputeDtype::Bf16);
-    let taps = all_taps(m.as_ref());
+    let m = load_encoder(&dir, ComputeDtype::Bf16);
+    let taps = layer_taps(m.as_ref());
     let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
     for case in &fx.cases {
         let got = m.embed(&[&case.ids], &taps, Pooling::Mean).unwrap();
@@ -224,7 +163,7 @@ fn mpnet_bf16_compute_stays_close() {
 #[test]
 fn mpnet_taps_and_errors() {
     let Some(dir) = mpnet_dir() else { return };
-    let m = load(&dir, ComputeDtype::F32);
+    let m = load_encoder(&dir, ComputeDtype::F32);
     assert!(m.supports(Tap::Layer(0)) && m.supports(Tap::Layer(12)));
     assert!(!m.supports(Tap::Layer(13)));
     assert!(!m.supports(Tap::FinalNorm));

@@ -9,7 +9,9 @@ use candle_nn::{Embedding, LayerNorm};
 use llmembed_core::Result;
 use serde::Deserialize;
 
-use super::encoder::{Act, AttentionNames, Block, Dims, Encoder, Front, Parts, Weights, dtype};
+use super::encoder::{
+    Act, AttentionNames, Dims, Encoder, Front, Parts, Weights, dtype, load_stack,
+};
 use super::errors::file_error;
 use super::tokenizer::read_tokenizer_json;
 use crate::embedder::{Embedder, LoadSpec};
@@ -137,14 +139,7 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
         intermediate: config.intermediate_size,
         eps,
     };
-    let blocks = (0..config.num_hidden_layers)
-        .map(|i| Block::load(&vb.pp(format!("encoder.layer.{i}")), &dims, &ATTENTION))
-        .collect::<Result<Vec<_>>>()?;
-    let pooler = if vb.contains("pooler.dense.weight") {
-        Some(vb.linear(h, h, "pooler.dense")?)
-    } else {
-        None
-    };
+    let (blocks, pooler) = load_stack(&vb, &dims, config.num_hidden_layers, &ATTENTION)?;
     let dtype = dtype(spec)?;
     let c = &config;
     let description = format!(

@@ -164,6 +164,25 @@ pub(crate) struct Block {
     head_dim: usize,
 }
 
+/// The blocks `encoder.layer.<i>` (i < `layers`) and the pooler `pooler.dense`, where the
+/// checkpoint has one: what BERT and MPNet checkpoints name alike.
+pub(crate) fn load_stack(
+    vb: &Weights,
+    dims: &Dims,
+    layers: usize,
+    names: &AttentionNames,
+) -> Result<(Vec<Block>, Option<Linear>)> {
+    let blocks = (0..layers)
+        .map(|i| Block::load(&vb.pp(format!("encoder.layer.{i}")), dims, names))
+        .collect::<Result<Vec<_>>>()?;
+    let pooler = if vb.contains("pooler.dense.weight") {
+        Some(vb.linear(dims.hidden, dims.hidden, "pooler.dense")?)
+    } else {
+        None
+    };
+    Ok((blocks, pooler))
+}
+
 impl Block {
     /// Loads the block under `layer` (`encoder.layer.<i>`).
     pub fn load(layer: &Weights, d: &Dims, names: &AttentionNames) -> Result<Block> {

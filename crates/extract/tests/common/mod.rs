@@ -207,3 +207,94 @@ pub fn hub_cache(root: &Path, repo: &str, commit: &str, src: &Path, files: &[&st
     }
     root.to_path_buf()
 }
+
+/// The L2 norm of `v`, in f64.
+pub fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// An encoder's transformers reference (`scripts/reference/make_bert_reference.py`,
+/// `make_mpnet_reference.py`): per text, ids, every layer mean-pooled, the last layer's first
+/// token and the pooler.
+#[derive(serde::Deserialize)]
+pub struct EncoderFixture {
+    pub max_tokens: usize,
+    pub cases: Vec<EncoderCase>,
+}
+
+#[derive(serde::Deserialize)]
+pub struct EncoderCase {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub truncated: bool,
+    pub mean: Vec<Vec<f32>>,
+    pub first_last_layer: Vec<f32>,
+    pub pooler: Vec<f32>,
+}
+
+/// `tests/fixtures/<file>`, an [`EncoderFixture`].
+pub fn encoder_fixture(file: &str) -> EncoderFixture {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// The encoder in `dir` (model.safetensors, config.json, tokenizer.json).
+pub fn load_encoder(
+    dir: &Path,
+    compute: llmembed_extract::ComputeDtype,
+) -> Box<dyn llmembed_extract::Embedder> {
+    llmembed_extract::load(&LoadSpec {
+        weights: dir.join("model.safetensors"),
+        config: Some(dir.join("config.json")),
+        tokenizer: Some(dir.join("tokenizer.json")),
+        compute,
+    })
+    .unwrap()
+}
+
+/// Every layer tap of `m`, embeddings first.
+pub fn layer_taps(m: &dyn llmembed_extract::Embedder) -> Vec<llmembed_extract::Tap> {
+    (0..=m.num_layers())
+        .map(llmembed_extract::Tap::Layer)
+        .collect()
+}
+
+/// Embeds the fixture's texts (tokenized at its `max_tokens`) alone and together in one padded
+/// batch, for every layer and pooling, asserting that no value moves by more than `bar`; returns
+/// the worst difference. The texts must differ in length by 10x, so that padding is exercised.
+pub fn encoder_padding_worst(
+    m: &dyn llmembed_extract::Embedder,
+    fx: &EncoderFixture,
+    bar: f32,
+) -> f32 {
+    use llmembed_extract::Pooling;
+    let taps = layer_taps(m);
+    let ids: Vec<Vec<u32>> = fx
+        .cases
+        .iter()
+        .map(|c| m.tokenize(&c.text, fx.max_tokens).unwrap().0)
+        .collect();
+    let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+    assert!(lens.iter().max().unwrap() > &(lens.iter().min().unwrap() * 10));
+    let batch: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let h = m.hidden_size();
+    let mut worst = 0f32;
+    for pooling in [Pooling::Mean, Pooling::First, Pooling::Last] {
+        let together = m.embed(&batch, &taps, pooling).unwrap();
+        for (i, one) in batch.iter().enumerate() {
+            let alone = m.embed(&[one], &taps, pooling).unwrap();
+            for (layer, (a, t)) in alone.iter().zip(&together).enumerate() {
+                let d = max_abs(a, &t[i * h..(i + 1) * h]);
+                worst = worst.max(d);
+                assert!(
+                    d <= bar,
+                    "{pooling:?} layer {layer}, text {i} ({} tokens): alone vs batched differ by {d}",
+                    one.len()
+                );
+            }
+        }
+    }
+    worst
+}

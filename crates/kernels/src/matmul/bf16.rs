@@ -189,18 +189,7 @@ impl PackedBf16 {
     /// `kernel` ([`Bf16Kernel::detect`]'s, or one below it that this CPU also runs).
     pub fn new(w: &[f32], k: usize, n: usize, kernel: Bf16Kernel) -> Result<Self> {
         const OP: &str = "pack bf16 weights";
-        if !kernel.runs_here() {
-            return Err(Error::new(
-                OP,
-                format!("the {} kernel does not run on this CPU", kernel.name()),
-            ));
-        }
-        if w.len() != k * n {
-            return Err(Error::new(
-                OP,
-                format!("{} values are not ({k}, {n})", w.len()),
-            ));
-        }
+        super::check_pack(OP, kernel.name(), kernel.runs_here(), w, k, n)?;
         let vals = w;
         let repr = match kernel {
             Bf16Kernel::F32 => {

@@ -70,18 +70,7 @@ impl PackedF32 {
     /// Packs `w` for `kernel`, which this CPU must run.
     pub fn with_kernel(w: &[f32], k: usize, n: usize, kernel: F32Kernel) -> Result<Self> {
         const OP: &str = "pack f32 weights";
-        if w.len() != k * n {
-            return Err(Error::new(
-                OP,
-                format!("{} values are not ({k}, {n})", w.len()),
-            ));
-        }
-        if !kernel.runs_here() {
-            return Err(Error::new(
-                OP,
-                format!("the {} kernel does not run on this CPU", kernel.name()),
-            ));
-        }
+        super::check_pack(OP, kernel.name(), kernel.runs_here(), w, k, n)?;
         let repr = match kernel {
             F32Kernel::Candle => Repr::Dense(
                 Tensor::from_slice(w, (k, n), &Device::Cpu).map_err(|e| Error::candle(OP, &e))?,

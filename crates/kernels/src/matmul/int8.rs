@@ -154,18 +154,7 @@ impl PackedI8 {
         outliers: Outliers,
     ) -> Result<Self> {
         const OP: &str = "pack int8 weights";
-        if !kernel.runs_here() {
-            return Err(Error::new(
-                OP,
-                format!("the {} kernel does not run on this CPU", kernel.name()),
-            ));
-        }
-        if w.len() != k * n {
-            return Err(Error::new(
-                OP,
-                format!("{} values are not ({k}, {n})", w.len()),
-            ));
-        }
+        super::check_pack(OP, kernel.name(), kernel.runs_here(), w, k, n)?;
         if let Some(i) = w.iter().position(|v| !v.is_finite()) {
             return Err(Error::new(
                 OP,

@@ -11,3 +11,28 @@ mod panels;
 pub use bf16::{Bf16Cpu, Bf16Kernel, PackedBf16, Switches, bf16_round};
 pub use f32::{F32Kernel, PackedF32};
 pub use int8::{I8Kernel, Outliers, PackedI8};
+
+/// The checks every packer makes before it packs: the kernel runs on this CPU, and `w` holds
+/// (K, N) values.
+fn check_pack(
+    op: &'static str,
+    kernel: &str,
+    runs_here: bool,
+    w: &[f32],
+    k: usize,
+    n: usize,
+) -> crate::Result<()> {
+    if !runs_here {
+        return Err(crate::Error::new(
+            op,
+            format!("the {kernel} kernel does not run on this CPU"),
+        ));
+    }
+    if w.len() != k * n {
+        return Err(crate::Error::new(
+            op,
+            format!("{} values are not ({k}, {n})", w.len()),
+        ));
+    }
+    Ok(())
+}
