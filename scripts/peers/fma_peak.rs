@@ -1,5 +1,6 @@
-//! The multiply-add peak of one core: 24 independent chains of AVX-512 `vfmadd` (f32) and of
-//! `vdpbf16ps` (bf16 pairs), plus AVX2 `vfmadd` for comparison, each for about a second. The
+//! The multiply-add peak of one core: 24 independent chains of AVX-512 `vfmadd` (f32), of
+//! `vdpbf16ps` (bf16 pairs) and of `vpdpbusd` (int8 quads, counted as two operations per
+//! multiply-add like the others), plus AVX2 `vfmadd` for comparison, each for about a second. The
 //! README's "peaks at N GFLOP/s per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
@@ -35,6 +36,18 @@ fn dpbf16_zmm(n: usize) -> f32 {
     acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
 }
 
+#[target_feature(enable = "avx512f,avx512vnni")]
+fn dpbusd_zmm(n: usize) -> f32 {
+    let mut acc = [_mm512_setzero_si512(); CHAINS];
+    let (x, y) = (_mm512_set1_epi8(1), _mm512_set1_epi8(-1));
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            *a = _mm512_dpbusd_epi32(*a, x, y);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_epi32(a) as f32).sum()
+}
+
 #[target_feature(enable = "avx2,fma")]
 fn fma_ymm(n: usize) -> f32 {
     let mut acc = [_mm256_set1_ps(0.0); CHAINS / 2];
@@ -68,6 +81,7 @@ fn main() {
     let has = |f: &str| match f {
         "avx512f" => is_x86_feature_detected!("avx512f"),
         "avx512bf16" => is_x86_feature_detected!("avx512bf16"),
+        "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
         _ => is_x86_feature_detected!("fma"),
     };
     if has("avx512f") {
@@ -77,6 +91,11 @@ fn main() {
     if has("avx512f") && has("avx512bf16") {
         time("bf16 vdpbf16ps zmm", CHAINS * 64, |n| unsafe {
             dpbf16_zmm(n)
+        });
+    }
+    if has("avx512f") && has("avx512vnni") {
+        time("int8 vpdpbusd zmm", CHAINS * 128, |n| unsafe {
+            dpbusd_zmm(n)
         });
     }
     if has("fma") {

@@ -106,6 +106,146 @@ fn every_kernel_gives_the_stated_product_bit_for_bit() {
     }
 }
 
+/// The stated product with the outlier rule, one row and one integer at a time: the row's sum
+/// of squares in 16 lanes (channel `c` in lane `c % 16`, the lanes then added in order); the
+/// channels ordered by magnitude (larger first, ties: lower channel) and taken out while the
+/// next is over `ratio` times the RMS of the values left below it, at most `max`; the rest
+/// quantised with the largest magnitude left; each outlier's products `v * q_w` added in f32 in
+/// that order: `y = s_w * (s_x * sum + extra)`.
+fn stated_with_outliers(
+    a: &[f32],
+    w: &[f32],
+    (m, k, n): (usize, usize, usize),
+    rule: Outliers,
+) -> Vec<f32> {
+    let columns: Vec<(f32, Vec<i32>)> = (0..n)
+        .map(|j| {
+            let max = (0..k).fold(0f32, |mx, p| mx.max(w[p * n + j].abs()));
+            let s_w = max / 127.0;
+            let q = (0..k)
+                .map(|p| {
+                    if s_w == 0.0 {
+                        0
+                    } else {
+                        (w[p * n + j] / s_w).round_ties_even().clamp(-127.0, 127.0) as i32
+                    }
+                })
+                .collect();
+            (s_w, q)
+        })
+        .collect();
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        let row = &a[i * k..(i + 1) * k];
+        let mut lanes = [0f32; 16];
+        for (c, v) in row.iter().enumerate() {
+            lanes[c % 16] += v * v;
+        }
+        let mut rest_sq = lanes.iter().sum::<f32>() as f64;
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&p, &q| row[q].abs().total_cmp(&row[p].abs()).then(p.cmp(&q)));
+        let mut outliers = Vec::new();
+        let mut len = k;
+        for &c in &order {
+            let v = row[c].abs() as f64;
+            let below = (rest_sq - v * v).max(0.0);
+            let out = len >= 2 && v > rule.ratio as f64 * (below / (len - 1) as f64).sqrt();
+            if outliers.len() == rule.max || !out {
+                break;
+            }
+            outliers.push(c);
+            rest_sq -= v * v;
+            len -= 1;
+        }
+        let rest_max = order.get(outliers.len()).map_or(0.0, |&c| row[c].abs());
+        let inv = if rest_max == 0.0 {
+            0.0
+        } else {
+            127.0 / rest_max
+        };
+        for (j, (s_w, q_w)) in columns.iter().enumerate() {
+            let sum: i32 = (0..k)
+                .filter(|c| !outliers.contains(c))
+                .map(|c| (row[c] * inv).round_ties_even().clamp(-127.0, 127.0) as i32 * q_w[c])
+                .sum();
+            let mut extra = 0f32;
+            for &c in &outliers {
+                extra += row[c] * q_w[c] as f32;
+            }
+            y[i * n + j] = s_w * (rest_max / 127.0 * sum as f32 + extra);
+        }
+    }
+    y
+}
+
+/// The outlier rule as stated, bit for bit: rows with none, one, several, more than the cap,
+/// several of the same magnitude (the lower channel goes first, which decides the one left
+/// when there are more than the cap), in one lane and spread over lanes, short and long rows.
+#[test]
+fn every_kernel_gives_the_stated_outlier_rule_bit_for_bit() {
+    let rule = Outliers::DEFAULT;
+    for kernel in kernels() {
+        for &(m, k, n) in &[(12, 577, 45), (9, 40, 33), (3, 4201, 17)] {
+            let (mut a, w) = inputs(m, k, n);
+            let plant: &[&[(usize, f32)]] = &[
+                &[],
+                &[(5, 70.0)],
+                &[(3, 50.0), (19, -50.0), (35, 50.0)],
+                &[(0, 40.0), (16, -40.0), (32, 41.0)],
+                &[
+                    (1, 90.0),
+                    (2, -80.0),
+                    (6, 70.0),
+                    (9, 60.0),
+                    (11, 55.0),
+                    (13, -50.0),
+                ],
+                &[
+                    (7, 30.0),
+                    (8, 31.0),
+                    (10, 32.0),
+                    (12, 33.0),
+                    (14, 34.0),
+                    (15, 35.0),
+                ],
+                &[(17, 36.0), (18, 37.0), (20, 38.0), (21, -39.0), (22, 40.0)],
+                &[(4, 9.0), (24, 9.0)],
+                &[(25, -12.0)],
+                // Nine of one magnitude, over the cap of eight: the highest channel stays.
+                &[
+                    (26, 60.0),
+                    (27, -60.0),
+                    (28, 60.0),
+                    (29, 60.0),
+                    (30, -60.0),
+                    (31, 60.0),
+                    (33, 60.0),
+                    (34, 60.0),
+                    (42, -60.0),
+                ],
+            ];
+            for (i, spikes) in plant.iter().cycle().take(m).enumerate() {
+                for &(c, v) in spikes.iter() {
+                    if c < k {
+                        a[i * k + c] = v;
+                    }
+                }
+            }
+            let got = product(kernel, rule, &a, &w, (m, k, n));
+            let want = stated_with_outliers(&a, &w, (m, k, n), rule);
+            for (i, (g, s)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == s.to_bits(),
+                    "{} ({m}, {k}, {n}) row {} output {}: {g} != stated {s}",
+                    kernel.name(),
+                    i / n,
+                    i % n
+                );
+            }
+        }
+    }
+}
+
 /// Integer sums do not depend on their order, so VNNI and the portable loop agree bit for bit,
 /// outliers included (on a CPU without VNNI this compares the portable kernel with itself and
 /// says so).
@@ -229,13 +369,15 @@ fn bad_shapes_and_values_are_errors() {
             e.to_string(),
             "int8 matmul: input has 6 values, not 2 rows of 4 (weights are (4, 4))"
         );
-        let e = packed
-            .matmul(&[0.0, 1.0, 2.0, 3.0, 0.0, f32::INFINITY, 0.0, 0.0], 2)
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "int8 matmul: row 1 of the input has a value that is not finite"
-        );
+        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            let e = packed
+                .matmul(&[0.0, 1.0, 2.0, 3.0, 0.0, bad, 0.0, 0.0], 2)
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "int8 matmul: row 1 of the input has a value that is not finite"
+            );
+        }
         assert_eq!(packed.matmul(&[0.0; 4], 1).unwrap(), vec![0.0; 4]);
     }
     match PackedI8::new(&w, 4, 4, I8Kernel::Vnni, Outliers::NONE) {

@@ -225,25 +225,23 @@ impl PackedI8 {
         self.outliers
     }
 
-    /// `extra[n] += v * q_w[ch][n]` for every output `n`: one outlier channel's f32 products.
-    fn add_channel(&self, ch: usize, v: f32, extra: &mut [f32]) {
+    /// `q_w[ch][n]` for every output `n`, as f32: one input channel's int8 weights.
+    fn channel_weights(&self, ch: usize) -> Vec<f32> {
         match &self.repr {
             Repr::Panels(p) => {
                 let steps = self.k.div_ceil(4);
                 let shift = 8 * (ch % 4);
                 let data = p.as_slice();
-                for (panel, out) in extra.chunks_mut(PANEL).enumerate() {
+                let mut out = vec![0f32; self.n];
+                for (panel, out) in out.chunks_mut(PANEL).enumerate() {
                     let at = (panel * steps + ch / 4) * PANEL;
-                    for (e, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
-                        *e += v * ((step >> shift) as u8 as i8) as f32;
+                    for (o, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
+                        *o = ((step >> shift) as u8 as i8) as f32;
                     }
                 }
+                out
             }
-            Repr::Columns(c) => {
-                for (e, col) in extra.iter_mut().zip(c.chunks_exact(self.k)) {
-                    *e += v * col[ch] as f32;
-                }
-            }
+            Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch] as f32).collect(),
         }
     }
 
@@ -280,41 +278,64 @@ impl PackedI8 {
                 format!("row {r} of the input has a value that is not finite"),
             ));
         }
-        // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots.
-        let sums: Vec<f32> = match &self.repr {
-            Repr::Panels(p) => p.matmul::<DotI8>(&a, m),
+        // Each outlier channel's int8 weights as f32, once per call: the rows that share a
+        // channel (Gemma's and SmolLM2's outliers sit in the same few channels token after
+        // token) read one contiguous row instead of gathering it from every panel again.
+        let mut channels: Vec<usize> = rows
+            .iter()
+            .flat_map(|r| r.outliers.iter().map(|&(ch, _)| ch))
+            .collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let weight_rows: Vec<Vec<f32>> = channels
+            .par_iter()
+            .map(|&ch| self.channel_weights(ch))
+            .collect();
+        // Each row's outliers as (value, index into `weight_rows`).
+        let row_outliers: Vec<Vec<(f32, usize)>> = rows
+            .par_iter()
+            .map(|row| {
+                row.outliers
+                    .iter()
+                    .map(|&(ch, v)| {
+                        let at = channels.binary_search(&ch).expect("channel listed above");
+                        (v, at)
+                    })
+                    .collect()
+            })
+            .collect();
+        // Undo the shift, then the scales (and outlier channels) once per output, on the
+        // outputs `col..col + y.len()` of row `r`.
+        let finish = |r: usize, col: usize, y: &mut [f32]| {
+            let cols = col..col + y.len();
+            descale(
+                Isa::best(),
+                y,
+                &self.shift[cols.clone()],
+                &self.scales[cols],
+                rows[r].scale,
+                &row_outliers[r],
+                &weight_rows,
+                col,
+            );
+        };
+        // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
+        // scaled as soon as it is complete.
+        let y: Vec<f32> = match &self.repr {
+            Repr::Panels(p) => p.matmul_then::<DotI8>(&a, m, finish),
             Repr::Columns(c) => {
-                let mut sums = vec![0f32; m * n];
-                sums.par_chunks_mut(n)
+                let mut y = vec![0f32; m * n];
+                y.par_chunks_mut(n)
                     .zip(a.par_chunks(steps))
+                    .enumerate()
                     .with_min_len(ROWS_PER_TASK)
-                    .for_each(|(out, row)| portable_row(Isa::best(), row, c, k, out));
-                sums
+                    .for_each(|(r, (out, a_row))| {
+                        portable_row(Isa::best(), a_row, c, k, out);
+                        finish(r, 0, out);
+                    });
+                y
             }
         };
-        // Undo the shift, then the scales (and outlier channels) once per output.
-        let mut y = sums;
-        y.par_chunks_mut(n)
-            .zip(rows.par_iter())
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|(y, row)| {
-                let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
-                if row.outliers.is_empty() {
-                    for ((y, &shift), &s_w) in y.iter_mut().zip(&self.shift).zip(&self.scales) {
-                        *y = s_w * (row.scale * int(*y, shift));
-                    }
-                } else {
-                    let mut extra = vec![0f32; n];
-                    for &(ch, v) in &row.outliers {
-                        self.add_channel(ch, v, &mut extra);
-                    }
-                    for (((y, &shift), &s_w), e) in
-                        y.iter_mut().zip(&self.shift).zip(&self.scales).zip(&extra)
-                    {
-                        *y = s_w * (row.scale * int(*y, shift) + e);
-                    }
-                }
-            });
         Ok(y)
     }
 }
@@ -322,7 +343,10 @@ impl PackedI8 {
 /// Quantises one row into `a` (u8 `q + 128` four to a u32, outlier channels 128, padding
 /// zero); returns its scale (not finite when the row has a value that is not) and outliers.
 fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
-    let (sumsq, max) = sumsq_max(Isa::best(), x);
+    let mut lanes = [0f32; LANES];
+    let mut stats = (0f32, 0f32);
+    row_stats(Isa::best(), x, &mut lanes, &mut stats);
+    let (sumsq, max) = stats;
     if !max.is_finite() {
         return QuantRow {
             scale: f32::NAN,
@@ -330,7 +354,7 @@ fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
         };
     }
     let (outliers, rest_max) = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
-        find_outliers(x, sumsq as f64, rule)
+        find_outliers(x, sumsq as f64, &mut lanes, rule)
     } else {
         (Vec::new(), max)
     };
@@ -340,7 +364,7 @@ fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
     } else {
         127.0 / rest_max
     };
-    quantise(Isa::best(), x, inv, a);
+    quantise_bytes(Isa::best(), x, inv, a);
     for &(ch, _) in &outliers {
         let (word, shift) = (ch / 4, 8 * (ch % 4));
         a[word] = (a[word] & !(0xFF << shift)) | (128 << shift);
@@ -358,76 +382,125 @@ fn is_outlier(v: f32, sumsq: f64, len: usize, rule: Outliers) -> bool {
     v as f64 > rule.ratio as f64 * (below / (len - 1) as f64).sqrt()
 }
 
-/// The rule on a row whose largest value is an outlier: the `rule.max + 1` largest magnitudes
-/// found in one pass (ties: the lower channel), then taken largest first while each is one.
-/// Returns the outliers and the largest magnitude left (the next candidate's).
-fn find_outliers(x: &[f32], sumsq: f64, rule: Outliers) -> (Vec<(usize, f32)>, f32) {
-    let keep = rule.max + 1;
-    // (magnitude, channel), largest first.
-    let mut top: Vec<(f32, usize)> = Vec::with_capacity(keep + 1);
-    let insert = |top: &mut Vec<(f32, usize)>, i: usize, a: f32| {
-        if top.len() == keep && a <= top[keep - 1].0 {
-            return;
-        }
-        let at = top.partition_point(|&(b, _)| b >= a);
-        top.insert(at, (a, i));
-        top.truncate(keep);
-    };
-    // Sixteen at a time: a group is looked at value by value only when its largest magnitude
-    // would enter the list, which after the first groups is rare.
-    for (g, group) in x.chunks(16).enumerate() {
-        let big = group.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if top.len() == keep && big <= top[keep - 1].0 {
-            continue;
-        }
-        for (j, v) in group.iter().enumerate() {
-            insert(&mut top, g * 16 + j, v.abs());
-        }
-    }
-    let mut out = Vec::new();
+/// The rule on a row whose largest value is an outlier: the largest magnitude left (ties: the
+/// lower channel) taken out while it is one, at most `rule.max` times. `lanes` holds the
+/// largest magnitude of each lane of channels ([`row_stats`]'s) and is used up. Returns the
+/// outliers, largest first, and the largest magnitude left.
+fn find_outliers(
+    x: &[f32],
+    sumsq: f64,
+    lanes: &mut [f32; LANES],
+    rule: Outliers,
+) -> (Vec<(usize, f32)>, f32) {
+    let mut out: Vec<(usize, f32)> = Vec::with_capacity(rule.max);
     let (mut rest_sq, mut len) = (sumsq, x.len());
-    for &(a, ch) in top.iter().take(rule.max) {
-        if !is_outlier(a, rest_sq, len, rule) {
-            break;
+    let taken = |out: &[(usize, f32)], ch: usize| out.iter().any(|&(c, _)| c == ch);
+    loop {
+        let big = lanes.iter().fold(-1f32, |m, &v| if v > m { v } else { m });
+        if out.len() == rule.max || !is_outlier(big, rest_sq, len, rule) {
+            return (out, big.max(0.0));
         }
+        // The lowest channel of that magnitude not taken yet, in any lane that holds it.
+        let ch = (0..LANES)
+            .filter(|&l| lanes[l] == big)
+            .filter_map(|l| {
+                (l..x.len())
+                    .step_by(LANES)
+                    .find(|&ch| x[ch].abs() == big && !taken(&out, ch))
+            })
+            .min()
+            .expect("a lane's maximum is one of its values");
         out.push((ch, x[ch]));
-        rest_sq -= (a as f64) * (a as f64);
+        rest_sq -= (big as f64) * (big as f64);
         len -= 1;
+        // The lane's new maximum: its largest value not taken (compare and select: the
+        // values are finite).
+        let lane = ch % LANES;
+        lanes[lane] = (lane..x.len()).step_by(LANES).fold(0f32, |m, c| {
+            let a = x[c].abs();
+            if a > m && !taken(&out, c) { a } else { m }
+        });
     }
-    let rest_max = top.get(out.len()).map_or(0.0, |t| t.0);
-    (out, rest_max)
 }
 
-/// Sum of squares (16 fixed lanes) and the largest magnitude of `x`; the maximum is NaN or
-/// infinite when some value is.
-fn sumsq_max(isa: Isa, x: &[f32]) -> (f32, f32) {
-    let mut out = (0f32, 0f32);
-    sumsq_max_into(isa, x, &mut out);
-    out
-}
+/// Lanes of [`row_stats`]: channel `c` is in lane `c % LANES`.
+const LANES: usize = 16;
 
 multiversion! {
-    fn sumsq_max_into(isa: Isa, x: &[f32], out: &mut (f32, f32)) {
-        let mut sq = [0f32; 16];
-        let mut mx = [0f32; 16];
-        let mut bad = false;
-        let (body, tail) = x.split_at(x.len() / 16 * 16);
-        for c in body.chunks_exact(16) {
-            for l in 0..16 {
+    /// One pass over a row: its sum of squares (one partial sum per lane, then the lanes in
+    /// order) and largest magnitude into `out` (the maximum NaN when some value is not
+    /// finite), and the largest magnitude of each lane into `lanes`.
+    fn row_stats(isa: Isa, x: &[f32], lanes: &mut [f32; LANES], out: &mut (f32, f32)) {
+        // Compares and selects rather than `f32::max`, whose NaN rule keeps the loop from
+        // vectorising. They skip NaN, so a value that is not finite shows as an infinite
+        // maximum (an infinity) or a NaN sum of squares (a NaN, which no finite values can
+        // sum to): no flag per value, whose mask chain made this loop the slowest part of
+        // quantising.
+        let larger = |m: f32, a: f32| if a > m { a } else { m };
+        let mut sq = [0f32; LANES];
+        let mut mx = [0f32; LANES];
+        let (body, tail) = x.split_at(x.len() / LANES * LANES);
+        for c in body.chunks_exact(LANES) {
+            for l in 0..LANES {
                 sq[l] += c[l] * c[l];
-                mx[l] = mx[l].max(c[l].abs());
+                mx[l] = larger(mx[l], c[l].abs());
             }
         }
         for (l, v) in tail.iter().enumerate() {
             sq[l] += v * v;
-            mx[l] = mx[l].max(v.abs());
+            mx[l] = larger(mx[l], v.abs());
         }
-        for v in x {
-            bad |= !v.is_finite();
-        }
-        let m = mx.iter().fold(0f32, |a, &b| a.max(b));
-        *out = (sq.iter().sum(), if bad { f32::NAN } else { m });
+        *lanes = mx;
+        let max = mx.iter().fold(0f32, |m, &v| larger(m, v));
+        let sumsq: f32 = sq.iter().sum();
+        let bad = sumsq.is_nan() || !max.is_finite();
+        *out = (sumsq, if bad { f32::NAN } else { max });
     }
+}
+
+/// `a`: `round(x * inv)` clamped to -127..=127, plus 128, as bytes four to a u32 (input
+/// `4p + j` in byte `j` of `a[p]`; a last partial step padded with zero bytes). With AVX-512,
+/// sixteen values at a time (the same bits: clamping before rounding to nearest even, as
+/// `vcvtps2dq` does under the default rounding mode, equals rounding before, the bounds being
+/// integers); the rest as [`quantise`].
+fn quantise_bytes(isa: Isa, x: &[f32], inv: f32, a: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+        let done = unsafe { quantise_avx512(x, inv, a) };
+        quantise(isa, &x[done..], inv, &mut a[done / 4..]);
+        return;
+    }
+    quantise(isa, x, inv, a)
+}
+
+/// [`quantise_bytes`] on whole groups of sixteen values; returns how many it quantised.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantise_avx512(x: &[f32], inv: f32, a: &mut [u32]) -> usize {
+    use std::arch::x86_64::*;
+    let groups = x.len() / 16;
+    assert!(a.len() >= groups * 4);
+    let (scale, lo, hi) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(-127.0),
+        _mm512_set1_ps(127.0),
+    );
+    let bias = _mm512_set1_epi32(128);
+    for g in 0..groups {
+        // SAFETY: 16 * g + 16 <= x.len(), and a holds 4 * groups u32s (asserted).
+        unsafe {
+            let v = _mm512_loadu_ps(x.as_ptr().add(16 * g));
+            let q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, scale), lo), hi);
+            // 1..=255 after the shift: `vpmovdb`'s truncation to bytes keeps them whole.
+            let bytes = _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvtps_epi32(q), bias));
+            _mm_storeu_si128(a.as_mut_ptr().add(4 * g).cast(), bytes);
+        }
+    }
+    groups * 16
 }
 
 multiversion! {
@@ -467,6 +540,52 @@ multiversion! {
                 acc += (x * *w as i16) as i32;
             }
             *o = f32::from_bits(acc as u32);
+        }
+    }
+}
+
+multiversion! {
+    /// Outputs from their exact sums (int32 bits in `y`), for one row: the u8 shift undone,
+    /// then `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier channels' f32
+    /// products `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v, index into
+    /// `weight_rows`, which hold the channels' weights as f32 for every output); `y` holds the
+    /// outputs from `col` on.
+    fn descale(
+        isa: Isa,
+        y: &mut [f32],
+        shift: &[i32],
+        scales: &[f32],
+        row_scale: f32,
+        outliers: &[(f32, usize)],
+        weight_rows: &[Vec<f32>],
+        col: usize,
+    ) {
+        let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
+        if outliers.is_empty() {
+            for ((y, &shift), &s_w) in y.iter_mut().zip(shift).zip(scales) {
+                *y = s_w * (row_scale * int(*y, shift));
+            }
+            return;
+        }
+        // Sixteen outputs at a time, their outlier sums kept in registers.
+        const LANES: usize = 16;
+        for (at, y) in (0..y.len()).step_by(LANES).zip(y.chunks_mut(LANES)) {
+            let len = y.len();
+            let mut extra = [0f32; LANES];
+            for &(v, w) in outliers {
+                let w = &weight_rows[w][col + at..col + at + len];
+                for (e, &w) in extra.iter_mut().zip(w) {
+                    *e += v * w;
+                }
+            }
+            for (((y, &shift), &s_w), &e) in y
+                .iter_mut()
+                .zip(&shift[at..at + len])
+                .zip(&scales[at..at + len])
+                .zip(&extra)
+            {
+                *y = s_w * (row_scale * int(*y, shift) + e);
+            }
         }
     }
 }

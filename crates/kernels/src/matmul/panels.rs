@@ -140,17 +140,37 @@ impl<T: Step> Panels<T> {
     /// `a @ self` for `a` (m, k) steps row-major: (m, n) f32 row-major. `K` must be the kernel
     /// the panels were packed for, and available.
     pub fn matmul<K: Kernel<Step = T>>(&self, a: &[T], m: usize) -> Vec<f32> {
+        self.matmul_then::<K>(a, m, |_, _, _| {})
+    }
+
+    /// [`Panels::matmul`], then `finish(row, first_column, values)` on each finished stretch
+    /// of a row of C (at most one panel wide), by the thread that computed it, right after its
+    /// last multiply-add while it is still in cache: how int8 scales its integer sums without
+    /// another pass over C from memory.
+    pub fn matmul_then<K: Kernel<Step = T>>(
+        &self,
+        a: &[T],
+        m: usize,
+        finish: impl Fn(usize, usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
         assert_eq!(
             a.len(),
             m * self.k,
             "panel matmul: A is not ({m}, {})",
             self.k
         );
-        panel_matmul::<K>(a, m, self.k, self.as_slice(), self.n)
+        panel_matmul::<K>(a, m, self.k, self.as_slice(), self.n, &finish)
     }
 }
 
-fn panel_matmul<K: Kernel>(a: &[K::Step], m: usize, k: usize, b: &[K::Step], n: usize) -> Vec<f32> {
+fn panel_matmul<K: Kernel>(
+    a: &[K::Step],
+    m: usize,
+    k: usize,
+    b: &[K::Step],
+    n: usize,
+    finish: &(impl Fn(usize, usize, &mut [f32]) + Sync),
+) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
     }
@@ -166,7 +186,7 @@ fn panel_matmul<K: Kernel>(a: &[K::Step], m: usize, k: usize, b: &[K::Step], n: 
     let bands = m.div_ceil(BAND_ROWS).div_ceil(threads) * threads;
     let blocks = m.div_ceil(MICRO_ROWS);
     let mut tasks = Vec::with_capacity(bands);
-    let (mut c_rest, mut a_rest) = (&mut c[..], a);
+    let (mut c_rest, mut a_rest, mut row0) = (&mut c[..], a, 0);
     for band in 0..bands {
         let band_blocks = blocks / bands + usize::from(band < blocks % bands);
         let rows = (band_blocks * MICRO_ROWS).min(a_rest.len() / k);
@@ -175,11 +195,11 @@ fn panel_matmul<K: Kernel>(a: &[K::Step], m: usize, k: usize, b: &[K::Step], n: 
         }
         let (c_band, c_tail) = c_rest.split_at_mut(rows * n);
         let (a_band, a_tail) = a_rest.split_at(rows * k);
-        tasks.push((c_band, a_band));
-        (c_rest, a_rest) = (c_tail, a_tail);
+        tasks.push((row0, c_band, a_band));
+        (c_rest, a_rest, row0) = (c_tail, a_tail, row0 + rows);
     }
     debug_assert!(a_rest.is_empty());
-    tasks.into_par_iter().for_each(|(c_band, a_band)| {
+    tasks.into_par_iter().for_each(|(row0, c_band, a_band)| {
         let rows = a_band.len() / k;
         // Steps in blocks of DEPTH, so that a panel's block of B (DEPTH x 32) stays in cache
         // while every row of the band passes over it; later blocks continue the chains from
@@ -240,6 +260,13 @@ fn panel_matmul<K: Kernel>(a: &[K::Step], m: usize, k: usize, b: &[K::Step], n: 
                     micro::<K>(&block, a_block, b_block, &mut c_band[r0 * n + p * PANEL..]);
                 }
             }
+        }
+        for row in 0..rows {
+            let done = &mut c_band[row * n..(row + 1) * n];
+            // SAFETY: written above, and MaybeUninit<f32> has f32's layout.
+            let done: &mut [f32] =
+                unsafe { std::slice::from_raw_parts_mut(done.as_mut_ptr().cast(), n) };
+            finish(row0 + row, 0, done);
         }
     });
     let mut c = std::mem::ManuallyDrop::new(c);
