@@ -567,25 +567,30 @@ multiversion! {
             }
             return;
         }
-        // Sixteen outputs at a time, their outlier sums kept in registers.
-        const LANES: usize = 16;
-        for (at, y) in (0..y.len()).step_by(LANES).zip(y.chunks_mut(LANES)) {
-            let len = y.len();
-            let mut extra = [0f32; LANES];
+        // Sixteen outputs at a time, their outlier sums kept in registers: whole blocks with
+        // constant bounds (with a variable length, or in a closure, which is not compiled with
+        // AVX-512, they stayed in memory), then the last few outputs.
+        const BLOCK: usize = 16;
+        let whole = y.len() / BLOCK * BLOCK;
+        for at in (0..whole).step_by(BLOCK) {
+            let mut extra = [0f32; BLOCK];
             for &(v, w) in outliers {
-                let w = &weight_rows[w][col + at..col + at + len];
-                for (e, &w) in extra.iter_mut().zip(w) {
-                    *e += v * w;
+                let w = &weight_rows[w][col + at..col + at + BLOCK];
+                for l in 0..BLOCK {
+                    extra[l] += v * w[l];
                 }
             }
-            for (((y, &shift), &s_w), &e) in y
-                .iter_mut()
-                .zip(&shift[at..at + len])
-                .zip(&scales[at..at + len])
-                .zip(&extra)
-            {
-                *y = s_w * (row_scale * int(*y, shift) + e);
+            for l in 0..BLOCK {
+                let i = at + l;
+                y[i] = scales[i] * (row_scale * int(y[i], shift[i]) + extra[l]);
             }
+        }
+        for i in whole..y.len() {
+            let mut extra = 0f32;
+            for &(v, w) in outliers {
+                extra += v * weight_rows[w][col + i];
+            }
+            y[i] = scales[i] * (row_scale * int(y[i], shift[i]) + extra);
         }
     }
 }
