@@ -41,6 +41,9 @@ use crate::{Error, Result};
 
 /// Rows per rayon task in the portable product and in the quantisation of activations.
 const ROWS_PER_TASK: usize = 8;
+/// Outputs per block when scaling a band of rows: 256 columns of every outlier channel's f32
+/// weights (a product has up to about 150 distinct ones) stay in L2 across the band's rows.
+const COLUMN_BLOCK: usize = 256;
 
 /// Which kernel runs the int8 products on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,23 +307,29 @@ impl PackedI8 {
                     .collect()
             })
             .collect();
-        // Undo the shift, then the scales (and outlier channels) once per output, on the
-        // outputs `col..col + y.len()` of row `r`.
-        let finish = |r: usize, col: usize, y: &mut [f32]| {
-            let cols = col..col + y.len();
-            descale(
-                Isa::best(),
-                y,
-                &self.shift[cols.clone()],
-                &self.scales[cols],
-                rows[r].scale,
-                &row_outliers[r],
-                &weight_rows,
-                col,
-            );
+        // Undo the shift, then the scales (and outlier channels) once per output, for the rows
+        // `row0..` in `band` (whole rows). A block of columns at a time for every row of the
+        // band: the outlier channels' weights for those columns stay in cache while every row
+        // that has them reads them.
+        let finish = |row0: usize, band: &mut [f32]| {
+            for c0 in (0..n).step_by(COLUMN_BLOCK) {
+                let cols = c0..(c0 + COLUMN_BLOCK).min(n);
+                for (r, y) in band.chunks_exact_mut(n).enumerate() {
+                    descale(
+                        Isa::best(),
+                        &mut y[cols.clone()],
+                        &self.shift[cols.clone()],
+                        &self.scales[cols.clone()],
+                        rows[row0 + r].scale,
+                        &row_outliers[row0 + r],
+                        &weight_rows,
+                        c0,
+                    );
+                }
+            }
         };
         // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
-        // scaled as soon as it is complete.
+        // band of rows scaled as soon as it is done.
         let y: Vec<f32> = match &self.repr {
             Repr::Panels(p) => p.matmul_then::<DotI8>(&a, m, finish),
             Repr::Columns(c) => {
@@ -331,7 +340,7 @@ impl PackedI8 {
                     .with_min_len(ROWS_PER_TASK)
                     .for_each(|(r, (out, a_row))| {
                         portable_row(Isa::best(), a_row, c, k, out);
-                        finish(r, 0, out);
+                        finish(r, out);
                     });
                 y
             }
@@ -354,7 +363,7 @@ fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
         };
     }
     let (outliers, rest_max) = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
-        find_outliers(x, sumsq as f64, &mut lanes, rule)
+        find_outliers(x, sumsq as f64, &lanes, rule)
     } else {
         (Vec::new(), max)
     };
@@ -384,43 +393,81 @@ fn is_outlier(v: f32, sumsq: f64, len: usize, rule: Outliers) -> bool {
 
 /// The rule on a row whose largest value is an outlier: the largest magnitude left (ties: the
 /// lower channel) taken out while it is one, at most `rule.max` times. `lanes` holds the
-/// largest magnitude of each lane of channels ([`row_stats`]'s) and is used up. Returns the
-/// outliers, largest first, and the largest magnitude left.
+/// largest magnitude of each lane of channels ([`row_stats`]'s). Returns the outliers,
+/// largest first, and the largest magnitude left.
 fn find_outliers(
     x: &[f32],
     sumsq: f64,
-    lanes: &mut [f32; LANES],
+    lanes: &[f32; LANES],
     rule: Outliers,
 ) -> (Vec<(usize, f32)>, f32) {
+    // The rule reads at most the `rule.max + 1` largest magnitudes, and those are all at least
+    // the `rule.max + 1`-th largest lane maximum (the lanes' maxima are that many values that
+    // large): only values that large are candidates, found in one pass.
+    let keep = rule.max + 1;
+    let floor = if keep <= LANES {
+        let mut sorted = *lanes;
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+        sorted[keep - 1]
+    } else {
+        0.0
+    };
+    let mut candidates = Vec::with_capacity(2 * keep);
+    at_least(Isa::best(), x, floor, &mut candidates);
+    // Larger first, then the lower channel.
+    candidates.sort_unstable_by(|p: &(f32, usize), q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
     let mut out: Vec<(usize, f32)> = Vec::with_capacity(rule.max);
     let (mut rest_sq, mut len) = (sumsq, x.len());
-    let taken = |out: &[(usize, f32)], ch: usize| out.iter().any(|&(c, _)| c == ch);
-    loop {
-        let big = lanes.iter().fold(-1f32, |m, &v| if v > m { v } else { m });
+    for &(big, ch) in &candidates {
         if out.len() == rule.max || !is_outlier(big, rest_sq, len, rule) {
-            return (out, big.max(0.0));
+            return (out, big);
         }
-        // The lowest channel of that magnitude not taken yet, in any lane that holds it.
-        let ch = (0..LANES)
-            .filter(|&l| lanes[l] == big)
-            .filter_map(|l| {
-                (l..x.len())
-                    .step_by(LANES)
-                    .find(|&ch| x[ch].abs() == big && !taken(&out, ch))
-            })
-            .min()
-            .expect("a lane's maximum is one of its values");
         out.push((ch, x[ch]));
         rest_sq -= (big as f64) * (big as f64);
         len -= 1;
-        // The lane's new maximum: its largest value not taken (compare and select: the
-        // values are finite).
-        let lane = ch % LANES;
-        lanes[lane] = (lane..x.len()).step_by(LANES).fold(0f32, |m, c| {
-            let a = x[c].abs();
-            if a > m && !taken(&out, c) { a } else { m }
-        });
     }
+    // Every value was taken (a row shorter than the cap).
+    (out, 0.0)
+}
+
+/// (|x[c]|, c) for every channel with `|x[c]| >= floor`, in channel order, into `out`; `x` is
+/// finite. With AVX-512, sixteen compares at a time.
+fn at_least(isa: Isa, x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+        done = unsafe { at_least_avx512(x, floor, out) };
+    }
+    let _ = isa;
+    for (c, v) in x.iter().enumerate().skip(done) {
+        if v.abs() >= floor {
+            out.push((v.abs(), c));
+        }
+    }
+}
+
+/// [`at_least`] on whole groups of sixteen values; returns how many it looked at.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn at_least_avx512(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) -> usize {
+    use std::arch::x86_64::*;
+    let whole = x.len() / 16 * 16;
+    let bound = _mm512_set1_ps(floor);
+    for at in (0..whole).step_by(16) {
+        // SAFETY: at + 16 <= whole <= x.len().
+        let v = unsafe { _mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(at))) };
+        let mut mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, bound);
+        while mask != 0 {
+            let c = at + mask.trailing_zeros() as usize;
+            out.push((x[c].abs(), c));
+            mask &= mask - 1;
+        }
+    }
+    whole
 }
 
 /// Lanes of [`row_stats`]: channel `c` is in lane `c % LANES`.
@@ -544,53 +591,88 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// Outputs from their exact sums (int32 bits in `y`), for one row: the u8 shift undone,
-    /// then `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier channels' f32
-    /// products `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v, index into
-    /// `weight_rows`, which hold the channels' weights as f32 for every output); `y` holds the
-    /// outputs from `col` on.
-    fn descale(
-        isa: Isa,
-        y: &mut [f32],
-        shift: &[i32],
-        scales: &[f32],
-        row_scale: f32,
-        outliers: &[(f32, usize)],
-        weight_rows: &[Vec<f32>],
-        col: usize,
-    ) {
-        let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
+/// Outputs from their exact sums (int32 bits in `y`), for one row: the u8 shift undone, then
+/// `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier channels' f32 products
+/// `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v, index into `weight_rows`,
+/// which hold the channels' weights as f32 for every output); `y`, `shift` and `scales` hold
+/// the outputs from `col` on. With AVX-512, sixteen outputs at a time (the same operations in
+/// the same order, so the same bits).
+#[allow(clippy::too_many_arguments)]
+fn descale(
+    isa: Isa,
+    y: &mut [f32],
+    shift: &[i32],
+    scales: &[f32],
+    row_scale: f32,
+    outliers: &[(f32, usize)],
+    weight_rows: &[Vec<f32>],
+    col: usize,
+) {
+    let len = y.len();
+    assert!(shift.len() == len && scales.len() == len);
+    assert!(outliers.iter().all(|&(_, w)| weight_rows[w].len() >= col + len));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F; the lengths are
+        // checked above.
+        done = unsafe { descale_avx512(y, shift, scales, row_scale, outliers, weight_rows, col) };
+    }
+    let _ = isa;
+    let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
+    for i in done..len {
+        let y = &mut y[i];
         if outliers.is_empty() {
-            for ((y, &shift), &s_w) in y.iter_mut().zip(shift).zip(scales) {
-                *y = s_w * (row_scale * int(*y, shift));
-            }
-            return;
-        }
-        // Sixteen outputs at a time, their outlier sums kept in registers: whole blocks with
-        // constant bounds (with a variable length, or in a closure, which is not compiled with
-        // AVX-512, they stayed in memory), then the last few outputs.
-        const BLOCK: usize = 16;
-        let whole = y.len() / BLOCK * BLOCK;
-        for at in (0..whole).step_by(BLOCK) {
-            let mut extra = [0f32; BLOCK];
-            for &(v, w) in outliers {
-                let w = &weight_rows[w][col + at..col + at + BLOCK];
-                for l in 0..BLOCK {
-                    extra[l] += v * w[l];
-                }
-            }
-            for l in 0..BLOCK {
-                let i = at + l;
-                y[i] = scales[i] * (row_scale * int(y[i], shift[i]) + extra[l]);
-            }
-        }
-        for i in whole..y.len() {
+            *y = scales[i] * (row_scale * int(*y, shift[i]));
+        } else {
             let mut extra = 0f32;
             for &(v, w) in outliers {
                 extra += v * weight_rows[w][col + i];
             }
-            y[i] = scales[i] * (row_scale * int(y[i], shift[i]) + extra);
+            *y = scales[i] * (row_scale * int(*y, shift[i]) + extra);
         }
     }
+}
+
+/// [`descale`] on whole groups of sixteen outputs; returns how many it scaled.
+///
+/// # Safety
+/// The CPU has AVX-512F; `shift` and `scales` are as long as `y`, and every outlier's weight
+/// row holds at least `col + y.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn descale_avx512(
+    y: &mut [f32],
+    shift: &[i32],
+    scales: &[f32],
+    row_scale: f32,
+    outliers: &[(f32, usize)],
+    weight_rows: &[Vec<f32>],
+    col: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let whole = y.len() / 16 * 16;
+    let s_x = _mm512_set1_ps(row_scale);
+    for at in (0..whole).step_by(16) {
+        // SAFETY: at + 16 <= whole <= the lengths of y, shift and scales, and every weight
+        // row holds col + y.len() values (the caller's contract).
+        unsafe {
+            let sums = _mm512_loadu_si512(y.as_ptr().add(at).cast());
+            let shifts = _mm512_loadu_si512(shift.as_ptr().add(at).cast());
+            let int = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, shifts));
+            let mut x = _mm512_mul_ps(s_x, int);
+            if !outliers.is_empty() {
+                // A product then a sum, each rounded, as the scalar loop does (no FMA).
+                let mut extra = _mm512_setzero_ps();
+                for &(v, w) in outliers {
+                    let w = _mm512_loadu_ps(weight_rows[w].as_ptr().add(col + at));
+                    extra = _mm512_add_ps(extra, _mm512_mul_ps(_mm512_set1_ps(v), w));
+                }
+                x = _mm512_add_ps(x, extra);
+            }
+            let out = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(at)), x);
+            _mm512_storeu_ps(y.as_mut_ptr().add(at), out);
+        }
+    }
+    whole
 }

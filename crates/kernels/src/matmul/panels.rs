@@ -140,18 +140,18 @@ impl<T: Step> Panels<T> {
     /// `a @ self` for `a` (m, k) steps row-major: (m, n) f32 row-major. `K` must be the kernel
     /// the panels were packed for, and available.
     pub fn matmul<K: Kernel<Step = T>>(&self, a: &[T], m: usize) -> Vec<f32> {
-        self.matmul_then::<K>(a, m, |_, _, _| {})
+        self.matmul_then::<K>(a, m, |_, _| {})
     }
 
-    /// [`Panels::matmul`], then `finish(row, first_column, values)` on each finished stretch
-    /// of a row of C (at most one panel wide), by the thread that computed it, right after its
-    /// last multiply-add while it is still in cache: how int8 scales its integer sums without
-    /// another pass over C from memory.
+    /// [`Panels::matmul`], then `finish(first_row, rows)` on each band of finished rows of C
+    /// (whole rows, row-major), by the thread that computed them, as soon as the band is done
+    /// (its last rows still in that core's cache): how int8 scales its integer sums without a
+    /// separate pass over C.
     pub fn matmul_then<K: Kernel<Step = T>>(
         &self,
         a: &[T],
         m: usize,
-        finish: impl Fn(usize, usize, &mut [f32]) + Sync,
+        finish: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Vec<f32> {
         assert_eq!(
             a.len(),
@@ -169,7 +169,7 @@ fn panel_matmul<K: Kernel>(
     k: usize,
     b: &[K::Step],
     n: usize,
-    finish: &(impl Fn(usize, usize, &mut [f32]) + Sync),
+    finish: &(impl Fn(usize, &mut [f32]) + Sync),
 ) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
@@ -261,13 +261,11 @@ fn panel_matmul<K: Kernel>(
                 }
             }
         }
-        for row in 0..rows {
-            let done = &mut c_band[row * n..(row + 1) * n];
-            // SAFETY: written above, and MaybeUninit<f32> has f32's layout.
-            let done: &mut [f32] =
-                unsafe { std::slice::from_raw_parts_mut(done.as_mut_ptr().cast(), n) };
-            finish(row0 + row, 0, done);
-        }
+        // SAFETY: every element of the band was written above, and MaybeUninit<f32> has f32's
+        // layout.
+        let done: &mut [f32] =
+            unsafe { std::slice::from_raw_parts_mut(c_band.as_mut_ptr().cast(), c_band.len()) };
+        finish(row0, done);
     });
     let mut c = std::mem::ManuallyDrop::new(c);
     // SAFETY: all m * n elements were written above, and MaybeUninit<f32> has f32's layout.
