@@ -171,22 +171,21 @@ impl PackedI8 {
             }
         }
         let scales: Vec<f32> = max.iter().map(|&m| m / 127.0).collect();
-        let quant = |v: f32, s: f32| -> i8 {
-            if s == 0.0 {
-                0
-            } else {
-                (v / s).round_ties_even().clamp(-127.0, 127.0) as i8
-            }
-        };
+        // Every weight quantised first, a row at a time on all threads (the rounding is an
+        // instruction with AVX-512 and a libm call without: loading a model spent more time
+        // here than anywhere else).
+        let mut q_w = vec![0i8; k * n];
+        q_w.par_chunks_mut(n.max(1))
+            .zip(w.par_chunks(n.max(1)))
+            .for_each(|(q, row)| quantise_weights(Isa::best(), row, &scales, q));
         let mut shift = vec![0i32; n];
         let repr = match kernel {
             I8Kernel::Vnni => {
                 let steps = k.div_ceil(4);
                 let mut packed = vec![0u32; steps * n];
-                for (row, values) in w.chunks_exact(n.max(1)).enumerate() {
+                for (row, values) in q_w.chunks_exact(n.max(1)).enumerate() {
                     let (dst, byte) = (&mut packed[row / 4 * n..(row / 4 + 1) * n], row % 4);
-                    for (col, (d, &v)) in dst.iter_mut().zip(values).enumerate() {
-                        let q = quant(v, scales[col]);
+                    for (col, (d, &q)) in dst.iter_mut().zip(values).enumerate() {
                         shift[col] += 128 * q as i32;
                         *d |= (q as u8 as u32) << (8 * byte);
                     }
@@ -195,9 +194,8 @@ impl PackedI8 {
             }
             I8Kernel::Portable => {
                 let mut columns = vec![0i8; n * k];
-                for (row, values) in w.chunks_exact(n.max(1)).enumerate() {
-                    for (col, &v) in values.iter().enumerate() {
-                        let q = quant(v, scales[col]);
+                for (row, values) in q_w.chunks_exact(n.max(1)).enumerate() {
+                    for (col, &q) in values.iter().enumerate() {
                         shift[col] += 128 * q as i32;
                         columns[col * k + row] = q;
                     }
@@ -551,6 +549,20 @@ unsafe fn quantise_avx512(x: &[f32], inv: f32, a: &mut [u32]) -> usize {
 }
 
 multiversion! {
+    /// `q[n] = round(w[n] / s_w[n])` clamped to -127..=127 (0 where the scale is 0): one row
+    /// of weights, each output column with its own scale.
+    fn quantise_weights(isa: Isa, w: &[f32], scales: &[f32], q: &mut [i8]) {
+        for ((q, &v), &s) in q.iter_mut().zip(w).zip(scales) {
+            *q = if s == 0.0 {
+                0
+            } else {
+                (v / s).round_ties_even().clamp(-127.0, 127.0) as i8
+            };
+        }
+    }
+}
+
+multiversion! {
     /// `a`: `round(x * inv)` clamped to -127..=127, plus 128, as bytes four to a u32 (input
     /// `4p + j` in byte `j` of `a[p]`; a last partial step padded with zero bytes).
     fn quantise(isa: Isa, x: &[f32], inv: f32, a: &mut [u32]) {
@@ -610,7 +622,11 @@ fn descale(
 ) {
     let len = y.len();
     assert!(shift.len() == len && scales.len() == len);
-    assert!(outliers.iter().all(|&(_, w)| weight_rows[w].len() >= col + len));
+    assert!(
+        outliers
+            .iter()
+            .all(|&(_, w)| weight_rows[w].len() >= col + len)
+    );
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx512() {
