@@ -18,12 +18,15 @@ use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
 pub(super) fn writer_props() -> WriterProperties {
+    props_builder().build()
+}
+
+fn props_builder() -> parquet::file::properties::WriterPropertiesBuilder {
     // Snappy: cheap to decode, and embeddings do not compress much anyway. A fixed
     // `created_by` keeps the bytes identical across parquet crate patch releases.
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_created_by("llmembed".to_string())
-        .build()
 }
 
 pub(super) fn schema_with_labels(
@@ -174,7 +177,11 @@ impl EmbeddingWriter {
         let schema = schema_with_labels(fields, label_names, &[]);
         let tmp = crate::fsutil::temp_path_for(path);
         let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_props()))
+        // No dictionary encoding: vector values (and ids) hardly repeat, and trying to build
+        // one hashed every value of every vector (a shard of SmolLM2's 31 taps for 500 texts
+        // took 0.55 s to write with it, 0.24 s without; the values read back the same).
+        let props = props_builder().set_dictionary_enabled(false).build();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
             .map_err(|e| Error::parquet("create writer for", path, e))?;
         Ok(EmbeddingWriter {
             path: path.to_path_buf(),
