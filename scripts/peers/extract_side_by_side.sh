@@ -3,7 +3,10 @@
 # PyTorch + transformers in fp32, bf16 and int8-dynamic (scripts/peers/pytorch_extract.py),
 # llama.cpp through llama-cpp-python when that Python has it (scripts/peers/llamacpp_extract.py),
 # then the Rust extract stage with compute f32, bf16 and int8 (`xtask bench extract`), then the
-# ratios of real tokens/s that issue #19's bars ask for.
+# ratios of real tokens/s that issue #19's bars ask for, and each Rust run's share of the
+# 2-core limit of its instruction (2 x the per-core peak that scripts/peers/fma_peak.rs measures
+# just before and just after the Rust runs, the larger taken, over the model's GFLOP per token
+# from scripts/peers/gguf_flops.py).
 #
 # Usage: scripts/peers/extract_side_by_side.sh [N_TEXTS] [PYTHON] [PRESET]
 #   N_TEXTS  first N AG News test texts (default 500)
@@ -44,6 +47,9 @@ if "$py" -c "import llama_cpp" 2>/dev/null; then
   llama=$(echo "$llama_out" | tps)
 fi
 
+peaks=$(mktemp -d)
+rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o "$peaks/fma_peak"
+"$peaks/fma_peak" > "$peaks/before"
 declare -A rust
 for compute in f32 bf16 int8; do
   echo "== Rust extract, compute $compute"
@@ -52,12 +58,20 @@ for compute in f32 bf16 int8; do
   rust[$compute]=$(echo "$out" | grep embedded | tps)
 done
 
+"$peaks/fma_peak" > "$peaks/after"
+# The larger of the two measurements of an instruction's per-core peak (GFLOP/s).
+peak() { cat "$peaks/before" "$peaks/after" | grep "$1" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+' | sort -g | tail -1; }
+gflop=$("$py" scripts/peers/gguf_flops.py "$gguf")
+share() { awk -v t="$1" -v p="$2" -v g="$gflop" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * t * g / (2 * p); else print "n/a" }'; }
+
 echo "== $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) (cpu family $(grep -m1 "cpu family" /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d" " -f1-3 /proc/loadavg)"
 echo "== real tokens/s ($preset, $n texts): pytorch fp32 ${torch[fp32]}, bf16 ${torch[bf16]}, int8 ${torch[int8]}; rust f32 ${rust[f32]}, bf16 ${rust[bf16]}, int8 ${rust[int8]}"
 echo "== rust int8 / rust bf16:     $(ratio "${rust[int8]}" "${rust[bf16]}")  (bar 1.6x)"
 echo "== rust int8 / pytorch int8:  $(ratio "${rust[int8]}" "${torch[int8]}")  (bar 2x)"
 echo "== rust bf16 / pytorch bf16:  $(ratio "${rust[bf16]}" "${torch[bf16]}")  (bar 2x)"
 echo "== rust f32 / pytorch fp32:   $(ratio "${rust[f32]}" "${torch[fp32]}")"
+echo "== per-core peaks (GFLOP/s): f32 $(peak "f32 vfmadd zmm"), bf16 $(peak vdpbf16ps), int8 $(peak vpdpbusd); products $gflop GFLOP per token"
+echo "== share of the 2-core limit: rust f32 $(share "${rust[f32]}" "$(peak "f32 vfmadd zmm")"), bf16 $(share "${rust[bf16]}" "$(peak vdpbf16ps)"), int8 $(share "${rust[int8]}" "$(peak vpdpbusd)")  (bar 80% for f32 and bf16)"
 if [ -n "$llama" ]; then
   echo "== ratio to llama.cpp ($llama tokens/s): rust f32 $(ratio "${rust[f32]}" "$llama"), bf16 $(ratio "${rust[bf16]}" "$llama"), int8 $(ratio "${rust[int8]}" "$llama")"
 fi

@@ -144,7 +144,7 @@ pub fn write_embedding_table(
 /// Buffered bytes at which [`EmbeddingWriter`] closes a row group. The writer keeps a row group's
 /// encoded pages in memory until it closes it, so this bounds its memory; a table smaller than
 /// this (every table of the small pipelines: 8,794 rows x 19 layers x 640 f32 is 428 MB) stays
-/// one row group, with the bytes it always had.
+/// one row group.
 pub const ROW_GROUP_BYTES: usize = 1 << 30;
 
 /// Streams an embedding table to Parquet chunk by chunk, in row groups of about
