@@ -280,8 +280,9 @@ impl PackedI8 {
             ));
         }
         // Each outlier channel's int8 weights as f32, once per call: the rows that share a
-        // channel (Gemma's and SmolLM2's outliers sit in the same few channels token after
-        // token) read one contiguous row instead of gathering it from every panel again.
+        // channel (a batch of 512 rows of SmolLM2 or Gemma-3 has 100-150 distinct outlier
+        // channels for its 1-8 a row) read one contiguous row instead of gathering it from
+        // every panel again.
         let mut channels: Vec<usize> = rows
             .iter()
             .flat_map(|r| r.outliers.iter().map(|&(ch, _)| ch))
