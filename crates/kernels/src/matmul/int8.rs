@@ -400,10 +400,29 @@ fn find_outliers(
     lanes: &[f32; LANES],
     rule: Outliers,
 ) -> (Vec<(usize, f32)>, f32) {
-    // The rule reads at most the `rule.max + 1` largest magnitudes, and those are all at least
-    // the `rule.max + 1`-th largest lane maximum (the lanes' maxima are that many values that
-    // large): only values that large are candidates, found in one pass.
-    let keep = rule.max + 1;
+    // The rule reads the row's largest magnitudes in order, at most `rule.max + 1` of them, and
+    // the `k` largest are all at least the `k`-th largest lane maximum (the lanes' maxima are
+    // `k` values that large): only values that large are candidates, found in one pass. Most
+    // rows have one or two outliers, so a first try takes the 4 largest; a row that reads
+    // further is searched again for all `rule.max + 1`.
+    let first = (rule.max + 1).min(4);
+    for keep in [first, rule.max + 1] {
+        if let Some(found) = outliers_among(x, sumsq, lanes, rule, keep) {
+            return found;
+        }
+    }
+    unreachable!("the second search takes every value the rule can read")
+}
+
+/// [`find_outliers`] among the values at least the `keep`-th largest lane maximum; `None`
+/// when the rule would read past them.
+fn outliers_among(
+    x: &[f32],
+    sumsq: f64,
+    lanes: &[f32; LANES],
+    rule: Outliers,
+    keep: usize,
+) -> Option<(Vec<(usize, f32)>, f32)> {
     let floor = if keep <= LANES {
         let mut sorted = *lanes;
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));
@@ -413,20 +432,21 @@ fn find_outliers(
     };
     let mut candidates = Vec::with_capacity(2 * keep);
     at_least(Isa::best(), x, floor, &mut candidates);
-    // Larger first, then the lower channel.
+    // Larger first, then the lower channel: the first entries are the row's largest values.
     candidates.sort_unstable_by(|p: &(f32, usize), q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
     let mut out: Vec<(usize, f32)> = Vec::with_capacity(rule.max);
     let (mut rest_sq, mut len) = (sumsq, x.len());
     for &(big, ch) in &candidates {
         if out.len() == rule.max || !is_outlier(big, rest_sq, len, rule) {
-            return (out, big);
+            return Some((out, big));
         }
         out.push((ch, x[ch]));
         rest_sq -= (big as f64) * (big as f64);
         len -= 1;
     }
-    // Every value was taken (a row shorter than the cap).
-    (out, 0.0)
+    // Every candidate was taken: with a floor of zero that is every value (a row shorter than
+    // the cap), and nothing is left; otherwise the rule reads further.
+    (floor == 0.0).then_some((out, 0.0))
 }
 
 /// (|x[c]|, c) for every channel with `|x[c]| >= floor`, in channel order, into `out`; `x` is
