@@ -48,6 +48,7 @@ if "$py" -c "import llama_cpp" 2>/dev/null; then
 fi
 
 peaks=$(mktemp -d)
+trap 'rm -rf "$peaks"' EXIT
 rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o "$peaks/fma_peak"
 "$peaks/fma_peak" > "$peaks/before"
 declare -A rust

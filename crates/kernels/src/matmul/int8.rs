@@ -310,20 +310,18 @@ impl PackedI8 {
         // `row0..` in `band` (whole rows). A block of columns at a time for every row of the
         // band: the outlier channels' weights for those columns stay in cache while every row
         // that has them reads them.
+        let columns = OutputColumns {
+            shift: &self.shift,
+            scales: &self.scales,
+            weight_rows: &weight_rows,
+        };
         let finish = |row0: usize, band: &mut [f32]| {
             for c0 in (0..n).step_by(COLUMN_BLOCK) {
-                let cols = c0..(c0 + COLUMN_BLOCK).min(n);
+                let c1 = (c0 + COLUMN_BLOCK).min(n);
                 for (r, y) in band.chunks_exact_mut(n).enumerate() {
-                    descale(
-                        Isa::best(),
-                        &mut y[cols.clone()],
-                        &self.shift[cols.clone()],
-                        &self.scales[cols.clone()],
-                        rows[row0 + r].scale,
-                        &row_outliers[row0 + r],
-                        &weight_rows,
-                        c0,
-                    );
+                    let row = row0 + r;
+                    let (s_x, outliers) = (rows[row].scale, &row_outliers[row][..]);
+                    descale(Isa::best(), &mut y[c0..c1], c0, s_x, outliers, &columns);
                 }
             }
         };
@@ -405,32 +403,27 @@ fn find_outliers(
     // `k` values that large): only values that large are candidates, found in one pass. Most
     // rows have one or two outliers, so a first try takes the 4 largest; a row that reads
     // further is searched again for all `rule.max + 1`.
+    let mut sorted = *lanes;
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    let floor = |keep: usize| if keep <= LANES { sorted[keep - 1] } else { 0.0 };
     let first = (rule.max + 1).min(4);
     for keep in [first, rule.max + 1] {
-        if let Some(found) = outliers_among(x, sumsq, lanes, rule, keep) {
+        if let Some(found) = outliers_among(x, sumsq, rule, floor(keep)) {
             return found;
         }
     }
     unreachable!("the second search takes every value the rule can read")
 }
 
-/// [`find_outliers`] among the values at least the `keep`-th largest lane maximum; `None`
-/// when the rule would read past them.
+/// [`find_outliers`] among the values at least `floor`, a lane maximum (or zero: all values);
+/// `None` when the rule would read past them.
 fn outliers_among(
     x: &[f32],
     sumsq: f64,
-    lanes: &[f32; LANES],
     rule: Outliers,
-    keep: usize,
+    floor: f32,
 ) -> Option<(Vec<(usize, f32)>, f32)> {
-    let floor = if keep <= LANES {
-        let mut sorted = *lanes;
-        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-        sorted[keep - 1]
-    } else {
-        0.0
-    };
-    let mut candidates = Vec::with_capacity(2 * keep);
+    let mut candidates = Vec::with_capacity(2 * (rule.max + 1));
     at_least(Isa::best(), x, floor, &mut candidates);
     // Larger first, then the lower channel: the first entries are the row's largest values.
     candidates.sort_unstable_by(|p: &(f32, usize), q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
@@ -624,90 +617,94 @@ multiversion! {
     }
 }
 
-/// Outputs from their exact sums (int32 bits in `y`), for one row: the u8 shift undone, then
-/// `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier channels' f32 products
-/// `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v, index into `weight_rows`,
-/// which hold the channels' weights as f32 for every output); `y`, `shift` and `scales` hold
-/// the outputs from `col` on. With AVX-512, sixteen outputs at a time (the same operations in
+/// What every row of a product shares when its sums become outputs: per output column the
+/// u8 shift's constant and `s_w`, and each outlier channel's weights as f32 for every output.
+struct OutputColumns<'a> {
+    shift: &'a [i32],
+    scales: &'a [f32],
+    weight_rows: &'a [Vec<f32>],
+}
+
+/// Outputs `col..col + y.len()` of one row from their exact sums (int32 bits in `y`): the u8
+/// shift undone, then `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier
+/// channels' f32 products `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v,
+/// index into `weight_rows`). With AVX-512, sixteen outputs at a time (the same operations in
 /// the same order, so the same bits).
-#[allow(clippy::too_many_arguments)]
 fn descale(
     isa: Isa,
     y: &mut [f32],
-    shift: &[i32],
-    scales: &[f32],
-    row_scale: f32,
-    outliers: &[(f32, usize)],
-    weight_rows: &[Vec<f32>],
     col: usize,
+    s_x: f32,
+    outliers: &[(f32, usize)],
+    columns: &OutputColumns,
 ) {
-    let len = y.len();
-    assert!(shift.len() == len && scales.len() == len);
+    let end = col + y.len();
+    assert!(columns.shift.len() >= end && columns.scales.len() >= end);
     assert!(
         outliers
             .iter()
-            .all(|&(_, w)| weight_rows[w].len() >= col + len)
+            .all(|&(_, w)| columns.weight_rows[w].len() >= end)
     );
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx512() {
         // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F; the lengths are
         // checked above.
-        done = unsafe { descale_avx512(y, shift, scales, row_scale, outliers, weight_rows, col) };
+        done = unsafe { descale_avx512(y, col, s_x, outliers, columns) };
     }
     let _ = isa;
     let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
-    for i in done..len {
-        let y = &mut y[i];
-        if outliers.is_empty() {
-            *y = scales[i] * (row_scale * int(*y, shift[i]));
+    for (i, y) in y.iter_mut().enumerate().skip(done) {
+        let n = col + i;
+        let sum = int(*y, columns.shift[n]);
+        *y = if outliers.is_empty() {
+            columns.scales[n] * (s_x * sum)
         } else {
             let mut extra = 0f32;
             for &(v, w) in outliers {
-                extra += v * weight_rows[w][col + i];
+                extra += v * columns.weight_rows[w][n];
             }
-            *y = scales[i] * (row_scale * int(*y, shift[i]) + extra);
-        }
+            columns.scales[n] * (s_x * sum + extra)
+        };
     }
 }
 
 /// [`descale`] on whole groups of sixteen outputs; returns how many it scaled.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `shift` and `scales` are as long as `y`, and every outlier's weight
-/// row holds at least `col + y.len()` values.
+/// The CPU has AVX-512F; `columns.shift`, `columns.scales` and every outlier's weight row hold
+/// at least `col + y.len()` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn descale_avx512(
     y: &mut [f32],
-    shift: &[i32],
-    scales: &[f32],
-    row_scale: f32,
-    outliers: &[(f32, usize)],
-    weight_rows: &[Vec<f32>],
     col: usize,
+    s_x: f32,
+    outliers: &[(f32, usize)],
+    columns: &OutputColumns,
 ) -> usize {
     use std::arch::x86_64::*;
     let whole = y.len() / 16 * 16;
-    let s_x = _mm512_set1_ps(row_scale);
+    let row_scale = _mm512_set1_ps(s_x);
     for at in (0..whole).step_by(16) {
-        // SAFETY: at + 16 <= whole <= the lengths of y, shift and scales, and every weight
-        // row holds col + y.len() values (the caller's contract).
+        let n = col + at;
+        // SAFETY: at + 16 <= whole <= y.len(), so n + 16 <= col + y.len(), which every column
+        // slice reaches (the caller's contract).
         unsafe {
             let sums = _mm512_loadu_si512(y.as_ptr().add(at).cast());
-            let shifts = _mm512_loadu_si512(shift.as_ptr().add(at).cast());
+            let shifts = _mm512_loadu_si512(columns.shift.as_ptr().add(n).cast());
             let int = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, shifts));
-            let mut x = _mm512_mul_ps(s_x, int);
+            let mut x = _mm512_mul_ps(row_scale, int);
             if !outliers.is_empty() {
                 // A product then a sum, each rounded, as the scalar loop does (no FMA).
                 let mut extra = _mm512_setzero_ps();
                 for &(v, w) in outliers {
-                    let w = _mm512_loadu_ps(weight_rows[w].as_ptr().add(col + at));
+                    let w = _mm512_loadu_ps(columns.weight_rows[w].as_ptr().add(n));
                     extra = _mm512_add_ps(extra, _mm512_mul_ps(_mm512_set1_ps(v), w));
                 }
                 x = _mm512_add_ps(x, extra);
             }
-            let out = _mm512_mul_ps(_mm512_loadu_ps(scales.as_ptr().add(at)), x);
+            let out = _mm512_mul_ps(_mm512_loadu_ps(columns.scales.as_ptr().add(n)), x);
             _mm512_storeu_ps(y.as_mut_ptr().add(at), out);
         }
     }
