@@ -146,7 +146,8 @@ enum Command {
         submit: bool,
     },
     /// Fetch model presets (smollm2-135m, gemma3-270m, minilm-l6, qwen2.5-coder-0.5b,
-    /// qwen2.5-coder-1.5b) into the cache's models folder (an interrupted fetch resumes).
+    /// qwen2.5-coder-1.5b, embeddinggemma-300m, mpnet-base) into the cache's models folder (an
+    /// interrupted fetch resumes).
     Fetch {
         #[arg(required = true)]
         presets: Vec<String>,

