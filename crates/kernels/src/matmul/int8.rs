@@ -139,11 +139,11 @@ enum Repr {
     Columns(Vec<i8>),
 }
 
-/// What the quantisation of a row leaves beside its bytes: its scale and its outliers
-/// (channel, f32 value), largest first.
+/// What the quantisation of a row leaves beside its bytes: its scale and how many outliers it
+/// wrote to its slots (see [`PackedI8::matmul`]).
 struct QuantRow {
     scale: f32,
-    outliers: Vec<(usize, f32)>,
+    outliers: usize,
 }
 
 impl PackedI8 {
@@ -230,16 +230,8 @@ impl PackedI8 {
     fn channel_weights(&self, ch: usize) -> Vec<f32> {
         match &self.repr {
             Repr::Panels(p) => {
-                let steps = self.k.div_ceil(4);
-                let shift = 8 * (ch % 4);
-                let data = p.as_slice();
                 let mut out = vec![0f32; self.n];
-                for (panel, out) in out.chunks_mut(PANEL).enumerate() {
-                    let at = (panel * steps + ch / 4) * PANEL;
-                    for (o, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
-                        *o = ((step >> shift) as u8 as i8) as f32;
-                    }
-                }
+                unpack_channel(Isa::best(), p.as_slice(), self.k.div_ceil(4), ch, &mut out);
                 out
             }
             Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch] as f32).collect(),
@@ -264,14 +256,22 @@ impl PackedI8 {
             return Ok(vec![0f32; m * n]);
         }
         // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps of four
-        // inputs (the padding meets zero weights), four to a u32: the kernels' A.
+        // inputs (the padding meets zero weights), four to a u32: the kernels' A. A row's
+        // outliers go to its own `slot_len` slots of one buffer, as (value, channel): no
+        // allocation per row (they were a tenth of an int8 run's time outside the kernel).
         let steps = k.div_ceil(4);
+        let slot_len = self.outliers.max.max(1);
         let mut a = vec![0u32; m * steps];
+        let mut slots = vec![(0f32, 0usize); m * slot_len];
         let mut rows: Vec<QuantRow> = Vec::with_capacity(m);
+        let rule = self.outliers;
         x.par_chunks(k)
             .zip(a.par_chunks_mut(steps))
+            .zip(slots.par_chunks_mut(slot_len))
             .with_min_len(ROWS_PER_TASK)
-            .map(|(row, a)| quantise_row(row, a, self.outliers))
+            .map_init(Vec::new, |candidates, ((row, a), slots)| {
+                quantise_row(row, a, rule, candidates, slots)
+            })
             .collect_into_vec(&mut rows);
         if let Some((r, _)) = rows.iter().enumerate().find(|(_, q)| !q.scale.is_finite()) {
             return Err(Error::new(
@@ -285,7 +285,8 @@ impl PackedI8 {
         // every panel again.
         let mut channels: Vec<usize> = rows
             .iter()
-            .flat_map(|r| r.outliers.iter().map(|&(ch, _)| ch))
+            .zip(slots.chunks_exact(slot_len))
+            .flat_map(|(r, s)| s[..r.outliers].iter().map(|&(_, ch)| ch))
             .collect();
         channels.sort_unstable();
         channels.dedup();
@@ -293,19 +294,16 @@ impl PackedI8 {
             .par_iter()
             .map(|&ch| self.channel_weights(ch))
             .collect();
-        // Each row's outliers as (value, index into `weight_rows`).
-        let row_outliers: Vec<Vec<(f32, usize)>> = rows
-            .par_iter()
-            .map(|row| {
-                row.outliers
-                    .iter()
-                    .map(|&(ch, v)| {
-                        let at = channels.binary_search(&ch).expect("channel listed above");
-                        (v, at)
-                    })
-                    .collect()
-            })
-            .collect();
+        // Each row's outliers as (value, index into `weight_rows`), in their slots.
+        slots
+            .par_chunks_exact_mut(slot_len)
+            .zip(&rows)
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|(s, r)| {
+                for (_, ch) in &mut s[..r.outliers] {
+                    *ch = channels.binary_search(ch).expect("channel listed above");
+                }
+            });
         // Undo the shift, then the scales (and outlier channels) once per output, for the rows
         // `row0..` in `band` (whole rows). A block of columns at a time for every row of the
         // band: the outlier channels' weights for those columns stay in cache while every row
@@ -320,7 +318,10 @@ impl PackedI8 {
                 let c1 = (c0 + COLUMN_BLOCK).min(n);
                 for (r, y) in band.chunks_exact_mut(n).enumerate() {
                     let row = row0 + r;
-                    let (s_x, outliers) = (rows[row].scale, &row_outliers[row][..]);
+                    let (s_x, outliers) = (
+                        rows[row].scale,
+                        &slots[row * slot_len..row * slot_len + rows[row].outliers],
+                    );
                     descale(Isa::best(), &mut y[c0..c1], c0, s_x, outliers, &columns);
                 }
             }
@@ -347,8 +348,16 @@ impl PackedI8 {
 }
 
 /// Quantises one row into `a` (u8 `q + 128` four to a u32, outlier channels 128, padding
-/// zero); returns its scale (not finite when the row has a value that is not) and outliers.
-fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
+/// zero); returns its scale (not finite when the row has a value that is not) and how many
+/// outliers it wrote, (value, channel) largest first, to the start of `slots` (`rule.max` of
+/// them). `candidates` is scratch space.
+fn quantise_row(
+    x: &[f32],
+    a: &mut [u32],
+    rule: Outliers,
+    candidates: &mut Vec<(f32, usize)>,
+    slots: &mut [(f32, usize)],
+) -> QuantRow {
     let mut lanes = [0f32; LANES];
     let mut stats = (0f32, 0f32);
     row_stats(Isa::best(), x, &mut lanes, &mut stats);
@@ -356,14 +365,15 @@ fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
     if !max.is_finite() {
         return QuantRow {
             scale: f32::NAN,
-            outliers: Vec::new(),
+            outliers: 0,
         };
     }
-    let (outliers, rest_max) = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
-        find_outliers(x, sumsq as f64, &lanes, rule)
+    let (count, rest_max) = if rule.max > 0 && is_outlier(max, sumsq as f64, x.len(), rule) {
+        find_outliers(x, sumsq as f64, &lanes, rule, candidates, slots)
     } else {
-        (Vec::new(), max)
+        (0, max)
     };
+    let outliers = &slots[..count];
     let scale = rest_max / 127.0;
     let inv = if rest_max == 0.0 {
         0.0
@@ -371,11 +381,14 @@ fn quantise_row(x: &[f32], a: &mut [u32], rule: Outliers) -> QuantRow {
         127.0 / rest_max
     };
     quantise_bytes(Isa::best(), x, inv, a);
-    for &(ch, _) in &outliers {
+    for &(_, ch) in outliers {
         let (word, shift) = (ch / 4, 8 * (ch % 4));
         a[word] = (a[word] & !(0xFF << shift)) | (128 << shift);
     }
-    QuantRow { scale, outliers }
+    QuantRow {
+        scale,
+        outliers: count,
+    }
 }
 
 /// Whether `v` (a magnitude) exceeds `rule.ratio` times the RMS of the `len - 1` values of
@@ -390,14 +403,16 @@ fn is_outlier(v: f32, sumsq: f64, len: usize, rule: Outliers) -> bool {
 
 /// The rule on a row whose largest value is an outlier: the largest magnitude left (ties: the
 /// lower channel) taken out while it is one, at most `rule.max` times. `lanes` holds the
-/// largest magnitude of each lane of channels ([`row_stats`]'s). Returns the outliers,
-/// largest first, and the largest magnitude left.
+/// largest magnitude of each lane of channels ([`row_stats`]'s). Writes the outliers, (value,
+/// channel) largest first, to `slots` and returns how many, and the largest magnitude left.
 fn find_outliers(
     x: &[f32],
     sumsq: f64,
     lanes: &[f32; LANES],
     rule: Outliers,
-) -> (Vec<(usize, f32)>, f32) {
+    candidates: &mut Vec<(f32, usize)>,
+    slots: &mut [(f32, usize)],
+) -> (usize, f32) {
     // The rule reads the row's largest magnitudes in order, at most `rule.max + 1` of them, and
     // the `k` largest are all at least the `k`-th largest lane maximum (the lanes' maxima are
     // `k` values that large): only values that large are candidates, found in one pass. Most
@@ -408,7 +423,7 @@ fn find_outliers(
     let floor = |keep: usize| if keep <= LANES { sorted[keep - 1] } else { 0.0 };
     let first = (rule.max + 1).min(4);
     for keep in [first, rule.max + 1] {
-        if let Some(found) = outliers_among(x, sumsq, rule, floor(keep)) {
+        if let Some(found) = outliers_among(x, sumsq, rule, floor(keep), candidates, slots) {
             return found;
         }
     }
@@ -422,24 +437,27 @@ fn outliers_among(
     sumsq: f64,
     rule: Outliers,
     floor: f32,
-) -> Option<(Vec<(usize, f32)>, f32)> {
-    let mut candidates = Vec::with_capacity(2 * (rule.max + 1));
-    at_least(Isa::best(), x, floor, &mut candidates);
+    candidates: &mut Vec<(f32, usize)>,
+    slots: &mut [(f32, usize)],
+) -> Option<(usize, f32)> {
+    candidates.clear();
+    at_least(Isa::best(), x, floor, candidates);
     // Larger first, then the lower channel: the first entries are the row's largest values.
     candidates.sort_unstable_by(|p: &(f32, usize), q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
-    let mut out: Vec<(usize, f32)> = Vec::with_capacity(rule.max);
+    let mut taken = 0;
     let (mut rest_sq, mut len) = (sumsq, x.len());
-    for &(big, ch) in &candidates {
-        if out.len() == rule.max || !is_outlier(big, rest_sq, len, rule) {
-            return Some((out, big));
+    for &(big, ch) in candidates.iter() {
+        if taken == rule.max || !is_outlier(big, rest_sq, len, rule) {
+            return Some((taken, big));
         }
-        out.push((ch, x[ch]));
+        slots[taken] = (x[ch], ch);
+        taken += 1;
         rest_sq -= (big as f64) * (big as f64);
         len -= 1;
     }
     // Every candidate was taken: with a floor of zero that is every value (a row shorter than
     // the cap), and nothing is left; otherwise the rule reads further.
-    (floor == 0.0).then_some((out, 0.0))
+    (floor == 0.0).then_some((taken, 0.0))
 }
 
 /// (|x[c]|, c) for every channel with `|x[c]| >= floor`, in channel order, into `out`; `x` is
@@ -560,6 +578,20 @@ unsafe fn quantise_avx512(x: &[f32], inv: f32, a: &mut [u32]) -> usize {
         }
     }
     groups * 16
+}
+
+multiversion! {
+    /// `out[n] = q_w[ch][n]` as f32 for every output: one input channel's int8 weights, from
+    /// panels of `steps` steps of four (byte `ch % 4` of step `ch / 4` in each column).
+    fn unpack_channel(isa: Isa, data: &[u32], steps: usize, ch: usize, out: &mut [f32]) {
+        let shift = 8 * (ch % 4);
+        for (panel, out) in out.chunks_mut(PANEL).enumerate() {
+            let at = (panel * steps + ch / 4) * PANEL;
+            for (o, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
+                *o = ((step >> shift) as u8 as i8) as f32;
+            }
+        }
+    }
 }
 
 multiversion! {
