@@ -6,6 +6,12 @@
 //!
 //! Members must cover the same ids (any order; output follows the first member's order), with the
 //! same label names and the same true labels.
+//!
+//! When every member kept its training rows' out-of-fold probabilities (`logreg` with `select:`,
+//! all with the same number of folds), the ensemble combines those the same way and records the
+//! accuracy (`cv` in `classifier.json`): the score `select` compares it by, from training rows
+//! only. Each row's probabilities come from fits that did not see it, but each member's C was
+//! chosen on the same folds, so, as for any member's own CV score, it is a little optimistic.
 
 use std::collections::HashMap;
 
@@ -16,6 +22,7 @@ use llmembed_core::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::logreg::CV_PREDICTIONS_FILE;
 use crate::saved::{META_FILE, load_meta};
 
 /// How members are combined.
@@ -67,6 +74,18 @@ struct EnsembleMeta {
     members: Vec<String>,
     classes: Vec<String>,
     producer: String,
+    /// The out-of-fold score, when every member has out-of-fold probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cv: Option<EnsembleCv>,
+}
+
+/// An ensemble's cross-validation score: the accuracy of its combination of the members'
+/// out-of-fold probabilities over the labelled training rows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct EnsembleCv {
+    folds: usize,
+    accuracy: f64,
+    rows: usize,
 }
 
 /// The ensemble loaded: the members' predictions in, their combination out.
@@ -138,6 +157,39 @@ fn shared_other_splits(inputs: &[Input]) -> Vec<String> {
         shared.retain(|s| theirs.contains(s));
     }
     shared
+}
+
+/// Accuracy over the rows that have a label, and how many they are.
+fn labelled_accuracy(p: &Predictions) -> (f64, usize) {
+    let (right, labelled) = p
+        .labels
+        .iter()
+        .zip(&p.preds)
+        .filter(|(l, _)| **l != UNLABELLED)
+        .fold((0usize, 0usize), |(r, n), (l, p)| {
+            (r + usize::from(l == p), n + 1)
+        });
+    (right as f64 / labelled.max(1) as f64, labelled)
+}
+
+/// The members' common number of CV folds when every member kept out-of-fold probabilities
+/// ([`CV_PREDICTIONS_FILE`], with `select.folds` in its `model.json`); `None` otherwise.
+fn out_of_fold_folds(inputs: &[Input]) -> Result<Option<usize>> {
+    let mut folds = None;
+    for input in inputs {
+        if !input.files.iter().any(|f| f == CV_PREDICTIONS_FILE) {
+            return Ok(None);
+        }
+        let model: serde_json::Value = llmembed_core::load_json(&input.path("model.json")?)?;
+        let Some(f) = model["select"]["folds"].as_u64() else {
+            return Ok(None);
+        };
+        if folds.is_some_and(|g| g != f) {
+            return Ok(None);
+        }
+        folds = Some(f);
+    }
+    Ok(folds.map(|f| f as usize))
 }
 
 /// Combines `members` (named for messages) into one set of predictions.
@@ -261,8 +313,9 @@ pub(crate) fn combine(
 impl Stage for Ensemble {
     const KIND: &'static str = "ensemble";
     // 2: `classifier.json` (method, members) for its applier, and the predictions of the other
-    // splits every member has; predictions.parquet keeps its bytes.
-    const VERSION: u32 = 2;
+    // splits every member has; predictions.parquet keeps its bytes. 3: the out-of-fold score
+    // (`cv`) and `cv_predictions.parquet` when every member has out-of-fold probabilities.
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::AtLeast(2);
     type Params = EnsembleParams;
 
@@ -283,6 +336,19 @@ impl Stage for Ensemble {
             write_predictions(&ctx.out(&file), &combined)?;
             rows_out += combined.len();
         }
+        let cv = match out_of_fold_folds(inputs)? {
+            Some(folds) => {
+                let combined = combine(p.method, &read_members(inputs, CV_PREDICTIONS_FILE)?)?;
+                write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &combined)?;
+                let (accuracy, rows) = labelled_accuracy(&combined);
+                Some(EnsembleCv {
+                    folds,
+                    accuracy,
+                    rows,
+                })
+            }
+            None => None,
+        };
         save_json(
             &ctx.out(META_FILE),
             &EnsembleMeta {
@@ -291,25 +357,27 @@ impl Stage for Ensemble {
                 members: members.iter().map(|(n, _)| n.clone()).collect(),
                 classes: out.label_names.clone(),
                 producer: out.producer.clone(),
+                cv: cv.clone(),
             },
         )?;
-        // Scored on the rows that have a label.
-        let (right, labelled) = out
-            .labels
-            .iter()
-            .zip(&out.preds)
-            .filter(|(l, _)| **l != UNLABELLED)
-            .fold((0usize, 0usize), |(r, n), (l, p)| {
-                (r + usize::from(l == p), n + 1)
-            });
-        let acc = right as f64 / labelled.max(1) as f64;
+        let (acc, _) = labelled_accuracy(&out);
+        let mut notes = vec![format!(
+            "{} members, {:?} voting, accuracy {acc:.4}",
+            members.len(),
+            p.method
+        )];
+        notes.push(match &cv {
+            Some(cv) => format!(
+                "{}-fold out-of-fold accuracy {:.4} on {} training rows",
+                cv.folds, cv.accuracy, cv.rows
+            ),
+            None => "no CV score: not every member kept out-of-fold probabilities (logreg with \
+                     `select:`, the same number of folds)"
+                .into(),
+        });
         Ok(Summary {
             rows_out,
-            notes: vec![format!(
-                "{} members, {:?} voting, accuracy {acc:.4}",
-                members.len(),
-                p.method
-            )],
+            notes,
             ..Default::default()
         })
     }

@@ -214,6 +214,7 @@ fn sweep_layer(
         p.solver,
         seed,
     )?
+    .table
     .into_iter()
     .next()
     .expect("one C");

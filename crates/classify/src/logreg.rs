@@ -85,6 +85,9 @@ struct Selection {
     folds: usize,
     table: Vec<CvRow>,
     best_c: f64,
+    /// The chosen C's out-of-fold probabilities of the training rows.
+    #[serde(skip)]
+    out_of_fold: Vec<f32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,8 +123,9 @@ impl Stage for LogReg {
     const KIND: &'static str = "logreg";
     // 3: the artifact holds the fitted model (`model.safetensors`, `classifier.json`) and the
     // predictions of splits besides train and test; predictions.parquet and model.json keep
-    // their bytes.
-    const VERSION: u32 = 3;
+    // their bytes. 4: with `select`, also the training rows' out-of-fold probabilities
+    // (`cv_predictions.parquet`), which an ensemble is scored on.
+    const VERSION: u32 = 4;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: cross-validation folds are drawn with it.
     const SEEDED: bool = true;
@@ -217,6 +221,10 @@ impl Stage for LogReg {
             },
         );
         meta.kind = Self::KIND.into();
+        if let Some(sel) = &select {
+            let rows = (&train.ids[..], &train.labels[..], &train.label_names[..]);
+            write_cv_predictions(ctx, rows, &sel.out_of_fold, &producer)?;
+        }
         meta.producer = producer;
         model.save(&ctx.out_dir, &meta)?;
         let summary = ModelSummary {
@@ -273,7 +281,7 @@ impl Stage for LogReg {
 /// The CV table of `select.c` on the training rows, and the C it picks: best mean accuracy,
 /// ties to the smaller C (stronger regularisation).
 fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> Result<Selection> {
-    let table = cross_validate(
+    let mut cv = cross_validate(
         train,
         &sel.c,
         sel.folds,
@@ -282,12 +290,36 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
         p.solver,
         seed,
     )?;
-    let best_c = table[best_index(&table, better_c)].c;
+    let best = best_index(&cv.table, better_c);
     Ok(Selection {
         folds: sel.folds,
-        table,
-        best_c,
+        best_c: cv.table[best].c,
+        table: cv.table,
+        out_of_fold: cv.oof.swap_remove(best),
     })
+}
+
+/// The file of the training rows' out-of-fold probabilities at the chosen C.
+pub(crate) const CV_PREDICTIONS_FILE: &str = "cv_predictions.parquet";
+
+/// Writes [`CV_PREDICTIONS_FILE`]: each training row (`rows`: ids, true labels, class names)
+/// with the probabilities `out_of_fold` (rows x classes) of the fit that did not see it.
+pub(crate) fn write_cv_predictions(
+    ctx: &Context,
+    rows: (&[String], &[i64], &[String]),
+    out_of_fold: &[f32],
+    producer: &str,
+) -> Result<()> {
+    let (ids, labels, label_names) = rows;
+    let predictions = llmembed_core::Predictions {
+        ids: ids.to_vec(),
+        labels: labels.to_vec(),
+        preds: preds_of(out_of_fold, label_names.len()),
+        probs: out_of_fold.to_vec(),
+        label_names: label_names.to_vec(),
+        producer: format!("{producer}, out of fold"),
+    };
+    llmembed_core::write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &predictions)
 }
 
 pub(crate) fn better_c(a: &CvRow, b: &CvRow) -> bool {

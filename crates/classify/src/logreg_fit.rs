@@ -399,10 +399,11 @@ pub(crate) fn cross_validate(
     max_iterations: u64,
     solver: LogRegSolver,
     seed: u64,
-) -> Result<Vec<CvRow>> {
+) -> Result<CvOutcome> {
     let mut rng = seeded_rng(seed, "logreg-cv-folds");
     let folds = stratified_folds(&train.labels, folds, &mut rng);
     let k = train.label_names.len();
+    let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
     // One fold's matrices at a time (each C fitted on it, then dropped): a fold's standardised
     // f64 copy is twice the f32 features, and holding every fold's at once (5 x 2 x 690 MB for
     // 67,000 rows x 2,560) is what made large CVs run out of memory. Every fit is the same
@@ -417,10 +418,9 @@ pub(crate) fn cross_validate(
         for (g, &c) in grid.iter().enumerate() {
             let fit = fit_logreg(xtr.view(), &tr.labels, k, c, tol, max_iterations, solver)?;
             converged[g] &= fit.converged;
-            accs[g].push(accuracy(
-                &va.labels,
-                &preds_of(&fit.predict_proba(xva.view()), k),
-            ));
+            let probs = fit.predict_proba(xva.view());
+            accs[g].push(accuracy(&va.labels, &preds_of(&probs, k)));
+            keep_out_of_fold(&mut oof[g], fold, &probs, k);
         }
     }
     let table = grid
@@ -434,5 +434,20 @@ pub(crate) fn cross_validate(
             all_converged,
         })
         .collect();
-    Ok(table)
+    Ok(CvOutcome { table, oof })
+}
+
+/// A CV table and, per row of it, every training row's class probabilities (train order, rows x
+/// classes) from the fold's fit that did not see the row: what an ensemble of CV-selected
+/// members is scored on.
+pub(crate) struct CvOutcome {
+    pub table: Vec<CvRow>,
+    pub oof: Vec<Vec<f32>>,
+}
+
+/// Writes a fold's probabilities (`probs`, the fold's rows in order) to those rows of `oof`.
+pub(crate) fn keep_out_of_fold(oof: &mut [f32], fold: &[usize], probs: &[f32], k: usize) {
+    for (&row, p) in fold.iter().zip(probs.chunks_exact(k)) {
+        oof[row * k..(row + 1) * k].copy_from_slice(p);
+    }
 }

@@ -5,8 +5,10 @@
 //!
 //! The score of each member is the one its own stage recorded for the configuration it kept:
 //! `logreg` and `mlp` with `select:` (the CV row of the chosen C or epochs, `model.json`),
-//! `layer_sweep` (the chosen layer's CV accuracy, `sweep.json`). A member without a CV score
-//! (a fixed C, an ensemble) is an error naming it; so is a different number of folds, since scores
+//! `layer_sweep` (the chosen layer's CV accuracy, `sweep.json`), `ensemble` (the accuracy of its
+//! combination of the members' out-of-fold probabilities, `cv` in `classifier.json`, when its
+//! members are logregs with `select:`). A member without a CV score (a fixed C, an ensemble of
+//! other members) is an error naming it; so is a different number of folds, since scores
 //! over different folds are not comparable. Every member's score is itself the best of its own
 //! grid, so the winner's CV accuracy is optimistic; the test rows it is reported on are not.
 //! Ties go to the member listed first.
@@ -119,7 +121,8 @@ fn candidate(input: &Input) -> Result<Candidate> {
             "select",
             format!(
                 "member `{member}` ({kind}) has no cross-validation score: {why}; select compares \
-                 logreg or mlp with `select:` and layer_sweep"
+                 logreg or mlp with `select:`, layer_sweep, and ensembles of logregs with \
+                 `select:`"
             ),
         )
     };
@@ -177,6 +180,18 @@ fn candidate(input: &Input) -> Result<Candidate> {
             (
                 number(&sweep, "folds", member, "sweep.json")? as usize,
                 number(row, "cv_accuracy", member, "sweep.json layer row")?,
+            )
+        }
+        "ensemble" => {
+            let Some(cv) = meta.get("cv").filter(|c| !c.is_null()) else {
+                return Err(no_score(
+                    "not every member kept out-of-fold probabilities (logreg with `select:`, \
+                     the same number of folds)",
+                ));
+            };
+            (
+                number(cv, "folds", member, "classifier.json cv")? as usize,
+                number(cv, "accuracy", member, "classifier.json cv")?,
             )
         }
         _ => return Err(no_score("its kind records none")),

@@ -12,8 +12,10 @@ use serde::Serialize;
 use sprs::CsMat;
 
 use crate::folds::{check_folds, complement, stratified_folds};
-use crate::logreg::{LogRegParams, better_c};
-use crate::logreg_fit::{CvRow, LogRegFit, LogRegSolver, fit_exact, linear_probabilities};
+use crate::logreg::{LogRegParams, better_c, write_cv_predictions};
+use crate::logreg_fit::{
+    CvOutcome, CvRow, LogRegFit, LogRegSolver, fit_exact, keep_out_of_fold, linear_probabilities,
+};
 use crate::prologue::{best_index, grid_edge_note, preds_of, scored_accuracy, write_json};
 use crate::saved::{FittedOn, LinearMeta, LinearModel};
 
@@ -185,15 +187,19 @@ pub(crate) fn run_logreg_sparse(
     let (c, select) = match &p.select {
         None => (p.c.unwrap_or(1.0), None),
         Some(sel) => {
-            let table = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed);
-            let best_c = table[best_index(&table, better_c)].c;
+            let mut cv = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed);
+            let best = best_index(&cv.table, better_c);
+            let best_c = cv.table[best].c;
             notes.push(format!("{}-fold CV picked C={best_c}", sel.folds));
             notes.extend(grid_edge_note("C", best_c, &sel.c));
+            let rows = (&train.ids[..], &train.labels[..], &train.label_names[..]);
+            let producer = format!("logreg(C={best_c}, {column})");
+            write_cv_predictions(ctx, rows, &cv.oof.swap_remove(best), &producer)?;
             (
                 best_c,
                 Some(Selection {
                     folds: sel.folds,
-                    table,
+                    table: cv.table,
                     best_c,
                 }),
             )
@@ -372,10 +378,11 @@ fn cross_validate_sparse(
     folds: usize,
     p: &LogRegParams,
     seed: u64,
-) -> Vec<CvRow> {
+) -> CvOutcome {
     let mut rng = seeded_rng(seed, "logreg-cv-folds");
     let folds = stratified_folds(&train.labels, folds, &mut rng);
     let k = train.label_names.len();
+    let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
     let parts: Vec<(SparseSplit, SparseSplit)> = folds
         .iter()
         .map(|fold| {
@@ -385,17 +392,18 @@ fn cross_validate_sparse(
             )
         })
         .collect();
-    grid.iter()
-        .map(|&c| {
+    let table = grid
+        .iter()
+        .zip(&mut oof)
+        .map(|(&c, oof)| {
             let mut accs = Vec::new();
             let mut all_converged = true;
-            for (tr, va) in &parts {
+            for ((tr, va), fold) in parts.iter().zip(&folds) {
                 let fit = fit(tr, c, p);
                 all_converged &= fit.converged;
-                accs.push(accuracy(
-                    &va.labels,
-                    &preds_of(&fit.probabilities(&va.x), k),
-                ));
+                let probs = fit.probabilities(&va.x);
+                accs.push(accuracy(&va.labels, &preds_of(&probs, k)));
+                keep_out_of_fold(oof, fold, &probs, k);
             }
             CvRow {
                 c,
@@ -404,5 +412,6 @@ fn cross_validate_sparse(
                 all_converged,
             }
         })
-        .collect()
+        .collect();
+    CvOutcome { table, oof }
 }

@@ -165,3 +165,127 @@ fn select_refuses_members_it_cannot_compare() {
         "{err}"
     );
 }
+
+/// Soft combination of out-of-fold files, computed here independently of `ensemble.rs`:
+/// (ids, labels, argmax of the averaged probabilities), aligned to the first file's ids.
+fn averaged_out_of_fold(dirs: &[&Path]) -> (Vec<String>, Vec<i64>, Vec<i64>) {
+    let files: Vec<_> = dirs
+        .iter()
+        .map(|d| read_predictions(&d.join("cv_predictions.parquet")).unwrap())
+        .collect();
+    let k = files[0].label_names.len();
+    let preds = (0..files[0].len())
+        .map(|r| {
+            let id = &files[0].ids[r];
+            let mut sum = vec![0f64; k];
+            for f in &files {
+                let at = f.ids.iter().position(|i| i == id).unwrap();
+                for (s, p) in sum.iter_mut().zip(&f.probs[at * k..(at + 1) * k]) {
+                    *s += *p as f64;
+                }
+            }
+            (0..k).fold(0, |b, j| if sum[j] > sum[b] { j } else { b }) as i64
+        })
+        .collect();
+    (files[0].ids.clone(), files[0].labels.clone(), preds)
+}
+
+#[test]
+fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
+    let Some(bow) = bow() else { return };
+    let train = layered(&take(&bow.train, 800));
+    let test = layered(&bow.test);
+    let (_d, input) = artifact(&train, &test);
+    let one = std::slice::from_ref(&input);
+    let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
+    let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+
+    // Each member's out-of-fold file: every training row once, with probabilities from the fit
+    // that did not see it, so its accuracy is the CV accuracy (pooled over the folds, which
+    // differ in size by a row or so) and below the fit on all rows.
+    for dir in [few.path(), more.path()] {
+        let oof = read_predictions(&dir.join("cv_predictions.parquet")).unwrap();
+        let mut ids = oof.ids.clone();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 800);
+        let acc = oof
+            .labels
+            .iter()
+            .zip(&oof.preds)
+            .filter(|(l, p)| l == p)
+            .count() as f64
+            / 800.0;
+        let cv = recorded_cv(dir);
+        assert!(
+            (acc - cv).abs() < 0.005,
+            "pooled {acc} vs mean of folds {cv}"
+        );
+        let in_sample = model_json(dir)["train_accuracy"].as_f64().unwrap();
+        assert!(acc < in_sample, "out of fold {acc}, in sample {in_sample}");
+    }
+
+    let members = [fitted("few", few.path()), fitted("more", more.path())];
+    let ens = run_stage::<Ensemble>(&EnsembleParams::default(), &members, 3).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ens.path().join("classifier.json")).unwrap())
+            .unwrap();
+    let (_, labels, preds) = averaged_out_of_fold(&[few.path(), more.path()]);
+    let want = labels.iter().zip(&preds).filter(|(l, p)| l == p).count() as f64 / 800.0;
+    assert_eq!(meta["cv"]["folds"].as_u64(), Some(5), "{meta}");
+    assert_eq!(meta["cv"]["accuracy"].as_f64(), Some(want), "{meta}");
+    assert_eq!(meta["cv"]["rows"].as_u64(), Some(800), "{meta}");
+
+    // `select` weighs the ensemble by that score beside the members' own.
+    let candidates = vec![
+        fitted("few", few.path()),
+        fitted("more", more.path()),
+        fitted("both", ens.path()),
+    ];
+    let out = run_stage::<Select>(&SelectParams::default(), &candidates, 3).unwrap();
+    let selection: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("selection.json")).unwrap()).unwrap();
+    let scores: Vec<f64> = selection["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cv_accuracy"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        scores,
+        vec![recorded_cv(few.path()), recorded_cv(more.path()), want]
+    );
+    let expect = (0..3).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+    assert_eq!(selection["chosen"].as_u64(), Some(expect as u64));
+
+    // A member without out-of-fold probabilities (a fixed C) leaves the ensemble unscored, and
+    // `select` says why.
+    let fixed = run_stage::<LogReg>(
+        &LogRegParams {
+            column: Some("layer_1".into()),
+            c: Some(0.01),
+            ..LogRegParams::default()
+        },
+        one,
+        3,
+    )
+    .unwrap();
+    assert!(!fixed.path().join("cv_predictions.parquet").exists());
+    let unscored = run_stage::<Ensemble>(
+        &EnsembleParams::default(),
+        &[fitted("few", few.path()), fitted("fixed", fixed.path())],
+        3,
+    )
+    .unwrap();
+    let err = run_stage::<Select>(
+        &SelectParams::default(),
+        &[fitted("few", few.path()), fitted("mixed", unscored.path())],
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("member `mixed` (ensemble) has no cross-validation score: not every member"),
+        "{err}"
+    );
+}
