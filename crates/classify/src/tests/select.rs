@@ -16,6 +16,22 @@ fn logreg_cv(column: &str, folds: usize) -> LogRegParams {
     }
 }
 
+/// A logreg with a fixed C (no CV score).
+fn logreg_fixed(column: &str) -> LogRegParams {
+    LogRegParams {
+        column: Some(column.into()),
+        c: Some(0.01),
+        ..LogRegParams::default()
+    }
+}
+
+/// `select`'s error over `members`.
+fn select_error(members: &[Input]) -> String {
+    run_stage::<Select>(&SelectParams::default(), members, 3)
+        .unwrap_err()
+        .to_string()
+}
+
 /// The CV accuracy a member recorded for what it kept, read here independently of `select.rs`.
 fn recorded_cv(dir: &Path) -> f64 {
     if dir.join("sweep.json").exists() {
@@ -132,34 +148,13 @@ fn select_refuses_members_it_cannot_compare() {
     let one = std::slice::from_ref(&input);
     let five = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
     let three = run_stage::<LogReg>(&logreg_cv("layer_2", 3), one, 3).unwrap();
-    let fixed = run_stage::<LogReg>(
-        &LogRegParams {
-            column: Some("layer_2".into()),
-            c: Some(0.01),
-            ..LogRegParams::default()
-        },
-        one,
-        3,
-    )
-    .unwrap();
-    let err = run_stage::<Select>(
-        &SelectParams::default(),
-        &[fitted("five", five.path()), fitted("three", three.path())],
-        3,
-    )
-    .unwrap_err()
-    .to_string();
+    let fixed = run_stage::<LogReg>(&logreg_fixed("layer_2"), one, 3).unwrap();
+    let err = select_error(&[fitted("five", five.path()), fitted("three", three.path())]);
     assert!(
         err.contains("`three` was scored over 3 folds, `five` over 5"),
         "{err}"
     );
-    let err = run_stage::<Select>(
-        &SelectParams::default(),
-        &[fitted("five", five.path()), fitted("fixed", fixed.path())],
-        3,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = select_error(&[fitted("five", five.path()), fitted("fixed", fixed.path())]);
     assert!(
         err.contains("member `fixed` (logreg) has no cross-validation score"),
         "{err}"
@@ -260,16 +255,7 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
 
     // A member without out-of-fold probabilities (a fixed C) leaves the ensemble unscored, and
     // `select` says why.
-    let fixed = run_stage::<LogReg>(
-        &LogRegParams {
-            column: Some("layer_1".into()),
-            c: Some(0.01),
-            ..LogRegParams::default()
-        },
-        one,
-        3,
-    )
-    .unwrap();
+    let fixed = run_stage::<LogReg>(&logreg_fixed("layer_1"), one, 3).unwrap();
     assert!(!fixed.path().join("cv_predictions.parquet").exists());
     let unscored = run_stage::<Ensemble>(
         &EnsembleParams::default(),
@@ -277,13 +263,7 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
         3,
     )
     .unwrap();
-    let err = run_stage::<Select>(
-        &SelectParams::default(),
-        &[fitted("few", few.path()), fitted("mixed", unscored.path())],
-        3,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = select_error(&[fitted("few", few.path()), fitted("mixed", unscored.path())]);
     assert!(
         err.contains("member `mixed` (ensemble) has no cross-validation score: not every member"),
         "{err}"
