@@ -17,12 +17,12 @@ use std::collections::HashMap;
 
 use llmembed_core::{
     Apply, ApplyEnv, Arity, Context, Error, Input, Predictions, Result, Rows, Stage, Summary,
-    UNLABELLED, parse_predictions_file, predictions_file, read_predictions, save_json,
-    write_predictions,
+    parse_predictions_file, predictions_file, read_predictions, save_json, write_predictions,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::logreg::CV_PREDICTIONS_FILE;
+use crate::prologue::{scored, scored_accuracy};
 use crate::saved::{META_FILE, load_meta};
 
 /// How members are combined.
@@ -157,19 +157,6 @@ fn shared_other_splits(inputs: &[Input]) -> Vec<String> {
         shared.retain(|s| theirs.contains(s));
     }
     shared
-}
-
-/// Accuracy over the rows that have a label, and how many they are.
-fn labelled_accuracy(p: &Predictions) -> (f64, usize) {
-    let (right, labelled) = p
-        .labels
-        .iter()
-        .zip(&p.preds)
-        .filter(|(l, _)| **l != UNLABELLED)
-        .fold((0usize, 0usize), |(r, n), (l, p)| {
-            (r + usize::from(l == p), n + 1)
-        });
-    (right as f64 / labelled.max(1) as f64, labelled)
 }
 
 /// The members' common number of CV folds when every member kept out-of-fold probabilities
@@ -340,11 +327,11 @@ impl Stage for Ensemble {
             Some(folds) => {
                 let combined = combine(p.method, &read_members(inputs, CV_PREDICTIONS_FILE)?)?;
                 write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &combined)?;
-                let (accuracy, rows) = labelled_accuracy(&combined);
+                // Scored on the rows that have a label, as `evaluate` scores.
                 Some(EnsembleCv {
                     folds,
-                    accuracy,
-                    rows,
+                    accuracy: scored_accuracy(&combined.labels, &combined.preds),
+                    rows: scored(&combined.labels, &combined.preds).0.len(),
                 })
             }
             None => None,
@@ -360,7 +347,7 @@ impl Stage for Ensemble {
                 cv: cv.clone(),
             },
         )?;
-        let (acc, _) = labelled_accuracy(&out);
+        let acc = scored_accuracy(&out.labels, &out.preds);
         let mut notes = vec![format!(
             "{} members, {:?} voting, accuracy {acc:.4}",
             members.len(),

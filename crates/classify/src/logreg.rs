@@ -222,8 +222,8 @@ impl Stage for LogReg {
         );
         meta.kind = Self::KIND.into();
         if let Some(sel) = &select {
-            let rows = (&train.ids[..], &train.labels[..], &train.label_names[..]);
-            write_cv_predictions(ctx, rows, &sel.out_of_fold, &producer)?;
+            let (ids, labels, names) = (&train.ids, &train.labels, &train.label_names);
+            write_cv_predictions(ctx, ids, labels, names, &sel.out_of_fold, &producer)?;
         }
         meta.producer = producer;
         model.save(&ctx.out_dir, &meta)?;
@@ -302,15 +302,16 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
 /// The file of the training rows' out-of-fold probabilities at the chosen C.
 pub(crate) const CV_PREDICTIONS_FILE: &str = "cv_predictions.parquet";
 
-/// Writes [`CV_PREDICTIONS_FILE`]: each training row (`rows`: ids, true labels, class names)
+/// Writes [`CV_PREDICTIONS_FILE`]: each training row (its id, true label and the class names)
 /// with the probabilities `out_of_fold` (rows x classes) of the fit that did not see it.
 pub(crate) fn write_cv_predictions(
     ctx: &Context,
-    rows: (&[String], &[i64], &[String]),
+    ids: &[String],
+    labels: &[i64],
+    label_names: &[String],
     out_of_fold: &[f32],
     producer: &str,
 ) -> Result<()> {
-    let (ids, labels, label_names) = rows;
     let predictions = llmembed_core::Predictions {
         ids: ids.to_vec(),
         labels: labels.to_vec(),

@@ -83,6 +83,9 @@ struct Selection {
     folds: usize,
     table: Vec<CvRow>,
     best_c: f64,
+    /// The chosen C's out-of-fold probabilities of the training rows.
+    #[serde(skip)]
+    out_of_fold: Vec<f32>,
 }
 
 /// `model.json` of a sparse fit: the dense path's fields that apply, and `sparse: true`.
@@ -192,13 +195,11 @@ pub(crate) fn run_logreg_sparse(
             let best_c = cv.table[best].c;
             notes.push(format!("{}-fold CV picked C={best_c}", sel.folds));
             notes.extend(grid_edge_note("C", best_c, &sel.c));
-            let rows = (&train.ids[..], &train.labels[..], &train.label_names[..]);
-            let producer = format!("logreg(C={best_c}, {column})");
-            write_cv_predictions(ctx, rows, &cv.oof.swap_remove(best), &producer)?;
             (
                 best_c,
                 Some(Selection {
                     folds: sel.folds,
+                    out_of_fold: cv.oof.swap_remove(best),
                     table: cv.table,
                     best_c,
                 }),
@@ -228,6 +229,16 @@ pub(crate) fn run_logreg_sparse(
         producer: producer.clone(),
     };
     llmembed_core::write_predictions(&ctx.out("predictions.parquet"), &predictions)?;
+    if let Some(sel) = &select {
+        write_cv_predictions(
+            ctx,
+            &train.ids,
+            &train.labels,
+            &train.label_names,
+            &sel.out_of_fold,
+            &producer,
+        )?;
+    }
     save_model(
         ctx,
         &fit,

@@ -16,6 +16,16 @@ fn logreg_cv(column: &str, folds: usize) -> LogRegParams {
     }
 }
 
+/// The bag-of-words artifact of 800 training rows and the whole test split (its folder, kept
+/// alive by the guard), or `None` where the data is missing.
+fn bow_800() -> Option<(tempfile::TempDir, Input)> {
+    let bow = bow()?;
+    Some(artifact(
+        &layered(&take(&bow.train, 800)),
+        &layered(&bow.test),
+    ))
+}
+
 /// A logreg with a fixed C (no CV score).
 fn logreg_fixed(column: &str) -> LogRegParams {
     LogRegParams {
@@ -59,10 +69,7 @@ fn recorded_cv(dir: &Path) -> f64 {
 
 #[test]
 fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
-    let Some(bow) = bow() else { return };
-    let train = layered(&take(&bow.train, 800));
-    let test = layered(&bow.test);
-    let (_d, input) = artifact(&train, &test);
+    let Some((_d, input)) = bow_800() else { return };
     let one = std::slice::from_ref(&input);
     // Three real members of clearly different quality: 8 words, 60 words, a sweep over depths.
     let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
@@ -187,10 +194,7 @@ fn averaged_out_of_fold(dirs: &[&Path]) -> (Vec<String>, Vec<i64>, Vec<i64>) {
 
 #[test]
 fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
-    let Some(bow) = bow() else { return };
-    let train = layered(&take(&bow.train, 800));
-    let test = layered(&bow.test);
-    let (_d, input) = artifact(&train, &test);
+    let Some((_d, input)) = bow_800() else { return };
     let one = std::slice::from_ref(&input);
     let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
     let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
