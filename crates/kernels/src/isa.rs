@@ -58,10 +58,10 @@ pub(crate) fn has_avx512f() -> bool {
 /// compiled with AVX-512 when `isa` is [`Isa::avx512`]'s, and compiled for the baseline target
 /// otherwise (the body may pass `isa` on to the kernels it calls).
 macro_rules! multiversion {
-    ($(#[$doc:meta])* fn $name:ident($isa:ident: Isa, $($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($isa:ident: Isa, $($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        fn $name($isa: $crate::isa::Isa, $($arg: $ty),*) {
+        $vis fn $name($isa: $crate::isa::Isa, $($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments, unused_variables)]
             fn generic($isa: $crate::isa::Isa, $($arg: $ty),*) $body

@@ -33,7 +33,10 @@ pub mod matmul;
 mod rows;
 
 pub use isa::Isa;
-pub use matmul::{Bf16Kernel, F32Kernel, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8};
+pub use matmul::{
+    Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, gated_width,
+    interleave_gate_up,
+};
 pub use rows::Rows;
 
 /// The kernels this CPU gets, as `llmembed --version` and `run.json` name them: the f32 and

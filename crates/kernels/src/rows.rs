@@ -152,7 +152,7 @@ multiversion! {
 }
 
 multiversion! {
-    fn bias_rows(isa: Isa, x: &mut [f32], b: &[f32]) {
+    pub(crate) fn bias_rows(isa: Isa, x: &mut [f32], b: &[f32]) {
         for row in x.chunks_exact_mut(b.len()) {
             for (x, b) in row.iter_mut().zip(b) {
                 *x += b;
@@ -173,6 +173,31 @@ multiversion! {
         for (gu, o) in gu.chunks_exact(2 * f).zip(out.chunks_exact_mut(f)) {
             let (g, u) = gu.split_at(f);
             for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                o.write(act(*g, gelu) * u);
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The gated activation of a tile of gate/up column pairs: in row `r` (`stride` apart),
+    /// gate values from 0 and up values from `half`, `live` of each; `out[r][col + c] =
+    /// act(gate) * up` in rows `out_stride` apart. The same expression as `gated_rows`, so
+    /// the same bits.
+    pub(crate) fn gated_tile(
+        isa: Isa,
+        tile: &[f32],
+        stride: usize,
+        half: usize,
+        live: usize,
+        gelu: bool,
+        out: &mut [MaybeUninit<f32>],
+        out_stride: usize,
+        col: usize,
+    ) {
+        for (r, o) in out.chunks_mut(out_stride).enumerate() {
+            let (g, u) = (&tile[r * stride..][..live], &tile[r * stride + half..][..live]);
+            for ((o, g), u) in o[col..col + live].iter_mut().zip(g).zip(u) {
                 o.write(act(*g, gelu) * u);
             }
         }

@@ -23,7 +23,10 @@ use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
-use llmembed_kernels::{Bf16Kernel, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows};
+use llmembed_kernels::{
+    Bf16Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows, gated_width,
+    interleave_gate_up,
+};
 use rayon::prelude::*;
 
 use super::errors::candle_message;
@@ -134,19 +137,24 @@ impl Weight {
 
     /// `w` is (in, out) f32.
     pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
-        let pack = |e: llmembed_kernels::Error| Error::compute(e.op, e.message);
         let (k, n) = w.dims2().map_err(cerr("pack weights"))?;
         let values: Vec<f32> = w
             .flatten_all()
             .and_then(|t| t.to_vec1())
             .map_err(cerr("pack weights"))?;
+        Weight::from_values(&values, k, n, compute)
+    }
+
+    /// `values` is (k, n) f32, row-major.
+    fn from_values(values: &[f32], k: usize, n: usize, compute: ComputeDtype) -> Result<Weight> {
+        let pack = |e: llmembed_kernels::Error| Error::compute(e.op, e.message);
         Ok(match compute {
-            ComputeDtype::F32 => Weight::F32(PackedF32::new(&values, k, n).map_err(pack)?),
+            ComputeDtype::F32 => Weight::F32(PackedF32::new(values, k, n).map_err(pack)?),
             ComputeDtype::Bf16 => {
-                Weight::Bf16(PackedBf16::new(&values, k, n, Bf16Kernel::detect()).map_err(pack)?)
+                Weight::Bf16(PackedBf16::new(values, k, n, Bf16Kernel::detect()).map_err(pack)?)
             }
             ComputeDtype::Int8 => Weight::I8(
-                PackedI8::new(&values, k, n, I8Kernel::detect(), int8_outliers()).map_err(pack)?,
+                PackedI8::new(values, k, n, I8Kernel::detect(), int8_outliers()).map_err(pack)?,
             ),
         })
     }
@@ -181,6 +189,60 @@ impl Linear {
         })
     }
 
+    /// A gated MLP's gate and up projections, (out, in) each as PyTorch stores them, packed
+    /// side by side for [`Linear::forward_gated`] (`interleave_gate_up`), biases likewise.
+    pub fn gated(
+        gate_up: [Tensor; 2],
+        bs: Option<[Tensor; 2]>,
+        compute: ComputeDtype,
+    ) -> Result<Linear> {
+        let e = cerr("fuse and transpose gate and up weights");
+        let ffn = gate_up[0].dims2().map_err(&e)?.0;
+        let w = Tensor::cat(&gate_up, 0)
+            .and_then(|w| w.t())
+            .and_then(|w| w.contiguous())
+            .and_then(|w| w.to_dtype(DType::F32))
+            .map_err(&e)?;
+        let (k, n) = w.dims2().map_err(&e)?;
+        if n != 2 * ffn {
+            return Err(Error::compute(
+                "fuse gate and up weights",
+                format!("gate has {ffn} outputs, up {}", n - ffn),
+            ));
+        }
+        let values: Vec<f32> = w.flatten_all().and_then(|t| t.to_vec1()).map_err(&e)?;
+        let wide = interleave_gate_up(&values, k, ffn);
+        let b = bs
+            .map(|bs| Tensor::cat(&bs, 0).map_err(cerr("fuse biases")))
+            .transpose()?;
+        let b = b.as_ref().map(vector).transpose()?;
+        Ok(Linear {
+            w: Weight::from_values(&wide, k, gated_width(ffn), compute)?,
+            b: b.map(|b| interleave_gate_up(&b, 1, ffn)),
+        })
+    }
+
+    /// `act(x @ gate + b_g) * (x @ up + b_u)` for `x` (rows, in) row-major, from weights
+    /// packed by [`Linear::gated`], in one pass: (rows, ffn).
+    fn forward_gated(
+        &self,
+        x: &[f32],
+        rows: usize,
+        ffn: usize,
+        gelu: bool,
+    ) -> llmembed_kernels::Result<Vec<f32>> {
+        let g = Gated {
+            ffn,
+            gelu,
+            bias: self.b.as_deref(),
+        };
+        match &self.w {
+            Weight::F32(w) => w.matmul_gated(x, rows, &g),
+            Weight::Bf16(w) => w.matmul_gated(x, rows, &g),
+            Weight::I8(w) => w.matmul_gated(x, rows, &g),
+        }
+    }
+
     /// `x` is (rows, in) row-major; returns (rows, out).
     fn forward(&self, x: &[f32], rows: usize) -> llmembed_kernels::Result<Vec<f32>> {
         let mut y = match &self.w {
@@ -196,7 +258,8 @@ impl Linear {
 }
 
 pub(crate) enum Mlp {
-    /// `down(act(gate(x)) * up(x))`: gate and up fused into one (hidden, 2 * ffn) matrix.
+    /// `down(act(gate(x)) * up(x))`: gate and up packed side by side ([`Linear::gated`]) and
+    /// multiplied in one pass that applies the activation.
     Gated { gate_up: Linear, down: Linear },
     /// `down(act(up(x)))` (phi's fc1 / fc2).
     Plain { up: Linear, down: Linear },
@@ -363,8 +426,9 @@ impl Decoder {
         let gelu = self.cfg.activation == Activation::GeluTanh;
         match &blk.mlp {
             Mlp::Gated { gate_up, down } => {
-                let gu = gate_up.forward(h, rows).map_err(&e)?;
-                let a = Rows::best().gated(&gu, self.cfg.ffn, gelu);
+                let a = gate_up
+                    .forward_gated(h, rows, self.cfg.ffn, gelu)
+                    .map_err(&e)?;
                 down.forward(&a, rows).map_err(&e)
             }
             Mlp::Plain { up, down } => {

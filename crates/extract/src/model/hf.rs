@@ -127,6 +127,18 @@ impl Weights {
         Linear::new(&self.all(names, "weight")?, bs.as_deref(), compute)
     }
 
+    /// The gate and up projections of the MLP `m`, packed side by side ([`Linear::gated`]).
+    fn gated(&self, m: &str, bias: bool, compute: ComputeDtype) -> Result<Linear> {
+        let get = |what: &str| -> Result<[Tensor; 2]> {
+            Ok([
+                self.get(&format!("{m}.gate_proj.{what}"))?,
+                self.get(&format!("{m}.up_proj.{what}"))?,
+            ])
+        };
+        let bs = if bias { Some(get("bias")?) } else { None };
+        Linear::gated(get("weight")?, bs, compute)
+    }
+
     fn norm(&self, name: &str, traits: &Traits) -> Result<Norm> {
         let weight = self.get(&format!("{name}.weight"))?;
         if traits.layer_norm {
@@ -507,11 +519,7 @@ fn block(w: &Weights, l: usize, c: &HfConfig, t: &Traits, compute: ComputeDtype)
     let m = format!("{p}.mlp");
     let mlp = if t.gated_mlp {
         Mlp::Gated {
-            gate_up: w.linear(
-                &[format!("{m}.gate_proj"), format!("{m}.up_proj")],
-                mlp_bias,
-                compute,
-            )?,
+            gate_up: w.gated(&m, mlp_bias, compute)?,
             down: w.linear(&[format!("{m}.down_proj")], mlp_bias, compute)?,
         }
     } else {

@@ -392,17 +392,21 @@ fn apply_rope(x: &mut [f32], pos: usize, rope: &Rope, s: &AttentionShape) {
     let half = s.rotary_dim / 2;
     let cos = &rope.cos[pos * half..(pos + 1) * half];
     let sin = &rope.sin[pos * half..(pos + 1) * half];
+    // Iterators over split slices rather than indices: no bounds checks, so the loops
+    // vectorise (indexed, the rotate-half loop ran scalar and was most of this kernel's own
+    // time on Gemma-3's 256-wide heads). The same operations per value, so the same bits.
     if s.interleaved {
-        for i in 0..half {
-            let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * cos[i] - b * sin[i];
-            x[2 * i + 1] = a * sin[i] + b * cos[i];
+        for ((p, c), s) in x[..2 * half].chunks_exact_mut(2).zip(cos).zip(sin) {
+            let (a, b) = (p[0], p[1]);
+            p[0] = a * c - b * s;
+            p[1] = a * s + b * c;
         }
     } else {
-        for i in 0..half {
-            let (a, b) = (x[i], x[i + half]);
-            x[i] = a * cos[i] - b * sin[i];
-            x[i + half] = b * cos[i] + a * sin[i];
+        let (lo, hi) = x[..2 * half].split_at_mut(half);
+        for (((x0, x1), c), s) in lo.iter_mut().zip(hi.iter_mut()).zip(cos).zip(sin) {
+            let (a, b) = (*x0, *x1);
+            *x0 = a * c - b * s;
+            *x1 = b * c + a * s;
         }
     }
 }

@@ -28,6 +28,7 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::f32::PackedF32;
+use super::gated::Gated;
 use super::panels::{DotBf16, Kernel, Panels};
 use crate::isa::{Isa, multiversion};
 use crate::{Error, Result};
@@ -251,20 +252,7 @@ impl PackedBf16 {
                 let rounded: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
                 w.matmul(&rounded, m)
             }
-            Repr::Pairs(w) => {
-                let mut pairs: Vec<u32> = Vec::with_capacity(m * k.div_ceil(2));
-                if k > 0 {
-                    round_pairs(
-                        Isa::best(),
-                        x,
-                        k,
-                        &mut pairs.spare_capacity_mut()[..m * k.div_ceil(2)],
-                    );
-                    // SAFETY: round_pairs wrote every one of the m * k.div_ceil(2) pairs.
-                    unsafe { pairs.set_len(m * k.div_ceil(2)) };
-                }
-                Ok(w.matmul::<DotBf16>(&pairs, m))
-            }
+            Repr::Pairs(w) => Ok(w.matmul::<DotBf16>(&bf16_pairs(x, m, k), m)),
             #[cfg(target_arch = "x86_64")]
             Repr::Tiles { kp, np, data } => Ok(amx::matmul(x, m, k, *kp, data, *np, self.n)),
             #[cfg(not(target_arch = "x86_64"))]
@@ -273,6 +261,42 @@ impl PackedBf16 {
             }
         }
     }
+}
+
+impl PackedBf16 {
+    /// A gated MLP's first product and its activation ([`super::gated`]): the weights were
+    /// packed from [`super::interleave_gate_up`]'s matrix. The same bits as
+    /// [`PackedBf16::matmul`] then [`crate::Rows::gated`].
+    pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
+        gated.check("bf16 gated matmul", self.n)?;
+        match &self.repr {
+            Repr::Pairs(w) if m * self.k == x.len() => {
+                let pairs = bf16_pairs(x, m, self.k);
+                Ok(
+                    w.matmul_pairs::<DotBf16>(&pairs, m, gated.ffn, |_, j, tile, out| {
+                        gated.finish_pair(j, tile, out)
+                    }),
+                )
+            }
+            _ => Ok(gated.after(self.matmul(x, m)?, m)),
+        }
+    }
+}
+
+/// `x` (m rows of k) rounded to bf16 pairs, the steps of [`DotBf16`].
+fn bf16_pairs(x: &[f32], m: usize, k: usize) -> Vec<u32> {
+    let mut pairs: Vec<u32> = Vec::with_capacity(m * k.div_ceil(2));
+    if k > 0 {
+        round_pairs(
+            Isa::best(),
+            x,
+            k,
+            &mut pairs.spare_capacity_mut()[..m * k.div_ceil(2)],
+        );
+        // SAFETY: round_pairs wrote every one of the m * k.div_ceil(2) pairs.
+        unsafe { pairs.set_len(m * k.div_ceil(2)) };
+    }
+    pairs
 }
 
 multiversion! {

@@ -7,6 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::gated::Gated;
 use super::panels::{FmaF32, Kernel, Panels};
 use crate::{Error, Result};
 
@@ -108,6 +109,22 @@ impl PackedF32 {
                 .and_then(|c| c.to_vec1())
                 .map_err(|e| Error::candle(OP, &e)),
             Repr::Panels(b) => Ok(b.matmul::<FmaF32>(x, m)),
+        }
+    }
+
+    /// A gated MLP's first product and its activation ([`super::gated`]): the weights were
+    /// packed from [`super::interleave_gate_up`]'s matrix. The same bits as
+    /// [`PackedF32::matmul`] then [`crate::Rows::gated`].
+    pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
+        gated.check("f32 gated matmul", self.n)?;
+        match &self.repr {
+            Repr::Panels(b) if m * self.k == x.len() => Ok(b.matmul_pairs::<FmaF32>(
+                x,
+                m,
+                gated.ffn,
+                |_, j, tile, out| gated.finish_pair(j, tile, out),
+            )),
+            _ => Ok(gated.after(self.matmul(x, m)?, m)),
         }
     }
 }

@@ -35,7 +35,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::panels::{DotI8, Kernel, PANEL, Panels};
+use super::gated::Gated;
+use super::panels::{DotI8, Kernel, PAIR, PANEL, Panels};
 use crate::isa::{Isa, multiversion};
 use crate::{Error, Result};
 
@@ -241,20 +242,89 @@ impl PackedI8 {
     /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major. Every value of `x` must be
     /// finite.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        const OP: &str = "int8 matmul";
-        let (k, n) = (self.k, self.n);
-        if x.len() != m * k {
+        let n = self.n;
+        if m == 0 || n == 0 {
+            self.check_input("int8 matmul", x, m)?;
+            return Ok(vec![0f32; m * n]);
+        }
+        let q = self.quantise_input("int8 matmul", x, m)?;
+        let columns = q.columns(self);
+        // Undo the shift, then the scales (and outlier channels) once per output, for the rows
+        // `row0..` in `band` (whole rows). A block of columns at a time for every row of the
+        // band: the outlier channels' weights for those columns stay in cache while every row
+        // that has them reads them.
+        let finish = |row0: usize, band: &mut [f32]| {
+            for c0 in (0..n).step_by(COLUMN_BLOCK) {
+                let c1 = (c0 + COLUMN_BLOCK).min(n);
+                for (r, y) in band.chunks_exact_mut(n).enumerate() {
+                    q.descale(&columns, row0 + r, &mut y[c0..c1], c0);
+                }
+            }
+        };
+        // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
+        // band of rows scaled as soon as it is done.
+        let y: Vec<f32> = match &self.repr {
+            Repr::Panels(p) => p.matmul_then::<DotI8>(&q.a, m, finish),
+            Repr::Columns(c) => {
+                let (k, steps) = (self.k, self.k.div_ceil(4));
+                let mut y = vec![0f32; m * n];
+                y.par_chunks_mut(n)
+                    .zip(q.a.par_chunks(steps))
+                    .enumerate()
+                    .with_min_len(ROWS_PER_TASK)
+                    .for_each(|(r, (out, a_row))| {
+                        portable_row(Isa::best(), a_row, c, k, out);
+                        finish(r, out);
+                    });
+                y
+            }
+        };
+        Ok(y)
+    }
+
+    /// A gated MLP's first product and its activation ([`super::gated`]): the weights were
+    /// packed from [`super::interleave_gate_up`]'s matrix. Each pair's sums are scaled in its
+    /// tile, then activated; the same bits as [`PackedI8::matmul`] and [`crate::Rows::gated`].
+    pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
+        const OP: &str = "int8 gated matmul";
+        gated.check(OP, self.n)?;
+        match &self.repr {
+            Repr::Panels(p) if m > 0 => {
+                let q = self.quantise_input(OP, x, m)?;
+                let columns = q.columns(self);
+                Ok(
+                    p.matmul_pairs::<DotI8>(&q.a, m, gated.ffn, |row0, j, tile, out| {
+                        for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
+                            q.descale(&columns, row0 + r, y, j * PAIR);
+                        }
+                        gated.finish_pair(j, tile, out);
+                    }),
+                )
+            }
+            _ => Ok(gated.after(self.matmul(x, m)?, m)),
+        }
+    }
+
+    fn check_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<()> {
+        if x.len() != m * self.k {
             return Err(Error::new(
-                OP,
+                op,
                 format!(
-                    "input has {} values, not {m} rows of {k} (weights are ({k}, {n}))",
-                    x.len()
+                    "input has {} values, not {m} rows of {} (weights are ({}, {}))",
+                    x.len(),
+                    self.k,
+                    self.k,
+                    self.n
                 ),
             ));
         }
-        if m == 0 || n == 0 {
-            return Ok(vec![0f32; m * n]);
-        }
+        Ok(())
+    }
+
+    /// Every row of `x` (m > 0 rows) quantised, with its outliers and their channels' weights.
+    fn quantise_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<QuantInput> {
+        self.check_input(op, x, m)?;
+        let k = self.k;
         // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps of four
         // inputs (the padding meets zero weights), four to a u32: the kernels' A. A row's
         // outliers go to its own `slot_len` slots of one buffer, as (value, channel): no
@@ -275,7 +345,7 @@ impl PackedI8 {
             .collect_into_vec(&mut rows);
         if let Some((r, _)) = rows.iter().enumerate().find(|(_, q)| !q.scale.is_finite()) {
             return Err(Error::new(
-                OP,
+                op,
                 format!("row {r} of the input has a value that is not finite"),
             ));
         }
@@ -304,46 +374,38 @@ impl PackedI8 {
                     *ch = channels.binary_search(ch).expect("channel listed above");
                 }
             });
-        // Undo the shift, then the scales (and outlier channels) once per output, for the rows
-        // `row0..` in `band` (whole rows). A block of columns at a time for every row of the
-        // band: the outlier channels' weights for those columns stay in cache while every row
-        // that has them reads them.
-        let columns = OutputColumns {
-            shift: &self.shift,
-            scales: &self.scales,
-            weight_rows: &weight_rows,
-        };
-        let finish = |row0: usize, band: &mut [f32]| {
-            for c0 in (0..n).step_by(COLUMN_BLOCK) {
-                let c1 = (c0 + COLUMN_BLOCK).min(n);
-                for (r, y) in band.chunks_exact_mut(n).enumerate() {
-                    let row = row0 + r;
-                    let (s_x, outliers) = (
-                        rows[row].scale,
-                        &slots[row * slot_len..row * slot_len + rows[row].outliers],
-                    );
-                    descale(Isa::best(), &mut y[c0..c1], c0, s_x, outliers, &columns);
-                }
-            }
-        };
-        // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
-        // band of rows scaled as soon as it is done.
-        let y: Vec<f32> = match &self.repr {
-            Repr::Panels(p) => p.matmul_then::<DotI8>(&a, m, finish),
-            Repr::Columns(c) => {
-                let mut y = vec![0f32; m * n];
-                y.par_chunks_mut(n)
-                    .zip(a.par_chunks(steps))
-                    .enumerate()
-                    .with_min_len(ROWS_PER_TASK)
-                    .for_each(|(r, (out, a_row))| {
-                        portable_row(Isa::best(), a_row, c, k, out);
-                        finish(r, out);
-                    });
-                y
-            }
-        };
-        Ok(y)
+        Ok(QuantInput {
+            a,
+            rows,
+            slots,
+            slot_len,
+            weight_rows,
+        })
+    }
+}
+
+/// The input of one product, quantised: the kernels' A, and per row its scale and outliers.
+struct QuantInput {
+    a: Vec<u32>,
+    rows: Vec<QuantRow>,
+    /// `slot_len` per row: (value, index into `weight_rows`), the first `rows[r].outliers`.
+    slots: Vec<(f32, usize)>,
+    slot_len: usize,
+    /// Each outlier channel's int8 weights as f32, for every output.
+    weight_rows: Vec<Vec<f32>>,
+}
+
+impl QuantInput {
+    /// What [`QuantInput::descale`] reads of the weights `w` and of these rows' outliers.
+    fn columns<'a>(&'a self, w: &'a PackedI8) -> OutputColumns<'a> {
+        OutputColumns::new(&w.shift, &w.scales, &self.weight_rows)
+    }
+
+    /// Outputs `col..col + y.len()` of row `row` from their exact sums in `y` ([`descale`]).
+    fn descale(&self, columns: &OutputColumns, row: usize, y: &mut [f32], col: usize) {
+        let at = row * self.slot_len;
+        let outliers = &self.slots[at..at + self.rows[row].outliers];
+        descale(Isa::best(), y, col, self.rows[row].scale, outliers, columns);
     }
 }
 
@@ -650,11 +712,27 @@ multiversion! {
 }
 
 /// What every row of a product shares when its sums become outputs: per output column the
-/// u8 shift's constant and `s_w`, and each outlier channel's weights as f32 for every output.
+/// u8 shift's constant and `s_w`, and each outlier channel's weights as f32 for every output;
+/// all of them `n` long (checked once here, not at each of the many short [`descale`] calls of
+/// a gated product's tiles).
 struct OutputColumns<'a> {
     shift: &'a [i32],
     scales: &'a [f32],
     weight_rows: &'a [Vec<f32>],
+    n: usize,
+}
+
+impl<'a> OutputColumns<'a> {
+    fn new(shift: &'a [i32], scales: &'a [f32], weight_rows: &'a [Vec<f32>]) -> Self {
+        let n = shift.len();
+        assert!(scales.len() == n && weight_rows.iter().all(|w| w.len() == n));
+        OutputColumns {
+            shift,
+            scales,
+            weight_rows,
+            n,
+        }
+    }
 }
 
 /// Outputs `col..col + y.len()` of one row from their exact sums (int32 bits in `y`): the u8
@@ -670,13 +748,8 @@ fn descale(
     outliers: &[(f32, usize)],
     columns: &OutputColumns,
 ) {
-    let end = col + y.len();
-    assert!(columns.shift.len() >= end && columns.scales.len() >= end);
-    assert!(
-        outliers
-            .iter()
-            .all(|&(_, w)| columns.weight_rows[w].len() >= end)
-    );
+    assert!(col + y.len() <= columns.n);
+    assert!(outliers.iter().all(|&(_, w)| w < columns.weight_rows.len()));
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx512() {
@@ -704,8 +777,8 @@ fn descale(
 /// [`descale`] on whole groups of sixteen outputs; returns how many it scaled.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `columns.shift`, `columns.scales` and every outlier's weight row hold
-/// at least `col + y.len()` values.
+/// The CPU has AVX-512F; `col + y.len() <= columns.n` (every column slice holds `n` values),
+/// and every outlier's index is one of `columns.weight_rows`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn descale_avx512(

@@ -5,11 +5,13 @@
 
 mod bf16;
 mod f32;
+mod gated;
 mod int8;
 mod panels;
 
 pub use bf16::{Bf16Cpu, Bf16Kernel, PackedBf16, Switches, bf16_round};
 pub use f32::{F32Kernel, PackedF32};
+pub use gated::{Gated, gated_width, interleave_gate_up};
 pub use int8::{I8Kernel, Outliers, PackedI8};
 
 /// The checks every packer makes before it packs: the kernel runs on this CPU, and `w` holds

@@ -28,6 +28,8 @@ use rayon::prelude::*;
 
 /// Columns of B per panel: two AVX-512 registers.
 pub(crate) const PANEL: usize = 32;
+/// Columns of a pair of panels ([`Panels::matmul_pairs`]): a gated MLP's gate and up columns.
+pub(crate) const PAIR: usize = 2 * PANEL;
 /// Rows of A per micro-kernel call: 12 x 2 accumulators, plus the two B vectors and the
 /// broadcast, fit in the 32 vector registers.
 const MICRO_ROWS: usize = 12;
@@ -161,6 +163,135 @@ impl<T: Step> Panels<T> {
         );
         panel_matmul::<K>(a, m, self.k, self.as_slice(), self.n, &finish)
     }
+
+    /// `a @ self` for weights packed as gate/up pairs ([`super::interleave_gate_up`]: panel
+    /// `2j` holds gate columns `32j..32j + 32`, panel `2j + 1` the same up columns), without
+    /// writing the (m, n) product anywhere: each band's pair `j` is computed into a tile of
+    /// band rows x [`PAIR`] values (row-major, in L1 while it lives), then `epilogue(row0, j,
+    /// tile, out)` turns it into columns of the band's rows of the output, `width` values each,
+    /// and must write every one of them over the pairs. Every output is the same chain over the
+    /// steps in order as [`Panels::matmul`]'s, so the same bits; what it saves is writing the
+    /// gate and up products to memory and reading them back (a gated MLP's widest array).
+    pub fn matmul_pairs<K: Kernel<Step = T>>(
+        &self,
+        a: &[T],
+        m: usize,
+        width: usize,
+        epilogue: impl Fn(usize, usize, &mut [f32], &mut [MaybeUninit<f32>]) + Sync,
+    ) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
+        assert_eq!(a.len(), m * k, "panel matmul: A is not ({m}, {k})");
+        assert!(
+            n.is_multiple_of(PAIR),
+            "panel pairs: {n} columns are not whole pairs"
+        );
+        if m == 0 || width == 0 {
+            return vec![0f32; m * width];
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(m * width);
+        let b = self.as_slice();
+        let mut tasks = Vec::new();
+        let (mut out_rest, mut a_rest, mut row0) =
+            (&mut out.spare_capacity_mut()[..m * width], a, 0);
+        for rows in band_rows(m) {
+            let (out_band, out_tail) = out_rest.split_at_mut(rows * width);
+            let (a_band, a_tail) = a_rest.split_at(rows * k);
+            tasks.push((row0, out_band, a_band));
+            (out_rest, a_rest, row0) = (out_tail, a_tail, row0 + rows);
+        }
+        tasks.into_par_iter().for_each(|(row0, out_band, a_band)| {
+            let rows = a_band.len() / k;
+            let micro_blocks = rows.div_ceil(MICRO_ROWS);
+            // All of the band's steps packed once, input block after input block (each pair
+            // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
+            let mut a_packed: Vec<T> = vec![T::ZERO; micro_blocks * MICRO_ROWS * k];
+            for k0 in (0..k).step_by(DEPTH) {
+                let depth = (k - k0).min(DEPTH);
+                let blocks = &mut a_packed[micro_blocks * MICRO_ROWS * k0..];
+                for (rows_in, dst) in a_band
+                    .chunks(MICRO_ROWS * k)
+                    .zip(blocks.chunks_exact_mut(MICRO_ROWS * depth))
+                {
+                    pack_micro_block(rows_in, k, k0..k0 + depth, dst);
+                }
+            }
+            // Zeroed once (24 KiB at most), so that every value is always initialised; the
+            // first input block's calls overwrite all of it for each pair.
+            let mut tile = vec![MaybeUninit::new(0f32); rows * PAIR];
+            let panels = n / PANEL;
+            for j in 0..n / PAIR {
+                for p in [2 * j, 2 * j + 1] {
+                    for k0 in (0..k).step_by(DEPTH) {
+                        let depth = (k - k0).min(DEPTH);
+                        let b_block = &b[(p * k + k0) * PANEL..(p * k + k0 + depth) * PANEL];
+                        // The block of B that comes next, fetched into L2 meanwhile.
+                        let next_b = if k0 + depth < k {
+                            (p * k + k0 + depth) * PANEL
+                        } else if p + 1 < panels {
+                            (p + 1) * k * PANEL
+                        } else {
+                            0
+                        };
+                        let a_blocks = &a_packed[micro_blocks * MICRO_ROWS * k0..];
+                        for mb in 0..micro_blocks {
+                            let r0 = mb * MICRO_ROWS;
+                            let block = Block {
+                                rows: (rows - r0).min(MICRO_ROWS),
+                                depth,
+                                ldc: PAIR,
+                                cols: PANEL,
+                                resume: k0 > 0,
+                                prefetch_b: if mb < 4 {
+                                    b.as_ptr().wrapping_add(next_b + mb * depth * PANEL / 4)
+                                } else {
+                                    b_block.as_ptr()
+                                }
+                                .cast(),
+                                prefetch_c: tile
+                                    .as_ptr()
+                                    .wrapping_add((r0 + MICRO_ROWS) * PAIR)
+                                    .cast(),
+                            };
+                            let a_block =
+                                &a_blocks[mb * MICRO_ROWS * depth..(mb + 1) * MICRO_ROWS * depth];
+                            let c = &mut tile[r0 * PAIR + (p % 2) * PANEL..];
+                            micro::<K>(&block, a_block, b_block, c);
+                        }
+                    }
+                }
+                // SAFETY: every value of the tile is initialised (zeroed, then written by the
+                // kernel), and MaybeUninit<f32> has f32's layout.
+                let done: &mut [f32] =
+                    unsafe { std::slice::from_raw_parts_mut(tile.as_mut_ptr().cast(), tile.len()) };
+                epilogue(row0, j, done, out_band);
+            }
+        });
+        // SAFETY: the epilogues wrote every value of every band (the caller's contract), and
+        // the bands cover all m * width values.
+        unsafe { out.set_len(m * width) };
+        out
+    }
+}
+
+/// The rows of each band of a product of `m` rows: as many bands as keep every thread busy,
+/// none over BAND_ROWS, and each a whole number of micro blocks but the last: a band's ragged
+/// last block runs a narrower kernel (when every band had one, those took about 7% of the time).
+fn band_rows(m: usize) -> Vec<usize> {
+    let threads = rayon::current_num_threads().max(1);
+    let bands = m.div_ceil(BAND_ROWS).div_ceil(threads) * threads;
+    let blocks = m.div_ceil(MICRO_ROWS);
+    let mut left = m;
+    let mut out = Vec::with_capacity(bands);
+    for band in 0..bands {
+        let band_blocks = blocks / bands + usize::from(band < blocks % bands);
+        let rows = (band_blocks * MICRO_ROWS).min(left);
+        if rows > 0 {
+            out.push(rows);
+            left -= rows;
+        }
+    }
+    debug_assert_eq!(left, 0);
+    out
 }
 
 fn panel_matmul<K: Kernel>(
@@ -179,20 +310,9 @@ fn panel_matmul<K: Kernel>(
     let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
     // SAFETY: MaybeUninit needs no initialisation.
     unsafe { c.set_len(m * n) };
-    // Bands of rows, as many as keep every thread busy, none over BAND_ROWS, and each a whole
-    // number of micro blocks but the last: a band's ragged last block runs a narrower kernel
-    // (when every band had one, those took about 7% of the time).
-    let threads = rayon::current_num_threads().max(1);
-    let bands = m.div_ceil(BAND_ROWS).div_ceil(threads) * threads;
-    let blocks = m.div_ceil(MICRO_ROWS);
-    let mut tasks = Vec::with_capacity(bands);
+    let mut tasks = Vec::new();
     let (mut c_rest, mut a_rest, mut row0) = (&mut c[..], a, 0);
-    for band in 0..bands {
-        let band_blocks = blocks / bands + usize::from(band < blocks % bands);
-        let rows = (band_blocks * MICRO_ROWS).min(a_rest.len() / k);
-        if rows == 0 {
-            continue;
-        }
+    for rows in band_rows(m) {
         let (c_band, c_tail) = c_rest.split_at_mut(rows * n);
         let (a_band, a_tail) = a_rest.split_at(rows * k);
         tasks.push((row0, c_band, a_band));

@@ -1,0 +1,186 @@
+//! A gated MLP's fused product (`matmul_gated` on weights packed from `interleave_gate_up`)
+//! gives exactly the bits of the product of the plain (gate | up) weights followed by the bias
+//! and `Rows::gated`, for every kernel of every dtype this CPU runs: the fusion moves where the
+//! outputs live, never how they are computed. Each test prints which kernels ran
+//! (`--nocapture`).
+
+use llmembed_kernels::{
+    Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows,
+    gated_width, interleave_gate_up,
+};
+
+/// (rows, inputs, ffn): several bands of rows and a ragged last micro block (200, 29), a
+/// ragged last panel pair (ffn 45, 33, 7), several passes over the inputs (f32: K > 1024
+/// steps; int8: K / 4 > 1024), one row.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (200, 70, 33),
+    (29, 2100, 45),
+    (100, 577, 64),
+    (5, 3, 7),
+    (1, 4201, 32),
+];
+
+/// Inputs with a few large channels (so that int8 rows have outliers), weights and a bias
+/// for (gate | up), K x 2 ffn.
+fn inputs(m: usize, k: usize, ffn: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| {
+            let v = ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+            if (i % k) % 37 == 5 { 40.0 * v } else { v }
+        })
+        .collect();
+    let w: Vec<f32> = (0..k * 2 * ffn)
+        .map(|i| ((i * 104729 % 997) as f32 / 498.5) - 1.0)
+        .collect();
+    let b: Vec<f32> = (0..2 * ffn).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+    (x, w, b)
+}
+
+/// The unfused reference: `y = x @ w (+ b)`, then `Rows::gated`.
+fn reference(mut y: Vec<f32>, bias: Option<&[f32]>, ffn: usize, gelu: bool) -> Vec<f32> {
+    if let Some(b) = bias {
+        Rows::best().add_bias(&mut y, b);
+    }
+    Rows::best().gated(&y, ffn, gelu)
+}
+
+/// Runs `check(kernel name, x, plain w, interleaved w, shape, gated)` over every shape,
+/// activation and bias.
+fn each_case(mut check: impl FnMut(&[f32], &[f32], &[f32], (usize, usize, usize), Gated)) {
+    for &(m, k, ffn) in SHAPES {
+        let (x, w, b) = inputs(m, k, ffn);
+        let wide = interleave_gate_up(&w, k, ffn);
+        let wide_bias = interleave_gate_up(&b, 1, ffn);
+        assert_eq!(wide.len(), k * gated_width(ffn));
+        for gelu in [false, true] {
+            for bias in [None, Some(&wide_bias[..])] {
+                let g = Gated { ffn, gelu, bias };
+                check(&x, &w, &wide, (m, k, ffn), g);
+            }
+        }
+    }
+}
+
+/// The plain bias of a case whose interleaved bias is `g.bias`.
+fn plain_bias(g: &Gated, ffn: usize) -> Option<Vec<f32>> {
+    g.bias.map(|_| inputs(1, 1, ffn).2)
+}
+
+#[test]
+fn fused_f32_and_bf16_products_give_the_unfused_bits() {
+    let f32_kernels: Vec<F32Kernel> = [F32Kernel::Avx512, F32Kernel::Candle]
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    let bf16_kernels: Vec<Bf16Kernel> = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32]
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    println!(
+        "f32 kernels {:?}, bf16 kernels {:?}",
+        f32_kernels.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        bf16_kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    let mut cases = 0;
+    each_case(|x, w, wide, (m, k, ffn), g| {
+        let b = plain_bias(&g, ffn);
+        for &kernel in &f32_kernels {
+            let plain = PackedF32::with_kernel(w, k, 2 * ffn, kernel).unwrap();
+            let want = reference(plain.matmul(x, m).unwrap(), b.as_deref(), ffn, g.gelu);
+            let fused = PackedF32::with_kernel(wide, k, gated_width(ffn), kernel).unwrap();
+            let got = fused.matmul_gated(x, m, &g).unwrap();
+            assert_eq!(got.len(), m * ffn);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "f32 {} ({m}, {k}, {ffn}) {g:?}", kernel.name());
+            cases += 1;
+        }
+        for &kernel in &bf16_kernels {
+            let plain = PackedBf16::new(w, k, 2 * ffn, kernel).unwrap();
+            let want = reference(plain.matmul(x, m).unwrap(), b.as_deref(), ffn, g.gelu);
+            let fused = PackedBf16::new(wide, k, gated_width(ffn), kernel).unwrap();
+            let got = fused.matmul_gated(x, m, &g).unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "bf16 {} ({m}, {k}, {ffn}) {g:?}", kernel.name());
+            cases += 1;
+        }
+    });
+    assert!(cases >= SHAPES.len() * 4 * 2);
+}
+
+#[test]
+fn fused_int8_products_give_the_unfused_bits_with_outliers() {
+    let kernels: Vec<I8Kernel> = [I8Kernel::Vnni, I8Kernel::Portable]
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    println!(
+        "int8 kernels {:?}",
+        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    each_case(|x, w, wide, (m, k, ffn), g| {
+        let b = plain_bias(&g, ffn);
+        for &kernel in &kernels {
+            for rule in [Outliers::DEFAULT, Outliers::NONE] {
+                let plain = PackedI8::new(w, k, 2 * ffn, kernel, rule).unwrap();
+                let want = reference(plain.matmul(x, m).unwrap(), b.as_deref(), ffn, g.gelu);
+                let fused = PackedI8::new(wide, k, gated_width(ffn), kernel, rule).unwrap();
+                let got = fused.matmul_gated(x, m, &g).unwrap();
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "int8 {} {rule:?} ({m}, {k}, {ffn}) {g:?}",
+                    kernel.name()
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn gated_products_check_their_shapes() {
+    let (x, w, _) = inputs(3, 8, 40);
+    let wide = interleave_gate_up(&w, 8, 40);
+    let packed = PackedF32::new(&wide, 8, gated_width(40)).unwrap();
+    let short = [0f32; 10];
+    let cases = [
+        (
+            Gated {
+                ffn: 32,
+                gelu: false,
+                bias: None,
+            },
+            "not the 64 of a gated MLP 32 wide",
+        ),
+        (
+            Gated {
+                ffn: 40,
+                gelu: false,
+                bias: Some(&short),
+            },
+            "bias has 10 values, not 128",
+        ),
+    ];
+    for (g, want) in cases {
+        let e = packed.matmul_gated(&x, 3, &g).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let g = Gated {
+        ffn: 40,
+        gelu: true,
+        bias: None,
+    };
+    let e = packed
+        .matmul_gated(&x[..20], 3, &g)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("input has 20 values, not 3 rows of 8"), "{e}");
+}
