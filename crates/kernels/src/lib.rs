@@ -9,7 +9,8 @@
 //!   `LLMEMBED_NO_AVX512BF16=1` turn the first two off). int8 ([`PackedI8`]): weights
 //!   quantised per output column at pack time, activations per row at each product, exact int32
 //!   sums by AVX512-VNNI `vpdpbusd` or a portable loop (the same bits), outlier channels of a
-//!   row in f32 ([`Outliers`]).
+//!   row in f32 ([`Outliers`]). Each has `matmul_gated`: a gated MLP's gate and up products
+//!   and its activation in one pass ([`interleave_gate_up`], [`Gated`]).
 //! * [`Rows`]: RMSNorm, LayerNorm, residual add (fused with the next RMSNorm), bias, SiLU/GELU
 //!   and the gated MLP activation, on (rows, width) f32 slices, split across rayon's threads.
 //! * [`attention`]: causal self-attention over sequences packed row after row (q/k RMSNorm,
