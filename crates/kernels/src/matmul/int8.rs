@@ -851,7 +851,7 @@ mod tests {
             let mut lanes = [0f32; LANES];
             for (i, l) in lanes.iter_mut().enumerate() {
                 let h = (seed.wrapping_mul(2654435761) ^ (i as u32).wrapping_mul(40503)) % 97;
-                *l = if h % 5 == 0 {
+                *l = if h.is_multiple_of(5) {
                     0.0
                 } else {
                     (h % 11) as f32 * 0.5
