@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend_on};
 use llmembed_kernels::{
-    Bf16Kernel, F32Kernel, I8Kernel, Isa, Outliers, PackedBf16, PackedF32, PackedI8, Rows,
+    Bf16Kernel, F32Kernel, Gated, I8Kernel, Isa, Outliers, PackedBf16, PackedF32, PackedI8, Rows,
+    gated_width, interleave_gate_up,
 };
 
 const ROWS: usize = 512;
@@ -150,6 +151,61 @@ fn main() {
             );
         }
     }
+
+    // A gated MLP's first product and its activation, as two steps (the product, then
+    // `Rows::gated`) and fused (`matmul_gated` on the interleaved weights): microseconds for
+    // 512 rows of SmolLM2's gate and up (576 -> 2 x 1536), SiLU.
+    let (hidden, ffn) = (576, 1536);
+    let x = values(ROWS * hidden, 8);
+    let w = values(hidden * 2 * ffn, 9);
+    let wide = interleave_gate_up(&w, hidden, ffn);
+    let gated = Gated {
+        ffn,
+        gelu: false,
+        bias: None,
+    };
+    let report = |dtype: &str, two_steps: f64, fused: f64| {
+        println!(
+            "gated mlp {dtype:>4}: product + activation {:7.0} us, fused {:7.0} us ({:.2}x)",
+            two_steps * 1e6,
+            fused * 1e6,
+            two_steps / fused
+        );
+    };
+    if F32Kernel::Avx512.runs_here() {
+        let plain = PackedF32::new(&w, hidden, 2 * ffn).unwrap();
+        let fused = PackedF32::new(&wide, hidden, gated_width(ffn)).unwrap();
+        let a = best(|| {
+            let y = plain.matmul(&x, ROWS).unwrap();
+            std::hint::black_box(Rows::best().gated(&y, ffn, false));
+        });
+        let b = best(|| {
+            std::hint::black_box(fused.matmul_gated(&x, ROWS, &gated).unwrap());
+        });
+        report("f32", a, b);
+    }
+    let bf16 = Bf16Kernel::detect();
+    let plain = PackedBf16::new(&w, hidden, 2 * ffn, bf16).unwrap();
+    let fused = PackedBf16::new(&wide, hidden, gated_width(ffn), bf16).unwrap();
+    let a = best(|| {
+        let y = plain.matmul(&x, ROWS).unwrap();
+        std::hint::black_box(Rows::best().gated(&y, ffn, false));
+    });
+    let b = best(|| {
+        std::hint::black_box(fused.matmul_gated(&x, ROWS, &gated).unwrap());
+    });
+    report("bf16", a, b);
+    let int8 = I8Kernel::detect();
+    let plain = PackedI8::new(&w, hidden, 2 * ffn, int8, Outliers::DEFAULT).unwrap();
+    let fused = PackedI8::new(&wide, hidden, gated_width(ffn), int8, Outliers::DEFAULT).unwrap();
+    let a = best(|| {
+        let y = plain.matmul(&x, ROWS).unwrap();
+        std::hint::black_box(Rows::best().gated(&y, ffn, false));
+    });
+    let b = best(|| {
+        std::hint::black_box(fused.matmul_gated(&x, ROWS, &gated).unwrap());
+    });
+    report("int8", a, b);
 
     let levels = [Some(Isa::baseline()), Isa::avx512()];
     let (h, f) = (576, 1536);
