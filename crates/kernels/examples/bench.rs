@@ -164,7 +164,13 @@ fn main() {
         gelu: false,
         bias: None,
     };
-    let report = |dtype: &str, two_steps: f64, fused: f64| {
+    let both_ways = |dtype: &str, product: &dyn Fn() -> Vec<f32>, fused: &dyn Fn() -> Vec<f32>| {
+        let two_steps = best(|| {
+            std::hint::black_box(Rows::best().gated(&product(), ffn, false));
+        });
+        let fused = best(|| {
+            std::hint::black_box(fused());
+        });
         println!(
             "gated mlp {dtype:>4}: product + activation {:7.0} us, fused {:7.0} us ({:.2}x)",
             two_steps * 1e6,
@@ -174,38 +180,23 @@ fn main() {
     };
     if F32Kernel::Avx512.runs_here() {
         let plain = PackedF32::new(&w, hidden, 2 * ffn).unwrap();
-        let fused = PackedF32::new(&wide, hidden, gated_width(ffn)).unwrap();
-        let a = best(|| {
-            let y = plain.matmul(&x, ROWS).unwrap();
-            std::hint::black_box(Rows::best().gated(&y, ffn, false));
+        let wide = PackedF32::new(&wide, hidden, gated_width(ffn)).unwrap();
+        both_ways("f32", &|| plain.matmul(&x, ROWS).unwrap(), &|| {
+            wide.matmul_gated(&x, ROWS, &gated).unwrap()
         });
-        let b = best(|| {
-            std::hint::black_box(fused.matmul_gated(&x, ROWS, &gated).unwrap());
-        });
-        report("f32", a, b);
     }
     let bf16 = Bf16Kernel::detect();
     let plain = PackedBf16::new(&w, hidden, 2 * ffn, bf16).unwrap();
     let fused = PackedBf16::new(&wide, hidden, gated_width(ffn), bf16).unwrap();
-    let a = best(|| {
-        let y = plain.matmul(&x, ROWS).unwrap();
-        std::hint::black_box(Rows::best().gated(&y, ffn, false));
+    both_ways("bf16", &|| plain.matmul(&x, ROWS).unwrap(), &|| {
+        fused.matmul_gated(&x, ROWS, &gated).unwrap()
     });
-    let b = best(|| {
-        std::hint::black_box(fused.matmul_gated(&x, ROWS, &gated).unwrap());
-    });
-    report("bf16", a, b);
     let int8 = I8Kernel::detect();
     let plain = PackedI8::new(&w, hidden, 2 * ffn, int8, Outliers::DEFAULT).unwrap();
     let fused = PackedI8::new(&wide, hidden, gated_width(ffn), int8, Outliers::DEFAULT).unwrap();
-    let a = best(|| {
-        let y = plain.matmul(&x, ROWS).unwrap();
-        std::hint::black_box(Rows::best().gated(&y, ffn, false));
+    both_ways("int8", &|| plain.matmul(&x, ROWS).unwrap(), &|| {
+        fused.matmul_gated(&x, ROWS, &gated).unwrap()
     });
-    let b = best(|| {
-        std::hint::black_box(fused.matmul_gated(&x, ROWS, &gated).unwrap());
-    });
-    report("int8", a, b);
 
     let levels = [Some(Isa::baseline()), Isa::avx512()];
     let (h, f) = (576, 1536);
