@@ -352,28 +352,24 @@ impl PackedI8 {
         // Each outlier channel's int8 weights as f32, once per call: the rows that share a
         // channel (a batch of 512 rows of SmolLM2 or Gemma-3 has 100-150 distinct outlier
         // channels for its 1-8 a row) read one contiguous row instead of gathering it from
-        // every panel again.
-        let mut channels: Vec<usize> = rows
-            .iter()
-            .zip(slots.chunks_exact(slot_len))
-            .flat_map(|(r, s)| s[..r.outliers].iter().map(|&(_, ch)| ch))
-            .collect();
-        channels.sort_unstable();
-        channels.dedup();
-        let weight_rows: Vec<Vec<f32>> = channels
+        // every panel again. Indexed by channel (empty for the others), so that the rows'
+        // slots need no second pass: each pass over the rows is a fork and join of the threads,
+        // and an int8 product had four of them.
+        let mut used = vec![false; k];
+        for (r, s) in rows.iter().zip(slots.chunks_exact(slot_len)) {
+            for &(_, ch) in &s[..r.outliers] {
+                used[ch] = true;
+            }
+        }
+        let channels: Vec<usize> = (0..k).filter(|&ch| used[ch]).collect();
+        let unpacked: Vec<Vec<f32>> = channels
             .par_iter()
             .map(|&ch| self.channel_weights(ch))
             .collect();
-        // Each row's outliers as (value, index into `weight_rows`), in their slots.
-        slots
-            .par_chunks_exact_mut(slot_len)
-            .zip(&rows)
-            .with_min_len(ROWS_PER_TASK)
-            .for_each(|(s, r)| {
-                for (_, ch) in &mut s[..r.outliers] {
-                    *ch = channels.binary_search(ch).expect("channel listed above");
-                }
-            });
+        let mut weight_rows = vec![Vec::new(); k];
+        for (ch, w) in channels.into_iter().zip(unpacked) {
+            weight_rows[ch] = w;
+        }
         Ok(QuantInput {
             a,
             rows,
@@ -388,10 +384,11 @@ impl PackedI8 {
 struct QuantInput {
     a: Vec<u32>,
     rows: Vec<QuantRow>,
-    /// `slot_len` per row: (value, index into `weight_rows`), the first `rows[r].outliers`.
+    /// `slot_len` per row: (value, channel), the first `rows[r].outliers`.
     slots: Vec<(f32, usize)>,
     slot_len: usize,
-    /// Each outlier channel's int8 weights as f32, for every output.
+    /// Per input channel, its int8 weights as f32 for every output where some row has it as
+    /// an outlier; empty for the others.
     weight_rows: Vec<Vec<f32>>,
 }
 
@@ -736,9 +733,9 @@ multiversion! {
 }
 
 /// What every row of a product shares when its sums become outputs: per output column the
-/// u8 shift's constant and `s_w`, and each outlier channel's weights as f32 for every output;
-/// all of them `n` long (checked once here, not at each of the many short [`descale`] calls of
-/// a gated product's tiles).
+/// u8 shift's constant and `s_w` (both `n` long, checked once here rather than at each of the
+/// many short [`descale`] calls of a gated product's tiles), and per input channel its int8
+/// weights as f32 where some row has it as an outlier.
 struct OutputColumns<'a> {
     shift: &'a [i32],
     scales: &'a [f32],
@@ -749,7 +746,7 @@ struct OutputColumns<'a> {
 impl<'a> OutputColumns<'a> {
     fn new(shift: &'a [i32], scales: &'a [f32], weight_rows: &'a [Vec<f32>]) -> Self {
         let n = shift.len();
-        assert!(scales.len() == n && weight_rows.iter().all(|w| w.len() == n));
+        assert_eq!(scales.len(), n);
         OutputColumns {
             shift,
             scales,
@@ -762,8 +759,8 @@ impl<'a> OutputColumns<'a> {
 /// Outputs `col..col + y.len()` of one row from their exact sums (int32 bits in `y`): the u8
 /// shift undone, then `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier
 /// channels' f32 products `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v,
-/// index into `weight_rows`). With AVX-512, sixteen outputs at a time (the same operations in
-/// the same order, so the same bits).
+/// channel), each channel's row of `weight_rows` `n` long (checked). With AVX-512, sixteen
+/// outputs at a time (the same operations in the same order, so the same bits).
 fn descale(
     isa: Isa,
     y: &mut [f32],
@@ -773,7 +770,12 @@ fn descale(
     columns: &OutputColumns,
 ) {
     assert!(col + y.len() <= columns.n);
-    assert!(outliers.iter().all(|&(_, w)| w < columns.weight_rows.len()));
+    assert!(outliers.iter().all(|&(_, ch)| {
+        columns
+            .weight_rows
+            .get(ch)
+            .is_some_and(|w| w.len() == columns.n)
+    }));
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx512() {
@@ -802,7 +804,7 @@ fn descale(
 ///
 /// # Safety
 /// The CPU has AVX-512F; `col + y.len() <= columns.n` (every column slice holds `n` values),
-/// and every outlier's index is one of `columns.weight_rows`.
+/// and every outlier's channel has a row of `columns.weight_rows` `n` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn descale_avx512(
