@@ -24,6 +24,7 @@
 //! The weights are packed once into such tiles: for each block of 32 output columns, for each
 //! block of 32 inputs, two 1 KiB tiles (columns 0..16 and 16..32 of the block).
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -252,7 +253,7 @@ impl PackedBf16 {
                 let rounded: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
                 w.matmul(&rounded, m)
             }
-            Repr::Pairs(w) => Ok(w.matmul::<DotBf16>(&bf16_pairs(x, m, k), m)),
+            Repr::Pairs(w) => Ok(w.matmul_from::<DotBf16>(&band_pairs(x, k), m)),
             #[cfg(target_arch = "x86_64")]
             Repr::Tiles { kp, np, data } => Ok(amx::matmul(x, m, k, *kp, data, *np, self.n)),
             #[cfg(not(target_arch = "x86_64"))]
@@ -270,17 +271,21 @@ impl PackedBf16 {
     pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
         gated.check("bf16 gated matmul", self.n)?;
         match &self.repr {
-            Repr::Pairs(w) if m * self.k == x.len() => {
-                let pairs = bf16_pairs(x, m, self.k);
-                Ok(
-                    w.matmul_pairs::<DotBf16>(&pairs, m, gated.ffn, |_, j, tile, out| {
-                        gated.finish_pair(j, tile, out)
-                    }),
-                )
-            }
+            Repr::Pairs(w) if m * self.k == x.len() => Ok(w.matmul_pairs_from::<DotBf16>(
+                &band_pairs(x, self.k),
+                m,
+                gated.ffn,
+                |_, j, tile, out| gated.finish_pair(j, tile, out),
+            )),
             _ => Ok(gated.after(self.matmul(x, m)?, m)),
         }
     }
+}
+
+/// The steps of a band of `x`'s rows (k values each), rounded to bf16 pairs by the band's own
+/// task ([`Panels::matmul_from`]).
+fn band_pairs(x: &[f32], k: usize) -> impl Fn(usize, usize) -> Cow<'static, [u32]> + Sync + '_ {
+    move |row0, rows| Cow::Owned(bf16_pairs(&x[row0 * k..(row0 + rows) * k], rows, k))
 }
 
 /// `x` (m rows of k) rounded to bf16 pairs, the steps of [`DotBf16`].

@@ -19,6 +19,7 @@
 //! row's position in it or the thread split, so a text's vectors do not depend on its
 //! neighbours.
 
+use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
@@ -155,13 +156,22 @@ impl<T: Step> Panels<T> {
         m: usize,
         finish: impl Fn(usize, &mut [f32]) + Sync,
     ) -> Vec<f32> {
-        assert_eq!(
-            a.len(),
-            m * self.k,
-            "panel matmul: A is not ({m}, {})",
-            self.k
-        );
-        panel_matmul::<K>(a, m, self.k, self.as_slice(), self.n, &finish)
+        let k = self.k;
+        assert_eq!(a.len(), m * k, "panel matmul: A is not ({m}, {k})");
+        let steps = |row0: usize, rows: usize| Cow::Borrowed(&a[row0 * k..(row0 + rows) * k]);
+        panel_matmul::<K>(&steps, m, k, self.as_slice(), self.n, &finish)
+    }
+
+    /// [`Panels::matmul`] with each band's rows of A made by `steps(first_row, rows)` ((rows,
+    /// k) steps, row-major) inside the band's own task: bf16 rounds its activations there,
+    /// instead of in a pass of its own over all rows before the product (one fork and join of
+    /// the threads less, and the rounded rows still in cache when they are packed).
+    pub fn matmul_from<K: Kernel<Step = T>>(
+        &self,
+        steps: &BandSteps<'_, '_, T>,
+        m: usize,
+    ) -> Vec<f32> {
+        panel_matmul::<K>(steps, m, self.k, self.as_slice(), self.n, &|_, _| {})
     }
 
     /// `a @ self` for weights packed as gate/up pairs ([`super::interleave_gate_up`]: panel
@@ -179,8 +189,22 @@ impl<T: Step> Panels<T> {
         width: usize,
         epilogue: impl Fn(usize, usize, &mut [f32], &mut [MaybeUninit<f32>]) + Sync,
     ) -> Vec<f32> {
-        let (k, n) = (self.k, self.n);
+        let k = self.k;
         assert_eq!(a.len(), m * k, "panel matmul: A is not ({m}, {k})");
+        let steps = |row0: usize, rows: usize| Cow::Borrowed(&a[row0 * k..(row0 + rows) * k]);
+        self.matmul_pairs_from::<K>(&steps, m, width, epilogue)
+    }
+
+    /// [`Panels::matmul_pairs`] with each band's rows of A made inside its task, as
+    /// [`Panels::matmul_from`] does.
+    pub fn matmul_pairs_from<K: Kernel<Step = T>>(
+        &self,
+        steps: &BandSteps<'_, '_, T>,
+        m: usize,
+        width: usize,
+        epilogue: impl Fn(usize, usize, &mut [f32], &mut [MaybeUninit<f32>]) + Sync,
+    ) -> Vec<f32> {
+        let (k, n) = (self.k, self.n);
         assert!(
             n.is_multiple_of(PAIR),
             "panel pairs: {n} columns are not whole pairs"
@@ -191,16 +215,19 @@ impl<T: Step> Panels<T> {
         let mut out: Vec<f32> = Vec::with_capacity(m * width);
         let b = self.as_slice();
         let mut tasks = Vec::new();
-        let (mut out_rest, mut a_rest, mut row0) =
-            (&mut out.spare_capacity_mut()[..m * width], a, 0);
+        let (mut out_rest, mut row0) = (&mut out.spare_capacity_mut()[..m * width], 0);
         for rows in band_rows(m) {
             let (out_band, out_tail) = out_rest.split_at_mut(rows * width);
-            let (a_band, a_tail) = a_rest.split_at(rows * k);
-            tasks.push((row0, out_band, a_band));
-            (out_rest, a_rest, row0) = (out_tail, a_tail, row0 + rows);
+            tasks.push((row0, rows, out_band));
+            (out_rest, row0) = (out_tail, row0 + rows);
         }
-        tasks.into_par_iter().for_each(|(row0, out_band, a_band)| {
-            let rows = a_band.len() / k;
+        tasks.into_par_iter().for_each(|(row0, rows, out_band)| {
+            let a_band = steps(row0, rows);
+            assert_eq!(
+                a_band.len(),
+                rows * k,
+                "panel matmul: a band of A is not ({rows}, {k})"
+            );
             let micro_blocks = rows.div_ceil(MICRO_ROWS);
             // All of the band's steps packed once, input block after input block (each pair
             // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
@@ -294,8 +321,12 @@ fn band_rows(m: usize) -> Vec<usize> {
     out
 }
 
+/// A band's rows of A as steps: `steps(first_row, rows)` gives (rows, k) steps, row-major,
+/// borrowed from a whole A (`'a`) or made for the band.
+pub(crate) type BandSteps<'a, 'f, T> = dyn Fn(usize, usize) -> Cow<'a, [T]> + Sync + 'f;
+
 fn panel_matmul<K: Kernel>(
-    a: &[K::Step],
+    steps: &BandSteps<'_, '_, K::Step>,
     m: usize,
     k: usize,
     b: &[K::Step],
@@ -311,16 +342,19 @@ fn panel_matmul<K: Kernel>(
     // SAFETY: MaybeUninit needs no initialisation.
     unsafe { c.set_len(m * n) };
     let mut tasks = Vec::new();
-    let (mut c_rest, mut a_rest, mut row0) = (&mut c[..], a, 0);
+    let (mut c_rest, mut row0) = (&mut c[..], 0);
     for rows in band_rows(m) {
         let (c_band, c_tail) = c_rest.split_at_mut(rows * n);
-        let (a_band, a_tail) = a_rest.split_at(rows * k);
-        tasks.push((row0, c_band, a_band));
-        (c_rest, a_rest, row0) = (c_tail, a_tail, row0 + rows);
+        tasks.push((row0, rows, c_band));
+        (c_rest, row0) = (c_tail, row0 + rows);
     }
-    debug_assert!(a_rest.is_empty());
-    tasks.into_par_iter().for_each(|(row0, c_band, a_band)| {
-        let rows = a_band.len() / k;
+    tasks.into_par_iter().for_each(|(row0, rows, c_band)| {
+        let a_band = steps(row0, rows);
+        assert_eq!(
+            a_band.len(),
+            rows * k,
+            "panel matmul: a band of A is not ({rows}, {k})"
+        );
         // Steps in blocks of DEPTH, so that a panel's block of B (DEPTH x 32) stays in cache
         // while every row of the band passes over it; later blocks continue the chains from
         // the values stored in C, so the result is the unblocked chain's, bit for bit.
