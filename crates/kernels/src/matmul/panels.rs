@@ -214,20 +214,9 @@ impl<T: Step> Panels<T> {
         }
         let mut out: Vec<f32> = Vec::with_capacity(m * width);
         let b = self.as_slice();
-        let mut tasks = Vec::new();
-        let (mut out_rest, mut row0) = (&mut out.spare_capacity_mut()[..m * width], 0);
-        for rows in band_rows(m) {
-            let (out_band, out_tail) = out_rest.split_at_mut(rows * width);
-            tasks.push((row0, rows, out_band));
-            (out_rest, row0) = (out_tail, row0 + rows);
-        }
-        tasks.into_par_iter().for_each(|(row0, rows, out_band)| {
-            let a_band = steps(row0, rows);
-            assert_eq!(
-                a_band.len(),
-                rows * k,
-                "panel matmul: a band of A is not ({rows}, {k})"
-            );
+        let out_rows = &mut out.spare_capacity_mut()[..m * width];
+        par_bands(m, k, steps, out_rows, width, |row0, a_band, out_band| {
+            let rows = out_band.len() / width;
             let micro_blocks = rows.div_ceil(MICRO_ROWS);
             // All of the band's steps packed once, input block after input block (each pair
             // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
@@ -300,6 +289,35 @@ impl<T: Step> Panels<T> {
     }
 }
 
+/// Runs `band(first_row, a_band, out_band)` on every band of a product of `m` rows
+/// ([`band_rows`]), in parallel: `out` (m rows of `width`) split into the bands' rows, and each
+/// band's rows of A from `steps`, made in the band's task and checked to be (rows, k).
+fn par_bands<T: Step, O: Send>(
+    m: usize,
+    k: usize,
+    steps: &BandSteps<'_, '_, T>,
+    out: &mut [O],
+    width: usize,
+    band: impl Fn(usize, &[T], &mut [O]) + Sync,
+) {
+    let mut tasks = Vec::new();
+    let (mut rest, mut row0) = (out, 0);
+    for rows in band_rows(m) {
+        let (mine, tail) = rest.split_at_mut(rows * width);
+        tasks.push((row0, rows, mine));
+        (rest, row0) = (tail, row0 + rows);
+    }
+    tasks.into_par_iter().for_each(|(row0, rows, out_band)| {
+        let a_band = steps(row0, rows);
+        assert_eq!(
+            a_band.len(),
+            rows * k,
+            "panel matmul: a band of A is not ({rows}, {k})"
+        );
+        band(row0, &a_band, out_band)
+    });
+}
+
 /// The rows of each band of a product of `m` rows: as many bands as keep every thread busy,
 /// none over BAND_ROWS, and each a whole number of micro blocks but the last: a band's ragged
 /// last block runs a narrower kernel (when every band had one, those took about 7% of the time).
@@ -341,20 +359,8 @@ fn panel_matmul<K: Kernel>(
     let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
     // SAFETY: MaybeUninit needs no initialisation.
     unsafe { c.set_len(m * n) };
-    let mut tasks = Vec::new();
-    let (mut c_rest, mut row0) = (&mut c[..], 0);
-    for rows in band_rows(m) {
-        let (c_band, c_tail) = c_rest.split_at_mut(rows * n);
-        tasks.push((row0, rows, c_band));
-        (c_rest, row0) = (c_tail, row0 + rows);
-    }
-    tasks.into_par_iter().for_each(|(row0, rows, c_band)| {
-        let a_band = steps(row0, rows);
-        assert_eq!(
-            a_band.len(),
-            rows * k,
-            "panel matmul: a band of A is not ({rows}, {k})"
-        );
+    par_bands(m, k, steps, &mut c, n, |row0, a_band, c_band| {
+        let rows = c_band.len() / n;
         // Steps in blocks of DEPTH, so that a panel's block of B (DEPTH x 32) stays in cache
         // while every row of the band passes over it; later blocks continue the chains from
         // the values stored in C, so the result is the unblocked chain's, bit for bit.
