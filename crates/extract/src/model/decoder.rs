@@ -135,18 +135,8 @@ impl Weight {
         }
     }
 
-    /// `w` is (in, out) f32.
-    pub fn new(w: Tensor, compute: ComputeDtype) -> Result<Weight> {
-        let (k, n) = w.dims2().map_err(cerr("pack weights"))?;
-        let values: Vec<f32> = w
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(cerr("pack weights"))?;
-        Weight::from_values(&values, k, n, compute)
-    }
-
-    /// `values` is (k, n) f32, row-major.
-    fn from_values(values: &[f32], k: usize, n: usize, compute: ComputeDtype) -> Result<Weight> {
+    /// `values` is (k = in, n = out) f32, row-major.
+    fn new(values: &[f32], k: usize, n: usize, compute: ComputeDtype) -> Result<Weight> {
         let pack = |e: llmembed_kernels::Error| Error::compute(e.op, e.message);
         Ok(match compute {
             ComputeDtype::F32 => Weight::F32(PackedF32::new(values, k, n).map_err(pack)?),
@@ -158,6 +148,36 @@ impl Weight {
             ),
         })
     }
+}
+
+/// Weights fused along their outputs and transposed: `w` is (k = in, n = out) f32 row-major.
+struct Fused {
+    w: Vec<f32>,
+    k: usize,
+    n: usize,
+    b: Option<Vec<f32>>,
+}
+
+/// Weights (out, in) as PyTorch stores them, fused along `out` and transposed, with the biases
+/// fused the same way.
+fn fused(ws: &[Tensor], bs: Option<&[Tensor]>) -> Result<Fused> {
+    let e = cerr("fuse and transpose weights");
+    let w = Tensor::cat(ws, 0)
+        .and_then(|w| w.t())
+        .and_then(|w| w.contiguous())
+        .and_then(|w| w.to_dtype(DType::F32))
+        .map_err(&e)?;
+    let (k, n) = w.dims2().map_err(&e)?;
+    let values = w.flatten_all().and_then(|t| t.to_vec1()).map_err(&e)?;
+    let b = bs
+        .map(|bs| Tensor::cat(bs, 0).map_err(cerr("fuse biases")))
+        .transpose()?;
+    Ok(Fused {
+        w: values,
+        k,
+        n,
+        b: b.as_ref().map(vector).transpose()?,
+    })
 }
 
 /// The outlier rule of `compute: int8`: [`Outliers::DEFAULT`], or none when
@@ -172,52 +192,37 @@ fn int8_outliers() -> Outliers {
 }
 
 impl Linear {
-    /// A dense layer from (out, in) weights as PyTorch stores them, fused along `out` (q, k, v
-    /// into one product; gate and up into another), with their biases fused the same way.
+    /// A dense layer from (out, in) weights as PyTorch stores them, fused along `out` (q, k
+    /// and v into one product), with their biases fused the same way.
     pub fn new(ws: &[Tensor], bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
-        let w = Tensor::cat(ws, 0)
-            .and_then(|w| w.t())
-            .and_then(|w| w.contiguous())
-            .and_then(|w| w.to_dtype(DType::F32))
-            .map_err(cerr("fuse and transpose weights"))?;
-        let b = bs
-            .map(|bs| Tensor::cat(bs, 0).map_err(cerr("fuse biases")))
-            .transpose()?;
+        let Fused { w, k, n, b } = fused(ws, bs)?;
         Ok(Linear {
-            w: Weight::new(w, compute)?,
-            b: b.as_ref().map(vector).transpose()?,
+            w: Weight::new(&w, k, n, compute)?,
+            b,
         })
     }
 
-    /// A gated MLP's gate and up projections, (out, in) each as PyTorch stores them, packed
-    /// side by side for [`Linear::forward_gated`] (`interleave_gate_up`), biases likewise.
-    pub fn gated(
-        gate_up: [Tensor; 2],
-        bs: Option<[Tensor; 2]>,
-        compute: ComputeDtype,
-    ) -> Result<Linear> {
-        let e = cerr("fuse and transpose gate and up weights");
-        let ffn = gate_up[0].dims2().map_err(&e)?.0;
-        let w = Tensor::cat(&gate_up, 0)
-            .and_then(|w| w.t())
-            .and_then(|w| w.contiguous())
-            .and_then(|w| w.to_dtype(DType::F32))
-            .map_err(&e)?;
-        let (k, n) = w.dims2().map_err(&e)?;
-        if n != 2 * ffn {
+    /// A gated MLP's gate and up projections (`ws`, `bs`: gate then up), packed side by side
+    /// for [`Linear::forward_gated`] (`interleave_gate_up`), biases likewise.
+    pub fn gated(ws: &[Tensor], bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
+        let Fused { w, k, n, b } = fused(ws, bs)?;
+        let ffn = n / 2;
+        if ws.len() != 2 || 2 * ffn != n || ws[0].dims()[0] != ffn {
             return Err(Error::compute(
                 "fuse gate and up weights",
-                format!("gate has {ffn} outputs, up {}", n - ffn),
+                format!(
+                    "{} matrices of {n} outputs in all are not a gate and an up projection of the same width",
+                    ws.len()
+                ),
             ));
         }
-        let values: Vec<f32> = w.flatten_all().and_then(|t| t.to_vec1()).map_err(&e)?;
-        let wide = interleave_gate_up(&values, k, ffn);
-        let b = bs
-            .map(|bs| Tensor::cat(&bs, 0).map_err(cerr("fuse biases")))
-            .transpose()?;
-        let b = b.as_ref().map(vector).transpose()?;
         Ok(Linear {
-            w: Weight::from_values(&wide, k, gated_width(ffn), compute)?,
+            w: Weight::new(
+                &interleave_gate_up(&w, k, ffn),
+                k,
+                gated_width(ffn),
+                compute,
+            )?,
             b: b.map(|b| interleave_gate_up(&b, 1, ffn)),
         })
     }

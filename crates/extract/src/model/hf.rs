@@ -91,6 +91,9 @@ struct Weights {
     files: String,
 }
 
+/// How a dense layer is made from its tensors and biases: [`Linear::new`] or [`Linear::gated`].
+type MakeLinear = fn(&[Tensor], Option<&[Tensor]>, ComputeDtype) -> Result<Linear>;
+
 impl Weights {
     fn get(&self, name: &str) -> Result<Tensor> {
         let full = format!("{}{name}", self.prefix);
@@ -119,24 +122,24 @@ impl Weights {
 
     /// The dense layer of `names` fused along their outputs, with their biases when `bias`.
     fn linear(&self, names: &[String], bias: bool, compute: ComputeDtype) -> Result<Linear> {
+        self.fused(names, bias, compute, Linear::new)
+    }
+
+    /// The tensors of `names` (and their biases when `bias`) made into a layer by `make`
+    /// ([`Linear::new`], or [`Linear::gated`] for an MLP's gate and up).
+    fn fused(
+        &self,
+        names: &[String],
+        bias: bool,
+        compute: ComputeDtype,
+        make: MakeLinear,
+    ) -> Result<Linear> {
         let bs = if bias {
             Some(self.all(names, "bias")?)
         } else {
             None
         };
-        Linear::new(&self.all(names, "weight")?, bs.as_deref(), compute)
-    }
-
-    /// The gate and up projections of the MLP `m`, packed side by side ([`Linear::gated`]).
-    fn gated(&self, m: &str, bias: bool, compute: ComputeDtype) -> Result<Linear> {
-        let get = |what: &str| -> Result<[Tensor; 2]> {
-            Ok([
-                self.get(&format!("{m}.gate_proj.{what}"))?,
-                self.get(&format!("{m}.up_proj.{what}"))?,
-            ])
-        };
-        let bs = if bias { Some(get("bias")?) } else { None };
-        Linear::gated(get("weight")?, bs, compute)
+        make(&self.all(names, "weight")?, bs.as_deref(), compute)
     }
 
     fn norm(&self, name: &str, traits: &Traits) -> Result<Norm> {
@@ -519,7 +522,12 @@ fn block(w: &Weights, l: usize, c: &HfConfig, t: &Traits, compute: ComputeDtype)
     let m = format!("{p}.mlp");
     let mlp = if t.gated_mlp {
         Mlp::Gated {
-            gate_up: w.gated(&m, mlp_bias, compute)?,
+            gate_up: w.fused(
+                &[format!("{m}.gate_proj"), format!("{m}.up_proj")],
+                mlp_bias,
+                compute,
+                Linear::gated,
+            )?,
             down: w.linear(&[format!("{m}.down_proj")], mlp_bias, compute)?,
         }
     } else {

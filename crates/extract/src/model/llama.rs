@@ -51,7 +51,7 @@ pub(crate) fn block(
         .transpose()?;
     let ffn_norm = Some(Norm::rms(&t("ffn_norm")?)?);
     let mlp = Mlp::Gated {
-        gate_up: Linear::gated([t("ffn_gate")?, t("ffn_up")?], None, compute)?,
+        gate_up: Linear::gated(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
         down: Linear::new(&[t("ffn_down")?], None, compute)?,
     };
     let post_ffn_norm = sandwich

@@ -84,22 +84,10 @@ impl Gated<'_> {
     /// The epilogue of pair `j` for a band's tile (band rows x PAIR): the bias, then the
     /// activation into the band's output rows (`ffn` values each).
     pub(crate) fn finish_pair(&self, j: usize, tile: &mut [f32], out: &mut [MaybeUninit<f32>]) {
-        let isa = Isa::best();
         if let Some(b) = self.bias {
-            bias_rows(isa, tile, &b[j * PAIR..(j + 1) * PAIR]);
+            bias_rows(Isa::best(), tile, &b[j * PAIR..(j + 1) * PAIR]);
         }
-        let live = (self.ffn - j * PANEL).min(PANEL);
-        gated_tile(
-            isa,
-            tile,
-            PAIR,
-            PANEL,
-            live,
-            self.gelu,
-            out,
-            self.ffn,
-            j * PANEL,
-        );
+        self.activate_pair(j, tile, PAIR, out);
     }
 
     /// The activation of a whole product `y` (m rows of [`gated_width`] values) already made:
@@ -108,31 +96,36 @@ impl Gated<'_> {
         if self.ffn == 0 {
             return Vec::new();
         }
-        let isa = Isa::best();
         let width = gated_width(self.ffn);
         if let Some(b) = self.bias {
-            bias_rows(isa, &mut y, b);
+            bias_rows(Isa::best(), &mut y, b);
         }
         let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * self.ffn);
         // SAFETY: MaybeUninit needs no initialisation.
         unsafe { out.set_len(m * self.ffn) };
         for j in 0..width / PAIR {
-            let live = (self.ffn - j * PANEL).min(PANEL);
-            gated_tile(
-                isa,
-                &y[j * PAIR..],
-                width,
-                PANEL,
-                live,
-                self.gelu,
-                &mut out,
-                self.ffn,
-                j * PANEL,
-            );
+            self.activate_pair(j, &y[j * PAIR..], width, &mut out);
         }
         let mut out = std::mem::ManuallyDrop::new(out);
         // SAFETY: the pairs wrote all `ffn` columns of every row, and MaybeUninit<f32> has
         // f32's layout.
         unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast(), out.len(), out.capacity()) }
+    }
+
+    /// `act(gate) * up` of pair `j` (its rows `stride` apart in `pairs`, gate then up) into
+    /// columns `32j..` of the output rows.
+    fn activate_pair(&self, j: usize, pairs: &[f32], stride: usize, out: &mut [MaybeUninit<f32>]) {
+        let live = (self.ffn - j * PANEL).min(PANEL);
+        gated_tile(
+            Isa::best(),
+            pairs,
+            stride,
+            PANEL,
+            live,
+            self.gelu,
+            out,
+            self.ffn,
+            j * PANEL,
+        );
     }
 }

@@ -361,15 +361,12 @@ impl PackedI8 {
                 used[ch] = true;
             }
         }
-        let channels: Vec<usize> = (0..k).filter(|&ch| used[ch]).collect();
-        let unpacked: Vec<Vec<f32>> = channels
-            .par_iter()
-            .map(|&ch| self.channel_weights(ch))
-            .collect();
         let mut weight_rows = vec![Vec::new(); k];
-        for (ch, w) in channels.into_iter().zip(unpacked) {
-            weight_rows[ch] = w;
-        }
+        weight_rows
+            .par_iter_mut()
+            .enumerate()
+            .filter(|(ch, _)| used[*ch])
+            .for_each(|(ch, w)| *w = self.channel_weights(ch));
         Ok(QuantInput {
             a,
             rows,
