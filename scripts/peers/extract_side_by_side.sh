@@ -6,12 +6,14 @@
 # ratios of real tokens/s that issue #19's bars ask for, and each Rust run's share of the
 # 2-core limit of its instruction (2 x the per-core peak that scripts/peers/fma_peak.rs measures
 # just before and just after the Rust runs, the larger taken, over the model's GFLOP per token
-# from scripts/peers/gguf_flops.py).
+# from scripts/peers/model_flops.py).
 #
 # Usage: scripts/peers/extract_side_by_side.sh [N_TEXTS] [PYTHON] [PRESET]
 #   N_TEXTS  first N AG News test texts (default 500)
 #   PYTHON   a Python with torch, transformers, gguf, pyarrow (default /tmp/refenv/bin/python)
-#   PRESET   the model (default smollm2-135m; gemma3-270m, qwen2.5-coder-0.5b, ...)
+#   PRESET   the model (default smollm2-135m; gemma3-270m, qwen2.5-coder-0.5b, ...; the
+#            encoders minilm-l6 and mpnet-base run in fp32 and bf16 only: int8 is the
+#            decoders')
 #   XTASK    (environment) a built xtask binary to use instead of building one (a shared
 #            target dir's binary may be another worktree's)
 # Run it on an otherwise idle machine: the runs share the same two cores.
@@ -27,12 +29,17 @@ if [ -z "$xtask" ]; then
   xtask="${CARGO_TARGET_DIR:-target}/release/xtask"
 fi
 gguf=$($xtask fetch "$preset" | awk '{print $2}')
+dtypes="fp32 bf16 int8"
+computes="f32 bf16 int8"
+case "$gguf" in
+  *.safetensors) dtypes="fp32 bf16"; computes="f32 bf16" ;;
+esac
 
 tps() { grep -oE '[0-9.]+ (real )?tokens/s' | grep -oE '^[0-9.]+' | tail -1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 
 declare -A torch
-for dtype in fp32 bf16 int8; do
+for dtype in $dtypes; do
   echo "== PyTorch $dtype (2 threads)"
   out=$("$py" scripts/peers/pytorch_extract.py "$gguf" "$n" 2 "$dtype" 2>/dev/null | tail -1)
   echo "$out"
@@ -52,7 +59,7 @@ trap 'rm -rf "$peaks"' EXIT
 rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o "$peaks/fma_peak"
 "$peaks/fma_peak" > "$peaks/before"
 declare -A rust
-for compute in f32 bf16 int8; do
+for compute in $computes; do
   echo "== Rust extract, compute $compute"
   out=$($xtask bench extract --model "$preset" --texts "$n" --compute "$compute" 2>&1)
   echo "$out" | grep -E "embedded|peak|portable"
@@ -60,9 +67,11 @@ for compute in f32 bf16 int8; do
 done
 
 "$peaks/fma_peak" > "$peaks/after"
+torch[int8]="${torch[int8]:-}"
+rust[int8]="${rust[int8]:-}"
 # The larger of the two measurements of an instruction's per-core peak (GFLOP/s).
 peak() { cat "$peaks/before" "$peaks/after" | grep "$1" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+' | sort -g | tail -1; }
-gflop=$("$py" scripts/peers/gguf_flops.py "$gguf")
+gflop=$("$py" scripts/peers/model_flops.py "$gguf")
 share() { awk -v t="$1" -v p="$2" -v g="$gflop" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * t * g / (2 * p); else print "n/a" }'; }
 
 echo "== $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) (cpu family $(grep -m1 "cpu family" /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d" " -f1-3 /proc/loadavg)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch peer of `cargo xtask bench extract` (xtask/src/tools.rs): transformers on the same GGUF (dequantized to
-float32), the first N AG News test texts, tokenized with max 256 tokens, sorted by length,
+float32), or the same safetensors checkpoint (a `.safetensors` file: the encoders, MiniLM and
+MPNet, loaded from its folder), the first N AG News test texts, tokenized with max 256 tokens, sorted by length,
 batches of 16 (right padding + attention mask), every hidden state mean-pooled over real tokens.
 Prints texts/s, real tokens/s and peak RSS, like the Rust bench.
 
@@ -9,7 +10,7 @@ dtype=torch.bfloat16)`: weights and activations bfloat16) or int8 (float32 weigh
 `torch.ao.quantization.quantize_dynamic` on every nn.Linear: int8 weights, activations quantised
 per batch at each product, the x86 / fbgemm engine).
 
-Usage: /tmp/refenv/bin/python scripts/peers/pytorch_extract.py [GGUF] [N] [THREADS] [DTYPE]
+Usage: /tmp/refenv/bin/python scripts/peers/pytorch_extract.py [GGUF|SAFETENSORS] [N] [THREADS] [DTYPE]
 """
 import os
 import resource
@@ -34,11 +35,13 @@ def main():
     texts = [str(t) for t in pq.read_table(path).column("text").to_pylist()[:N]]
     d, f = os.path.split(GGUF)
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    # A GGUF file is read as transformers reads GGUF; a safetensors file's folder as a checkpoint.
+    source = {} if f.endswith(".safetensors") else {"gguf_file": f}
+    tok = AutoTokenizer.from_pretrained(d, **source)
     if DTYPE not in ("fp32", "bf16", "int8"):
         sys.exit(f"DTYPE must be fp32, bf16 or int8, not {DTYPE!r}")
     dtype = torch.bfloat16 if DTYPE == "bf16" else torch.float32
-    model = AutoModel.from_pretrained(d, gguf_file=f, dtype=dtype)
+    model = AutoModel.from_pretrained(d, dtype=dtype, **source)
     model.eval()
     if DTYPE == "int8":
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -154,11 +154,14 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// SmolLM2); a single last token is noisier (measured worst 0.99986, Gemma-3's last layer for a
 /// three-token text), bar 0.9995. Qwen2.5-Coder-0.5B's few very large residual dimensions make
 /// bf16 rounding show more (measured the same way: worst 0.99917 mean-pooled, 0.99993 last
-/// token): bars 0.998 (2x the measured 1 - cosine) and 0.999.
+/// token): bars 0.998 (2x the measured 1 - cosine) and 0.999. On a CPU without AVX512-BF16 or
+/// AMX (`matmul=f32`: the f32 panel products of the bf16-rounded values, sums in input order
+/// rather than by pairs) Gemma-3's final-norm layer came out at 0.99988 for one text (AMD Zen 3,
+/// 2026-12-04), so there the mean-pooled bar is 0.9998.
 #[test]
 fn bf16_stays_within_cosine_0_9999_of_f32() {
     for (file, label, mean_bar, last_bar) in [
-        (&SMOLLM2, "smollm2", 0.9999, 0.9995),
+        (&SMOLLM2, "smollm2", 0.9999f64, 0.9995),
         (&GEMMA3, "gemma3", 0.9999, 0.9995),
         (&QWEN25_CODER_05B, "qwen2.5-coder-0.5b", 0.998, 0.999),
     ] {
@@ -167,6 +170,12 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
             open(file, ComputeDtype::Bf16),
         ) else {
             continue;
+        };
+        let fallback = bf16m.describe().contains("matmul=f32");
+        let mean_bar = if fallback {
+            mean_bar.min(0.9998)
+        } else {
+            mean_bar
         };
         let n = f32m.num_layers();
         let h = f32m.hidden_size();

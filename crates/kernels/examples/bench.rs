@@ -61,7 +61,7 @@ fn main() {
     let flops: f64 = cases.iter().map(|c| 2.0 * (ROWS * c.k * c.n) as f64).sum();
     let gflops = |secs: f64| flops / secs / 1e9;
     // Packing is once per model: only the products are timed.
-    for kernel in [F32Kernel::Avx512, F32Kernel::Candle] {
+    for kernel in [F32Kernel::Avx512, F32Kernel::Avx2, F32Kernel::Candle] {
         if !kernel.runs_here() {
             println!(
                 "matmul f32 {:>10}: not available on this CPU",
@@ -178,7 +178,7 @@ fn main() {
             two_steps / fused
         );
     };
-    if F32Kernel::Avx512.runs_here() {
+    if F32Kernel::detect() != F32Kernel::Candle {
         let plain = PackedF32::new(&w, hidden, 2 * ffn).unwrap();
         let wide = PackedF32::new(&wide, hidden, gated_width(ffn)).unwrap();
         both_ways("f32", &|| plain.matmul(&x, ROWS).unwrap(), &|| {
@@ -198,7 +198,7 @@ fn main() {
         fused.matmul_gated(&x, ROWS, &gated).unwrap()
     });
 
-    let levels = [Some(Isa::baseline()), Isa::avx512()];
+    let levels = [Some(Isa::baseline()), Isa::avx2(), Isa::avx512()];
     let (h, f) = (576, 1536);
     let x = values(ROWS * h, 1);
     let y = values(ROWS * h, 2);
@@ -220,13 +220,14 @@ fn main() {
         causal: true,
         q_norm: None,
         k_norm: None,
+        bias: None,
     };
     // Eight texts of 64 tokens.
     let qkv = values(ROWS * 15 * 64, 5);
     let lens = [64; ROWS / 64];
     for isa in levels {
         let Some(isa) = isa else {
-            println!("rows / attention avx512: not available on this CPU");
+            println!("rows / attention: a level is not available on this CPU");
             continue;
         };
         let k = Rows::new(isa);

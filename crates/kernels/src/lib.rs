@@ -11,10 +11,12 @@
 //!   sums by AVX512-VNNI `vpdpbusd` or a portable loop (the same bits), outlier channels of a
 //!   row in f32 ([`Outliers`]). Each has `matmul_gated`: a gated MLP's gate and up products
 //!   and its activation in one pass ([`interleave_gate_up`], [`Gated`]).
-//! * [`Rows`]: RMSNorm, LayerNorm, residual add (fused with the next RMSNorm), bias, SiLU/GELU
-//!   and the gated MLP activation, on (rows, width) f32 slices, split across rayon's threads.
-//! * [`attention`]: causal self-attention over sequences packed row after row (q/k RMSNorm,
-//!   RoPE, sliding windows, grouped kv heads), one task per sequence.
+//! * [`Rows`]: RMSNorm, LayerNorm, residual add (fused with the next RMSNorm or LayerNorm),
+//!   bias, SiLU, GELU (tanh and erf forms) and the gated MLP activation, on (rows, width) f32
+//!   slices, split across rayon's threads.
+//! * [`attention`]: causal or bidirectional self-attention over sequences packed row after row
+//!   (q/k RMSNorm, RoPE, sliding windows, grouped kv heads, a relative position bias), one task
+//!   per sequence.
 //! * [`Isa`]: the instruction-set level the row and attention kernels run at. Every level gives
 //!   the same bits (the AVX-512 copies are the same source compiled wider).
 //!
@@ -26,7 +28,7 @@
 //! Layout: one file per instruction set behind the portable code, as candle's `cpu/` does:
 //! `matmul/panels/avx512.rs` (f32 FMA and `vdpbf16ps` micro-kernels), `matmul/bf16/amx.rs`
 //! (tiles, inline assembly), `attention/avx512.rs`; the row kernels are one portable source
-//! compiled twice (`isa.rs`).
+//! compiled for three levels (`isa.rs`: baseline, AVX2 + FMA, AVX-512).
 
 pub mod attention;
 mod isa;

@@ -53,6 +53,26 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
+/// The exact GELU, `0.5 * x * (1 + erf(x / sqrt(2)))` (HF `gelu`), with erf as PyTorch's
+/// vectorised CPU kernel computes it (`Vectorized<float>::erf`: Abramowitz and Stegun 7.1.26,
+/// within 1.5e-7 of erf), branch-free so that loops over it vectorise.
+#[inline(always)]
+pub(crate) fn gelu_erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let y = x * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (P * y.abs() + 1.0);
+    let r = (((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0];
+    let erf = (1.0 - r * t * exp(-(y * y))).copysign(y);
+    0.5 * x * (1.0 + erf)
+}
+
 /// Sum of squares and sum, in 16 fixed lanes (the same result at any vector width).
 #[inline(always)]
 fn sums(x: &[f32]) -> (f32, f32) {
@@ -90,20 +110,27 @@ multiversion! {
     }
 }
 
+/// One row of torch's LayerNorm (biased variance): `(x - mean) * rsqrt(var + eps) * w + b`.
+#[inline(always)]
+fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    let h = w.len();
+    let mean = sums(x).1 / h as f32;
+    let mut var = [0f32; 16];
+    for (i, v) in x.iter().enumerate() {
+        let d = v - mean;
+        var[i % 16] += d * d;
+    }
+    let r = 1.0 / (var.iter().sum::<f32>() / h as f32 + eps).sqrt();
+    for (((o, x), w), b) in out.iter_mut().zip(x).zip(w).zip(b) {
+        o.write((x - mean) * r * w + b);
+    }
+}
+
 multiversion! {
     fn layer_norm_rows(isa: Isa, x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
         let h = w.len();
         for (x, o) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-            let mean = sums(x).1 / h as f32;
-            let mut var = [0f32; 16];
-            for (i, v) in x.iter().enumerate() {
-                let d = v - mean;
-                var[i % 16] += d * d;
-            }
-            let r = 1.0 / (var.iter().sum::<f32>() / h as f32 + eps).sqrt();
-            for (((o, x), w), b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                o.write((x - mean) * r * w + b);
-            }
+            layer_norm_row(x, w, b, eps, o);
         }
     }
 }
@@ -212,6 +239,27 @@ multiversion! {
     }
 }
 
+multiversion! {
+    fn gelu_erf_chunk(isa: Isa, x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_erf(*v);
+        }
+    }
+}
+
+multiversion! {
+    fn add_layer_norm_rows(isa: Isa, x: &mut [f32], y: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+        let h = w.len();
+        let rows = x.chunks_exact_mut(h).zip(y.chunks_exact(h)).zip(out.chunks_exact_mut(h));
+        for ((x, y), o) in rows {
+            for (x, y) in x.iter_mut().zip(y) {
+                *x += y;
+            }
+            layer_norm_row(x, w, b, eps, o);
+        }
+    }
+}
+
 /// The row kernels compiled for one instruction-set level; every level gives the same bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rows(Isa);
@@ -274,6 +322,30 @@ impl Rows {
         }
     }
 
+    /// `x += y`, then the LayerNorm of every row of the new `x` (as [`Rows::add_assign`] then
+    /// [`Rows::layer_norm`], bit for bit): a post-LN encoder block's residual step.
+    pub fn add_layer_norm(
+        self,
+        x: &mut [f32],
+        y: &[f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+    ) -> Vec<f32> {
+        let isa = self.0;
+        let chunk = w.len() * ROWS_PER_TASK;
+        let len = x.len();
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks_mut(chunk))
+            .zip(y.par_chunks(chunk))
+            .for_each(|((o, x), y)| add_layer_norm_rows(isa, x, y, w, b, eps, o));
+        // SAFETY: layer_norm_rows wrote every value of every output row, one per row of x.
+        unsafe { out.set_len(len) };
+        out
+    }
+
     /// `x += y`.
     pub fn add_assign(self, x: &mut [f32], y: &[f32]) {
         let isa = self.0;
@@ -306,6 +378,13 @@ impl Rows {
                 )
             })
         }
+    }
+
+    /// The exact (erf) GELU in place ([`gelu_erf`]'s PyTorch form).
+    pub fn gelu_erf(self, x: &mut [f32]) {
+        let isa = self.0;
+        x.par_chunks_mut(1 << 14)
+            .for_each(|x| gelu_erf_chunk(isa, x));
     }
 
     /// `act(x)` in place.
@@ -344,6 +423,27 @@ mod tests {
             assert!(
                 (gelu_tanh(x) - g).abs() <= 2e-6 * (1.0 + g.abs()),
                 "gelu({x})"
+            );
+            // erf in f64 from its Taylor series (its cancellation stays below 1e-8 up to
+            // |y| = 4.5; beyond, erf is 1 within 2e-10).
+            let y = x as f64 / std::f64::consts::SQRT_2;
+            let erf = if y.abs() > 4.5 {
+                y.signum()
+            } else {
+                let (mut term, mut sum, mut n) = (y, y, 0.0);
+                while term.abs() > 1e-17 {
+                    n += 1.0;
+                    term *= -y * y / n;
+                    sum += term / (2.0 * n + 1.0);
+                }
+                2.0 / std::f64::consts::PI.sqrt() * sum
+            };
+            let g = 0.5 * x as f64 * (1.0 + erf);
+            // Abramowitz and Stegun's bound on erf (1.5e-7) plus f32 rounding.
+            assert!(
+                (gelu_erf(x) as f64 - g).abs() <= 2.5e-7 * (1.0 + g.abs()),
+                "gelu_erf({x}): {} vs {g}",
+                gelu_erf(x)
             );
         }
     }

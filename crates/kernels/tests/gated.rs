@@ -68,7 +68,7 @@ fn plain_bias(g: &Gated, ffn: usize) -> Option<Vec<f32>> {
 
 #[test]
 fn fused_f32_and_bf16_products_give_the_unfused_bits() {
-    let f32_kernels: Vec<F32Kernel> = [F32Kernel::Avx512, F32Kernel::Candle]
+    let f32_kernels: Vec<F32Kernel> = [F32Kernel::Avx512, F32Kernel::Avx2, F32Kernel::Candle]
         .into_iter()
         .filter(|k| k.runs_here())
         .collect();

@@ -35,7 +35,7 @@ fn bf16_kernels() -> Vec<Bf16Kernel> {
 }
 
 fn f32_kernels() -> Vec<F32Kernel> {
-    let all = [F32Kernel::Avx512, F32Kernel::Candle];
+    let all = [F32Kernel::Avx512, F32Kernel::Avx2, F32Kernel::Candle];
     report("f32 kernels", &all.map(|k| (k.name(), k.runs_here())));
     all.into_iter().filter(|k| k.runs_here()).collect()
 }
@@ -61,8 +61,8 @@ fn bf16_product(
         .unwrap()
 }
 
-/// The AVX-512 f32 panels: each output is `acc = fma(a_p, w_p, acc)` for p = 0, 1, ... in
-/// order, from zero, exactly. candle's matmul (gemm's order) is checked against an f64 product
+/// The f32 panels (AVX-512 and AVX2): each output is `acc = fma(a_p, w_p, acc)` for p = 0, 1,
+/// ... in order, from zero, exactly (so the two kernels give the same bits). candle's matmul (gemm's order) is checked against an f64 product
 /// instead, within 1e-6 of the output's scale `sum |a_p w_p|` (measured: 1e-7 at worst).
 #[test]
 fn f32_kernels_follow_their_stated_order() {
@@ -74,7 +74,7 @@ fn f32_kernels_follow_their_stated_order() {
             for i in 0..m {
                 for j in 0..n {
                     let g = got[i * n + j];
-                    if kernel == F32Kernel::Avx512 {
+                    if kernel != F32Kernel::Candle {
                         let mut want = 0f32;
                         for p in 0..k {
                             want = a[i * k + p].mul_add(w[p * n + j], want);
@@ -110,8 +110,8 @@ fn f32_kernels_follow_their_stated_order() {
 #[test]
 fn bf16_kernels_follow_their_stated_order() {
     for kernel in bf16_kernels() {
-        // The fallback's order is the f32 panels'; candle's (without AVX-512) is gemm's.
-        if kernel == Bf16Kernel::F32 && !F32Kernel::Avx512.runs_here() {
+        // The fallback's order is the f32 panels'; candle's (without AVX-512 or AVX2) is gemm's.
+        if kernel == Bf16Kernel::F32 && F32Kernel::detect() == F32Kernel::Candle {
             println!("bf16 f32 fallback runs candle's matmul here: order not checked");
             continue;
         }

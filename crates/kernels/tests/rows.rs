@@ -1,8 +1,8 @@
-//! The row kernels and attention: the baseline and AVX-512 builds give the same bits (where this
-//! CPU has AVX-512; the test says so when it does not), and both match the textbook formulas in
+//! The row kernels and attention: the baseline, AVX2 and AVX-512 builds give the same bits (those
+//! this CPU has; the test says which did not run), and both match the textbook formulas in
 //! f64 within stated tolerances, so the comparison cannot pass on two equally wrong results.
 
-use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend_on};
+use llmembed_kernels::attention::{AttentionShape, LayerAttention, RelativeBias, Rope, attend_on};
 use llmembed_kernels::{Isa, Rows};
 
 /// Rows of widths that hit the 16-lane tails (37) and the models' widths (576).
@@ -17,10 +17,11 @@ fn values(len: usize, seed: usize) -> Vec<f32> {
 
 /// The levels this CPU runs, printed.
 fn levels() -> Vec<Isa> {
-    let mut all = vec![Isa::baseline()];
-    match Isa::avx512() {
-        Some(wide) => all.push(wide),
-        None => println!("avx512: not available on this CPU; only the baseline build ran"),
+    let all = Isa::all();
+    for (level, have) in [("avx2", Isa::avx2()), ("avx512", Isa::avx512())] {
+        if have.is_none() {
+            println!("{level}: not available on this CPU; that build did not run");
+        }
     }
     println!(
         "ran: {:?}",
@@ -64,6 +65,19 @@ fn gelu_ref(x: f64) -> f64 {
     0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044715 * x * x * x)).tanh())
 }
 
+/// The exact GELU, erf from its Taylor series (inputs here are within |x| <= 3, where the
+/// series' cancellation costs less than 1e-12).
+fn gelu_erf_ref(x: f64) -> f64 {
+    let y = x / std::f64::consts::SQRT_2;
+    let (mut term, mut sum, mut n) = (y, y, 0.0);
+    while term.abs() > 1e-18 {
+        n += 1.0;
+        term *= -y * y / n;
+        sum += term / (2.0 * n + 1.0);
+    }
+    0.5 * x * (1.0 + 2.0 / std::f64::consts::PI.sqrt() * sum)
+}
+
 fn silu_ref(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
@@ -102,6 +116,22 @@ fn row_kernels_give_the_same_bits_at_every_level() {
                 .collect();
             assert_close("layer_norm", &ln, &ln_ref, 2e-6);
             out.push(ln);
+            // The encoders' fused residual + LayerNorm is the two steps, bit for bit.
+            let (mut x1, mut x2) = (x.clone(), x.clone());
+            let fused = k.add_layer_norm(&mut x1, &y, &w, &b, eps);
+            k.add_assign(&mut x2, &y);
+            assert_same_bits("add_layer_norm residual vs add_assign", &x1, &x2);
+            assert_same_bits(
+                "add_layer_norm vs add_assign + layer_norm",
+                &fused,
+                &k.layer_norm(&x2, &w, &b, eps),
+            );
+            out.push(fused);
+            let mut g = x.clone();
+            k.gelu_erf(&mut g);
+            let g_ref: Vec<f64> = x.iter().map(|&v| gelu_erf_ref(v as f64)).collect();
+            assert_close("gelu_erf", &g, &g_ref, 2e-6);
+            out.push(g);
             // The fused residual + norm is the two steps, bit for bit.
             let (mut x1, mut x2) = (x.clone(), x.clone());
             let fused = k.add_rms_norm(&mut x1, &y, &w, eps);
@@ -147,10 +177,10 @@ fn row_kernels_give_the_same_bits_at_every_level() {
             }
             outs.push(out);
         }
-        for other in &outs[1..] {
+        for (isa, other) in Isa::all()[1..].iter().zip(&outs[1..]) {
             for (i, (a, b)) in outs[0].iter().zip(other).enumerate() {
                 assert_same_bits(
-                    &format!("width {h}, kernel output {i}, baseline vs avx512"),
+                    &format!("width {h}, kernel output {i}, baseline vs {}", isa.name()),
                     a,
                     b,
                 );
@@ -164,6 +194,8 @@ struct Case {
     window: Option<usize>,
     qk_norm: bool,
     causal: bool,
+    /// A relative position bias on the scores (MPNet).
+    bias: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -183,6 +215,7 @@ fn cases() -> Vec<Case> {
             window: None,
             qk_norm: false,
             causal: true,
+            bias: false,
         },
         // GGUF llama: interleaved pairs.
         Case {
@@ -190,6 +223,7 @@ fn cases() -> Vec<Case> {
             window: None,
             qk_norm: false,
             causal: true,
+            bias: false,
         },
         // Gemma-like: q/k norms and a sliding window; head_dim with a tail of 8 past the 16s.
         Case {
@@ -197,6 +231,7 @@ fn cases() -> Vec<Case> {
             window: Some(7),
             qk_norm: true,
             causal: true,
+            bias: false,
         },
         // Phi-like: partial rotary.
         Case {
@@ -204,6 +239,7 @@ fn cases() -> Vec<Case> {
             window: None,
             qk_norm: false,
             causal: true,
+            bias: false,
         },
         // EmbeddingGemma-like: bidirectional, global and with a sliding window on both sides.
         Case {
@@ -211,12 +247,22 @@ fn cases() -> Vec<Case> {
             window: None,
             qk_norm: true,
             causal: false,
+            bias: false,
         },
         Case {
             shape: shape(40, 40, false),
             window: Some(7),
             qk_norm: true,
             causal: false,
+            bias: false,
+        },
+        // MPNet-like: bidirectional, no RoPE, a relative position bias per head.
+        Case {
+            shape: shape(32, 0, false),
+            window: None,
+            qk_norm: false,
+            causal: false,
+            bias: true,
         },
     ]
 }
@@ -277,7 +323,12 @@ fn attention_ref(c: &Case, layer: &LayerAttention, qkv: &[f32], lens: &[usize]) 
                             j,
                             layer.k_norm,
                         );
-                        q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() * s.scale as f64
+                        let score =
+                            q.iter().zip(&k).map(|(a, b)| a * b).sum::<f64>() * s.scale as f64;
+                        let bias = layer.bias.map_or(0.0, |b| {
+                            b.table[h * (2 * b.max_len - 1) + j + b.max_len - 1 - i] as f64
+                        });
+                        score + bias
                     })
                     .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -312,12 +363,17 @@ fn attention_gives_the_same_bits_at_every_level_and_batch() {
             .iter()
             .map(|v| 1.0 + v / 4.0)
             .collect::<Vec<f32>>();
+        let bias = RelativeBias {
+            table: values(s.n_heads * (2 * 40 - 1), 11),
+            max_len: 40,
+        };
         let layer = LayerAttention {
             rope: &rope,
             window: c.window,
             causal: c.causal,
             q_norm: c.qk_norm.then_some(&norm[..]),
             k_norm: c.qk_norm.then_some(&norm[..]),
+            bias: c.bias.then_some(&bias),
         };
         let want = attention_ref(c, &layer, &qkv, &lens);
         let mut outs = Vec::new();
@@ -344,8 +400,9 @@ fn attention_gives_the_same_bits_at_every_level_and_batch() {
             }
             outs.push(all);
         }
-        for other in &outs[1..] {
-            assert_same_bits(&format!("case {n}: baseline vs avx512"), &outs[0], other);
+        for (isa, other) in Isa::all()[1..].iter().zip(&outs[1..]) {
+            let what = format!("case {n}: baseline vs {}", isa.name());
+            assert_same_bits(&what, &outs[0], other);
         }
     }
 }

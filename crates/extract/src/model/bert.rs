@@ -4,13 +4,11 @@
 //! The blocks, pooling and taps are the shared post-LN encoder's (`encoder.rs`); this file holds
 //! BERT's config, its weight names and its embeddings (word + absolute position + token type).
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm};
 use llmembed_core::Result;
 use serde::Deserialize;
 
 use super::encoder::{
-    Act, AttentionNames, Dims, Encoder, Front, Parts, Weights, dtype, load_stack,
+    Act, AttentionNames, Dims, Encoder, Front, LayerNorm, Parts, Table, Weights, engine, load_stack,
 };
 use super::errors::file_error;
 use super::tokenizer::read_tokenizer_json;
@@ -30,8 +28,6 @@ struct Config {
     #[serde(default = "default_eps")]
     layer_norm_eps: f64,
     #[serde(default)]
-    pad_token_id: u32,
-    #[serde(default)]
     position_embedding_type: Option<String>,
 }
 
@@ -45,28 +41,24 @@ fn default_eps() -> f64 {
 
 /// `LN(word(ids) + token_type(0) + position(0..L))`.
 struct Embeddings {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
+    word: Table,
+    position: Table,
+    token_type: Table,
     norm: LayerNorm,
 }
 
 impl Front for Embeddings {
-    fn forward(
-        &self,
-        ids: Vec<u32>,
-        b: usize,
-        l: usize,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let ids = Tensor::from_vec(ids, (b, l), dev)?;
-        let types = ids.zeros_like()?;
-        let positions = Tensor::arange(0u32, l as u32, dev)?;
-        let x = self
-            .word
-            .forward(&ids)?
-            .add(&self.token_type.forward(&types)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
+    fn forward(&self, batch: &[&[u32]]) -> Vec<f32> {
+        let h = self.word.width();
+        let mut x = Vec::with_capacity(batch.iter().map(|s| s.len()).sum::<usize>() * h);
+        let token_type = self.token_type.row(0);
+        for seq in batch {
+            for (p, &id) in seq.iter().enumerate() {
+                // HF's order: (word + token type) + position.
+                let rows = self.word.row(id as usize).iter().zip(token_type);
+                x.extend(rows.zip(self.position.row(p)).map(|((w, t), p)| w + t + p));
+            }
+        }
         self.norm.forward(&x)
     }
 }
@@ -135,15 +127,13 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
     };
     let dims = Dims {
         hidden: h,
-        heads: config.num_attention_heads,
         intermediate: config.intermediate_size,
         eps,
     };
     let (blocks, pooler) = load_stack(&vb, &dims, config.num_hidden_layers, &ATTENTION)?;
-    let dtype = dtype(spec)?;
     let c = &config;
     let description = format!(
-        "bert(hidden={}, blocks={}, heads={}, intermediate={}, vocab={}, max_pos={}, eps={:e}, act={}, pooler={}, compute={:?})",
+        "bert(hidden={}, blocks={}, heads={}, intermediate={}, vocab={}, max_pos={}, eps={:e}, act={}, pooler={}, {})",
         c.hidden_size,
         c.num_hidden_layers,
         c.num_attention_heads,
@@ -153,7 +143,7 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
         c.layer_norm_eps,
         c.hidden_act,
         pooler.is_some(),
-        dtype,
+        engine(&blocks, spec.compute),
     );
     let parts = Parts {
         name: "bert",
@@ -164,9 +154,9 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
         act,
         pooler,
         hidden: h,
+        heads: config.num_attention_heads,
+        vocab: config.vocab_size,
         max_len: config.max_position_embeddings,
-        pad_id: config.pad_token_id,
-        dtype,
         description,
     };
     Ok(Box::new(Encoder::new(parts, tokenizer)?))

@@ -126,7 +126,7 @@ pub(crate) enum Weight {
 impl Weight {
     /// The kernel that multiplies: the vectors of two kernels differ in their last bits, so
     /// `describe()` names it and the store never mixes them.
-    fn kernel(&self) -> String {
+    pub(crate) fn kernel(&self) -> String {
         match self {
             Weight::F32(w) => w.kernel().name().into(),
             Weight::Bf16(w) => w.kernel().name().into(),
@@ -249,7 +249,7 @@ impl Linear {
     }
 
     /// `x` is (rows, in) row-major; returns (rows, out).
-    fn forward(&self, x: &[f32], rows: usize) -> llmembed_kernels::Result<Vec<f32>> {
+    pub(crate) fn forward(&self, x: &[f32], rows: usize) -> llmembed_kernels::Result<Vec<f32>> {
         let mut y = match &self.w {
             Weight::F32(w) => w.matmul(x, rows)?,
             Weight::Bf16(w) => w.matmul(x, rows)?,
@@ -421,6 +421,7 @@ impl Decoder {
             causal: self.cfg.causal,
             q_norm: blk.q_norm.as_deref(),
             k_norm: blk.k_norm.as_deref(),
+            bias: None,
         };
         let out = attend(shape, &layer, &qkv, lens);
         blk.o.forward(&out, rows).map_err(&e)

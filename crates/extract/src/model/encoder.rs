@@ -1,8 +1,13 @@
 //! The post-LN transformer encoder that BERT (`bert.rs`) and MPNet (`mpnet.rs`) share, after HF
-//! `modeling_bert.py` and `modeling_mpnet.py` (candle-nn ops): the blocks (attention, its
-//! LayerNorm over the residual, the feed-forward and its LayerNorm), the padding mask, pooling,
-//! the pooler and tokenization. What sets the two apart is the [`Front`]: how token ids become
-//! the first hidden states, and the bias MPNet adds to every block's attention scores.
+//! `modeling_bert.py` and `modeling_mpnet.py`: the blocks (attention, its LayerNorm over the
+//! residual, the feed-forward and its LayerNorm), pooling, the pooler and tokenization. What
+//! sets the two apart is the [`Front`]: how token ids become the first hidden states, and the
+//! bias MPNet adds to every block's attention scores.
+//!
+//! Batching without padding, as the decoders (`decoder.rs`): the tokens of a batch are packed
+//! row after row, the products, norms and activations run on all rows at once on the kernels
+//! crate, and attention keeps each sequence to its own rows (bidirectional), so a text's vectors
+//! do not depend on its batch, bit for bit, and no compute goes to padding.
 //!
 //! Taps: `Layer(0)` = embedding output (after the embedding LayerNorm), `Layer(k)` = output of
 //! block `k`, `Pooler` = `tanh(dense(h_n[:, 0]))` when the checkpoint has pooler weights. The
@@ -12,43 +17,49 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use llmembed_core::{Error, Result};
+use llmembed_kernels::Rows;
+use llmembed_kernels::attention::{AttentionShape, LayerAttention, RelativeBias, Rope, attend};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
+use super::decoder::{Linear, pool, vector};
 use super::errors::candle_message;
 use super::safetensors::check_safetensors;
 use super::tokenizer::added_tokens_empty;
 use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, LoadSpec, Pooling, Tap, check_spans};
 
-/// A checkpoint's tensors (read into memory in the compute dtype) and where they came from, so
-/// that a weight that will not load is named with its file.
+/// A checkpoint's tensors (read into memory as f32) and where they came from, so that a weight
+/// that will not load is named with its file.
 pub(crate) struct Weights<'a> {
     vb: VarBuilder<'static>,
     path: &'a Path,
     /// `load bert weights`, `load mpnet weights`.
     op: &'static str,
+    /// The products' precision (`Linear`s are packed for it).
+    compute: ComputeDtype,
 }
 
 impl<'a> Weights<'a> {
-    /// Reads `spec.weights` in `spec.compute`'s dtype; a checkpoint of a task model that nests
-    /// the encoder under `prefix.` (HF `BertForMaskedLM`: `bert.`) is read from there, as told
-    /// by the tensor `prefix.{probe}`.
+    /// Reads `spec.weights`; a checkpoint of a task model that nests the encoder under
+    /// `prefix.` (HF `BertForMaskedLM`: `bert.`) is read from there, as told by the tensor
+    /// `prefix.{probe}`.
     pub fn read(spec: &'a LoadSpec, op: &'static str, prefix: &str, probe: &str) -> Result<Self> {
-        let dtype = dtype(spec)?;
+        check_compute(spec)?;
         check_safetensors(&spec.weights)?;
         // Read, not mapped (mapping is `unsafe`, kept to the kernels crate): encoder checkpoints
-        // are small, and the bytes are dropped once the layers hold their tensors.
+        // are small, and the bytes are dropped once the layers hold their weights.
         let bytes = std::fs::read(&spec.weights)
             .map_err(|e| Error::io("read safetensors", &spec.weights, e))?;
-        let vb =
-            VarBuilder::from_buffered_safetensors(bytes, dtype, &Device::Cpu).map_err(|e| {
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).map_err(
+            |e| {
                 Error::compute(
                     "read safetensors",
                     format!("{}: {}", spec.weights.display(), candle_message(&e)),
                 )
-            })?;
+            },
+        )?;
         let vb = if vb.contains_tensor(&format!("{prefix}.{probe}")) {
             vb.pp(prefix)
         } else {
@@ -58,6 +69,7 @@ impl<'a> Weights<'a> {
             vb,
             path: &spec.weights,
             op,
+            compute: spec.compute,
         })
     }
 
@@ -66,6 +78,7 @@ impl<'a> Weights<'a> {
             vb: self.vb.pp(name),
             path: self.path,
             op: self.op,
+            compute: self.compute,
         }
     }
 
@@ -73,32 +86,59 @@ impl<'a> Weights<'a> {
         self.vb.contains_tensor(name)
     }
 
-    /// A weight that would not load: the file, the module and candle's reason on one line.
-    fn error(&self, name: &str, e: &candle_core::Error) -> Error {
+    /// A weight that would not load: the file, the module and the reason on one line.
+    fn error(&self, name: &str, message: impl std::fmt::Display) -> Error {
         Error::compute(
             self.op,
-            format!("{}: {name}: {}", self.path.display(), candle_message(e)),
+            format!("{}: {name}: {message}", self.path.display()),
         )
     }
 
-    pub fn linear(&self, d_in: usize, d_out: usize, name: &str) -> Result<Linear> {
-        candle_nn::linear(d_in, d_out, self.vb.pp(name)).map_err(|e| self.error(name, &e))
+    fn tensor(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.vb
+            .get(shape, name)
+            .map_err(|e| self.error(name, candle_message(&e)))
+    }
+
+    /// Dense layers `name.weight` (out, in) and `name.bias`, fused along their outputs (q, k
+    /// and v into one product) and packed for the compute dtype.
+    pub fn linear(&self, d_in: usize, d_out: usize, names: &[&str]) -> Result<Linear> {
+        let mut ws = Vec::with_capacity(names.len());
+        let mut bs = Vec::with_capacity(names.len());
+        for name in names {
+            ws.push(self.tensor(&[d_out, d_in], &format!("{name}.weight"))?);
+            bs.push(self.tensor(&[d_out], &format!("{name}.bias"))?);
+        }
+        Linear::new(&ws, Some(&bs), self.compute).map_err(|e| self.error(&names.join("+"), e))
     }
 
     pub fn layer_norm(&self, size: usize, eps: f64, name: &str) -> Result<LayerNorm> {
-        candle_nn::layer_norm(size, eps, self.vb.pp(name)).map_err(|e| self.error(name, &e))
+        let read = |part: &str| {
+            let t = self.tensor(&[size], &format!("{name}.{part}"))?;
+            vector(&t).map_err(|e| self.error(name, e))
+        };
+        Ok(LayerNorm {
+            weight: read("weight")?,
+            bias: read("bias")?,
+            eps: eps as f32,
+        })
     }
 
-    pub fn embedding(&self, n: usize, dim: usize, name: &str) -> Result<Embedding> {
-        candle_nn::embedding(n, dim, self.vb.pp(name)).map_err(|e| self.error(name, &e))
+    /// An embedding table (`n` rows of `dim`).
+    pub fn embedding(&self, n: usize, dim: usize, name: &str) -> Result<Table> {
+        let t = self.tensor(&[n, dim], &format!("{name}.weight"))?;
+        Ok(Table {
+            values: vector(&t).map_err(|e| self.error(name, e))?,
+            dim,
+        })
     }
 }
 
-/// The dtype an encoder computes in; `int8` runs the decoders' products only.
-pub(crate) fn dtype(spec: &LoadSpec) -> Result<DType> {
+/// The products an encoder runs in: f32 or bf16 (bf16 products with f32 sums, activations f32,
+/// as the decoders); `int8` runs the decoders' products only.
+fn check_compute(spec: &LoadSpec) -> Result<()> {
     match spec.compute {
-        ComputeDtype::F32 => Ok(DType::F32),
-        ComputeDtype::Bf16 => Ok(DType::BF16),
+        ComputeDtype::F32 | ComputeDtype::Bf16 => Ok(()),
         ComputeDtype::Int8 => Err(Error::param(
             "compute",
             format!(
@@ -106,6 +146,40 @@ pub(crate) fn dtype(spec: &LoadSpec) -> Result<DType> {
                 spec.weights.display()
             ),
         )),
+    }
+}
+
+/// An embedding table, row-major.
+pub(crate) struct Table {
+    values: Vec<f32>,
+    dim: usize,
+}
+
+impl Table {
+    pub fn width(&self) -> usize {
+        self.dim
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// torch's LayerNorm: weight, bias and epsilon.
+pub(crate) struct LayerNorm {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        Rows::best().layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+
+    /// `LN(x + y)`; `x` is left holding the sum.
+    fn add_forward(&self, x: &mut [f32], y: &[f32]) -> Vec<f32> {
+        Rows::best().add_layer_norm(x, y, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -130,12 +204,19 @@ impl Act {
             _ => None,
         }
     }
+
+    fn apply(self, x: &mut [f32]) {
+        match self {
+            Act::Gelu => Rows::best().gelu_erf(x),
+            Act::GeluNew => Rows::best().activate(x, true),
+            Act::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        }
+    }
 }
 
 /// The sizes every block of one model has.
 pub(crate) struct Dims {
     pub hidden: usize,
-    pub heads: usize,
     pub intermediate: usize,
     pub eps: f64,
 }
@@ -152,16 +233,13 @@ pub(crate) struct AttentionNames {
 
 /// One post-LN block: `a = LN(x + o(attn(x)))`, `y = LN(a + down(act(up(a))))`.
 pub(crate) struct Block {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// q, k and v fused into one product.
+    qkv: Linear,
     out: Linear,
     out_norm: LayerNorm,
     inter: Linear,
     output: Linear,
     output_norm: LayerNorm,
-    heads: usize,
-    head_dim: usize,
 }
 
 /// The blocks `encoder.layer.<i>` (i < `layers`) and the pooler `pooler.dense`, where the
@@ -176,7 +254,7 @@ pub(crate) fn load_stack(
         .map(|i| Block::load(&vb.pp(format!("encoder.layer.{i}")), dims, names))
         .collect::<Result<Vec<_>>>()?;
     let pooler = if vb.contains("pooler.dense.weight") {
-        Some(vb.linear(dims.hidden, dims.hidden, "pooler.dense")?)
+        Some(vb.linear(dims.hidden, dims.hidden, &["pooler.dense"])?)
     } else {
         None
     };
@@ -188,85 +266,56 @@ impl Block {
     pub fn load(layer: &Weights, d: &Dims, names: &AttentionNames) -> Result<Block> {
         let (h, a) = (d.hidden, layer.pp("attention"));
         Ok(Block {
-            query: a.linear(h, h, names.query)?,
-            key: a.linear(h, h, names.key)?,
-            value: a.linear(h, h, names.value)?,
-            out: a.linear(h, h, names.out)?,
+            qkv: a.linear(h, h, &[names.query, names.key, names.value])?,
+            out: a.linear(h, h, &[names.out])?,
             out_norm: a.layer_norm(h, d.eps, names.norm)?,
-            inter: layer.linear(h, d.intermediate, "intermediate.dense")?,
-            output: layer.linear(d.intermediate, h, "output.dense")?,
+            inter: layer.linear(h, d.intermediate, &["intermediate.dense"])?,
+            output: layer.linear(d.intermediate, h, &["output.dense"])?,
             output_norm: layer.layer_norm(h, d.eps, "output.LayerNorm")?,
-            heads: d.heads,
-            head_dim: h / d.heads,
         })
     }
 
-    /// `x`: (b, L, h); `bias`: (1, heads, L, L) added to the scores before `mask`, (b, 1, 1, L)
-    /// additive, as HF adds them.
-    fn attention(
-        &self,
-        x: &Tensor,
-        bias: Option<&Tensor>,
-        mask: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        let (b, l, h) = x.dims3()?;
-        let split = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, l, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
-        let mut scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let scores = scores.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, l, h))?;
-        let out = self.out.forward(&ctx)?;
-        self.out_norm.forward(&(out + x)?)
-    }
-
+    /// The block over packed rows `x` (rows, hidden) of the sequences `lens`.
     fn forward(
         &self,
-        x: &Tensor,
-        bias: Option<&Tensor>,
-        mask: &Tensor,
+        x: &[f32],
+        lens: &[usize],
+        shape: &AttentionShape,
+        layer: &LayerAttention,
         act: Act,
-    ) -> candle_core::Result<Tensor> {
-        let a = self.attention(x, bias, mask)?;
-        let i = self.inter.forward(&a)?;
-        let i = match act {
-            Act::Relu => i.relu()?,
-            Act::GeluNew => i.gelu()?,
-            Act::Gelu => i.gelu_erf()?,
-        };
-        let o = self.output.forward(&i)?;
-        self.output_norm.forward(&(o + a)?)
+    ) -> llmembed_kernels::Result<Vec<f32>> {
+        let rows = lens.iter().sum();
+        let qkv = self.qkv.forward(x, rows)?;
+        let ctx = attend(shape, layer, &qkv, lens);
+        let mut o = self.out.forward(&ctx, rows)?;
+        let a = self.out_norm.add_forward(&mut o, x);
+        let mut i = self.inter.forward(&a, rows)?;
+        act.apply(&mut i);
+        let mut y = self.output.forward(&i, rows)?;
+        Ok(self.output_norm.add_forward(&mut y, &a))
     }
+}
+
+/// What `describe()` says of the arithmetic after the config values: the engine and the
+/// kernel of the products (two kernels' vectors differ in their last bits, so the store never
+/// mixes them).
+pub(crate) fn engine(blocks: &[Block], compute: ComputeDtype) -> String {
+    format!(
+        "engine=packed-rows-v1,matmul={},compute={compute:?}",
+        blocks.first().map_or("none".into(), |b| b.qkv.w.kernel())
+    )
 }
 
 /// What an encoder does before its blocks.
 pub(crate) trait Front: Send + Sync {
-    /// The embedding output (b, L, hidden) in the compute dtype, for `ids`: `b` rows of `L` ids,
-    /// row-major, each row's real tokens first and then the pad id.
-    fn forward(
-        &self,
-        ids: Vec<u32>,
-        b: usize,
-        l: usize,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor>;
+    /// The embedding output of `batch`'s sequences packed row after row, (tokens, hidden); ids
+    /// are within the vocabulary ([`Parts::vocab`]).
+    fn forward(&self, batch: &[&[u32]]) -> Vec<f32>;
 
-    /// A bias every block adds to its attention scores, (1, heads, L, L), or none (BERT).
-    fn attention_bias(&self, _l: usize, _dev: &Device) -> candle_core::Result<Option<Tensor>> {
-        Ok(None)
+    /// A bias every block adds to its attention scores, by the distance key - query (MPNet),
+    /// or none (BERT).
+    fn attention_bias(&self) -> Option<&RelativeBias> {
+        None
     }
 }
 
@@ -283,10 +332,11 @@ pub(crate) struct Parts {
     pub act: Act,
     pub pooler: Option<Linear>,
     pub hidden: usize,
+    pub heads: usize,
+    /// Rows of the word embedding table.
+    pub vocab: usize,
     /// The longest sequence the position embeddings allow.
     pub max_len: usize,
-    pub pad_id: u32,
-    pub dtype: DType,
     /// `describe()`: architecture and the config values that affect outputs.
     pub description: String,
 }
@@ -300,8 +350,8 @@ pub(crate) struct Encoder {
 
 impl Encoder {
     pub fn new(p: Parts, mut tokenizer: Tokenizer) -> Result<Encoder> {
-        // tokenizer.json of sentence-transformers checkpoints pads to a fixed 128; we pad
-        // ourselves, and truncate to what the stage asks (`tokenize`).
+        // tokenizer.json of sentence-transformers checkpoints pads to a fixed 128; we never
+        // pad, and truncate to what the stage asks (`tokenize`).
         tokenizer.with_padding(None::<PaddingParams>);
         tokenizer
             .with_truncation(None)
@@ -312,78 +362,64 @@ impl Encoder {
         })
     }
 
-    /// Pools `h` (b, L, hidden) to (b, hidden) f32; mean averages the tokens `mean_f32` marks.
-    fn pool(
-        &self,
-        h: &Tensor,
-        mean_f32: &Tensor,
-        lens: &[usize],
-        pooling: Pooling,
-    ) -> candle_core::Result<Tensor> {
-        let h = h.to_dtype(DType::F32)?;
-        match pooling {
-            Pooling::Mean => {
-                let summed = h.broadcast_mul(&mean_f32.unsqueeze(2)?)?.sum(1)?;
-                let counts = mean_f32.sum_keepdim(1)?;
-                summed.broadcast_div(&counts)
-            }
-            Pooling::First => h.narrow(1, 0, 1)?.squeeze(1),
-            Pooling::Last => {
-                let rows = lens
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &n)| h.get(i)?.get(n - 1))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Tensor::stack(&rows, 0)
-            }
-            Pooling::Pooler => candle_core::bail!("pooler pooling requested for a layer tap"),
-        }
-    }
-
-    /// The forward pass of a padded batch, pooled at each tap (mean over the tokens `mean_mask`
-    /// marks).
-    #[allow(clippy::too_many_arguments)]
+    /// The forward pass of a batch packed row after row, pooled at each tap (mean over the
+    /// tokens `mean` marks), up to block `deepest`.
     fn run(
         &self,
-        ids: Vec<u32>,
-        mask: Vec<f32>,
-        mean_mask: Vec<f32>,
-        lens: &[usize],
+        batch: &[&[u32]],
+        mean: &[Range<usize>],
         deepest: usize,
         taps: &[Tap],
         pooling: Pooling,
-    ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let (b, l) = (lens.len(), mask.len() / lens.len());
-        let dev = &Device::Cpu;
-        let mask_f32 = Tensor::from_vec(mask, (b, l), dev)?;
-        let mean_f32 = Tensor::from_vec(mean_mask, (b, l), dev)?;
-        let mut x = self.p.front.forward(ids, b, l, dev)?;
-        let bias = self.p.front.attention_bias(l, dev)?;
-        // Additive mask, as HF: 0 for real tokens, the dtype's minimum for pads.
-        let additive = ((mask_f32.clone() - 1.0)? * 3.0e38)?
-            .to_dtype(self.p.dtype)?
-            .reshape((b, 1, 1, l))?;
+    ) -> llmembed_kernels::Result<Vec<Vec<f32>>> {
+        let h = self.p.hidden;
+        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        let head_dim = h / self.p.heads;
+        let shape = AttentionShape {
+            n_heads: self.p.heads,
+            n_kv_heads: self.p.heads,
+            head_dim,
+            rotary_dim: 0,
+            interleaved: false,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            eps: 0.0,
+        };
+        let no_rope = Rope::new(10_000.0, 0, 0);
+        let layer = LayerAttention {
+            rope: &no_rope,
+            window: None,
+            causal: false,
+            q_norm: None,
+            k_norm: None,
+            bias: self.p.front.attention_bias(),
+        };
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
-        let take = |k: usize, x: &Tensor, out: &mut Vec<Option<Vec<f32>>>| {
-            for (i, &t) in taps.iter().enumerate() {
+        let take = |k: usize, x: &[f32], out: &mut [Option<Vec<f32>>]| {
+            let mut pooled: Option<Vec<f32>> = None;
+            for (slot, &t) in out.iter_mut().zip(taps) {
                 if t == Tap::Layer(k) {
-                    let p = self.pool(x, &mean_f32, lens, pooling)?;
-                    out[i] = Some(p.flatten_all()?.to_vec1::<f32>()?);
+                    *slot = Some(
+                        pooled
+                            .get_or_insert_with(|| pool(x, &lens, mean, h, pooling))
+                            .clone(),
+                    );
                 }
             }
-            candle_core::Result::Ok(())
         };
-        take(0, &x, &mut out)?;
+        let mut x = self.p.front.forward(batch);
+        take(0, &x, &mut out);
         for (k, block) in self.p.blocks.iter().enumerate().take(deepest) {
-            x = block.forward(&x, bias.as_ref(), &additive, self.p.act)?;
-            take(k + 1, &x, &mut out)?;
+            x = block.forward(&x, &lens, &shape, &layer, self.p.act)?;
+            take(k + 1, &x, &mut out);
         }
-        if let Some(pooler) = &self.p.pooler {
-            for (i, &t) in taps.iter().enumerate() {
+        if let (Some(pooler), true) = (&self.p.pooler, taps.contains(&Tap::Pooler)) {
+            let whole: Vec<Range<usize>> = lens.iter().map(|&n| 0..n).collect();
+            let first = pool(&x, &lens, &whole, h, Pooling::First);
+            let mut p = pooler.forward(&first, lens.len())?;
+            p.iter_mut().for_each(|v| *v = v.tanh());
+            for (slot, &t) in out.iter_mut().zip(taps) {
                 if t == Tap::Pooler {
-                    let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-                    let p = pooler.forward(&cls)?.tanh()?.to_dtype(DType::F32)?;
-                    out[i] = Some(p.flatten_all()?.to_vec1::<f32>()?);
+                    *slot = Some(p.clone());
                 }
             }
         }
@@ -504,9 +540,8 @@ impl Embedder for Encoder {
             return Ok(vec![Vec::new(); taps.len()]);
         }
         let op = self.p.forward_op;
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
-        let l = *lens.iter().max().unwrap_or(&0);
-        if lens.contains(&0) {
+        let l = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        if batch.iter().any(|s| s.is_empty()) {
             return Err(Error::compute(op, "empty token sequence in batch"));
         }
         if l > self.p.max_len {
@@ -518,28 +553,24 @@ impl Embedder for Encoder {
                 ),
             ));
         }
-        check_spans(batch, mean)?;
-        let mut ids = Vec::with_capacity(b * l);
-        let mut mask = Vec::with_capacity(b * l);
-        // The tokens mean pooling averages: the mask itself unless a prompt leaves some out.
-        let mut mean_mask = Vec::with_capacity(b * l);
-        for (s, m) in batch.iter().zip(mean) {
-            ids.extend_from_slice(s);
-            ids.extend(std::iter::repeat_n(self.p.pad_id, l - s.len()));
-            mask.extend(std::iter::repeat_n(1f32, s.len()));
-            mask.extend(std::iter::repeat_n(0f32, l - s.len()));
-            mean_mask.extend((0..l).map(|i| if m.contains(&i) { 1f32 } else { 0f32 }));
+        let vocab = self.p.vocab;
+        if let Some(id) = batch
+            .iter()
+            .flat_map(|s| s.iter())
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(Error::compute(
+                op,
+                format!("token id {id} outside the vocabulary of {vocab}"),
+            ));
         }
-        self.run(ids, mask, mean_mask, &lens, deepest, taps, pooling)
-            .map_err(|e| {
-                Error::compute(
-                    op,
-                    format!(
-                        "batch {b} x {l} tokens, taps {taps:?}: {}",
-                        candle_message(&e)
-                    ),
-                )
-            })
+        check_spans(batch, mean)?;
+        self.run(batch, mean, deepest, taps, pooling).map_err(|e| {
+            Error::compute(
+                op,
+                format!("batch of {b}, longest {l} tokens, taps {taps:?}: {e}"),
+            )
+        })
     }
 
     fn describe(&self) -> String {

@@ -10,13 +10,12 @@
 //! The checkpoint's own sentence embedding (`1_Pooling`: mean; `2_Normalize`) is the last
 //! layer's tap with `pooling: mean`, L2-normalised.
 
-use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm};
 use llmembed_core::Result;
+use llmembed_kernels::attention::RelativeBias;
 use serde::Deserialize;
 
 use super::encoder::{
-    Act, AttentionNames, Dims, Encoder, Front, Parts, Weights, dtype, load_stack,
+    Act, AttentionNames, Dims, Encoder, Front, LayerNorm, Parts, Table, Weights, engine, load_stack,
 };
 use super::errors::file_error;
 use super::tokenizer::read_tokenizer_json;
@@ -76,61 +75,56 @@ pub(crate) fn relative_position_bucket(relative: i64) -> usize {
 }
 
 struct Embeddings {
-    word: Embedding,
-    position: Embedding,
+    word: Table,
+    position: Table,
     norm: LayerNorm,
     pad: u32,
-    bias: Embedding,
+    /// `encoder.relative_attention_bias` looked up for every distance a sequence can have.
+    bias: RelativeBias,
 }
 
 impl Front for Embeddings {
-    fn forward(
-        &self,
-        ids: Vec<u32>,
-        b: usize,
-        l: usize,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        // HF `create_position_ids_from_input_ids`: cumsum(id != pad) * (id != pad) + pad.
-        let positions: Vec<u32> = ids
-            .chunks(l.max(1))
-            .flat_map(|row| {
-                let mut seen = 0;
-                row.iter().map(move |&id| {
-                    if id == self.pad {
-                        self.pad
-                    } else {
-                        seen += 1;
-                        self.pad + seen
-                    }
-                })
-            })
-            .collect();
-        let ids = Tensor::from_vec(ids, (b, l), dev)?;
-        let positions = Tensor::from_vec(positions, (b, l), dev)?;
-        let x = self
-            .word
-            .forward(&ids)?
-            .add(&self.position.forward(&positions)?)?;
+    fn forward(&self, batch: &[&[u32]]) -> Vec<f32> {
+        let h = self.word.width();
+        let mut x = Vec::with_capacity(batch.iter().map(|s| s.len()).sum::<usize>() * h);
+        for seq in batch {
+            // HF `create_position_ids_from_input_ids`: cumsum(id != pad) * (id != pad) + pad.
+            let mut seen = 0;
+            for &id in seq.iter() {
+                let position = if id == self.pad {
+                    self.pad
+                } else {
+                    seen += 1;
+                    self.pad + seen
+                };
+                let word = self.word.row(id as usize);
+                x.extend(
+                    word.iter()
+                        .zip(self.position.row(position as usize))
+                        .map(|(w, p)| w + p),
+                );
+            }
+        }
         self.norm.forward(&x)
     }
 
-    fn attention_bias(&self, l: usize, dev: &Device) -> candle_core::Result<Option<Tensor>> {
-        let buckets: Vec<u32> = (0..l as i64)
-            .flat_map(|query| {
-                (0..l as i64).map(move |key| relative_position_bucket(key - query) as u32)
-            })
-            .collect();
-        let buckets = Tensor::from_vec(buckets, (l, l), dev)?;
-        // (L, L, heads) -> (1, heads, L, L)
-        let bias = self
-            .bias
-            .forward(&buckets)?
-            .permute((2, 0, 1))?
-            .contiguous()?
-            .unsqueeze(0)?;
-        Ok(Some(bias))
+    fn attention_bias(&self) -> Option<&RelativeBias> {
+        Some(&self.bias)
     }
+}
+
+/// The bias of every head for every distance `key - query` of sequences up to `max_len`
+/// tokens, from the per-bucket table `buckets` (buckets, heads): the [`RelativeBias`] layout.
+fn relative_bias(buckets: &Table, heads: usize, max_len: usize) -> RelativeBias {
+    let distances = 2 * max_len - 1;
+    let mut table = vec![0f32; heads * distances];
+    for (i, d) in (-(max_len as i64 - 1)..max_len as i64).enumerate() {
+        let row = buckets.row(relative_position_bucket(d));
+        for (h, &v) in row.iter().enumerate() {
+            table[h * distances + i] = v;
+        }
+    }
+    RelativeBias { table, max_len }
 }
 
 const ATTENTION: AttentionNames = AttentionNames {
@@ -195,28 +189,31 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
     )?;
     let eps = config.layer_norm_eps;
     let e = vb.pp("embeddings");
+    let max_len = config.max_position_embeddings - first_position;
     let front = Embeddings {
         word: e.embedding(config.vocab_size, h, "word_embeddings")?,
         position: e.embedding(config.max_position_embeddings, h, "position_embeddings")?,
         norm: e.layer_norm(h, eps, "LayerNorm")?,
         pad: config.pad_token_id,
-        bias: vb.pp("encoder").embedding(
-            config.relative_attention_num_buckets,
+        bias: relative_bias(
+            &vb.pp("encoder").embedding(
+                config.relative_attention_num_buckets,
+                heads,
+                "relative_attention_bias",
+            )?,
             heads,
-            "relative_attention_bias",
-        )?,
+            max_len,
+        ),
     };
     let dims = Dims {
         hidden: h,
-        heads,
         intermediate: config.intermediate_size,
         eps,
     };
     let (blocks, pooler) = load_stack(&vb, &dims, config.num_hidden_layers, &ATTENTION)?;
-    let dtype = dtype(spec)?;
     let c = &config;
     let description = format!(
-        "mpnet(hidden={}, blocks={}, heads={}, intermediate={}, vocab={}, max_pos={}, pad={}, buckets={BUCKETS}/{MAX_DISTANCE}, eps={:e}, act={}, pooler={}, compute={:?})",
+        "mpnet(hidden={}, blocks={}, heads={}, intermediate={}, vocab={}, max_pos={}, pad={}, buckets={BUCKETS}/{MAX_DISTANCE}, eps={:e}, act={}, pooler={}, {})",
         c.hidden_size,
         c.num_hidden_layers,
         c.num_attention_heads,
@@ -227,7 +224,7 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
         c.layer_norm_eps,
         c.hidden_act,
         pooler.is_some(),
-        dtype,
+        engine(&blocks, spec.compute),
     );
     let parts = Parts {
         name: "mpnet",
@@ -238,9 +235,9 @@ pub fn load(spec: &LoadSpec, config: &str) -> Result<Box<dyn Embedder>> {
         act,
         pooler,
         hidden: h,
-        max_len: config.max_position_embeddings - first_position,
-        pad_id: config.pad_token_id,
-        dtype,
+        heads,
+        vocab: config.vocab_size,
+        max_len,
         description,
     };
     Ok(Box::new(Encoder::new(parts, tokenizer)?))

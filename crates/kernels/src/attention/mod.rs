@@ -54,6 +54,23 @@ impl Rope {
     }
 }
 
+/// A bias added to every score by the distance `key - query`, per head (MPNet's relative
+/// position buckets, looked up once by the model): head `h`'s value for distance `d` is
+/// `table[h * (2 * max_len - 1) + d + max_len - 1]`, for sequences of at most `max_len` tokens.
+pub struct RelativeBias {
+    pub table: Vec<f32>,
+    pub max_len: usize,
+}
+
+impl RelativeBias {
+    /// Head `h`'s values for the keys of query `i`: entry `j` is the bias of key `j`.
+    #[inline(always)]
+    fn for_query(&self, h: usize, i: usize) -> &[f32] {
+        let width = 2 * self.max_len - 1;
+        &self.table[h * width + self.max_len - 1 - i..(h + 1) * width]
+    }
+}
+
 /// What one block adds to the model's [`AttentionShape`].
 pub struct LayerAttention<'a> {
     pub rope: &'a Rope,
@@ -64,6 +81,8 @@ pub struct LayerAttention<'a> {
     /// Per-head RMSNorm weights of q and k (gemma3, qwen3).
     pub q_norm: Option<&'a [f32]>,
     pub k_norm: Option<&'a [f32]>,
+    /// Added to the scores after the scale, before the softmax (MPNet), as HF adds it.
+    pub bias: Option<&'a RelativeBias>,
 }
 
 /// `qkv` holds, per packed row, q (n_heads * head_dim), k and v (n_kv_heads * head_dim each);
@@ -85,6 +104,16 @@ pub fn attend_on(
     let stride = q_dim + 2 * s.n_kv_heads * s.head_dim;
     let rows: usize = lens.iter().sum();
     debug_assert_eq!(qkv.len(), rows * stride);
+    if let Some(b) = layer.bias {
+        assert!(
+            b.table.len() == s.n_heads * (2 * b.max_len - 1)
+                && lens.iter().all(|&l| l <= b.max_len),
+            "relative bias of {} values for {} heads and sequences of at most {} tokens",
+            b.table.len(),
+            s.n_heads,
+            b.max_len
+        );
+    }
     // Each task zeroes its own rows (in its own thread, just before it writes them) instead of
     // the caller zeroing the whole output before the fork.
     let mut out: Vec<f32> = Vec::with_capacity(rows * q_dim);
@@ -192,6 +221,11 @@ multiversion! {
                         row[first_key..lo].fill(0.0);
                         row[hi + 1..=last_key].fill(0.0);
                         let live = &mut row[lo..=hi];
+                        if let Some(bias) = layer.bias {
+                            for (v, b) in live.iter_mut().zip(&bias.for_query(h, i)[lo..=hi]) {
+                                *v += b;
+                            }
+                        }
                         let max = max16(live);
                         for v in live.iter_mut() {
                             *v = rows::exp(*v - max);

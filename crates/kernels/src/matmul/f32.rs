@@ -1,14 +1,15 @@
 //! `x @ w` in f32: the matrix products of `compute: f32`.
 //!
-//! Where the CPU has AVX-512, the weights are packed once into panels and multiplied by the
-//! f32 FMA kernel of `panels` (each output one FMA chain over the inputs in order, so a row's
-//! result never depends on its batch). Without AVX-512 the weights stay a tensor for candle's
-//! matmul (its own summation order).
+//! Where the CPU has AVX-512, or AVX2 and FMA, the weights are packed once into panels and
+//! multiplied by an f32 FMA kernel of `panels` (each output one FMA chain over the inputs in
+//! order, so a row's result never depends on its batch, and the two kernels give the same
+//! bits). Without either the weights stay a tensor for candle's matmul (its own summation order,
+//! which depends on the batch's shape).
 
 use candle_core::{Device, Tensor};
 
 use super::gated::Gated;
-use super::panels::{FmaF32, Kernel, Panels};
+use super::panels::{FmaF32, FmaF32Avx2, Kernel, Panels};
 use crate::{Error, Result};
 
 /// Which kernel runs the f32 products.
@@ -16,15 +17,20 @@ use crate::{Error, Result};
 pub enum F32Kernel {
     /// The AVX-512 FMA panel kernel: each output one FMA chain over the inputs in order.
     Avx512,
+    /// The same order with AVX2 and FMA (CPUs without AVX-512): the same bits.
+    Avx2,
     /// candle's matmul (the `gemm` crate; its own summation order).
     Candle,
 }
 
 impl F32Kernel {
-    /// The first kernel this CPU runs: AVX-512 where it has AVX-512F, else candle.
+    /// The first kernel this CPU runs: AVX-512 where it has AVX-512F, else AVX2 where it has
+    /// AVX2 and FMA, else candle.
     pub fn detect() -> F32Kernel {
         if FmaF32::available() {
             F32Kernel::Avx512
+        } else if FmaF32Avx2::available() {
+            F32Kernel::Avx2
         } else {
             F32Kernel::Candle
         }
@@ -34,14 +40,16 @@ impl F32Kernel {
     pub fn runs_here(self) -> bool {
         match self {
             F32Kernel::Avx512 => FmaF32::available(),
+            F32Kernel::Avx2 => FmaF32Avx2::available(),
             F32Kernel::Candle => true,
         }
     }
 
-    /// The name in a model's description (`matmul=avx512|candle`).
+    /// The name in a model's description (`matmul=avx512|avx2|candle`).
     pub fn name(self) -> &'static str {
         match self {
             F32Kernel::Avx512 => "avx512",
+            F32Kernel::Avx2 => "avx2",
             F32Kernel::Candle => "candle",
         }
     }
@@ -55,8 +63,8 @@ pub struct PackedF32 {
 }
 
 enum Repr {
-    /// Panels for the AVX-512 FMA kernel.
-    Panels(Panels<f32>),
+    /// Panels for an FMA panel kernel (AVX-512 or AVX2).
+    Panels(Panels<f32>, F32Kernel),
     /// The (K, N) tensor, for candle's matmul.
     Dense(Tensor),
 }
@@ -76,7 +84,7 @@ impl PackedF32 {
             F32Kernel::Candle => Repr::Dense(
                 Tensor::from_slice(w, (k, n), &Device::Cpu).map_err(|e| Error::candle(OP, &e))?,
             ),
-            F32Kernel::Avx512 => Repr::Panels(Panels::new(w, k, n)?),
+            F32Kernel::Avx512 | F32Kernel::Avx2 => Repr::Panels(Panels::new(w, k, n)?, kernel),
         };
         Ok(PackedF32 { k, n, repr })
     }
@@ -84,7 +92,7 @@ impl PackedF32 {
     /// The kernel that multiplies.
     pub fn kernel(&self) -> F32Kernel {
         match self.repr {
-            Repr::Panels(_) => F32Kernel::Avx512,
+            Repr::Panels(_, kernel) => kernel,
             Repr::Dense(_) => F32Kernel::Candle,
         }
     }
@@ -108,7 +116,8 @@ impl PackedF32 {
                 .and_then(|c| c.flatten_all())
                 .and_then(|c| c.to_vec1())
                 .map_err(|e| Error::candle(OP, &e)),
-            Repr::Panels(b) => Ok(b.matmul::<FmaF32>(x, m)),
+            Repr::Panels(b, F32Kernel::Avx2) => Ok(b.matmul::<FmaF32Avx2>(x, m)),
+            Repr::Panels(b, _) => Ok(b.matmul::<FmaF32>(x, m)),
         }
     }
 
@@ -117,13 +126,17 @@ impl PackedF32 {
     /// [`PackedF32::matmul`] then [`crate::Rows::gated`].
     pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
         gated.check("f32 gated matmul", self.n)?;
+        let finish =
+            |_: usize, j: usize, tile: &mut [f32], out: &mut [std::mem::MaybeUninit<f32>]| {
+                gated.finish_pair(j, tile, out)
+            };
         match &self.repr {
-            Repr::Panels(b) if m * self.k == x.len() => Ok(b.matmul_pairs::<FmaF32>(
-                x,
-                m,
-                gated.ffn,
-                |_, j, tile, out| gated.finish_pair(j, tile, out),
-            )),
+            Repr::Panels(b, F32Kernel::Avx2) if m * self.k == x.len() => {
+                Ok(b.matmul_pairs::<FmaF32Avx2>(x, m, gated.ffn, finish))
+            }
+            Repr::Panels(b, _) if m * self.k == x.len() => {
+                Ok(b.matmul_pairs::<FmaF32>(x, m, gated.ffn, finish))
+            }
             _ => Ok(gated.after(self.matmul(x, m)?, m)),
         }
     }

@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
-use crate::isa::has_avx512f;
+use crate::isa::{has_avx2_fma, has_avx512f};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -72,6 +72,8 @@ pub(crate) trait Kernel {
 
 /// f32 inputs, one FMA per input.
 pub(crate) struct FmaF32;
+/// The same with AVX2 and FMA (no AVX-512): the same order of operations, so the same bits.
+pub(crate) struct FmaF32Avx2;
 /// bf16 input pairs (input `2p` in the low half of step `p`), one `vdpbf16ps` per pair.
 pub(crate) struct DotBf16;
 /// Four u8 inputs times four s8 weights per step (input `4p + j` in byte `j`), one `vpdpbusd`
@@ -442,10 +444,14 @@ fn pack_micro_block<T: Step>(rows: &[T], k: usize, inputs: std::ops::Range<usize
         // write per step.
         let rows: [&[T]; MICRO_ROWS] =
             std::array::from_fn(|r| &rows[r * k + inputs.start..r * k + inputs.end]);
-        // SAFETY: panels are multiplied only where the CPU has AVX-512F (every kernel needs
-        // it); steps are 4-byte values, moved as bits.
+        // The AVX-512 transpose where the CPU has it (the AVX2 kernel's CPUs do not).
         #[cfg(target_arch = "x86_64")]
-        let done = unsafe { avx512::pack12(&rows, dst) };
+        let done = if has_avx512f() {
+            // SAFETY: AVX-512F checked just above; steps are 4-byte values, moved as bits.
+            unsafe { avx512::pack12(&rows, dst) }
+        } else {
+            0
+        };
         #[cfg(not(target_arch = "x86_64"))]
         let done = 0;
         for (i, out) in dst
@@ -530,6 +536,27 @@ impl Kernel for FmaF32 {
     }
 }
 
+impl Kernel for FmaF32Avx2 {
+    type Step = f32;
+
+    fn available() -> bool {
+        has_avx2_fma()
+    }
+
+    unsafe fn micro<const R: usize>(s: &Block, a: *const f32, b: *const f32, c: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract.
+        unsafe {
+            avx2::micro_f32::<R>(s, a, b, c)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (s, a, b, c);
+            unreachable!("panels are packed only on x86_64")
+        }
+    }
+}
+
 impl Kernel for DotBf16 {
     type Step = u32;
 
@@ -578,5 +605,7 @@ impl Kernel for DotI8 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
