@@ -157,6 +157,28 @@ where
     out
 }
 
+/// A residual step over rows of `width`: a new vector whose chunks of rows are written in
+/// parallel by `step(x rows, y rows, output rows)`, which also updates `x` in place.
+///
+/// # Safety
+/// `step` must write every value of the output rows it is given.
+unsafe fn par_residual<F>(x: &mut [f32], y: &[f32], width: usize, step: F) -> Vec<f32>
+where
+    F: Fn(&mut [f32], &[f32], &mut [MaybeUninit<f32>]) + Sync,
+{
+    let chunk = width * ROWS_PER_TASK;
+    let len = x.len();
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .zip(x.par_chunks_mut(chunk))
+        .zip(y.par_chunks(chunk))
+        .for_each(|((o, x), y)| step(x, y, o));
+    // SAFETY: the caller's `step` wrote every value of every chunk, `len` in all.
+    unsafe { out.set_len(len) };
+    out
+}
+
 multiversion! {
     fn add_rms_rows(isa: Isa, x: &mut [f32], y: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
         let h = w.len();
@@ -297,17 +319,8 @@ impl Rows {
     /// two.
     pub fn add_rms_norm(self, x: &mut [f32], y: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
         let isa = self.0;
-        let chunk = w.len() * ROWS_PER_TASK;
-        let len = x.len();
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        out.spare_capacity_mut()[..len]
-            .par_chunks_mut(chunk)
-            .zip(x.par_chunks_mut(chunk))
-            .zip(y.par_chunks(chunk))
-            .for_each(|((o, x), y)| add_rms_rows(isa, x, y, w, eps, o));
-        // SAFETY: add_rms_rows wrote every value of every output row, one per row of x.
-        unsafe { out.set_len(len) };
-        out
+        // SAFETY: add_rms_rows writes every value of its output rows, one per row of x.
+        unsafe { par_residual(x, y, w.len(), |x, y, o| add_rms_rows(isa, x, y, w, eps, o)) }
     }
 
     /// LayerNorm (biased variance, like torch) of every row.
@@ -333,17 +346,12 @@ impl Rows {
         eps: f32,
     ) -> Vec<f32> {
         let isa = self.0;
-        let chunk = w.len() * ROWS_PER_TASK;
-        let len = x.len();
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        out.spare_capacity_mut()[..len]
-            .par_chunks_mut(chunk)
-            .zip(x.par_chunks_mut(chunk))
-            .zip(y.par_chunks(chunk))
-            .for_each(|((o, x), y)| add_layer_norm_rows(isa, x, y, w, b, eps, o));
-        // SAFETY: layer_norm_rows wrote every value of every output row, one per row of x.
-        unsafe { out.set_len(len) };
-        out
+        // SAFETY: add_layer_norm_rows writes every value of its output rows, one per row of x.
+        unsafe {
+            par_residual(x, y, w.len(), |x, y, o| {
+                add_layer_norm_rows(isa, x, y, w, b, eps, o)
+            })
+        }
     }
 
     /// `x += y`.
