@@ -36,7 +36,7 @@ case "$gguf" in
 esac
 
 tps() { grep -oE '[0-9.]+ (real )?tokens/s' | grep -oE '^[0-9.]+' | tail -1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
 
 declare -A torch
 for dtype in $dtypes; do
@@ -69,9 +69,12 @@ done
 "$peaks/fma_peak" > "$peaks/after"
 torch[int8]="${torch[int8]:-}"
 rust[int8]="${rust[int8]:-}"
-# The larger of the two measurements of an instruction's per-core peak (GFLOP/s).
+# The larger of the two measurements of an instruction's per-core peak (GFLOP/s); f32 is the
+# AVX-512 FMA, or AVX2's where the CPU has no AVX-512 (AMD Zen 3).
 peak() { cat "$peaks/before" "$peaks/after" | grep "$1" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+' | sort -g | tail -1; }
 gflop=$("$py" scripts/peers/model_flops.py "$gguf")
+f32_peak=$(peak "f32 vfmadd zmm" || true)
+f32_peak="${f32_peak:-$(peak "f32 vfmadd ymm" || true)}"
 share() { awk -v t="$1" -v p="$2" -v g="$gflop" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * t * g / (2 * p); else print "n/a" }'; }
 
 echo "== $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) (cpu family $(grep -m1 "cpu family" /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d" " -f1-3 /proc/loadavg)"
@@ -80,8 +83,8 @@ echo "== rust int8 / rust bf16:     $(ratio "${rust[int8]}" "${rust[bf16]}")  (b
 echo "== rust int8 / pytorch int8:  $(ratio "${rust[int8]}" "${torch[int8]}")  (bar 2x)"
 echo "== rust bf16 / pytorch bf16:  $(ratio "${rust[bf16]}" "${torch[bf16]}")  (bar 2x)"
 echo "== rust f32 / pytorch fp32:   $(ratio "${rust[f32]}" "${torch[fp32]}")"
-echo "== per-core peaks (GFLOP/s): f32 $(peak "f32 vfmadd zmm"), bf16 $(peak vdpbf16ps), int8 $(peak vpdpbusd); products $gflop GFLOP per token"
-echo "== share of the 2-core limit: rust f32 $(share "${rust[f32]}" "$(peak "f32 vfmadd zmm")"), bf16 $(share "${rust[bf16]}" "$(peak vdpbf16ps)"), int8 $(share "${rust[int8]}" "$(peak vpdpbusd)")  (bar 80% for f32 and bf16)"
+echo "== per-core peaks (GFLOP/s): f32 $f32_peak, bf16 $(peak vdpbf16ps), int8 $(peak vpdpbusd); products $gflop GFLOP per token"
+echo "== share of the 2-core limit: rust f32 $(share "${rust[f32]}" "$f32_peak"), bf16 $(share "${rust[bf16]}" "$(peak vdpbf16ps)"), int8 $(share "${rust[int8]}" "$(peak vpdpbusd)")  (bar 80% for f32 and bf16)"
 if [ -n "$llama" ]; then
   echo "== ratio to llama.cpp ($llama tokens/s): rust f32 $(ratio "${rust[f32]}" "$llama"), bf16 $(ratio "${rust[bf16]}" "$llama"), int8 $(ratio "${rust[int8]}" "$llama")"
 fi
