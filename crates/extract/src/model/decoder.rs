@@ -509,14 +509,9 @@ impl Decoder {
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
         // Pools `states` (once) into the slot of every tap that `wants` them.
         let record = |out: &mut [Option<Vec<f32>>], wants: &dyn Fn(Tap) -> bool, states: &[f32]| {
-            let mut pooled: Option<Vec<f32>> = None;
-            for (slot, &tap) in out.iter_mut().zip(taps) {
-                if wants(tap) {
-                    let p =
-                        pooled.get_or_insert_with(|| pool(states, &lens, mean, c.hidden, pooling));
-                    *slot = Some(p.clone());
-                }
-            }
+            fill_taps(out, taps, wants, || {
+                pool(states, &lens, mean, c.hidden, pooling)
+            })
         };
         // HF's last hidden_states entry is after the final norm: Layer(n) == FinalNorm.
         let after_final_norm = |tap: Tap| tap == Tap::FinalNorm || tap == Tap::Layer(c.n_layers);
@@ -577,18 +572,28 @@ impl Decoder {
             record(&mut out, &after_final_norm, &normed);
             if let (true, Some(head)) = (wants_sentence, &self.sentence) {
                 let v = head.forward(&normed, &lens, c.hidden)?;
-                for (slot, _) in out
-                    .iter_mut()
-                    .zip(taps)
-                    .filter(|(_, t)| **t == Tap::Sentence)
-                {
-                    *slot = Some(v.clone());
-                }
+                fill_taps(&mut out, taps, |t| t == Tap::Sentence, || v.clone());
             }
         }
         out.into_iter()
             .map(|o| o.ok_or_else(|| Error::compute("decoder forward", "a tap was not produced")))
             .collect()
+    }
+}
+
+/// Puts the vectors `make` returns (called once, and only if some tap wants them) into the slot
+/// of every tap in `taps` that `wants` them.
+pub(crate) fn fill_taps(
+    out: &mut [Option<Vec<f32>>],
+    taps: &[Tap],
+    wants: impl Fn(Tap) -> bool,
+    mut make: impl FnMut() -> Vec<f32>,
+) {
+    let mut made: Option<Vec<f32>> = None;
+    for (slot, &tap) in out.iter_mut().zip(taps) {
+        if wants(tap) {
+            *slot = Some(made.get_or_insert_with(&mut make).clone());
+        }
     }
 }
 

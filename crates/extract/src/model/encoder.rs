@@ -24,7 +24,7 @@ use llmembed_kernels::Rows;
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, RelativeBias, Rope, attend};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use super::decoder::{Linear, pool, vector};
+use super::decoder::{Linear, fill_taps, pool, vector};
 use super::errors::candle_message;
 use super::safetensors::check_safetensors;
 use super::tokenizer::added_tokens_empty;
@@ -394,17 +394,14 @@ impl Encoder {
             bias: self.p.front.attention_bias(),
         };
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
+        // Pools block `k`'s output (once) into the slot of every tap on it.
         let take = |k: usize, x: &[f32], out: &mut [Option<Vec<f32>>]| {
-            let mut pooled: Option<Vec<f32>> = None;
-            for (slot, &t) in out.iter_mut().zip(taps) {
-                if t == Tap::Layer(k) {
-                    *slot = Some(
-                        pooled
-                            .get_or_insert_with(|| pool(x, &lens, mean, h, pooling))
-                            .clone(),
-                    );
-                }
-            }
+            fill_taps(
+                out,
+                taps,
+                |t| t == Tap::Layer(k),
+                || pool(x, &lens, mean, h, pooling),
+            )
         };
         let mut x = self.p.front.forward(batch);
         take(0, &x, &mut out);
@@ -417,11 +414,7 @@ impl Encoder {
             let first = pool(&x, &lens, &whole, h, Pooling::First);
             let mut p = pooler.forward(&first, lens.len())?;
             p.iter_mut().for_each(|v| *v = v.tanh());
-            for (slot, &t) in out.iter_mut().zip(taps) {
-                if t == Tap::Pooler {
-                    *slot = Some(p.clone());
-                }
-            }
+            fill_taps(&mut out, taps, |t| t == Tap::Pooler, || p.clone());
         }
         Ok(out.into_iter().map(|o| o.unwrap_or_default()).collect())
     }
