@@ -1,7 +1,8 @@
 //! The multiply-add peak of one core: 24 independent chains of AVX-512 `vfmadd` (f32), of
 //! `vdpbf16ps` (bf16 pairs) and of `vpdpbusd` (int8 quads, counted as two operations per
-//! multiply-add like the others), plus AVX2 `vfmadd` for comparison, each for about a second. The
-//! README's "peaks at N GFLOP/s per core" figures come from here.
+//! multiply-add like the others), plus AVX2 `vfmadd` and AVX2 `vpmaddwd` + `vpaddd` (int16
+//! pairs, what `compute: int8` runs without VNNI), each for about a second. The README's "peaks
+//! at N GFLOP/s per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
 //!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak
@@ -66,6 +67,26 @@ fn fma_ymm(n: usize) -> f32 {
     lanes.iter().sum()
 }
 
+#[target_feature(enable = "avx2")]
+fn maddwd_ymm(n: usize) -> f32 {
+    let mut acc: [__m256i; CHAINS / 2] = std::array::from_fn(|i| _mm256_set1_epi32(i as i32));
+    let y = _mm256_set1_epi16(-1);
+    for _ in 0..n {
+        for a in acc.iter_mut() {
+            // The accumulator is also the multiplicand: integer sums of a constant product
+            // would be folded into one multiplication by the compiler.
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*a, y));
+        }
+    }
+    let mut lanes = [0i32; 8];
+    let sum = acc
+        .iter()
+        .fold(_mm256_setzero_si256(), |s, &a| _mm256_add_epi32(s, a));
+    // SAFETY: lanes holds 8 i32.
+    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), sum) };
+    lanes.iter().map(|&l| l as f32).sum()
+}
+
 fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
     let n = 20_000_000;
     let start = Instant::now();
@@ -100,5 +121,9 @@ fn main() {
     }
     if has("fma") {
         time("f32 vfmadd ymm", CHAINS / 2 * 16, |n| unsafe { fma_ymm(n) });
+        // Sixteen int16 multiply-adds per `vpmaddwd`.
+        time("int8 vpmaddwd ymm", CHAINS / 2 * 32, |n| unsafe {
+            maddwd_ymm(n)
+        });
     }
 }

@@ -358,16 +358,21 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
         texts.unique.len() - missing.len(),
         texts.unique.len()
     )];
-    if p.compute == ComputeDtype::Int8 && I8Kernel::detect() != I8Kernel::Vnni {
+    let int8 = I8Kernel::detect();
+    if p.compute == ComputeDtype::Int8 && int8 != I8Kernel::Vnni {
         // Said in every run's summary: the bits are the same, the speed is not.
         let why = if std::env::var_os("LLMEMBED_NO_AVX512VNNI").is_some() {
             "LLMEMBED_NO_AVX512VNNI is set"
         } else {
             "this CPU has no AVX512-VNNI"
         };
-        log::warn!("compute int8: {why}; the portable int8 kernel runs (the same bits, slower)");
+        let kernel = match int8 {
+            I8Kernel::Avx2 => "AVX2",
+            _ => "portable",
+        };
+        log::warn!("compute int8: {why}; the {kernel} int8 kernel runs (the same bits, slower)");
         notes.push(format!(
-            "int8 products on the portable kernel ({why}; the same bits as VNNI, slower)"
+            "int8 products on the {kernel} kernel ({why}; the same bits as VNNI, slower)"
         ));
     }
     if !store.quarantined.is_empty() {

@@ -209,7 +209,7 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
     }
 }
 
-/// The int8 products (VNNI or the portable kernel, with the per-row outlier rule) keep every
+/// The int8 products (VNNI, AVX2 or the portable kernel, with the per-row outlier rule) keep every
 /// row to itself too: a text's int8 vectors do not depend on its batch, bit for bit.
 #[test]
 fn int8_padding_invariant_and_deterministic() {

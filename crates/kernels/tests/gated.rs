@@ -115,7 +115,7 @@ fn fused_f32_and_bf16_products_give_the_unfused_bits() {
 
 #[test]
 fn fused_int8_products_give_the_unfused_bits_with_outliers() {
-    let kernels: Vec<I8Kernel> = [I8Kernel::Vnni, I8Kernel::Portable]
+    let kernels: Vec<I8Kernel> = [I8Kernel::Vnni, I8Kernel::Avx2, I8Kernel::Portable]
         .into_iter()
         .filter(|k| k.runs_here())
         .collect();

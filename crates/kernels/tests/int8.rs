@@ -1,5 +1,5 @@
-//! The int8 products: the VNNI and portable kernels give the same bits, both give exactly the
-//! quantised product that `matmul/int8.rs` states (computed here one integer at a time), rows
+//! The int8 products: the VNNI, AVX2 and portable kernels give the same bits, all give exactly
+//! the quantised product that `matmul/int8.rs` states (computed here one integer at a time), rows
 //! do not depend on their batch, the outlier rule takes out planted outlier channels and so
 //! keeps the product close to f64, and the switch turns VNNI off. Each test prints which
 //! kernels ran (`--nocapture`).
@@ -27,7 +27,7 @@ fn inputs(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn kernels() -> Vec<I8Kernel> {
-    let all = [I8Kernel::Vnni, I8Kernel::Portable];
+    let all = [I8Kernel::Vnni, I8Kernel::Avx2, I8Kernel::Portable];
     let ran: Vec<&str> = all
         .iter()
         .filter(|k| k.runs_here())
@@ -246,14 +246,13 @@ fn every_kernel_gives_the_stated_outlier_rule_bit_for_bit() {
     }
 }
 
-/// Integer sums do not depend on their order, so VNNI and the portable loop agree bit for bit,
-/// outliers included (on a CPU without VNNI this compares the portable kernel with itself and
-/// says so).
+/// Integer sums do not depend on their order, so VNNI, AVX2 and the portable loop agree bit
+/// for bit, outliers included (the kernels this CPU lacks are named by `kernels()`).
 #[test]
-fn vnni_and_portable_give_the_same_bits() {
+fn int8_kernels_give_the_same_bits() {
     let ran = kernels();
-    if !ran.contains(&I8Kernel::Vnni) {
-        println!("this CPU has no AVX512-VNNI: only the portable kernel ran");
+    if ran.len() < 2 {
+        println!("only the portable kernel runs on this CPU: it is compared with itself");
     }
     for o in [Outliers::NONE, Outliers::DEFAULT] {
         for &(m, k, n) in SHAPES {
@@ -380,12 +379,17 @@ fn bad_shapes_and_values_are_errors() {
         }
         assert_eq!(packed.matmul(&[0.0; 4], 1).unwrap(), vec![0.0; 4]);
     }
-    match PackedI8::new(&w, 4, 4, I8Kernel::Vnni, Outliers::NONE) {
-        Ok(_) => assert!(I8Kernel::Vnni.runs_here()),
-        Err(e) => assert_eq!(
-            e.to_string(),
-            "pack int8 weights: the avx512vnni kernel does not run on this CPU"
-        ),
+    for kernel in [I8Kernel::Vnni, I8Kernel::Avx2] {
+        match PackedI8::new(&w, 4, 4, kernel, Outliers::NONE) {
+            Ok(_) => assert!(kernel.runs_here()),
+            Err(e) => assert_eq!(
+                e.to_string(),
+                format!(
+                    "pack int8 weights: the {} kernel does not run on this CPU",
+                    kernel.name()
+                )
+            ),
+        }
     }
 }
 
@@ -394,13 +398,17 @@ fn bad_shapes_and_values_are_errors() {
 #[test]
 fn the_switch_turns_vnni_off() {
     for vnni in [false, true] {
-        for off in [false, true] {
-            let want = if vnni && !off {
-                I8Kernel::Vnni
-            } else {
-                I8Kernel::Portable
-            };
-            assert_eq!(I8Kernel::choose(vnni, off), want);
+        for avx2 in [false, true] {
+            for off in [false, true] {
+                let want = if vnni && !off {
+                    I8Kernel::Vnni
+                } else if avx2 {
+                    I8Kernel::Avx2
+                } else {
+                    I8Kernel::Portable
+                };
+                assert_eq!(I8Kernel::choose(vnni, avx2, off), want);
+            }
         }
     }
     const CHILD: &str = "LLMEMBED_KERNELS_I8_CHILD";
@@ -422,7 +430,12 @@ fn the_switch_turns_vnni_off() {
             .unwrap_or_else(|| panic!("child printed no kernel: {out}"))
             .to_string()
     };
+    let fallback = if I8Kernel::Avx2.runs_here() {
+        "avx2i16"
+    } else {
+        "i8portable"
+    };
     let vnni = I8Kernel::Vnni.runs_here();
-    assert_eq!(run(false), if vnni { "avx512vnni" } else { "i8portable" });
-    assert_eq!(run(true), "i8portable");
+    assert_eq!(run(false), if vnni { "avx512vnni" } else { fallback });
+    assert_eq!(run(true), fallback);
 }

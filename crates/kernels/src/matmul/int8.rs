@@ -24,19 +24,26 @@
 //! result never depends on its batch, and no calibration set is needed: a channel is an
 //! outlier where it is one.
 //!
-//! Two kernels give the same bits, because the integer sums are exact in any order:
+//! Three kernels give the same bits, because the integer sums are exact in any order:
 //! - AVX512-VNNI (Intel Ice Lake and later, AMD Zen 4 and later): `vpdpbusd` adds four u8 x s8
 //!   products per 32-bit lane, in the panel kernel of `panels.rs`, a step being four inputs.
+//! - AVX2 (AMD Zen 3, Intel Haswell to Comet Lake): `vpmaddwd` multiplies two int16 pairs per
+//!   32-bit lane and adds them into int32, a step being two inputs; the bytes are widened to
+//!   int16 (weights once at pack time, so they take two bytes each; activations per row after
+//!   quantising). Why not `vpmaddubsw`, which takes bytes: it adds its two u8 x s8 products
+//!   into a saturating int16, and `255 x 127 x 2` does not fit.
 //! - A portable one (any CPU): the same integers summed by plain Rust.
 //!
-//! `LLMEMBED_NO_AVX512VNNI=1` turns the first off (to compare them on one machine).
+//! `LLMEMBED_NO_AVX512VNNI=1` turns the first off (to compare them on one machine): the AVX2
+//! kernel runs where the CPU has AVX2, the portable one elsewhere.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::gated::Gated;
-use super::panels::{DotI8, Kernel, PAIR, PANEL, Panels};
+use super::panels::{DotI8, Kernel, MaddI16, PAIR, PANEL, Panels};
 use crate::isa::{Isa, multiversion};
 use crate::{Error, Result};
 
@@ -51,27 +58,34 @@ const COLUMN_BLOCK: usize = 256;
 pub enum I8Kernel {
     /// AVX512-VNNI `vpdpbusd` in the panel kernel.
     Vnni,
-    /// Integer sums in plain Rust, where the CPU lacks AVX512-VNNI (same bits, slower).
+    /// AVX2 `vpmaddwd` on int16 pairs in the panel kernel, where the CPU lacks AVX512-VNNI
+    /// (same bits).
+    Avx2,
+    /// Integer sums in plain Rust, where the CPU has neither (same bits, slower).
     Portable,
 }
 
 impl I8Kernel {
     /// The first kernel this process can use (checked once): VNNI where the CPU has it and
-    /// `LLMEMBED_NO_AVX512VNNI` is not set.
+    /// `LLMEMBED_NO_AVX512VNNI` is not set, else AVX2 where the CPU has it, else portable.
     pub fn detect() -> I8Kernel {
         static KERNEL: OnceLock<I8Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
             I8Kernel::choose(
                 DotI8::available(),
+                MaddI16::available(),
                 std::env::var_os("LLMEMBED_NO_AVX512VNNI").is_some(),
             )
         })
     }
 
-    /// VNNI when the CPU has it (`vnni`) and it is not switched off.
-    pub fn choose(vnni: bool, no_vnni: bool) -> I8Kernel {
+    /// VNNI when the CPU has it (`vnni`) and it is not switched off, else AVX2 when the CPU
+    /// has it (`avx2`), else portable.
+    pub fn choose(vnni: bool, avx2: bool, no_vnni: bool) -> I8Kernel {
         if vnni && !no_vnni {
             I8Kernel::Vnni
+        } else if avx2 {
+            I8Kernel::Avx2
         } else {
             I8Kernel::Portable
         }
@@ -81,14 +95,24 @@ impl I8Kernel {
     pub fn runs_here(self) -> bool {
         match self {
             I8Kernel::Vnni => DotI8::available(),
+            I8Kernel::Avx2 => MaddI16::available(),
             I8Kernel::Portable => true,
         }
     }
 
-    /// The name in a model's description (`matmul=avx512vnni|i8portable`).
+    /// Inputs per 32-bit step of the kernel's A (and, packed, of its weights).
+    fn inputs_per_step(self) -> usize {
+        match self {
+            I8Kernel::Vnni | I8Kernel::Portable => 4,
+            I8Kernel::Avx2 => 2,
+        }
+    }
+
+    /// The name in a model's description (`matmul=avx512vnni|avx2i16|i8portable`).
     pub fn name(self) -> &'static str {
         match self {
             I8Kernel::Vnni => "avx512vnni",
+            I8Kernel::Avx2 => "avx2i16",
             I8Kernel::Portable => "i8portable",
         }
     }
@@ -135,7 +159,10 @@ pub struct PackedI8 {
 
 enum Repr {
     /// Steps of four inputs (input 4p + j in byte j of step p; zeros past K) in panels.
-    Panels(Panels<u32>),
+    Quads(Panels<u32>),
+    /// Steps of two inputs as int16 (input 2p in the low half of step p; zeros past K) in
+    /// panels.
+    Pairs(Panels<u32>),
     /// One row of K int8 weights per output ((N, K) row-major).
     Columns(Vec<i8>),
 }
@@ -181,17 +208,27 @@ impl PackedI8 {
             .for_each(|(q, row)| quantise_weights(Isa::best(), row, &scales, q));
         let mut shift = vec![0i32; n];
         let repr = match kernel {
-            I8Kernel::Vnni => {
-                let steps = k.div_ceil(4);
+            I8Kernel::Vnni | I8Kernel::Avx2 => {
+                // Steps of four bytes (VNNI) or of two int16 (AVX2), each weight sign-extended
+                // to its width.
+                let per_step = kernel.inputs_per_step();
+                let (bits, steps) = (32 / per_step, k.div_ceil(per_step));
+                let mask = u32::MAX >> (32 - bits);
                 let mut packed = vec![0u32; steps * n];
                 for (row, values) in q_w.chunks_exact(n.max(1)).enumerate() {
-                    let (dst, byte) = (&mut packed[row / 4 * n..(row / 4 + 1) * n], row % 4);
+                    let step = row / per_step;
+                    let (dst, slot) = (&mut packed[step * n..(step + 1) * n], row % per_step);
                     for (col, (d, &q)) in dst.iter_mut().zip(values).enumerate() {
                         shift[col] += 128 * q as i32;
-                        *d |= (q as u8 as u32) << (8 * byte);
+                        *d |= (q as i32 as u32 & mask) << (bits * slot);
                     }
                 }
-                Repr::Panels(Panels::new(&packed, steps, n)?)
+                let panels = Panels::new(&packed, steps, n)?;
+                if kernel == I8Kernel::Vnni {
+                    Repr::Quads(panels)
+                } else {
+                    Repr::Pairs(panels)
+                }
             }
             I8Kernel::Portable => {
                 let mut columns = vec![0i8; n * k];
@@ -217,7 +254,8 @@ impl PackedI8 {
     /// The kernel that multiplies, as `describe()` names it.
     pub fn kernel(&self) -> I8Kernel {
         match self.repr {
-            Repr::Panels(_) => I8Kernel::Vnni,
+            Repr::Quads(_) => I8Kernel::Vnni,
+            Repr::Pairs(_) => I8Kernel::Avx2,
             Repr::Columns(_) => I8Kernel::Portable,
         }
     }
@@ -230,9 +268,11 @@ impl PackedI8 {
     /// `q_w[ch][n]` for every output `n`, as f32: one input channel's int8 weights.
     fn channel_weights(&self, ch: usize) -> Vec<f32> {
         match &self.repr {
-            Repr::Panels(p) => {
+            Repr::Quads(p) | Repr::Pairs(p) => {
+                let per_step = self.kernel().inputs_per_step();
+                let steps = self.k.div_ceil(per_step);
                 let mut out = vec![0f32; self.n];
-                unpack_channel(Isa::best(), p.as_slice(), self.k.div_ceil(4), ch, &mut out);
+                unpack_channel(Isa::best(), p.as_slice(), steps, per_step, ch, &mut out);
                 out
             }
             Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch] as f32).collect(),
@@ -264,7 +304,8 @@ impl PackedI8 {
         // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
         // band of rows scaled as soon as it is done.
         let y: Vec<f32> = match &self.repr {
-            Repr::Panels(p) => p.matmul_then::<DotI8>(&q.a, m, finish),
+            Repr::Quads(p) => p.matmul_then::<DotI8>(&q.a, m, finish),
+            Repr::Pairs(p) => p.matmul_then::<MaddI16>(&q.a, m, finish),
             Repr::Columns(c) => {
                 let (k, steps) = (self.k, self.k.div_ceil(4));
                 let mut y = vec![0f32; m * n];
@@ -288,21 +329,22 @@ impl PackedI8 {
     pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
         const OP: &str = "int8 gated matmul";
         gated.check(OP, self.n)?;
-        match &self.repr {
-            Repr::Panels(p) if m > 0 => {
-                let q = self.quantise_input(OP, x, m)?;
-                let columns = q.columns(self);
-                Ok(
-                    p.matmul_pairs::<DotI8>(&q.a, m, gated.ffn, |row0, j, tile, out| {
-                        for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
-                            q.descale(&columns, row0 + r, y, j * PAIR);
-                        }
-                        gated.finish_pair(j, tile, out);
-                    }),
-                )
-            }
-            _ => Ok(gated.after(self.matmul(x, m)?, m)),
+        if m == 0 || matches!(self.repr, Repr::Columns(_)) {
+            return Ok(gated.after(self.matmul(x, m)?, m));
         }
+        let q = self.quantise_input(OP, x, m)?;
+        let columns = q.columns(self);
+        let epilogue = |row0: usize, j: usize, tile: &mut [f32], out: &mut [MaybeUninit<f32>]| {
+            for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
+                q.descale(&columns, row0 + r, y, j * PAIR);
+            }
+            gated.finish_pair(j, tile, out);
+        };
+        Ok(match &self.repr {
+            Repr::Quads(p) => p.matmul_pairs::<DotI8>(&q.a, m, gated.ffn, epilogue),
+            Repr::Pairs(p) => p.matmul_pairs::<MaddI16>(&q.a, m, gated.ffn, epilogue),
+            Repr::Columns(_) => unreachable!("returned above"),
+        })
     }
 
     fn check_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<()> {
@@ -325,11 +367,14 @@ impl PackedI8 {
     fn quantise_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<QuantInput> {
         self.check_input(op, x, m)?;
         let k = self.k;
-        // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps of four
-        // inputs (the padding meets zero weights), four to a u32: the kernels' A. A row's
-        // outliers go to its own `slot_len` slots of one buffer, as (value, channel): no
-        // allocation per row (malloc and free were 2.5% of an int8 run's time).
-        let steps = k.div_ceil(4);
+        // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps (the
+        // padding meets zero weights), four bytes to a u32, or for the AVX2 kernel widened to
+        // two int16 to a u32: the kernels' A. A row's outliers go to its own `slot_len` slots
+        // of one buffer, as (value, channel): no allocation per row (malloc and free were 2.5%
+        // of an int8 run's time).
+        let pairs = matches!(self.repr, Repr::Pairs(_));
+        let quads = k.div_ceil(4);
+        let steps = k.div_ceil(self.kernel().inputs_per_step());
         let slot_len = self.outliers.max.max(1);
         let mut a = vec![0u32; m * steps];
         let mut slots = vec![(0f32, 0usize); m * slot_len];
@@ -339,9 +384,18 @@ impl PackedI8 {
             .zip(a.par_chunks_mut(steps))
             .zip(slots.par_chunks_mut(slot_len))
             .with_min_len(ROWS_PER_TASK)
-            .map_init(Vec::new, |candidates, ((row, a), slots)| {
-                quantise_row(row, a, rule, candidates, slots)
-            })
+            .map_init(
+                || (Vec::new(), vec![0u32; if pairs { quads } else { 0 }]),
+                |(candidates, bytes), ((row, a), slots)| {
+                    if pairs {
+                        let q = quantise_row(row, bytes, rule, candidates, slots);
+                        widen_to_pairs(bytes, a);
+                        q
+                    } else {
+                        quantise_row(row, a, rule, candidates, slots)
+                    }
+                },
+            )
             .collect_into_vec(&mut rows);
         if let Some((r, _)) = rows.iter().enumerate().find(|(_, q)| !q.scale.is_finite()) {
             return Err(Error::new(
@@ -660,15 +714,36 @@ unsafe fn quantise_avx512(x: &[f32], inv: f32, a: &mut [u32]) -> usize {
     groups * 16
 }
 
+/// `pairs[p]`: inputs `2p` and `2p + 1` of `bytes` (four u8 to a u32, as [`quantise_row`]
+/// writes them) as two int16 in a u32, the low half first; `pairs` is as long as the row's
+/// steps of two (a last odd input meets a zero).
+fn widen_to_pairs(bytes: &[u32], pairs: &mut [u32]) {
+    for (p, out) in pairs.iter_mut().enumerate() {
+        let two = bytes[p / 2] >> (16 * (p % 2));
+        *out = (two & 0xFF) | ((two >> 8) & 0xFF) << 16;
+    }
+}
+
 multiversion! {
     /// `out[n] = q_w[ch][n]` as f32 for every output: one input channel's int8 weights, from
-    /// panels of `steps` steps of four (byte `ch % 4` of step `ch / 4` in each column).
-    fn unpack_channel(isa: Isa, data: &[u32], steps: usize, ch: usize, out: &mut [f32]) {
-        let shift = 8 * (ch % 4);
+    /// panels of `steps` steps of `per_step` inputs (4: bytes, byte `ch % 4` of step `ch / 4`
+    /// in each column; 2: int16, half `ch % 2` of step `ch / 2`).
+    fn unpack_channel(
+        isa: Isa,
+        data: &[u32],
+        steps: usize,
+        per_step: usize,
+        ch: usize,
+        out: &mut [f32],
+    ) {
+        let bits = 32 / per_step;
+        let shift = bits * (ch % per_step);
         for (panel, out) in out.chunks_mut(PANEL).enumerate() {
-            let at = (panel * steps + ch / 4) * PANEL;
+            let at = (panel * steps + ch / per_step) * PANEL;
             for (o, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
-                *o = ((step >> shift) as u8 as i8) as f32;
+                // The value's bits moved to the top, then an arithmetic shift back down:
+                // the sign extended from whichever width it has.
+                *o = (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as f32;
             }
         }
     }
@@ -780,20 +855,52 @@ fn descale(
         // checked above.
         done = unsafe { descale_avx512(y, col, s_x, outliers, columns) };
     }
-    let _ = isa;
-    let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
-    for (i, y) in y.iter_mut().enumerate().skip(done) {
-        let n = col + i;
-        let sum = int(*y, columns.shift[n]);
-        *y = if outliers.is_empty() {
-            columns.scales[n] * (s_x * sum)
-        } else {
-            let mut extra = 0f32;
-            for &(v, w) in outliers {
-                extra += v * columns.weight_rows[w][n];
+    descale_from(isa, &mut y[done..], col + done, s_x, outliers, columns);
+}
+
+multiversion! {
+    /// [`descale`] one output at a time (vectorised by the compiler at each level; the same
+    /// operations in the same order, so the same bits).
+    fn descale_from(
+        isa: Isa,
+        y: &mut [f32],
+        col: usize,
+        s_x: f32,
+        outliers: &[(f32, usize)],
+        columns: &OutputColumns,
+    ) {
+        let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
+        let end = col + y.len();
+        let (shift, scales) = (&columns.shift[col..end], &columns.scales[col..end]);
+        if outliers.is_empty() {
+            for ((y, &shift), &scale) in y.iter_mut().zip(shift).zip(scales) {
+                *y = scale * (s_x * int(*y, shift));
             }
-            columns.scales[n] * (s_x * sum + extra)
-        };
+            return;
+        }
+        // The outliers' products a block of outputs at a time, outlier after outlier (each
+        // output's sum still in the outliers' order): the inner loops run along rows of weights.
+        const BLOCK: usize = 64;
+        let mut extra = [0f32; BLOCK];
+        for (c0, ((y, shift), scales)) in y
+            .chunks_mut(BLOCK)
+            .zip(shift.chunks(BLOCK))
+            .zip(scales.chunks(BLOCK))
+            .enumerate()
+        {
+            let (from, extra) = (col + c0 * BLOCK, &mut extra[..y.len()]);
+            extra.fill(0.0);
+            for &(v, w) in outliers {
+                let weights = &columns.weight_rows[w][from..from + extra.len()];
+                for (e, &w) in extra.iter_mut().zip(weights) {
+                    *e += v * w;
+                }
+            }
+            for (((y, &shift), &scale), &extra) in y.iter_mut().zip(shift).zip(scales).zip(&*extra)
+            {
+                *y = scale * (s_x * int(*y, shift) + extra);
+            }
+        }
     }
 }
 

@@ -10,6 +10,11 @@
 //! - [`DotI8`] (`compute: int8` on CPUs with AVX512-VNNI): a step is four consecutive inputs as
 //!   bytes (u8 activations, s8 weights); `vpdpbusd` per step, exact int32 sums (kept in C's f32
 //!   slots as bits until `int8.rs` scales them).
+//! - [`MaddI16`] (`compute: int8` on CPUs with AVX2 but no VNNI): a step is two consecutive
+//!   inputs as int16; `vpmaddwd` then an add per step, the same exact int32 sums.
+//!
+//! [`FmaF32Avx2`] and [`MaddI16`] run `avx2.rs`'s kernel (eight lanes, 6 rows x 16 columns a
+//! pass) for CPUs without AVX-512.
 //!
 //! Why by hand: candle's CPU matmul goes through the `gemm` crate, whose stable-Rust build runs
 //! AVX2 kernels only (its AVX-512 ones need nightly), which caps it near half of what these cores
@@ -79,6 +84,9 @@ pub(crate) struct DotBf16;
 /// Four u8 inputs times four s8 weights per step (input `4p + j` in byte `j`), one `vpdpbusd`
 /// per step; the sums are int32, stored in C's f32 slots as bits.
 pub(crate) struct DotI8;
+/// Two int16 inputs times two int16 weights per step (input `2p` in the low half), one
+/// `vpmaddwd` per step with AVX2: the same int32 sums as [`DotI8`], where VNNI is missing.
+pub(crate) struct MaddI16;
 
 /// A weight matrix of `k` steps x `n` outputs in panels of [`PANEL`] columns, each `k` rows of
 /// 32 contiguous steps; the last panel padded with zero columns.
@@ -547,7 +555,7 @@ impl Kernel for FmaF32Avx2 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's contract.
         unsafe {
-            avx2::micro_f32::<R>(s, a, b, c)
+            avx2::micro::<f32, R>(s, a, b, c)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -596,6 +604,27 @@ impl Kernel for DotI8 {
         // SAFETY: the caller's contract.
         unsafe {
             avx512::micro_i8::<R>(s, a, b, c)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (s, a, b, c);
+            unreachable!("panels are packed only on x86_64")
+        }
+    }
+}
+
+impl Kernel for MaddI16 {
+    type Step = u32;
+
+    fn available() -> bool {
+        has_avx2_fma()
+    }
+
+    unsafe fn micro<const R: usize>(s: &Block, a: *const u32, b: *const u32, c: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract.
+        unsafe {
+            avx2::micro::<u32, R>(s, a, b, c)
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
