@@ -77,6 +77,32 @@ pub(crate) fn has_avx512f() -> bool {
 }
 
 /// Whether this CPU has AVX2 and FMA.
+/// This CPU's family and model as `cpuid` gives them (`6.143` for Intel Sapphire Rapids),
+/// `unknown` off x86-64.
+pub(crate) fn cpu_model() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let eax = std::arch::x86_64::__cpuid(1).eax;
+        let (model, family) = ((eax >> 4) & 0xF, (eax >> 8) & 0xF);
+        let (ext_model, ext_family) = ((eax >> 16) & 0xF, (eax >> 20) & 0xFF);
+        // The SDM's rule: the extended fields count for families 6 and 15 (model) and 15
+        // (family).
+        let model = if family == 6 || family == 15 {
+            (ext_model << 4) | model
+        } else {
+            model
+        };
+        let family = if family == 15 {
+            family + ext_family
+        } else {
+            family
+        };
+        format!("{family}.{model}")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    return "unknown".into();
+}
+
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx2")

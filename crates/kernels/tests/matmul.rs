@@ -105,11 +105,17 @@ fn f32_kernels_follow_their_stated_order() {
 
 /// The bf16 kernels give exactly the chain their module states, computed here one f32 add at a
 /// time (each product of two bf16 values is exact in f32): the f32 fallback adds the inputs in
-/// order; `vdpbf16ps` and AMX's `tdpbf16ps` add each pair's second input before its first
-/// (Intel SDM), pairs in order.
+/// order; `vdpbf16ps`, and AMX's `tdpbf16ps` on Sapphire Rapids (family 6 model 143), add each
+/// pair's second input before its first (Intel SDM), pairs in order. AMX on other CPUs may
+/// round its sums otherwise (Emerald Rapids, 6.207, does: 197 of the 1,305 outputs of the
+/// first shape follow the chain), which is why its fingerprint names the CPU; there the test
+/// counts and prints how many follow.
 #[test]
 fn bf16_kernels_follow_their_stated_order() {
+    const SAPPHIRE_RAPIDS_AMX: &str = "amx-6.143";
     for kernel in bf16_kernels() {
+        let exact = kernel != Bf16Kernel::Amx || kernel.fingerprint() == SAPPHIRE_RAPIDS_AMX;
+        let (mut follow, mut outputs) = (0, 0);
         // The fallback's order is the f32 panels'; candle's (without AVX-512 or AVX2) is gemm's.
         if kernel == Bf16Kernel::F32 && F32Kernel::detect() == F32Kernel::Candle {
             println!("bf16 f32 fallback runs candle's matmul here: order not checked");
@@ -139,14 +145,22 @@ fn bf16_kernels_follow_their_stated_order() {
                         }
                     }
                     let g = got[i * n + j];
-                    assert_eq!(
-                        g.to_bits(),
-                        want.to_bits(),
-                        "{kernel:?} ({m},{k},{n}) [{i},{j}]: {g} vs {want}"
-                    );
+                    outputs += 1;
+                    follow += usize::from(g.to_bits() == want.to_bits());
+                    if exact {
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{kernel:?} ({m},{k},{n}) [{i},{j}]: {g} vs {want}"
+                        );
+                    }
                 }
             }
         }
+        println!(
+            "{}: {follow} of {outputs} outputs follow the stated chain",
+            kernel.fingerprint()
+        );
     }
 }
 

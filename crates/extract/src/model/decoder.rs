@@ -129,7 +129,7 @@ impl Weight {
     pub(crate) fn kernel(&self) -> String {
         match self {
             Weight::F32(w) => w.kernel().name().into(),
-            Weight::Bf16(w) => w.kernel().name().into(),
+            Weight::Bf16(w) => w.kernel().fingerprint(),
             // The outlier rule changes the arithmetic as much as the kernel does.
             Weight::I8(w) => format!("{},{}", w.kernel().name(), w.outliers().name()),
         }

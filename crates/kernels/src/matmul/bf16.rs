@@ -16,8 +16,10 @@
 //! Numerics, the same for all three: the weights are rounded to bf16 once, at load; each
 //! activation row is rounded to bf16 (round to nearest even) at the product; products and sums
 //! are f32, and every output is one chain over the inputs. The kernels differ in the order of
-//! that chain: AMX and `vdpbf16ps` add each pair's second product before its first (Intel SDM),
-//! the f32 fallback adds the inputs in order.
+//! that chain: `vdpbf16ps` adds each pair's second product before its first (Intel SDM), and so
+//! does AMX on Sapphire Rapids (on Emerald Rapids AMX's sums round otherwise, in an order the
+//! SDM does not state: see [`Bf16Kernel::fingerprint`]); the f32 fallback adds the inputs in
+//! order.
 //!
 //! Tile layout (Intel SDM, TDPBF16PS): C(16x16 f32) += A(16 rows x 32 bf16) . B, where B's tile
 //! row `r` holds, for each of 16 columns `n`, the pair (w[2r][n], w[2r+1][n]) ("VNNI" order).
@@ -84,12 +86,24 @@ impl Bf16Kernel {
         }
     }
 
-    /// The name in the model's description (and so in the store's fingerprint).
+    /// The kernel's name.
     pub fn name(self) -> &'static str {
         match self {
             Bf16Kernel::Amx => "amx",
             Bf16Kernel::Avx512Bf16 => "avx512bf16",
             Bf16Kernel::F32 => "f32",
+        }
+    }
+
+    /// What the model's description (and so the store's fingerprint) calls the kernel: its
+    /// name, and for AMX the CPU's family and model too (`amx-6.143`). Why: `tdpbf16ps`
+    /// rounds its sums differently from one generation to the next (Sapphire Rapids follows
+    /// the SDM's chain, Emerald Rapids, family 6 model 207, does not), so two AMX CPUs may not
+    /// give the same bits.
+    pub fn fingerprint(self) -> String {
+        match self {
+            Bf16Kernel::Amx => format!("amx-{}", crate::isa::cpu_model()),
+            _ => self.name().into(),
         }
     }
 }

@@ -179,7 +179,7 @@ unsafe fn rows<T: Step8, const G: usize>(
     c: *mut f32,
     masks: &[__m256i; HALF],
 ) {
-    // SAFETY (every call below): the CPU has AVX2 and FMA (this function's contract).
+    // SAFETY: the CPU has AVX2 and FMA (this function's contract).
     let mut acc = [[unsafe { T::zero() }; HALF]; G];
     if s.resume {
         for g in 0..G {
@@ -201,6 +201,7 @@ unsafe fn rows<T: Step8, const G: usize>(
             // SAFETY: i < depth, g < G <= MICRO_ROWS; A holds depth x MICRO_ROWS steps.
             let x = unsafe { T::splat(a.add(i * MICRO_ROWS + g)) };
             for v in 0..HALF {
+                // SAFETY: the CPU has AVX2 and FMA (this function's contract).
                 acc[g][v] = unsafe { T::mul_add(x, bv[v], acc[g][v]) };
             }
         }
