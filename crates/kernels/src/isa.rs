@@ -76,7 +76,6 @@ pub(crate) fn has_avx512f() -> bool {
     return false;
 }
 
-/// Whether this CPU has AVX2 and FMA.
 /// This CPU's family and model as `cpuid` gives them (`6.143` for Intel Sapphire Rapids),
 /// `unknown` off x86-64.
 pub(crate) fn cpu_model() -> String {
@@ -103,6 +102,7 @@ pub(crate) fn cpu_model() -> String {
     return "unknown".into();
 }
 
+/// Whether this CPU has AVX2 and FMA.
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx2")

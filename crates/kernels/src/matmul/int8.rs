@@ -859,7 +859,7 @@ fn descale(
 }
 
 multiversion! {
-    /// [`descale`] one output at a time (vectorised by the compiler at each level; the same
+    /// [`descale`] in plain Rust (vectorised by the compiler at each level; the same
     /// operations in the same order, so the same bits).
     fn descale_from(
         isa: Isa,
