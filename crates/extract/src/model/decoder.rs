@@ -221,8 +221,6 @@ fn fused(ws: &[Tensor], bs: Option<&[Tensor]>) -> Result<Fused> {
                 }
             });
     }
-    drop(sources);
-    drop(guards);
     let b = bs
         .map(|bs| Tensor::cat(bs, 0).map_err(cerr("fuse biases")))
         .transpose()?;

@@ -28,9 +28,9 @@
 //! - AVX512-VNNI (Intel Ice Lake and later, AMD Zen 4 and later): `vpdpbusd` adds four u8 x s8
 //!   products per 32-bit lane, in the panel kernel of `panels.rs`, a step being four inputs.
 //! - AVX2 (AMD Zen 3, Intel Haswell to Comet Lake): `vpmaddwd` multiplies two int16 pairs per
-//!   32-bit lane and adds them into int32, a step being two inputs; the bytes are widened to
-//!   int16 (weights once at pack time, so they take two bytes each; activations per row after
-//!   quantising). Why not `vpmaddubsw`, which takes bytes: it adds its two u8 x s8 products
+//!   32-bit lane and adds them into int32, a step being two inputs; the values are held as
+//!   int16 (weights widened once at pack time, so they take two bytes each; activations
+//!   quantised straight into int16 pairs). Why not `vpmaddubsw`, which takes bytes: it adds its two u8 x s8 products
 //!   into a saturating int16, and `255 x 127 x 2` does not fit.
 //! - A portable one (any CPU): the same integers summed by plain Rust.
 //!
@@ -368,13 +368,12 @@ impl PackedI8 {
         self.check_input(op, x, m)?;
         let k = self.k;
         // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps (the
-        // padding meets zero weights), four bytes to a u32, or for the AVX2 kernel widened to
-        // two int16 to a u32: the kernels' A. A row's outliers go to its own `slot_len` slots
+        // padding meets zero weights), four bytes to a u32, or for the AVX2 kernel two int16
+        // to a u32: the kernels' A. A row's outliers go to its own `slot_len` slots
         // of one buffer, as (value, channel): no allocation per row (malloc and free were 2.5%
         // of an int8 run's time).
-        let pairs = matches!(self.repr, Repr::Pairs(_));
-        let quads = k.div_ceil(4);
-        let steps = k.div_ceil(self.kernel().inputs_per_step());
+        let per_step = self.kernel().inputs_per_step();
+        let steps = k.div_ceil(per_step);
         let slot_len = self.outliers.max.max(1);
         let mut a = vec![0u32; m * steps];
         let mut slots = vec![(0f32, 0usize); m * slot_len];
@@ -384,18 +383,9 @@ impl PackedI8 {
             .zip(a.par_chunks_mut(steps))
             .zip(slots.par_chunks_mut(slot_len))
             .with_min_len(ROWS_PER_TASK)
-            .map_init(
-                || (Vec::new(), vec![0u32; if pairs { quads } else { 0 }]),
-                |(candidates, bytes), ((row, a), slots)| {
-                    if pairs {
-                        let q = quantise_row(row, bytes, rule, candidates, slots);
-                        widen_to_pairs(bytes, a);
-                        q
-                    } else {
-                        quantise_row(row, a, rule, candidates, slots)
-                    }
-                },
-            )
+            .map_init(Vec::new, |candidates, ((row, a), slots)| {
+                quantise_row(row, a, per_step, rule, candidates, slots)
+            })
             .collect_into_vec(&mut rows);
         if let Some((r, _)) = rows.iter().enumerate().find(|(_, q)| !q.scale.is_finite()) {
             return Err(Error::new(
@@ -464,6 +454,7 @@ impl QuantInput {
 fn quantise_row(
     x: &[f32],
     a: &mut [u32],
+    per_step: usize,
     rule: Outliers,
     candidates: &mut Vec<(f32, usize)>,
     slots: &mut [(f32, usize)],
@@ -490,10 +481,12 @@ fn quantise_row(
     } else {
         127.0 / rest_max
     };
-    quantise_bytes(Isa::best(), x, inv, a);
+    quantise_steps(Isa::best(), x, inv, per_step, a);
+    let bits = 32 / per_step;
+    let mask = u32::MAX >> (32 - bits);
     for &(_, ch) in outliers {
-        let (word, shift) = (ch / 4, 8 * (ch % 4));
-        a[word] = (a[word] & !(0xFF << shift)) | (128 << shift);
+        let (word, shift) = (ch / per_step, bits * (ch % per_step));
+        a[word] = (a[word] & !(mask << shift)) | (128 << shift);
     }
     QuantRow {
         scale,
@@ -669,23 +662,24 @@ multiversion! {
     }
 }
 
-/// `a`: `round(x * inv)` clamped to -127..=127, plus 128, as bytes four to a u32 (input
-/// `4p + j` in byte `j` of `a[p]`; a last partial step padded with zero bytes). With AVX-512,
-/// sixteen values at a time (the same bits: clamping before rounding to nearest even, as
-/// `vcvtps2dq` does under the default rounding mode, equals rounding before, the bounds being
-/// integers); the rest as [`quantise`].
-fn quantise_bytes(isa: Isa, x: &[f32], inv: f32, a: &mut [u32]) {
+/// `a`: `round(x * inv)` clamped to -127..=127, plus 128, `per_step` values to a u32: four
+/// bytes (input `4p + j` in byte `j` of `a[p]`) or, for the AVX2 kernel, two int16 (input `2p
+/// + j` in half `j`); a last partial step padded with zeros. Bytes with AVX-512 go sixteen
+/// values at a time (the same bits: clamping before rounding to nearest even, as `vcvtps2dq`
+/// does under the default rounding mode, equals rounding before, the bounds being integers);
+/// the rest as [`quantise`].
+fn quantise_steps(isa: Isa, x: &[f32], inv: f32, per_step: usize, a: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa.is_avx512() {
+    if isa.is_avx512() && per_step == 4 {
         // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
         let done = unsafe { quantise_avx512(x, inv, a) };
-        quantise(isa, &x[done..], inv, &mut a[done / 4..]);
+        quantise(isa, &x[done..], inv, per_step, &mut a[done / 4..]);
         return;
     }
-    quantise(isa, x, inv, a)
+    quantise(isa, x, inv, per_step, a)
 }
 
-/// [`quantise_bytes`] on whole groups of sixteen values; returns how many it quantised.
+/// [`quantise_steps`]' bytes on whole groups of sixteen values; returns how many it quantised.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
@@ -712,16 +706,6 @@ unsafe fn quantise_avx512(x: &[f32], inv: f32, a: &mut [u32]) -> usize {
         }
     }
     groups * 16
-}
-
-/// `pairs[p]`: inputs `2p` and `2p + 1` of `bytes` (four u8 to a u32, as [`quantise_row`]
-/// writes them) as two int16 in a u32, the low half first; `pairs` is as long as the row's
-/// steps of two (a last odd input meets a zero).
-fn widen_to_pairs(bytes: &[u32], pairs: &mut [u32]) {
-    for (p, out) in pairs.iter_mut().enumerate() {
-        let two = bytes[p / 2] >> (16 * (p % 2));
-        *out = (two & 0xFF) | ((two >> 8) & 0xFF) << 16;
-    }
 }
 
 multiversion! {
@@ -764,21 +748,34 @@ multiversion! {
 }
 
 multiversion! {
-    /// `a`: `round(x * inv)` clamped to -127..=127, plus 128, as bytes four to a u32 (input
-    /// `4p + j` in byte `j` of `a[p]`; a last partial step padded with zero bytes).
-    fn quantise(isa: Isa, x: &[f32], inv: f32, a: &mut [u32]) {
-        let byte = |v: f32| ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u32;
-        let (whole, last) = x.split_at(x.len() / 4 * 4);
-        for (o, c) in a.iter_mut().zip(whole.chunks_exact(4)) {
-            *o = byte(c[0]) | byte(c[1]) << 8 | byte(c[2]) << 16 | byte(c[3]) << 24;
+    /// [`quantise_steps`] in plain Rust, four or two values to a u32.
+    fn quantise(isa: Isa, x: &[f32], inv: f32, per_step: usize, a: &mut [u32]) {
+        match per_step {
+            4 => pack_steps::<4>(x, inv, a),
+            2 => pack_steps::<2>(x, inv, a),
+            _ => unreachable!("steps of {per_step} inputs"),
         }
-        if !last.is_empty() {
-            let mut w = 0u32;
-            for (j, &v) in last.iter().enumerate() {
-                w |= byte(v) << (8 * j);
-            }
-            a[x.len() / 4] = w;
+    }
+}
+
+/// [`quantise`] for steps of `N` values (`32 / N` bits each); inlined into each level's copy.
+#[inline(always)]
+fn pack_steps<const N: usize>(x: &[f32], inv: f32, a: &mut [u32]) {
+    let bits = 32 / N;
+    let level = |v: f32| ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u32;
+    let step = |c: &[f32]| {
+        let mut w = 0u32;
+        for (j, &v) in c.iter().enumerate() {
+            w |= level(v) << (bits * j);
         }
+        w
+    };
+    let (whole, last) = x.split_at(x.len() / N * N);
+    for (o, c) in a.iter_mut().zip(whole.chunks_exact(N)) {
+        *o = step(c);
+    }
+    if !last.is_empty() {
+        a[x.len() / N] = step(last);
     }
 }
 
