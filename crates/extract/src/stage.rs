@@ -359,7 +359,7 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
         texts.unique.len()
     )];
     let int8 = I8Kernel::detect();
-    if p.compute == ComputeDtype::Int8 && int8 != I8Kernel::Vnni {
+    if p.compute == ComputeDtype::Int8 && !matches!(int8, I8Kernel::Amx | I8Kernel::Vnni) {
         // Said in every run's summary: the bits are the same, the speed is not.
         let why = if std::env::var_os("LLMEMBED_NO_AVX512VNNI").is_some() {
             "LLMEMBED_NO_AVX512VNNI is set"

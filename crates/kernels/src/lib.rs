@@ -26,8 +26,9 @@
 //! orders are stated in `matmul` and asserted bit for bit in `tests/matmul.rs`.
 //!
 //! Layout: one file per instruction set behind the portable code, as candle's `cpu/` does:
-//! `matmul/panels/avx512.rs` (f32 FMA and `vdpbf16ps` micro-kernels), `matmul/bf16/amx.rs`
-//! (tiles, inline assembly), `attention/avx512.rs`; the row kernels are one portable source
+//! `matmul/panels/avx512.rs` (f32 FMA, `vdpbf16ps` and `vpdpbusd` micro-kernels),
+//! `matmul/panels/avx2.rs` (f32 FMA and `vpmaddwd`), `matmul/amx.rs` (`tdpbf16ps` and `tdpbusd`
+//! tiles, inline assembly), `attention/avx512.rs`; the row kernels are one portable source
 //! compiled for three levels (`isa.rs`: baseline, AVX2 + FMA, AVX-512).
 
 pub mod attention;

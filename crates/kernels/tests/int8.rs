@@ -27,7 +27,12 @@ fn inputs(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn kernels() -> Vec<I8Kernel> {
-    let all = [I8Kernel::Vnni, I8Kernel::Avx2, I8Kernel::Portable];
+    let all = [
+        I8Kernel::Amx,
+        I8Kernel::Vnni,
+        I8Kernel::Avx2,
+        I8Kernel::Portable,
+    ];
     let ran: Vec<&str> = all
         .iter()
         .filter(|k| k.runs_here())
@@ -379,7 +384,7 @@ fn bad_shapes_and_values_are_errors() {
         }
         assert_eq!(packed.matmul(&[0.0; 4], 1).unwrap(), vec![0.0; 4]);
     }
-    for kernel in [I8Kernel::Vnni, I8Kernel::Avx2] {
+    for kernel in [I8Kernel::Amx, I8Kernel::Vnni, I8Kernel::Avx2] {
         match PackedI8::new(&w, 4, 4, kernel, Outliers::NONE) {
             Ok(_) => assert!(kernel.runs_here()),
             Err(e) => assert_eq!(
@@ -394,20 +399,24 @@ fn bad_shapes_and_values_are_errors() {
 }
 
 /// `choose` for every combination, and `detect` in fresh processes (this test binary again)
-/// with and without `LLMEMBED_NO_AVX512VNNI`.
+/// with and without `LLMEMBED_NO_AMX` and `LLMEMBED_NO_AVX512VNNI`.
 #[test]
 fn the_switch_turns_vnni_off() {
-    for vnni in [false, true] {
-        for avx2 in [false, true] {
-            for off in [false, true] {
-                let want = if vnni && !off {
-                    I8Kernel::Vnni
-                } else if avx2 {
-                    I8Kernel::Avx2
-                } else {
-                    I8Kernel::Portable
-                };
-                assert_eq!(I8Kernel::choose(vnni, avx2, off), want);
+    for amx in [false, true] {
+        for vnni in [false, true] {
+            for avx2 in [false, true] {
+                for off in [false, true] {
+                    let want = if amx {
+                        I8Kernel::Amx
+                    } else if vnni && !off {
+                        I8Kernel::Vnni
+                    } else if avx2 {
+                        I8Kernel::Avx2
+                    } else {
+                        I8Kernel::Portable
+                    };
+                    assert_eq!(I8Kernel::choose(amx, vnni, avx2, off), want);
+                }
             }
         }
     }
@@ -416,13 +425,14 @@ fn the_switch_turns_vnni_off() {
         println!("kernel={}", I8Kernel::detect().name());
         return;
     }
-    let run = |off: bool| -> String {
+    let run = |off: &[&str]| -> String {
         let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
         cmd.args(["--exact", "the_switch_turns_vnni_off", "--nocapture"])
             .env(CHILD, "1")
+            .env_remove("LLMEMBED_NO_AMX")
             .env_remove("LLMEMBED_NO_AVX512VNNI");
-        if off {
-            cmd.env("LLMEMBED_NO_AVX512VNNI", "1");
+        for var in off {
+            cmd.env(var, "1");
         }
         let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
         out.lines()
@@ -435,7 +445,20 @@ fn the_switch_turns_vnni_off() {
     } else {
         "i8portable"
     };
-    let vnni = I8Kernel::Vnni.runs_here();
-    assert_eq!(run(false), if vnni { "avx512vnni" } else { fallback });
-    assert_eq!(run(true), fallback);
+    let vnni = if I8Kernel::Vnni.runs_here() {
+        "avx512vnni"
+    } else {
+        fallback
+    };
+    let amx = I8Kernel::Amx.runs_here();
+    assert_eq!(run(&[]), if amx { "amxint8" } else { vnni });
+    assert_eq!(run(&["LLMEMBED_NO_AMX"]), vnni);
+    assert_eq!(
+        run(&["LLMEMBED_NO_AVX512VNNI"]),
+        if amx { "amxint8" } else { fallback }
+    );
+    assert_eq!(
+        run(&["LLMEMBED_NO_AMX", "LLMEMBED_NO_AVX512VNNI"]),
+        fallback
+    );
 }

@@ -21,23 +21,19 @@
 //! SDM does not state: see [`Bf16Kernel::fingerprint`]); the f32 fallback adds the inputs in
 //! order.
 //!
-//! Tile layout (Intel SDM, TDPBF16PS): C(16x16 f32) += A(16 rows x 32 bf16) . B, where B's tile
-//! row `r` holds, for each of 16 columns `n`, the pair (w[2r][n], w[2r+1][n]) ("VNNI" order).
-//! The weights are packed once into such tiles: for each block of 32 output columns, for each
-//! block of 32 inputs, two 1 KiB tiles (columns 0..16 and 16..32 of the block).
+//! AMX's tiles (`amx.rs`, shared with int8's `tdpbusd`) hold the same pairs as `vdpbf16ps`'s
+//! steps: inputs `2p` and `2p + 1` in one u32.
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
+use super::amx::{self, TILE_STEPS, TileOp, Tiles};
 use super::f32::PackedF32;
 use super::gated::Gated;
 use super::panels::{DotBf16, Kernel, Panels};
 use crate::isa::{Isa, multiversion};
 use crate::{Error, Result};
-
-pub(crate) const TILE_K: usize = 32; // bf16 values per tile row (64 bytes)
-pub(crate) const BLOCK: usize = 32; // rows of A / columns of B per micro-kernel call (2 x 2 tiles)
 
 /// Which kernel runs the bf16 products on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +53,7 @@ impl Bf16Kernel {
         *KERNEL.get_or_init(|| {
             let switches = Switches::from_env(|var| std::env::var_os(var).is_some());
             let cpu = Bf16Cpu {
-                amx: !switches.no_amx && request_amx(),
+                amx: !switches.no_amx && amx::request(TileOp::Bf16),
                 avx512bf16: DotBf16::available(),
             };
             Bf16Kernel::choose(cpu, switches)
@@ -145,12 +141,8 @@ pub struct PackedBf16 {
 }
 
 enum Repr {
-    /// AMX tiles, K and N padded with zeros to multiples of 32.
-    Tiles {
-        kp: usize,
-        np: usize,
-        data: Vec<u16>,
-    },
+    /// Pairs of inputs as for `Pairs`, in AMX tiles.
+    Tiles(Tiles),
     /// Pairs of inputs (2p in the low half, 2p + 1 in the high half; a zero after an odd last
     /// input) in panels, for `vdpbf16ps`.
     Pairs(Panels<u32>),
@@ -173,33 +165,6 @@ pub fn bf16_round(x: f32) -> f32 {
     f32::from_bits((bf16_bits(x) as u32) << 16)
 }
 
-#[cfg(target_arch = "x86_64")]
-fn request_amx() -> bool {
-    // CPUID.(EAX=7, ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
-    if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
-        return false;
-    }
-    // Linux hands out the 8 KiB tile state only on request: arch_prctl(ARCH_REQ_XCOMP_PERM,
-    // XFEATURE_XTILEDATA). The permission is per process, so threads made later share it.
-    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-    const XFEATURE_XTILEDATA: libc::c_long = 18;
-    // SAFETY: a plain syscall with integer arguments.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_arch_prctl,
-            ARCH_REQ_XCOMP_PERM,
-            XFEATURE_XTILEDATA,
-        )
-    };
-    rc == 0
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn request_amx() -> bool {
-    false
-}
-
 impl PackedBf16 {
     /// Rounds and packs `w`, K rows of N values (inputs x outputs, as `x @ w` takes it), for
     /// `kernel` ([`Bf16Kernel::detect`]'s, or one below it that this CPU also runs).
@@ -212,7 +177,7 @@ impl PackedBf16 {
                 let rounded: Vec<f32> = vals.iter().map(|&x| bf16_round(x)).collect();
                 Repr::Dense(PackedF32::new(&rounded, k, n)?)
             }
-            Bf16Kernel::Avx512Bf16 => {
+            Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => {
                 // Pair rows: inputs 2p and 2p + 1 of each column in one u32.
                 let mut pairs = vec![0u32; k.div_ceil(2) * n];
                 for (row, values) in vals.chunks_exact(n.max(1)).enumerate() {
@@ -221,24 +186,11 @@ impl PackedBf16 {
                         *d |= (bf16_bits(v) as u32) << shift;
                     }
                 }
-                Repr::Pairs(Panels::new(&pairs, k.div_ceil(2), n)?)
-            }
-            Bf16Kernel::Amx => {
-                let kp = k.div_ceil(TILE_K) * TILE_K;
-                let np = n.div_ceil(BLOCK) * BLOCK;
-                let kblocks = kp / TILE_K;
-                let mut data = vec![0u16; kp * np];
-                for (row, values) in vals.chunks_exact(n).enumerate() {
-                    let (kb, r) = (row / TILE_K, row % TILE_K);
-                    for (col, v) in values.iter().enumerate() {
-                        let (nb, c) = (col / BLOCK, col % BLOCK);
-                        // Tile (nb, kb, half c/16); in it, row r/2 holds the pairs
-                        // (w[2i][c], w[2i+1][c]).
-                        let tile = (nb * kblocks + kb) * 2 + c / 16;
-                        data[tile * 512 + (r / 2) * TILE_K + 2 * (c % 16) + r % 2] = bf16_bits(*v);
-                    }
+                if kernel == Bf16Kernel::Amx {
+                    Repr::Tiles(Tiles::new(&pairs, k.div_ceil(2), n))
+                } else {
+                    Repr::Pairs(Panels::new(&pairs, k.div_ceil(2), n)?)
                 }
-                Repr::Tiles { kp, np, data }
             }
         };
         Ok(PackedBf16 { k, n, repr })
@@ -247,7 +199,7 @@ impl PackedBf16 {
     /// The kernel that multiplies, as `describe()` names it.
     pub fn kernel(&self) -> Bf16Kernel {
         match self.repr {
-            Repr::Tiles { .. } => Bf16Kernel::Amx,
+            Repr::Tiles(_) => Bf16Kernel::Amx,
             Repr::Pairs(_) => Bf16Kernel::Avx512Bf16,
             Repr::Dense(_) => Bf16Kernel::F32,
         }
@@ -268,11 +220,14 @@ impl PackedBf16 {
                 w.matmul(&rounded, m)
             }
             Repr::Pairs(w) => Ok(w.matmul_from::<DotBf16>(&band_pairs(x, k), m)),
-            #[cfg(target_arch = "x86_64")]
-            Repr::Tiles { kp, np, data } => Ok(amx::matmul(x, m, k, *kp, data, *np, self.n)),
-            #[cfg(not(target_arch = "x86_64"))]
-            Repr::Tiles { .. } => {
-                unreachable!("AMX is x86_64 only; request_amx() is false elsewhere")
+            Repr::Tiles(w) => {
+                let kblocks = w.kblocks();
+                let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
+                    let rows = m.saturating_sub(mb * amx::BLOCK).min(amx::BLOCK);
+                    let src = &x[mb * amx::BLOCK * k..(mb * amx::BLOCK + rows) * k];
+                    tile_rows(Isa::best(), src, k, kblocks, dst);
+                };
+                Ok(w.matmul(TileOp::Bf16, m, fill_a, |_, _| {}))
             }
         }
     }
@@ -334,5 +289,77 @@ multiversion! {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod amx;
+multiversion! {
+    /// Rounds up to 32 rows of `k` f32 to bf16 pairs laid out as one 32-row block of AMX A
+    /// tiles (`dst`, `kblocks` blocks of 16 pairs; the layout of [`amx::tile_steps`]), writing
+    /// every element: padding rows and pairs get zeros.
+    fn tile_rows(isa: Isa, src: &[f32], k: usize, kblocks: usize, dst: &mut [MaybeUninit<u32>]) {
+        let rows = src.len() / k;
+        for r in 0..amx::BLOCK {
+            for kb in 0..kblocks {
+                let at = amx::a_row_at(r, kb);
+                let tile_row = &mut dst[at..at + TILE_STEPS];
+                let from = (kb * 2 * TILE_STEPS).min(k);
+                let to = if r < rows { (from + 2 * TILE_STEPS).min(k) } else { from };
+                let inputs = if r < rows { &src[r * k + from..r * k + to] } else { &[] };
+                let (whole, last) = inputs.split_at(inputs.len() / 2 * 2);
+                let mut d = tile_row.iter_mut();
+                // The pairs first: a zip stops at its first side's end without taking a
+                // slot from the second.
+                for (pair, o) in whole.chunks_exact(2).zip(d.by_ref()) {
+                    *o = MaybeUninit::new(bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16);
+                }
+                // (`d.next()` only when there is an odd input: it takes a slot.)
+                if let [x] = last
+                    && let Some(o) = d.next()
+                {
+                    *o = MaybeUninit::new(bf16_bits(*x) as u32);
+                }
+                for o in d {
+                    *o = MaybeUninit::new(0);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AMX packer that rounds as it lays out gives the tiles of the rounded pairs laid out
+    /// by the generic one, padding included: checked here on any CPU, since the AMX products
+    /// that read it run only on Sapphire Rapids and later.
+    #[test]
+    fn rounding_tile_packer_lays_out_the_pairs() {
+        for (rows, k) in [
+            (1usize, 1usize),
+            (3, 31),
+            (32, 32),
+            (17, 33),
+            (32, 95),
+            (5, 64),
+            (30, 131),
+            (7, 70),
+        ] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 7919) % 1999) as f32 / 999.0 - 1.0)
+                .collect();
+            let steps = k.div_ceil(2);
+            let kblocks = steps.div_ceil(TILE_STEPS);
+            let len = kblocks * 2 * 16 * TILE_STEPS;
+            let mut got = vec![MaybeUninit::new(u32::MAX); len];
+            tile_rows(Isa::best(), &x, k, kblocks, &mut got);
+            let mut want = vec![MaybeUninit::new(u32::MAX - 1); len];
+            amx::tile_steps(&bf16_pairs(&x, rows, k), steps, kblocks, &mut want);
+            // SAFETY: both were filled with values before the packers wrote over them.
+            let (got, want): (Vec<u32>, Vec<u32>) = unsafe {
+                (
+                    got.iter().map(|v| v.assume_init()).collect(),
+                    want.iter().map(|v| v.assume_init()).collect(),
+                )
+            };
+            assert_eq!(got, want, "({rows}, {k})");
+        }
+    }
+}

@@ -13,10 +13,15 @@
 
 use std::mem::MaybeUninit;
 
+use rayon::prelude::*;
+
 use super::panels::{PAIR, PANEL};
 use crate::isa::Isa;
 use crate::rows::{bias_rows, gated_tile};
 use crate::{Error, Result};
+
+/// Rows per task when the activation runs after a whole product ([`Gated::after`]).
+const ROWS_PER_TASK: usize = 16;
 
 /// What the fused product needs besides its weights: the MLP's width, the activation, and the
 /// gate and up biases interleaved as the weights are (or none).
@@ -96,16 +101,22 @@ impl Gated<'_> {
         if self.ffn == 0 {
             return Vec::new();
         }
-        let width = gated_width(self.ffn);
-        if let Some(b) = self.bias {
-            bias_rows(Isa::best(), &mut y, b);
-        }
-        let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * self.ffn);
+        let (width, ffn) = (gated_width(self.ffn), self.ffn);
+        let mut out: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * ffn);
         // SAFETY: MaybeUninit needs no initialisation.
-        unsafe { out.set_len(m * self.ffn) };
-        for j in 0..width / PAIR {
-            self.activate_pair(j, &y[j * PAIR..], width, &mut out);
-        }
+        unsafe { out.set_len(m * ffn) };
+        // Bands of rows on all threads (the exponentials are most of the work: on one thread
+        // this took longer than the product on AMX).
+        y.par_chunks_mut(ROWS_PER_TASK * width)
+            .zip(out.par_chunks_mut(ROWS_PER_TASK * ffn))
+            .for_each(|(y, out)| {
+                if let Some(b) = self.bias {
+                    bias_rows(Isa::best(), y, b);
+                }
+                for j in 0..width / PAIR {
+                    self.activate_pair(j, &y[j * PAIR..], width, out);
+                }
+            });
         let mut out = std::mem::ManuallyDrop::new(out);
         // SAFETY: the pairs wrote all `ffn` columns of every row, and MaybeUninit<f32> has
         // f32's layout.

@@ -24,7 +24,10 @@
 //! result never depends on its batch, and no calibration set is needed: a channel is an
 //! outlier where it is one.
 //!
-//! Three kernels give the same bits, because the integer sums are exact in any order:
+//! Four kernels give the same bits, because the integer sums are exact in any order:
+//! - AMX-INT8 (Intel Sapphire Rapids and later): `tdpbusd` multiplies tiles of the same u8 x
+//!   s8 quads as VNNI's steps (`amx.rs`, the loop bf16's AMX product runs too), sixteen times
+//!   the products per instruction.
 //! - AVX512-VNNI (Intel Ice Lake and later, AMD Zen 4 and later): `vpdpbusd` adds four u8 x s8
 //!   products per 32-bit lane, in the panel kernel of `panels.rs`, a step being four inputs.
 //! - AVX2 (AMD Zen 3, Intel Haswell to Comet Lake): `vpmaddwd` multiplies two int16 pairs per
@@ -34,14 +37,15 @@
 //!   into a saturating int16, and `255 x 127 x 2` does not fit.
 //! - A portable one (any CPU): the same integers summed by plain Rust.
 //!
-//! `LLMEMBED_NO_AVX512VNNI=1` turns the first off (to compare them on one machine): the AVX2
-//! kernel runs where the CPU has AVX2, the portable one elsewhere.
+//! `LLMEMBED_NO_AMX=1` turns AMX off (for bf16 too) and `LLMEMBED_NO_AVX512VNNI=1` VNNI (to
+//! compare the kernels on one machine): the next one the CPU has runs.
 
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::amx::{self, TileOp, Tiles};
 use super::gated::Gated;
 use super::panels::{DotI8, Kernel, MaddI16, PAIR, PANEL, Panels};
 use crate::isa::{Isa, multiversion};
@@ -56,6 +60,8 @@ const COLUMN_BLOCK: usize = 256;
 /// Which kernel runs the int8 products on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum I8Kernel {
+    /// AMX-INT8 `tdpbusd` on tiles (same bits).
+    Amx,
     /// AVX512-VNNI `vpdpbusd` in the panel kernel.
     Vnni,
     /// AVX2 `vpmaddwd` on int16 pairs in the panel kernel, where the CPU lacks AVX512-VNNI
@@ -66,12 +72,16 @@ pub enum I8Kernel {
 }
 
 impl I8Kernel {
-    /// The first kernel this process can use (checked once): VNNI where the CPU has it and
-    /// `LLMEMBED_NO_AVX512VNNI` is not set, else AVX2 where the CPU has it, else portable.
+    /// The first kernel this process can use (checked once): AMX where the CPU has AMX-INT8,
+    /// Linux grants the tile state and `LLMEMBED_NO_AMX` is not set; else VNNI where the CPU
+    /// has it and `LLMEMBED_NO_AVX512VNNI` is not set; else AVX2 where the CPU has it; else
+    /// portable.
     pub fn detect() -> I8Kernel {
         static KERNEL: OnceLock<I8Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
+            let no_amx = std::env::var_os("LLMEMBED_NO_AMX").is_some();
             I8Kernel::choose(
+                !no_amx && amx::request(TileOp::I8),
                 DotI8::available(),
                 MaddI16::available(),
                 std::env::var_os("LLMEMBED_NO_AVX512VNNI").is_some(),
@@ -79,10 +89,13 @@ impl I8Kernel {
         })
     }
 
-    /// VNNI when the CPU has it (`vnni`) and it is not switched off, else AVX2 when the CPU
-    /// has it (`avx2`), else portable.
-    pub fn choose(vnni: bool, avx2: bool, no_vnni: bool) -> I8Kernel {
-        if vnni && !no_vnni {
+    /// AMX when the process can run it and it is not switched off (`amx`), else VNNI when the
+    /// CPU has it (`vnni`) and it is not switched off, else AVX2 when the CPU has it (`avx2`),
+    /// else portable.
+    pub fn choose(amx: bool, vnni: bool, avx2: bool, no_vnni: bool) -> I8Kernel {
+        if amx {
+            I8Kernel::Amx
+        } else if vnni && !no_vnni {
             I8Kernel::Vnni
         } else if avx2 {
             I8Kernel::Avx2
@@ -94,6 +107,7 @@ impl I8Kernel {
     /// Whether this CPU runs the kernel.
     pub fn runs_here(self) -> bool {
         match self {
+            I8Kernel::Amx => I8Kernel::detect() == I8Kernel::Amx,
             I8Kernel::Vnni => DotI8::available(),
             I8Kernel::Avx2 => MaddI16::available(),
             I8Kernel::Portable => true,
@@ -103,14 +117,15 @@ impl I8Kernel {
     /// Inputs per 32-bit step of the kernel's A (and, packed, of its weights).
     fn inputs_per_step(self) -> usize {
         match self {
-            I8Kernel::Vnni | I8Kernel::Portable => 4,
+            I8Kernel::Amx | I8Kernel::Vnni | I8Kernel::Portable => 4,
             I8Kernel::Avx2 => 2,
         }
     }
 
-    /// The name in a model's description (`matmul=avx512vnni|avx2i16|i8portable`).
+    /// The name in a model's description (`matmul=amxint8|avx512vnni|avx2i16|i8portable`).
     pub fn name(self) -> &'static str {
         match self {
+            I8Kernel::Amx => "amxint8",
             I8Kernel::Vnni => "avx512vnni",
             I8Kernel::Avx2 => "avx2i16",
             I8Kernel::Portable => "i8portable",
@@ -158,6 +173,8 @@ pub struct PackedI8 {
 }
 
 enum Repr {
+    /// Steps of four inputs as for `Quads`, in AMX tiles.
+    Tiles(Tiles),
     /// Steps of four inputs (input 4p + j in byte j of step p; zeros past K) in panels.
     Quads(Panels<u32>),
     /// Steps of two inputs as int16 (input 2p in the low half of step p; zeros past K) in
@@ -208,7 +225,7 @@ impl PackedI8 {
             .for_each(|(q, row)| quantise_weights(Isa::best(), row, &scales, q));
         let mut shift = vec![0i32; n];
         let repr = match kernel {
-            I8Kernel::Vnni | I8Kernel::Avx2 => {
+            I8Kernel::Amx | I8Kernel::Vnni | I8Kernel::Avx2 => {
                 // Steps of four bytes (VNNI) or of two int16 (AVX2), each weight sign-extended
                 // to its width.
                 let per_step = kernel.inputs_per_step();
@@ -223,11 +240,10 @@ impl PackedI8 {
                         *d |= (q as i32 as u32 & mask) << (bits * slot);
                     }
                 }
-                let panels = Panels::new(&packed, steps, n)?;
-                if kernel == I8Kernel::Vnni {
-                    Repr::Quads(panels)
-                } else {
-                    Repr::Pairs(panels)
+                match kernel {
+                    I8Kernel::Amx => Repr::Tiles(Tiles::new(&packed, steps, n)),
+                    I8Kernel::Vnni => Repr::Quads(Panels::new(&packed, steps, n)?),
+                    _ => Repr::Pairs(Panels::new(&packed, steps, n)?),
                 }
             }
             I8Kernel::Portable => {
@@ -254,6 +270,7 @@ impl PackedI8 {
     /// The kernel that multiplies, as `describe()` names it.
     pub fn kernel(&self) -> I8Kernel {
         match self.repr {
+            Repr::Tiles(_) => I8Kernel::Amx,
             Repr::Quads(_) => I8Kernel::Vnni,
             Repr::Pairs(_) => I8Kernel::Avx2,
             Repr::Columns(_) => I8Kernel::Portable,
@@ -274,6 +291,11 @@ impl PackedI8 {
                 let mut out = vec![0f32; self.n];
                 unpack_channel(Isa::best(), p.as_slice(), steps, per_step, ch, &mut out);
                 out
+            }
+            Repr::Tiles(t) => {
+                let mut steps = vec![0u32; self.n];
+                t.step_row(ch / 4, &mut steps);
+                steps.iter().map(|&s| step_input(s, 4, ch)).collect()
             }
             Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch] as f32).collect(),
         }
@@ -304,6 +326,15 @@ impl PackedI8 {
         // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
         // band of rows scaled as soon as it is done.
         let y: Vec<f32> = match &self.repr {
+            Repr::Tiles(t) => {
+                let (steps, kblocks) = (self.k.div_ceil(4), t.kblocks());
+                let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
+                    let rows = m.saturating_sub(mb * amx::BLOCK).min(amx::BLOCK);
+                    let src = &q.a[mb * amx::BLOCK * steps..(mb * amx::BLOCK + rows) * steps];
+                    amx::tile_steps(src, steps, kblocks, dst);
+                };
+                t.matmul(TileOp::I8, m, fill_a, finish)
+            }
             Repr::Quads(p) => p.matmul_then::<DotI8>(&q.a, m, finish),
             Repr::Pairs(p) => p.matmul_then::<MaddI16>(&q.a, m, finish),
             Repr::Columns(c) => {
@@ -329,7 +360,7 @@ impl PackedI8 {
     pub fn matmul_gated(&self, x: &[f32], m: usize, gated: &Gated) -> Result<Vec<f32>> {
         const OP: &str = "int8 gated matmul";
         gated.check(OP, self.n)?;
-        if m == 0 || matches!(self.repr, Repr::Columns(_)) {
+        if m == 0 || matches!(self.repr, Repr::Columns(_) | Repr::Tiles(_)) {
             return Ok(gated.after(self.matmul(x, m)?, m));
         }
         let q = self.quantise_input(OP, x, m)?;
@@ -343,7 +374,7 @@ impl PackedI8 {
         Ok(match &self.repr {
             Repr::Quads(p) => p.matmul_pairs::<DotI8>(&q.a, m, gated.ffn, epilogue),
             Repr::Pairs(p) => p.matmul_pairs::<MaddI16>(&q.a, m, gated.ffn, epilogue),
-            Repr::Columns(_) => unreachable!("returned above"),
+            Repr::Columns(_) | Repr::Tiles(_) => unreachable!("returned above"),
         })
     }
 
@@ -720,17 +751,24 @@ multiversion! {
         ch: usize,
         out: &mut [f32],
     ) {
-        let bits = 32 / per_step;
-        let shift = bits * (ch % per_step);
         for (panel, out) in out.chunks_mut(PANEL).enumerate() {
             let at = (panel * steps + ch / per_step) * PANEL;
             for (o, &step) in out.iter_mut().zip(&data[at..at + PANEL]) {
-                // The value's bits moved to the top, then an arithmetic shift back down:
-                // the sign extended from whichever width it has.
-                *o = (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as f32;
+                *o = step_input(step, per_step, ch);
             }
         }
     }
+}
+
+/// Input `ch`'s weight held in `step` (one of `per_step` signed values of `32 / per_step` bits,
+/// input `ch % per_step` of its step), as f32. Inlined into each level's copy.
+#[inline(always)]
+fn step_input(step: u32, per_step: usize, ch: usize) -> f32 {
+    let bits = 32 / per_step;
+    let shift = bits * (ch % per_step);
+    // The value's bits moved to the top, then an arithmetic shift back down: the sign extended
+    // from whichever width it has.
+    (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as f32
 }
 
 multiversion! {

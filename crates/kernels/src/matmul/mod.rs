@@ -3,6 +3,7 @@
 //! ([`F32Kernel`], [`Bf16Kernel`], [`I8Kernel`]):
 //! kernels differ in their summation order, so in the last bits of their results.
 
+mod amx;
 mod bf16;
 mod f32;
 mod gated;

@@ -1,0 +1,396 @@
+//! The AMX products (Intel Sapphire Rapids and later): `tdpbf16ps` for `compute: bf16` and
+//! `tdpbusd` for `compute: int8`. Both multiply tiles of 16 rows x 64 bytes whose 32-bit
+//! "steps" hold the inputs one multiply-add takes (two bf16, or four int8), so one layout and
+//! one loop serve both; only the instruction differs. The micro-kernel is inline assembly
+//! (AMX intrinsics are not stable in Rust).
+//!
+//! Tile layout (Intel SDM, TDPBF16PS / TDPBUSD): C (16 x 16, f32 or int32) += A (16 rows x 16
+//! steps) . B, where B's tile row `s` holds step `s` of each of 16 columns ("VNNI" order).
+//! - B, packed once ([`Tiles::new`]): for each block of 32 output columns, for each block of
+//!   16 steps, two 1 KiB tiles (columns 0..16 and 16..32 of the block).
+//! - A, laid out per call ([`tile_steps`], or bf16's own rounding packer): for each block of 32
+//!   rows, for each block of 16 steps, two tiles (rows 0..16 and 16..32).
+//!
+//! Padding rows, steps and columns are zeros, so they add nothing.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// Steps per tile row (64 bytes).
+pub(crate) const TILE_STEPS: usize = 16;
+/// Rows of A and columns of B per micro-kernel call (2 x 2 tiles).
+pub(crate) const BLOCK: usize = 32;
+/// Steps (u32) per tile.
+const TILE: usize = TILE_STEPS * 16;
+
+/// The tile multiply-add of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TileOp {
+    /// `tdpbf16ps`: bf16 pairs, f32 sums.
+    Bf16,
+    /// `tdpbusd`: u8 quads of A times s8 quads of B, exact int32 sums (as bits in C's f32 slots).
+    I8,
+}
+
+/// Asks Linux for the tile state, where the CPU has AMX-TILE and the multiply of `op`
+/// (AMX-BF16 or AMX-INT8); false where it has not or the kernel refuses.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn request(op: TileOp) -> bool {
+    // CPUID.(EAX=7, ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE, bit 25 = AMX-INT8.
+    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+    let multiply = match op {
+        TileOp::Bf16 => 1 << 22,
+        TileOp::I8 => 1 << 25,
+    };
+    if leaf7.edx & multiply == 0 || leaf7.edx & (1 << 24) == 0 {
+        return false;
+    }
+    // Linux hands out the 8 KiB tile state only on request: arch_prctl(ARCH_REQ_XCOMP_PERM,
+    // XFEATURE_XTILEDATA). The permission is per process, so threads made later share it, and
+    // asking again is harmless.
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain syscall with integer arguments.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn request(_op: TileOp) -> bool {
+    false
+}
+
+/// A weight matrix of `steps` x `n` 32-bit steps in B tiles (see the module docs).
+pub(crate) struct Tiles {
+    /// Blocks of 16 steps (the steps padded with zeros to whole blocks).
+    kblocks: usize,
+    /// Columns padded with zeros to whole blocks of 32.
+    np: usize,
+    n: usize,
+    data: Vec<u32>,
+}
+
+impl Tiles {
+    /// Lays out `w`, `steps` rows of `n` steps (row-major), in tiles.
+    pub fn new(w: &[u32], steps: usize, n: usize) -> Tiles {
+        assert_eq!(
+            w.len(),
+            steps * n,
+            "tiles: {} steps for ({steps}, {n})",
+            w.len()
+        );
+        let kblocks = steps.div_ceil(TILE_STEPS);
+        let np = n.div_ceil(BLOCK) * BLOCK;
+        let mut data = vec![0u32; kblocks * TILE_STEPS * np];
+        for (s, values) in w.chunks_exact(n.max(1)).enumerate() {
+            for (col, &v) in values.iter().enumerate() {
+                data[Tiles::at(kblocks, s, col)] = v;
+            }
+        }
+        Tiles {
+            kblocks,
+            np,
+            n,
+            data,
+        }
+    }
+
+    /// Where step `s` of column `col` lies: tile (column block, step block, column half), row
+    /// `s % 16`, slot `col % 16`.
+    fn at(kblocks: usize, s: usize, col: usize) -> usize {
+        let (nb, kb, half) = (col / BLOCK, s / TILE_STEPS, col % BLOCK / 16);
+        ((nb * kblocks + kb) * 2 + half) * TILE + (s % TILE_STEPS) * 16 + col % 16
+    }
+
+    /// Step `s` of every column, in column order, into `out` (`n` values).
+    pub fn step_row(&self, s: usize, out: &mut [u32]) {
+        for (col, o) in out.iter_mut().enumerate().take(self.n) {
+            *o = self.data[Tiles::at(self.kblocks, s, col)];
+        }
+    }
+
+    /// Blocks of 16 steps: what [`tile_steps`] and `fill_a` lay out per 32-row block.
+    pub fn kblocks(&self) -> usize {
+        self.kblocks
+    }
+
+    /// `a @ self` for `m` rows of A, (m, n) f32 row-major (for [`TileOp::I8`], int32 bits in
+    /// f32 slots). `fill_a(block, dst)` lays out rows `32 * block..` of A in tiles (as
+    /// [`tile_steps`] does), writing every one of `dst`'s `kblocks * 2 * 256` steps; it runs in
+    /// parallel. Then `finish(first_row, rows)` on bands of finished rows (whole rows of `n`),
+    /// by the thread that computed them where the columns need no padding (int8 scales its
+    /// sums there, while they are in that core's cache), else in a pass of its own. The CPU
+    /// has AMX with `op`'s multiply, and [`request`] granted the tile state.
+    pub fn matmul(
+        &self,
+        op: TileOp,
+        m: usize,
+        fill_a: impl Fn(usize, &mut [MaybeUninit<u32>]) + Sync,
+        finish: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
+        let (np, n) = (self.np, self.n);
+        let mp = m.div_ceil(BLOCK) * BLOCK;
+        let block = self.kblocks * 2 * TILE; // steps per 32-row block of A, per 32-column block of B
+        let mut a: Vec<MaybeUninit<u32>> = Vec::with_capacity(mp / BLOCK * block);
+        // SAFETY: MaybeUninit needs no initialisation; fill_a writes every element.
+        unsafe { a.set_len(mp / BLOCK * block) };
+        a.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(mb, dst)| fill_a(mb, dst));
+        // SAFETY: every element was written by fill_a (its contract).
+        let a: Vec<u32> = unsafe {
+            let mut a = std::mem::ManuallyDrop::new(a);
+            Vec::from_raw_parts(a.as_mut_ptr().cast(), a.len(), a.capacity())
+        };
+        // Every element of C is written by exactly one tile store below.
+        let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(mp * np);
+        // SAFETY: MaybeUninit needs no initialisation.
+        unsafe { c.set_len(mp * np) };
+        // Threads take bands of 32-row blocks; within a band, each 32-column block of B is
+        // reused across the band's rows while it is hot in cache.
+        let threads = rayon::current_num_threads().max(1);
+        let band = (mp / BLOCK).div_ceil(threads).max(1);
+        c.par_chunks_mut(band * BLOCK * np)
+            .zip(a.par_chunks(band * block))
+            .enumerate()
+            .for_each(|(b, (c_band, a_band))| {
+                self.band(op, a_band, c_band, block);
+                let row0 = b * band * BLOCK;
+                if np == n && row0 < m {
+                    let rows = (m - row0).min(band * BLOCK);
+                    // SAFETY: `band` wrote every value of the band, and MaybeUninit<f32> has
+                    // f32's layout.
+                    let done: &mut [f32] = unsafe {
+                        std::slice::from_raw_parts_mut(c_band.as_mut_ptr().cast(), rows * n)
+                    };
+                    finish(row0, done);
+                }
+            });
+        // SAFETY: all mp * np elements were written above.
+        let c: Vec<f32> = unsafe {
+            let mut c = std::mem::ManuallyDrop::new(c);
+            Vec::from_raw_parts(c.as_mut_ptr().cast(), c.len(), c.capacity())
+        };
+        // Drop the padding: rows beyond m, columns beyond n.
+        if np == n {
+            let mut c = c;
+            c.truncate(m * n);
+            c
+        } else {
+            let mut out = Vec::with_capacity(m * n);
+            for row in c.chunks(np).take(m) {
+                out.extend_from_slice(&row[..n]);
+            }
+            out.par_chunks_mut(BLOCK * n)
+                .enumerate()
+                .for_each(|(b, rows)| finish(b * BLOCK, rows));
+            out
+        }
+    }
+
+    /// One thread's band: every 32-row block of `a_band` times every 32-column block of B.
+    #[cfg(target_arch = "x86_64")]
+    fn band(&self, op: TileOp, a_band: &[u32], c_band: &mut [MaybeUninit<f32>], block: usize) {
+        let np = self.np;
+        // SAFETY: tiles exist only where `request` granted the tile state (the caller's
+        // contract).
+        let _tiles = unsafe { TileConfig::load() };
+        for nb in 0..np / BLOCK {
+            let bp = self.data[nb * block..(nb + 1) * block].as_ptr();
+            for mb in 0..a_band.len() / block {
+                let (ap, cp) = (
+                    a_band[mb * block..].as_ptr(),
+                    c_band[mb * BLOCK * np + nb * BLOCK..].as_mut_ptr().cast(),
+                );
+                // SAFETY: the A block is `block` steps inside `a_band`, the B block `block`
+                // steps inside `data`; the C block is 32 rows x 32 columns inside `c_band`
+                // (rows of np values). Tiles are configured for this thread.
+                unsafe {
+                    match op {
+                        TileOp::Bf16 => tile_block_bf16(ap, bp, self.kblocks, cp, np * 4),
+                        TileOp::I8 => tile_block_i8(ap, bp, self.kblocks, cp, np * 4),
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn band(&self, _: TileOp, _: &[u32], _: &mut [MaybeUninit<f32>], _: usize) {
+        unreachable!("AMX is x86_64 only; request() is false elsewhere")
+    }
+}
+
+/// Where row `r` (of 32) of an A block starts its steps `16 * kb..16 * kb + 16`: tile (step
+/// block, row half), row `r % 16`.
+pub(crate) fn a_row_at(r: usize, kb: usize) -> usize {
+    ((kb * 2 + r / 16) * 16 + r % 16) * TILE_STEPS
+}
+
+/// Lays out up to 32 rows of `steps` steps each (`src`, row-major) as one 32-row block of A
+/// tiles (`dst`, `kblocks` blocks of 16 steps), writing every element: padding rows and steps
+/// get zeros.
+pub(crate) fn tile_steps(src: &[u32], steps: usize, kblocks: usize, dst: &mut [MaybeUninit<u32>]) {
+    let rows = src.len().checked_div(steps).unwrap_or(0);
+    for r in 0..BLOCK {
+        for kb in 0..kblocks {
+            let at = a_row_at(r, kb);
+            let tile_row = &mut dst[at..at + TILE_STEPS];
+            let from = (kb * TILE_STEPS).min(steps);
+            let live = if r < rows {
+                (from + TILE_STEPS).min(steps) - from
+            } else {
+                0
+            };
+            for (d, &s) in tile_row
+                .iter_mut()
+                .zip(&src[(r * steps + from).min(src.len())..][..live])
+            {
+                *d = MaybeUninit::new(s);
+            }
+            tile_row[live..].fill(MaybeUninit::new(0));
+        }
+    }
+}
+
+/// The tile configuration of this thread while alive: eight tiles of 16 rows x 64 bytes.
+#[cfg(target_arch = "x86_64")]
+struct TileConfig;
+
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(64))]
+struct TileCfgBytes {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl TileConfig {
+    /// Configures this thread's tiles until the value is dropped.
+    ///
+    /// # Safety
+    /// The CPU has AMX and the process was granted the tile state ([`request`]).
+    unsafe fn load() -> TileConfig {
+        let mut cfg = TileCfgBytes {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        for t in 0..8 {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        // SAFETY: the caller's contract; the config is a valid palette-1 layout.
+        unsafe {
+            core::arch::asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly));
+        }
+        TileConfig
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for TileConfig {
+    fn drop(&mut self) {
+        // SAFETY: releases the tile state this thread configured (`load`'s caller had AMX).
+        unsafe { core::arch::asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// `tile_block_bf16` / `tile_block_i8`: C[0..32, 0..32] = A . B for one 32-row block of A
+/// tiles and one 32-column block of B tiles (both: per 16 steps, two 1 KiB tiles), with the
+/// multiply `$op`. `ldc` is C's row stride in bytes.
+macro_rules! tile_block {
+    ($name:ident, $op:literal) => {
+        /// # Safety
+        /// Tiles configured (`TileConfig`), the CPU has the multiply, pointers valid for the
+        /// extents above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn $name(a: *const u32, b: *const u32, kblocks: usize, c: *mut f32, ldc: usize) {
+            // SAFETY: see the function's contract. tmm0/1: A rows 0..16 / 16..32; tmm2/3: B
+            // columns 0..16 / 16..32; tmm4..7: the four 16x16 accumulators.
+            unsafe {
+                core::arch::asm!(
+                    "tilezero tmm4",
+                    "tilezero tmm5",
+                    "tilezero tmm6",
+                    "tilezero tmm7",
+                    "2:",
+                    "tileloadd tmm0, [{a} + {s64}]",
+                    "tileloadd tmm1, [{a} + {s64} + 1024]",
+                    "tileloadd tmm2, [{b} + {s64}]",
+                    "tileloadd tmm3, [{b} + {s64} + 1024]",
+                    // The next step block's A tiles (2 KiB, contiguous) into L1 while these
+                    // multiply: the tile registers are not renamed, so a load that misses L1
+                    // stalls the chain.
+                    "prefetcht0 [{a} + 2048]",
+                    "prefetcht0 [{a} + 2112]",
+                    "prefetcht0 [{a} + 2176]",
+                    "prefetcht0 [{a} + 2240]",
+                    "prefetcht0 [{a} + 2304]",
+                    "prefetcht0 [{a} + 2368]",
+                    "prefetcht0 [{a} + 2432]",
+                    "prefetcht0 [{a} + 2496]",
+                    "prefetcht0 [{a} + 2560]",
+                    "prefetcht0 [{a} + 2624]",
+                    "prefetcht0 [{a} + 2688]",
+                    "prefetcht0 [{a} + 2752]",
+                    "prefetcht0 [{a} + 2816]",
+                    "prefetcht0 [{a} + 2880]",
+                    "prefetcht0 [{a} + 2944]",
+                    "prefetcht0 [{a} + 3008]",
+                    "prefetcht0 [{a} + 3072]",
+                    "prefetcht0 [{a} + 3136]",
+                    "prefetcht0 [{a} + 3200]",
+                    "prefetcht0 [{a} + 3264]",
+                    "prefetcht0 [{a} + 3328]",
+                    "prefetcht0 [{a} + 3392]",
+                    "prefetcht0 [{a} + 3456]",
+                    "prefetcht0 [{a} + 3520]",
+                    "prefetcht0 [{a} + 3584]",
+                    "prefetcht0 [{a} + 3648]",
+                    "prefetcht0 [{a} + 3712]",
+                    "prefetcht0 [{a} + 3776]",
+                    "prefetcht0 [{a} + 3840]",
+                    "prefetcht0 [{a} + 3904]",
+                    "prefetcht0 [{a} + 3968]",
+                    "prefetcht0 [{a} + 4032]",
+                    concat!($op, " tmm4, tmm0, tmm2"),
+                    concat!($op, " tmm5, tmm0, tmm3"),
+                    concat!($op, " tmm6, tmm1, tmm2"),
+                    concat!($op, " tmm7, tmm1, tmm3"),
+                    "add {a}, 2048",
+                    "add {b}, 2048",
+                    "dec {k}",
+                    "jnz 2b",
+                    "tilestored [{c} + {ldc}], tmm4",
+                    "tilestored [{c} + {ldc} + 64], tmm5",
+                    "tilestored [{c1} + {ldc}], tmm6",
+                    "tilestored [{c1} + {ldc} + 64], tmm7",
+                    a = inout(reg) a => _,
+                    b = inout(reg) b => _,
+                    k = inout(reg) kblocks => _,
+                    s64 = in(reg) 64usize,
+                    c = in(reg) c,
+                    c1 = in(reg) c.byte_add(16 * ldc),
+                    ldc = in(reg) ldc,
+                    options(nostack),
+                );
+            }
+        }
+    };
+}
+
+tile_block!(tile_block_bf16, "tdpbf16ps");
+tile_block!(tile_block_i8, "tdpbusd");
