@@ -66,8 +66,8 @@ pub enum MeanOver {
 pub enum ComputeDtype {
     F32,
     Bf16,
-    /// Decoders only: int8 weights (per output column, at load) times int8 activations (per
-    /// row, at each product), int32 sums; everything outside the products stays f32 (see
+    /// int8 weights (per output column, at load) times int8 activations (per row, at each
+    /// product), int32 sums; everything outside the products stays f32 (see
     /// `llmembed_kernels::PackedI8`).
     Int8,
 }

@@ -49,9 +49,9 @@ pub struct ExtractParams {
     /// faster than 256 or 1024 on SmolLM2 in both compute modes (`cargo xtask bench extract`).
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: usize,
-    /// Precision of the matrix products: `f32`, `bf16` (bf16 inputs, f32 sums) or `int8`
-    /// (decoders only: int8 weights and activations, int32 sums); activations are f32 between
-    /// the products in every mode.
+    /// Precision of the matrix products: `f32`, `bf16` (bf16 inputs, f32 sums) or `int8` (int8
+    /// weights and activations, int32 sums); activations are f32 between the products in every
+    /// mode.
     #[serde(default = "default_compute")]
     pub compute: ComputeDtype,
     /// Storage precision of the output vectors.

@@ -46,7 +46,6 @@ impl<'a> Weights<'a> {
     /// `prefix.` (HF `BertForMaskedLM`: `bert.`) is read from there, as told by the tensor
     /// `prefix.{probe}`.
     pub fn read(spec: &'a LoadSpec, op: &'static str, prefix: &str, probe: &str) -> Result<Self> {
-        check_compute(spec)?;
         check_safetensors(&spec.weights)?;
         // Read, not mapped (mapping is `unsafe`, kept to the kernels crate): encoder checkpoints
         // are small, and the bytes are dropped once the layers hold their weights.
@@ -131,21 +130,6 @@ impl<'a> Weights<'a> {
             values: vector(&t).map_err(|e| self.error(name, e))?,
             dim,
         })
-    }
-}
-
-/// The products an encoder runs in: f32 or bf16 (bf16 products with f32 sums, activations f32,
-/// as the decoders); `int8` runs the decoders' products only.
-fn check_compute(spec: &LoadSpec) -> Result<()> {
-    match spec.compute {
-        ComputeDtype::F32 | ComputeDtype::Bf16 => Ok(()),
-        ComputeDtype::Int8 => Err(Error::param(
-            "compute",
-            format!(
-                "{}: int8 runs the decoders' products only; use f32 or bf16 for an encoder",
-                spec.weights.display()
-            ),
-        )),
     }
 }
 
