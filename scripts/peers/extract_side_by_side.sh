@@ -12,8 +12,7 @@
 #   N_TEXTS  first N AG News test texts (default 500)
 #   PYTHON   a Python with torch, transformers, gguf, pyarrow (default /tmp/refenv/bin/python)
 #   PRESET   the model (default smollm2-135m; gemma3-270m, qwen2.5-coder-0.5b, ...; the
-#            encoders minilm-l6 and mpnet-base run in fp32 and bf16 only: int8 is the
-#            decoders')
+#            encoders minilm-l6 and mpnet-base too)
 #   XTASK    (environment) a built xtask binary to use instead of building one (a shared
 #            target dir's binary may be another worktree's)
 # Run it on an otherwise idle machine: the runs share the same two cores.
@@ -31,9 +30,6 @@ fi
 gguf=$($xtask fetch "$preset" | awk '{print $2}')
 dtypes="fp32 bf16 int8"
 computes="f32 bf16 int8"
-case "$gguf" in
-  *.safetensors) dtypes="fp32 bf16"; computes="f32 bf16" ;;
-esac
 
 tps() { grep -oE '[0-9.]+ (real )?tokens/s' | grep -oE '^[0-9.]+' | tail -1; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else print "n/a" }'; }
