@@ -121,12 +121,7 @@ fn main() {
             x
         })
         .collect();
-    for kernel in [
-        I8Kernel::Amx,
-        I8Kernel::Vnni,
-        I8Kernel::Avx2,
-        I8Kernel::Portable,
-    ] {
+    for kernel in I8Kernel::ALL {
         if !kernel.runs_here() {
             println!(
                 "matmul int8 {:>9}: not available on this CPU",

@@ -115,15 +115,10 @@ fn fused_f32_and_bf16_products_give_the_unfused_bits() {
 
 #[test]
 fn fused_int8_products_give_the_unfused_bits_with_outliers() {
-    let kernels: Vec<I8Kernel> = [
-        I8Kernel::Amx,
-        I8Kernel::Vnni,
-        I8Kernel::Avx2,
-        I8Kernel::Portable,
-    ]
-    .into_iter()
-    .filter(|k| k.runs_here())
-    .collect();
+    let kernels: Vec<I8Kernel> = I8Kernel::ALL
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
     println!(
         "int8 kernels {:?}",
         kernels.iter().map(|k| k.name()).collect::<Vec<_>>()

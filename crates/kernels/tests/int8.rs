@@ -27,12 +27,7 @@ fn inputs(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn kernels() -> Vec<I8Kernel> {
-    let all = [
-        I8Kernel::Amx,
-        I8Kernel::Vnni,
-        I8Kernel::Avx2,
-        I8Kernel::Portable,
-    ];
+    let all = I8Kernel::ALL;
     let ran: Vec<&str> = all
         .iter()
         .filter(|k| k.runs_here())

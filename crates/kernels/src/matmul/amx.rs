@@ -109,11 +109,9 @@ impl Tiles {
         ((nb * kblocks + kb) * 2 + half) * TILE + (s % TILE_STEPS) * 16 + col % 16
     }
 
-    /// Step `s` of every column, in column order, into `out` (`n` values).
-    pub fn step_row(&self, s: usize, out: &mut [u32]) {
-        for (col, o) in out.iter_mut().enumerate().take(self.n) {
-            *o = self.data[Tiles::at(self.kblocks, s, col)];
-        }
+    /// Step `s` of column `col`.
+    pub fn step(&self, s: usize, col: usize) -> u32 {
+        self.data[Tiles::at(self.kblocks, s, col)]
     }
 
     /// Blocks of 16 steps: what [`tile_steps`] and `fill_a` lay out per 32-row block.

@@ -72,6 +72,14 @@ pub enum I8Kernel {
 }
 
 impl I8Kernel {
+    /// Every kernel, in the order [`I8Kernel::detect`] prefers them.
+    pub const ALL: [I8Kernel; 4] = [
+        I8Kernel::Amx,
+        I8Kernel::Vnni,
+        I8Kernel::Avx2,
+        I8Kernel::Portable,
+    ];
+
     /// The first kernel this process can use (checked once): AMX where the CPU has AMX-INT8,
     /// Linux grants the tile state and `LLMEMBED_NO_AMX` is not set; else VNNI where the CPU
     /// has it and `LLMEMBED_NO_AVX512VNNI` is not set; else AVX2 where the CPU has it; else
@@ -292,11 +300,9 @@ impl PackedI8 {
                 unpack_channel(Isa::best(), p.as_slice(), steps, per_step, ch, &mut out);
                 out
             }
-            Repr::Tiles(t) => {
-                let mut steps = vec![0u32; self.n];
-                t.step_row(ch / 4, &mut steps);
-                steps.iter().map(|&s| step_input(s, 4, ch)).collect()
-            }
+            Repr::Tiles(t) => (0..self.n)
+                .map(|col| step_input(t.step(ch / 4, col), 4, ch))
+                .collect(),
             Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch] as f32).collect(),
         }
     }
