@@ -290,6 +290,7 @@ fn switches_turn_kernels_off_in_order() {
                     let switches = Switches {
                         no_amx,
                         no_avx512bf16,
+                        ..Switches::default()
                     };
                     let want = if amx && !no_amx {
                         Amx
@@ -313,14 +314,21 @@ fn switches_turn_kernels_off_in_order() {
         Switches::from_env(set(&["LLMEMBED_NO_AMX"])),
         Switches {
             no_amx: true,
-            no_avx512bf16: false
+            ..Switches::default()
+        }
+    );
+    assert_eq!(
+        Switches::from_env(set(&["LLMEMBED_NO_AVX512VNNI"])),
+        Switches {
+            no_avx512vnni: true,
+            ..Switches::default()
         }
     );
     assert_eq!(
         Switches::from_env(set(&["LLMEMBED_NO_AVX512BF16"])),
         Switches {
-            no_amx: false,
-            no_avx512bf16: true
+            no_avx512bf16: true,
+            ..Switches::default()
         }
     );
 }

@@ -28,6 +28,7 @@ use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
+use super::Switches;
 use super::amx::{self, TILE_STEPS, TileOp, Tiles};
 use super::f32::PackedF32;
 use super::gated::Gated;
@@ -51,7 +52,7 @@ impl Bf16Kernel {
     pub fn detect() -> Bf16Kernel {
         static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
-            let switches = Switches::from_env(|var| std::env::var_os(var).is_some());
+            let switches = Switches::from_process_env();
             let cpu = Bf16Cpu {
                 amx: !switches.no_amx && amx::request(TileOp::Bf16),
                 avx512bf16: DotBf16::available(),
@@ -111,26 +112,6 @@ pub struct Bf16Cpu {
     pub amx: bool,
     /// AVX-512F and AVX512-BF16.
     pub avx512bf16: bool,
-}
-
-/// The environment switches that turn kernels off, to compare them on one machine: set (to
-/// anything) means off.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Switches {
-    /// `LLMEMBED_NO_AMX`
-    pub no_amx: bool,
-    /// `LLMEMBED_NO_AVX512BF16`
-    pub no_avx512bf16: bool,
-}
-
-impl Switches {
-    /// The switches as `is_set(variable name)` reports them.
-    pub fn from_env(is_set: impl Fn(&str) -> bool) -> Switches {
-        Switches {
-            no_amx: is_set("LLMEMBED_NO_AMX"),
-            no_avx512bf16: is_set("LLMEMBED_NO_AVX512BF16"),
-        }
-    }
 }
 
 /// A weight matrix (K inputs x N outputs) rounded to bf16, ready for [`PackedBf16::matmul`].

@@ -45,6 +45,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::Switches;
 use super::amx::{self, TileOp, Tiles};
 use super::gated::Gated;
 use super::panels::{DotI8, Kernel, MaddI16, PAIR, PANEL, Panels};
@@ -87,12 +88,12 @@ impl I8Kernel {
     pub fn detect() -> I8Kernel {
         static KERNEL: OnceLock<I8Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| {
-            let no_amx = std::env::var_os("LLMEMBED_NO_AMX").is_some();
+            let switches = Switches::from_process_env();
             I8Kernel::choose(
-                !no_amx && amx::request(TileOp::I8),
+                !switches.no_amx && amx::request(TileOp::I8),
                 DotI8::available(),
                 MaddI16::available(),
-                std::env::var_os("LLMEMBED_NO_AVX512VNNI").is_some(),
+                switches.no_avx512vnni,
             )
         })
     }

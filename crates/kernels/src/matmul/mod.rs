@@ -10,10 +10,39 @@ mod gated;
 mod int8;
 mod panels;
 
-pub use bf16::{Bf16Cpu, Bf16Kernel, PackedBf16, Switches, bf16_round};
+pub use bf16::{Bf16Cpu, Bf16Kernel, PackedBf16, bf16_round};
 pub use f32::{F32Kernel, PackedF32};
 pub use gated::{Gated, gated_width, interleave_gate_up};
 pub use int8::{I8Kernel, Outliers, PackedI8};
+
+/// The environment switches that turn kernels off, to compare them on one machine: set (to
+/// anything) means off. Read here only, once per kernel choice ([`Bf16Kernel::detect`],
+/// [`I8Kernel::detect`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// `LLMEMBED_NO_AMX`: AMX off, for bf16 and int8 alike.
+    pub no_amx: bool,
+    /// `LLMEMBED_NO_AVX512BF16`
+    pub no_avx512bf16: bool,
+    /// `LLMEMBED_NO_AVX512VNNI`
+    pub no_avx512vnni: bool,
+}
+
+impl Switches {
+    /// The switches as `is_set(variable name)` reports them.
+    pub fn from_env(is_set: impl Fn(&str) -> bool) -> Switches {
+        Switches {
+            no_amx: is_set("LLMEMBED_NO_AMX"),
+            no_avx512bf16: is_set("LLMEMBED_NO_AVX512BF16"),
+            no_avx512vnni: is_set("LLMEMBED_NO_AVX512VNNI"),
+        }
+    }
+
+    /// The switches of this process's environment.
+    pub fn from_process_env() -> Switches {
+        Switches::from_env(|var| std::env::var_os(var).is_some())
+    }
+}
 
 /// The checks every packer makes before it packs: the kernel runs on this CPU, and `w` holds
 /// (K, N) values.
