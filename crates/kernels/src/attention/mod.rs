@@ -339,6 +339,11 @@ fn weighted_tile(
             d0 += blocks * 16;
         }
     }
+    // The columns AVX-512 left, if any: with none left, the loops below would still walk
+    // every (query, key) over empty slices (1% of a SmolLM2 int8 run).
+    if d0 == hd {
+        return;
+    }
     for q in 0..out.queries {
         let p = &probs[q * padded..(q + 1) * padded];
         let dst = &mut out.rows[q * out.q_dim + out.at + d0..q * out.q_dim + out.at + hd];
