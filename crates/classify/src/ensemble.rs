@@ -7,11 +7,12 @@
 //! Members must cover the same ids (any order; output follows the first member's order), with the
 //! same label names and the same true labels.
 //!
-//! When every member kept its training rows' out-of-fold probabilities (`logreg` with `select:`,
-//! all with the same number of folds), the ensemble combines those the same way and records the
-//! accuracy (`cv` in `classifier.json`): the score `select` compares it by, from training rows
-//! only. Each row's probabilities come from fits that did not see it, but each member's C was
-//! chosen on the same folds, so, as for any member's own CV score, it is a little optimistic.
+//! When every member kept its training rows' out-of-fold probabilities (`logreg` or `mlp` with
+//! `select:`, all with the same number of folds), the ensemble combines those the same way and
+//! records the accuracy (`cv` in `classifier.json`): the score `select` compares it by, from
+//! training rows only. Each row's probabilities come from fits that did not see it, but each
+//! member's C (or epochs) was chosen on the same folds, so, as for any member's own CV score, it
+//! is a little optimistic.
 
 use std::collections::HashMap;
 
@@ -358,8 +359,8 @@ impl Stage for Ensemble {
                 "{}-fold out-of-fold accuracy {:.4} on {} training rows",
                 cv.folds, cv.accuracy, cv.rows
             ),
-            None => "no CV score: not every member kept out-of-fold probabilities (logreg with \
-                     `select:`, the same number of folds)"
+            None => "no CV score: not every member kept out-of-fold probabilities (logreg or \
+                     mlp with `select:`, the same number of folds)"
                 .into(),
         });
         Ok(Summary {

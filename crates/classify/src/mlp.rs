@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
 use crate::folds::{complement, stratified_folds};
+use crate::logreg::write_cv_predictions;
+use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
@@ -149,12 +151,15 @@ struct ModelSummary {
     select: Option<Selection>,
 }
 
+/// The CV table of `select.epochs` (sorted, distinct) and, per row of it, every training
+/// row's class probabilities (train order, rows x classes) from the fold's network that did not
+/// see the row, after that many epochs: what an ensemble with this member is scored on.
 fn cross_validate(
     train: &Split,
     sel: &MlpSelect,
     cfg: &MlpConfig,
     dev: &Device,
-) -> Result<Vec<CvRow>> {
+) -> Result<(Vec<CvRow>, Vec<Vec<f32>>)> {
     let mut rng = seeded_rng(cfg.seed, "mlp-cv-folds");
     let folds = stratified_folds(&train.labels, sel.folds, &mut rng);
     let k = train.label_names.len();
@@ -163,6 +168,7 @@ fn cross_validate(
     checkpoints.sort_unstable();
     checkpoints.dedup();
     let mut per_fold = Vec::new();
+    let mut oof = vec![vec![0f32; train.rows() * k]; checkpoints.len()];
     for fold in &folds {
         let tr = train.subset(&complement(train.rows(), fold));
         let va = train.subset(fold);
@@ -177,9 +183,12 @@ fn cross_validate(
             cfg,
             Some((&xva, &va.labels, &checkpoints)),
         )?;
+        for (oof, probs) in oof.iter_mut().zip(&t.checkpoint_probs) {
+            keep_out_of_fold(oof, fold, probs, k);
+        }
         per_fold.push(t.checkpoint_accuracy);
     }
-    Ok(checkpoints
+    let table = checkpoints
         .iter()
         .enumerate()
         .map(|(j, &e)| {
@@ -190,7 +199,8 @@ fn cross_validate(
                 fold_accuracy: accs,
             }
         })
-        .collect())
+        .collect();
+    Ok((table, oof))
 }
 
 feature_params!(MlpParams);
@@ -199,8 +209,10 @@ impl Stage for Mlp {
     const KIND: &'static str = "mlp";
     // 3: the artifact holds the trained network (`model.safetensors`, `classifier.json`) and the
     // predictions of splits besides train and test; predictions.parquet and model.json keep
-    // their bytes.
-    const VERSION: u32 = 3;
+    // their bytes. 4: with `select`, also the training rows' out-of-fold probabilities
+    // (`cv_predictions.parquet`, as `logreg` writes them), so that an ensemble with this member
+    // has a CV score.
+    const VERSION: u32 = 4;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: initialisation, dropout and batches are drawn with it.
     const SEEDED: bool = true;
@@ -267,12 +279,13 @@ impl Stage for Mlp {
             seed,
         };
         let mut notes: Vec<String> = unlabelled_note.into_iter().collect();
-        let (epochs, select) = match &p.select {
-            None => (p.epochs.unwrap_or(DEFAULT_EPOCHS), None),
+        let (epochs, select, out_of_fold) = match &p.select {
+            None => (p.epochs.unwrap_or(DEFAULT_EPOCHS), None, None),
             Some(sel) => {
-                let table = cross_validate(&train, sel, &cfg, &dev)?;
+                let (table, mut oof) = cross_validate(&train, sel, &cfg, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
-                let e = table[best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy)].epochs;
+                let best = best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy);
+                let e = table[best].epochs;
                 notes.push(format!("{}-fold CV picked {e} epochs", sel.folds));
                 let grid: Vec<f64> = sel.epochs.iter().map(|&x| x as f64).collect();
                 notes.extend(prologue::grid_edge_note("epochs", e as f64, &grid));
@@ -281,7 +294,7 @@ impl Stage for Mlp {
                     table,
                     best_epochs: e,
                 };
-                (e, Some(selection))
+                (e, Some(selection), Some(oof.swap_remove(best)))
             }
         };
         let st = standardizer(&train);
@@ -309,6 +322,10 @@ impl Stage for Mlp {
             write_every_split(ctx, &inputs[0], &columns, &train, &predictions, |rows| {
                 model.predict(rows, &producer)
             })?;
+        if let Some(oof) = &out_of_fold {
+            let (ids, labels, names) = (&train.ids, &train.labels, &train.label_names);
+            write_cv_predictions(ctx, ids, labels, names, oof, &producer)?;
+        }
         let mut layers = vec![train.dim()];
         layers.extend(&p.hidden);
         layers.push(k);

@@ -152,6 +152,8 @@ pub(crate) struct Trained {
     pub epoch_loss: Vec<f64>,
     /// Accuracy on the evaluation rows after each checkpoint epoch.
     pub checkpoint_accuracy: Vec<f64>,
+    /// The evaluation rows' class probabilities (rows x classes) after each checkpoint epoch.
+    pub checkpoint_probs: Vec<Vec<f32>>,
     pub steps: usize,
     pub fit_seconds: f64,
 }
@@ -197,6 +199,7 @@ pub(crate) fn train_mlp(
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut epoch_loss = Vec::new();
     let mut checkpoint_accuracy = Vec::new();
+    let mut checkpoint_probs = Vec::new();
     let mut steps = 0;
     for epoch in 1..=epochs {
         order.shuffle(&mut shuffle_rng);
@@ -230,12 +233,14 @@ pub(crate) fn train_mlp(
             let probs = net.predict_proba(xe)?;
             let preds = preds_of(&probs, n_classes);
             checkpoint_accuracy.push(accuracy(ye, &preds));
+            checkpoint_probs.push(probs);
         }
     }
     Ok(Trained {
         net,
         epoch_loss,
         checkpoint_accuracy,
+        checkpoint_probs,
         steps,
         fit_seconds: start.elapsed().as_secs_f64(),
     })

@@ -7,7 +7,7 @@
 //! `logreg` and `mlp` with `select:` (the CV row of the chosen C or epochs, `model.json`),
 //! `layer_sweep` (the chosen layer's CV accuracy, `sweep.json`), `ensemble` (the accuracy of its
 //! combination of the members' out-of-fold probabilities, `cv` in `classifier.json`, when its
-//! members are logregs with `select:`). A member without a CV score (a fixed C, an ensemble of
+//! members are logregs or mlps with `select:`). A member without a CV score (a fixed C, an ensemble of
 //! other members) is an error naming it; so is a different number of folds, since scores
 //! over different folds are not comparable. Every member's score is itself the best of its own
 //! grid, so the winner's CV accuracy is optimistic; the test rows it is reported on are not.
@@ -185,8 +185,8 @@ fn candidate(input: &Input) -> Result<Candidate> {
         "ensemble" => {
             let Some(cv) = meta.get("cv").filter(|c| !c.is_null()) else {
                 return Err(no_score(
-                    "not every member kept out-of-fold probabilities (logreg with `select:`, \
-                     the same number of folds)",
+                    "not every member kept out-of-fold probabilities (logreg or mlp with \
+                     `select:`, the same number of folds)",
                 ));
             };
             (

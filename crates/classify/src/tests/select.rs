@@ -57,6 +57,15 @@ fn recorded_cv(dir: &Path) -> f64 {
         return row["cv_accuracy"].as_f64().unwrap();
     }
     let m = model_json(dir);
+    if let Some(epochs) = m["select"]["best_epochs"].as_u64() {
+        let row = m["select"]["table"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["epochs"].as_u64() == Some(epochs))
+            .unwrap();
+        return row["mean_accuracy"].as_f64().unwrap();
+    }
     let best_c = m["select"]["best_c"].as_f64().unwrap();
     let row = m["select"]["table"]
         .as_array()
@@ -198,11 +207,23 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     let one = std::slice::from_ref(&input);
     let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
     let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    // An MLP with its epochs chosen by CV keeps its out-of-fold probabilities too (its folds are
+    // its own: each row is still predicted by a network that did not see it).
+    let mlp_params = MlpParams {
+        column: Some("layer_1".into()),
+        hidden: vec![32],
+        select: Some(MlpSelect {
+            epochs: vec![2, 8],
+            folds: 5,
+        }),
+        ..MlpParams::default()
+    };
+    let mlp = run_stage::<Mlp>(&mlp_params, one, 3).unwrap();
 
     // Each member's out-of-fold file: every training row once, with probabilities from the fit
     // that did not see it, so its accuracy is the CV accuracy (pooled over the folds, which
     // differ in size by a row or so) and below the fit on all rows.
-    for dir in [few.path(), more.path()] {
+    for dir in [few.path(), more.path(), mlp.path()] {
         let oof = read_predictions(&dir.join("cv_predictions.parquet")).unwrap();
         let mut ids = oof.ids.clone();
         ids.sort();
@@ -256,6 +277,21 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     );
     let expect = (0..3).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
     assert_eq!(selection["chosen"].as_u64(), Some(expect as u64));
+
+    // An ensemble with the MLP as a member is scored the same way, from the MLP's own file.
+    let mixed = run_stage::<Ensemble>(
+        &EnsembleParams::default(),
+        &[fitted("more", more.path()), fitted("mlp", mlp.path())],
+        3,
+    )
+    .unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mixed.path().join("classifier.json")).unwrap())
+            .unwrap();
+    let (_, labels, preds) = averaged_out_of_fold(&[more.path(), mlp.path()]);
+    let want = labels.iter().zip(&preds).filter(|(l, p)| l == p).count() as f64 / 800.0;
+    assert_eq!(meta["cv"]["folds"].as_u64(), Some(5), "{meta}");
+    assert_eq!(meta["cv"]["accuracy"].as_f64(), Some(want), "{meta}");
 
     // A member without out-of-fold probabilities (a fixed C) leaves the ensemble unscored, and
     // `select` says why.
