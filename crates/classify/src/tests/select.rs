@@ -44,36 +44,22 @@ fn select_error(members: &[Input]) -> String {
 
 /// The CV accuracy a member recorded for what it kept, read here independently of `select.rs`.
 fn recorded_cv(dir: &Path) -> f64 {
+    // The row of `table` whose `key` equals `chosen`, and its `score`.
+    let chosen_row = |table: &serde_json::Value, key: &str, chosen: &serde_json::Value, score| {
+        let rows = table.as_array().unwrap();
+        let row = rows.iter().find(|r| &r[key] == chosen).unwrap();
+        row[score].as_f64().unwrap()
+    };
     if dir.join("sweep.json").exists() {
         let s: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
-        let chosen = s["chosen_layer"].as_u64().unwrap();
-        let row = s["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["layer"].as_u64() == Some(chosen))
-            .unwrap();
-        return row["cv_accuracy"].as_f64().unwrap();
+        return chosen_row(&s["layers"], "layer", &s["chosen_layer"], "cv_accuracy");
     }
-    let m = model_json(dir);
-    if let Some(epochs) = m["select"]["best_epochs"].as_u64() {
-        let row = m["select"]["table"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["epochs"].as_u64() == Some(epochs))
-            .unwrap();
-        return row["mean_accuracy"].as_f64().unwrap();
+    let sel = &model_json(dir)["select"];
+    match sel.get("best_epochs") {
+        Some(epochs) => chosen_row(&sel["table"], "epochs", epochs, "mean_accuracy"),
+        None => chosen_row(&sel["table"], "c", &sel["best_c"], "mean_accuracy"),
     }
-    let best_c = m["select"]["best_c"].as_f64().unwrap();
-    let row = m["select"]["table"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["c"].as_f64() == Some(best_c))
-        .unwrap();
-    row["mean_accuracy"].as_f64().unwrap()
 }
 
 #[test]
@@ -201,6 +187,20 @@ fn averaged_out_of_fold(dirs: &[&Path]) -> (Vec<String>, Vec<i64>, Vec<i64>) {
     (files[0].ids.clone(), files[0].labels.clone(), preds)
 }
 
+/// A soft ensemble of `members` (stage id, folder): its folder, its `classifier.json`, and the
+/// accuracy of the members' averaged out-of-fold probabilities on 800 rows, computed here.
+fn scored_ensemble(members: &[(&str, &Path)]) -> (tempfile::TempDir, serde_json::Value, f64) {
+    let inputs: Vec<Input> = members.iter().map(|(id, dir)| fitted(id, dir)).collect();
+    let ens = run_stage::<Ensemble>(&EnsembleParams::default(), &inputs, 3).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ens.path().join("classifier.json")).unwrap())
+            .unwrap();
+    let dirs: Vec<&Path> = members.iter().map(|(_, dir)| *dir).collect();
+    let (_, labels, preds) = averaged_out_of_fold(&dirs);
+    let want = labels.iter().zip(&preds).filter(|(l, p)| l == p).count() as f64 / 800.0;
+    (ens, meta, want)
+}
+
 #[test]
 fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     let Some((_d, input)) = bow_800() else { return };
@@ -245,13 +245,7 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
         assert!(acc < in_sample, "out of fold {acc}, in sample {in_sample}");
     }
 
-    let members = [fitted("few", few.path()), fitted("more", more.path())];
-    let ens = run_stage::<Ensemble>(&EnsembleParams::default(), &members, 3).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ens.path().join("classifier.json")).unwrap())
-            .unwrap();
-    let (_, labels, preds) = averaged_out_of_fold(&[few.path(), more.path()]);
-    let want = labels.iter().zip(&preds).filter(|(l, p)| l == p).count() as f64 / 800.0;
+    let (ens, meta, want) = scored_ensemble(&[("few", few.path()), ("more", more.path())]);
     assert_eq!(meta["cv"]["folds"].as_u64(), Some(5), "{meta}");
     assert_eq!(meta["cv"]["accuracy"].as_f64(), Some(want), "{meta}");
     assert_eq!(meta["cv"]["rows"].as_u64(), Some(800), "{meta}");
@@ -279,17 +273,7 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     assert_eq!(selection["chosen"].as_u64(), Some(expect as u64));
 
     // An ensemble with the MLP as a member is scored the same way, from the MLP's own file.
-    let mixed = run_stage::<Ensemble>(
-        &EnsembleParams::default(),
-        &[fitted("more", more.path()), fitted("mlp", mlp.path())],
-        3,
-    )
-    .unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(mixed.path().join("classifier.json")).unwrap())
-            .unwrap();
-    let (_, labels, preds) = averaged_out_of_fold(&[more.path(), mlp.path()]);
-    let want = labels.iter().zip(&preds).filter(|(l, p)| l == p).count() as f64 / 800.0;
+    let (_mixed, meta, want) = scored_ensemble(&[("more", more.path()), ("mlp", mlp.path())]);
     assert_eq!(meta["cv"]["folds"].as_u64(), Some(5), "{meta}");
     assert_eq!(meta["cv"]["accuracy"].as_f64(), Some(want), "{meta}");
 
