@@ -645,16 +645,25 @@ unsafe fn at_least_avx512(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) ->
     use std::arch::x86_64::*;
     let whole = x.len() / 16 * 16;
     let bound = _mm512_set1_ps(floor);
+    // Room for every value up front, written in place: with `push` in the loop (a call when it
+    // grows), the compiler kept the loop's counter and bound on the stack (SmolLM2 int8 on AMD
+    // Zen 4: 2.5% of the samples here).
+    out.reserve(whole);
+    let (start, spare) = (out.len(), out.spare_capacity_mut());
+    let mut found = 0;
     for at in (0..whole).step_by(16) {
         // SAFETY: at + 16 <= whole <= x.len().
         let v = unsafe { _mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(at))) };
         let mut mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, bound);
         while mask != 0 {
             let c = at + mask.trailing_zeros() as usize;
-            out.push((x[c].abs(), c));
+            spare[found].write((x[c].abs(), c));
+            found += 1;
             mask &= mask - 1;
         }
     }
+    // SAFETY: the first `found` spare slots were written just above.
+    unsafe { out.set_len(start + found) };
     whole
 }
 
