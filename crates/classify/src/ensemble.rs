@@ -22,8 +22,7 @@ use llmembed_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::logreg::CV_PREDICTIONS_FILE;
-use crate::prologue::{scored, scored_accuracy};
+use crate::prologue::{CV_PREDICTIONS_FILE, scored, scored_accuracy};
 use crate::saved::{META_FILE, load_meta};
 
 /// How members are combined.

@@ -16,7 +16,8 @@ use crate::logreg_fit::{
 };
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds,
-    check_tol_and_iterations, feature_params, preds_of, scored_accuracy, write_json,
+    check_tol_and_iterations, feature_params, preds_of, scored_accuracy, write_cv_predictions,
+    write_json,
 };
 use crate::saved::{FittedOn, LinearApply, LinearModel};
 
@@ -297,30 +298,6 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
         table: cv.table,
         out_of_fold: cv.oof.swap_remove(best),
     })
-}
-
-/// The file of the training rows' out-of-fold probabilities at the chosen C.
-pub(crate) const CV_PREDICTIONS_FILE: &str = "cv_predictions.parquet";
-
-/// Writes [`CV_PREDICTIONS_FILE`]: each training row (its id, true label and the class names)
-/// with the probabilities `out_of_fold` (rows x classes) of the fit that did not see it.
-pub(crate) fn write_cv_predictions(
-    ctx: &Context,
-    ids: &[String],
-    labels: &[i64],
-    label_names: &[String],
-    out_of_fold: &[f32],
-    producer: &str,
-) -> Result<()> {
-    let predictions = llmembed_core::Predictions {
-        ids: ids.to_vec(),
-        labels: labels.to_vec(),
-        preds: preds_of(out_of_fold, label_names.len()),
-        probs: out_of_fold.to_vec(),
-        label_names: label_names.to_vec(),
-        producer: format!("{producer}, out of fold"),
-    };
-    llmembed_core::write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &predictions)
 }
 
 pub(crate) fn better_c(a: &CvRow, b: &CvRow) -> bool {

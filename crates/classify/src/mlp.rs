@@ -20,12 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
 use crate::folds::{complement, stratified_folds};
-use crate::logreg::write_cv_predictions;
 use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
-    preds_of, scored_accuracy, write_json,
+    preds_of, scored_accuracy, write_cv_predictions, write_json,
 };
 use crate::saved::{FittedOn, MLP_FORMULA, MlpApply, MlpMeta, MlpModel};
 

@@ -187,6 +187,31 @@ pub(crate) fn grid_edge_note(what: &str, picked: f64, grid: &[f64]) -> Option<St
     Some(note)
 }
 
+/// The file of the training rows' out-of-fold probabilities at the setting CV chose (`logreg`'s
+/// C, `mlp`'s epochs): what an ensemble of such members is scored on.
+pub(crate) const CV_PREDICTIONS_FILE: &str = "cv_predictions.parquet";
+
+/// Writes [`CV_PREDICTIONS_FILE`]: each training row (its id, true label and the class names)
+/// with the probabilities `out_of_fold` (rows x classes) of the fit that did not see it.
+pub(crate) fn write_cv_predictions(
+    ctx: &Context,
+    ids: &[String],
+    labels: &[i64],
+    label_names: &[String],
+    out_of_fold: &[f32],
+    producer: &str,
+) -> Result<()> {
+    let predictions = Predictions {
+        ids: ids.to_vec(),
+        labels: labels.to_vec(),
+        preds: preds_of(out_of_fold, label_names.len()),
+        probs: out_of_fold.to_vec(),
+        label_names: label_names.to_vec(),
+        producer: format!("{producer}, out of fold"),
+    };
+    write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &predictions)
+}
+
 #[cfg(test)]
 mod grid_edge_tests {
     use super::grid_edge_note;

@@ -12,11 +12,13 @@ use serde::Serialize;
 use sprs::CsMat;
 
 use crate::folds::{check_folds, complement, stratified_folds};
-use crate::logreg::{LogRegParams, better_c, write_cv_predictions};
+use crate::logreg::{LogRegParams, better_c};
 use crate::logreg_fit::{
     CvOutcome, CvRow, LogRegFit, LogRegSolver, fit_exact, keep_out_of_fold, linear_probabilities,
 };
-use crate::prologue::{best_index, grid_edge_note, preds_of, scored_accuracy, write_json};
+use crate::prologue::{
+    best_index, grid_edge_note, preds_of, scored_accuracy, write_cv_predictions, write_json,
+};
 use crate::saved::{FittedOn, LinearMeta, LinearModel};
 
 /// One split as CSR rows.
