@@ -96,24 +96,8 @@ fn mlp_select_epochs_by_cv() {
     };
     assert_eq!(m["epochs"], best);
     assert_eq!(m["select"]["best_epochs"], best);
-    // The training rows' out-of-fold probabilities at the chosen epochs: every row once, each
-    // from the fold's network that did not see it, so their accuracy is the chosen row's CV
-    // accuracy (pooled over two folds of 200 rows) and below the final fit's on all rows.
-    let oof = read_predictions(&out.path().join("cv_predictions.parquet")).unwrap();
-    let mut ids = oof.ids.clone();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 400);
-    assert!(oof.probs.chunks_exact(oof.num_classes()).all(|p| {
-        let sum: f32 = p.iter().sum();
-        (sum - 1.0).abs() < 1e-4
-    }));
-    let hits = oof.labels.iter().zip(&oof.preds).filter(|(l, p)| l == p);
-    let pooled = hits.count() as f64 / 400.0;
-    let chosen = &table[if best == 1 { 0 } else { 1 }];
-    let cv = chosen["mean_accuracy"].as_f64().unwrap();
-    assert!((pooled - cv).abs() < 0.005, "pooled {pooled} vs CV {cv}");
-    assert!(pooled < m["train_accuracy"].as_f64().unwrap());
+    // The training rows' out-of-fold probabilities at the chosen epochs (two folds of 200).
+    assert_out_of_fold(out.path(), 400);
     // A rerun with the same seed (CV folds, shuffles, dropout) writes the same bytes.
     let again = run_stage::<Mlp>(&params, &[input], 5).unwrap();
     assert_same_output_bytes(

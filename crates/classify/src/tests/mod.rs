@@ -150,6 +150,53 @@ fn model_json(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap()
 }
 
+/// The CV accuracy a member recorded for what it kept, read here independently of `select.rs`.
+fn recorded_cv(dir: &Path) -> f64 {
+    // The row of `table` whose `key` equals `chosen`, and its `score`.
+    let chosen_row = |table: &serde_json::Value, key: &str, chosen: &serde_json::Value, score| {
+        let rows = table.as_array().unwrap();
+        let row = rows.iter().find(|r| &r[key] == chosen).unwrap();
+        row[score].as_f64().unwrap()
+    };
+    if dir.join("sweep.json").exists() {
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
+        return chosen_row(&s["layers"], "layer", &s["chosen_layer"], "cv_accuracy");
+    }
+    let sel = &model_json(dir)["select"];
+    match sel.get("best_epochs") {
+        Some(epochs) => chosen_row(&sel["table"], "epochs", epochs, "mean_accuracy"),
+        None => chosen_row(&sel["table"], "c", &sel["best_c"], "mean_accuracy"),
+    }
+}
+
+/// A member's out-of-fold file (`cv_predictions.parquet`): each of its `rows` training rows
+/// once, with probabilities (summing to 1) from the fit that did not see it, so its accuracy is
+/// the recorded CV accuracy (pooled over the folds, which differ in size by a row or so) and
+/// below the fit on all rows.
+fn assert_out_of_fold(dir: &Path, rows: usize) {
+    let oof = read_predictions(&dir.join("cv_predictions.parquet")).unwrap();
+    let mut ids = oof.ids.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), rows);
+    assert!(oof.probs.chunks_exact(oof.num_classes()).all(|p| {
+        let sum: f32 = p.iter().sum();
+        (sum - 1.0).abs() < 1e-4
+    }));
+    let pooled = acc(&oof);
+    let cv = recorded_cv(dir);
+    assert!(
+        (pooled - cv).abs() < 0.005,
+        "pooled {pooled} vs mean of folds {cv}"
+    );
+    let in_sample = model_json(dir)["train_accuracy"].as_f64().unwrap();
+    assert!(
+        pooled < in_sample,
+        "out of fold {pooled}, in sample {in_sample}"
+    );
+}
+
 fn acc(p: &Predictions) -> f64 {
     p.labels
         .iter()

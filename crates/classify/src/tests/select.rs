@@ -42,26 +42,6 @@ fn select_error(members: &[Input]) -> String {
         .to_string()
 }
 
-/// The CV accuracy a member recorded for what it kept, read here independently of `select.rs`.
-fn recorded_cv(dir: &Path) -> f64 {
-    // The row of `table` whose `key` equals `chosen`, and its `score`.
-    let chosen_row = |table: &serde_json::Value, key: &str, chosen: &serde_json::Value, score| {
-        let rows = table.as_array().unwrap();
-        let row = rows.iter().find(|r| &r[key] == chosen).unwrap();
-        row[score].as_f64().unwrap()
-    };
-    if dir.join("sweep.json").exists() {
-        let s: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
-        return chosen_row(&s["layers"], "layer", &s["chosen_layer"], "cv_accuracy");
-    }
-    let sel = &model_json(dir)["select"];
-    match sel.get("best_epochs") {
-        Some(epochs) => chosen_row(&sel["table"], "epochs", epochs, "mean_accuracy"),
-        None => chosen_row(&sel["table"], "c", &sel["best_c"], "mean_accuracy"),
-    }
-}
-
 #[test]
 fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
     let Some((_d, input)) = bow_800() else { return };
@@ -220,29 +200,8 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     };
     let mlp = run_stage::<Mlp>(&mlp_params, one, 3).unwrap();
 
-    // Each member's out-of-fold file: every training row once, with probabilities from the fit
-    // that did not see it, so its accuracy is the CV accuracy (pooled over the folds, which
-    // differ in size by a row or so) and below the fit on all rows.
     for dir in [few.path(), more.path(), mlp.path()] {
-        let oof = read_predictions(&dir.join("cv_predictions.parquet")).unwrap();
-        let mut ids = oof.ids.clone();
-        ids.sort();
-        ids.dedup();
-        assert_eq!(ids.len(), 800);
-        let acc = oof
-            .labels
-            .iter()
-            .zip(&oof.preds)
-            .filter(|(l, p)| l == p)
-            .count() as f64
-            / 800.0;
-        let cv = recorded_cv(dir);
-        assert!(
-            (acc - cv).abs() < 0.005,
-            "pooled {acc} vs mean of folds {cv}"
-        );
-        let in_sample = model_json(dir)["train_accuracy"].as_f64().unwrap();
-        assert!(acc < in_sample, "out of fold {acc}, in sample {in_sample}");
+        assert_out_of_fold(dir, 800);
     }
 
     let (ens, meta, want) = scored_ensemble(&[("few", few.path()), ("more", more.path())]);

@@ -938,43 +938,31 @@ impl<'a> OutputColumns<'a> {
         }
     }
 
-    /// Outputs `col..col + y.len()` of row `row` from their exact sums in `y` ([`descale`]).
+    /// Outputs `col..col + y.len()` of row `row` from their exact sums (int32 bits in `y`): the
+    /// u8 shift undone, then `y = s_w * (s_x * sum + extra)`, `extra` the sum of the row's
+    /// outlier channels' f32 products `v * q_w[ch][n]`, added in the row's order. With AVX-512,
+    /// sixteen outputs at a time (the same operations in the same order, so the same bits).
     fn descale(&self, row: usize, y: &mut [f32], col: usize) {
+        assert!(col + y.len() <= self.n);
+        let (isa, s_x) = (Isa::best(), self.rows[row].scale);
         let outliers = &self.outliers[self.starts[row]..self.starts[row + 1]];
-        descale(Isa::best(), y, col, self.rows[row].scale, outliers, self);
-    }
-}
-
-/// Outputs `col..col + y.len()` of one row from their exact sums (int32 bits in `y`): the u8
-/// shift undone, then `y = s_w * (s_x * sum + extra)`, `extra` the sum of the outlier
-/// channels' f32 products `v * q_w[ch][n]`, added in the row's order. `outliers` holds (v,
-/// the channel's weights), each `n` long ([`OutputColumns::new`] checked). With AVX-512,
-/// sixteen outputs at a time (the same operations in the same order, so the same bits).
-fn descale(
-    isa: Isa,
-    y: &mut [f32],
-    col: usize,
-    s_x: f32,
-    outliers: &[(f32, &[f32])],
-    columns: &OutputColumns,
-) {
-    assert!(col + y.len() <= columns.n);
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if isa.is_avx512() {
-        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F; the lengths are
-        // checked above.
-        done = unsafe { descale_avx512(y, col, s_x, outliers, columns) };
-    }
-    // Only when AVX-512 left outputs: the call alone (a dispatch on the level, then nothing
-    // to do) was 0.8% of a SmolLM2 int8 run's samples, whose widths are all whole sixteens.
-    if done < y.len() {
-        descale_from(isa, &mut y[done..], col + done, s_x, outliers, columns);
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if isa.is_avx512() {
+            // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F; the columns are
+            // checked just above, and every outlier's weights are `n` long (checked in `new`).
+            done = unsafe { descale_avx512(y, col, s_x, outliers, self) };
+        }
+        // Only when AVX-512 left outputs: the call alone (a dispatch on the level, then nothing
+        // to do) was 0.8% of a SmolLM2 int8 run's samples, whose widths are all whole sixteens.
+        if done < y.len() {
+            descale_from(isa, &mut y[done..], col + done, s_x, outliers, self);
+        }
     }
 }
 
 multiversion! {
-    /// [`descale`] in plain Rust (vectorised by the compiler at each level; the same
+    /// [`OutputColumns::descale`] in plain Rust (vectorised by the compiler at each level; the same
     /// operations in the same order, so the same bits).
     fn descale_from(
         isa: Isa,
@@ -1019,7 +1007,7 @@ multiversion! {
     }
 }
 
-/// [`descale`] on whole groups of sixteen outputs; returns how many it scaled.
+/// [`OutputColumns::descale`] on whole groups of sixteen outputs; returns how many it scaled.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `col + y.len() <= columns.n` (every column slice holds `n` values),
