@@ -363,10 +363,16 @@ mod avx512;
 #[inline(always)]
 fn max16(x: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 16];
-    for c in x.chunks(16) {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = if v > *l { v } else { *l };
+    // Whole chunks, then the rest: over `chunks(16)`, whose last chunk may be short, the
+    // compiler kept the lanes on the stack and stored them back on every chunk.
+    let mut whole = x.chunks_exact(16);
+    for c in &mut whole {
+        for l in 0..16 {
+            lanes[l] = if c[l] > lanes[l] { c[l] } else { lanes[l] };
         }
+    }
+    for (l, &v) in lanes.iter_mut().zip(whole.remainder()) {
+        *l = if v > *l { v } else { *l };
     }
     lanes
         .into_iter()
@@ -377,10 +383,15 @@ fn max16(x: &[f32]) -> f32 {
 #[inline(always)]
 fn sum16(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
-    for c in x.chunks(16) {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
+    // Whole chunks, then the rest, as in `max16` (each lane's sum in the same order).
+    let mut whole = x.chunks_exact(16);
+    for c in &mut whole {
+        for l in 0..16 {
+            lanes[l] += c[l];
         }
+    }
+    for (l, v) in lanes.iter_mut().zip(whole.remainder()) {
+        *l += v;
     }
     fold_lanes(lanes)
 }

@@ -54,7 +54,7 @@ use crate::{Error, Result};
 
 /// Rows per rayon task in the portable product and in the quantisation of activations.
 const ROWS_PER_TASK: usize = 8;
-/// Outputs per block when scaling a band of rows: 256 columns of every outlier channel's f32
+/// Outputs per block when scaling a band of rows: 256 columns of every outlier channel's int8
 /// weights (a product has up to about 150 distinct ones) stay in L2 across the band's rows.
 const COLUMN_BLOCK: usize = 256;
 
@@ -291,20 +291,20 @@ impl PackedI8 {
         self.outliers
     }
 
-    /// `q_w[ch][n]` for every output `n`, as f32: one input channel's int8 weights.
-    fn channel_weights(&self, ch: usize) -> Vec<f32> {
+    /// `q_w[ch][n]` for every output `n`: one input channel's int8 weights.
+    fn channel_weights(&self, ch: usize) -> Vec<i8> {
         match &self.repr {
             Repr::Quads(p) | Repr::Pairs(p) => {
                 let per_step = self.kernel().inputs_per_step();
                 let steps = self.k.div_ceil(per_step);
-                let mut out = vec![0f32; self.n];
+                let mut out = vec![0i8; self.n];
                 unpack_channel(Isa::best(), p.as_slice(), steps, per_step, ch, &mut out);
                 out
             }
             Repr::Tiles(t) => (0..self.n)
                 .map(|col| step_input(t.step(ch / 4, col), 4, ch))
                 .collect(),
-            Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch] as f32).collect(),
+            Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch]).collect(),
         }
     }
 
@@ -431,7 +431,8 @@ impl PackedI8 {
                 format!("row {r} of the input has a value that is not finite"),
             ));
         }
-        // Each outlier channel's int8 weights as f32, once per call: the rows that share a
+        // Each outlier channel's int8 weights in a row of their own, once per call (bytes, not
+        // f32: a quarter of the memory the scaling reads them from). The rows that share a
         // channel (a batch of 512 rows of SmolLM2 or Gemma-3 has 100-150 distinct outlier
         // channels for its 1-8 a row) read one contiguous row instead of gathering it from
         // every panel again. Indexed by channel (empty for the others), so that the rows'
@@ -466,9 +467,9 @@ struct QuantInput {
     /// `slot_len` per row: (value, channel), the first `rows[r].outliers`.
     slots: Vec<(f32, usize)>,
     slot_len: usize,
-    /// Per input channel, its int8 weights as f32 for every output where some row has it as
+    /// Per input channel, its int8 weights for every output where some row has it as
     /// an outlier; empty for the others.
-    weight_rows: Vec<Vec<f32>>,
+    weight_rows: Vec<Vec<i8>>,
 }
 
 impl QuantInput {
@@ -796,7 +797,7 @@ unsafe fn quantise_avx512(x: &[f32], inv: f32, a: &mut [u32]) -> usize {
 }
 
 multiversion! {
-    /// `out[n] = q_w[ch][n]` as f32 for every output: one input channel's int8 weights, from
+    /// `out[n] = q_w[ch][n]` for every output: one input channel's int8 weights, from
     /// panels of `steps` steps of `per_step` inputs (4: bytes, byte `ch % 4` of step `ch / 4`
     /// in each column; 2: int16, half `ch % 2` of step `ch / 2`).
     fn unpack_channel(
@@ -805,7 +806,7 @@ multiversion! {
         steps: usize,
         per_step: usize,
         ch: usize,
-        out: &mut [f32],
+        out: &mut [i8],
     ) {
         for (panel, out) in out.chunks_mut(PANEL).enumerate() {
             let at = (panel * steps + ch / per_step) * PANEL;
@@ -817,14 +818,14 @@ multiversion! {
 }
 
 /// Input `ch`'s weight held in `step` (one of `per_step` signed values of `32 / per_step` bits,
-/// input `ch % per_step` of its step), as f32. Inlined into each level's copy.
+/// input `ch % per_step` of its step; every one in -127..=127). Inlined into each level's copy.
 #[inline(always)]
-fn step_input(step: u32, per_step: usize, ch: usize) -> f32 {
+fn step_input(step: u32, per_step: usize, ch: usize) -> i8 {
     let bits = 32 / per_step;
     let shift = bits * (ch % per_step);
     // The value's bits moved to the top, then an arithmetic shift back down: the sign extended
     // from whichever width it has.
-    (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as f32
+    (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as i8
 }
 
 multiversion! {
@@ -897,7 +898,7 @@ multiversion! {
 
 /// What the rows of one product need when their sums become outputs: per output column the u8
 /// shift's constant and `s_w`, and per row its scale and its outliers, each as (value, that
-/// channel's int8 weights as f32 for every output). Built and checked once per product (every
+/// channel's int8 weights for every output). Built and checked once per product (every
 /// outlier's weights `n` long), rather than at each of the many short [`OutputColumns::descale`]
 /// calls of a gated product's tiles (64 outputs each), which also gathered each outlier's
 /// weights into registers every call. Measured on AMD Zen 4 with `bench extract --compute int8`,
@@ -908,7 +909,7 @@ struct OutputColumns<'a> {
     scales: &'a [f32],
     rows: &'a [QuantRow],
     /// Every row's outliers, row after row: row `r`'s are `outliers[starts[r]..starts[r + 1]]`.
-    outliers: Vec<(f32, &'a [f32])>,
+    outliers: Vec<(f32, &'a [i8])>,
     starts: Vec<usize>,
     n: usize,
 }
@@ -969,7 +970,7 @@ multiversion! {
         y: &mut [f32],
         col: usize,
         s_x: f32,
-        outliers: &[(f32, &[f32])],
+        outliers: &[(f32, &[i8])],
         columns: &OutputColumns,
     ) {
         let int = |v: f32, shift: i32| (v.to_bits() as i32).wrapping_sub(shift) as f32;
@@ -996,7 +997,7 @@ multiversion! {
             for &(v, w) in outliers {
                 let weights = &w[from..from + extra.len()];
                 for (e, &w) in extra.iter_mut().zip(weights) {
-                    *e += v * w;
+                    *e += v * f32::from(w);
                 }
             }
             for (((y, &shift), &scale), &extra) in y.iter_mut().zip(shift).zip(scales).zip(&*extra)
@@ -1018,7 +1019,7 @@ unsafe fn descale_avx512(
     y: &mut [f32],
     col: usize,
     s_x: f32,
-    outliers: &[(f32, &[f32])],
+    outliers: &[(f32, &[i8])],
     columns: &OutputColumns,
 ) -> usize {
     use std::arch::x86_64::*;
@@ -1038,7 +1039,8 @@ unsafe fn descale_avx512(
                 // outliers in the row's order.
                 let mut extra = _mm512_setzero_ps();
                 for &(v, w) in outliers {
-                    let w = _mm512_loadu_ps(w.as_ptr().add(n));
+                    let w = _mm_loadu_si128(w.as_ptr().add(n).cast());
+                    let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w));
                     extra = _mm512_add_ps(extra, _mm512_mul_ps(_mm512_set1_ps(v), w));
                 }
                 x = _mm512_add_ps(x, extra);
