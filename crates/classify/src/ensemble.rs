@@ -84,6 +84,10 @@ struct EnsembleMeta {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct EnsembleCv {
     folds: usize,
+    /// The members' common `folds::CvFolds::splits` (absent from ensembles saved before
+    /// VERSION 4).
+    #[serde(default)]
+    splits: String,
     accuracy: f64,
     rows: usize,
 }
@@ -159,24 +163,33 @@ fn shared_other_splits(inputs: &[Input]) -> Vec<String> {
     shared
 }
 
-/// The members' common number of CV folds when every member kept out-of-fold probabilities
-/// ([`CV_PREDICTIONS_FILE`], with `select.folds` in its `model.json`); `None` otherwise.
-fn out_of_fold_folds(inputs: &[Input]) -> Result<Option<usize>> {
-    let mut folds = None;
+/// The members' common CV folds, as (number, `splits`), when every member kept out-of-fold
+/// probabilities ([`CV_PREDICTIONS_FILE`], with `select.folds` and `select.splits` in its
+/// `model.json`) over the same splits of the same training rows; `None` otherwise: rows that
+/// one member's fold fit saw may be out of fold for another's, and their combination would not
+/// be an out-of-fold score.
+fn out_of_fold_splits(inputs: &[Input]) -> Result<Option<(usize, String)>> {
+    let mut common: Option<(u64, String)> = None;
     for input in inputs {
         if !input.files.iter().any(|f| f == CV_PREDICTIONS_FILE) {
             return Ok(None);
         }
         let model: serde_json::Value = llmembed_core::load_json(&input.path("model.json")?)?;
-        let Some(f) = model["select"]["folds"].as_u64() else {
+        let (Some(folds), Some(splits)) = (
+            model["select"]["folds"].as_u64(),
+            model["select"]["splits"].as_str(),
+        ) else {
             return Ok(None);
         };
-        if folds.is_some_and(|g| g != f) {
+        if common
+            .as_ref()
+            .is_some_and(|(f, s)| *f != folds || s != splits)
+        {
             return Ok(None);
         }
-        folds = Some(f);
+        common = Some((folds, splits.to_string()));
     }
-    Ok(folds.map(|f| f as usize))
+    Ok(common.map(|(f, s)| (f as usize, s)))
 }
 
 /// Combines `members` (named for messages) into one set of predictions.
@@ -301,8 +314,9 @@ impl Stage for Ensemble {
     const KIND: &'static str = "ensemble";
     // 2: `classifier.json` (method, members) for its applier, and the predictions of the other
     // splits every member has; predictions.parquet keeps its bytes. 3: the out-of-fold score
-    // (`cv`) and `cv_predictions.parquet` when every member has out-of-fold probabilities.
-    const VERSION: u32 = 3;
+    // (`cv`) and `cv_predictions.parquet` when every member has out-of-fold probabilities. 4:
+    // only over the same splits (`cv.splits`), not just the same number of folds.
+    const VERSION: u32 = 4;
     const INPUTS: Arity = Arity::AtLeast(2);
     type Params = EnsembleParams;
 
@@ -323,13 +337,14 @@ impl Stage for Ensemble {
             write_predictions(&ctx.out(&file), &combined)?;
             rows_out += combined.len();
         }
-        let cv = match out_of_fold_folds(inputs)? {
-            Some(folds) => {
+        let cv = match out_of_fold_splits(inputs)? {
+            Some((folds, splits)) => {
                 let combined = combine(p.method, &read_members(inputs, CV_PREDICTIONS_FILE)?)?;
                 write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &combined)?;
                 // Scored on the rows that have a label, as `evaluate` scores.
                 Some(EnsembleCv {
                     folds,
+                    splits,
                     accuracy: scored_accuracy(&combined.labels, &combined.preds),
                     rows: scored(&combined.labels, &combined.preds).0.len(),
                 })
@@ -358,8 +373,9 @@ impl Stage for Ensemble {
                 "{}-fold out-of-fold accuracy {:.4} on {} training rows",
                 cv.folds, cv.accuracy, cv.rows
             ),
-            None => "no CV score: not every member kept out-of-fold probabilities (logreg or \
-                     mlp with `select:`, the same number of folds)"
+            None => "no CV score: not every member kept out-of-fold probabilities over the \
+                     same folds (logreg or mlp with `select:`, the same `folds`, the same \
+                     training rows)"
                 .into(),
         });
         Ok(Summary {

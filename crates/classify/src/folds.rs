@@ -3,13 +3,52 @@
 
 use std::path::Path;
 
-use llmembed_core::{Error, Result, UNLABELLED, read_embedding_table};
+use llmembed_core::fsutil::hash_bytes;
+use llmembed_core::{Error, Result, UNLABELLED, read_embedding_table, seeded_rng};
 use rand::seq::SliceRandom;
+
+/// The folds of every classifier's cross-validation (`logreg`, `sparse_logreg`, `mlp` with
+/// `select`, `layer_sweep`): [`stratified_folds`] drawn from the pipeline's seed with one
+/// purpose, so that the candidates one `select` stage chooses between, and the soft ensembles
+/// of their out-of-fold probabilities, are all scored on the same splits of the training rows.
+/// The purpose is the one logistic regression always drew its folds with, so its folds (and
+/// results) are what they were; the MLP drew its own (`"mlp-cv-folds"`, from its `seed` param)
+/// before its VERSION 5.
+pub(crate) fn cv_folds(ids: &[String], labels: &[i64], k: usize, pipeline_seed: u64) -> CvFolds {
+    let rows = stratified_folds(labels, k, &mut seeded_rng(pipeline_seed, "logreg-cv-folds"));
+    let splits = splits_id(ids, &rows);
+    CvFolds { rows, splits }
+}
+
+/// One cross-validation's folds.
+pub(crate) struct CvFolds {
+    /// The validation rows of each fold (indices of the training rows), each sorted.
+    pub rows: Vec<Vec<usize>>,
+    /// Which training rows, by id, each fold validates, hashed (16 hex digits): two
+    /// classifiers' CV scores compare, and their out-of-fold probabilities combine, exactly when
+    /// this is the same. Recorded beside `folds` in what each classifier writes, and checked by
+    /// `ensemble` and `select`.
+    pub splits: String,
+}
+
+/// blake3 of the folds' row ids in order (each id length-prefixed, each fold closed by its
+/// size), the first 16 hex digits.
+fn splits_id(ids: &[String], folds: &[Vec<usize>]) -> String {
+    let mut bytes = Vec::new();
+    for fold in folds {
+        for &r in fold {
+            bytes.extend((ids[r].len() as u64).to_le_bytes());
+            bytes.extend(ids[r].as_bytes());
+        }
+        bytes.extend((fold.len() as u64).to_le_bytes());
+    }
+    hash_bytes(&bytes)[..16].to_string()
+}
 
 /// Stratified k-fold: the rows of each class are shuffled with `rng` and dealt round-robin to
 /// the folds, continuing across classes so fold sizes differ by at most one. Returns the
 /// validation rows of each fold (each sorted).
-pub(crate) fn stratified_folds(
+fn stratified_folds(
     labels: &[i64],
     k: usize,
     rng: &mut rand_chacha::ChaCha8Rng,
@@ -86,7 +125,6 @@ pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmembed_core::seeded_rng;
 
     #[test]
     fn folds_are_stratified_disjoint_and_cover_all_rows() {

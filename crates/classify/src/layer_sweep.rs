@@ -109,6 +109,8 @@ struct SweepFile<'a> {
     input: &'a str,
     c: f64,
     folds: usize,
+    /// The CV folds' `folds::CvFolds::splits` (every layer's: the same rows, the same seed).
+    splits: &'a str,
     train_rows: usize,
     test_rows: usize,
     classes: &'a [String],
@@ -185,6 +187,8 @@ struct LayerFit {
     model: LinearModel,
     /// Without `kind` and `producer` (set for the chosen layer).
     meta: LinearMeta,
+    /// The CV folds' `folds::CvFolds::splits`.
+    splits: String,
 }
 
 /// CV, final fit and test scores of one layer; returns the row, the test probabilities, the fit
@@ -205,7 +209,7 @@ fn sweep_layer(
     } = load_train_test(&train_path, &test_path, Some(column), None)?;
     let k = train.label_names.len();
     let cv_start = Instant::now();
-    let cv = cross_validate(
+    let outcome = cross_validate(
         &train,
         &[p.c],
         p.folds,
@@ -213,11 +217,9 @@ fn sweep_layer(
         p.max_iterations,
         p.solver,
         seed,
-    )?
-    .table
-    .into_iter()
-    .next()
-    .expect("one C");
+    )?;
+    let splits = outcome.splits;
+    let cv = outcome.table.into_iter().next().expect("one C");
     let cv_seconds = cv_start.elapsed().as_secs_f64();
 
     let st = standardizer(&train);
@@ -275,7 +277,12 @@ fn sweep_layer(
         cv_seconds,
         fit_seconds: fit.fit_seconds,
     };
-    Ok((row, predictions, LayerFit { model, meta }, timing))
+    let fit = LayerFit {
+        model,
+        meta,
+        splits,
+    };
+    Ok((row, predictions, fit, timing))
 }
 
 /// The chosen layer's rows of another split, read as its training rows were.
@@ -345,8 +352,9 @@ fn markdown(input: &str, p: &LayerSweepParams, rows: &[LayerRow], chosen: usize)
 impl Stage for LayerSweep {
     const KIND: &'static str = "layer_sweep";
     // 3: the chosen layer's fit saved (`model.safetensors`, `classifier.json`), the predictions
-    // of splits besides train and test; the other files keep their bytes.
-    const VERSION: u32 = 3;
+    // of splits besides train and test; the other files keep their bytes. 4: sweep.json names
+    // the CV folds' splits (`splits`); the folds themselves are unchanged.
+    const VERSION: u32 = 4;
     const INPUTS: Arity = Arity::Exactly(1);
     const SEEDED: bool = true;
     type Params = LayerSweepParams;
@@ -408,7 +416,11 @@ impl Stage for LayerSweep {
         let mut predictions = preds.swap_remove(chosen);
         predictions.producer = format!("logreg({}, chosen by {}-fold CV)", c.column, p.folds);
         write_predictions(&ctx.out("predictions.parquet"), &predictions)?;
-        let LayerFit { model, mut meta } = fits.swap_remove(chosen);
+        let LayerFit {
+            model,
+            mut meta,
+            splits,
+        } = fits.swap_remove(chosen);
         meta.kind = Self::KIND.into();
         meta.producer = predictions.producer.clone();
         let mut rows_out = predictions.ids.len();
@@ -424,6 +436,7 @@ impl Stage for LayerSweep {
             input: &input.stage_id,
             c: p.c,
             folds: p.folds,
+            splits: &splits,
             train_rows,
             test_rows: predictions.ids.len(),
             classes: &predictions.label_names,

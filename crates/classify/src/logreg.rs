@@ -84,6 +84,8 @@ pub struct LogReg;
 #[derive(Clone, Debug, Serialize)]
 struct Selection {
     folds: usize,
+    /// The folds' `folds::CvFolds::splits`.
+    splits: String,
     table: Vec<CvRow>,
     best_c: f64,
     /// The chosen C's out-of-fold probabilities of the training rows.
@@ -125,8 +127,9 @@ impl Stage for LogReg {
     // 3: the artifact holds the fitted model (`model.safetensors`, `classifier.json`) and the
     // predictions of splits besides train and test; predictions.parquet and model.json keep
     // their bytes. 4: with `select`, also the training rows' out-of-fold probabilities
-    // (`cv_predictions.parquet`), which an ensemble is scored on.
-    const VERSION: u32 = 4;
+    // (`cv_predictions.parquet`), which an ensemble is scored on. 5: with `select`, model.json
+    // names the folds' splits (`select.splits`); the folds themselves are unchanged.
+    const VERSION: u32 = 5;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: cross-validation folds are drawn with it.
     const SEEDED: bool = true;
@@ -294,6 +297,7 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
     let best = best_index(&cv.table, better_c);
     Ok(Selection {
         folds: sel.folds,
+        splits: cv.splits,
         best_c: cv.table[best].c,
         table: cv.table,
         out_of_fold: cv.oof.swap_remove(best),

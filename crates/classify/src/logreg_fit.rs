@@ -60,12 +60,12 @@ use linfa::Dataset;
 use linfa::traits::Fit;
 use linfa_logistic::MultiLogisticRegression;
 use llmembed_core::metrics::accuracy;
-use llmembed_core::{Error, Result, seeded_rng};
+use llmembed_core::{Error, Result};
 use ndarray::{Array1, Array2, ArrayView2, CowArray, Ix2, ShapeBuilder, s};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_pair};
-use crate::folds::{complement, stratified_folds};
+use crate::folds::{CvFolds, complement, cv_folds};
 use crate::lbfgs::{Design, lbfgs_exact, norm_inf, sklearn_objective, softmax_rows};
 use crate::prologue::preds_of;
 
@@ -400,8 +400,10 @@ pub(crate) fn cross_validate(
     solver: LogRegSolver,
     seed: u64,
 ) -> Result<CvOutcome> {
-    let mut rng = seeded_rng(seed, "logreg-cv-folds");
-    let folds = stratified_folds(&train.labels, folds, &mut rng);
+    let CvFolds {
+        rows: folds,
+        splits,
+    } = cv_folds(&train.ids, &train.labels, folds, seed);
     let k = train.label_names.len();
     let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
     // One fold's matrices at a time (each C fitted on it, then dropped): a fold's standardised
@@ -434,7 +436,7 @@ pub(crate) fn cross_validate(
             all_converged,
         })
         .collect();
-    Ok(CvOutcome { table, oof })
+    Ok(CvOutcome { table, oof, splits })
 }
 
 /// A CV table and, per row of it, every training row's class probabilities (train order, rows x
@@ -443,6 +445,8 @@ pub(crate) fn cross_validate(
 pub(crate) struct CvOutcome {
     pub table: Vec<CvRow>,
     pub oof: Vec<Vec<f32>>,
+    /// The folds' [`CvFolds::splits`].
+    pub splits: String,
 }
 
 /// Writes a fold's probabilities (`probs`, the fold's rows in order) to those rows of `oof`.

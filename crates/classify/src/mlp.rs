@@ -13,13 +13,11 @@
 
 use candle_core::Device;
 use llmembed_core::metrics::accuracy;
-use llmembed_core::{
-    Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage, Summary, seeded_rng,
-};
+use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage, Summary};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
-use crate::folds::{complement, stratified_folds};
+use crate::folds::{CvFolds, complement, cv_folds};
 use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
@@ -57,8 +55,9 @@ fn default_folds() -> usize {
 ///   lr: 1.0e-4              # Adam (no weight decay)
 ///   batch_size: 64
 ///   epochs: 30              # default 30; not together with `select`
-///   seed: 7                 # default: the pipeline's seed
+///   seed: 7                 # weights, batches, dropout; default: the pipeline's seed
 ///   select:                 # optional: choose epochs by stratified k-fold CV on train rows
+///                           # (the folds every classifier uses: from the pipeline's seed)
 ///     epochs: [10, 20, 30, 50]
 ///     folds: 5
 /// ```
@@ -125,6 +124,8 @@ struct CvRow {
 #[derive(Clone, Debug, Serialize)]
 struct Selection {
     folds: usize,
+    /// The folds' [`CvFolds::splits`].
+    splits: String,
     table: Vec<CvRow>,
     best_epochs: usize,
 }
@@ -150,17 +151,21 @@ struct ModelSummary {
     select: Option<Selection>,
 }
 
-/// The CV table of `select.epochs` (sorted, distinct) and, per row of it, every training
-/// row's class probabilities (train order, rows x classes) from the fold's network that did not
-/// see the row, after that many epochs: what an ensemble with this member is scored on.
+/// The CV table of `select.epochs` (sorted, distinct); per row of it, every training row's
+/// class probabilities (train order, rows x classes) from the fold's network that did not see
+/// the row, after that many epochs: what an ensemble with this member is scored on; and the
+/// folds' [`CvFolds::splits`].
 fn cross_validate(
     train: &Split,
     sel: &MlpSelect,
     cfg: &MlpConfig,
+    pipeline_seed: u64,
     dev: &Device,
-) -> Result<(Vec<CvRow>, Vec<Vec<f32>>)> {
-    let mut rng = seeded_rng(cfg.seed, "mlp-cv-folds");
-    let folds = stratified_folds(&train.labels, sel.folds, &mut rng);
+) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, String)> {
+    let CvFolds {
+        rows: folds,
+        splits,
+    } = cv_folds(&train.ids, &train.labels, sel.folds, pipeline_seed);
     let k = train.label_names.len();
     let max_epochs = *sel.epochs.iter().max().expect("checked non-empty");
     let mut checkpoints = sel.epochs.clone();
@@ -199,7 +204,7 @@ fn cross_validate(
             }
         })
         .collect();
-    Ok((table, oof))
+    Ok((table, oof, splits))
 }
 
 feature_params!(MlpParams);
@@ -210,8 +215,9 @@ impl Stage for Mlp {
     // predictions of splits besides train and test; predictions.parquet and model.json keep
     // their bytes. 4: with `select`, also the training rows' out-of-fold probabilities
     // (`cv_predictions.parquet`, as `logreg` writes them), so that an ensemble with this member
-    // has a CV score.
-    const VERSION: u32 = 4;
+    // has a CV score. 5: with `select`, the folds are every classifier's (`folds::cv_folds`,
+    // from the pipeline's seed), no longer the MLP's own, and model.json names their splits.
+    const VERSION: u32 = 5;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: initialisation, dropout and batches are drawn with it.
     const SEEDED: bool = true;
@@ -281,7 +287,7 @@ impl Stage for Mlp {
         let (epochs, select, out_of_fold) = match &p.select {
             None => (p.epochs.unwrap_or(DEFAULT_EPOCHS), None, None),
             Some(sel) => {
-                let (table, mut oof) = cross_validate(&train, sel, &cfg, &dev)?;
+                let (table, mut oof, splits) = cross_validate(&train, sel, &cfg, ctx.seed, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let best = best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy);
                 let e = table[best].epochs;
@@ -290,6 +296,7 @@ impl Stage for Mlp {
                 notes.extend(prologue::grid_edge_note("epochs", e as f64, &grid));
                 let selection = Selection {
                     folds: sel.folds,
+                    splits,
                     table,
                     best_epochs: e,
                 };

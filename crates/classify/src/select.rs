@@ -8,8 +8,9 @@
 //! `layer_sweep` (the chosen layer's CV accuracy, `sweep.json`), `ensemble` (the accuracy of its
 //! combination of the members' out-of-fold probabilities, `cv` in `classifier.json`, when its
 //! members are logregs or mlps with `select:`). A member without a CV score (a fixed C, an ensemble of
-//! other members) is an error naming it; so is a different number of folds, since scores
-//! over different folds are not comparable. Every member's score is itself the best of its own
+//! other members) is an error naming it; so are other folds (another number of them, or the
+//! same number over other rows: each member records its folds' `splits`), since scores over
+//! different folds are not comparable. Every member's score is itself the best of its own
 //! grid, so the winner's CV accuracy is optimistic; the test rows it is reported on are not.
 //! Ties go to the member listed first.
 
@@ -43,6 +44,10 @@ struct Candidate {
     kind: String,
     producer: String,
     folds: usize,
+    /// The member's CV folds (`folds::CvFolds::splits`; absent from selections saved before
+    /// VERSION 2).
+    #[serde(default)]
+    splits: String,
     cv_accuracy: f64,
 }
 
@@ -102,6 +107,19 @@ fn number(value: &Value, field: &str, member: &str, file: &str) -> Result<f64> {
     })
 }
 
+fn text(value: &Value, field: &str, member: &str, file: &str) -> Result<String> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::mismatch(
+                "select",
+                format!("member `{member}`: {file} has no string `{field}`"),
+            )
+        })
+}
+
 /// The CV score `input` recorded for the configuration it kept.
 fn candidate(input: &Input) -> Result<Candidate> {
     let member = input.stage_id.as_str();
@@ -126,7 +144,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
             ),
         )
     };
-    let (folds, cv_accuracy) = match kind.as_str() {
+    let (folds, splits, cv_accuracy) = match kind.as_str() {
         "logreg" | "mlp" => {
             let model: Value = load_json_of(input, "model.json")?;
             let Some(sel) = model.get("select").filter(|s| !s.is_null()) else {
@@ -158,6 +176,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
                 })?;
             (
                 number(sel, "folds", member, "model.json select")? as usize,
+                text(sel, "splits", member, "model.json select")?,
                 number(row, "mean_accuracy", member, "model.json CV row")?,
             )
         }
@@ -179,18 +198,20 @@ fn candidate(input: &Input) -> Result<Candidate> {
                 })?;
             (
                 number(&sweep, "folds", member, "sweep.json")? as usize,
+                text(&sweep, "splits", member, "sweep.json")?,
                 number(row, "cv_accuracy", member, "sweep.json layer row")?,
             )
         }
         "ensemble" => {
             let Some(cv) = meta.get("cv").filter(|c| !c.is_null()) else {
                 return Err(no_score(
-                    "not every member kept out-of-fold probabilities (logreg or mlp with \
-                     `select:`, the same number of folds)",
+                    "not every member kept out-of-fold probabilities over the same folds \
+                     (logreg or mlp with `select:`, the same `folds`, the same training rows)",
                 ));
             };
             (
                 number(cv, "folds", member, "classifier.json cv")? as usize,
+                text(cv, "splits", member, "classifier.json cv")?,
                 number(cv, "accuracy", member, "classifier.json cv")?,
             )
         }
@@ -201,6 +222,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
         kind,
         producer,
         folds,
+        splits,
         cv_accuracy,
     })
 }
@@ -222,7 +244,9 @@ fn best(candidates: &[Candidate]) -> usize {
 
 impl Stage for Select {
     const KIND: &'static str = "select";
-    const VERSION: u32 = 1;
+    // 2: each candidate's `splits` in selection.json, and members scored on other splits are an
+    // error, as another number of folds was.
+    const VERSION: u32 = 2;
     const INPUTS: Arity = Arity::AtLeast(2);
     type Params = SelectParams;
 
@@ -241,6 +265,17 @@ impl Stage for Select {
                     "member `{}` was scored over {} folds, `{}` over {}: give every member the \
                      same `folds`",
                     other.stage, other.folds, candidates[0].stage, candidates[0].folds
+                ),
+            ));
+        }
+        if let Some(other) = candidates.iter().find(|c| c.splits != candidates[0].splits) {
+            return Err(Error::mismatch(
+                "select",
+                format!(
+                    "member `{}` was scored on other folds than `{}` (splits {} and {}: the \
+                     same number of folds over other training rows, or drawn with another \
+                     seed): give every member the same training rows",
+                    other.stage, candidates[0].stage, other.splits, candidates[0].splits
                 ),
             ));
         }
@@ -310,6 +345,7 @@ mod tests {
             kind: "logreg".into(),
             producer: String::new(),
             folds: 5,
+            splits: String::new(),
             cv_accuracy: cv,
         }
     }

@@ -6,12 +6,12 @@
 use llmembed_core::metrics::accuracy;
 use llmembed_core::{
     Apply, Context, Error, Input, Predictions, Result, Rows, SparseTable, Standardizer, Summary,
-    UNLABELLED, read_sparse_table, seeded_rng,
+    UNLABELLED, read_sparse_table,
 };
 use serde::Serialize;
 use sprs::CsMat;
 
-use crate::folds::{check_folds, complement, stratified_folds};
+use crate::folds::{CvFolds, check_folds, complement, cv_folds};
 use crate::logreg::{LogRegParams, better_c};
 use crate::logreg_fit::{
     CvOutcome, CvRow, LogRegFit, LogRegSolver, fit_exact, keep_out_of_fold, linear_probabilities,
@@ -83,6 +83,8 @@ pub(crate) fn csr(table: &SparseTable) -> CsMat<f64> {
 #[derive(Serialize)]
 struct Selection {
     folds: usize,
+    /// The folds' `folds::CvFolds::splits`.
+    splits: String,
     table: Vec<CvRow>,
     best_c: f64,
     /// The chosen C's out-of-fold probabilities of the training rows.
@@ -201,6 +203,7 @@ pub(crate) fn run_logreg_sparse(
                 best_c,
                 Some(Selection {
                     folds: sel.folds,
+                    splits: cv.splits,
                     out_of_fold: cv.oof.swap_remove(best),
                     table: cv.table,
                     best_c,
@@ -392,8 +395,10 @@ fn cross_validate_sparse(
     p: &LogRegParams,
     seed: u64,
 ) -> CvOutcome {
-    let mut rng = seeded_rng(seed, "logreg-cv-folds");
-    let folds = stratified_folds(&train.labels, folds, &mut rng);
+    let CvFolds {
+        rows: folds,
+        splits,
+    } = cv_folds(&train.ids, &train.labels, folds, seed);
     let k = train.label_names.len();
     let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
     let parts: Vec<(SparseSplit, SparseSplit)> = folds
@@ -426,5 +431,5 @@ fn cross_validate_sparse(
             }
         })
         .collect();
-    CvOutcome { table, oof }
+    CvOutcome { table, oof, splits }
 }

@@ -141,6 +141,32 @@ fn select_refuses_members_it_cannot_compare() {
         err.contains("member `fixed` (logreg) has no cross-validation score"),
         "{err}"
     );
+    // Five folds too, but drawn with another seed: other rows in each fold, so neither the
+    // scores compare nor do the out-of-fold files combine.
+    let reseeded = run_stage::<LogReg>(&logreg_cv("layer_2", 5), one, 4).unwrap();
+    assert_ne!(splits_of(reseeded.path()), splits_of(five.path()));
+    let members = [
+        fitted("five", five.path()),
+        fitted("reseeded", reseeded.path()),
+    ];
+    let err = select_error(&members);
+    assert!(
+        err.contains("member `reseeded` was scored on other folds than `five`"),
+        "{err}"
+    );
+    let unscored = run_stage::<Ensemble>(&EnsembleParams::default(), &members, 3).unwrap();
+    assert!(!unscored.path().join("cv_predictions.parquet").exists());
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unscored.path().join("classifier.json")).unwrap())
+            .unwrap();
+    assert!(meta["cv"].is_null(), "{meta}");
+}
+
+/// The `splits` a classifier's `model.json` records for its CV folds.
+fn splits_of(dir: &Path) -> String {
+    let model: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
+    model["select"]["splits"].as_str().unwrap().to_string()
 }
 
 /// Soft combination of out-of-fold files, computed here independently of `ensemble.rs`:
@@ -187,11 +213,13 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     let one = std::slice::from_ref(&input);
     let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
     let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
-    // An MLP with its epochs chosen by CV keeps its out-of-fold probabilities too (its folds are
-    // its own: each row is still predicted by a network that did not see it).
+    // An MLP with its epochs chosen by CV keeps its out-of-fold probabilities too, over the
+    // same folds as the logistic regressions: the pipeline's, whatever seed its own weights,
+    // batches and dropout are drawn with.
     let mlp_params = MlpParams {
         column: Some("layer_1".into()),
         hidden: vec![32],
+        seed: Some(11),
         select: Some(MlpSelect {
             epochs: vec![2, 8],
             folds: 5,
@@ -203,9 +231,18 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     for dir in [few.path(), more.path(), mlp.path()] {
         assert_out_of_fold(dir, 800);
     }
+    let splits = splits_of(few.path());
+    assert_eq!(splits.len(), 16, "{splits}");
+    assert_eq!(splits_of(more.path()), splits);
+    assert_eq!(splits_of(mlp.path()), splits);
 
     let (ens, meta, want) = scored_ensemble(&[("few", few.path()), ("more", more.path())]);
     assert_eq!(meta["cv"]["folds"].as_u64(), Some(5), "{meta}");
+    assert_eq!(
+        meta["cv"]["splits"].as_str(),
+        Some(splits.as_str()),
+        "{meta}"
+    );
     assert_eq!(meta["cv"]["accuracy"].as_f64(), Some(want), "{meta}");
     assert_eq!(meta["cv"]["rows"].as_u64(), Some(800), "{meta}");
 
