@@ -107,6 +107,7 @@ fn number(value: &Value, field: &str, member: &str, file: &str) -> Result<f64> {
     })
 }
 
+/// The `field` of `value` as a string, or an error naming the member and the file.
 fn text(value: &Value, field: &str, member: &str, file: &str) -> Result<String> {
     value
         .get(field)
