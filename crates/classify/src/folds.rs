@@ -7,8 +7,8 @@ use llmembed_core::fsutil::hash_bytes;
 use llmembed_core::{Error, Result, UNLABELLED, read_embedding_table, seeded_rng};
 use rand::seq::SliceRandom;
 
-/// The folds of every classifier's cross-validation (`logreg`, `sparse_logreg`, `mlp` with
-/// `select`, `layer_sweep`): [`stratified_folds`] drawn from the pipeline's seed with one
+/// The folds of every classifier's cross-validation (`logreg` on dense or sparse rows, `mlp`
+/// with `select`, `layer_sweep`): [`stratified_folds`] drawn from the pipeline's seed with one
 /// purpose, so that the candidates one `select` stage chooses between, and the soft ensembles
 /// of their out-of-fold probabilities, are all scored on the same splits of the training rows.
 /// The purpose is the one logistic regression always drew its folds with, so its folds (and
