@@ -12,7 +12,9 @@
 //! same number over other rows: each member records its folds' `splits`), since scores over
 //! different folds are not comparable. Every member's score is itself the best of its own
 //! grid, so the winner's CV accuracy is optimistic; the test rows it is reported on are not.
-//! Ties go to the member listed first.
+//! Ties go to the member listed first. The members whose score is within one standard error of
+//! the winner's (binomial over the training rows) are named in `selection.json` and the notes:
+//! CV cannot tell them from the winner, which the test rows may rank lower.
 
 use llmembed_core::{
     Apply, ApplyEnv, Arity, Context, Error, Input, Result, Rows, Stage, Summary,
@@ -49,6 +51,9 @@ struct Candidate {
     #[serde(default)]
     splits: String,
     cv_accuracy: f64,
+    /// The labelled training rows its CV scored (the same for every member: the same splits).
+    #[serde(default)]
+    rows: usize,
 }
 
 /// `selection.json`, and `classifier.json` (with `kind` and `classes`) for the applier.
@@ -58,6 +63,14 @@ struct SelectMeta {
     candidates: Vec<Candidate>,
     /// Index into `candidates` (and into the inputs) of the chosen member.
     chosen: usize,
+    /// One standard error of the chosen member's CV accuracy, `sqrt(a (1 - a) / rows)`.
+    #[serde(default)]
+    standard_error: f64,
+    /// The other members whose CV accuracy is within one standard error of the chosen one's:
+    /// CV cannot tell them from the choice (the one-standard-error rule's view), and the test
+    /// rows may rank them otherwise. Reported, not used: the choice stays the highest score.
+    #[serde(default)]
+    within_one_standard_error: Vec<String>,
     classes: Vec<String>,
     producer: String,
 }
@@ -145,7 +158,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
             ),
         )
     };
-    let (folds, splits, cv_accuracy) = match kind.as_str() {
+    let (folds, splits, cv_accuracy, rows) = match kind.as_str() {
         "logreg" | "mlp" => {
             let model: Value = load_json_of(input, "model.json")?;
             let Some(sel) = model.get("select").filter(|s| !s.is_null()) else {
@@ -179,6 +192,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
                 number(sel, "folds", member, "model.json select")? as usize,
                 text(sel, "splits", member, "model.json select")?,
                 number(row, "mean_accuracy", member, "model.json CV row")?,
+                number(&model, "train_rows", member, "model.json")?,
             )
         }
         "layer_sweep" => {
@@ -201,6 +215,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
                 number(&sweep, "folds", member, "sweep.json")? as usize,
                 text(&sweep, "splits", member, "sweep.json")?,
                 number(row, "cv_accuracy", member, "sweep.json layer row")?,
+                number(&sweep, "train_rows", member, "sweep.json")?,
             )
         }
         "ensemble" => {
@@ -214,6 +229,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
                 number(cv, "folds", member, "classifier.json cv")? as usize,
                 text(cv, "splits", member, "classifier.json cv")?,
                 number(cv, "accuracy", member, "classifier.json cv")?,
+                number(cv, "rows", member, "classifier.json cv")?,
             )
         }
         _ => return Err(no_score("its kind records none")),
@@ -225,6 +241,7 @@ fn candidate(input: &Input) -> Result<Candidate> {
         folds,
         splits,
         cv_accuracy,
+        rows: rows as usize,
     })
 }
 
@@ -304,10 +321,20 @@ impl Stage for Select {
             // Every classifier writes the test split's predictions; say which file is missing.
             source.path(&predictions_file("test"))?;
         }
+        let a = candidates[chosen].cv_accuracy;
+        let standard_error = (a * (1.0 - a) / candidates[chosen].rows.max(1) as f64).sqrt();
+        let within_one_standard_error: Vec<String> = candidates
+            .iter()
+            .enumerate()
+            .filter(|&(i, c)| i != chosen && a - c.cv_accuracy <= standard_error)
+            .map(|(_, c)| c.stage.clone())
+            .collect();
         let meta = SelectMeta {
             kind: Self::KIND.into(),
             candidates,
             chosen,
+            standard_error,
+            within_one_standard_error,
             classes,
             producer,
         };
@@ -319,6 +346,19 @@ impl Stage for Select {
             .map(|c| format!("{}: CV accuracy {:.4}", c.stage, c.cv_accuracy))
             .collect();
         notes.push(format!("chose `{}`", meta.candidates[chosen].stage));
+        if !meta.within_one_standard_error.is_empty() {
+            notes.push(format!(
+                "near-tie: {} within one standard error ({:.4}, over {} rows) of the chosen CV \
+                 accuracy; CV cannot tell them apart, and the test rows may rank them otherwise",
+                meta.within_one_standard_error
+                    .iter()
+                    .map(|s| format!("`{s}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                meta.standard_error,
+                meta.candidates[chosen].rows
+            ));
+        }
         Ok(Summary {
             rows_out,
             notes,
@@ -348,6 +388,7 @@ mod tests {
             folds: 5,
             splits: String::new(),
             cv_accuracy: cv,
+            rows: 800,
         }
     }
 

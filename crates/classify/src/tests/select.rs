@@ -122,6 +122,50 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
 }
 
 #[test]
+fn select_names_the_members_cv_cannot_tell_from_its_choice() {
+    let Some((_d, input)) = bow_800() else { return };
+    let one = std::slice::from_ref(&input);
+    let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
+    let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    let (cv_few, cv_more) = (recorded_cv(few.path()), recorded_cv(more.path()));
+    // The same fit listed twice: a tie, which goes to the first; 8 words against 60 score far
+    // apart (more than one standard error over 800 rows, about 0.01).
+    let members = [
+        fitted("few", few.path()),
+        fitted("more", more.path()),
+        fitted("again", more.path()),
+    ];
+    let (out, summary) =
+        llmembed_testkit::run_stage::<Select>(&SelectParams::default(), &members, 3).unwrap();
+    let selection: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("selection.json")).unwrap()).unwrap();
+    assert_eq!(selection["chosen"].as_u64(), Some(1), "{selection}");
+    let se = (cv_more * (1.0 - cv_more) / 800.0).sqrt();
+    assert_eq!(
+        selection["standard_error"].as_f64(),
+        Some(se),
+        "{selection}"
+    );
+    assert!(
+        cv_more - cv_few > se,
+        "members must differ: {cv_few} {cv_more}"
+    );
+    assert_eq!(
+        selection["within_one_standard_error"],
+        serde_json::json!(["again"]),
+        "{selection}"
+    );
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.starts_with("near-tie: `again` within one standard error")),
+        "{:?}",
+        summary.notes
+    );
+}
+
+#[test]
 fn select_refuses_members_it_cannot_compare() {
     let Some(bow) = bow() else { return };
     let train = layered(&take(&bow.train, 400));
