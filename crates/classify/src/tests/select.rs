@@ -35,6 +35,15 @@ fn logreg_fixed(column: &str) -> LogRegParams {
     }
 }
 
+/// LRs with C by 5-fold CV on 8 words (`layer_0`) and on 60 (`layer_1`) of `one`: members of
+/// clearly different quality.
+fn few_and_more(one: &[Input]) -> (tempfile::TempDir, tempfile::TempDir) {
+    (
+        run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap(),
+        run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap(),
+    )
+}
+
 /// `select`'s error over `members`.
 fn select_error(members: &[Input]) -> String {
     run_stage::<Select>(&SelectParams::default(), members, 3)
@@ -47,8 +56,7 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
     let Some((_d, input)) = bow_800() else { return };
     let one = std::slice::from_ref(&input);
     // Three real members of clearly different quality: 8 words, 60 words, a sweep over depths.
-    let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
-    let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    let (few, more) = few_and_more(one);
     let sweep = run_stage::<LayerSweep>(
         &LayerSweepParams {
             c: 0.01,
@@ -125,8 +133,7 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
 fn select_names_the_members_cv_cannot_tell_from_its_choice() {
     let Some((_d, input)) = bow_800() else { return };
     let one = std::slice::from_ref(&input);
-    let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
-    let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    let (few, more) = few_and_more(one);
     let (cv_few, cv_more) = (recorded_cv(few.path()), recorded_cv(more.path()));
     // The same fit listed twice: a tie, which goes to the first; 8 words against 60 score far
     // apart (more than one standard error over 800 rows, about 0.01).
@@ -255,8 +262,7 @@ fn scored_ensemble(members: &[(&str, &Path)]) -> (tempfile::TempDir, serde_json:
 fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
     let Some((_d, input)) = bow_800() else { return };
     let one = std::slice::from_ref(&input);
-    let few = run_stage::<LogReg>(&logreg_cv("layer_0", 5), one, 3).unwrap();
-    let more = run_stage::<LogReg>(&logreg_cv("layer_1", 5), one, 3).unwrap();
+    let (few, more) = few_and_more(one);
     // An MLP with its epochs chosen by CV keeps its out-of-fold probabilities too, over the
     // same folds as the logistic regressions: the pipeline's, whatever seed its own weights,
     // batches and dropout are drawn with.
