@@ -276,26 +276,25 @@ impl Stage for Select {
             ));
         }
         let candidates = inputs.iter().map(candidate).collect::<Result<Vec<_>>>()?;
-        if let Some(other) = candidates.iter().find(|c| c.folds != candidates[0].folds) {
-            return Err(Error::mismatch(
-                "select",
+        // Other splits are another number of folds, or the same number over other rows (or
+        // drawn with another seed): say which.
+        let first = &candidates[0];
+        if let Some(other) = candidates.iter().find(|c| c.splits != first.splits) {
+            let why = if other.folds != first.folds {
                 format!(
                     "member `{}` was scored over {} folds, `{}` over {}: give every member the \
                      same `folds`",
-                    other.stage, other.folds, candidates[0].stage, candidates[0].folds
-                ),
-            ));
-        }
-        if let Some(other) = candidates.iter().find(|c| c.splits != candidates[0].splits) {
-            return Err(Error::mismatch(
-                "select",
+                    other.stage, other.folds, first.stage, first.folds
+                )
+            } else {
                 format!(
                     "member `{}` was scored on other folds than `{}` (splits {} and {}: the \
                      same number of folds over other training rows, or drawn with another \
                      seed): give every member the same training rows",
-                    other.stage, candidates[0].stage, other.splits, candidates[0].splits
-                ),
-            ));
+                    other.stage, first.stage, other.splits, first.splits
+                )
+            };
+            return Err(Error::mismatch("select", why));
         }
         let chosen = best(&candidates);
         let winner = &candidates[chosen];

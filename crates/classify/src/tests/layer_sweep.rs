@@ -2,10 +2,6 @@
 
 use super::*;
 
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 /// `sweep.md` has one row per layer (of 4) with the chosen one marked and no timings;
 /// `layer_sweep.png` is the 900x540 plot with its coloured lines.
 fn check_report_and_plot(dir: &Path, chosen: u64) {

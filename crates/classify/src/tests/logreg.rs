@@ -261,7 +261,7 @@ fn bench_logreg_converges_weakly_and_strongly_regularised() {
 #[test]
 fn logreg_matches_scikit_learn_on_iris() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/logreg_iris.json");
-    let fx: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let fx = read_json(&path);
     let rows: Vec<Vec<f64>> = serde_json::from_value(fx["x"].clone()).unwrap();
     let labels: Vec<i64> = serde_json::from_value(fx["y"].clone()).unwrap();
     let (n, d) = (rows.len(), rows[0].len());

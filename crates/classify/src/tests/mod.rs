@@ -146,8 +146,13 @@ fn assert_no_timing_keys(v: &serde_json::Value) {
     }
 }
 
+/// A JSON file a stage wrote.
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 fn model_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap()
+    read_json(&dir.join("model.json"))
 }
 
 /// The CV accuracy a member recorded for what it kept, read here independently of `select.rs`.
@@ -159,8 +164,7 @@ fn recorded_cv(dir: &Path) -> f64 {
         row[score].as_f64().unwrap()
     };
     if dir.join("sweep.json").exists() {
-        let s: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("sweep.json")).unwrap()).unwrap();
+        let s = read_json(&dir.join("sweep.json"));
         return chosen_row(&s["layers"], "layer", &s["chosen_layer"], "cv_accuracy");
     }
     let sel = &model_json(dir)["select"];

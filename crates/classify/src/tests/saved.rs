@@ -80,9 +80,7 @@ fn logreg_saves_its_fit_and_the_applier_reproduces_its_predictions_bit_for_bit()
     let out = run_stage::<LogReg>(&params, &[input], 1).unwrap();
     let file = read_predictions(&out.path().join("predictions.parquet")).unwrap();
 
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("classifier.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&out.path().join("classifier.json"));
     let model = model_json(out.path());
     assert_eq!(meta["kind"], "logreg");
     assert_eq!(meta["classes"], model["classes"]);
@@ -264,9 +262,7 @@ fn unlabelled_rows_are_not_fitted_on_and_every_row_gets_predictions() {
             "{kind}: {:?}",
             summary.notes
         );
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.path().join("classifier.json")).unwrap())
-                .unwrap();
+        let meta = read_json(&out.path().join("classifier.json"));
         assert_eq!(meta["fitted_on"]["rows"], 320, "{kind}");
         assert_eq!(meta["fitted_on"]["unlabelled_rows_dropped"], 80, "{kind}");
         // The fit is the one made without those rows: the same weights, bit for bit.
@@ -381,9 +377,7 @@ fn mlp_saves_its_layers_and_the_applier_reproduces_its_predictions_bit_for_bit()
         assert_eq!(tensors.shape(name), Some(shape), "{name}");
     }
     assert_eq!(tensors.get_f64("mean", &[500]).unwrap().len(), 500);
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("classifier.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&out.path().join("classifier.json"));
     assert_eq!(meta["layers"], serde_json::json!([500, 64, 32, 4]));
     assert_eq!(meta["epochs"], 3);
     assert_eq!(meta["seed"], 9);
@@ -469,11 +463,8 @@ fn ensemble_and_layer_sweep_appliers_reproduce_their_predictions() {
     };
     let out = run_stage::<LayerSweep>(&params, &[layered_in], 2).unwrap();
     let file = read_predictions(&out.path().join("predictions.parquet")).unwrap();
-    let sweep: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("sweep.json")).unwrap()).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("classifier.json")).unwrap())
-            .unwrap();
+    let sweep = read_json(&out.path().join("sweep.json"));
+    let meta = read_json(&out.path().join("classifier.json"));
     assert_eq!(meta["layer"], sweep["chosen_layer"]);
     assert_eq!(
         meta["columns"],

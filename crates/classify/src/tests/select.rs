@@ -91,8 +91,7 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
         "{}",
         chosen.producer
     );
-    let selection: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("selection.json")).unwrap()).unwrap();
+    let selection = read_json(&out.path().join("selection.json"));
     assert_eq!(selection["chosen"].as_u64(), Some(expect as u64));
     for (i, c) in selection["candidates"]
         .as_array()
@@ -144,8 +143,7 @@ fn select_names_the_members_cv_cannot_tell_from_its_choice() {
     ];
     let (out, summary) =
         llmembed_testkit::run_stage::<Select>(&SelectParams::default(), &members, 3).unwrap();
-    let selection: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("selection.json")).unwrap()).unwrap();
+    let selection = read_json(&out.path().join("selection.json"));
     assert_eq!(selection["chosen"].as_u64(), Some(1), "{selection}");
     let se = (cv_more * (1.0 - cv_more) / 800.0).sqrt();
     assert_eq!(
@@ -207,17 +205,16 @@ fn select_refuses_members_it_cannot_compare() {
     );
     let unscored = run_stage::<Ensemble>(&EnsembleParams::default(), &members, 3).unwrap();
     assert!(!unscored.path().join("cv_predictions.parquet").exists());
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(unscored.path().join("classifier.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&unscored.path().join("classifier.json"));
     assert!(meta["cv"].is_null(), "{meta}");
 }
 
 /// The `splits` a classifier's `model.json` records for its CV folds.
 fn splits_of(dir: &Path) -> String {
-    let model: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("model.json")).unwrap()).unwrap();
-    model["select"]["splits"].as_str().unwrap().to_string()
+    model_json(dir)["select"]["splits"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Soft combination of out-of-fold files, computed here independently of `ensemble.rs`:
@@ -249,9 +246,7 @@ fn averaged_out_of_fold(dirs: &[&Path]) -> (Vec<String>, Vec<i64>, Vec<i64>) {
 fn scored_ensemble(members: &[(&str, &Path)]) -> (tempfile::TempDir, serde_json::Value, f64) {
     let inputs: Vec<Input> = members.iter().map(|(id, dir)| fitted(id, dir)).collect();
     let ens = run_stage::<Ensemble>(&EnsembleParams::default(), &inputs, 3).unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ens.path().join("classifier.json")).unwrap())
-            .unwrap();
+    let meta = read_json(&ens.path().join("classifier.json"));
     let dirs: Vec<&Path> = members.iter().map(|(_, dir)| *dir).collect();
     let (_, labels, preds) = averaged_out_of_fold(&dirs);
     let want = labels.iter().zip(&preds).filter(|(l, p)| l == p).count() as f64 / 800.0;
@@ -303,8 +298,7 @@ fn ensembles_of_cv_members_are_scored_out_of_fold_and_selected_by_it() {
         fitted("both", ens.path()),
     ];
     let out = run_stage::<Select>(&SelectParams::default(), &candidates, 3).unwrap();
-    let selection: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("selection.json")).unwrap()).unwrap();
+    let selection = read_json(&out.path().join("selection.json"));
     let scores: Vec<f64> = selection["candidates"]
         .as_array()
         .unwrap()
