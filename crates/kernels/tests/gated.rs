@@ -184,3 +184,36 @@ fn gated_products_check_their_shapes() {
         .to_string();
     assert!(e.contains("input has 20 values, not 3 rows of 8"), "{e}");
 }
+
+#[test]
+fn int8_products_name_the_first_row_that_is_not_finite() {
+    // 300 rows are several bands, each quantised by its own task: the bad rows in two of them
+    // (and in no particular order of finishing) give the lowest, as one pass over all rows did.
+    let (m, k, ffn) = (300, 64, 32);
+    let (mut x, w, _) = inputs(m, k, ffn);
+    x[250 * k + 3] = f32::NAN;
+    x[130 * k + 60] = f32::INFINITY;
+    let wide = interleave_gate_up(&w, k, ffn);
+    let g = Gated {
+        ffn,
+        gelu: false,
+        bias: None,
+    };
+    for kernel in I8Kernel::ALL.into_iter().filter(|k| k.runs_here()) {
+        let plain = PackedI8::new(&w, k, 2 * ffn, kernel, Outliers::DEFAULT).unwrap();
+        let fused = PackedI8::new(&wide, k, gated_width(ffn), kernel, Outliers::DEFAULT).unwrap();
+        let e = plain.matmul(&x, m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "int8 matmul: row 130 of the input has a value that is not finite",
+            "{}",
+            kernel.name()
+        );
+        let e = fused.matmul_gated(&x, m, &g).unwrap_err().to_string();
+        assert!(
+            e.ends_with("row 130 of the input has a value that is not finite"),
+            "{}: {e}",
+            kernel.name()
+        );
+    }
+}

@@ -40,8 +40,10 @@
 //! `LLMEMBED_NO_AMX=1` turns AMX off (for bf16 too) and `LLMEMBED_NO_AVX512VNNI=1` VNNI (to
 //! compare the kernels on one machine): the next one the CPU has runs.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
 
@@ -311,40 +313,60 @@ impl PackedI8 {
     /// `x @ w` for `x` (M, K) f32 row-major: (M, N) f32 row-major. Every value of `x` must be
     /// finite.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        const OP: &str = "int8 matmul";
         let n = self.n;
+        self.check_input(OP, x, m)?;
         if m == 0 || n == 0 {
-            self.check_input("int8 matmul", x, m)?;
             return Ok(vec![0f32; m * n]);
         }
-        let q = self.quantise_input("int8 matmul", x, m)?;
-        let columns = q.columns(self);
+        let weights = ChannelWeights::new(self);
         // Undo the shift, then the scales (and outlier channels) once per output, for the rows
-        // `row0..` in `band` (whole rows). A block of columns at a time for every row of the
-        // band: the outlier channels' weights for those columns stay in cache while every row
-        // that has them reads them.
-        let finish = |row0: usize, band: &mut [f32]| {
+        // in `band` (whole rows, the first of them row `first` of `columns`). A block of
+        // columns at a time for every row of the band: the outlier channels' weights for those
+        // columns stay in cache while every row that has them reads them.
+        let finish = |first: usize, band: &mut [f32], columns: &OutputColumns| {
             for c0 in (0..n).step_by(COLUMN_BLOCK) {
                 let c1 = (c0 + COLUMN_BLOCK).min(n);
                 for (r, y) in band.chunks_exact_mut(n).enumerate() {
-                    columns.descale(row0 + r, &mut y[c0..c1], c0);
+                    columns.descale(first + r, &mut y[c0..c1], c0);
                 }
             }
         };
+        let panels = |p: &Panels<u32>, kernel: I8Kernel| {
+            let bad = BadRow::default();
+            let prepare = self.band_input(x, &weights, &bad);
+            let y = match kernel {
+                // Each band's `columns` are its own rows'.
+                I8Kernel::Vnni => p.matmul_banded::<DotI8, _>(&prepare, m, |_, band, columns| {
+                    finish(0, band, columns)
+                }),
+                _ => p.matmul_banded::<MaddI16, _>(&prepare, m, |_, band, columns| {
+                    finish(0, band, columns)
+                }),
+            };
+            bad.check(OP).map(|()| y)
+        };
         // The exact sums `sum_k (q_x + 128) q_w`, (M, N), as int32 bits in f32 slots, each
         // band of rows scaled as soon as it is done.
-        let y: Vec<f32> = match &self.repr {
+        match &self.repr {
+            Repr::Quads(p) => panels(p, I8Kernel::Vnni),
+            Repr::Pairs(p) => panels(p, I8Kernel::Avx2),
             Repr::Tiles(t) => {
+                let q = self.quantise_all(OP, x, &weights)?;
+                let columns = OutputColumns::new(self, &q, &weights);
                 let (steps, kblocks) = (self.k.div_ceil(4), t.kblocks());
                 let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
                     let rows = m.saturating_sub(mb * amx::BLOCK).min(amx::BLOCK);
                     let src = &q.a[mb * amx::BLOCK * steps..(mb * amx::BLOCK + rows) * steps];
                     amx::tile_steps(src, steps, kblocks, dst);
                 };
-                t.matmul(TileOp::I8, m, fill_a, finish)
+                Ok(t.matmul(TileOp::I8, m, fill_a, |row0, band| {
+                    finish(row0, band, &columns)
+                }))
             }
-            Repr::Quads(p) => p.matmul_then::<DotI8>(&q.a, m, finish),
-            Repr::Pairs(p) => p.matmul_then::<MaddI16>(&q.a, m, finish),
             Repr::Columns(c) => {
+                let q = self.quantise_all(OP, x, &weights)?;
+                let columns = OutputColumns::new(self, &q, &weights);
                 let (k, steps) = (self.k, self.k.div_ceil(4));
                 let mut y = vec![0f32; m * n];
                 y.par_chunks_mut(n)
@@ -353,12 +375,11 @@ impl PackedI8 {
                     .with_min_len(ROWS_PER_TASK)
                     .for_each(|(r, (out, a_row))| {
                         portable_row(Isa::best(), a_row, c, k, out);
-                        finish(r, out);
+                        finish(r, out, &columns);
                     });
-                y
+                Ok(y)
             }
-        };
-        Ok(y)
+        }
     }
 
     /// A gated MLP's first product and its activation ([`super::gated`]): the weights were
@@ -370,19 +391,26 @@ impl PackedI8 {
         if m == 0 || matches!(self.repr, Repr::Columns(_) | Repr::Tiles(_)) {
             return Ok(gated.after(self.matmul(x, m)?, m));
         }
-        let q = self.quantise_input(OP, x, m)?;
-        let columns = q.columns(self);
-        let epilogue = |row0: usize, j: usize, tile: &mut [f32], out: &mut [MaybeUninit<f32>]| {
+        self.check_input(OP, x, m)?;
+        let weights = ChannelWeights::new(self);
+        let bad = BadRow::default();
+        let prepare = self.band_input(x, &weights, &bad);
+        let epilogue = |_: usize,
+                        j: usize,
+                        tile: &mut [f32],
+                        out: &mut [MaybeUninit<f32>],
+                        columns: &OutputColumns| {
             for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
-                columns.descale(row0 + r, y, j * PAIR);
+                columns.descale(r, y, j * PAIR);
             }
             gated.finish_pair(j, tile, out);
         };
-        Ok(match &self.repr {
-            Repr::Quads(p) => p.matmul_pairs::<DotI8>(&q.a, m, gated.ffn, epilogue),
-            Repr::Pairs(p) => p.matmul_pairs::<MaddI16>(&q.a, m, gated.ffn, epilogue),
+        let y = match &self.repr {
+            Repr::Quads(p) => p.matmul_pairs_banded::<DotI8, _>(&prepare, m, gated.ffn, epilogue),
+            Repr::Pairs(p) => p.matmul_pairs_banded::<MaddI16, _>(&prepare, m, gated.ffn, epilogue),
             Repr::Columns(_) | Repr::Tiles(_) => unreachable!("returned above"),
-        })
+        };
+        bad.check(OP).map(|()| y)
     }
 
     fn check_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<()> {
@@ -401,81 +429,178 @@ impl PackedI8 {
         Ok(())
     }
 
-    /// Every row of `x` (m > 0 rows) quantised, with its outliers and their channels' weights.
-    fn quantise_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<QuantInput> {
-        self.check_input(op, x, m)?;
+    /// What the panel kernels' bands start with ([`Panels::matmul_banded`]): the band's rows
+    /// of `x` quantised by its own task, and what scaling its sums needs. Why in the band's
+    /// task: quantising every row first, then gathering the outlier channels' weights, were two
+    /// passes of their own over all rows, and each pass is a fork and join of the threads that
+    /// waits for the slower one (an int8 run's workers idled about twice as much as a bf16
+    /// one's); the band's rows are also still in cache when they are packed. A row that is not
+    /// finite is noted in `bad` (the product then ends in an error).
+    fn band_input<'s>(
+        &'s self,
+        x: &'s [f32],
+        weights: &'s ChannelWeights<'s>,
+        bad: &'s BadRow,
+    ) -> impl Fn(usize, usize) -> (Cow<'static, [u32]>, OutputColumns<'s>) + Sync + 's {
         let k = self.k;
-        // Each row quantised and shifted to u8 (`q + 128`), padded to whole steps (the
-        // padding meets zero weights), four bytes to a u32, or for the AVX2 kernel two int16
-        // to a u32: the kernels' A. A row's outliers go to its own `slot_len` slots
-        // of one buffer, as (value, channel): no allocation per row (malloc and free were 2.5%
-        // of an int8 run's time).
+        move |row0, rows| {
+            let q = self.quantise_rows(&x[row0 * k..(row0 + rows) * k]);
+            if let Some(r) = q.first_bad() {
+                bad.note(row0 + r);
+            }
+            let columns = OutputColumns::new(self, &q, weights);
+            (Cow::Owned(q.a), columns)
+        }
+    }
+
+    /// Every row of `x` (m > 0 rows) quantised on all threads as [`PackedI8::quantise_rows`]
+    /// does it, with its outliers' channels' weights unpacked into `weights`, or an error
+    /// naming the first row that is not finite: for the kernels without bands (AMX's tiles, the
+    /// portable loop).
+    fn quantise_all(
+        &self,
+        op: &'static str,
+        x: &[f32],
+        weights: &ChannelWeights,
+    ) -> Result<QuantRows> {
+        let k = self.k;
         let per_step = self.kernel().inputs_per_step();
         let steps = k.div_ceil(per_step);
         let slot_len = self.outliers.max.max(1);
-        let mut a = vec![0u32; m * steps];
-        let mut slots = vec![(0f32, 0usize); m * slot_len];
-        let mut rows: Vec<QuantRow> = Vec::with_capacity(m);
+        let mut q = QuantRows {
+            a: vec![0u32; x.len() / k * steps],
+            rows: Vec::with_capacity(x.len() / k),
+            slots: vec![(0f32, 0usize); x.len() / k * slot_len],
+            slot_len,
+        };
         let rule = self.outliers;
         x.par_chunks(k)
-            .zip(a.par_chunks_mut(steps))
-            .zip(slots.par_chunks_mut(slot_len))
+            .zip(q.a.par_chunks_mut(steps))
+            .zip(q.slots.par_chunks_mut(slot_len))
             .with_min_len(ROWS_PER_TASK)
             .map_init(Vec::new, |candidates, ((row, a), slots)| {
                 quantise_row(row, a, per_step, rule, candidates, slots)
             })
-            .collect_into_vec(&mut rows);
-        if let Some((r, _)) = rows.iter().enumerate().find(|(_, q)| !q.scale.is_finite()) {
-            return Err(Error::new(
-                op,
-                format!("row {r} of the input has a value that is not finite"),
-            ));
+            .collect_into_vec(&mut q.rows);
+        if let Some(r) = q.first_bad() {
+            return Err(not_finite(op, r));
         }
-        // Each outlier channel's int8 weights in a row of their own, once per call (bytes, not
-        // f32: a quarter of the memory the scaling reads them from). The rows that share a
-        // channel (a batch of 512 rows of SmolLM2 or Gemma-3 has 100-150 distinct outlier
-        // channels for its 1-8 a row) read one contiguous row instead of gathering it from
-        // every panel again. Indexed by channel (empty for the others), so that the rows'
-        // slots need no second pass: each pass over the rows is a fork and join of the threads,
-        // and an int8 product had four of them.
+        // The outlier channels' weights on all threads too, before the product reads them.
         let mut used = vec![false; k];
-        for (r, s) in rows.iter().zip(slots.chunks_exact(slot_len)) {
+        for (r, s) in q.rows.iter().zip(q.slots.chunks_exact(slot_len)) {
             for &(_, ch) in &s[..r.outliers] {
                 used[ch] = true;
             }
         }
-        let mut weight_rows = vec![Vec::new(); k];
-        weight_rows
-            .par_iter_mut()
-            .enumerate()
-            .filter(|(ch, _)| used[*ch])
-            .for_each(|(ch, w)| *w = self.channel_weights(ch));
-        Ok(QuantInput {
-            a,
-            rows,
-            slots,
+        (0..k)
+            .into_par_iter()
+            .filter(|&ch| used[ch])
+            .for_each(|ch| {
+                weights.get(ch);
+            });
+        Ok(q)
+    }
+
+    /// The rows of `x` (whole rows of K) quantised on this thread: a band's, in its task.
+    /// Each row quantised and shifted to u8 (`q + 128`), padded to whole steps (the padding
+    /// meets zero weights), four bytes to a u32, or for the AVX2 kernel two int16 to a u32: the
+    /// kernels' A. A row's outliers go to its own `slot_len` slots of one buffer, as (value,
+    /// channel): no allocation per row (malloc and free were 2.5% of an int8 run's time).
+    fn quantise_rows(&self, x: &[f32]) -> QuantRows {
+        let k = self.k;
+        let per_step = self.kernel().inputs_per_step();
+        let steps = k.div_ceil(per_step);
+        let slot_len = self.outliers.max.max(1);
+        let m = x.len() / k;
+        let mut q = QuantRows {
+            a: vec![0u32; m * steps],
+            rows: Vec::with_capacity(m),
+            slots: vec![(0f32, 0usize); m * slot_len],
             slot_len,
-            weight_rows,
-        })
+        };
+        let mut candidates = Vec::new();
+        for ((row, a), slots) in x
+            .chunks_exact(k)
+            .zip(q.a.chunks_exact_mut(steps))
+            .zip(q.slots.chunks_exact_mut(slot_len))
+        {
+            let quantised = quantise_row(row, a, per_step, self.outliers, &mut candidates, slots);
+            q.rows.push(quantised);
+        }
+        q
     }
 }
 
-/// The input of one product, quantised: the kernels' A, and per row its scale and outliers.
-struct QuantInput {
+/// The error for input row `r`, which has a value that is not finite.
+fn not_finite(op: &'static str, r: usize) -> Error {
+    Error::new(
+        op,
+        format!("row {r} of the input has a value that is not finite"),
+    )
+}
+
+/// The first input row the bands found not finite, if any (the lowest, whichever band met
+/// it first).
+struct BadRow(AtomicUsize);
+
+impl Default for BadRow {
+    fn default() -> Self {
+        BadRow(AtomicUsize::new(usize::MAX))
+    }
+}
+
+impl BadRow {
+    fn note(&self, row: usize) {
+        self.0.fetch_min(row, Ordering::Relaxed);
+    }
+
+    /// An error naming the row, if some band noted one.
+    fn check(&self, op: &'static str) -> Result<()> {
+        match self.0.load(Ordering::Relaxed) {
+            usize::MAX => Ok(()),
+            r => Err(not_finite(op, r)),
+        }
+    }
+}
+
+/// Rows of a product's input, quantised: the kernels' A, and per row its scale and outliers.
+struct QuantRows {
     a: Vec<u32>,
     rows: Vec<QuantRow>,
     /// `slot_len` per row: (value, channel), the first `rows[r].outliers`.
     slots: Vec<(f32, usize)>,
     slot_len: usize,
-    /// Per input channel, its int8 weights for every output where some row has it as
-    /// an outlier; empty for the others.
-    weight_rows: Vec<Vec<i8>>,
 }
 
-impl QuantInput {
-    /// What [`OutputColumns::descale`] reads of the weights `w` and of these rows.
-    fn columns<'a>(&'a self, w: &'a PackedI8) -> OutputColumns<'a> {
-        OutputColumns::new(&w.shift, &w.scales, self)
+impl QuantRows {
+    /// The first row with a value that is not finite (its scale is not).
+    fn first_bad(&self) -> Option<usize> {
+        self.rows.iter().position(|q| !q.scale.is_finite())
+    }
+}
+
+/// Per input channel, its int8 weights for every output, in a row of their own (bytes, not
+/// f32: a quarter of the memory the scaling reads them from): unpacked from the panels the
+/// first time some row of the product has the channel as an outlier, by whichever task meets it
+/// first, and read by every other row that has it (a batch of 512 rows of SmolLM2 or Gemma-3 has
+/// 100-150 distinct outlier channels for its 1-8 a row), instead of gathered from every panel
+/// again. One per product call: the rows of one call share it, and nothing outlives the call.
+struct ChannelWeights<'w> {
+    packed: &'w PackedI8,
+    rows: Vec<OnceLock<Vec<i8>>>,
+}
+
+impl<'w> ChannelWeights<'w> {
+    fn new(packed: &'w PackedI8) -> Self {
+        ChannelWeights {
+            packed,
+            rows: (0..packed.k).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Channel `ch`'s weights, `n` of them.
+    fn get(&self, ch: usize) -> &[i8] {
+        self.rows[ch].get_or_init(|| self.packed.channel_weights(ch))
     }
 }
 
@@ -896,10 +1021,10 @@ multiversion! {
     }
 }
 
-/// What the rows of one product need when their sums become outputs: per output column the u8
-/// shift's constant and `s_w`, and per row its scale and its outliers, each as (value, that
-/// channel's int8 weights for every output). Built and checked once per product (every
-/// outlier's weights `n` long), rather than at each of the many short [`OutputColumns::descale`]
+/// What the rows of one product (or of one band of its rows) need when their sums become
+/// outputs: per output column the u8 shift's constant and `s_w`, and per row its scale and its
+/// outliers, each as (value, that channel's int8 weights for every output). Built and checked
+/// once per band (every outlier's weights `n` long), rather than at each of the many short [`OutputColumns::descale`]
 /// calls of a gated product's tiles (64 outputs each), which also gathered each outlier's
 /// weights into registers every call. Measured on AMD Zen 4 with `bench extract --compute int8`,
 /// old and new builds alternating: SmolLM2 +0.7-1.5% (three pairs), Gemma-3 +2% / -0.3%; the
@@ -907,7 +1032,8 @@ multiversion! {
 struct OutputColumns<'a> {
     shift: &'a [i32],
     scales: &'a [f32],
-    rows: &'a [QuantRow],
+    /// Per row, `s_x`.
+    row_scales: Vec<f32>,
     /// Every row's outliers, row after row: row `r`'s are `outliers[starts[r]..starts[r + 1]]`.
     outliers: Vec<(f32, &'a [i8])>,
     starts: Vec<usize>,
@@ -915,7 +1041,9 @@ struct OutputColumns<'a> {
 }
 
 impl<'a> OutputColumns<'a> {
-    fn new(shift: &'a [i32], scales: &'a [f32], q: &'a QuantInput) -> Self {
+    /// For the rows of `q`, products of `w`, their outliers' weights from `weights`.
+    fn new(w: &'a PackedI8, q: &QuantRows, weights: &'a ChannelWeights) -> Self {
+        let (shift, scales) = (w.shift.as_slice(), w.scales.as_slice());
         let n = shift.len();
         assert_eq!(scales.len(), n);
         let mut outliers = Vec::new();
@@ -923,7 +1051,7 @@ impl<'a> OutputColumns<'a> {
         for (row, slots) in q.rows.iter().zip(q.slots.chunks_exact(q.slot_len)) {
             starts.push(outliers.len());
             for &(v, ch) in &slots[..row.outliers] {
-                let w = q.weight_rows[ch].as_slice();
+                let w = weights.get(ch);
                 assert_eq!(w.len(), n, "outlier channel {ch}'s weights");
                 outliers.push((v, w));
             }
@@ -932,7 +1060,7 @@ impl<'a> OutputColumns<'a> {
         OutputColumns {
             shift,
             scales,
-            rows: &q.rows,
+            row_scales: q.rows.iter().map(|r| r.scale).collect(),
             outliers,
             starts,
             n,
@@ -945,7 +1073,7 @@ impl<'a> OutputColumns<'a> {
     /// sixteen outputs at a time (the same operations in the same order, so the same bits).
     fn descale(&self, row: usize, y: &mut [f32], col: usize) {
         assert!(col + y.len() <= self.n);
-        let (isa, s_x) = (Isa::best(), self.rows[row].scale);
+        let (isa, s_x) = (Isa::best(), self.row_scales[row]);
         let outliers = &self.outliers[self.starts[row]..self.starts[row + 1]];
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]

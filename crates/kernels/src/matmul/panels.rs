@@ -168,8 +168,10 @@ impl<T: Step> Panels<T> {
     ) -> Vec<f32> {
         let k = self.k;
         assert_eq!(a.len(), m * k, "panel matmul: A is not ({m}, {k})");
-        let steps = |row0: usize, rows: usize| Cow::Borrowed(&a[row0 * k..(row0 + rows) * k]);
-        panel_matmul::<K>(&steps, m, k, self.as_slice(), self.n, &finish)
+        let steps = |row0: usize, rows: usize| (Cow::Borrowed(&a[row0 * k..(row0 + rows) * k]), ());
+        panel_matmul::<K, ()>(&steps, m, k, self.as_slice(), self.n, &|row0, c, _| {
+            finish(row0, c)
+        })
     }
 
     /// [`Panels::matmul`] with each band's rows of A made by `steps(first_row, rows)` ((rows,
@@ -181,7 +183,21 @@ impl<T: Step> Panels<T> {
         steps: &BandSteps<'_, '_, T>,
         m: usize,
     ) -> Vec<f32> {
-        panel_matmul::<K>(steps, m, self.k, self.as_slice(), self.n, &|_, _| {})
+        let steps = |row0: usize, rows: usize| (steps(row0, rows), ());
+        panel_matmul::<K, ()>(&steps, m, self.k, self.as_slice(), self.n, &|_, _, _| {})
+    }
+
+    /// [`Panels::matmul_from`] with state of each band's own: `prepare(first_row, rows)` gives
+    /// the band's rows of A and whatever `finish(first_row, rows of C, state)` needs of them,
+    /// both in the band's task (int8 quantises its activations there, and `finish` scales the
+    /// band's sums by the scales the quantisation chose).
+    pub fn matmul_banded<K: Kernel<Step = T>, S>(
+        &self,
+        prepare: &BandInput<'_, '_, T, S>,
+        m: usize,
+        finish: impl Fn(usize, &mut [f32], &S) + Sync,
+    ) -> Vec<f32> {
+        panel_matmul::<K, S>(prepare, m, self.k, self.as_slice(), self.n, &finish)
     }
 
     /// `a @ self` for weights packed as gate/up pairs ([`super::interleave_gate_up`]: panel
@@ -201,8 +217,10 @@ impl<T: Step> Panels<T> {
     ) -> Vec<f32> {
         let k = self.k;
         assert_eq!(a.len(), m * k, "panel matmul: A is not ({m}, {k})");
-        let steps = |row0: usize, rows: usize| Cow::Borrowed(&a[row0 * k..(row0 + rows) * k]);
-        self.matmul_pairs_from::<K>(&steps, m, width, epilogue)
+        let steps = |row0: usize, rows: usize| (Cow::Borrowed(&a[row0 * k..(row0 + rows) * k]), ());
+        self.matmul_pairs_banded::<K, ()>(&steps, m, width, |row0, j, tile, out, _| {
+            epilogue(row0, j, tile, out)
+        })
     }
 
     /// [`Panels::matmul_pairs`] with each band's rows of A made inside its task, as
@@ -213,6 +231,21 @@ impl<T: Step> Panels<T> {
         m: usize,
         width: usize,
         epilogue: impl Fn(usize, usize, &mut [f32], &mut [MaybeUninit<f32>]) + Sync,
+    ) -> Vec<f32> {
+        let steps = |row0: usize, rows: usize| (steps(row0, rows), ());
+        self.matmul_pairs_banded::<K, ()>(&steps, m, width, |row0, j, tile, out, _| {
+            epilogue(row0, j, tile, out)
+        })
+    }
+
+    /// [`Panels::matmul_pairs`] with state of each band's own, as [`Panels::matmul_banded`]
+    /// has it: `epilogue(first_row, j, tile, out, state)`.
+    pub fn matmul_pairs_banded<K: Kernel<Step = T>, S>(
+        &self,
+        prepare: &BandInput<'_, '_, T, S>,
+        m: usize,
+        width: usize,
+        epilogue: impl Fn(usize, usize, &mut [f32], &mut [MaybeUninit<f32>], &S) + Sync,
     ) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         assert!(
@@ -225,73 +258,81 @@ impl<T: Step> Panels<T> {
         let mut out: Vec<f32> = Vec::with_capacity(m * width);
         let b = self.as_slice();
         let out_rows = &mut out.spare_capacity_mut()[..m * width];
-        par_bands(m, k, steps, out_rows, width, |row0, a_band, out_band| {
-            let rows = out_band.len() / width;
-            let micro_blocks = rows.div_ceil(MICRO_ROWS);
-            // All of the band's steps packed once, input block after input block (each pair
-            // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
-            let mut a_packed: Vec<T> = vec![T::ZERO; micro_blocks * MICRO_ROWS * k];
-            for k0 in (0..k).step_by(DEPTH) {
-                let depth = (k - k0).min(DEPTH);
-                let blocks = &mut a_packed[micro_blocks * MICRO_ROWS * k0..];
-                for (rows_in, dst) in a_band
-                    .chunks(MICRO_ROWS * k)
-                    .zip(blocks.chunks_exact_mut(MICRO_ROWS * depth))
-                {
-                    pack_micro_block(rows_in, k, k0..k0 + depth, dst);
-                }
-            }
-            // Zeroed once (24 KiB at most), so that every value is always initialised; the
-            // first input block's calls overwrite all of it for each pair.
-            let mut tile = vec![MaybeUninit::new(0f32); rows * PAIR];
-            let panels = n / PANEL;
-            for j in 0..n / PAIR {
-                for p in [2 * j, 2 * j + 1] {
-                    for k0 in (0..k).step_by(DEPTH) {
-                        let depth = (k - k0).min(DEPTH);
-                        let b_block = &b[(p * k + k0) * PANEL..(p * k + k0 + depth) * PANEL];
-                        // The block of B that comes next, fetched into L2 meanwhile.
-                        let next_b = if k0 + depth < k {
-                            (p * k + k0 + depth) * PANEL
-                        } else if p + 1 < panels {
-                            (p + 1) * k * PANEL
-                        } else {
-                            0
-                        };
-                        let a_blocks = &a_packed[micro_blocks * MICRO_ROWS * k0..];
-                        for mb in 0..micro_blocks {
-                            let r0 = mb * MICRO_ROWS;
-                            let block = Block {
-                                rows: (rows - r0).min(MICRO_ROWS),
-                                depth,
-                                ldc: PAIR,
-                                cols: PANEL,
-                                resume: k0 > 0,
-                                prefetch_b: if mb < 4 {
-                                    b.as_ptr().wrapping_add(next_b + mb * depth * PANEL / 4)
-                                } else {
-                                    b_block.as_ptr()
-                                }
-                                .cast(),
-                                prefetch_c: tile
-                                    .as_ptr()
-                                    .wrapping_add((r0 + MICRO_ROWS) * PAIR)
-                                    .cast(),
-                            };
-                            let a_block =
-                                &a_blocks[mb * MICRO_ROWS * depth..(mb + 1) * MICRO_ROWS * depth];
-                            let c = &mut tile[r0 * PAIR + (p % 2) * PANEL..];
-                            micro::<K>(&block, a_block, b_block, c);
-                        }
+        par_bands(
+            m,
+            k,
+            prepare,
+            out_rows,
+            width,
+            |row0, a_band, state, out_band| {
+                let rows = out_band.len() / width;
+                let micro_blocks = rows.div_ceil(MICRO_ROWS);
+                // All of the band's steps packed once, input block after input block (each pair
+                // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
+                let mut a_packed: Vec<T> = vec![T::ZERO; micro_blocks * MICRO_ROWS * k];
+                for k0 in (0..k).step_by(DEPTH) {
+                    let depth = (k - k0).min(DEPTH);
+                    let blocks = &mut a_packed[micro_blocks * MICRO_ROWS * k0..];
+                    for (rows_in, dst) in a_band
+                        .chunks(MICRO_ROWS * k)
+                        .zip(blocks.chunks_exact_mut(MICRO_ROWS * depth))
+                    {
+                        pack_micro_block(rows_in, k, k0..k0 + depth, dst);
                     }
                 }
-                // SAFETY: every value of the tile is initialised (zeroed, then written by the
-                // kernel), and MaybeUninit<f32> has f32's layout.
-                let done: &mut [f32] =
-                    unsafe { std::slice::from_raw_parts_mut(tile.as_mut_ptr().cast(), tile.len()) };
-                epilogue(row0, j, done, out_band);
-            }
-        });
+                // Zeroed once (24 KiB at most), so that every value is always initialised; the
+                // first input block's calls overwrite all of it for each pair.
+                let mut tile = vec![MaybeUninit::new(0f32); rows * PAIR];
+                let panels = n / PANEL;
+                for j in 0..n / PAIR {
+                    for p in [2 * j, 2 * j + 1] {
+                        for k0 in (0..k).step_by(DEPTH) {
+                            let depth = (k - k0).min(DEPTH);
+                            let b_block = &b[(p * k + k0) * PANEL..(p * k + k0 + depth) * PANEL];
+                            // The block of B that comes next, fetched into L2 meanwhile.
+                            let next_b = if k0 + depth < k {
+                                (p * k + k0 + depth) * PANEL
+                            } else if p + 1 < panels {
+                                (p + 1) * k * PANEL
+                            } else {
+                                0
+                            };
+                            let a_blocks = &a_packed[micro_blocks * MICRO_ROWS * k0..];
+                            for mb in 0..micro_blocks {
+                                let r0 = mb * MICRO_ROWS;
+                                let block = Block {
+                                    rows: (rows - r0).min(MICRO_ROWS),
+                                    depth,
+                                    ldc: PAIR,
+                                    cols: PANEL,
+                                    resume: k0 > 0,
+                                    prefetch_b: if mb < 4 {
+                                        b.as_ptr().wrapping_add(next_b + mb * depth * PANEL / 4)
+                                    } else {
+                                        b_block.as_ptr()
+                                    }
+                                    .cast(),
+                                    prefetch_c: tile
+                                        .as_ptr()
+                                        .wrapping_add((r0 + MICRO_ROWS) * PAIR)
+                                        .cast(),
+                                };
+                                let a_block = &a_blocks
+                                    [mb * MICRO_ROWS * depth..(mb + 1) * MICRO_ROWS * depth];
+                                let c = &mut tile[r0 * PAIR + (p % 2) * PANEL..];
+                                micro::<K>(&block, a_block, b_block, c);
+                            }
+                        }
+                    }
+                    // SAFETY: every value of the tile is initialised (zeroed, then written by the
+                    // kernel), and MaybeUninit<f32> has f32's layout.
+                    let done: &mut [f32] = unsafe {
+                        std::slice::from_raw_parts_mut(tile.as_mut_ptr().cast(), tile.len())
+                    };
+                    epilogue(row0, j, done, out_band, state);
+                }
+            },
+        );
         // SAFETY: the epilogues wrote every value of every band (the caller's contract), and
         // the bands cover all m * width values.
         unsafe { out.set_len(m * width) };
@@ -299,16 +340,17 @@ impl<T: Step> Panels<T> {
     }
 }
 
-/// Runs `band(first_row, a_band, out_band)` on every band of a product of `m` rows
+/// Runs `band(first_row, a_band, state, out_band)` on every band of a product of `m` rows
 /// ([`band_rows`]), in parallel: `out` (m rows of `width`) split into the bands' rows, and each
-/// band's rows of A from `steps`, made in the band's task and checked to be (rows, k).
-fn par_bands<T: Step, O: Send>(
+/// band's rows of A and its state from `prepare`, made in the band's task, the rows checked to
+/// be (rows, k).
+fn par_bands<T: Step, O: Send, S>(
     m: usize,
     k: usize,
-    steps: &BandSteps<'_, '_, T>,
+    prepare: &BandInput<'_, '_, T, S>,
     out: &mut [O],
     width: usize,
-    band: impl Fn(usize, &[T], &mut [O]) + Sync,
+    band: impl Fn(usize, &[T], &S, &mut [O]) + Sync,
 ) {
     let mut tasks = Vec::new();
     let (mut rest, mut row0) = (out, 0);
@@ -318,13 +360,13 @@ fn par_bands<T: Step, O: Send>(
         (rest, row0) = (tail, row0 + rows);
     }
     tasks.into_par_iter().for_each(|(row0, rows, out_band)| {
-        let a_band = steps(row0, rows);
+        let (a_band, state) = prepare(row0, rows);
         assert_eq!(
             a_band.len(),
             rows * k,
             "panel matmul: a band of A is not ({rows}, {k})"
         );
-        band(row0, &a_band, out_band)
+        band(row0, &a_band, &state, out_band)
     });
 }
 
@@ -369,13 +411,17 @@ fn halve_rows(rows: usize, bands: usize, out: &mut Vec<usize>) {
 /// borrowed from a whole A (`'a`) or made for the band.
 pub(crate) type BandSteps<'a, 'f, T> = dyn Fn(usize, usize) -> Cow<'a, [T]> + Sync + 'f;
 
-fn panel_matmul<K: Kernel>(
-    steps: &BandSteps<'_, '_, K::Step>,
+/// A band's rows of A and its own state `S`: `prepare(first_row, rows)`, called in the band's
+/// task ([`Panels::matmul_banded`]).
+pub(crate) type BandInput<'a, 'f, T, S> = dyn Fn(usize, usize) -> (Cow<'a, [T]>, S) + Sync + 'f;
+
+fn panel_matmul<K: Kernel, S>(
+    prepare: &BandInput<'_, '_, K::Step, S>,
     m: usize,
     k: usize,
     b: &[K::Step],
     n: usize,
-    finish: &(impl Fn(usize, &mut [f32]) + Sync),
+    finish: &(impl Fn(usize, &mut [f32], &S) + Sync),
 ) -> Vec<f32> {
     if m == 0 || n == 0 || k == 0 {
         return vec![0f32; m * n];
@@ -385,7 +431,7 @@ fn panel_matmul<K: Kernel>(
     let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
     // SAFETY: MaybeUninit needs no initialisation.
     unsafe { c.set_len(m * n) };
-    par_bands(m, k, steps, &mut c, n, |row0, a_band, c_band| {
+    par_bands(m, k, prepare, &mut c, n, |row0, a_band, state, c_band| {
         let rows = c_band.len() / n;
         // Steps in blocks of DEPTH, so that a panel's block of B (DEPTH x 32) stays in cache
         // while every row of the band passes over it; later blocks continue the chains from
@@ -451,7 +497,7 @@ fn panel_matmul<K: Kernel>(
         // layout.
         let done: &mut [f32] =
             unsafe { std::slice::from_raw_parts_mut(c_band.as_mut_ptr().cast(), c_band.len()) };
-        finish(row0, done);
+        finish(row0, done, state);
     });
     let mut c = std::mem::ManuallyDrop::new(c);
     // SAFETY: all m * n elements were written above, and MaybeUninit<f32> has f32's layout.
