@@ -463,17 +463,9 @@ impl PackedI8 {
         x: &[f32],
         weights: &ChannelWeights,
     ) -> Result<QuantRows> {
-        let k = self.k;
-        let per_step = self.kernel().inputs_per_step();
-        let steps = k.div_ceil(per_step);
-        let slot_len = self.outliers.max.max(1);
-        let mut q = QuantRows {
-            a: vec![0u32; x.len() / k * steps],
-            rows: Vec::with_capacity(x.len() / k),
-            slots: vec![(0f32, 0usize); x.len() / k * slot_len],
-            slot_len,
-        };
-        let rule = self.outliers;
+        let (k, per_step, rule) = (self.k, self.kernel().inputs_per_step(), self.outliers);
+        let mut q = self.unfilled_rows(x.len() / k);
+        let (steps, slot_len) = (k.div_ceil(per_step), q.slot_len);
         x.par_chunks(k)
             .zip(q.a.par_chunks_mut(steps))
             .zip(q.slots.par_chunks_mut(slot_len))
@@ -501,23 +493,28 @@ impl PackedI8 {
         Ok(q)
     }
 
+    /// Room for `m` quantised rows of this product's input: A zeroed (a row that is not
+    /// finite keeps its zeros), no rows yet, `Outliers::max` slots a row.
+    fn unfilled_rows(&self, m: usize) -> QuantRows {
+        let steps = self.k.div_ceil(self.kernel().inputs_per_step());
+        let slot_len = self.outliers.max.max(1);
+        QuantRows {
+            a: vec![0u32; m * steps],
+            rows: Vec::with_capacity(m),
+            slots: vec![(0f32, 0usize); m * slot_len],
+            slot_len,
+        }
+    }
+
     /// The rows of `x` (whole rows of K) quantised on this thread: a band's, in its task.
     /// Each row quantised and shifted to u8 (`q + 128`), padded to whole steps (the padding
     /// meets zero weights), four bytes to a u32, or for the AVX2 kernel two int16 to a u32: the
     /// kernels' A. A row's outliers go to its own `slot_len` slots of one buffer, as (value,
     /// channel): no allocation per row (malloc and free were 2.5% of an int8 run's time).
     fn quantise_rows(&self, x: &[f32]) -> QuantRows {
-        let k = self.k;
-        let per_step = self.kernel().inputs_per_step();
-        let steps = k.div_ceil(per_step);
-        let slot_len = self.outliers.max.max(1);
-        let m = x.len() / k;
-        let mut q = QuantRows {
-            a: vec![0u32; m * steps],
-            rows: Vec::with_capacity(m),
-            slots: vec![(0f32, 0usize); m * slot_len],
-            slot_len,
-        };
+        let (k, per_step) = (self.k, self.kernel().inputs_per_step());
+        let mut q = self.unfilled_rows(x.len() / k);
+        let (steps, slot_len) = (k.div_ceil(per_step), q.slot_len);
         let mut candidates = Vec::new();
         for ((row, a), slots) in x
             .chunks_exact(k)
@@ -1024,9 +1021,9 @@ multiversion! {
 /// What the rows of one product (or of one band of its rows) need when their sums become
 /// outputs: per output column the u8 shift's constant and `s_w`, and per row its scale and its
 /// outliers, each as (value, that channel's int8 weights for every output). Built and checked
-/// once per band (every outlier's weights `n` long), rather than at each of the many short [`OutputColumns::descale`]
-/// calls of a gated product's tiles (64 outputs each), which also gathered each outlier's
-/// weights into registers every call. Measured on AMD Zen 4 with `bench extract --compute int8`,
+/// once per band (every outlier's weights `n` long), rather than at each of the many short
+/// [`OutputColumns::descale`] calls of a gated product's tiles (64 outputs each), which also
+/// gathered each outlier's weights into registers every call. Measured on AMD Zen 4 with `bench extract --compute int8`,
 /// old and new builds alternating: SmolLM2 +0.7-1.5% (three pairs), Gemma-3 +2% / -0.3%; the
 /// same bits.
 struct OutputColumns<'a> {
