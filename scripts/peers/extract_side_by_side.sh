@@ -71,11 +71,16 @@ peak() { cat "$peaks/before" "$peaks/after" | grep "$1" | grep -oE '[0-9.]+ GFLO
 gflop=$("$py" scripts/peers/model_flops.py "$gguf")
 f32_peak=$(peak "f32 vfmadd zmm" || true)
 f32_peak="${f32_peak:-$(peak "f32 vfmadd ymm" || true)}"
-# Without AVX512-BF16 our bf16 is f32 products of rounded values (f32's limit), and without
-# VNNI int8 runs AVX2's vpmaddwd.
-bf16_peak=$(peak vdpbf16ps || true)
+# The instruction each Rust run multiplies with: AMX's tiles where the CPU has them and
+# LLMEMBED_NO_AMX is unset (fma_peak then measures them too), else AVX512-BF16's vdpbf16ps;
+# without it our bf16 is f32 products of rounded values (f32's limit). int8: AMX, else VNNI's
+# vpdpbusd, else AVX2's vpmaddwd.
+amx_peak() { if [ -z "${LLMEMBED_NO_AMX:-}" ]; then peak "$1" || true; fi; }
+bf16_peak=$(amx_peak "bf16 amx")
+bf16_peak="${bf16_peak:-$(peak vdpbf16ps || true)}"
 bf16_peak="${bf16_peak:-$f32_peak}"
-int8_peak=$(peak vpdpbusd || true)
+int8_peak=$(amx_peak "int8 amx")
+int8_peak="${int8_peak:-$(peak vpdpbusd || true)}"
 int8_peak="${int8_peak:-$(peak vpmaddwd || true)}"
 share() { awk -v t="$1" -v p="$2" -v g="$gflop" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * t * g / (2 * p); else print "n/a" }'; }
 

@@ -1,8 +1,10 @@
 //! The multiply-add peak of one core: 24 independent chains of AVX-512 `vfmadd` (f32), of
 //! `vdpbf16ps` (bf16 pairs) and of `vpdpbusd` (int8 quads, counted as two operations per
 //! multiply-add like the others), plus AVX2 `vfmadd` and AVX2 `vpmaddwd` + `vpaddd` (int16
-//! pairs, what `compute: int8` runs without VNNI), each for about a second. The README's "peaks
-//! at N GFLOP/s per core" figures come from here.
+//! pairs, what `compute: int8` runs without VNNI), each for about a second; where the CPU has
+//! AMX (Intel Sapphire Rapids and later), also 4 independent chains of the tile multiplies
+//! `tdpbf16ps` and `tdpbusd` on 16 x 64-byte tiles (what `compute: bf16` and `int8` run
+//! there). The README's "peaks at N GFLOP/s per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
 //!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak
@@ -87,6 +89,69 @@ fn maddwd_ymm(n: usize) -> f32 {
     lanes.iter().map(|&l| l as f32).sum()
 }
 
+/// Asks Linux for the AMX tile state (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)),
+/// made as a raw syscall so that this file needs no crate.
+fn request_amx() -> bool {
+    let rc: i64;
+    // SAFETY: arch_prctl (158) with two integer arguments; the kernel clobbers rcx and r11.
+    unsafe {
+        std::arch::asm!("syscall", inlateout("rax") 158i64 => rc, in("rdi") 0x1023i64,
+            in("rsi") 18i64, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    rc == 0
+}
+
+/// Tile configuration: palette 1, eight tiles of 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileCfg {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// `n` rounds of 4 independent tile multiply-adds (`$op`: tmm0..3 += products of tmm4..7, which
+/// hold zeros: the multiply's cost does not depend on the values).
+macro_rules! amx_chains {
+    ($name:ident, $op:literal) => {
+        fn $name(n: usize) -> f32 {
+            let mut cfg = TileCfg { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+            for t in 0..8 {
+                cfg.colsb[t] = 64;
+                cfg.rows[t] = 16;
+            }
+            let mut out = [0f32; 256];
+            // SAFETY: the caller checked AMX and was granted the tile state; `out` holds one
+            // tile (16 rows of 64 bytes).
+            unsafe {
+                std::arch::asm!(
+                    "ldtilecfg [{cfg}]",
+                    "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                    "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                    "2:",
+                    concat!($op, " tmm0, tmm4, tmm5"),
+                    concat!($op, " tmm1, tmm4, tmm6"),
+                    concat!($op, " tmm2, tmm5, tmm7"),
+                    concat!($op, " tmm3, tmm6, tmm7"),
+                    "dec {n}",
+                    "jnz 2b",
+                    "tilestored [{out} + {stride}], tmm0",
+                    "tilerelease",
+                    cfg = in(reg) &cfg,
+                    n = inout(reg) n => _,
+                    out = in(reg) out.as_mut_ptr(),
+                    stride = in(reg) 64usize,
+                    options(nostack),
+                );
+            }
+            out.iter().sum()
+        }
+    };
+}
+amx_chains!(amx_bf16, "tdpbf16ps");
+amx_chains!(amx_int8, "tdpbusd");
+
 fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
     let n = 20_000_000;
     let start = Instant::now();
@@ -103,6 +168,9 @@ fn main() {
         "avx512f" => is_x86_feature_detected!("avx512f"),
         "avx512bf16" => is_x86_feature_detected!("avx512bf16"),
         "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
+        // CPUID.(EAX=7, ECX=0):EDX bits 22, 24, 25: AMX-BF16, AMX-TILE, AMX-INT8 (the
+        // feature-detection macro's AMX names are not stable).
+        "amx" => __cpuid_count(7, 0).edx & (0b1101 << 22) == 0b1101 << 22,
         _ => is_x86_feature_detected!("fma"),
     };
     if has("avx512f") {
@@ -118,6 +186,12 @@ fn main() {
         time("int8 vpdpbusd zmm", CHAINS * 128, |n| unsafe {
             dpbusd_zmm(n)
         });
+    }
+    if has("amx") && request_amx() {
+        // Per tile multiply: 16 x 16 outputs of 32 bf16 pairs, or of 64 int8 quads
+        // (two operations per multiply-add).
+        time("bf16 amx tdpbf16ps", 4 * 16 * 16 * 32 * 2, amx_bf16);
+        time("int8 amx tdpbusd", 4 * 16 * 16 * 64 * 2, amx_int8);
     }
     if has("fma") {
         time("f32 vfmadd ymm", CHAINS / 2 * 16, |n| unsafe { fma_ymm(n) });
