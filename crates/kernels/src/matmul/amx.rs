@@ -109,9 +109,13 @@ impl Tiles {
         ((nb * kblocks + kb) * 2 + half) * TILE + (s % TILE_STEPS) * 16 + col % 16
     }
 
-    /// Step `s` of column `col`.
-    pub fn step(&self, s: usize, col: usize) -> u32 {
-        self.data[Tiles::at(self.kblocks, s, col)]
+    /// Step `s` of every column, in column order: 16 columns (one tile row) at a time, the
+    /// last run cut at `n`.
+    pub fn step_of_columns(&self, s: usize) -> impl Iterator<Item = &[u32]> {
+        (0..self.n).step_by(16).map(move |c0| {
+            let at = Tiles::at(self.kblocks, s, c0);
+            &self.data[at..at + (self.n - c0).min(16)]
+        })
     }
 
     /// Blocks of 16 steps: what [`tile_steps`] and `fill_a` lay out per 32-row block.
@@ -325,10 +329,12 @@ macro_rules! tile_block {
                     "tilezero tmm6",
                     "tilezero tmm7",
                     "2:",
+                    // Each tile loaded just before the first multiply that reads it, so
+                    // that loads overlap the multiplies before them (the tile registers are
+                    // not renamed: a load waits for the multiplies that read the tile's last
+                    // value). +3-7% for int8's tiles on Sapphire Rapids, bf16's unchanged.
                     "tileloadd tmm0, [{a} + {s64}]",
-                    "tileloadd tmm1, [{a} + {s64} + 1024]",
                     "tileloadd tmm2, [{b} + {s64}]",
-                    "tileloadd tmm3, [{b} + {s64} + 1024]",
                     // The next step block's A tiles (2 KiB, contiguous) into L1 while these
                     // multiply: the tile registers are not renamed, so a load that misses L1
                     // stalls the chain.
@@ -365,7 +371,9 @@ macro_rules! tile_block {
                     "prefetcht0 [{a} + 3968]",
                     "prefetcht0 [{a} + 4032]",
                     concat!($op, " tmm4, tmm0, tmm2"),
+                    "tileloadd tmm3, [{b} + {s64} + 1024]",
                     concat!($op, " tmm5, tmm0, tmm3"),
+                    "tileloadd tmm1, [{a} + {s64} + 1024]",
                     concat!($op, " tmm6, tmm1, tmm2"),
                     concat!($op, " tmm7, tmm1, tmm3"),
                     "add {a}, 2048",

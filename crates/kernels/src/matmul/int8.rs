@@ -303,8 +303,12 @@ impl PackedI8 {
                 unpack_channel(Isa::best(), p.as_slice(), steps, per_step, ch, &mut out);
                 out
             }
-            Repr::Tiles(t) => (0..self.n)
-                .map(|col| step_input(t.step(ch / 4, col), 4, ch))
+            // A tile row's 16 columns at a time: one index computation per 16 weights (one
+            // per weight was 6% of an int8 run on AMX, for the outlier channels).
+            Repr::Tiles(t) => t
+                .step_of_columns(ch / 4)
+                .flatten()
+                .map(|&step| step_input(step, 4, ch))
                 .collect(),
             Repr::Columns(c) => c.chunks_exact(self.k).map(|col| col[ch]).collect(),
         }
