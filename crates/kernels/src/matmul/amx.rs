@@ -435,4 +435,3 @@ macro_rules! tile_block {
 
 tile_block!(tile_block_bf16, "tdpbf16ps");
 tile_block!(tile_block_i8, "tdpbusd");
-

@@ -259,6 +259,19 @@ multiversion! {
     /// u32 per row, input 2p in the low half of pair p (a zero after an odd last input).
     fn round_pairs(isa: Isa, src: &[f32], k: usize, dst: &mut [MaybeUninit<u32>]) {
         for (row, out) in src.chunks_exact(k).zip(dst.chunks_exact_mut(k.div_ceil(2))) {
+            // Whole groups of 32 inputs sixteen lanes at a time where the CPU has AVX-512.
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if isa.is_avx512() {
+                for (x, o) in row.chunks_exact(32).zip(out.chunks_exact_mut(16)) {
+                    // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F; 32
+                    // inputs, 16 slots.
+                    unsafe { round_32_avx512(x.as_ptr(), o.as_mut_ptr().cast()) };
+                }
+                done = k / 32 * 32;
+            }
+            let (row, out) = (&row[done..], &mut out[done / 2..]);
+            let k = k - done;
             let (whole, last) = row.split_at(k / 2 * 2);
             for (o, pair) in out.iter_mut().zip(whole.chunks_exact(2)) {
                 *o = MaybeUninit::new(bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16);
@@ -349,11 +362,11 @@ unsafe fn round_32_avx512(x: *const f32, out: *mut u32) {
 mod tests {
     use super::*;
 
-    /// The AMX packer that rounds as it lays out gives the tiles of the rounded pairs laid out
-    /// by the generic one, padding included: checked here on any CPU, since the AMX products
-    /// that read it run only on Sapphire Rapids and later.
+    /// Both packers that round (row-major pairs for the panels, tiles for AMX) give the pairs
+    /// of `bf16_bits` value by value, corner values and padding included: checked here on any
+    /// CPU, since the AMX products that read the tiles run only on Sapphire Rapids and later.
     #[test]
-    fn rounding_tile_packer_lays_out_the_pairs() {
+    fn rounding_packers_give_the_pairs_of_bf16_bits() {
         for (rows, k) in [
             (1usize, 1usize),
             (3, 31),
@@ -391,8 +404,19 @@ mod tests {
             let len = kblocks * 2 * 16 * TILE_STEPS;
             let mut got = vec![MaybeUninit::new(u32::MAX); len];
             tile_rows(Isa::best(), &x, k, kblocks, &mut got);
+            // The pairs one value at a time through `bf16_bits` (what both packers' AVX-512
+            // code must equal), as the row-major packer lays them out.
+            let pairs: Vec<u32> = x
+                .chunks_exact(k)
+                .flat_map(|row| {
+                    row.chunks(2).map(|p| {
+                        bf16_bits(p[0]) as u32 | p.get(1).map_or(0, |&v| bf16_bits(v) as u32) << 16
+                    })
+                })
+                .collect();
+            assert_eq!(bf16_pairs(&x, rows, k), pairs, "({rows}, {k}) row-major");
             let mut want = vec![MaybeUninit::new(u32::MAX - 1); len];
-            amx::tile_steps(&bf16_pairs(&x, rows, k), steps, kblocks, &mut want);
+            amx::tile_steps(&pairs, steps, kblocks, &mut want);
             // SAFETY: both were filled with values before the packers wrote over them.
             let (got, want): (Vec<u32>, Vec<u32>) = unsafe {
                 (
