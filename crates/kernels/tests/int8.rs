@@ -258,6 +258,37 @@ fn every_kernel_gives_the_stated_outlier_rule_bit_for_bit() {
     }
 }
 
+/// A weight matrix keeps the weights of the outlier channels it meets for later products, up to
+/// half of its inputs, and gathers the ones beyond for one product: a run of products on one
+/// packed matrix, whose rows' outlier channels sweep every input twice over, gives each product
+/// its stated bits, kept channels or not.
+#[test]
+fn outlier_channels_kept_between_products_give_the_stated_bits() {
+    let (k, n, m) = (40, 33, 4);
+    for kernel in kernels() {
+        let (_, w) = inputs(m, k, n);
+        let packed = PackedI8::new(&w, k, n, kernel, Outliers::DEFAULT).unwrap();
+        for product in 0..20 {
+            let (mut a, _) = inputs(m, k, n);
+            for r in 0..m {
+                a[r * k + (4 * product + r) % k] = 60.0;
+                a[r * k + (4 * product + r + 17) % k] = -45.0;
+            }
+            let got = packed.matmul(&a, m).unwrap();
+            let want = stated_with_outliers(&a, &w, (m, k, n), Outliers::DEFAULT);
+            for (i, (g, s)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == s.to_bits(),
+                    "{} product {product} row {} output {}: {g} != stated {s}",
+                    kernel.name(),
+                    i / n,
+                    i % n
+                );
+            }
+        }
+    }
+}
+
 /// Integer sums do not depend on their order, so VNNI, AVX2 and the portable loop agree bit
 /// for bit, outliers included (the kernels this CPU lacks are named by `kernels()`).
 #[test]
