@@ -67,11 +67,11 @@ pub(crate) fn request(_op: TileOp) -> bool {
     false
 }
 
-/// One tile row, 64 bytes on a cache line of its own. Why: a tile row that straddles two
-/// lines halves the speed of the loads and stores (Sapphire Rapids, a 2 x 2 tile block's
-/// bf16 product over K = 576 from L2: 2.8 TFLOP/s a core with every row on its line, 0.8 with
-/// A and B 16 bytes off, as `Vec<u32>` from the allocator leaves them); so tiles' memory is
-/// whole lines.
+/// One tile row, 64 bytes on a cache line of its own. Why: tile rows that straddle two lines
+/// load and store at a fraction of the speed (Sapphire Rapids, 2 x 2 tile blocks' bf16
+/// products over K = 576 with their operands in L1: 2.8 TFLOP/s a core with every row on its
+/// line, 0.8 with A and B 16 bytes off, as `Vec<u32>` from the allocator may leave them); so
+/// tiles' memory is whole lines.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Line([u32; TILE_STEPS]);
