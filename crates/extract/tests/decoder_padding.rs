@@ -157,7 +157,10 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 /// token): bars 0.998 (2x the measured 1 - cosine) and 0.999. On a CPU without AVX512-BF16 or
 /// AMX (`matmul=f32`: the f32 panel products of the bf16-rounded values, sums in input order
 /// rather than by pairs) Gemma-3's final-norm layer came out at 0.99988 for one text (AMD Zen 3,
-/// 2026-12-04), so there the mean-pooled bar is 0.9998.
+/// 2026-12-04), so there the mean-pooled bar is 0.9998; the same on AMX (`matmul=amx-*`), whose
+/// rounding differs between CPU models (see `tests/matmul.rs` in the kernels): Gemma-3's last
+/// layer 0.99987 for one text on a Sapphire Rapids reporting model 167 (2026-12-05), where
+/// `vdpbf16ps` gives 0.99990.
 #[test]
 fn bf16_stays_within_cosine_0_9999_of_f32() {
     for (file, label, mean_bar, last_bar) in [
@@ -171,8 +174,9 @@ fn bf16_stays_within_cosine_0_9999_of_f32() {
         ) else {
             continue;
         };
-        let fallback = bf16m.describe().contains("matmul=f32");
-        let mean_bar = if fallback {
+        let describe = bf16m.describe();
+        let coarser = describe.contains("matmul=f32") || describe.contains("matmul=amx");
+        let mean_bar = if coarser {
             mean_bar.min(0.9998)
         } else {
             mean_bar
