@@ -85,11 +85,9 @@ fn uninit_lines(len: usize) -> Vec<MaybeUninit<Line>> {
     lines
 }
 
-/// The u32 of `lines`, in order (a `Line` is 16 u32 with no padding).
-fn line_steps<T>(lines: &[T]) -> &[u32] {
-    const { assert!(size_of::<T>() == size_of::<Line>()) };
-    // SAFETY: `T` is `Line` or `MaybeUninit<Line>` (same size, asserted), initialised where
-    // read: 16 u32 each.
+/// The u32 of `lines`, in order.
+fn line_steps(lines: &[Line]) -> &[u32] {
+    // SAFETY: a `Line` is 16 u32 with no padding.
     unsafe { std::slice::from_raw_parts(lines.as_ptr().cast(), lines.len() * TILE_STEPS) }
 }
 
@@ -121,13 +119,10 @@ impl Tiles {
         let kblocks = steps.div_ceil(TILE_STEPS);
         let np = n.div_ceil(BLOCK) * BLOCK;
         let mut data = vec![Line([0; TILE_STEPS]); kblocks * np];
-        // SAFETY: a `Line` is 16 u32 with no padding.
-        let steps_of: &mut [u32] = unsafe {
-            std::slice::from_raw_parts_mut(data.as_mut_ptr().cast(), data.len() * TILE_STEPS)
-        };
         for (s, values) in w.chunks_exact(n.max(1)).enumerate() {
             for (col, &v) in values.iter().enumerate() {
-                steps_of[Tiles::at(kblocks, s, col)] = v;
+                let at = Tiles::at(kblocks, s, col);
+                data[at / TILE_STEPS].0[at % TILE_STEPS] = v;
             }
         }
         Tiles {
@@ -184,7 +179,12 @@ impl Tiles {
             .par_chunks_mut(block)
             .enumerate()
             .for_each(|(mb, dst)| fill_a(mb, dst));
-        // Every element was written by fill_a (its contract).
+        // SAFETY: every element was written by fill_a (its contract), and MaybeUninit<Line>
+        // has Line's layout.
+        let a: Vec<Line> = unsafe {
+            let mut a = std::mem::ManuallyDrop::new(a);
+            Vec::from_raw_parts(a.as_mut_ptr().cast(), a.len(), a.capacity())
+        };
         let a = line_steps(&a);
         // Every element of C is written by exactly one copy from a tile block below.
         let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);

@@ -183,7 +183,7 @@ pub struct PackedI8 {
     repr: Repr,
     /// Outlier channels' weights kept from one product to the next ([`ChannelWeights`]):
     /// per input channel, filled the first time a product meets it as an outlier, while fewer
-    /// than [`KEPT_CHANNELS`] of K are kept.
+    /// than [`kept_limit`] are kept.
     kept: Box<[OnceLock<Box<[i8]>>]>,
     kept_count: AtomicUsize,
 }
@@ -587,14 +587,16 @@ impl QuantRows {
     }
 }
 
-/// The share of a weight matrix's input channels whose weights are kept between products
-/// once met as outliers (numerator, denominator). Why keep them: gathering a channel's weights
-/// from the packed layout reads a cache line per 16 outputs, and the same channels recur batch
-/// after batch (over 500 AG News texts SmolLM2's 576-input products met 6-183 channels, 41 on
-/// average, its MLP's down products 237-1,521 of 1,536): gathering them again in every product
-/// was 8% of an int8 extraction on AMX. Why half: at most half again the int8 weights' memory, so an int8 model stays
-/// below the bf16 one's.
-const KEPT_CHANNELS: (usize, usize) = (1, 2);
+/// How many of a weight matrix's `k` input channels have their weights kept between products
+/// once met as outliers: half. Why keep them: gathering a channel's weights from the packed
+/// layout reads a cache line per 16 outputs, and the same channels recur batch after batch
+/// (over 500 AG News texts SmolLM2's 576-input products met 6-183 channels, 41 on average, its
+/// MLP's down products 237-1,521 of 1,536): gathering them again in every product was 8% of an
+/// int8 extraction on AMX. Why half: at most half again the int8 weights' memory, so an int8
+/// model stays below the bf16 one's.
+fn kept_limit(k: usize) -> usize {
+    k / 2
+}
 
 /// Per input channel, its int8 weights for every output, in a row of their own (bytes, not
 /// f32: a quarter of the memory the scaling reads them from): unpacked from the panels the
@@ -602,7 +604,7 @@ const KEPT_CHANNELS: (usize, usize) = (1, 2);
 /// first, and read by every other row that has it (a batch of 512 rows of SmolLM2 or Gemma-3 has
 /// 100-150 distinct outlier channels for its 1-8 a row), instead of gathered from every panel
 /// again. The weight matrix keeps the first channels met for later products
-/// ([`KEPT_CHANNELS`]); the ones met beyond that limit are this call's alone.
+/// ([`kept_limit`]); the ones met beyond that limit are this call's alone.
 struct ChannelWeights<'w> {
     packed: &'w PackedI8,
     rows: Vec<OnceLock<Vec<i8>>>,
@@ -622,8 +624,7 @@ impl<'w> ChannelWeights<'w> {
         if let Some(kept) = packed.kept[ch].get() {
             return kept;
         }
-        let limit = packed.k * KEPT_CHANNELS.0 / KEPT_CHANNELS.1;
-        if packed.kept_count.load(Ordering::Relaxed) < limit {
+        if packed.kept_count.load(Ordering::Relaxed) < kept_limit(packed.k) {
             return packed.kept[ch].get_or_init(|| {
                 packed.kept_count.fetch_add(1, Ordering::Relaxed);
                 packed.channel_weights(ch).into()
