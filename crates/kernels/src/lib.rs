@@ -17,6 +17,8 @@
 //! * [`attention`]: causal or bidirectional self-attention over sequences packed row after row
 //!   (q/k RMSNorm, RoPE, sliding windows, grouped kv heads, a relative position bias), one task
 //!   per sequence.
+//! * [`LineAligned`]: mimalloc with large blocks on cache lines, which binaries
+//!   register so that AMX tiles store products straight into their outputs.
 //! * [`Isa`]: the instruction-set level the row and attention kernels run at. Every level gives
 //!   the same bits (the AVX-512 copies are the same source compiled wider).
 //!
@@ -31,11 +33,13 @@
 //! tiles, inline assembly), `attention/avx512.rs`; the row kernels are one portable source
 //! compiled for three levels (`isa.rs`: baseline, AVX2 + FMA, AVX-512).
 
+mod alloc;
 pub mod attention;
 mod isa;
 pub mod matmul;
 mod rows;
 
+pub use alloc::LineAligned;
 pub use isa::Isa;
 pub use matmul::{
     Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, gated_width,

@@ -23,6 +23,11 @@ pub(crate) const TILE_STEPS: usize = 16;
 pub(crate) const BLOCK: usize = 32;
 /// Steps (u32) per tile.
 const TILE: usize = TILE_STEPS * 16;
+/// B tiles per group of column blocks in [`Tiles::band`], at most (a block's whole depth counts,
+/// so one block may be larger): about a seventh of a Sapphire Rapids core's 2 MiB L2, beside the
+/// band's A tiles. On one core over K = 576 and 1536 columns, groups of 8 blocks (288 KiB) ran
+/// the bf16 tile loop 10% faster than single blocks and 2% faster than 16.
+const GROUP_BYTES: usize = 288 * 1024;
 
 /// The tile multiply-add of a product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,44 +220,64 @@ impl Tiles {
 
     /// One thread's band: every 32-row block of `a_band` times every 32-column block of B,
     /// into `c_band`'s whole rows of `n` (as many as it holds: the last block may be part
-    /// padding). Each block's tiles are stored to a buffer on whole lines, then its live rows
-    /// and columns copied to C: C's rows lie wherever the allocator put them, and tile stores
-    /// that straddle lines cost more than the copy.
+    /// padding). Column blocks go in groups whose B tiles fit [`GROUP_BYTES`]: each group stays
+    /// in L2 while every row block passes over it, and a row block's sums land on neighbouring
+    /// columns (lines the next blocks finish) instead of one 128-byte strip per row.
+    ///
+    /// A full block whose rows start on lines (C from [`crate::LineAligned`], `n` a multiple of
+    /// 16) is stored by the tiles straight into C; any other goes to a buffer on whole lines
+    /// and its live rows and columns are copied: tile stores that straddle lines cost more than
+    /// the copy. Both give the same values.
     #[cfg(target_arch = "x86_64")]
     fn band(&self, op: TileOp, a_band: &[u32], c_band: &mut [MaybeUninit<f32>], block: usize) {
         #[repr(C, align(64))]
         struct Sums([MaybeUninit<f32>; BLOCK * BLOCK]);
         let n = self.n;
         let rows = c_band.len() / n;
+        let on_lines = (c_band.as_ptr() as usize).is_multiple_of(64) && n.is_multiple_of(16);
         let mut sums = Sums([MaybeUninit::uninit(); BLOCK * BLOCK]);
         let data = line_steps(&self.data);
+        let col_blocks = self.np / BLOCK;
+        let group = (GROUP_BYTES / (block * 4)).max(1);
         // SAFETY: tiles exist only where `request` granted the tile state (the caller's
         // contract).
         let _tiles = unsafe { TileConfig::load() };
-        for nb in 0..self.np / BLOCK {
-            let bp = data[nb * block..(nb + 1) * block].as_ptr();
-            let (c0, cols) = (nb * BLOCK, (n - nb * BLOCK).min(BLOCK));
+        for nb0 in (0..col_blocks).step_by(group) {
             for mb in 0..a_band.len() / block {
                 let ap = a_band[mb * block..].as_ptr();
-                let sp = sums.0.as_mut_ptr().cast();
-                // SAFETY: the A block is `block` steps inside `a_band`, the B block `block`
-                // steps inside `data`, both on whole lines; `sums` is 32 rows x 32 columns
-                // (rows of 128 bytes). Tiles are configured for this thread.
-                unsafe {
-                    match op {
-                        TileOp::Bf16 => tile_block_bf16(ap, bp, self.kblocks, sp, BLOCK * 4),
-                        TileOp::I8 => tile_block_i8(ap, bp, self.kblocks, sp, BLOCK * 4),
-                    }
-                }
                 let live = (rows - mb * BLOCK).min(BLOCK);
-                for (r, from) in sums.0.chunks_exact(BLOCK).take(live).enumerate() {
-                    let at = (mb * BLOCK + r) * n + c0;
-                    // A length the compiler knows for whole blocks: two vector moves, not a
-                    // call to memcpy.
-                    if cols == BLOCK {
-                        c_band[at..at + BLOCK].copy_from_slice(from);
+                for nb in nb0..(nb0 + group).min(col_blocks) {
+                    let bp = data[nb * block..(nb + 1) * block].as_ptr();
+                    let (c0, cols) = (nb * BLOCK, (n - nb * BLOCK).min(BLOCK));
+                    let direct = on_lines && live == BLOCK && cols == BLOCK;
+                    let (cp, ldc) = if direct {
+                        (c_band[mb * BLOCK * n + c0..].as_mut_ptr().cast(), n * 4)
                     } else {
-                        c_band[at..at + cols].copy_from_slice(&from[..cols]);
+                        (sums.0.as_mut_ptr().cast(), BLOCK * 4)
+                    };
+                    // SAFETY: the A block is `block` steps inside `a_band`, the B block `block`
+                    // steps inside `data`, both on whole lines; `cp` is 32 rows of 32 f32,
+                    // `ldc` bytes apart, on whole lines: `sums`, or (direct) C's rows
+                    // 32 * mb.. (all inside the band, `live` = 32) and columns c0..c0 + 32
+                    // (inside n), which start on lines as C and n do. Tiles are configured.
+                    unsafe {
+                        match op {
+                            TileOp::Bf16 => tile_block_bf16(ap, bp, self.kblocks, cp, ldc),
+                            TileOp::I8 => tile_block_i8(ap, bp, self.kblocks, cp, ldc),
+                        }
+                    }
+                    if direct {
+                        continue;
+                    }
+                    for (r, from) in sums.0.chunks_exact(BLOCK).take(live).enumerate() {
+                        let at = (mb * BLOCK + r) * n + c0;
+                        // A length the compiler knows for whole blocks: two vector moves, not
+                        // a call to memcpy.
+                        if cols == BLOCK {
+                            c_band[at..at + BLOCK].copy_from_slice(from);
+                        } else {
+                            c_band[at..at + cols].copy_from_slice(&from[..cols]);
+                        }
                     }
                 }
             }
@@ -435,3 +460,98 @@ macro_rules! tile_block {
 
 tile_block!(tile_block_bf16, "tdpbf16ps");
 tile_block!(tile_block_i8, "tdpbusd");
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::matmul::bf16::bf16_bits;
+
+    /// C's block as the tiles leave it, whether they store straight into C (its rows on lines)
+    /// or into the buffer that is then copied (C 16 bytes off its lines): the same bits, on a
+    /// shape with partial row and column blocks and several groups of column blocks.
+    #[test]
+    fn tiles_stored_straight_into_c_give_the_copied_values() {
+        for op in [TileOp::Bf16, TileOp::I8] {
+            if !request(op) {
+                println!("{op:?}: no AMX with this multiply here: not run");
+                continue;
+            }
+            // 40 step blocks: 80 KiB of B per column block, so groups of 3 (GROUP_BYTES).
+            let (m, steps, n) = (70, 640, 112);
+            let value = |i: usize| {
+                let x = ((i * 7919) % 2001) as f32 / 1000.0 - 1.0;
+                match op {
+                    TileOp::Bf16 => (u32::from(bf16_bits(x)) * 0x10001) ^ (i as u32 & 0x7),
+                    TileOp::I8 => (i as u32).wrapping_mul(2_654_435_761),
+                }
+            };
+            let w: Vec<u32> = (0..steps * n).map(value).collect();
+            let a: Vec<u32> = (0..m * steps).map(|i| value(i + 17)).collect();
+            let tiles = Tiles::new(&w, steps, n);
+            let block = tiles.kblocks * 2 * TILE;
+            let blocks = m.div_ceil(BLOCK);
+            let mut laid = uninit_lines(blocks * block);
+            for (mb, dst) in line_steps_mut(&mut laid).chunks_mut(block).enumerate() {
+                let rows = &a[mb * BLOCK * steps..((mb + 1) * BLOCK).min(m) * steps];
+                tile_steps(rows, steps, tiles.kblocks, dst);
+            }
+            // SAFETY: tile_steps wrote every element.
+            let laid: Vec<Line> = laid
+                .into_iter()
+                .map(|l| unsafe { l.assume_init() })
+                .collect();
+            let product = |offset: usize| {
+                let mut c = vec![Line([0; 16]); (m * n).div_ceil(16) + 1];
+                let c = &mut line_steps_mut_init(&mut c)[offset..offset + m * n];
+                tiles.band(op, line_steps(&laid), c, block);
+                // SAFETY: band wrote every value.
+                c.iter()
+                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .collect::<Vec<u32>>()
+            };
+            let (on_lines, off_lines) = (product(0), product(4));
+            for (i, (x, y)) in on_lines.iter().zip(&off_lines).enumerate() {
+                let (r, j) = (i / n, i % n);
+                assert_eq!(x, y, "{op:?}: row {r}, column {j}");
+                // And both the product: int8's int32 sums exactly, bf16's within 1e-5 of the
+                // f64 sum of its exact terms' magnitudes.
+                let pairs = (0..steps).map(|s| (a[r * steps + s], w[s * n + j]));
+                match op {
+                    TileOp::I8 => {
+                        let want: i32 = pairs
+                            .flat_map(|(x, y)| {
+                                (0..4).map(move |q| {
+                                    i32::from((x >> (8 * q)) as u8)
+                                        * i32::from((y >> (8 * q)) as i8)
+                                })
+                            })
+                            .sum();
+                        assert_eq!(*x as i32, want, "int8: row {r}, column {j}");
+                    }
+                    TileOp::Bf16 => {
+                        let half =
+                            |v: u32, h: u32| f64::from(f32::from_bits((v >> (16 * h)) << 16));
+                        let terms: Vec<f64> = pairs
+                            .flat_map(|(x, y)| (0..2).map(move |h| half(x, h) * half(y, h)))
+                            .collect();
+                        let (want, size) = (
+                            terms.iter().sum::<f64>(),
+                            terms.iter().map(|t| t.abs()).sum::<f64>(),
+                        );
+                        let got = f64::from(f32::from_bits(*x));
+                        assert!(
+                            (got - want).abs() <= 1e-5 * size,
+                            "bf16: row {r}, column {j}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `lines`' u32 as MaybeUninit<f32> to write: C for `band`.
+    fn line_steps_mut_init(lines: &mut [Line]) -> &mut [MaybeUninit<f32>] {
+        // SAFETY: a Line is 16 u32 with no padding; f32 has u32's layout.
+        unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), lines.len() * 16) }
+    }
+}
