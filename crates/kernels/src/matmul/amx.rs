@@ -162,16 +162,17 @@ impl Tiles {
     /// `a @ self` for `m` rows of A, (m, n) f32 row-major (for [`TileOp::I8`], int32 bits in
     /// f32 slots). `fill_a(block, dst)` lays out rows `32 * block..` of A in tiles (as
     /// [`tile_steps`] does), writing every one of `dst`'s `kblocks * 2 * 256` steps; it runs in
-    /// parallel. Then `finish(first_row, rows)` on each band of finished rows (whole rows of
-    /// `n`), by the thread that computed them, while they are in that core's cache (int8 scales
-    /// its sums there). The CPU has AMX with `op`'s multiply, and [`request`] granted the tile
-    /// state.
+    /// parallel. Then `finish(row, values, first_column)` on each finished row's stretch of
+    /// columns (a 32-row block's group of column blocks, see [`Tiles::band`]), by the thread
+    /// that computed them, while they are in that core's L1 or L2 (int8 scales its sums there:
+    /// after the whole band, a wide product's rows had left the cache). Every value gets one
+    /// call. The CPU has AMX with `op`'s multiply, and [`request`] granted the tile state.
     pub fn matmul(
         &self,
         op: TileOp,
         m: usize,
         fill_a: impl Fn(usize, &mut [MaybeUninit<u32>]) + Sync,
-        finish: impl Fn(usize, &mut [f32]) + Sync,
+        finish: impl Fn(usize, &mut [f32], usize) + Sync,
     ) -> Vec<f32> {
         let n = self.n;
         if m == 0 || n == 0 {
@@ -203,13 +204,9 @@ impl Tiles {
             .zip(a.par_chunks(band * block))
             .enumerate()
             .for_each(|(b, (c_band, a_band))| {
-                self.band(op, a_band, c_band, block);
-                // SAFETY: `band` wrote every value of the band, and MaybeUninit<f32> has
-                // f32's layout.
-                let done: &mut [f32] = unsafe {
-                    std::slice::from_raw_parts_mut(c_band.as_mut_ptr().cast(), c_band.len())
-                };
-                finish(b * band * BLOCK, done);
+                self.band(op, a_band, c_band, block, &|r, values, col| {
+                    finish(b * band * BLOCK + r, values, col)
+                });
             });
         // SAFETY: all m * n elements were written above.
         unsafe {
@@ -227,9 +224,17 @@ impl Tiles {
     /// A full block whose rows start on lines (C from [`crate::LineAligned`], `n` a multiple of
     /// 16) is stored by the tiles straight into C; any other goes to a buffer on whole lines
     /// and its live rows and columns are copied: tile stores that straddle lines cost more than
-    /// the copy. Both give the same values.
+    /// the copy. Both give the same values. Once a row block has a group's columns, `finish`
+    /// gets each of its rows' stretch of them: `finish(row of the band, values, first column)`.
     #[cfg(target_arch = "x86_64")]
-    fn band(&self, op: TileOp, a_band: &[u32], c_band: &mut [MaybeUninit<f32>], block: usize) {
+    fn band(
+        &self,
+        op: TileOp,
+        a_band: &[u32],
+        c_band: &mut [MaybeUninit<f32>],
+        block: usize,
+        finish: &dyn Fn(usize, &mut [f32], usize),
+    ) {
         #[repr(C, align(64))]
         struct Sums([MaybeUninit<f32>; BLOCK * BLOCK]);
         let n = self.n;
@@ -280,12 +285,29 @@ impl Tiles {
                         }
                     }
                 }
+                let (c0, c1) = (nb0 * BLOCK, ((nb0 + group) * BLOCK).min(n));
+                for r in mb * BLOCK..mb * BLOCK + live {
+                    let row = &mut c_band[r * n + c0..r * n + c1];
+                    // SAFETY: the group's blocks just wrote every value of the row's stretch
+                    // (tile stores or the copy), and MaybeUninit<f32> has f32's layout.
+                    let values = unsafe {
+                        std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), row.len())
+                    };
+                    finish(r, values, c0);
+                }
             }
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn band(&self, _: TileOp, _: &[u32], _: &mut [MaybeUninit<f32>], _: usize) {
+    fn band(
+        &self,
+        _: TileOp,
+        _: &[u32],
+        _: &mut [MaybeUninit<f32>],
+        _: usize,
+        _: &dyn Fn(usize, &mut [f32], usize),
+    ) {
         unreachable!("AMX is x86_64 only; request() is false elsewhere")
     }
 }
@@ -463,12 +485,17 @@ tile_block!(tile_block_i8, "tdpbusd");
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
     use crate::matmul::bf16::bf16_bits;
 
+    const SIGN: u32 = 0x8000_0000;
+
     /// C's block as the tiles leave it, whether they store straight into C (its rows on lines)
     /// or into the buffer that is then copied (C 16 bytes off its lines): the same bits, on a
-    /// shape with partial row and column blocks and several groups of column blocks.
+    /// shape with partial row and column blocks and several groups of column blocks; and
+    /// `finish` sees every value once, after its tiles.
     #[test]
     fn tiles_stored_straight_into_c_give_the_copied_values() {
         for op in [TileOp::Bf16, TileOp::I8] {
@@ -503,10 +530,19 @@ mod tests {
             let product = |offset: usize| {
                 let mut c = vec![Line([0; 16]); (m * n).div_ceil(16) + 1];
                 let c = &mut line_steps_mut_init(&mut c)[offset..offset + m * n];
-                tiles.band(op, line_steps(&laid), c, block);
+                // `finish` sees every value once, as it is in C at the end: it flips the sign.
+                let seen: Vec<AtomicU32> = (0..m * n).map(|_| AtomicU32::new(0)).collect();
+                tiles.band(op, line_steps(&laid), c, block, &|r, values, col| {
+                    for (j, v) in values.iter_mut().enumerate() {
+                        seen[r * n + col + j].fetch_add(1, Ordering::Relaxed);
+                        *v = f32::from_bits(v.to_bits() ^ SIGN);
+                    }
+                });
+                let once = seen.iter().all(|s| s.load(Ordering::Relaxed) == 1);
+                assert!(once, "{op:?}: a value finished other than once");
                 // SAFETY: band wrote every value.
                 c.iter()
-                    .map(|v| unsafe { v.assume_init() }.to_bits())
+                    .map(|v| unsafe { v.assume_init() }.to_bits() ^ SIGN)
                     .collect::<Vec<u32>>()
             };
             let (on_lines, off_lines) = (product(0), product(4));

@@ -208,7 +208,7 @@ impl PackedBf16 {
                     let src = &x[mb * amx::BLOCK * k..(mb * amx::BLOCK + rows) * k];
                     tile_rows(Isa::best(), src, k, kblocks, dst);
                 };
-                Ok(w.matmul(TileOp::Bf16, m, fill_a, |_, _| {}))
+                Ok(w.matmul(TileOp::Bf16, m, fill_a, |_, _, _| {}))
             }
         }
     }

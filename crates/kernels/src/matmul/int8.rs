@@ -371,8 +371,12 @@ impl PackedI8 {
                     let src = &q.a[mb * amx::BLOCK * steps..(mb * amx::BLOCK + rows) * steps];
                     amx::tile_steps(src, steps, kblocks, dst);
                 };
-                Ok(t.matmul(TileOp::I8, m, fill_a, |row0, band| {
-                    finish(row0, band, &columns)
+                // Each row's stretch as soon as its tiles are done (see `Tiles::matmul`), a
+                // block of columns at a time as `finish` does.
+                Ok(t.matmul(TileOp::I8, m, fill_a, |row, y, col| {
+                    for (i, part) in y.chunks_mut(COLUMN_BLOCK).enumerate() {
+                        columns.descale(row, part, col + i * COLUMN_BLOCK);
+                    }
                 }))
             }
             Repr::Columns(c) => {
