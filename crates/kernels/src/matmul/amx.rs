@@ -23,6 +23,12 @@ pub(crate) const TILE_STEPS: usize = 16;
 pub(crate) const BLOCK: usize = 32;
 /// Steps (u32) per tile.
 const TILE: usize = TILE_STEPS * 16;
+/// Step blocks per pass over a band, at most: longer products go in equal passes of at most
+/// this many, so that the band's A tiles for one pass (64 step blocks x 2 KiB for each of its
+/// row blocks of 32) stay in L2 with a group of B, each pass continuing from the sums in C. On
+/// one Sapphire Rapids core, bf16 over 256 rows: K = 4864 (Qwen2.5-Coder-0.5B's down product)
+/// 0.74 -> 1.04 TFLOP/s, K = 8960 (1.5B's) 0.64 -> 0.95; passes of 32 cost K = 1536 10%.
+const PASS_KBLOCKS: usize = 64;
 /// B tiles per group of column blocks in [`Tiles::band`], at most (a block's whole depth counts,
 /// so one block may be larger): about a seventh of a Sapphire Rapids core's 2 MiB L2, beside the
 /// band's A tiles. On one core over K = 576 and 1536 columns, groups of 8 blocks (288 KiB) ran
@@ -243,57 +249,79 @@ impl Tiles {
         let mut sums = Sums([MaybeUninit::uninit(); BLOCK * BLOCK]);
         let data = line_steps(&self.data);
         let col_blocks = self.np / BLOCK;
-        let group = (GROUP_BYTES / (block * 4)).max(1);
+        let chunks = self.kblocks.div_ceil(PASS_KBLOCKS);
+        let chunk = self.kblocks.div_ceil(chunks);
+        let group = (GROUP_BYTES / (chunk * 2 * TILE * 4)).max(1);
         // SAFETY: tiles exist only where `request` granted the tile state (the caller's
         // contract).
         let _tiles = unsafe { TileConfig::load() };
-        for nb0 in (0..col_blocks).step_by(group) {
-            for mb in 0..a_band.len() / block {
-                let ap = a_band[mb * block..].as_ptr();
-                let live = (rows - mb * BLOCK).min(BLOCK);
-                for nb in nb0..(nb0 + group).min(col_blocks) {
-                    let bp = data[nb * block..(nb + 1) * block].as_ptr();
-                    let (c0, cols) = (nb * BLOCK, (n - nb * BLOCK).min(BLOCK));
-                    let direct = on_lines && live == BLOCK && cols == BLOCK;
-                    let (cp, ldc) = if direct {
-                        (c_band[mb * BLOCK * n + c0..].as_mut_ptr().cast(), n * 4)
-                    } else {
-                        (sums.0.as_mut_ptr().cast(), BLOCK * 4)
-                    };
-                    // SAFETY: the A block is `block` steps inside `a_band`, the B block `block`
-                    // steps inside `data`, both on whole lines; `cp` is 32 rows of 32 f32,
-                    // `ldc` bytes apart, on whole lines: `sums`, or (direct) C's rows
-                    // 32 * mb.. (all inside the band, `live` = 32) and columns c0..c0 + 32
-                    // (inside n), which start on lines as C and n do. Tiles are configured.
-                    unsafe {
-                        match op {
-                            TileOp::Bf16 => tile_block_bf16(ap, bp, self.kblocks, cp, ldc),
-                            TileOp::I8 => tile_block_i8(ap, bp, self.kblocks, cp, ldc),
+        for ck in 0..chunks {
+            let (k0, k1) = (ck * chunk, ((ck + 1) * chunk).min(self.kblocks));
+            let last = ck + 1 == chunks;
+            for nb0 in (0..col_blocks).step_by(group) {
+                for mb in 0..a_band.len() / block {
+                    let live = (rows - mb * BLOCK).min(BLOCK);
+                    for nb in nb0..(nb0 + group).min(col_blocks) {
+                        let (c0, cols) = (nb * BLOCK, (n - nb * BLOCK).min(BLOCK));
+                        let direct = on_lines && live == BLOCK && cols == BLOCK;
+                        // A block that is not stored straight into C has all its steps in the
+                        // first chunk: its sums cannot wait in C between chunks.
+                        let (from, to) = match (direct, ck) {
+                            (true, _) => (k0, k1),
+                            (false, 0) => (0, self.kblocks),
+                            (false, _) => continue,
+                        };
+                        let ap = a_band[mb * block + from * 2 * TILE..].as_ptr();
+                        let bp = data[nb * block + from * 2 * TILE..(nb + 1) * block].as_ptr();
+                        let (cp, ldc) = if direct {
+                            (c_band[mb * BLOCK * n + c0..].as_mut_ptr().cast(), n * 4)
+                        } else {
+                            (sums.0.as_mut_ptr().cast(), BLOCK * 4)
+                        };
+                        // SAFETY: the A block's steps `from..to` lie inside `a_band`, the B
+                        // block's inside `data`, both on whole lines; `cp` is 32 rows of 32
+                        // values, `ldc` bytes apart, on whole lines: `sums`, or (direct) C's
+                        // rows 32 * mb.. (all inside the band, `live` = 32) and columns
+                        // c0..c0 + 32 (inside n), which start on lines as C and n do, and which
+                        // the previous chunk stored when `from` > 0. Tiles are configured.
+                        unsafe {
+                            let steps = to - from;
+                            match (op, from > 0) {
+                                (TileOp::Bf16, false) => tile_block_bf16(ap, bp, steps, cp, ldc),
+                                (TileOp::Bf16, true) => {
+                                    tile_block_bf16_resume(ap, bp, steps, cp, ldc)
+                                }
+                                (TileOp::I8, false) => tile_block_i8(ap, bp, steps, cp, ldc),
+                                (TileOp::I8, true) => tile_block_i8_resume(ap, bp, steps, cp, ldc),
+                            }
+                        }
+                        if direct {
+                            continue;
+                        }
+                        for (r, from) in sums.0.chunks_exact(BLOCK).take(live).enumerate() {
+                            let at = (mb * BLOCK + r) * n + c0;
+                            // A length the compiler knows for whole blocks: two vector moves,
+                            // not a call to memcpy.
+                            if cols == BLOCK {
+                                c_band[at..at + BLOCK].copy_from_slice(from);
+                            } else {
+                                c_band[at..at + cols].copy_from_slice(&from[..cols]);
+                            }
                         }
                     }
-                    if direct {
+                    if !last {
                         continue;
                     }
-                    for (r, from) in sums.0.chunks_exact(BLOCK).take(live).enumerate() {
-                        let at = (mb * BLOCK + r) * n + c0;
-                        // A length the compiler knows for whole blocks: two vector moves, not
-                        // a call to memcpy.
-                        if cols == BLOCK {
-                            c_band[at..at + BLOCK].copy_from_slice(from);
-                        } else {
-                            c_band[at..at + cols].copy_from_slice(&from[..cols]);
-                        }
+                    let (c0, c1) = (nb0 * BLOCK, ((nb0 + group) * BLOCK).min(n));
+                    for r in mb * BLOCK..mb * BLOCK + live {
+                        let row = &mut c_band[r * n + c0..r * n + c1];
+                        // SAFETY: the group's blocks wrote every value of the row's stretch
+                        // (tile stores or the copy), and MaybeUninit<f32> has f32's layout.
+                        let values = unsafe {
+                            std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), row.len())
+                        };
+                        finish(r, values, c0);
                     }
-                }
-                let (c0, c1) = (nb0 * BLOCK, ((nb0 + group) * BLOCK).min(n));
-                for r in mb * BLOCK..mb * BLOCK + live {
-                    let row = &mut c_band[r * n + c0..r * n + c1];
-                    // SAFETY: the group's blocks just wrote every value of the row's stretch
-                    // (tile stores or the copy), and MaybeUninit<f32> has f32's layout.
-                    let values = unsafe {
-                        std::slice::from_raw_parts_mut(row.as_mut_ptr().cast(), row.len())
-                    };
-                    finish(r, values, c0);
                 }
             }
         }
@@ -396,7 +424,7 @@ impl Drop for TileConfig {
 /// tiles and one 32-column block of B tiles (both: per 16 steps, two 1 KiB tiles), with the
 /// multiply `$op`. `ldc` is C's row stride in bytes.
 macro_rules! tile_block {
-    ($name:ident, $op:literal) => {
+    ($name:ident, $op:literal, $($start:literal),+) => {
         /// # Safety
         /// Tiles configured (`TileConfig`), the CPU has the multiply, pointers valid for the
         /// extents above.
@@ -406,10 +434,7 @@ macro_rules! tile_block {
             // columns 0..16 / 16..32; tmm4..7: the four 16x16 accumulators.
             unsafe {
                 core::arch::asm!(
-                    "tilezero tmm4",
-                    "tilezero tmm5",
-                    "tilezero tmm6",
-                    "tilezero tmm7",
+                    $($start,)+
                     "2:",
                     // Each tile loaded just before the first multiply that reads it, so
                     // that loads overlap the multiplies before them (the tile registers are
@@ -480,8 +505,31 @@ macro_rules! tile_block {
     };
 }
 
-tile_block!(tile_block_bf16, "tdpbf16ps");
-tile_block!(tile_block_i8, "tdpbusd");
+// From zero, or (`_resume`) from the sums in C: the tiles hold f32 / int32 exactly, so a product
+// split over its steps gives the same bits as one pass.
+macro_rules! tile_blocks {
+    ($from_zero:ident, $resume:ident, $op:literal) => {
+        tile_block!(
+            $from_zero,
+            $op,
+            "tilezero tmm4",
+            "tilezero tmm5",
+            "tilezero tmm6",
+            "tilezero tmm7"
+        );
+        tile_block!(
+            $resume,
+            $op,
+            "tileloadd tmm4, [{c} + {ldc}]",
+            "tileloadd tmm5, [{c} + {ldc} + 64]",
+            "tileloadd tmm6, [{c1} + {ldc}]",
+            "tileloadd tmm7, [{c1} + {ldc} + 64]"
+        );
+    };
+}
+
+tile_blocks!(tile_block_bf16, tile_block_bf16_resume, "tdpbf16ps");
+tile_blocks!(tile_block_i8, tile_block_i8_resume, "tdpbusd");
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
@@ -494,8 +542,8 @@ mod tests {
 
     /// C's block as the tiles leave it, whether they store straight into C (its rows on lines)
     /// or into the buffer that is then copied (C 16 bytes off its lines): the same bits, on a
-    /// shape with partial row and column blocks and several groups of column blocks; and
-    /// `finish` sees every value once, after its tiles.
+    /// shape with partial row and column blocks, several groups of column blocks and two passes
+    /// over the steps; and `finish` sees every value once, after its tiles.
     #[test]
     fn tiles_stored_straight_into_c_give_the_copied_values() {
         for op in [TileOp::Bf16, TileOp::I8] {
@@ -503,8 +551,9 @@ mod tests {
                 println!("{op:?}: no AMX with this multiply here: not run");
                 continue;
             }
-            // 40 step blocks: 80 KiB of B per column block, so groups of 3 (GROUP_BYTES).
-            let (m, steps, n) = (70, 640, 112);
+            // 70 step blocks: two passes of 35 (PASS_KBLOCKS), 70 KiB of B per column block
+            // and pass, so groups of 4 over 7 column blocks (the last one partial).
+            let (m, steps, n) = (70, 1120, 208);
             let value = |i: usize| {
                 let x = ((i * 7919) % 2001) as f32 / 1000.0 - 1.0;
                 match op {
