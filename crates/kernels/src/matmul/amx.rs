@@ -249,15 +249,15 @@ impl Tiles {
         let mut sums = Sums([MaybeUninit::uninit(); BLOCK * BLOCK]);
         let data = line_steps(&self.data);
         let col_blocks = self.np / BLOCK;
-        let chunks = self.kblocks.div_ceil(PASS_KBLOCKS);
-        let chunk = self.kblocks.div_ceil(chunks);
-        let group = (GROUP_BYTES / (chunk * 2 * TILE * 4)).max(1);
+        let passes = self.kblocks.div_ceil(PASS_KBLOCKS);
+        let per_pass = self.kblocks.div_ceil(passes);
+        let group = (GROUP_BYTES / (per_pass * 2 * TILE * 4)).max(1);
         // SAFETY: tiles exist only where `request` granted the tile state (the caller's
         // contract).
         let _tiles = unsafe { TileConfig::load() };
-        for ck in 0..chunks {
-            let (k0, k1) = (ck * chunk, ((ck + 1) * chunk).min(self.kblocks));
-            let last = ck + 1 == chunks;
+        for pass in 0..passes {
+            let (k0, k1) = (pass * per_pass, ((pass + 1) * per_pass).min(self.kblocks));
+            let last = pass + 1 == passes;
             for nb0 in (0..col_blocks).step_by(group) {
                 for mb in 0..a_band.len() / block {
                     let live = (rows - mb * BLOCK).min(BLOCK);
@@ -265,8 +265,8 @@ impl Tiles {
                         let (c0, cols) = (nb * BLOCK, (n - nb * BLOCK).min(BLOCK));
                         let direct = on_lines && live == BLOCK && cols == BLOCK;
                         // A block that is not stored straight into C has all its steps in the
-                        // first chunk: its sums cannot wait in C between chunks.
-                        let (from, to) = match (direct, ck) {
+                        // first pass: its sums cannot wait in C between passes.
+                        let (from, to) = match (direct, pass) {
                             (true, _) => (k0, k1),
                             (false, 0) => (0, self.kblocks),
                             (false, _) => continue,
@@ -283,7 +283,7 @@ impl Tiles {
                         // values, `ldc` bytes apart, on whole lines: `sums`, or (direct) C's
                         // rows 32 * mb.. (all inside the band, `live` = 32) and columns
                         // c0..c0 + 32 (inside n), which start on lines as C and n do, and which
-                        // the previous chunk stored when `from` > 0. Tiles are configured.
+                        // the previous pass stored when `from` > 0. Tiles are configured.
                         unsafe {
                             let steps = to - from;
                             match (op, from > 0) {
@@ -298,14 +298,14 @@ impl Tiles {
                         if direct {
                             continue;
                         }
-                        for (r, from) in sums.0.chunks_exact(BLOCK).take(live).enumerate() {
+                        for (r, row_sums) in sums.0.chunks_exact(BLOCK).take(live).enumerate() {
                             let at = (mb * BLOCK + r) * n + c0;
                             // A length the compiler knows for whole blocks: two vector moves,
                             // not a call to memcpy.
                             if cols == BLOCK {
-                                c_band[at..at + BLOCK].copy_from_slice(from);
+                                c_band[at..at + BLOCK].copy_from_slice(row_sums);
                             } else {
-                                c_band[at..at + cols].copy_from_slice(&from[..cols]);
+                                c_band[at..at + cols].copy_from_slice(&row_sums[..cols]);
                             }
                         }
                     }
@@ -422,7 +422,8 @@ impl Drop for TileConfig {
 
 /// `tile_block_bf16` / `tile_block_i8`: C[0..32, 0..32] = A . B for one 32-row block of A
 /// tiles and one 32-column block of B tiles (both: per 16 steps, two 1 KiB tiles), with the
-/// multiply `$op`. `ldc` is C's row stride in bytes.
+/// multiply `$op`; the `_resume` ones C += A . B (the accumulators start from C, `$start`).
+/// `ldc` is C's row stride in bytes.
 macro_rules! tile_block {
     ($name:ident, $op:literal, $($start:literal),+) => {
         /// # Safety
