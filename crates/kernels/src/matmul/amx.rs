@@ -198,12 +198,12 @@ impl Tiles {
             Vec::from_raw_parts(a.as_mut_ptr().cast(), a.len(), a.capacity())
         };
         let a = line_steps(&a);
-        // Every element of C is written by exactly one copy from a tile block below.
+        // Every element of C is written below: stored by the tiles or copied from a block's sums.
         let mut c: Vec<MaybeUninit<f32>> = Vec::with_capacity(m * n);
         // SAFETY: MaybeUninit needs no initialisation.
         unsafe { c.set_len(m * n) };
-        // Threads take bands of 32-row blocks; within a band, each 32-column block of B is
-        // reused across the band's rows while it is hot in cache.
+        // Threads take bands of 32-row blocks; within a band, each group of column blocks of B
+        // is reused across the band's rows while it is hot in cache (`band`).
         let threads = rayon::current_num_threads().max(1);
         let band = blocks.div_ceil(threads).max(1);
         c.par_chunks_mut(band * BLOCK * n)

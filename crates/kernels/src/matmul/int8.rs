@@ -371,12 +371,10 @@ impl PackedI8 {
                     let src = &q.a[mb * amx::BLOCK * steps..(mb * amx::BLOCK + rows) * steps];
                     amx::tile_steps(src, steps, kblocks, dst);
                 };
-                // Each row's stretch as soon as its tiles are done (see `Tiles::matmul`), a
-                // block of columns at a time as `finish` does.
+                // Each row's stretch as soon as its tiles are done (see `Tiles::matmul`): one
+                // row, so no blocks of columns as `finish` takes across a band's rows.
                 Ok(t.matmul(TileOp::I8, m, fill_a, |row, y, col| {
-                    for (i, part) in y.chunks_mut(COLUMN_BLOCK).enumerate() {
-                        columns.descale(row, part, col + i * COLUMN_BLOCK);
-                    }
+                    columns.descale(row, y, col)
                 }))
             }
             Repr::Columns(c) => {
