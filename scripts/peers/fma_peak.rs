@@ -4,7 +4,9 @@
 //! pairs, what `compute: int8` runs without VNNI), each for about a second; where the CPU has
 //! AMX (Intel Sapphire Rapids and later), also 4 independent chains of the tile multiplies
 //! `tdpbf16ps` and `tdpbusd` on 16 x 64-byte tiles (what `compute: bf16` and `int8` run
-//! there). The README's "peaks at N GFLOP/s per core" figures come from here.
+//! there), and then the 2 x 2 tile loop of the AMX products fed from L1 and L2 with and without
+//! storing its sums (what those multiplies reach in a product). The README's "peaks at N GFLOP/s
+//! per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
 //!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak
@@ -152,6 +154,100 @@ macro_rules! amx_chains {
 amx_chains!(amx_bf16, "tdpbf16ps");
 amx_chains!(amx_int8, "tdpbusd");
 
+/// The 2 x 2 tile loop of llmembed's AMX products (`crates/kernels/src/matmul/amx.rs`), fed from
+/// memory: per step, two A tiles and two B tiles loaded (1 KiB each), then four multiply-adds
+/// into the four accumulators; blocks of 48 steps (K = 1536 bf16, Qwen2.5-Coder-1.5B's) whose
+/// accumulators start from zero and are stored at the block's end (to a hot buffer, or not at
+/// all: `$store` empty). A or B either stays on one step's tiles (in L1) or walks a 576 KiB
+/// buffer (in L2, past L1). The inputs are pseudo-random bytes: with zeros the loop runs faster
+/// than with real data (Sapphire Rapids: 2,430 against 2,030 GFLOP/s in L1), while the bare
+/// multiplies above do not depend on their tiles' values.
+macro_rules! amx_fed {
+    ($name:ident, $op:literal $(, $store:literal)*) => {
+        fn $name(n: usize, a_walks: bool, b_walks: bool) -> f32 {
+            const STEPS: usize = 48;
+            const BLOCKS: usize = 6;
+            let mut cfg = TileCfg { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+            for t in 0..8 {
+                cfg.colsb[t] = 64;
+                cfg.rows[t] = 16;
+            }
+            // Bytes 0x30..0x3f: finite bf16 values and int8 quads, never denormal or NaN; on
+            // 64-byte lines (over-allocated, aligned by hand).
+            let bytes = BLOCKS * STEPS * 2048;
+            let mut seed = 12345u32;
+            let mut fill = || -> Vec<u8> {
+                (0..bytes + 64)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+                        (seed >> 24) as u8 & 0x0f | 0x30
+                    })
+                    .collect()
+            };
+            let (a, b) = (fill(), fill());
+            let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
+            let (a, b) = (line(&a), line(&b));
+            let mut out = [0f32; 4 * 256 + 16];
+            let skip = out.as_ptr().align_offset(64);
+            let c = out[skip..].as_mut_ptr();
+            let (da, db) = (if a_walks { 2048usize } else { 0 }, if b_walks { 2048usize } else { 0 });
+            // SAFETY: the caller checked AMX and was granted the tile state; every load stays
+            // inside its buffer (BLOCKS x STEPS steps of 2 KiB when walking, the first step
+            // otherwise), `c` holds four tiles on lines.
+            unsafe {
+                std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
+                for i in 0..n.div_ceil(STEPS) {
+                    let at = i % BLOCKS * STEPS;
+                    std::arch::asm!(
+                        "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                        "2:",
+                        "tileloadd tmm0, [{a} + {s64}]",
+                        "tileloadd tmm2, [{b} + {s64}]",
+                        concat!($op, " tmm4, tmm0, tmm2"),
+                        "tileloadd tmm3, [{b} + {s64} + 1024]",
+                        concat!($op, " tmm5, tmm0, tmm3"),
+                        "tileloadd tmm1, [{a} + {s64} + 1024]",
+                        concat!($op, " tmm6, tmm1, tmm2"),
+                        concat!($op, " tmm7, tmm1, tmm3"),
+                        "add {a}, {da}",
+                        "add {b}, {db}",
+                        "dec {k}",
+                        "jnz 2b",
+                        $($store,)*
+                        "/* {c} */",
+                        a = inout(reg) a.add(at * da) => _,
+                        b = inout(reg) b.add(at * db) => _,
+                        da = in(reg) da,
+                        db = in(reg) db,
+                        k = inout(reg) STEPS => _,
+                        s64 = in(reg) 64usize,
+                        c = in(reg) c,
+                        options(nostack),
+                    );
+                }
+                std::arch::asm!("tilerelease", options(nostack, nomem));
+            }
+            out.iter().sum()
+        }
+    };
+}
+macro_rules! amx_fed_stored {
+    ($name:ident, $op:literal) => {
+        amx_fed!(
+            $name,
+            $op,
+            "tilestored [{c} + {s64}], tmm4",
+            "tilestored [{c} + {s64} + 1024], tmm5",
+            "tilestored [{c} + {s64} + 2048], tmm6",
+            "tilestored [{c} + {s64} + 3072], tmm7"
+        );
+    };
+}
+amx_fed_stored!(amx_fed_bf16, "tdpbf16ps");
+amx_fed_stored!(amx_fed_int8, "tdpbusd");
+amx_fed!(amx_fed_bf16_unstored, "tdpbf16ps");
+amx_fed!(amx_fed_int8_unstored, "tdpbusd");
+
 fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
     let n = 20_000_000;
     let start = Instant::now();
@@ -192,6 +288,24 @@ fn main() {
         // (two operations per multiply-add).
         time("bf16 amx tdpbf16ps", 4 * 16 * 16 * 32 * 2, amx_bf16);
         time("int8 amx tdpbusd", 4 * 16 * 16 * 64 * 2, amx_int8);
+        time("bf16 amx 2x2 tile loop, A and B in L1, sums not stored", 4 * 16 * 16 * 32 * 2, |n| {
+            amx_fed_bf16_unstored(n, false, false)
+        });
+        time("int8 amx 2x2 tile loop, A and B in L1, sums not stored", 4 * 16 * 16 * 64 * 2, |n| {
+            amx_fed_int8_unstored(n, false, false)
+        });
+        for (a_walks, b_walks, fed) in [
+            (false, false, "A and B in L1"),
+            (false, true, "A in L1, B from L2"),
+            (true, true, "A and B from L2"),
+        ] {
+            time(&format!("bf16 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 32 * 2, |n| {
+                amx_fed_bf16(n, a_walks, b_walks)
+            });
+            time(&format!("int8 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 64 * 2, |n| {
+                amx_fed_int8(n, a_walks, b_walks)
+            });
+        }
     }
     if has("fma") {
         time("f32 vfmadd ymm", CHAINS / 2 * 16, |n| unsafe { fma_ymm(n) });
