@@ -158,13 +158,15 @@ amx_chains!(amx_int8, "tdpbusd");
 /// memory: per step, two A tiles and two B tiles loaded (1 KiB each), then four multiply-adds
 /// into the four accumulators; blocks of 48 steps (K = 1536 bf16, Qwen2.5-Coder-1.5B's) whose
 /// accumulators start from zero and are stored at the block's end (to a hot buffer, or not at
-/// all: `$store` empty). A or B either stays on one step's tiles (in L1) or walks a 576 KiB
+/// all: `$store` empty), with the kernel's store of one accumulator to a scratch tile every
+/// `every` steps (`usize::MAX`: none). A or B either stays on one step's tiles (in L1) or walks a 576 KiB
 /// buffer (in L2, past L1). The inputs are pseudo-random bytes: with zeros the loop runs faster
-/// than with real data (Sapphire Rapids: 2,430 against 2,030 GFLOP/s in L1), while the bare
+/// than with real data (Sapphire Rapids, no scratch stores: 2,430 against 2,030 GFLOP/s in L1),
+/// while the bare
 /// multiplies above do not depend on their tiles' values.
 macro_rules! amx_fed {
     ($name:ident, $op:literal $(, $store:literal)*) => {
-        fn $name(n: usize, a_walks: bool, b_walks: bool) -> f32 {
+        fn $name(n: usize, a_walks: bool, b_walks: bool, every: usize) -> f32 {
             const STEPS: usize = 48;
             const BLOCKS: usize = 6;
             let mut cfg = TileCfg { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
@@ -187,19 +189,20 @@ macro_rules! amx_fed {
             let (a, b) = (fill(), fill());
             let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
             let (a, b) = (line(&a), line(&b));
-            let mut out = [0f32; 4 * 256 + 16];
+            let mut out = [0f32; 5 * 256 + 16];
             let skip = out.as_ptr().align_offset(64);
             let c = out[skip..].as_mut_ptr();
             let (da, db) = (if a_walks { 2048usize } else { 0 }, if b_walks { 2048usize } else { 0 });
             // SAFETY: the caller checked AMX and was granted the tile state; every load stays
             // inside its buffer (BLOCKS x STEPS steps of 2 KiB when walking, the first step
-            // otherwise), `c` holds four tiles on lines.
+            // otherwise), `c` holds five tiles on lines (the fifth: the scratch).
             unsafe {
                 std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
                 for i in 0..n.div_ceil(STEPS) {
                     let at = i % BLOCKS * STEPS;
                     std::arch::asm!(
                         "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                        "mov {j}, {every}",
                         "2:",
                         "tileloadd tmm0, [{a} + {s64}]",
                         "tileloadd tmm2, [{b} + {s64}]",
@@ -211,6 +214,12 @@ macro_rules! amx_fed {
                         concat!($op, " tmm7, tmm1, tmm3"),
                         "add {a}, {da}",
                         "add {b}, {db}",
+                        // The kernel's scratch store every `every` steps.
+                        "dec {j}",
+                        "jnz 3f",
+                        "tilestored [{c} + {s64} + 4096], tmm4",
+                        "mov {j}, {every}",
+                        "3:",
                         "dec {k}",
                         "jnz 2b",
                         $($store,)*
@@ -220,6 +229,8 @@ macro_rules! amx_fed {
                         da = in(reg) da,
                         db = in(reg) db,
                         k = inout(reg) STEPS => _,
+                        j = out(reg) _,
+                        every = in(reg) every,
                         s64 = in(reg) 64usize,
                         c = in(reg) c,
                         options(nostack),
@@ -288,11 +299,19 @@ fn main() {
         // (two operations per multiply-add).
         time("bf16 amx tdpbf16ps", 4 * 16 * 16 * 32 * 2, amx_bf16);
         time("int8 amx tdpbusd", 4 * 16 * 16 * 64 * 2, amx_int8);
+        // The kernel stores a scratch tile every 8 steps (`STORE_EVERY` in amx.rs); without.
+        let (kernel, never) = (8, usize::MAX);
         time("bf16 amx 2x2 tile loop, A and B in L1, sums not stored", 4 * 16 * 16 * 32 * 2, |n| {
-            amx_fed_bf16_unstored(n, false, false)
+            amx_fed_bf16_unstored(n, false, false, never)
         });
         time("int8 amx 2x2 tile loop, A and B in L1, sums not stored", 4 * 16 * 16 * 64 * 2, |n| {
-            amx_fed_int8_unstored(n, false, false)
+            amx_fed_int8_unstored(n, false, false, never)
+        });
+        time("bf16 amx 2x2 tile loop, A and B in L1, no scratch stores", 4 * 16 * 16 * 32 * 2, |n| {
+            amx_fed_bf16(n, false, false, never)
+        });
+        time("int8 amx 2x2 tile loop, A and B in L1, no scratch stores", 4 * 16 * 16 * 64 * 2, |n| {
+            amx_fed_int8(n, false, false, never)
         });
         for (a_walks, b_walks, fed) in [
             (false, false, "A and B in L1"),
@@ -300,10 +319,10 @@ fn main() {
             (true, true, "A and B from L2"),
         ] {
             time(&format!("bf16 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 32 * 2, |n| {
-                amx_fed_bf16(n, a_walks, b_walks)
+                amx_fed_bf16(n, a_walks, b_walks, kernel)
             });
             time(&format!("int8 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 64 * 2, |n| {
-                amx_fed_int8(n, a_walks, b_walks)
+                amx_fed_int8(n, a_walks, b_walks, kernel)
             });
         }
     }
