@@ -162,8 +162,7 @@ amx_chains!(amx_int8, "tdpbusd");
 /// `every` steps (`usize::MAX`: none). A or B either stays on one step's tiles (in L1) or walks a 576 KiB
 /// buffer (in L2, past L1). The inputs are pseudo-random bytes: with zeros the loop runs faster
 /// than with real data (Sapphire Rapids, no scratch stores: 2,430 against 2,030 GFLOP/s in L1),
-/// while the bare
-/// multiplies above do not depend on their tiles' values.
+/// while the bare multiplies above do not depend on their tiles' values.
 macro_rules! amx_fed {
     ($name:ident, $op:literal $(, $store:literal)*) => {
         fn $name(n: usize, a_walks: bool, b_walks: bool, every: usize) -> f32 {
