@@ -146,6 +146,57 @@ fn fused_int8_products_give_the_unfused_bits_with_outliers() {
 }
 
 #[test]
+fn whole_bf16_mlps_give_the_bits_of_their_two_products() {
+    // `matmul_mlp` against the fused product then the down product, for every bf16 kernel
+    // this CPU runs: on AMX (without a gate and up bias) it activates each 32-row block of the
+    // down product's input as it lays it out, pair by pair; everywhere else it is those two
+    // calls. Rows 200 and 29 are several blocks and a partial one; ffn 45, 33 and 7 end in a
+    // partial pair (a partial step block of the down product).
+    let kernels: Vec<Bf16Kernel> = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32]
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    println!(
+        "bf16 kernels {:?}",
+        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    let mut cases = 0;
+    each_case(|x, _, wide, (m, k, ffn), g| {
+        let out = 24;
+        let down_w: Vec<f32> = (0..ffn * out)
+            .map(|i| ((i * 7727 % 1009) as f32 / 504.5) - 1.0)
+            .collect();
+        for &kernel in &kernels {
+            let gate_up = PackedBf16::new(wide, k, gated_width(ffn), kernel).unwrap();
+            let down = PackedBf16::new(&down_w, ffn, out, kernel).unwrap();
+            let want = down
+                .matmul(&gate_up.matmul_gated(x, m, &g).unwrap(), m)
+                .unwrap();
+            let got = gate_up.matmul_mlp(&down, x, m, &g).unwrap();
+            assert_eq!(got.len(), m * out);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "bf16 MLP {} ({m}, {k}, {ffn}) {g:?}", kernel.name());
+            cases += 1;
+        }
+        // A down projection of another width is refused.
+        let gate_up = PackedBf16::new(wide, k, gated_width(ffn), kernels[0]).unwrap();
+        let down = PackedBf16::new(&vec![0.5; (ffn + 1) * 3], ffn + 1, 3, kernels[0]).unwrap();
+        let e = gate_up.matmul_mlp(&down, x, m, &g).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "down projection takes {} inputs, the MLP is {ffn} wide",
+                ffn + 1
+            )),
+            "{e}"
+        );
+    });
+    assert!(cases >= SHAPES.len() * 4);
+}
+
+#[test]
 fn gated_products_check_their_shapes() {
     let (x, w, _) = inputs(3, 8, 40);
     let wide = interleave_gate_up(&w, 8, 40);

@@ -300,6 +300,33 @@ impl Linear {
         }
     }
 
+    /// `down(act(x @ gate + b_g) * (x @ up + b_u)) + b_down`, `self` packed by
+    /// [`Linear::gated`]: (rows, out). In bf16 the kernels run the two products as one
+    /// (`PackedBf16::matmul_mlp`: on AMX the activations never reach memory whole); otherwise
+    /// [`Linear::forward_gated`] then `down`.
+    fn forward_mlp(
+        &self,
+        down: &Linear,
+        x: &[f32],
+        rows: usize,
+        ffn: usize,
+        gelu: bool,
+    ) -> llmembed_kernels::Result<Vec<f32>> {
+        let (Weight::Bf16(gate_up), Weight::Bf16(down_w)) = (&self.w, &down.w) else {
+            return down.forward(&self.forward_gated(x, rows, ffn, gelu)?, rows);
+        };
+        let g = Gated {
+            ffn,
+            gelu,
+            bias: self.b.as_deref(),
+        };
+        let mut y = gate_up.matmul_mlp(down_w, x, rows, &g)?;
+        if let Some(b) = &down.b {
+            Rows::best().add_bias(&mut y, b);
+        }
+        Ok(y)
+    }
+
     /// `x` is (rows, in) row-major; returns (rows, out).
     pub(crate) fn forward(&self, x: &[f32], rows: usize) -> llmembed_kernels::Result<Vec<f32>> {
         let mut y = match &self.w {
@@ -483,12 +510,9 @@ impl Decoder {
         let e = kerr("mlp");
         let gelu = self.cfg.activation == Activation::GeluTanh;
         match &blk.mlp {
-            Mlp::Gated { gate_up, down } => {
-                let a = gate_up
-                    .forward_gated(h, rows, self.cfg.ffn, gelu)
-                    .map_err(&e)?;
-                down.forward(&a, rows).map_err(&e)
-            }
+            Mlp::Gated { gate_up, down } => gate_up
+                .forward_mlp(down, h, rows, self.cfg.ffn, gelu)
+                .map_err(&e),
             Mlp::Plain { up, down } => {
                 let mut a = up.forward(h, rows).map_err(&e)?;
                 Rows::best().activate(&mut a, gelu);

@@ -126,17 +126,35 @@ impl Gated<'_> {
     /// `act(gate) * up` of pair `j` (its rows `stride` apart in `pairs`, gate then up) into
     /// columns `32j..` of the output rows.
     fn activate_pair(&self, j: usize, pairs: &[f32], stride: usize, out: &mut [MaybeUninit<f32>]) {
-        let live = (self.ffn - j * PANEL).min(PANEL);
+        self.activate_pair_into(j, pairs, stride, out, self.ffn, j * PANEL);
+    }
+
+    /// The live columns of pair `j` (32 but in the last pair): how many values a row of
+    /// [`Gated::activate_pair_into`]'s output gets.
+    pub(crate) fn pair_columns(&self, j: usize) -> usize {
+        (self.ffn - j * PANEL).min(PANEL)
+    }
+
+    /// [`Gated::activate_pair`] into rows `out_stride` apart, from column `col`.
+    pub(crate) fn activate_pair_into(
+        &self,
+        j: usize,
+        pairs: &[f32],
+        stride: usize,
+        out: &mut [MaybeUninit<f32>],
+        out_stride: usize,
+        col: usize,
+    ) {
         gated_tile(
             Isa::best(),
             pairs,
             stride,
             PANEL,
-            live,
+            self.pair_columns(j),
             self.gelu,
             out,
-            self.ffn,
-            j * PANEL,
+            out_stride,
+            col,
         );
     }
 }
