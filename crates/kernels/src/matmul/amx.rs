@@ -29,7 +29,7 @@ const TILE: usize = TILE_STEPS * 16;
 /// one Sapphire Rapids core, bf16 over 256 rows: K = 4864 (Qwen2.5-Coder-0.5B's down product)
 /// 0.74 -> 1.04 TFLOP/s, K = 8960 (1.5B's) 0.64 -> 0.95; passes of 32 cost K = 1536 10%.
 const PASS_KBLOCKS: usize = 64;
-/// Steps between the tile loop's scratch stores ([`tile_block!`]).
+/// Steps between the tile loop's scratch stores (see `tile_block!`).
 const STORE_EVERY: usize = 8;
 /// B tiles per group of column blocks in [`Tiles::band`], at most (a block's whole depth counts,
 /// so one block may be larger): about a seventh of a Sapphire Rapids core's 2 MiB L2, beside the
@@ -425,7 +425,9 @@ impl Drop for TileConfig {
 /// `tile_block_bf16` / `tile_block_i8`: C[0..32, 0..32] = A . B for one 32-row block of A
 /// tiles and one 32-column block of B tiles (both: per 16 steps, two 1 KiB tiles), with the
 /// multiply `$op`; the `_resume` ones C += A . B (the accumulators start from C, `$start`).
-/// `ldc` is C's row stride in bytes.
+/// `ldc` is C's row stride in bytes. Every [`STORE_EVERY`] steps the loop also stores one
+/// accumulator to a scratch tile on its own stack, a store whose value is of no use (why: in
+/// the loop).
 macro_rules! tile_block {
     ($name:ident, $op:literal, $($start:literal),+) => {
         /// # Safety
