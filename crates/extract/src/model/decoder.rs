@@ -288,11 +288,7 @@ impl Linear {
         ffn: usize,
         gelu: bool,
     ) -> llmembed_kernels::Result<Vec<f32>> {
-        let g = Gated {
-            ffn,
-            gelu,
-            bias: self.b.as_deref(),
-        };
+        let g = self.gated_params(ffn, gelu);
         match &self.w {
             Weight::F32(w) => w.matmul_gated(x, rows, &g),
             Weight::Bf16(w) => w.matmul_gated(x, rows, &g),
@@ -315,29 +311,36 @@ impl Linear {
         let (Weight::Bf16(gate_up), Weight::Bf16(down_w)) = (&self.w, &down.w) else {
             return down.forward(&self.forward_gated(x, rows, ffn, gelu)?, rows);
         };
-        let g = Gated {
+        let g = self.gated_params(ffn, gelu);
+        Ok(down.biased(gate_up.matmul_mlp(down_w, x, rows, &g)?))
+    }
+
+    /// What the kernels' gated products take besides the weights: this layer's gate and up
+    /// biases (interleaved as its weights are).
+    fn gated_params(&self, ffn: usize, gelu: bool) -> Gated<'_> {
+        Gated {
             ffn,
             gelu,
             bias: self.b.as_deref(),
-        };
-        let mut y = gate_up.matmul_mlp(down_w, x, rows, &g)?;
-        if let Some(b) = &down.b {
+        }
+    }
+
+    /// `y` with this layer's bias added, if it has one.
+    fn biased(&self, mut y: Vec<f32>) -> Vec<f32> {
+        if let Some(b) = &self.b {
             Rows::best().add_bias(&mut y, b);
         }
-        Ok(y)
+        y
     }
 
     /// `x` is (rows, in) row-major; returns (rows, out).
     pub(crate) fn forward(&self, x: &[f32], rows: usize) -> llmembed_kernels::Result<Vec<f32>> {
-        let mut y = match &self.w {
+        let y = match &self.w {
             Weight::F32(w) => w.matmul(x, rows)?,
             Weight::Bf16(w) => w.matmul(x, rows)?,
             Weight::I8(w) => w.matmul(x, rows)?,
         };
-        if let Some(b) = &self.b {
-            Rows::best().add_bias(&mut y, b);
-        }
-        Ok(y)
+        Ok(self.biased(y))
     }
 }
 

@@ -342,6 +342,12 @@ impl Tiles {
     }
 }
 
+/// The rows of A that 32-row block `mb` of an `m`-row product holds (the last block may hold
+/// fewer: the rest of its tiles are padding), as `fill_a` lays them out.
+pub(crate) fn block_rows(m: usize, mb: usize) -> std::ops::Range<usize> {
+    (mb * BLOCK).min(m)..((mb + 1) * BLOCK).min(m)
+}
+
 /// Where row `r` (of 32) of an A block starts its steps `16 * kb..16 * kb + 16`: tile (step
 /// block, row half), row `r % 16`.
 pub(crate) fn a_row_at(r: usize, kb: usize) -> usize {
@@ -593,7 +599,8 @@ mod tests {
             let blocks = m.div_ceil(BLOCK);
             let mut laid = uninit_lines(blocks * block);
             for (mb, dst) in line_steps_mut(&mut laid).chunks_mut(block).enumerate() {
-                let rows = &a[mb * BLOCK * steps..((mb + 1) * BLOCK).min(m) * steps];
+                let rows = block_rows(m, mb);
+                let rows = &a[rows.start * steps..rows.end * steps];
                 tile_steps(rows, steps, tiles.kblocks, dst);
             }
             // SAFETY: tile_steps wrote every element.

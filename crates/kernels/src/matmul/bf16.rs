@@ -204,9 +204,14 @@ impl PackedBf16 {
             Repr::Tiles(w) => {
                 let kblocks = w.kblocks();
                 let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
-                    let rows = m.saturating_sub(mb * amx::BLOCK).min(amx::BLOCK);
-                    let src = &x[mb * amx::BLOCK * k..(mb * amx::BLOCK + rows) * k];
-                    tile_rows(Isa::best(), src, k, kblocks, dst);
+                    let rows = amx::block_rows(m, mb);
+                    tile_rows(
+                        Isa::best(),
+                        &x[rows.start * k..rows.end * k],
+                        k,
+                        kblocks,
+                        dst,
+                    );
                 };
                 Ok(w.matmul(TileOp::Bf16, m, fill_a, |_, _, _| {}))
             }
@@ -230,9 +235,7 @@ impl PackedBf16 {
             _ => Ok(gated.after(self.matmul(x, m)?, m)),
         }
     }
-}
 
-impl PackedBf16 {
     /// A gated MLP but its down projection's bias: `down(act(x @ gate) * (x @ up))`, `self`
     /// the gate and up weights packed from [`super::interleave_gate_up`]'s matrix, `down` the
     /// (ffn, out) ones. The same bits as `down.matmul(&self.matmul_gated(x, m, gated)?, m)`.
@@ -264,16 +267,15 @@ impl PackedBf16 {
                 let width = self.n;
                 debug_assert_eq!(tiles.kblocks(), gated.ffn.div_ceil(PANEL));
                 let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
-                    let rows = m.saturating_sub(mb * amx::BLOCK).min(amx::BLOCK);
-                    let first = mb * amx::BLOCK;
-                    let y = &y[first * width..(first + rows) * width];
+                    let rows = amx::block_rows(m, mb);
+                    let y = &y[rows.start * width..rows.end * width];
                     // Pair j's 32 activations (PANEL) of each row are the down product's step
                     // block j (32 inputs, two tiles): made and rounded a pair at a time in L1.
                     let mut act = [MaybeUninit::<f32>::uninit(); amx::BLOCK * PANEL];
                     // A step block's two tiles: 32 rows of 16 steps.
                     for (j, tiles) in dst.chunks_exact_mut(amx::BLOCK * TILE_STEPS).enumerate() {
                         let live = gated.pair_columns(j);
-                        let act = &mut act[..rows * live];
+                        let act = &mut act[..rows.len() * live];
                         gated.activate_pair_into(j, &y[j * PAIR..], width, act, live, 0);
                         // SAFETY: the pair wrote `live` values of every row, and
                         // MaybeUninit<f32> has f32's layout.

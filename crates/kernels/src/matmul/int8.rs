@@ -367,8 +367,8 @@ impl PackedI8 {
                 let columns = OutputColumns::new(self, &q, &weights);
                 let (steps, kblocks) = (self.k.div_ceil(4), t.kblocks());
                 let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
-                    let rows = m.saturating_sub(mb * amx::BLOCK).min(amx::BLOCK);
-                    let src = &q.a[mb * amx::BLOCK * steps..(mb * amx::BLOCK + rows) * steps];
+                    let rows = amx::block_rows(m, mb);
+                    let src = &q.a[rows.start * steps..rows.end * steps];
                     amx::tile_steps(src, steps, kblocks, dst);
                 };
                 // Each row's stretch as soon as its tiles are done (see `Tiles::matmul`): one
