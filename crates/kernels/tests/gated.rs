@@ -197,6 +197,64 @@ fn whole_bf16_mlps_give_the_bits_of_their_two_products() {
 }
 
 #[test]
+fn whole_int8_mlps_give_the_bits_of_their_two_products() {
+    // `matmul_mlp` against the fused product then the down product, for every int8 kernel this
+    // CPU runs and both outlier rules: on AMX (without a gate and up bias) each 32-row block of
+    // the down product's input is activated a few rows at a time and quantised as the product
+    // lays it out; everywhere else it is those two calls. The inputs' large channels give the
+    // activations outliers too.
+    let kernels: Vec<I8Kernel> = I8Kernel::ALL
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    println!(
+        "int8 kernels {:?}",
+        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    let mut cases = 0;
+    each_case(|x, _, wide, (m, k, ffn), g| {
+        let out = 24;
+        let down_w: Vec<f32> = (0..ffn * out)
+            .map(|i| ((i * 7727 % 1009) as f32 / 504.5) - 1.0)
+            .collect();
+        for &kernel in &kernels {
+            for rule in [Outliers::DEFAULT, Outliers::NONE] {
+                let gate_up = PackedI8::new(wide, k, gated_width(ffn), kernel, rule).unwrap();
+                let down = PackedI8::new(&down_w, ffn, out, kernel, rule).unwrap();
+                let want = down
+                    .matmul(&gate_up.matmul_gated(x, m, &g).unwrap(), m)
+                    .unwrap();
+                let got = gate_up.matmul_mlp(&down, x, m, &g).unwrap();
+                assert_eq!(got.len(), m * out);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "int8 MLP {} {rule:?} ({m}, {k}, {ffn}) {g:?}",
+                    kernel.name()
+                );
+                cases += 1;
+            }
+        }
+        // A down projection of another width is refused.
+        let rule = Outliers::DEFAULT;
+        let gate_up = PackedI8::new(wide, k, gated_width(ffn), kernels[0], rule).unwrap();
+        let down = PackedI8::new(&vec![0.5; (ffn + 1) * 3], ffn + 1, 3, kernels[0], rule).unwrap();
+        let e = gate_up.matmul_mlp(&down, x, m, &g).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "down projection takes {} inputs, the MLP is {ffn} wide",
+                ffn + 1
+            )),
+            "{e}"
+        );
+    });
+    assert!(cases >= SHAPES.len() * 4 * 2);
+}
+
+#[test]
 fn gated_products_check_their_shapes() {
     let (x, w, _) = inputs(3, 8, 40);
     let wide = interleave_gate_up(&w, 8, 40);
@@ -261,6 +319,13 @@ fn int8_products_name_the_first_row_that_is_not_finite() {
             kernel.name()
         );
         let e = fused.matmul_gated(&x, m, &g).unwrap_err().to_string();
+        assert!(
+            e.ends_with("row 130 of the input has a value that is not finite"),
+            "{}: {e}",
+            kernel.name()
+        );
+        let down = PackedI8::new(&w[..ffn * 8], ffn, 8, kernel, Outliers::DEFAULT).unwrap();
+        let e = fused.matmul_mlp(&down, &x, m, &g).unwrap_err().to_string();
         assert!(
             e.ends_with("row 130 of the input has a value that is not finite"),
             "{}: {e}",

@@ -258,10 +258,9 @@ fn every_kernel_gives_the_stated_outlier_rule_bit_for_bit() {
     }
 }
 
-/// A weight matrix keeps the weights of the outlier channels it meets for later products, up to
-/// half of its inputs, and gathers the ones beyond for one product: a run of products on one
-/// packed matrix, whose rows' outlier channels sweep every input twice over, gives each product
-/// its stated bits, kept channels or not.
+/// A weight matrix keeps the weights of the outlier channels it meets for later products: a run
+/// of products on one packed matrix, whose rows' outlier channels sweep every input twice over,
+/// gives each product its stated bits, with channels met for the first time or kept.
 #[test]
 fn outlier_channels_kept_between_products_give_the_stated_bits() {
     let (k, n, m) = (40, 33, 4);

@@ -308,11 +308,15 @@ impl Linear {
         ffn: usize,
         gelu: bool,
     ) -> llmembed_kernels::Result<Vec<f32>> {
-        let (Weight::Bf16(gate_up), Weight::Bf16(down_w)) = (&self.w, &down.w) else {
-            return down.forward(&self.forward_gated(x, rows, ffn, gelu)?, rows);
-        };
         let g = self.gated_params(ffn, gelu);
-        Ok(down.biased(gate_up.matmul_mlp(down_w, x, rows, &g)?))
+        let y = match (&self.w, &down.w) {
+            (Weight::Bf16(gate_up), Weight::Bf16(down_w)) => {
+                gate_up.matmul_mlp(down_w, x, rows, &g)?
+            }
+            (Weight::I8(gate_up), Weight::I8(down_w)) => gate_up.matmul_mlp(down_w, x, rows, &g)?,
+            _ => return down.forward(&self.forward_gated(x, rows, ffn, gelu)?, rows),
+        };
+        Ok(down.biased(y))
     }
 
     /// What the kernels' gated products take besides the weights: this layer's gate and up

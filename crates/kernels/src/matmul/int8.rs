@@ -59,6 +59,10 @@ const ROWS_PER_TASK: usize = 8;
 /// Outputs per block when scaling a band of rows: 256 columns of every outlier channel's int8
 /// weights (a product has up to about 150 distinct ones) stay in L2 across the band's rows.
 const COLUMN_BLOCK: usize = 256;
+/// Rows of a gated MLP's activations made at a time inside the down product's layout of a
+/// 32-row block ([`PackedI8::matmul_mlp`]): a few rows' `ffn` values stay in L1 or L2 until
+/// they are quantised.
+const MLP_ROWS: usize = 4;
 
 /// Which kernel runs the int8 products on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,11 +185,9 @@ pub struct PackedI8 {
     shift: Vec<i32>,
     outliers: Outliers,
     repr: Repr,
-    /// Outlier channels' weights kept from one product to the next ([`ChannelWeights`]):
-    /// per input channel, filled the first time a product meets it as an outlier, while fewer
-    /// than [`kept_limit`] are kept.
+    /// Outlier channels' weights ([`PackedI8::channel`]): per input channel, filled the first
+    /// time a product meets it as an outlier and kept for every later product.
     kept: Box<[OnceLock<Box<[i8]>>]>,
-    kept_count: AtomicUsize,
 }
 
 enum Repr {
@@ -275,7 +277,6 @@ impl PackedI8 {
         };
         Ok(PackedI8 {
             kept: (0..k).map(|_| OnceLock::new()).collect(),
-            kept_count: AtomicUsize::new(0),
             k,
             n,
             scales,
@@ -300,8 +301,24 @@ impl PackedI8 {
         self.outliers
     }
 
+    /// Input channel `ch`'s int8 weights for every output, in a row of their own (bytes, not
+    /// f32: a quarter of the memory the scaling reads them from), for the outlier sums: unpacked
+    /// the first time some row of some product has the channel as an outlier, by whichever task
+    /// meets it first, and kept by the weight matrix for every later product. Why keep them:
+    /// gathering a channel's weights from the packed layout reads a cache line per 16 outputs,
+    /// and the same channels recur in every batch (a batch of 512 rows of SmolLM2 or Gemma-3
+    /// has 100-150 distinct outlier channels in its 576- and 640-input products, for its 1-8 a
+    /// row; its MLP's down products meet most of their channels). Every channel kept is at
+    /// most the int8 weights' memory again, the bf16 weights' size; measured (Sapphire
+    /// Rapids, 500 AG News texts), int8's peak memory stays 5-28% under bf16's. Keeping only
+    /// half the channels, the rest gathered again in every product that met them, took 3-6%
+    /// longer on Sapphire Rapids with AMX.
+    fn channel(&self, ch: usize) -> &[i8] {
+        self.kept[ch].get_or_init(|| self.unpack_channel(ch).into())
+    }
+
     /// `q_w[ch][n]` for every output `n`: one input channel's int8 weights.
-    fn channel_weights(&self, ch: usize) -> Vec<i8> {
+    fn unpack_channel(&self, ch: usize) -> Vec<i8> {
         match &self.repr {
             Repr::Quads(p) | Repr::Pairs(p) => {
                 let per_step = self.kernel().inputs_per_step();
@@ -330,7 +347,6 @@ impl PackedI8 {
         if m == 0 || n == 0 {
             return Ok(vec![0f32; m * n]);
         }
-        let weights = ChannelWeights::new(self);
         // Undo the shift, then the scales (and outlier channels) once per output, for the rows
         // in `band` (whole rows, the first of them row `first` of `columns`). A block of
         // columns at a time for every row of the band: the outlier channels' weights for those
@@ -345,7 +361,7 @@ impl PackedI8 {
         };
         let panels = |p: &Panels<u32>, kernel: I8Kernel| {
             let bad = BadRow::default();
-            let prepare = self.band_input(x, &weights, &bad);
+            let prepare = self.band_input(x, &bad);
             let y = match kernel {
                 // Each band's `columns` are its own rows'.
                 I8Kernel::Vnni => p.matmul_banded::<DotI8, _>(&prepare, m, |_, band, columns| {
@@ -363,23 +379,14 @@ impl PackedI8 {
             Repr::Quads(p) => panels(p, I8Kernel::Vnni),
             Repr::Pairs(p) => panels(p, I8Kernel::Avx2),
             Repr::Tiles(t) => {
-                let q = self.quantise_all(OP, x, &weights)?;
-                let columns = OutputColumns::new(self, &q, &weights);
-                let (steps, kblocks) = (self.k.div_ceil(4), t.kblocks());
-                let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
-                    let rows = amx::block_rows(m, mb);
-                    let src = &q.a[rows.start * steps..rows.end * steps];
-                    amx::tile_steps(src, steps, kblocks, dst);
-                };
-                // Each row's stretch as soon as its tiles are done (see `Tiles::matmul`): one
-                // row, so no blocks of columns as `finish` takes across a band's rows.
-                Ok(t.matmul(TileOp::I8, m, fill_a, |row, y, col| {
-                    columns.descale(row, y, col)
-                }))
+                let k = self.k;
+                self.tiles_product(OP, t, m, |rows, q| {
+                    q.quantise(self, &x[rows.start * k..rows.end * k]);
+                })
             }
             Repr::Columns(c) => {
-                let q = self.quantise_all(OP, x, &weights)?;
-                let columns = OutputColumns::new(self, &q, &weights);
+                let q = self.quantise_all(OP, x)?;
+                let columns = OutputColumns::new(self, &q);
                 let (k, steps) = (self.k, self.k.div_ceil(4));
                 let mut y = vec![0f32; m * n];
                 y.par_chunks_mut(n)
@@ -405,9 +412,8 @@ impl PackedI8 {
             return Ok(gated.after(self.matmul(x, m)?, m));
         }
         self.check_input(OP, x, m)?;
-        let weights = ChannelWeights::new(self);
         let bad = BadRow::default();
-        let prepare = self.band_input(x, &weights, &bad);
+        let prepare = self.band_input(x, &bad);
         let epilogue = |_: usize,
                         j: usize,
                         tile: &mut [f32],
@@ -424,6 +430,93 @@ impl PackedI8 {
             Repr::Columns(_) | Repr::Tiles(_) => unreachable!("returned above"),
         };
         bad.check(OP).map(|()| y)
+    }
+
+    /// A whole gated MLP, `down(act(x @ gate) * (x @ up))`, `self` packed as for
+    /// [`PackedI8::matmul_gated`]: the same bits as that product then `down`'s. On AMX (both
+    /// products in tiles, no gate and up bias) the activation runs inside the down product's
+    /// layout of each 32-row block of its input, a few rows at a time, and is quantised there
+    /// while in cache: the (m, ffn) activations are never written whole and read back.
+    pub fn matmul_mlp(
+        &self,
+        down: &PackedI8,
+        x: &[f32],
+        m: usize,
+        gated: &Gated,
+    ) -> Result<Vec<f32>> {
+        const OP: &str = "int8 gated MLP";
+        gated.check(OP, self.n)?;
+        if down.k != gated.ffn {
+            return Err(Error::new(
+                OP,
+                format!(
+                    "down projection takes {} inputs, the MLP is {} wide",
+                    down.k, gated.ffn
+                ),
+            ));
+        }
+        match (&self.repr, &down.repr) {
+            (Repr::Tiles(_), Repr::Tiles(tiles)) if gated.bias.is_none() && gated.ffn > 0 => {
+                let y = self.matmul(x, m)?;
+                let (width, ffn) = (self.n, gated.ffn);
+                down.tiles_product(OP, tiles, m, |rows, q| {
+                    let mut act = Vec::with_capacity(MLP_ROWS * ffn);
+                    for r0 in rows.clone().step_by(MLP_ROWS) {
+                        let live = (rows.end - r0).min(MLP_ROWS);
+                        let out = &mut act.spare_capacity_mut()[..live * ffn];
+                        for j in 0..width / PAIR {
+                            let pairs = &y[r0 * width + j * PAIR..];
+                            gated.activate_pair_into(j, pairs, width, out, ffn, j * PANEL);
+                        }
+                        // SAFETY: the pairs wrote all `ffn` columns of the `live` rows, and
+                        // MaybeUninit<f32> has f32's layout.
+                        let act: &[f32] =
+                            unsafe { std::slice::from_raw_parts(out.as_ptr().cast(), live * ffn) };
+                        q.quantise(down, act);
+                    }
+                })
+            }
+            _ => down.matmul(&self.matmul_gated(x, m, gated)?, m),
+        }
+    }
+
+    /// The AMX product of `m` input rows that `quantise(rows, q)` quantises into `q`, a 32-row
+    /// block at a time (`rows` of the product, in order), inside the product's layout of the
+    /// block: each block's rows are quantised, laid out in tiles and their outliers' weights
+    /// found by the task that fills the block, while they are in its cache, with no pass of its
+    /// own over the whole input. Each row's stretch of sums is scaled as soon as its tiles are
+    /// done (see `Tiles::matmul`): one row, so no blocks of columns as `finish` takes across a
+    /// band's rows.
+    fn tiles_product(
+        &self,
+        op: &'static str,
+        tiles: &Tiles,
+        m: usize,
+        quantise: impl Fn(std::ops::Range<usize>, &mut QuantRows) + Sync,
+    ) -> Result<Vec<f32>> {
+        let (steps, kblocks) = (self.k.div_ceil(4), tiles.kblocks());
+        let bad = BadRow::default();
+        let blocks: Vec<OnceLock<OutputColumns>> = (0..m.div_ceil(amx::BLOCK))
+            .map(|_| OnceLock::new())
+            .collect();
+        let fill_a = |mb: usize, dst: &mut [MaybeUninit<u32>]| {
+            let rows = amx::block_rows(m, mb);
+            let mut q = self.unfilled_rows(rows.len());
+            quantise(rows.clone(), &mut q);
+            if let Some(r) = q.first_bad() {
+                bad.note(rows.start + r);
+            }
+            amx::tile_steps(&q.a, steps, kblocks, dst);
+            // Each block is filled once.
+            let _ = blocks[mb].set(OutputColumns::new(self, &q));
+        };
+        let y = tiles.matmul(TileOp::I8, m, fill_a, |row, y, col| {
+            let block = blocks[row / amx::BLOCK]
+                .get()
+                .expect("every block was filled");
+            block.descale(row % amx::BLOCK, y, col)
+        });
+        bad.check(op).map(|()| y)
     }
 
     fn check_input(&self, op: &'static str, x: &[f32], m: usize) -> Result<()> {
@@ -452,7 +545,6 @@ impl PackedI8 {
     fn band_input<'s>(
         &'s self,
         x: &'s [f32],
-        weights: &'s ChannelWeights<'s>,
         bad: &'s BadRow,
     ) -> impl Fn(usize, usize) -> (Cow<'static, [u32]>, OutputColumns<'s>) + Sync + 's {
         let k = self.k;
@@ -461,7 +553,7 @@ impl PackedI8 {
             if let Some(r) = q.first_bad() {
                 bad.note(row0 + r);
             }
-            let columns = OutputColumns::new(self, &q, weights);
+            let columns = OutputColumns::new(self, &q);
             (Cow::Owned(q.a), columns)
         }
     }
@@ -470,12 +562,7 @@ impl PackedI8 {
     /// does it, with its outliers' channels' weights unpacked into `weights`, or an error
     /// naming the first row that is not finite: for the kernels without bands (AMX's tiles, the
     /// portable loop).
-    fn quantise_all(
-        &self,
-        op: &'static str,
-        x: &[f32],
-        weights: &ChannelWeights,
-    ) -> Result<QuantRows> {
+    fn quantise_all(&self, op: &'static str, x: &[f32]) -> Result<QuantRows> {
         let (k, per_step, rule) = (self.k, self.kernel().inputs_per_step(), self.outliers);
         let mut q = self.unfilled_rows(x.len() / k);
         let (steps, slot_len) = (k.div_ceil(per_step), q.slot_len);
@@ -501,7 +588,7 @@ impl PackedI8 {
             .into_par_iter()
             .filter(|&ch| used[ch])
             .for_each(|ch| {
-                weights.get(ch);
+                self.channel(ch);
             });
         Ok(q)
     }
@@ -525,18 +612,8 @@ impl PackedI8 {
     /// kernels' A. A row's outliers go to its own `slot_len` slots of one buffer, as (value,
     /// channel): no allocation per row (malloc and free were 2.5% of an int8 run's time).
     fn quantise_rows(&self, x: &[f32]) -> QuantRows {
-        let (k, per_step) = (self.k, self.kernel().inputs_per_step());
-        let mut q = self.unfilled_rows(x.len() / k);
-        let (steps, slot_len) = (k.div_ceil(per_step), q.slot_len);
-        let mut candidates = Vec::new();
-        for ((row, a), slots) in x
-            .chunks_exact(k)
-            .zip(q.a.chunks_exact_mut(steps))
-            .zip(q.slots.chunks_exact_mut(slot_len))
-        {
-            let quantised = quantise_row(row, a, per_step, self.outliers, &mut candidates, slots);
-            q.rows.push(quantised);
-        }
+        let mut q = self.unfilled_rows(x.len() / self.k);
+        q.quantise(self, x);
         q
     }
 }
@@ -587,52 +664,20 @@ impl QuantRows {
     fn first_bad(&self) -> Option<usize> {
         self.rows.iter().position(|q| !q.scale.is_finite())
     }
-}
 
-/// How many of a weight matrix's `k` input channels have their weights kept between products
-/// once met as outliers: half. Why keep them: gathering a channel's weights from the packed
-/// layout reads a cache line per 16 outputs, and the same channels recur batch after batch
-/// (over 500 AG News texts SmolLM2's 576-input products met 6-183 channels, 41 on average, its
-/// MLP's down products 237-1,521 of 1,536): gathering them again in every product was 8% of an
-/// int8 extraction on AMX. Why half: at most half again the int8 weights' memory, so an int8
-/// model stays below the bf16 one's.
-fn kept_limit(k: usize) -> usize {
-    k / 2
-}
-
-/// Per input channel, its int8 weights for every output, in a row of their own (bytes, not
-/// f32: a quarter of the memory the scaling reads them from): unpacked from the panels the
-/// first time some row of the product has the channel as an outlier, by whichever task meets it
-/// first, and read by every other row that has it (a batch of 512 rows of SmolLM2 or Gemma-3 has
-/// 100-150 distinct outlier channels for its 1-8 a row), instead of gathered from every panel
-/// again. The weight matrix keeps the first channels met for later products
-/// ([`kept_limit`]); the ones met beyond that limit are this call's alone.
-struct ChannelWeights<'w> {
-    packed: &'w PackedI8,
-    rows: Vec<OnceLock<Vec<i8>>>,
-}
-
-impl<'w> ChannelWeights<'w> {
-    fn new(packed: &'w PackedI8) -> Self {
-        ChannelWeights {
-            packed,
-            rows: (0..packed.k).map(|_| OnceLock::new()).collect(),
+    /// Quantises the rows of `x` (whole rows of `w`'s K) as the next rows, on this thread.
+    fn quantise(&mut self, w: &PackedI8, x: &[f32]) {
+        let (k, per_step) = (w.k, w.kernel().inputs_per_step());
+        let (steps, slot_len, first) = (k.div_ceil(per_step), self.slot_len, self.rows.len());
+        let mut candidates = Vec::new();
+        for ((row, a), slots) in x
+            .chunks_exact(k)
+            .zip(self.a[first * steps..].chunks_exact_mut(steps))
+            .zip(self.slots[first * slot_len..].chunks_exact_mut(slot_len))
+        {
+            let quantised = quantise_row(row, a, per_step, w.outliers, &mut candidates, slots);
+            self.rows.push(quantised);
         }
-    }
-
-    /// Channel `ch`'s weights, `n` of them: the weight matrix's kept copy, else this call's.
-    fn get(&self, ch: usize) -> &[i8] {
-        let packed = self.packed;
-        if let Some(kept) = packed.kept[ch].get() {
-            return kept;
-        }
-        if packed.kept_count.load(Ordering::Relaxed) < kept_limit(packed.k) {
-            return packed.kept[ch].get_or_init(|| {
-                packed.kept_count.fetch_add(1, Ordering::Relaxed);
-                packed.channel_weights(ch).into()
-            });
-        }
-        self.rows[ch].get_or_init(|| packed.channel_weights(ch))
     }
 }
 
@@ -1073,8 +1118,8 @@ struct OutputColumns<'a> {
 }
 
 impl<'a> OutputColumns<'a> {
-    /// For the rows of `q`, products of `w`, their outliers' weights from `weights`.
-    fn new(w: &'a PackedI8, q: &QuantRows, weights: &'a ChannelWeights) -> Self {
+    /// For the rows of `q`, products of `w`, their outliers' weights from `w`'s kept channels.
+    fn new(w: &'a PackedI8, q: &QuantRows) -> Self {
         let (shift, scales) = (w.shift.as_slice(), w.scales.as_slice());
         let n = shift.len();
         assert_eq!(scales.len(), n);
@@ -1083,9 +1128,9 @@ impl<'a> OutputColumns<'a> {
         for (row, slots) in q.rows.iter().zip(q.slots.chunks_exact(q.slot_len)) {
             starts.push(outliers.len());
             for &(v, ch) in &slots[..row.outliers] {
-                let w = weights.get(ch);
-                assert_eq!(w.len(), n, "outlier channel {ch}'s weights");
-                outliers.push((v, w));
+                let weights = w.channel(ch);
+                assert_eq!(weights.len(), n, "outlier channel {ch}'s weights");
+                outliers.push((v, weights));
             }
         }
         starts.push(outliers.len());
