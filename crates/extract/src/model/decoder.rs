@@ -297,9 +297,9 @@ impl Linear {
     }
 
     /// `down(act(x @ gate + b_g) * (x @ up + b_u)) + b_down`, `self` packed by
-    /// [`Linear::gated`]: (rows, out). In bf16 the kernels run the two products as one
-    /// (`PackedBf16::matmul_mlp`: on AMX the activations never reach memory whole); otherwise
-    /// [`Linear::forward_gated`] then `down`.
+    /// [`Linear::gated`]: (rows, out). In bf16 and int8 the kernels run the two products as
+    /// one (`PackedBf16::matmul_mlp`, `PackedI8::matmul_mlp`: on AMX the activations never
+    /// reach memory whole); in f32 [`Linear::forward_gated`] then `down`.
     fn forward_mlp(
         &self,
         down: &Linear,
