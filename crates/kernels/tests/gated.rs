@@ -61,6 +61,49 @@ fn each_case(mut check: impl FnMut(&[f32], &[f32], &[f32], (usize, usize, usize)
     }
 }
 
+/// The int8 kernels this CPU runs, printed.
+fn int8_kernels() -> Vec<I8Kernel> {
+    let kernels: Vec<I8Kernel> = I8Kernel::ALL
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    println!(
+        "int8 kernels {:?}",
+        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    kernels
+}
+
+/// Outputs of the whole-MLP tests' down projection.
+const DOWN_OUT: usize = 24;
+
+/// The whole-MLP tests' down projection: `ffn` inputs x [`DOWN_OUT`] outputs.
+fn down_weights(ffn: usize) -> Vec<f32> {
+    (0..ffn * DOWN_OUT)
+        .map(|i| ((i * 7727 % 1009) as f32 / 504.5) - 1.0)
+        .collect()
+}
+
+fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+    let same = got
+        .iter()
+        .zip(want)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same && got.len() == want.len(), "{what}");
+}
+
+/// A whole MLP with a down projection of `ffn + 1` inputs is refused, naming both widths.
+fn assert_refuses_other_width<T: std::fmt::Debug>(result: llmembed_kernels::Result<T>, ffn: usize) {
+    let e = result.unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "down projection takes {} inputs, the MLP is {ffn} wide",
+            ffn + 1
+        )),
+        "{e}"
+    );
+}
+
 /// The plain bias of a case whose interleaved bias is `g.bias`.
 fn plain_bias(g: &Gated, ffn: usize) -> Option<Vec<f32>> {
     g.bias.map(|_| inputs(1, 1, ffn).2)
@@ -115,14 +158,7 @@ fn fused_f32_and_bf16_products_give_the_unfused_bits() {
 
 #[test]
 fn fused_int8_products_give_the_unfused_bits_with_outliers() {
-    let kernels: Vec<I8Kernel> = I8Kernel::ALL
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
-    println!(
-        "int8 kernels {:?}",
-        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
-    );
+    let kernels = int8_kernels();
     each_case(|x, w, wide, (m, k, ffn), g| {
         let b = plain_bias(&g, ffn);
         for &kernel in &kernels {
@@ -162,36 +198,22 @@ fn whole_bf16_mlps_give_the_bits_of_their_two_products() {
     );
     let mut cases = 0;
     each_case(|x, _, wide, (m, k, ffn), g| {
-        let out = 24;
-        let down_w: Vec<f32> = (0..ffn * out)
-            .map(|i| ((i * 7727 % 1009) as f32 / 504.5) - 1.0)
-            .collect();
+        let down_w = down_weights(ffn);
         for &kernel in &kernels {
             let gate_up = PackedBf16::new(wide, k, gated_width(ffn), kernel).unwrap();
-            let down = PackedBf16::new(&down_w, ffn, out, kernel).unwrap();
+            let down = PackedBf16::new(&down_w, ffn, DOWN_OUT, kernel).unwrap();
             let want = down
                 .matmul(&gate_up.matmul_gated(x, m, &g).unwrap(), m)
                 .unwrap();
             let got = gate_up.matmul_mlp(&down, x, m, &g).unwrap();
-            assert_eq!(got.len(), m * out);
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "bf16 MLP {} ({m}, {k}, {ffn}) {g:?}", kernel.name());
+            assert_eq!(got.len(), m * DOWN_OUT);
+            let what = format!("bf16 MLP {} ({m}, {k}, {ffn}) {g:?}", kernel.name());
+            assert_same_bits(&got, &want, &what);
             cases += 1;
         }
-        // A down projection of another width is refused.
         let gate_up = PackedBf16::new(wide, k, gated_width(ffn), kernels[0]).unwrap();
         let down = PackedBf16::new(&vec![0.5; (ffn + 1) * 3], ffn + 1, 3, kernels[0]).unwrap();
-        let e = gate_up.matmul_mlp(&down, x, m, &g).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!(
-                "down projection takes {} inputs, the MLP is {ffn} wide",
-                ffn + 1
-            )),
-            "{e}"
-        );
+        assert_refuses_other_width(gate_up.matmul_mlp(&down, x, m, &g), ffn);
     });
     assert!(cases >= SHAPES.len() * 4);
 }
@@ -203,53 +225,31 @@ fn whole_int8_mlps_give_the_bits_of_their_two_products() {
     // the down product's input is activated a few rows at a time and quantised as the product
     // lays it out; everywhere else it is those two calls. The inputs' large channels give the
     // activations outliers too.
-    let kernels: Vec<I8Kernel> = I8Kernel::ALL
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
-    println!(
-        "int8 kernels {:?}",
-        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
-    );
+    let kernels = int8_kernels();
     let mut cases = 0;
     each_case(|x, _, wide, (m, k, ffn), g| {
-        let out = 24;
-        let down_w: Vec<f32> = (0..ffn * out)
-            .map(|i| ((i * 7727 % 1009) as f32 / 504.5) - 1.0)
-            .collect();
+        let down_w = down_weights(ffn);
         for &kernel in &kernels {
             for rule in [Outliers::DEFAULT, Outliers::NONE] {
                 let gate_up = PackedI8::new(wide, k, gated_width(ffn), kernel, rule).unwrap();
-                let down = PackedI8::new(&down_w, ffn, out, kernel, rule).unwrap();
+                let down = PackedI8::new(&down_w, ffn, DOWN_OUT, kernel, rule).unwrap();
                 let want = down
                     .matmul(&gate_up.matmul_gated(x, m, &g).unwrap(), m)
                     .unwrap();
                 let got = gate_up.matmul_mlp(&down, x, m, &g).unwrap();
-                assert_eq!(got.len(), m * out);
-                let same = got
-                    .iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
+                assert_eq!(got.len(), m * DOWN_OUT);
+                let what = format!(
                     "int8 MLP {} {rule:?} ({m}, {k}, {ffn}) {g:?}",
                     kernel.name()
                 );
+                assert_same_bits(&got, &want, &what);
                 cases += 1;
             }
         }
-        // A down projection of another width is refused.
         let rule = Outliers::DEFAULT;
         let gate_up = PackedI8::new(wide, k, gated_width(ffn), kernels[0], rule).unwrap();
         let down = PackedI8::new(&vec![0.5; (ffn + 1) * 3], ffn + 1, 3, kernels[0], rule).unwrap();
-        let e = gate_up.matmul_mlp(&down, x, m, &g).unwrap_err().to_string();
-        assert!(
-            e.contains(&format!(
-                "down projection takes {} inputs, the MLP is {ffn} wide",
-                ffn + 1
-            )),
-            "{e}"
-        );
+        assert_refuses_other_width(gate_up.matmul_mlp(&down, x, m, &g), ffn);
     });
     assert!(cases >= SHAPES.len() * 4 * 2);
 }

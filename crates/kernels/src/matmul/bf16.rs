@@ -252,15 +252,7 @@ impl PackedBf16 {
         gated: &Gated,
     ) -> Result<Vec<f32>> {
         gated.check("bf16 gated MLP", self.n)?;
-        if down.k != gated.ffn {
-            return Err(Error::new(
-                "bf16 gated MLP",
-                format!(
-                    "down projection takes {} inputs, the MLP is {} wide",
-                    down.k, gated.ffn
-                ),
-            ));
-        }
+        gated.check_down("bf16 gated MLP", down.k)?;
         match (&self.repr, &down.repr) {
             (Repr::Tiles(_), Repr::Tiles(tiles)) if gated.bias.is_none() && gated.ffn > 0 => {
                 let y = self.matmul(x, m)?;

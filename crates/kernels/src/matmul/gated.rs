@@ -86,6 +86,20 @@ impl Gated<'_> {
         Ok(())
     }
 
+    /// Checks that a down projection taking `k` inputs follows this MLP (`ffn` wide).
+    pub(crate) fn check_down(&self, op: &'static str, k: usize) -> Result<()> {
+        if k != self.ffn {
+            return Err(Error::new(
+                op,
+                format!(
+                    "down projection takes {k} inputs, the MLP is {} wide",
+                    self.ffn
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The epilogue of pair `j` for a band's tile (band rows x PAIR): the bias, then the
     /// activation into the band's output rows (`ffn` values each).
     pub(crate) fn finish_pair(&self, j: usize, tile: &mut [f32], out: &mut [MaybeUninit<f32>]) {

@@ -446,15 +446,7 @@ impl PackedI8 {
     ) -> Result<Vec<f32>> {
         const OP: &str = "int8 gated MLP";
         gated.check(OP, self.n)?;
-        if down.k != gated.ffn {
-            return Err(Error::new(
-                OP,
-                format!(
-                    "down projection takes {} inputs, the MLP is {} wide",
-                    down.k, gated.ffn
-                ),
-            ));
-        }
+        gated.check_down(OP, down.k)?;
         match (&self.repr, &down.repr) {
             (Repr::Tiles(_), Repr::Tiles(tiles)) if gated.bias.is_none() && gated.ffn > 0 => {
                 let y = self.matmul(x, m)?;
@@ -470,9 +462,9 @@ impl PackedI8 {
                         }
                         // SAFETY: the pairs wrote all `ffn` columns of the `live` rows, and
                         // MaybeUninit<f32> has f32's layout.
-                        let act: &[f32] =
+                        let made: &[f32] =
                             unsafe { std::slice::from_raw_parts(out.as_ptr().cast(), live * ffn) };
-                        q.quantise(down, act);
+                        q.quantise(down, made);
                     }
                 })
             }
@@ -559,9 +551,9 @@ impl PackedI8 {
     }
 
     /// Every row of `x` (m > 0 rows) quantised on all threads as [`PackedI8::quantise_rows`]
-    /// does it, with its outliers' channels' weights unpacked into `weights`, or an error
-    /// naming the first row that is not finite: for the kernels without bands (AMX's tiles, the
-    /// portable loop).
+    /// does it, with its outliers' channels' weights unpacked ([`PackedI8::channel`]), or an
+    /// error naming the first row that is not finite: for the portable loop, which has neither
+    /// bands nor tiles to quantise in.
     fn quantise_all(&self, op: &'static str, x: &[f32]) -> Result<QuantRows> {
         let (k, per_step, rule) = (self.k, self.kernel().inputs_per_step(), self.outliers);
         let mut q = self.unfilled_rows(x.len() / k);
