@@ -310,7 +310,7 @@ impl PackedI8 {
     /// has 100-150 distinct outlier channels in its 576- and 640-input products, for its 1-8 a
     /// row; its MLP's down products meet most of their channels). Every channel kept is at
     /// most the int8 weights' memory again, the bf16 weights' size; measured (Sapphire
-    /// Rapids, 500 AG News texts), int8's peak memory stays 5-28% under bf16's. Keeping only
+    /// Rapids, 500 AG News texts), int8's peak memory stays 6-27% under bf16's. Keeping only
     /// half the channels, the rest gathered again in every product that met them, took 3-6%
     /// longer on Sapphire Rapids with AMX.
     fn channel(&self, ch: usize) -> &[i8] {
