@@ -10,7 +10,7 @@
 //!   quantised per output column at pack time, activations per row at each product, exact int32
 //!   sums by AVX512-VNNI `vpdpbusd` or a portable loop (the same bits), outlier channels of a
 //!   row in f32 ([`Outliers`]). Each has `matmul_gated`: a gated MLP's gate and up products
-//!   and its activation in one pass ([`interleave_gate_up`], [`Gated`]); bf16 also
+//!   and its activation in one pass ([`interleave_gate_up`], [`Gated`]); bf16 and int8 also
 //!   `matmul_mlp`, the whole MLP (on AMX the activation runs in the down product's layout of
 //!   its input).
 //! * [`Rows`]: RMSNorm, LayerNorm, residual add (fused with the next RMSNorm or LayerNorm),

@@ -127,14 +127,35 @@ impl Gated<'_> {
                 if let Some(b) = self.bias {
                     bias_rows(Isa::best(), y, b);
                 }
-                for j in 0..width / PAIR {
-                    self.activate_pair(j, &y[j * PAIR..], width, out);
-                }
+                self.activate_rows(y, out);
             });
         let mut out = std::mem::ManuallyDrop::new(out);
         // SAFETY: the pairs wrote all `ffn` columns of every row, and MaybeUninit<f32> has
         // f32's layout.
         unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast(), out.len(), out.capacity()) }
+    }
+
+    /// `act(gate) * up` of whole rows of a product already made (`y`, rows of
+    /// [`gated_width`] values, any bias added) into as many rows of `ffn` in `out`, every pair
+    /// of each row; returns `out`, now written.
+    pub(crate) fn activate_rows<'o>(
+        &self,
+        y: &[f32],
+        out: &'o mut [MaybeUninit<f32>],
+    ) -> &'o [f32] {
+        let width = gated_width(self.ffn);
+        assert!(
+            out.len().is_multiple_of(self.ffn),
+            "{} outputs for rows of {}",
+            out.len(),
+            self.ffn
+        );
+        for j in 0..width / PAIR {
+            self.activate_pair(j, &y[j * PAIR..], width, out);
+        }
+        // SAFETY: the pairs wrote all `ffn` columns of every row of `out` (whole rows,
+        // asserted), and MaybeUninit<f32> has f32's layout.
+        unsafe { std::slice::from_raw_parts(out.as_ptr().cast(), out.len()) }
     }
 
     /// `act(gate) * up` of pair `j` (its rows `stride` apart in `pairs`, gate then up) into

@@ -456,14 +456,7 @@ impl PackedI8 {
                     for r0 in rows.clone().step_by(MLP_ROWS) {
                         let live = (rows.end - r0).min(MLP_ROWS);
                         let out = &mut act.spare_capacity_mut()[..live * ffn];
-                        for j in 0..width / PAIR {
-                            let pairs = &y[r0 * width + j * PAIR..];
-                            gated.activate_pair_into(j, pairs, width, out, ffn, j * PANEL);
-                        }
-                        // SAFETY: the pairs wrote all `ffn` columns of the `live` rows, and
-                        // MaybeUninit<f32> has f32's layout.
-                        let made: &[f32] =
-                            unsafe { std::slice::from_raw_parts(out.as_ptr().cast(), live * ffn) };
+                        let made = gated.activate_rows(&y[r0 * width..(r0 + live) * width], out);
                         q.quantise(down, made);
                     }
                 })
