@@ -20,7 +20,8 @@
 //!   (q/k RMSNorm, RoPE, sliding windows, grouped kv heads, a relative position bias), one task
 //!   per sequence.
 //! * [`LineAligned`]: mimalloc with large blocks on cache lines, which binaries
-//!   register so that AMX tiles store products straight into their outputs.
+//!   register so that AMX tiles store products straight into their outputs;
+//!   [`keep_freed_pages`], called once a model has loaded, keeps the pages batches free.
 //! * [`Isa`]: the instruction-set level the row and attention kernels run at. Every level gives
 //!   the same bits (the AVX-512 copies are the same source compiled wider).
 //!
@@ -41,7 +42,7 @@ mod isa;
 pub mod matmul;
 mod rows;
 
-pub use alloc::LineAligned;
+pub use alloc::{LineAligned, keep_freed_pages};
 pub use isa::Isa;
 pub use matmul::{
     Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, gated_width,
