@@ -118,20 +118,15 @@ mod tests {
         // The index was read from mimalloc 3's enum of 47 options; a mimalloc whose enum has
         // another length has moved or added options, and the index must be read again.
         assert_eq!(libmimalloc_sys::_mi_option_last, 47);
-        // SAFETY: reading and setting options is thread-safe.
-        unsafe {
-            // mimalloc 3.3's default purge delay is 1,000 ms (no neighbouring option's default
-            // is), unless the environment sets it.
-            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
-            }
+        // SAFETY: reading an option is thread-safe.
+        let delay = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        // mimalloc 3.3's default purge delay is 1,000 ms (no neighbouring option's default is),
+        // unless the environment sets it.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(delay(), 1000);
         }
         keep_freed_pages();
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
-            -1
-        );
+        assert_eq!(delay(), -1);
     }
 
     #[test]
