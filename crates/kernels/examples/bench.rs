@@ -84,7 +84,7 @@ fn main() {
             gflops(secs)
         );
     }
-    for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32] {
+    for kernel in Bf16Kernel::ALL {
         if !kernel.runs_here() {
             println!(
                 "matmul bf16 {:>9}: not available on this CPU",

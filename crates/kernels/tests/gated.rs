@@ -74,6 +74,19 @@ fn int8_kernels() -> Vec<I8Kernel> {
     kernels
 }
 
+/// The bf16 kernels this CPU runs, printed.
+fn bf16_kernels() -> Vec<Bf16Kernel> {
+    let kernels: Vec<Bf16Kernel> = Bf16Kernel::ALL
+        .into_iter()
+        .filter(|k| k.runs_here())
+        .collect();
+    println!(
+        "bf16 kernels {:?}",
+        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    );
+    kernels
+}
+
 /// Outputs of the whole-MLP tests' down projection.
 const DOWN_OUT: usize = 24;
 
@@ -115,15 +128,11 @@ fn fused_f32_and_bf16_products_give_the_unfused_bits() {
         .into_iter()
         .filter(|k| k.runs_here())
         .collect();
-    let bf16_kernels: Vec<Bf16Kernel> = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32]
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
     println!(
-        "f32 kernels {:?}, bf16 kernels {:?}",
-        f32_kernels.iter().map(|k| k.name()).collect::<Vec<_>>(),
-        bf16_kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+        "f32 kernels {:?}",
+        f32_kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
     );
+    let bf16_kernels = bf16_kernels();
     let mut cases = 0;
     each_case(|x, w, wide, (m, k, ffn), g| {
         let b = plain_bias(&g, ffn);
@@ -188,14 +197,7 @@ fn whole_bf16_mlps_give_the_bits_of_their_two_products() {
     // down product's input as it lays it out, pair by pair; everywhere else it is those two
     // calls. Rows 200 and 29 are several blocks and a partial one; ffn 45, 33 and 7 end in a
     // partial pair (a partial step block of the down product).
-    let kernels: Vec<Bf16Kernel> = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32]
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
-    println!(
-        "bf16 kernels {:?}",
-        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
-    );
+    let kernels = bf16_kernels();
     let mut cases = 0;
     each_case(|x, _, wide, (m, k, ffn), g| {
         let down_w = down_weights(ffn);
@@ -308,7 +310,7 @@ fn int8_products_name_the_first_row_that_is_not_finite() {
         gelu: false,
         bias: None,
     };
-    for kernel in I8Kernel::ALL.into_iter().filter(|k| k.runs_here()) {
+    for kernel in int8_kernels() {
         let plain = PackedI8::new(&w, k, 2 * ffn, kernel, Outliers::DEFAULT).unwrap();
         let fused = PackedI8::new(&wide, k, gated_width(ffn), kernel, Outliers::DEFAULT).unwrap();
         let e = plain.matmul(&x, m).unwrap_err().to_string();

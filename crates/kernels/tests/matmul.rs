@@ -29,7 +29,7 @@ fn report(what: &str, all: &[(&str, bool)]) {
 
 /// The bf16 kernels this CPU runs: the detected one and the fallbacks below it.
 fn bf16_kernels() -> Vec<Bf16Kernel> {
-    let all = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32];
+    let all = Bf16Kernel::ALL;
     report("bf16 kernels", &all.map(|k| (k.name(), k.runs_here())));
     all.into_iter().filter(|k| k.runs_here()).collect()
 }
@@ -236,7 +236,7 @@ fn rows_are_independent_of_the_batch() {
 #[test]
 fn packing_for_a_missing_kernel_or_a_wrong_shape_is_an_error() {
     let w = vec![0f32; 16];
-    for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32] {
+    for kernel in Bf16Kernel::ALL {
         match PackedBf16::new(&w, 4, 4, kernel) {
             Ok(_) => assert!(kernel.runs_here(), "{kernel:?}"),
             Err(e) => {

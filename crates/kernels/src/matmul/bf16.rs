@@ -46,6 +46,9 @@ pub enum Bf16Kernel {
 }
 
 impl Bf16Kernel {
+    /// Every kernel, in the order [`Bf16Kernel::detect`] prefers them.
+    pub const ALL: [Bf16Kernel; 3] = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::F32];
+
     /// The first kernel this process can use (checked once): [`Bf16Kernel::choose`] with this
     /// CPU and this process's environment. AMX's tile state is requested from the kernel only
     /// when `LLMEMBED_NO_AMX` is not set.
