@@ -61,30 +61,30 @@ fn each_case(mut check: impl FnMut(&[f32], &[f32], &[f32], (usize, usize, usize)
     }
 }
 
-/// The int8 kernels this CPU runs, printed.
-fn int8_kernels() -> Vec<I8Kernel> {
-    let kernels: Vec<I8Kernel> = I8Kernel::ALL
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
-    println!(
-        "int8 kernels {:?}",
-        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
-    );
+/// The kernels of `all` this CPU runs, printed under `what`.
+fn kernels_here<K: Copy>(
+    what: &str,
+    all: impl IntoIterator<Item = K>,
+    runs_here: fn(K) -> bool,
+    name: fn(K) -> &'static str,
+) -> Vec<K> {
+    let kernels: Vec<K> = all.into_iter().filter(|&k| runs_here(k)).collect();
+    let names: Vec<&str> = kernels.iter().map(|&k| name(k)).collect();
+    println!("{what} kernels {names:?}");
     kernels
 }
 
-/// The bf16 kernels this CPU runs, printed.
+fn int8_kernels() -> Vec<I8Kernel> {
+    kernels_here("int8", I8Kernel::ALL, I8Kernel::runs_here, I8Kernel::name)
+}
+
 fn bf16_kernels() -> Vec<Bf16Kernel> {
-    let kernels: Vec<Bf16Kernel> = Bf16Kernel::ALL
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
-    println!(
-        "bf16 kernels {:?}",
-        kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
-    );
-    kernels
+    kernels_here(
+        "bf16",
+        Bf16Kernel::ALL,
+        Bf16Kernel::runs_here,
+        Bf16Kernel::name,
+    )
 }
 
 /// Outputs of the whole-MLP tests' down projection.
@@ -124,13 +124,11 @@ fn plain_bias(g: &Gated, ffn: usize) -> Option<Vec<f32>> {
 
 #[test]
 fn fused_f32_and_bf16_products_give_the_unfused_bits() {
-    let f32_kernels: Vec<F32Kernel> = [F32Kernel::Avx512, F32Kernel::Avx2, F32Kernel::Candle]
-        .into_iter()
-        .filter(|k| k.runs_here())
-        .collect();
-    println!(
-        "f32 kernels {:?}",
-        f32_kernels.iter().map(|k| k.name()).collect::<Vec<_>>()
+    let f32_kernels = kernels_here(
+        "f32",
+        [F32Kernel::Avx512, F32Kernel::Avx2, F32Kernel::Candle],
+        F32Kernel::runs_here,
+        F32Kernel::name,
     );
     let bf16_kernels = bf16_kernels();
     let mut cases = 0;
