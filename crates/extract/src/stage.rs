@@ -346,18 +346,23 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
     {
         check_depth(p, &arch, n)?;
     }
+    let loading = Instant::now();
     let model = crate::model::load(&resolved.load)?;
+    let load_secs = loading.elapsed().as_secs_f64();
     let taps = taps_for(p, model.as_ref())?;
     let hidden = model.hidden_size();
     let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
     let store = open_store(p, model.as_ref(), &resolved, &columns, &ctx.store_dir)?;
     let texts = Texts::read(&splits)?;
     let missing = texts.missing(&store);
-    let mut notes = vec![format!(
-        "reused {} of {} texts",
-        texts.unique.len() - missing.len(),
-        texts.unique.len()
-    )];
+    let mut notes = vec![
+        format!("loaded the model in {load_secs:.1}s"),
+        format!(
+            "reused {} of {} texts",
+            texts.unique.len() - missing.len(),
+            texts.unique.len()
+        ),
+    ];
     let int8 = I8Kernel::detect();
     if p.compute == ComputeDtype::Int8 && !matches!(int8, I8Kernel::Amx | I8Kernel::Vnni) {
         // Said in every run's summary: the bits are the same, the speed is not.

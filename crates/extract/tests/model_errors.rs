@@ -222,6 +222,44 @@ fn gguf_cut_in_the_tensor_data_names_the_tensor() {
 }
 
 #[test]
+fn blocks_loaded_side_by_side_report_the_first_bad_block() {
+    let Some(full) = locate(&SMOLLM2) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Blocks 2 and 3 each lose a tensor (renamed in the header to a name of the same length,
+    // so that every offset stays valid). Four threads load blocks 0..4 side by side, so both
+    // fail at once, in either order: the error must still be block 2's, as a load one block at
+    // a time gives.
+    let mut bytes = std::fs::read(&full).unwrap();
+    for l in [2, 3] {
+        let name = format!("blk.{l}.ffn_up.weight");
+        let at = bytes
+            .windows(name.len())
+            .position(|w| w == name.as_bytes())
+            .unwrap();
+        bytes[at + name.len() - 4] = b'x';
+    }
+    let path = tmp.path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let want = format!(
+        "load model: {}: tensor `blk.2.ffn_up.weight` is missing",
+        path.display()
+    );
+    for threads in [1, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        assert_eq!(
+            pool.install(|| load_error(&path)),
+            want,
+            "{threads} threads"
+        );
+    }
+}
+
+#[test]
 fn bad_safetensors_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     for (arch, dir) in [

@@ -24,6 +24,11 @@
 //! 1-6% higher). Kept pages serve later blocks, so resident memory stays near the peak of live
 //! blocks; what was freed before the call (a model load's temporaries) is returned first, so
 //! that it does not stay resident unused.
+//!
+//! Why [`return_freed_pages`] before a load: with the default delay, the pages a load freed
+//! within its last second were not all returned by the collection at its end. Qwen2.5-Coder-1.5B
+//! int8 kept 250 MiB of them resident after its load (1,875 MiB, against 1,623 with the pages
+//! returned as they were freed), bf16 420 MiB, and the load's peak was higher by as much.
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -44,6 +49,13 @@ pub struct LineAligned;
 /// `libmimalloc-sys` does not name; `purge_delay_is_the_option_this_mimalloc_has` checks that
 /// the enum is still the one this index was read from.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sends every page freed from now on back to the OS at once: for a model's load, whose
+/// temporary matrices are freed as it goes and are not needed again (see the module docs).
+pub fn return_freed_pages() {
+    // SAFETY: options are thread-safe and take any value (0 purges at once).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
+}
 
 /// Returns the pages free now to the OS, then keeps every page freed from now on for later
 /// blocks (see the module docs). For a process about to run the same work over and over (the
@@ -126,6 +138,8 @@ mod tests {
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             assert_eq!(delay(), 1000);
         }
+        return_freed_pages();
+        assert_eq!(delay(), 0);
         keep_freed_pages();
         assert_eq!(delay(), -1);
     }

@@ -42,11 +42,11 @@ mod isa;
 pub mod matmul;
 mod rows;
 
-pub use alloc::{LineAligned, keep_freed_pages};
+pub use alloc::{LineAligned, keep_freed_pages, return_freed_pages};
 pub use isa::Isa;
 pub use matmul::{
-    Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, gated_width,
-    interleave_gate_up,
+    Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8,
+    gate_up_column, gated_width, interleave_gate_up,
 };
 pub use rows::Rows;
 

@@ -6,7 +6,7 @@
 
 use llmembed_kernels::{
     Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows,
-    gated_width, interleave_gate_up,
+    gate_up_column, gated_width, interleave_gate_up,
 };
 
 /// (rows, inputs, ffn): several bands of rows and a ragged last micro block (200, 29), a
@@ -252,6 +252,30 @@ fn whole_int8_mlps_give_the_bits_of_their_two_products() {
         assert_refuses_other_width(gate_up.matmul_mlp(&down, x, m, &g), ffn);
     });
     assert!(cases >= SHAPES.len() * 4 * 2);
+}
+
+#[test]
+fn gate_up_column_is_where_interleave_puts_each_column() {
+    // Whole pairs of panels, a ragged last pair, and widths under one panel.
+    for ffn in [1, 7, 32, 33, 45, 64, 96, 100] {
+        let k = 3;
+        // Every value names its row and column: (row, gate or up column) -> distinct.
+        let w: Vec<f32> = (0..k * 2 * ffn).map(|i| i as f32 + 1.0).collect();
+        let wide = interleave_gate_up(&w, k, ffn);
+        let width = gated_width(ffn);
+        let mut placed = vec![0f32; k * width];
+        for row in 0..k {
+            for o in 0..2 * ffn {
+                let col = gate_up_column(ffn, o);
+                assert!(
+                    col < width,
+                    "ffn {ffn}: column {o} placed at {col} of {width}"
+                );
+                placed[row * width + col] = w[row * 2 * ffn + o];
+            }
+        }
+        assert_eq!(placed, wide, "ffn {ffn}");
+    }
 }
 
 #[test]

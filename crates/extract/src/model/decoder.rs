@@ -24,8 +24,8 @@ use llmembed_core::{Error, Result};
 
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
 use llmembed_kernels::{
-    Bf16Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows, gated_width,
-    interleave_gate_up,
+    Bf16Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows, gate_up_column,
+    gated_width, interleave_gate_up,
 };
 use rayon::prelude::*;
 
@@ -100,6 +100,30 @@ impl Norm {
     }
 }
 
+/// Blocks `0..n` built by `block`, as many at a time as there are threads, in order; the
+/// first block that fails (in order) gives the error.
+///
+/// Why: most of a block's load (dequantizing, the copies and page faults of its matrices) runs
+/// on one thread, so the blocks load side by side. At most one block per thread at a time,
+/// so the load's temporary matrices stay within that many blocks' worth.
+pub(crate) fn load_blocks(
+    n: usize,
+    block: impl Fn(usize) -> Result<Block> + Sync,
+) -> Result<Vec<Block>> {
+    let at_once = rayon::current_num_threads().max(1);
+    let mut blocks = Vec::with_capacity(n);
+    for first in (0..n).step_by(at_once) {
+        let built: Vec<Result<Block>> = (first..(first + at_once).min(n))
+            .into_par_iter()
+            .map(&block)
+            .collect();
+        for b in built {
+            blocks.push(b?);
+        }
+    }
+    Ok(blocks)
+}
+
 /// A 1-d weight as f32 values.
 pub(crate) fn vector(t: &Tensor) -> Result<Vec<f32>> {
     t.to_dtype(DType::F32)
@@ -158,19 +182,47 @@ struct Fused {
     b: Option<Vec<f32>>,
 }
 
+/// Where [`fused`] writes each output's weights: in order, or as a gated MLP's gate and up
+/// projections interleaved for the kernels ([`gate_up_column`]).
+#[derive(Clone, Copy)]
+enum Columns {
+    InOrder,
+    GateUp { ffn: usize },
+}
+
+impl Columns {
+    /// Columns of the fused matrix for `n` outputs.
+    fn width(self, n: usize) -> usize {
+        match self {
+            Columns::InOrder => n,
+            Columns::GateUp { ffn } => gated_width(ffn),
+        }
+    }
+
+    /// The column of output `o`.
+    fn of(self, o: usize) -> usize {
+        match self {
+            Columns::InOrder => o,
+            Columns::GateUp { ffn } => gate_up_column(ffn, o),
+        }
+    }
+}
+
 /// Weights (out, in) as PyTorch stores them, fused along `out` and transposed, with the biases
-/// fused the same way.
+/// fused the same way; the outputs placed as `columns` says.
 ///
 /// One copy: each weight is read where it lies (an f32 tensor is borrowed, another dtype
 /// converted first) and written transposed into the fused matrix, a block of inputs per task
 /// on all threads. Why not candle's `cat`, `t` and `contiguous`, then `to_vec1`: each made its
 /// own copy of the whole matrix, one thread at a time, and loading Qwen2.5-Coder-1.5B spent most
-/// of its time there (faulting in fresh pages and copying).
-fn fused(ws: &[Tensor], bs: Option<&[Tensor]>) -> Result<Fused> {
+/// of its time there (faulting in fresh pages and copying). `ws` is taken by value so that the
+/// sources are freed here, before the caller packs the result: a model's blocks load side by
+/// side ([`load_blocks`]), and each holds fewer whole matrices at once.
+fn fused(ws: Vec<Tensor>, bs: Option<&[Tensor]>, columns: Columns) -> Result<Fused> {
     const OP: &str = "fuse and transpose weights";
     let e = cerr(OP);
     let ws: Vec<Tensor> = ws
-        .iter()
+        .into_iter()
         .map(|w| w.to_dtype(DType::F32).and_then(|w| w.contiguous()))
         .collect::<candle_core::Result<_>>()
         .map_err(&e)?;
@@ -186,7 +238,8 @@ fn fused(ws: &[Tensor], bs: Option<&[Tensor]>) -> Result<Fused> {
             format!("a ({out}, {inputs}) weight does not take the {k} inputs of the others"),
         ));
     }
-    let n: usize = shapes.iter().map(|s| s.0).sum();
+    let outputs: usize = shapes.iter().map(|s| s.0).sum();
+    let n = columns.width(outputs);
     let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
     let sources: Vec<&[f32]> = guards
         .iter()
@@ -201,22 +254,32 @@ fn fused(ws: &[Tensor], bs: Option<&[Tensor]>) -> Result<Fused> {
             Ok(&data[start..end])
         })
         .collect::<Result<_>>()?;
-    // Tasks of 64 inputs: each reads 64 consecutive values of every output's row and writes
-    // them down one column of its 64 rows, whose lines stay in L1 from one output to the next.
+    // Each output's row of weights and the column it goes to.
+    let placed: Vec<(&[f32], usize)> = sources
+        .iter()
+        .flat_map(|src| src.chunks_exact(k.max(1)))
+        .enumerate()
+        .map(|(o, row)| (row, columns.of(o)))
+        .collect();
+    // Tasks of 64 inputs (rows of the result), each taking 16 outputs at a time: for each
+    // input, the 16 values go to neighbouring columns of one row, and the 16 rows read stay in
+    // L1. Why not one output at a time down a column: the rows of the result lie a multiple of
+    // 2 KiB apart for most widths, so a column's 64 lines fell into a few L1 sets and every
+    // store missed (the copy was a third of the samples of Qwen2.5-Coder-1.5B's int8 load;
+    // in this order it takes about half as many).
     const BLOCK: usize = 64;
+    const GROUP: usize = 16;
     let mut w = vec![0f32; k * n];
-    if n > 0 {
+    if n > 0 && k > 0 {
         w.par_chunks_mut(BLOCK * n)
             .enumerate()
             .for_each(|(block, rows)| {
-                let (first, inputs) = (block * BLOCK, rows.len() / n);
-                let mut col = 0;
-                for src in &sources {
-                    for row in src.chunks_exact(k) {
-                        for (i, &v) in row[first..first + inputs].iter().enumerate() {
-                            rows[i * n + col] = v;
+                let first = block * BLOCK;
+                for group in placed.chunks(GROUP) {
+                    for (i, dst) in rows.chunks_exact_mut(n).enumerate() {
+                        for &(row, col) in group {
+                            dst[col] = row[first + i];
                         }
-                        col += 1;
                     }
                 }
             });
@@ -246,8 +309,8 @@ fn int8_outliers() -> Outliers {
 impl Linear {
     /// A dense layer from (out, in) weights as PyTorch stores them, fused along `out` (q, k
     /// and v into one product), with their biases fused the same way.
-    pub fn new(ws: &[Tensor], bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
-        let Fused { w, k, n, b } = fused(ws, bs)?;
+    pub fn new(ws: Vec<Tensor>, bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
+        let Fused { w, k, n, b } = fused(ws, bs, Columns::InOrder)?;
         Ok(Linear {
             w: Weight::new(&w, k, n, compute)?,
             b,
@@ -255,26 +318,26 @@ impl Linear {
     }
 
     /// A gated MLP's gate and up projections (`ws`, `bs`: gate then up), packed side by side
-    /// for [`Linear::forward_gated`] (`interleave_gate_up`), biases likewise.
-    pub fn gated(ws: &[Tensor], bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
-        let Fused { w, k, n, b } = fused(ws, bs)?;
+    /// for [`Linear::forward_gated`] (`interleave_gate_up`'s order), biases likewise.
+    pub fn gated(ws: Vec<Tensor>, bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
+        let outputs: Vec<usize> = ws
+            .iter()
+            .map(|w| w.dims().first().copied().unwrap_or(0))
+            .collect();
+        let n: usize = outputs.iter().sum();
         let ffn = n / 2;
-        if ws.len() != 2 || 2 * ffn != n || ws[0].dims()[0] != ffn {
+        if outputs.len() != 2 || 2 * ffn != n || outputs[0] != ffn {
             return Err(Error::compute(
                 "fuse gate and up weights",
                 format!(
                     "{} matrices of {n} outputs in all are not a gate and an up projection of the same width",
-                    ws.len()
+                    outputs.len()
                 ),
             ));
         }
+        let Fused { w, k, n, b } = fused(ws, bs, Columns::GateUp { ffn })?;
         Ok(Linear {
-            w: Weight::new(
-                &interleave_gate_up(&w, k, ffn),
-                k,
-                gated_width(ffn),
-                compute,
-            )?,
+            w: Weight::new(&w, k, n, compute)?,
             b: b.map(|b| interleave_gate_up(&b, 1, ffn)),
         })
     }

@@ -108,7 +108,7 @@ impl<'a> Weights<'a> {
             ws.push(self.tensor(&[d_out, d_in], &format!("{name}.weight"))?);
             bs.push(self.tensor(&[d_out], &format!("{name}.bias"))?);
         }
-        Linear::new(&ws, Some(&bs), self.compute).map_err(|e| self.error(&names.join("+"), e))
+        Linear::new(ws, Some(&bs), self.compute).map_err(|e| self.error(&names.join("+"), e))
     }
 
     pub fn layer_norm(&self, size: usize, eps: f64, name: &str) -> Result<LayerNorm> {

@@ -11,7 +11,7 @@
 use llmembed_core::Result;
 
 use super::arch::{Arch, Window};
-use super::decoder::{Activation, Config, Decoder, Embeddings, Norm, RopeStyle};
+use super::decoder::{Activation, Config, Decoder, Embeddings, Norm, RopeStyle, load_blocks};
 use super::gguf::GgufFile;
 use super::llama::block;
 use super::tokenizer::DecoderTokenizer;
@@ -21,7 +21,7 @@ use crate::embedder::LoadSpec;
 const ROPE_LOCAL_BASE: f32 = 10_000.0;
 const SLIDING_WINDOW_PATTERN: usize = 6;
 
-pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
+pub(crate) fn load(f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let p = "gemma3";
     let key = |k: &str| format!("{p}.{k}");
     let hidden = f.get_usize(&key("embedding_length"))?;
@@ -47,9 +47,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
     let traits = Arch::Gemma3.traits();
-    let blocks = (0..n_layers)
-        .map(|l| block(&mut f, l, &traits, compute))
-        .collect::<Result<Vec<_>>>()?;
+    let blocks = load_blocks(n_layers, |l| block(&f, l, &traits, compute))?;
     let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
         arch: Arch::Gemma3.name(),

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -14,7 +15,9 @@ use super::errors::{candle_message, candle_root, file_error};
 pub(crate) struct GgufFile {
     pub path: PathBuf,
     content: Content,
-    reader: BufReader<File>,
+    /// Behind a lock so that several threads can read tensors (a model's blocks load in
+    /// parallel), one read at a time.
+    reader: Mutex<BufReader<File>>,
 }
 
 impl GgufFile {
@@ -42,7 +45,7 @@ impl GgufFile {
         Ok(Self {
             path: path.to_path_buf(),
             content,
-            reader,
+            reader: Mutex::new(reader),
         })
     }
 
@@ -130,15 +133,17 @@ impl GgufFile {
             .collect()
     }
 
-    pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+    pub fn qtensor(&self, name: &str) -> Result<QTensor> {
         if !self.content.tensor_infos.contains_key(name) {
             return Err(file_error(
                 &self.path,
                 format!("tensor `{name}` is missing"),
             ));
         }
+        // A reader left mid-read by a thread that panicked is still positioned by each read.
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         self.content
-            .tensor(&mut self.reader, name, &Device::Cpu)
+            .tensor(&mut *reader, name, &Device::Cpu)
             .map_err(|e| {
                 Error::compute(
                     "read gguf tensor",
@@ -149,7 +154,7 @@ impl GgufFile {
 
     /// The tensor dequantized to f32, in the file's (ggml) shape reversed to row-major, so a
     /// linear weight comes out as (out_features, in_features) like PyTorch's.
-    pub fn tensor_f32(&mut self, name: &str) -> Result<Tensor> {
+    pub fn tensor_f32(&self, name: &str) -> Result<Tensor> {
         let q = self.qtensor(name)?;
         q.dequantize(&Device::Cpu).map_err(|e| {
             Error::compute(

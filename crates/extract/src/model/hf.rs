@@ -26,7 +26,8 @@ use serde_json::Value;
 
 use super::arch::{Arch, Traits, Window};
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, load_blocks,
+    vector,
 };
 use super::errors::{candle_message, file_error};
 use super::safetensors::{Shards, check_safetensors, weight_files};
@@ -92,7 +93,7 @@ struct Weights {
 }
 
 /// How a dense layer is made from its tensors and biases: [`Linear::new`] or [`Linear::gated`].
-type MakeLinear = fn(&[Tensor], Option<&[Tensor]>, ComputeDtype) -> Result<Linear>;
+type MakeLinear = fn(Vec<Tensor>, Option<&[Tensor]>, ComputeDtype) -> Result<Linear>;
 
 impl Weights {
     fn get(&self, name: &str) -> Result<Tensor> {
@@ -139,7 +140,7 @@ impl Weights {
         } else {
             None
         };
-        make(&self.all(names, "weight")?, bs.as_deref(), compute)
+        make(self.all(names, "weight")?, bs.as_deref(), compute)
     }
 
     fn norm(&self, name: &str, traits: &Traits) -> Result<Norm> {
@@ -197,9 +198,9 @@ pub(crate) fn load(spec: &LoadSpec, arch: Arch, config: &str) -> Result<Decoder>
                     format!("{}: {}", w.files, candle_message(&e)),
                 )
             })?;
-    let blocks = (0..c.num_hidden_layers)
-        .map(|l| block(&w, l, &c, &traits, spec.compute))
-        .collect::<Result<Vec<_>>>()?;
+    let blocks = load_blocks(c.num_hidden_layers, |l| {
+        block(&w, l, &c, &traits, spec.compute)
+    })?;
     let final_norm = if traits.parallel_block {
         "final_layernorm"
     } else {

@@ -10,7 +10,8 @@ use llmembed_core::{Error, Result};
 
 use super::arch::{Arch, Traits};
 use super::decoder::{
-    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, vector,
+    Activation, Block, Config, Decoder, Embeddings, Linear, Mlp, Norm, RopeStyle, load_blocks,
+    vector,
 };
 use super::gguf::GgufFile;
 use super::tokenizer::DecoderTokenizer;
@@ -20,22 +21,21 @@ use crate::embedder::{ComputeDtype, LoadSpec};
 /// every GGUF architecture): a gated MLP without biases, q/k/v biases where `traits` has them
 /// always (qwen2), and the norms `traits` asks for.
 pub(crate) fn block(
-    f: &mut GgufFile,
+    f: &GgufFile,
     l: usize,
     traits: &Traits,
     compute: ComputeDtype,
 ) -> Result<Block> {
-    let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
+    let t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
     let attn_norm = Norm::rms(&t("attn_norm")?)?;
-    let qkv_w = [t("attn_q")?, t("attn_k")?, t("attn_v")?];
+    let qkv_w = vec![t("attn_q")?, t("attn_k")?, t("attn_v")?];
     let qkv_b = if traits.qkv_bias.on(None) {
-        let mut b = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.bias"));
+        let b = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.bias"));
         Some([b("attn_q")?, b("attn_k")?, b("attn_v")?])
     } else {
         None
     };
-    let mut t = |n: &str| f.tensor_f32(&format!("blk.{l}.{n}.weight"));
-    let qkv = Linear::new(&qkv_w, qkv_b.as_ref().map(|b| b.as_slice()), compute)?;
+    let qkv = Linear::new(qkv_w, qkv_b.as_ref().map(|b| b.as_slice()), compute)?;
     let (q_norm, k_norm) = if traits.qk_norm {
         (
             Some(vector(&t("attn_q_norm")?)?),
@@ -44,15 +44,15 @@ pub(crate) fn block(
     } else {
         (None, None)
     };
-    let o = Linear::new(&[t("attn_output")?], None, compute)?;
+    let o = Linear::new(vec![t("attn_output")?], None, compute)?;
     let sandwich = traits.sandwich_norms;
     let post_attn_norm = sandwich
         .then(|| Norm::rms(&t("post_attention_norm")?))
         .transpose()?;
     let ffn_norm = Some(Norm::rms(&t("ffn_norm")?)?);
     let mlp = Mlp::Gated {
-        gate_up: Linear::gated(&[t("ffn_gate")?, t("ffn_up")?], None, compute)?,
-        down: Linear::new(&[t("ffn_down")?], None, compute)?,
+        gate_up: Linear::gated(vec![t("ffn_gate")?, t("ffn_up")?], None, compute)?,
+        down: Linear::new(vec![t("ffn_down")?], None, compute)?,
     };
     let post_ffn_norm = sandwich
         .then(|| Norm::rms(&t("post_ffw_norm")?))
@@ -71,7 +71,7 @@ pub(crate) fn block(
 }
 
 /// A llama or qwen2 GGUF (`arch`).
-pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decoder> {
+pub(crate) fn load(f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decoder> {
     let p = arch.name();
     let key = |k: &str| format!("{p}.{k}");
     let hidden = f.get_usize(&key("embedding_length"))?;
@@ -115,9 +115,7 @@ pub(crate) fn load(mut f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decod
     let embed = f.qtensor("token_embd.weight")?;
     let embed_type = format!("{:?}", embed.dtype());
     let traits = arch.traits();
-    let blocks = (0..n_layers)
-        .map(|l| block(&mut f, l, &traits, compute))
-        .collect::<Result<Vec<_>>>()?;
+    let blocks = load_blocks(n_layers, |l| block(&f, l, &traits, compute))?;
     let final_norm = Norm::rms(&f.tensor_f32("output_norm.weight")?)?;
     let cfg = Config {
         arch: arch.name(),

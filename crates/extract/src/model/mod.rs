@@ -41,14 +41,16 @@ use errors::{file_error, hex_bytes};
 /// the `model_type` of the config.json next to a `.safetensors` file (or shard index):
 /// `bert` -> `bert`, `mpnet` -> `mpnet`, decoders -> `hf`. A file named `.gguf` must start with the GGUF magic.
 ///
-/// Once the weights are in, the memory the load freed (its f32 copies of quantised tensors,
-/// the unpacked matrices) goes back to the OS, and the pages the batches free from then on stay
-/// with the process ([`llmembed_kernels::keep_freed_pages`]): each batch allocates blocks of
-/// the same sizes as the last.
+/// While the weights load, the memory the load frees (its f32 copies of quantised tensors,
+/// the unpacked matrices) goes back to the OS at once ([`llmembed_kernels::return_freed_pages`]);
+/// once they are in, the pages the batches free from then on stay with the process
+/// ([`llmembed_kernels::keep_freed_pages`]): each batch allocates blocks of the same sizes as
+/// the last.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
-    let model = load_weights(spec)?;
+    llmembed_kernels::return_freed_pages();
+    let model = load_weights(spec);
     llmembed_kernels::keep_freed_pages();
-    Ok(model)
+    model
 }
 
 fn load_weights(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {

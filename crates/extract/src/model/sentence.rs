@@ -172,7 +172,7 @@ pub(crate) fn load_head(
                 }
                 let b = c.bias.then(|| get("linear.bias")).transpose()?;
                 dense.push(Linear::new(
-                    &[w],
+                    vec![w],
                     b.as_ref().map(std::slice::from_ref),
                     compute,
                 )?);

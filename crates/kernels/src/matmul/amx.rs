@@ -132,12 +132,20 @@ impl Tiles {
         let kblocks = steps.div_ceil(TILE_STEPS);
         let np = n.div_ceil(BLOCK) * BLOCK;
         let mut data = vec![Line([0; TILE_STEPS]); kblocks * np];
-        for (s, values) in w.chunks_exact(n.max(1)).enumerate() {
-            for (col, &v) in values.iter().enumerate() {
-                let at = Tiles::at(kblocks, s, col);
-                data[at / TILE_STEPS].0[at % TILE_STEPS] = v;
-            }
-        }
+        // One task per block of 32 columns, whose tiles are one stretch of `data`: a model's
+        // load is mostly such single-threaded copies.
+        let block_lines = kblocks * 2 * TILE / TILE_STEPS;
+        data.par_chunks_mut(block_lines.max(1))
+            .enumerate()
+            .for_each(|(nb, lines)| {
+                let cols = nb * BLOCK..((nb + 1) * BLOCK).min(n);
+                for (s, values) in w.chunks_exact(n.max(1)).enumerate() {
+                    for (col, &v) in cols.clone().zip(&values[cols.clone()]) {
+                        let at = Tiles::at(kblocks, s, col) - nb * block_lines * TILE_STEPS;
+                        lines[at / TILE_STEPS].0[at % TILE_STEPS] = v;
+                    }
+                }
+            });
         Tiles {
             kblocks,
             np,

@@ -64,6 +64,13 @@ pub fn interleave_gate_up(w: &[f32], k: usize, ffn: usize) -> Vec<f32> {
     out
 }
 
+/// Where [`interleave_gate_up`] puts column `o` of the `2 * ffn` (the gate's, then the up
+/// projection's), so that a matrix can be written in that order without the copy.
+pub fn gate_up_column(ffn: usize, o: usize) -> usize {
+    let (part, c) = if o < ffn { (0, o) } else { (PANEL, o - ffn) };
+    c / PANEL * PAIR + part + c % PANEL
+}
+
 impl Gated<'_> {
     /// Checks the packed weights' width (`n`) and the bias against `ffn`.
     pub(crate) fn check(&self, op: &'static str, n: usize) -> Result<()> {

@@ -227,13 +227,25 @@ impl PackedI8 {
                 format!("weight ({}, {}) is {}", i / n, i % n, w[i]),
             ));
         }
-        let mut max = vec![0f32; n];
-        for row in w.chunks_exact(n.max(1)) {
-            for (m, v) in max.iter_mut().zip(row) {
-                *m = m.max(v.abs());
-            }
-        }
-        let scales: Vec<f32> = max.iter().map(|&m| m / 127.0).collect();
+        // Loading a model is mostly passes like these over every weight: each runs on all
+        // threads, split by columns or rows so that no two tasks write the same value.
+        let columns = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        let mut scales = vec![0f32; n];
+        scales
+            .par_chunks_mut(columns)
+            .enumerate()
+            .for_each(|(c, scales)| {
+                // Each column's largest magnitude, then that over 127.
+                let cols = c * columns..c * columns + scales.len();
+                for row in w.chunks_exact(n) {
+                    for (s, v) in scales.iter_mut().zip(&row[cols.clone()]) {
+                        *s = s.max(v.abs());
+                    }
+                }
+                for s in scales.iter_mut() {
+                    *s /= 127.0;
+                }
+            });
         // Every weight quantised first, a row at a time on all threads (the rounding is an
         // instruction with AVX-512 and a libm call without: loading a model spent more time
         // here than anywhere else).
@@ -242,6 +254,17 @@ impl PackedI8 {
             .zip(w.par_chunks(n.max(1)))
             .for_each(|(q, row)| quantise_weights(Isa::best(), row, &scales, q));
         let mut shift = vec![0i32; n];
+        shift
+            .par_chunks_mut(columns)
+            .enumerate()
+            .for_each(|(c, shift)| {
+                let cols = c * columns..c * columns + shift.len();
+                for row in q_w.chunks_exact(n) {
+                    for (s, &q) in shift.iter_mut().zip(&row[cols.clone()]) {
+                        *s += 128 * q as i32;
+                    }
+                }
+            });
         let repr = match kernel {
             I8Kernel::Amx | I8Kernel::Vnni | I8Kernel::Avx2 => {
                 // Steps of four bytes (VNNI) or of two int16 (AVX2), each weight sign-extended
@@ -250,14 +273,16 @@ impl PackedI8 {
                 let (bits, steps) = (32 / per_step, k.div_ceil(per_step));
                 let mask = u32::MAX >> (32 - bits);
                 let mut packed = vec![0u32; steps * n];
-                for (row, values) in q_w.chunks_exact(n.max(1)).enumerate() {
-                    let step = row / per_step;
-                    let (dst, slot) = (&mut packed[step * n..(step + 1) * n], row % per_step);
-                    for (col, (d, &q)) in dst.iter_mut().zip(values).enumerate() {
-                        shift[col] += 128 * q as i32;
-                        *d |= (q as i32 as u32 & mask) << (bits * slot);
-                    }
-                }
+                packed
+                    .par_chunks_mut(n.max(1))
+                    .zip(q_w.par_chunks(per_step * n.max(1)))
+                    .for_each(|(dst, rows)| {
+                        for (slot, values) in rows.chunks_exact(n.max(1)).enumerate() {
+                            for (d, &q) in dst.iter_mut().zip(values) {
+                                *d |= (q as i32 as u32 & mask) << (bits * slot);
+                            }
+                        }
+                    });
                 match kernel {
                     I8Kernel::Amx => Repr::Tiles(Tiles::new(&packed, steps, n)),
                     I8Kernel::Vnni => Repr::Quads(Panels::new(&packed, steps, n)?),
@@ -265,14 +290,13 @@ impl PackedI8 {
                 }
             }
             I8Kernel::Portable => {
-                let mut columns = vec![0i8; n * k];
+                let mut by_column = vec![0i8; n * k];
                 for (row, values) in q_w.chunks_exact(n.max(1)).enumerate() {
                     for (col, &q) in values.iter().enumerate() {
-                        shift[col] += 128 * q as i32;
-                        columns[col * k + row] = q;
+                        by_column[col * k + row] = q;
                     }
                 }
-                Repr::Columns(columns)
+                Repr::Columns(by_column)
             }
         };
         Ok(PackedI8 {
@@ -1015,6 +1039,16 @@ fn step_input(step: u32, per_step: usize, ch: usize) -> i8 {
     (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as i8
 }
 
+/// A whole number in -127..=127 as i8 (the value `as i8` gives): 1.5 x 2^23 added puts it in
+/// the low mantissa bits, exactly. Why not `as`: a saturating conversion, which the compiler
+/// does one value at a time (it was most of a model load's time in `quantise_weights`); this
+/// is an add and a subtract on whole vectors.
+#[inline(always)]
+fn whole_to_i8(x: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
+}
+
 multiversion! {
     /// `q[n] = round(w[n] / s_w[n])` clamped to -127..=127 (0 where the scale is 0): one row
     /// of weights, each output column with its own scale.
@@ -1023,7 +1057,7 @@ multiversion! {
             *q = if s == 0.0 {
                 0
             } else {
-                (v / s).round_ties_even().clamp(-127.0, 127.0) as i8
+                whole_to_i8((v / s).round_ties_even().clamp(-127.0, 127.0))
             };
         }
     }
@@ -1245,6 +1279,14 @@ unsafe fn descale_avx512(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_to_i8_matches_as_for_every_quantisation_level() {
+        for v in -127..=127 {
+            assert_eq!(whole_to_i8(v as f32), v as i8, "{v}");
+        }
+        assert_eq!(whole_to_i8(-0.0), 0);
+    }
 
     #[test]
     fn lane_stats_give_the_plain_loops_bits() {

@@ -12,7 +12,7 @@ mod panels;
 
 pub use bf16::{Bf16Cpu, Bf16Kernel, PackedBf16, bf16_round};
 pub use f32::{F32Kernel, PackedF32};
-pub use gated::{Gated, gated_width, interleave_gate_up};
+pub use gated::{Gated, gate_up_column, gated_width, interleave_gate_up};
 pub use int8::{I8Kernel, Outliers, PackedI8};
 
 /// The environment switches that turn kernels off, to compare them on one machine: set (to
