@@ -227,25 +227,16 @@ impl PackedI8 {
                 format!("weight ({}, {}) is {}", i / n, i % n, w[i]),
             ));
         }
-        // Loading a model is mostly passes like these over every weight: each runs on all
-        // threads, split by columns or rows so that no two tasks write the same value.
-        let columns = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+        // Each column's largest magnitude over 127.
         let mut scales = vec![0f32; n];
-        scales
-            .par_chunks_mut(columns)
-            .enumerate()
-            .for_each(|(c, scales)| {
-                // Each column's largest magnitude, then that over 127.
-                let cols = c * columns..c * columns + scales.len();
-                for row in w.chunks_exact(n) {
-                    for (s, v) in scales.iter_mut().zip(&row[cols.clone()]) {
-                        *s = s.max(v.abs());
-                    }
-                }
-                for s in scales.iter_mut() {
-                    *s /= 127.0;
-                }
-            });
+        by_columns(&mut scales, w, |scales, row| {
+            for (s, v) in scales.iter_mut().zip(row) {
+                *s = s.max(v.abs());
+            }
+        });
+        for s in &mut scales {
+            *s /= 127.0;
+        }
         // Every weight quantised first, a row at a time on all threads (the rounding is an
         // instruction with AVX-512 and a libm call without: loading a model spent more time
         // here than anywhere else).
@@ -254,17 +245,11 @@ impl PackedI8 {
             .zip(w.par_chunks(n.max(1)))
             .for_each(|(q, row)| quantise_weights(Isa::best(), row, &scales, q));
         let mut shift = vec![0i32; n];
-        shift
-            .par_chunks_mut(columns)
-            .enumerate()
-            .for_each(|(c, shift)| {
-                let cols = c * columns..c * columns + shift.len();
-                for row in q_w.chunks_exact(n) {
-                    for (s, &q) in shift.iter_mut().zip(&row[cols.clone()]) {
-                        *s += 128 * q as i32;
-                    }
-                }
-            });
+        by_columns(&mut shift, &q_w, |shift, row| {
+            for (s, &q) in shift.iter_mut().zip(row) {
+                *s += 128 * q as i32;
+            }
+        });
         let repr = match kernel {
             I8Kernel::Amx | I8Kernel::Vnni | I8Kernel::Avx2 => {
                 // Steps of four bytes (VNNI) or of two int16 (AVX2), each weight sign-extended
@@ -1037,6 +1022,27 @@ fn step_input(step: u32, per_step: usize, ch: usize) -> i8 {
     // The value's bits moved to the top, then an arithmetic shift back down: the sign extended
     // from whichever width it has.
     (((step >> shift) << (32 - bits)) as i32 >> (32 - bits)) as i8
+}
+
+/// `add(per_column[cols], row[cols])` for every row of `m` (rows as long as `per_column`), in
+/// order, each stretch of columns on its own thread. Why: loading a model is mostly passes
+/// like this one over every weight, and one thread made them most of its time.
+fn by_columns<T: Send, U: Sync>(
+    per_column: &mut [T],
+    m: &[U],
+    add: impl Fn(&mut [T], &[U]) + Sync,
+) {
+    let n = per_column.len();
+    let stretch = n.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    per_column
+        .par_chunks_mut(stretch)
+        .enumerate()
+        .for_each(|(c, mine)| {
+            let cols = c * stretch..c * stretch + mine.len();
+            for row in m.chunks_exact(n) {
+                add(mine, &row[cols.clone()]);
+            }
+        });
 }
 
 /// A whole number in -127..=127 as i8 (the value `as i8` gives): 1.5 x 2^23 added puts it in
