@@ -125,13 +125,18 @@ impl<T: Step> Panels<T> {
             n,
             step: PhantomData,
         };
+        // One task per panel, each a stretch of the mapping (a model's load was mostly such
+        // single-threaded copies).
         let data = panels.as_mut_slice();
-        for (row, values) in w.chunks_exact(n.max(1)).enumerate() {
-            for (p, chunk) in values.chunks(PANEL).enumerate() {
-                let at = (p * k + row) * PANEL;
-                data[at..at + chunk.len()].copy_from_slice(chunk);
-            }
-        }
+        data.par_chunks_mut((k * PANEL).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let cols = p * PANEL..((p + 1) * PANEL).min(n);
+                for (row, values) in w.chunks_exact(n.max(1)).enumerate() {
+                    panel[row * PANEL..row * PANEL + cols.len()]
+                        .copy_from_slice(&values[cols.clone()]);
+                }
+            });
         Ok(panels)
     }
 
