@@ -21,7 +21,8 @@
 //!   per sequence.
 //! * [`LineAligned`]: mimalloc with large blocks on cache lines, which binaries
 //!   register so that AMX tiles store products straight into their outputs;
-//!   [`keep_freed_pages`], called once a model has loaded, keeps the pages batches free.
+//!   [`return_freed_pages`], called before a model loads, returns what the load frees as it
+//!   goes; [`keep_freed_pages`], called once it has loaded, keeps the pages batches free.
 //! * [`Isa`]: the instruction-set level the row and attention kernels run at. Every level gives
 //!   the same bits (the AVX-512 copies are the same source compiled wider).
 //!

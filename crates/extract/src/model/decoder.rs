@@ -25,7 +25,7 @@ use llmembed_core::{Error, Result};
 use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
 use llmembed_kernels::{
     Bf16Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows, gate_up_column,
-    gated_width, interleave_gate_up,
+    gated_width,
 };
 use rayon::prelude::*;
 
@@ -206,10 +206,31 @@ impl Columns {
             Columns::GateUp { ffn } => gate_up_column(ffn, o),
         }
     }
+
+    /// One value per output (a bias) placed in the `n` columns as the weights are.
+    fn place(self, values: Vec<f32>, outputs: usize, n: usize) -> Result<Vec<f32>> {
+        match self {
+            Columns::InOrder => Ok(values),
+            Columns::GateUp { .. } if values.len() != outputs => Err(Error::compute(
+                "fuse biases",
+                format!(
+                    "the gate and up biases have {} values for {outputs} outputs",
+                    values.len()
+                ),
+            )),
+            Columns::GateUp { .. } => {
+                let mut placed = vec![0f32; n];
+                for (o, v) in values.into_iter().enumerate() {
+                    placed[self.of(o)] = v;
+                }
+                Ok(placed)
+            }
+        }
+    }
 }
 
 /// Weights (out, in) as PyTorch stores them, fused along `out` and transposed, with the biases
-/// fused the same way; the outputs placed as `columns` says.
+/// fused the same way; the outputs (weights and biases) placed as `columns` says.
 ///
 /// One copy: each weight is read where it lies (an f32 tensor is borrowed, another dtype
 /// converted first) and written transposed into the fused matrix, a block of inputs per task
@@ -285,14 +306,12 @@ fn fused(ws: Vec<Tensor>, bs: Option<&[Tensor]>, columns: Columns) -> Result<Fus
             });
     }
     let b = bs
-        .map(|bs| Tensor::cat(bs, 0).map_err(cerr("fuse biases")))
+        .map(|bs| {
+            let joined = vector(&Tensor::cat(bs, 0).map_err(cerr("fuse biases"))?)?;
+            columns.place(joined, outputs, n)
+        })
         .transpose()?;
-    Ok(Fused {
-        w,
-        k,
-        n,
-        b: b.as_ref().map(vector).transpose()?,
-    })
+    Ok(Fused { w, k, n, b })
 }
 
 /// The outlier rule of `compute: int8`: [`Outliers::DEFAULT`], or none when
@@ -318,7 +337,7 @@ impl Linear {
     }
 
     /// A gated MLP's gate and up projections (`ws`, `bs`: gate then up), packed side by side
-    /// for [`Linear::forward_gated`] (`interleave_gate_up`'s order), biases likewise.
+    /// for [`Linear::forward_gated`] (`gate_up_column`'s order), biases likewise.
     pub fn gated(ws: Vec<Tensor>, bs: Option<&[Tensor]>, compute: ComputeDtype) -> Result<Linear> {
         let outputs: Vec<usize> = ws
             .iter()
@@ -338,7 +357,7 @@ impl Linear {
         let Fused { w, k, n, b } = fused(ws, bs, Columns::GateUp { ffn })?;
         Ok(Linear {
             w: Weight::new(&w, k, n, compute)?,
-            b: b.map(|b| interleave_gate_up(&b, 1, ffn)),
+            b,
         })
     }
 
@@ -899,5 +918,31 @@ impl Embedder for Decoder {
                 x
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_up_biases_are_placed_as_the_kernels_interleave_them() {
+        for ffn in [7, 32, 45, 64] {
+            let bias: Vec<f32> = (0..2 * ffn).map(|i| i as f32 + 1.0).collect();
+            let placed = Columns::GateUp { ffn }
+                .place(bias.clone(), 2 * ffn, gated_width(ffn))
+                .unwrap();
+            let interleaved = llmembed_kernels::interleave_gate_up(&bias, 1, ffn);
+            assert_eq!(placed, interleaved, "ffn {ffn}");
+        }
+        let e = Columns::GateUp { ffn: 8 }
+            .place(vec![0.0; 15], 16, gated_width(8))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("15 values for 16 outputs"), "{e}");
+        assert_eq!(
+            Columns::InOrder.place(vec![1.0, 2.0], 2, 2).unwrap(),
+            vec![1.0, 2.0]
+        );
     }
 }

@@ -28,8 +28,6 @@ use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use super::Switches;
 use super::amx::{self, TILE_STEPS, TileOp, Tiles};
 use super::f32::PackedF32;
@@ -165,19 +163,7 @@ impl PackedBf16 {
             }
             Bf16Kernel::Avx512Bf16 | Bf16Kernel::Amx => {
                 // Pair rows: inputs 2p and 2p + 1 of each column in one u32.
-                // A pair of rows per task, on all threads (a model's load is mostly passes
-                // like this one over every weight).
-                let mut pairs = vec![0u32; k.div_ceil(2) * n];
-                pairs
-                    .par_chunks_mut(n.max(1))
-                    .zip(vals.par_chunks(2 * n.max(1)))
-                    .for_each(|(dst, rows)| {
-                        for (half, values) in rows.chunks_exact(n.max(1)).enumerate() {
-                            for (d, &v) in dst.iter_mut().zip(values) {
-                                *d |= (bf16_bits(v) as u32) << (half * 16);
-                            }
-                        }
-                    });
+                let pairs = super::pack_steps(vals, n, 2, |v| bf16_bits(v) as u32);
                 if kernel == Bf16Kernel::Amx {
                     Repr::Tiles(Tiles::new(&pairs, k.div_ceil(2), n))
                 } else {

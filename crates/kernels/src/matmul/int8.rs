@@ -257,17 +257,7 @@ impl PackedI8 {
                 let per_step = kernel.inputs_per_step();
                 let (bits, steps) = (32 / per_step, k.div_ceil(per_step));
                 let mask = u32::MAX >> (32 - bits);
-                let mut packed = vec![0u32; steps * n];
-                packed
-                    .par_chunks_mut(n.max(1))
-                    .zip(q_w.par_chunks(per_step * n.max(1)))
-                    .for_each(|(dst, rows)| {
-                        for (slot, values) in rows.chunks_exact(n.max(1)).enumerate() {
-                            for (d, &q) in dst.iter_mut().zip(values) {
-                                *d |= (q as i32 as u32 & mask) << (bits * slot);
-                            }
-                        }
-                    });
+                let packed = super::pack_steps(&q_w, n, per_step, |q| q as i32 as u32 & mask);
                 match kernel {
                     I8Kernel::Amx => Repr::Tiles(Tiles::new(&packed, steps, n)),
                     I8Kernel::Vnni => Repr::Quads(Panels::new(&packed, steps, n)?),

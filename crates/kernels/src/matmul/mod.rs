@@ -44,6 +44,33 @@ impl Switches {
     }
 }
 
+/// `w` (rows of `n`) as rows of 32-bit steps, `per_step` rows to a step: slot `j` of step `s`,
+/// column `c`, is `bits(w[per_step * s + j][c])` shifted by `32 / per_step * j` (a missing
+/// last row gives zeros), the layout the bf16 (pairs) and int8 (quads, or int16 pairs) kernels
+/// read. One step per task on all threads: a model's load is mostly passes like this one over
+/// every weight, and one thread made them most of its time.
+fn pack_steps<T: Copy + Sync>(
+    w: &[T],
+    n: usize,
+    per_step: usize,
+    bits: impl Fn(T) -> u32 + Sync,
+) -> Vec<u32> {
+    use rayon::prelude::*;
+    let steps = (w.len() / n.max(1)).div_ceil(per_step);
+    let mut packed = vec![0u32; steps * n];
+    packed
+        .par_chunks_mut(n.max(1))
+        .zip(w.par_chunks(per_step * n.max(1)))
+        .for_each(|(dst, rows)| {
+            for (slot, values) in rows.chunks_exact(n.max(1)).enumerate() {
+                for (d, &v) in dst.iter_mut().zip(values) {
+                    *d |= bits(v) << (32 / per_step * slot);
+                }
+            }
+        });
+    packed
+}
+
 /// The checks every packer makes before it packs: the kernel runs on this CPU, and `w` holds
 /// (K, N) values.
 fn check_pack(
