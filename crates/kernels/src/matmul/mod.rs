@@ -63,8 +63,9 @@ fn pack_steps<T: Copy + Sync>(
         .zip(w.par_chunks(per_step * n.max(1)))
         .for_each(|(dst, rows)| {
             for (slot, values) in rows.chunks_exact(n.max(1)).enumerate() {
+                let shift = 32 / per_step * slot;
                 for (d, &v) in dst.iter_mut().zip(values) {
-                    *d |= bits(v) << (32 / per_step * slot);
+                    *d |= bits(v) << shift;
                 }
             }
         });
