@@ -40,7 +40,9 @@ pub fn gated_width(ffn: usize) -> usize {
 
 /// `w`, K rows of `2 * ffn` values (the gate's columns, then the up projection's), as K rows
 /// of [`gated_width`] values: gate columns `32j..32j + 32` then the same up columns, pair
-/// after pair, zero columns past `ffn` in the last pair. A bias is one row (`k = 1`).
+/// after pair, zero columns past `ffn` in the last pair. A bias is one row (`k = 1`). The
+/// layout as a whole copy, which tests build their weights with; a model's loader places each
+/// column with [`gate_up_column`] instead (tested to agree), without the copy.
 pub fn interleave_gate_up(w: &[f32], k: usize, ffn: usize) -> Vec<f32> {
     assert_eq!(
         w.len(),
