@@ -45,12 +45,71 @@ use errors::{file_error, hex_bytes};
 /// the unpacked matrices) goes back to the OS at once ([`llmembed_kernels::return_freed_pages`]);
 /// once they are in, the pages the batches free from then on stay with the process
 /// ([`llmembed_kernels::keep_freed_pages`]): each batch allocates blocks of the same sizes as
-/// the last.
+/// the last. When the model is dropped, every free page goes back
+/// ([`llmembed_kernels::return_free_pages`]), so that a process that goes on (the next stage of
+/// a pipeline, another model) does not keep this one's memory.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
     llmembed_kernels::return_freed_pages();
     let model = load_weights(spec);
     llmembed_kernels::keep_freed_pages();
-    model
+    Ok(Box::new(Loaded(Some(model?))))
+}
+
+/// A loaded model that returns the process's free pages to the OS once it is dropped (see
+/// [`load`]); it embeds exactly as the model it holds.
+struct Loaded(Option<Box<dyn Embedder>>);
+
+impl Loaded {
+    fn model(&self) -> &dyn Embedder {
+        // Some until `drop` takes it.
+        self.0
+            .as_deref()
+            .expect("a loaded model is present until dropped")
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        // The model first: its weights and kept buffers are what there is to return.
+        drop(self.0.take());
+        llmembed_kernels::return_free_pages();
+    }
+}
+
+impl Embedder for Loaded {
+    fn num_layers(&self) -> usize {
+        self.model().num_layers()
+    }
+    fn hidden_size(&self) -> usize {
+        self.model().hidden_size()
+    }
+    fn supports(&self, tap: Tap) -> bool {
+        self.model().supports(tap)
+    }
+    fn tokenize(&self, text: &str, max_tokens: usize) -> Result<(Vec<u32>, bool)> {
+        self.model().tokenize(text, max_tokens)
+    }
+    fn embed(&self, batch: &[&[u32]], taps: &[Tap], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        self.model().embed(batch, taps, pooling)
+    }
+    fn encode_with_offsets(&self, text: &str) -> Result<crate::embedder::IdsOffsets> {
+        self.model().encode_with_offsets(text)
+    }
+    fn max_sequence(&self) -> usize {
+        self.model().max_sequence()
+    }
+    fn embed_spans(
+        &self,
+        batch: &[&[u32]],
+        mean: &[std::ops::Range<usize>],
+        taps: &[Tap],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.model().embed_spans(batch, mean, taps, pooling)
+    }
+    fn describe(&self) -> String {
+        self.model().describe()
+    }
 }
 
 fn load_weights(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
