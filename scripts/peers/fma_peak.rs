@@ -5,8 +5,9 @@
 //! AMX (Intel Sapphire Rapids and later), also 4 independent chains of the tile multiplies
 //! `tdpbf16ps` and `tdpbusd` on 16 x 64-byte tiles (what `compute: bf16` and `int8` run
 //! there), and then the 2 x 2 tile loop of the AMX products fed from L1 and L2 with and without
-//! storing its sums (what those multiplies reach in a product). The README's "peaks at N GFLOP/s
-//! per core" figures come from here.
+//! storing its sums (what those multiplies reach in a product); and the inner loop of the f32
+//! panel kernel fed from L1 and L2, for the same reason. The README's "peaks at N GFLOP/s per
+//! core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
 //!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak
@@ -258,6 +259,64 @@ amx_fed_stored!(amx_fed_int8, "tdpbusd");
 amx_fed!(amx_fed_bf16_unstored, "tdpbf16ps");
 amx_fed!(amx_fed_int8_unstored, "tdpbusd");
 
+/// Steps per block of [`panel_f32`]: a block of B is 16 KiB, in L1 with the 6 KiB of A.
+const PANEL_STEPS: usize = 128;
+
+/// `len` f32 values on a 64-byte line (the kernel's packed weights are page-aligned), filled
+/// by `f`.
+fn on_line(len: usize, f: impl Fn(usize) -> f32) -> (Vec<f32>, usize) {
+    let mut v = vec![0f32; len + 16];
+    let skip = (64 - v.as_ptr() as usize % 64) % 64 / 4;
+    for i in 0..len {
+        v[skip + i] = f(i);
+    }
+    (v, skip)
+}
+
+/// The inner loop of llmembed's f32 panel kernel (`micro_f32` in
+/// `crates/kernels/src/matmul/panels/avx512.rs`), fed from memory: per step, two B vectors
+/// loaded, and each of twelve A values broadcast from memory into two multiply-adds, 24 chains
+/// in all; blocks of 128 steps whose accumulators start from zero and are stored at the
+/// block's end. A stays on one block (6 KiB); B stays on one block (16 KiB, in L1) or walks
+/// a 1 MiB buffer (from L2). Against the bare `vfmadd` above, what the f32 products can reach
+/// on this core with their operands in cache: on Sapphire Rapids the loop in L1 runs at about
+/// 87% of the bare multiply-adds, however it is unrolled or shaped (README).
+#[target_feature(enable = "avx512f")]
+fn panel_f32(n: usize, b_walks: bool) -> f32 {
+    const B_BLOCKS: usize = 64;
+    let (a, a0) = on_line(PANEL_STEPS * 12, |i| (i % 7) as f32 * 1e-3);
+    let (b, b0) = on_line(B_BLOCKS * PANEL_STEPS * 32, |i| (i % 5) as f32 * 1e-3);
+    let mut c = [_mm512_setzero_ps(); 24];
+    let mut check = 0f32;
+    for block in 0..n / PANEL_STEPS {
+        let bb = if b_walks { block % B_BLOCKS } else { 0 };
+        let b = &b[b0 + bb * PANEL_STEPS * 32..][..PANEL_STEPS * 32];
+        let a = &a[a0..][..PANEL_STEPS * 12];
+        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+        for i in 0..PANEL_STEPS {
+            // SAFETY: i < PANEL_STEPS; b holds PANEL_STEPS rows of 32 values.
+            let bv = unsafe {
+                [
+                    _mm512_loadu_ps(b.as_ptr().add(i * 32)),
+                    _mm512_loadu_ps(b.as_ptr().add(i * 32 + 16)),
+                ]
+            };
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(a[i * 12 + r]);
+                for (acc, bv) in acc.iter_mut().zip(bv) {
+                    *acc = _mm512_fmadd_ps(x, bv, *acc);
+                }
+            }
+        }
+        for (c, acc) in c.iter_mut().zip(acc.as_flattened()) {
+            *c = *acc;
+        }
+        check += _mm512_reduce_add_ps(c[block % 24]);
+    }
+    std::hint::black_box(&c);
+    check
+}
+
 fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
     let n = 20_000_000;
     let start = Instant::now();
@@ -282,6 +341,13 @@ fn main() {
     if has("avx512f") {
         // SAFETY (all three): the CPU has the features checked.
         time("f32 vfmadd zmm", CHAINS * 32, |n| unsafe { fma_zmm(n) });
+        // One step: 24 multiply-adds of 16 lanes.
+        time("f32 12x32 panel loop, A and B in L1", 24 * 32, |n| unsafe {
+            panel_f32(n, false)
+        });
+        time("f32 12x32 panel loop, A in L1, B from L2", 24 * 32, |n| unsafe {
+            panel_f32(n, true)
+        });
     }
     if has("avx512f") && has("avx512bf16") {
         time("bf16 vdpbf16ps zmm", CHAINS * 64, |n| unsafe {
