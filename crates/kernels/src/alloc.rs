@@ -30,7 +30,7 @@
 //! scheduled for a purge. With -1, a model's pages stayed resident after it was dropped, for as
 //! long as the process ran: in one `run` of a pipeline, SmolLM2's int8 extraction after
 //! Qwen2.5-Coder-0.5B's peaked at 1.01 GB, against about 300 MB on its own. Now
-//! [`return_free_pages`], called when a model is dropped and before the next one loads, gives
+//! [`keep_freed_pages`], called when a model is dropped and before the next one loads, gives
 //! them all back.
 //!
 //! Why [`return_freed_pages`] before a load: with the default delay, the pages a load freed
@@ -76,31 +76,24 @@ fn collect_all_threads() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// Returns every free page to the OS now, on all threads, and keeps the pages freed from then
-/// on (see the module docs): for when a model is dropped, whose weights and kept batch buffers
-/// nothing in the process needs again.
-pub fn return_free_pages() {
-    // A forced collection purges only the ranges scheduled for a purge, and only while the
-    // delay is positive.
-    set_purge_delay(KEPT_MS);
-    collect_all_threads();
-}
-
 /// Returns what is free now to the OS, then sends every page freed from now on back at once:
 /// for a model's load, whose temporary matrices are freed as it goes and are not needed again
 /// (see the module docs).
 pub fn return_freed_pages() {
-    return_free_pages();
+    keep_freed_pages();
     set_purge_delay(0);
 }
 
-/// Returns the pages free now to the OS, then keeps every page freed from now on for later
-/// blocks (see the module docs). For a process about to run the same work over and over (the
-/// batches of an extraction); without [`LineAligned`] registered it changes nothing.
+/// Returns the pages free now to the OS, on every thread, then keeps every page freed from now
+/// on for later blocks (see the module docs). For a process about to run the same work over and
+/// over (the batches of an extraction), and for when a model is dropped, whose weights and kept
+/// batch buffers nothing in the process needs again; without [`LineAligned`] registered it
+/// changes nothing.
 pub fn keep_freed_pages() {
-    set_purge_delay(0);
-    collect_all_threads();
+    // A forced collection purges the ranges scheduled for a purge, due or not, and a freed
+    // range is scheduled only while the delay is positive.
     set_purge_delay(KEPT_MS);
+    collect_all_threads();
 }
 
 /// The layout a block of `layout` is given: the same, or the same size on a line.
@@ -175,7 +168,8 @@ mod tests {
         assert_eq!(delay(), 0);
         keep_freed_pages();
         assert_eq!(delay(), KEPT_MS);
-        return_free_pages();
+        // Again, as when the model is dropped.
+        keep_freed_pages();
         assert_eq!(delay(), KEPT_MS);
     }
 

@@ -23,7 +23,7 @@
 //!   register so that AMX tiles store products straight into their outputs;
 //!   [`return_freed_pages`], called before a model loads, returns what is free and what the
 //!   load frees as it goes; [`keep_freed_pages`], called once it has loaded, keeps the pages
-//!   batches free; [`return_free_pages`], called when the model is dropped, returns them.
+//!   batches free, and called again when the model is dropped, returns them.
 //! * [`Isa`]: the instruction-set level the row and attention kernels run at. Every level gives
 //!   the same bits (the AVX-512 copies are the same source compiled wider).
 //!
@@ -44,7 +44,7 @@ mod isa;
 pub mod matmul;
 mod rows;
 
-pub use alloc::{LineAligned, keep_freed_pages, return_free_pages, return_freed_pages};
+pub use alloc::{LineAligned, keep_freed_pages, return_freed_pages};
 pub use isa::Isa;
 pub use matmul::{
     Bf16Kernel, F32Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8,

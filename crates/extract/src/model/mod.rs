@@ -45,8 +45,7 @@ use errors::{file_error, hex_bytes};
 /// the unpacked matrices) goes back to the OS at once ([`llmembed_kernels::return_freed_pages`]);
 /// once they are in, the pages the batches free from then on stay with the process
 /// ([`llmembed_kernels::keep_freed_pages`]): each batch allocates blocks of the same sizes as
-/// the last. When the model is dropped, every free page goes back
-/// ([`llmembed_kernels::return_free_pages`]), so that a process that goes on (the next stage of
+/// the last. When the model is dropped, every free page goes back (the same call), so that a process that goes on (the next stage of
 /// a pipeline, another model) does not keep this one's memory.
 pub fn load(spec: &LoadSpec) -> Result<Box<dyn Embedder>> {
     llmembed_kernels::return_freed_pages();
@@ -72,7 +71,7 @@ impl Drop for Loaded {
     fn drop(&mut self) {
         // The model first: its weights and kept buffers are what there is to return.
         drop(self.0.take());
-        llmembed_kernels::return_free_pages();
+        llmembed_kernels::keep_freed_pages();
     }
 }
 
