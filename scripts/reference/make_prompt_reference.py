@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Writes the reference fixture of prompted extraction (crates/extract/src/prompt.rs) for the
-Rust GGUF decoders: SmolLM2-135M-Instruct Q4_1 (llama) and Gemma-3-270M Q4_K_M (gemma3).
+Rust GGUF decoders: SmolLM2-135M-Instruct Q4_1 (llama) and Gemma-3-270M Q4_K_M (gemma3) in the
+PromptEOL template, and Qwen2.5-Coder-0.5B-Instruct Q4_K_M (qwen2) in Qwen's chat template, whose
+`<|im_start|>` / `<|im_end|>` must come out as the tokenizer's control tokens, not as text
+(`pipelines/agnews-qwen-instruct.yaml`).
 
 For each model, transformers dequantizes the GGUF weights to float32 and builds the tokenizer
 from the file's metadata (as make_decoder_reference.py does). For a few texts put into the
-PromptEOL template, each prompted string encoded alone (no padding, no truncation), on CPU in
+model's template, each prompted string encoded alone (no padding, no truncation), on CPU in
 float32 with eager attention, it records:
   * the token ids of the filled string (default special tokens),
   * the tokens that come from the text, found independently of the Rust code: from the fast
@@ -15,7 +18,9 @@ float32 with eager attention, it records:
     the last token (`pooling: last`), each as L2 norm and sum, and in full on the layers in
     FULL_LAYERS (to keep the fixture small).
 
-Usage: /tmp/refenv/bin/python scripts/reference/make_prompt_reference.py [smollm2|gemma3 ...]
+Usage: /tmp/refenv/bin/python scripts/reference/make_prompt_reference.py [smollm2|gemma3|qwen0.5b ...]
+Named models are (re)made and merged into the existing fixture, the others kept as they are; each
+model records the torch and transformers that made it.
 """
 import json
 import os
@@ -34,9 +39,21 @@ MODELS = {
         "LLMEMBED_GEMMA3_GGUF",
         "cache/models/assembled/gemma3-270m/gemma-3-270m-q4_k_m.gguf",
     ),
+    "qwen0.5b": os.environ.get(
+        "LLMEMBED_QWEN25_CODER_05B_GGUF",
+        "cache/models/assembled/qwen2.5-coder-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
 }
 OUT = "crates/extract/tests/fixtures/prompt_reference.json"
 TEMPLATE = 'This news article: "{text}" means in one word:"'
+# Qwen's chat template around a question, the assistant's turn opened and left empty
+# (pipelines/agnews-qwen-instruct.yaml's prompt).
+CHAT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is the "
+    "topic of this news article? Answer with one word: World, Sports, Business or Technology.\n\n"
+    "{text}<|im_end|>\n<|im_start|>assistant\n"
+)
+TEMPLATES = {"qwen0.5b": CHAT}
 TEXTS = [
     "Wall St. Bears Claw Back Into the Black (Reuters) Reuters - Short-sellers, Wall Street's "
     "dwindling band of ultra-cynics, are seeing green again.",
@@ -65,7 +82,8 @@ def make(name):
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModel.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager")
     model.eval()
-    prefix, suffix = TEMPLATE.split("{text}")
+    template = TEMPLATES.get(name, TEMPLATE)
+    prefix, suffix = template.split("{text}")
     cases = []
     for text in TEXTS:
         filled = prefix + text + suffix
@@ -92,6 +110,9 @@ def make(name):
         print(name, len(ids), "tokens, text tokens", span, flush=True)
     return {
         "gguf": f,
+        "template": template,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "num_layers": len(hs) - 1,
         "full_layers": full,
         "cases": cases,
@@ -101,12 +122,20 @@ def make(name):
 if __name__ == "__main__":
     torch.set_num_threads(1)
     names = sys.argv[1:] or list(MODELS)
+    models = {}
+    if os.path.exists(OUT):
+        with open(OUT, encoding="utf-8") as fh:
+            old = json.load(fh)
+        # Fixtures from before per-model versions: the top-level ones made every model.
+        for m in old["models"].values():
+            m.setdefault("template", old.get("template", TEMPLATE))
+            m.setdefault("torch", old.get("torch"))
+            m.setdefault("transformers", old.get("transformers"))
+        models = old["models"]
+    models.update({name: make(name) for name in names})
     fixture = {
         "generator": "scripts/reference/make_prompt_reference.py",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "template": TEMPLATE,
-        "models": {name: make(name) for name in names},
+        "models": models,
     }
     with open(OUT, "w", encoding="utf-8") as fh:
         json.dump(fixture, fh, ensure_ascii=False)

@@ -1,7 +1,8 @@
 //! Prompts (`prompt: "...{text}..."`, `mean_over`, PromptEOL with `pooling: last`) on real
 //! models and real AG News texts:
 //! - the ids of a prompted text are the tokenizer's own for the filled string, and transformers'
-//!   (fixture from `scripts/reference/make_prompt_reference.py`), with the same text tokens;
+//!   (fixture from `scripts/reference/make_prompt_reference.py`), with the same text tokens; a
+//!   chat template's markers (Qwen's `<|im_start|>`) are the tokenizer's control tokens;
 //! - the pooled vectors match transformers on every layer (text mean, sequence mean, last token);
 //! - `mean_over: sequence` and `pooling: last` give, bit for bit, what the unprompted stage gives
 //!   the filled strings; `mean_over: text` is the mean of the text tokens' own states;
@@ -16,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use decoder_common::{GEMMA3, ModelFile, SMOLLM2, locate};
+use decoder_common::{GEMMA3, ModelFile, QWEN25_CODER_05B, SMOLLM2, locate};
 use llmembed_core::{Stage, TextTable};
 use llmembed_extract::model::{ComputeDtype, Embedder, LoadSpec, Pooling, Tap, load};
 use llmembed_extract::{
@@ -64,12 +65,13 @@ fn bits(v: &[f32]) -> Vec<u32> {
 
 #[derive(Deserialize)]
 struct Fixture {
-    template: String,
     models: std::collections::BTreeMap<String, ModelRef>,
 }
 
 #[derive(Deserialize)]
 struct ModelRef {
+    /// The template every case of this model was filled into.
+    template: String,
     num_layers: usize,
     cases: Vec<Case>,
 }
@@ -119,10 +121,11 @@ fn against_transformers(m: &ModelFile, key: &str) {
     let h = model.hidden_size();
     let taps: Vec<Tap> = (0..=n).map(Tap::Layer).collect();
     let (mut worst_cos, mut worst_abs) = (1f64, 0f64);
+    let template = &reference.template;
     for case in &reference.cases {
-        assert_eq!(fill(&fx.template, &case.text), case.filled);
+        assert_eq!(fill(template, &case.text), case.filled);
         for (mean_over, which) in [(MeanOver::Text, 0), (MeanOver::Sequence, 1)] {
-            let p = prompted(&weights, &fx.template, Some(mean_over));
+            let p = prompted(&weights, template, Some(mean_over));
             let tokens = p.tokens(model.as_ref(), &case.text).unwrap();
             assert_eq!(tokens.ids, case.ids, "{key}: ids of {:?}", case.filled);
             assert!(!tokens.truncated);
@@ -198,6 +201,22 @@ fn smollm2_prompted_matches_transformers() {
 #[test]
 fn gemma3_prompted_matches_transformers() {
     against_transformers(&GEMMA3, "gemma3");
+}
+
+/// Qwen's chat template (`pipelines/agnews-qwen-instruct.yaml`): its `<|im_start|>` and
+/// `<|im_end|>` must be single control tokens, as transformers makes them, or the instruct model
+/// reads markup it was never tuned on.
+#[test]
+fn qwen_chat_template_matches_transformers() {
+    let fx = fixture();
+    let reference = &fx.models["qwen0.5b"];
+    for case in &reference.cases {
+        // <|im_start|> is 151644, <|im_end|> 151645 in Qwen2.5's vocabulary; three turns open.
+        let starts = case.ids.iter().filter(|&&id| id == 151644).count();
+        let ends = case.ids.iter().filter(|&&id| id == 151645).count();
+        assert_eq!((starts, ends), (3, 2), "{:?}", case.ids);
+    }
+    against_transformers(&QWEN25_CODER_05B, "qwen0.5b");
 }
 
 // ---------------------------------------------------------------------------------------------
