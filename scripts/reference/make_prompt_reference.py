@@ -125,13 +125,7 @@ if __name__ == "__main__":
     models = {}
     if os.path.exists(OUT):
         with open(OUT, encoding="utf-8") as fh:
-            old = json.load(fh)
-        # Fixtures from before per-model versions: the top-level ones made every model.
-        for m in old["models"].values():
-            m.setdefault("template", old.get("template", TEMPLATE))
-            m.setdefault("torch", old.get("torch"))
-            m.setdefault("transformers", old.get("transformers"))
-        models = old["models"]
+            models = json.load(fh)["models"]
     models.update({name: make(name) for name in names})
     fixture = {
         "generator": "scripts/reference/make_prompt_reference.py",
