@@ -191,6 +191,7 @@ pub fn bench_serve(
         opts.batched,
         None,
         llmembed_extract::ComputeDtype::F32,
+        None,
     )?;
     let extract = texts_per_second(&notes).context("bench extract gave no texts/s")?;
     let served = many.texts as f64 / many.wall;

@@ -282,6 +282,17 @@ enum Bench {
         batch_tokens: Option<usize>,
         #[arg(long, value_enum, default_value = "f32")]
         compute: ComputeArg,
+        /// A prompt template holding `{text}` once (the stage's `prompt` param); a decoder runs
+        /// the template's leading tokens once for the texts that share them.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Pooling with `--prompt`: `mean` (over the text's tokens) or `last`.
+        #[arg(long, default_value = "last", requires = "prompt")]
+        pooling: String,
+        /// Tokens per prompted text at most (the stage's `max_tokens`; a long template needs
+        /// more than the default).
+        #[arg(long, requires = "prompt")]
+        max_tokens: Option<usize>,
     },
     /// The server of `serve` on a loopback port: requests/s and p50/p99 latency for 1-text and
     /// 32-text requests (AG News test texts, none seen before), and texts/s against `bench
@@ -723,7 +734,15 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             texts,
             batch_tokens,
             compute,
+            prompt,
+            pooling,
+            max_tokens,
         }) => {
+            let prompt = prompt.as_ref().map(|t| crate::tools::BenchPrompt {
+                template: t.clone(),
+                pooling: pooling.clone(),
+                max_tokens: *max_tokens,
+            });
             let ws = ws()?;
             let data_dir = std::env::var_os("LLMEMBED_DATA_DIR")
                 .map(PathBuf::from)
@@ -735,6 +754,7 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
                 *texts,
                 *batch_tokens,
                 compute.dtype(),
+                prompt.as_ref(),
             )?;
         }
         Command::Bench(Bench::Serve {

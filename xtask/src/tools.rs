@@ -106,6 +106,13 @@ pub fn bench_logreg(
     Ok(())
 }
 
+/// A prompt for `bench extract`: the stage's `prompt`, `pooling` and `max_tokens` params.
+pub struct BenchPrompt {
+    pub template: String,
+    pub pooling: String,
+    pub max_tokens: Option<usize>,
+}
+
 /// `bench extract`: runs the extract stage itself (fresh store, so nothing is reused) over the
 /// first `n` AG News test texts with a model preset and prints its throughput (texts/s, real
 /// tokens/s, from the stage's own summary) and this process's peak resident memory. Returns the
@@ -117,6 +124,7 @@ pub fn bench_extract(
     n: usize,
     batch_tokens: Option<usize>,
     compute: llmembed_extract::ComputeDtype,
+    prompt: Option<&BenchPrompt>,
 ) -> Result<Vec<String>> {
     use llmembed_core::Stage;
     let table = ag_news_test_texts(data_dir, n)?;
@@ -141,12 +149,20 @@ pub fn bench_extract(
         store_dir,
         seed: 0,
     };
-    let mut params: llmembed_extract::ExtractParams = serde_json::from_value(serde_json::json!({
+    let mut params = serde_json::json!({
         "model": preset,
         "layers": "all",
         "compute": compute,
         "shard_rows": n.max(1),
-    }))?;
+    });
+    if let Some(p) = prompt {
+        params["prompt"] = p.template.clone().into();
+        params["pooling"] = p.pooling.clone().into();
+        if let Some(m) = p.max_tokens {
+            params["max_tokens"] = m.into();
+        }
+    }
+    let mut params: llmembed_extract::ExtractParams = serde_json::from_value(params)?;
     if let Some(b) = batch_tokens {
         params.batch_tokens = b;
     }
@@ -165,6 +181,9 @@ pub fn bench_extract(
         table.len(),
         params.batch_tokens
     );
+    if let Some(p) = prompt {
+        crate::outln!("  prompt {:?}, pooling {}", p.template, p.pooling);
+    }
     for note in summary.notes.iter().filter(|n| !n.starts_with("model ")) {
         crate::outln!("  {note}");
     }

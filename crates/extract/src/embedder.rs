@@ -154,6 +154,12 @@ pub trait Embedder: Send + Sync {
     }
     /// Architecture + the config values that affect outputs (goes into the cache fingerprint).
     fn describe(&self) -> String;
+    /// The lengths of the leading-token runs the model keeps for reuse (a causal decoder runs
+    /// tokens that every text of a batch begins with, a prompt's template, once: `prefix.rs`
+    /// in the models). They change no vector; the run log reports them.
+    fn shared_prefixes(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// Checks taps against a model and returns the deepest block that must run.

@@ -645,6 +645,14 @@ fn embed_missing(
             texts_now as f64 / secs.max(1e-9),
             tokens_done as f64 / secs.max(1e-9)
         ));
+        let shared = model.shared_prefixes();
+        if !shared.is_empty() {
+            let lens: Vec<String> = shared.iter().map(usize::to_string).collect();
+            notes.push(format!(
+                "leading tokens that the texts share (the prompt's), run once and reused: {}",
+                lens.join(", ")
+            ));
+        }
     }
     // One line per process that a test (or a person reading Slurm logs) can count.
     if !wait || by_others > 0 || claimer.taken_over > 0 {

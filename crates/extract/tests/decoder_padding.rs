@@ -1,6 +1,6 @@
 //! Batching must not change a text's vectors: a text embedded alone equals, bit for bit, the same
 //! text inside a mixed-length batch (rows are packed, each sequence attends only to itself), at
-//! every layer; reruns give the same bytes; stopping at a shallower tap gives the same values as
+//! every layer, also when the batch's prompted texts share their template's run; reruns give the same bytes; stopping at a shallower tap gives the same values as
 //! running all blocks. And bf16 stays within README's cosine 0.9999 of f32 at every layer.
 
 mod decoder_common;
@@ -139,6 +139,99 @@ fn bf16_padding_invariant_and_deterministic() {
         };
         assert!(m.describe().starts_with(arch), "{}", m.describe());
         check(m.as_ref(), label);
+    }
+}
+
+/// Prompted texts begin with the template's tokens, which a causal decoder runs once and reuses
+/// for every batch that begins with them (`src/model/prefix.rs`). A prompted text's vectors
+/// through that shared run (made by a first batch, reused by a second and by a text alone)
+/// equal bit for bit the text embedded alone before any run was made, at every layer: mean over
+/// the whole sequence, over spans that start inside and after the shared tokens, and the last
+/// token; in f32, bf16 and int8, with Gemma-3's sliding windows and BOS among them.
+#[test]
+fn shared_prompt_tokens_run_once_give_the_same_bits() {
+    const PREFIX: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWhat is the topic of this news article? Answer with one word.\n\n";
+    for (file, compute, label) in [
+        (&SMOLLM2, ComputeDtype::F32, "smollm2 f32"),
+        (&GEMMA3, ComputeDtype::Bf16, "gemma3 bf16"),
+        (
+            &QWEN25_CODER_05B,
+            ComputeDtype::Int8,
+            "qwen2.5-coder-0.5b int8",
+        ),
+    ] {
+        let Some(m) = open(file, compute) else {
+            continue;
+        };
+        let n = m.num_layers();
+        let h = m.hidden_size();
+        let ids: Vec<Vec<u32>> = TEXTS
+            .iter()
+            .map(|t| {
+                let prompted = format!("{PREFIX}{t}<|im_end|>\n<|im_start|>assistant\n");
+                m.tokenize(&prompted, 256).unwrap().0
+            })
+            .collect();
+        let mut taps: Vec<Tap> = (0..=n).map(Tap::Layer).collect();
+        taps.push(Tap::FinalNorm);
+        let spans_of = |span: usize| -> Vec<std::ops::Range<usize>> {
+            ids.iter()
+                .map(|s| match span {
+                    0 => 0..s.len(),
+                    1 => 3..s.len() - 1,
+                    _ => s.len() / 2..s.len(),
+                })
+                .collect()
+        };
+        let variants = [
+            (Pooling::Mean, 0),
+            (Pooling::Mean, 1),
+            (Pooling::Mean, 2),
+            (Pooling::Last, 0),
+        ];
+        // Every text alone first, while the model keeps no run (a kept run serves a text
+        // alone too).
+        let alone: Vec<Vec<Vec<Vec<f32>>>> = variants
+            .iter()
+            .map(|&(pooling, span)| {
+                ids.iter()
+                    .zip(spans_of(span))
+                    .map(|(one, sp)| m.embed_spans(&[one], &[sp], &taps, pooling).unwrap())
+                    .collect()
+            })
+            .collect();
+        assert!(
+            m.shared_prefixes().is_empty(),
+            "{label}: texts embedded one at a time made a shared run"
+        );
+        for (&(pooling, span), alone) in variants.iter().zip(&alone) {
+            let spans = spans_of(span);
+            // All the texts (the first batch makes the shared run), then four in another
+            // order and one alone (the kept run reused).
+            for order in [vec![0, 1, 2, 3, 4, 5], vec![3, 1, 5, 0], vec![2]] {
+                let batch: Vec<&[u32]> = order.iter().map(|&i| ids[i].as_slice()).collect();
+                let sp: Vec<_> = order.iter().map(|&i| spans[i].clone()).collect();
+                let together = m.embed_spans(&batch, &sp, &taps, pooling).unwrap();
+                for (b, &i) in order.iter().enumerate() {
+                    for (k, tap) in taps.iter().enumerate() {
+                        let a = &alone[i][k];
+                        let t = &together[k][b * h..(b + 1) * h];
+                        assert!(
+                            a.iter()
+                                .map(|x| x.to_bits())
+                                .eq(t.iter().map(|x| x.to_bits())),
+                            "{label} {pooling:?} span {span}: text {i} {tap:?}: alone vs shared run differ"
+                        );
+                    }
+                }
+            }
+            let shared = m.shared_prefixes();
+            assert!(
+                !shared.is_empty() && shared.iter().all(|&l| l >= 8),
+                "{label}: no run of the template's tokens was kept: {shared:?}"
+            );
+        }
+        println!("{label}: shared runs kept {:?}", m.shared_prefixes());
     }
 }
 

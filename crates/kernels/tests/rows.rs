@@ -2,7 +2,9 @@
 //! this CPU has; the test says which did not run), and both match the textbook formulas in
 //! f64 within stated tolerances, so the comparison cannot pass on two equally wrong results.
 
-use llmembed_kernels::attention::{AttentionShape, LayerAttention, RelativeBias, Rope, attend_on};
+use llmembed_kernels::attention::{
+    AttentionShape, LayerAttention, RelativeBias, Rope, attend_after_on, attend_on,
+};
 use llmembed_kernels::{Isa, Rows};
 
 /// Rows of widths that hit the 16-lane tails (37) and the models' widths (576).
@@ -348,7 +350,7 @@ fn attention_ref(c: &Case, layer: &LayerAttention, qkv: &[f32], lens: &[usize]) 
 }
 
 /// Attention at every level gives the same bits, a sequence gives the same bits alone as
-/// packed with others, and the result is HF's formula in f64 within 5e-6 (1 + |x|) (measured at
+/// packed with others and after shared rows given once, and the result is HF's formula in f64 within 5e-6 (1 + |x|) (measured at
 /// worst: 7.0e-7, with q/k norms and a window).
 #[test]
 fn attention_gives_the_same_bits_at_every_level_and_batch() {
@@ -396,6 +398,37 @@ fn attention_gives_the_same_bits_at_every_level_and_batch() {
                     &one,
                     &all[start * q_dim..(start + len) * q_dim],
                 );
+                // Its first rows given once as shared rows (`attend_after`), with the rest as
+                // its own: its own rows' outputs, the same bits, from any split (so from any
+                // alignment of the query tiles), also beside another sequence after the same
+                // shared rows.
+                for before in [1, 3, 4, 7, 16, 17].into_iter().filter(|&b| b < len) {
+                    let (shared, own) =
+                        qkv[start * stride..(start + len) * stride].split_at(before * stride);
+                    let after = attend_after_on(isa, s, &layer, shared, own, &[len - before]);
+                    assert_same_bits(
+                        &format!(
+                            "case {n} {}: sequence of {len} after {before} shared rows",
+                            isa.name()
+                        ),
+                        &after,
+                        &all[(start + before) * q_dim..(start + len) * q_dim],
+                    );
+                    let twice: Vec<f32> = own.iter().chain(own).copied().collect();
+                    let both = attend_after_on(
+                        isa,
+                        s,
+                        &layer,
+                        shared,
+                        &twice,
+                        &[len - before, len - before],
+                    );
+                    assert_same_bits(
+                        &format!("case {n} {}: two sequences after shared rows", isa.name()),
+                        &both[(len - before) * q_dim..],
+                        &after,
+                    );
+                }
                 start += len;
             }
             outs.push(all);

@@ -22,7 +22,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
 use llmembed_core::{Error, Result};
 
-use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend};
+use llmembed_kernels::attention::{AttentionShape, LayerAttention, Rope, attend, attend_after};
 use llmembed_kernels::{
     Bf16Kernel, Gated, I8Kernel, Outliers, PackedBf16, PackedF32, PackedI8, Rows, gate_up_column,
     gated_width,
@@ -30,6 +30,7 @@ use llmembed_kernels::{
 use rayon::prelude::*;
 
 use super::errors::candle_message;
+use super::prefix::{MIN_SHARED_TOKENS, PrefixCache, SharedPrefix, shared_len};
 use super::tokenizer::DecoderTokenizer;
 use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, Pooling, Tap, check_spans, check_taps};
 
@@ -526,6 +527,8 @@ pub(crate) struct Decoder {
     pub weights_note: String,
     /// The model's own sentence embedding (`Tap::Sentence`), where it has one.
     pub sentence: Option<SentenceHead>,
+    /// Runs of the tokens that batches' texts share (`prefix.rs`), kept from batch to batch.
+    pub shared: PrefixCache,
 }
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
@@ -570,7 +573,11 @@ impl Decoder {
         }
     }
 
-    /// Attention of one block over packed rows `h` (rows, hidden); `lens` are the sequences.
+    /// Attention of one block over packed rows `h` (rows, hidden); `lens` are the sequences'
+    /// own rows. With `shared` (a prefix run's q, k and v rows of this block) each sequence
+    /// attends over those rows followed by its own, as if they were its first tokens; `keep`
+    /// gets this block's q, k and v rows (a prefix run's own).
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         blk: &Block,
@@ -579,6 +586,8 @@ impl Decoder {
         shape: &AttentionShape,
         rope: &Rope,
         window: Option<usize>,
+        shared: Option<&[f32]>,
+        keep: Option<&mut Vec<Vec<f32>>>,
     ) -> Result<Vec<f32>> {
         let e = kerr("attention");
         let rows = h.len() / self.cfg.hidden;
@@ -591,7 +600,13 @@ impl Decoder {
             k_norm: blk.k_norm.as_deref(),
             bias: None,
         };
-        let out = attend(shape, &layer, &qkv, lens);
+        let out = match shared {
+            None => attend(shape, &layer, &qkv, lens),
+            Some(shared) => attend_after(shape, &layer, shared, &qkv, lens),
+        };
+        if let Some(keep) = keep {
+            keep.push(qkv);
+        }
         blk.o.forward(&out, rows).map_err(&e)
     }
 
@@ -611,10 +626,10 @@ impl Decoder {
     }
 
     /// The embedding output of the batch's tokens, packed row after row, after checking the
-    /// sequences against the model (not empty, within its context, ids within its vocabulary).
-    fn embeddings(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<f32>> {
+    /// sequences against the model (not empty, the longest, `t` tokens with any shared ones
+    /// before it, within its context, ids within its vocabulary).
+    fn embeddings(&self, batch: &[&[u32]], lens: &[usize], t: usize) -> Result<Vec<f32>> {
         let c = &self.cfg;
-        let t = *lens.iter().max().unwrap_or(&0);
         if let Some(i) = lens.iter().position(|&l| l == 0) {
             return Err(Error::param(
                 "batch",
@@ -655,8 +670,8 @@ impl Decoder {
 
     /// Runs the blocks up to `deepest` (the deepest tap, from `check_taps`) over the batch's
     /// tokens packed row after row (no padding); returns per tap the pooled (batch, hidden)
-    /// vectors, row-major. States are pooled as soon as they are produced, so no layer's full
-    /// states are kept.
+    /// vectors, row-major. Leading tokens that the batch's sequences share (a prompt's
+    /// template) are run once, or taken from an earlier batch's run (`prefix.rs`).
     fn forward(
         &self,
         batch: &[&[u32]],
@@ -665,24 +680,107 @@ impl Decoder {
         pooling: Pooling,
         deepest: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        // Only a causal model's shared tokens are the same in every text; EmbeddingGemma's
+        // sentence head pools every token of the last layer (kept simple: not shared). A kept
+        // run serves any batch that begins with it, a batch of one text too (a long template
+        // leaves room for one text a batch); a new run is made for two texts or more.
+        let shared = if self.cfg.causal && !taps.contains(&Tap::Sentence) && shares_prefixes() {
+            let n = shared_len(batch);
+            match self.shared.find(batch) {
+                Some(found) => Some(found),
+                None if batch.len() >= 2 && n >= MIN_SHARED_TOKENS => {
+                    let made = std::sync::Arc::new(self.run_prefix(&batch[0][..n])?);
+                    self.shared.keep(made.clone());
+                    Some(made)
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        match shared {
+            Some(prefix) => {
+                let own: Vec<&[u32]> = batch.iter().map(|s| &s[prefix.len()..]).collect();
+                self.run(
+                    &own,
+                    Some(prefix.as_ref()),
+                    mean,
+                    taps,
+                    pooling,
+                    deepest,
+                    None,
+                )
+            }
+            None => self.run(batch, None, mean, taps, pooling, deepest, None),
+        }
+    }
+
+    /// Runs `ids` through every block on their own, keeping what later sequences that begin
+    /// with them need: each block's q, k and v rows and the states every tap reads.
+    fn run_prefix(&self, ids: &[u32]) -> Result<SharedPrefix> {
+        let mut prefix = SharedPrefix {
+            ids: ids.to_vec(),
+            qkv: Vec::with_capacity(self.cfg.n_layers),
+            states: Vec::with_capacity(self.cfg.n_layers + 2),
+        };
+        self.run(
+            &[ids],
+            None,
+            std::slice::from_ref(&(0..ids.len())),
+            &[],
+            Pooling::Mean,
+            self.cfg.n_layers,
+            Some(&mut prefix),
+        )?;
+        Ok(prefix)
+    }
+
+    /// The blocks up to `deepest` over the sequences `batch`, each after `shared`'s tokens
+    /// when given (`mean` then counts those tokens too: spans are over whole sequences).
+    /// `keep`: a prefix run's own, which gets the states and q, k, v rows (all blocks deep).
+    /// States are pooled as soon as they are produced, so no layer's full states are kept.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        batch: &[&[u32]],
+        shared: Option<&SharedPrefix>,
+        mean: &[Range<usize>],
+        taps: &[Tap],
+        pooling: Pooling,
+        deepest: usize,
+        mut keep: Option<&mut SharedPrefix>,
+    ) -> Result<Vec<Vec<f32>>> {
         let c = &self.cfg;
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        let before = shared.map_or(0, SharedPrefix::len);
+        let own: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        // Whole sequences, the shared tokens included.
+        let lens: Vec<usize> = own.iter().map(|l| before + l).collect();
         let t = *lens.iter().max().unwrap_or(&0);
-        let mut x = self.embeddings(batch, &lens)?;
+        let mut x = self.embeddings(batch, &own, t)?;
         let rows = x.len() / c.hidden;
+        let keeping = keep.is_some();
 
         let mut out: Vec<Option<Vec<f32>>> = vec![None; taps.len()];
-        // Pools `states` (once) into the slot of every tap that `wants` them.
-        let record = |out: &mut [Option<Vec<f32>>], wants: &dyn Fn(Tap) -> bool, states: &[f32]| {
+        // Pools `states` (the state `at` of `states`' numbering in SharedPrefix) once into the
+        // slot of every tap that `wants` them; a prefix run keeps them instead.
+        let mut record = |out: &mut [Option<Vec<f32>>],
+                          wants: &dyn Fn(Tap) -> bool,
+                          at: usize,
+                          states: &[f32]| {
+            if let Some(keep) = keep.as_deref_mut() {
+                debug_assert_eq!(keep.states.len(), at);
+                keep.states.push(states.to_vec());
+            }
+            let before_rows = shared.map_or(&[][..], |s| s.states[at].as_slice());
             fill_taps(out, taps, wants, || {
-                pool(states, &lens, mean, c.hidden, pooling)
+                pool_after(before_rows, states, &lens, mean, c.hidden, pooling)
             })
         };
         // HF's last hidden_states entry is after the final norm: Layer(n) == FinalNorm.
         let after_final_norm = |tap: Tap| tap == Tap::FinalNorm || tap == Tap::Layer(c.n_layers);
         let after_block =
             |layer: usize| move |tap: Tap| tap == Tap::Layer(layer) && layer < c.n_layers;
-        record(&mut out, &after_block(0), &x);
+        record(&mut out, &after_block(0), 0, &x);
 
         // RoPE tables, one per distinct base.
         let mut ropes: Vec<(f32, Rope)> = Vec::new();
@@ -700,13 +798,25 @@ impl Decoder {
             Some(blk) if deepest > 0 => self.norm(&x, &blk.attn_norm),
             _ => Vec::new(),
         };
+        let mut kept_qkv = Vec::new();
         for (l, blk) in self.blocks.iter().enumerate().take(deepest) {
             let rope = &ropes
                 .iter()
                 .find(|(x, _)| *x == c.rope_theta[l])
                 .expect("rope")
                 .1;
-            let mut a = self.attention(blk, &h, &lens, &shape, rope, c.window[l])?;
+            let shared_qkv = shared.map(|s| s.qkv[l].as_slice());
+            let keep_qkv = keeping.then_some(&mut kept_qkv);
+            let mut a = self.attention(
+                blk,
+                &h,
+                &own,
+                &shape,
+                rope,
+                c.window[l],
+                shared_qkv,
+                keep_qkv,
+            )?;
             if let Some(n) = &blk.post_attn_norm {
                 a = self.norm(&a, n);
             }
@@ -729,21 +839,33 @@ impl Decoder {
                     Vec::new()
                 }
             };
-            record(&mut out, &after_block(l + 1), &x);
+            record(&mut out, &after_block(l + 1), l + 1, &x);
         }
         let wants_sentence = taps.contains(&Tap::Sentence);
-        if deepest == c.n_layers && (wants_sentence || taps.iter().any(|&t| after_final_norm(t))) {
+        if deepest == c.n_layers
+            && (keeping || wants_sentence || taps.iter().any(|&t| after_final_norm(t)))
+        {
             let normed = self.norm(&x, &self.final_norm);
-            record(&mut out, &after_final_norm, &normed);
+            record(&mut out, &after_final_norm, c.n_layers + 1, &normed);
             if let (true, Some(head)) = (wants_sentence, &self.sentence) {
                 let v = head.forward(&normed, &lens, c.hidden)?;
                 fill_taps(&mut out, taps, |t| t == Tap::Sentence, || v.clone());
             }
         }
+        if let Some(keep) = keep {
+            keep.qkv = kept_qkv;
+        }
         out.into_iter()
             .map(|o| o.ok_or_else(|| Error::compute("decoder forward", "a tap was not produced")))
             .collect()
     }
+}
+
+/// Whether batches share their leading tokens' run: unless `LLMEMBED_NO_SHARED_PREFIX` is set
+/// (to measure what sharing saves; the vectors are the same bits either way).
+fn shares_prefixes() -> bool {
+    static SHARES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SHARES.get_or_init(|| std::env::var_os("LLMEMBED_NO_SHARED_PREFIX").is_none())
 }
 
 /// Puts the vectors `make` returns (called once, and only if some tap wants them) into the slot
@@ -771,11 +893,27 @@ pub(crate) fn pool(
     h: usize,
     pooling: Pooling,
 ) -> Vec<f32> {
+    pool_after(&[], states, lens, mean, h, pooling)
+}
+
+/// [`pool`] of sequences that all begin with the rows `shared` (a prefix run's states, not in
+/// `states`; `lens` and `mean` count them): a sequence's token `i` is `shared`'s row `i` for the
+/// first ones, then its own rows. The rows are summed in the same order as [`pool`] of the
+/// whole sequences, so the result has the same bits.
+fn pool_after(
+    shared: &[f32],
+    states: &[f32],
+    lens: &[usize],
+    mean: &[Range<usize>],
+    h: usize,
+    pooling: Pooling,
+) -> Vec<f32> {
+    let before = shared.len() / h;
     let starts: Vec<usize> = lens
         .iter()
         .scan(0, |at, &len| {
             let start = *at;
-            *at += len;
+            *at += len - before;
             Some(start)
         })
         .collect();
@@ -783,7 +921,10 @@ pub(crate) fn pool(
     out.par_chunks_mut(h)
         .zip(starts.par_iter().zip(lens).zip(mean))
         .for_each(|(dst, ((&start, &len), span))| {
-            let row = |i: usize| &states[(start + i) * h..(start + i + 1) * h];
+            let row = |i: usize| match i.checked_sub(before) {
+                None => &shared[i * h..(i + 1) * h],
+                Some(own) => &states[(start + own) * h..(start + own + 1) * h],
+            };
             match pooling {
                 Pooling::Mean => {
                     let mut acc = vec![0f64; h];
@@ -859,6 +1000,10 @@ impl Embedder for Decoder {
             check_spans(batch, mean)?;
         }
         self.forward(batch, mean, taps, pooling, deepest)
+    }
+
+    fn shared_prefixes(&self) -> Vec<usize> {
+        self.shared.lengths()
     }
 
     fn describe(&self) -> String {

@@ -82,5 +82,6 @@ pub(crate) fn load(f: GgufFile, spec: &LoadSpec) -> Result<Decoder> {
         compute,
         weights_note: format!("gguf-dequantized(embed={embed_type})"),
         sentence: None,
+        shared: Default::default(),
     })
 }

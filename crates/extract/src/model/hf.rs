@@ -258,6 +258,7 @@ pub(crate) fn load(spec: &LoadSpec, arch: Arch, config: &str) -> Result<Decoder>
         compute: spec.compute,
         weights_note: format!("safetensors({file_dtype})"),
         sentence,
+        shared: Default::default(),
     })
 }
 

@@ -149,5 +149,6 @@ pub(crate) fn load(f: GgufFile, spec: &LoadSpec, arch: Arch) -> Result<Decoder> 
         compute,
         weights_note: format!("gguf-dequantized(embed={embed_type})"),
         sentence: None,
+        shared: Default::default(),
     })
 }

@@ -30,6 +30,7 @@ pub(crate) mod gguf;
 pub(crate) mod hf;
 mod llama;
 mod mpnet;
+mod prefix;
 pub(crate) mod safetensors;
 mod sentence;
 mod tokenizer;
@@ -105,6 +106,9 @@ impl Embedder for Loaded {
         pooling: Pooling,
     ) -> Result<Vec<Vec<f32>>> {
         self.model().embed_spans(batch, mean, taps, pooling)
+    }
+    fn shared_prefixes(&self) -> Vec<usize> {
+        self.model().shared_prefixes()
     }
     fn describe(&self) -> String {
         self.model().describe()

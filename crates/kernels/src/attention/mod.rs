@@ -100,14 +100,49 @@ pub fn attend_on(
     qkv: &[f32],
     lens: &[usize],
 ) -> Vec<f32> {
+    attend_after_on(isa, s, layer, &[], qkv, lens)
+}
+
+/// [`attend`] for sequences that all begin with the same rows, given once: `shared` holds those
+/// rows (q, k and v as in `qkv`; positions `0..shared rows`), `qkv` and `lens` each sequence's
+/// own rows after them. Only the own rows' outputs are computed, the same bits as [`attend`]
+/// over the whole sequences gives those rows (a query's scores, softmax and weighted sum do
+/// not depend on which queries share its tile). Why: a prompt's template, run once for a
+/// batch's texts (the decoder's shared prefix), would otherwise be copied before every text and
+/// its queries attended again for each.
+pub fn attend_after(
+    s: &AttentionShape,
+    layer: &LayerAttention,
+    shared: &[f32],
+    qkv: &[f32],
+    lens: &[usize],
+) -> Vec<f32> {
+    attend_after_on(Isa::best(), s, layer, shared, qkv, lens)
+}
+
+/// [`attend_after`] at a given instruction-set level (every level gives the same bits).
+pub fn attend_after_on(
+    isa: Isa,
+    s: &AttentionShape,
+    layer: &LayerAttention,
+    shared: &[f32],
+    qkv: &[f32],
+    lens: &[usize],
+) -> Vec<f32> {
     let q_dim = s.n_heads * s.head_dim;
     let stride = q_dim + 2 * s.n_kv_heads * s.head_dim;
     let rows: usize = lens.iter().sum();
     debug_assert_eq!(qkv.len(), rows * stride);
+    assert!(
+        shared.len().is_multiple_of(stride),
+        "attention: {} shared values are not whole rows of {stride}",
+        shared.len()
+    );
+    let before = shared.len() / stride;
     if let Some(b) = layer.bias {
         assert!(
             b.table.len() == s.n_heads * (2 * b.max_len - 1)
-                && lens.iter().all(|&l| l <= b.max_len),
+                && lens.iter().all(|&l| before + l <= b.max_len),
             "relative bias of {} values for {} heads and sequences of at most {} tokens",
             b.table.len(),
             s.n_heads,
@@ -131,11 +166,37 @@ pub fn attend_on(
         out.fill(MaybeUninit::new(0.0));
         // SAFETY: every value was just written, and MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        attend_sequence(isa, s, layer, qkv, len, out)
+        let sequence = Sequence {
+            shared,
+            own: qkv,
+            before,
+            len: before + len,
+            stride,
+        };
+        attend_sequence(isa, s, layer, &sequence, out)
     });
     // SAFETY: the sequences' chunks cover all rows * q_dim values, and each was zeroed above.
     unsafe { out.set_len(rows * q_dim) };
     out
+}
+
+/// One sequence's q, k and v rows: `before` shared rows, then its own; `len` in all.
+struct Sequence<'a> {
+    shared: &'a [f32],
+    own: &'a [f32],
+    before: usize,
+    len: usize,
+    stride: usize,
+}
+
+impl Sequence<'_> {
+    #[inline(always)]
+    fn row(&self, j: usize) -> &[f32] {
+        match j.checked_sub(self.before) {
+            None => &self.shared[j * self.stride..(j + 1) * self.stride],
+            Some(own) => &self.own[own * self.stride..(own + 1) * self.stride],
+        }
+    }
 }
 
 /// Keys per score block: one AVX-512 vector of scores.
@@ -148,7 +209,7 @@ const QUERY_TILE: usize = 4;
 const TILE_BLOCKS: usize = 4;
 
 multiversion! {
-    /// One sequence's attention (`qkv` and `out` are its rows), compiled for AVX-512 where the
+    /// One sequence's attention (`out` gets its own rows' outputs), compiled for AVX-512 where the
     /// CPU has it. Each kv head's keys are stored transposed (head_dim, keys) so that the scores
     /// of 16 keys come out of one pass over the query with no horizontal sums. Queries go
     /// QUERY_TILE at a time; every score is still summed over the head dims in order, and every
@@ -158,22 +219,24 @@ multiversion! {
         isa: Isa,
         s: &AttentionShape,
         layer: &LayerAttention,
-        qkv: &[f32],
-        len: usize,
+        seq: &Sequence,
         out: &mut [f32],
     ) {
         let hd = s.head_dim;
         let q_dim = s.n_heads * hd;
         let kv_dim = s.n_kv_heads * hd;
-        let stride = q_dim + 2 * kv_dim;
         let groups = s.n_heads / s.n_kv_heads;
+        // Queries `before..len` (the own rows); keys `0..len`.
+        let (before, len) = (seq.before, seq.len);
+        let own = len - before;
         // Keys padded to whole blocks; the padding columns stay zero and their scores unused.
         let padded = len.div_ceil(KEY_BLOCK) * KEY_BLOCK;
         let mut keys_t = vec![0f32; hd * padded];
         let mut values = vec![0f32; len * hd];
         let mut k = vec![0f32; hd];
-        // One head's queries, normed and rotated, padded to whole tiles with zero rows.
-        let mut queries = vec![0f32; len.div_ceil(QUERY_TILE) * QUERY_TILE * hd];
+        // One head's queries (the own rows'), normed and rotated, padded to whole tiles with
+        // zero rows.
+        let mut queries = vec![0f32; own.div_ceil(QUERY_TILE) * QUERY_TILE * hd];
         // A tile's scores, then its probabilities: QUERY_TILE rows of `padded`.
         let mut probs = vec![0f32; QUERY_TILE * padded];
         // Query i's keys: window_start(i) ..= window_end(i).
@@ -185,7 +248,7 @@ multiversion! {
         };
         for g in 0..s.n_kv_heads {
             for j in 0..len {
-                let row = &qkv[j * stride..(j + 1) * stride];
+                let row = seq.row(j);
                 k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
                 if let Some(w) = layer.k_norm {
                     rms_norm(&mut k, w, s.eps);
@@ -198,14 +261,15 @@ multiversion! {
                     .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
             }
             for h in g * groups..(g + 1) * groups {
-                for (i, q) in queries.chunks_exact_mut(hd).take(len).enumerate() {
-                    q.copy_from_slice(&qkv[i * stride + h * hd..i * stride + (h + 1) * hd]);
+                for (r, q) in queries.chunks_exact_mut(hd).take(own).enumerate() {
+                    q.copy_from_slice(&seq.row(before + r)[h * hd..(h + 1) * hd]);
                     if let Some(w) = layer.q_norm {
                         rms_norm(q, w, s.eps);
                     }
-                    apply_rope(q, i, layer.rope, s);
+                    apply_rope(q, before + r, layer.rope, s);
                 }
-                for i0 in (0..len).step_by(QUERY_TILE) {
+                for r0 in (0..own).step_by(QUERY_TILE) {
+                    let i0 = before + r0;
                     let last = (i0 + QUERY_TILE).min(len) - 1;
                     // The keys any query of the tile sees: from the first query's window start
                     // (the earliest) to the last query's window end (the latest); scored in
@@ -213,7 +277,7 @@ multiversion! {
                     let first_key = window_start(i0);
                     let last_key = window_end(last);
                     let keys = first_key / KEY_BLOCK * KEY_BLOCK..(last_key + 1).div_ceil(KEY_BLOCK) * KEY_BLOCK;
-                    let tile = &queries[i0 * hd..(i0 + QUERY_TILE) * hd];
+                    let tile = &queries[r0 * hd..(r0 + QUERY_TILE) * hd];
                     score_tile(isa, tile, s.scale, &keys_t, padded, keys, &mut probs);
                     // Softmax over each query's own keys; zero weight for the tile's other keys.
                     for (i, row) in (i0..=last).zip(probs.chunks_exact_mut(padded)) {
@@ -235,7 +299,7 @@ multiversion! {
                             *v /= sum;
                         }
                     }
-                    let rows = &mut out[i0 * q_dim..];
+                    let rows = &mut out[r0 * q_dim..];
                     let mut sink = OutputTile { rows, queries: last + 1 - i0, q_dim, at: h * hd };
                     weighted_tile(isa, &probs, padded, first_key..last_key + 1, &values, hd, &mut sink);
                 }
