@@ -685,11 +685,11 @@ impl Decoder {
         // run serves any batch that begins with it, a batch of one text too (a long template
         // leaves room for one text a batch); a new run is made for two texts or more.
         let shared = if self.cfg.causal && !taps.contains(&Tap::Sentence) && shares_prefixes() {
-            let n = shared_len(batch);
-            match self.shared.find(batch) {
+            let common = &batch[0][..shared_len(batch)];
+            match self.shared.find(common) {
                 Some(found) => Some(found),
-                None if batch.len() >= 2 && n >= MIN_SHARED_TOKENS => {
-                    let made = std::sync::Arc::new(self.run_prefix(&batch[0][..n])?);
+                None if batch.len() >= 2 && common.len() >= MIN_SHARED_TOKENS => {
+                    let made = std::sync::Arc::new(self.run_prefix(common)?);
                     self.shared.keep(made.clone());
                     Some(made)
                 }

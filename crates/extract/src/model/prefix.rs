@@ -48,13 +48,12 @@ pub(crate) struct PrefixCache {
 }
 
 impl PrefixCache {
-    /// The longest kept run whose tokens begin every sequence of `batch` and leave each at
-    /// least one token of its own.
-    pub(crate) fn find(&self, batch: &[&[u32]]) -> Option<Arc<SharedPrefix>> {
-        let room = shared_len(batch);
+    /// The longest kept run whose tokens begin `shared`: the tokens that every sequence of a
+    /// batch begins with ([`shared_len`] of them), so the run leaves each a token of its own.
+    pub(crate) fn find(&self, shared: &[u32]) -> Option<Arc<SharedPrefix>> {
         let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
         kept.iter()
-            .filter(|p| p.len() <= room && batch[0][..p.len()] == p.ids[..])
+            .filter(|p| shared.starts_with(&p.ids))
             .max_by_key(|p| p.len())
             .cloned()
     }
@@ -124,7 +123,7 @@ mod tests {
         cache.keep(run(&[1, 2]));
         cache.keep(run(&[1, 2, 3]));
         cache.keep(run(&[1, 2, 3]));
-        let found = |batch: &[&[u32]]| cache.find(batch).map(|p| p.len());
+        let found = |batch: &[&[u32]]| cache.find(&batch[0][..shared_len(batch)]).map(|p| p.len());
         assert_eq!(found(&[&[1, 2, 3, 4], &[1, 2, 3, 5]]), Some(3));
         assert_eq!(found(&[&[1, 2, 3], &[1, 2, 3, 5]]), Some(2));
         assert_eq!(found(&[&[1, 2, 9, 4], &[1, 2, 9, 5]]), Some(2));
