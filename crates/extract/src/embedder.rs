@@ -160,6 +160,13 @@ pub trait Embedder: Send + Sync {
     fn shared_prefixes(&self) -> Vec<usize> {
         Vec::new()
     }
+    /// Whether the model runs the leading tokens that a batch's texts share once for the batch
+    /// when it embeds `taps` (causal decoders: `prefix.rs` in the models), so that the batcher
+    /// counts them once in `batch_tokens`.
+    fn shares_leading_tokens(&self, taps: &[Tap]) -> bool {
+        let _ = taps;
+        false
+    }
 }
 
 /// Checks taps against a model and returns the deepest block that must run.

@@ -47,9 +47,9 @@ pub struct ExtractParams {
     /// sorted by length within a shard first; rows are packed, nothing is padded).
     /// Each worker thread runs its own batch, so one batch's activations stay small; 512 was
     /// faster than 256 or 1024 on SmolLM2 in both compute modes (`cargo xtask bench extract`).
-    /// A prompt's template counts too, though a decoder runs the tokens that texts share once
-    /// (README, "Shared leading tokens"): with a long template, raise it so that a batch holds
-    /// several texts (a few-shot template of 400 tokens ran with 4096).
+    /// Tokens that every text of a shard begins with (a prompt's template) count once where the
+    /// model runs them once for the batch (causal decoders, README "Shared leading tokens"), so
+    /// a decoder's batch holds as many prompted texts as bare ones.
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: usize,
     /// Precision of the matrix products: `f32`, `bf16` (bf16 inputs, f32 sums) or `int8` (int8

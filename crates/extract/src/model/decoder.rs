@@ -680,11 +680,9 @@ impl Decoder {
         pooling: Pooling,
         deepest: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        // Only a causal model's shared tokens are the same in every text; EmbeddingGemma's
-        // sentence head pools every token of the last layer (kept simple: not shared). A kept
-        // run serves any batch that begins with it, a batch of one text too (a long template
-        // leaves room for one text a batch); a new run is made for two texts or more.
-        let shared = if self.cfg.causal && !taps.contains(&Tap::Sentence) && shares_prefixes() {
+        // A kept run serves any batch that begins with it, a batch of one text too (a long
+        // template leaves room for one text a batch); a new run is made for two texts or more.
+        let shared = if self.shares_leading_tokens(taps) {
             let common = &batch[0][..shared_len(batch)];
             match self.shared.find(common) {
                 Some(found) => Some(found),
@@ -1004,6 +1002,12 @@ impl Embedder for Decoder {
 
     fn shared_prefixes(&self) -> Vec<usize> {
         self.shared.lengths()
+    }
+
+    fn shares_leading_tokens(&self, taps: &[Tap]) -> bool {
+        // Only a causal model's shared tokens are the same in every text; EmbeddingGemma's
+        // sentence head pools every token of the last layer (kept simple: not shared).
+        self.cfg.causal && !taps.contains(&Tap::Sentence) && shares_prefixes()
     }
 
     fn describe(&self) -> String {

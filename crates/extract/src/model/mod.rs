@@ -30,7 +30,7 @@ pub(crate) mod gguf;
 pub(crate) mod hf;
 mod llama;
 mod mpnet;
-mod prefix;
+pub(crate) mod prefix;
 pub(crate) mod safetensors;
 mod sentence;
 mod tokenizer;
@@ -109,6 +109,9 @@ impl Embedder for Loaded {
     }
     fn shared_prefixes(&self) -> Vec<usize> {
         self.model().shared_prefixes()
+    }
+    fn shares_leading_tokens(&self, taps: &[Tap]) -> bool {
+        self.model().shares_leading_tokens(taps)
     }
     fn describe(&self) -> String {
         self.model().describe()
