@@ -27,6 +27,7 @@
 //! (the network), `saved` (the saved models and their appliers). Metrics come from
 //! `llmembed_core::metrics`, the ones `evaluate` reports.
 
+mod adam;
 mod data;
 mod ensemble;
 mod folds;

@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Module, Optimizer, ParamsAdamW};
+use candle_nn::{Module, ParamsAdamW};
 use llmembed_core::metrics::accuracy;
 use llmembed_core::{Error, Result, seeded_rng};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
+use crate::adam::Adam;
 use crate::prologue::preds_of;
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
@@ -179,15 +180,14 @@ pub(crate) fn train_mlp(
     dims.extend(&cfg.hidden);
     dims.push(n_classes);
     let net = Net::init(&dims, cfg.seed, &dev)?;
-    let mut opt = AdamW::new(
+    let mut opt = Adam::new(
         net.vars(),
         ParamsAdamW {
             lr: cfg.lr,
             weight_decay: 0.0,
             ..ParamsAdamW::default()
         },
-    )
-    .map_err(cerr("mlp optimizer"))?;
+    );
     let targets = Tensor::from_vec(
         labels.iter().map(|&l| l as u32).collect::<Vec<_>>(),
         n,
@@ -215,7 +215,7 @@ pub(crate) fn train_mlp(
                 })?;
             let loss =
                 candle_nn::loss::cross_entropy(&logits, &yb).map_err(cerr("mlp cross-entropy"))?;
-            opt.backward_step(&loss).map_err(cerr("mlp backward"))?;
+            opt.backward_step(&loss)?;
             let l = loss.to_scalar::<f32>().map_err(cerr("mlp loss"))? as f64;
             if !l.is_finite() {
                 return Err(Error::compute(
