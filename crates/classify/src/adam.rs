@@ -68,7 +68,7 @@ impl Adam {
             };
             let op = AdamUpdate {
                 c: &c,
-                moments: RefCell::new((m, v)),
+                moments: RefCell::new((m.as_mut_slice(), v.as_mut_slice())),
             };
             var.as_tensor()
                 .inplace_op2(g, &op)
@@ -94,7 +94,7 @@ struct StepConsts {
 /// place) with the gradient's storage beside it.
 struct AdamUpdate<'a> {
     c: &'a StepConsts,
-    moments: RefCell<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+    moments: RefCell<(&'a mut [f32], &'a mut [f32])>,
 }
 
 impl InplaceOp2 for AdamUpdate<'_> {

@@ -8,7 +8,7 @@ use llmembed_core::{Error, Result};
 use rayon::prelude::*;
 
 use crate::embedder::{Embedder, Tap};
-use crate::model::prefix::{MIN_SHARED_TOKENS, shared_len};
+use crate::model::prefix::worth_sharing;
 use crate::params::ExtractParams;
 
 /// Tokenizes a shard's texts, sorts them by length, batches them under the token budget, embeds
@@ -40,8 +40,7 @@ pub(crate) fn embed_shard(
     // the model runs them once: a decoder's batch holds as many prompted texts as bare ones.
     let shared = if model.shares_leading_tokens(taps) {
         let all: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let n = shared_len(&all);
-        if n >= MIN_SHARED_TOKENS { n } else { 0 }
+        worth_sharing(&all)
     } else {
         0
     };

@@ -30,7 +30,7 @@ use llmembed_kernels::{
 use rayon::prelude::*;
 
 use super::errors::candle_message;
-use super::prefix::{MIN_SHARED_TOKENS, PrefixCache, SharedPrefix, shared_len};
+use super::prefix::{PrefixCache, SharedPrefix, worth_sharing};
 use super::tokenizer::DecoderTokenizer;
 use crate::embedder::{ComputeDtype, Embedder, IdsOffsets, Pooling, Tap, check_spans, check_taps};
 
@@ -683,10 +683,10 @@ impl Decoder {
         // A kept run serves any batch that begins with it, a batch of one text too (a long
         // template leaves room for one text a batch); a new run is made for two texts or more.
         let shared = if self.shares_leading_tokens(taps) {
-            let common = &batch[0][..shared_len(batch)];
+            let common = &batch[0][..worth_sharing(batch)];
             match self.shared.find(common) {
                 Some(found) => Some(found),
-                None if batch.len() >= 2 && common.len() >= MIN_SHARED_TOKENS => {
+                None if batch.len() >= 2 && !common.is_empty() => {
                     let made = std::sync::Arc::new(self.run_prefix(common)?);
                     self.shared.keep(made.clone());
                     Some(made)

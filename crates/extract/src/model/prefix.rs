@@ -96,6 +96,13 @@ pub(crate) fn shared_len(batch: &[&[u32]]) -> usize {
     n
 }
 
+/// [`shared_len`] where it reaches [`MIN_SHARED_TOKENS`], else 0: the leading tokens worth a
+/// run of their own (what the decoder runs once, and what the batcher counts once).
+pub(crate) fn worth_sharing(batch: &[&[u32]]) -> usize {
+    let n = shared_len(batch);
+    if n >= MIN_SHARED_TOKENS { n } else { 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
