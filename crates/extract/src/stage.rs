@@ -234,7 +234,12 @@ impl Stage for Extract {
             true,
         )?;
         notes.extend(embedded.notes);
-        // The texts themselves are not needed past this point.
+        // The model is not needed past this point: dropped, it gives its pages back before the
+        // output is written, so the two peaks (the model with a batch's activations, then a
+        // row group of the output being encoded) do not add up.
+        let described = model.describe();
+        drop(model);
+        // Nor are the texts themselves.
         let Texts {
             tables, total_rows, ..
         } = texts;
@@ -248,7 +253,7 @@ impl Stage for Extract {
         Ok(Summary {
             rows_out: total_rows,
             notes,
-            details: vec![format!("model {}", model.describe())],
+            details: vec![format!("model {described}")],
         })
     }
 
