@@ -15,6 +15,9 @@ fn preimage() -> Preimage {
         version: 3,
         params: json!({"c": 1.0, "column": "embedding"}),
         seed: Some(42),
+        // Absent unless the stage's own `seed` param replaced the pipeline's: not encoded, so
+        // the keys of every other stage are what they were before it existed (the pinned key).
+        pipeline_seed: None,
         inputs: vec![BTreeMap::from([
             ("test.parquet".to_string(), "ab".repeat(32)),
             ("train.parquet".to_string(), "cd".repeat(32)),
@@ -46,6 +49,7 @@ fn keys_are_stable_and_every_field_counts() {
         ("params", Box::new(|p| p.params["c"] = json!(0.1))),
         ("seed", Box::new(|p| p.seed = Some(43))),
         ("no seed", Box::new(|p| p.seed = None)),
+        ("pipeline seed", Box::new(|p| p.pipeline_seed = Some(7))),
         (
             "input content",
             Box::new(|p| {

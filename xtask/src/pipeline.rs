@@ -327,7 +327,6 @@ fn build_plan(
         .iter()
         .map(|&i| {
             let c = &checked[i];
-            let stage_seed = c.params.get("seed").and_then(Value::as_u64).unwrap_or(seed);
             PlannedStage {
                 id: raw_stages[i].id.value.clone(),
                 kind: c.kind.expect("validated"),
@@ -340,7 +339,7 @@ fn build_plan(
                         output: r.output.clone(),
                     })
                     .collect(),
-                seed: stage_seed,
+                seed: llmembed_core::stage_seed(&c.params, seed),
                 params_at: c.params_at.clone(),
             }
         })

@@ -82,6 +82,7 @@ pub fn preimage(
         version: stage.kind.version(),
         params: stage.params.clone(),
         seed: stage.kind.seeded().then_some(stage.seed),
+        pipeline_seed: (stage.kind.seeded() && stage.seed != plan.seed).then_some(plan.seed),
         inputs,
         externals,
     })

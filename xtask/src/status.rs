@@ -159,6 +159,12 @@ pub fn diff(old: &Preimage, new: &Preimage, input_ids: &[&str]) -> Vec<String> {
     if old.seed != new.seed {
         out.push(format!("seed changed: {:?} -> {:?}", old.seed, new.seed));
     }
+    if old.pipeline_seed != new.pipeline_seed {
+        out.push(format!(
+            "pipeline seed changed: {:?} -> {:?}",
+            old.pipeline_seed, new.pipeline_seed
+        ));
+    }
     if old.inputs.len() != new.inputs.len() {
         out.push(format!(
             "number of inputs changed: {} -> {}",

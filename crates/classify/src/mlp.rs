@@ -287,7 +287,10 @@ impl Stage for Mlp {
         let (epochs, select, out_of_fold) = match &p.select {
             None => (p.epochs.unwrap_or(DEFAULT_EPOCHS), None, None),
             Some(sel) => {
-                let (table, mut oof, splits) = cross_validate(&train, sel, &cfg, ctx.seed, &dev)?;
+                // The pipeline's seed, not `ctx.seed`, which is this stage's own `seed` where it
+                // has one: another draw of the network must be scored on the same folds.
+                let (table, mut oof, splits) =
+                    cross_validate(&train, sel, &cfg, ctx.env.seed, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let best = best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy);
                 let e = table[best].epochs;

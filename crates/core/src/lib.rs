@@ -25,6 +25,7 @@ pub use saved::{
 };
 pub use stage::{
     Apply, ApplyEnv, Arity, Context, Env, External, Input, Rows, Stage, Summary, resolve_path,
+    stage_seed,
 };
 pub use table::{
     EmbeddingTable, EmbeddingWriter, Precision, Predictions, SparseTable, TextTable, UNLABELLED,

@@ -57,7 +57,8 @@ pub struct Env {
     pub models_dir: PathBuf,
     /// The folder of the pipeline file, for resolving relative paths in params.
     pub pipeline_dir: PathBuf,
-    /// The pipeline's seed; a stage's own `seed` param, where it has one, overrides it.
+    /// The pipeline's seed (`settings.seed`). [`Context::seed`] is the stage's, which its own
+    /// `seed` param replaces where it has one ([`stage_seed`]).
     pub seed: u64,
     /// Hide progress bars and progress lines.
     pub quiet: bool,
@@ -118,8 +119,18 @@ pub struct Context<'a> {
     /// A folder that survives failed and interrupted runs, shared by all stages of this kind:
     /// the place for resumable shards and per-item memoisation. The stage owns its layout.
     pub store_dir: PathBuf,
-    /// The seed in effect for this stage.
+    /// The seed in effect for this stage: [`stage_seed`] of its params.
     pub seed: u64,
+}
+
+/// The seed in effect for a stage with these params ([`Context::seed`]): its own `seed` param
+/// where it has one, the pipeline's otherwise. The runner and the test kit both take it from
+/// here, so a stage's tests see the seed a pipeline gives it.
+pub fn stage_seed(params: &serde_json::Value, pipeline_seed: u64) -> u64 {
+    params
+        .get("seed")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(pipeline_seed)
 }
 
 impl Context<'_> {

@@ -70,8 +70,9 @@ pub fn predictions_input(dir: &Path, stage_id: &str, predictions: &Predictions) 
     }
 }
 
-/// Runs stage `S` once with `seed` (the pipeline's and the environment's), writing into `out`
-/// with its resumable state in `store` (both created if needed).
+/// Runs stage `S` once with `seed` as the pipeline's (the stage's too, unless its params name
+/// their own, as in a pipeline), writing into `out` with its resumable state in `store` (both
+/// created if needed).
 pub fn run_stage_at<S: Stage>(
     params: &S::Params,
     inputs: &[Input],
@@ -82,11 +83,13 @@ pub fn run_stage_at<S: Stage>(
     std::fs::create_dir_all(out).unwrap();
     std::fs::create_dir_all(store).unwrap();
     let env = stage_env(seed);
+    // As the runner gives it: the stage's own `seed` param, where it has one, replaces `seed`.
+    let params_json = serde_json::to_value(params).expect("params serialize");
     let ctx = Context {
         env: &env,
         out_dir: out.to_path_buf(),
         store_dir: store.to_path_buf(),
-        seed,
+        seed: llmembed_core::stage_seed(&params_json, seed),
     };
     S::run(params, inputs, &ctx)
 }
