@@ -286,7 +286,7 @@ impl Stage for Augment {
         let input = inputs
             .first()
             .ok_or_else(|| Error::mismatch("augment", "no input"))?;
-        let seed = params.seed.unwrap_or(ctx.seed);
+        let seed = ctx.seed;
         let train_path = input.split("train")?;
         let train = read_text_table(&train_path)?;
         let wn = wordnet::WordNet::load(&wordnet_dir(params, ctx.env))?;

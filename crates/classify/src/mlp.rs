@@ -275,7 +275,7 @@ impl Stage for Mlp {
         } = loaded;
         let k = train.label_names.len();
         let dev = Device::Cpu;
-        let seed = p.seed.unwrap_or(ctx.seed);
+        let seed = ctx.seed;
         let cfg = MlpConfig {
             hidden: p.hidden.clone(),
             dropout: p.dropout,

@@ -366,7 +366,7 @@ impl Stage for Contrastive {
         let input = inputs
             .first()
             .ok_or_else(|| Error::mismatch("contrastive", "no input"))?;
-        let seed = params.seed.unwrap_or(ctx.seed);
+        let seed = ctx.seed;
         let column = pick_column(input, params)?;
         let train_path = input.split("train")?;
         let train = read_embedding_table(&train_path, Some(&[column.as_str()]))?;

@@ -111,7 +111,7 @@ impl Stage for Fuse {
                 ),
             ));
         }
-        let seed = p.seed.unwrap_or(ctx.seed);
+        let seed = ctx.seed;
         let resolved: Vec<Resolved> = p
             .sources
             .iter()

@@ -59,7 +59,7 @@ impl Stage for Ingest {
     fn run(p: &IngestParams, _inputs: &[Input], ctx: &Context) -> Result<Summary> {
         // Again here: sampling indexes classes by label, which an unlabelled split lacks.
         p.check()?;
-        let seed = p.seed.unwrap_or(ctx.seed);
+        let seed = ctx.seed;
         let resolved = resolve(p, ctx.env)?;
         let files: Vec<(String, PathBuf)> = match &resolved.location {
             Location::Local(files) => files.clone(),

@@ -70,6 +70,14 @@ pub fn predictions_input(dir: &Path, stage_id: &str, predictions: &Predictions) 
     }
 }
 
+/// The seed stage `S` is given with these params in a pipeline of `pipeline_seed`, as the runner
+/// gives it ([`llmembed_core::stage_seed`]: the stage's own `seed` param where it has one), for
+/// tests that build a [`Context`] themselves.
+pub fn seed_for<S: Stage>(params: &S::Params, pipeline_seed: u64) -> u64 {
+    let params = serde_json::to_value(params).expect("params serialize");
+    llmembed_core::stage_seed(&params, pipeline_seed)
+}
+
 /// Runs stage `S` once with `seed` as the pipeline's (the stage's too, unless its params name
 /// their own, as in a pipeline), writing into `out` with its resumable state in `store` (both
 /// created if needed).
@@ -83,13 +91,11 @@ pub fn run_stage_at<S: Stage>(
     std::fs::create_dir_all(out).unwrap();
     std::fs::create_dir_all(store).unwrap();
     let env = stage_env(seed);
-    // As the runner gives it: the stage's own `seed` param, where it has one, replaces `seed`.
-    let params_json = serde_json::to_value(params).expect("params serialize");
     let ctx = Context {
         env: &env,
         out_dir: out.to_path_buf(),
         store_dir: store.to_path_buf(),
-        seed: llmembed_core::stage_seed(&params_json, seed),
+        seed: seed_for::<S>(params, seed),
     };
     S::run(params, inputs, &ctx)
 }

@@ -33,7 +33,7 @@ pub fn run(p: &IngestParams, env: &Env, root: &Path, out: &str) -> llmembed_core
         env,
         out_dir: out_dir.clone(),
         store_dir: root.join("store"),
-        seed: env.seed,
+        seed: llmembed_testkit::seed_for::<Ingest>(p, env.seed),
     };
     Ingest::run(p, &[], &ctx)?;
     Ok(out_dir)
