@@ -353,8 +353,9 @@ impl Stage for LayerSweep {
     const KIND: &'static str = "layer_sweep";
     // 3: the chosen layer's fit saved (`model.safetensors`, `classifier.json`), the predictions
     // of splits besides train and test; the other files keep their bytes. 4: sweep.json names
-    // the CV folds' splits (`splits`); the folds themselves are unchanged.
-    const VERSION: u32 = 4;
+    // the CV folds' splits (`splits`); the folds themselves are unchanged. 5: an augmented
+    // copy goes with its source's fold, as in `logreg` 6.
+    const VERSION: u32 = 5;
     const INPUTS: Arity = Arity::Exactly(1);
     const SEEDED: bool = true;
     type Params = LayerSweepParams;

@@ -88,9 +88,11 @@ struct Selection {
     splits: String,
     table: Vec<CvRow>,
     best_c: f64,
-    /// The chosen C's out-of-fold probabilities of the training rows.
+    /// The chosen C's out-of-fold probabilities of the training rows (the `validated` ones).
     #[serde(skip)]
     out_of_fold: Vec<f32>,
+    #[serde(skip)]
+    validated: Vec<usize>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -128,8 +130,11 @@ impl Stage for LogReg {
     // predictions of splits besides train and test; predictions.parquet and model.json keep
     // their bytes. 4: with `select`, also the training rows' out-of-fold probabilities
     // (`cv_predictions.parquet`), which an ensemble is scored on. 5: with `select`, model.json
-    // names the folds' splits (`select.splits`); the folds themselves are unchanged.
-    const VERSION: u32 = 5;
+    // names the folds' splits (`select.splits`); the folds themselves are unchanged. 6: an
+    // augmented copy goes with its source's fold (`folds::cv_folds`): fitted on only where its
+    // source is, never validated, absent from cv_predictions.parquet; a table without copies
+    // gets the bytes of 5.
+    const VERSION: u32 = 6;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: cross-validation folds are drawn with it.
     const SEEDED: bool = true;
@@ -227,7 +232,8 @@ impl Stage for LogReg {
         meta.kind = Self::KIND.into();
         if let Some(sel) = &select {
             let (ids, labels, names) = (&train.ids, &train.labels, &train.label_names);
-            write_cv_predictions(ctx, ids, labels, names, &sel.out_of_fold, &producer)?;
+            let (oof, validated) = (&sel.out_of_fold, &sel.validated);
+            write_cv_predictions(ctx, ids, labels, names, oof, validated, &producer)?;
         }
         meta.producer = producer;
         model.save(&ctx.out_dir, &meta)?;
@@ -301,6 +307,7 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
         best_c: cv.table[best].c,
         table: cv.table,
         out_of_fold: cv.oof.swap_remove(best),
+        validated: cv.validated,
     })
 }
 

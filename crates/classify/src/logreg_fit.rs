@@ -65,7 +65,7 @@ use ndarray::{Array1, Array2, ArrayView2, CowArray, Ix2, ShapeBuilder, s};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_pair};
-use crate::folds::{CvFolds, complement, cv_folds};
+use crate::folds::cv_folds;
 use crate::lbfgs::{Design, lbfgs_exact, norm_inf, sklearn_objective, softmax_rows};
 use crate::prologue::preds_of;
 
@@ -400,20 +400,17 @@ pub(crate) fn cross_validate(
     solver: LogRegSolver,
     seed: u64,
 ) -> Result<CvOutcome> {
-    let CvFolds {
-        rows: folds,
-        splits,
-    } = cv_folds(&train.ids, &train.labels, folds, seed);
+    let cv = cv_folds(&train.ids, &train.labels, folds, seed);
     let k = train.label_names.len();
     let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
     // One fold's matrices at a time (each C fitted on it, then dropped): a fold's standardised
     // f64 copy is twice the f32 features, and holding every fold's at once (5 x 2 x 690 MB for
     // 67,000 rows x 2,560) is what made large CVs run out of memory. Every fit is the same
     // computation as before, so the table has the same values.
-    let mut accs = vec![Vec::with_capacity(folds.len()); grid.len()];
+    let mut accs = vec![Vec::with_capacity(folds); grid.len()];
     let mut converged = vec![true; grid.len()];
-    for fold in &folds {
-        let tr = train.subset(&complement(train.rows(), fold));
+    for (f, fold) in cv.rows.iter().enumerate() {
+        let tr = train.subset(&cv.training_rows(f));
         let va = train.subset(fold);
         let (xtr, xva) = standardized_pair(&tr, &va)?;
         drop(tr.x);
@@ -436,17 +433,24 @@ pub(crate) fn cross_validate(
             all_converged,
         })
         .collect();
-    Ok(CvOutcome { table, oof, splits })
+    Ok(CvOutcome {
+        table,
+        oof,
+        splits: cv.splits,
+        validated: cv.validated,
+    })
 }
 
-/// A CV table and, per row of it, every training row's class probabilities (train order, rows x
+/// A CV table and, per row of it, the training rows' class probabilities (train order, rows x
 /// classes) from the fold's fit that did not see the row: what an ensemble of CV-selected
-/// members is scored on.
+/// members is scored on (only the `validated` rows have them: an augmented copy has zeros).
 pub(crate) struct CvOutcome {
     pub table: Vec<CvRow>,
     pub oof: Vec<Vec<f32>>,
-    /// The folds' [`CvFolds::splits`].
+    /// The folds' [`CvFolds::splits`](crate::folds::CvFolds::splits).
     pub splits: String,
+    /// The folds' [`CvFolds::validated`](crate::folds::CvFolds::validated) rows.
+    pub validated: Vec<usize>,
 }
 
 /// Writes a fold's probabilities (`probs`, the fold's rows in order) to those rows of `oof`.

@@ -17,7 +17,7 @@ use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
-use crate::folds::{CvFolds, complement, cv_folds};
+use crate::folds::{CvFolds, cv_folds};
 use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
@@ -153,19 +153,16 @@ struct ModelSummary {
 
 /// The CV table of `select.epochs` (sorted, distinct); per row of it, every training row's
 /// class probabilities (train order, rows x classes) from the fold's network that did not see
-/// the row, after that many epochs: what an ensemble with this member is scored on; and the
-/// folds' [`CvFolds::splits`].
+/// the row, after that many epochs (only the folds' `validated` rows have them): what an
+/// ensemble with this member is scored on; and the folds.
 fn cross_validate(
     train: &Split,
     sel: &MlpSelect,
     cfg: &MlpConfig,
     pipeline_seed: u64,
     dev: &Device,
-) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, String)> {
-    let CvFolds {
-        rows: folds,
-        splits,
-    } = cv_folds(&train.ids, &train.labels, sel.folds, pipeline_seed);
+) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, CvFolds)> {
+    let cv = cv_folds(&train.ids, &train.labels, sel.folds, pipeline_seed);
     let k = train.label_names.len();
     let max_epochs = *sel.epochs.iter().max().expect("checked non-empty");
     let mut checkpoints = sel.epochs.clone();
@@ -173,8 +170,8 @@ fn cross_validate(
     checkpoints.dedup();
     let mut per_fold = Vec::new();
     let mut oof = vec![vec![0f32; train.rows() * k]; checkpoints.len()];
-    for fold in &folds {
-        let tr = train.subset(&complement(train.rows(), fold));
+    for (f, fold) in cv.rows.iter().enumerate() {
+        let tr = train.subset(&cv.training_rows(f));
         let va = train.subset(fold);
         let st = standardizer(&tr);
         let xtr = tensor2(standardized_f32(&tr, &st), tr.rows(), tr.dim(), dev)?;
@@ -204,7 +201,7 @@ fn cross_validate(
             }
         })
         .collect();
-    Ok((table, oof, splits))
+    Ok((table, oof, cv))
 }
 
 feature_params!(MlpParams);
@@ -217,7 +214,8 @@ impl Stage for Mlp {
     // (`cv_predictions.parquet`, as `logreg` writes them), so that an ensemble with this member
     // has a CV score. 5: with `select`, the folds are every classifier's (`folds::cv_folds`,
     // from the pipeline's seed), no longer the MLP's own, and model.json names their splits.
-    const VERSION: u32 = 5;
+    // 6: with `select`, an augmented copy goes with its source's fold, as in `logreg` 6.
+    const VERSION: u32 = 6;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: initialisation, dropout and batches are drawn with it.
     const SEEDED: bool = true;
@@ -289,8 +287,7 @@ impl Stage for Mlp {
             Some(sel) => {
                 // The pipeline's seed, not `ctx.seed`, which is this stage's own `seed` where it
                 // has one: another draw of the network must be scored on the same folds.
-                let (table, mut oof, splits) =
-                    cross_validate(&train, sel, &cfg, ctx.env.seed, &dev)?;
+                let (table, mut oof, cv) = cross_validate(&train, sel, &cfg, ctx.env.seed, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let best = best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy);
                 let e = table[best].epochs;
@@ -299,11 +296,15 @@ impl Stage for Mlp {
                 notes.extend(prologue::grid_edge_note("epochs", e as f64, &grid));
                 let selection = Selection {
                     folds: sel.folds,
-                    splits,
+                    splits: cv.splits,
                     table,
                     best_epochs: e,
                 };
-                (e, Some(selection), Some(oof.swap_remove(best)))
+                (
+                    e,
+                    Some(selection),
+                    Some((oof.swap_remove(best), cv.validated)),
+                )
             }
         };
         let st = standardizer(&train);
@@ -331,9 +332,9 @@ impl Stage for Mlp {
             write_every_split(ctx, &inputs[0], &columns, &train, &predictions, |rows| {
                 model.predict(rows, &producer)
             })?;
-        if let Some(oof) = &out_of_fold {
+        if let Some((oof, validated)) = out_of_fold {
             let (ids, labels, names) = (&train.ids, &train.labels, &train.label_names);
-            write_cv_predictions(ctx, ids, labels, names, oof, &producer)?;
+            write_cv_predictions(ctx, ids, labels, names, &oof, &validated, &producer)?;
         }
         let mut layers = vec![train.dim()];
         layers.extend(&p.hidden);

@@ -191,21 +191,28 @@ pub(crate) fn grid_edge_note(what: &str, picked: f64, grid: &[f64]) -> Option<St
 /// C, `mlp`'s epochs): what an ensemble of such members is scored on.
 pub(crate) const CV_PREDICTIONS_FILE: &str = "cv_predictions.parquet";
 
-/// Writes [`CV_PREDICTIONS_FILE`]: each training row (its id, true label and the class names)
-/// with the probabilities `out_of_fold` (rows x classes) of the fit that did not see it.
+/// Writes [`CV_PREDICTIONS_FILE`]: each `validated` training row (its id, true label and the
+/// class names) with its probabilities in `out_of_fold` (training rows x classes), of the fit
+/// that did not see it. The rows CV never validated (augmented copies) are left out.
 pub(crate) fn write_cv_predictions(
     ctx: &Context,
     ids: &[String],
     labels: &[i64],
     label_names: &[String],
     out_of_fold: &[f32],
+    validated: &[usize],
     producer: &str,
 ) -> Result<()> {
+    let k = label_names.len();
+    let probs: Vec<f32> = (validated.iter())
+        .flat_map(|&r| &out_of_fold[r * k..(r + 1) * k])
+        .copied()
+        .collect();
     let predictions = Predictions {
-        ids: ids.to_vec(),
-        labels: labels.to_vec(),
-        preds: preds_of(out_of_fold, label_names.len()),
-        probs: out_of_fold.to_vec(),
+        ids: validated.iter().map(|&r| ids[r].clone()).collect(),
+        labels: validated.iter().map(|&r| labels[r]).collect(),
+        preds: preds_of(&probs, k),
+        probs,
         label_names: label_names.to_vec(),
         producer: format!("{producer}, out of fold"),
     };

@@ -11,7 +11,7 @@ use llmembed_core::{
 use serde::Serialize;
 use sprs::CsMat;
 
-use crate::folds::{CvFolds, check_folds, complement, cv_folds};
+use crate::folds::{check_folds, cv_folds};
 use crate::logreg::{LogRegParams, better_c};
 use crate::logreg_fit::{
     CvOutcome, CvRow, LogRegFit, LogRegSolver, fit_exact, keep_out_of_fold, linear_probabilities,
@@ -87,9 +87,11 @@ struct Selection {
     splits: String,
     table: Vec<CvRow>,
     best_c: f64,
-    /// The chosen C's out-of-fold probabilities of the training rows.
+    /// The chosen C's out-of-fold probabilities of the training rows (the `validated` ones).
     #[serde(skip)]
     out_of_fold: Vec<f32>,
+    #[serde(skip)]
+    validated: Vec<usize>,
 }
 
 /// `model.json` of a sparse fit: the dense path's fields that apply, and `sparse: true`.
@@ -205,6 +207,7 @@ pub(crate) fn run_logreg_sparse(
                     folds: sel.folds,
                     splits: cv.splits,
                     out_of_fold: cv.oof.swap_remove(best),
+                    validated: cv.validated,
                     table: cv.table,
                     best_c,
                 }),
@@ -241,6 +244,7 @@ pub(crate) fn run_logreg_sparse(
             &train.labels,
             &train.label_names,
             &sel.out_of_fold,
+            &sel.validated,
             &producer,
         )?;
     }
@@ -395,20 +399,11 @@ fn cross_validate_sparse(
     p: &LogRegParams,
     seed: u64,
 ) -> CvOutcome {
-    let CvFolds {
-        rows: folds,
-        splits,
-    } = cv_folds(&train.ids, &train.labels, folds, seed);
+    let cv = cv_folds(&train.ids, &train.labels, folds, seed);
     let k = train.label_names.len();
     let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
-    let parts: Vec<(SparseSplit, SparseSplit)> = folds
-        .iter()
-        .map(|fold| {
-            (
-                train.subset(&complement(train.rows(), fold)),
-                train.subset(fold),
-            )
-        })
+    let parts: Vec<(SparseSplit, SparseSplit)> = (cv.rows.iter().enumerate())
+        .map(|(f, fold)| (train.subset(&cv.training_rows(f)), train.subset(fold)))
         .collect();
     let table = grid
         .iter()
@@ -416,7 +411,7 @@ fn cross_validate_sparse(
         .map(|(&c, oof)| {
             let mut accs = Vec::new();
             let mut all_converged = true;
-            for ((tr, va), fold) in parts.iter().zip(&folds) {
+            for ((tr, va), fold) in parts.iter().zip(&cv.rows) {
                 let fit = fit(tr, c, p);
                 all_converged &= fit.converged;
                 let probs = fit.probabilities(&va.x);
@@ -431,5 +426,10 @@ fn cross_validate_sparse(
             }
         })
         .collect();
-    CvOutcome { table, oof, splits }
+    CvOutcome {
+        table,
+        oof,
+        splits: cv.splits,
+        validated: cv.validated,
+    }
 }

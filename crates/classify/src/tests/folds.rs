@@ -98,3 +98,98 @@ fn cross_validation_refuses_more_folds_than_rows_of_a_class() {
         );
     }
 }
+
+/// `t` with an augmented copy (`<id>-aug0`, right after its source, as `augment` writes them)
+/// of every fourth row: the source's counts with every third word of the vocabulary deleted, a
+/// near-duplicate as EDA's deletions make one.
+fn with_copies(t: &EmbeddingTable) -> EmbeddingTable {
+    let mut out = EmbeddingTable {
+        ids: Vec::new(),
+        labels: Vec::new(),
+        label_names: t.label_names.clone(),
+        columns: Vec::new(),
+    };
+    let mut values: Vec<Vec<f32>> = vec![Vec::new(); t.columns.len()];
+    for i in 0..t.len() {
+        let copies: &[bool] = if i % 4 == 0 { &[false, true] } else { &[false] };
+        for &copy in copies {
+            let id = &t.ids[i];
+            out.ids.push(if copy {
+                llmembed_core::augmented_id(id, 0)
+            } else {
+                id.clone()
+            });
+            out.labels.push(t.labels[i]);
+            for (v, c) in values.iter_mut().zip(&t.columns) {
+                let row = c.row(i).iter().enumerate();
+                v.extend(row.map(|(j, &x)| if copy && j % 3 == 0 { 0.0 } else { x }));
+            }
+        }
+    }
+    out.columns = (t.columns.iter().zip(values))
+        .map(|(c, v)| VectorColumn::new(c.name.clone(), c.dim, v))
+        .collect();
+    out
+}
+
+#[test]
+fn augmented_copies_are_held_out_with_their_source_and_never_validated() {
+    let Some(bow) = bow() else { return };
+    let (plain, test) = (take(&bow.train, 400), take(&bow.test, 80));
+    let augmented = with_copies(&plain);
+    assert_eq!(augmented.len(), 500);
+    let (_p, plain_input) = artifact(&plain, &test);
+    let (_a, augmented_input) = artifact(&augmented, &test);
+    let logreg = LogRegParams {
+        column: Some("bow_log".into()),
+        select: Some(LogRegSelect {
+            c: vec![0.01, 1.0, 100.0],
+            folds: 5,
+        }),
+        ..LogRegParams::default()
+    };
+    let mlp = MlpParams {
+        column: Some("bow_log".into()),
+        hidden: vec![32],
+        select: Some(MlpSelect {
+            epochs: vec![2, 4],
+            folds: 5,
+        }),
+        ..MlpParams::default()
+    };
+    let runs = [
+        run_stage::<LogReg>(&logreg, std::slice::from_ref(&plain_input), 1).unwrap(),
+        run_stage::<LogReg>(&logreg, std::slice::from_ref(&augmented_input), 1).unwrap(),
+        run_stage::<Mlp>(&mlp, std::slice::from_ref(&augmented_input), 1).unwrap(),
+    ];
+    let plain_oof = read_predictions(&runs[0].path().join("cv_predictions.parquet")).unwrap();
+    for run in &runs {
+        let m = model_json(run.path());
+        // Fitted on every row, the copies included...
+        let rows = m["train_rows"].as_u64().unwrap();
+        assert_eq!(
+            rows,
+            if run.path() == runs[0].path() {
+                400
+            } else {
+                500
+            }
+        );
+        // ...but scored on the same folds of the same 400 rows, so that `select` and
+        // `ensemble` may weigh an augmented candidate against a plain one.
+        assert_eq!(
+            m["select"]["splits"],
+            model_json(runs[0].path())["select"]["splits"]
+        );
+        let oof = read_predictions(&run.path().join("cv_predictions.parquet")).unwrap();
+        assert_eq!(oof.ids, plain_oof.ids);
+        assert_out_of_fold(run.path(), 400);
+    }
+    let members: Vec<Input> = [("plain", &runs[0]), ("augmented", &runs[1])]
+        .iter()
+        .map(|(name, d)| fitted(name, d.path()))
+        .collect();
+    let both = run_stage::<Ensemble>(&EnsembleParams::default(), &members, 1).unwrap();
+    let oof = read_predictions(&both.path().join("cv_predictions.parquet")).unwrap();
+    assert_eq!(oof.ids, plain_oof.ids);
+}
