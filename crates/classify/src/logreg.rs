@@ -11,7 +11,7 @@ use crate::data::{
     Split, load_train_test, standardized_pair, standardizer, train_matrix, write_every_split,
 };
 use crate::logreg_fit::{
-    CvRow, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
+    CvOutcome, CvRow, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
     default_tol, fit_logreg,
 };
 use crate::prologue::{
@@ -81,18 +81,35 @@ pub struct LogRegSelect {
 /// `kind: logreg`.
 pub struct LogReg;
 
+/// What `select.c` chose, as model.json records it (dense and sparse rows alike).
 #[derive(Clone, Debug, Serialize)]
-struct Selection {
+pub(crate) struct Selection {
     folds: usize,
     /// The folds' `folds::CvFolds::splits`.
     splits: String,
     table: Vec<CvRow>,
-    best_c: f64,
+    pub best_c: f64,
     /// The chosen C's out-of-fold probabilities of the training rows (the `validated` ones).
     #[serde(skip)]
-    out_of_fold: Vec<f32>,
+    pub out_of_fold: Vec<f32>,
     #[serde(skip)]
-    validated: Vec<usize>,
+    pub validated: Vec<usize>,
+}
+
+impl Selection {
+    /// The C of `cv`'s table with the best mean accuracy, ties to the smaller C (stronger
+    /// regularisation), and its out-of-fold probabilities.
+    pub(crate) fn best_of(mut cv: CvOutcome, folds: usize) -> Selection {
+        let best = best_index(&cv.table, better_c);
+        Selection {
+            folds,
+            splits: cv.splits,
+            best_c: cv.table[best].c,
+            out_of_fold: cv.oof.swap_remove(best),
+            validated: cv.validated,
+            table: cv.table,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -288,10 +305,10 @@ impl Stage for LogReg {
     }
 }
 
-/// The CV table of `select.c` on the training rows, and the C it picks: best mean accuracy,
-/// ties to the smaller C (stronger regularisation).
+/// The CV table of `select.c` on the training rows, and the C it picks
+/// ([`Selection::best_of`]).
 fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> Result<Selection> {
-    let mut cv = cross_validate(
+    let cv = cross_validate(
         train,
         &sel.c,
         sel.folds,
@@ -300,15 +317,7 @@ fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> R
         p.solver,
         seed,
     )?;
-    let best = best_index(&cv.table, better_c);
-    Ok(Selection {
-        folds: sel.folds,
-        splits: cv.splits,
-        best_c: cv.table[best].c,
-        table: cv.table,
-        out_of_fold: cv.oof.swap_remove(best),
-        validated: cv.validated,
-    })
+    Ok(Selection::best_of(cv, sel.folds))
 }
 
 pub(crate) fn better_c(a: &CvRow, b: &CvRow) -> bool {

@@ -12,12 +12,12 @@ use serde::Serialize;
 use sprs::CsMat;
 
 use crate::folds::{check_folds, cv_folds};
-use crate::logreg::{LogRegParams, better_c};
+use crate::logreg::{LogRegParams, Selection};
 use crate::logreg_fit::{
     CvOutcome, CvRow, LogRegFit, LogRegSolver, fit_exact, keep_out_of_fold, linear_probabilities,
 };
 use crate::prologue::{
-    best_index, grid_edge_note, preds_of, scored_accuracy, write_cv_predictions, write_json,
+    grid_edge_note, preds_of, scored_accuracy, write_cv_predictions, write_json,
 };
 use crate::saved::{FittedOn, LinearMeta, LinearModel};
 
@@ -78,20 +78,6 @@ pub(crate) fn csr(table: &SparseTable) -> CsMat<f64> {
         table.indices.iter().map(|&j| j as usize).collect(),
         table.values.iter().map(|&v| f64::from(v)).collect(),
     )
-}
-
-#[derive(Serialize)]
-struct Selection {
-    folds: usize,
-    /// The folds' `folds::CvFolds::splits`.
-    splits: String,
-    table: Vec<CvRow>,
-    best_c: f64,
-    /// The chosen C's out-of-fold probabilities of the training rows (the `validated` ones).
-    #[serde(skip)]
-    out_of_fold: Vec<f32>,
-    #[serde(skip)]
-    validated: Vec<usize>,
 }
 
 /// `model.json` of a sparse fit: the dense path's fields that apply, and `sparse: true`.
@@ -196,22 +182,12 @@ pub(crate) fn run_logreg_sparse(
     let (c, select) = match &p.select {
         None => (p.c.unwrap_or(1.0), None),
         Some(sel) => {
-            let mut cv = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed);
-            let best = best_index(&cv.table, better_c);
-            let best_c = cv.table[best].c;
+            let cv = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed);
+            let selection = Selection::best_of(cv, sel.folds);
+            let best_c = selection.best_c;
             notes.push(format!("{}-fold CV picked C={best_c}", sel.folds));
             notes.extend(grid_edge_note("C", best_c, &sel.c));
-            (
-                best_c,
-                Some(Selection {
-                    folds: sel.folds,
-                    splits: cv.splits,
-                    out_of_fold: cv.oof.swap_remove(best),
-                    validated: cv.validated,
-                    table: cv.table,
-                    best_c,
-                }),
-            )
+            (best_c, Some(selection))
         }
     };
     let fit = fit(&train, c, p);
