@@ -290,11 +290,11 @@ multiversion! {
                                 *v += b;
                             }
                         }
-                        let max = max16(live);
+                        let max = max16(isa, live);
                         for v in live.iter_mut() {
                             *v = rows::exp(*v - max);
                         }
-                        let sum = sum16(live);
+                        let sum = sum16(isa, live);
                         for v in live.iter_mut() {
                             *v /= sum;
                         }
@@ -423,9 +423,15 @@ fn weighted_tile(
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-/// Maximum in 16 fixed lanes (scores are finite).
+/// Maximum in 16 fixed lanes (scores are finite); with AVX-512, [`avx512::max16`].
 #[inline(always)]
-fn max16(x: &[f32]) -> f32 {
+fn max16(isa: Isa, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+        return unsafe { avx512::max16(x) };
+    }
+    let _ = isa;
     let mut lanes = [f32::NEG_INFINITY; 16];
     // Whole chunks, then the rest: over `chunks(16)`, whose last chunk may be short, the
     // compiler kept the lanes on the stack and stored them back on every chunk.
@@ -443,9 +449,16 @@ fn max16(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, v| if v > m { v } else { m })
 }
 
-/// Sum in 16 fixed lanes, then pairwise across lanes (the same result at any vector width).
+/// Sum in 16 fixed lanes, then pairwise across lanes (the same result at any vector width);
+/// with AVX-512, [`avx512::sum16`] (the same bits).
 #[inline(always)]
-fn sum16(x: &[f32]) -> f32 {
+fn sum16(isa: Isa, x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+        return unsafe { avx512::sum16(x) };
+    }
+    let _ = isa;
     let mut lanes = [0f32; 16];
     // Whole chunks, then the rest, as in `max16` (each lane's sum in the same order).
     let mut whole = x.chunks_exact(16);
@@ -521,6 +534,43 @@ fn apply_rope(x: &mut [f32], pos: usize, rope: &Rope, s: &AttentionShape) {
             let (a, b) = (*x0, *x1);
             *x0 = a * c - b * s;
             *x1 = b * c + a * s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reductions of a softmax row at every level: the sum's bits, and the maximum's value
+    /// (its sign where it is zero may differ, see `avx512::max16`), for every remainder of 16,
+    /// rows of zeros of both signs included.
+    #[test]
+    fn row_reductions_agree_at_every_level() {
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state % 2001) as f32 / 100.0 - 10.0
+        };
+        for len in 1..50 {
+            let values: Vec<f32> = (0..len).map(|_| next()).collect();
+            let probs: Vec<f32> = values.iter().map(|v| rows::exp(*v)).collect();
+            let zeros: Vec<f32> = (0..len)
+                .map(|i| if i % 3 == 0 { -0.0 } else { 0.0 })
+                .collect();
+            for isa in Isa::all() {
+                let what = format!("{} over {len} values", isa.name());
+                let base = Isa::baseline();
+                assert_eq!(max16(isa, &values), max16(base, &values), "max, {what}");
+                assert_eq!(max16(isa, &zeros), 0.0, "max of zeros, {what}");
+                assert_eq!(
+                    sum16(isa, &probs).to_bits(),
+                    sum16(base, &probs).to_bits(),
+                    "sum, {what}"
+                );
+            }
         }
     }
 }
