@@ -364,20 +364,27 @@ fn a_new_seed_draws_a_new_sample() {
     );
 }
 
-/// A stage with its own `seed` still reads the pipeline's: the MLP draws its CV folds from it
-/// (the folds every classifier shares, so that ensembles are scored), so its key changes with
-/// the pipeline's seed though its own seed and its input's bytes do not. Before the pipeline's
-/// seed was in its key, the artifact made with the old seed's folds was reused.
+/// A stage with its own `seed` that still reads the pipeline's (`READS_PIPELINE_SEED`): the MLP
+/// draws its CV folds from it (the folds every classifier shares, so that ensembles are
+/// scored), so its key changes with the pipeline's seed though its own seed and its input's
+/// bytes do not. Before the pipeline's seed was in its key, the artifact made with the old
+/// seed's folds was reused. A stage with its own seed that does not read the pipeline's (the
+/// ingest here) keeps its key: before, every such stage ran again, for the same bytes.
 #[test]
 fn a_stage_with_its_own_seed_is_keyed_by_the_pipeline_seed_too() {
     let fx = Fixture::new();
     write_csv_dataset(&fx);
     let pipeline = |seed| {
-        csv_pipeline(seed, 1, "mlp").replace(
-            "  - id: lr\n    kind: mlp\n    inputs: [features]\n",
-            "  - id: lr\n    kind: mlp\n    inputs: [features]\n    \
-             params: {seed: 3, select: {epochs: [1, 2], folds: 3}}\n",
-        )
+        csv_pipeline(seed, 1, "mlp")
+            .replace(
+                "  - id: lr\n    kind: mlp\n    inputs: [features]\n",
+                "  - id: lr\n    kind: mlp\n    inputs: [features]\n    \
+                 params: {seed: 3, select: {epochs: [1, 2], folds: 3}}\n",
+            )
+            .replace(
+                "      label_names: [business, sports]\n",
+                "      label_names: [business, sports]\n      seed: 5\n",
+            )
     };
     // The MLP's key, with its input made (the MLP itself is not run: its key is what counts).
     let key = |seed| {
@@ -388,16 +395,22 @@ fn a_stage_with_its_own_seed_is_keyed_by_the_pipeline_seed_too() {
         };
         fx.run(&file, until);
         let plan = pipeline::load(&file).unwrap();
+        assert_eq!((plan.stages[0].seed, plan.seed), (5, seed));
         assert_eq!((plan.stages[2].seed, plan.seed), (3, seed));
         let states = status::states(&plan, &fx.workspace()).unwrap();
-        states[2].key.clone().expect("the MLP's input is cached")
+        let ingest = states[0].key.clone().expect("the ingest has no inputs");
+        (
+            ingest,
+            states[2].key.clone().expect("the MLP's input is cached"),
+        )
     };
     let (seven, eight) = (key(7), key(8));
     assert_ne!(
-        seven, eight,
+        seven.1, eight.1,
         "a new pipeline seed left the MLP's key as it was"
     );
-    // And the same seed gives the same key again.
+    assert_eq!(seven.0, eight.0, "a new pipeline seed re-keyed the ingest");
+    // And the same seed gives the same keys again.
     assert_eq!(key(7), seven);
 }
 

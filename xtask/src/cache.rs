@@ -42,8 +42,9 @@ pub struct Preimage {
     /// Present only for stages whose output depends on the seed.
     pub seed: Option<u64>,
     /// The pipeline's seed, present only where the stage's own `seed` param took its place in
-    /// `seed`: such a stage still reads the pipeline's (`Env::seed`: the MLP draws from it the
-    /// CV folds every classifier shares). Absent everywhere else, so those keys are unchanged.
+    /// `seed` and the stage still reads the pipeline's (`Stage::READS_PIPELINE_SEED`, through
+    /// `Env::seed`: the MLP draws from it the CV folds every classifier shares). Absent
+    /// everywhere else, so those keys are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline_seed: Option<u64>,
     /// Per input, in order: the content hashes of the files the stage reads (not upstream keys,

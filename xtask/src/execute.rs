@@ -34,8 +34,9 @@ pub(crate) fn execute(
         let store_dir = ws.cache.store_dir(stage.kind.kind());
         fs::create_dir_all(&store_dir)
             .with_context(|| format!("create {}", store_dir.display()))?;
+        let env = stage_env(env, plan, i);
         let ctx = Context {
-            env,
+            env: &env,
             out_dir: tmp.clone(),
             store_dir,
             seed: stage.seed,
@@ -94,8 +95,9 @@ pub(crate) fn help(
     let inputs = stage_inputs(plan, i, pre, manifests, ws);
     let store_dir = ws.cache.store_dir(stage.kind.kind());
     fs::create_dir_all(&store_dir).with_context(|| format!("create {}", store_dir.display()))?;
+    let env = stage_env(env, plan, i);
     let ctx = Context {
-        env,
+        env: &env,
         // Never written: a worker makes no outputs.
         out_dir: ws.cache.root.join("tmp").join("worker-outputs-unused"),
         store_dir,
@@ -111,6 +113,18 @@ pub(crate) fn help(
 
 /// Stage `i`'s inputs as it reads them: each upstream artifact's folder and the files of it that
 /// the preimage hashed (all of them, or the one the pipeline named).
+/// The `Env` stage `i` runs with: `Env::seed` is the pipeline's seed only for a stage that
+/// declares it reads it (`Stage::READS_PIPELINE_SEED`, which puts it in the key); any other
+/// stage is given its own seed there too, so what it reads is in its key.
+fn stage_env(env: &Env, plan: &Plan, i: usize) -> Env {
+    let stage = &plan.stages[i];
+    let mut env = env.clone();
+    if !stage.kind.reads_pipeline_seed() {
+        env.seed = stage.seed;
+    }
+    env
+}
+
 fn stage_inputs(
     plan: &Plan,
     i: usize,

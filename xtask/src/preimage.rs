@@ -82,7 +82,10 @@ pub fn preimage(
         version: stage.kind.version(),
         params: stage.params.clone(),
         seed: stage.kind.seeded().then_some(stage.seed),
-        pipeline_seed: (stage.kind.seeded() && stage.seed != plan.seed).then_some(plan.seed),
+        pipeline_seed: (stage.kind.seeded()
+            && stage.kind.reads_pipeline_seed()
+            && stage.seed != plan.seed)
+            .then_some(plan.seed),
         inputs,
         externals,
     })

@@ -21,6 +21,7 @@ pub trait StageKind: Sync {
     fn version(&self) -> u32;
     fn inputs(&self) -> Arity;
     fn seeded(&self) -> bool;
+    fn reads_pipeline_seed(&self) -> bool;
     /// The JSON Schema of the stage's params, derived from the same serde types `validate`
     /// uses (subschemas inlined, so that it can be embedded in a pipeline file's schema).
     fn params_schema(&self) -> schemars::Schema;
@@ -79,6 +80,10 @@ impl<S: Stage> StageKind for Kind<S> {
 
     fn seeded(&self) -> bool {
         S::SEEDED
+    }
+
+    fn reads_pipeline_seed(&self) -> bool {
+        S::READS_PIPELINE_SEED
     }
 
     fn params_schema(&self) -> schemars::Schema {

@@ -219,6 +219,9 @@ impl Stage for Mlp {
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: initialisation, dropout and batches are drawn with it.
     const SEEDED: bool = true;
+    // With `select`, the CV folds are drawn from the pipeline's seed even where the stage's own
+    // `seed` param draws the rest.
+    const READS_PIPELINE_SEED: bool = true;
     type Params = MlpParams;
 
     fn check(p: &MlpParams) -> Result<()> {

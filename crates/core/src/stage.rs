@@ -171,6 +171,12 @@ pub trait Stage {
     /// Whether the output depends on the seed. Only then is the seed part of the cache key, so
     /// that changing the pipeline's seed does not re-run, say, a deterministic extraction.
     const SEEDED: bool = false;
+    /// Whether `run` reads the pipeline's seed ([`Env::seed`]) besides its own
+    /// ([`Context::seed`]) where its own `seed` param replaces the pipeline's: only then is the
+    /// pipeline's seed in its key too (the MLP's CV folds are every classifier's, drawn from the
+    /// pipeline's seed). A stage that does not declare it is given its own seed in `Env::seed`
+    /// as well, so an undeclared read cannot leave a key that misses what the output depends on.
+    const READS_PIPELINE_SEED: bool = false;
     /// Params as written in the pipeline file: `#[serde(deny_unknown_fields)]`, with defaults.
     type Params: Serialize + DeserializeOwned + schemars::JsonSchema;
 
