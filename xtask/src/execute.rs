@@ -145,3 +145,37 @@ fn stage_inputs(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stage reads the pipeline's seed in `Env::seed` only where it declares it (and so has it
+    /// in its key); any other stage with its own seed finds its own there.
+    #[test]
+    fn env_seed_is_the_pipelines_only_for_a_stage_that_declares_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(
+            &file,
+            "name: p\nsettings:\n  seed: 7\nstages:\n  \
+             - {id: data, kind: ingest, params: {dataset: ag_news, seed: 5}}\n  \
+             - {id: feats, kind: tfidf, inputs: [data]}\n  \
+             - {id: mlp, kind: mlp, inputs: [feats], params: {seed: 3}}\n",
+        )
+        .unwrap();
+        let plan = crate::pipeline::load(&file).unwrap();
+        let env = Env {
+            data_dir: dir.path().into(),
+            models_dir: dir.path().into(),
+            pipeline_dir: dir.path().into(),
+            seed: plan.seed,
+            quiet: true,
+        };
+        let seeds: Vec<(u64, u64)> = (0..3)
+            .map(|i| (plan.stages[i].seed, stage_env(&env, &plan, i).seed))
+            .collect();
+        // ingest: its own seed, undeclared; tfidf: none of its own; mlp: its own, declared.
+        assert_eq!(seeds, [(5, 5), (7, 7), (3, 7)]);
+    }
+}
