@@ -27,7 +27,7 @@ use rand::seq::SliceRandom;
 /// points at the larger Cs, which it then picked; logreg VERSION 6, mlp 6, layer_sweep 5).
 pub(crate) fn cv_folds(ids: &[String], labels: &[i64], k: usize, pipeline_seed: u64) -> CvFolds {
     let source_of = sources_of(ids);
-    let sources: Vec<usize> = (0..ids.len()).filter(|&i| source_of[i].is_none()).collect();
+    let sources = validated_rows(ids);
     let source_labels: Vec<i64> = sources.iter().map(|&i| labels[i]).collect();
     let rng = &mut seeded_rng(pipeline_seed, "logreg-cv-folds");
     let rows: Vec<Vec<usize>> = stratified_folds(&source_labels, k, rng)
@@ -45,13 +45,19 @@ pub(crate) fn cv_folds(ids: &[String], labels: &[i64], k: usize, pipeline_seed: 
             fold_of[copy] = fold_of[*s];
         }
     }
-    let validated = (0..ids.len()).filter(|&i| source_of[i].is_none()).collect();
     CvFolds {
         rows,
         splits,
         fold_of,
-        validated,
     }
+}
+
+/// The rows of `ids` that some fold validates, sorted: every row that is not an augmented copy
+/// of a row here ([`cv_folds`] draws its folds over them); the rows of the out-of-fold
+/// probabilities.
+pub(crate) fn validated_rows(ids: &[String]) -> Vec<usize> {
+    let source_of = sources_of(ids);
+    (0..ids.len()).filter(|&i| source_of[i].is_none()).collect()
 }
 
 /// Per row, the row of `ids` it is an augmented copy of (a copy of a copy, from augmenting an
@@ -89,9 +95,6 @@ pub(crate) struct CvFolds {
     /// Per training row, the fold whose fit leaves it out: its own, or for an augmented copy
     /// its source's.
     fold_of: Vec<Option<usize>>,
-    /// The rows some fold validates (every row that is not a copy), sorted: the rows of the
-    /// out-of-fold probabilities.
-    pub validated: Vec<usize>,
 }
 
 impl CvFolds {
@@ -160,9 +163,9 @@ pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Resul
         .collect();
     let ids: Vec<String> = labelled.iter().map(|&i| table.ids[i].clone()).collect();
     let mut counts: Vec<usize> = vec![0; table.label_names.len()];
-    for (&i, source) in labelled.iter().zip(sources_of(&ids)) {
-        let class = usize::try_from(table.labels[i]).ok();
-        if let (None, Some(c)) = (source, class.and_then(|l| counts.get_mut(l))) {
+    for r in validated_rows(&ids) {
+        let class = usize::try_from(table.labels[labelled[r]]).ok();
+        if let Some(c) = class.and_then(|l| counts.get_mut(l)) {
             *c += 1;
         }
     }
@@ -230,7 +233,7 @@ mod tests {
         let cv = cv_folds(&ids, &labels, 5, 9);
         let drawn = stratified_folds(&labels, 5, &mut seeded_rng(9, "logreg-cv-folds"));
         assert_eq!(cv.rows, drawn);
-        assert_eq!(cv.validated, (0..103).collect::<Vec<_>>());
+        assert_eq!(validated_rows(&ids), (0..103).collect::<Vec<_>>());
         for (f, fold) in cv.rows.iter().enumerate() {
             let fit = cv.training_rows(f);
             assert_eq!(fit.len() + fold.len(), 103);
@@ -268,7 +271,7 @@ mod tests {
         // The copy-like id whose source is absent is a row like any other.
         let lone = aug_ids.len() - 1;
         assert!(aug.rows.iter().any(|f| f.contains(&lone)));
-        assert!(aug.validated.contains(&lone));
+        assert!(validated_rows(&aug_ids).contains(&lone));
         // Without the lone row the splits are the plain table's.
         aug_ids.pop();
         aug_labels.pop();
@@ -285,8 +288,9 @@ mod tests {
             .filter(|&r| aug_ids[r].contains("-aug"))
             .collect();
         assert_eq!(copies.len(), 17);
-        assert!(copies.iter().all(|c| !aug.validated.contains(c)));
-        assert_eq!(aug.validated.len() + copies.len(), aug_ids.len());
+        let validated = validated_rows(&aug_ids);
+        assert!(copies.iter().all(|c| !validated.contains(c)));
+        assert_eq!(validated.len() + copies.len(), aug_ids.len());
         for (f, fold) in aug.rows.iter().enumerate() {
             let fit = aug.training_rows(f);
             let validated: Vec<&str> = fold.iter().map(|&r| aug_ids[r].as_str()).collect();

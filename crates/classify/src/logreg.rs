@@ -89,11 +89,9 @@ pub(crate) struct Selection {
     splits: String,
     table: Vec<CvRow>,
     pub best_c: f64,
-    /// The chosen C's out-of-fold probabilities of the training rows (the `validated` ones).
+    /// The chosen C's out-of-fold probabilities of the training rows.
     #[serde(skip)]
     pub out_of_fold: Vec<f32>,
-    #[serde(skip)]
-    pub validated: Vec<usize>,
 }
 
 impl Selection {
@@ -106,7 +104,6 @@ impl Selection {
             splits: cv.splits,
             best_c: cv.table[best].c,
             out_of_fold: cv.oof.swap_remove(best),
-            validated: cv.validated,
             table: cv.table,
         }
     }
@@ -249,8 +246,7 @@ impl Stage for LogReg {
         meta.kind = Self::KIND.into();
         if let Some(sel) = &select {
             let (ids, labels, names) = (&train.ids, &train.labels, &train.label_names);
-            let (oof, validated) = (&sel.out_of_fold, &sel.validated);
-            write_cv_predictions(ctx, ids, labels, names, oof, validated, &producer)?;
+            write_cv_predictions(ctx, ids, labels, names, &sel.out_of_fold, &producer)?;
         }
         meta.producer = producer;
         model.save(&ctx.out_dir, &meta)?;

@@ -437,20 +437,17 @@ pub(crate) fn cross_validate(
         table,
         oof,
         splits: cv.splits,
-        validated: cv.validated,
     })
 }
 
 /// A CV table and, per row of it, the training rows' class probabilities (train order, rows x
 /// classes) from the fold's fit that did not see the row: what an ensemble of CV-selected
-/// members is scored on (only the `validated` rows have them: an augmented copy has zeros).
+/// members is scored on (an augmented copy, which no fold validates, has zeros).
 pub(crate) struct CvOutcome {
     pub table: Vec<CvRow>,
     pub oof: Vec<Vec<f32>>,
     /// The folds' [`CvFolds::splits`](crate::folds::CvFolds::splits).
     pub splits: String,
-    /// The folds' [`CvFolds::validated`](crate::folds::CvFolds::validated) rows.
-    pub validated: Vec<usize>,
 }
 
 /// Writes a fold's probabilities (`probs`, the fold's rows in order) to those rows of `oof`.

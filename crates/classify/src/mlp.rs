@@ -17,7 +17,7 @@ use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
-use crate::folds::{CvFolds, cv_folds};
+use crate::folds::cv_folds;
 use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
@@ -124,7 +124,7 @@ struct CvRow {
 #[derive(Clone, Debug, Serialize)]
 struct Selection {
     folds: usize,
-    /// The folds' [`CvFolds::splits`].
+    /// The folds' [`CvFolds::splits`](crate::folds::CvFolds::splits).
     splits: String,
     table: Vec<CvRow>,
     best_epochs: usize,
@@ -153,15 +153,15 @@ struct ModelSummary {
 
 /// The CV table of `select.epochs` (sorted, distinct); per row of it, every training row's
 /// class probabilities (train order, rows x classes) from the fold's network that did not see
-/// the row, after that many epochs (only the folds' `validated` rows have them): what an
-/// ensemble with this member is scored on; and the folds.
+/// the row, after that many epochs (an augmented copy, which no fold validates, has zeros):
+/// what an ensemble with this member is scored on; and the folds' [`CvFolds::splits`](crate::folds::CvFolds::splits).
 fn cross_validate(
     train: &Split,
     sel: &MlpSelect,
     cfg: &MlpConfig,
     pipeline_seed: u64,
     dev: &Device,
-) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, CvFolds)> {
+) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, String)> {
     let cv = cv_folds(&train.ids, &train.labels, sel.folds, pipeline_seed);
     let k = train.label_names.len();
     let max_epochs = *sel.epochs.iter().max().expect("checked non-empty");
@@ -201,7 +201,7 @@ fn cross_validate(
             }
         })
         .collect();
-    Ok((table, oof, cv))
+    Ok((table, oof, cv.splits))
 }
 
 feature_params!(MlpParams);
@@ -290,7 +290,8 @@ impl Stage for Mlp {
             Some(sel) => {
                 // The pipeline's seed, not `ctx.seed`, which is this stage's own `seed` where it
                 // has one: another draw of the network must be scored on the same folds.
-                let (table, mut oof, cv) = cross_validate(&train, sel, &cfg, ctx.env.seed, &dev)?;
+                let (table, mut oof, splits) =
+                    cross_validate(&train, sel, &cfg, ctx.env.seed, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let best = best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy);
                 let e = table[best].epochs;
@@ -299,15 +300,11 @@ impl Stage for Mlp {
                 notes.extend(prologue::grid_edge_note("epochs", e as f64, &grid));
                 let selection = Selection {
                     folds: sel.folds,
-                    splits: cv.splits,
+                    splits,
                     table,
                     best_epochs: e,
                 };
-                (
-                    e,
-                    Some(selection),
-                    Some((oof.swap_remove(best), cv.validated)),
-                )
+                (e, Some(selection), Some(oof.swap_remove(best)))
             }
         };
         let st = standardizer(&train);
@@ -335,9 +332,9 @@ impl Stage for Mlp {
             write_every_split(ctx, &inputs[0], &columns, &train, &predictions, |rows| {
                 model.predict(rows, &producer)
             })?;
-        if let Some((oof, validated)) = out_of_fold {
+        if let Some(oof) = &out_of_fold {
             let (ids, labels, names) = (&train.ids, &train.labels, &train.label_names);
-            write_cv_predictions(ctx, ids, labels, names, &oof, &validated, &producer)?;
+            write_cv_predictions(ctx, ids, labels, names, oof, &producer)?;
         }
         let mut layers = vec![train.dim()];
         layers.extend(&p.hidden);

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 pub(crate) use crate::data::TrainTest;
 use crate::data::{Split, load_train_test};
-use crate::folds::check_folds;
+use crate::folds::{check_folds, validated_rows};
 
 /// The feature params of a classifier that reads one embedding artifact (`logreg`, `mlp`).
 pub(crate) trait FeatureParams {
@@ -191,19 +191,19 @@ pub(crate) fn grid_edge_note(what: &str, picked: f64, grid: &[f64]) -> Option<St
 /// C, `mlp`'s epochs): what an ensemble of such members is scored on.
 pub(crate) const CV_PREDICTIONS_FILE: &str = "cv_predictions.parquet";
 
-/// Writes [`CV_PREDICTIONS_FILE`]: each `validated` training row (its id, true label and the
-/// class names) with its probabilities in `out_of_fold` (training rows x classes), of the fit
-/// that did not see it. The rows CV never validated (augmented copies) are left out.
+/// Writes [`CV_PREDICTIONS_FILE`]: each validated training row ([`validated_rows`]: its id,
+/// true label and the class names) with its probabilities in `out_of_fold` (training rows x
+/// classes), of the fit that did not see it. The rows CV never validated (augmented copies)
+/// are left out.
 pub(crate) fn write_cv_predictions(
     ctx: &Context,
     ids: &[String],
     labels: &[i64],
     label_names: &[String],
     out_of_fold: &[f32],
-    validated: &[usize],
     producer: &str,
 ) -> Result<()> {
-    let k = label_names.len();
+    let (k, validated) = (label_names.len(), validated_rows(ids));
     let probs: Vec<f32> = (validated.iter())
         .flat_map(|&r| &out_of_fold[r * k..(r + 1) * k])
         .copied()

@@ -220,7 +220,6 @@ pub(crate) fn run_logreg_sparse(
             &train.labels,
             &train.label_names,
             &sel.out_of_fold,
-            &sel.validated,
             &producer,
         )?;
     }
@@ -406,6 +405,5 @@ fn cross_validate_sparse(
         table,
         oof,
         splits: cv.splits,
-        validated: cv.validated,
     }
 }
