@@ -1,7 +1,7 @@
 //! The runner's contract, each item in its own process where a process is what is at stake: why
 //! a stage is stale (every kind of reason `status` gives), the same bytes and keys from two fresh
 //! caches, the lock's waiting path and its release when the holder dies, `gc`'s default scope,
-//! `check` on the repository's pipelines.
+//! `check` on the repository's pipelines, the warning when two files share a results folder.
 
 mod common;
 
@@ -437,4 +437,42 @@ fn a_closed_stdout_ends_the_command_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Results go by the pipeline's `name:`: a second file with the same name (a copy tried as a
+/// variant) is warned that its run replaces the first file's reports; the same file run again,
+/// or by another path to it, is not.
+#[test]
+fn a_second_file_with_the_same_name_is_warned_that_it_replaces_the_reports() {
+    let fx = Fixture::new();
+    write_csv_dataset(&fx);
+    let text = csv_pipeline(7, 1, "logreg");
+    let first = fx.write_pipeline("csv.yaml", &text);
+    let copy = fx.write_pipeline("csv-copy.yaml", &text);
+    let run = |file: &Path| {
+        let out = fx.xtask().arg("run").arg(file).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{}: {stderr}", file.display());
+        stderr
+    };
+    let warning = "another pipeline file with the same `name: csv`";
+    for file in [&first, &first] {
+        let stderr = run(file);
+        assert!(!stderr.contains(warning), "{stderr}");
+    }
+    let stderr = run(&copy);
+    assert!(
+        stderr.contains(warning) && stderr.contains(&*first.to_string_lossy()),
+        "{stderr}"
+    );
+    // Kept in the run's log too, which starts before the warning.
+    let log = fs::read_to_string(fx.results_dir().join("csv").join("run.log")).unwrap();
+    assert!(log.contains(warning), "{log}");
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&fs::read(fx.results_dir().join("csv").join("run.json")).unwrap())
+            .unwrap();
+    assert_eq!(recorded["pipeline_file"], *copy.to_string_lossy());
+    let same_file = fx.dir.path().join(".").join("csv-copy.yaml");
+    let stderr = run(&same_file);
+    assert!(!stderr.contains(warning), "{stderr}");
 }

@@ -414,6 +414,9 @@ fn run_pipeline(cli: &Cli, args: &RunArgs, ws: Workspace) -> Result<()> {
             );
         }
     }
+    if !dry_run {
+        warn_if_another_file_reported(&results, &plan.file, &plan.name);
+    }
     let opts = RunOptions {
         force: force.clone(),
         only: only.clone(),
@@ -512,6 +515,34 @@ fn verify(pipelines: &[PathBuf], ws: &Workspace, repair: bool, wait: bool) -> Re
         );
     }
     Ok(())
+}
+
+/// Warns when `results` (`results/<name>/`) holds the reports of another pipeline file with the
+/// same `name`, as its latest `run.json` says: results go by name, so a copy of a file tried
+/// under the original's name would replace the original's reports without a word. Quiet when
+/// the recorded file is not found from here (renamed, moved, or recorded relative to another
+/// folder).
+fn warn_if_another_file_reported(results: &Path, file: &Path, name: &str) {
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        pipeline_file: PathBuf,
+    }
+    let Ok(bytes) = std::fs::read(results.join("run.json")) else {
+        return;
+    };
+    let Ok(recorded) = serde_json::from_slice::<Recorded>(&bytes) else {
+        return;
+    };
+    if let (Ok(before), Ok(now)) = (recorded.pipeline_file.canonicalize(), file.canonicalize())
+        && before != now
+    {
+        log::warn!(
+            "{} holds the reports of {}, another pipeline file with the same `name: {name}`; \
+             this run replaces them (give one of the files a `name:` of its own to keep both)",
+            results.display(),
+            recorded.pipeline_file.display()
+        );
+    }
 }
 
 /// The pipeline files named, or every `*.yaml` in the project's `pipelines/` folder.
