@@ -476,3 +476,28 @@ fn a_second_file_with_the_same_name_is_warned_that_it_replaces_the_reports() {
     let stderr = run(&same_file);
     assert!(!stderr.contains(warning), "{stderr}");
 }
+
+/// `status` explains a stale stage against the last run recorded under the pipeline's name;
+/// when another file with that name made that run, the reasons say so first.
+#[test]
+fn status_says_when_another_file_with_the_name_made_the_last_run() {
+    let fx = Fixture::new();
+    write_csv_dataset(&fx);
+    let file = fx.write_pipeline("csv.yaml", &csv_pipeline(7, 1, "logreg"));
+    let copy = fx.write_pipeline("csv-copy.yaml", &csv_pipeline(7, 2, "logreg"));
+    fx.run(&file, opts());
+    fx.run(&copy, opts());
+    fs::write(&file, csv_pipeline(7, 3, "logreg")).unwrap();
+    let why = reasons(&file, &fx, 1);
+    assert!(
+        why[0].contains("csv-copy.yaml") && why[0].contains("another file"),
+        "{why:?}"
+    );
+    // Run again (all cached), the file's own run is the last one: no such line.
+    fs::write(&file, csv_pipeline(7, 1, "logreg")).unwrap();
+    fx.run(&file, opts());
+    fs::write(&file, csv_pipeline(7, 3, "logreg")).unwrap();
+    let why = reasons(&file, &fx, 1);
+    assert!(!why.iter().any(|r| r.contains("another file")), "{why:?}");
+    assert!(!why.is_empty(), "{why:?}");
+}

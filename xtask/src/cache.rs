@@ -29,6 +29,8 @@ use serde_json::Value;
 
 use llmembed_core::fsutil;
 
+use crate::pipeline::Plan;
+
 pub use crate::lock::{Lock, LockOwner};
 
 pub const MANIFEST: &str = "manifest.json";
@@ -529,13 +531,15 @@ impl Cache {
             .join(format!("{stage_id}.json"))
     }
 
-    /// Remembers the preimage of the last run of a stage of a pipeline (for `status`).
-    pub fn record_run(&self, pipeline: &str, stage_id: &str, manifest: &Manifest) -> Result<()> {
-        let path = self.run_record(pipeline, stage_id);
+    /// Remembers the preimage of the last run of a stage of a pipeline, by the pipeline's name,
+    /// and the file that ran it (for `status`).
+    pub fn record_run(&self, plan: &Plan, stage_id: &str, manifest: &Manifest) -> Result<()> {
+        let path = self.run_record(&plan.name, stage_id);
         fs::create_dir_all(path.parent().expect("has parent"))?;
         let record = RunRecord {
             key: manifest.key.clone(),
             preimage: manifest.preimage.clone(),
+            pipeline_file: Some(plan.file.clone()),
         };
         fsutil::write_bytes_atomic(&path, &serde_json::to_vec_pretty(&record)?)?;
         Ok(())
@@ -587,6 +591,9 @@ fn dir_size(path: &Path) -> u64 {
 pub struct RunRecord {
     pub key: String,
     pub preimage: Preimage,
+    /// The pipeline file that ran it, as it was named (absent in records of older builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_file: Option<PathBuf>,
 }
 
 /// Memo of external files' content hashes, keyed by path, size and modification time, so that a

@@ -533,9 +533,7 @@ fn warn_if_another_file_reported(results: &Path, file: &Path, name: &str) {
     let Ok(recorded) = serde_json::from_slice::<Recorded>(&bytes) else {
         return;
     };
-    if let (Ok(before), Ok(now)) = (recorded.pipeline_file.canonicalize(), file.canonicalize())
-        && before != now
-    {
+    if pipeline::is_another_file(&recorded.pipeline_file, file) {
         log::warn!(
             "{} holds the reports of {}, another pipeline file with the same `name: {name}`; \
              this run replaces them (give one of the files a `name:` of its own to keep both)",

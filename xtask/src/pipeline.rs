@@ -206,6 +206,16 @@ impl Errors<'_> {
     }
 }
 
+/// Whether `recorded` (a pipeline file a record names) is another file than `file`, both found
+/// from here: runs are recorded by the pipeline's name, which two files may share. False when
+/// either is not found (renamed, moved, or recorded relative to another folder).
+pub fn is_another_file(recorded: &Path, file: &Path) -> bool {
+    match (recorded.canonicalize(), file.canonicalize()) {
+        (Ok(recorded), Ok(file)) => recorded != file,
+        _ => false,
+    }
+}
+
 /// Reads and validates a pipeline file.
 pub fn load(file: &Path) -> Result<Plan, PipelineErrors> {
     let text = std::fs::read_to_string(file).map_err(|e| {

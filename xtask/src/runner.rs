@@ -154,7 +154,7 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
             stop = true;
         }
         if let Outcome::Ran(m) | Outcome::Pulled(m) = &outcome {
-            ws.cache.record_run(&plan.name, &stage.id, m)?;
+            ws.cache.record_run(plan, &stage.id, m)?;
         }
         report::print_outcome(stage, &outcome, opts.dry_run);
         state.manifests[i] = outcome.manifest().cloned();
@@ -310,7 +310,7 @@ impl RunState<'_> {
         let why = match lookup {
             Lookup::Hit(m) if !forced => {
                 if selected && !opts.dry_run {
-                    ws.cache.record_run(&plan.name, &stage.id, &m)?;
+                    ws.cache.record_run(plan, &stage.id, &m)?;
                 }
                 return Ok(Outcome::Cached(*m));
             }
@@ -542,7 +542,7 @@ impl RunState<'_> {
         );
         match self.make(j, None, true) {
             Outcome::Ran(m) => {
-                if let Err(e) = self.ws.cache.record_run(&self.plan.name, &id, &m) {
+                if let Err(e) = self.ws.cache.record_run(self.plan, &id, &m) {
                     log::warn!("{e:#}");
                 }
                 self.manifests[j] = Some(m.clone());

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::cache::{FileHashes, Lookup, Manifest, Preimage};
-use crate::pipeline::Plan;
+use crate::pipeline::{self, Plan};
 use crate::remote::RemoteLink;
 use crate::runner::{Workspace, preimage};
 
@@ -100,7 +100,23 @@ pub fn states_with(
                         .iter()
                         .map(|r| plan.stages[r.stage].id.as_str())
                         .collect();
-                    StageStatus::Stale(diff(&last.preimage, &current, &input_ids))
+                    let mut reasons = diff(&last.preimage, &current, &input_ids);
+                    if let Some(other) = last
+                        .pipeline_file
+                        .as_deref()
+                        .filter(|f| pipeline::is_another_file(f, &plan.file))
+                    {
+                        reasons.insert(
+                            0,
+                            format!(
+                                "compared with its last run, which {} made (another file with \
+                                 the same `name: {}`)",
+                                other.display(),
+                                plan.name
+                            ),
+                        );
+                    }
+                    StageStatus::Stale(reasons)
                 }
             },
         };

@@ -93,7 +93,7 @@ pub fn pull(plan: &Plan, ws: &Workspace) -> Result<Moved> {
         }
         match link.call("pull", |r| r.pull_artifact(&ws.cache, &key))? {
             Some(Pulled::Published(m)) => {
-                ws.cache.record_run(&plan.name, &stage.id, &m)?;
+                ws.cache.record_run(plan, &stage.id, &m)?;
                 manifests[i] = Some(*m);
                 moved.artifacts.push(stage.id.clone());
             }
