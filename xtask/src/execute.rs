@@ -111,8 +111,6 @@ pub(crate) fn help(
     }
 }
 
-/// Stage `i`'s inputs as it reads them: each upstream artifact's folder and the files of it that
-/// the preimage hashed (all of them, or the one the pipeline named).
 /// The `Env` stage `i` runs with: `Env::seed` is the pipeline's seed only for a stage that
 /// declares it reads it (`Stage::READS_PIPELINE_SEED`, which puts it in the key); any other
 /// stage is given its own seed there too, so what it reads is in its key.
@@ -125,6 +123,8 @@ fn stage_env(env: &Env, plan: &Plan, i: usize) -> Env {
     env
 }
 
+/// Stage `i`'s inputs as it reads them: each upstream artifact's folder and the files of it that
+/// the preimage hashed (all of them, or the one the pipeline named).
 fn stage_inputs(
     plan: &Plan,
     i: usize,

@@ -27,7 +27,7 @@ use rand::seq::SliceRandom;
 /// points at the larger Cs, which it then picked; logreg VERSION 6, mlp 6, layer_sweep 5).
 pub(crate) fn cv_folds(ids: &[String], labels: &[i64], k: usize, pipeline_seed: u64) -> CvFolds {
     let source_of = sources_of(ids);
-    let sources = validated_rows(ids);
+    let sources = not_copies(&source_of);
     let source_labels: Vec<i64> = sources.iter().map(|&i| labels[i]).collect();
     let rng = &mut seeded_rng(pipeline_seed, "logreg-cv-folds");
     let rows: Vec<Vec<usize>> = stratified_folds(&source_labels, k, rng)
@@ -56,8 +56,14 @@ pub(crate) fn cv_folds(ids: &[String], labels: &[i64], k: usize, pipeline_seed: 
 /// of a row here ([`cv_folds`] draws its folds over them); the rows of the out-of-fold
 /// probabilities.
 pub(crate) fn validated_rows(ids: &[String]) -> Vec<usize> {
-    let source_of = sources_of(ids);
-    (0..ids.len()).filter(|&i| source_of[i].is_none()).collect()
+    not_copies(&sources_of(ids))
+}
+
+/// The rows whose [`sources_of`] entry is `None`, sorted.
+fn not_copies(source_of: &[Option<usize>]) -> Vec<usize> {
+    (0..source_of.len())
+        .filter(|&i| source_of[i].is_none())
+        .collect()
 }
 
 /// Per row, the row of `ids` it is an augmented copy of (a copy of a copy, from augmenting an

@@ -154,7 +154,8 @@ struct ModelSummary {
 /// The CV table of `select.epochs` (sorted, distinct); per row of it, every training row's
 /// class probabilities (train order, rows x classes) from the fold's network that did not see
 /// the row, after that many epochs (an augmented copy, which no fold validates, has zeros):
-/// what an ensemble with this member is scored on; and the folds' [`CvFolds::splits`](crate::folds::CvFolds::splits).
+/// what an ensemble with this member is scored on; and the folds'
+/// [`CvFolds::splits`](crate::folds::CvFolds::splits).
 fn cross_validate(
     train: &Split,
     sel: &MlpSelect,
