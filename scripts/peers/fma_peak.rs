@@ -5,7 +5,8 @@
 //! AMX (Intel Sapphire Rapids and later), also 4 independent chains of the tile multiplies
 //! `tdpbf16ps` and `tdpbusd` on 16 x 64-byte tiles (what `compute: bf16` and `int8` run
 //! there), and then the 2 x 2 tile loop of the AMX products fed from L1 and L2 with and without
-//! storing its sums (what those multiplies reach in a product); and the inner loop of the f32
+//! storing its sums (what those multiplies reach in a product), and walking its operands as a
+//! product does with its sums stored into a hot buffer or into C; and the inner loop of the f32
 //! panel kernel fed from L1 and L2, for the same reason. The README's "peaks at N GFLOP/s per
 //! core" figures come from here.
 //!
@@ -119,11 +120,7 @@ struct TileCfg {
 macro_rules! amx_chains {
     ($name:ident, $op:literal) => {
         fn $name(n: usize) -> f32 {
-            let mut cfg = TileCfg { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
-            for t in 0..8 {
-                cfg.colsb[t] = 64;
-                cfg.rows[t] = 16;
-            }
+            let cfg = tile_config();
             let mut out = [0f32; 256];
             // SAFETY: the caller checked AMX and was granted the tile state; `out` holds one
             // tile (16 rows of 64 bytes).
@@ -155,109 +152,194 @@ macro_rules! amx_chains {
 amx_chains!(amx_bf16, "tdpbf16ps");
 amx_chains!(amx_int8, "tdpbusd");
 
-/// The 2 x 2 tile loop of llmembed's AMX products (`crates/kernels/src/matmul/amx.rs`), fed from
-/// memory: per step, two A tiles and two B tiles loaded (1 KiB each), then four multiply-adds
-/// into the four accumulators; blocks of 48 steps (K = 1536 bf16, Qwen2.5-Coder-1.5B's) whose
-/// accumulators start from zero and are stored at the block's end (to a hot buffer, or not at
-/// all: `$store` empty), with the kernel's store of one accumulator to a scratch tile every
-/// `every` steps (`usize::MAX`: none). A or B either stays on one step's tiles (in L1) or walks a 576 KiB
-/// buffer (in L2, past L1). The inputs are pseudo-random bytes: with zeros the loop runs faster
-/// than with real data (Sapphire Rapids, no scratch stores: 2,430 against 2,030 GFLOP/s in L1),
-/// while the bare multiplies above do not depend on their tiles' values.
-macro_rules! amx_fed {
+/// One block of the 2 x 2 tile loop of llmembed's AMX products (`tile_block!` in
+/// `crates/kernels/src/matmul/amx.rs`, copied: this file stands alone): `steps` steps, each
+/// loading two A tiles and two B tiles (1 KiB each; A and B move on `da` and `db` bytes a
+/// step), then four multiply-adds `$op` into the four accumulators, which start from zero; the
+/// kernel's store of one accumulator to `scratch` every `every` steps (`usize::MAX`: none); at
+/// the end the four accumulators stored into `c`, 32 rows `ldc` bytes apart (`$store`; none:
+/// not stored).
+///
+/// # Safety
+/// Tiles configured (16 rows x 64 bytes), the CPU has `$op`; every load inside its buffer,
+/// `c` 32 rows of 32 f32 `ldc` bytes apart and `scratch` 1 KiB, both on 64-byte lines.
+macro_rules! tile_block {
     ($name:ident, $op:literal $(, $store:literal)*) => {
-        fn $name(n: usize, a_walks: bool, b_walks: bool, every: usize) -> f32 {
-            const STEPS: usize = 48;
-            const BLOCKS: usize = 6;
-            let mut cfg = TileCfg { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
-            for t in 0..8 {
-                cfg.colsb[t] = 64;
-                cfg.rows[t] = 16;
-            }
-            // Bytes 0x30..0x3f: finite bf16 values and int8 quads, never denormal or NaN; on
-            // 64-byte lines (over-allocated, aligned by hand).
-            let bytes = BLOCKS * STEPS * 2048;
-            let mut seed = 12345u32;
-            let mut fill = || -> Vec<u8> {
-                (0..bytes + 64)
-                    .map(|_| {
-                        seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
-                        (seed >> 24) as u8 & 0x0f | 0x30
-                    })
-                    .collect()
-            };
-            let (a, b) = (fill(), fill());
-            let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
-            let (a, b) = (line(&a), line(&b));
-            let mut out = [0f32; 5 * 256 + 16];
-            let skip = out.as_ptr().align_offset(64);
-            let c = out[skip..].as_mut_ptr();
-            let (da, db) = (if a_walks { 2048usize } else { 0 }, if b_walks { 2048usize } else { 0 });
-            // SAFETY: the caller checked AMX and was granted the tile state; every load stays
-            // inside its buffer (BLOCKS x STEPS steps of 2 KiB when walking, the first step
-            // otherwise), `c` holds five tiles on lines (the fifth: the scratch).
+        #[allow(clippy::too_many_arguments)]
+        #[inline(always)]
+        unsafe fn $name(
+            a: *const u8,
+            b: *const u8,
+            (da, db): (usize, usize),
+            steps: usize,
+            every: usize,
+            c: *mut f32,
+            ldc: usize,
+            scratch: *mut f32,
+        ) {
+            // SAFETY: the caller's contract.
             unsafe {
-                std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
-                for i in 0..n.div_ceil(STEPS) {
-                    let at = i % BLOCKS * STEPS;
-                    std::arch::asm!(
-                        "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
-                        "mov {j}, {every}",
-                        "2:",
-                        "tileloadd tmm0, [{a} + {s64}]",
-                        "tileloadd tmm2, [{b} + {s64}]",
-                        concat!($op, " tmm4, tmm0, tmm2"),
-                        "tileloadd tmm3, [{b} + {s64} + 1024]",
-                        concat!($op, " tmm5, tmm0, tmm3"),
-                        "tileloadd tmm1, [{a} + {s64} + 1024]",
-                        concat!($op, " tmm6, tmm1, tmm2"),
-                        concat!($op, " tmm7, tmm1, tmm3"),
-                        "add {a}, {da}",
-                        "add {b}, {db}",
-                        // The kernel's scratch store every `every` steps.
-                        "dec {j}",
-                        "jnz 3f",
-                        "tilestored [{c} + {s64} + 4096], tmm4",
-                        "mov {j}, {every}",
-                        "3:",
-                        "dec {k}",
-                        "jnz 2b",
-                        $($store,)*
-                        "/* {c} */",
-                        a = inout(reg) a.add(at * da) => _,
-                        b = inout(reg) b.add(at * db) => _,
-                        da = in(reg) da,
-                        db = in(reg) db,
-                        k = inout(reg) STEPS => _,
-                        j = out(reg) _,
-                        every = in(reg) every,
-                        s64 = in(reg) 64usize,
-                        c = in(reg) c,
-                        options(nostack),
-                    );
-                }
-                std::arch::asm!("tilerelease", options(nostack, nomem));
+                std::arch::asm!(
+                    "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                    "mov {j}, {every}",
+                    "2:",
+                    "tileloadd tmm0, [{a} + {s64}]",
+                    "tileloadd tmm2, [{b} + {s64}]",
+                    concat!($op, " tmm4, tmm0, tmm2"),
+                    "tileloadd tmm3, [{b} + {s64} + 1024]",
+                    concat!($op, " tmm5, tmm0, tmm3"),
+                    "tileloadd tmm1, [{a} + {s64} + 1024]",
+                    concat!($op, " tmm6, tmm1, tmm2"),
+                    concat!($op, " tmm7, tmm1, tmm3"),
+                    "add {a}, {da}",
+                    "add {b}, {db}",
+                    "dec {j}",
+                    "jnz 3f",
+                    "tilestored [{scratch} + {s64}], tmm4",
+                    "mov {j}, {every}",
+                    "3:",
+                    "dec {k}",
+                    "jnz 2b",
+                    $($store,)*
+                    "/* {c} {c1} {ldc} */",
+                    a = inout(reg) a => _,
+                    b = inout(reg) b => _,
+                    da = in(reg) da,
+                    db = in(reg) db,
+                    k = inout(reg) steps => _,
+                    j = out(reg) _,
+                    every = in(reg) every,
+                    s64 = in(reg) 64usize,
+                    c = in(reg) c,
+                    c1 = in(reg) c.byte_add(16 * ldc),
+                    ldc = in(reg) ldc,
+                    scratch = in(reg) scratch,
+                    options(nostack),
+                );
             }
-            out.iter().sum()
         }
     };
 }
-macro_rules! amx_fed_stored {
+macro_rules! tile_block_stored {
     ($name:ident, $op:literal) => {
-        amx_fed!(
+        tile_block!(
             $name,
             $op,
-            "tilestored [{c} + {s64}], tmm4",
-            "tilestored [{c} + {s64} + 1024], tmm5",
-            "tilestored [{c} + {s64} + 2048], tmm6",
-            "tilestored [{c} + {s64} + 3072], tmm7"
+            "tilestored [{c} + {ldc}], tmm4",
+            "tilestored [{c} + {ldc} + 64], tmm5",
+            "tilestored [{c1} + {ldc}], tmm6",
+            "tilestored [{c1} + {ldc} + 64], tmm7"
         );
     };
 }
-amx_fed_stored!(amx_fed_bf16, "tdpbf16ps");
-amx_fed_stored!(amx_fed_int8, "tdpbusd");
-amx_fed!(amx_fed_bf16_unstored, "tdpbf16ps");
-amx_fed!(amx_fed_int8_unstored, "tdpbusd");
+tile_block_stored!(block_bf16, "tdpbf16ps");
+tile_block_stored!(block_int8, "tdpbusd");
+tile_block!(block_bf16_unstored, "tdpbf16ps");
+tile_block!(block_int8_unstored, "tdpbusd");
+
+/// The function type of [`tile_block!`]'s blocks.
+type Block = unsafe fn(*const u8, *const u8, (usize, usize), usize, usize, *mut f32, usize, *mut f32);
+
+/// Palette 1, eight tiles of 16 rows x 64 bytes: the kernel's configuration.
+fn tile_config() -> TileCfg {
+    let mut cfg = TileCfg { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+    for t in 0..8 {
+        cfg.colsb[t] = 64;
+        cfg.rows[t] = 16;
+    }
+    cfg
+}
+
+/// `bytes` pseudo-random bytes 0x30..0x3f (finite bf16 values and int8 quads, never denormal
+/// or NaN) from `seed`, with 64 more so that a 64-byte line can start them.
+fn tile_bytes(bytes: usize, seed: &mut u32) -> Vec<u8> {
+    (0..bytes + 64)
+        .map(|_| {
+            *seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (*seed >> 24) as u8 & 0x0f | 0x30
+        })
+        .collect()
+}
+
+/// The loop fed from memory: blocks of 48 steps (K = 1536 bf16, Qwen2.5-Coder-1.5B's) whose
+/// sums go to a hot buffer (or nowhere: `block` unstored), with the kernel's scratch store every
+/// `every` steps (`usize::MAX`: none). A or B either stays on one step's tiles (in L1) or walks
+/// a 576 KiB buffer (in L2, past L1). The inputs are pseudo-random bytes: with zeros the loop
+/// runs faster than with real data (Sapphire Rapids, no scratch stores: 2,430 against 2,030
+/// GFLOP/s in L1; spread bf16 values of either sign run as these do), while the bare
+/// multiplies above do not depend on their tiles' values.
+#[inline(always)]
+fn amx_fed(block: Block, n: usize, a_walks: bool, b_walks: bool, every: usize) -> f32 {
+    const STEPS: usize = 48;
+    const BLOCKS: usize = 6;
+    let cfg = tile_config();
+    let mut seed = 12345u32;
+    let (a, b) = (tile_bytes(BLOCKS * STEPS * 2048, &mut seed), tile_bytes(BLOCKS * STEPS * 2048, &mut seed));
+    let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
+    let (a, b) = (line(&a), line(&b));
+    let mut out = [0f32; 5 * 256 + 16];
+    let skip = out.as_ptr().align_offset(64);
+    let c = out[skip..].as_mut_ptr();
+    let (da, db) = (if a_walks { 2048usize } else { 0 }, if b_walks { 2048usize } else { 0 });
+    // SAFETY: the caller checked AMX and was granted the tile state; every load stays inside
+    // its buffer (BLOCKS x STEPS steps of 2 KiB when walking, the first step otherwise), `c`
+    // holds four tiles on lines (rows 128 bytes apart) and then the scratch tile.
+    unsafe {
+        std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
+        for i in 0..n.div_ceil(STEPS) {
+            let at = i % BLOCKS * STEPS;
+            block(a.add(at * da), b.add(at * db), (da, db), STEPS, every, c, 128, c.add(1024));
+        }
+        std::arch::asm!("tilerelease", options(nostack, nomem));
+    }
+    out.iter().sum()
+}
+
+/// The loop as the products walk it, over SmolLM2-135M's gate and up product (K = 576: blocks
+/// of 18 steps; 512 rows, 3,072 columns): a group of 8 column blocks of B (288 KiB,
+/// `GROUP_BYTES` in amx.rs) stays in L2 while each of the 16 row blocks of A (36 KiB each)
+/// passes over it, each A block taken for the group's 8 B blocks in turn, group after group
+/// (B: 3.4 MiB in all); the kernel's scratch store every 8 steps. The sums go either into a
+/// 512 x 3,072 f32 C at the block's place (its rows 12 KiB apart, as the product stores
+/// them) or to a hot buffer. Against the rows above: how much of the gap between the tile loop
+/// and the products (README) is the walk, and how much the stores into C.
+#[inline(always)]
+fn amx_as_fed(block: Block, n: usize, into_c: bool) -> f32 {
+    const STEPS: usize = 18;
+    const ROW_BLOCKS: usize = 16;
+    const GROUP: usize = 8;
+    const COLS: usize = 3072;
+    const COL_BLOCKS: usize = COLS / 32;
+    let cfg = tile_config();
+    let mut seed = 12345u32;
+    let size = STEPS * 2048;
+    let (a, b) = (tile_bytes(ROW_BLOCKS * size, &mut seed), tile_bytes(COL_BLOCKS * size, &mut seed));
+    let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
+    let (a, b) = (line(&a), line(&b));
+    let mut c_all = vec![0f32; ROW_BLOCKS * 32 * COLS + 16];
+    let skip_c = c_all.as_ptr().align_offset(64);
+    let c_all = c_all[skip_c..].as_mut_ptr();
+    let mut hot = [0f32; 5 * 256 + 16];
+    let skip = hot.as_ptr().align_offset(64);
+    let hot = hot[skip..].as_mut_ptr();
+    // SAFETY: as `amx_fed`; every block's loads stay inside A's 16 blocks and B's 96, and its
+    // stores inside C (rows 32 mb.., columns 32 nb..) or the hot buffer.
+    unsafe {
+        std::arch::asm!("ldtilecfg [{cfg}]", cfg = in(reg) &cfg, options(nostack));
+        for i in 0..n / STEPS {
+            let group = i / (ROW_BLOCKS * GROUP) % (COL_BLOCKS / GROUP);
+            let (mb, nb) = (i / GROUP % ROW_BLOCKS, group * GROUP + i % GROUP);
+            let (c, ldc) = if into_c {
+                (c_all.add(mb * 32 * COLS + nb * 32), COLS * 4)
+            } else {
+                (hot, 128)
+            };
+            block(a.add(mb * size), b.add(nb * size), (2048, 2048), STEPS, 8, c, ldc, hot.add(1024));
+        }
+        std::arch::asm!("tilerelease", options(nostack, nomem));
+        *c_all.add(ROW_BLOCKS * 32 * COLS / 2) + *hot
+    }
+}
 
 /// Steps per block of [`panel_f32`]: a block of B is 16 KiB, in L1 with the 6 KiB of A.
 const PANEL_STEPS: usize = 128;
@@ -364,16 +446,16 @@ fn main() {
         // The kernel stores a scratch tile every 8 steps (`STORE_EVERY` in amx.rs); without.
         let (kernel, never) = (8, usize::MAX);
         time("bf16 amx 2x2 tile loop, A and B in L1, sums not stored", 4 * 16 * 16 * 32 * 2, |n| {
-            amx_fed_bf16_unstored(n, false, false, never)
+            amx_fed(block_bf16_unstored, n, false, false, never)
         });
         time("int8 amx 2x2 tile loop, A and B in L1, sums not stored", 4 * 16 * 16 * 64 * 2, |n| {
-            amx_fed_int8_unstored(n, false, false, never)
+            amx_fed(block_int8_unstored, n, false, false, never)
         });
         time("bf16 amx 2x2 tile loop, A and B in L1, no scratch stores", 4 * 16 * 16 * 32 * 2, |n| {
-            amx_fed_bf16(n, false, false, never)
+            amx_fed(block_bf16, n, false, false, never)
         });
         time("int8 amx 2x2 tile loop, A and B in L1, no scratch stores", 4 * 16 * 16 * 64 * 2, |n| {
-            amx_fed_int8(n, false, false, never)
+            amx_fed(block_int8, n, false, false, never)
         });
         for (a_walks, b_walks, fed) in [
             (false, false, "A and B in L1"),
@@ -381,10 +463,19 @@ fn main() {
             (true, true, "A and B from L2"),
         ] {
             time(&format!("bf16 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 32 * 2, |n| {
-                amx_fed_bf16(n, a_walks, b_walks, kernel)
+                amx_fed(block_bf16, n, a_walks, b_walks, kernel)
             });
             time(&format!("int8 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 64 * 2, |n| {
-                amx_fed_int8(n, a_walks, b_walks, kernel)
+                amx_fed(block_int8, n, a_walks, b_walks, kernel)
+            });
+        }
+        for (into_c, sums) in [(false, "sums to a hot buffer"), (true, "sums into C")] {
+            let fed = format!("as SmolLM2's gate and up product walks it, {sums}");
+            time(&format!("bf16 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 32 * 2, |n| {
+                amx_as_fed(block_bf16, n, into_c)
+            });
+            time(&format!("int8 amx 2x2 tile loop, {fed}"), 4 * 16 * 16 * 64 * 2, |n| {
+                amx_as_fed(block_int8, n, into_c)
             });
         }
     }
