@@ -501,3 +501,29 @@ fn status_says_when_another_file_with_the_name_made_the_last_run() {
     assert!(!why.iter().any(|r| r.contains("another file")), "{why:?}");
     assert!(!why.is_empty(), "{why:?}");
 }
+
+/// The run's stage lines keep their columns when an id is longer than the usual 24
+/// characters: the id column takes the plan's longest id, so the rows line up under each other.
+#[test]
+fn stage_lines_line_up_when_an_id_is_long() {
+    let fx = Fixture::new();
+    write_csv_dataset(&fx);
+    let long = "features_of_every_word_in_the_headline";
+    let text = csv_pipeline(7, 1, "logreg")
+        .replace("id: features", &format!("id: {long}"))
+        .replace("inputs: [features]", &format!("inputs: [{long}]"));
+    let file = fx.write_pipeline("csv.yaml", &text);
+    for expected in ["ran ", "cached "] {
+        let out = fx.xtask().arg("run").arg(&file).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with("ran ") || l.starts_with("cached "))
+            .collect();
+        assert_eq!(lines.len(), 4, "{stdout}");
+        assert!(lines.iter().all(|l| l.starts_with(expected)), "{stdout}");
+        let rows_at: Vec<usize> = lines.iter().map(|l| l.find(" rows").unwrap()).collect();
+        assert!(rows_at.iter().all(|&at| at == rows_at[0]), "{stdout}");
+    }
+}

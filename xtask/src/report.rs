@@ -11,11 +11,12 @@ use crate::pipeline::{Plan, PlannedStage};
 use crate::runner::Outcome;
 
 /// Prints the line of one stage: state, id, time, rows, rows per second, then the stage's notes.
-pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
-    let id = &stage.id;
+/// The ids take `plan`'s [`id_width`], so that the columns after them line up in every line.
+pub fn print_outcome(plan: &Plan, stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
+    let (id, w) = (&stage.id, id_width(plan));
     let line = match outcome {
         Outcome::Cached(m) | Outcome::Pulled(m) => format!(
-            "{:<8} {id:<24} {:>9} {:>9} rows",
+            "{:<8} {id:<w$} {:>9} {:>9} rows",
             if matches!(outcome, Outcome::Cached(_)) {
                 "cached"
             } else {
@@ -26,7 +27,7 @@ pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
         ),
         Outcome::Ran(m) => {
             let mut s = format!(
-                "ran      {id:<24} {:>9} {:>9} rows {:>9}/s",
+                "ran      {id:<w$} {:>9} {:>9} rows {:>9}/s",
                 human_duration(m.seconds),
                 thousands(m.rows_out),
                 thousands(rate(m.rows_out, m.seconds) as usize)
@@ -43,14 +44,24 @@ pub fn print_outcome(stage: &PlannedStage, outcome: &Outcome, dry_run: bool) {
             s
         }
         Outcome::WouldRun(why) => format!(
-            "{} {id:<24} ({why})",
+            "{} {id:<w$} ({why})",
             if dry_run { "will run" } else { "stale   " }
         ),
-        Outcome::Failed(e) => format!("FAILED   {id:<24} {e}"),
-        Outcome::Skipped(why) => format!("skipped  {id:<24} ({why})"),
-        Outcome::Helped(notes) => format!("helped   {id:<24} {}", notes.join("; ")),
+        Outcome::Failed(e) => format!("FAILED   {id:<w$} {e}"),
+        Outcome::Skipped(why) => format!("skipped  {id:<w$} ({why})"),
+        Outcome::Helped(notes) => format!("helped   {id:<w$} {}", notes.join("; ")),
     };
     crate::outln!("{line}");
+}
+
+/// The width of the id column: the plan's longest id, and at least 24.
+fn id_width(plan: &Plan) -> usize {
+    plan.stages
+        .iter()
+        .map(|s| s.id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(24)
 }
 
 fn rate(rows: usize, seconds: f64) -> f64 {

@@ -156,7 +156,7 @@ pub fn run(plan: &Plan, ws: &Workspace, opts: &RunOptions) -> Result<Vec<Outcome
         if let Outcome::Ran(m) | Outcome::Pulled(m) = &outcome {
             ws.cache.record_run(plan, &stage.id, m)?;
         }
-        report::print_outcome(stage, &outcome, opts.dry_run);
+        report::print_outcome(plan, stage, &outcome, opts.dry_run);
         state.manifests[i] = outcome.manifest().cloned();
         state.outcomes.push(outcome);
     }
@@ -547,7 +547,7 @@ impl RunState<'_> {
                 }
                 self.manifests[j] = Some(m.clone());
                 self.outcomes[j] = Outcome::Ran(m);
-                report::print_outcome(&self.plan.stages[j], &self.outcomes[j], false);
+                report::print_outcome(self.plan, &self.plan.stages[j], &self.outcomes[j], false);
                 Ok(())
             }
             Outcome::Failed(e) => Err(format!(
