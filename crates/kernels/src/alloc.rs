@@ -20,7 +20,7 @@
 //! been free for a while (`purge_delay`, 1 s in mimalloc 3.3), and in an extraction the product
 //! outputs and attention buffers were still faulted in anew, page by page, batch after batch: a
 //! Gemma-3-270M int8 extraction of 3,000 texts took 174,703 page faults, with the pages kept
-//! 8,013, nearly all in its first batches (README, "Extraction speed": 1-7% faster, peak memory
+//! 8,013, nearly all in its first batches (docs/extraction-speed.md: 1-7% faster, peak memory
 //! 1-6% higher). Kept pages serve later blocks, so resident memory stays near the peak of live
 //! blocks; what was freed before the call (a model load's temporaries) is returned first, so
 //! that it does not stay resident unused.
