@@ -261,6 +261,11 @@ fn tile_bytes(bytes: usize, seed: &mut u32) -> Vec<u8> {
         .collect()
 }
 
+/// Where the first 64-byte line of `v` starts ([`tile_bytes`] gives 64 bytes to spare).
+fn line_start(v: &[u8]) -> *const u8 {
+    v[v.as_ptr().align_offset(64)..].as_ptr()
+}
+
 /// The loop fed from memory: blocks of 48 steps (K = 1536 bf16, Qwen2.5-Coder-1.5B's) whose
 /// sums go to a hot buffer (or nowhere: `block` unstored), with the kernel's scratch store every
 /// `every` steps (`usize::MAX`: none). A or B either stays on one step's tiles (in L1) or walks
@@ -275,10 +280,8 @@ fn amx_fed(block: Block, n: usize, a_walks: bool, b_walks: bool, every: usize) -
     let cfg = tile_config();
     let mut seed = 12345u32;
     let (a, b) = (tile_bytes(BLOCKS * STEPS * 2048, &mut seed), tile_bytes(BLOCKS * STEPS * 2048, &mut seed));
-    let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
-    let (a, b) = (line(&a), line(&b));
-    let mut out = [0f32; 5 * 256 + 16];
-    let skip = out.as_ptr().align_offset(64);
+    let (a, b) = (line_start(&a), line_start(&b));
+    let (mut out, skip) = on_line(5 * 256, |_| 0.0);
     let c = out[skip..].as_mut_ptr();
     let (da, db) = (if a_walks { 2048usize } else { 0 }, if b_walks { 2048usize } else { 0 });
     // SAFETY: the caller checked AMX and was granted the tile state; every load stays inside
@@ -314,13 +317,10 @@ fn amx_as_fed(block: Block, n: usize, into_c: bool) -> f32 {
     let mut seed = 12345u32;
     let size = STEPS * 2048;
     let (a, b) = (tile_bytes(ROW_BLOCKS * size, &mut seed), tile_bytes(COL_BLOCKS * size, &mut seed));
-    let line = |v: &Vec<u8>| v[v.as_ptr().align_offset(64)..].as_ptr();
-    let (a, b) = (line(&a), line(&b));
-    let mut c_all = vec![0f32; ROW_BLOCKS * 32 * COLS + 16];
-    let skip_c = c_all.as_ptr().align_offset(64);
+    let (a, b) = (line_start(&a), line_start(&b));
+    let (mut c_all, skip_c) = on_line(ROW_BLOCKS * 32 * COLS, |_| 0.0);
     let c_all = c_all[skip_c..].as_mut_ptr();
-    let mut hot = [0f32; 5 * 256 + 16];
-    let skip = hot.as_ptr().align_offset(64);
+    let (mut hot, skip) = on_line(5 * 256, |_| 0.0);
     let hot = hot[skip..].as_mut_ptr();
     // SAFETY: as `amx_fed`; every block's loads stay inside A's 16 blocks and B's 96, and its
     // stores inside C (rows 32 mb.., columns 32 nb..) or the hot buffer.
