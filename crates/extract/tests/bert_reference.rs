@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    EncoderFixture, cosine, encoder_batch_gives_same_bits, encoder_fixture, layer_taps,
-    load_encoder, max_abs, minilm_dir, norm,
+    EncoderFixture, cosine, encoder_batch_gives_same_bits, encoder_fixture, encoder_stays_close,
+    layer_taps, load_encoder, max_abs, minilm_dir, norm,
 };
 use llmembed_extract::{ComputeDtype, Pooling, Tap};
 
@@ -121,28 +121,11 @@ fn minilm_int8_compute_stays_close() {
 /// ones, within the bars; prints the worst.
 fn stays_close(compute: ComputeDtype, min_cos: f64, max_rel: f64) {
     let Some(dir) = minilm_dir() else { return };
-    let fx = fixture();
-    let m = load_encoder(&dir, compute);
-    let taps = layer_taps(m.as_ref());
-    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
-    for case in &fx.cases {
-        let got = m.embed(&[&case.ids], &taps, Pooling::Mean).unwrap();
-        for (layer, (g, want)) in got.iter().zip(&case.mean).enumerate() {
-            let c = cosine(g, want);
-            let rel = max_abs(g, want) as f64 / norm(want);
-            worst_cos = worst_cos.min(c);
-            worst_rel = worst_rel.max(rel);
-            assert!(
-                c >= min_cos && rel <= max_rel,
-                "{compute:?} layer {layer} of {:?}: cosine {c}, max abs diff {rel:.2e} of the norm",
-                case.text
-            );
-        }
-    }
-    eprintln!(
-        "{compute:?} worst over cases and layers: 1 - cosine {:e}, max abs diff / norm {worst_rel:e} ({})",
-        1.0 - worst_cos,
-        m.describe()
+    encoder_stays_close(
+        load_encoder(&dir, compute).as_ref(),
+        &fixture(),
+        min_cos,
+        max_rel,
     );
 }
 

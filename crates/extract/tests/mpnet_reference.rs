@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    EncoderFixture, cosine, encoder_batch_gives_same_bits, encoder_fixture, layer_taps,
-    load_encoder, max_abs, mpnet_dir, norm,
+    EncoderFixture, compare_layers, encoder_batch_gives_same_bits, encoder_fixture,
+    encoder_stays_close, layer_taps, load_encoder, mpnet_dir,
 };
 use llmembed_extract::{ComputeDtype, Pooling, Tap};
 
@@ -38,30 +38,6 @@ fn fixture() -> EncoderFixture {
     encoder_fixture("mpnet_base_reference.json")
 }
 
-/// Worst cosine and worst max |difference| / norm of `got` against `want`, layer by layer,
-/// asserting the bars.
-fn compare(
-    what: &str,
-    got: &[Vec<f32>],
-    want: &[Vec<f32>],
-    min_cos: f64,
-    max_rel: f64,
-) -> (f64, f64) {
-    assert_eq!(got.len(), want.len());
-    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
-    for (layer, (g, w)) in got.iter().zip(want).enumerate() {
-        let c = cosine(g, w);
-        let rel = max_abs(g, w) as f64 / norm(w);
-        worst_cos = worst_cos.min(c);
-        worst_rel = worst_rel.max(rel);
-        assert!(
-            c >= min_cos && rel <= max_rel,
-            "{what}, layer {layer}: cosine {c}, max abs diff {rel:.2e} of the norm"
-        );
-    }
-    (worst_cos, worst_rel)
-}
-
 #[test]
 fn mpnet_matches_transformers_ids_and_every_layer() {
     let Some(dir) = mpnet_dir() else { return };
@@ -79,7 +55,7 @@ fn mpnet_matches_transformers_ids_and_every_layer() {
             case.text
         );
         let got = m.embed(&[&ids], &taps, Pooling::Mean).unwrap();
-        let (c, r) = compare(
+        let (c, r) = compare_layers(
             &format!("{:?}", case.text),
             &got,
             &case.mean,
@@ -90,11 +66,11 @@ fn mpnet_matches_transformers_ids_and_every_layer() {
         worst_rel = worst_rel.max(r);
         let first = m.embed(&[&ids], &[Tap::Layer(12)], Pooling::First).unwrap();
         let want = std::slice::from_ref(&case.first_last_layer);
-        let (c, r) = compare("first token", &first, want, MIN_COS, MAX_REL);
+        let (c, r) = compare_layers("first token", &first, want, MIN_COS, MAX_REL);
         worst_cos = worst_cos.min(c);
         worst_rel = worst_rel.max(r);
         let pooler = m.embed(&[&ids], &[Tap::Pooler], Pooling::Mean).unwrap();
-        let (c, r) = compare(
+        let (c, r) = compare_layers(
             "pooler",
             &pooler,
             std::slice::from_ref(&case.pooler),
@@ -162,21 +138,11 @@ fn mpnet_int8_compute_stays_close() {
 /// ones, within the bars; prints the worst.
 fn stays_close(compute: ComputeDtype, min_cos: f64, max_rel: f64) {
     let Some(dir) = mpnet_dir() else { return };
-    let fx = fixture();
-    let m = load_encoder(&dir, compute);
-    let taps = layer_taps(m.as_ref());
-    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
-    for case in &fx.cases {
-        let got = m.embed(&[&case.ids], &taps, Pooling::Mean).unwrap();
-        let what = format!("{compute:?} {:?}", case.text);
-        let (c, r) = compare(&what, &got, &case.mean, min_cos, max_rel);
-        worst_cos = worst_cos.min(c);
-        worst_rel = worst_rel.max(r);
-    }
-    eprintln!(
-        "{compute:?} worst over cases and layers: 1 - cosine {:e}, max abs diff / norm {worst_rel:e} ({})",
-        1.0 - worst_cos,
-        m.describe()
+    encoder_stays_close(
+        load_encoder(&dir, compute).as_ref(),
+        &fixture(),
+        min_cos,
+        max_rel,
     );
 }
 

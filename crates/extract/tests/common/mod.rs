@@ -293,3 +293,55 @@ pub fn encoder_batch_gives_same_bits(m: &dyn llmembed_extract::Embedder, fx: &En
         }
     }
 }
+
+/// Every layer's vector in `got` against the reference's in `want`: cosine at least `min_cos`
+/// and max |difference| at most `max_rel` of the reference's norm. Returns the worst of each;
+/// `what` names the case in a failure.
+pub fn compare_layers(
+    what: &str,
+    got: &[Vec<f32>],
+    want: &[Vec<f32>],
+    min_cos: f64,
+    max_rel: f64,
+) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "{what}: layers");
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    for (layer, (g, w)) in got.iter().zip(want).enumerate() {
+        let c = cosine(g, w);
+        let rel = max_abs(g, w) as f64 / norm(w);
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(rel);
+        assert!(
+            c >= min_cos && rel <= max_rel,
+            "{what}, layer {layer}: cosine {c}, max abs diff {rel:.2e} of the norm"
+        );
+    }
+    (worst_cos, worst_rel)
+}
+
+/// Every layer's mean-pooled vector of the encoder `m` (loaded with bf16 or int8 products)
+/// against the fixture's transformers f32 ones, within the bars (see [`compare_layers`]);
+/// prints the worst.
+pub fn encoder_stays_close(
+    m: &dyn llmembed_extract::Embedder,
+    fx: &EncoderFixture,
+    min_cos: f64,
+    max_rel: f64,
+) {
+    let taps = layer_taps(m);
+    let (mut worst_cos, mut worst_rel) = (1f64, 0f64);
+    for case in &fx.cases {
+        let got = m
+            .embed(&[&case.ids], &taps, llmembed_extract::Pooling::Mean)
+            .unwrap();
+        let what = format!("{} {:?}", m.describe(), case.text);
+        let (c, r) = compare_layers(&what, &got, &case.mean, min_cos, max_rel);
+        worst_cos = worst_cos.min(c);
+        worst_rel = worst_rel.max(r);
+    }
+    eprintln!(
+        "worst over cases and layers: 1 - cosine {:e}, max abs diff / norm {worst_rel:e} ({})",
+        1.0 - worst_cos,
+        m.describe()
+    );
+}
