@@ -151,6 +151,55 @@ fn an_empty_stage_list_is_an_error_at_the_stages_value() {
     );
 }
 
+/// `check` with several files checks each one: every bad file's errors are printed, located,
+/// a good file among them prints nothing, and the exit status and last line count the bad ones.
+#[test]
+fn check_reports_every_bad_file_of_several() {
+    let fx = Fixture::new();
+    let kind = fx.write_pipeline("kind.yaml", "name: x\nstages:\n  - id: a\n    kind: nope\n");
+    let syntax = fx.write_pipeline("syntax.yaml", "name: z\nstages:\n  - id: [unclosed\n");
+    let xtask_check = |files: &[&PathBuf]| {
+        let out = fx.xtask().arg("check").args(files).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = xtask_check(&[&kind, &syntax]);
+    assert!(!ok);
+    let kind_error = format!("{}:4:11: unknown stage kind `nope`", kind.display());
+    assert!(stderr.contains(&kind_error), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:9: ", syntax.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("2 of 2 pipeline files have errors"),
+        "{stderr}"
+    );
+    // One bad file alone: its errors, no count.
+    let (ok, stderr) = xtask_check(&[&kind]);
+    assert!(!ok && stderr.contains(&kind_error), "{stderr}");
+    assert!(!stderr.contains("pipeline files have errors"), "{stderr}");
+    // A good file among them says nothing (checking it reads the data set's files).
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let good = fx.write_pipeline("good.yaml", &small_pipeline(1.0, 10));
+    let (ok, stderr) = xtask_check(&[&good]);
+    assert!(ok && stderr.is_empty(), "{stderr}");
+    let (ok, stderr) = xtask_check(&[&kind, &good, &syntax]);
+    assert!(!ok && !stderr.contains("good.yaml"), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("2 of 3 pipeline files have errors"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn params_that_must_match_the_inputs_are_checked_at_validation() {
     let fx = Fixture::new();

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cache::Cache;
@@ -118,8 +118,9 @@ enum Command {
     /// Copy the pipeline's artifacts (and its stages' stores) from the remote cache, each file
     /// checked against its manifest.
     Pull { pipeline: PathBuf },
-    /// Check a pipeline file and print nothing but its errors.
-    Check { pipeline: PathBuf },
+    /// Check pipeline files (by default every file in `pipelines/`) and print nothing but their
+    /// errors; exits 1 if any has one.
+    Check { pipelines: Vec<PathBuf> },
     /// Write (and with --submit, submit) Slurm jobs for a pipeline: an array of workers
     /// (`run --worker`) on the shared cache, then a job that runs the pipeline to its report.
     Slurm {
@@ -499,6 +500,30 @@ fn print_status(plan: &Plan, ws: &Workspace, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `check`: each file loaded and checked against this machine, its errors printed as soon as
+/// it is done, so that one bad file does not hide the next one's; then an error when any had
+/// errors (counting them where there were several files).
+fn check(files: &[PathBuf], ws: &Workspace) -> Result<()> {
+    let mut failed = 0;
+    for file in files {
+        let checked = load(file).and_then(|plan| Ok(pipeline::check_local(&plan, &ws.env(&plan))?));
+        if let Err(e) = checked {
+            log::error!("{e:#}");
+            failed += 1;
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        _ if files.len() == 1 => {
+            Err(AlreadyReported(anyhow!("{} has errors", files[0].display())).into())
+        }
+        _ => Err(anyhow!(
+            "{failed} of {} pipeline files have errors",
+            files.len()
+        )),
+    }
+}
+
 /// `verify`: every artifact and store file checked in full; an error when any is damaged
 /// (unless `repair` removed it).
 fn verify(pipelines: &[PathBuf], ws: &Workspace, repair: bool, wait: bool) -> Result<()> {
@@ -708,10 +733,7 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             repair,
             no_wait,
         } => verify(pipelines, &ws()?, *repair, !*no_wait)?,
-        Command::Check { pipeline } => {
-            let plan = load(pipeline)?;
-            pipeline::check_local(&plan, &ws()?.env(&plan))?;
-        }
+        Command::Check { pipelines } => check(&pipeline_files(&root, pipelines)?, &ws()?)?,
         Command::Slurm {
             pipeline,
             workers,
