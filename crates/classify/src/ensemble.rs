@@ -2,7 +2,11 @@
 //! and predicts the argmax; `hard` takes a majority vote of the members' predicted labels, ties
 //! broken by the summed probability of the tied classes (then by the lower class index). In both
 //! cases `probs` holds the members' averaged probabilities, so for `hard` the `pred` column (the
-//! vote) can differ from `argmax(probs)`.
+//! vote) can differ from `argmax(probs)`. `geometric` averages the members' log-probabilities
+//! (a product of experts: a class one member finds unlikely loses more than under `soft`),
+//! predicts the argmax and gives the normalised geometric mean as `probs`; a probability below
+//! [`PROB_FLOOR`] counts as the floor, so that one member's underflow to zero is a strong vote
+//! against the class rather than an infinite one.
 //!
 //! Members must cover the same ids (any order; output follows the first member's order), with the
 //! same label names and the same true labels.
@@ -25,13 +29,17 @@ use serde::{Deserialize, Serialize};
 use crate::prologue::{CV_PREDICTIONS_FILE, scored, scored_accuracy};
 use crate::saved::{META_FILE, load_meta};
 
-/// How members are combined.
+/// How members are combined: `soft` (mean probability), `hard` (majority vote), `geometric` (mean log-probability).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EnsembleMethod {
     Soft,
     Hard,
+    Geometric,
 }
+
+/// The smallest probability `geometric` takes the logarithm of (see the module docs).
+pub const PROB_FLOOR: f64 = 1e-12;
 
 fn default_method() -> EnsembleMethod {
     EnsembleMethod::Soft
@@ -43,7 +51,7 @@ fn default_method() -> EnsembleMethod {
 /// kind: ensemble
 /// inputs: [lr_layer16, mlp_fused]
 /// params:
-///   method: soft          # soft (default) | hard
+///   method: soft          # soft (default) | hard | geometric
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +221,7 @@ pub(crate) fn combine(
         }
     }
     let mut prob_sum = vec![0f64; n * k];
+    let mut log_sum = vec![0f64; n * k];
     let mut votes = vec![0u32; n * k];
     for (name, m) in members {
         if m.label_names != first.label_names {
@@ -268,20 +277,25 @@ pub(crate) fn combine(
                 ));
             }
             votes[i * k + pred as usize] += 1;
-            for (s, &p) in prob_sum[i * k..(i + 1) * k].iter_mut().zip(m.row_probs(r)) {
+            let sums = prob_sum[i * k..(i + 1) * k].iter_mut();
+            let logs = log_sum[i * k..(i + 1) * k].iter_mut();
+            for ((s, l), &p) in sums.zip(logs).zip(m.row_probs(r)) {
                 *s += p as f64;
+                *l += (p as f64).max(PROB_FLOOR).ln();
             }
         }
     }
     let mut preds = Vec::with_capacity(n);
     for i in 0..n {
         let ps = &prob_sum[i * k..(i + 1) * k];
+        let ls = &log_sum[i * k..(i + 1) * k];
         let vs = &votes[i * k..(i + 1) * k];
         let mut best = 0;
         for j in 1..k {
             let better = match method {
                 EnsembleMethod::Soft => ps[j] > ps[best],
                 EnsembleMethod::Hard => vs[j] > vs[best] || (vs[j] == vs[best] && ps[j] > ps[best]),
+                EnsembleMethod::Geometric => ls[j] > ls[best],
             };
             if better {
                 best = j;
@@ -290,22 +304,41 @@ pub(crate) fn combine(
         preds.push(best as i64);
     }
     let m = members.len() as f64;
+    let probs = match method {
+        EnsembleMethod::Soft | EnsembleMethod::Hard => {
+            prob_sum.iter().map(|&s| (s / m) as f32).collect()
+        }
+        EnsembleMethod::Geometric => log_sum
+            .chunks_exact(k)
+            .flat_map(|logs| geometric_mean(logs, m))
+            .collect(),
+    };
     let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
     Ok(Predictions {
         ids: first.ids.clone(),
         labels: first.labels.clone(),
         preds,
-        probs: prob_sum.iter().map(|&s| (s / m) as f32).collect(),
+        probs,
         label_names: first.label_names.clone(),
         producer: format!(
             "ensemble({}: {})",
             match method {
                 EnsembleMethod::Soft => "soft",
                 EnsembleMethod::Hard => "hard",
+                EnsembleMethod::Geometric => "geometric",
             },
             names.join(", ")
         ),
     })
+}
+
+/// One row's geometric mean of its `members` members' probabilities, normalised to sum to one,
+/// from the sums of their logarithms `logs`: a softmax of the mean logarithms.
+fn geometric_mean(logs: &[f64], members: f64) -> Vec<f32> {
+    let top = logs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logs.iter().map(|&l| ((l - top) / members).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.iter().map(|&e| (e / total) as f32).collect()
 }
 
 impl Stage for Ensemble {
@@ -427,6 +460,52 @@ mod tests {
         assert!((soft.probs[0] - 0.3).abs() < 1e-6);
     }
 
+    /// Where one member finds a class very unlikely, the product of experts turns from it while
+    /// the average does not; the probabilities are the normalised geometric mean.
+    #[test]
+    fn geometric_mean_weighs_a_confident_no() {
+        // Row x: the soft sums are a 1.05, b 0.95, c 1.0 -> a; but member 2 gives a only 0.05,
+        // and the products are a 0.0125, b 0.028125, c 0.03125 -> c.
+        let m1 = preds(&["x"], &[0], &[0.5, 0.25, 0.25]);
+        let m2 = preds(&["x"], &[2], &[0.05, 0.45, 0.5]);
+        let m3 = preds(&["x"], &[0], &[0.5, 0.25, 0.25]);
+        let members = vec![
+            ("m1".to_string(), m1),
+            ("m2".to_string(), m2),
+            ("m3".to_string(), m3),
+        ];
+        let soft = combine(EnsembleMethod::Soft, &members).unwrap();
+        assert_eq!(soft.preds, vec![0]);
+        let geo = combine(EnsembleMethod::Geometric, &members).unwrap();
+        let raw = [0.5f64 * 0.05 * 0.5, 0.25 * 0.45 * 0.25, 0.25 * 0.5 * 0.25].map(|p| p.cbrt());
+        let total: f64 = raw.iter().sum();
+        for (got, want) in geo.probs.iter().zip(raw) {
+            assert!((*got as f64 - want / total).abs() < 1e-6, "{:?}", geo.probs);
+        }
+        assert_eq!(geo.preds, vec![2]);
+        assert!(
+            geo.producer.starts_with("ensemble(geometric: "),
+            "{}",
+            geo.producer
+        );
+        // A zero counts as the floor: finite probabilities, and the class loses.
+        let zero = preds(&["x"], &[1], &[0.0, 0.6, 0.4]);
+        let geo = combine(
+            EnsembleMethod::Geometric,
+            &[
+                ("m1".to_string(), members[0].1.clone()),
+                ("z".to_string(), zero),
+            ],
+        )
+        .unwrap();
+        assert!(geo.probs.iter().all(|p| p.is_finite()), "{:?}", geo.probs);
+        assert!(
+            geo.probs[0] < 1e-5 && geo.preds == vec![1],
+            "{:?}",
+            geo.probs
+        );
+    }
+
     #[test]
     fn members_are_aligned_by_id() {
         let m1 = preds(&["x", "y"], &[0, 2], &[0.9, 0.05, 0.05, 0.1, 0.1, 0.8]);
@@ -445,6 +524,8 @@ mod tests {
     fn params_parse_lowercase_methods() {
         let p: EnsembleParams = serde_json::from_str(r#"{"method": "hard"}"#).unwrap();
         assert_eq!(p.method, EnsembleMethod::Hard);
+        let p: EnsembleParams = serde_json::from_str(r#"{"method": "geometric"}"#).unwrap();
+        assert_eq!(p.method, EnsembleMethod::Geometric);
         assert_eq!(
             serde_json::from_str::<EnsembleParams>("{}").unwrap(),
             EnsembleParams::default()

@@ -52,7 +52,11 @@ fn ensembles_combine_members_rather_than_copy_one() {
         "members too similar: {}",
         disagree.len()
     );
-    for method in [EnsembleMethod::Soft, EnsembleMethod::Hard] {
+    for method in [
+        EnsembleMethod::Soft,
+        EnsembleMethod::Hard,
+        EnsembleMethod::Geometric,
+    ] {
         let out = run_stage::<Ensemble>(&EnsembleParams { method }, &inputs, 1).unwrap();
         let e = read_predictions(&out.path().join("predictions.parquet")).unwrap();
         assert_eq!(e.ids, m1.ids);
@@ -61,8 +65,21 @@ fn ensembles_combine_members_rather_than_copy_one() {
             let avg: Vec<f32> = (0..4)
                 .map(|j| (m1.row_probs(i)[j] + m2.row_probs(i)[j]) / 2.0)
                 .collect();
-            for (p, a) in e.row_probs(i).iter().zip(&avg) {
-                assert!((p - a).abs() < 1e-6);
+            // Geometric: the normalised square root of the two members' products.
+            let root: Vec<f64> = (0..4)
+                .map(|j| (m1.row_probs(i)[j] as f64 * m2.row_probs(i)[j] as f64).sqrt())
+                .collect();
+            let total: f64 = root.iter().sum();
+            let want: Vec<f32> = match method {
+                EnsembleMethod::Geometric => root.iter().map(|&r| (r / total) as f32).collect(),
+                _ => avg.clone(),
+            };
+            for (p, w) in e.row_probs(i).iter().zip(&want) {
+                assert!((p - w).abs() < 1e-5, "{method:?} row {i}: {p} against {w}");
+            }
+            if method == EnsembleMethod::Geometric {
+                let top = (0..4).max_by(|&a, &b| root[a].total_cmp(&root[b]).then(b.cmp(&a)));
+                assert_eq!(e.preds[i] as usize, top.unwrap(), "row {i}");
             }
             if m1.preds[i] == m2.preds[i] && method == EnsembleMethod::Hard {
                 assert_eq!(e.preds[i], m1.preds[i]);

@@ -441,7 +441,11 @@ fn ensemble_and_layer_sweep_appliers_reproduce_their_predictions() {
         .iter()
         .map(|(id, d)| fitted(id, d.path()))
         .collect();
-    for method in [EnsembleMethod::Soft, EnsembleMethod::Hard] {
+    for method in [
+        EnsembleMethod::Soft,
+        EnsembleMethod::Hard,
+        EnsembleMethod::Geometric,
+    ] {
         let params = EnsembleParams { method };
         let out = run_stage::<Ensemble>(&params, &inputs, 1).unwrap();
         let file = read_predictions(&out.path().join("predictions.parquet")).unwrap();
