@@ -220,8 +220,13 @@ pub(crate) fn combine(
             ));
         }
     }
-    let mut prob_sum = vec![0f64; n * k];
-    let mut log_sum = vec![0f64; n * k];
+    // Per row and class, the sum over members of what the method averages: the probability
+    // (`soft`, and `hard`'s tie-break) or its logarithm (`geometric`).
+    let term = |p: f32| match method {
+        EnsembleMethod::Soft | EnsembleMethod::Hard => p as f64,
+        EnsembleMethod::Geometric => (p as f64).max(PROB_FLOOR).ln(),
+    };
+    let mut sums = vec![0f64; n * k];
     let mut votes = vec![0u32; n * k];
     for (name, m) in members {
         if m.label_names != first.label_names {
@@ -277,25 +282,20 @@ pub(crate) fn combine(
                 ));
             }
             votes[i * k + pred as usize] += 1;
-            let sums = prob_sum[i * k..(i + 1) * k].iter_mut();
-            let logs = log_sum[i * k..(i + 1) * k].iter_mut();
-            for ((s, l), &p) in sums.zip(logs).zip(m.row_probs(r)) {
-                *s += p as f64;
-                *l += (p as f64).max(PROB_FLOOR).ln();
+            for (s, &p) in sums[i * k..(i + 1) * k].iter_mut().zip(m.row_probs(r)) {
+                *s += term(p);
             }
         }
     }
     let mut preds = Vec::with_capacity(n);
     for i in 0..n {
-        let ps = &prob_sum[i * k..(i + 1) * k];
-        let ls = &log_sum[i * k..(i + 1) * k];
+        let ss = &sums[i * k..(i + 1) * k];
         let vs = &votes[i * k..(i + 1) * k];
         let mut best = 0;
         for j in 1..k {
             let better = match method {
-                EnsembleMethod::Soft => ps[j] > ps[best],
-                EnsembleMethod::Hard => vs[j] > vs[best] || (vs[j] == vs[best] && ps[j] > ps[best]),
-                EnsembleMethod::Geometric => ls[j] > ls[best],
+                EnsembleMethod::Soft | EnsembleMethod::Geometric => ss[j] > ss[best],
+                EnsembleMethod::Hard => vs[j] > vs[best] || (vs[j] == vs[best] && ss[j] > ss[best]),
             };
             if better {
                 best = j;
@@ -306,9 +306,9 @@ pub(crate) fn combine(
     let m = members.len() as f64;
     let probs = match method {
         EnsembleMethod::Soft | EnsembleMethod::Hard => {
-            prob_sum.iter().map(|&s| (s / m) as f32).collect()
+            sums.iter().map(|&s| (s / m) as f32).collect()
         }
-        EnsembleMethod::Geometric => log_sum
+        EnsembleMethod::Geometric => sums
             .chunks_exact(k)
             .flat_map(|logs| geometric_mean(logs, m))
             .collect(),
