@@ -330,13 +330,13 @@ fn gc_removes_only_what_no_pipeline_uses() {
     fs::write(&file, small_pipeline(0.5, 10)).unwrap();
     fx.run(&file, opts());
     let plan = pipeline::load(&file).unwrap();
-    let dry = xtask::gc::gc(std::slice::from_ref(&plan), &fx.workspace(), true, true).unwrap();
+    let dry = xtask::gc::gc(std::slice::from_ref(&plan), &fx.workspace(), dry_run()).unwrap();
     let removed: Vec<&str> = dry.removed.iter().map(|(k, _)| k.as_str()).collect();
     assert!(removed.contains(&old_lr.as_str()), "{removed:?}");
     assert_eq!(removed.len(), 2, "old lr and old report only: {removed:?}");
     assert!(dry.removed.iter().all(|(_, size)| *size > 0));
     let n = fx.artifacts().len();
-    xtask::gc::gc(&[plan], &fx.workspace(), false, true).unwrap();
+    xtask::gc::gc(&[plan], &fx.workspace(), gc_now()).unwrap();
     assert_eq!(fx.artifacts().len(), n - 2);
     assert_eq!(kinds(&fx.run(&file, opts())), ["cached"; 4]);
 }

@@ -58,7 +58,7 @@ fn a_flipped_byte_anywhere_in_an_artifact_is_caught_before_use() {
     let quarantine = fx.cache_dir().join("quarantine");
     assert_eq!(fs::read_dir(&quarantine).unwrap().count(), 20);
     let plan = pipeline::load(&file).unwrap();
-    let report = xtask::gc::gc(&[plan], &fx.workspace(), false, true).unwrap();
+    let report = xtask::gc::gc(&[plan], &fx.workspace(), gc_now()).unwrap();
     assert_eq!(report.quarantined.len(), 20);
     assert_eq!(fs::read_dir(&quarantine).unwrap().count(), 0);
 }
@@ -191,6 +191,161 @@ fn a_damaged_store_shard_is_quarantined_and_recomputed() {
     let report = xtask::verify::verify(&[], &fx.workspace(), false, true).unwrap();
     assert!(report.damaged.is_empty());
     assert_eq!(report.store_files, 3);
+}
+
+/// Sets the modification time of `path` and of everything under it to `age` ago.
+fn age_tree(path: &Path, age: Duration) {
+    let when = std::time::SystemTime::now() - age;
+    if path.is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            age_tree(&entry.unwrap().path(), age);
+        }
+    }
+    fs::File::open(path).unwrap().set_modified(when).unwrap();
+}
+
+/// `gc --stores` on a real SmolLM2 extraction whose layers changed: the old taps' store folder,
+/// which no artifact names any more, is removed only once nothing keeps it. It is kept while it
+/// was written in the last day, while a rerun would resume from it (a shard missing from its
+/// plan), and while the live extraction's manifest is older than the record of its store. The
+/// folder in use is never touched and the pipeline stays cached.
+#[test]
+fn gc_stores_removes_only_the_store_folders_nothing_keeps() {
+    let Some(_) = needs("AG News", ag_news()) else {
+        return;
+    };
+    let Some(models) = needs("SmolLM2-135M", models_dir_with("smollm2-135m")) else {
+        return;
+    };
+    let fx = Fixture::new();
+    let text = |layers: &str| {
+        llmembed_testkit::pipeline_header("stores", 3, Some(&models))
+            + &llmembed_testkit::ag_news_stage(4, 2)
+            + &llmembed_testkit::smollm2_stage(layers, 8)
+    };
+    let file = fx.write_pipeline("stores.yaml", &text("[2]"));
+    fx.run(&file, opts());
+    let store_root = fx.cache_dir().join("stores").join("extract");
+    let folders = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&store_root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let [old] = <[String; 1]>::try_from(folders()).unwrap();
+    fs::write(&file, text("[3]")).unwrap();
+    let outcomes = fx.run(&file, opts());
+    let Outcome::Ran(m) = &outcomes[1] else {
+        panic!("the new layers must run")
+    };
+    let live: Vec<String> = folders().into_iter().filter(|f| *f != old).collect();
+    assert_eq!(live.len(), 1, "{:?}", folders());
+    assert_eq!(
+        m.stores.as_ref(),
+        Some(&live),
+        "the manifest names its store folder"
+    );
+    // `show` says where the stage's embedded texts are.
+    let shown = fx
+        .xtask()
+        .arg("show")
+        .arg(&file)
+        .arg("llm")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("store    {}", store_root.join(&live[0]).display())),
+        "{shown}"
+    );
+    let plan = pipeline::load(&file).unwrap();
+    let gc = |stores: bool, dry_run: bool| {
+        let opts = xtask::gc::GcOptions {
+            stores,
+            dry_run,
+            ..gc_now()
+        };
+        xtask::gc::gc(std::slice::from_ref(&plan), &fx.workspace(), opts).unwrap()
+    };
+    let fates = |report: &xtask::gc::GcReport| -> Vec<(String, xtask::gc::StoreFate)> {
+        report
+            .stores
+            .iter()
+            .map(|s| {
+                let name = s.path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, s.fate.clone())
+            })
+            .collect()
+    };
+    use xtask::gc::StoreFate::*;
+    // Written a moment ago: kept, even with --stores.
+    assert_eq!(fates(&gc(true, false)), [(old.clone(), Recent)]);
+    let old_dir = store_root.join(&old);
+    age_tree(&old_dir, Duration::from_secs(2 * 24 * 3600));
+    // Without --stores it is listed, not removed; the command says how to remove it.
+    let listed = gc(false, false);
+    assert_eq!(fates(&listed), [(old.clone(), Removable)]);
+    assert!(listed.stores[0].size > 0);
+    let out = fx
+        .xtask()
+        .args(["gc", "--dry-run"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("`gc --stores` removes them"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fates(&gc(true, true)), [(old.clone(), Removed)]);
+    assert!(old_dir.is_dir(), "--dry-run removed nothing");
+    // A shard missing from its plan (an interrupted extraction): kept, whatever its age.
+    let shard = fs::read_dir(&old_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let aside = fx.dir.path().join("aside.parquet");
+    fs::rename(&shard, &aside).unwrap();
+    age_tree(&old_dir, Duration::from_secs(2 * 24 * 3600));
+    match &fates(&gc(true, false))[..] {
+        [(name, Unfinished(why))] if *name == old => {
+            assert!(why.contains("2 of 3 shards written"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(old_dir.is_dir());
+    fs::rename(&aside, &shard).unwrap();
+    // A live extraction made before manifests named their stores: every folder is kept.
+    let manifest_path = fx
+        .cache_dir()
+        .join("artifacts")
+        .join(key_of(&outcomes[1]))
+        .join("manifest.json");
+    let recorded = fs::read_to_string(&manifest_path).unwrap();
+    let mut older: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    older.as_object_mut().unwrap().remove("stores");
+    fs::write(&manifest_path, serde_json::to_vec_pretty(&older).unwrap()).unwrap();
+    age_tree(&old_dir, Duration::from_secs(2 * 24 * 3600));
+    let unknown = gc(true, false);
+    assert!(unknown.stores.is_empty(), "{:?}", unknown.stores);
+    assert_eq!(unknown.stores_unattributed.len(), 1);
+    // Both folders: the live one's name went with the record.
+    assert_eq!(unknown.stores_unattributed[0].folders, 2);
+    assert_eq!(
+        unknown.stores_unattributed[0].artifacts,
+        [("llm".to_string(), key_of(&outcomes[1]))]
+    );
+    assert!(old_dir.is_dir());
+    // With the record back, nothing keeps it: removed, and only it.
+    fs::write(&manifest_path, recorded).unwrap();
+    let removed = gc(true, false);
+    assert_eq!(fates(&removed), [(old.clone(), Removed)]);
+    assert_eq!(folders(), live);
+    assert_eq!(kinds(&fx.run(&file, opts())), ["cached", "cached"]);
 }
 
 /// `verify` checks every artifact in full, exits 1 naming what is damaged, and `--repair`
@@ -336,11 +491,11 @@ fn gc_dry_run_says_what_a_run_in_progress_keeps() {
     fx.run(&file, opts());
     let ws = fx.workspace();
     let other_plan = pipeline::load(&other).unwrap();
-    let free = xtask::gc::gc(std::slice::from_ref(&other_plan), &ws, true, true).unwrap();
+    let free = xtask::gc::gc(std::slice::from_ref(&other_plan), &ws, dry_run()).unwrap();
     assert_eq!(free.removed.len(), 4);
     assert!(free.protected_by_run.is_none());
     let _held = Lock::acquire_for(&ws.cache, "run p.yaml", Some(&file), true).unwrap();
-    let busy = xtask::gc::gc(std::slice::from_ref(&other_plan), &ws, true, true).unwrap();
+    let busy = xtask::gc::gc(std::slice::from_ref(&other_plan), &ws, dry_run()).unwrap();
     assert!(busy.removed.is_empty(), "{:?}", busy.removed);
     let (owner, kept) = busy.protected_by_run.unwrap();
     assert_eq!((owner.pid, kept), (std::process::id(), 4));

@@ -139,6 +139,22 @@ pub fn opts() -> RunOptions {
     }
 }
 
+/// `gc` options: remove what no pipeline uses (not the stores), waiting for the lock.
+pub fn gc_now() -> xtask::gc::GcOptions {
+    xtask::gc::GcOptions {
+        wait: true,
+        ..Default::default()
+    }
+}
+
+/// `gc --dry-run` options.
+pub fn dry_run() -> xtask::gc::GcOptions {
+    xtask::gc::GcOptions {
+        dry_run: true,
+        ..gc_now()
+    }
+}
+
 pub fn kinds(outcomes: &[Outcome]) -> Vec<&'static str> {
     outcomes
         .iter()

@@ -85,6 +85,11 @@ pub struct Manifest {
     /// The stage's longer facts (`Summary::details`), shown by `show`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// The folders of its kind's store the run read or wrote (`Summary::stores`), which
+    /// `gc --stores` keeps. `None` in manifests written before they were recorded: such an
+    /// artifact may use any folder of its kind's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<Vec<String>>,
     pub seconds: f64,
     /// The stage's peak resident memory while it ran (Linux; see `rss.rs`), absent elsewhere
     /// and in manifests written before it was recorded.
@@ -360,6 +365,7 @@ impl Cache {
                 rows_out: summary.rows_out,
                 notes: summary.notes.clone(),
                 details: summary.details.clone(),
+                stores: Some(summary.stores.clone()),
                 seconds,
                 peak_rss_bytes,
                 created_unix: std::time::SystemTime::now()

@@ -100,6 +100,11 @@ enum Command {
         /// Fail at once if another command holds the cache instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
+        /// Also remove the store folders (extraction's embedded texts, per model) that no kept
+        /// artifact names, unless a rerun would resume from them or they were written in the
+        /// last 24 hours. Without it they are listed.
+        #[arg(long)]
+        stores: bool,
     },
     /// Check every artifact (or those of the named pipelines) and every store file in full
     /// against its recorded blake3; exits 1 if any is damaged.
@@ -722,10 +727,16 @@ fn run(cli: Cli, binary: Binary, name: &str) -> Result<()> {
             pipelines,
             dry_run,
             no_wait,
+            stores,
         } => {
             let files = pipeline_files(&root, pipelines)?;
             let plans = files.iter().map(|f| load(f)).collect::<Result<Vec<_>>>()?;
-            let report = crate::gc::gc(&plans, &ws()?, *dry_run, !*no_wait)?;
+            let opts = crate::gc::GcOptions {
+                dry_run: *dry_run,
+                wait: !*no_wait,
+                stores: *stores,
+            };
+            let report = crate::gc::gc(&plans, &ws()?, opts)?;
             crate::gc::print(&report, *dry_run);
         }
         Command::Verify {

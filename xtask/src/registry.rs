@@ -47,6 +47,8 @@ pub trait StageKind: Sync {
     ) -> llmembed_core::Result<Option<Vec<String>>>;
     /// `Stage::shared_progress`: shared work in progress in this kind's store folder.
     fn shared_progress(&self, store_dir: &std::path::Path) -> llmembed_core::Result<Vec<String>>;
+    /// `Stage::unfinished`: what a rerun would resume from one folder of this kind's store.
+    fn unfinished(&self, folder: &std::path::Path) -> llmembed_core::Result<Option<String>>;
     /// `Stage::applier`: the stage loaded from its artifact for new rows (`predict`, `serve`).
     fn applier(
         &self,
@@ -147,6 +149,10 @@ impl<S: Stage> StageKind for Kind<S> {
 
     fn shared_progress(&self, store_dir: &std::path::Path) -> llmembed_core::Result<Vec<String>> {
         S::shared_progress(store_dir)
+    }
+
+    fn unfinished(&self, folder: &std::path::Path) -> llmembed_core::Result<Option<String>> {
+        S::unfinished(folder)
     }
 
     fn applier(

@@ -34,6 +34,9 @@ pub struct ShownStage {
     pub notes: Vec<String>,
     /// Longer facts (a model's full description).
     pub details: Vec<String>,
+    /// The store folders its run read or wrote (absolute; extraction: the embedded texts it
+    /// reuses), absent for artifacts made before manifests named them.
+    pub stores: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -90,6 +93,16 @@ pub fn show(
                     .collect(),
                 _ => vec![],
             };
+            let store_root = cache.join("stores").join(&s.kind);
+            let stores = s
+                .manifest
+                .as_ref()
+                .and_then(|m| m.stores.as_ref())
+                .map(|folders| {
+                    let named = folders.iter().map(|f| store_root.join(f));
+                    named.map(|p| p.display().to_string()).collect()
+                })
+                .unwrap_or_default();
             ShownStage {
                 id: s.id,
                 kind: s.kind,
@@ -105,6 +118,7 @@ pub fn show(
                     .as_ref()
                     .map(|m| m.notes.clone())
                     .unwrap_or_default(),
+                stores,
                 details: s.manifest.map(|m| m.details).unwrap_or_default(),
             }
         })
@@ -149,6 +163,9 @@ pub fn print(shown: &ShownPipeline) {
         }
         for d in &s.details {
             crate::outln!("  detail   {d}");
+        }
+        for folder in &s.stores {
+            crate::outln!("  store    {folder}");
         }
     }
 }

@@ -157,6 +157,11 @@ pub struct Summary {
     /// (a model's full description).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// The folders under [`Context::store_dir`] this run read or wrote (extraction: its store's
+    /// fingerprint folder), by name. The manifest keeps them, and `gc --stores` removes only
+    /// folders that no live artifact names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
 }
 
 /// A stage kind. Implemented by a unit struct in each stage crate.
@@ -224,6 +229,14 @@ pub trait Stage {
     /// (by which host and process, since when, at what rate) and left. Empty when none.
     fn shared_progress(_store_dir: &Path) -> Result<Vec<String>> {
         Ok(Vec::new())
+    }
+
+    /// What a rerun would resume from `folder`, one folder of this kind's store (as
+    /// [`Context::store_dir`]), in a few words (extraction: a plan with shards still to write);
+    /// `None` when it holds no unfinished work. `gc --stores` never removes a folder with
+    /// unfinished work, even one no artifact names: an interrupted run has published nothing yet.
+    fn unfinished(_folder: &Path) -> Result<Option<String>> {
+        Ok(None)
     }
 
     /// Loads what `run` made (its artifact, `fitted`: the fitted weights, the vocabulary, the

@@ -239,6 +239,11 @@ impl Stage for Extract {
         // row group of the output being encoded) do not add up.
         let described = model.describe();
         drop(model);
+        let store_folder = store
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // Nor are the texts themselves.
         let Texts {
             tables, total_rows, ..
@@ -254,6 +259,7 @@ impl Stage for Extract {
             rows_out: total_rows,
             notes,
             details: vec![format!("model {described}")],
+            stores: vec![store_folder],
         })
     }
 
@@ -284,6 +290,10 @@ impl Stage for Extract {
 
     fn shared_progress(store_dir: &std::path::Path) -> Result<Vec<String>> {
         crate::progress::lines(store_dir)
+    }
+
+    fn unfinished(folder: &std::path::Path) -> Result<Option<String>> {
+        crate::store::unfinished(folder)
     }
 
     /// Loads the model once and opens the run's store: new texts are embedded exactly as `run`

@@ -293,6 +293,52 @@ impl Store {
     }
 }
 
+/// What a rerun would resume in the store folder `dir`: each plan with shards still to write
+/// (`plan <id>: <done> of <total> shards written`), joined by `; `, or `None` when every plan
+/// is complete. A plan file that cannot be read counts as unfinished, with the reason: keeping
+/// a folder that is not understood is the safe side.
+pub(crate) fn unfinished(dir: &Path) -> Result<Option<String>> {
+    let mut plans: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .map_err(|e| Error::io("list store", dir, e))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name
+                .strip_prefix("plan-")?
+                .strip_suffix(".json")?
+                .to_string();
+            Some((id, e.path()))
+        })
+        .collect();
+    plans.sort();
+    let mut open = Vec::new();
+    for (id, path) in plans {
+        let shards = fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| {
+                serde_json::from_str::<serde_json::Value>(&raw).map_err(|e| e.to_string())
+            })
+            .and_then(|v| {
+                v["shards"]
+                    .as_array()
+                    .map(Vec::len)
+                    .ok_or_else(|| "no `shards` list".to_string())
+            });
+        match shards {
+            Ok(total) => {
+                let done = (0..total)
+                    .filter(|&i| dir.join(shard_name(&id, i)).exists())
+                    .count();
+                if done < total {
+                    open.push(format!("plan {id}: {done} of {total} shards written"));
+                }
+            }
+            Err(why) => open.push(format!("{} cannot be read ({why})", path.display())),
+        }
+    }
+    Ok((!open.is_empty()).then(|| open.join("; ")))
+}
+
 /// The shards of `planned` (their digests, cut every `shard_rows` texts) whose texts `missing`
 /// is, in order: `(index, hashes)` of each, or `None` when `missing` is not such a union. A
 /// planned shard whose texts are not next in `missing` counts as done.
