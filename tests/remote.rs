@@ -416,3 +416,73 @@ fn an_extraction_killed_on_one_machine_resumes_on_another_through_the_remote() {
     ok(clean.xtask().arg("run").arg(&file).output().unwrap());
     assert_eq!(b.artifact_bytes(), clean.artifact_bytes());
 }
+
+/// A pipeline moves only the store folders it uses: a forced extraction on a second machine
+/// takes from the remote store only the folder it opens (and reuses every text in it), and
+/// `pull` only the folders the pipeline's artifacts name. Another model's embedded texts, in the
+/// same remote, stay there.
+#[test]
+fn only_the_store_folders_a_pipeline_uses_travel() {
+    let (Some(_), Some(models)) = (
+        needs("AG News", ag_news()),
+        needs("SmolLM2", common::models_dir_with("smollm2-135m")),
+    ) else {
+        return;
+    };
+    let Some(moto) = Moto::start() else { return };
+    let url = "s3://cache/folders";
+    let (a, b, c) = (Fixture::new(), Fixture::new(), Fixture::new());
+    let text = |name: &str, layers: &str| {
+        llmembed_testkit::pipeline_header(name, 3, Some(&models))
+            + &llmembed_testkit::ag_news_stage(4, 2)
+            + &llmembed_testkit::smollm2_stage(layers, 8)
+    };
+    let two = a.write_pipeline("two.yaml", &text("two", "[2]"));
+    let three = a.write_pipeline("three.yaml", &text("three", "[3]"));
+    remote_cmd(&a, &moto, url, "run", &two);
+    remote_cmd(&a, &moto, url, "run", &three);
+    let folders = |fx: &Fixture| -> Vec<String> {
+        let dir = fx.cache_dir().join("stores").join("extract");
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert_eq!(folders(&a).len(), 2, "one folder per set of layers");
+    let shown = ok(a
+        .xtask()
+        .args(["show", "--json"])
+        .arg(&three)
+        .arg("llm")
+        .output()
+        .unwrap())
+    .0;
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let used = Path::new(shown["stages"][0]["stores"][0].as_str().unwrap())
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(folders(&a).contains(&used));
+
+    let (out, _) = ok(with_remote(&b, &moto, url)
+        .args(["run", "--force", "llm"])
+        .arg(&three)
+        .output()
+        .unwrap());
+    let llm = out
+        .lines()
+        .find(|l| l.starts_with("ran      llm "))
+        .unwrap();
+    assert!(llm.contains("reused 24 of 24 texts"), "{llm}");
+    assert_eq!(folders(&b), std::slice::from_ref(&used));
+
+    let (out, _) = remote_cmd(&c, &moto, url, "pull", &three);
+    assert!(out.contains("2 artifact(s) pulled"), "{out}");
+    assert_eq!(folders(&c), [used]);
+}

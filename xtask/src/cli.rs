@@ -118,10 +118,11 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Copy the pipeline's cached artifacts (and its stages' stores) to the remote cache.
+    /// Copy the pipeline's cached artifacts (and the store folders they use) to the remote
+    /// cache.
     Push { pipeline: PathBuf },
-    /// Copy the pipeline's artifacts (and its stages' stores) from the remote cache, each file
-    /// checked against its manifest.
+    /// Copy the pipeline's artifacts (and the store folders they use) from the remote cache,
+    /// each file checked against its manifest.
     Pull { pipeline: PathBuf },
     /// Check pipeline files (by default every file in `pipelines/`) and print nothing but their
     /// errors; exits 1 if any has one.

@@ -23,6 +23,7 @@ pub(crate) fn execute(
     ws: &Workspace,
     env: &Env,
     replace: bool,
+    store_ready: Option<llmembed_core::StoreReady<'_>>,
 ) -> Outcome {
     let stage = &plan.stages[i];
     if !ws.quiet {
@@ -40,6 +41,7 @@ pub(crate) fn execute(
             out_dir: tmp.clone(),
             store_dir,
             seed: stage.seed,
+            store_ready,
         };
         // Stages run one at a time in this process: its high-water mark, reset here, is the
         // stage's peak.
@@ -102,6 +104,8 @@ pub(crate) fn help(
         out_dir: ws.cache.root.join("tmp").join("worker-outputs-unused"),
         store_dir,
         seed: stage.seed,
+        // Workers share the cache's filesystem: they neither pull nor push stores.
+        store_ready: None,
     };
     match catch_unwind(AssertUnwindSafe(|| {
         stage.kind.share(&stage.params, &inputs, &ctx)

@@ -185,6 +185,17 @@ impl Remote {
         Ok(out)
     }
 
+    /// The files under `stores/<kind>/<folder>/` for each of `folders`, as paths relative to
+    /// `stores/<kind>/`.
+    fn list_folders(&self, kind: &str, folders: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for folder in folders {
+            let within = self.list(&["stores", kind, folder])?;
+            out.extend(within.into_iter().map(|f| format!("{folder}/{f}")));
+        }
+        Ok(out)
+    }
+
     /// Whether the remote holds the artifact `key` (its manifest).
     pub fn has_artifact(&self, key: &str) -> Result<bool> {
         let path = self.path(&["artifacts", key, MANIFEST]);
@@ -290,16 +301,35 @@ impl Remote {
         Ok(written)
     }
 
-    /// Copies the store files of stage kind `kind` that the remote lacks into it: checksum
-    /// files before the shards they vouch for. Temporaries and quarantined files stay local.
-    pub fn push_store(&self, cache: &Cache, kind: &str) -> Result<usize> {
-        let local = local_store_files(&cache.store_dir(kind))?;
+    /// Copies the store files of stage kind `kind` that the remote lacks into it (of the
+    /// `folders` named, or of every folder with `None`): checksum files before the shards they
+    /// vouch for. Temporaries and quarantined files stay local.
+    pub fn push_store(
+        &self,
+        cache: &Cache,
+        kind: &str,
+        folders: Option<&[String]>,
+    ) -> Result<usize> {
+        let dir = cache.store_dir(kind);
+        let local = match folders {
+            None => local_store_files(&dir)?,
+            Some(folders) => {
+                let mut files = Vec::new();
+                for folder in folders {
+                    let within = local_store_files(&dir.join(folder))?;
+                    files.extend(within.into_iter().map(|f| format!("{folder}/{f}")));
+                }
+                files
+            }
+        };
         if local.is_empty() {
             // Most stage kinds keep no store: no need to ask the remote what it has.
             return Ok(0);
         }
-        let remote: std::collections::BTreeSet<String> =
-            self.list(&["stores", kind])?.into_iter().collect();
+        let remote: std::collections::BTreeSet<String> = match folders {
+            None => self.list(&["stores", kind])?.into_iter().collect(),
+            Some(folders) => self.list_folders(kind, folders)?.into_iter().collect(),
+        };
         let mut written = 0;
         for rel in local.into_iter().filter(|f| !remote.contains(f)) {
             let path = cache.store_dir(kind).join(&rel);
@@ -309,12 +339,22 @@ impl Remote {
         Ok(written)
     }
 
-    /// Copies into the local store of `kind` the files the remote has and it lacks (each
-    /// written under a temporary name and renamed; the store checks shards when it opens).
-    pub fn pull_store(&self, cache: &Cache, kind: &str) -> Result<usize> {
+    /// Copies into the local store of `kind` the files the remote has and it lacks, of the
+    /// `folders` named or of every folder with `None` (each written under a temporary name and
+    /// renamed; the store checks shards when it opens).
+    pub fn pull_store(
+        &self,
+        cache: &Cache,
+        kind: &str,
+        folders: Option<&[String]>,
+    ) -> Result<usize> {
         let dir = cache.store_dir(kind);
         let mut pulled = 0;
-        for rel in self.list(&["stores", kind])? {
+        let listed = match folders {
+            None => self.list(&["stores", kind])?,
+            Some(folders) => self.list_folders(kind, folders)?,
+        };
+        for rel in listed {
             if !store_file_shared(&rel) || dir.join(&rel).exists() {
                 continue;
             }

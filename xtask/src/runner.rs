@@ -414,20 +414,12 @@ impl RunState<'_> {
         };
         let key = pre.key();
         let kind = self.plan.stages[i].kind.kind();
-        if let Some(link) = &self.remote {
-            match link.call("pull the store", |r| r.pull_store(&self.ws.cache, kind)) {
-                Ok(Some(n)) if n > 0 => {
-                    log::info!("pulled {n} {kind} store file(s) from {}", link.remote.url())
-                }
-                Ok(_) => {}
-                Err(e) => return Outcome::Failed(format!("{e:#}")),
-            }
-        }
-        let outcome = self.execute_pushing_store(i, &pre, &key, replace);
+        let outcome = self.execute_with_remote_store(i, &pre, &key, replace);
         if let (Outcome::Ran(m), Some(link)) = (&outcome, &self.remote) {
             let overwrite = self.damaged_remote.contains(&key);
+            let folders = m.stores.clone().unwrap_or_default();
             let pushed = link.call("push", |r| {
-                r.push_store(&self.ws.cache, kind)?;
+                r.push_store(&self.ws.cache, kind, Some(&folders))?;
                 r.push_artifact(&self.ws.cache, m, overwrite)
             });
             if let Err(e) = pushed {
@@ -437,11 +429,19 @@ impl RunState<'_> {
         outcome
     }
 
-    /// Runs the stage while a helper thread copies its store's new files (finished extraction
-    /// shards) to the remote every `LLMEMBED_REMOTE_PUSH_SECS` (default 10), so that another
-    /// machine can resume from them even if this one is killed.
-    fn execute_pushing_store(&self, i: usize, pre: &Preimage, key: &str, replace: bool) -> Outcome {
-        let run = || {
+    /// Runs the stage with a remote cache at hand for its store: each store folder the stage
+    /// opens (`Context::store_folder`) is first filled with what the remote holds of it, and
+    /// only of it, and a helper thread copies the new files of the opened folders (finished
+    /// extraction shards) to the remote every `LLMEMBED_REMOTE_PUSH_SECS` (default 10), so that
+    /// another machine can resume from them even if this one is killed.
+    fn execute_with_remote_store(
+        &self,
+        i: usize,
+        pre: &Preimage,
+        key: &str,
+        replace: bool,
+    ) -> Outcome {
+        let run = |store_ready: Option<llmembed_core::StoreReady<'_>>| {
             execute(
                 self.plan,
                 i,
@@ -451,10 +451,11 @@ impl RunState<'_> {
                 self.ws,
                 &self.env,
                 replace,
+                store_ready,
             )
         };
         let Some(link) = &self.remote else {
-            return run();
+            return run(None);
         };
         let every = std::env::var("LLMEMBED_REMOTE_PUSH_SECS")
             .ok()
@@ -462,17 +463,53 @@ impl RunState<'_> {
             .filter(|s| s.is_finite() && *s > 0.0)
             .unwrap_or(10.0);
         let kind = self.plan.stages[i].kind.kind();
+        let cache = &self.ws.cache;
+        let opened = std::sync::Mutex::new(std::collections::BTreeSet::<String>::new());
+        let ready = |folder: &str| -> llmembed_core::Result<()> {
+            let folders = [folder.to_string()];
+            match link.call("pull the store", |r| {
+                r.pull_store(cache, kind, Some(&folders))
+            }) {
+                Ok(Some(n)) if n > 0 => {
+                    log::info!("pulled {n} {kind} store file(s) from {}", link.remote.url())
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(llmembed_core::Error::compute(
+                        "pull the store from the remote cache",
+                        format!("{e:#}"),
+                    ));
+                }
+            }
+            opened
+                .lock()
+                .expect("not poisoned")
+                .insert(folder.to_string());
+            Ok(())
+        };
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let opened_now = &opened;
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(std::time::Duration::from_secs_f64(every))
                 {
+                    let folders: Vec<String> = opened_now
+                        .lock()
+                        .expect("not poisoned")
+                        .iter()
+                        .cloned()
+                        .collect();
+                    if folders.is_empty() {
+                        continue;
+                    }
                     // A failure marks the remote down (reported once); the run goes on.
-                    let _ = link.call("push the store", |r| r.push_store(&self.ws.cache, kind));
+                    let _ = link.call("push the store", |r| {
+                        r.push_store(cache, kind, Some(&folders))
+                    });
                 }
             });
-            let outcome = run();
+            let outcome = run(Some(&ready));
             drop(stop);
             outcome
         })

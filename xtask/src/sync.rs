@@ -38,12 +38,35 @@ fn kinds(plan: &Plan) -> Vec<&'static str> {
     kinds
 }
 
-/// Pushes every locally cached artifact of `plan`, and the stores of its stage kinds.
+/// The store folders of `kind` that the artifacts of `plan`'s stages of that kind name
+/// (`manifests`: one per stage, `None` where it is not cached), or `None` (every folder of the
+/// kind) where one of those stages is not cached or its manifest is older than the record: its
+/// folder is not known, and an interrupted run's shards are worth moving.
+fn named_folders(plan: &Plan, manifests: &[Option<&Manifest>], kind: &str) -> Option<Vec<String>> {
+    let mut folders = Vec::new();
+    for (stage, m) in plan.stages.iter().zip(manifests) {
+        if stage.kind.kind() == kind {
+            folders.extend(m.as_ref()?.stores.clone()?);
+        }
+    }
+    folders.sort();
+    folders.dedup();
+    Some(folders)
+}
+
+/// Pushes every locally cached artifact of `plan`, and the store folders its artifacts name
+/// ([`named_folders`]).
 pub fn push(plan: &Plan, ws: &Workspace) -> Result<Moved> {
     let link = link(plan, ws)?;
     let _lock = crate::cache::Lock::acquire(&ws.cache, "push", true)?;
     let mut moved = Moved::default();
-    for state in crate::status::states_with(plan, ws, Some(&link))? {
+    let states = crate::status::states_with(plan, ws, Some(&link))?;
+    let local: Vec<Option<&Manifest>> = states.iter().map(|s| s.manifest.as_ref()).collect();
+    let folders: Vec<(&str, Option<Vec<String>>)> = kinds(plan)
+        .into_iter()
+        .map(|kind| (kind, named_folders(plan, &local, kind)))
+        .collect();
+    for state in states {
         match state.manifest.filter(|_| !state.in_remote) {
             Some(m) => {
                 let written = link
@@ -59,17 +82,19 @@ pub fn push(plan: &Plan, ws: &Workspace) -> Result<Moved> {
             None => moved.missing.push((state.id, "not cached locally".into())),
         }
     }
-    for kind in kinds(plan) {
+    for (kind, folders) in folders {
         moved.store_files += link
-            .call("push the store", |r| r.push_store(&ws.cache, kind))?
+            .call("push the store", |r| {
+                r.push_store(&ws.cache, kind, folders.as_deref())
+            })?
             .unwrap_or(0);
     }
     Ok(moved)
 }
 
 /// Pulls every artifact of `plan` the local cache lacks (checked, published atomically), in
-/// plan order so that each pulled manifest gives the next stages their keys; and the stores of
-/// its stage kinds.
+/// plan order so that each pulled manifest gives the next stages their keys; and the store
+/// folders its artifacts name ([`named_folders`]).
 pub fn pull(plan: &Plan, ws: &Workspace) -> Result<Moved> {
     let link = link(plan, ws)?;
     let _lock = crate::cache::Lock::acquire(&ws.cache, "pull", true)?;
@@ -106,9 +131,13 @@ pub fn pull(plan: &Plan, ws: &Workspace) -> Result<Moved> {
         }
     }
     hashes.save()?;
+    let local: Vec<Option<&Manifest>> = manifests.iter().map(Option::as_ref).collect();
     for kind in kinds(plan) {
+        let folders = named_folders(plan, &local, kind);
         moved.store_files += link
-            .call("pull the store", |r| r.pull_store(&ws.cache, kind))?
+            .call("pull the store", |r| {
+                r.pull_store(&ws.cache, kind, folders.as_deref())
+            })?
             .unwrap_or(0);
     }
     Ok(moved)

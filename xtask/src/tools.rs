@@ -148,6 +148,7 @@ pub fn bench_extract(
         out_dir,
         store_dir,
         seed: 0,
+        store_ready: None,
     };
     let mut params = serde_json::json!({
         "model": preset,
@@ -219,6 +220,7 @@ pub(crate) fn ag_news_test_texts(data_dir: &Path, n: usize) -> Result<llmembed_c
         out_dir: tmp.path().to_path_buf(),
         store_dir: tmp.path().to_path_buf(),
         seed: 0,
+        store_ready: None,
     };
     let params: llmembed_ingest::IngestParams = serde_json::from_value(serde_json::json!({
         "dataset": "ag_news",

@@ -24,8 +24,8 @@ pub use saved::{
     SavedTensors, TensorValues, load_json, save_json, save_tensors, save_typed_tensors,
 };
 pub use stage::{
-    Apply, ApplyEnv, Arity, Context, Env, External, Input, Rows, Stage, Summary, resolve_path,
-    stage_seed,
+    Apply, ApplyEnv, Arity, Context, Env, External, Input, Rows, Stage, StoreReady, Summary,
+    resolve_path, stage_seed,
 };
 pub use table::{
     EmbeddingTable, EmbeddingWriter, Precision, Predictions, SparseTable, TextTable, UNLABELLED,

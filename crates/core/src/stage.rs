@@ -111,6 +111,10 @@ impl Input {
     }
 }
 
+/// The runner's hook behind [`Context::store_folder`]: makes a folder of the stage kind's store,
+/// named by the stage, ready before the stage reads it.
+pub type StoreReady<'a> = &'a (dyn Fn(&str) -> Result<()> + Sync);
+
 /// What a stage is given besides its params and inputs.
 pub struct Context<'a> {
     pub env: &'a Env,
@@ -121,6 +125,10 @@ pub struct Context<'a> {
     pub store_dir: PathBuf,
     /// The seed in effect for this stage: [`stage_seed`] of its params.
     pub seed: u64,
+    /// What [`Context::store_folder`] calls before a stage uses a folder of its store: the
+    /// runner copies in what a remote cache holds of that folder, and only of it. `None`:
+    /// nothing to do.
+    pub store_ready: Option<StoreReady<'a>>,
 }
 
 /// The seed in effect for a stage with these params ([`Context::seed`]): its own `seed` param
@@ -142,6 +150,16 @@ impl Context<'_> {
 
     pub fn out(&self, file: &str) -> PathBuf {
         self.out_dir.join(file)
+    }
+
+    /// The folder `name` of this kind's store (under [`Context::store_dir`]), ready to use: with
+    /// a remote cache, holding what the remote has of it. A stage reaches each store folder it
+    /// uses through this, before it reads the folder.
+    pub fn store_folder(&self, name: &str) -> Result<PathBuf> {
+        if let Some(ready) = self.store_ready {
+            ready(name)?;
+        }
+        Ok(self.store_dir.join(name))
     }
 }
 

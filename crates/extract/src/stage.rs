@@ -328,7 +328,16 @@ impl Stage for Extract {
                 ),
             ));
         }
-        let store = open_store(p, model.as_ref(), &resolved, &columns, &env.store_dir)?;
+        // `predict` and `serve` use the local store only.
+        let local = |_: &str| Ok(());
+        let store = open_store(
+            p,
+            model.as_ref(),
+            &resolved,
+            &columns,
+            &env.store_dir,
+            &local,
+        )?;
         Ok(Some(Box::new(ExtractApply::new(
             model,
             taps,
@@ -367,7 +376,15 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
     let taps = taps_for(p, model.as_ref())?;
     let hidden = model.hidden_size();
     let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
-    let store = open_store(p, model.as_ref(), &resolved, &columns, &ctx.store_dir)?;
+    let ready = |folder: &str| ctx.store_folder(folder).map(drop);
+    let store = open_store(
+        p,
+        model.as_ref(),
+        &resolved,
+        &columns,
+        &ctx.store_dir,
+        &ready,
+    )?;
     let texts = Texts::read(&splits)?;
     let missing = texts.missing(&store);
     let mut notes = vec![
@@ -432,13 +449,15 @@ fn input_splits(inputs: &[Input]) -> Result<Vec<(String, std::path::PathBuf)>> {
 }
 
 /// Opens the store of this model, taps and settings (the fingerprint is the blake3 of what
-/// they are), saying which damaged shards it moved aside.
+/// they are), saying which damaged shards it moved aside. `ready` is called with the folder's
+/// name first (`Context::store_folder`: the runner pulls it from a remote cache).
 fn open_store(
     p: &ExtractParams,
     model: &dyn Embedder,
     resolved: &source::Resolved,
     columns: &[(String, usize)],
     store_dir: &Path,
+    ready: &dyn Fn(&str) -> Result<()>,
 ) -> Result<Store> {
     let mut about = serde_json::json!({
         "store_format": STORE_FORMAT,
@@ -460,6 +479,7 @@ fn open_store(
         });
     }
     let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
+    ready(&fingerprint)?;
     let store = Store::open(store_dir, &fingerprint, &about, columns.to_vec())?;
     for (shard, moved, why) in &store.quarantined {
         // Always said, quiet or not: damage on disk is news the user must see.

@@ -629,6 +629,7 @@ mod tests {
                     out_dir: out,
                     store_dir: dir.path().join("store"),
                     seed: 1,
+                    store_ready: None,
                 }
             };
             let (whole, chunked) = (ctx("whole"), ctx("chunked"));

@@ -96,6 +96,7 @@ pub fn run_stage_at<S: Stage>(
         out_dir: out.to_path_buf(),
         store_dir: store.to_path_buf(),
         seed: seed_for::<S>(params, seed),
+        store_ready: None,
     };
     S::run(params, inputs, &ctx)
 }

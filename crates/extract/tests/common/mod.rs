@@ -144,6 +144,7 @@ pub fn run_stage(
         out_dir: out.to_path_buf(),
         store_dir: store.to_path_buf(),
         seed: 7,
+        store_ready: None,
     };
     Extract::run(params, std::slice::from_ref(input), &ctx)
 }

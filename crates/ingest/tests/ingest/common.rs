@@ -34,6 +34,7 @@ pub fn run(p: &IngestParams, env: &Env, root: &Path, out: &str) -> llmembed_core
         out_dir: out_dir.clone(),
         store_dir: root.join("store"),
         seed: llmembed_testkit::seed_for::<Ingest>(p, env.seed),
+        store_ready: None,
     };
     Ingest::run(p, &[], &ctx)?;
     Ok(out_dir)
