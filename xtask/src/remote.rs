@@ -185,9 +185,12 @@ impl Remote {
         Ok(out)
     }
 
-    /// The files under `stores/<kind>/<folder>/` for each of `folders`, as paths relative to
-    /// `stores/<kind>/`.
-    fn list_folders(&self, kind: &str, folders: &[String]) -> Result<Vec<String>> {
+    /// The remote's files of the store of `kind`, as paths relative to `stores/<kind>/`: those
+    /// in the `folders` named, or all with `None`.
+    fn store_files(&self, kind: &str, folders: Option<&[String]>) -> Result<Vec<String>> {
+        let Some(folders) = folders else {
+            return self.list(&["stores", kind]);
+        };
         let mut out = Vec::new();
         for folder in folders {
             let within = self.list(&["stores", kind, folder])?;
@@ -310,26 +313,13 @@ impl Remote {
         kind: &str,
         folders: Option<&[String]>,
     ) -> Result<usize> {
-        let dir = cache.store_dir(kind);
-        let local = match folders {
-            None => local_store_files(&dir)?,
-            Some(folders) => {
-                let mut files = Vec::new();
-                for folder in folders {
-                    let within = local_store_files(&dir.join(folder))?;
-                    files.extend(within.into_iter().map(|f| format!("{folder}/{f}")));
-                }
-                files
-            }
-        };
+        let local = local_store_files(&cache.store_dir(kind), folders)?;
         if local.is_empty() {
             // Most stage kinds keep no store: no need to ask the remote what it has.
             return Ok(0);
         }
-        let remote: std::collections::BTreeSet<String> = match folders {
-            None => self.list(&["stores", kind])?.into_iter().collect(),
-            Some(folders) => self.list_folders(kind, folders)?.into_iter().collect(),
-        };
+        let remote: std::collections::BTreeSet<String> =
+            self.store_files(kind, folders)?.into_iter().collect();
         let mut written = 0;
         for rel in local.into_iter().filter(|f| !remote.contains(f)) {
             let path = cache.store_dir(kind).join(&rel);
@@ -350,11 +340,7 @@ impl Remote {
     ) -> Result<usize> {
         let dir = cache.store_dir(kind);
         let mut pulled = 0;
-        let listed = match folders {
-            None => self.list(&["stores", kind])?,
-            Some(folders) => self.list_folders(kind, folders)?,
-        };
-        for rel in listed {
+        for rel in self.store_files(kind, folders)? {
             if !store_file_shared(&rel) || dir.join(&rel).exists() {
                 continue;
             }
@@ -380,8 +366,9 @@ fn store_file_shared(rel: &str) -> bool {
         .any(|part| part.starts_with('.') || part == "quarantine")
 }
 
-/// The shared files of a local store folder, relative to it, checksums before shards.
-fn local_store_files(dir: &Path) -> Result<Vec<String>> {
+/// The shared files of a kind's local store `dir` (of the `folders` named, or all with `None`),
+/// relative to it, checksums before shards.
+fn local_store_files(dir: &Path, folders: Option<&[String]>) -> Result<Vec<String>> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) -> Result<()> {
         let Ok(entries) = fs::read_dir(dir) else {
             return Ok(());
@@ -407,7 +394,14 @@ fn local_store_files(dir: &Path) -> Result<Vec<String>> {
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, "", &mut out)?;
+    match folders {
+        None => walk(dir, "", &mut out)?,
+        Some(folders) => {
+            for folder in folders {
+                walk(&dir.join(folder), folder, &mut out)?;
+            }
+        }
+    }
     // `x.parquet.blake3` sorts after `x.parquet`: push checksums first so that a reader never
     // finds a shard without the file that vouches for it.
     out.sort_by_key(|f| (!f.ends_with(".blake3"), f.clone()));

@@ -4,10 +4,10 @@
 use std::fs;
 use std::path::Path;
 
-use llmembed_core::{Error, Result};
+use llmembed_core::Result;
 
 use crate::claims::{self, CLAIMS_DIR};
-use crate::store::shard_name;
+use crate::store::{plan_files, plan_progress};
 
 /// Lines for every plan in `store_dir` (the extract kind's store folder) that has claims.
 pub(crate) fn lines(store_dir: &Path) -> Result<Vec<String>> {
@@ -21,31 +21,12 @@ pub(crate) fn lines(store_dir: &Path) -> Result<Vec<String>> {
         if !dir.join(CLAIMS_DIR).is_dir() {
             continue;
         }
-        let mut plans: Vec<_> = fs::read_dir(&dir)
-            .map_err(|e| Error::io("list store", &dir, e))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let id = name
-                    .strip_prefix("plan-")?
-                    .strip_suffix(".json")?
-                    .to_string();
-                Some((id, e.path()))
-            })
-            .collect();
-        plans.sort();
-        for (id, path) in plans {
+        for (id, path) in plan_files(&dir)? {
             let held = claims::list(&dir, &id);
             if held.is_empty() {
                 continue;
             }
-            let raw = fs::read_to_string(&path).map_err(|e| Error::io("read plan", &path, e))?;
-            let plan: serde_json::Value = serde_json::from_str(&raw)
-                .map_err(|e| Error::schema(&path, "plan", format!("bad JSON: {e}")))?;
-            let total = plan["shards"].as_array().map_or(0, Vec::len);
-            let done = (0..total)
-                .filter(|&i| dir.join(shard_name(&id, i)).exists())
-                .count();
+            let (done, total) = plan_progress(&dir, &id, &path)?;
             let claimed = held.iter().filter(|c| !c.stale).count();
             let stale = held.len() - claimed;
             let fingerprint = dir.file_name().unwrap_or_default().to_string_lossy();

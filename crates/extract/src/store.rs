@@ -166,17 +166,7 @@ impl Store {
         let chunks: Vec<Vec<String>> = missing.chunks(shard_rows).map(|c| c.to_vec()).collect();
         let digests: Vec<String> = chunks.iter().map(|c| digest(c)).collect();
         if !chunks.is_empty() {
-            let mut plans: Vec<PathBuf> = fs::read_dir(&self.dir)
-                .map_err(|e| Error::io("list store", &self.dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("plan-") && n.ends_with(".json"))
-                })
-                .collect();
-            plans.sort();
-            for p in plans {
+            for (_, p) in plan_files(&self.dir)? {
                 let raw = fs::read_to_string(&p).map_err(|e| Error::io("read plan", &p, e))?;
                 let v: serde_json::Value = serde_json::from_str(&raw)
                     .map_err(|e| Error::schema(&p, "plan", format!("bad JSON: {e}")))?;
@@ -293,11 +283,8 @@ impl Store {
     }
 }
 
-/// What a rerun would resume in the store folder `dir`: each plan with shards still to write
-/// (`plan <id>: <done> of <total> shards written`), joined by `; `, or `None` when every plan
-/// is complete. A plan file that cannot be read counts as unfinished, with the reason: keeping
-/// a folder that is not understood is the safe side.
-pub(crate) fn unfinished(dir: &Path) -> Result<Option<String>> {
+/// The plan files of the store folder `dir`, as (plan id, path), sorted.
+pub(crate) fn plan_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut plans: Vec<(String, PathBuf)> = fs::read_dir(dir)
         .map_err(|e| Error::io("list store", dir, e))?
         .flatten()
@@ -311,29 +298,38 @@ pub(crate) fn unfinished(dir: &Path) -> Result<Option<String>> {
         })
         .collect();
     plans.sort();
+    Ok(plans)
+}
+
+/// How many of plan `id`'s shards (its file at `path`, in the store folder `dir`) are written,
+/// and how many it has: `(done, total)`.
+pub(crate) fn plan_progress(dir: &Path, id: &str, path: &Path) -> Result<(usize, usize)> {
+    let raw = fs::read_to_string(path).map_err(|e| Error::io("read plan", path, e))?;
+    let plan: serde_json::Value = serde_json::from_str(&raw)
+        .map_err(|e| Error::schema(path, "plan", format!("bad JSON: {e}")))?;
+    let total = plan["shards"]
+        .as_array()
+        .map(Vec::len)
+        .ok_or_else(|| Error::schema(path, "shards", "missing, or not a list"))?;
+    let done = (0..total)
+        .filter(|&i| dir.join(shard_name(id, i)).exists())
+        .count();
+    Ok((done, total))
+}
+
+/// What a rerun would resume in the store folder `dir`: each plan with shards still to write
+/// (`plan <id>: <done> of <total> shards written`), joined by `; `, or `None` when every plan
+/// is complete. A plan file that cannot be read counts as unfinished, with the reason: keeping
+/// a folder that is not understood is the safe side.
+pub(crate) fn unfinished(dir: &Path) -> Result<Option<String>> {
     let mut open = Vec::new();
-    for (id, path) in plans {
-        let shards = fs::read_to_string(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|raw| {
-                serde_json::from_str::<serde_json::Value>(&raw).map_err(|e| e.to_string())
-            })
-            .and_then(|v| {
-                v["shards"]
-                    .as_array()
-                    .map(Vec::len)
-                    .ok_or_else(|| "no `shards` list".to_string())
-            });
-        match shards {
-            Ok(total) => {
-                let done = (0..total)
-                    .filter(|&i| dir.join(shard_name(&id, i)).exists())
-                    .count();
-                if done < total {
-                    open.push(format!("plan {id}: {done} of {total} shards written"));
-                }
+    for (id, path) in plan_files(dir)? {
+        match plan_progress(dir, &id, &path) {
+            Ok((done, total)) if done < total => {
+                open.push(format!("plan {id}: {done} of {total} shards written"))
             }
-            Err(why) => open.push(format!("{} cannot be read ({why})", path.display())),
+            Ok(_) => {}
+            Err(why) => open.push(format!("a plan that cannot be read: {why}")),
         }
     }
     Ok((!open.is_empty()).then(|| open.join("; ")))
