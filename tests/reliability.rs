@@ -193,6 +193,35 @@ fn a_damaged_store_shard_is_quarantined_and_recomputed() {
     assert_eq!(report.store_files, 3);
 }
 
+/// A loaded chain (what `predict` and `serve` run) holds the cache lock shared: `gc` cannot
+/// take the cache from under it (without waiting it fails, naming the holder), a run shares the
+/// cache with it, and once the chain is dropped `gc` goes ahead.
+#[test]
+fn gc_waits_for_a_loaded_chain_and_runs_share_the_cache_with_it() {
+    let Some((fx, file)) = small_fixture() else {
+        return;
+    };
+    fx.run(&file, opts());
+    let plan = pipeline::load(&file).unwrap();
+    let ws = fx.workspace();
+    let chain = xtask::apply::Chain::load(&plan, &ws, "lr", "xtask", None).unwrap();
+    let no_wait = xtask::gc::GcOptions {
+        wait: false,
+        ..Default::default()
+    };
+    let busy = xtask::gc::gc(std::slice::from_ref(&plan), &ws, no_wait)
+        .err()
+        .expect("gc must not take the cache from a loaded chain");
+    assert!(format!("{busy:#}").contains("apply"), "{busy:#}");
+    let beside = RunOptions {
+        wait_for_lock: false,
+        ..opts()
+    };
+    assert_eq!(kinds(&fx.run(&file, beside)), ["cached"; 4]);
+    drop(chain);
+    xtask::gc::gc(std::slice::from_ref(&plan), &ws, no_wait).unwrap();
+}
+
 /// Sets the modification time of `path` and of everything under it to `age` ago.
 fn age_tree(path: &Path, age: Duration) {
     let when = std::time::SystemTime::now() - age;

@@ -2,6 +2,9 @@
 //! texts: what `predict` and `serve` share. Each stage on the path is loaded from its published
 //! artifact through `Stage::applier` (found by its key, as `status` and `show` find it); nothing
 //! is fitted and nothing is written to the cache (extraction adds new texts to its store).
+//! A loaded chain holds the cache lock shared, as a run does, so that `gc` never removes an
+//! artifact it was loaded from or a store folder it reads and adds to: `gc` waits for the
+//! process to end (a server too), while runs go on beside it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -53,6 +56,8 @@ pub struct StageModel {
 pub struct Chain {
     steps: Vec<Step>,
     pub info: ChainInfo,
+    /// The cache lock, shared, for as long as the chain lives.
+    _lock: crate::cache::Lock,
 }
 
 /// The index of `stage_id` in `plan`, if it is a stage `predict` and `serve` can end at.
@@ -95,6 +100,8 @@ impl Chain {
         store_root: Option<&Path>,
     ) -> Result<Chain> {
         let target = target_stage(plan, stage_id)?;
+        let what = format!("apply {} up to `{stage_id}`", plan.file.display());
+        let lock = crate::cache::Lock::acquire_shared(&ws.cache, &what, Some(&plan.file), true)?;
         let artifacts = crate::status::path_artifacts(plan, ws, target, program)?;
         let env = ws.env(plan);
         let mut steps: Vec<Step> = Vec::with_capacity(artifacts.len());
@@ -163,7 +170,11 @@ impl Chain {
                 info.classes = llmembed_core::read_predictions(&fitted_predictions)?.label_names;
             }
         }
-        Ok(Chain { steps, info })
+        Ok(Chain {
+            steps,
+            info,
+            _lock: lock,
+        })
     }
 
     /// Classifies `texts` (ids unique): every stage of the path applied in turn. A panic in a

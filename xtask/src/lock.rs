@@ -27,9 +27,10 @@ impl std::fmt::Display for LockOwner {
 }
 
 /// The cache lock, held for a whole command. An OS file lock: it is released when its holder
-/// exits, however it exits. `gc`, `verify`, `push` and `pull` hold it exclusively; runs hold it
-/// shared, so that several runners (workers) work on one cache at once while `gc` waits for all
-/// of them. A command that must wait says who holds the lock.
+/// exits, however it exits. `gc`, `verify`, `push` and `pull` hold it exclusively; runs (and a
+/// loaded `predict` or `serve` chain) hold it shared, so that several runners (workers) work on
+/// one cache at once while `gc` waits for all of them. A command that must wait says who holds
+/// the lock.
 pub struct Lock {
     _file: File,
 }
