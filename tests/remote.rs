@@ -340,6 +340,14 @@ fn a_remote_that_goes_down_mid_run_costs_one_warning() {
     );
 }
 
+/// What the extraction tests need: AG News, SmolLM2's folder, and a moto server; `None` (the
+/// test skips, or fails under `LLMEMBED_REQUIRE_TEST_INPUTS=1`) when one is missing.
+fn smollm2_and_moto() -> Option<(PathBuf, Moto)> {
+    needs("AG News", ag_news())?;
+    let models = needs("SmolLM2", common::models_dir_with("smollm2-135m"))?;
+    Some((models, Moto::start()?))
+}
+
 /// SmolLM2 over 200 AG News texts in shards of 8.
 fn extraction_pipeline(models: &Path) -> String {
     llmembed_testkit::pipeline_header("resume", 5, Some(models))
@@ -349,13 +357,9 @@ fn extraction_pipeline(models: &Path) -> String {
 
 #[test]
 fn an_extraction_killed_on_one_machine_resumes_on_another_through_the_remote() {
-    let (Some(_), Some(models)) = (
-        needs("AG News", ag_news()),
-        needs("SmolLM2", common::models_dir_with("smollm2-135m")),
-    ) else {
+    let Some((models, moto)) = smollm2_and_moto() else {
         return;
     };
-    let Some(moto) = Moto::start() else { return };
     let url = "s3://cache/resume";
     let (a, b, clean) = (Fixture::new(), Fixture::new(), Fixture::new());
     let file = a.write_pipeline("p.yaml", &extraction_pipeline(&models));
@@ -423,13 +427,9 @@ fn an_extraction_killed_on_one_machine_resumes_on_another_through_the_remote() {
 /// same remote, stay there.
 #[test]
 fn only_the_store_folders_a_pipeline_uses_travel() {
-    let (Some(_), Some(models)) = (
-        needs("AG News", ag_news()),
-        needs("SmolLM2", common::models_dir_with("smollm2-135m")),
-    ) else {
+    let Some((models, moto)) = smollm2_and_moto() else {
         return;
     };
-    let Some(moto) = Moto::start() else { return };
     let url = "s3://cache/folders";
     let (a, b, c) = (Fixture::new(), Fixture::new(), Fixture::new());
     let text = |name: &str, layers: &str| {

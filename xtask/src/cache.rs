@@ -582,15 +582,19 @@ impl Cache {
     }
 }
 
-fn dir_size(path: &Path) -> u64 {
-    fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-                .sum()
+/// Bytes of every file under `path` (an artifact's folder, a store folder with its
+/// subfolders).
+pub(crate) fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
         })
-        .unwrap_or(0)
+        .sum()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 
-use crate::cache::{FileHashes, Lock, LockOwner, Lookup, Manifest};
+use crate::cache::{FileHashes, Lock, LockOwner, Lookup, Manifest, dir_size};
 use crate::pipeline::{self, Plan};
 use crate::runner::{Workspace, preimage, thousands};
 
@@ -253,7 +253,7 @@ fn store_folders(
             unattributed.push(StoresUnattributed {
                 kind: kind_name.clone(),
                 folders: free.len(),
-                size: free.iter().map(|p| tree_size(p)).sum(),
+                size: free.iter().map(|p| dir_size(p)).sum(),
                 artifacts: artifacts.clone(),
             });
             continue;
@@ -275,7 +275,7 @@ fn store_folders(
             } else {
                 StoreFate::Removable
             };
-            let size = tree_size(&path);
+            let size = dir_size(&path);
             if !opts.dry_run && fate == StoreFate::Removed {
                 fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
             }
@@ -283,20 +283,6 @@ fn store_folders(
         }
     }
     Ok((out, unattributed))
-}
-
-/// Bytes of every file under `path`.
-fn tree_size(path: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_size(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
 }
 
 /// The latest modification time of `path` and of anything under it.

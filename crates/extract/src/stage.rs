@@ -2,7 +2,7 @@
 //! plus `final_norm` / `pooler` / `sentence`), through the reusing, resumable store.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use llmembed_core::{
@@ -329,15 +329,8 @@ impl Stage for Extract {
             ));
         }
         // `predict` and `serve` use the local store only.
-        let local = |_: &str| Ok(());
-        let store = open_store(
-            p,
-            model.as_ref(),
-            &resolved,
-            &columns,
-            &env.store_dir,
-            &local,
-        )?;
+        let local = |fingerprint: &str| Ok(env.store_dir.join(fingerprint));
+        let store = open_store(p, model.as_ref(), &resolved, &columns, &local)?;
         Ok(Some(Box::new(ExtractApply::new(
             model,
             taps,
@@ -376,15 +369,8 @@ fn prepare(p: &ExtractParams, inputs: &[Input], ctx: &Context) -> Result<Prepare
     let taps = taps_for(p, model.as_ref())?;
     let hidden = model.hidden_size();
     let columns: Vec<(String, usize)> = taps.iter().map(|&t| (tap_name(t), hidden)).collect();
-    let ready = |folder: &str| ctx.store_folder(folder).map(drop);
-    let store = open_store(
-        p,
-        model.as_ref(),
-        &resolved,
-        &columns,
-        &ctx.store_dir,
-        &ready,
-    )?;
+    let folder = |fingerprint: &str| ctx.store_folder(fingerprint);
+    let store = open_store(p, model.as_ref(), &resolved, &columns, &folder)?;
     let texts = Texts::read(&splits)?;
     let missing = texts.missing(&store);
     let mut notes = vec![
@@ -449,15 +435,15 @@ fn input_splits(inputs: &[Input]) -> Result<Vec<(String, std::path::PathBuf)>> {
 }
 
 /// Opens the store of this model, taps and settings (the fingerprint is the blake3 of what
-/// they are), saying which damaged shards it moved aside. `ready` is called with the folder's
-/// name first (`Context::store_folder`: the runner pulls it from a remote cache).
+/// they are), saying which damaged shards it moved aside. `folder` gives the store folder of a
+/// fingerprint, ready to read (`Context::store_folder`: the runner first pulls it from a remote
+/// cache).
 fn open_store(
     p: &ExtractParams,
     model: &dyn Embedder,
     resolved: &source::Resolved,
     columns: &[(String, usize)],
-    store_dir: &Path,
-    ready: &dyn Fn(&str) -> Result<()>,
+    folder: &dyn Fn(&str) -> Result<PathBuf>,
 ) -> Result<Store> {
     let mut about = serde_json::json!({
         "store_format": STORE_FORMAT,
@@ -479,8 +465,7 @@ fn open_store(
         });
     }
     let fingerprint = blake3::hash(about.to_string().as_bytes()).to_hex()[..32].to_string();
-    ready(&fingerprint)?;
-    let store = Store::open(store_dir, &fingerprint, &about, columns.to_vec())?;
+    let store = Store::open(folder(&fingerprint)?, &about, columns.to_vec())?;
     for (shard, moved, why) in &store.quarantined {
         // Always said, quiet or not: damage on disk is news the user must see.
         log::warn!(

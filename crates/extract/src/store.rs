@@ -86,16 +86,14 @@ fn digest(hashes: &[String]) -> String {
 }
 
 impl Store {
-    /// Opens (creating) the folder for `fingerprint` and indexes its complete shards. A shard that
-    /// fails its checksum or cannot be read is quarantined (see the module docs) and its texts
-    /// count as missing.
+    /// Opens (creating) the store folder `dir` of one fingerprint (`about`: what it was computed
+    /// from) and indexes its complete shards. A shard that fails its checksum or cannot be read
+    /// is quarantined (see the module docs) and its texts count as missing.
     pub fn open(
-        root: &Path,
-        fingerprint: &str,
+        dir: PathBuf,
         about: &serde_json::Value,
         columns: Vec<(String, usize)>,
     ) -> Result<Store> {
-        let dir = root.join(fingerprint);
         create_dir_all(&dir)?;
         let about_path = dir.join("fingerprint.json");
         if !about_path.exists() {
