@@ -514,16 +514,19 @@ fn panel_matmul<K: Kernel, S>(
 fn pack_micro_block<T: Step>(rows: &[T], k: usize, inputs: std::ops::Range<usize>, dst: &mut [T]) {
     let depth = inputs.len();
     if rows.len() == MICRO_ROWS * k {
-        // The common case: sixteen steps of the twelve rows at a time through an AVX-512
-        // register transpose; the last steps with twelve sequential reads and one sequential
-        // write per step.
+        // The common case: sixteen (AVX-512) or four (AVX2) steps of the twelve rows at a
+        // time through a register transpose; the last steps with twelve sequential reads and
+        // one sequential write per step.
         let rows: [&[T]; MICRO_ROWS] =
             std::array::from_fn(|r| &rows[r * k + inputs.start..r * k + inputs.end]);
-        // The AVX-512 transpose where the CPU has it (the AVX2 kernel's CPUs do not).
+        // A register transpose: AVX-512's where the CPU has it, else AVX2's (4 x 4 blocks).
         #[cfg(target_arch = "x86_64")]
         let done = if has_avx512f() {
             // SAFETY: AVX-512F checked just above; steps are 4-byte values, moved as bits.
             unsafe { avx512::pack12(&rows, dst) }
+        } else if has_avx2_fma() {
+            // SAFETY: AVX2 and FMA checked just above; as for AVX-512.
+            unsafe { avx2::pack12(&rows, dst) }
         } else {
             0
         };
