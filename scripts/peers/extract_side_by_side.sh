@@ -63,6 +63,16 @@ for compute in $computes; do
 done
 
 "$peaks/fma_peak" > "$peaks/after"
+# Both cores at once, one fma_peak pinned to each: on a virtual machine the two cores may
+# share a physical core's units, or a neighbour may run on one (on an AMD Zen 3 host, 2026-12-07,
+# one core alone measured 71-76 GFLOP/s and the other 93-94 in one minute, and both at once
+# 95 to 179 in all over an hour), and then 2 x the one-core peak overstates what the two can
+# do together.
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  taskset -c 0 "$peaks/fma_peak" > "$peaks/both0" &
+  taskset -c 1 "$peaks/fma_peak" > "$peaks/both1"
+  wait
+fi
 torch[int8]="${torch[int8]:-}"
 rust[int8]="${rust[int8]:-}"
 # The larger of the two measurements of an instruction's per-core peak (GFLOP/s); f32 is the
@@ -83,6 +93,10 @@ int8_peak=$(amx_peak "int8 amx")
 int8_peak="${int8_peak:-$(peak vpdpbusd || true)}"
 int8_peak="${int8_peak:-$(peak vpmaddwd || true)}"
 share() { awk -v t="$1" -v p="$2" -v g="$gflop" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * t * g / (2 * p); else print "n/a" }'; }
+# The two cores' sum for an instruction when both ran at once (empty if they did not).
+both() { cat "$peaks/both0" "$peaks/both1" 2>/dev/null | grep "$1" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+' | awk '{ s += $1; n++ } END { if (n == 2) printf "%.1f", s }'; }
+f32_both=$(both "f32 vfmadd zmm" || true)
+f32_both="${f32_both:-$(both "f32 vfmadd ymm" || true)}"
 
 echo "== $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs) (cpu family $(grep -m1 "cpu family" /proc/cpuinfo | cut -d: -f2 | xargs)), load average $(cut -d" " -f1-3 /proc/loadavg)"
 echo "== real tokens/s ($preset, $n texts): pytorch fp32 ${torch[fp32]}, bf16 ${torch[bf16]}, int8 ${torch[int8]}; rust f32 ${rust[f32]}, bf16 ${rust[bf16]}, int8 ${rust[int8]}"
@@ -92,6 +106,13 @@ echo "== rust bf16 / pytorch bf16:  $(ratio "${rust[bf16]}" "${torch[bf16]}")  (
 echo "== rust f32 / pytorch fp32:   $(ratio "${rust[f32]}" "${torch[fp32]}")"
 echo "== per-core peaks (GFLOP/s): f32 $f32_peak, bf16 $bf16_peak, int8 $int8_peak; products $gflop GFLOP per token"
 echo "== share of the 2-core limit: rust f32 $(share "${rust[f32]}" "$f32_peak"), bf16 $(share "${rust[bf16]}" "$bf16_peak"), int8 $(share "${rust[int8]}" "$int8_peak")  (bar 80% for f32 and bf16)"
+if [ -n "$f32_both" ]; then
+  # share() takes a per-core peak: half of the two cores' sum.
+  half=$(awk -v s="$f32_both" 'BEGIN { print s / 2 }')
+  also=""
+  [ "$bf16_peak" = "$f32_peak" ] && also=", bf16's (f32 products here) $(share "${rust[bf16]}" "$half")"
+  echo "== f32 FMA on both cores at once: $f32_both GFLOP/s in all (2 x the per-core peak: $(awk -v p="$f32_peak" 'BEGIN { print 2 * p }')); rust f32's share of it $(share "${rust[f32]}" "$half")$also"
+fi
 if [ -n "$llama" ]; then
   echo "== ratio to llama.cpp ($llama tokens/s): rust f32 $(ratio "${rust[f32]}" "$llama"), bf16 $(ratio "${rust[bf16]}" "$llama"), int8 $(ratio "${rust[int8]}" "$llama")"
 fi
