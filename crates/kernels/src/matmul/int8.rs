@@ -1074,7 +1074,11 @@ multiversion! {
 #[inline(always)]
 fn pack_steps<const N: usize>(x: &[f32], inv: f32, a: &mut [u32]) {
     let bits = 32 / N;
-    let level = |v: f32| ((v * inv).round_ties_even().clamp(-127.0, 127.0) as i32 + 128) as u32;
+    // `whole_to_i8`, not `as i32`: Rust's saturating cast compiled to one scalar conversion and
+    // two compares per value, about two thirds of this function's time with AVX2 (the row's
+    // values are finite here, and the clamped ones whole).
+    let level =
+        |v: f32| (whole_to_i8((v * inv).round_ties_even().clamp(-127.0, 127.0)) as i32 + 128) as u32;
     let step = |c: &[f32]| {
         let mut w = 0u32;
         for (j, &v) in c.iter().enumerate() {
