@@ -349,17 +349,20 @@ pub(crate) fn remove_leftovers(store: &Path, plan: &str) {
     }
 }
 
-/// Removes the claims, of any plan, on shards that are published: a holder killed between
-/// publishing its shard and removing its claim leaves one, and no later process claims that
-/// shard again to clean it up. A live holder that has just published removes its own claim a
+/// Removes the claims, of any plan, on shards that are published, and their takeover guards: a
+/// holder killed between publishing its shard and removing its claim leaves one, and so does a
+/// taker of that stale claim killed while it holds the guard; no later process claims that
+/// shard again to clean them up. A live holder that has just published removes its own claim a
 /// moment later anyway (its heartbeat may write it back until then; its removal ignores a
-/// missing file). Callers run this once every shard they need is in the store.
+/// missing file), and a live taker its guard. Callers run this once every shard they need is
+/// in the store.
 pub(crate) fn remove_published(store: &Path) {
     let dir = store.join(CLAIMS_DIR);
     for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some((plan, index)) = name
             .strip_suffix(".json")
+            .or_else(|| name.strip_suffix(".takeover"))
             .and_then(|stem| stem.rsplit_once('-'))
             .and_then(|(plan, i)| Some((plan, i.parse::<usize>().ok()?)))
         else {
@@ -368,5 +371,41 @@ pub(crate) fn remove_published(store: &Path) {
         if !plan.starts_with('.') && store.join(crate::store::shard_name(plan, index)).exists() {
             let _ = fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What killed holders and takers leave on a published shard goes; what is on a shard still
+    /// to write stays (its holder or taker may be alive).
+    #[test]
+    fn published_shards_lose_their_claims_and_takeover_guards() {
+        let store = tempfile::tempdir().unwrap();
+        let claims = store.path().join(CLAIMS_DIR);
+        fs::create_dir_all(&claims).unwrap();
+        let plan = "3579a8f5a7d6d6ff";
+        fs::write(
+            store.path().join(crate::store::shard_name(plan, 1)),
+            b"shard",
+        )
+        .unwrap();
+        let names = [
+            format!("{plan}-00001.json"),
+            format!("{plan}-00001.takeover"),
+            format!("{plan}-00002.json"),
+            format!("{plan}-00002.takeover"),
+        ];
+        for name in &names {
+            fs::write(claims.join(name), b"{}").unwrap();
+        }
+        remove_published(store.path());
+        let mut left: Vec<String> = fs::read_dir(&claims)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, names[2..]);
     }
 }
