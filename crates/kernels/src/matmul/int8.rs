@@ -844,13 +844,8 @@ unsafe fn at_least_avx512(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) ->
     for at in (0..whole).step_by(16) {
         // SAFETY: at + 16 <= whole <= x.len().
         let v = unsafe { _mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(at))) };
-        let mut mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, bound);
-        while mask != 0 {
-            let c = at + mask.trailing_zeros() as usize;
-            spare[found].write((x[c].abs(), c));
-            found += 1;
-            mask &= mask - 1;
-        }
+        let mask = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, bound);
+        write_hits(mask.into(), at, x, spare, &mut found);
     }
     // SAFETY: the first `found` spare slots were written just above.
     unsafe { out.set_len(start + found) };
@@ -876,17 +871,30 @@ unsafe fn at_least_avx2(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) -> u
     for at in (0..whole).step_by(8) {
         // SAFETY: at + 8 <= whole <= x.len().
         let v = unsafe { _mm256_and_ps(_mm256_loadu_ps(x.as_ptr().add(at)), magnitude) };
-        let mut mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, bound)) as u32;
-        while mask != 0 {
-            let c = at + mask.trailing_zeros() as usize;
-            spare[found].write((x[c].abs(), c));
-            found += 1;
-            mask &= mask - 1;
-        }
+        let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, bound)) as u32;
+        write_hits(mask, at, x, spare, &mut found);
     }
     // SAFETY: the first `found` spare slots were written just above.
     unsafe { out.set_len(start + found) };
     whole
+}
+
+/// The vector `at_least`s' hits: (|x[at + b]|, at + b) for each set bit `b` of `mask`, lowest
+/// first, written to `spare` from `found` on.
+#[inline(always)]
+fn write_hits(
+    mut mask: u32,
+    at: usize,
+    x: &[f32],
+    spare: &mut [std::mem::MaybeUninit<(f32, usize)>],
+    found: &mut usize,
+) {
+    while mask != 0 {
+        let c = at + mask.trailing_zeros() as usize;
+        spare[*found].write((x[c].abs(), c));
+        *found += 1;
+        mask &= mask - 1;
+    }
 }
 
 /// Lanes of [`row_stats`]: channel `c` is in lane `c % LANES`.
