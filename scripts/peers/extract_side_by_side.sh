@@ -77,7 +77,9 @@ torch[int8]="${torch[int8]:-}"
 rust[int8]="${rust[int8]:-}"
 # The larger of the two measurements of an instruction's per-core peak (GFLOP/s); f32 is the
 # AVX-512 FMA, or AVX2's where the CPU has no AVX-512 (AMD Zen 3).
-peak() { cat "$peaks/before" "$peaks/after" | grep "$1" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+' | sort -g | tail -1; }
+# The GFLOP/s figures of fma_peak's lines matching $1 in the files that follow.
+gflops() { local what="$1"; shift; cat "$@" 2>/dev/null | grep "$what" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+'; }
+peak() { gflops "$1" "$peaks/before" "$peaks/after" | sort -g | tail -1; }
 gflop=$("$py" scripts/peers/model_flops.py "$gguf")
 f32_peak=$(peak "f32 vfmadd zmm" || true)
 f32_peak="${f32_peak:-$(peak "f32 vfmadd ymm" || true)}"
@@ -94,7 +96,7 @@ int8_peak="${int8_peak:-$(peak vpdpbusd || true)}"
 int8_peak="${int8_peak:-$(peak vpmaddwd || true)}"
 share() { awk -v t="$1" -v p="$2" -v g="$gflop" 'BEGIN { if (p > 0) printf "%.0f%%", 100 * t * g / (2 * p); else print "n/a" }'; }
 # The two cores' sum for an instruction when both ran at once (empty if they did not).
-both() { cat "$peaks/both0" "$peaks/both1" 2>/dev/null | grep "$1" | grep -oE '[0-9.]+ GFLOP' | grep -oE '^[0-9.]+' | awk '{ s += $1; n++ } END { if (n == 2) printf "%.1f", s }'; }
+both() { gflops "$1" "$peaks/both0" "$peaks/both1" | awk '{ s += $1; n++ } END { if (n == 2) printf "%.1f", s }'; }
 f32_both=$(both "f32 vfmadd zmm" || true)
 f32_both="${f32_both:-$(both "f32 vfmadd ymm" || true)}"
 

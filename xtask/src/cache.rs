@@ -585,16 +585,26 @@ impl Cache {
 /// Bytes of every file under `path` (an artifact's folder, a store folder with its
 /// subfolders).
 pub(crate) fn dir_size(path: &Path) -> u64 {
+    tree_stats(path).0
+}
+
+/// In one walk of `path` and everything under it: the bytes of every file, and the latest
+/// modification time of the folder itself or of anything under it (`gc` keeps a store folder
+/// written lately).
+pub(crate) fn tree_stats(path: &Path) -> (u64, Option<std::time::SystemTime>) {
+    let own = fs::metadata(path).and_then(|m| m.modified()).ok();
     let Ok(entries) = fs::read_dir(path) else {
-        return 0;
+        return (0, own);
     };
     entries
         .flatten()
         .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Ok(t) if t.is_dir() => tree_stats(&e.path()),
+            _ => e
+                .metadata()
+                .map_or((0, None), |m| (m.len(), m.modified().ok())),
         })
-        .sum()
+        .fold((0, own), |(size, newest), (s, t)| (size + s, newest.max(t)))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -14,12 +14,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, Result};
 
-use crate::cache::{FileHashes, Lock, LockOwner, Lookup, Manifest, dir_size};
+use crate::cache::{FileHashes, Lock, LockOwner, Lookup, Manifest, dir_size, tree_stats};
 use crate::pipeline::{self, Plan};
 use crate::runner::{Workspace, preimage, thousands};
 
@@ -259,12 +259,13 @@ fn store_folders(
             continue;
         }
         for path in free {
+            let (size, newest) = tree_stats(&path);
             let fate = if let Some(why) = kind
                 .unfinished(&path)
                 .with_context(|| format!("look for unfinished work in {}", path.display()))?
             {
                 StoreFate::Unfinished(why)
-            } else if newest_write(&path).is_some_and(|t| {
+            } else if newest.is_some_and(|t| {
                 SystemTime::now()
                     .duration_since(t)
                     .map_or(true, |age| age < STORE_GRACE)
@@ -275,7 +276,6 @@ fn store_folders(
             } else {
                 StoreFate::Removable
             };
-            let size = dir_size(&path);
             if !opts.dry_run && fate == StoreFate::Removed {
                 fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
             }
@@ -283,22 +283,6 @@ fn store_folders(
         }
     }
     Ok((out, unattributed))
-}
-
-/// The latest modification time of `path` and of anything under it.
-fn newest_write(path: &Path) -> Option<SystemTime> {
-    let own = fs::metadata(path).and_then(|m| m.modified()).ok();
-    let Ok(entries) = fs::read_dir(path) else {
-        return own;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => newest_write(&e.path()),
-            _ => e.metadata().and_then(|m| m.modified()).ok(),
-        })
-        .chain(own)
-        .max()
 }
 
 pub fn print(report: &GcReport, dry_run: bool) {

@@ -417,9 +417,9 @@ impl RunState<'_> {
         let outcome = self.execute_with_remote_store(i, &pre, &key, replace);
         if let (Outcome::Ran(m), Some(link)) = (&outcome, &self.remote) {
             let overwrite = self.damaged_remote.contains(&key);
-            let folders = m.stores.clone().unwrap_or_default();
+            let folders = m.stores.as_deref().unwrap_or_default();
             let pushed = link.call("push", |r| {
-                r.push_store(&self.ws.cache, kind, Some(&folders))?;
+                r.push_store(&self.ws.cache, kind, Some(folders))?;
                 r.push_artifact(&self.ws.cache, m, overwrite)
             });
             if let Err(e) = pushed {
