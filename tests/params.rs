@@ -100,7 +100,14 @@ fn listed_defaults_pass_validation_unchanged() {
         let canonical = kind
             .validate(Value::Object(defaults.clone()), inputs)
             .unwrap_or_else(|e| panic!("{}: {e:?}", kind.kind()));
-        assert_eq!(canonical, Value::Object(defaults), "{}", kind.kind());
+        // An optional param listed with a null default may be left out of the canonical params
+        // (`#[serde(skip_serializing_if = "Option::is_none")]`, as `ensemble`'s `c`, so that the
+        // other methods' keys stay what they were): null is its absence.
+        let present: Map<String, Value> = defaults
+            .into_iter()
+            .filter(|(name, v)| !v.is_null() || canonical.get(name).is_some())
+            .collect();
+        assert_eq!(canonical, Value::Object(present), "{}", kind.kind());
         assert_eq!(canonical, empty, "{}", kind.kind());
         compared += 1;
     }

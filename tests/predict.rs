@@ -1,7 +1,8 @@
 //! `predict` end to end through the `xtask` binary: a small real pipeline (AG News, SmolLM2
-//! features, TF-IDF, logistic regressions, an MLP, a hard-voting ensemble) is run, then its test
-//! texts, written as a CSV without labels, are classified again by each classifier: the same
-//! class for every row as the pipeline's own `predictions.parquet`, probabilities within 1e-6.
+//! features, TF-IDF, logistic regressions, an MLP, a hard-voting ensemble, a stack of two
+//! cross-validated regressions) is run, then its test texts, written as a CSV without labels,
+//! are classified again by each classifier: the same class for every row as the pipeline's own
+//! `predictions.parquet`, probabilities within 1e-6.
 
 mod common;
 
@@ -25,7 +26,10 @@ fn pipeline(models: &Path) -> String {
            - id: tfidf\n    kind: tfidf\n    inputs: [data]\n    params:\n      min_df: 1\n  \
            - id: tfidf_lr\n    kind: logreg\n    inputs: [tfidf]\n  \
            - id: vote\n    kind: ensemble\n    inputs: [lr, mlp, tfidf_lr]\n    params:\n      method: hard\n  \
-           - id: report\n    kind: evaluate\n    inputs: [lr, vote]\n"
+           - id: lr_cv\n    kind: logreg\n    inputs: [fused]\n    params:\n      select: {c: [0.01, 1.0], folds: 4}\n  \
+           - id: tfidf_cv\n    kind: logreg\n    inputs: [tfidf]\n    params:\n      select: {c: [1.0, 10.0], folds: 4}\n  \
+           - id: stack\n    kind: ensemble\n    inputs: [lr_cv, tfidf_cv]\n    params:\n      method: stack\n      c: [0.1, 1.0]\n  \
+           - id: report\n    kind: evaluate\n    inputs: [lr, vote, stack]\n"
 }
 
 /// The artifact folder of `stage`, as `show --json` prints it.
@@ -125,7 +129,7 @@ fn predict_gives_each_classifier_its_own_test_predictions() {
     let input = fx.dir.path().join("new.csv");
     fs::write(&input, csv).unwrap();
 
-    for stage in ["lr", "mlp", "tfidf_lr", "vote"] {
+    for stage in ["lr", "mlp", "tfidf_lr", "vote", "stack"] {
         let expected = llmembed_core::read_predictions(
             &artifact_dir(&fx, &file, stage).join("predictions.parquet"),
         )

@@ -6,7 +6,9 @@
 //! (a product of experts: a class one member finds unlikely loses more than under `soft`),
 //! predicts the argmax and gives the normalised geometric mean as `probs`; a probability below
 //! [`PROB_FLOOR`] counts as the floor, so that one member's underflow to zero is a strong vote
-//! against the class rather than an infinite one.
+//! against the class rather than an infinite one. `stack` fits a logistic regression on the
+//! members' log-probabilities from their out-of-fold probabilities of the training rows, and
+//! predicts with it ([`crate::stack`]): it needs what the CV score below needs.
 //!
 //! Members must cover the same ids (any order; output follows the first member's order), with the
 //! same label names and the same true labels.
@@ -26,16 +28,34 @@ use llmembed_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::prologue::{CV_PREDICTIONS_FILE, scored, scored_accuracy};
+use crate::folds::cv_folds;
+use crate::logreg_fit::check_c;
+use crate::prologue::{CV_PREDICTIONS_FILE, grid_edge_note, preds_of, scored, scored_accuracy};
 use crate::saved::{META_FILE, load_meta};
+use crate::stack::{self, StackModel};
 
-/// How members are combined: `soft` (mean probability), `hard` (majority vote), `geometric` (mean log-probability).
+/// How members are combined: `soft` (mean probability), `hard` (majority vote), `geometric`
+/// (mean log-probability), `stack` (a logistic regression on the members' log-probabilities,
+/// fitted on their out-of-fold probabilities: [`crate::stack`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EnsembleMethod {
     Soft,
     Hard,
     Geometric,
+    Stack,
+}
+
+impl EnsembleMethod {
+    /// The name in the pipeline file and in a producer.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnsembleMethod::Soft => "soft",
+            EnsembleMethod::Hard => "hard",
+            EnsembleMethod::Geometric => "geometric",
+            EnsembleMethod::Stack => "stack",
+        }
+    }
 }
 
 /// The smallest probability `geometric` takes the logarithm of (see the module docs).
@@ -51,19 +71,26 @@ fn default_method() -> EnsembleMethod {
 /// kind: ensemble
 /// inputs: [lr_layer16, mlp_fused]
 /// params:
-///   method: soft          # soft (default) | hard | geometric
+///   method: soft          # soft (default) | hard | geometric | stack
+///   c: [0.01, 0.1, 1.0]   # stack only: the C grid of its logistic regression (default [1.0]),
+///                         # chosen by CV over the members' folds
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnsembleParams {
     #[serde(default = "default_method")]
     pub method: EnsembleMethod,
+    /// `stack`'s C grid (scikit-learn's inverse L2 strength); absent from the other methods'
+    /// params, whose keys stay what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c: Option<Vec<f64>>,
 }
 
 impl Default for EnsembleParams {
     fn default() -> Self {
         EnsembleParams {
             method: default_method(),
+            c: None,
         }
     }
 }
@@ -85,6 +112,9 @@ struct EnsembleMeta {
     /// The out-of-fold score, when every member has out-of-fold probabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cv: Option<EnsembleCv>,
+    /// `stack`'s fitted regression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stack: Option<StackModel>,
 }
 
 /// An ensemble's cross-validation score: the accuracy of its combination of the members'
@@ -131,7 +161,10 @@ impl Apply for EnsembleApply {
             };
             members.push((name.clone(), p.clone()));
         }
-        Ok(Rows::Predictions(combine(self.meta.method, &members)?))
+        Ok(Rows::Predictions(match &self.meta.stack {
+            Some(stack) => stacked(stack, &members)?,
+            None => combine(self.meta.method, &members)?,
+        }))
     }
 }
 
@@ -198,11 +231,10 @@ fn out_of_fold_splits(inputs: &[Input]) -> Result<Option<(usize, String)>> {
     Ok(common.map(|(f, s)| (f as usize, s)))
 }
 
-/// Combines `members` (named for messages) into one set of predictions.
-pub(crate) fn combine(
-    method: EnsembleMethod,
-    members: &[(String, Predictions)],
-) -> Result<Predictions> {
+/// Per member, the member's row of each of the first member's rows, after checking that the
+/// members cover the same ids with the same label names and true labels and predict classes
+/// that exist.
+pub(crate) fn align(members: &[(String, Predictions)]) -> Result<Vec<Vec<usize>>> {
     let (first_name, first) = members
         .first()
         .ok_or_else(|| Error::mismatch("ensemble", "no members"))?;
@@ -220,14 +252,7 @@ pub(crate) fn combine(
             ));
         }
     }
-    // Per row and class, the sum over members of what the method averages: the probability
-    // (`soft`, and `hard`'s tie-break) or its logarithm (`geometric`).
-    let term = |p: f32| match method {
-        EnsembleMethod::Soft | EnsembleMethod::Hard => p as f64,
-        EnsembleMethod::Geometric => (p as f64).max(PROB_FLOOR).ln(),
-    };
-    let mut sums = vec![0f64; n * k];
-    let mut votes = vec![0u32; n * k];
+    let mut order = Vec::with_capacity(members.len());
     for (name, m) in members {
         if m.label_names != first.label_names {
             return Err(Error::mismatch(
@@ -248,7 +273,7 @@ pub(crate) fn combine(
                 ),
             ));
         }
-        let mut seen = vec![false; n];
+        let mut row_of = vec![usize::MAX; n];
         for (r, id) in m.ids.iter().enumerate() {
             let Some(&i) = index.get(id.as_str()) else {
                 return Err(Error::mismatch(
@@ -259,12 +284,13 @@ pub(crate) fn combine(
                     ),
                 ));
             };
-            if std::mem::replace(&mut seen[i], true) {
+            if row_of[i] != usize::MAX {
                 return Err(Error::mismatch(
                     "ensemble",
                     format!("member `{name}` has id `{id}` twice"),
                 ));
             }
+            row_of[i] = r;
             if m.labels[r] != first.labels[i] {
                 return Err(Error::mismatch(
                     "ensemble",
@@ -281,7 +307,38 @@ pub(crate) fn combine(
                     format!("id `{id}`: member `{name}` predicts class {pred} outside 0..{k}"),
                 ));
             }
-            votes[i * k + pred as usize] += 1;
+        }
+        order.push(row_of);
+    }
+    Ok(order)
+}
+
+/// Combines `members` (named for messages) into one set of predictions by `soft`, `hard` or
+/// `geometric` voting (`stack` combines through its fitted model: [`crate::stack`]).
+pub(crate) fn combine(
+    method: EnsembleMethod,
+    members: &[(String, Predictions)],
+) -> Result<Predictions> {
+    if method == EnsembleMethod::Stack {
+        return Err(Error::mismatch(
+            "ensemble",
+            "`stack` combines through its fitted model, not by voting",
+        ));
+    }
+    let order = align(members)?;
+    let first = &members[0].1;
+    let (k, n) = (first.num_classes(), first.len());
+    // Per row and class, the sum over members of what the method averages: the probability
+    // (`soft`, and `hard`'s tie-break) or its logarithm (`geometric`).
+    let term = |p: f32| match method {
+        EnsembleMethod::Geometric => (p as f64).max(PROB_FLOOR).ln(),
+        _ => p as f64,
+    };
+    let mut sums = vec![0f64; n * k];
+    let mut votes = vec![0u32; n * k];
+    for ((_, m), row_of) in members.iter().zip(&order) {
+        for (i, &r) in row_of.iter().enumerate() {
+            votes[i * k + m.preds[r] as usize] += 1;
             for (s, &p) in sums[i * k..(i + 1) * k].iter_mut().zip(m.row_probs(r)) {
                 *s += term(p);
             }
@@ -294,8 +351,8 @@ pub(crate) fn combine(
         let mut best = 0;
         for j in 1..k {
             let better = match method {
-                EnsembleMethod::Soft | EnsembleMethod::Geometric => ss[j] > ss[best],
                 EnsembleMethod::Hard => vs[j] > vs[best] || (vs[j] == vs[best] && ss[j] > ss[best]),
+                _ => ss[j] > ss[best],
             };
             if better {
                 best = j;
@@ -305,13 +362,11 @@ pub(crate) fn combine(
     }
     let m = members.len() as f64;
     let probs = match method {
-        EnsembleMethod::Soft | EnsembleMethod::Hard => {
-            sums.iter().map(|&s| (s / m) as f32).collect()
-        }
         EnsembleMethod::Geometric => sums
             .chunks_exact(k)
             .flat_map(|logs| geometric_mean(logs, m))
             .collect(),
+        _ => sums.iter().map(|&s| (s / m) as f32).collect(),
     };
     let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
     Ok(Predictions {
@@ -320,16 +375,92 @@ pub(crate) fn combine(
         preds,
         probs,
         label_names: first.label_names.clone(),
-        producer: format!(
-            "ensemble({}: {})",
-            match method {
-                EnsembleMethod::Soft => "soft",
-                EnsembleMethod::Hard => "hard",
-                EnsembleMethod::Geometric => "geometric",
-            },
-            names.join(", ")
-        ),
+        producer: format!("ensemble({}: {})", method.name(), names.join(", ")),
     })
+}
+
+/// The stack's predictions of the members' rows (in the first member's order).
+fn stacked(model: &StackModel, members: &[(String, Predictions)]) -> Result<Predictions> {
+    if members.len() != model.members {
+        return Err(Error::mismatch(
+            "apply stack",
+            format!(
+                "the stack was fitted on {} members, got {}",
+                model.members,
+                members.len()
+            ),
+        ));
+    }
+    let order = align(members)?;
+    let first = &members[0].1;
+    let probs = model.probabilities(stack::features(members, &order).view())?;
+    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    Ok(Predictions {
+        ids: first.ids.clone(),
+        labels: first.labels.clone(),
+        preds: preds_of(&probs, first.num_classes()),
+        probs,
+        label_names: first.label_names.clone(),
+        producer: format!("ensemble(stack, C={}: {})", model.c, names.join(", ")),
+    })
+}
+
+/// Fits `stack` on the members' out-of-fold probabilities ([`CV_PREDICTIONS_FILE`], over
+/// `folds` folds whose `splits` every member names): the model, and its own out-of-fold
+/// predictions at the chosen C.
+fn fit_stack(
+    inputs: &[Input],
+    grid: &[f64],
+    folds: usize,
+    splits: &str,
+    seed: u64,
+) -> Result<(StackModel, Predictions)> {
+    let members = read_members(inputs, CV_PREDICTIONS_FILE)?;
+    let order = align(&members)?;
+    let first = &members[0].1;
+    // Rows without a label are never in a member's out-of-fold file; kept out here too, as
+    // the members' folds were drawn without them.
+    let labelled: Vec<usize> = (0..first.len())
+        .filter(|&i| first.labels[i] != llmembed_core::UNLABELLED)
+        .collect();
+    let ids: Vec<String> = labelled.iter().map(|&i| first.ids[i].clone()).collect();
+    let labels: Vec<i64> = labelled.iter().map(|&i| first.labels[i]).collect();
+    let cv = cv_folds(&ids, &labels, folds, seed);
+    if cv.splits != splits {
+        return Err(Error::mismatch(
+            "fit stack",
+            format!(
+                "the members' out-of-fold rows do not give back their folds (splits {} drawn \
+                 with the pipeline's seed {seed}, the members name {splits}): were they fitted \
+                 with another seed or on other rows?",
+                cv.splits
+            ),
+        ));
+    }
+    let x = stack::features(&members, &order).select(ndarray::Axis(0), &labelled);
+    let k = first.num_classes();
+    let fitted = stack::fit(x.view(), &labels, k, members.len(), &cv, grid)?;
+    let out_of_fold = Predictions {
+        preds: preds_of(&fitted.out_of_fold, k),
+        probs: fitted.out_of_fold,
+        ids,
+        labels,
+        label_names: first.label_names.clone(),
+        producer: format!(
+            "ensemble(stack, C={}: {}), out of fold",
+            fitted.model.c,
+            members
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    debug_assert_eq!(
+        fitted.accuracy,
+        scored_accuracy(&out_of_fold.labels, &out_of_fold.preds)
+    );
+    Ok((fitted.model, out_of_fold))
 }
 
 /// One row's geometric mean of its `members` members' probabilities, normalised to sum to one,
@@ -351,6 +482,25 @@ impl Stage for Ensemble {
     const INPUTS: Arity = Arity::AtLeast(2);
     type Params = EnsembleParams;
 
+    fn check(p: &EnsembleParams) -> Result<()> {
+        match (&p.c, p.method) {
+            (Some(grid), EnsembleMethod::Stack) => {
+                if grid.is_empty() {
+                    return Err(Error::param("c", "the grid is empty"));
+                }
+                grid.iter().try_for_each(|&c| check_c("c", c))
+            }
+            (Some(_), method) => Err(Error::param(
+                "c",
+                format!(
+                    "only `method: stack` fits a regression with a C; `{}` has none",
+                    method.name()
+                ),
+            )),
+            (None, _) => Ok(()),
+        }
+    }
+
     fn run(p: &EnsembleParams, inputs: &[Input], ctx: &Context) -> Result<Summary> {
         if !Self::INPUTS.accepts(inputs.len()) {
             return Err(Error::mismatch(
@@ -358,19 +508,44 @@ impl Stage for Ensemble {
                 format!("needs {}, got {}", Self::INPUTS, inputs.len()),
             ));
         }
+        let out_of_fold = out_of_fold_splits(inputs)?;
+        // `stack` is fitted first: every split's predictions come from its model.
+        let (stack_model, stack_cv) = match (p.method, &out_of_fold) {
+            (EnsembleMethod::Stack, Some((folds, splits))) => {
+                let grid = p.c.clone().unwrap_or_else(stack::default_grid);
+                let (model, cv) = fit_stack(inputs, &grid, *folds, splits, ctx.env.seed)?;
+                (Some(model), Some(cv))
+            }
+            (EnsembleMethod::Stack, None) => {
+                return Err(Error::mismatch(
+                    "ensemble",
+                    "`method: stack` is fitted on its members' out-of-fold probabilities: every \
+                     member must keep them (logreg or mlp with `select:`, the same `folds`, the \
+                     same training rows)",
+                ));
+            }
+            _ => (None, None),
+        };
+        let combined = |members: &[(String, Predictions)]| match &stack_model {
+            Some(model) => stacked(model, members),
+            None => combine(p.method, members),
+        };
         let members = read_members(inputs, &predictions_file("test"))?;
-        let out = combine(p.method, &members)?;
+        let out = combined(&members)?;
         write_predictions(&ctx.out(&predictions_file("test")), &out)?;
         let mut rows_out = out.len();
         for split in shared_other_splits(inputs) {
             let file = predictions_file(&split);
-            let combined = combine(p.method, &read_members(inputs, &file)?)?;
-            write_predictions(&ctx.out(&file), &combined)?;
-            rows_out += combined.len();
+            let split_out = combined(&read_members(inputs, &file)?)?;
+            write_predictions(&ctx.out(&file), &split_out)?;
+            rows_out += split_out.len();
         }
-        let cv = match out_of_fold_splits(inputs)? {
+        let cv = match out_of_fold {
             Some((folds, splits)) => {
-                let combined = combine(p.method, &read_members(inputs, CV_PREDICTIONS_FILE)?)?;
+                let combined = match stack_cv {
+                    Some(cv) => cv,
+                    None => combine(p.method, &read_members(inputs, CV_PREDICTIONS_FILE)?)?,
+                };
                 write_predictions(&ctx.out(CV_PREDICTIONS_FILE), &combined)?;
                 // Scored on the rows that have a label, as `evaluate` scores.
                 Some(EnsembleCv {
@@ -391,14 +566,28 @@ impl Stage for Ensemble {
                 classes: out.label_names.clone(),
                 producer: out.producer.clone(),
                 cv: cv.clone(),
+                stack: stack_model.clone(),
             },
         )?;
         let acc = scored_accuracy(&out.labels, &out.preds);
         let mut notes = vec![format!(
-            "{} members, {:?} voting, accuracy {acc:.4}",
+            "{} members, {} combination, accuracy {acc:.4}",
             members.len(),
-            p.method
+            p.method.name()
         )];
+        if let Some(model) = &stack_model {
+            let grid: Vec<f64> = model.cv.iter().map(|r| r.c).collect();
+            notes.push(format!(
+                "stack: C {} by CV over the members' folds{}",
+                model.c,
+                if model.converged {
+                    ""
+                } else {
+                    " (the final fit stopped short of its tolerance)"
+                }
+            ));
+            notes.extend(grid_edge_note("stack C", model.c, &grid));
+        }
         notes.push(match &cv {
             Some(cv) => format!(
                 "{}-fold out-of-fold accuracy {:.4} on {} training rows",

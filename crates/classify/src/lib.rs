@@ -5,7 +5,8 @@
 //!   (with the exact L-BFGS as its fallback) as `solver: linfa`; optional C selection by
 //!   stratified CV on train rows.
 //! * [`Mlp`] (`kind: mlp`): the paper's MLP head (candle), seeded end to end.
-//! * [`Ensemble`] (`kind: ensemble`): soft or hard voting over prediction artifacts.
+//! * [`Ensemble`] (`kind: ensemble`): soft, hard or geometric voting over prediction artifacts,
+//!   or a stack: a logistic regression on the members' out-of-fold probabilities (`stack`).
 //! * [`LayerSweep`] (`kind: layer_sweep`): the depth ablation, one logistic regression per
 //!   `layer_<i>` column, the layer chosen by CV on train rows, test scores reported.
 //! * [`Select`] (`kind: select`): of several classifiers, the one with the best CV accuracy on
@@ -24,7 +25,7 @@
 //! none of them: `prologue` (param checks, reading train/test, the best row of a CV table,
 //! writing predictions and JSON), `data` (feature matrices and their standardisation), `folds`
 //! (stratified folds), `logreg_fit` (the fit and the CV of `C`), `lbfgs` (the solver), `mlp_net`
-//! (the network), `saved` (the saved models and their appliers). Metrics come from
+//! (the network), `saved` (the saved models and their appliers), `stack` (the fit of `ensemble`'s `stack`). Metrics come from
 //! `llmembed_core::metrics`, the ones `evaluate` reports.
 
 mod adam;
@@ -42,6 +43,7 @@ mod prologue;
 mod saved;
 mod select;
 mod sparse;
+mod stack;
 
 pub use ensemble::{Ensemble, EnsembleMethod, EnsembleParams};
 pub use layer_sweep::{LayerSweep, LayerSweepParams};

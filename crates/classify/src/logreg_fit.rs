@@ -381,7 +381,7 @@ pub(crate) fn linear_probabilities<X: Design>(
 }
 
 /// One row of the CV table in `model.json`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CvRow {
     pub c: f64,
     pub fold_accuracy: Vec<f64>,

@@ -446,7 +446,7 @@ fn ensemble_and_layer_sweep_appliers_reproduce_their_predictions() {
         EnsembleMethod::Hard,
         EnsembleMethod::Geometric,
     ] {
-        let params = EnsembleParams { method };
+        let params = EnsembleParams { method, c: None };
         let out = run_stage::<Ensemble>(&params, &inputs, 1).unwrap();
         let file = read_predictions(&out.path().join("predictions.parquet")).unwrap();
         let apply = Ensemble::applier(&params, &fitted("vote", out.path()), &env)
