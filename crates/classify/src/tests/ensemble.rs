@@ -333,16 +333,7 @@ fn stack_weighs_members_by_their_out_of_fold_probabilities() {
             "classifier.json",
         ],
     );
-    let env = llmembed_core::ApplyEnv {
-        env: llmembed_core::Env {
-            data_dir: std::env::temp_dir(),
-            models_dir: std::env::temp_dir(),
-            pipeline_dir: std::env::temp_dir(),
-            seed: 0,
-            quiet: true,
-        },
-        store_dir: std::env::temp_dir(),
-    };
+    let env = apply_env();
     let apply = Ensemble::applier(
         &stack_params(&grid),
         &super::fitted("stack", out.path()),

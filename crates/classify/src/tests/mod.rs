@@ -235,6 +235,21 @@ pub(super) fn fitted(stage_id: &str, dir: &Path) -> Input {
     }
 }
 
+/// What an applier is given: temporary folders (no applier here reads them).
+pub(super) fn apply_env() -> llmembed_core::ApplyEnv {
+    let dir = std::env::temp_dir();
+    llmembed_core::ApplyEnv {
+        env: llmembed_core::Env {
+            data_dir: dir.clone(),
+            models_dir: dir.clone(),
+            pipeline_dir: dir.clone(),
+            seed: 0,
+            quiet: true,
+        },
+        store_dir: dir,
+    }
+}
+
 /// The rows `idx` of `t`, in that order.
 fn select_rows(t: &EmbeddingTable, idx: &[usize]) -> EmbeddingTable {
     EmbeddingTable {

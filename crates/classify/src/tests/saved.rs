@@ -1,23 +1,9 @@
 //! Saved classifiers on AG News bag-of-words: what each stage writes into its artifact, its
 //! applier reproducing the stage's own predictions bit for bit, and rows without a label.
 
-use llmembed_core::{ApplyEnv, Env, Rows, SavedTensors, UNLABELLED};
+use llmembed_core::{Rows, SavedTensors, UNLABELLED};
 
 use super::*;
-
-fn apply_env() -> ApplyEnv {
-    let dir = std::env::temp_dir();
-    ApplyEnv {
-        env: Env {
-            data_dir: dir.clone(),
-            models_dir: dir.clone(),
-            pipeline_dir: dir.clone(),
-            seed: 0,
-            quiet: true,
-        },
-        store_dir: dir,
-    }
-}
 
 fn applied(apply: &dyn llmembed_core::Apply, inputs: &[Rows]) -> Predictions {
     match apply.apply(inputs).unwrap() {

@@ -1,7 +1,7 @@
 //! `select` over real classifiers: it keeps the member with the best recorded CV accuracy, passes
 //! its predictions on, and refuses members it cannot compare.
 
-use llmembed_core::{ApplyEnv, Env, Rows};
+use llmembed_core::Rows;
 
 use super::*;
 
@@ -102,16 +102,7 @@ fn select_keeps_the_best_cv_member_and_passes_its_predictions_on() {
         assert_eq!(c["cv_accuracy"].as_f64(), Some(cv[i]), "{c}");
     }
     // The applier passes the chosen member's rows through, whatever the others say.
-    let env = ApplyEnv {
-        env: Env {
-            data_dir: std::env::temp_dir(),
-            models_dir: std::env::temp_dir(),
-            pipeline_dir: std::env::temp_dir(),
-            seed: 0,
-            quiet: true,
-        },
-        store_dir: std::env::temp_dir(),
-    };
+    let env = apply_env();
     let applier = Select::applier(&SelectParams::default(), &fitted("best", out.path()), &env)
         .unwrap()
         .unwrap();

@@ -121,17 +121,7 @@ fn logreg_stage_on_sparse_rows_selects_c_and_writes_predictions() {
         dir: out.path().to_path_buf(),
         files,
     };
-    let dir = std::env::temp_dir();
-    let env = llmembed_core::ApplyEnv {
-        env: llmembed_core::Env {
-            data_dir: dir.clone(),
-            models_dir: dir.clone(),
-            pipeline_dir: dir.clone(),
-            seed: 0,
-            quiet: true,
-        },
-        store_dir: dir,
-    };
+    let env = apply_env();
     let apply = LogReg::applier(&p, &fitted, &env)
         .unwrap()
         .expect("logreg has an applier");
