@@ -368,40 +368,40 @@ pub(crate) fn combine(
             .collect(),
         _ => sums.iter().map(|&s| (s / m) as f32).collect(),
     };
-    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
     Ok(Predictions {
         ids: first.ids.clone(),
         labels: first.labels.clone(),
         preds,
         probs,
         label_names: first.label_names.clone(),
-        producer: format!("ensemble({}: {})", method.name(), names.join(", ")),
+        producer: format!("ensemble({}: {})", method.name(), member_names(members)),
     })
 }
 
-/// The stack's predictions of the members' rows (in the first member's order).
+/// The members' names, in order, as producers list them.
+fn member_names(members: &[(String, Predictions)]) -> String {
+    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    names.join(", ")
+}
+
+/// A stack's producer: its C and its members.
+fn stack_producer(c: f64, members: &[(String, Predictions)]) -> String {
+    format!("ensemble(stack, C={c}: {})", member_names(members))
+}
+
+/// The stack's predictions of the members' rows (in the first member's order); members of
+/// another number or width than it was fitted on are refused by [`StackModel::probabilities`].
 fn stacked(model: &StackModel, members: &[(String, Predictions)]) -> Result<Predictions> {
-    if members.len() != model.members {
-        return Err(Error::mismatch(
-            "apply stack",
-            format!(
-                "the stack was fitted on {} members, got {}",
-                model.members,
-                members.len()
-            ),
-        ));
-    }
     let order = align(members)?;
     let first = &members[0].1;
     let probs = model.probabilities(stack::features(members, &order).view())?;
-    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
     Ok(Predictions {
         ids: first.ids.clone(),
         labels: first.labels.clone(),
         preds: preds_of(&probs, first.num_classes()),
         probs,
         label_names: first.label_names.clone(),
-        producer: format!("ensemble(stack, C={}: {})", model.c, names.join(", ")),
+        producer: stack_producer(model.c, members),
     })
 }
 
@@ -418,14 +418,9 @@ fn fit_stack(
     let members = read_members(inputs, CV_PREDICTIONS_FILE)?;
     let order = align(&members)?;
     let first = &members[0].1;
-    // Rows without a label are never in a member's out-of-fold file; kept out here too, as
-    // the members' folds were drawn without them.
-    let labelled: Vec<usize> = (0..first.len())
-        .filter(|&i| first.labels[i] != llmembed_core::UNLABELLED)
-        .collect();
-    let ids: Vec<String> = labelled.iter().map(|&i| first.ids[i].clone()).collect();
-    let labels: Vec<i64> = labelled.iter().map(|&i| first.labels[i]).collect();
-    let cv = cv_folds(&ids, &labels, folds, seed);
+    // Every row of an out-of-fold file is a labelled training row; rows that are not (a file
+    // made otherwise) would not give back the members' splits, refused just below.
+    let cv = cv_folds(&first.ids, &first.labels, folds, seed);
     if cv.splits != splits {
         return Err(Error::mismatch(
             "fit stack",
@@ -437,29 +432,17 @@ fn fit_stack(
             ),
         ));
     }
-    let x = stack::features(&members, &order).select(ndarray::Axis(0), &labelled);
+    let x = stack::features(&members, &order);
     let k = first.num_classes();
-    let fitted = stack::fit(x.view(), &labels, k, members.len(), &cv, grid)?;
+    let fitted = stack::fit(x.view(), &first.labels, k, members.len(), &cv, grid)?;
     let out_of_fold = Predictions {
+        ids: first.ids.clone(),
+        labels: first.labels.clone(),
         preds: preds_of(&fitted.out_of_fold, k),
         probs: fitted.out_of_fold,
-        ids,
-        labels,
         label_names: first.label_names.clone(),
-        producer: format!(
-            "ensemble(stack, C={}: {}), out of fold",
-            fitted.model.c,
-            members
-                .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        producer: format!("{}, out of fold", stack_producer(fitted.model.c, &members)),
     };
-    debug_assert_eq!(
-        fitted.accuracy,
-        scored_accuracy(&out_of_fold.labels, &out_of_fold.preds)
-    );
     Ok((fitted.model, out_of_fold))
 }
 

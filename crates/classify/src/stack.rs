@@ -84,8 +84,6 @@ pub(crate) fn features(members: &[(String, Predictions)], order: &[Vec<usize>]) 
 pub(crate) struct StackFit {
     pub model: StackModel,
     pub out_of_fold: Vec<f32>,
-    /// The CV accuracy at the chosen C.
-    pub accuracy: f64,
 }
 
 /// Fits the stack on `x` ([`features`] of the members' out-of-fold probabilities, every row
@@ -145,8 +143,6 @@ pub(crate) fn fit(
     let best = best_index(&table, better_c);
     let c = table[best].c;
     let fitted = fit_exact(x, labels, classes, d, c, TOL, MAX_ITERATIONS);
-    let out_of_fold = out_of_fold.swap_remove(best);
-    let accuracy = accuracy(labels, &preds_of(&out_of_fold, classes));
     Ok(StackFit {
         model: StackModel {
             c,
@@ -158,8 +154,7 @@ pub(crate) fn fit(
             converged: fitted.converged,
             cv: table,
         },
-        out_of_fold,
-        accuracy,
+        out_of_fold: out_of_fold.swap_remove(best),
     })
 }
 

@@ -376,26 +376,25 @@ fn stack_refuses_what_it_cannot_fit_honestly() {
     )
     .unwrap();
     let other = run_stage::<LogReg>(&logreg_cv("layer_0"), one, 3).unwrap();
-    let with_fixed = [
-        super::fitted("cv", cv.path()),
-        super::fitted("fixed", fixed.path()),
-    ];
-    let err = run_stage::<Ensemble>(&stack_params(&[1.0]), &with_fixed, 3)
-        .unwrap_err()
-        .to_string();
+    // A stack over `members` (id, folder), run with `seed`: its error.
+    let stack_error = |members: [(&str, &Path); 2], seed| {
+        let inputs = members.map(|(id, dir)| super::fitted(id, dir));
+        run_stage::<Ensemble>(&stack_params(&[1.0]), &inputs, seed)
+            .unwrap_err()
+            .to_string()
+    };
+    let err = stack_error([("cv", cv.path()), ("fixed", fixed.path())], 3);
     assert!(err.contains("out-of-fold probabilities"), "{err}");
     // Members fitted with seed 3, the stack run with seed 4: its folds would not be theirs.
-    let both = [
-        super::fitted("cv", cv.path()),
-        super::fitted("other", other.path()),
-    ];
-    let err = run_stage::<Ensemble>(&stack_params(&[1.0]), &both, 4)
-        .unwrap_err()
-        .to_string();
+    let err = stack_error([("cv", cv.path()), ("other", other.path())], 4);
     assert!(
         err.contains("do not give back their folds") && err.contains("seed 4"),
         "{err}"
     );
+    let both = [
+        super::fitted("cv", cv.path()),
+        super::fitted("other", other.path()),
+    ];
     assert!(run_stage::<Ensemble>(&stack_params(&[1.0]), &both, 3).is_ok());
     let err = Ensemble::check(&EnsembleParams {
         method: EnsembleMethod::Soft,
