@@ -6,9 +6,9 @@
 //! `tdpbf16ps` and `tdpbusd` on 16 x 64-byte tiles (what `compute: bf16` and `int8` run
 //! there), and then the 2 x 2 tile loop of the AMX products fed from L1 and L2 with and without
 //! storing its sums (what those multiplies reach in a product), and walking its operands as a
-//! product does with its sums stored into a hot buffer or into C; and the inner loop of the f32
-//! panel kernel fed from L1 and L2, for the same reason. The README's "peaks at N GFLOP/s per
-//! core" figures come from here.
+//! product does with its sums stored into a hot buffer or into C; and the inner loops of the f32
+//! and bf16 panel kernels fed from L1 and L2, for the same reason. The README's "peaks at N
+//! GFLOP/s per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
 //!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak
@@ -355,45 +355,75 @@ fn on_line(len: usize, f: impl Fn(usize) -> f32) -> (Vec<f32>, usize) {
     (v, skip)
 }
 
-/// The inner loop of llmembed's f32 panel kernel (`micro_f32` in
-/// `crates/kernels/src/matmul/panels/avx512.rs`), fed from memory: per step, two B vectors
+/// `$name(n, b_walks)`: the inner loop of one of llmembed's panel kernels
+/// (`crates/kernels/src/matmul/panels/avx512.rs`), fed from memory: per step, two B vectors
 /// loaded, and each of twelve A values broadcast from memory into two multiply-adds, 24 chains
 /// in all; blocks of 128 steps whose accumulators start from zero and are stored at the
 /// block's end. A stays on one block (6 KiB); B stays on one block (16 KiB, in L1) or walks
-/// a 1 MiB buffer (from L2). Against the bare `vfmadd` above, what the f32 products can reach
-/// on this core with their operands in cache: on Sapphire Rapids the loop in L1 runs at about
-/// 87% of the bare multiply-adds, however it is unrolled or shaped (README).
-#[target_feature(enable = "avx512f")]
-fn panel_f32(n: usize, b_walks: bool) -> f32 {
-    const B_BLOCKS: usize = 64;
-    let (a, a0) = on_line(PANEL_STEPS * 12, |i| (i % 7) as f32 * 1e-3);
-    let (b, b0) = on_line(B_BLOCKS * PANEL_STEPS * 32, |i| (i % 5) as f32 * 1e-3);
-    let mut check = 0f32;
-    for block in 0..n / PANEL_STEPS {
-        let bb = if b_walks { block % B_BLOCKS } else { 0 };
-        let b = &b[b0 + bb * PANEL_STEPS * 32..][..PANEL_STEPS * 32];
-        let a = &a[a0..][..PANEL_STEPS * 12];
-        let mut acc = [[_mm512_setzero_ps(); 2]; 12];
-        for i in 0..PANEL_STEPS {
-            // SAFETY: i < PANEL_STEPS; b holds PANEL_STEPS rows of 32 values.
-            let bv = unsafe {
-                [
-                    _mm512_loadu_ps(b.as_ptr().add(i * 32)),
-                    _mm512_loadu_ps(b.as_ptr().add(i * 32 + 16)),
-                ]
-            };
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(a[i * 12 + r]);
-                for (acc, bv) in acc.iter_mut().zip(bv) {
-                    *acc = _mm512_fmadd_ps(x, bv, *acc);
+/// a 1 MiB buffer (from L2). A step is a 32-bit value, moved as an f32's bits whatever the
+/// kernel reads in it (`$vec`); `$madd` is the kernel's multiply-add.
+macro_rules! panel_loop {
+    ($(#[$doc:meta])* fn $name:ident($features:literal, $vec:ty) {
+        values: $values:expr,
+        madd: |$acc:ident, $x:ident, $b:ident| $madd:expr $(,)?
+    }) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        fn $name(n: usize, b_walks: bool) -> f32 {
+            const B_BLOCKS: usize = 64;
+            let (a, a0) = on_line(PANEL_STEPS * 12, $values);
+            let (b, b0) = on_line(B_BLOCKS * PANEL_STEPS * 32, $values);
+            let mut check = 0f32;
+            for block in 0..n / PANEL_STEPS {
+                let bb = if b_walks { block % B_BLOCKS } else { 0 };
+                let b = &b[b0 + bb * PANEL_STEPS * 32..][..PANEL_STEPS * 32];
+                let a = &a[a0..][..PANEL_STEPS * 12];
+                let mut acc = [[_mm512_setzero_ps(); 2]; 12];
+                for i in 0..PANEL_STEPS {
+                    // SAFETY: i < PANEL_STEPS; b holds PANEL_STEPS rows of 32 values; any 512
+                    // bits are a valid `$vec`.
+                    let bv: [$vec; 2] = unsafe {
+                        [
+                            std::mem::transmute(_mm512_loadu_ps(b.as_ptr().add(i * 32))),
+                            std::mem::transmute(_mm512_loadu_ps(b.as_ptr().add(i * 32 + 16))),
+                        ]
+                    };
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        // SAFETY: as above.
+                        let $x: $vec = unsafe { std::mem::transmute(_mm512_set1_ps(a[i * 12 + r])) };
+                        for (acc, $b) in acc.iter_mut().zip(bv) {
+                            let $acc = *acc;
+                            *acc = $madd;
+                        }
+                    }
                 }
+                // Every block's sums stored, as the kernel stores its block's C.
+                std::hint::black_box(&acc);
+                check += _mm512_reduce_add_ps(acc[block % 12][block % 2]);
             }
+            check
         }
-        // Every block's sums stored, as the kernel stores its block's C.
-        std::hint::black_box(&acc);
-        check += _mm512_reduce_add_ps(acc[block % 12][block % 2]);
+    };
+}
+
+panel_loop! {
+    /// f32 (`micro_f32`): against the bare `vfmadd` above, what the f32 products can reach on
+    /// this core with their operands in cache: on Sapphire Rapids the loop in L1 runs at about
+    /// 87% of the bare multiply-adds, however it is unrolled or shaped (README).
+    fn panel_f32("avx512f", __m512) {
+        values: |i| (i % 7) as f32 * 1e-3,
+        madd: |acc, x, b| _mm512_fmadd_ps(x, b, acc),
     }
-    check
+}
+
+panel_loop! {
+    /// bf16 pairs (`micro_bf16`, what `compute: bf16` runs on CPUs with AVX512-BF16 and no
+    /// AMX): each step two bf16 values near 1e-3 (0x3a83 and a little more; which values does
+    /// not matter, only that no sum turns denormal), one `vdpbf16ps` per multiply-add.
+    fn panel_bf16("avx512f,avx512bf16", __m512bh) {
+        values: |i| f32::from_bits(0x3a83_3a83 + (i % 7) as u32),
+        madd: |acc, x, b| _mm512_dpbf16_ps(acc, x, b),
+    }
 }
 
 fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
@@ -431,6 +461,12 @@ fn main() {
     if has("avx512f") && has("avx512bf16") {
         time("bf16 vdpbf16ps zmm", CHAINS * 64, |n| unsafe {
             dpbf16_zmm(n)
+        });
+        time("bf16 12x32 panel loop, A and B in L1", 24 * 64, |n| unsafe {
+            panel_bf16(n, false)
+        });
+        time("bf16 12x32 panel loop, A in L1, B from L2", 24 * 64, |n| unsafe {
+            panel_bf16(n, true)
         });
     }
     if has("avx512f") && has("avx512vnni") {
