@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::folds::cv_folds;
 use crate::logreg_fit::check_c;
-use crate::prologue::{CV_PREDICTIONS_FILE, grid_edge_note, preds_of, scored, scored_accuracy};
+use crate::prologue::{
+    CV_PREDICTIONS_FILE, grid_edge_note, predictions_like, scored, scored_accuracy,
+};
 use crate::saved::{META_FILE, load_meta};
 use crate::stack::{self, StackModel};
 
@@ -395,14 +397,11 @@ fn stacked(model: &StackModel, members: &[(String, Predictions)]) -> Result<Pred
     let order = align(members)?;
     let first = &members[0].1;
     let probs = model.probabilities(stack::features(members, &order).view())?;
-    Ok(Predictions {
-        ids: first.ids.clone(),
-        labels: first.labels.clone(),
-        preds: preds_of(&probs, first.num_classes()),
+    Ok(predictions_like(
+        first,
         probs,
-        label_names: first.label_names.clone(),
-        producer: stack_producer(model.c, members),
-    })
+        stack_producer(model.c, members),
+    ))
 }
 
 /// Fits `stack` on the members' out-of-fold probabilities ([`CV_PREDICTIONS_FILE`], over
@@ -433,16 +432,16 @@ fn fit_stack(
         ));
     }
     let x = stack::features(&members, &order);
-    let k = first.num_classes();
-    let fitted = stack::fit(x.view(), &first.labels, k, members.len(), &cv, grid)?;
-    let out_of_fold = Predictions {
-        ids: first.ids.clone(),
-        labels: first.labels.clone(),
-        preds: preds_of(&fitted.out_of_fold, k),
-        probs: fitted.out_of_fold,
-        label_names: first.label_names.clone(),
-        producer: format!("{}, out of fold", stack_producer(fitted.model.c, &members)),
-    };
+    let fitted = stack::fit(
+        x.view(),
+        &first.labels,
+        first.num_classes(),
+        members.len(),
+        &cv,
+        grid,
+    )?;
+    let producer = format!("{}, out of fold", stack_producer(fitted.model.c, &members));
+    let out_of_fold = predictions_like(first, fitted.out_of_fold, producer);
     Ok((fitted.model, out_of_fold))
 }
 

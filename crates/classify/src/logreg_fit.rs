@@ -65,7 +65,7 @@ use ndarray::{Array1, Array2, ArrayView2, CowArray, Ix2, ShapeBuilder, s};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_pair};
-use crate::folds::cv_folds;
+use crate::folds::{CvFolds, cv_folds};
 use crate::lbfgs::{Design, lbfgs_exact, norm_inf, sklearn_objective, softmax_rows};
 use crate::prologue::preds_of;
 
@@ -402,23 +402,52 @@ pub(crate) fn cross_validate(
 ) -> Result<CvOutcome> {
     let cv = cv_folds(&train.ids, &train.labels, folds, seed);
     let k = train.label_names.len();
-    let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
     // One fold's matrices at a time (each C fitted on it, then dropped): a fold's standardised
     // f64 copy is twice the f32 features, and holding every fold's at once (5 x 2 x 690 MB for
     // 67,000 rows x 2,560) is what made large CVs run out of memory. Every fit is the same
     // computation as before, so the table has the same values.
-    let mut accs = vec![Vec::with_capacity(folds); grid.len()];
-    let mut converged = vec![true; grid.len()];
-    for (f, fold) in cv.rows.iter().enumerate() {
+    let (table, oof) = grid_cv(&cv, &train.labels, grid, k, |f| {
         let tr = train.subset(&cv.training_rows(f));
-        let va = train.subset(fold);
+        let va = train.subset(&cv.rows[f]);
         let (xtr, xva) = standardized_pair(&tr, &va)?;
         drop(tr.x);
-        for (g, &c) in grid.iter().enumerate() {
-            let fit = fit_logreg(xtr.view(), &tr.labels, k, c, tol, max_iterations, solver)?;
-            converged[g] &= fit.converged;
-            let probs = fit.predict_proba(xva.view());
-            accs[g].push(accuracy(&va.labels, &preds_of(&probs, k)));
+        grid.iter()
+            .map(|&c| {
+                let fit = fit_logreg(xtr.view(), &tr.labels, k, c, tol, max_iterations, solver)?;
+                Ok((fit.predict_proba(xva.view()), fit.converged))
+            })
+            .collect()
+    })?;
+    Ok(CvOutcome {
+        table,
+        oof,
+        splits: cv.splits,
+    })
+}
+
+/// The CV of every C of `grid` over `cv`'s folds of rows labelled `labels`: its table, and per C
+/// the training rows' probabilities (rows x `k`), each from the fold fit that did not see the
+/// row. `fit_fold(f)` fits every C without fold `f`'s rows and gives, per C in grid order, the
+/// fold's probabilities (its rows in order) and whether that fit converged; the fits of one
+/// fold are made together, so that whatever they share (a standardised copy of the rows) is
+/// made once and dropped before the next fold's.
+pub(crate) fn grid_cv(
+    cv: &CvFolds,
+    labels: &[i64],
+    grid: &[f64],
+    k: usize,
+    mut fit_fold: impl FnMut(usize) -> Result<Vec<(Vec<f32>, bool)>>,
+) -> Result<(Vec<CvRow>, Vec<Vec<f32>>)> {
+    let mut oof = vec![vec![0f32; labels.len() * k]; grid.len()];
+    let mut accs = vec![Vec::with_capacity(cv.rows.len()); grid.len()];
+    let mut converged = vec![true; grid.len()];
+    for (f, fold) in cv.rows.iter().enumerate() {
+        let truth: Vec<i64> = fold.iter().map(|&r| labels[r]).collect();
+        let fits = fit_fold(f)?;
+        debug_assert_eq!(fits.len(), grid.len());
+        for (g, (probs, fit_converged)) in fits.into_iter().enumerate() {
+            converged[g] &= fit_converged;
+            accs[g].push(accuracy(&truth, &preds_of(&probs, k)));
             keep_out_of_fold(&mut oof[g], fold, &probs, k);
         }
     }
@@ -433,11 +462,7 @@ pub(crate) fn cross_validate(
             all_converged,
         })
         .collect();
-    Ok(CvOutcome {
-        table,
-        oof,
-        splits: cv.splits,
-    })
+    Ok((table, oof))
 }
 
 /// A CV table and, per row of it, the training rows' class probabilities (train order, rows x

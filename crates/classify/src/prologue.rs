@@ -153,6 +153,23 @@ pub(crate) fn predictions_of(rows: &Split, probs: Vec<f32>, producer: String) ->
     }
 }
 
+/// The predictions of another set of predictions' rows (the same ids, labels and class names)
+/// from new probabilities (row-major over the classes).
+pub(crate) fn predictions_like(
+    rows: &Predictions,
+    probs: Vec<f32>,
+    producer: String,
+) -> Predictions {
+    Predictions {
+        ids: rows.ids.clone(),
+        labels: rows.labels.clone(),
+        preds: preds_of(&probs, rows.num_classes()),
+        probs,
+        label_names: rows.label_names.clone(),
+        producer,
+    }
+}
+
 /// Writes the predictions of `split` (`predictions.parquet` for test, see [`predictions_file`]).
 pub(crate) fn write_split_predictions(
     ctx: &Context,

@@ -14,7 +14,7 @@ use sprs::CsMat;
 use crate::folds::{check_folds, cv_folds};
 use crate::logreg::{LogRegParams, Selection};
 use crate::logreg_fit::{
-    CvOutcome, CvRow, LogRegFit, LogRegSolver, fit_exact, keep_out_of_fold, linear_probabilities,
+    CvOutcome, LogRegFit, LogRegSolver, fit_exact, grid_cv, linear_probabilities,
 };
 use crate::prologue::{
     grid_edge_note, preds_of, scored_accuracy, write_cv_predictions, write_json,
@@ -182,7 +182,7 @@ pub(crate) fn run_logreg_sparse(
     let (c, select) = match &p.select {
         None => (p.c.unwrap_or(1.0), None),
         Some(sel) => {
-            let cv = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed);
+            let cv = cross_validate_sparse(&train, &sel.c, sel.folds, p, ctx.seed)?;
             let selection = Selection::best_of(cv, sel.folds);
             let best_c = selection.best_c;
             notes.push(format!("{}-fold CV picked C={best_c}", sel.folds));
@@ -373,37 +373,25 @@ fn cross_validate_sparse(
     folds: usize,
     p: &LogRegParams,
     seed: u64,
-) -> CvOutcome {
+) -> Result<CvOutcome> {
     let cv = cv_folds(&train.ids, &train.labels, folds, seed);
     let k = train.label_names.len();
-    let mut oof = vec![vec![0f32; train.rows() * k]; grid.len()];
-    let parts: Vec<(SparseSplit, SparseSplit)> = (cv.rows.iter().enumerate())
-        .map(|(f, fold)| (train.subset(&cv.training_rows(f)), train.subset(fold)))
-        .collect();
-    let table = grid
-        .iter()
-        .zip(&mut oof)
-        .map(|(&c, oof)| {
-            let mut accs = Vec::new();
-            let mut all_converged = true;
-            for ((tr, va), fold) in parts.iter().zip(&cv.rows) {
-                let fit = fit(tr, c, p);
-                all_converged &= fit.converged;
-                let probs = fit.probabilities(&va.x);
-                accs.push(accuracy(&va.labels, &preds_of(&probs, k)));
-                keep_out_of_fold(oof, fold, &probs, k);
-            }
-            CvRow {
-                c,
-                mean_accuracy: accs.iter().sum::<f64>() / accs.len() as f64,
-                fold_accuracy: accs,
-                all_converged,
-            }
-        })
-        .collect();
-    CvOutcome {
+    let (table, oof) = grid_cv(&cv, &train.labels, grid, k, |f| {
+        let (tr, va) = (
+            train.subset(&cv.training_rows(f)),
+            train.subset(&cv.rows[f]),
+        );
+        Ok(grid
+            .iter()
+            .map(|&c| {
+                let fit = fit(&tr, c, p);
+                (fit.probabilities(&va.x), fit.converged)
+            })
+            .collect())
+    })?;
+    Ok(CvOutcome {
         table,
         oof,
         splits: cv.splits,
-    }
+    })
 }

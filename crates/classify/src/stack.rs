@@ -19,15 +19,14 @@
 //! saw this fold's rows. C is chosen on the same CV ([`better_c`]: the highest mean accuracy,
 //! ties to the smaller C), then fitted on all the out-of-fold rows.
 
-use llmembed_core::metrics::accuracy;
 use llmembed_core::{Error, Predictions, Result};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::folds::CvFolds;
 use crate::logreg::better_c;
-use crate::logreg_fit::{CvRow, fit_exact, keep_out_of_fold, linear_probabilities};
-use crate::prologue::{best_index, preds_of};
+use crate::logreg_fit::{CvRow, fit_exact, grid_cv, linear_probabilities};
+use crate::prologue::best_index;
 
 /// The smallest probability a feature takes the logarithm of. Why this floor and not
 /// `geometric`'s 1e-12: the members' probabilities are fitted on a few thousand rows, and
@@ -110,36 +109,19 @@ pub(crate) fn fit(
     if grid.is_empty() {
         return Err(Error::param("c", "the grid is empty"));
     }
-    let mut table = Vec::with_capacity(grid.len());
-    let mut out_of_fold = vec![vec![0f32; n * classes]; grid.len()];
-    for (g, &c) in grid.iter().enumerate() {
-        let mut fold_accuracy = Vec::with_capacity(folds.rows.len());
-        let mut all_converged = true;
-        for (f, fold) in folds.rows.iter().enumerate() {
-            let train = folds.training_rows(f);
-            let y: Vec<i64> = train.iter().map(|&r| labels[r]).collect();
-            let fitted = fit_exact(
-                x.select(Axis(0), &train).view(),
-                &y,
-                classes,
-                d,
-                c,
-                TOL,
-                MAX_ITERATIONS,
-            );
-            all_converged &= fitted.converged;
-            let probs = fitted.probabilities(x.select(Axis(0), fold).view());
-            let truth: Vec<i64> = fold.iter().map(|&r| labels[r]).collect();
-            fold_accuracy.push(accuracy(&truth, &preds_of(&probs, classes)));
-            keep_out_of_fold(&mut out_of_fold[g], fold, &probs, classes);
-        }
-        table.push(CvRow {
-            c,
-            mean_accuracy: fold_accuracy.iter().sum::<f64>() / fold_accuracy.len() as f64,
-            fold_accuracy,
-            all_converged,
-        });
-    }
+    // Each fold's rows are selected once, for every C of the grid.
+    let (table, mut out_of_fold) = grid_cv(folds, labels, grid, classes, |f| {
+        let train = folds.training_rows(f);
+        let y: Vec<i64> = train.iter().map(|&r| labels[r]).collect();
+        let (x_train, x_fold) = (x.select(Axis(0), &train), x.select(Axis(0), &folds.rows[f]));
+        Ok(grid
+            .iter()
+            .map(|&c| {
+                let fitted = fit_exact(x_train.view(), &y, classes, d, c, TOL, MAX_ITERATIONS);
+                (fitted.probabilities(x_fold.view()), fitted.converged)
+            })
+            .collect())
+    })?;
     let best = best_index(&table, better_c);
     let c = table[best].c;
     let fitted = fit_exact(x, labels, classes, d, c, TOL, MAX_ITERATIONS);
