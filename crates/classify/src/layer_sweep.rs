@@ -211,6 +211,7 @@ fn sweep_layer(
     let cv_start = Instant::now();
     let outcome = cross_validate(
         &train,
+        None,
         &[p.c],
         p.folds,
         p.tol,

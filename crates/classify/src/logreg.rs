@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{
     Split, load_train_test, standardized_pair, standardizer, train_matrix, write_every_split,
 };
+use crate::folds::PerFold;
 use crate::logreg_fit::{
     CvOutcome, CvRow, LogRegSolver, check_c, cross_validate, default_folds, default_max_iterations,
     default_tol, fit_logreg,
@@ -192,7 +193,8 @@ impl Stage for LogReg {
         let (c, select) = match &p.select {
             None => (p.c.unwrap_or(1.0), None),
             Some(sel) => {
-                let selection = select_c(&train, sel, p, ctx.seed)?;
+                let per_fold = PerFold::find(&inputs[0], &columns)?;
+                let selection = select_c(&train, per_fold.as_ref(), sel, p, ctx.seed)?;
                 notes.push(format!(
                     "{}-fold CV picked C={}",
                     sel.folds, selection.best_c
@@ -303,9 +305,16 @@ impl Stage for LogReg {
 
 /// The CV table of `select.c` on the training rows, and the C it picks
 /// ([`Selection::best_of`]).
-fn select_c(train: &Split, sel: &LogRegSelect, p: &LogRegParams, seed: u64) -> Result<Selection> {
+fn select_c(
+    train: &Split,
+    per_fold: Option<&PerFold>,
+    sel: &LogRegSelect,
+    p: &LogRegParams,
+    seed: u64,
+) -> Result<Selection> {
     let cv = cross_validate(
         train,
+        per_fold,
         &sel.c,
         sel.folds,
         p.tol,

@@ -17,7 +17,7 @@ use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
-use crate::folds::cv_folds;
+use crate::folds::{PerFold, cv_folds};
 use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
@@ -41,7 +41,7 @@ fn default_batch_size() -> usize {
 /// See the module docs for why 30.
 pub const DEFAULT_EPOCHS: usize = 30;
 fn default_folds() -> usize {
-    5
+    llmembed_core::folds::DEFAULT_FOLDS
 }
 
 /// Params of `kind: mlp`.
@@ -158,22 +158,29 @@ struct ModelSummary {
 /// [`CvFolds::splits`](crate::folds::CvFolds::splits).
 fn cross_validate(
     train: &Split,
+    per_fold: Option<&PerFold>,
     sel: &MlpSelect,
     cfg: &MlpConfig,
     pipeline_seed: u64,
     dev: &Device,
 ) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, String)> {
     let cv = cv_folds(&train.ids, &train.labels, sel.folds, pipeline_seed);
+    if let Some(p) = per_fold {
+        p.check(&cv, "select.folds")?;
+    }
     let k = train.label_names.len();
     let max_epochs = *sel.epochs.iter().max().expect("checked non-empty");
     let mut checkpoints = sel.epochs.clone();
     checkpoints.sort_unstable();
     checkpoints.dedup();
-    let mut per_fold = Vec::new();
+    let mut fold_accuracy = Vec::new();
     let mut oof = vec![vec![0f32; train.rows() * k]; checkpoints.len()];
     for (f, fold) in cv.rows.iter().enumerate() {
-        let tr = train.subset(&cv.training_rows(f));
-        let va = train.subset(fold);
+        let own = per_fold.map(|p| p.train(f, train)).transpose()?;
+        let rows = own.as_ref().unwrap_or(train);
+        let tr = rows.subset(&cv.training_rows(f));
+        let va = rows.subset(fold);
+        drop(own);
         let st = standardizer(&tr);
         let xtr = tensor2(standardized_f32(&tr, &st), tr.rows(), tr.dim(), dev)?;
         let xva = tensor2(standardized_f32(&va, &st), va.rows(), va.dim(), dev)?;
@@ -188,13 +195,13 @@ fn cross_validate(
         for (oof, probs) in oof.iter_mut().zip(&t.checkpoint_probs) {
             keep_out_of_fold(oof, fold, probs, k);
         }
-        per_fold.push(t.checkpoint_accuracy);
+        fold_accuracy.push(t.checkpoint_accuracy);
     }
     let table = checkpoints
         .iter()
         .enumerate()
         .map(|(j, &e)| {
-            let accs: Vec<f64> = per_fold.iter().map(|f| f[j]).collect();
+            let accs: Vec<f64> = fold_accuracy.iter().map(|f| f[j]).collect();
             CvRow {
                 epochs: e,
                 mean_accuracy: accs.iter().sum::<f64>() / accs.len() as f64,
@@ -291,8 +298,9 @@ impl Stage for Mlp {
             Some(sel) => {
                 // The pipeline's seed, not `ctx.seed`, which is this stage's own `seed` where it
                 // has one: another draw of the network must be scored on the same folds.
+                let per_fold = PerFold::find(&inputs[0], &columns)?;
                 let (table, mut oof, splits) =
-                    cross_validate(&train, sel, &cfg, ctx.env.seed, &dev)?;
+                    cross_validate(&train, per_fold.as_ref(), sel, &cfg, ctx.env.seed, &dev)?;
                 // Best mean accuracy; ties go to fewer epochs (the table is sorted by epochs).
                 let best = best_index(&table, |a, b| a.mean_accuracy > b.mean_accuracy);
                 let e = table[best].epochs;

@@ -30,6 +30,13 @@
 //!
 //! Train rows without a label (`UNLABELLED`) are refined like the others but take no part in
 //! fitting (neither the standardiser nor the head's training).
+//!
+//! `mode: supcon` fits on the labels, so it also writes the training rows' vectors once per fold
+//! of the classifiers' cross-validation (`folds`, drawn by `llmembed_core::folds::cv_folds` from
+//! the pipeline's seed): `train.fold<f>.parquet`, from a standardiser and head fitted on fold
+//! `f`'s training rows alone, and `fold_vectors.json`; a classifier's CV reads those (see
+//! ARCHITECTURE.md, "Cross-validation after a stage that fits on labels"). An input that has
+//! such files is refused: refining it would drop them.
 
 mod model;
 mod train;
@@ -38,6 +45,9 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use llmembed_core::folds::{
+    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file, refuse_fold_vectors,
+};
 use llmembed_core::{
     Apply, ApplyEnv, Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision,
     Result, Rows, Stage, Standardizer, Summary, UNLABELLED, VectorColumn, augmented_source, fsutil,
@@ -118,6 +128,14 @@ pub struct Params {
     /// Overrides the pipeline seed.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// With `mode: supcon` (the one mode that fits on labels): the folds of the classifiers'
+    /// cross-validation after this stage (their `select.folds`; 5 by default). The training
+    /// rows' vectors are also made once per fold, by a head fitted without that fold's rows
+    /// (`train.fold<f>.parquet`), and a classifier's CV scores each fold on those, so that no
+    /// held-out row's label shaped the vectors it is scored with. The folds are drawn from the
+    /// pipeline's seed, as the classifiers draw theirs, whatever `seed` says.
+    #[serde(default)]
+    pub folds: Option<usize>,
 }
 
 fn default_dropout() -> f64 {
@@ -162,6 +180,7 @@ impl Default for Params {
             holdout: default_holdout(),
             patience: default_patience(),
             seed: None,
+            folds: None,
         }
     }
 }
@@ -314,11 +333,15 @@ fn examples(
 impl Stage for Contrastive {
     const KIND: &'static str = "contrastive";
     // 2: the artifact holds the head and the standardiser (`model.safetensors`, `model.json`);
-    // the split files' bytes are those of version 1.
-    const VERSION: u32 = 2;
+    // the split files' bytes are those of version 1. 3: `mode: supcon` also writes the training
+    // vectors per CV fold (`folds`); the split files' bytes are those of version 2.
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::Exactly(1);
     // The pipeline's seed is part of the key: the hold-out split, initialisation and batches are drawn with it.
     const SEEDED: bool = true;
+    // `supcon`'s per-fold vectors are for the folds the classifiers draw from the pipeline's
+    // seed, even where the stage's own `seed` param draws the rest.
+    const READS_PIPELINE_SEED: bool = true;
     type Params = Params;
 
     fn check(p: &Params) -> Result<()> {
@@ -358,7 +381,17 @@ impl Stage for Contrastive {
         if p.d_out == Some(0) || p.hidden == Some(0) {
             return Err(Error::param("d_out/hidden", "widths must be >= 1"));
         }
-        Ok(())
+        match (p.mode, p.folds) {
+            (Mode::Supcon, Some(k)) if k < 2 => Err(Error::param(
+                "folds",
+                format!("needs at least 2 folds, got {k}"),
+            )),
+            (Mode::Unsup | Mode::Augmented, Some(_)) => Err(Error::param(
+                "folds",
+                "only `mode: supcon` fits on the labels and makes vectors per fold",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn run(params: &Params, inputs: &[Input], ctx: &Context) -> Result<Summary> {
@@ -366,6 +399,7 @@ impl Stage for Contrastive {
         let input = inputs
             .first()
             .ok_or_else(|| Error::mismatch("contrastive", "no input"))?;
+        refuse_fold_vectors(Self::KIND, input)?;
         let seed = ctx.seed;
         let column = pick_column(input, params)?;
         let train_path = input.split("train")?;
@@ -385,27 +419,28 @@ impl Stage for Contrastive {
         // Rows without a label are embedded like the others but never fitted on.
         let labelled = labelled_rows(&train);
         let fit_on = labelled.as_ref().unwrap_or(&train);
-        let standardizer = fit_standardizer(&fit_on.columns[0].values, d);
-        let mut x = fit_on.columns[0].values.clone();
-        standardizer.apply_rows_f32(&mut x);
-        let (tr, val, examples_note) = examples(params, seed, fit_on, &x, d)?;
-
-        let head = Head::new(
-            d,
-            params.hidden,
-            d_out,
-            params.output == Output::Residual,
-            seed,
-        )?;
-        let bar = ctx.progress(params.epochs as u64, "contrastive");
-        let log = train::train(&head, params, seed, &tr, val.as_ref(), |_, l, v| {
-            bar.set_message(match v {
-                Some(v) => format!("loss {l:.4} val {v:.4}"),
-                None => format!("loss {l:.4}"),
-            });
-            bar.inc(1);
-        })?;
-        bar.finish();
+        // The classifiers' folds of the rows they fit on (the labelled ones, in train's order).
+        let cv = (params.mode == Mode::Supcon).then(|| {
+            let k = params.folds.unwrap_or(DEFAULT_FOLDS);
+            cv_folds(&fit_on.ids, &fit_on.labels, k, ctx.env.seed)
+        });
+        let fits = 1 + cv.as_ref().map_or(0, |cv| cv.rows.len());
+        let bar = ctx.progress((fits * params.epochs) as u64, "contrastive");
+        let fit = |rows: &EmbeddingTable| -> Result<Fitted> {
+            fit_head(params, seed, rows, d_out, &|l, v| {
+                bar.set_message(match v {
+                    Some(v) => format!("loss {l:.4} val {v:.4}"),
+                    None => format!("loss {l:.4}"),
+                });
+                bar.inc(1);
+            })
+        };
+        let Fitted {
+            standardizer,
+            head,
+            log,
+            examples_note,
+        } = fit(fit_on)?;
 
         model::save(
             &ctx.out_dir,
@@ -446,39 +481,55 @@ impl Stage for Contrastive {
                     format!("width {} differs from train's {d}", col.dim),
                 ));
             }
-            let mut x = col.values.clone();
-            standardizer.apply_rows_f32(&mut x);
-            let (width, values) = train::embed(&head, params.output, &x)?;
-            let out = EmbeddingTable {
-                ids: table.ids,
-                labels: table.labels,
-                label_names: table.label_names,
-                columns: vec![VectorColumn::new("embedding", width, values)],
-            };
+            let out = refine(&standardizer, &head, params.output, table)?;
             rows_out += out.len();
             write_embedding_table(&ctx.out(&format!("{split}.parquet")), &out, Precision::F32)?;
         }
+        let mut notes = vec![
+            format!(
+                "column `{column}` ({d}) -> `embedding` ({:?}, head {d}->{d_out})",
+                params.output
+            ),
+            examples_note,
+            match log.best_val_loss {
+                Some(v) => format!(
+                    "best epoch {} of {} (val loss {v:.4})",
+                    log.best_epoch, log.epochs_run
+                ),
+                None => format!("{} epochs, no holdout", log.epochs_run),
+            },
+        ];
+        if let Some(cv) = &cv {
+            // Each fold's head fitted as the whole one was, on the rows that fold's fit in a
+            // classifier's CV trains on; every training row refined by it.
+            for f in 0..cv.rows.len() {
+                let rows = subset(fit_on, &cv.training_rows(f));
+                let fold = fit(&rows)?;
+                let out = refine(&fold.standardizer, &fold.head, params.output, train.clone())?;
+                write_embedding_table(&ctx.out(&fold_vectors_file(f)), &out, Precision::F32)?;
+            }
+            let meta = FoldVectors {
+                folds: cv.rows.len(),
+                splits: cv.splits.clone(),
+                made_by: "contrastive (mode: supcon)".into(),
+            };
+            let json = serde_json::to_vec_pretty(&meta)
+                .map_err(|e| Error::compute("serialize fold_vectors.json", e))?;
+            fsutil::write_bytes_atomic(&ctx.out(FOLD_VECTORS_FILE), &json)?;
+            notes.push(format!(
+                "training vectors also made per fold of {}-fold CV (splits {}), each by a head \
+                 fitted without that fold's rows",
+                cv.rows.len(),
+                cv.splits
+            ));
+        }
+        bar.finish();
         let json = serde_json::to_vec_pretty(&log)
             .map_err(|e| Error::compute("serialize training.json", e))?;
         fsutil::write_bytes_atomic(&ctx.out("training.json"), &json)?;
-
-        let best = match log.best_val_loss {
-            Some(v) => format!(
-                "best epoch {} of {} (val loss {v:.4})",
-                log.best_epoch, log.epochs_run
-            ),
-            None => format!("{} epochs, no holdout", log.epochs_run),
-        };
         Ok(Summary {
             rows_out,
-            notes: vec![
-                format!(
-                    "column `{column}` ({d}) -> `embedding` ({:?}, head {d}->{d_out})",
-                    params.output
-                ),
-                examples_note,
-                best,
-            ],
+            notes,
             ..Default::default()
         })
     }
@@ -501,17 +552,81 @@ fn labelled_rows(train: &EmbeddingTable) -> Option<EmbeddingTable> {
     let keep: Vec<usize> = (0..train.len())
         .filter(|&i| train.labels[i] != UNLABELLED)
         .collect();
-    let c = &train.columns[0];
-    Some(EmbeddingTable {
-        ids: keep.iter().map(|&i| train.ids[i].clone()).collect(),
-        labels: keep.iter().map(|&i| train.labels[i]).collect(),
-        label_names: train.label_names.clone(),
+    Some(subset(train, &keep))
+}
+
+/// A head and the standardiser of its inputs, fitted on some rows.
+struct Fitted {
+    standardizer: Standardizer,
+    head: Head,
+    log: train::TrainingLog,
+    examples_note: String,
+}
+
+/// Fits the standardiser and then the head on `rows` (labelled): the stage's fit, on all the
+/// training rows or on a CV fold's. `epoch(loss, val_loss)` after each epoch.
+fn fit_head(
+    params: &Params,
+    seed: u64,
+    rows: &EmbeddingTable,
+    d_out: usize,
+    epoch: &dyn Fn(f64, Option<f64>),
+) -> Result<Fitted> {
+    let d = rows.columns[0].dim;
+    let standardizer = fit_standardizer(&rows.columns[0].values, d);
+    let mut x = rows.columns[0].values.clone();
+    standardizer.apply_rows_f32(&mut x);
+    let (tr, val, examples_note) = examples(params, seed, rows, &x, d)?;
+    let head = Head::new(
+        d,
+        params.hidden,
+        d_out,
+        params.output == Output::Residual,
+        seed,
+    )?;
+    let log = train::train(&head, params, seed, &tr, val.as_ref(), |_, l, v| {
+        epoch(l, v)
+    })?;
+    Ok(Fitted {
+        standardizer,
+        head,
+        log,
+        examples_note,
+    })
+}
+
+/// `table` (one vector column) refined: standardised, then through `head` as `output` says;
+/// the same rows, in one `embedding` column.
+fn refine(
+    standardizer: &Standardizer,
+    head: &Head,
+    output: Output,
+    table: EmbeddingTable,
+) -> Result<EmbeddingTable> {
+    let mut x = table.columns[0].values.clone();
+    standardizer.apply_rows_f32(&mut x);
+    let (width, values) = train::embed(head, output, &x)?;
+    Ok(EmbeddingTable {
+        ids: table.ids,
+        labels: table.labels,
+        label_names: table.label_names,
+        columns: vec![VectorColumn::new("embedding", width, values)],
+    })
+}
+
+/// The rows `keep` of a table of one vector column.
+fn subset(table: &EmbeddingTable, keep: &[usize]) -> EmbeddingTable {
+    let c = &table.columns[0];
+    EmbeddingTable {
+        ids: keep.iter().map(|&i| table.ids[i].clone()).collect(),
+        labels: keep.iter().map(|&i| table.labels[i]).collect(),
+        label_names: table.label_names.clone(),
         columns: vec![VectorColumn::new(
             c.name.clone(),
             c.dim,
-            gather(&c.values, c.dim, &keep),
+            gather(&c.values, c.dim, keep),
         )],
-    })
+    }
 }
 
 /// [`Contrastive`] loaded from its artifact.

@@ -687,3 +687,107 @@ fn unlabelled_train_rows_are_refined_but_not_fitted_on() {
     let t = read_embedding_table(&b.join("train.parquet"), None).unwrap();
     assert_eq!(t.len(), 240);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-fold vectors for the classifiers' cross-validation
+
+#[test]
+fn supcon_makes_each_folds_vectors_as_a_stage_that_never_saw_its_rows() {
+    use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
+    let Some((train, test)) = ag_news_bow(150, 30, 40) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write_input(tmp.path(), &[("test", test), ("train", train.clone())]);
+    let params = Params {
+        mode: Mode::Supcon,
+        folds: Some(3),
+        ..small_params()
+    };
+    let (out, _) = run(tmp.path(), "supcon", &params, &input).unwrap();
+    // The classifiers' folds, from the pipeline's seed (7 here): a `seed` of the stage's own
+    // draws its head but not its folds.
+    let cv = cv_folds(&train.ids, &train.labels, 3, 7);
+    let meta: FoldVectors =
+        serde_json::from_slice(&std::fs::read(out.join(FOLD_VECTORS_FILE)).unwrap()).unwrap();
+    let want = FoldVectors {
+        folds: 3,
+        splits: cv.splits.clone(),
+        made_by: "contrastive (mode: supcon)".into(),
+    };
+    assert_eq!(meta, want);
+    let reseeded = Params {
+        seed: Some(99),
+        ..params.clone()
+    };
+    let (other, _) = run(tmp.path(), "reseeded", &reseeded, &input).unwrap();
+    assert_eq!(
+        std::fs::read(other.join(FOLD_VECTORS_FILE)).unwrap(),
+        std::fs::read(out.join(FOLD_VECTORS_FILE)).unwrap()
+    );
+    // They are no splits of the artifact, and a stage after it that would drop them refuses
+    // them.
+    let splits: Vec<String> = artifact(&out)
+        .splits()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(splits, ["test", "train"]);
+    let unsup = Params {
+        mode: Mode::Unsup,
+        ..small_params()
+    };
+    let e = run(tmp.path(), "after", &unsup, &artifact(&out))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "read per-fold vectors: input `refined` made its training vectors once per CV fold, each \
+         without that fold's labels; `contrastive` would drop them, and a classifier's CV on its \
+         output would score each fold on vectors fitted on that fold's labels: run \
+         `contrastive` before `refined` instead"
+    );
+
+    let whole = read_embedding_table(&out.join("train.parquet"), None).unwrap();
+    for f in 0..3 {
+        let fold = read_embedding_table(&out.join(fold_vectors_file(f)), None).unwrap();
+        assert_eq!((&fold.ids, &fold.labels), (&train.ids, &train.labels));
+        assert_eq!(fold.columns[0].dim, whole.columns[0].dim);
+        assert_ne!(bits_of(&fold), bits_of(&whole), "fold {f}");
+        // The stage run on only the rows that fold `f`'s fit in a classifier trains on, asked
+        // to refine every training row (as a split of its own), gives them the same bits: the
+        // held-out rows' labels (and vectors) had no part in them.
+        let dir = tmp.path().join(format!("without-fold{f}"));
+        let rows = subset(&train, &cv.training_rows(f));
+        let only = llmembed_testkit::embedding_input(
+            &dir.join("in"),
+            "fuse",
+            &[("all", &train), ("train", &rows)],
+        );
+        let (o, _) = run(&dir, "out", &params, &only).unwrap();
+        let all = read_embedding_table(&o.join("all.parquet"), None).unwrap();
+        assert_eq!(bits_of(&all), bits_of(&fold), "fold {f}");
+    }
+
+    // The modes that fit on no label make none, and refuse the param.
+    let (plain, _) = run(tmp.path(), "unsup", &unsup, &input).unwrap();
+    assert!(!plain.join(FOLD_VECTORS_FILE).exists());
+    assert!(!plain.join(fold_vectors_file(0)).exists());
+    let e = Contrastive::check(&Params {
+        folds: Some(5),
+        ..unsup
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "param `folds`: only `mode: supcon` fits on the labels and makes vectors per fold"
+    );
+    let e = Contrastive::check(&Params {
+        folds: Some(1),
+        ..params
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(e, "param `folds`: needs at least 2 folds, got 1");
+}

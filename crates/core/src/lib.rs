@@ -6,6 +6,7 @@
 //! nothing heavy (no candle, no polars).
 
 pub mod error;
+pub mod folds;
 pub mod fsutil;
 pub mod image;
 pub mod layers;

@@ -91,11 +91,13 @@ impl Input {
         }
     }
 
-    /// The split files (`train.parquet`, `test.parquet`, ...) as `(split, path)`, sorted.
+    /// The split files (`train.parquet`, `test.parquet`, ...) as `(split, path)`, sorted; the
+    /// per-fold training vectors ([`crate::folds::fold_vectors_file`]) are not splits.
     pub fn splits(&self) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = self
             .files
             .iter()
+            .filter(|f| crate::folds::parse_fold_vectors_file(f).is_none())
             .filter_map(|f| {
                 f.strip_suffix(".parquet")
                     .map(|s| (s.to_string(), self.dir.join(f)))

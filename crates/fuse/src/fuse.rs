@@ -111,6 +111,9 @@ impl Stage for Fuse {
                 ),
             ));
         }
+        for input in inputs {
+            llmembed_core::folds::refuse_fold_vectors(Self::KIND, input)?;
+        }
         let seed = ctx.seed;
         let resolved: Vec<Resolved> = p
             .sources

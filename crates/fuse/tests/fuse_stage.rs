@@ -140,6 +140,39 @@ fn mean_max_concat_on_hand_numbers() {
 }
 
 #[test]
+fn an_input_with_per_fold_training_vectors_is_refused() {
+    // What `contrastive`'s `mode: supcon` leaves beside its splits: fusing would drop the
+    // per-fold vectors, and a classifier's CV after the fusion would score each fold on vectors
+    // fitted on its labels.
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = write_input(
+        dir.path(),
+        "supcon",
+        &[("train", &small()), ("test", &small())],
+    );
+    let p = params(vec![layers(&[0])], Method::Mean);
+    run_stage::<Fuse>(dir.path(), "plain", &p, std::slice::from_ref(&input)).unwrap();
+    let meta = llmembed_core::folds::FoldVectors {
+        folds: 2,
+        splits: "0123456789abcdef".into(),
+        made_by: "contrastive (mode: supcon)".into(),
+    };
+    let file = llmembed_core::folds::FOLD_VECTORS_FILE;
+    std::fs::write(input.dir.join(file), serde_json::to_vec(&meta).unwrap()).unwrap();
+    input.files.push(file.into());
+    let e = run_stage::<Fuse>(dir.path(), "after", &p, &[input])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "read per-fold vectors: input `supcon` made its training vectors once per CV fold, each \
+         without that fold's labels; `fuse` would drop them, and a classifier's CV on its output \
+         would score each fold on vectors fitted on that fold's labels: run `fuse` before \
+         `supcon` instead"
+    );
+}
+
+#[test]
 fn mean_of_layers_needs_one_width_and_says_which() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(

@@ -193,3 +193,179 @@ fn augmented_copies_are_held_out_with_their_source_and_never_validated() {
     let oof = read_predictions(&both.path().join("cv_predictions.parquet")).unwrap();
     assert_eq!(oof.ids, plain_oof.ids);
 }
+
+/// `input`'s artifact with training vectors per fold of `folds`-fold CV drawn from `seed` over
+/// `train`'s rows, as `contrastive`'s `mode: supcon` writes them: fold `f`'s are `vectors(f,
+/// folds)`.
+fn with_fold_vectors(
+    input: &Input,
+    train: &EmbeddingTable,
+    folds: usize,
+    seed: u64,
+    vectors: impl Fn(usize, &llmembed_core::folds::CvFolds) -> EmbeddingTable,
+) -> Input {
+    use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
+    let cv = cv_folds(&train.ids, &train.labels, folds, seed);
+    let mut files = input.files.clone();
+    for f in 0..folds {
+        let name = fold_vectors_file(f);
+        let table = vectors(f, &cv);
+        llmembed_core::write_embedding_table(
+            &input.dir.join(&name),
+            &table,
+            llmembed_core::Precision::F32,
+        )
+        .unwrap();
+        files.push(name);
+    }
+    let meta = FoldVectors {
+        folds,
+        splits: cv.splits.clone(),
+        made_by: "a test".into(),
+    };
+    std::fs::write(
+        input.dir.join(FOLD_VECTORS_FILE),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
+    files.push(FOLD_VECTORS_FILE.into());
+    files.sort();
+    Input {
+        files,
+        ..input.clone()
+    }
+}
+
+/// `t` with every vector of the rows `rows` mapped by `map`.
+fn map_rows(t: &EmbeddingTable, rows: &[usize], map: impl Fn(f32) -> f32) -> EmbeddingTable {
+    let mut t = t.clone();
+    for c in &mut t.columns {
+        for &r in rows {
+            for v in &mut c.values[r * c.dim..(r + 1) * c.dim] {
+                *v = map(*v);
+            }
+        }
+    }
+    t
+}
+
+/// The per-fold CV accuracies a classifier recorded (`select.table`), per row of the table.
+fn fold_accuracies(dir: &Path) -> Vec<Vec<f64>> {
+    let table = model_json(dir)["select"]["table"].clone();
+    (table.as_array().unwrap().iter())
+        .map(|row| {
+            (row["fold_accuracy"].as_array().unwrap().iter())
+                .map(|a| a.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn cross_validation_fits_and_scores_each_fold_on_the_vectors_made_without_it() {
+    let Some(bow) = bow() else { return };
+    let (train, test) = (take(&bow.train, 400), take(&bow.test, 80));
+    let all: Vec<usize> = (0..train.len()).collect();
+    let logreg = LogRegParams {
+        column: Some("bow_log".into()),
+        select: Some(LogRegSelect {
+            c: vec![0.1, 1.0],
+            folds: 4,
+        }),
+        ..LogRegParams::default()
+    };
+    let (_plain_dir, plain) = artifact(&train, &test);
+    let plain_out = run_stage::<LogReg>(&logreg, std::slice::from_ref(&plain), 3).unwrap();
+    let plain_cv = fold_accuracies(plain_out.path());
+    assert!(plain_cv.iter().flatten().all(|&a| a > 0.5), "{plain_cv:?}");
+
+    // Every fold's vectors negated, training and held-out rows alike: standardised and fitted,
+    // the mirror image of the same model, so every fold scores as on the plain vectors. Were a
+    // fold fitted on one kind and scored on the other, its accuracy would collapse.
+    let (_dir, input) = artifact(&train, &test);
+    let negated = with_fold_vectors(&input, &train, 4, 3, |_, _| map_rows(&train, &all, |v| -v));
+    let out = run_stage::<LogReg>(&logreg, &[negated], 3).unwrap();
+    assert_eq!(fold_accuracies(out.path()), plain_cv);
+
+    // Each fold's held-out rows zeroed in its own file only: every such row gets the one
+    // prediction of a zero vector, a quarter of each stratified fold right; the plain vectors
+    // of every other fold's file are what the fit is trained on. Were the training split read
+    // instead, the folds would score as plain.
+    let (_dir, input) = artifact(&train, &test);
+    let zeroed = with_fold_vectors(&input, &train, 4, 3, |f, cv| {
+        map_rows(&train, &cv.rows[f], |_| 0.0)
+    });
+    let out = run_stage::<LogReg>(&logreg, std::slice::from_ref(&zeroed), 3).unwrap();
+    for row in fold_accuracies(out.path()) {
+        assert_eq!(row, vec![0.25; 4]);
+    }
+    // The final fit reads the training split as it is: the same test predictions as plain.
+    assert_eq!(
+        std::fs::read(out.path().join("predictions.parquet")).unwrap(),
+        std::fs::read(plain_out.path().join("predictions.parquet")).unwrap()
+    );
+
+    // The MLP's CV reads them too.
+    let mlp = MlpParams {
+        column: Some("bow_log".into()),
+        select: Some(MlpSelect {
+            epochs: vec![2],
+            folds: 4,
+        }),
+        ..MlpParams::default()
+    };
+    let out = run_stage::<Mlp>(&mlp, &[zeroed], 3).unwrap();
+    assert_eq!(fold_accuracies(out.path()), vec![vec![0.25; 4]]);
+}
+
+#[test]
+fn per_fold_vectors_for_other_folds_are_refused() {
+    let Some(bow) = bow() else { return };
+    let (train, test) = (take(&bow.train, 200), take(&bow.test, 40));
+    let logreg = |folds| LogRegParams {
+        column: Some("bow_log".into()),
+        select: Some(LogRegSelect {
+            c: vec![1.0],
+            folds,
+        }),
+        ..LogRegParams::default()
+    };
+    let same = |_: usize, _: &llmembed_core::folds::CvFolds| train.clone();
+    // Made for 5 folds, read with 4.
+    let (_dir, input) = artifact(&train, &test);
+    let five = with_fold_vectors(&input, &train, 5, 3, same);
+    let e = run_stage::<LogReg>(&logreg(4), &[five], 3)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "param `select.folds`: `bow` (a test) made its training vectors per fold of 5-fold CV, \
+         each without that fold's labels; this CV has 4 folds, whose held-out rows those vectors \
+         saw: give both the same number of folds"
+    );
+    // Made for the folds of another seed.
+    let (_dir, input) = artifact(&train, &test);
+    let other_seed = with_fold_vectors(&input, &train, 4, 8, same);
+    let e = run_stage::<LogReg>(&logreg(4), &[other_seed], 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("made its training vectors for the folds with splits")
+            && e.contains("drawn from another seed"),
+        "{e}"
+    );
+    // A fold's file whose rows are not the training split's.
+    let (_dir, input) = artifact(&train, &test);
+    let short = with_fold_vectors(&input, &train, 4, 3, |_, _| take(&train, 100));
+    let e = run_stage::<LogReg>(&logreg(4), std::slice::from_ref(&short), 3)
+        .unwrap_err()
+        .to_string();
+    let fold0 = short.dir.join("train.fold0.parquet").display().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{fold0}: column `id`: fold 0's training vectors (100 rows of 500) are not the \
+             training split's rows (200 of 500) in its order"
+        )
+    );
+}
