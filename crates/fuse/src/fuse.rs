@@ -57,6 +57,10 @@ use llmembed_core::{
     l2_normalize_rows, write_embedding_table,
 };
 
+use llmembed_core::folds::{
+    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file,
+};
+
 use crate::align::{Aligned, align_rows, load_aligned};
 use crate::model::{self, Fitted};
 use crate::ops::{self, GramEntries};
@@ -70,11 +74,15 @@ pub struct Fuse;
 impl Stage for Fuse {
     const KIND: &'static str = "fuse";
     // 2: the artifact holds what was fitted (`model.safetensors`, `model.json`); the split
-    // files' bytes are those of version 1.
-    const VERSION: u32 = 2;
+    // files' bytes are those of version 1. 3: `method: weighted` also writes the training
+    // vectors per CV fold (`weighted.folds`); the split files' bytes are those of version 2.
+    const VERSION: u32 = 3;
     const INPUTS: Arity = Arity::AtLeast(1);
     // The pipeline's seed is part of the key: co-occurrence projections and learned-weight batches are drawn with it.
     const SEEDED: bool = true;
+    // `weighted`'s per-fold vectors are for the folds the classifiers draw from the pipeline's
+    // seed, even where the stage's own `seed` param draws the rest.
+    const READS_PIPELINE_SEED: bool = true;
     type Params = FuseParams;
 
     fn check(p: &FuseParams) -> Result<()> {
@@ -141,6 +149,7 @@ impl Stage for Fuse {
         let mut standardizer: Option<Standardizer> = None;
         let mut summary = Summary::default();
         let mut trained: Option<(usize, Vec<String>, usize)> = None;
+        let mut fold_note = None;
         for split in &splits {
             let mut data = load_aligned(split, inputs, &resolved)?;
             if p.normalize == Normalize::L2 {
@@ -164,6 +173,17 @@ impl Stage for Fuse {
                         fit(p, &subset, &resolved, seed, ctx, &mut summary)?
                     }
                 };
+                if p.method == Method::Weighted {
+                    let all: Vec<usize>;
+                    let fit_rows = match &labelled {
+                        Some(rows) => rows.as_slice(),
+                        None => {
+                            all = (0..data.ids.len()).collect();
+                            &all
+                        }
+                    };
+                    fold_note = Some(write_fold_vectors(p, &data, fit_rows, ctx)?);
+                }
             }
             let mut fused = apply(p, &fitted, &data)?;
             if p.standardize {
@@ -198,6 +218,7 @@ impl Stage for Fuse {
                 ));
             }
         }
+        summary.notes.extend(fold_note);
         let (width, label_names, train_rows) = trained.expect("train is the first split");
         model::save(
             &ctx.out_dir,
@@ -420,35 +441,8 @@ fn fit(
     match p.method {
         Method::Mean | Method::Max | Method::Concat => Ok(Fitted::None),
         Method::Weighted => {
-            let num_classes = train.label_names.len();
-            if let Some((row, &l)) = train
-                .labels
-                .iter()
-                .enumerate()
-                .find(|&(_, &l)| l < 0 || l as usize >= num_classes)
-            {
-                return Err(Error::mismatch(
-                    "weighted fusion",
-                    format!(
-                        "train row {row} (id `{}`) has label {l} but there are {num_classes} \
-                         label names",
-                        train.ids[row]
-                    ),
-                ));
-            }
             let w = &p.weighted;
-            let fit = weighted::fit(
-                &train.sources,
-                &train.labels,
-                num_classes,
-                &weighted::TrainSettings {
-                    epochs: w.epochs,
-                    lr: w.lr,
-                    batch_size: w.batch_size,
-                    weight_decay: w.weight_decay,
-                    seed,
-                },
-            )?;
+            let fit = fit_weights(p, train, seed)?;
             let report = WeightsReport {
                 method: "softmax-normalised per-layer weights learned jointly with a linear \
                          softmax probe (Adam, train rows only)",
@@ -511,6 +505,84 @@ fn fit(
             Ok(Fitted::Projections(projections))
         }
     }
+}
+
+/// The layer weights of `method: weighted`, learned with a linear probe on `train`'s labels.
+fn fit_weights(p: &FuseParams, train: &Aligned, seed: u64) -> Result<weighted::WeightedFit> {
+    let num_classes = train.label_names.len();
+    if let Some((row, &l)) = train
+        .labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l < 0 || l as usize >= num_classes)
+    {
+        return Err(Error::mismatch(
+            "weighted fusion",
+            format!(
+                "train row {row} (id `{}`) has label {l} but there are {num_classes} label names",
+                train.ids[row]
+            ),
+        ));
+    }
+    let w = &p.weighted;
+    weighted::fit(
+        &train.sources,
+        &train.labels,
+        num_classes,
+        &weighted::TrainSettings {
+            epochs: w.epochs,
+            lr: w.lr,
+            batch_size: w.batch_size,
+            weight_decay: w.weight_decay,
+            seed,
+        },
+    )
+}
+
+/// `method: weighted` learns its weights on the training rows' labels, so it also makes the
+/// training rows' vectors once per fold of the classifiers' CV (`weighted.folds`, drawn from the
+/// pipeline's seed as theirs are): fold `f`'s from weights (and a standardiser) fitted on that
+/// fold's training rows alone, as the whole stage would fit on them (see
+/// `llmembed_core::folds`). `train` is the whole training split, `fit_rows` its rows that are
+/// fitted on (the labelled ones). Returns the run's note.
+fn write_fold_vectors(
+    p: &FuseParams,
+    train: &Aligned,
+    fit_rows: &[usize],
+    ctx: &Context,
+) -> Result<String> {
+    let ids: Vec<String> = fit_rows.iter().map(|&i| train.ids[i].clone()).collect();
+    let labels: Vec<i64> = fit_rows.iter().map(|&i| train.labels[i]).collect();
+    let folds = p.weighted.folds.unwrap_or(DEFAULT_FOLDS);
+    let cv = cv_folds(&ids, &labels, folds, ctx.env.seed);
+    for f in 0..folds {
+        let rows: Vec<usize> = cv.training_rows(f).iter().map(|&r| fit_rows[r]).collect();
+        let weights = fit_weights(p, &train.select_rows(&rows), ctx.seed)?.weights;
+        let mut fused = apply(p, &Fitted::Weighted(weights), train)?;
+        if p.standardize {
+            Standardizer::fit(&fused.select_rows(&rows), ConstantColumn::Zero).apply(&mut fused);
+        }
+        let table = EmbeddingTable {
+            ids: train.ids.clone(),
+            labels: train.labels.clone(),
+            label_names: train.label_names.clone(),
+            columns: vec![VectorColumn::new("embedding", fused.dim, fused.data)],
+        };
+        write_embedding_table(&ctx.out(&fold_vectors_file(f)), &table, Precision::F32)?;
+    }
+    let meta = FoldVectors {
+        folds,
+        splits: cv.splits.clone(),
+        made_by: "fuse (method: weighted)".into(),
+    };
+    let json = serde_json::to_vec_pretty(&meta)
+        .map_err(|e| Error::compute("serialize fold_vectors.json", e))?;
+    llmembed_core::fsutil::write_bytes_atomic(&ctx.out(FOLD_VECTORS_FILE), &json)?;
+    Ok(format!(
+        "training vectors also made per fold of {folds}-fold CV (splits {}), each with weights \
+         learned without that fold's rows",
+        cv.splits
+    ))
 }
 
 fn apply(p: &FuseParams, fitted: &Fitted, data: &Aligned) -> Result<Matrix> {

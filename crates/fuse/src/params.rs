@@ -83,6 +83,13 @@ pub struct WeightedParams {
     /// Decoupled weight decay on the linear probe (not on the layer weights).
     #[serde(default = "default_weight_decay")]
     pub weight_decay: f64,
+    /// The folds of the classifiers' cross-validation after this stage (their `select.folds`;
+    /// 5 by default): the weights are learned on the labels, so the training rows' vectors are
+    /// also made once per fold, with weights learned without that fold's rows
+    /// (`train.fold<f>.parquet`), and a classifier's CV scores each fold on those. Left out of
+    /// the canonical params when not given, so that no fuse stage's key moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
 }
 
 impl Default for WeightedParams {
@@ -92,6 +99,7 @@ impl Default for WeightedParams {
             lr: default_lr(),
             batch_size: default_batch_size(),
             weight_decay: default_weight_decay(),
+            folds: None,
         }
     }
 }
@@ -198,6 +206,12 @@ pub(crate) fn check(p: &FuseParams) -> Result<()> {
     }
     if !(w.weight_decay.is_finite() && w.weight_decay >= 0.0) {
         return Err(Error::param("weighted.weight_decay", "must be >= 0"));
+    }
+    if let Some(k) = w.folds.filter(|&k| k < 2) {
+        return Err(Error::param(
+            "weighted.folds",
+            format!("needs at least 2 folds, got {k}"),
+        ));
     }
     let c = &p.cooccurrence;
     if c.width == 0 {

@@ -6,6 +6,9 @@
 //! learned jointly with a linear softmax classifier `logits = fused W + b` by minimising the mean
 //! cross-entropy on the TRAIN rows only, with Adam (decoupled weight decay on `W` only, as in
 //! AdamW). The classifier is thrown away; only `w_s` are kept and applied to every split.
+//! Because the weights see the labels, the stage also learns them once per fold of the
+//! classifiers' cross-validation and writes each fold's training vectors (`fuse.rs`,
+//! `write_fold_vectors`).
 //!
 //! Determinism: all parameters start at zero (uniform layer weights, zero classifier), and the only
 //! random choice, the order of mini-batches, comes from a seeded generator.

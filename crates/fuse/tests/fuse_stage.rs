@@ -534,3 +534,84 @@ fn cooccurrence_joins_the_squashed_gram_with_the_mean_of_the_first_source() {
     assert_eq!(&u.columns[0].row(5)[..4], &e.row(5)[..4]);
     assert_eq!(&u.columns[0].row(5)[4..7], &e.row(5)[5..8]);
 }
+
+#[test]
+fn weighted_makes_each_folds_vectors_as_a_fusion_that_never_saw_its_rows() {
+    use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
+    let Some((texts, labels)) = ag_news("train", 240) else {
+        return;
+    };
+    let ids = ids("w", 240);
+    let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (train, test) = (
+        table(
+            &idr[..200],
+            &labels[..200],
+            informative_and_noise(&texts[..200], 1),
+        ),
+        table(
+            &idr[200..],
+            &labels[200..],
+            informative_and_noise(&texts[200..], 2),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
+    let mut p = params(
+        vec![SourceSpec {
+            layers: Some(Layers::All),
+            columns: vec![],
+        }],
+        Method::Weighted,
+    );
+    p.normalize = Normalize::L2;
+    p.standardize = true;
+    p.weighted.epochs = 5;
+    p.weighted.folds = Some(3);
+    let (out, _) = run_stage::<Fuse>(dir.path(), "o", &p, std::slice::from_ref(&input)).unwrap();
+    // The classifiers' folds, from the pipeline's seed (7 in these tests).
+    let cv = cv_folds(&train.ids, &train.labels, 3, 7);
+    let meta: FoldVectors =
+        serde_json::from_slice(&std::fs::read(out.join(FOLD_VECTORS_FILE)).unwrap()).unwrap();
+    assert_eq!((meta.folds, &meta.splits), (3, &cv.splits));
+    let whole = embedding(&out, "train");
+    let bits = |t: &EmbeddingTable| -> Vec<u32> {
+        t.columns[0].values.iter().map(|v| v.to_bits()).collect()
+    };
+    for f in 0..3 {
+        let fold = read_embedding_table(&out.join(fold_vectors_file(f)), None).unwrap();
+        assert_eq!((&fold.ids, &fold.labels), (&whole.ids, &whole.labels));
+        assert_ne!(bits(&fold), bits(&whole), "fold {f}");
+        // The stage run on only the rows fold `f`'s fit in a classifier trains on, its weights
+        // and standardiser applied to every training row (a split of its own): the same bits.
+        let rows = cv.training_rows(f);
+        let pick = |t: &EmbeddingTable| -> EmbeddingTable {
+            let cols = t
+                .columns
+                .iter()
+                .map(|c| {
+                    let values = rows.iter().flat_map(|&r| c.row(r).to_vec()).collect();
+                    VectorColumn::new(c.name.clone(), c.dim, values)
+                })
+                .collect();
+            EmbeddingTable {
+                ids: rows.iter().map(|&r| t.ids[r].clone()).collect(),
+                labels: rows.iter().map(|&r| t.labels[r]).collect(),
+                label_names: t.label_names.clone(),
+                columns: cols,
+            }
+        };
+        let only = write_input(
+            &dir.path().join(format!("without{f}")),
+            "x",
+            &[("all", &train), ("train", &pick(&train))],
+        );
+        let (o, _) =
+            run_stage::<Fuse>(&dir.path().join(format!("without{f}")), "o", &p, &[only]).unwrap();
+        assert_eq!(bits(&embedding(&o, "all")), bits(&fold), "fold {f}");
+    }
+    // The element-wise methods fit on no label and make none.
+    let mean = params(vec![layers(&[0, 1])], Method::Mean);
+    let (plain, _) = run_stage::<Fuse>(dir.path(), "mean", &mean, &[input]).unwrap();
+    assert!(!plain.join(FOLD_VECTORS_FILE).exists());
+}
