@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use llmembed_core::folds::FoldVectors;
 pub(crate) use llmembed_core::folds::{CvFolds, cv_folds, validated_rows};
-use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, fold_vectors_file};
-use llmembed_core::{Error, Input, Result, UNLABELLED, load_json, read_embedding_table};
+use llmembed_core::{Error, Input, Result, UNLABELLED, read_embedding_table};
 
 use crate::data::Split;
 
@@ -79,12 +79,11 @@ pub(crate) struct PerFold {
 impl PerFold {
     /// `input`'s per-fold vectors, read with `columns`, or `None` where it has none.
     pub fn find(input: &Input, columns: &[String]) -> Result<Option<PerFold>> {
-        if !input.files.iter().any(|f| f == FOLD_VECTORS_FILE) {
+        let Some(meta) = FoldVectors::of(input)? else {
             return Ok(None);
-        }
-        let meta: FoldVectors = load_json(&input.path(FOLD_VECTORS_FILE)?)?;
+        };
         let paths = (0..meta.folds)
-            .map(|f| input.path(&fold_vectors_file(f)))
+            .map(|f| FoldVectors::path(input, f))
             .collect::<Result<_>>()?;
         Ok(Some(PerFold {
             meta,

@@ -36,7 +36,8 @@
 //! the pipeline's seed): `train.fold<f>.parquet`, from a standardiser and head fitted on fold
 //! `f`'s training rows alone, and `fold_vectors.json`; a classifier's CV reads those (see
 //! ARCHITECTURE.md, "Cross-validation after a stage that fits on labels"). An input that has
-//! such files is refused: refining it would drop them.
+//! such files (`fuse`'s learned weights) is refined per fold in every mode: fold `f`'s vectors by
+//! a head fitted on the input's fold `f` vectors of that fold's training rows.
 
 mod model;
 mod train;
@@ -46,7 +47,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::folds::{
-    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file, refuse_fold_vectors,
+    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file,
 };
 use llmembed_core::{
     Apply, ApplyEnv, Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision,
@@ -129,11 +130,12 @@ pub struct Params {
     #[serde(default)]
     pub seed: Option<u64>,
     /// With `mode: supcon` (the one mode that fits on labels): the folds of the classifiers'
-    /// cross-validation after this stage (their `select.folds`; 5 by default). The training
-    /// rows' vectors are also made once per fold, by a head fitted without that fold's rows
-    /// (`train.fold<f>.parquet`), and a classifier's CV scores each fold on those, so that no
-    /// held-out row's label shaped the vectors it is scored with. The folds are drawn from the
-    /// pipeline's seed, as the classifiers draw theirs, whatever `seed` says.
+    /// cross-validation after this stage (their `select.folds`; 5 by default, or the input's
+    /// where it made its vectors per fold). The training rows' vectors are also made once per
+    /// fold, by a head fitted without that fold's rows (`train.fold<f>.parquet`), and a
+    /// classifier's CV scores each fold on those, so that no held-out row's label shaped the
+    /// vectors it is scored with. The folds are drawn from the pipeline's seed, as the
+    /// classifiers draw theirs, whatever `seed` says.
     #[serde(default)]
     pub folds: Option<usize>,
 }
@@ -161,6 +163,17 @@ fn default_holdout() -> f64 {
 }
 fn default_patience() -> usize {
     3
+}
+
+impl Mode {
+    /// The name a pipeline file gives it.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Unsup => "unsup",
+            Mode::Augmented => "augmented",
+            Mode::Supcon => "supcon",
+        }
+    }
 }
 
 impl Default for Params {
@@ -399,7 +412,6 @@ impl Stage for Contrastive {
         let input = inputs
             .first()
             .ok_or_else(|| Error::mismatch("contrastive", "no input"))?;
-        refuse_fold_vectors(Self::KIND, input)?;
         let seed = ctx.seed;
         let column = pick_column(input, params)?;
         let train_path = input.split("train")?;
@@ -419,11 +431,37 @@ impl Stage for Contrastive {
         // Rows without a label are embedded like the others but never fitted on.
         let labelled = labelled_rows(&train);
         let fit_on = labelled.as_ref().unwrap_or(&train);
-        // The classifiers' folds of the rows they fit on (the labelled ones, in train's order).
-        let cv = (params.mode == Mode::Supcon).then(|| {
-            let k = params.folds.unwrap_or(DEFAULT_FOLDS);
-            cv_folds(&fit_on.ids, &fit_on.labels, k, ctx.env.seed)
-        });
+        // The classifiers' folds of the rows they fit on (the labelled ones, in train's order):
+        // SupCon fits on their labels, and an input made per fold (`fuse`'s learned weights,
+        // say) is refined per fold, each fold's vectors by a head fitted on them.
+        let upstream = FoldVectors::of(input)?;
+        let folds = match (&upstream, params.folds) {
+            (Some(up), Some(k)) if k != up.folds => {
+                return Err(Error::param(
+                    "folds",
+                    format!(
+                        "{k}, but the input `{}` ({}) made its training vectors per fold of \
+                         {}-fold CV",
+                        input.stage_id, up.made_by, up.folds
+                    ),
+                ));
+            }
+            (Some(up), _) => Some(up.folds),
+            (None, k) => (params.mode == Mode::Supcon).then(|| k.unwrap_or(DEFAULT_FOLDS)),
+        };
+        let cv = folds.map(|k| cv_folds(&fit_on.ids, &fit_on.labels, k, ctx.env.seed));
+        if let (Some(up), Some(cv)) = (&upstream, &cv)
+            && up.splits != cv.splits
+        {
+            return Err(Error::mismatch(
+                "contrastive: per-fold vectors",
+                format!(
+                    "the input `{}` ({}) made its training vectors for the folds with splits \
+                     {}; the pipeline's seed draws {} over these rows",
+                    input.stage_id, up.made_by, up.splits, cv.splits
+                ),
+            ));
+        }
         let fits = 1 + cv.as_ref().map_or(0, |cv| cv.rows.len());
         let bar = ctx.progress((fits * params.epochs) as u64, "contrastive");
         let fit = |rows: &EmbeddingTable| -> Result<Fitted> {
@@ -501,17 +539,23 @@ impl Stage for Contrastive {
         ];
         if let Some(cv) = &cv {
             // Each fold's head fitted as the whole one was, on the rows that fold's fit in a
-            // classifier's CV trains on; every training row refined by it.
+            // classifier's CV trains on (their vectors made without the fold where the input
+            // has such); every training row refined by it.
             for f in 0..cv.rows.len() {
-                let rows = subset(fit_on, &cv.training_rows(f));
+                let source = match upstream {
+                    Some(_) => fold_input(input, f, &column, &train)?,
+                    None => train.clone(),
+                };
+                let labelled = labelled_rows(&source);
+                let rows = subset(labelled.as_ref().unwrap_or(&source), &cv.training_rows(f));
                 let fold = fit(&rows)?;
-                let out = refine(&fold.standardizer, &fold.head, params.output, train.clone())?;
+                let out = refine(&fold.standardizer, &fold.head, params.output, source)?;
                 write_embedding_table(&ctx.out(&fold_vectors_file(f)), &out, Precision::F32)?;
             }
             let meta = FoldVectors {
                 folds: cv.rows.len(),
                 splits: cv.splits.clone(),
-                made_by: "contrastive (mode: supcon)".into(),
+                made_by: format!("contrastive (mode: {})", params.mode.name()),
             };
             let json = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| Error::compute("serialize fold_vectors.json", e))?;
@@ -553,6 +597,36 @@ fn labelled_rows(train: &EmbeddingTable) -> Option<EmbeddingTable> {
         .filter(|&i| train.labels[i] != UNLABELLED)
         .collect();
     Some(subset(train, &keep))
+}
+
+/// Fold `f`'s training vectors of `input` (column `column`), which must hold `train`'s rows in
+/// its order and width.
+fn fold_input(
+    input: &Input,
+    f: usize,
+    column: &str,
+    train: &EmbeddingTable,
+) -> Result<EmbeddingTable> {
+    let path = FoldVectors::path(input, f)?;
+    let table = read_embedding_table(&path, Some(&[column]))?;
+    if table.ids != train.ids
+        || table.labels != train.labels
+        || table.columns[0].dim != train.columns[0].dim
+    {
+        return Err(Error::schema(
+            &path,
+            column,
+            format!(
+                "fold {f}'s training vectors ({} rows of {}) are not the training split's rows \
+                 ({} of {}) in its order",
+                table.len(),
+                table.columns[0].dim,
+                train.len(),
+                train.columns[0].dim
+            ),
+        ));
+    }
+    Ok(table)
 }
 
 /// A head and the standardiser of its inputs, fitted on some rows.

@@ -725,28 +725,13 @@ fn supcon_makes_each_folds_vectors_as_a_stage_that_never_saw_its_rows() {
         std::fs::read(other.join(FOLD_VECTORS_FILE)).unwrap(),
         std::fs::read(out.join(FOLD_VECTORS_FILE)).unwrap()
     );
-    // They are no splits of the artifact, and a stage after it that would drop them refuses
-    // them.
+    // They are no splits of the artifact.
     let splits: Vec<String> = artifact(&out)
         .splits()
         .into_iter()
         .map(|(s, _)| s)
         .collect();
     assert_eq!(splits, ["test", "train"]);
-    let unsup = Params {
-        mode: Mode::Unsup,
-        ..small_params()
-    };
-    let e = run(tmp.path(), "after", &unsup, &artifact(&out))
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        e,
-        "read per-fold vectors: input `refined` made its training vectors once per CV fold, each \
-         without that fold's labels; `contrastive` would drop them, and a classifier's CV on its \
-         output would score each fold on vectors fitted on that fold's labels: run \
-         `contrastive` before `refined` instead"
-    );
 
     let whole = read_embedding_table(&out.join("train.parquet"), None).unwrap();
     for f in 0..3 {
@@ -769,7 +754,46 @@ fn supcon_makes_each_folds_vectors_as_a_stage_that_never_saw_its_rows() {
         assert_eq!(bits_of(&all), bits_of(&fold), "fold {f}");
     }
 
-    // The modes that fit on no label make none, and refuse the param.
+    // A stage after it, in a mode that fits on no label, refines them per fold: fold `f`'s
+    // output is the stage run on fold `f`'s vectors of that fold's training rows, applied to
+    // all of fold `f`'s vectors.
+    let unsup = Params {
+        mode: Mode::Unsup,
+        ..small_params()
+    };
+    let (after, _) = run(tmp.path(), "after", &unsup, &artifact(&out)).unwrap();
+    let meta: FoldVectors =
+        serde_json::from_slice(&std::fs::read(after.join(FOLD_VECTORS_FILE)).unwrap()).unwrap();
+    assert_eq!((meta.folds, &meta.splits), (3, &cv.splits));
+    assert_eq!(meta.made_by, "contrastive (mode: unsup)");
+    let fold1 = read_embedding_table(&out.join(fold_vectors_file(1)), None).unwrap();
+    let dir = tmp.path().join("after-fold1");
+    let rows = subset(&fold1, &cv.training_rows(1));
+    let only = llmembed_testkit::embedding_input(
+        &dir.join("in"),
+        "fuse",
+        &[("all", &fold1), ("train", &rows)],
+    );
+    let (o, _) = run(&dir, "out", &unsup, &only).unwrap();
+    assert_eq!(
+        bits_of(&read_embedding_table(&o.join("all.parquet"), None).unwrap()),
+        bits_of(&read_embedding_table(&after.join(fold_vectors_file(1)), None).unwrap())
+    );
+    // A number of folds other than the input's is refused.
+    let five = Params {
+        folds: Some(5),
+        ..params.clone()
+    };
+    let e = run(tmp.path(), "five", &five, &artifact(&out))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "param `folds`: 5, but the input `refined` (contrastive (mode: supcon)) made its training \
+         vectors per fold of 3-fold CV"
+    );
+
+    // The modes that fit on no label make none of an input without them, and refuse the param.
     let (plain, _) = run(tmp.path(), "unsup", &unsup, &input).unwrap();
     assert!(!plain.join(FOLD_VECTORS_FILE).exists());
     assert!(!plain.join(fold_vectors_file(0)).exists());

@@ -175,6 +175,21 @@ pub struct FoldVectors {
 /// The file of [`FoldVectors`] in a stage's output.
 pub const FOLD_VECTORS_FILE: &str = "fold_vectors.json";
 
+impl FoldVectors {
+    /// What `input` says of its per-fold training vectors, or `None` where it has none.
+    pub fn of(input: &crate::Input) -> crate::Result<Option<FoldVectors>> {
+        if !input.files.iter().any(|f| f == FOLD_VECTORS_FILE) {
+            return Ok(None);
+        }
+        crate::load_json(&input.path(FOLD_VECTORS_FILE)?).map(Some)
+    }
+
+    /// The path of `input`'s fold `f` vectors ([`fold_vectors_file`]).
+    pub fn path(input: &crate::Input, f: usize) -> crate::Result<std::path::PathBuf> {
+        input.path(&fold_vectors_file(f))
+    }
+}
+
 /// The training rows' vectors made without fold `f`'s labels: `train.fold<f>.parquet`, an
 /// embedding table with train's rows and columns. Not a split ([`crate::Input::splits`] leaves
 /// it out).
@@ -187,7 +202,7 @@ pub fn fold_vectors_file(f: usize) -> String {
 /// fitted on their own labels. Why not carry them through: each fold's vectors would have to
 /// pass through the stage's own fit again; the stage that fits on labels goes last instead.
 pub fn refuse_fold_vectors(kind: &str, input: &crate::Input) -> crate::Result<()> {
-    if !input.files.iter().any(|f| f == FOLD_VECTORS_FILE) {
+    if FoldVectors::of(input)?.is_none() {
         return Ok(());
     }
     Err(crate::Error::mismatch(
