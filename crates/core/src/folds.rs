@@ -2,9 +2,10 @@
 //! training vectors made once per fold.
 //!
 //! Why here and not in the classifiers' crate: a stage upstream of a classifier that fits on the
-//! training rows' labels (`contrastive`'s `mode: supcon`) must make its vectors once per fold,
-//! each without that fold's labels, for the classifier's CV to score fits on rows whose labels
-//! shaped nothing they were scored with; both draw the same folds from here.
+//! training rows' labels (`contrastive`'s `mode: supcon`, `fuse`'s `method: weighted`) must make
+//! its vectors once per fold, each without that fold's labels, for the classifier's CV to score
+//! fits on rows whose labels shaped nothing they were scored with; both draw the same folds from
+//! here.
 
 use std::collections::HashMap;
 
@@ -15,9 +16,10 @@ use crate::fsutil::hash_bytes;
 use crate::{augmented_source, seeded_rng};
 
 /// The folds of every classifier's cross-validation (`logreg` on dense or sparse rows, `mlp`
-/// with `select`, `layer_sweep`) and of the per-fold vectors of a stage before them: [`stratified_folds`] drawn from the pipeline's seed with one
-/// purpose, so that the candidates one `select` stage chooses between, and the soft ensembles
-/// of their out-of-fold probabilities, are all scored on the same splits of the training rows.
+/// with `select`, `layer_sweep`) and of the per-fold vectors of a stage before them:
+/// [`stratified_folds`] drawn from the pipeline's seed with one purpose, so that the candidates
+/// one `select` stage chooses between, and the soft ensembles of their out-of-fold
+/// probabilities, are all scored on the same splits of the training rows.
 /// The purpose is the one logistic regression always drew its folds with, so its folds (and
 /// results) are what they were; the MLP drew its own (`"mlp-cv-folds"`, from its `seed` param)
 /// before its VERSION 5.

@@ -174,15 +174,9 @@ impl Stage for Fuse {
                     }
                 };
                 if p.method == Method::Weighted {
-                    let all: Vec<usize>;
-                    let fit_rows = match &labelled {
-                        Some(rows) => rows.as_slice(),
-                        None => {
-                            all = (0..data.ids.len()).collect();
-                            &all
-                        }
-                    };
-                    fold_note = Some(write_fold_vectors(p, &data, fit_rows, ctx)?);
+                    let fit_rows =
+                        (labelled.clone()).unwrap_or_else(|| (0..data.ids.len()).collect());
+                    fold_note = Some(write_fold_vectors(p, &data, &fit_rows, ctx)?);
                 }
             }
             let mut fused = apply(p, &fitted, &data)?;

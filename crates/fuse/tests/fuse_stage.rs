@@ -366,6 +366,19 @@ fn informative_and_noise(texts: &[String], seed: u64) -> Vec<VectorColumn> {
     vec![n0, real, n2]
 }
 
+/// `method: weighted` over all layers of one input, each L2-normalised first.
+fn weighted_over_all_layers() -> FuseParams {
+    let mut p = params(
+        vec![SourceSpec {
+            layers: Some(Layers::All),
+            columns: vec![],
+        }],
+        Method::Weighted,
+    );
+    p.normalize = Normalize::L2;
+    p
+}
+
 #[test]
 fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
     let Some((texts, labels)) = ag_news("train", 600) else {
@@ -378,14 +391,7 @@ fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
     let test = table(&idr[500..], &labels[500..], informative_and_noise(te, 2));
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
-    let mut p = params(
-        vec![SourceSpec {
-            layers: Some(Layers::All),
-            columns: vec![],
-        }],
-        Method::Weighted,
-    );
-    p.normalize = Normalize::L2;
+    let mut p = weighted_over_all_layers();
     p.weighted.epochs = 30;
     let (out, summary) =
         run_stage::<Fuse>(dir.path(), "o", &p, std::slice::from_ref(&input)).unwrap();
@@ -557,14 +563,7 @@ fn weighted_makes_each_folds_vectors_as_a_fusion_that_never_saw_its_rows() {
     );
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
-    let mut p = params(
-        vec![SourceSpec {
-            layers: Some(Layers::All),
-            columns: vec![],
-        }],
-        Method::Weighted,
-    );
-    p.normalize = Normalize::L2;
+    let mut p = weighted_over_all_layers();
     p.standardize = true;
     p.weighted.epochs = 5;
     p.weighted.folds = Some(3);
