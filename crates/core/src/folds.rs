@@ -199,25 +199,6 @@ pub fn fold_vectors_file(f: usize) -> String {
     format!("train.fold{f}.parquet")
 }
 
-/// Refuses an input with per-fold training vectors in a stage (`kind`) that makes new vectors of
-/// its splits and would drop them: a classifier after it would score its CV folds on vectors
-/// fitted on their own labels. Why not carry them through: each fold's vectors would have to
-/// pass through the stage's own fit again; the stage that fits on labels goes last instead.
-pub fn refuse_fold_vectors(kind: &str, input: &crate::Input) -> crate::Result<()> {
-    if FoldVectors::of(input)?.is_none() {
-        return Ok(());
-    }
-    Err(crate::Error::mismatch(
-        "read per-fold vectors",
-        format!(
-            "input `{}` made its training vectors once per CV fold, each without that fold's \
-             labels; `{kind}` would drop them, and a classifier's CV on its output would score \
-             each fold on vectors fitted on that fold's labels: run `{kind}` before `{}` instead",
-            input.stage_id, input.stage_id
-        ),
-    ))
-}
-
 /// The fold of a [`fold_vectors_file`] name; `None` for any other file.
 pub fn parse_fold_vectors_file(name: &str) -> Option<usize> {
     let f = name.strip_prefix("train.fold")?.strip_suffix(".parquet")?;

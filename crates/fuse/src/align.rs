@@ -41,9 +41,17 @@ pub(crate) fn load_aligned(
     inputs: &[Input],
     resolved: &[Resolved],
 ) -> Result<Aligned> {
-    let mut tables = Vec::with_capacity(inputs.len());
-    for (input, r) in inputs.iter().zip(resolved) {
-        let path = input.split(split)?;
+    let paths = (inputs.iter())
+        .map(|input| input.split(split))
+        .collect::<Result<Vec<_>>>()?;
+    load_aligned_paths(&paths, resolved)
+}
+
+/// [`load_aligned`] of one file of each input (a fold's training vectors, say).
+pub(crate) fn load_aligned_paths(paths: &[PathBuf], resolved: &[Resolved]) -> Result<Aligned> {
+    let mut tables = Vec::with_capacity(paths.len());
+    for (path, r) in paths.iter().zip(resolved) {
+        let path = path.clone();
         let names: Vec<&str> = r.columns.iter().map(|(n, _)| n.as_str()).collect();
         let table = read_embedding_table(&path, Some(&names))?;
         for ((name, dim), col) in r.columns.iter().zip(&table.columns) {

@@ -61,7 +61,7 @@ use llmembed_core::folds::{
     DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file,
 };
 
-use crate::align::{Aligned, align_rows, load_aligned};
+use crate::align::{Aligned, align_rows, load_aligned, load_aligned_paths};
 use crate::model::{self, Fitted};
 use crate::ops::{self, GramEntries};
 use crate::params::{FuseParams, Gram, Method, Normalize};
@@ -119,9 +119,7 @@ impl Stage for Fuse {
                 ),
             ));
         }
-        for input in inputs {
-            llmembed_core::folds::refuse_fold_vectors(Self::KIND, input)?;
-        }
+        let upstream = upstream_folds(p, inputs)?;
         let seed = ctx.seed;
         let resolved: Vec<Resolved> = p
             .sources
@@ -141,7 +139,7 @@ impl Stage for Fuse {
             ));
         }
         splits.sort_by_key(|s| (s.as_str() != "train", s.clone()));
-        if streams(p, inputs, &resolved)? {
+        if upstream.is_none() && streams(p, inputs, &resolved)? {
             return run_in_chunks(p, &inputs[0], &resolved[0], &splits, ctx);
         }
 
@@ -173,10 +171,16 @@ impl Stage for Fuse {
                         fit(p, &subset, &resolved, seed, ctx, &mut summary)?
                     }
                 };
-                if p.method == Method::Weighted {
+                if p.method == Method::Weighted || upstream.is_some() {
                     let fit_rows =
                         (labelled.clone()).unwrap_or_else(|| (0..data.ids.len()).collect());
-                    fold_note = Some(write_fold_vectors(p, &data, &fit_rows, ctx)?);
+                    let folds = PerFold {
+                        inputs,
+                        resolved: &resolved,
+                        upstream: upstream.as_ref(),
+                        fitted: &fitted,
+                    };
+                    fold_note = Some(write_fold_vectors(p, &folds, &data, &fit_rows, ctx)?);
                 }
             }
             let mut fused = apply(p, &fitted, &data)?;
@@ -533,26 +537,132 @@ fn fit_weights(p: &FuseParams, train: &Aligned, seed: u64) -> Result<weighted::W
     )
 }
 
-/// `method: weighted` learns its weights on the training rows' labels, so it also makes the
-/// training rows' vectors once per fold of the classifiers' CV (`weighted.folds`, drawn from the
-/// pipeline's seed as theirs are): fold `f`'s from weights (and a standardiser) fitted on that
-/// fold's training rows alone, as the whole stage would fit on them (see
-/// `llmembed_core::folds`). `train` is the whole training split, `fit_rows` its rows that are
-/// fitted on (the labelled ones). Returns the run's note.
+/// The per-fold training vectors the inputs made (`llmembed_core::folds`), when any did: all
+/// that did must have made them for the same folds, and `weighted.folds`, if given, must be
+/// their number.
+fn upstream_folds(p: &FuseParams, inputs: &[Input]) -> Result<Option<FoldVectors>> {
+    let mut found: Option<(FoldVectors, &str)> = None;
+    for input in inputs {
+        let Some(made) = FoldVectors::of(input)? else {
+            continue;
+        };
+        if let Some((first, id)) = &found
+            && (first.folds, &first.splits) != (made.folds, &made.splits)
+        {
+            return Err(Error::mismatch(
+                "fuse: per-fold vectors",
+                format!(
+                    "`{id}` made its training vectors per fold of {}-fold CV (splits {}), `{}` \
+                     of {}-fold CV (splits {}): fuse inputs made for the same folds",
+                    first.folds, first.splits, input.stage_id, made.folds, made.splits
+                ),
+            ));
+        }
+        found.get_or_insert((made, &input.stage_id));
+    }
+    if let (Some((made, id)), Some(k)) = (&found, p.weighted.folds)
+        && k != made.folds
+    {
+        return Err(Error::param(
+            "weighted.folds",
+            format!(
+                "{k}, but the input `{id}` ({}) made its training vectors per fold of {}-fold CV",
+                made.made_by, made.folds
+            ),
+        ));
+    }
+    Ok(found.map(|(made, _)| made))
+}
+
+/// What the per-fold training vectors of a run are made from.
+struct PerFold<'a> {
+    inputs: &'a [Input],
+    resolved: &'a [Resolved],
+    /// The inputs' own per-fold vectors, if any made them ([`upstream_folds`]).
+    upstream: Option<&'a FoldVectors>,
+    /// What the run fitted on all training rows: what a fold uses where nothing it fits reads a
+    /// label (the co-occurrence projections are drawn, not fitted).
+    fitted: &'a Fitted,
+}
+
+impl PerFold<'_> {
+    /// The training rows as fold `f` sees them: each input's fold `f` vectors where it made
+    /// them, its training split otherwise, with `train`'s rows (checked); `None` when no input
+    /// made any (then they are `train`, the run's, normalised).
+    fn train(&self, p: &FuseParams, f: usize, train: &Aligned) -> Result<Option<Aligned>> {
+        if self.upstream.is_none() {
+            return Ok(None);
+        }
+        let paths = (self.inputs.iter())
+            .map(|input| match FoldVectors::of(input)? {
+                Some(_) => FoldVectors::path(input, f),
+                None => input.split("train"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut data = load_aligned_paths(&paths, self.resolved)?;
+        if data.ids != train.ids || data.labels != train.labels {
+            return Err(Error::mismatch(
+                "fuse: per-fold vectors",
+                format!(
+                    "fold {f}'s training vectors ({}) are not the training split's rows in its \
+                     order",
+                    paths[0].display()
+                ),
+            ));
+        }
+        if p.normalize == Normalize::L2 {
+            data.sources
+                .iter_mut()
+                .flatten()
+                .for_each(l2_normalize_rows);
+        }
+        Ok(Some(data))
+    }
+}
+
+/// The training rows' vectors once per fold of the classifiers' CV (drawn from the pipeline's
+/// seed as theirs are), when `method: weighted` learns its weights on the labels or an input
+/// made its vectors per fold: fold `f`'s from the inputs' fold `f` vectors ([`PerFold::train`])
+/// with weights (and a standardiser) fitted on that fold's training rows alone, as the whole
+/// stage would fit on them (see `llmembed_core::folds`). `train` is the whole training split,
+/// `fit_rows` its rows that are fitted on (the labelled ones). Returns the run's note.
 fn write_fold_vectors(
     p: &FuseParams,
+    per_fold: &PerFold,
     train: &Aligned,
     fit_rows: &[usize],
     ctx: &Context,
 ) -> Result<String> {
     let ids: Vec<String> = fit_rows.iter().map(|&i| train.ids[i].clone()).collect();
     let labels: Vec<i64> = fit_rows.iter().map(|&i| train.labels[i]).collect();
-    let folds = p.weighted.folds.unwrap_or(DEFAULT_FOLDS);
+    let folds = (per_fold.upstream.map(|u| u.folds))
+        .or(p.weighted.folds)
+        .unwrap_or(DEFAULT_FOLDS);
     let cv = cv_folds(&ids, &labels, folds, ctx.env.seed);
+    if let Some(made) = per_fold.upstream.filter(|u| u.splits != cv.splits) {
+        return Err(Error::mismatch(
+            "fuse: per-fold vectors",
+            format!(
+                "an input ({}) made its training vectors for the folds with splits {}; the \
+                 pipeline's seed draws {} over these rows",
+                made.made_by, made.splits, cv.splits
+            ),
+        ));
+    }
     for f in 0..folds {
         let rows: Vec<usize> = cv.training_rows(f).iter().map(|&r| fit_rows[r]).collect();
-        let weights = fit_weights(p, &train.select_rows(&rows), ctx.seed)?.weights;
-        let mut fused = apply(p, &Fitted::Weighted(weights), train)?;
+        let own = per_fold.train(p, f, train)?;
+        let data = own.as_ref().unwrap_or(train);
+        let fold_fit;
+        let fitted = match p.method {
+            Method::Weighted => {
+                let weights = fit_weights(p, &data.select_rows(&rows), ctx.seed)?.weights;
+                fold_fit = Fitted::Weighted(weights);
+                &fold_fit
+            }
+            _ => per_fold.fitted,
+        };
+        let mut fused = apply(p, fitted, data)?;
         if p.standardize {
             Standardizer::fit(&fused.select_rows(&rows), ConstantColumn::Zero).apply(&mut fused);
         }
@@ -564,17 +674,21 @@ fn write_fold_vectors(
         };
         write_embedding_table(&ctx.out(&fold_vectors_file(f)), &table, Precision::F32)?;
     }
+    let made_by = match per_fold.upstream {
+        Some(u) if p.method != Method::Weighted => format!("fuse, over {}", u.made_by),
+        _ => "fuse (method: weighted)".into(),
+    };
     let meta = FoldVectors {
         folds,
         splits: cv.splits.clone(),
-        made_by: "fuse (method: weighted)".into(),
+        made_by,
     };
     let json = serde_json::to_vec_pretty(&meta)
         .map_err(|e| Error::compute("serialize fold_vectors.json", e))?;
     llmembed_core::fsutil::write_bytes_atomic(&ctx.out(FOLD_VECTORS_FILE), &json)?;
     Ok(format!(
-        "training vectors also made per fold of {folds}-fold CV (splits {}), each with weights \
-         learned without that fold's rows",
+        "training vectors also made per fold of {folds}-fold CV (splits {}), each fused from \
+         what that fold's fit may see",
         cv.splits
     ))
 }

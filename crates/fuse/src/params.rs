@@ -84,8 +84,9 @@ pub struct WeightedParams {
     #[serde(default = "default_weight_decay")]
     pub weight_decay: f64,
     /// The folds of the classifiers' cross-validation after this stage (their `select.folds`;
-    /// 5 by default): the weights are learned on the labels, so the training rows' vectors are
-    /// also made once per fold, with weights learned without that fold's rows
+    /// 5 by default, or the inputs' where they made their vectors per fold): the weights are
+    /// learned on the labels, so the training rows' vectors are also made once per fold, with
+    /// weights learned without that fold's rows
     /// (`train.fold<f>.parquet`), and a classifier's CV scores each fold on those. Left out of
     /// the canonical params when not given, so that no fuse stage's key moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@
 //! AdamW). The classifier is thrown away; only `w_s` are kept and applied to every split.
 //! Because the weights see the labels, the stage also learns them once per fold of the
 //! classifiers' cross-validation and writes each fold's training vectors (`fuse.rs`,
-//! `write_fold_vectors`).
+//! `write_fold_vectors`, which also fuses an input's own per-fold vectors fold by fold).
 //!
 //! Determinism: all parameters start at zero (uniform layer weights, zero classifier), and the only
 //! random choice, the order of mini-batches, comes from a seeded generator.

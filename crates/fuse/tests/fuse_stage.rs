@@ -140,39 +140,6 @@ fn mean_max_concat_on_hand_numbers() {
 }
 
 #[test]
-fn an_input_with_per_fold_training_vectors_is_refused() {
-    // What `contrastive`'s `mode: supcon` leaves beside its splits: fusing would drop the
-    // per-fold vectors, and a classifier's CV after the fusion would score each fold on vectors
-    // fitted on its labels.
-    let dir = tempfile::tempdir().unwrap();
-    let mut input = write_input(
-        dir.path(),
-        "supcon",
-        &[("train", &small()), ("test", &small())],
-    );
-    let p = params(vec![layers(&[0])], Method::Mean);
-    run_stage::<Fuse>(dir.path(), "plain", &p, std::slice::from_ref(&input)).unwrap();
-    let meta = llmembed_core::folds::FoldVectors {
-        folds: 2,
-        splits: "0123456789abcdef".into(),
-        made_by: "contrastive (mode: supcon)".into(),
-    };
-    let file = llmembed_core::folds::FOLD_VECTORS_FILE;
-    std::fs::write(input.dir.join(file), serde_json::to_vec(&meta).unwrap()).unwrap();
-    input.files.push(file.into());
-    let e = run_stage::<Fuse>(dir.path(), "after", &p, &[input])
-        .unwrap_err()
-        .to_string();
-    assert_eq!(
-        e,
-        "read per-fold vectors: input `supcon` made its training vectors once per CV fold, each \
-         without that fold's labels; `fuse` would drop them, and a classifier's CV on its output \
-         would score each fold on vectors fitted on that fold's labels: run `fuse` before \
-         `supcon` instead"
-    );
-}
-
-#[test]
 fn mean_of_layers_needs_one_width_and_says_which() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(
@@ -613,4 +580,122 @@ fn weighted_makes_each_folds_vectors_as_a_fusion_that_never_saw_its_rows() {
     let mean = params(vec![layers(&[0, 1])], Method::Mean);
     let (plain, _) = run_stage::<Fuse>(dir.path(), "mean", &mean, &[input]).unwrap();
     assert!(!plain.join(FOLD_VECTORS_FILE).exists());
+}
+
+#[test]
+fn an_inputs_per_fold_vectors_are_fused_fold_by_fold() {
+    use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
+    let Some((texts, labels)) = ag_news("train", 150) else {
+        return;
+    };
+    let ids = ids("p", 150);
+    let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (train, test) = (
+        table(
+            &idr[..120],
+            &labels[..120],
+            informative_and_noise(&texts[..120], 1),
+        ),
+        table(
+            &idr[120..],
+            &labels[120..],
+            informative_and_noise(&texts[120..], 2),
+        ),
+    );
+    // An input that made its training vectors per fold (as SupCon does): fold f's are train's
+    // scaled by f + 2.
+    let cv = cv_folds(&train.ids, &train.labels, 3, 7);
+    let scaled = |f: usize| {
+        let mut t = train.clone();
+        for c in &mut t.columns {
+            c.values.iter_mut().for_each(|v| *v *= f as f32 + 2.0);
+        }
+        t
+    };
+    let made = |dir: &std::path::Path, folds: usize, splits: &str| {
+        let mut input = write_input(dir, "supcon", &[("train", &train), ("test", &test)]);
+        for f in 0..folds {
+            let name = fold_vectors_file(f);
+            llmembed_core::write_embedding_table(
+                &input.dir.join(&name),
+                &scaled(f),
+                llmembed_core::Precision::F32,
+            )
+            .unwrap();
+            input.files.push(name);
+        }
+        let meta = FoldVectors {
+            folds,
+            splits: splits.into(),
+            made_by: "contrastive (mode: supcon)".into(),
+        };
+        std::fs::write(
+            input.dir.join(FOLD_VECTORS_FILE),
+            serde_json::to_vec(&meta).unwrap(),
+        )
+        .unwrap();
+        input.files.push(FOLD_VECTORS_FILE.into());
+        input
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = made(&dir.path().join("a"), 3, &cv.splits);
+    let other = write_input(
+        &dir.path().join("b"),
+        "llm",
+        &[("train", &train), ("test", &test)],
+    );
+    // Concatenated with an input without them: fold f's output is the fusion of the first
+    // input's fold f vectors with the second's training split, as a run on those gives them.
+    let p = params(vec![layers(&[0, 1]), layers(&[2])], Method::Concat);
+    let (out, summary) =
+        run_stage::<Fuse>(dir.path(), "o", &p, &[input.clone(), other.clone()]).unwrap();
+    let meta: FoldVectors =
+        serde_json::from_slice(&std::fs::read(out.join(FOLD_VECTORS_FILE)).unwrap()).unwrap();
+    assert_eq!((meta.folds, &meta.splits), (3, &cv.splits));
+    assert_eq!(meta.made_by, "fuse, over contrastive (mode: supcon)");
+    assert!(
+        summary
+            .notes
+            .iter()
+            .any(|n| n.contains("per fold of 3-fold CV"))
+    );
+    for f in 0..3 {
+        let fold = read_embedding_table(&out.join(fold_vectors_file(f)), None).unwrap();
+        let plain = write_input(
+            &dir.path().join(format!("plain{f}")),
+            "supcon",
+            &[("train", &scaled(f)), ("test", &test)],
+        );
+        let (o, _) = run_stage::<Fuse>(
+            &dir.path().join(format!("plain{f}")),
+            "o",
+            &p,
+            &[plain, other.clone()],
+        )
+        .unwrap();
+        assert_eq!(
+            fold.columns[0].values,
+            embedding(&o, "train").columns[0].values
+        );
+    }
+    // Inputs made for other folds than each other's, or than `weighted.folds`, are refused.
+    let two = made(&dir.path().join("c"), 2, "0123456789abcdef");
+    let e = run_stage::<Fuse>(dir.path(), "mixed", &p, &[input.clone(), two])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`supcon` made its training vectors per fold of 3-fold CV")
+            && e.contains("of 2-fold CV (splits 0123456789abcdef)"),
+        "{e}"
+    );
+    let mut weighted = weighted_over_all_layers();
+    weighted.weighted.folds = Some(5);
+    let e = run_stage::<Fuse>(dir.path(), "five", &weighted, &[input])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "param `weighted.folds`: 5, but the input `supcon` (contrastive (mode: supcon)) made its \
+         training vectors per fold of 3-fold CV"
+    );
 }
