@@ -93,6 +93,14 @@ impl PerFold {
         }))
     }
 
+    /// What a run's notes say of the CV: on whose per-fold vectors it ran.
+    pub fn note(&self) -> String {
+        format!(
+            "CV on `{}`'s training vectors made per fold ({})",
+            self.stage, self.meta.made_by
+        )
+    }
+
     /// Refuses per-fold vectors made for other folds than `cv`'s: their folds' heads saw the
     /// labels of rows that `cv`'s folds hold out. `param` names this classifier's folds.
     pub fn check(&self, cv: &CvFolds, param: &str) -> Result<()> {

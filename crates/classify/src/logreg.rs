@@ -200,6 +200,7 @@ impl Stage for LogReg {
                     sel.folds, selection.best_c
                 ));
                 notes.extend(prologue::grid_edge_note("C", selection.best_c, &sel.c));
+                notes.extend(per_fold.as_ref().map(PerFold::note));
                 (selection.best_c, Some(selection))
             }
         };

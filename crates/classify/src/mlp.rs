@@ -307,6 +307,7 @@ impl Stage for Mlp {
                 notes.push(format!("{}-fold CV picked {e} epochs", sel.folds));
                 let grid: Vec<f64> = sel.epochs.iter().map(|&x| x as f64).collect();
                 notes.extend(prologue::grid_edge_note("epochs", e as f64, &grid));
+                notes.extend(per_fold.as_ref().map(PerFold::note));
                 let selection = Selection {
                     folds: sel.folds,
                     splits,

@@ -284,8 +284,14 @@ fn cross_validation_fits_and_scores_each_fold_on_the_vectors_made_without_it() {
     // fold fitted on one kind and scored on the other, its accuracy would collapse.
     let (_dir, input) = artifact(&train, &test);
     let negated = with_fold_vectors(&input, &train, 4, 3, |_, _| map_rows(&train, &all, |v| -v));
-    let out = run_stage::<LogReg>(&logreg, &[negated], 3).unwrap();
+    let (out, summary) = run_stage_summary::<LogReg>(&logreg, &[negated], 3).unwrap();
     assert_eq!(fold_accuracies(out.path()), plain_cv);
+    assert!(
+        (summary.notes.iter())
+            .any(|n| n == "CV on `bow`'s training vectors made per fold (a test)"),
+        "{:?}",
+        summary.notes
+    );
 
     // Each fold's held-out rows zeroed in its own file only: every such row gets the one
     // prediction of a zero vector, a quarter of each stratified fold right; the plain vectors
