@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use llmembed_core::folds::FoldVectors;
 pub(crate) use llmembed_core::folds::{CvFolds, cv_folds, validated_rows};
+use llmembed_core::folds::{FoldRows, FoldVectors, check_fold_rows};
 use llmembed_core::{Error, Input, Result, UNLABELLED, read_embedding_table};
 
 use crate::data::Split;
@@ -62,10 +62,10 @@ pub(crate) fn check_folds(train_path: &Path, param: &str, folds: usize) -> Resul
 }
 
 /// The training vectors that the input's stage made once per CV fold, each without that fold's
-/// labels ([`llmembed_core::folds::FoldVectors`]: `contrastive`'s `mode: supcon`). A classifier
-/// whose input has them fits and scores CV fold `f` on [`PerFold::train`]`(f)` in place of the
-/// training split: without them, every fold would be scored on vectors that its own held-out
-/// labels had shaped, and CV would be optimistic.
+/// labels ([`llmembed_core::folds::FoldVectors`]: `contrastive`'s `mode: supcon`, `fuse`'s
+/// `method: weighted`). A classifier whose input has them fits and scores CV fold `f` on them
+/// ([`fold_rows`]) in place of the training split: without them, every fold would be scored on
+/// vectors that its own held-out labels had shaped, and CV would be optimistic.
 pub(crate) struct PerFold {
     meta: FoldVectors,
     /// Fold `f`'s file.
@@ -101,55 +101,51 @@ impl PerFold {
         )
     }
 
-    /// Refuses per-fold vectors made for other folds than `cv`'s: their folds' heads saw the
-    /// labels of rows that `cv`'s folds hold out. `param` names this classifier's folds.
-    pub fn check(&self, cv: &CvFolds, param: &str) -> Result<()> {
-        let (made, here) = (self.meta.folds, cv.rows.len());
-        if made != here {
-            return Err(Error::param(
-                param,
-                format!(
-                    "`{}` ({}) made its training vectors per fold of {made}-fold CV, each \
-                     without that fold's labels; this CV has {here} folds, whose held-out rows \
-                     those vectors saw: give both the same number of folds",
-                    self.stage, self.meta.made_by
-                ),
-            ));
-        }
-        if self.meta.splits != cv.splits {
-            return Err(Error::mismatch(
-                "cross-validate on per-fold vectors",
-                format!(
-                    "`{}` ({}) made its training vectors for the folds with splits {}; this \
-                     CV's folds are {} (drawn from another seed, or over other rows)",
-                    self.stage, self.meta.made_by, self.meta.splits, cv.splits
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Fold `f`'s training rows: `train`'s (the labelled ones, in order: checked), with the
     /// vectors made without fold `f`'s labels.
-    pub fn train(&self, f: usize, train: &Split) -> Result<Split> {
+    fn train(&self, f: usize, train: &Split) -> Result<Split> {
         let path = &self.paths[f];
         let refs: Vec<&str> = self.columns.iter().map(String::as_str).collect();
         let (rows, _) =
             Split::from_table(path, read_embedding_table(path, Some(&refs))?)?.labelled();
-        if rows.ids != train.ids || rows.labels != train.labels || rows.dim() != train.dim() {
-            return Err(Error::schema(
-                path,
-                "id",
-                format!(
-                    "fold {f}'s training vectors ({} rows of {}) are not the training split's \
-                     rows ({} of {}) in its order",
-                    rows.rows(),
-                    rows.dim(),
-                    train.rows(),
-                    train.dim()
-                ),
-            ));
-        }
+        check_fold_rows(path, "id", f, fold_rows_of(&rows), fold_rows_of(train))?;
         Ok(rows)
     }
+}
+
+fn fold_rows_of(split: &Split) -> FoldRows<'_> {
+    FoldRows {
+        ids: &split.ids,
+        labels: &split.labels,
+        dim: split.dim(),
+    }
+}
+
+/// The `folds`-fold CV of `train`'s rows ([`cv_folds`]), checked against the input's per-fold
+/// vectors where it made them (`param` names the classifier's number of folds).
+pub(crate) fn cv_folds_for(
+    train: &Split,
+    per_fold: Option<&PerFold>,
+    folds: usize,
+    seed: u64,
+    param: &str,
+) -> Result<CvFolds> {
+    let cv = cv_folds(&train.ids, &train.labels, folds, seed);
+    if let Some(p) = per_fold {
+        p.meta.check(&p.stage, &cv, param)?;
+    }
+    Ok(cv)
+}
+
+/// Fold `f`'s training and validation rows of `cv`: `train`'s, or the input's fold `f` vectors
+/// of them where it made such.
+pub(crate) fn fold_rows(
+    train: &Split,
+    per_fold: Option<&PerFold>,
+    cv: &CvFolds,
+    f: usize,
+) -> Result<(Split, Split)> {
+    let own = per_fold.map(|p| p.train(f, train)).transpose()?;
+    let rows = own.as_ref().unwrap_or(train);
+    Ok((rows.subset(&cv.training_rows(f)), rows.subset(&cv.rows[f])))
 }

@@ -65,7 +65,7 @@ use ndarray::{Array1, Array2, ArrayView2, CowArray, Ix2, ShapeBuilder, s};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_pair};
-use crate::folds::{CvFolds, PerFold, cv_folds};
+use crate::folds::{CvFolds, PerFold, cv_folds_for, fold_rows};
 use crate::lbfgs::{Design, lbfgs_exact, norm_inf, sklearn_objective, softmax_rows};
 use crate::prologue::preds_of;
 
@@ -402,21 +402,14 @@ pub(crate) fn cross_validate(
     solver: LogRegSolver,
     seed: u64,
 ) -> Result<CvOutcome> {
-    let cv = cv_folds(&train.ids, &train.labels, folds, seed);
-    if let Some(p) = per_fold {
-        p.check(&cv, "select.folds")?;
-    }
+    let cv = cv_folds_for(train, per_fold, folds, seed, "select.folds")?;
     let k = train.label_names.len();
     // One fold's matrices at a time (each C fitted on it, then dropped): a fold's standardised
     // f64 copy is twice the f32 features, and holding every fold's at once (5 x 2 x 690 MB for
     // 67,000 rows x 2,560) is what made large CVs run out of memory. Every fit is the same
     // computation as before, so the table has the same values.
     let (table, oof) = grid_cv(&cv, &train.labels, grid, k, |f| {
-        let own = per_fold.map(|p| p.train(f, train)).transpose()?;
-        let rows = own.as_ref().unwrap_or(train);
-        let tr = rows.subset(&cv.training_rows(f));
-        let va = rows.subset(&cv.rows[f]);
-        drop(own);
+        let (tr, va) = fold_rows(train, per_fold, &cv, f)?;
         let (xtr, xva) = standardized_pair(&tr, &va)?;
         drop(tr.x);
         grid.iter()

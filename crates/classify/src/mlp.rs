@@ -17,7 +17,7 @@ use llmembed_core::{Apply, ApplyEnv, Arity, Context, Error, Input, Result, Stage
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
-use crate::folds::{PerFold, cv_folds};
+use crate::folds::{PerFold, cv_folds_for, fold_rows};
 use crate::logreg_fit::keep_out_of_fold;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
@@ -164,10 +164,7 @@ fn cross_validate(
     pipeline_seed: u64,
     dev: &Device,
 ) -> Result<(Vec<CvRow>, Vec<Vec<f32>>, String)> {
-    let cv = cv_folds(&train.ids, &train.labels, sel.folds, pipeline_seed);
-    if let Some(p) = per_fold {
-        p.check(&cv, "select.folds")?;
-    }
+    let cv = cv_folds_for(train, per_fold, sel.folds, pipeline_seed, "select.folds")?;
     let k = train.label_names.len();
     let max_epochs = *sel.epochs.iter().max().expect("checked non-empty");
     let mut checkpoints = sel.epochs.clone();
@@ -176,11 +173,7 @@ fn cross_validate(
     let mut fold_accuracy = Vec::new();
     let mut oof = vec![vec![0f32; train.rows() * k]; checkpoints.len()];
     for (f, fold) in cv.rows.iter().enumerate() {
-        let own = per_fold.map(|p| p.train(f, train)).transpose()?;
-        let rows = own.as_ref().unwrap_or(train);
-        let tr = rows.subset(&cv.training_rows(f));
-        let va = rows.subset(fold);
-        drop(own);
+        let (tr, va) = fold_rows(train, per_fold, &cv, f)?;
         let st = standardizer(&tr);
         let xtr = tensor2(standardized_f32(&tr, &st), tr.rows(), tr.dim(), dev)?;
         let xva = tensor2(standardized_f32(&va, &st), va.rows(), va.dim(), dev)?;

@@ -47,7 +47,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::folds::{
-    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file,
+    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldRows, FoldVectors, check_fold_rows, cv_folds,
+    fold_vectors_file,
 };
 use llmembed_core::{
     Apply, ApplyEnv, Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision,
@@ -435,32 +436,13 @@ impl Stage for Contrastive {
         // SupCon fits on their labels, and an input made per fold (`fuse`'s learned weights,
         // say) is refined per fold, each fold's vectors by a head fitted on them.
         let upstream = FoldVectors::of(input)?;
-        let folds = match (&upstream, params.folds) {
-            (Some(up), Some(k)) if k != up.folds => {
-                return Err(Error::param(
-                    "folds",
-                    format!(
-                        "{k}, but the input `{}` ({}) made its training vectors per fold of \
-                         {}-fold CV",
-                        input.stage_id, up.made_by, up.folds
-                    ),
-                ));
-            }
-            (Some(up), _) => Some(up.folds),
-            (None, k) => (params.mode == Mode::Supcon).then(|| k.unwrap_or(DEFAULT_FOLDS)),
+        let folds = match &upstream {
+            Some(up) => Some(up.folds(&input.stage_id, "folds", params.folds)?),
+            None => (params.mode == Mode::Supcon).then(|| params.folds.unwrap_or(DEFAULT_FOLDS)),
         };
         let cv = folds.map(|k| cv_folds(&fit_on.ids, &fit_on.labels, k, ctx.env.seed));
-        if let (Some(up), Some(cv)) = (&upstream, &cv)
-            && up.splits != cv.splits
-        {
-            return Err(Error::mismatch(
-                "contrastive: per-fold vectors",
-                format!(
-                    "the input `{}` ({}) made its training vectors for the folds with splits \
-                     {}; the pipeline's seed draws {} over these rows",
-                    input.stage_id, up.made_by, up.splits, cv.splits
-                ),
-            ));
+        if let (Some(up), Some(cv)) = (&upstream, &cv) {
+            up.check(&input.stage_id, cv, "folds")?;
         }
         let fits = 1 + cv.as_ref().map_or(0, |cv| cv.rows.len());
         let bar = ctx.progress((fits * params.epochs) as u64, "contrastive");
@@ -609,23 +591,7 @@ fn fold_input(
 ) -> Result<EmbeddingTable> {
     let path = FoldVectors::path(input, f)?;
     let table = read_embedding_table(&path, Some(&[column]))?;
-    if table.ids != train.ids
-        || table.labels != train.labels
-        || table.columns[0].dim != train.columns[0].dim
-    {
-        return Err(Error::schema(
-            &path,
-            column,
-            format!(
-                "fold {f}'s training vectors ({} rows of {}) are not the training split's rows \
-                 ({} of {}) in its order",
-                table.len(),
-                table.columns[0].dim,
-                train.len(),
-                train.columns[0].dim
-            ),
-        ));
-    }
+    check_fold_rows(&path, column, f, FoldRows::of(&table), FoldRows::of(train))?;
     Ok(table)
 }
 

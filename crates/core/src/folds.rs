@@ -190,6 +190,95 @@ impl FoldVectors {
     pub fn path(input: &crate::Input, f: usize) -> crate::Result<std::path::PathBuf> {
         input.path(&fold_vectors_file(f))
     }
+
+    /// The number of folds of a stage over these vectors (made by `stage`): theirs, which the
+    /// stage's own `param`, where `given`, must equal.
+    pub fn folds(&self, stage: &str, param: &str, given: Option<usize>) -> crate::Result<usize> {
+        match given {
+            Some(k) if k != self.folds => Err(crate::Error::param(
+                param,
+                format!(
+                    "{k}, but the input `{stage}` ({}) made its training vectors per fold of \
+                     {}-fold CV",
+                    self.made_by, self.folds
+                ),
+            )),
+            _ => Ok(self.folds),
+        }
+    }
+
+    /// Refuses these vectors (made by `stage`) for `cv`, where `cv`'s folds are others than
+    /// theirs: their folds' fits saw the labels of rows that `cv`'s folds hold out. `param`
+    /// names the reader's number of folds.
+    pub fn check(&self, stage: &str, cv: &CvFolds, param: &str) -> crate::Result<()> {
+        let (made, here) = (self.folds, cv.rows.len());
+        if made != here {
+            return Err(crate::Error::param(
+                param,
+                format!(
+                    "`{stage}` ({}) made its training vectors per fold of {made}-fold CV, each \
+                     without that fold's labels; this CV has {here} folds, whose held-out rows \
+                     those vectors saw: give both the same number of folds",
+                    self.made_by
+                ),
+            ));
+        }
+        if self.splits != cv.splits {
+            return Err(crate::Error::mismatch(
+                "read per-fold vectors",
+                format!(
+                    "`{stage}` ({}) made its training vectors for the folds with splits {}; this \
+                     CV's folds are {} (drawn from another seed, or over other rows)",
+                    self.made_by, self.splits, cv.splits
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The rows and width of a table of training vectors, for [`check_fold_rows`].
+pub struct FoldRows<'a> {
+    pub ids: &'a [String],
+    pub labels: &'a [i64],
+    pub dim: usize,
+}
+
+impl<'a> FoldRows<'a> {
+    /// A table's rows, its width the sum of its vector columns'.
+    pub fn of(table: &'a crate::EmbeddingTable) -> Self {
+        FoldRows {
+            ids: &table.ids,
+            labels: &table.labels,
+            dim: table.columns.iter().map(|c| c.dim).sum(),
+        }
+    }
+}
+
+/// Checks that fold `f`'s training vectors (`got`, read from `path`) hold the training split's
+/// rows in its order, at its width (`want`); the error names `column`.
+pub fn check_fold_rows(
+    path: &std::path::Path,
+    column: &str,
+    f: usize,
+    got: FoldRows,
+    want: FoldRows,
+) -> crate::Result<()> {
+    if got.ids == want.ids && got.labels == want.labels && got.dim == want.dim {
+        return Ok(());
+    }
+    Err(crate::Error::schema(
+        path,
+        column,
+        format!(
+            "fold {f}'s training vectors ({} rows of {}) are not the training split's rows ({} \
+             of {}) in its order",
+            got.ids.len(),
+            got.dim,
+            want.ids.len(),
+            want.dim
+        ),
+    ))
 }
 
 /// The training rows' vectors made without fold `f`'s labels: `train.fold<f>.parquet`, an

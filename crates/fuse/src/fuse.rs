@@ -58,7 +58,8 @@ use llmembed_core::{
 };
 
 use llmembed_core::folds::{
-    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file,
+    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldRows, FoldVectors, check_fold_rows, cv_folds,
+    fold_vectors_file,
 };
 
 use crate::align::{Aligned, align_rows, load_aligned, load_aligned_paths};
@@ -537,41 +538,55 @@ fn fit_weights(p: &FuseParams, train: &Aligned, seed: u64) -> Result<weighted::W
     )
 }
 
-/// The per-fold training vectors the inputs made (`llmembed_core::folds`), when any did: all
-/// that did must have made them for the same folds, and `weighted.folds`, if given, must be
-/// their number.
-fn upstream_folds(p: &FuseParams, inputs: &[Input]) -> Result<Option<FoldVectors>> {
-    let mut found: Option<(FoldVectors, &str)> = None;
+/// The per-fold training vectors the inputs made (`llmembed_core::folds`).
+struct Upstream {
+    /// What the first input that made them says of them.
+    made: FoldVectors,
+    /// That input's stage (for messages).
+    stage: String,
+    /// Per input, whether it made them.
+    by_input: Vec<bool>,
+}
+
+/// The inputs' per-fold training vectors, when any made them: all that did must have made them
+/// for the same folds, and `weighted.folds`, if given, must be their number.
+fn upstream_folds(p: &FuseParams, inputs: &[Input]) -> Result<Option<Upstream>> {
+    let mut found: Option<Upstream> = None;
+    let mut by_input = Vec::with_capacity(inputs.len());
     for input in inputs {
-        let Some(made) = FoldVectors::of(input)? else {
+        let made = FoldVectors::of(input)?;
+        by_input.push(made.is_some());
+        let Some(made) = made else {
             continue;
         };
-        if let Some((first, id)) = &found
-            && (first.folds, &first.splits) != (made.folds, &made.splits)
-        {
-            return Err(Error::mismatch(
-                "fuse: per-fold vectors",
-                format!(
-                    "`{id}` made its training vectors per fold of {}-fold CV (splits {}), `{}` \
-                     of {}-fold CV (splits {}): fuse inputs made for the same folds",
-                    first.folds, first.splits, input.stage_id, made.folds, made.splits
-                ),
-            ));
+        match &found {
+            Some(first) if (first.made.folds, &first.made.splits) != (made.folds, &made.splits) => {
+                return Err(Error::mismatch(
+                    "fuse: per-fold vectors",
+                    format!(
+                        "`{}` made its training vectors per fold of {}-fold CV (splits {}), `{}` \
+                         of {}-fold CV (splits {}): fuse inputs made for the same folds",
+                        first.stage,
+                        first.made.folds,
+                        first.made.splits,
+                        input.stage_id,
+                        made.folds,
+                        made.splits
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                made.folds(&input.stage_id, "weighted.folds", p.weighted.folds)?;
+                found = Some(Upstream {
+                    made,
+                    stage: input.stage_id.clone(),
+                    by_input: Vec::new(),
+                });
+            }
         }
-        found.get_or_insert((made, &input.stage_id));
     }
-    if let (Some((made, id)), Some(k)) = (&found, p.weighted.folds)
-        && k != made.folds
-    {
-        return Err(Error::param(
-            "weighted.folds",
-            format!(
-                "{k}, but the input `{id}` ({}) made its training vectors per fold of {}-fold CV",
-                made.made_by, made.folds
-            ),
-        ));
-    }
-    Ok(found.map(|(made, _)| made))
+    Ok(found.map(|up| Upstream { by_input, ..up }))
 }
 
 /// What the per-fold training vectors of a run are made from.
@@ -579,7 +594,7 @@ struct PerFold<'a> {
     inputs: &'a [Input],
     resolved: &'a [Resolved],
     /// The inputs' own per-fold vectors, if any made them ([`upstream_folds`]).
-    upstream: Option<&'a FoldVectors>,
+    upstream: Option<&'a Upstream>,
     /// What the run fitted on all training rows: what a fold uses where nothing it fits reads a
     /// label (the co-occurrence projections are drawn, not fitted).
     fitted: &'a Fitted,
@@ -590,26 +605,17 @@ impl PerFold<'_> {
     /// them, its training split otherwise, with `train`'s rows (checked); `None` when no input
     /// made any (then they are `train`, the run's, normalised).
     fn train(&self, p: &FuseParams, f: usize, train: &Aligned) -> Result<Option<Aligned>> {
-        if self.upstream.is_none() {
+        let Some(upstream) = self.upstream else {
             return Ok(None);
-        }
-        let paths = (self.inputs.iter())
-            .map(|input| match FoldVectors::of(input)? {
-                Some(_) => FoldVectors::path(input, f),
-                None => input.split("train"),
+        };
+        let paths = (self.inputs.iter().zip(&upstream.by_input))
+            .map(|(input, &made)| match made {
+                true => FoldVectors::path(input, f),
+                false => input.split("train"),
             })
             .collect::<Result<Vec<_>>>()?;
         let mut data = load_aligned_paths(&paths, self.resolved)?;
-        if data.ids != train.ids || data.labels != train.labels {
-            return Err(Error::mismatch(
-                "fuse: per-fold vectors",
-                format!(
-                    "fold {f}'s training vectors ({}) are not the training split's rows in its \
-                     order",
-                    paths[0].display()
-                ),
-            ));
-        }
+        check_fold_rows(&paths[0], "id", f, fold_rows_of(&data), fold_rows_of(train))?;
         if p.normalize == Normalize::L2 {
             data.sources
                 .iter_mut()
@@ -617,6 +623,15 @@ impl PerFold<'_> {
                 .for_each(l2_normalize_rows);
         }
         Ok(Some(data))
+    }
+}
+
+/// Aligned rows as [`check_fold_rows`] compares them, their width all sources' together.
+fn fold_rows_of(data: &Aligned) -> FoldRows<'_> {
+    FoldRows {
+        ids: &data.ids,
+        labels: &data.labels,
+        dim: data.sources.iter().flatten().map(|m| m.dim).sum(),
     }
 }
 
@@ -635,19 +650,12 @@ fn write_fold_vectors(
 ) -> Result<String> {
     let ids: Vec<String> = fit_rows.iter().map(|&i| train.ids[i].clone()).collect();
     let labels: Vec<i64> = fit_rows.iter().map(|&i| train.labels[i]).collect();
-    let folds = (per_fold.upstream.map(|u| u.folds))
+    let folds = (per_fold.upstream.map(|u| u.made.folds))
         .or(p.weighted.folds)
         .unwrap_or(DEFAULT_FOLDS);
     let cv = cv_folds(&ids, &labels, folds, ctx.env.seed);
-    if let Some(made) = per_fold.upstream.filter(|u| u.splits != cv.splits) {
-        return Err(Error::mismatch(
-            "fuse: per-fold vectors",
-            format!(
-                "an input ({}) made its training vectors for the folds with splits {}; the \
-                 pipeline's seed draws {} over these rows",
-                made.made_by, made.splits, cv.splits
-            ),
-        ));
+    if let Some(u) = per_fold.upstream {
+        u.made.check(&u.stage, &cv, "weighted.folds")?;
     }
     for f in 0..folds {
         let rows: Vec<usize> = cv.training_rows(f).iter().map(|&r| fit_rows[r]).collect();
@@ -675,7 +683,7 @@ fn write_fold_vectors(
         write_embedding_table(&ctx.out(&fold_vectors_file(f)), &table, Precision::F32)?;
     }
     let made_by = match per_fold.upstream {
-        Some(u) if p.method != Method::Weighted => format!("fuse, over {}", u.made_by),
+        Some(u) if p.method != Method::Weighted => format!("fuse, over {}", u.made.made_by),
         _ => "fuse (method: weighted)".into(),
     };
     let meta = FoldVectors {

@@ -346,16 +346,36 @@ fn weighted_over_all_layers() -> FuseParams {
     p
 }
 
+/// The first `n` AG News training rows as [`informative_and_noise`] tables with ids
+/// `<prefix><i>`: the first `train_rows` for train, the rest for test.
+fn informative_split(
+    prefix: &str,
+    n: usize,
+    train_rows: usize,
+) -> Option<(EmbeddingTable, EmbeddingTable)> {
+    let (texts, labels) = ag_news("train", n)?;
+    let ids = ids(prefix, n);
+    let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (tr, te) = texts.split_at(train_rows);
+    Some((
+        table(
+            &idr[..train_rows],
+            &labels[..train_rows],
+            informative_and_noise(tr, 1),
+        ),
+        table(
+            &idr[train_rows..],
+            &labels[train_rows..],
+            informative_and_noise(te, 2),
+        ),
+    ))
+}
+
 #[test]
 fn weighted_puts_most_weight_on_the_informative_layer_and_is_deterministic() {
-    let Some((texts, labels)) = ag_news("train", 600) else {
+    let Some((train, test)) = informative_split("w", 600, 500) else {
         return;
     };
-    let (tr, te) = texts.split_at(500);
-    let ids = ids("w", 600);
-    let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let train = table(&idr[..500], &labels[..500], informative_and_noise(tr, 1));
-    let test = table(&idr[500..], &labels[500..], informative_and_noise(te, 2));
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
     let mut p = weighted_over_all_layers();
@@ -511,23 +531,9 @@ fn cooccurrence_joins_the_squashed_gram_with_the_mean_of_the_first_source() {
 #[test]
 fn weighted_makes_each_folds_vectors_as_a_fusion_that_never_saw_its_rows() {
     use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
-    let Some((texts, labels)) = ag_news("train", 240) else {
+    let Some((train, test)) = informative_split("w", 240, 200) else {
         return;
     };
-    let ids = ids("w", 240);
-    let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let (train, test) = (
-        table(
-            &idr[..200],
-            &labels[..200],
-            informative_and_noise(&texts[..200], 1),
-        ),
-        table(
-            &idr[200..],
-            &labels[200..],
-            informative_and_noise(&texts[200..], 2),
-        ),
-    );
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), "x", &[("train", &train), ("test", &test)]);
     let mut p = weighted_over_all_layers();
@@ -585,23 +591,9 @@ fn weighted_makes_each_folds_vectors_as_a_fusion_that_never_saw_its_rows() {
 #[test]
 fn an_inputs_per_fold_vectors_are_fused_fold_by_fold() {
     use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
-    let Some((texts, labels)) = ag_news("train", 150) else {
+    let Some((train, test)) = informative_split("p", 150, 120) else {
         return;
     };
-    let ids = ids("p", 150);
-    let idr: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let (train, test) = (
-        table(
-            &idr[..120],
-            &labels[..120],
-            informative_and_noise(&texts[..120], 1),
-        ),
-        table(
-            &idr[120..],
-            &labels[120..],
-            informative_and_noise(&texts[120..], 2),
-        ),
-    );
     // An input that made its training vectors per fold (as SupCon does): fold f's are train's
     // scaled by f + 2.
     let cv = cv_folds(&train.ids, &train.labels, 3, 7);
@@ -613,29 +605,14 @@ fn an_inputs_per_fold_vectors_are_fused_fold_by_fold() {
         t
     };
     let made = |dir: &std::path::Path, folds: usize, splits: &str| {
-        let mut input = write_input(dir, "supcon", &[("train", &train), ("test", &test)]);
-        for f in 0..folds {
-            let name = fold_vectors_file(f);
-            llmembed_core::write_embedding_table(
-                &input.dir.join(&name),
-                &scaled(f),
-                llmembed_core::Precision::F32,
-            )
-            .unwrap();
-            input.files.push(name);
-        }
+        let input = write_input(dir, "supcon", &[("train", &train), ("test", &test)]);
         let meta = FoldVectors {
             folds,
             splits: splits.into(),
             made_by: "contrastive (mode: supcon)".into(),
         };
-        std::fs::write(
-            input.dir.join(FOLD_VECTORS_FILE),
-            serde_json::to_vec(&meta).unwrap(),
-        )
-        .unwrap();
-        input.files.push(FOLD_VECTORS_FILE.into());
-        input
+        let tables: Vec<EmbeddingTable> = (0..folds).map(scaled).collect();
+        llmembed_testkit::with_fold_vectors(&input, &tables, &meta)
     };
     let dir = tempfile::tempdir().unwrap();
     let input = made(&dir.path().join("a"), 3, &cv.splits);

@@ -15,7 +15,7 @@ mod stage;
 pub use pipeline::{ag_news_stage, pipeline_header, smollm2_stage};
 pub use stage::{
     assert_same_output_bytes, embedding_input, folder_files, predictions_input, run_stage,
-    run_stage_at, seed_for, stage_env, text_input,
+    run_stage_at, seed_for, stage_env, text_input, with_fold_vectors,
 };
 
 use std::fs::File;

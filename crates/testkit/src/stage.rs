@@ -31,6 +31,31 @@ pub fn embedding_input(dir: &Path, stage_id: &str, splits: &[(&str, &EmbeddingTa
     })
 }
 
+/// `input` with per-fold training vectors added to its artifact, as a stage that fits on labels
+/// writes them (`llmembed_core::folds`): fold `f`'s are `folds[f]`, made for the folds `meta`
+/// names.
+pub fn with_fold_vectors(
+    input: &Input,
+    folds: &[EmbeddingTable],
+    meta: &llmembed_core::folds::FoldVectors,
+) -> Input {
+    use llmembed_core::folds::{FOLD_VECTORS_FILE, fold_vectors_file};
+    let mut files = input.files.clone();
+    for (f, table) in folds.iter().enumerate() {
+        let name = fold_vectors_file(f);
+        write_embedding_table(&input.dir.join(&name), table, Precision::F32).unwrap();
+        files.push(name);
+    }
+    let json = serde_json::to_vec(meta).unwrap();
+    std::fs::write(input.dir.join(FOLD_VECTORS_FILE), json).unwrap();
+    files.push(FOLD_VECTORS_FILE.into());
+    files.sort();
+    Input {
+        files,
+        ..input.clone()
+    }
+}
+
 /// An upstream artifact `stage_id` in `dir` (created if needed) holding each text table as
 /// `<split>.parquet`.
 pub fn text_input(dir: &Path, stage_id: &str, splits: &[(&str, &TextTable)]) -> Input {

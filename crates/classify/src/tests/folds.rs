@@ -204,36 +204,14 @@ fn with_fold_vectors(
     seed: u64,
     vectors: impl Fn(usize, &llmembed_core::folds::CvFolds) -> EmbeddingTable,
 ) -> Input {
-    use llmembed_core::folds::{FOLD_VECTORS_FILE, FoldVectors, cv_folds, fold_vectors_file};
-    let cv = cv_folds(&train.ids, &train.labels, folds, seed);
-    let mut files = input.files.clone();
-    for f in 0..folds {
-        let name = fold_vectors_file(f);
-        let table = vectors(f, &cv);
-        llmembed_core::write_embedding_table(
-            &input.dir.join(&name),
-            &table,
-            llmembed_core::Precision::F32,
-        )
-        .unwrap();
-        files.push(name);
-    }
-    let meta = FoldVectors {
+    let cv = llmembed_core::folds::cv_folds(&train.ids, &train.labels, folds, seed);
+    let tables: Vec<EmbeddingTable> = (0..folds).map(|f| vectors(f, &cv)).collect();
+    let meta = llmembed_core::folds::FoldVectors {
         folds,
         splits: cv.splits.clone(),
         made_by: "a test".into(),
     };
-    std::fs::write(
-        input.dir.join(FOLD_VECTORS_FILE),
-        serde_json::to_vec(&meta).unwrap(),
-    )
-    .unwrap();
-    files.push(FOLD_VECTORS_FILE.into());
-    files.sort();
-    Input {
-        files,
-        ..input.clone()
-    }
+    llmembed_testkit::with_fold_vectors(input, &tables, &meta)
 }
 
 /// `t` with every vector of the rows `rows` mapped by `map`.
