@@ -426,12 +426,13 @@ pub(crate) fn cross_validate(
     })
 }
 
-/// The CV of every C of `grid` over `cv`'s folds of rows labelled `labels`: its table, and per C
-/// the training rows' probabilities (rows x `k`), each from the fold fit that did not see the
-/// row. `fit_fold(f)` fits every C without fold `f`'s rows and gives, per C in grid order, the
-/// fold's probabilities (its rows in order) and whether that fit converged; the fits of one
-/// fold are made together, so that whatever they share (a standardised copy of the rows) is
-/// made once and dropped before the next fold's.
+/// The CV of every setting of `grid` (a C; the MLP's epoch counts) over `cv`'s folds of rows
+/// labelled `labels`: its table, and per setting the training rows' probabilities (rows x `k`),
+/// each from the fold fit that did not see the row. `fit_fold(f)` fits every setting without
+/// fold `f`'s rows and gives, per setting in grid order, the fold's probabilities (its rows in
+/// order) and whether that fit converged; the fits of one fold are made together, so that
+/// whatever they share (a standardised copy of the rows; one network's training, checkpointed
+/// at each epoch count) is made once and dropped before the next fold's.
 pub(crate) fn grid_cv(
     cv: &CvFolds,
     labels: &[i64],

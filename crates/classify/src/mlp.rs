@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Split, standardized_f32, standardizer, write_every_split};
 use crate::folds::{PerFold, cv_folds_for, fold_rows};
-use crate::logreg_fit::keep_out_of_fold;
+use crate::logreg_fit::grid_cv;
 use crate::mlp_net::{MlpConfig, tensor2, train_mlp};
 use crate::prologue::{
     self, FeatureParams, TrainTest, best_index, check_columns, check_select_folds, feature_params,
@@ -170,9 +170,8 @@ fn cross_validate(
     let mut checkpoints = sel.epochs.clone();
     checkpoints.sort_unstable();
     checkpoints.dedup();
-    let mut fold_accuracy = Vec::new();
-    let mut oof = vec![vec![0f32; train.rows() * k]; checkpoints.len()];
-    for (f, fold) in cv.rows.iter().enumerate() {
+    let grid: Vec<f64> = checkpoints.iter().map(|&e| e as f64).collect();
+    let (rows, oof) = grid_cv(&cv, &train.labels, &grid, k, |f| {
         let (tr, va) = fold_rows(train, per_fold, &cv, f)?;
         let st = standardizer(&tr);
         let xtr = tensor2(standardized_f32(&tr, &st), tr.rows(), tr.dim(), dev)?;
@@ -183,23 +182,17 @@ fn cross_validate(
             k,
             max_epochs,
             cfg,
-            Some((&xva, &va.labels, &checkpoints)),
+            Some((&xva, &checkpoints)),
         )?;
-        for (oof, probs) in oof.iter_mut().zip(&t.checkpoint_probs) {
-            keep_out_of_fold(oof, fold, probs, k);
-        }
-        fold_accuracy.push(t.checkpoint_accuracy);
-    }
+        Ok(t.checkpoint_probs.into_iter().map(|p| (p, true)).collect())
+    })?;
     let table = checkpoints
         .iter()
-        .enumerate()
-        .map(|(j, &e)| {
-            let accs: Vec<f64> = fold_accuracy.iter().map(|f| f[j]).collect();
-            CvRow {
-                epochs: e,
-                mean_accuracy: accs.iter().sum::<f64>() / accs.len() as f64,
-                fold_accuracy: accs,
-            }
+        .zip(rows)
+        .map(|(&epochs, row)| CvRow {
+            epochs,
+            fold_accuracy: row.fold_accuracy,
+            mean_accuracy: row.mean_accuracy,
         })
         .collect();
     Ok((table, oof, cv.splits))

@@ -5,13 +5,11 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{Module, ParamsAdamW};
-use llmembed_core::metrics::accuracy;
 use llmembed_core::{Error, Result, seeded_rng};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::adam::Adam;
-use crate::prologue::preds_of;
 
 fn cerr(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
     move |e| Error::compute(op, e)
@@ -151,8 +149,6 @@ pub(crate) struct Trained {
     pub net: Net,
     /// Mean training loss of each epoch.
     pub epoch_loss: Vec<f64>,
-    /// Accuracy on the evaluation rows after each checkpoint epoch.
-    pub checkpoint_accuracy: Vec<f64>,
     /// The evaluation rows' class probabilities (rows x classes) after each checkpoint epoch.
     pub checkpoint_probs: Vec<Vec<f32>>,
     pub steps: usize,
@@ -164,14 +160,15 @@ pub(crate) fn tensor2(values: Vec<f32>, rows: usize, dim: usize, dev: &Device) -
         .map_err(|e| Error::compute("build feature tensor", format!("{rows}x{dim}: {e}")))
 }
 
-/// Trains for `epochs` on standardised `x`; scores `eval` after each epoch in `checkpoints`.
+/// Trains for `epochs` on standardised `x`; predicts `eval`'s rows after each epoch in
+/// `checkpoints`.
 pub(crate) fn train_mlp(
     x: &Tensor,
     labels: &[i64],
     n_classes: usize,
     epochs: usize,
     cfg: &MlpConfig,
-    eval: Option<(&Tensor, &[i64], &[usize])>,
+    eval: Option<(&Tensor, &[usize])>,
 ) -> Result<Trained> {
     let start = Instant::now();
     let dev = x.device().clone();
@@ -198,7 +195,6 @@ pub(crate) fn train_mlp(
     let mut dropout_rng = seeded_rng(cfg.seed, "mlp-dropout");
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut epoch_loss = Vec::new();
-    let mut checkpoint_accuracy = Vec::new();
     let mut checkpoint_probs = Vec::new();
     let mut steps = 0;
     for epoch in 1..=epochs {
@@ -227,19 +223,15 @@ pub(crate) fn train_mlp(
             steps += 1;
         }
         epoch_loss.push(loss_sum / n as f64);
-        if let Some((xe, ye, checkpoints)) = eval
+        if let Some((xe, checkpoints)) = eval
             && checkpoints.contains(&epoch)
         {
-            let probs = net.predict_proba(xe)?;
-            let preds = preds_of(&probs, n_classes);
-            checkpoint_accuracy.push(accuracy(ye, &preds));
-            checkpoint_probs.push(probs);
+            checkpoint_probs.push(net.predict_proba(xe)?);
         }
     }
     Ok(Trained {
         net,
         epoch_loss,
-        checkpoint_accuracy,
         checkpoint_probs,
         steps,
         fit_seconds: start.elapsed().as_secs_f64(),

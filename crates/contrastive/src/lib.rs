@@ -47,8 +47,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use llmembed_core::folds::{
-    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldRows, FoldVectors, check_fold_rows, cv_folds,
-    fold_vectors_file,
+    DEFAULT_FOLDS, FoldRows, FoldVectors, check_fold_rows, cv_folds, fold_vectors_file,
 };
 use llmembed_core::{
     Apply, ApplyEnv, Arity, ConstantColumn, Context, EmbeddingTable, Error, Input, Precision,
@@ -488,10 +487,12 @@ impl Stage for Contrastive {
 
         let mut rows_out = 0;
         for (split, path) in input.splits() {
+            let other;
             let table = if path == train_path {
-                train.clone()
+                &train
             } else {
-                read_embedding_table(&path, Some(&[column.as_str()]))?
+                other = read_embedding_table(&path, Some(&[column.as_str()]))?;
+                &other
             };
             let col = &table.columns[0];
             if col.dim != d {
@@ -524,12 +525,13 @@ impl Stage for Contrastive {
             // classifier's CV trains on (their vectors made without the fold where the input
             // has such); every training row refined by it.
             for f in 0..cv.rows.len() {
-                let source = match upstream {
-                    Some(_) => fold_input(input, f, &column, &train)?,
-                    None => train.clone(),
+                let own = match upstream {
+                    Some(_) => Some(fold_input(input, f, &column, &train)?),
+                    None => None,
                 };
-                let labelled = labelled_rows(&source);
-                let rows = subset(labelled.as_ref().unwrap_or(&source), &cv.training_rows(f));
+                let source = own.as_ref().unwrap_or(&train);
+                let labelled = labelled_rows(source);
+                let rows = subset(labelled.as_ref().unwrap_or(source), &cv.training_rows(f));
                 let fold = fit(&rows)?;
                 let out = refine(&fold.standardizer, &fold.head, params.output, source)?;
                 write_embedding_table(&ctx.out(&fold_vectors_file(f)), &out, Precision::F32)?;
@@ -539,9 +541,7 @@ impl Stage for Contrastive {
                 splits: cv.splits.clone(),
                 made_by: format!("contrastive (mode: {})", params.mode.name()),
             };
-            let json = serde_json::to_vec_pretty(&meta)
-                .map_err(|e| Error::compute("serialize fold_vectors.json", e))?;
-            fsutil::write_bytes_atomic(&ctx.out(FOLD_VECTORS_FILE), &json)?;
+            meta.save(&ctx.out_dir)?;
             notes.push(format!(
                 "training vectors also made per fold of {}-fold CV (splits {}), each by a head \
                  fitted without that fold's rows",
@@ -641,15 +641,15 @@ fn refine(
     standardizer: &Standardizer,
     head: &Head,
     output: Output,
-    table: EmbeddingTable,
+    table: &EmbeddingTable,
 ) -> Result<EmbeddingTable> {
     let mut x = table.columns[0].values.clone();
     standardizer.apply_rows_f32(&mut x);
     let (width, values) = train::embed(head, output, &x)?;
     Ok(EmbeddingTable {
-        ids: table.ids,
-        labels: table.labels,
-        label_names: table.label_names,
+        ids: table.ids.clone(),
+        labels: table.labels.clone(),
+        label_names: table.label_names.clone(),
         columns: vec![VectorColumn::new("embedding", width, values)],
     })
 }

@@ -186,6 +186,12 @@ impl FoldVectors {
         crate::load_json(&input.path(FOLD_VECTORS_FILE)?).map(Some)
     }
 
+    /// Writes these as [`FOLD_VECTORS_FILE`] in a stage's output folder `out_dir`, beside the
+    /// per-fold vectors the stage wrote there.
+    pub fn save(&self, out_dir: &std::path::Path) -> crate::Result<()> {
+        crate::save_json(&out_dir.join(FOLD_VECTORS_FILE), self)
+    }
+
     /// The path of `input`'s fold `f` vectors ([`fold_vectors_file`]).
     pub fn path(input: &crate::Input, f: usize) -> crate::Result<std::path::PathBuf> {
         input.path(&fold_vectors_file(f))

@@ -58,8 +58,7 @@ use llmembed_core::{
 };
 
 use llmembed_core::folds::{
-    DEFAULT_FOLDS, FOLD_VECTORS_FILE, FoldRows, FoldVectors, check_fold_rows, cv_folds,
-    fold_vectors_file,
+    DEFAULT_FOLDS, FoldRows, FoldVectors, check_fold_rows, cv_folds, fold_vectors_file,
 };
 
 use crate::align::{Aligned, align_rows, load_aligned, load_aligned_paths};
@@ -691,9 +690,7 @@ fn write_fold_vectors(
         splits: cv.splits.clone(),
         made_by,
     };
-    let json = serde_json::to_vec_pretty(&meta)
-        .map_err(|e| Error::compute("serialize fold_vectors.json", e))?;
-    llmembed_core::fsutil::write_bytes_atomic(&ctx.out(FOLD_VECTORS_FILE), &json)?;
+    meta.save(&ctx.out_dir)?;
     Ok(format!(
         "training vectors also made per fold of {folds}-fold CV (splits {}), each fused from \
          what that fold's fit may see",

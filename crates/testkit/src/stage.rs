@@ -46,8 +46,7 @@ pub fn with_fold_vectors(
         write_embedding_table(&input.dir.join(&name), table, Precision::F32).unwrap();
         files.push(name);
     }
-    let json = serde_json::to_vec(meta).unwrap();
-    std::fs::write(input.dir.join(FOLD_VECTORS_FILE), json).unwrap();
+    meta.save(&input.dir).unwrap();
     files.push(FOLD_VECTORS_FILE.into());
     files.sort();
     Input {
