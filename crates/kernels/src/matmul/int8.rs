@@ -5,7 +5,9 @@
 //! multiplied, symmetrically: `s_x = max |x| / 127`, `q_x = round(x / s_x)` in -127..=127.
 //! The products and sums are exact integers (int32: at most 127 x 127 x K, far below 2^31 for
 //! any K these models have), and the scales are applied once per output, in f32:
-//! `y[n] = s_w[n] * (s_x * sum_k q_x[k] q_w[k][n] + outliers[n])`.
+//! `y[n] = s_w[n] * (s_x * sum_k q_x[k] q_w[k][n] + outliers[n])` (by VNNI's micro-kernel in
+//! registers, [`TileScale`]; by the others in a pass over each band or tile of sums,
+//! [`OutputColumns::descale`]).
 //!
 //! Why symmetric activations shifted to u8 rather than asymmetric u8: `vpdpbusd` multiplies
 //! unsigned by signed bytes, so a symmetric row goes in as `q_x + 128`, and the shift costs
@@ -50,7 +52,7 @@ use rayon::prelude::*;
 use super::Switches;
 use super::amx::{self, TileOp, Tiles};
 use super::gated::Gated;
-use super::panels::{DotI8, Kernel, MaddI16, PAIR, PANEL, Panels};
+use super::panels::{BandScales, DotI8, Kernel, MaddI16, PAIR, PANEL, Panels, TileScale};
 use crate::isa::{Isa, multiversion};
 use crate::{Error, Result};
 
@@ -349,8 +351,12 @@ impl PackedI8 {
         // Undo the shift, then the scales (and outlier channels) once per output, for the rows
         // in `band` (whole rows, the first of them row `first` of `columns`). A block of
         // columns at a time for every row of the band: the outlier channels' weights for those
-        // columns stay in cache while every row that has them reads them.
+        // columns stay in cache while every row that has them reads them. VNNI's micro-kernel
+        // did all of it already, in registers ([`TileScale`]).
         let finish = |first: usize, band: &mut [f32], columns: &OutputColumns| {
+            if matches!(self.repr, Repr::Quads(_)) {
+                return;
+            }
             for c0 in (0..n).step_by(COLUMN_BLOCK) {
                 let c1 = (c0 + COLUMN_BLOCK).min(n);
                 for (r, y) in band.chunks_exact_mut(n).enumerate() {
@@ -418,8 +424,11 @@ impl PackedI8 {
                         tile: &mut [f32],
                         out: &mut [MaybeUninit<f32>],
                         columns: &OutputColumns| {
-            for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
-                columns.descale(r, y, j * PAIR);
+            // VNNI's micro-kernel scaled the tile already ([`TileScale`]).
+            if !matches!(self.repr, Repr::Quads(_)) {
+                for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
+                    columns.descale(r, y, j * PAIR);
+                }
             }
             gated.finish_pair(j, tile, out);
         };
@@ -1226,6 +1235,27 @@ impl<'a> OutputColumns<'a> {
         // to do) was 0.8% of a SmolLM2 int8 run's samples, whose widths are all whole sixteens.
         if done < y.len() {
             descale_from(isa, &mut y[done..], col + done, s_x, outliers, self);
+        }
+    }
+}
+
+/// VNNI's micro-kernel scales a band's sums itself (AVX2's leaves them to
+/// [`OutputColumns::descale`]).
+impl BandScales for OutputColumns<'_> {
+    fn fused<K: Kernel>(&self) -> bool {
+        K::SCALES
+    }
+
+    fn tile(&self, row: usize, col: usize) -> TileScale<'_> {
+        let rows = (self.row_scales.len() - row).min(super::panels::MICRO_ROWS);
+        TileScale {
+            shift: &self.shift[col..],
+            scales: &self.scales[col..],
+            row_scales: &self.row_scales[row..],
+            outliers: &self.outliers,
+            starts: &self.starts[row..row + rows + 1],
+            col,
+            n: self.n,
         }
     }
 }

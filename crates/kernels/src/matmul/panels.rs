@@ -38,7 +38,7 @@ pub(crate) const PANEL: usize = 32;
 pub(crate) const PAIR: usize = 2 * PANEL;
 /// Rows of A per micro-kernel call: 12 x 2 accumulators, plus the two B vectors and the
 /// broadcast, fit in the 32 vector registers.
-const MICRO_ROWS: usize = 12;
+pub(crate) const MICRO_ROWS: usize = 12;
 /// Rows of A per task, at most: a band of A stays in L2 while every B panel passes over it.
 const BAND_ROWS: usize = 96;
 /// Steps per pass over a band: a block of B (1024 x 32 steps, 128 KiB) stays in L2 while the
@@ -63,6 +63,9 @@ pub(crate) trait Kernel {
     type Step: Step;
     /// Whether this CPU runs the kernel (checked once by whoever packs weights for it).
     fn available() -> bool;
+    /// Whether the micro-kernel applies a [`Block::scale`] (int8's, with AVX-512 VNNI); where
+    /// it does not, the band's state gives none ([`BandScales::fused`]).
+    const SCALES: bool = false;
     /// `R` rows of packed A times one block of a packed panel, into C (see [`micro`]).
     ///
     /// # Safety
@@ -194,9 +197,10 @@ impl<T: Step> Panels<T> {
 
     /// [`Panels::matmul_from`] with state of each band's own: `prepare(first_row, rows)` gives
     /// the band's rows of A and whatever `finish(first_row, rows of C, state)` needs of them,
-    /// both in the band's task (int8 quantises its activations there, and `finish` scales the
-    /// band's sums by the scales the quantisation chose).
-    pub fn matmul_banded<K: Kernel<Step = T>, S>(
+    /// both in the band's task (int8 quantises its activations there, and the scales the
+    /// quantisation chose are applied by the micro-kernel where it takes them, [`BandScales`],
+    /// else by `finish`).
+    pub fn matmul_banded<K: Kernel<Step = T>, S: BandScales>(
         &self,
         prepare: &BandInput<'_, '_, T, S>,
         m: usize,
@@ -245,7 +249,7 @@ impl<T: Step> Panels<T> {
 
     /// [`Panels::matmul_pairs`] with state of each band's own, as [`Panels::matmul_banded`]
     /// has it: `epilogue(first_row, j, tile, out, state)`.
-    pub fn matmul_pairs_banded<K: Kernel<Step = T>, S>(
+    pub fn matmul_pairs_banded<K: Kernel<Step = T>, S: BandScales>(
         &self,
         prepare: &BandInput<'_, '_, T, S>,
         m: usize,
@@ -271,6 +275,7 @@ impl<T: Step> Panels<T> {
             width,
             |row0, a_band, state, out_band| {
                 let rows = out_band.len() / width;
+                let fused = state.fused::<K>();
                 let micro_blocks = rows.div_ceil(MICRO_ROWS);
                 // All of the band's steps packed once, input block after input block (each pair
                 // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
@@ -321,6 +326,8 @@ impl<T: Step> Panels<T> {
                                         .as_ptr()
                                         .wrapping_add((r0 + MICRO_ROWS) * PAIR)
                                         .cast(),
+                                    scale: (fused && k0 + depth == k)
+                                        .then(|| state.tile(r0, p * PANEL)),
                                 };
                                 let a_block = &a_blocks
                                     [mb * MICRO_ROWS * depth..(mb + 1) * MICRO_ROWS * depth];
@@ -420,7 +427,51 @@ pub(crate) type BandSteps<'a, 'f, T> = dyn Fn(usize, usize) -> Cow<'a, [T]> + Sy
 /// task ([`Panels::matmul_banded`]).
 pub(crate) type BandInput<'a, 'f, T, S> = dyn Fn(usize, usize) -> (Cow<'a, [T]>, S) + Sync + 'f;
 
-fn panel_matmul<K: Kernel, S>(
+/// What a band's state gives the micro-kernel to finish its sums with, on a block's last
+/// input block: int8 scales its integer sums in registers ([`TileScale`]) instead of in a pass
+/// of its own over the band's outputs.
+pub(crate) trait BandScales {
+    /// Whether the kernel `K` scales this band's blocks; when it does, `finish` and the
+    /// epilogues get finished values.
+    fn fused<K: Kernel>(&self) -> bool;
+    /// The scaling of the block of the band's rows `row..` and the outputs `col..col + PANEL`
+    /// (fewer in a last panel); asked only where [`BandScales::fused`].
+    fn tile(&self, row: usize, col: usize) -> TileScale<'_>;
+}
+
+/// Nothing to scale: f32 and bf16 sums are their outputs.
+impl BandScales for () {
+    fn fused<K: Kernel>(&self) -> bool {
+        false
+    }
+    fn tile(&self, _: usize, _: usize) -> TileScale<'_> {
+        unreachable!("a band without scales is never fused")
+    }
+}
+
+/// How int8's micro-kernel turns a block's integer sums (the u8 shift included) into outputs,
+/// for rows `0..rows` of the block and its columns `0..cols`:
+/// `y = s_w * (s_x * (sum - shift) + extra)`, `extra` the row's outliers' f32 products
+/// `v * q_w[ch][col]` summed in the row's order (and not added at all for a row without
+/// outliers): the operations of `int8::descale_avx512`, in its order, so its bits.
+#[derive(Clone, Copy)]
+pub(crate) struct TileScale<'a> {
+    /// Per column from the block's first: the shift's constant and `s_w`.
+    pub shift: &'a [i32],
+    pub scales: &'a [f32],
+    /// Per row from the block's first: `s_x`.
+    pub row_scales: &'a [f32],
+    /// Row `r`'s outliers are `outliers[starts[r]..starts[r + 1]]`: (value, that channel's
+    /// weights for every output, `n` of them).
+    pub outliers: &'a [(f32, &'a [i8])],
+    pub starts: &'a [usize],
+    /// The block's first column, where each outlier's weights are read, and how many outputs
+    /// each outlier's weights hold.
+    pub col: usize,
+    pub n: usize,
+}
+
+fn panel_matmul<K: Kernel, S: BandScales>(
     prepare: &BandInput<'_, '_, K::Step, S>,
     m: usize,
     k: usize,
@@ -438,6 +489,7 @@ fn panel_matmul<K: Kernel, S>(
     unsafe { c.set_len(m * n) };
     par_bands(m, k, prepare, &mut c, n, |row0, a_band, state, c_band| {
         let rows = c_band.len() / n;
+        let fused = state.fused::<K>();
         // Steps in blocks of DEPTH, so that a panel's block of B (DEPTH x 32) stays in cache
         // while every row of the band passes over it; later blocks continue the chains from
         // the values stored in C, so the result is the unblocked chain's, bit for bit.
@@ -493,6 +545,7 @@ fn panel_matmul<K: Kernel, S>(
                         resume: k0 > 0,
                         prefetch_b: prefetch_b.cast(),
                         prefetch_c: c_band.as_ptr().wrapping_add(next_c).cast(),
+                        scale: (fused && k0 + depth == k).then(|| state.tile(r0, p * PANEL)),
                     };
                     micro::<K>(&block, a_block, b_block, &mut c_band[r0 * n + p * PANEL..]);
                 }
@@ -553,7 +606,7 @@ fn pack_micro_block<T: Step>(rows: &[T], k: usize, inputs: std::ops::Range<usize
 }
 
 /// One micro-kernel call's shape.
-pub(crate) struct Block {
+pub(crate) struct Block<'a> {
     /// Rows of A and C, at most [`MICRO_ROWS`].
     rows: usize,
     /// Steps summed in this call.
@@ -569,6 +622,8 @@ pub(crate) struct Block {
     prefetch_b: *const u8,
     /// A C tile (MICRO_ROWS rows of PANEL values, `ldc` apart) to prefetch into L1; a hint too.
     prefetch_c: *const f32,
+    /// On a block's last input block, where the kernel scales its sums: how.
+    scale: Option<TileScale<'a>>,
 }
 
 /// C[..rows][..cols] (+)= A_block . B_block, with `a` one packed micro block (depth x
@@ -577,6 +632,17 @@ fn micro<K: Kernel>(s: &Block, a: &[K::Step], b: &[K::Step], c: &mut [MaybeUnini
     assert!(s.rows >= 1 && a.len() == s.depth * MICRO_ROWS);
     assert!(b.len() == s.depth * PANEL && s.cols <= PANEL);
     assert!(c.len() >= (s.rows - 1) * s.ldc + s.cols);
+    if let Some(t) = &s.scale {
+        assert!(
+            K::SCALES,
+            "a block scale for a kernel that does not apply it"
+        );
+        assert!(t.shift.len() >= s.cols && t.scales.len() >= s.cols && t.col + s.cols <= t.n);
+        assert!(t.row_scales.len() >= s.rows && t.starts.len() > s.rows);
+        assert!(t.starts[s.rows] <= t.outliers.len());
+        // Every outlier's weights are `n` long: checked where the list is made
+        // (`OutputColumns::new`), not here for each of them on every call.
+    }
     macro_rules! dispatch {
         ($($r:literal)*) => {
             match s.rows {
@@ -661,10 +727,14 @@ impl Kernel for DotBf16 {
 
 impl Kernel for DotI8 {
     type Step = u32;
+    const SCALES: bool = true;
 
     fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
-        return has_avx512f() && std::arch::is_x86_feature_detected!("avx512vnni");
+        return has_avx512f()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
         #[cfg(not(target_arch = "x86_64"))]
         return false;
     }

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Block, MICRO_ROWS, PANEL, Step};
+use super::{Block, MICRO_ROWS, PANEL, Step, TileScale};
 
 /// Packs the first steps of twelve rows (all of the same length) in whole groups of 16:
 /// `dst[i * 12 + r] = rows[r][i]`. Returns how many steps it packed. The values move
@@ -80,7 +80,8 @@ macro_rules! micro_kernel {
         fn $name:ident($step:ty, $features:literal, $bvec:ty) {
             load_b: |$bp:ident| $load_b:expr,
             broadcast: |$ap:ident| $broadcast:expr,
-            madd: |$acc:ident, $x:ident, $bv:ident| $madd:expr $(,)?
+            madd: |$acc:ident, $x:ident, $bv:ident| $madd:expr
+            $(, scale: $scale:ident)? $(,)?
         }
     ) => {
         $(#[$doc])*
@@ -151,6 +152,15 @@ macro_rules! micro_kernel {
                     }
                 }
             }
+            $(
+                if let Some(t) = &s.scale {
+                    for r in 0..R {
+                        // SAFETY: the caller's contract (`super::micro` checks the scale's
+                        // extents).
+                        acc[r] = unsafe { $scale(acc[r], r, t, &masks) };
+                    }
+                }
+            )?
             for r in 0..R {
                 for v in 0..V {
                     // SAFETY: as for the loads.
@@ -187,9 +197,64 @@ micro_kernel! {
     /// int8 steps: `vpdpbusd` adds the four products of a step's u8 activations and s8
     /// weights to each int32 lane, exactly (no saturation); the int32 sums travel in the f32
     /// accumulators and C as bits (casts move no data).
-    fn micro_i8(u32, "avx512f,avx512vnni", __m512i) {
+    fn micro_i8(u32, "avx512f,avx512bw,avx512vl,avx512vnni", __m512i) {
         load_b: |p| _mm512_loadu_si512(p.cast()),
         broadcast: |p| _mm512_set1_epi32(*p as i32),
         madd: |acc, x, b| _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), x, b)),
+        scale: scale_i8,
     }
+}
+
+/// Row `r` of int8's sums in the accumulators (int32 bits) turned into outputs while still in
+/// registers ([`TileScale`]): `y = s_w * (s_x * (sum - shift) + extra)`, the operations of
+/// `int8::descale_avx512` in its order (a product then a sum, each rounded, no FMA; `extra`
+/// only for a row with outliers), so its bits. Why here: scaling in a pass of its own over the
+/// band's outputs read and wrote every output once more, and with its calls was about 7% of a
+/// SmolLM2 int8 extraction's samples on AMD Zen 5. The row goes in and out by value: with the
+/// accumulators behind a reference, the compiler kept them in memory around the call (a
+/// `memset` on every micro-kernel call).
+///
+/// # Safety
+/// The CPU has AVX-512F, -BW and -VL; `t` holds row `r` and the block's columns (what
+/// `super::micro` asserts), and every outlier's weights are `t.n` long.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn scale_i8(
+    sums: [__m512; PANEL / 16],
+    r: usize,
+    t: &TileScale,
+    masks: &[__mmask16; PANEL / 16],
+) -> [__m512; PANEL / 16] {
+    const V: usize = PANEL / 16;
+    let row_scale = _mm512_set1_ps(t.row_scales[r]);
+    // SAFETY: masked loads read only the block's columns, which `t` holds.
+    let mut x: [__m512; V] = std::array::from_fn(|v| unsafe {
+        let shift = _mm512_maskz_loadu_epi32(masks[v], t.shift.as_ptr().add(16 * v).cast());
+        let int = _mm512_sub_epi32(_mm512_castps_si512(sums[v]), shift);
+        _mm512_mul_ps(row_scale, _mm512_cvtepi32_ps(int))
+    });
+    let outliers = &t.outliers[t.starts[r]..t.starts[r + 1]];
+    if !outliers.is_empty() {
+        let mut extra = [_mm512_setzero_ps(); V];
+        for &(value, weights) in outliers {
+            let value = _mm512_set1_ps(value);
+            for v in 0..V {
+                // SAFETY: the block's columns of the outlier's weights, `t.col + cols <= t.n`
+                // (asserted by the caller); the mask leaves the rest unread.
+                let w = unsafe {
+                    _mm_maskz_loadu_epi8(masks[v], weights.as_ptr().add(t.col + 16 * v).cast())
+                };
+                let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w));
+                extra[v] = _mm512_add_ps(extra[v], _mm512_mul_ps(value, w));
+            }
+        }
+        for v in 0..V {
+            x[v] = _mm512_add_ps(x[v], extra[v]);
+        }
+    }
+    // SAFETY: as above.
+    std::array::from_fn(|v| unsafe {
+        let scales = _mm512_maskz_loadu_ps(masks[v], t.scales.as_ptr().add(16 * v));
+        _mm512_mul_ps(scales, x[v])
+    })
 }
