@@ -227,9 +227,12 @@ unsafe fn scale_i8(
 ) -> [__m512; PANEL / 16] {
     const V: usize = PANEL / 16;
     let row_scale = _mm512_set1_ps(t.row_scales[r]);
+    // Past a last panel's columns the pointers may leave their slices (`wrapping_add`, never
+    // `add`): the masks keep the loads inside.
     // SAFETY: masked loads read only the block's columns, which `t` holds.
     let mut x: [__m512; V] = std::array::from_fn(|v| unsafe {
-        let shift = _mm512_maskz_loadu_epi32(masks[v], t.shift.as_ptr().add(16 * v).cast());
+        let at = t.shift.as_ptr().wrapping_add(16 * v);
+        let shift = _mm512_maskz_loadu_epi32(masks[v], at.cast());
         let int = _mm512_sub_epi32(_mm512_castps_si512(sums[v]), shift);
         _mm512_mul_ps(row_scale, _mm512_cvtepi32_ps(int))
     });
@@ -239,11 +242,10 @@ unsafe fn scale_i8(
         for &(value, weights) in outliers {
             let value = _mm512_set1_ps(value);
             for v in 0..V {
+                let at = weights.as_ptr().wrapping_add(t.col + 16 * v);
                 // SAFETY: the block's columns of the outlier's weights, `t.col + cols <= t.n`
                 // (asserted by the caller); the mask leaves the rest unread.
-                let w = unsafe {
-                    _mm_maskz_loadu_epi8(masks[v], weights.as_ptr().add(t.col + 16 * v).cast())
-                };
+                let w = unsafe { _mm_maskz_loadu_epi8(masks[v], at.cast()) };
                 let w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(w));
                 extra[v] = _mm512_add_ps(extra[v], _mm512_mul_ps(value, w));
             }
@@ -254,7 +256,7 @@ unsafe fn scale_i8(
     }
     // SAFETY: as above.
     std::array::from_fn(|v| unsafe {
-        let scales = _mm512_maskz_loadu_ps(masks[v], t.scales.as_ptr().add(16 * v));
+        let scales = _mm512_maskz_loadu_ps(masks[v], t.scales.as_ptr().wrapping_add(16 * v));
         _mm512_mul_ps(scales, x[v])
     })
 }
