@@ -186,7 +186,9 @@ pub(super) unsafe fn micro<T: Step8, const R: usize>(
         while r0 < R {
             // SAFETY: the caller's contract, for rows r0.. (< R) and columns col..col + 16.
             unsafe {
-                let (a, b, c) = (a.add(r0), b.add(col), c.add(r0 * s.ldc + col));
+                // C by `wrapping_add`: past a ragged last panel's columns the pointer may
+                // leave C, and the masks keep every access inside.
+                let (a, b, c) = (a.add(r0), b.add(col), c.wrapping_add(r0 * s.ldc + col));
                 match R - r0 {
                     1 => rows::<T, 1>(s, a, b, c, &masks),
                     2 => rows::<T, 2>(s, a, b, c, &masks),
@@ -222,8 +224,9 @@ unsafe fn rows<T: Step8, const G: usize>(
     if s.resume {
         for g in 0..G {
             for v in 0..HALF {
+                let at = c.wrapping_add(g * s.ldc + 8 * v);
                 // SAFETY: row g's first `cols` values lie inside C; masked lanes are not read.
-                acc[g][v] = unsafe { T::load_c(c.add(g * s.ldc + 8 * v), masks[v]) };
+                acc[g][v] = unsafe { T::load_c(at, masks[v]) };
             }
         }
     }
@@ -246,8 +249,9 @@ unsafe fn rows<T: Step8, const G: usize>(
     }
     for g in 0..G {
         for v in 0..HALF {
+            let at = c.wrapping_add(g * s.ldc + 8 * v);
             // SAFETY: as for the loads.
-            unsafe { T::store_c(c.add(g * s.ldc + 8 * v), masks[v], acc[g][v]) };
+            unsafe { T::store_c(at, masks[v], acc[g][v]) };
         }
     }
 }

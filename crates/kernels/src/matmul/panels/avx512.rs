@@ -120,11 +120,12 @@ macro_rules! micro_kernel {
             if s.resume {
                 for r in 0..R {
                     for v in 0..V {
+                        // Past a ragged last panel's columns the pointer may leave C
+                        // (`wrapping_add`, never `add`); the mask keeps the load inside.
+                        let at = c.wrapping_add(r * s.ldc + 16 * v);
                         // SAFETY: the caller checked that row r's first `cols` values lie
-                        // inside C.
-                        acc[r][v] = unsafe {
-                            _mm512_maskz_loadu_ps(masks[v], c.add(r * s.ldc + 16 * v))
-                        };
+                        // inside C, and the mask reads no others.
+                        acc[r][v] = unsafe { _mm512_maskz_loadu_ps(masks[v], at) };
                     }
                 }
             }
@@ -163,10 +164,9 @@ macro_rules! micro_kernel {
             )?
             for r in 0..R {
                 for v in 0..V {
+                    let at = c.wrapping_add(r * s.ldc + 16 * v);
                     // SAFETY: as for the loads.
-                    unsafe {
-                        _mm512_mask_storeu_ps(c.add(r * s.ldc + 16 * v), masks[v], acc[r][v])
-                    };
+                    unsafe { _mm512_mask_storeu_ps(at, masks[v], acc[r][v]) };
                 }
             }
         }
