@@ -550,42 +550,40 @@ struct Upstream {
 /// The inputs' per-fold training vectors, when any made them: all that did must have made them
 /// for the same folds, and `weighted.folds`, if given, must be their number.
 fn upstream_folds(p: &FuseParams, inputs: &[Input]) -> Result<Option<Upstream>> {
-    let mut found: Option<Upstream> = None;
-    let mut by_input = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let made = FoldVectors::of(input)?;
-        by_input.push(made.is_some());
-        let Some(made) = made else {
-            continue;
-        };
-        match &found {
-            Some(first) if (first.made.folds, &first.made.splits) != (made.folds, &made.splits) => {
-                return Err(Error::mismatch(
-                    "fuse: per-fold vectors",
-                    format!(
-                        "`{}` made its training vectors per fold of {}-fold CV (splits {}), `{}` \
-                         of {}-fold CV (splits {}): fuse inputs made for the same folds",
-                        first.stage,
-                        first.made.folds,
-                        first.made.splits,
-                        input.stage_id,
-                        made.folds,
-                        made.splits
-                    ),
-                ));
-            }
-            Some(_) => {}
-            None => {
-                made.folds(&input.stage_id, "weighted.folds", p.weighted.folds)?;
-                found = Some(Upstream {
-                    made,
-                    stage: input.stage_id.clone(),
-                    by_input: Vec::new(),
-                });
-            }
+    let made = inputs
+        .iter()
+        .map(FoldVectors::of)
+        .collect::<Result<Vec<_>>>()?;
+    let mut with = inputs
+        .iter()
+        .zip(&made)
+        .filter_map(|(i, m)| Some((i, m.as_ref()?)));
+    let Some((first_input, first)) = with.next() else {
+        return Ok(None);
+    };
+    first.folds(&first_input.stage_id, "weighted.folds", p.weighted.folds)?;
+    for (input, other) in with {
+        if (first.folds, &first.splits) != (other.folds, &other.splits) {
+            return Err(Error::mismatch(
+                "fuse: per-fold vectors",
+                format!(
+                    "`{}` made its training vectors per fold of {}-fold CV (splits {}), `{}` of \
+                     {}-fold CV (splits {}): fuse inputs made for the same folds",
+                    first_input.stage_id,
+                    first.folds,
+                    first.splits,
+                    input.stage_id,
+                    other.folds,
+                    other.splits
+                ),
+            ));
         }
     }
-    Ok(found.map(|up| Upstream { by_input, ..up }))
+    Ok(Some(Upstream {
+        made: first.clone(),
+        stage: first_input.stage_id.clone(),
+        by_input: made.iter().map(Option::is_some).collect(),
+    }))
 }
 
 /// What the per-fold training vectors of a run are made from.

@@ -354,7 +354,7 @@ impl PackedI8 {
         // columns stay in cache while every row that has them reads them. VNNI's micro-kernel
         // did all of it already, in registers ([`TileScale`]).
         let finish = |first: usize, band: &mut [f32], columns: &OutputColumns| {
-            if matches!(self.repr, Repr::Quads(_)) {
+            if columns.in_kernel {
                 return;
             }
             for c0 in (0..n).step_by(COLUMN_BLOCK) {
@@ -425,7 +425,7 @@ impl PackedI8 {
                         out: &mut [MaybeUninit<f32>],
                         columns: &OutputColumns| {
             // VNNI's micro-kernel scaled the tile already ([`TileScale`]).
-            if !matches!(self.repr, Repr::Quads(_)) {
+            if !columns.in_kernel {
                 for (r, y) in tile.chunks_exact_mut(PAIR).enumerate() {
                     columns.descale(r, y, j * PAIR);
                 }
@@ -1187,6 +1187,9 @@ struct OutputColumns<'a> {
     outliers: Vec<(f32, &'a [i8])>,
     starts: Vec<usize>,
     n: usize,
+    /// Whether the micro-kernel applies all of this to its sums (VNNI's, [`TileScale`]), so
+    /// that [`OutputColumns::descale`] is not for them.
+    in_kernel: bool,
 }
 
 impl<'a> OutputColumns<'a> {
@@ -1213,6 +1216,7 @@ impl<'a> OutputColumns<'a> {
             outliers,
             starts,
             n,
+            in_kernel: matches!(w.repr, Repr::Quads(_)),
         }
     }
 
@@ -1242,8 +1246,8 @@ impl<'a> OutputColumns<'a> {
 /// VNNI's micro-kernel scales a band's sums itself (AVX2's leaves them to
 /// [`OutputColumns::descale`]).
 impl BandScales for OutputColumns<'_> {
-    fn fused<K: Kernel>(&self) -> bool {
-        K::SCALES
+    fn fused(&self) -> bool {
+        self.in_kernel
     }
 
     fn tile(&self, row: usize, col: usize) -> TileScale<'_> {

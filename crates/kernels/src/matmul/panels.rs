@@ -63,8 +63,8 @@ pub(crate) trait Kernel {
     type Step: Step;
     /// Whether this CPU runs the kernel (checked once by whoever packs weights for it).
     fn available() -> bool;
-    /// Whether the micro-kernel applies a [`Block::scale`] (int8's, with AVX-512 VNNI); where
-    /// it does not, the band's state gives none ([`BandScales::fused`]).
+    /// Whether the micro-kernel applies a [`Block::scale`] (int8's, with AVX-512 VNNI): a
+    /// check on the band's state, which says whether it gives one ([`BandScales::fused`]).
     const SCALES: bool = false;
     /// `R` rows of packed A times one block of a packed panel, into C (see [`micro`]).
     ///
@@ -275,7 +275,7 @@ impl<T: Step> Panels<T> {
             width,
             |row0, a_band, state, out_band| {
                 let rows = out_band.len() / width;
-                let fused = state.fused::<K>();
+                let fused = state.fused();
                 let micro_blocks = rows.div_ceil(MICRO_ROWS);
                 // All of the band's steps packed once, input block after input block (each pair
                 // passes over all of them): block `k0` starts at `micro_blocks * MICRO_ROWS * k0`.
@@ -431,9 +431,9 @@ pub(crate) type BandInput<'a, 'f, T, S> = dyn Fn(usize, usize) -> (Cow<'a, [T]>,
 /// input block: int8 scales its integer sums in registers ([`TileScale`]) instead of in a pass
 /// of its own over the band's outputs.
 pub(crate) trait BandScales {
-    /// Whether the kernel `K` scales this band's blocks; when it does, `finish` and the
+    /// Whether the micro-kernel scales this band's blocks; when it does, `finish` and the
     /// epilogues get finished values.
-    fn fused<K: Kernel>(&self) -> bool;
+    fn fused(&self) -> bool;
     /// The scaling of the block of the band's rows `row..` and the outputs `col..col + PANEL`
     /// (fewer in a last panel); asked only where [`BandScales::fused`].
     fn tile(&self, row: usize, col: usize) -> TileScale<'_>;
@@ -441,7 +441,7 @@ pub(crate) trait BandScales {
 
 /// Nothing to scale: f32 and bf16 sums are their outputs.
 impl BandScales for () {
-    fn fused<K: Kernel>(&self) -> bool {
+    fn fused(&self) -> bool {
         false
     }
     fn tile(&self, _: usize, _: usize) -> TileScale<'_> {
@@ -489,7 +489,7 @@ fn panel_matmul<K: Kernel, S: BandScales>(
     unsafe { c.set_len(m * n) };
     par_bands(m, k, prepare, &mut c, n, |row0, a_band, state, c_band| {
         let rows = c_band.len() / n;
-        let fused = state.fused::<K>();
+        let fused = state.fused();
         // Steps in blocks of DEPTH, so that a panel's block of B (DEPTH x 32) stays in cache
         // while every row of the band passes over it; later blocks continue the chains from
         // the values stored in C, so the result is the unblocked chain's, bit for bit.
