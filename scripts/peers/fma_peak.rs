@@ -6,8 +6,9 @@
 //! `tdpbf16ps` and `tdpbusd` on 16 x 64-byte tiles (what `compute: bf16` and `int8` run
 //! there), and then the 2 x 2 tile loop of the AMX products fed from L1 and L2 with and without
 //! storing its sums (what those multiplies reach in a product), and walking its operands as a
-//! product does with its sums stored into a hot buffer or into C; and the inner loops of the f32
-//! and bf16 panel kernels fed from L1 and L2, for the same reason. The README's "peaks at N
+//! product does with its sums stored into a hot buffer or into C; and the inner loops of the f32,
+//! bf16 and int8 panel kernels fed from L1 and L2, for the same reason (int8 also with
+//! `vpdpbusd`'s operands swapped, so that the broadcast step could be its memory operand). The README's "peaks at N
 //! GFLOP/s per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
@@ -426,6 +427,24 @@ panel_loop! {
     }
 }
 
+panel_loop! {
+    /// int8 quads (`micro_i8`, `compute: int8` with AVX512-VNNI): the broadcast A step is
+    /// `vpdpbusd`'s unsigned operand, B's vectors its signed one.
+    fn panel_i8("avx512f,avx512vnni", __m512i) {
+        values: |i| f32::from_bits(0x0102_0304 + (i % 7) as u32),
+        madd: |acc, x, b| _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), x, b)),
+    }
+}
+
+panel_loop! {
+    /// int8 quads with the operands' roles swapped: B's vectors unsigned, the broadcast A step
+    /// signed, the operand `vpdpbusd` can take from memory as a broadcast (`{1to16}`).
+    fn panel_i8_swapped("avx512f,avx512vnni", __m512i) {
+        values: |i| f32::from_bits(0x0102_0304 + (i % 7) as u32),
+        madd: |acc, x, b| _mm512_castsi512_ps(_mm512_dpbusd_epi32(_mm512_castps_si512(acc), b, x)),
+    }
+}
+
 fn time(name: &str, flops_per_iter: usize, run: impl Fn(usize) -> f32) {
     let n = 20_000_000;
     let start = Instant::now();
@@ -473,6 +492,14 @@ fn main() {
         time("int8 vpdpbusd zmm", CHAINS * 128, |n| unsafe {
             dpbusd_zmm(n)
         });
+        for (fed, b_walks) in [("A and B in L1", false), ("A in L1, B from L2", true)] {
+            time(&format!("int8 12x32 panel loop, {fed}"), 24 * 128, |n| unsafe {
+                panel_i8(n, b_walks)
+            });
+            time(&format!("int8 12x32 panel loop, roles swapped, {fed}"), 24 * 128, |n| unsafe {
+                panel_i8_swapped(n, b_walks)
+            });
+        }
     }
     if has("amx") && request_amx() {
         // Per tile multiply: 16 x 16 outputs of 32 bf16 pairs, or of 64 int8 quads

@@ -21,20 +21,35 @@ const ROWS_PER_TASK: usize = 16;
 /// it vectorise.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.3, 88.0);
+    use exp_consts::*;
+    let x = x.clamp(LOWEST, HIGHEST);
     let n = (x * LOG2E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
+    let p = ((((POLY[0] * r + POLY[1]) * r + POLY[2]) * r + POLY[3]) * r + POLY[4]) * r + 0.5;
     let p = p * r * r + r + 1.0;
     // 2^n without a float -> int conversion (which does not vectorise): adding 1.5 * 2^23 + 127
     // puts n + 127 in the low mantissa bits, and the shift moves them into the exponent.
-    p * f32::from_bits((n + 12_583_039.0).to_bits() << 23)
+    p * f32::from_bits((n + TWO_TO_N).to_bits() << 23)
+}
+
+/// [`exp`]'s constants, which the attention's AVX-512 copy of it shares.
+pub(crate) mod exp_consts {
+    pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// The clamp that keeps the result finite.
+    pub(crate) const LOWEST: f32 = -87.3;
+    pub(crate) const HIGHEST: f32 = 88.0;
+    /// The polynomial's coefficients, highest power first, before its `0.5 r^2 + r + 1`.
+    pub(crate) const POLY: [f32; 5] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+    ];
+    /// 1.5 * 2^23 + 127: added to n, it puts n + 127 in the low mantissa bits.
+    pub(crate) const TWO_TO_N: f32 = 12_583_039.0;
 }
 
 /// SiLU, `x * sigmoid(x)`.

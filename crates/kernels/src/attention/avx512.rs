@@ -151,3 +151,74 @@ pub(super) unsafe fn sum16(x: &[f32]) -> f32 {
     let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
     _mm_cvtss_f32(s1)
 }
+
+/// [`super::softmax`] over 16 values at a time, the last ones under a mask: [`max16`],
+/// `exp(v - max)` ([`exp16`]), [`sum16`], then `v / sum`, each value's operations those of the
+/// portable loops, so the same bits. Each step runs over all the tile's queries before the
+/// next: one query's steps form a single chain of dependent operations (its reductions, the
+/// exponential's polynomial, the division), which the queries' chains side by side overlap.
+/// Why by hand: over rows of a few dozen scores the compiler's loops ran their last values
+/// one at a time, through a scalar `exp` each.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax(queries: &mut [&mut [f32]]) {
+    // Each chunk of 16 values of a query, under the mask of its values, through `f`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn each_chunk(live: &mut [f32], f: impl Fn(__m512) -> __m512) {
+        for c in live.chunks_mut(16) {
+            let mask: __mmask16 = if c.len() == 16 {
+                !0
+            } else {
+                (1 << c.len()) - 1
+            };
+            // SAFETY: the mask covers only the chunk's values.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mask, c.as_ptr());
+                _mm512_mask_storeu_ps(c.as_mut_ptr(), mask, f(v));
+            }
+        }
+    }
+    let mut across = [_mm512_setzero_ps(); QUERY_TILE];
+    for (max, live) in across.iter_mut().zip(queries.iter()) {
+        // SAFETY: the CPU has AVX-512F (the caller's contract).
+        *max = _mm512_set1_ps(unsafe { max16(live) });
+    }
+    for (&max, live) in across.iter().zip(queries.iter_mut()) {
+        each_chunk(live, |v| exp16(_mm512_sub_ps(v, max)));
+    }
+    for (sum, live) in across.iter_mut().zip(queries.iter()) {
+        // SAFETY: as above.
+        *sum = _mm512_set1_ps(unsafe { sum16(live) });
+    }
+    for (&sum, live) in across.iter().zip(queries.iter_mut()) {
+        each_chunk(live, |v| _mm512_div_ps(v, sum));
+    }
+}
+
+/// [`crate::rows::exp`] on 16 lanes: its operations in its order (each product and sum
+/// rounded on its own, no FMA), so its bits for finite inputs (its clamp and
+/// `_mm512_max_ps`/`_mm512_min_ps` agree on them; masked-off lanes compute on zeros).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    use crate::rows::exp_consts::*;
+    let c = _mm512_set1_ps;
+    let (mul, add, sub) = (_mm512_mul_ps, _mm512_add_ps, _mm512_sub_ps);
+    let x = _mm512_min_ps(_mm512_max_ps(x, c(LOWEST)), c(HIGHEST));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(add(
+        mul(x, c(LOG2E)),
+        c(0.5),
+    ));
+    let r = sub(sub(x, mul(n, c(LN2_HI))), mul(n, c(LN2_LO)));
+    let mut p = c(POLY[0]);
+    for &k in &POLY[1..] {
+        p = add(mul(p, r), c(k));
+    }
+    let p = add(mul(p, r), c(0.5));
+    let p = add(add(mul(mul(p, r), r), r), c(1.0));
+    let two_n = _mm512_slli_epi32::<23>(_mm512_castps_si512(add(n, c(TWO_TO_N))));
+    mul(p, _mm512_castsi512_ps(two_n))
+}

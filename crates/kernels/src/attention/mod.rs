@@ -208,6 +208,28 @@ const QUERY_TILE: usize = 4;
 /// QUERY_TILE queries, 16 AVX-512 sums held in registers.
 const TILE_BLOCKS: usize = 4;
 
+/// How many rows ahead the loops over a sequence's q, k and v rows fetch the rows they will
+/// read. Why: the rows lie `stride` values apart (3,840 bytes for SmolLM2), nearly one 4 KiB
+/// page per row, where the hardware's stride prefetchers stop, and their copies were about 2%
+/// of a SmolLM2 bf16 extraction's samples, nearly all waiting on those loads.
+const ROWS_AHEAD: usize = 4;
+
+/// Asks for the cache lines of `values` (a hint: it changes no values).
+#[inline(always)]
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(16) {
+        // SAFETY: prefetching never faults, and the pointer is inside `values`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
 multiversion! {
     /// One sequence's attention (`out` gets its own rows' outputs), compiled for AVX-512 where the
     /// CPU has it. Each kv head's keys are stored transposed (head_dim, keys) so that the scores
@@ -248,6 +270,11 @@ multiversion! {
         };
         for g in 0..s.n_kv_heads {
             for j in 0..len {
+                if j + ROWS_AHEAD < len {
+                    let ahead = seq.row(j + ROWS_AHEAD);
+                    prefetch(&ahead[q_dim + g * hd..q_dim + (g + 1) * hd]);
+                    prefetch(&ahead[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
+                }
                 let row = seq.row(j);
                 k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
                 if let Some(w) = layer.k_norm {
@@ -262,6 +289,9 @@ multiversion! {
             }
             for h in g * groups..(g + 1) * groups {
                 for (r, q) in queries.chunks_exact_mut(hd).take(own).enumerate() {
+                    if r + ROWS_AHEAD < own {
+                        prefetch(&seq.row(before + r + ROWS_AHEAD)[h * hd..(h + 1) * hd]);
+                    }
                     q.copy_from_slice(&seq.row(before + r)[h * hd..(h + 1) * hd]);
                     if let Some(w) = layer.q_norm {
                         rms_norm(q, w, s.eps);
@@ -280,25 +310,19 @@ multiversion! {
                     let tile = &queries[r0 * hd..(r0 + QUERY_TILE) * hd];
                     score_tile(isa, tile, s.scale, &keys_t, padded, keys, &mut probs);
                     // Softmax over each query's own keys; zero weight for the tile's other keys.
-                    for (i, row) in (i0..=last).zip(probs.chunks_exact_mut(padded)) {
+                    let mut lives: [&mut [f32]; QUERY_TILE] = Default::default();
+                    for ((i, row), live) in (i0..=last).zip(probs.chunks_exact_mut(padded)).zip(&mut lives) {
                         let (lo, hi) = (window_start(i), window_end(i));
                         row[first_key..lo].fill(0.0);
                         row[hi + 1..=last_key].fill(0.0);
-                        let live = &mut row[lo..=hi];
+                        *live = &mut row[lo..=hi];
                         if let Some(bias) = layer.bias {
                             for (v, b) in live.iter_mut().zip(&bias.for_query(h, i)[lo..=hi]) {
                                 *v += b;
                             }
                         }
-                        let max = max16(isa, live);
-                        for v in live.iter_mut() {
-                            *v = rows::exp(*v - max);
-                        }
-                        let sum = sum16(isa, live);
-                        for v in live.iter_mut() {
-                            *v /= sum;
-                        }
                     }
+                    softmax(isa, &mut lives[..=last - i0]);
                     let rows = &mut out[r0 * q_dim..];
                     let mut sink = OutputTile { rows, queries: last + 1 - i0, q_dim, at: h * hd };
                     weighted_tile(isa, &probs, padded, first_key..last_key + 1, &values, hd, &mut sink);
@@ -422,6 +446,28 @@ fn weighted_tile(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+
+/// Each query's scores (finite; a tile's queries) turned into probabilities in place:
+/// `exp(v - max)` over the sum of them, the maximum and the sum taken in 16 fixed lanes
+/// ([`max16`], [`sum16`]); with AVX-512, [`avx512::softmax`] (the same bits).
+#[inline(always)]
+fn softmax(isa: Isa, queries: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+        return unsafe { avx512::softmax(queries) };
+    }
+    for live in queries {
+        let max = max16(isa, live);
+        for v in live.iter_mut() {
+            *v = rows::exp(*v - max);
+        }
+        let sum = sum16(isa, live);
+        for v in live.iter_mut() {
+            *v /= sum;
+        }
+    }
+}
 
 /// Maximum in 16 fixed lanes (scores are finite); with AVX-512, [`avx512::max16`].
 #[inline(always)]
