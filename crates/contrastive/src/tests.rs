@@ -65,6 +65,10 @@ fn params_parse_with_defaults_and_are_checked() {
     assert_eq!(p.output, Output::Head);
     assert_eq!(p.temperature, 0.1);
     assert_eq!(p.holdout, 0.1);
+    // The names messages give the modes are the ones a pipeline file writes.
+    for mode in [Mode::Unsup, Mode::Augmented, Mode::Supcon] {
+        assert_eq!(serde_json::to_value(mode).unwrap(), mode.name(), "{mode:?}");
+    }
     let err = serde_json::from_str::<Params>(r#"{"tau": 0.1}"#)
         .unwrap_err()
         .to_string();
