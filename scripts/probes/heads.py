@@ -42,9 +42,11 @@ def main():
     folds = StratifiedKFold(5, shuffle=True, random_state=42)
     std = StandardScaler
     heads = {
+        f"ridge alpha={alpha:g}": make_pipeline(std(), RidgeClassifier(alpha=alpha))
+        for alpha in (1e3, 3e3, 1e4, 3e4, 1e5, 3e5)
+    }
+    heads |= {
         "logistic regression C=0.01": make_pipeline(std(), LogisticRegression(C=0.01, max_iter=2000)),
-        "ridge alpha=1e3": make_pipeline(std(), RidgeClassifier(alpha=1e3)),
-        "ridge alpha=1e4": make_pipeline(std(), RidgeClassifier(alpha=1e4)),
         "linear SVM C=1e-3": make_pipeline(std(), LinearSVC(C=1e-3, max_iter=5000)),
         "linear SVM C=1e-4": make_pipeline(std(), LinearSVC(C=1e-4, max_iter=5000)),
         "15 nearest by cosine": make_pipeline(

@@ -113,7 +113,7 @@ pub(super) unsafe fn max16(x: &[f32]) -> f32 {
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let live: __mmask16 = (1u16 << rest.len()) - 1;
+        let live = first_lanes(rest.len());
         // SAFETY: the mask covers only the remainder's values.
         let v = unsafe { _mm512_maskz_loadu_ps(live, rest.as_ptr()) };
         m = _mm512_mask_max_ps(m, live, v, m);
@@ -137,7 +137,7 @@ pub(super) unsafe fn sum16(x: &[f32]) -> f32 {
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
-        let live: __mmask16 = (1u16 << rest.len()) - 1;
+        let live = first_lanes(rest.len());
         // SAFETY: the mask covers only the remainder's values.
         let v = unsafe { _mm512_maskz_loadu_ps(live, rest.as_ptr()) };
         s = _mm512_mask_add_ps(s, live, s, v);
@@ -150,6 +150,13 @@ pub(super) unsafe fn sum16(x: &[f32]) -> f32 {
     let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
     _mm_cvtss_f32(s1)
+}
+
+/// The mask of a vector's first `len` lanes (`len` at most 16): the values of a last chunk.
+#[inline(always)]
+fn first_lanes(len: usize) -> __mmask16 {
+    debug_assert!(len <= 16);
+    ((1u32 << len) - 1) as __mmask16
 }
 
 /// [`super::softmax`] over 16 values at a time, the last ones under a mask: [`max16`],
@@ -169,11 +176,7 @@ pub(super) unsafe fn softmax(queries: &mut [&mut [f32]]) {
     #[target_feature(enable = "avx512f")]
     fn each_chunk(live: &mut [f32], f: impl Fn(__m512) -> __m512) {
         for c in live.chunks_mut(16) {
-            let mask: __mmask16 = if c.len() == 16 {
-                !0
-            } else {
-                (1 << c.len()) - 1
-            };
+            let mask = first_lanes(c.len());
             // SAFETY: the mask covers only the chunk's values.
             unsafe {
                 let v = _mm512_maskz_loadu_ps(mask, c.as_ptr());
