@@ -683,13 +683,11 @@ fn quantise_row(
     a: &mut [u32],
     per_step: usize,
     rule: Outliers,
-    candidates: &mut Vec<(f32, usize)>,
+    candidates: &mut Vec<Candidate>,
     slots: &mut [(f32, usize)],
 ) -> QuantRow {
-    let mut lanes = [0f32; LANES];
-    let mut stats = (0f32, 0f32);
-    row_stats(Isa::best(), x, &mut lanes, &mut stats);
-    let (sumsq, max) = stats;
+    let mut lanes = LaneStats::default();
+    let (sumsq, max) = row_stats(Isa::best(), x, &mut lanes);
     if !max.is_finite() {
         return QuantRow {
             scale: f32::NAN,
@@ -722,25 +720,44 @@ fn quantise_row(
 }
 
 /// Whether `v` (a magnitude) exceeds `rule.ratio` times the RMS of the `len - 1` values of
-/// squared sum `sumsq - v^2`.
+/// squared sum `sumsq - v^2`: `v > ratio * sqrt(below / (len - 1))` in f64, decided on the
+/// squares where they are far apart. Why: the square root and the division were a quarter of
+/// quantising a row (SmolLM2 int8 on AMD Zen 5), on the chain of every outlier decision; the
+/// squares' products are a few cycles, and where they are within [`SQUARES_MARGIN`] of each
+/// other the rounded form above decides, so every decision is the one it gives.
 fn is_outlier(v: f32, sumsq: f64, len: usize, rule: Outliers) -> bool {
     if len < 2 {
         return false;
     }
-    let below = (sumsq - (v as f64) * (v as f64)).max(0.0);
-    v as f64 > rule.ratio as f64 * (below / (len - 1) as f64).sqrt()
+    let v = v as f64;
+    let below = (sumsq - v * v).max(0.0);
+    let (others, ratio) = ((len - 1) as f64, rule.ratio as f64);
+    // `v^2 (len - 1)` against `ratio^2 below`: equivalent to the comparison below but for the
+    // roundings, a few units in the last place of f64 (2e-16 each), far inside the margin.
+    let (lhs, rhs) = (v * v * others, ratio * ratio * below);
+    if lhs > rhs * (1.0 + SQUARES_MARGIN) {
+        true
+    } else if lhs < rhs * (1.0 - SQUARES_MARGIN) {
+        false
+    } else {
+        v > ratio * (below / others).sqrt()
+    }
 }
 
+/// How far apart (relatively) [`is_outlier`]'s squares must be to decide without the rounded
+/// form: far more than the f64 roundings of either side.
+const SQUARES_MARGIN: f64 = 1e-9;
+
 /// The rule on a row whose largest value is an outlier: the largest magnitude left (ties: the
-/// lower channel) taken out while it is one, at most `rule.max` times. `lanes` holds the
-/// largest magnitude of each lane of channels ([`row_stats`]'s). Writes the outliers, (value,
-/// channel) largest first, to `slots` and returns how many, and the largest magnitude left.
+/// lower channel) taken out while it is one, at most `rule.max` times. `lanes` are the row's
+/// ([`row_stats`]'). Writes the outliers, (value, channel) largest first, to `slots` and returns
+/// how many, and the largest magnitude left.
 fn find_outliers(
     x: &[f32],
     sumsq: f64,
-    lanes: &[f32; LANES],
+    lanes: &LaneStats,
     rule: Outliers,
-    candidates: &mut Vec<(f32, usize)>,
+    candidates: &mut Vec<Candidate>,
     slots: &mut [(f32, usize)],
 ) -> (usize, f32) {
     // The rule reads the row's largest magnitudes in order, at most `rule.max + 1` of them, and
@@ -748,59 +765,97 @@ fn find_outliers(
     // `k` values that large): only values that large are candidates, found in one pass. Most
     // rows have one or two outliers, so a first try takes the 4 largest; a row that reads
     // further is searched again for all `rule.max + 1`.
-    let floor = |keep: usize| match keep {
-        // The first try's floor without sorting: the sort of sixteen values branched on every
-        // comparison and was two thirds of the time spent choosing outliers. The same value
-        // (the lane maxima are finite and not negative, where both orders agree).
-        4 => largest_four(lanes)[3],
-        _ if keep <= LANES => {
-            let mut sorted = *lanes;
-            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-            sorted[keep - 1]
+    let floor = |keep: usize| {
+        if keep <= LANES {
+            nth_largest(Isa::best(), &lanes.max, keep)
+        } else {
+            0.0
         }
-        _ => 0.0,
     };
     let first = (rule.max + 1).min(4);
-    for keep in [first, rule.max + 1] {
-        if let Some(found) = outliers_among(x, sumsq, rule, floor(keep), candidates, slots) {
+    for (keep, try_lanes) in [(first, true), (rule.max + 1, false)] {
+        let floor = floor(keep);
+        let found = outliers_among(x, sumsq, lanes, rule, floor, try_lanes, candidates, slots);
+        if let Some(found) = found {
             return found;
         }
     }
     unreachable!("the second search takes every value the rule can read")
 }
 
-/// The four largest of the lane maxima (finite, not negative), largest first: each value
-/// passes down a chain of max / min pairs, without a branch.
-fn largest_four(lanes: &[f32; LANES]) -> [f32; 4] {
-    let mut top = [0f32; 4];
-    for &v in lanes {
-        let mut x = v;
-        for t in &mut top {
-            let (hi, lo) = if x > *t { (x, *t) } else { (*t, x) };
-            *t = hi;
-            x = lo;
+/// The `keep`-th largest (1 to LANES) of the lane maxima (finite, not negative): the largest
+/// value that at least `keep` lanes reach, counted for every lane without a branch. Why not a
+/// sort: sorting sixteen values branched on every comparison (an insertion sort, 1.3% of a
+/// SmolLM2 int8 run's samples on AMD Zen 5, for rows with four outliers or more). The bits of
+/// a finite value that is not negative order as the value does. With AVX-512 the counts of all
+/// sixteen lanes go side by side; the plain loop compiled for the baseline counted each lane's
+/// bits one by one (no `popcnt`), slower than the sort it replaced.
+fn nth_largest(isa: Isa, lanes: &[f32; LANES], keep: usize) -> f32 {
+    assert!((1..=LANES).contains(&keep));
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F.
+        return unsafe { nth_largest_avx512(lanes, keep) };
+    }
+    let _ = isa;
+    let keys = lanes.map(f32::to_bits);
+    let mut nth = 0u32;
+    for &key in &keys {
+        let reached = keys.iter().filter(|&&other| other >= key).count();
+        if reached >= keep {
+            nth = nth.max(key);
         }
     }
-    top
+    f32::from_bits(nth)
+}
+
+/// [`nth_largest`] with AVX-512: each lane's count of the lanes at least as large, all sixteen
+/// at once, then the largest lane whose count reaches `keep` (one always does: the smallest).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn nth_largest_avx512(lanes: &[f32; LANES], keep: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: `lanes` is sixteen f32.
+    let keys = unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) };
+    let (one, mut reached) = (_mm512_set1_epi32(1), _mm512_setzero_si512());
+    for &other in lanes {
+        let below_other = _mm512_cmple_epu32_mask(keys, _mm512_set1_epi32(other.to_bits() as i32));
+        reached = _mm512_mask_add_epi32(reached, below_other, reached, one);
+    }
+    let enough = _mm512_cmpge_epu32_mask(reached, _mm512_set1_epi32(keep as i32));
+    f32::from_bits(_mm512_mask_reduce_max_epu32(enough, keys))
 }
 
 /// [`find_outliers`] among the values at least `floor`, a lane maximum (or zero: all values);
-/// `None` when the rule would read past them.
+/// `None` when the rule would read past them. On the `first` search the values come from the
+/// lanes where no lane holds two of them ([`LaneStats::candidates_at_least`]); otherwise from a
+/// pass over the row.
+#[allow(clippy::too_many_arguments)]
 fn outliers_among(
     x: &[f32],
     sumsq: f64,
+    lanes: &LaneStats,
     rule: Outliers,
     floor: f32,
-    candidates: &mut Vec<(f32, usize)>,
+    first: bool,
+    candidates: &mut Vec<Candidate>,
     slots: &mut [(f32, usize)],
 ) -> Option<(usize, f32)> {
     candidates.clear();
-    at_least(Isa::best(), x, floor, candidates);
-    // Larger first, then the lower channel: the first entries are the row's largest values.
-    candidates.sort_unstable_by(|p: &(f32, usize), q| q.0.total_cmp(&p.0).then(p.1.cmp(&q.1)));
+    // The second search's floor is low, and some lane nearly always holds two values above
+    // it (93% of SmolLM2's rows that read that far): only the first search asks the lanes.
+    if !(first && lanes.candidates_at_least(floor, candidates)) {
+        candidates.clear();
+        at_least(Isa::best(), x, floor, candidates);
+    }
+    sort_descending(candidates);
     let mut taken = 0;
     let (mut rest_sq, mut len) = (sumsq, x.len());
-    for &(big, ch) in candidates.iter() {
+    for &candidate in candidates.iter() {
+        let (big, ch) = candidate_parts(candidate);
         if taken == rule.max || !is_outlier(big, rest_sq, len, rule) {
             return Some((taken, big));
         }
@@ -814,9 +869,46 @@ fn outliers_among(
     (floor == 0.0).then_some((taken, 0.0))
 }
 
-/// (|x[c]|, c) for every channel with `|x[c]| >= floor`, in channel order, into `out`; `x` is
-/// finite. With AVX-512, sixteen compares at a time; with AVX2, eight.
-fn at_least(isa: Isa, x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) {
+/// A value that may be an outlier, as one integer that orders as the rule reads them: the
+/// magnitude's bits (finite and not negative, so they order as the magnitudes do) above the
+/// channel's complement, so that a larger candidate is a larger magnitude, or the same one in a
+/// lower channel. Why not (magnitude, channel) pairs: their comparison (`total_cmp`, then the
+/// channels) made sorting a row's candidates an eighth of quantising it.
+type Candidate = u64;
+
+/// The candidate of `magnitude` in channel `ch` (below 2^32: a row's length).
+#[inline(always)]
+fn candidate(magnitude: f32, ch: usize) -> Candidate {
+    (u64::from(magnitude.to_bits()) << 32) | u64::from(u32::MAX - ch as u32)
+}
+
+/// A candidate's (magnitude, channel).
+fn candidate_parts(c: Candidate) -> (f32, usize) {
+    (
+        f32::from_bits((c >> 32) as u32),
+        (u32::MAX - c as u32) as usize,
+    )
+}
+
+/// `candidates` largest first (the largest magnitude, then the lower channel: the order the
+/// rule reads them in). Why not a sort for a few: an insertion sort branched on every
+/// comparison, a fifth of quantising a row (SmolLM2 int8 on AMD Zen 5); a row has a handful,
+/// and each one's place is the count of those larger (candidates differ in their channels).
+fn sort_descending(candidates: &mut [Candidate]) {
+    if candidates.len() > LANES {
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
+        return;
+    }
+    let mut placed = [0; LANES];
+    for &c in candidates.iter() {
+        placed[candidates.iter().filter(|&&other| other > c).count()] = c;
+    }
+    candidates.copy_from_slice(&placed[..candidates.len()]);
+}
+
+/// The [`Candidate`] of every channel with `|x[c]| >= floor`, in channel order, into `out`; `x`
+/// is finite and shorter than 2^32. With AVX-512, sixteen compares at a time; with AVX2, eight.
+fn at_least(isa: Isa, x: &[f32], floor: f32, out: &mut Vec<Candidate>) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx512() {
@@ -829,7 +921,7 @@ fn at_least(isa: Isa, x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) {
     let _ = isa;
     for (c, v) in x.iter().enumerate().skip(done) {
         if v.abs() >= floor {
-            out.push((v.abs(), c));
+            out.push(candidate(v.abs(), c));
         }
     }
 }
@@ -840,7 +932,7 @@ fn at_least(isa: Isa, x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) {
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn at_least_avx512(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) -> usize {
+unsafe fn at_least_avx512(x: &[f32], floor: f32, out: &mut Vec<Candidate>) -> usize {
     use std::arch::x86_64::*;
     let whole = x.len() / 16 * 16;
     let bound = _mm512_set1_ps(floor);
@@ -869,7 +961,7 @@ unsafe fn at_least_avx512(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) ->
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn at_least_avx2(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) -> usize {
+unsafe fn at_least_avx2(x: &[f32], floor: f32, out: &mut Vec<Candidate>) -> usize {
     use std::arch::x86_64::*;
     let whole = x.len() / 8 * 8;
     let bound = _mm256_set1_ps(floor);
@@ -888,19 +980,19 @@ unsafe fn at_least_avx2(x: &[f32], floor: f32, out: &mut Vec<(f32, usize)>) -> u
     whole
 }
 
-/// The vector `at_least`s' hits: (|x[at + b]|, at + b) for each set bit `b` of `mask`, lowest
+/// The vector `at_least`s' hits: the candidate of `at + b` for each set bit `b` of `mask`, lowest
 /// first, written to `spare` from `found` on.
 #[inline(always)]
 fn write_hits(
     mut mask: u32,
     at: usize,
     x: &[f32],
-    spare: &mut [std::mem::MaybeUninit<(f32, usize)>],
+    spare: &mut [std::mem::MaybeUninit<Candidate>],
     found: &mut usize,
 ) {
     while mask != 0 {
         let c = at + mask.trailing_zeros() as usize;
-        spare[*found].write((x[c].abs(), c));
+        spare[*found].write(candidate(x[c].abs(), c));
         *found += 1;
         mask &= mask - 1;
     }
@@ -909,23 +1001,70 @@ fn write_hits(
 /// Lanes of [`row_stats`]: channel `c` is in lane `c % LANES`.
 const LANES: usize = 16;
 
-/// One pass over a row: its sum of squares (one partial sum per lane, then the lanes in
-/// order) and largest magnitude into `out` (the maximum NaN when some value is not finite),
-/// and the largest magnitude of each lane into `lanes`.
-fn row_stats(isa: Isa, x: &[f32], lanes: &mut [f32; LANES], out: &mut (f32, f32)) {
-    let mut sq = [0f32; LANES];
-    let mut mx = [0f32; LANES];
-    let (body, tail) = x.split_at(x.len() / LANES * LANES);
-    lane_stats(isa, body, &mut sq, &mut mx);
-    for (l, v) in tail.iter().enumerate() {
-        sq[l] += v * v;
-        mx[l] = larger(mx[l], v.abs());
+/// What one pass over a row finds in each lane of its channels: the sum of squares (the
+/// values in order), the largest magnitude, the next largest (the largest again where it
+/// occurs twice), and the first channel holding the largest. Why the last two: where no lane
+/// holds two values at least an outlier search's floor, the lanes' largest are all of them, and
+/// the search needs no pass of its own over the row (2.6% of a SmolLM2 int8 run's samples on
+/// AMD Zen 5, most of it branches on where the few hits were).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct LaneStats {
+    sq: [f32; LANES],
+    max: [f32; LANES],
+    second: [f32; LANES],
+    at: [u32; LANES],
+}
+
+impl LaneStats {
+    /// Value `v` of channel `channel`, in lane `l`: the same operations as
+    /// [`lane_stats_avx512`]'s, in its order (a value that is not finite leaves `max` as
+    /// [`larger`] does; what it leaves in `second` and `at` is never read).
+    #[inline(always)]
+    fn add(&mut self, l: usize, v: f32, channel: u32) {
+        let (a, m) = (v.abs(), self.max[l]);
+        self.sq[l] += v * v;
+        let smaller = if a < m { a } else { m };
+        self.second[l] = larger(self.second[l], smaller);
+        if a > m {
+            self.at[l] = channel;
+        }
+        self.max[l] = larger(m, a);
     }
-    *lanes = mx;
-    let max = mx.iter().fold(0f32, |m, &v| larger(m, v));
-    let sumsq: f32 = sq.iter().sum();
+
+    /// The [`Candidate`]s of a row's values at least `floor` (finite, not negative), taken
+    /// from the lanes alone into `out`, when no lane holds two such values (each lane that
+    /// holds one then holds it as its largest); false, and `out` unspecified, when some lane
+    /// does.
+    ///
+    /// Without a branch on the lanes: which lanes hold outliers changes from row to row, and
+    /// branching on each cost a mispredicted jump or two a row.
+    fn candidates_at_least(&self, floor: f32, out: &mut Vec<Candidate>) -> bool {
+        let (mut found, mut twice) = ([0; LANES], false);
+        let mut n = 0;
+        for l in 0..LANES {
+            let hit = self.max[l] >= floor;
+            twice |= hit & (self.second[l] >= floor);
+            found[n] = candidate(self.max[l], self.at[l] as usize);
+            n += usize::from(hit);
+        }
+        out.extend_from_slice(&found[..n]);
+        !twice
+    }
+}
+
+/// One pass over a row: its [`LaneStats`] into `lanes` (which start at their defaults), and
+/// its sum of squares (the lanes' sums in order) and largest magnitude (NaN when some value is
+/// not finite).
+fn row_stats(isa: Isa, x: &[f32], lanes: &mut LaneStats) -> (f32, f32) {
+    let (body, tail) = x.split_at(x.len() / LANES * LANES);
+    lane_stats(isa, body, lanes);
+    for (l, &v) in tail.iter().enumerate() {
+        lanes.add(l, v, (body.len() + l) as u32);
+    }
+    let max = lanes.max.iter().fold(0f32, |m, &v| larger(m, v));
+    let sumsq: f32 = lanes.sq.iter().sum();
     let bad = sumsq.is_nan() || !max.is_finite();
-    *out = (sumsq, if bad { f32::NAN } else { max });
+    (sumsq, if bad { f32::NAN } else { max })
 }
 
 /// `a` if it is larger than `m`, else `m`: a compare and a select rather than `f32::max`,
@@ -938,29 +1077,28 @@ fn larger(m: f32, a: f32) -> f32 {
     if a > m { a } else { m }
 }
 
-/// [`row_stats`]' lanes over whole groups of LANES values: `sq[l] += v * v` (a product then a
-/// sum, each rounded) and `mx[l] = larger(mx[l], |v|)` for each value `v` of lane `l`, in
-/// order. With AVX-512 by hand: the compiler's vector code for the plain loop shuffled halves
-/// of registers on every group (SmolLM2 int8 on AMD Zen 4: 2.9% of the samples before, 1.5%
-/// after).
-fn lane_stats(isa: Isa, body: &[f32], sq: &mut [f32; LANES], mx: &mut [f32; LANES]) {
+/// [`row_stats`]' lanes over whole groups of LANES values (channels from 0): [`LaneStats::add`]
+/// for each value, in order. With AVX-512 by hand: the compiler's vector code for the plain
+/// loop shuffled halves of registers on every group (SmolLM2 int8 on AMD Zen 4: 2.9% of the
+/// samples before, 1.5% after).
+fn lane_stats(isa: Isa, body: &[f32], lanes: &mut LaneStats) {
     assert!(body.len().is_multiple_of(LANES));
+    assert!(body.len() <= u32::MAX as usize);
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx512() {
         // SAFETY: an AVX-512 `Isa` exists only where the CPU has AVX-512F; the length is
         // whole groups (asserted).
-        return unsafe { lane_stats_avx512(body, sq, mx) };
+        return unsafe { lane_stats_avx512(body, lanes) };
     }
-    lane_stats_plain(isa, body, sq, mx)
+    lane_stats_plain(isa, body, lanes)
 }
 
 multiversion! {
     /// [`lane_stats`] in plain Rust.
-    fn lane_stats_plain(isa: Isa, body: &[f32], sq: &mut [f32; LANES], mx: &mut [f32; LANES]) {
-        for c in body.chunks_exact(LANES) {
-            for l in 0..LANES {
-                sq[l] += c[l] * c[l];
-                mx[l] = larger(mx[l], c[l].abs());
+    fn lane_stats_plain(isa: Isa, body: &[f32], lanes: &mut LaneStats) {
+        for (g, c) in body.chunks_exact(LANES).enumerate() {
+            for (l, &v) in c.iter().enumerate() {
+                lanes.add(l, v, (g * LANES + l) as u32);
             }
         }
     }
@@ -972,19 +1110,33 @@ multiversion! {
 /// The CPU has AVX-512F, and `body.len()` is a multiple of LANES.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn lane_stats_avx512(body: &[f32], sq: &mut [f32; LANES], mx: &mut [f32; LANES]) {
+unsafe fn lane_stats_avx512(body: &[f32], lanes: &mut LaneStats) {
     use std::arch::x86_64::*;
-    // SAFETY: sq and mx are 16 f32 each; every load is a whole group inside `body`.
+    // SAFETY: each of the lanes' arrays is 16 values of 4 bytes; every load is a whole group
+    // inside `body`.
     unsafe {
-        let (mut s, mut m) = (_mm512_loadu_ps(sq.as_ptr()), _mm512_loadu_ps(mx.as_ptr()));
-        for at in (0..body.len()).step_by(LANES) {
-            let v = _mm512_loadu_ps(body.as_ptr().add(at));
+        let (mut s, mut m) = (
+            _mm512_loadu_ps(lanes.sq.as_ptr()),
+            _mm512_loadu_ps(lanes.max.as_ptr()),
+        );
+        let mut second = _mm512_loadu_ps(lanes.second.as_ptr());
+        let mut at = _mm512_loadu_si512(lanes.at.as_ptr().cast());
+        let step = _mm512_set1_epi32(LANES as i32);
+        let mut channels = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for at_value in (0..body.len()).step_by(LANES) {
+            let v = _mm512_loadu_ps(body.as_ptr().add(at_value));
+            let a = _mm512_abs_ps(v);
             s = _mm512_add_ps(s, _mm512_mul_ps(v, v));
-            // `vmaxps a, m` is `a > m ? a : m`, `larger(m, a)`.
-            m = _mm512_max_ps(_mm512_abs_ps(v), m);
+            // `vminps a, m` is `a < m ? a : m`; `vmaxps x, y` is `x > y ? x : y`, `larger(y, x)`.
+            second = _mm512_max_ps(_mm512_min_ps(a, m), second);
+            at = _mm512_mask_mov_epi32(at, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, m), channels);
+            m = _mm512_max_ps(a, m);
+            channels = _mm512_add_epi32(channels, step);
         }
-        _mm512_storeu_ps(sq.as_mut_ptr(), s);
-        _mm512_storeu_ps(mx.as_mut_ptr(), m);
+        _mm512_storeu_ps(lanes.sq.as_mut_ptr(), s);
+        _mm512_storeu_ps(lanes.max.as_mut_ptr(), m);
+        _mm512_storeu_ps(lanes.second.as_mut_ptr(), second);
+        _mm512_storeu_si512(lanes.at.as_mut_ptr().cast(), at);
     }
 }
 
@@ -1391,25 +1543,68 @@ mod tests {
                     }
                 })
                 .collect();
-            let (mut sq, mut mx) = ([0.5f32; LANES], [0.25f32; LANES]);
-            let (mut sq_plain, mut mx_plain) = (sq, mx);
-            lane_stats(Isa::best(), &body, &mut sq, &mut mx);
-            lane_stats_plain(Isa::baseline(), &body, &mut sq_plain, &mut mx_plain);
-            assert_eq!(
-                sq.map(f32::to_bits),
-                sq_plain.map(f32::to_bits),
-                "seed {seed}"
-            );
-            assert_eq!(
-                mx.map(f32::to_bits),
-                mx_plain.map(f32::to_bits),
-                "seed {seed}"
-            );
+            // Stats carried in from an earlier part (as a row's tail is added after its body).
+            let start = LaneStats {
+                sq: [0.5; LANES],
+                max: [0.25; LANES],
+                second: [0.125; LANES],
+                at: [7; LANES],
+            };
+            let (mut wide, mut plain) = (start, start);
+            lane_stats(Isa::best(), &body, &mut wide);
+            lane_stats_plain(Isa::baseline(), &body, &mut plain);
+            let bits = |l: &LaneStats| {
+                let f = |a: [f32; LANES]| a.map(f32::to_bits);
+                (f(l.sq), f(l.max), f(l.second), l.at)
+            };
+            assert_eq!(bits(&wide), bits(&plain), "seed {seed}");
         }
     }
 
+    /// Where the lanes give a floor's candidates, they are the ones a pass over the row finds:
+    /// rows with outliers, two of them in one lane, ties, and tails past the last whole group.
     #[test]
-    fn largest_four_are_the_sorted_first_four() {
+    fn lane_candidates_are_the_values_a_pass_finds() {
+        let (mut from_lanes, mut passes) = (0, 0);
+        for seed in 0..300u32 {
+            let len = LANES * (1 + seed as usize % 12) + seed as usize % 5;
+            let mut x: Vec<f32> = (0..len as u32)
+                .map(|i| {
+                    let h = (seed.wrapping_mul(2654435761) ^ i.wrapping_mul(40503)) % 1009;
+                    (h as f32 - 504.0) * 0.01
+                })
+                .collect();
+            for t in 0..seed % 5 {
+                let ch = (seed as usize * 7 + t as usize * 13) % len;
+                x[ch] = if t % 2 == 0 { 50.0 } else { -50.0 - t as f32 };
+            }
+            if seed % 3 == 0 && len > 2 * LANES {
+                // Two equal magnitudes in one lane.
+                (x[3], x[3 + LANES]) = (60.0, -60.0);
+            }
+            let mut lanes = LaneStats::default();
+            row_stats(Isa::best(), &x, &mut lanes);
+            for keep in 1..=LANES {
+                let floor = nth_largest(Isa::best(), &lanes.max, keep);
+                let mut fast = Vec::new();
+                if lanes.candidates_at_least(floor, &mut fast) {
+                    let mut pass = Vec::new();
+                    at_least(Isa::best(), &x, floor, &mut pass);
+                    fast.sort_unstable();
+                    pass.sort_unstable();
+                    assert_eq!(fast, pass, "seed {seed} keep {keep}");
+                    from_lanes += 1;
+                } else {
+                    passes += 1;
+                }
+            }
+        }
+        // Both ways were taken, so both were checked.
+        assert!(from_lanes > 1000 && passes > 100, "{from_lanes} {passes}");
+    }
+
+    #[test]
+    fn nth_largest_is_the_sorted_lanes_nth() {
         // Ties, zeros, and the largest in every position.
         for seed in 0..200u32 {
             let mut lanes = [0f32; LANES];
@@ -1423,7 +1618,47 @@ mod tests {
             }
             let mut sorted = lanes;
             sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-            assert_eq!(largest_four(&lanes), sorted[..4], "{lanes:?}");
+            for keep in 1..=LANES {
+                for isa in [Isa::best(), Isa::baseline()] {
+                    let nth = nth_largest(isa, &lanes, keep);
+                    assert_eq!(nth, sorted[keep - 1], "{isa:?} {lanes:?} {keep}");
+                }
+            }
         }
+    }
+
+    /// The squares decide as the rounded form does, at the boundary and around it: values a
+    /// few units in the last place either side of `ratio * rms` for many sums and lengths.
+    #[test]
+    fn is_outlier_decides_as_the_rounded_form() {
+        let rounded = |v: f32, sumsq: f64, len: usize, ratio: f32| {
+            let below = (sumsq - (v as f64) * (v as f64)).max(0.0);
+            v as f64 > ratio as f64 * (below / (len - 1) as f64).sqrt()
+        };
+        let mut checked = 0;
+        for len in [2usize, 3, 17, 576, 1536, 8960] {
+            for ratio in [1.0f32, 4.0, 8.0, 6.5] {
+                for rest in [0.0f64, 1e-30, 0.37, 1.0, 123.456, 9.9e7] {
+                    let bound = ratio as f64 * (rest / (len - 1) as f64).sqrt();
+                    let mid = bound as f32;
+                    let mut v = mid;
+                    for _ in 0..8 {
+                        v = f32::from_bits(v.to_bits().saturating_sub(1));
+                    }
+                    for _ in 0..17 {
+                        let sumsq = rest + (v as f64) * (v as f64);
+                        let rule = Outliers { max: 8, ratio };
+                        assert_eq!(
+                            is_outlier(v, sumsq, len, rule),
+                            rounded(v, sumsq, len, ratio),
+                            "v {v} rest {rest} len {len} ratio {ratio}"
+                        );
+                        checked += 1;
+                        v = f32::from_bits(v.to_bits() + 1);
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 4 * 6 * 17);
     }
 }
