@@ -1123,8 +1123,8 @@ unsafe fn lane_stats_avx512(body: &[f32], lanes: &mut LaneStats) {
         let mut at = _mm512_loadu_si512(lanes.at.as_ptr().cast());
         let step = _mm512_set1_epi32(LANES as i32);
         let mut channels = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        for at_value in (0..body.len()).step_by(LANES) {
-            let v = _mm512_loadu_ps(body.as_ptr().add(at_value));
+        for offset in (0..body.len()).step_by(LANES) {
+            let v = _mm512_loadu_ps(body.as_ptr().add(offset));
             let a = _mm512_abs_ps(v);
             s = _mm512_add_ps(s, _mm512_mul_ps(v, v));
             // `vminps a, m` is `a < m ? a : m`; `vmaxps x, y` is `x > y ? x : y`, `larger(y, x)`.
