@@ -8,8 +8,8 @@
 //! storing its sums (what those multiplies reach in a product), and walking its operands as a
 //! product does with its sums stored into a hot buffer or into C; and the inner loops of the f32,
 //! bf16 and int8 panel kernels fed from L1 and L2, for the same reason (int8 also with
-//! `vpdpbusd`'s operands swapped, so that the broadcast step could be its memory operand). The README's "peaks at N
-//! GFLOP/s per core" figures come from here.
+//! `vpdpbusd`'s operands swapped, so that the broadcast step could be its memory operand). The
+//! README's "peaks at N GFLOP/s per core" figures come from here.
 //!
 //! Usage (a standalone file, not part of the workspace):
 //!   rustc --edition 2024 -O -C target-cpu=native scripts/peers/fma_peak.rs -o /tmp/fma_peak

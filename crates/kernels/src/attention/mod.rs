@@ -269,14 +269,16 @@ multiversion! {
             (false, Some(w)) => (i + w - 1).min(len - 1),
         };
         for g in 0..s.n_kv_heads {
+            // Where kv head g's key and value lie in a packed row.
+            let (k_at, v_at) = (q_dim + g * hd, q_dim + kv_dim + g * hd);
             for j in 0..len {
                 if j + ROWS_AHEAD < len {
                     let ahead = seq.row(j + ROWS_AHEAD);
-                    prefetch(&ahead[q_dim + g * hd..q_dim + (g + 1) * hd]);
-                    prefetch(&ahead[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
+                    prefetch(&ahead[k_at..k_at + hd]);
+                    prefetch(&ahead[v_at..v_at + hd]);
                 }
                 let row = seq.row(j);
-                k.copy_from_slice(&row[q_dim + g * hd..q_dim + (g + 1) * hd]);
+                k.copy_from_slice(&row[k_at..k_at + hd]);
                 if let Some(w) = layer.k_norm {
                     rms_norm(&mut k, w, s.eps);
                 }
@@ -284,15 +286,15 @@ multiversion! {
                 for (d, &v) in k.iter().enumerate() {
                     keys_t[d * padded + j] = v;
                 }
-                values[j * hd..(j + 1) * hd]
-                    .copy_from_slice(&row[q_dim + kv_dim + g * hd..q_dim + kv_dim + (g + 1) * hd]);
+                values[j * hd..(j + 1) * hd].copy_from_slice(&row[v_at..v_at + hd]);
             }
             for h in g * groups..(g + 1) * groups {
+                let q_cols = h * hd..(h + 1) * hd;
                 for (r, q) in queries.chunks_exact_mut(hd).take(own).enumerate() {
                     if r + ROWS_AHEAD < own {
-                        prefetch(&seq.row(before + r + ROWS_AHEAD)[h * hd..(h + 1) * hd]);
+                        prefetch(&seq.row(before + r + ROWS_AHEAD)[q_cols.clone()]);
                     }
-                    q.copy_from_slice(&seq.row(before + r)[h * hd..(h + 1) * hd]);
+                    q.copy_from_slice(&seq.row(before + r)[q_cols.clone()]);
                     if let Some(w) = layer.q_norm {
                         rms_norm(q, w, s.eps);
                     }

@@ -773,9 +773,11 @@ fn find_outliers(
         }
     };
     let first = (rule.max + 1).min(4);
-    for (keep, try_lanes) in [(first, true), (rule.max + 1, false)] {
+    // The second search's floor is low, and some lane nearly always holds two values above
+    // it (93% of SmolLM2's rows that read that far): only the first search asks the lanes.
+    for (keep, from_lanes) in [(first, Some(lanes)), (rule.max + 1, None)] {
         let floor = floor(keep);
-        let found = outliers_among(x, sumsq, lanes, rule, floor, try_lanes, candidates, slots);
+        let found = outliers_among(x, sumsq, from_lanes, rule, floor, candidates, slots);
         if let Some(found) = found {
             return found;
         }
@@ -830,24 +832,20 @@ unsafe fn nth_largest_avx512(lanes: &[f32; LANES], keep: usize) -> f32 {
 }
 
 /// [`find_outliers`] among the values at least `floor`, a lane maximum (or zero: all values);
-/// `None` when the rule would read past them. On the `first` search the values come from the
-/// lanes where no lane holds two of them ([`LaneStats::candidates_at_least`]); otherwise from a
-/// pass over the row.
-#[allow(clippy::too_many_arguments)]
+/// `None` when the rule would read past them. The values come from `lanes` where they are given
+/// and no lane holds two of them ([`LaneStats::candidates_at_least`]); otherwise from a pass over
+/// the row.
 fn outliers_among(
     x: &[f32],
     sumsq: f64,
-    lanes: &LaneStats,
+    lanes: Option<&LaneStats>,
     rule: Outliers,
     floor: f32,
-    first: bool,
     candidates: &mut Vec<Candidate>,
     slots: &mut [(f32, usize)],
 ) -> Option<(usize, f32)> {
     candidates.clear();
-    // The second search's floor is low, and some lane nearly always holds two values above
-    // it (93% of SmolLM2's rows that read that far): only the first search asks the lanes.
-    if !(first && lanes.candidates_at_least(floor, candidates)) {
+    if !lanes.is_some_and(|lanes| lanes.candidates_at_least(floor, candidates)) {
         candidates.clear();
         at_least(Isa::best(), x, floor, candidates);
     }
