@@ -208,6 +208,20 @@ multiversion! {
 }
 
 multiversion! {
+    fn mean_rows(isa: Isa, rows: &[&[f32]], sums: &mut [f64], out: &mut [f32]) {
+        for row in rows {
+            for (s, v) in sums.iter_mut().zip(*row) {
+                *s += *v as f64;
+            }
+        }
+        let n = rows.len() as f64;
+        for (o, s) in out.iter_mut().zip(&*sums) {
+            *o = (*s / n) as f32;
+        }
+    }
+}
+
+multiversion! {
     fn add_chunk(isa: Isa, x: &mut [f32], y: &[f32]) {
         for (x, y) in x.iter_mut().zip(y) {
             *x += y;
@@ -367,6 +381,20 @@ impl Rows {
                 add_layer_norm_rows(isa, x, y, w, b, eps, o)
             })
         }
+    }
+
+    /// The mean of `rows` (each `out.len()` values) into `out`: summed in f64 in row order,
+    /// then divided by their number and rounded to f32 (a text's mean pooling). Why here: the
+    /// pooling's loop, compiled for the baseline x86-64 in the stage's crate, converted and
+    /// added two values at a time (about 0.7% of a SmolLM2 extraction tapping every layer).
+    pub fn mean(self, rows: &[&[f32]], out: &mut [f32]) {
+        assert!(
+            rows.iter().all(|r| r.len() == out.len()),
+            "mean of rows: every row must have the output's {} values",
+            out.len()
+        );
+        let mut sums = vec![0f64; out.len()];
+        mean_rows(self.0, rows, &mut sums, out);
     }
 
     /// `x += y`.

@@ -161,6 +161,24 @@ fn row_kernels_give_the_same_bits_at_every_level() {
                 .collect();
             assert_close("add_bias", &biased, &bias_ref, 4e-7);
             out.push(biased);
+            // A text's mean pooling: the rows summed in f64 in order (the stage's own loop
+            // before this kernel, so the stores keep their bits), against the mean in f64.
+            let rows: Vec<&[f32]> = x.chunks(h).collect();
+            let mut mean = vec![0f32; h];
+            k.mean(&rows, &mut mean);
+            let mut sums = vec![0f64; h];
+            for row in &rows {
+                for (s, &v) in sums.iter_mut().zip(*row) {
+                    *s += v as f64;
+                }
+            }
+            let loop_mean: Vec<f32> = sums.iter().map(|s| (s / ROWS as f64) as f32).collect();
+            assert_same_bits("mean vs the f64 loop", &mean, &loop_mean);
+            let mean_ref: Vec<f64> = (0..h)
+                .map(|i| rows.iter().map(|r| r[i] as f64).sum::<f64>() / ROWS as f64)
+                .collect();
+            assert_close("mean", &mean, &mean_ref, 1e-7);
+            out.push(mean);
             for gelu in [false, true] {
                 let act = |v: f64| if gelu { gelu_ref(v) } else { silu_ref(v) };
                 // Rows of [gate (h) | up (h)].

@@ -925,15 +925,8 @@ fn pool_after(
             };
             match pooling {
                 Pooling::Mean => {
-                    let mut acc = vec![0f64; h];
-                    for i in span.clone() {
-                        for (a, v) in acc.iter_mut().zip(row(i)) {
-                            *a += *v as f64;
-                        }
-                    }
-                    for (d, a) in dst.iter_mut().zip(&acc) {
-                        *d = (*a / span.len() as f64) as f32;
-                    }
+                    let rows: Vec<&[f32]> = span.clone().map(row).collect();
+                    Rows::best().mean(&rows, dst);
                 }
                 Pooling::Last => dst.copy_from_slice(row(len - 1)),
                 Pooling::First | Pooling::Pooler => dst.copy_from_slice(row(0)),
