@@ -765,7 +765,7 @@ fn find_outliers(
     // `k` values that large): only values that large are candidates, found in one pass. Most
     // rows have one or two outliers, so a first try takes the 4 largest; a row that reads
     // further is searched again for all `rule.max + 1`.
-    let floor = |keep: usize| {
+    let floor_of = |keep: usize| {
         if keep <= LANES {
             nth_largest(Isa::best(), &lanes.max, keep)
         } else {
@@ -776,7 +776,7 @@ fn find_outliers(
     // The second search's floor is low, and some lane nearly always holds two values above
     // it (93% of SmolLM2's rows that read that far): only the first search asks the lanes.
     for (keep, from_lanes) in [(first, Some(lanes)), (rule.max + 1, None)] {
-        let floor = floor(keep);
+        let floor = floor_of(keep);
         let found = outliers_among(x, sumsq, from_lanes, rule, floor, candidates, slots);
         if let Some(found) = found {
             return found;
